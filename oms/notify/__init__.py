@@ -1,0 +1,1 @@
+"""Notification channels and rules (see the notifications issue); empty in the skeleton."""

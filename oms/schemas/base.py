@@ -1,0 +1,38 @@
+"""Base model and wire codec shared by every record on Kafka."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch, the unit Deribit uses."""
+    return time.time_ns() // 1_000_000
+
+
+class Record(BaseModel):
+    """A message on a topic: strict on input, JSON on the wire."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+    def to_bytes(self) -> bytes:
+        """Serialize as compact JSON (the wire format of every topic)."""
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=False))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> Self:
+        """Parse and validate one message; raises ``pydantic.ValidationError`` or
+        ``orjson.JSONDecodeError`` on bad input."""
+        return cls.model_validate(orjson.loads(data))
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> Self:
+        return cls.model_validate(obj)
+
+
+# Metadata values users may attach to orders: flat and JSON-native so they survive any sink.
+MetadataValue = str | int | float | bool | None

@@ -1,0 +1,124 @@
+"""Enumerations shared by every schema. Values are the strings on the wire."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    """Deribit order types accepted by ``private/buy`` and ``private/sell``."""
+
+    LIMIT = "limit"
+    MARKET = "market"
+    STOP_LIMIT = "stop_limit"
+    STOP_MARKET = "stop_market"
+    TAKE_LIMIT = "take_limit"
+    TAKE_MARKET = "take_market"
+    MARKET_LIMIT = "market_limit"
+    TRAILING_STOP = "trailing_stop"
+
+
+class TimeInForce(StrEnum):
+    GOOD_TIL_CANCELLED = "good_til_cancelled"
+    GOOD_TIL_DAY = "good_til_day"
+    FILL_OR_KILL = "fill_or_kill"
+    IMMEDIATE_OR_CANCEL = "immediate_or_cancel"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class CommandType(StrEnum):
+    SUBMIT = "submit"
+    CANCEL = "cancel"
+    AMEND = "amend"
+
+
+class OrderStatus(StrEnum):
+    """Our order state machine (see :mod:`oms.streams.state_machine`)."""
+
+    PENDING = "pending"  # accepted by intake, not yet sent
+    SUBMITTED = "submitted"  # sent to the exchange, no answer yet
+    OPEN = "open"  # resting on the book
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
+
+class OrderEventType(StrEnum):
+    ACCEPTED = "accepted"  # intake validated the request; the order exists
+    SUBMITTED = "submitted"
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    AMENDED = "amended"
+    COMMAND_REJECTED = "command_rejected"  # a cancel/amend that could not apply
+    DUPLICATE = "duplicate"  # a request_id seen before: acknowledged, not executed
+
+
+class ExchangeOrderState(StrEnum):
+    """Deribit's ``order_state`` values."""
+
+    OPEN = "open"
+    FILLED = "filled"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    UNTRIGGERED = "untriggered"
+    TRIGGERED = "triggered"
+
+
+class ReportSource(StrEnum):
+    RPC = "rpc"  # reply to our own buy/sell/edit/cancel
+    SUBSCRIPTION = "subscription"  # user.orders / user.trades
+    RECONCILE = "reconcile"  # looked up by label after a crash or timeout
+
+
+class ReasonCode(StrEnum):
+    """Machine-readable reasons carried by rejections and dead letters."""
+
+    MALFORMED_JSON = "malformed_json"
+    SCHEMA_INVALID = "schema_invalid"
+    INVALID_AMOUNT = "invalid_amount"
+    AMOUNT_NOT_MULTIPLE = "amount_not_multiple_of_contract"
+    AMOUNT_TOO_SMALL = "amount_below_minimum"
+    PRICE_REQUIRED = "price_required"
+    INVALID_PRICE = "invalid_price"
+    PRICE_OFF_TICK = "price_off_tick"
+    UNKNOWN_INSTRUMENT = "unknown_instrument"
+    INSTRUMENT_INACTIVE = "instrument_inactive"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    UNKNOWN_ORDER = "unknown_order"
+    NOT_OWNER = "not_order_owner"
+    DUPLICATE_REQUEST = "duplicate_request"
+    ORDER_ID_CONFLICT = "order_id_conflict"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    ORDER_NOT_OPEN = "order_not_open"
+    NOT_SUPPORTED = "not_supported"
+    EXCHANGE_REJECTED = "exchange_rejected"
+    EXCHANGE_UNAVAILABLE = "exchange_unavailable"
+    NOT_ENOUGH_FUNDS = "not_enough_funds"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INTERNAL_ERROR = "internal_error"

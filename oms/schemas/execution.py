@@ -1,0 +1,46 @@
+"""Execution reports: what the exchange said about an order, on ``oms.execution-reports``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from oms.schemas.base import Record, now_ms
+from oms.schemas.enums import Direction, ExchangeOrderState, ReportSource
+
+
+class Fill(Record):
+    """One trade of an order (Deribit ``user.trades`` item, trimmed)."""
+
+    trade_id: str
+    amount: float
+    price: float
+    fee: float = 0.0
+    fee_currency: str | None = None
+    liquidity: str | None = None  # "M" maker / "T" taker
+    timestamp: int = 0
+
+
+class ExecutionReport(Record):
+    """A snapshot of an order at the exchange, keyed by our order id (the Deribit label).
+
+    Reports may arrive twice and out of order (RPC reply vs ``user.orders``); the order
+    state machine applies only those that move the order forward.
+    """
+
+    report_id: str
+    order_id: str
+    account_id: str
+    source: ReportSource
+    instrument_name: str
+    exchange_order_id: str | None = None
+    order_state: ExchangeOrderState
+    direction: Direction | None = None
+    amount: float | None = None
+    price: float | None = None
+    filled_amount: float = 0.0
+    average_price: float | None = None
+    exchange_timestamp: int = 0
+    fills: list[Fill] = Field(default_factory=list)
+    error_code: int | None = None
+    error_message: str | None = None
+    received_at: int = Field(default_factory=now_ms)

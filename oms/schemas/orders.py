@@ -1,0 +1,149 @@
+"""Order requests (the input contract), order records (state) and order events (output)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from oms.schemas.base import MetadataValue, Record, now_ms
+from oms.schemas.enums import (
+    CommandType,
+    Direction,
+    OrderEventType,
+    OrderStatus,
+    OrderType,
+    Priority,
+    ReasonCode,
+    TimeInForce,
+)
+
+# Identifiers end up in Deribit labels, Kafka keys and SQL: keep them to a safe alphabet.
+SafeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+MAX_METADATA_KEYS = 32
+
+
+def derive_order_id(account_id: str, request_id: str) -> str:
+    """The order id (and Deribit ``label``) for a submit: a pure function of who asked and
+    their idempotency key, so a re-sent request maps to the same order and partition."""
+    digest = hashlib.blake2b(f"{account_id}\x00{request_id}".encode(), digest_size=12).hexdigest()
+    return f"o-{digest}"
+
+
+class OrderRequest(Record):
+    """A command from a trader or bot on ``oms.order-requests``.
+
+    ``submit`` carries the seed's ``submit_advanced_order`` fields; ``cancel`` and ``amend``
+    name an existing ``order_id``. ``request_id`` is the idempotency key.
+    """
+
+    schema_version: int = 1
+    command: CommandType = CommandType.SUBMIT
+    request_id: SafeId
+    account_id: SafeId
+    order_id: SafeId | None = Field(
+        None, description="target of cancel/amend; for submit it is derived if omitted"
+    )
+    instrument_name: str | None = Field(None, min_length=1, max_length=64)
+    amount: float | None = None
+    direction: Direction | None = None
+    order_type: OrderType = OrderType.LIMIT
+    price: float | None = None
+    trigger_price: float | None = None
+    time_in_force: TimeInForce = TimeInForce.GOOD_TIL_CANCELLED
+    post_only: bool = False
+    reduce_only: bool = False
+    execute_immediately: bool = True
+    priority: Priority = Priority.NORMAL
+    conditions: list[dict[str, Any]] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    created_at: int = Field(default_factory=now_ms, description="client time, ms since epoch")
+
+    @model_validator(mode="after")
+    def _check_command_fields(self) -> OrderRequest:
+        if len(self.metadata) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has more than {MAX_METADATA_KEYS} keys")
+        if self.command is CommandType.SUBMIT:
+            missing = [
+                name
+                for name in ("instrument_name", "amount", "direction")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"submit requires {', '.join(missing)}")
+            expected = derive_order_id(self.account_id, self.request_id)
+            if self.order_id is None:
+                self.order_id = expected
+        elif self.order_id is None:
+            raise ValueError(f"{self.command.value} requires order_id")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Kafka key: the order id, so every message about an order shares a partition."""
+        assert self.order_id is not None
+        return self.order_id
+
+
+class OrderRecord(Record):
+    """Latest state of one order (seed section 6.1 ``orders`` table, plus fields)."""
+
+    order_id: str
+    request_id: str
+    account_id: str
+    instrument_name: str
+    direction: Direction
+    order_type: OrderType
+    amount: float
+    price: float | None = None
+    trigger_price: float | None = None
+    time_in_force: TimeInForce = TimeInForce.GOOD_TIL_CANCELLED
+    post_only: bool = False
+    reduce_only: bool = False
+    execute_immediately: bool = True
+    priority: Priority = Priority.NORMAL
+    conditions: list[dict[str, Any]] = Field(default_factory=list)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    status: OrderStatus = OrderStatus.PENDING
+    exchange_order_id: str | None = None
+    filled_amount: float = 0.0
+    average_price: float | None = None
+    fee: float = 0.0
+    reason_code: ReasonCode | None = None
+    reason_message: str | None = None
+    created_at: int = Field(default_factory=now_ms)
+    submitted_at: int | None = None
+    updated_at: int = Field(default_factory=now_ms)
+    exchange_updated_at: int = 0
+    # Monotonic per-order counter, bumped on every applied change; events carry it.
+    version: int = 0
+    # Recent cancel/amend request ids already applied (idempotency for non-submit commands).
+    seen_request_ids: list[str] = Field(default_factory=list)
+    trade_ids: list[str] = Field(default_factory=list)
+
+
+class OrderEvent(Record):
+    """Something that happened to an order, on ``oms.order-events`` (keyed by order id)."""
+
+    event_id: str
+    event_type: OrderEventType
+    order_id: str
+    account_id: str
+    request_id: str | None = None
+    instrument_name: str | None = None
+    status: OrderStatus | None = None
+    previous_status: OrderStatus | None = None
+    reason_code: ReasonCode | None = None
+    message: str | None = None
+    direction: Direction | None = None
+    amount: float | None = None
+    price: float | None = None
+    filled_amount: float = 0.0
+    average_price: float | None = None
+    exchange_order_id: str | None = None
+    version: int = 0
+    timestamp: int = Field(default_factory=now_ms)
+    request_created_at: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,47 @@
+"""Position records (seed section 6.2), on ``oms.positions`` keyed by account+instrument."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from oms.schemas.base import Record, now_ms
+
+
+class PositionRecordType(StrEnum):
+    EXECUTION = "execution"
+    ADJUSTMENT = "adjustment"
+    CORRECTION = "correction"
+
+
+class PositionRecord(Record):
+    """One change to a position, with the state before and after (append-only audit)."""
+
+    record_id: str
+    account_id: str
+    instrument_name: str
+    record_type: PositionRecordType = PositionRecordType.EXECUTION
+    size: float
+    size_before: float = 0.0
+    average_price: float | None = None
+    average_price_before: float | None = None
+    realized_pnl: float = 0.0
+    unrealized_pnl: float | None = None
+    fee: float = 0.0
+    order_id: str | None = None
+    trade_id: str | None = None
+    direction: str | None = None
+    trade_amount: float | None = None
+    trade_price: float | None = None
+    actor: str = "oms"
+    timestamp: int = Field(default_factory=now_ms)
+
+    @property
+    def key(self) -> str:
+        return position_key(self.account_id, self.instrument_name)
+
+
+def position_key(account_id: str, instrument_name: str) -> str:
+    """Kafka key of a position: everything about one account+instrument in one partition."""
+    return f"{account_id}|{instrument_name}"

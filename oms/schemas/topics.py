@@ -1,0 +1,34 @@
+"""Topic names and their keys: the partitioning contract of the whole pipeline.
+
+| topic              | key                          | why                                         |
+|--------------------|------------------------------|---------------------------------------------|
+| order-requests     | order_id                     | all commands for one order in one partition |
+| execution-reports  | order_id (= Deribit label)   | co-partitioned with requests: same table    |
+| order-events       | order_id                     | per-order ordering for consumers and sinks  |
+| market-ticks       | instrument_name              | one instrument's ticks in order             |
+| positions          | account_id|instrument_name    | one position's changes in order             |
+| notifications      | account_id                   | per-account grouping and ordering           |
+| dead-letters       | original key                 | evidence next to where it came from         |
+
+order-requests, execution-reports and order-events must have the same partition count
+(co-partitioned): the order-state table is written from the first two.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    ORDER_REQUESTS = "order-requests"
+    MARKET_TICKS = "market-ticks"
+    EXECUTION_REPORTS = "execution-reports"
+    ORDER_EVENTS = "order-events"
+    POSITIONS = "positions"
+    NOTIFICATIONS = "notifications"
+    DEAD_LETTERS = "dead-letters"
+
+
+def topic_name(topic: Topic, prefix: str = "oms.") -> str:
+    """Full name of a topic under a prefix."""
+    return f"{prefix}{topic.value}"

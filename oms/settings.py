@@ -1,0 +1,156 @@
+"""Every tunable of the system in one typed place.
+
+Each field can be overridden by an environment variable: ``OMS_<FIELD>`` for top-level
+fields and ``OMS_<GROUP>__<FIELD>`` for nested ones (e.g. ``OMS_KAFKA__BOOTSTRAP``).
+Secrets never live here: they come from the environment or the secrets file
+(see :mod:`oms.secrets`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection and topic layout."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "oms."
+    partitions: int = Field(8, ge=1, description="partitions of every keyed topic")
+    replication_factor: int = Field(1, ge=1)
+    # Kafka distribution used by the project's own tooling (scripts/kafka.sh).
+    version: str = "4.1.1"
+
+
+class ExchangeSettings(BaseModel):
+    """Where the Deribit API lives; the paper exchange by default."""
+
+    # wss://test.deribit.com/ws/api/v2 or wss://www.deribit.com/ws/api/v2 for the real one.
+    url: str = "ws://127.0.0.1:8765/ws/api/v2"
+    request_timeout: float = Field(10.0, gt=0)
+    heartbeat_interval: int = Field(10, ge=10, description="public/set_heartbeat interval, s")
+    reconnect_min_delay: float = 0.2
+    reconnect_max_delay: float = 10.0
+    # Deribit's default non-matching-engine credit pool (docs: rate limits).
+    credits_max: int = 50_000
+    credits_refill_per_s: int = 10_000
+    credits_cost: int = 500
+    # Matching-engine (order) requests per second and burst, per sub-account tier.
+    matching_rate_per_s: float = 5.0
+    matching_burst: int = 20
+    instruments: list[str] = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
+    ticker_interval: str = "100ms"
+
+
+class PaperExchangeSettings(BaseModel):
+    """The local Deribit-compatible exchange."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    seed: int = 7
+    tick_interval_s: float = 0.1
+    # Tier used for accounts the paper exchange creates on first auth.
+    default_tier: int = 4
+    auto_create_accounts: bool = True
+    starting_btc: float = 100.0
+    starting_eth: float = 1000.0
+    starting_usdc: float = 1_000_000.0
+
+
+class SinkSettings(BaseModel):
+    """ClickHouse sink batching and query endpoint."""
+
+    batch_size: int = Field(5_000, ge=1)
+    flush_interval_s: float = Field(1.0, gt=0)
+    # Embedded (chDB) data is readable by other processes only through this endpoint.
+    query_host: str = "127.0.0.1"
+    query_port: int = 8124
+    tick_sample_ms: int = Field(1_000, ge=0, description="keep at most one tick per instrument per period")
+    retention_days: int = Field(90, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    """Order-processing worker (Faust)."""
+
+    app_id: str = "oms"
+    web_port: int = 6066
+    max_inflight_per_account: int = 64
+    recovery_check_interval_s: float = 5.0
+    # An order without exchange confirmation this long after sending is looked up by label.
+    submit_timeout_s: float = 15.0
+
+
+class QueueSettings(BaseModel):
+    """Non-immediate orders (seed: queue_config)."""
+
+    priority_levels: list[str] = ["high", "normal", "low"]
+    max_queue_size: int = 10_000
+    batch_size: int = 10
+    processing_interval: float = 1.0
+    max_delay: float = 300.0
+    max_conditions: int = 5
+
+
+class LifecycleSettings(BaseModel):
+    """Order lifecycle (seed: order_lifecycle)."""
+
+    monitoring_interval: float = 5.0
+    auto_cancel_timeout: float = 3600.0
+    partial_fill_handling: str = "wait_remaining"
+    error_handling: str = "retry"
+    retry_attempts: int = 3
+    retry_delay: float = 1.0
+
+
+class Settings(BaseSettings):
+    """Root settings object; build it with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMS_", env_nested_delimiter="__", extra="ignore", env_file=None
+    )
+
+    data_dir: Path = Path(".local")
+    log_level: str = "info"
+    log_json: bool = False
+    # None means embedded chDB under data_dir; set http://host:8123 for a ClickHouse server.
+    clickhouse_url: str | None = None
+    secrets_file: Path | None = None
+    # Known accounts. Their exchange credentials come from the secrets store.
+    accounts: list[str] = ["demo"]
+
+    kafka: KafkaSettings = KafkaSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    paper: PaperExchangeSettings = PaperExchangeSettings()
+    sink: SinkSettings = SinkSettings()
+    worker: WorkerSettings = WorkerSettings()
+    queue: QueueSettings = QueueSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """DSN for clickhouse-connect: a server URL, or chDB embedded under data_dir."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url
+
+    @property
+    def resolved_secrets_file(self) -> Path:
+        return self.secrets_file or self.data_dir / "secrets.json"
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic (``order-requests`` -> ``oms.order-requests``)."""
+        return f"{self.kafka.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()
