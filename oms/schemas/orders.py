@@ -147,3 +147,5 @@ class OrderEvent(Record):
     timestamp: int = Field(default_factory=now_ms)
     request_created_at: int | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    # Snapshot of the order after this event: sinks build the latest-state table from it.
+    order: OrderRecord | None = None
