@@ -69,7 +69,9 @@ class SinkSettings(BaseModel):
     # Embedded (chDB) data is readable by other processes only through this endpoint.
     query_host: str = "127.0.0.1"
     query_port: int = 8124
-    tick_sample_ms: int = Field(1_000, ge=0, description="keep at most one tick per instrument per period")
+    tick_sample_ms: int = Field(
+        1_000, ge=0, description="keep at most one tick per instrument per period"
+    )
     retention_days: int = Field(90, ge=1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from oms.schemas.base import Record, now_ms
-from oms.schemas.enums import Direction, ExchangeOrderState, ReportSource
+from oms.schemas.enums import CommandType, Direction, ExchangeOrderState, ReportSource
 
 
 class Fill(Record):
@@ -31,9 +31,13 @@ class ExecutionReport(Record):
     order_id: str
     account_id: str
     source: ReportSource
+    # The command this report answers (RPC replies only): a failed cancel or amend leaves the
+    # order as it was, while a failed submit rejects it.
+    command: CommandType | None = None
+    request_id: str | None = None
     instrument_name: str
     exchange_order_id: str | None = None
-    order_state: ExchangeOrderState
+    order_state: ExchangeOrderState | None = None
     direction: Direction | None = None
     amount: float | None = None
     price: float | None = None

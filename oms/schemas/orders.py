@@ -76,6 +76,12 @@ class OrderRequest(Record):
             expected = derive_order_id(self.account_id, self.request_id)
             if self.order_id is None:
                 self.order_id = expected
+            elif self.order_id != expected:
+                # A free-form id would let one request_id map to two orders (and partitions),
+                # defeating the duplicate check.
+                raise ValueError(
+                    "order_id of a submit must be derive_order_id(account_id, request_id)"
+                )
         elif self.order_id is None:
             raise ValueError(f"{self.command.value} requires order_id")
         return self

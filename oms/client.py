@@ -1,0 +1,268 @@
+"""The Python client SDK: publish order requests to Kafka and follow their events.
+
+>>> async with OrderClient(account_id="demo") as oms:
+...     order_id = await oms.submit_advanced_order(
+...         instrument_name="BTC-PERPETUAL", amount=10, direction="buy", price=60000.0
+...     )
+...     event = await oms.wait_for_event(order_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from oms.schemas import (
+    CommandType,
+    OrderEvent,
+    OrderEventType,
+    OrderRequest,
+    Priority,
+    Topic,
+)
+from oms.settings import Settings, get_settings
+
+# Events that settle "what happened to my request" for wait_for_event's default.
+FIRST_OUTCOME_EVENTS = frozenset(
+    {
+        OrderEventType.OPEN,
+        OrderEventType.PARTIALLY_FILLED,
+        OrderEventType.FILLED,
+        OrderEventType.CANCELLED,
+        OrderEventType.REJECTED,
+        OrderEventType.EXPIRED,
+        OrderEventType.DUPLICATE,
+        OrderEventType.COMMAND_REJECTED,
+        OrderEventType.AMENDED,
+    }
+)
+
+
+_Waiter = tuple[Callable[[OrderEvent], bool], "asyncio.Future[OrderEvent]"]
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key. Re-send a request with the *same* id to retry it safely."""
+    return uuid.uuid4().hex
+
+
+class OrderClient:
+    """Async client of the OMS for one account."""
+
+    def __init__(
+        self,
+        account_id: str = "demo",
+        *,
+        settings: Settings | None = None,
+        follow_events: bool = True,
+    ) -> None:
+        self.account_id = account_id
+        self.settings = settings or get_settings()
+        self._follow = follow_events
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._events: dict[str, list[OrderEvent]] = defaultdict(list)
+        self._waiters: dict[str, list[_Waiter]] = defaultdict(list)
+        self._subscribers: list[asyncio.Queue[OrderEvent]] = []
+        self._requests_topic = self.settings.topic(Topic.ORDER_REQUESTS)
+        self._events_topic = self.settings.topic(Topic.ORDER_EVENTS)
+
+    async def __aenter__(self) -> OrderClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect to Kafka; when following events, start reading from the current end."""
+        bootstrap = self.settings.kafka.bootstrap
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+        await self._producer.start()
+        if self._follow:
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+            )
+            await self._consumer.start()
+            partitions = await self._partitions(self._events_topic)
+            self._consumer.assign(partitions)
+            await self._consumer.seek_to_end(*partitions)
+            # Resolve the end offsets now, so events of requests sent after start() are seen.
+            for tp in partitions:
+                await self._consumer.position(tp)
+            self._reader = asyncio.create_task(self._read_events(), name="oms-client-events")
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        assert self._consumer is not None
+        for _ in range(50):
+            parts = self._consumer.partitions_for_topic(topic)
+            if parts:
+                return [TopicPartition(topic, p) for p in sorted(parts)]
+            await self._consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} does not exist (is the stack running?)")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def submit_advanced_order(
+        self,
+        instrument_name: str,
+        amount: float,
+        direction: str,
+        order_type: str = "limit",
+        price: float | None = None,
+        execute_immediately: bool = True,
+        priority: str = Priority.NORMAL.value,
+        conditions: list[dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        time_in_force: str = "good_til_cancelled",
+        post_only: bool = False,
+        reduce_only: bool = False,
+        trigger_price: float | None = None,
+    ) -> str:
+        """Publish a submit (the seed's ``submit_advanced_order``); returns the order id.
+
+        The order id is derived from ``(account_id, request_id)``: re-sending with the same
+        ``request_id`` is safe and never executes twice.
+        """
+        request = OrderRequest(
+            command=CommandType.SUBMIT,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            instrument_name=instrument_name,
+            amount=amount,
+            direction=direction,
+            order_type=order_type,
+            price=price,
+            trigger_price=trigger_price,
+            time_in_force=time_in_force,
+            post_only=post_only,
+            reduce_only=reduce_only,
+            execute_immediately=execute_immediately,
+            priority=priority,
+            conditions=conditions or [],
+            metadata=metadata or {},
+        )
+        await self.send(request)
+        return request.key
+
+    async def cancel_order(self, order_id: str, *, request_id: str | None = None) -> str:
+        """Publish a cancel for one of this account's orders; returns the request id."""
+        request = OrderRequest(
+            command=CommandType.CANCEL,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+        )
+        await self.send(request)
+        return request.request_id
+
+    async def amend_order(
+        self,
+        order_id: str,
+        *,
+        amount: float | None = None,
+        price: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Publish an amend (new amount and/or price); returns the request id."""
+        request = OrderRequest(
+            command=CommandType.AMEND,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+            amount=amount,
+            price=price,
+        )
+        await self.send(request)
+        return request.request_id
+
+    async def send(self, request: OrderRequest) -> None:
+        """Publish any request as is (keyed by its order id)."""
+        assert self._producer is not None, "call start() first"
+        await self._producer.send_and_wait(
+            self._requests_topic, value=request.to_bytes(), key=request.key.encode()
+        )
+
+    async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """Publish arbitrary bytes to the request topic (for tests of bad input)."""
+        assert self._producer is not None, "call start() first"
+        await self._producer.send_and_wait(self._requests_topic, value=value, key=key)
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def _read_events(self) -> None:
+        assert self._consumer is not None
+        async for message in self._consumer:
+            try:
+                event = OrderEvent.from_bytes(message.value)
+            except Exception:
+                continue
+            self._events[event.order_id].append(event)
+            for queue in self._subscribers:
+                queue.put_nowait(event)
+            for predicate, future in list(self._waiters.get(event.order_id, ())):
+                if not future.done() and predicate(event):
+                    future.set_result(event)
+
+    def events_of(self, order_id: str) -> list[OrderEvent]:
+        """Events seen so far for an order (since this client started)."""
+        return list(self._events.get(order_id, ()))
+
+    async def wait_for_event(
+        self,
+        order_id: str,
+        predicate: Callable[[OrderEvent], bool] | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109
+    ) -> OrderEvent:
+        """The first event of ``order_id`` matching ``predicate`` (default: the first outcome:
+        open, filled, rejected, ...). Checks events already received first."""
+        match = predicate or (lambda e: e.event_type in FIRST_OUTCOME_EVENTS)
+        for event in self._events.get(order_id, ()):
+            if match(event):
+                return event
+        future: asyncio.Future[OrderEvent] = asyncio.get_running_loop().create_future()
+        entry = (match, future)
+        self._waiters[order_id].append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiters[order_id].remove(entry)
+
+    async def events(self) -> AsyncIterator[OrderEvent]:
+        """Every order event from now on, as they arrive (for ``oms watch events``)."""
+        queue: asyncio.Queue[OrderEvent] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)
+
+    async def get_order_history(self, **filters: Any) -> list[dict[str, Any]]:
+        """Orders from ClickHouse (latest state), filtered by account, instrument, status,
+        since/until (ms) and limit. Defaults to this client's account."""
+        from oms.sinks.queries import get_order_history
+
+        filters.setdefault("account_id", self.account_id)
+        rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
+        return rows

@@ -1,0 +1,188 @@
+"""The exchange gateway: Deribit's streams into Kafka.
+
+* market data: ``ticker.{instrument}.{interval}`` -> ``market-ticks`` (key: instrument);
+* user data, per account: ``user.orders`` and ``user.trades`` -> ``execution-reports``
+  (key: the order's label, which is our order id, so reports land on the partition that
+  owns the order).
+
+One gateway process serves all accounts. Reports are idempotent downstream (the state
+machine drops stale and repeated ones), so a restart or a reconnect may repeat some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.translate import report_from_order, report_from_trades
+from oms.schemas import ExecutionReport, MarketTick, ReportSource, Topic
+from oms.secrets import SecretStore
+from oms.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+USER_CHANNELS = ("user.orders.any.any.raw", "user.trades.any.any.raw")
+
+
+def tick_from_ticker(data: dict[str, Any]) -> MarketTick:
+    """A Deribit ``ticker`` notification as a MarketTick."""
+    return MarketTick(
+        instrument_name=data["instrument_name"],
+        timestamp=int(data.get("timestamp") or 0),
+        last_price=data.get("last_price"),
+        mark_price=data.get("mark_price"),
+        index_price=data.get("index_price"),
+        best_bid_price=data.get("best_bid_price"),
+        best_bid_amount=data.get("best_bid_amount"),
+        best_ask_price=data.get("best_ask_price"),
+        best_ask_amount=data.get("best_ask_amount"),
+        open_interest=data.get("open_interest"),
+        state=str(data.get("state") or "open"),
+    )
+
+
+class ExchangeGateway:
+    """Subscribes to the exchange and publishes what it hears."""
+
+    def __init__(self, settings: Settings, accounts: list[str] | None = None) -> None:
+        self.settings = settings
+        self._secrets = SecretStore(settings.resolved_secrets_file)
+        self._accounts = accounts if accounts is not None else self._default_accounts()
+        self._producer: AIOKafkaProducer | None = None
+        self._clients: list[DeribitClient] = []
+        self.counters: dict[str, int] = defaultdict(int)
+        self._ticks_topic = settings.topic(Topic.MARKET_TICKS)
+        self._reports_topic = settings.topic(Topic.EXECUTION_REPORTS)
+
+    def _default_accounts(self) -> list[str]:
+        names = set(self.settings.accounts) | set(self._secrets.accounts())
+        return sorted(a for a in names if self._secrets.credentials(a) is not None)
+
+    async def start(self) -> None:
+        """Connect the producer, then every exchange subscription."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap, linger_ms=5, acks="all"
+        )
+        await self._producer.start()
+        await self._start_market_data()
+        for account_id in self._accounts:
+            await self._start_user_data(account_id)
+        log.info(
+            "gateway.started",
+            instruments=self.settings.exchange.instruments,
+            accounts=len(self._accounts),
+        )
+
+    async def stop(self) -> None:
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+        self._clients.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # -- market data -----------------------------------------------------------------------
+
+    async def _start_market_data(self) -> None:
+        exchange = self.settings.exchange
+        client = DeribitClient(exchange.url, None, settings=exchange, name="gateway:market")
+        await client.connect()
+        self._clients.append(client)
+        channels = [f"ticker.{i}.{exchange.ticker_interval}" for i in exchange.instruments]
+        if channels:
+            await client.subscribe(channels, self._on_ticker)
+
+    async def _on_ticker(self, channel: str, data: dict[str, Any]) -> None:
+        try:
+            tick = tick_from_ticker(data)
+        except Exception as exc:
+            self.counters["ticks_malformed"] += 1
+            log.warning("gateway.bad_ticker", channel=channel, error=str(exc))
+            return
+        await self._send(self._ticks_topic, tick.instrument_name, tick.to_bytes())
+        self.counters["ticks"] += 1
+
+    # -- user data -------------------------------------------------------------------------
+
+    async def _start_user_data(self, account_id: str) -> None:
+        credentials = self._secrets.credentials(account_id)
+        if credentials is None:
+            return
+        exchange = self.settings.exchange
+
+        async def on_reconnect() -> None:
+            await self._publish_open_orders(account_id, client)
+
+        client = DeribitClient(
+            exchange.url,
+            credentials,
+            settings=exchange,
+            name=f"gateway:{account_id}",
+            on_reconnect=on_reconnect,
+        )
+        await client.connect()
+        self._clients.append(client)
+
+        async def on_user(channel: str, data: Any) -> None:
+            await self._on_user_data(account_id, channel, data)
+
+        await client.subscribe(USER_CHANNELS, on_user)
+
+    async def _on_user_data(self, account_id: str, channel: str, data: Any) -> None:
+        if channel.startswith("user.orders."):
+            orders = data if isinstance(data, list) else [data]
+            for order in orders:
+                if order.get("label"):
+                    await self._send_report(
+                        report_from_order(
+                            order, account_id=account_id, source=ReportSource.SUBSCRIPTION
+                        )
+                    )
+                else:
+                    self.counters["external_orders"] += 1
+        elif channel.startswith("user.trades."):
+            by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for trade in data if isinstance(data, list) else [data]:
+                if trade.get("label"):
+                    by_label[trade["label"]].append(trade)
+            for trades in by_label.values():
+                await self._send_report(
+                    report_from_trades(
+                        trades, account_id=account_id, source=ReportSource.SUBSCRIPTION
+                    )
+                )
+
+    async def _publish_open_orders(self, account_id: str, client: DeribitClient) -> None:
+        """After a reconnect, state that changed during the gap is re-read from the exchange."""
+        try:
+            orders = await client.call("private/get_open_orders", {})
+        except Exception as exc:
+            log.warning("gateway.reconcile_failed", account=account_id, error=str(exc))
+            return
+        for order in orders:
+            if order.get("label"):
+                await self._send_report(
+                    report_from_order(order, account_id=account_id, source=ReportSource.RECONCILE)
+                )
+
+    async def _send_report(self, report: ExecutionReport) -> None:
+        await self._send(self._reports_topic, report.order_id, report.to_bytes())
+        self.counters["reports"] += 1
+
+    async def _send(self, topic: str, key: str, value: bytes) -> None:
+        assert self._producer is not None
+        await self._producer.send(topic, value=value, key=key.encode())

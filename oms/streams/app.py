@@ -1,0 +1,83 @@
+"""The Faust application of an order-processing worker: topics, the order table, agents.
+
+Data flows one way::
+
+    order-requests ──intake──> orders table ──executor──> Deribit
+                       │                                     │
+                       └──> order-events <──order_state── execution-reports <── gateway
+
+``intake`` validates and records, the executor talks to the exchange in the background,
+and every answer comes back through ``execution-reports`` to ``order_state``, the only
+agent that applies exchange news to the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from oms.schemas import OrderRecord, Topic
+from oms.settings import Settings
+from oms.streams.codecs import RecordCodec, StrKeyCodec
+
+
+@dataclass
+class OmsApp:
+    """The Faust app with its topics and tables."""
+
+    app: faust.App
+    requests: faust.TopicT
+    reports: faust.TopicT
+    events: faust.TopicT
+    dead_letters: faust.TopicT
+    orders: Any  # faust Table[str, OrderRecord]
+
+    def active_partitions(self, topic_name: str) -> set[int]:
+        """Partitions of a topic this worker actively owns (standbys excluded)."""
+        actives: set[TP] = self.app.assignor.assigned_actives()
+        return {tp.partition for tp in actives if tp.topic == topic_name}
+
+
+def create_app(settings: Settings) -> OmsApp:
+    """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
+    worker = settings.worker
+    app = faust.App(
+        worker.app_id,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        store="memory://",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_port=worker.web_port,
+        web_host="127.0.0.1",
+        datadir=str(settings.data_dir / "faust" / worker.app_id),
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=2,
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=0.5,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        worker_redirect_stdouts=False,
+        autodiscover=False,
+    )
+    orders = app.Table(
+        "orders",
+        default=None,
+        partitions=settings.kafka.partitions,
+        key_serializer=StrKeyCodec(),
+        value_serializer=RecordCodec(OrderRecord),
+        help="Latest state of every order, keyed by order id (co-partitioned with requests).",
+    )
+    return OmsApp(
+        app=app,
+        requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),
+        reports=app.topic(settings.topic(Topic.EXECUTION_REPORTS)),
+        events=app.topic(settings.topic(Topic.ORDER_EVENTS)),
+        dead_letters=app.topic(settings.topic(Topic.DEAD_LETTERS)),
+        orders=orders,
+    )

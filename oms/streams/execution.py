@@ -1,0 +1,336 @@
+"""Where an order is executed: commands go to the exchange, answers come back as reports.
+
+The executor never writes order state itself. Every outcome (acknowledgement, fills,
+refusal) is published as an :class:`ExecutionReport` on ``execution-reports`` and applied by
+the order-state agent, so there is exactly one writer of state and one path for news,
+whether it came from our RPC, the ``user.orders`` stream, or a reconciliation.
+
+Exactly-once towards the exchange: the Deribit ``label`` is our order id. A submit whose
+outcome is unknown (connection lost, timeout, or a request that a previous worker may have
+sent before it died) is first looked up by label and only resent when the exchange has no
+order with that label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.errors import ExchangeError
+from oms.exchange.translate import report_from_error, report_from_order
+from oms.schemas import (
+    CommandType,
+    Direction,
+    ExecutionReport,
+    OrderRecord,
+    OrderRequest,
+    OrderType,
+    ReportSource,
+)
+from oms.secrets import SecretStore
+from oms.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[ExecutionReport], Awaitable[None]]
+
+# Order types that carry a trigger at Deribit.
+_TRIGGERED = frozenset(
+    {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
+)
+
+
+class ExchangeSessions:
+    """One authenticated Deribit connection per account, opened on first use."""
+
+    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._clients: dict[str, DeribitClient] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def has_account(self, account_id: str) -> bool:
+        return self._secrets.credentials(account_id) is not None
+
+    async def client(self, account_id: str) -> DeribitClient:
+        """The connected client of an account (connects on first call)."""
+        client = self._clients.get(account_id)
+        if client is not None:
+            return client
+        lock = self._locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            client = self._clients.get(account_id)
+            if client is None:
+                credentials = self._secrets.credentials(account_id)
+                if credentials is None:
+                    raise KeyError(f"no exchange credentials for account {account_id!r}")
+                client = DeribitClient(
+                    self._settings.exchange.url,
+                    credentials,
+                    settings=self._settings.exchange,
+                    name=f"exec:{account_id}",
+                )
+                await client.connect()
+                self._clients[account_id] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+class OrderExecutor:
+    """Sends commands to the exchange in the background and publishes what happened."""
+
+    def __init__(
+        self,
+        sessions: ExchangeSessions,
+        publish: Publish,
+        settings: Settings,
+        currency_of: Callable[[str], str],
+    ) -> None:
+        self._sessions = sessions
+        self._publish = publish
+        self._settings = settings
+        self._currency_of = currency_of
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
+        self.stats: dict[str, int] = {"submits": 0, "resubmits": 0, "label_hits": 0, "errors": 0}
+
+    # -- public API used by the agents -------------------------------------------------------
+
+    def is_inflight(self, order_id: str) -> bool:
+        return order_id in self._inflight
+
+    async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
+        """Send a new order. ``check_label_first`` for requests a previous worker may have
+        sent already (replayed after a crash or rebalance)."""
+        await self._spawn(order.order_id, self._submit(order, check_label_first))
+
+    async def cancel(self, order: OrderRecord, request_id: str) -> None:
+        """Cancel by label, after any submit of the same order still in flight."""
+        await self._spawn(order.order_id, self._cancel(order, request_id))
+
+    async def amend(self, order: OrderRecord, request: OrderRequest) -> None:
+        """Edit price and/or amount, after any command of the same order still in flight."""
+        await self._spawn(order.order_id, self._amend(order, request))
+
+    async def reconcile(self, order: OrderRecord) -> None:
+        """Look an order up by label; report it, or resubmit if the exchange never got it."""
+        await self._spawn(order.order_id, self._submit(order, check_label_first=True))
+
+    async def drain(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait for in-flight commands (on shutdown)."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _spawn(self, order_id: str, work: Awaitable[None]) -> None:
+        previous = self._inflight.get(order_id)
+        await self._capacity.acquire()
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    # Commands of one order reach the exchange in the order they were asked.
+                    await asyncio.wait([previous])
+                await work
+            except Exception:
+                log.exception("executor.command_failed", order_id=order_id)
+            finally:
+                self._capacity.release()
+                if self._inflight.get(order_id) is task:
+                    del self._inflight[order_id]
+
+        task = asyncio.create_task(run(), name=f"exec:{order_id}")
+        self._inflight[order_id] = task
+
+    async def _submit(self, order: OrderRecord, check_label_first: bool) -> None:
+        attempts = max(1, self._settings.lifecycle.retry_attempts + 1)
+        last_error: ExchangeError | None = None
+        for attempt in range(attempts):
+            if check_label_first or attempt > 0:
+                found = await self._lookup_by_label(order)
+                if found is not None:
+                    self.stats["label_hits"] += 1
+                    await self._publish(
+                        report_from_order(
+                            found, account_id=order.account_id, source=ReportSource.RECONCILE
+                        )
+                    )
+                    return
+                if attempt > 0 or check_label_first:
+                    self.stats["resubmits"] += 1
+            try:
+                client = await self._sessions.client(order.account_id)
+                method = "private/buy" if order.direction is Direction.BUY else "private/sell"
+                self.stats["submits"] += 1
+                result = await client.call(method, submit_params(order))
+            except ExchangeError as exc:
+                last_error = exc
+                if not exc.retryable:
+                    break
+                self.stats["errors"] += 1
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            await self._publish(
+                report_from_order(
+                    result["order"],
+                    account_id=order.account_id,
+                    source=ReportSource.RPC,
+                    trades=result.get("trades") or (),
+                    command=CommandType.SUBMIT,
+                    request_id=order.request_id,
+                )
+            )
+            return
+        assert last_error is not None
+        if last_error.outcome_unknown:
+            # Never give up silently on an order that may be live: one last label lookup.
+            found = await self._lookup_by_label(order)
+            if found is not None:
+                await self._publish(
+                    report_from_order(
+                        found, account_id=order.account_id, source=ReportSource.RECONCILE
+                    )
+                )
+                return
+        await self._publish(
+            report_from_error(
+                last_error,
+                order_id=order.order_id,
+                account_id=order.account_id,
+                instrument_name=order.instrument_name,
+                command=CommandType.SUBMIT,
+                request_id=order.request_id,
+            )
+        )
+
+    async def _lookup_by_label(self, order: OrderRecord) -> dict[str, Any] | None:
+        """The exchange's order with our label, waiting out disconnects."""
+        delay = self._settings.lifecycle.retry_delay
+        for attempt in range(20):
+            try:
+                client = await self._sessions.client(order.account_id)
+                orders = await client.call(
+                    "private/get_order_state_by_label",
+                    {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
+                )
+            except ExchangeError as exc:
+                if not exc.retryable:
+                    raise
+                await asyncio.sleep(min(delay * (2**attempt), 10.0))
+                continue
+            if not orders:
+                return None
+            if len(orders) > 1:
+                log.error("executor.duplicate_label", order_id=order.order_id, count=len(orders))
+            # The most recently updated order is the one whose state matters.
+            latest: dict[str, Any] = max(orders, key=lambda o: o.get("last_update_timestamp", 0))
+            return latest
+        raise TimeoutError(f"label lookup of {order.order_id} kept failing")
+
+    async def _cancel(self, order: OrderRecord, request_id: str) -> None:
+        await self._command(
+            order,
+            request_id,
+            CommandType.CANCEL,
+            "private/cancel_by_label",
+            {"label": order.order_id, "currency": self._currency_of(order.instrument_name)},
+        )
+
+    async def _amend(self, order: OrderRecord, request: OrderRequest) -> None:
+        params: dict[str, Any] = {"amount": request.amount or order.amount}
+        price = request.price if request.price is not None else order.price
+        if price is not None:
+            params["price"] = price
+        if order.exchange_order_id:
+            params["order_id"] = order.exchange_order_id
+            method = "private/edit"
+        else:
+            params["label"] = order.order_id
+            params["instrument_name"] = order.instrument_name
+            method = "private/edit_by_label"
+        await self._command(order, request.request_id, CommandType.AMEND, method, params)
+
+    async def _command(
+        self,
+        order: OrderRecord,
+        request_id: str,
+        command: CommandType,
+        method: str,
+        params: dict[str, Any],
+    ) -> None:
+        try:
+            client = await self._sessions.client(order.account_id)
+            result = await client.call(method, params)
+        except ExchangeError as exc:
+            await self._publish(
+                report_from_error(
+                    exc,
+                    order_id=order.order_id,
+                    account_id=order.account_id,
+                    instrument_name=order.instrument_name,
+                    command=command,
+                    request_id=request_id,
+                )
+            )
+            return
+        if command is CommandType.CANCEL:
+            # cancel_by_label answers with a count; the order's new state follows on
+            # user.orders, and we fetch it now so the cancel never depends on that stream.
+            found = await self._lookup_by_label(order)
+            if found is None:
+                return
+            report = report_from_order(
+                found,
+                account_id=order.account_id,
+                source=ReportSource.RPC,
+                command=command,
+                request_id=request_id,
+            )
+        else:
+            report = report_from_order(
+                result["order"],
+                account_id=order.account_id,
+                source=ReportSource.RPC,
+                trades=result.get("trades") or (),
+                command=command,
+                request_id=request_id,
+            )
+        await self._publish(report)
+
+    def _backoff(self, attempt: int) -> float:
+        base: float = self._settings.lifecycle.retry_delay * (2**attempt)
+        return min(base, 30.0) * (0.5 + random.random())
+
+
+def submit_params(order: OrderRecord) -> dict[str, Any]:
+    """``private/buy`` / ``private/sell`` parameters of an order."""
+    params: dict[str, Any] = {
+        "instrument_name": order.instrument_name,
+        "amount": order.amount,
+        "type": order.order_type.value,
+        "label": order.order_id,
+        "time_in_force": order.time_in_force.value,
+    }
+    if order.price is not None and order.order_type is not OrderType.MARKET:
+        params["price"] = order.price
+    if order.post_only:
+        params["post_only"] = True
+    if order.reduce_only:
+        params["reduce_only"] = True
+    if order.order_type in _TRIGGERED and order.trigger_price is not None:
+        params["trigger_price"] = order.trigger_price
+        params["trigger"] = str(order.metadata.get("trigger") or "last_price")
+    return params

@@ -1,0 +1,82 @@
+"""Where exchange news is recorded: execution reports applied to the order table."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import ValidationError
+
+from oms.schemas import DeadLetter, ExecutionReport, OrderEvent, OrderRecord, ReasonCode
+from oms.streams.state_machine import Outcome, apply_report
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class OrderStateContext:
+    """What the order-state agent needs, as plain callables."""
+
+    orders: Any  # the Faust table (dict-like)
+    emit: Callable[[OrderEvent], Awaitable[None]]
+    dead_letter: Callable[[DeadLetter], Awaitable[None]]
+    source_topic: str
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+async def handle_report(
+    ctx: OrderStateContext,
+    raw: bytes,
+    *,
+    key: bytes | None,
+    partition: int | None,
+    offset: int | None,
+) -> None:
+    """Apply one message of ``execution-reports``."""
+    try:
+        report = ExecutionReport.from_bytes(raw)
+    except (ValidationError, orjson.JSONDecodeError) as exc:
+        ctx.count("dead_letters")
+        await ctx.dead_letter(
+            DeadLetter.for_payload(
+                raw,
+                source_topic=ctx.source_topic,
+                reason_code=ReasonCode.SCHEMA_INVALID,
+                error=str(exc),
+                key=key,
+                partition=partition,
+                offset=offset,
+            )
+        )
+        return
+    order: OrderRecord | None = ctx.orders.get(report.order_id) if report.order_id else None
+    if order is None:
+        # Orders placed outside the OMS (no label of ours) or reports racing a table
+        # recovery are logged, never invented into the table.
+        ctx.count("reports_unknown_order")
+        log.info(
+            "order_state.unknown_order",
+            order_id=report.order_id,
+            exchange_order_id=report.exchange_order_id,
+        )
+        return
+    result = apply_report(order, report)
+    ctx.count(f"reports_{result.outcome.value}")
+    if result.outcome is Outcome.ILLEGAL:
+        log.warning(
+            "order_state.illegal_transition",
+            order_id=order.order_id,
+            note=result.note,
+            report_id=report.report_id,
+        )
+        return
+    if result.order is not order:
+        ctx.orders[order.order_id] = result.order
+    for event in result.events:
+        await ctx.emit(event)
