@@ -160,6 +160,9 @@ _TABLE: dict[int, tuple[str, type[ExchangeError]]] = {
     13403: ("scope_exceeded", Unauthorized),
     11042: ("permission_denied", Unauthorized),
     # invalid parameters
+    10030: ("must_be_websocket_request", InvalidParams),
+    10033: ("not_implemented", InvalidParams),
+    13010: ("value_required", InvalidParams),
     -32602: ("invalid_params", InvalidParams),
     -32601: ("method_not_found", InvalidParams),
     -32600: ("request_too_large", InvalidParams),
@@ -209,6 +212,8 @@ _TABLE: dict[int, tuple[str, type[ExchangeError]]] = {
     13019: ("orderbook_closed", OrderRejected),
     13030: ("mmp_trigger", OrderRejected),
     13777: ("replaced", OrderRejected),
+    # "error": a general failure without detail; keep the base class, not retryable.
+    10001: ("error", ExchangeError),
     # transient: the exchange says "later"
     10040: ("retry", ExchangeBusy),
     10041: ("settlement_in_progress", ExchangeBusy),

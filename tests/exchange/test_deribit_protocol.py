@@ -327,7 +327,7 @@ def _max_in_window(times: list[float], window: float) -> int:
 
 
 async def test_matching_engine_rate_never_exceeded(srv: FakeDeribit) -> None:
-    limits = RateLimitConfig(matching_rate_per_s=20.0, matching_burst=5)
+    limits = RateLimitConfig(matching_rate_per_s=20.0, matching_burst=5, headroom=0)
     async with client(srv, rate_limits=limits) as c:
         t0 = time.monotonic()
         await asyncio.gather(
@@ -347,7 +347,9 @@ async def test_matching_engine_rate_never_exceeded(srv: FakeDeribit) -> None:
 
 
 async def test_credit_pool_paces_non_matching_requests(srv: FakeDeribit) -> None:
-    limits = RateLimitConfig(credits_max=2_000, credits_refill_per_s=10_000, credits_cost=500)
+    limits = RateLimitConfig(
+        credits_max=2_000, credits_refill_per_s=10_000, credits_cost=500, headroom=0
+    )
     async with client(srv, rate_limits=limits) as c:
         await asyncio.sleep(0.3)  # let setup requests' credits refill
         t0 = time.monotonic()
@@ -360,7 +362,7 @@ async def test_credit_pool_paces_non_matching_requests(srv: FakeDeribit) -> None
 
 
 async def test_max_rate_wait_fails_fast(srv: FakeDeribit) -> None:
-    limits = RateLimitConfig(matching_rate_per_s=1.0, matching_burst=1)
+    limits = RateLimitConfig(matching_rate_per_s=1.0, matching_burst=1, headroom=0)
     async with client(srv, rate_limits=limits, max_rate_wait=0.2) as c:
         await c.buy(instrument_name="BTC-PERPETUAL", amount=10)
         with pytest.raises(RateLimited) as info:
@@ -375,3 +377,20 @@ async def test_many_concurrent_requests(srv: FakeDeribit) -> None:
         results = await asyncio.gather(*(c.call("public/test") for _ in range(2000)))
     assert all(r == {"version": "fake"} for r in results)
     assert c.stats.replies >= 2000 and c.inflight == 0
+
+
+async def test_clients_of_one_account_share_a_limiter(srv: FakeDeribit) -> None:
+    from oms.exchange.deribit import RateLimiter
+
+    shared = RateLimiter(RateLimitConfig(matching_rate_per_s=10.0, matching_burst=2))
+    async with client(srv, rate_limiter=shared) as a, client(srv, rate_limiter=shared) as b:
+        assert a.rate_limiter is b.rate_limiter
+        t0 = time.monotonic()
+        await asyncio.gather(
+            *(x.buy(instrument_name="BTC-PERPETUAL", amount=10) for x in (a, b) * 6)
+        )
+        elapsed = time.monotonic() - t0
+    times = sorted(r.at for r in srv.calls("private/buy"))
+    # Headroom 10%: 1.8 burst, 9/s for both clients together, not 2 x 10/s.
+    assert elapsed >= (12 - 1.8) / 9.0 - 0.05
+    assert _max_in_window(times, 0.5) <= 2 + 10 * 0.5 + 1

@@ -115,16 +115,19 @@ def test_limiter_config_from_settings() -> None:
         matching_rate_per_s=2,
         matching_burst=3,
     )
-    lim = RateLimiter(RateLimitConfig.from_settings(s))
+    lim = RateLimiter(RateLimitConfig.from_settings(s, headroom=0))
     assert lim.credits.capacity == 1000 and lim.credits.rate == 100
     assert lim.matching.capacity == 3 and lim.matching.rate == 2
+    safe = RateLimiter(RateLimitConfig.from_settings(s))
+    assert safe.matching.rate == pytest.approx(1.8) and safe.matching.capacity == pytest.approx(2.7)
+    assert safe.credits.rate == pytest.approx(90)
     assert lim.delay_for("private/buy") == 0
 
 
 async def test_limiter_cancel_refunds() -> None:
     import asyncio
 
-    lim = RateLimiter(RateLimitConfig(matching_rate_per_s=1, matching_burst=1))
+    lim = RateLimiter(RateLimitConfig(matching_rate_per_s=1, matching_burst=1, headroom=0))
     assert await lim.acquire("private/buy")
     waiter = asyncio.ensure_future(lim.acquire("private/buy"))
     await asyncio.sleep(0.01)

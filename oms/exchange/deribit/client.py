@@ -114,11 +114,16 @@ class DeribitClient:
         settings: ExchangeSettings | None = None,
         name: str = "",
         rate_limits: RateLimitConfig | None = None,
+        rate_limiter: RateLimiter | None = None,
         on_reconnect: ReconnectHook | None = None,
         max_rate_wait: float | None = None,
     ) -> None:
-        """``rate_limits`` overrides the settings' tier; ``max_rate_wait`` (s) makes a request
-        that would wait longer than that for credits fail at once with ``client_rate_limited``."""
+        """Create a client; nothing connects until :meth:`connect`.
+
+        ``rate_limits`` overrides the settings' tier; pass one shared ``rate_limiter`` to every
+        client of the same sub-account instead. ``max_rate_wait`` (s) makes a request that would
+        wait longer than that for credits fail at once with ``client_rate_limited``.
+        """
         self.url = url
         self.name = name
         self.settings = settings or ExchangeSettings()
@@ -127,7 +132,9 @@ class DeribitClient:
         self.connected = asyncio.Event()
         self._credentials = credentials
         self._timeout = self.settings.request_timeout
-        self._limiter = RateLimiter(rate_limits or RateLimitConfig.from_settings(self.settings))
+        self._limiter = rate_limiter or RateLimiter(
+            rate_limits or RateLimitConfig.from_settings(self.settings)
+        )
         self._max_rate_wait = max_rate_wait
         self._auth = AuthState()
         self._ids = itertools.count(1)
@@ -403,7 +410,7 @@ class DeribitClient:
         if self._credentials is not None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(ws))
         self.connected.set()
-        self._log.info("session up", url=self.url)
+        self._log.info("session up")
 
     async def _login(self) -> None:
         assert self._credentials is not None

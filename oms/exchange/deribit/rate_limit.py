@@ -104,9 +104,12 @@ class RateLimitConfig:
     credits_cost: int = 500
     matching_rate_per_s: float = 5.0
     matching_burst: int = 20
+    # Share of each budget we leave unused: network jitter can bunch requests we spaced evenly,
+    # and Deribit's bucket (not ours) decides. 0 paces at exactly the configured limits.
+    headroom: float = 0.1
 
     @classmethod
-    def from_settings(cls, settings: ExchangeSettings) -> RateLimitConfig:
+    def from_settings(cls, settings: ExchangeSettings, headroom: float = 0.1) -> RateLimitConfig:
         """The limits configured in :class:`~oms.settings.ExchangeSettings`."""
         return cls(
             credits_max=settings.credits_max,
@@ -114,18 +117,35 @@ class RateLimitConfig:
             credits_cost=settings.credits_cost,
             matching_rate_per_s=settings.matching_rate_per_s,
             matching_burst=settings.matching_burst,
+            headroom=headroom,
         )
+
+    def scaled(self, value: float) -> float:
+        """``value`` less the headroom (never below one request's worth)."""
+        return max(value * (1.0 - self.headroom), 1e-9)
 
 
 class RateLimiter:
-    """Both Deribit pools of one connection's sub-account."""
+    """Both Deribit pools of one sub-account.
+
+    Deribit meters the sub-account, not the connection: clients of the same account (e.g. the
+    order executor and the user-data gateway) should share one instance.
+    """
 
     def __init__(
         self, config: RateLimitConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.config = config
-        self.credits = TokenBucket(config.credits_refill_per_s, config.credits_max, clock=clock)
-        self.matching = TokenBucket(config.matching_rate_per_s, config.matching_burst, clock=clock)
+        self.credits = TokenBucket(
+            config.scaled(config.credits_refill_per_s),
+            max(config.scaled(config.credits_max), config.credits_cost),
+            clock=clock,
+        )
+        self.matching = TokenBucket(
+            config.scaled(config.matching_rate_per_s),
+            max(config.scaled(config.matching_burst), 1.0),
+            clock=clock,
+        )
         self.waits = 0
         self.wait_seconds = 0.0
 
