@@ -1,0 +1,373 @@
+"""``oms bench e2e``: orders through the whole real path, against a raw Kafka baseline.
+
+Self-contained: starts a Kafka broker on free ports, the paper exchange, the gateway and a
+worker, publishes N order requests (optionally paced), and measures, per order, the time
+from publishing the request to receiving its first exchange-acknowledged order event.
+
+Baseline, same broker, same run: a raw aiokafka produce -> consume -> produce -> consume
+passthrough of messages of the same sizes (request in, event out), i.e. what two Kafka hops
+cost with no order logic at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from oms.devstack.kafka import KafkaBroker, free_port
+from oms.harness import OmsServices, worker_ready
+from oms.kafka_admin import ensure_topics
+from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
+from oms.secrets import Credentials, write_secrets_file
+from oms.settings import Settings
+
+ACK_EVENTS = frozenset(
+    {
+        OrderEventType.OPEN,
+        OrderEventType.PARTIALLY_FILLED,
+        OrderEventType.FILLED,
+        OrderEventType.CANCELLED,
+        OrderEventType.REJECTED,
+    }
+)
+# Deribit tier 1 matching-engine limit per sub-account (requests/s); the bench spreads
+# orders so that no account needs more than this.
+TIER1_RATE = 30.0
+TIER1_BURST = 100
+
+
+@dataclass
+class E2EConfig:
+    orders: int = 2_000
+    rate: float | None = None
+    accounts: int | None = None
+    partitions: int = 8
+    warmup: int = 50
+    timeout_s: float = 300.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(values_ms: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values_ms, 50), 2),
+        "p90": round(percentile(values_ms, 90), 2),
+        "p99": round(percentile(values_ms, 99), 2),
+        "max": round(max(values_ms), 2) if values_ms else math.nan,
+        "mean": round(statistics.fmean(values_ms), 2) if values_ms else math.nan,
+    }
+
+
+def accounts_needed(config: E2EConfig) -> int:
+    if config.accounts:
+        return config.accounts
+    # Enough tier-1 accounts that the exchange's per-account limit is never the bottleneck,
+    # even when orders are published as fast as possible (sized for 1,200/s sustained
+    # plus each account's burst).
+    target = config.rate or 1_200.0
+    return max(4, math.ceil(target / (TIER1_RATE * 0.8)))
+
+
+def bench_settings(
+    base_dir: Path, bootstrap: str, config: E2EConfig, accounts: list[str]
+) -> Settings:
+    settings = Settings()
+    paper_port = free_port()
+    return settings.model_copy(
+        update={
+            "data_dir": base_dir,
+            "accounts": accounts,
+            "secrets_file": base_dir / "secrets.json",
+            "kafka": settings.kafka.model_copy(
+                update={
+                    "bootstrap": bootstrap,
+                    "partitions": config.partitions,
+                    "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
+                }
+            ),
+            "exchange": settings.exchange.model_copy(
+                update={
+                    "url": f"ws://127.0.0.1:{paper_port}/ws/api/v2",
+                    "matching_rate_per_s": TIER1_RATE,
+                    "matching_burst": TIER1_BURST,
+                }
+            ),
+            "paper": settings.paper.model_copy(update={"port": paper_port, "default_tier": 1}),
+            "worker": settings.worker.model_copy(
+                update={"web_port": free_port(), "app_id": f"oms-bench-{uuid.uuid4().hex[:6]}"}
+            ),
+        }
+    )
+
+
+def make_requests(n: int, accounts: list[str], prefix: str) -> list[OrderRequest]:
+    """Half resting limit orders far from the market, half marketable: both get acked."""
+    requests = []
+    for i in range(n):
+        marketable = i % 2 == 0
+        buy = i % 4 < 2
+        requests.append(
+            OrderRequest(
+                request_id=f"{prefix}-{i}",
+                account_id=accounts[i % len(accounts)],
+                instrument_name="BTC-PERPETUAL",
+                amount=10.0,
+                direction="buy" if buy else "sell",
+                order_type="market" if marketable else "limit",
+                price=None if marketable else (1_000.0 if buy else 1_000_000.0),
+            )
+        )
+    return requests
+
+
+class EventCollector:
+    """Reads order-events from the end and records the first ack time of each order."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._topic = topic
+        self.first_ack: dict[str, float] = {}
+        self.first_ack_type: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wanted: set[str] = set()
+        self._done = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        parts = [
+            TopicPartition(self._topic, p)
+            for p in self._consumer.partitions_for_topic(self._topic) or []
+        ]
+        if not parts:
+            await self._consumer._client.force_metadata_update()
+            parts = [
+                TopicPartition(self._topic, p)
+                for p in self._consumer.partitions_for_topic(self._topic) or []
+            ]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_end(*parts)
+        for tp in parts:
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    def expect(self, order_ids: set[str]) -> None:
+        self._wanted = set(order_ids)
+        self._done.clear()
+        if self._wanted <= self.first_ack.keys():
+            self._done.set()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=5_000)
+            now = time.perf_counter()
+            for messages in batch.values():
+                for message in messages:
+                    event = OrderEvent.from_bytes(message.value)
+                    if event.event_type in ACK_EVENTS and event.order_id not in self.first_ack:
+                        self.first_ack[event.order_id] = now
+                        self.first_ack_type[event.order_id] = event.event_type.value
+            if self._wanted and self._wanted <= self.first_ack.keys():
+                self._done.set()
+
+    async def wait(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._done.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self._consumer.stop()
+
+
+async def publish(
+    producer: AIOKafkaProducer,
+    topic: str,
+    requests: list[OrderRequest],
+    rate: float | None,
+    sent_at: dict[str, float],
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    start = time.perf_counter()
+    for i, request in enumerate(requests):
+        if rate:
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        sent_at[request.key] = time.perf_counter()
+        await producer.send(topic, value=request.to_bytes(), key=request.key.encode())
+        if on_progress and i % 100 == 0:
+            on_progress(i)
+    await producer.flush()
+
+
+async def baseline_passthrough(
+    bootstrap: str, prefix: str, n: int, request_size: int, event_size: int, partitions: int
+) -> float:
+    """Messages/s of raw produce -> consume -> produce -> consume (two hops), same broker."""
+    t_in, t_out = f"{prefix}baseline-in", f"{prefix}baseline-out"
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, partitions, 1) for t in (t_in, t_out)], validate_only=False
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    relay_producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    relay = AIOKafkaConsumer(
+        t_in, bootstrap_servers=bootstrap, group_id=f"{prefix}relay", auto_offset_reset="earliest"
+    )
+    sink = AIOKafkaConsumer(
+        t_out, bootstrap_servers=bootstrap, group_id=f"{prefix}sink", auto_offset_reset="earliest"
+    )
+    for client in (producer, relay_producer, relay, sink):
+        await client.start()
+    request_body = b"x" * request_size
+    event_body = b"y" * event_size
+    received = 0
+    done = asyncio.Event()
+
+    async def run_relay() -> None:
+        async for message in relay:
+            await relay_producer.send(t_out, value=event_body, key=message.key)
+
+    async def run_sink() -> None:
+        nonlocal received
+        async for _ in sink:
+            received += 1
+            if received >= n:
+                done.set()
+
+    tasks = [asyncio.create_task(run_relay()), asyncio.create_task(run_sink())]
+    # Both groups must own their partitions before anything is timed.
+    while not relay.assignment() or not sink.assignment():  # noqa: ASYNC110 - no event exists
+        await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    for i in range(n):
+        await producer.send(t_in, value=request_body, key=f"k{i}".encode())
+    await producer.flush()
+    await asyncio.wait_for(done.wait(), 300)
+    elapsed = time.perf_counter() - start
+    for task in tasks:
+        task.cancel()
+    for client in (producer, relay_producer, relay, sink):
+        await client.stop()
+    return n / elapsed
+
+
+async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark and return its figures."""
+    base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
+    broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
+    on_status("starting Kafka")
+    await broker.astart(die_with_parent=True)
+    services: OmsServices | None = None
+    try:
+        n_accounts = accounts_needed(config)
+        accounts = [f"bench-{i}" for i in range(n_accounts)]
+        settings = bench_settings(base, broker.bootstrap, config, accounts)
+        write_secrets_file(
+            settings.resolved_secrets_file,
+            {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
+        )
+        await ensure_topics(settings)
+        services = OmsServices(settings, base / "logs")
+        services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
+        services.add_gateway()
+        services.add_worker(0, settings.worker.web_port)
+        on_status(f"starting paper exchange, gateway, worker ({n_accounts} accounts)")
+        services.start_all()
+        await worker_ready(settings.worker.web_port)
+
+        collector = EventCollector(broker.bootstrap, settings.topic(Topic.ORDER_EVENTS))
+        await collector.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
+        await producer.start()
+        requests_topic = settings.topic(Topic.ORDER_REQUESTS)
+        try:
+            on_status(f"warm-up ({config.warmup} orders)")
+            warm = make_requests(config.warmup, accounts, f"warm-{uuid.uuid4().hex[:6]}")
+            collector.expect({r.key for r in warm})
+            await publish(producer, requests_topic, warm, None, {})
+            if not await collector.wait(120):
+                raise RuntimeError(
+                    "warm-up orders were not acknowledged:\n" + services.diagnostics()
+                )
+
+            requests = make_requests(config.orders, accounts, f"run-{uuid.uuid4().hex[:6]}")
+            sent_at: dict[str, float] = {}
+            collector.expect({r.key for r in requests})
+            on_status(f"publishing {config.orders} orders")
+            t0 = time.perf_counter()
+            await publish(producer, requests_topic, requests, config.rate, sent_at)
+            complete = await collector.wait(config.timeout_s)
+            acked = [k for k in sent_at if k in collector.first_ack]
+            t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
+            seconds = t_end - t0
+            latencies = [(collector.first_ack[k] - sent_at[k]) * 1000 for k in acked]
+            ack_types: dict[str, int] = {}
+            for k in acked:
+                kind = collector.first_ack_type[k]
+                ack_types[kind] = ack_types.get(kind, 0) + 1
+            request_size = len(requests[0].to_bytes())
+        finally:
+            await producer.stop()
+            await collector.stop()
+        on_status("measuring the raw Kafka baseline")
+        baseline = await baseline_passthrough(
+            broker.bootstrap,
+            settings.kafka.topic_prefix,
+            config.orders,
+            request_size,
+            1_500,
+            config.partitions,
+        )
+        throughput = len(acked) / seconds if seconds > 0 else 0.0
+        return {
+            "orders": config.orders,
+            "acknowledged": len(acked),
+            "complete": complete,
+            "accounts": n_accounts,
+            "rate": config.rate,
+            "seconds": round(seconds, 3),
+            "throughput_per_s": round(throughput, 1),
+            "latency_ms": latency_summary(latencies),
+            "first_events": ack_types,
+            "baseline_throughput_per_s": round(baseline, 1),
+            "ratio": round(throughput / baseline, 3) if baseline else None,
+            "partitions": config.partitions,
+        }
+    finally:
+        if services is not None:
+            services.stop_all()
+        await broker.astop()
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return orjson.dumps(result).decode()

@@ -1,0 +1,180 @@
+"""Start the OMS services as real processes for tests and benchmarks.
+
+Each service runs as ``python -m oms.cli.main <command>`` with its settings passed through
+the environment (exactly how an operator configures it), in its own process group so it
+can be stopped, or killed with SIGKILL, as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from oms.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    data = settings.model_dump(mode="json")
+    # Derived from data_dir by default: pin it, since services get data dirs of their own.
+    data["secrets_file"] = str(settings.resolved_secrets_file.resolve())
+    env: dict[str, str] = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            env[f"OMS_{name.upper()}"] = orjson.dumps(value).decode()
+        else:
+            env[f"OMS_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    """One OMS service process."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oms.cli.main", *self.args],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, with no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class OmsServices:
+    """The paper exchange, gateway, worker(s) and sink for one settings object."""
+
+    settings: Settings
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return {**settings_env(self.settings), **self.extra_env, **overrides}
+
+    def add(self, name: str, args: list[str], **env: str) -> ServiceProcess:
+        service = ServiceProcess(name, args, self._env(**env), self.log_dir / f"{name}.log")
+        self.processes[name] = service
+        return service
+
+    def add_paper_exchange(self, *extra_args: str) -> ServiceProcess:
+        paper = self.settings.paper
+        return self.add(
+            "paper-exchange",
+            ["paper-exchange", "--host", paper.host, "--port", str(paper.port), *extra_args],
+        )
+
+    def add_worker(self, index: int = 0, web_port: int | None = None) -> ServiceProcess:
+        port = web_port or self.settings.worker.web_port + index
+        data_dir = self.settings.data_dir / f"worker-{index}"
+        return self.add(
+            f"worker-{index}",
+            ["worker", "--web-port", str(port), "--loglevel", "warn"],
+            OMS_DATA_DIR=str(data_dir),
+        )
+
+    def add_gateway(self) -> ServiceProcess:
+        return self.add("gateway", ["gateway", "--loglevel", "warn"])
+
+    def add_sink(self) -> ServiceProcess:
+        return self.add("sink", ["sink"])
+
+    def start_all(self) -> None:
+        for service in self.processes.values():
+            if not service.alive:
+                service.start()
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.processes.values())):
+            service.stop()
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.processes[name]
+
+    def diagnostics(self) -> str:
+        return "\n".join(
+            f"--- {name} (alive={s.alive}) ---\n{s.tail()}" for name, s in self.processes.items()
+        )
+
+
+async def wait_http_ok(url: str, within: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within {within}s")
+            await asyncio.sleep(0.2)
+
+
+async def worker_ready(web_port: int, within: float = 90.0) -> None:
+    """Wait until a worker's web server answers and it has loaded the instruments."""
+    url = f"http://127.0.0.1:{web_port}/health"
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200 and (await resp.json()).get("instruments", 0) > 0:
+                        return
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.25)
+    raise TimeoutError(f"worker on port {web_port} not ready within {within}s")
