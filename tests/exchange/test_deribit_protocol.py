@@ -342,6 +342,8 @@ async def test_matching_engine_rate_never_exceeded(srv: FakeDeribit) -> None:
     for w in (0.1, 0.25, 0.5):
         assert _max_in_window(times, w) <= 5 + 20 * w + 1
     assert c.rate_limiter.waits == 20
+    snap = c.snapshot()
+    assert snap["rate_limit_waits"] == 20 and snap["requests"] >= 27 and snap["inflight"] == 0
     # Other requests use the credit pool, not the matching one.
     assert c.rate_limiter.matching.available < 5
 
@@ -394,3 +396,13 @@ async def test_clients_of_one_account_share_a_limiter(srv: FakeDeribit) -> None:
     # Headroom 10%: 1.8 burst, 9/s for both clients together, not 2 x 10/s.
     assert elapsed >= (12 - 1.8) / 9.0 - 0.05
     assert _max_in_window(times, 0.5) <= 2 + 10 * 0.5 + 1
+
+
+async def test_cancel_on_disconnect_is_enabled_on_every_session(srv: FakeDeribit) -> None:
+    srv.handlers["private/enable_cancel_on_disconnect"] = lambda conn, params: "ok"
+    async with client(srv, cancel_on_disconnect=True) as c:
+        await srv.drop_all()
+        await srv.wait_for(lambda: c.is_connected and c.stats.reconnects == 1)
+    calls = srv.calls("private/enable_cancel_on_disconnect")
+    assert [r.conn for r in calls] == [0, 1]
+    assert calls[0].params == {"scope": "connection"}

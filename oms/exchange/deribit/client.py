@@ -71,8 +71,6 @@ class ClientStats:
     disconnects: int = 0
     reconnects: int = 0
     token_refreshes: int = 0
-    rate_limit_waits: int = 0
-    rate_limit_wait_seconds: float = 0.0
 
 
 class _AsyncDispatch:
@@ -117,12 +115,15 @@ class DeribitClient:
         rate_limiter: RateLimiter | None = None,
         on_reconnect: ReconnectHook | None = None,
         max_rate_wait: float | None = None,
+        cancel_on_disconnect: bool = False,
     ) -> None:
         """Create a client; nothing connects until :meth:`connect`.
 
         ``rate_limits`` overrides the settings' tier; pass one shared ``rate_limiter`` to every
         client of the same sub-account instead. ``max_rate_wait`` (s) makes a request that would
         wait longer than that for credits fail at once with ``client_rate_limited``.
+        ``cancel_on_disconnect`` enables Deribit's connection-scoped cancel-on-disconnect on
+        every (re)connected session, so orders never outlive the connection that placed them.
         """
         self.url = url
         self.name = name
@@ -136,6 +137,7 @@ class DeribitClient:
             rate_limits or RateLimitConfig.from_settings(self.settings)
         )
         self._max_rate_wait = max_rate_wait
+        self._cancel_on_disconnect = cancel_on_disconnect
         self._auth = AuthState()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str, asyncio.TimerHandle]] = {}
@@ -171,6 +173,21 @@ class DeribitClient:
     def rate_limiter(self) -> RateLimiter:
         """This client's rate-limit model (one per sub-account)."""
         return self._limiter
+
+    def snapshot(self) -> dict[str, Any]:
+        """All counters and gauges as one flat dict, for metrics exporters."""
+        out: dict[str, Any] = {
+            k: v for k, v in self.stats.__dict__.items() if k != "errors_by_code"
+        }
+        out["errors_by_code"] = dict(self.stats.errors_by_code)
+        out["inflight"] = len(self._pending)
+        out["connected"] = self.is_connected
+        out["subscriptions"] = len(self._handlers)
+        out["rate_limit_waits"] = self._limiter.waits
+        out["rate_limit_wait_seconds"] = self._limiter.wait_seconds
+        out["matching_tokens"] = self._limiter.matching.available
+        out["credits"] = self._limiter.credits.available
+        return out
 
     async def connect(self) -> None:
         """Open the first session; raises if it fails (later drops reconnect on their own)."""
@@ -399,6 +416,10 @@ class DeribitClient:
         try:
             if self._credentials is not None:
                 await self._login()
+                if self._cancel_on_disconnect:
+                    await self._session_call(
+                        "private/enable_cancel_on_disconnect", {"scope": "connection"}
+                    )
             await self._session_call(
                 "public/set_heartbeat", {"interval": self.settings.heartbeat_interval}
             )
