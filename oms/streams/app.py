@@ -61,6 +61,8 @@ def create_app(settings: Settings) -> OmsApp:
         broker_commit_every=1000,
         broker_commit_interval=0.5,
         stream_wait_empty=False,
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, worker.session_timeout_s / 4),
         table_standby_replicas=0,
         worker_redirect_stdouts=False,
         autodiscover=False,

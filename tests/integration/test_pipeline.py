@@ -1,0 +1,299 @@
+"""The whole path, for real: Kafka -> Faust worker -> paper exchange -> reports -> events
+-> ClickHouse, with the services running as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from oms.client import OrderClient
+from oms.devstack.kafka import free_port
+from oms.exchange.deribit.client import DeribitClient
+from oms.harness import OmsServices, wait_http_ok, worker_ready
+from oms.kafka_admin import ensure_topics
+from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic
+from oms.secrets import Credentials, SecretStore, write_secrets_file
+from oms.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+ACCOUNTS = ["acc-a", "acc-b", "acc-c", "acc-d"]
+TERMINAL_OR_RESTING = {
+    OrderEventType.OPEN,
+    OrderEventType.FILLED,
+    OrderEventType.REJECTED,
+    OrderEventType.CANCELLED,
+}
+
+
+def make_settings(tmp: Path, bootstrap: str, partitions: int = 4) -> Settings:
+    base = Settings()
+    paper_port = free_port()
+    return base.model_copy(
+        update={
+            "data_dir": tmp,
+            "accounts": ACCOUNTS,
+            "secrets_file": tmp / "secrets.json",
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap": bootstrap,
+                    "partitions": partitions,
+                    "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
+                }
+            ),
+            "exchange": base.exchange.model_copy(
+                update={
+                    "url": f"ws://127.0.0.1:{paper_port}/ws/api/v2",
+                    "matching_rate_per_s": 30.0,
+                    "matching_burst": 100,
+                }
+            ),
+            "paper": base.paper.model_copy(update={"port": paper_port, "default_tier": 1}),
+            "worker": base.worker.model_copy(
+                update={
+                    "web_port": free_port(),
+                    "app_id": f"oms-test-{uuid.uuid4().hex[:6]}",
+                    "recovery_check_interval_s": 1.0,
+                    "submit_timeout_s": 3.0,
+                }
+            ),
+            "sink": base.sink.model_copy(
+                update={"query_port": free_port(), "flush_interval_s": 0.3}
+            ),
+        }
+    )
+
+
+async def start_stack(settings: Settings, workers: int = 1, sink: bool = True) -> OmsServices:
+    write_secrets_file(
+        settings.resolved_secrets_file,
+        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
+    )
+    await ensure_topics(settings)
+    services = OmsServices(settings, settings.data_dir / "logs")
+    services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
+    services.add_gateway()
+    ports = [settings.worker.web_port] + [free_port() for _ in range(workers - 1)]
+    for i, port in enumerate(ports):
+        services.add_worker(i, port)
+    if sink:
+        services.add_sink()
+    services.start_all()
+    try:
+        for port in ports:
+            await worker_ready(port, within=120)
+        if sink:
+            await wait_http_ok(f"http://127.0.0.1:{settings.sink.query_port}/health", within=60)
+    except BaseException:
+        print(services.diagnostics())
+        services.stop_all()
+        raise
+    return services
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, OmsServices]]:
+    settings = make_settings(tmp_path_factory.mktemp("pipeline"), kafka_bootstrap)
+    services = await start_stack(settings)
+    yield settings, services
+    services.stop_all()
+
+
+async def exchange_orders_by_label(settings: Settings, labels_by_account: dict[str, list[str]]):
+    """How many orders the exchange holds per label (the duplicate check)."""
+    store = SecretStore(settings.resolved_secrets_file)
+    counts: Counter[str] = Counter()
+
+    async def lookup(account: str, labels: list[str]) -> None:
+        async with DeribitClient(
+            settings.exchange.url, store.credentials(account), settings=settings.exchange
+        ) as client:
+            for label in labels:
+                orders = await client.call(
+                    "private/get_order_state_by_label", {"currency": "BTC", "label": label}
+                )
+                counts[label] += len(orders)
+
+    await asyncio.gather(*(lookup(a, ls) for a, ls in labels_by_account.items()))
+    return counts
+
+
+async def final_event(client: OrderClient, order_id: str, timeout: float = 60) -> OrderEvent:
+    return await client.wait_for_event(
+        order_id, lambda e: e.event_type in TERMINAL_OR_RESTING, timeout=timeout
+    )
+
+
+async def test_200_mixed_orders_reach_expected_states(stack: tuple[Settings, OmsServices]) -> None:
+    settings, services = stack
+    clients = {a: OrderClient(a, settings=settings) for a in ACCOUNTS}
+    for client in clients.values():
+        await client.start()
+    expected: dict[str, tuple[str, OrderEventType]] = {}
+    try:
+        for i in range(200):
+            account = ACCOUNTS[i % len(ACCOUNTS)]
+            kind = i % 4
+            if kind == 0:  # resting buy far below the market
+                args: dict[str, Any] = {"direction": "buy", "price": 1_000.0}
+                want = OrderEventType.OPEN
+            elif kind == 1:  # resting sell far above
+                args = {"direction": "sell", "price": 1_000_000.0}
+                want = OrderEventType.OPEN
+            elif kind == 2:  # marketable
+                args = {"direction": "buy", "order_type": "market"}
+                want = OrderEventType.FILLED
+            else:
+                args = {"direction": "sell", "order_type": "market"}
+                want = OrderEventType.FILLED
+            order_id = await clients[account].submit_advanced_order(
+                instrument_name="BTC-PERPETUAL", amount=10, **args
+            )
+            expected[order_id] = (account, want)
+        results = await asyncio.gather(
+            *(final_event(clients[a], oid) for oid, (a, _) in expected.items())
+        )
+    except BaseException:
+        print(services.diagnostics())
+        raise
+    finally:
+        for client in clients.values():
+            await client.close()
+    got = {e.order_id: e.event_type for e in results}
+    assert got == {oid: want for oid, (_, want) in expected.items()}
+
+    by_account: dict[str, list[str]] = {}
+    for oid, (account, _) in expected.items():
+        by_account.setdefault(account, []).append(oid)
+    counts = await exchange_orders_by_label(settings, by_account)
+    assert all(counts[oid] == 1 for oid in expected), "every label exactly once at the exchange"
+
+    # ClickHouse agrees with the order state the events reported.
+    from oms.sinks.query import run_query
+
+    ids = ",".join(f"'{oid}'" for oid in expected)
+    want_status = {
+        oid: ("open" if w is OrderEventType.OPEN else "filled") for oid, (_, w) in expected.items()
+    }
+    rows: dict[str, str] = {}
+    for _ in range(60):
+        result = await run_query(
+            settings, f"SELECT order_id, status FROM orders FINAL WHERE order_id IN ({ids})"
+        )
+        rows = {r[0]: r[1] for r in result.rows}
+        if rows == want_status:
+            break
+        await asyncio.sleep(0.5)
+    assert rows == want_status
+
+
+async def read_dead_letters(settings: Settings, want: int, timeout: float = 30) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(
+        settings.topic(Topic.DEAD_LETTERS),
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for message in consumer:
+                letters.append(DeadLetter.from_bytes(message.value))
+                if len(letters) >= want:
+                    break
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_bad_input_is_rejected_with_reasons(stack: tuple[Settings, OmsServices]) -> None:
+    settings, services = stack
+    async with OrderClient("acc-a", settings=settings) as client:
+        # Malformed bytes: dead-lettered with a reason, nothing else.
+        await client.send_raw(b"{this is not json", key=b"junk")
+        await client.send_raw(b"\x00\xff\xfe binary", key=None)
+
+        def request(**kw: Any) -> bytes:
+            body = {
+                "request_id": uuid.uuid4().hex,
+                "account_id": "acc-a",
+                "instrument_name": "BTC-PERPETUAL",
+                "amount": 10,
+                "direction": "buy",
+                "price": 1000.0,
+            }
+            body.update(kw)
+            return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+        cases = {
+            "missing": (request(amount=...), ReasonCode.SCHEMA_INVALID),
+            "unknown_field": (request(colour="red"), ReasonCode.SCHEMA_INVALID),
+            "negative": (request(amount=-10), ReasonCode.INVALID_AMOUNT),
+            "zero": (request(amount=0), ReasonCode.INVALID_AMOUNT),
+            "not_multiple": (request(amount=15), ReasonCode.AMOUNT_NOT_MULTIPLE),
+            "off_tick": (request(price=1000.3), ReasonCode.PRICE_OFF_TICK),
+            "unknown_instrument": (
+                request(instrument_name="DOGE-PERP"),
+                ReasonCode.UNKNOWN_INSTRUMENT,
+            ),
+            "unknown_account": (request(account_id="nobody"), ReasonCode.UNKNOWN_ACCOUNT),
+        }
+        order_ids = {}
+        for name, (raw, _) in cases.items():
+            body = orjson.loads(raw)
+            from oms.schemas import derive_order_id
+
+            order_ids[name] = derive_order_id(body["account_id"], body["request_id"])
+            await client.send_raw(raw, key=order_ids[name].encode())
+        for name, (_, reason) in cases.items():
+            event = await client.wait_for_event(order_ids[name], timeout=30)
+            assert event.event_type is OrderEventType.REJECTED, name
+            assert event.reason_code is reason, (name, event.reason_code, event.message)
+            assert event.message
+
+        # Cancel of an unknown order.
+        await client.cancel_order("o-doesnotexist00000000000", request_id="cancel-unknown")
+        event = await client.wait_for_event("o-doesnotexist00000000000", timeout=30)
+        assert event.event_type is OrderEventType.COMMAND_REJECTED
+        assert event.reason_code is ReasonCode.UNKNOWN_ORDER
+
+        # Duplicate request_id: acknowledged as a duplicate, executed once.
+        rid = f"dup-{uuid.uuid4().hex}"
+        first = await client.submit_advanced_order(
+            "BTC-PERPETUAL", 10, "buy", price=1000.0, request_id=rid
+        )
+        await client.wait_for_event(first, lambda e: e.event_type is OrderEventType.OPEN)
+        second = await client.submit_advanced_order(
+            "BTC-PERPETUAL", 10, "buy", price=1000.0, request_id=rid
+        )
+        assert second == first
+        dup = await client.wait_for_event(first, lambda e: e.event_type is OrderEventType.DUPLICATE)
+        assert dup.reason_code is ReasonCode.DUPLICATE_REQUEST
+        await asyncio.sleep(1.0)
+        counts = await exchange_orders_by_label(settings, {"acc-a": [first]})
+        assert counts[first] == 1
+
+        # Cancel works and is idempotent.
+        await client.cancel_order(first, request_id=f"c-{rid}")
+        cancelled = await client.wait_for_event(
+            first, lambda e: e.event_type is OrderEventType.CANCELLED
+        )
+        assert cancelled.status is not None and cancelled.status.value == "cancelled"
+
+    letters = await read_dead_letters(settings, want=3)
+    reasons = Counter(letter.reason_code for letter in letters)
+    assert reasons[ReasonCode.MALFORMED_JSON] == 2
+    assert reasons[ReasonCode.SCHEMA_INVALID] >= 1
+    assert all(services[name].alive for name in ("worker-0", "gateway", "paper-exchange"))
