@@ -129,9 +129,9 @@ async def exchange_orders_by_label(settings: Settings, labels_by_account: dict[s
     return counts
 
 
-async def final_event(client: OrderClient, order_id: str, timeout: float = 60) -> OrderEvent:
+async def final_event(client: OrderClient, order_id: str, within: float = 60) -> OrderEvent:
     return await client.wait_for_event(
-        order_id, lambda e: e.event_type in TERMINAL_OR_RESTING, timeout=timeout
+        order_id, lambda e: e.event_type in TERMINAL_OR_RESTING, timeout=within
     )
 
 
@@ -198,7 +198,7 @@ async def test_200_mixed_orders_reach_expected_states(stack: tuple[Settings, Oms
     assert rows == want_status
 
 
-async def read_dead_letters(settings: Settings, want: int, timeout: float = 30) -> list[DeadLetter]:
+async def read_dead_letters(settings: Settings, want: int, within: float = 30) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
         settings.topic(Topic.DEAD_LETTERS),
         bootstrap_servers=settings.kafka.bootstrap,
@@ -208,7 +208,7 @@ async def read_dead_letters(settings: Settings, want: int, timeout: float = 30) 
     await consumer.start()
     letters: list[DeadLetter] = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for message in consumer:
                 letters.append(DeadLetter.from_bytes(message.value))
                 if len(letters) >= want:
