@@ -1,0 +1,805 @@
+"""The matching engine: order entry, price-time matching, fills, positions and balances.
+
+Everything here is synchronous and single-threaded (one asyncio loop), so a request is
+atomic. Side effects leave through :class:`EventSink` so transports can fan out
+notifications without the engine knowing about connections.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from oms.exchange.paper import errors
+from oms.exchange.paper.accounts import Account, AccountStore
+from oms.exchange.paper.book import Book
+from oms.exchange.paper.errors import RpcError, invalid_param
+from oms.exchange.paper.instruments import Instrument
+from oms.exchange.paper.market import OPTION_VOL, YEAR_MS, SyntheticMarket, option_delta
+from oms.exchange.paper.orders import EPS, Order
+from oms.exchange.paper.positions import Position, order_margin
+from oms.exchange.paper.validation import check_amount, check_label, price_ticks, to_price
+
+# Price band around the mark: buys above max_price and sells below min_price are refused.
+FUTURE_BAND = 0.025
+OPTION_TYPES_LIMIT = ("limit", "stop_limit", "take_limit")
+TRIGGER_TYPES = ("stop_limit", "stop_market", "take_limit", "take_market")
+TIME_IN_FORCE = ("good_til_cancelled", "good_til_day", "fill_or_kill", "immediate_or_cancel")
+TRIGGERS = ("index_price", "mark_price", "last_price")
+
+
+class EventSink(Protocol):
+    """Receives every user-visible change."""
+
+    def on_order(self, order: Order) -> None: ...
+
+    def on_trade(self, account_id: str, inst: Instrument, trade: dict[str, Any]) -> None: ...
+
+    def on_position(self, account_id: str, position: Position) -> None: ...
+
+
+class NullSink:
+    """Discards events (engine unit tests)."""
+
+    def on_order(self, order: Order) -> None:
+        return None
+
+    def on_trade(self, account_id: str, inst: Instrument, trade: dict[str, Any]) -> None:
+        return None
+
+    def on_position(self, account_id: str, position: Position) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class InstrumentStats:
+    """Last trade and rolling statistics shown in the ticker."""
+
+    last_price: float
+    last_ticks: int = 0
+    tick_direction: int = 0
+    volume: float = 0.0
+    volume_usd: float = 0.0
+    high: float = 0.0
+    low: float = 0.0
+    open_price: float = 0.0
+    open_interest: float = 0.0
+
+
+@dataclass(slots=True)
+class OrderRequest:
+    """Validated-by-type parameters of ``private/buy`` / ``private/sell``."""
+
+    instrument_name: str
+    amount: float | None = None
+    contracts: float | None = None
+    type: str = "limit"
+    label: str | None = None
+    price: float | None = None
+    time_in_force: str = "good_til_cancelled"
+    max_show: float | None = None
+    post_only: bool = False
+    reject_post_only: bool = False
+    reduce_only: bool = False
+    trigger_price: float | None = None
+    trigger: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    """Books, orders and accounts of the whole exchange."""
+
+    def __init__(
+        self,
+        instruments: list[Instrument],
+        market: SyntheticMarket,
+        accounts: AccountStore,
+        sink: EventSink | None = None,
+        history_limit: int = 200_000,
+    ) -> None:
+        self.instruments = {i.name: i for i in instruments}
+        self.market = market
+        self.accounts = accounts
+        self.sink: EventSink = sink or NullSink()
+        self.books = {name: Book() for name in self.instruments}
+        self.stats = {
+            name: InstrumentStats(last_price=market.marks[name]) for name in self.instruments
+        }
+        self.orders: dict[str, Order] = {}
+        self.by_label: dict[tuple[str, str], list[Order]] = {}
+        self.trades_by_order: dict[str, list[dict[str, Any]]] = {}
+        self.trades_by_account: dict[str, deque[dict[str, Any]]] = {}
+        self.untriggered: dict[str, list[Order]] = {name: [] for name in self.instruments}
+        self.mm_orders: dict[str, list[tuple[int, Order]]] = {n: [] for n in self.instruments}
+        self.label_counts: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "orders": 0, "trades": 0, "cancels": 0, "edits": 0, "rejects": 0,
+        }
+        self.history_limit = history_limit
+        self._closed: deque[str] = deque()
+        self._order_seq = 10_000_000
+        self._trade_seq = 1
+        self._time_seq = 0
+        self._touched: dict[int, Order] = {}
+        self._moved_positions: dict[tuple[str, str], Position] = {}
+
+    # ---- lookups ---------------------------------------------------------------------------
+
+    def instrument(self, name: object, param: str = "instrument_name") -> Instrument:
+        """The instrument called ``name`` or Deribit's invalid-params error."""
+        inst = self.instruments.get(name) if isinstance(name, str) else None
+        if inst is None:
+            raise invalid_param(param, "instrument not found")
+        return inst
+
+    def mark(self, inst: Instrument) -> float:
+        return self.market.marks[inst.name]
+
+    def index(self, currency: str) -> float:
+        return self.market.index[currency]
+
+    def band(self, inst: Instrument) -> tuple[int, int]:
+        """(min_price, max_price) in ticks."""
+        mark = self.mark(inst)
+        if inst.is_option:
+            lo, hi = inst.tick_size, mark * 2 + 0.05
+        else:
+            lo, hi = mark * (1 - FUTURE_BAND), mark * (1 + FUTURE_BAND)
+        return max(1, math.ceil(lo / inst.tick_size)), math.floor(hi / inst.tick_size)
+
+    def order_of(self, account: Account, order_id: object) -> Order:
+        order = self.orders.get(order_id) if isinstance(order_id, str) else None
+        if order is None or order.account != account.account_id:
+            raise RpcError(errors.ORDER_NOT_FOUND)
+        return order
+
+    # ---- order entry -----------------------------------------------------------------------
+
+    def place(
+        self, account: Account, is_buy: bool, req: OrderRequest, session_id: int | None = None
+    ) -> tuple[Order, list[dict[str, Any]]]:
+        """``private/buy`` and ``private/sell``: validate, match, rest; returns the order
+        and the trades it made."""
+        inst = self.instrument(req.instrument_name)
+        otype = req.type
+        if otype in ("trailing_stop", "market_limit"):
+            raise RpcError(errors.NOT_IMPLEMENTED, {"reason": f"{otype} is not supported"})
+        if otype not in ("limit", "market", *TRIGGER_TYPES):
+            raise invalid_param("type", "unknown order type")
+        if req.time_in_force not in TIME_IN_FORCE:
+            raise invalid_param("time_in_force", "unknown time_in_force")
+        amount = self._amount(inst, req.amount, req.contracts)
+        label = check_label(req.label)
+        is_limit = otype in OPTION_TYPES_LIMIT
+        band_lo, band_hi = self.band(inst)
+        if is_limit:
+            if req.price is None:
+                raise invalid_param("price", "price is required for limit orders")
+            ticks = price_ticks(inst, req.price)
+            if is_buy and ticks > band_hi:
+                raise RpcError(errors.PRICE_TOO_HIGH, {"max_price": to_price(band_hi, inst)})
+            if not is_buy and ticks < band_lo:
+                raise RpcError(errors.PRICE_TOO_LOW, {"min_price": to_price(band_lo, inst)})
+        else:
+            ticks = band_hi if is_buy else band_lo
+        if req.max_show is not None and not 0 <= req.max_show <= amount:
+            raise RpcError(errors.INVALID_MAX_SHOW)
+        trigger_ticks = None
+        if otype in TRIGGER_TYPES:
+            if req.trigger_price is None:
+                raise invalid_param("trigger_price", "trigger_price is required")
+            if req.trigger not in TRIGGERS:
+                raise invalid_param("trigger", f"must be one of {', '.join(TRIGGERS)}")
+            trigger_ticks = price_ticks(inst, req.trigger_price, "trigger_price")
+        if req.reduce_only:
+            amount = self._reducible(account, inst, is_buy, amount)
+        ts = now_ms()
+        self._order_seq += 1
+        order = Order(
+            order_id=f"{inst.base}-{self._order_seq}",
+            account=account.account_id,
+            inst=inst,
+            is_buy=is_buy,
+            price=to_price(ticks, inst),
+            amount=amount,
+            order_type=otype,
+            time_in_force=req.time_in_force,
+            label=label,
+            post_only=req.post_only and is_limit,
+            reject_post_only=req.reject_post_only and req.post_only and is_limit,
+            reduce_only=req.reduce_only,
+            max_show=req.max_show,
+            created_ms=ts,
+            updated_ms=ts,
+            session_id=session_id,
+        )
+        if not req.reduce_only:
+            self._check_funds(account, order)
+        if trigger_ticks is not None:
+            order.state = "untriggered"
+            order.trigger = req.trigger
+            order.trigger_price = to_price(trigger_ticks, inst)
+            order.triggered = False
+            order.market_price = otype.endswith("market")
+            self._register(account, order)
+            account.open_orders[order.order_id] = order
+            self.untriggered[inst.name].append(order)
+            self._emit_order(order)
+            self._flush()
+            return order, []
+        if order.post_only:
+            self._apply_post_only(order, ticks)
+            ticks = round(order.price / inst.tick_size)
+        self._register(account, order)
+        trades = self._execute(account, order, ticks)
+        self._flush()
+        return order, trades
+
+    def _amount(self, inst: Instrument, amount: float | None, contracts: float | None) -> float:
+        if amount is None:
+            if contracts is None:
+                raise invalid_param("amount", "amount or contracts is required")
+            amount = contracts * inst.contract_size
+        elif contracts is not None and abs(contracts * inst.contract_size - amount) > EPS:
+            raise invalid_param("contracts", "contracts do not match amount")
+        return check_amount(inst, amount)
+
+    def _reducible(self, account: Account, inst: Instrument, is_buy: bool, amount: float) -> float:
+        pos = account.positions.get(inst.name)
+        size = pos.size if pos else 0.0
+        available = -size if is_buy else size
+        if available <= EPS:
+            raise RpcError(errors.OTHER_REJECT, {"reason": "reduce_only"})
+        return min(amount, available)
+
+    def _check_funds(self, account: Account, order: Order) -> None:
+        needed = order_margin(order)
+        if needed <= 0:
+            return
+        available = account.available_funds(order.inst.currency, self.mark, self.instruments)
+        if needed > available:
+            self.counters["rejects"] += 1
+            raise RpcError(
+                errors.NOT_ENOUGH_FUNDS,
+                {"reason": "insufficient available funds", "available_funds": available},
+            )
+
+    def _apply_post_only(self, order: Order, ticks: int) -> None:
+        """Deribit's post-only: reject (11054) or reprice one tick inside the spread."""
+        opp = self.books[order.inst.name].opposite(order.is_buy)
+        best = opp.best_ticks()
+        if best is None:
+            return
+        crosses = ticks >= best if order.is_buy else ticks <= best
+        if not crosses:
+            return
+        if order.reject_post_only:
+            raise RpcError(errors.POST_ONLY_REJECT)
+        new = best - 1 if order.is_buy else best + 1
+        if new < 1:
+            raise RpcError(errors.POST_ONLY_REJECT)
+        order.price = to_price(new, order.inst)
+
+    def _register(self, account: Account, order: Order) -> None:
+        self.orders[order.order_id] = order
+        self.counters["orders"] += 1
+        if order.label:
+            key = (account.account_id, order.label)
+            self.by_label.setdefault(key, []).append(order)
+            self.label_counts[order.label] = self.label_counts.get(order.label, 0) + 1
+
+    def _execute(self, account: Account, order: Order, ticks: int) -> list[dict[str, Any]]:
+        """Match a new (or re-priced, or triggered) order, then rest or cancel the rest."""
+        inst = order.inst
+        book = self.books[inst.name]
+        if order.time_in_force == "fill_or_kill":
+            available = book.opposite(order.is_buy).crossing_amount(
+                ticks, order.is_buy, order.remaining
+            )
+            if available + EPS < order.remaining:
+                self._close(account, order, "cancelled")
+                self._emit_order(order)
+                return []
+        trades = self._match(order, ticks)
+        if order.remaining <= EPS:
+            self._close(account, order, "filled")
+        elif order.order_type.endswith("market") or order.time_in_force in (
+            "immediate_or_cancel", "fill_or_kill",
+        ):
+            self._close(account, order, "cancelled")
+        else:
+            self._time_seq += 1
+            order.seq = self._time_seq
+            book.side(order.is_buy).add(ticks, order)
+            account.open_orders[order.order_id] = order
+            account.hold(order, order_margin(order))
+        self._emit_order(order)
+        return trades
+
+    def _close(self, account: Account, order: Order, state: str, reason: str | None = None) -> None:
+        order.state = state
+        if reason:
+            order.cancel_reason = reason
+        account.open_orders.pop(order.order_id, None)
+        if order.reserved:
+            account.hold(order, 0.0)
+        self._closed.append(order.order_id)
+        if len(self._closed) > self.history_limit:
+            self._evict(self._closed.popleft())
+
+    def _evict(self, order_id: str) -> None:
+        order = self.orders.pop(order_id, None)
+        self.trades_by_order.pop(order_id, None)
+        if order is not None and order.label and order.account is not None:
+            key = (order.account, order.label)
+            lst = self.by_label.get(key)
+            if lst is not None:
+                try:
+                    lst.remove(order)
+                except ValueError:
+                    pass
+                if not lst:
+                    del self.by_label[key]
+
+    # ---- matching ----------------------------------------------------------------------------
+
+    def _match(self, taker: Order, limit_ticks: int) -> list[dict[str, Any]]:
+        inst = taker.inst
+        opp = self.books[inst.name].opposite(taker.is_buy)
+        taker_trades: list[dict[str, Any]] = []
+        is_buy = taker.is_buy
+        while taker.amount - taker.filled > EPS:
+            level = opp.best_level()
+            if level is None:
+                break
+            best = opp.best_ticks()
+            assert best is not None
+            if (best > limit_ticks) if is_buy else (best < limit_ticks):
+                break
+            maker = level[0]
+            qty = round(min(taker.amount - taker.filled, maker.amount - maker.filled), 8)
+            trade = self._fill(taker, maker, qty, best)
+            if trade is not None:
+                taker_trades.append(trade)
+            if maker.amount - maker.filled <= EPS:
+                level.popleft()
+                if maker.account is not None:
+                    acc = self.accounts.by_id[maker.account]
+                    self._close(acc, maker, "filled")
+                opp.pop_best_if_empty()
+        return taker_trades
+
+    def _fill(self, taker: Order, maker: Order, qty: float, ticks: int) -> dict[str, Any] | None:
+        """Book one fill for both sides; returns the taker's user trade (None for the MM)."""
+        inst = taker.inst
+        price = to_price(ticks, inst)
+        st = self.stats[inst.name]
+        if ticks > st.last_ticks:
+            st.tick_direction = 0
+        elif ticks < st.last_ticks:
+            st.tick_direction = 2
+        else:
+            st.tick_direction = 1 if st.tick_direction in (0, 1) else 3
+        st.last_ticks = ticks
+        st.last_price = price
+        if st.high == 0 or price > st.high:
+            st.high = price
+        if st.low == 0 or price < st.low:
+            st.low = price
+        if st.open_price == 0:
+            st.open_price = price
+        coin = qty / price if inst.inverse else qty
+        st.volume += coin
+        st.volume_usd += qty if inst.inverse else qty * price * self.index(inst.base)
+        ts = now_ms()
+        matching_id = str(self._trade_seq)
+        taker_trade = None
+        for order, liquidity in ((maker, "M"), (taker, "T")):
+            order.filled = round(order.filled + qty, 8)
+            order.notional += qty * price
+            order.updated_ms = ts
+            if order.account is None:
+                continue
+            trade = self._user_fill(order, qty, price, liquidity, ts, matching_id)
+            if order is taker:
+                taker_trade = trade
+            else:
+                self._touched[id(order)] = order
+        self._trade_seq += 1
+        self.counters["trades"] += 1
+        return taker_trade
+
+    def _user_fill(
+        self, order: Order, qty: float, price: float, liquidity: str, ts: int, matching_id: str
+    ) -> dict[str, Any]:
+        inst = order.inst
+        account = self.accounts.by_id[order.account]  # type: ignore[index]
+        rate = inst.maker_commission if liquidity == "M" else inst.taker_commission
+        if inst.inverse:
+            fee = qty / price * rate
+        else:
+            fee = min(rate * qty, 0.125 * price * qty)
+        order.commission += fee
+        pos = account.position(inst)
+        old_size = pos.size
+        pnl = pos.apply_fill(order.is_buy, qty, price)
+        st = self.stats[inst.name]
+        st.open_interest += max(pos.size, 0.0) - max(old_size, 0.0)
+        cur = inst.currency
+        balance = account.balances.get(cur, 0.0) - fee
+        if inst.is_option:
+            balance += -qty * price if order.is_buy else qty * price
+        else:
+            balance += pnl
+        account.balances[cur] = balance
+        if order.state == "open" and order.reserved:
+            account.hold(order, order_margin(order))
+        trade_id = f"{inst.base}-{self._trade_seq}"
+        trade: dict[str, Any] = {
+            "trade_id": trade_id,
+            "trade_seq": self._trade_seq,
+            "instrument_name": inst.name,
+            "timestamp": ts,
+            "order_id": order.order_id,
+            "order_type": "market" if order.order_type.endswith("market") else "limit",
+            "matching_id": matching_id,
+            "direction": order.direction,
+            "tick_direction": st.tick_direction,
+            "index_price": self.index(inst.base),
+            "mark_price": self.mark(inst),
+            "price": price,
+            "amount": qty,
+            "contracts": qty / inst.contract_size,
+            "fee": fee,
+            "fee_currency": cur,
+            "liquidity": liquidity,
+            "state": "filled" if order.amount - order.filled <= EPS else "open",
+            "label": order.label,
+            "profit_loss": pnl,
+            "api": True,
+            "mmp": False,
+            "risk_reducing": False,
+        }
+        if inst.is_option:
+            trade["underlying_price"] = self.index(inst.base)
+            trade["iv"] = OPTION_VOL * 100
+        self.trades_by_order.setdefault(order.order_id, []).append(trade)
+        history = self.trades_by_account.get(account.account_id)
+        if history is None:
+            history = self.trades_by_account[account.account_id] = deque(maxlen=10_000)
+        history.append(trade)
+        self.sink.on_trade(account.account_id, inst, trade)
+        self._moved_positions[(account.account_id, inst.name)] = pos
+        return trade
+
+    def _emit_order(self, order: Order) -> None:
+        self._touched[id(order)] = order
+
+    def _flush(self) -> None:
+        """Publish every order and position the last operation changed, once each."""
+        if self._touched:
+            touched, self._touched = self._touched, {}
+            for order in touched.values():
+                self.sink.on_order(order)
+        if self._moved_positions:
+            moved, self._moved_positions = self._moved_positions, {}
+            for (account_id, _), pos in moved.items():
+                self.sink.on_position(account_id, pos)
+
+    # ---- cancel / edit ---------------------------------------------------------------------
+
+    def cancel(self, account: Account, order: Order, reason: str = "user_request") -> Order:
+        """Cancel one open or untriggered order."""
+        if not order.is_open:
+            raise RpcError(errors.NOT_OPEN_ORDER)
+        self._unlink(order)
+        order.updated_ms = now_ms()
+        self._close(account, order, "cancelled", reason)
+        self.counters["cancels"] += 1
+        self._emit_order(order)
+        self._flush()
+        return order
+
+    def _unlink(self, order: Order) -> None:
+        if order.state == "untriggered":
+            try:
+                self.untriggered[order.inst.name].remove(order)
+            except ValueError:
+                pass
+        else:
+            ticks = round(order.price / order.inst.tick_size)
+            self.books[order.inst.name].side(order.is_buy).remove(ticks, order)
+
+    def cancel_many(
+        self, account: Account, orders: list[Order], reason: str = "user_request"
+    ) -> int:
+        """Cancel every open order in ``orders``; returns how many."""
+        n = 0
+        for order in orders:
+            if order.is_open:
+                self._unlink(order)
+                order.updated_ms = now_ms()
+                self._close(account, order, "cancelled", reason)
+                self._emit_order(order)
+                n += 1
+        self.counters["cancels"] += n
+        self._flush()
+        return n
+
+    def edit(
+        self,
+        account: Account,
+        order: Order,
+        amount: float | None,
+        contracts: float | None,
+        price: float | None,
+        post_only: bool | None,
+        reject_post_only: bool | None,
+        reduce_only: bool | None,
+        trigger_price: float | None,
+    ) -> tuple[Order, list[dict[str, Any]]]:
+        """``private/edit``: change price and/or amount; a lower amount at the same price
+        keeps time priority, anything else re-queues (and may trade)."""
+        if not order.is_open:
+            raise RpcError(errors.NOT_OPEN_ORDER)
+        inst = order.inst
+        new_amount = order.amount
+        if amount is not None or contracts is not None:
+            new_amount = self._amount(inst, amount, contracts)
+        if new_amount + EPS < order.filled:
+            raise invalid_param("amount", "amount is lower than the filled amount")
+        is_limit = order.order_type in OPTION_TYPES_LIMIT
+        old_ticks = round(order.price / inst.tick_size)
+        ticks = old_ticks
+        if price is not None and is_limit:
+            ticks = price_ticks(inst, price)
+            lo, hi = self.band(inst)
+            if order.is_buy and ticks > hi:
+                raise RpcError(errors.PRICE_TOO_HIGH, {"max_price": to_price(hi, inst)})
+            if not order.is_buy and ticks < lo:
+                raise RpcError(errors.PRICE_TOO_LOW, {"min_price": to_price(lo, inst)})
+        if trigger_price is not None and order.state == "untriggered":
+            order.trigger_price = to_price(price_ticks(inst, trigger_price, "trigger_price"), inst)
+        if post_only is not None:
+            order.post_only = post_only and is_limit
+        if reject_post_only is not None:
+            order.reject_post_only = reject_post_only and order.post_only
+        if reduce_only is not None:
+            order.reduce_only = reduce_only
+        self.counters["edits"] += 1
+        order.replaced = True
+        order.updated_ms = now_ms()
+        if order.state == "untriggered":
+            order.amount = new_amount
+            order.price = to_price(ticks, inst)
+            self._emit_order(order)
+            self._flush()
+            return order, []
+        if new_amount - order.filled <= EPS:
+            self._unlink(order)
+            order.amount = new_amount
+            self._close(account, order, "filled")
+            self._emit_order(order)
+            self._flush()
+            return order, []
+        if ticks == old_ticks and new_amount <= order.amount:
+            order.amount = new_amount
+            account.hold(order, order_margin(order))
+            self._emit_order(order)
+            self._flush()
+            return order, []
+        self._unlink(order)
+        old_amount, old_price = order.amount, order.price
+        order.amount, order.price = new_amount, to_price(ticks, inst)
+        account.hold(order, 0.0)
+        try:
+            if not order.reduce_only:
+                self._check_funds(account, order)
+            if order.post_only:
+                self._apply_post_only(order, ticks)
+                ticks = round(order.price / inst.tick_size)
+        except RpcError as exc:
+            if exc.code == errors.POST_ONLY_REJECT:
+                self._close(account, order, "cancelled", "edit_post_only_reject")
+                self._emit_order(order)
+                self._flush()
+                raise
+            # Refused edits leave the order as it was (it re-enters the queue at the back).
+            order.amount, order.price = old_amount, old_price
+            ticks = old_ticks
+            self._rest(account, order, ticks)
+            self._flush()
+            raise
+        account.open_orders.pop(order.order_id, None)
+        trades = self._execute(account, order, ticks)
+        self._flush()
+        return order, trades
+
+    def _rest(self, account: Account, order: Order, ticks: int) -> None:
+        self._time_seq += 1
+        order.seq = self._time_seq
+        self.books[order.inst.name].side(order.is_buy).add(ticks, order)
+        account.open_orders[order.order_id] = order
+        account.hold(order, order_margin(order))
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def open_orders(
+        self,
+        account: Account,
+        currency: str | None = None,
+        kind: str | None = None,
+        instrument: str | None = None,
+        order_type: str | None = None,
+        label: str | None = None,
+    ) -> list[Order]:
+        """The account's open (and untriggered) orders, filtered."""
+        out = []
+        for order in account.open_orders.values():
+            inst = order.inst
+            if instrument is not None and inst.name != instrument:
+                continue
+            if currency is not None and currency != "any" and inst.currency != currency:
+                continue
+            if kind is not None and kind != "any" and inst.kind != kind:
+                continue
+            if label is not None and order.label != label:
+                continue
+            if not _type_matches(order, order_type):
+                continue
+            out.append(order)
+        return out
+
+    def orders_by_label(self, account: Account, label: str) -> list[Order]:
+        return list(self.by_label.get((account.account_id, label), ()))
+
+    def set_position(
+        self, account: Account, inst: Instrument, size: float, average_price: float | None
+    ) -> Position:
+        """Overwrite a position (admin): an external change the OMS did not cause."""
+        pos = account.position(inst)
+        st = self.stats[inst.name]
+        st.open_interest += max(size, 0.0) - max(pos.size, 0.0)
+        pos.size = size
+        pos.avg = average_price if average_price else (self.mark(inst) if size else 0.0)
+        self._moved_positions[(account.account_id, inst.name)] = pos
+        self._flush()
+        return pos
+
+    # ---- market ------------------------------------------------------------------------------
+
+    def step_market(self) -> None:
+        """One market tick: move prices, replace the market maker's quotes (they trade
+        against any user order they cross) and fire triggered orders."""
+        self.market.step()
+        for name, inst in self.instruments.items():
+            book = self.books[name]
+            for ticks, order in self.mm_orders[name]:
+                if order.amount - order.filled > EPS:
+                    book.side(order.is_buy).remove(ticks, order)
+            fresh: list[tuple[int, Order]] = []
+            for is_buy, ticks, amount in self.market.quotes(inst):
+                order = Order("mm", None, inst, is_buy, to_price(ticks, inst), amount)
+                self._match(order, ticks)
+                if order.amount - order.filled > EPS:
+                    self._time_seq += 1
+                    order.seq = self._time_seq
+                    book.side(is_buy).add(ticks, order)
+                    fresh.append((ticks, order))
+            self.mm_orders[name] = fresh
+            if self.untriggered[name]:
+                self._check_triggers(inst)
+        self._flush()
+
+    def _check_triggers(self, inst: Instrument) -> None:
+        refs = {
+            "index_price": self.index(inst.base),
+            "mark_price": self.mark(inst),
+            "last_price": self.stats[inst.name].last_price,
+        }
+        fired = []
+        for order in self.untriggered[inst.name]:
+            ref = refs[order.trigger or "last_price"]
+            trig = order.trigger_price or 0.0
+            is_stop = order.order_type.startswith("stop")
+            up = ref >= trig
+            down = ref <= trig
+            if (up if order.is_buy == is_stop else down):
+                fired.append(order)
+        for order in fired:
+            self.untriggered[inst.name].remove(order)
+            account = self.accounts.by_id[order.account]  # type: ignore[index]
+            order.triggered = True
+            order.state = "open"
+            order.market_price = False
+            order.updated_ms = now_ms()
+            if order.order_type.endswith("market"):
+                lo, hi = self.band(inst)
+                ticks = hi if order.is_buy else lo
+                order.price = to_price(ticks, inst)
+            else:
+                ticks = round(order.price / inst.tick_size)
+            account.open_orders.pop(order.order_id, None)
+            self._execute(account, order, ticks)
+
+    def ticker(self, inst: Instrument, ts: int | None = None) -> dict[str, Any]:
+        """The spec's ticker object for ``public/ticker`` and ``ticker.*`` channels."""
+        book = self.books[inst.name]
+        st = self.stats[inst.name]
+        mark = self.mark(inst)
+        index = self.index(inst.base)
+        lo, hi = self.band(inst)
+        bid = next(book.bids.depth(1), None)
+        ask = next(book.asks.depth(1), None)
+        d: dict[str, Any] = {
+            "instrument_name": inst.name,
+            "timestamp": ts or now_ms(),
+            "state": "open",
+            "best_bid_price": to_price(bid[0], inst) if bid else 0.0,
+            "best_bid_amount": bid[1] if bid else 0.0,
+            "best_ask_price": to_price(ask[0], inst) if ask else 0.0,
+            "best_ask_amount": ask[1] if ask else 0.0,
+            "last_price": st.last_price,
+            "mark_price": mark,
+            "index_price": index,
+            "min_price": to_price(lo, inst),
+            "max_price": to_price(hi, inst),
+            "open_interest": st.open_interest,
+            "settlement_price": mark,
+            "estimated_delivery_price": index,
+            "stats": {
+                "volume": st.volume,
+                "volume_usd": st.volume_usd,
+                "high": st.high or st.last_price,
+                "low": st.low or st.last_price,
+                "price_change": (
+                    (st.last_price / st.open_price - 1) * 100 if st.open_price else 0.0
+                ),
+            },
+        }
+        if inst.is_option:
+            years = max(0.0, (inst.expiry_ms - now_ms()) / YEAR_MS)
+            delta = option_delta(
+                index, inst.strike or index, years, OPTION_VOL, inst.option_type == "call"
+            )
+            d.update(
+                underlying_price=index,
+                interest_rate=0.0,
+                mark_iv=OPTION_VOL * 100,
+                bid_iv=OPTION_VOL * 100 * 0.97,
+                ask_iv=OPTION_VOL * 100 * 1.03,
+                greeks={"delta": delta, "gamma": 0.0, "rho": 0.0, "theta": 0.0, "vega": 0.0},
+            )
+        else:
+            d.update(funding_8h=0.0, current_funding=0.0, interest_value=0.0)
+        return d
+
+    def order_book(self, inst: Instrument, depth: int) -> dict[str, Any]:
+        """``public/get_order_book``: the ticker plus ``depth`` levels per side."""
+        book = self.books[inst.name]
+        d = self.ticker(inst)
+        d["bids"] = [[to_price(t, inst), a] for t, a in book.bids.depth(depth)]
+        d["asks"] = [[to_price(t, inst), a] for t, a in book.asks.depth(depth)]
+        d["change_id"] = self._time_seq
+        return d
+
+
+def _type_matches(order: Order, wanted: str | None) -> bool:
+    if wanted is None or wanted == "all":
+        return True
+    if wanted == "limit":
+        return order.order_type == "limit"
+    if wanted in ("stop_all", "trigger_all"):
+        return order.order_type in TRIGGER_TYPES
+    if wanted == "take_all":
+        return order.order_type.startswith("take")
+    if wanted == "stop_limit":
+        return order.order_type == "stop_limit"
+    return order.order_type == wanted

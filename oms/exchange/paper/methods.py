@@ -1,0 +1,583 @@
+"""The JSON-RPC methods: Deribit's (``public/*``, ``private/*``) and the test-only
+``admin/*`` ones. Each handler takes the exchange state, the calling session and the params
+and returns the ``result``; errors are raised as :class:`RpcError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from oms.exchange.paper import errors
+from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore
+from oms.exchange.paper.engine import TIME_IN_FORCE, TRIGGERS, Engine, OrderRequest
+from oms.exchange.paper.errors import RpcError, invalid_param
+from oms.exchange.paper.faults import Faults
+from oms.exchange.paper.params import Params
+from oms.exchange.paper.session import Session
+from oms.exchange.paper.subscriptions import Hub
+
+VERSION = "1.2.26"
+ORDER_TYPES = (
+    "limit", "market", "stop_limit", "stop_market", "take_limit", "take_market",
+    "market_limit", "trailing_stop",
+)
+KINDS = ("future", "option", "spot", "future_combo", "option_combo", "combo", "any")
+OPEN_ORDER_TYPES = (
+    "all", "limit", "trigger_all", "stop_all", "stop_limit", "stop_market", "take_all",
+    "take_limit", "take_market", "trailing_all", "trailing_stop",
+)
+
+
+@dataclass
+class State:
+    """Everything the handlers need."""
+
+    engine: Engine
+    accounts: AccountStore
+    hub: Hub
+    faults: Faults
+    min_heartbeat_s: float = 10.0
+    rate_limits: bool = True
+    sessions: set[Session] = field(default_factory=set)
+    method_counts: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    heartbeat_starter: Callable[[Session], None] | None = None
+
+
+Handler = Callable[[State, Session, Params], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A method's handler and how it is treated by the transports and rate limiter."""
+
+    handler: Handler
+    private: bool = False
+    matching: bool = False  # counts against the matching-engine limit
+    ws_only: bool = False
+    admin: bool = False
+    order_entry: bool = False  # subject to the reject / rate-limit fault knobs
+
+
+def _account(s: Session) -> Account:
+    assert s.account is not None
+    return s.account
+
+
+def _currency(p: Params, name: str = "currency", allow_any: bool = False) -> str:
+    value = p.req_str(name).upper()
+    if value not in CURRENCIES and not (allow_any and value == "ANY"):
+        raise invalid_param(name, "unknown currency")
+    return value
+
+
+# ---- public ----------------------------------------------------------------------------------
+
+
+def public_auth(st: State, s: Session, p: Params) -> Any:
+    grant = p.choice("grant_type", ("client_credentials", "refresh_token", "client_signature"),
+                     required=True)
+    if grant == "client_credentials":
+        account = st.accounts.authenticate(p.req_str("client_id"), p.req_str("client_secret"))
+    elif grant == "refresh_token":
+        account = st.accounts.by_refresh_token(p.req_str("refresh_token"))
+    else:
+        raise RpcError(errors.NOT_IMPLEMENTED, {"reason": "client_signature is not supported"})
+    if s.account is not None and s.account is not account:
+        # A connection belongs to one account: re-authenticating as another starts over.
+        st.hub.drop(s)
+    s.account = account
+    result = st.accounts.issue(account)
+    if p.has("state"):
+        result["state"] = p.text("state")
+    return result
+
+
+def public_get_time(st: State, s: Session, p: Params) -> Any:
+    return time.time_ns() // 1_000_000
+
+
+def public_test(st: State, s: Session, p: Params) -> Any:
+    s.test_pending = False
+    if p.text("expected_result") == "exception":
+        raise RpcError(errors.INVALID_PARAMS, {"reason": "expected_result", "param": "exception"})
+    return {"version": VERSION}
+
+
+def public_hello(st: State, s: Session, p: Params) -> Any:
+    p.req_str("client_name")
+    p.req_str("client_version")
+    return {"version": VERSION}
+
+
+def public_status(st: State, s: Session, p: Params) -> Any:
+    return {"locked": "false", "locked_indices": []}
+
+
+def public_set_heartbeat(st: State, s: Session, p: Params) -> Any:
+    interval = p.num("interval", required=True)
+    assert interval is not None
+    if interval < st.min_heartbeat_s:
+        raise invalid_param("interval", f"must be at least {st.min_heartbeat_s:g}")
+    s.heartbeat_interval = interval
+    s.test_pending = False
+    if st.heartbeat_starter is not None:
+        st.heartbeat_starter(s)
+    return "ok"
+
+
+def public_disable_heartbeat(st: State, s: Session, p: Params) -> Any:
+    s.heartbeat_interval = None
+    if s.heartbeat_task is not None:
+        s.heartbeat_task.cancel()
+        s.heartbeat_task = None
+    return "ok"
+
+
+def public_get_instruments(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p, allow_any=True)
+    kind = p.choice("kind", KINDS)
+    if p.flag("expired"):
+        return []
+    return [
+        i.to_dict()
+        for i in st.engine.instruments.values()
+        if currency in ("ANY", i.currency) and kind in (None, "any", i.kind)
+    ]
+
+
+def public_get_instrument(st: State, s: Session, p: Params) -> Any:
+    return st.engine.instrument(p.req_str("instrument_name")).to_dict()
+
+
+def public_ticker(st: State, s: Session, p: Params) -> Any:
+    return st.engine.ticker(st.engine.instrument(p.req_str("instrument_name")))
+
+
+def public_get_order_book(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    depth = p.integer("depth", 20) or 20
+    return st.engine.order_book(inst, max(1, min(depth, 10_000)))
+
+
+def public_get_index_price(st: State, s: Session, p: Params) -> Any:
+    name = p.req_str("index_name")
+    cur = name.split("_")[0].upper()
+    if cur not in st.engine.market.index:
+        raise invalid_param("index_name", "unknown index")
+    price = st.engine.index(cur)
+    return {"index_price": price, "estimated_delivery_price": price}
+
+
+def public_subscribe(st: State, s: Session, p: Params) -> Any:
+    return st.hub.subscribe(s, p.str_list("channels"), private=False)
+
+
+def private_subscribe(st: State, s: Session, p: Params) -> Any:
+    return st.hub.subscribe(s, p.str_list("channels"), private=True)
+
+
+def unsubscribe(st: State, s: Session, p: Params) -> Any:
+    return st.hub.unsubscribe(s, p.str_list("channels"))
+
+
+def unsubscribe_all(st: State, s: Session, p: Params) -> Any:
+    st.hub.drop(s)
+    return "ok"
+
+
+# ---- trading ---------------------------------------------------------------------------------
+
+
+def _order_request(p: Params) -> OrderRequest:
+    return OrderRequest(
+        instrument_name=p.req_str("instrument_name"),
+        amount=p.num("amount"),
+        contracts=p.num("contracts"),
+        type=p.choice("type", ORDER_TYPES, "limit") or "limit",
+        label=p.text("label"),
+        price=p.num("price"),
+        time_in_force=p.choice("time_in_force", TIME_IN_FORCE, "good_til_cancelled")
+        or "good_til_cancelled",
+        max_show=p.num("max_show") if p.has("max_show") else p.num("display_amount"),
+        post_only=p.flag("post_only"),
+        reject_post_only=p.flag("reject_post_only"),
+        reduce_only=p.flag("reduce_only"),
+        trigger_price=p.num("trigger_price"),
+        trigger=p.choice("trigger", TRIGGERS),
+    )
+
+
+def _place(st: State, s: Session, p: Params, is_buy: bool) -> Any:
+    order, trades = st.engine.place(_account(s), is_buy, _order_request(p), s.id)
+    return {"order": order.to_dict(), "trades": trades}
+
+
+def private_buy(st: State, s: Session, p: Params) -> Any:
+    return _place(st, s, p, True)
+
+
+def private_sell(st: State, s: Session, p: Params) -> Any:
+    return _place(st, s, p, False)
+
+
+def private_edit(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    order = st.engine.order_of(account, p.req_str("order_id"))
+    order, trades = st.engine.edit(
+        account, order, p.num("amount"), p.num("contracts"), p.num("price"),
+        p.flag("post_only") if p.has("post_only") else None,
+        p.flag("reject_post_only") if p.has("reject_post_only") else None,
+        p.flag("reduce_only") if p.has("reduce_only") else None,
+        p.num("trigger_price"),
+    )
+    return {"order": order.to_dict(), "trades": trades}
+
+
+def private_edit_by_label(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    label = p.req_str("label")
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    live = [
+        o for o in st.engine.orders_by_label(account, label) if o.is_open and o.inst is inst
+    ]
+    if len(live) != 1:
+        raise RpcError(errors.ORDER_NOT_FOUND if not live else errors.INVALID_PARAMS,
+                       {"reason": "label must name exactly one open order", "param": "label"})
+    order, trades = st.engine.edit(
+        account, live[0], p.num("amount"), p.num("contracts"), p.num("price"),
+        p.flag("post_only") if p.has("post_only") else None,
+        p.flag("reject_post_only") if p.has("reject_post_only") else None,
+        p.flag("reduce_only") if p.has("reduce_only") else None,
+        p.num("trigger_price"),
+    )
+    return {"order": order.to_dict(), "trades": trades}
+
+
+def private_cancel(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    order = st.engine.order_of(account, p.req_str("order_id"))
+    return st.engine.cancel(account, order).to_dict()
+
+
+def _cancel_result(st: State, s: Session, p: Params, orders: list[Any]) -> Any:
+    account = _account(s)
+    if p.flag("detailed"):
+        n = st.engine.cancel_many(account, orders)
+        return [{"order_state": "cancelled", "cancelled_count": n,
+                 "orders": [o.to_dict() for o in orders]}]
+    return st.engine.cancel_many(account, orders)
+
+
+def private_cancel_all(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    return _cancel_result(st, s, p, list(account.open_orders.values()))
+
+
+def private_cancel_all_by_instrument(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    kind = p.choice("type", OPEN_ORDER_TYPES, "all")
+    orders = st.engine.open_orders(_account(s), instrument=inst.name, order_type=kind)
+    return _cancel_result(st, s, p, orders)
+
+
+def private_cancel_all_by_currency(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p, allow_any=True)
+    kind = p.choice("kind", KINDS)
+    otype = p.choice("type", OPEN_ORDER_TYPES, "all")
+    orders = st.engine.open_orders(
+        _account(s), currency=None if currency == "ANY" else currency, kind=kind,
+        order_type=otype,
+    )
+    return _cancel_result(st, s, p, orders)
+
+
+def private_cancel_all_by_kind_or_type(st: State, s: Session, p: Params) -> Any:
+    return private_cancel_all_by_currency(st, s, p)
+
+
+def private_cancel_by_label(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    label = p.req_str("label")
+    currency = _currency(p) if p.has("currency") else None
+    orders = [
+        o for o in st.engine.orders_by_label(account, label)
+        if o.is_open and currency in (None, o.inst.currency)
+    ]
+    return st.engine.cancel_many(account, orders)
+
+
+def private_get_order_state(st: State, s: Session, p: Params) -> Any:
+    return st.engine.order_of(_account(s), p.req_str("order_id")).to_dict()
+
+
+def private_get_order_state_by_label(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    label = p.text("label")
+    account = _account(s)
+    if label is None:
+        return []
+    return [
+        o.to_dict() for o in st.engine.orders_by_label(account, label)
+        if o.inst.currency == currency
+    ]
+
+
+def private_get_open_orders(st: State, s: Session, p: Params) -> Any:
+    kind = p.choice("kind", KINDS)
+    otype = p.choice("type", OPEN_ORDER_TYPES, "all")
+    return [o.to_dict() for o in st.engine.open_orders(_account(s), kind=kind, order_type=otype)]
+
+
+def private_get_open_orders_by_instrument(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    otype = p.choice("type", OPEN_ORDER_TYPES, "all")
+    orders = st.engine.open_orders(_account(s), instrument=inst.name, order_type=otype)
+    return [o.to_dict() for o in orders]
+
+
+def private_get_open_orders_by_currency(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    kind = p.choice("kind", KINDS)
+    otype = p.choice("type", OPEN_ORDER_TYPES, "all")
+    orders = st.engine.open_orders(_account(s), currency=currency, kind=kind, order_type=otype)
+    return [o.to_dict() for o in orders]
+
+
+def private_get_open_orders_by_label(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    label = p.text("label")
+    orders = st.engine.open_orders(_account(s), currency=currency, label=label)
+    return [o.to_dict() for o in orders]
+
+
+def private_get_user_trades_by_order(st: State, s: Session, p: Params) -> Any:
+    order = st.engine.order_of(_account(s), p.req_str("order_id"))
+    trades = list(st.engine.trades_by_order.get(order.order_id, ()))
+    if p.choice("sorting", ("asc", "desc", "default"), "default") == "desc":
+        trades.reverse()
+    return trades
+
+
+def private_get_user_trades_by_instrument(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    count = p.integer("count", 10) or 10
+    history = st.engine.trades_by_account.get(_account(s).account_id, ())
+    trades = [t for t in history if t["instrument_name"] == inst.name]
+    if p.choice("sorting", ("asc", "desc", "default"), "default") != "asc":
+        trades.reverse()
+    trades = trades[:count]
+    return {"trades": trades, "has_more": False}
+
+
+# ---- positions and account -------------------------------------------------------------------
+
+
+def _position_dict(st: State, pos: Any) -> dict[str, Any]:
+    inst = pos.inst
+    return pos.to_dict(st.engine.mark(inst), st.engine.index(inst.base))
+
+
+def private_get_position(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    return _position_dict(st, _account(s).position(inst))
+
+
+def private_get_positions(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p, allow_any=True) if p.has("currency") else "ANY"
+    kind = p.choice("kind", KINDS)
+    return [
+        _position_dict(st, pos)
+        for pos in _account(s).positions.values()
+        if pos.size != 0.0
+        and currency in ("ANY", pos.inst.currency)
+        and kind in (None, "any", pos.inst.kind)
+    ]
+
+
+def private_get_account_summary(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    return _account(s).summary(currency, st.engine.mark, st.engine.instruments)
+
+
+def private_get_account_summaries(st: State, s: Session, p: Params) -> Any:
+    account = _account(s)
+    return {
+        "id": account.user_id,
+        "username": account.account_id,
+        "summaries": [
+            account.summary(c, st.engine.mark, st.engine.instruments) for c in CURRENCIES
+        ],
+    }
+
+
+def private_enable_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
+    s.cancel_on_disconnect = p.choice("scope", ("connection", "account"), "connection")
+    return "ok"
+
+
+def private_disable_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
+    s.cancel_on_disconnect = None
+    return "ok"
+
+
+def private_get_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
+    return {
+        "scope": s.cancel_on_disconnect or "connection",
+        "enabled": s.cancel_on_disconnect is not None,
+    }
+
+
+def private_logout(st: State, s: Session, p: Params) -> Any:
+    st.hub.drop(s)
+    s.account = None
+    s.close_soon()
+    return "ok"
+
+
+# ---- admin (not Deribit) ---------------------------------------------------------------------
+
+
+def _admin_account(st: State, s: Session, p: Params) -> Account:
+    """The session's account, or the one named by ``account_id`` / ``client_id``."""
+    if p.has("account_id"):
+        account = st.accounts.by_id.get(p.req_str("account_id"))
+    elif p.has("client_id"):
+        account = st.accounts.by_client_id.get(p.req_str("client_id"))
+    else:
+        account = s.account
+    if account is None:
+        raise invalid_param("account_id", "unknown account")
+    return account
+
+
+def admin_set_faults(st: State, s: Session, p: Params) -> Any:
+    st.faults.update(p.raw)
+    return st.faults.to_dict()
+
+
+def admin_get_faults(st: State, s: Session, p: Params) -> Any:
+    return st.faults.to_dict()
+
+
+def admin_get_stats(st: State, s: Session, p: Params) -> Any:
+    engine = st.engine
+    return {
+        **engine.counters,
+        "orders_by_label": dict(engine.label_counts),
+        "methods": dict(st.method_counts),
+        "connections": sum(1 for x in st.sessions if x.ws is not None and not x.closed),
+        "notifications": st.hub.notifications,
+        "accounts": sorted(st.accounts.by_id),
+        "market_steps": engine.market.steps,
+        "open_orders": sum(len(a.open_orders) for a in st.accounts.by_id.values()),
+        "uptime_s": time.monotonic() - st.started,
+    }
+
+
+def admin_get_orders_by_label(st: State, s: Session, p: Params) -> Any:
+    label = p.req_str("label")
+    return [
+        o.to_dict() for (acc, lab), orders in st.engine.by_label.items() if lab == label
+        for o in orders
+    ]
+
+
+def admin_set_position(st: State, s: Session, p: Params) -> Any:
+    account = _admin_account(st, s, p)
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    size = p.num("size", required=True)
+    assert size is not None
+    pos = st.engine.set_position(account, inst, size, p.num("average_price"))
+    return _position_dict(st, pos)
+
+
+def admin_set_balance(st: State, s: Session, p: Params) -> Any:
+    account = _admin_account(st, s, p)
+    currency = _currency(p)
+    amount = p.num("balance", required=True)
+    assert amount is not None
+    account.balances[currency] = amount
+    return account.summary(currency, st.engine.mark, st.engine.instruments)
+
+
+def admin_step_market(st: State, s: Session, p: Params) -> Any:
+    for _ in range(max(1, p.integer("steps", 1) or 1)):
+        st.engine.step_market()
+    return {"steps": st.engine.market.steps, "index": dict(st.engine.market.index)}
+
+
+METHODS: dict[str, Method] = {
+    "public/auth": Method(public_auth),
+    "public/get_time": Method(public_get_time),
+    "public/test": Method(public_test),
+    "public/hello": Method(public_hello),
+    "public/status": Method(public_status),
+    "public/set_heartbeat": Method(public_set_heartbeat, ws_only=True),
+    "public/disable_heartbeat": Method(public_disable_heartbeat, ws_only=True),
+    "public/get_instruments": Method(public_get_instruments),
+    "public/get_instrument": Method(public_get_instrument),
+    "public/ticker": Method(public_ticker),
+    "public/get_order_book": Method(public_get_order_book),
+    "public/get_index_price": Method(public_get_index_price),
+    "public/subscribe": Method(public_subscribe, ws_only=True),
+    "public/unsubscribe": Method(unsubscribe, ws_only=True),
+    "public/unsubscribe_all": Method(unsubscribe_all, ws_only=True),
+    "private/subscribe": Method(private_subscribe, private=True, ws_only=True),
+    "private/unsubscribe": Method(unsubscribe, private=True, ws_only=True),
+    "private/unsubscribe_all": Method(unsubscribe_all, private=True, ws_only=True),
+    "private/buy": Method(private_buy, private=True, matching=True, order_entry=True),
+    "private/sell": Method(private_sell, private=True, matching=True, order_entry=True),
+    "private/edit": Method(private_edit, private=True, matching=True, order_entry=True),
+    "private/edit_by_label": Method(
+        private_edit_by_label, private=True, matching=True, order_entry=True
+    ),
+    "private/cancel": Method(private_cancel, private=True, matching=True),
+    "private/cancel_all": Method(private_cancel_all, private=True, matching=True),
+    "private/cancel_all_by_instrument": Method(
+        private_cancel_all_by_instrument, private=True, matching=True
+    ),
+    "private/cancel_all_by_currency": Method(
+        private_cancel_all_by_currency, private=True, matching=True
+    ),
+    "private/cancel_all_by_kind_or_type": Method(
+        private_cancel_all_by_kind_or_type, private=True, matching=True
+    ),
+    "private/cancel_by_label": Method(private_cancel_by_label, private=True, matching=True),
+    "private/get_order_state": Method(private_get_order_state, private=True),
+    "private/get_order_state_by_label": Method(private_get_order_state_by_label, private=True),
+    "private/get_open_orders": Method(private_get_open_orders, private=True),
+    "private/get_open_orders_by_instrument": Method(
+        private_get_open_orders_by_instrument, private=True
+    ),
+    "private/get_open_orders_by_currency": Method(
+        private_get_open_orders_by_currency, private=True
+    ),
+    "private/get_open_orders_by_label": Method(private_get_open_orders_by_label, private=True),
+    "private/get_user_trades_by_order": Method(private_get_user_trades_by_order, private=True),
+    "private/get_user_trades_by_instrument": Method(
+        private_get_user_trades_by_instrument, private=True
+    ),
+    "private/get_position": Method(private_get_position, private=True),
+    "private/get_positions": Method(private_get_positions, private=True),
+    "private/get_account_summary": Method(private_get_account_summary, private=True),
+    "private/get_account_summaries": Method(private_get_account_summaries, private=True),
+    "private/enable_cancel_on_disconnect": Method(
+        private_enable_cancel_on_disconnect, private=True, ws_only=True
+    ),
+    "private/disable_cancel_on_disconnect": Method(
+        private_disable_cancel_on_disconnect, private=True, ws_only=True
+    ),
+    "private/get_cancel_on_disconnect": Method(private_get_cancel_on_disconnect, private=True),
+    "private/logout": Method(private_logout, private=True, ws_only=True),
+    "admin/set_faults": Method(admin_set_faults, admin=True),
+    "admin/get_faults": Method(admin_get_faults, admin=True),
+    "admin/get_stats": Method(admin_get_stats, admin=True),
+    "admin/get_orders_by_label": Method(admin_get_orders_by_label, admin=True),
+    "admin/set_position": Method(admin_set_position, admin=True),
+    "admin/set_balance": Method(admin_set_balance, admin=True),
+    "admin/step_market": Method(admin_step_market, admin=True),
+}

@@ -1,0 +1,384 @@
+"""The paper exchange server: Deribit's WebSocket and HTTP transports on aiohttp, plus the
+background loops (market ticks, 100ms batches, heartbeats, fault-injected drops)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from oms.exchange.paper.accounts import AccountStore
+from oms.exchange.paper.dispatch import Outcome, handle
+from oms.exchange.paper.engine import Engine
+from oms.exchange.paper.errors import PARSE_ERROR, RpcError
+from oms.exchange.paper.faults import Faults
+from oms.exchange.paper.instruments import Instrument, default_instruments
+from oms.exchange.paper.market import SyntheticMarket
+from oms.exchange.paper.methods import State
+from oms.exchange.paper.session import Session
+from oms.exchange.paper.subscriptions import Hub
+from oms.settings import PaperExchangeSettings
+
+log = logging.getLogger("oms.paper")
+
+WS_PATH = "/ws/api/v2"
+HTTP_PREFIX = "/api/v2"
+BATCH_INTERVAL_S = 0.1
+
+
+class PaperExchange:
+    """A local Deribit API v2 exchange.
+
+    Use in-process::
+
+        async with PaperExchange(settings=PaperExchangeSettings(port=0)) as px:
+            client = connect(px.ws_url)
+
+    ``port=0`` picks a free port; ``px.port`` tells which.
+    """
+
+    def __init__(
+        self,
+        settings: PaperExchangeSettings | None = None,
+        accounts_file: Path | str | None = None,
+        faults: Faults | dict[str, Any] | None = None,
+        *,
+        rate_limits: bool = True,
+        min_heartbeat_s: float = 10.0,
+        instruments: list[Instrument] | None = None,
+        volatility: float = 2e-4,
+        run_market: bool = True,
+    ) -> None:
+        self.settings = settings or PaperExchangeSettings()
+        s = self.settings
+        self.accounts = AccountStore(
+            {"BTC": s.starting_btc, "ETH": s.starting_eth, "USDC": s.starting_usdc},
+            default_tier=s.default_tier,
+            auto_create=s.auto_create_accounts,
+        )
+        if accounts_file is not None and Path(accounts_file).exists():
+            n = self.accounts.load_file(Path(accounts_file))
+            log.info("paper.accounts_loaded count=%d file=%s", n, accounts_file)
+        if isinstance(faults, dict):
+            f = Faults()
+            f.update(faults)
+            faults = f
+        self.faults = faults or Faults()
+        insts = instruments or default_instruments(int(time.time() * 1000))
+        self.market = SyntheticMarket(insts, seed=s.seed, volatility=volatility)
+        self.hub = Hub()
+        self.engine = Engine(insts, self.market, self.accounts, sink=self.hub)
+        self.hub.engine = self.engine
+        self.state = State(
+            engine=self.engine,
+            accounts=self.accounts,
+            hub=self.hub,
+            faults=self.faults,
+            min_heartbeat_s=min_heartbeat_s,
+            rate_limits=rate_limits,
+        )
+        self.state.heartbeat_starter = self._start_heartbeat
+        self.run_market = run_market
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port: int = s.port
+        if run_market:
+            # Quotes exist from the first request on, not only after the first tick.
+            self.engine.step_market()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}{WS_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}{HTTP_PREFIX}"
+
+    async def start(self) -> None:
+        """Bind the socket and start the background loops."""
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_get(WS_PATH, self._ws_handler)
+        app.router.add_get(HTTP_PREFIX + "/{method:.+}", self._http_handler)
+        app.router.add_post(HTTP_PREFIX + "/{method:.+}", self._http_handler)
+        app.router.add_post(HTTP_PREFIX, self._http_handler)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        if self.run_market:
+            self._tasks.append(loop.create_task(self._market_loop()))
+        self._tasks.append(loop.create_task(self._batch_loop()))
+        self._tasks.append(loop.create_task(self._drop_loop()))
+        log.info(
+            "paper.started url=%s seed=%d tick_interval_s=%s rate_limits=%s",
+            self.ws_url, self.settings.seed, self.settings.tick_interval_s,
+            self.state.rate_limits,
+        )
+
+    async def stop(self) -> None:
+        """Close every connection and the listening socket."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for session in list(self.state.sessions):
+            await self._close_session(session)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        log.info("paper.stopped port=%d", self.port)
+
+    async def __aenter__(self) -> PaperExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def drop_connections(self) -> int:
+        """Close every WebSocket connection (what the ``drop_every_s`` fault does)."""
+        sessions = [s for s in self.state.sessions if s.ws is not None and not s.closed]
+        for session in sessions:
+            await self._close_session(session)
+        return len(sessions)
+
+    # ---- background loops ------------------------------------------------------------------
+
+    async def _market_loop(self) -> None:
+        interval = self.settings.tick_interval_s
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            try:
+                self.engine.step_market()
+                ts = time.time_ns() // 1_000_000
+                self.hub.publish_market(ts)
+                if self.hub.portfolio_subs:
+                    self.hub.publish_portfolio()
+            except Exception:
+                log.exception("paper.market_tick_failed")
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BATCH_INTERVAL_S)
+            try:
+                self.hub.flush_batches([s for s in self.state.sessions if s.batches])
+            except Exception:
+                log.exception("paper.batch_flush_failed")
+
+    async def _drop_loop(self) -> None:
+        while True:
+            every = self.faults.drop_every_s
+            if every <= 0:
+                await asyncio.sleep(0.1)
+                continue
+            await asyncio.sleep(every)
+            if self.faults.drop_every_s > 0:
+                n = await self.drop_connections()
+                log.info("paper.fault_drop connections=%d", n)
+
+    def _start_heartbeat(self, session: Session) -> None:
+        if session.heartbeat_task is not None:
+            session.heartbeat_task.cancel()
+        session.heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(session))
+
+    async def _heartbeat(self, session: Session) -> None:
+        """Deribit's heartbeat: a ``test_request`` every interval; a client that has not
+        answered the previous one with ``public/test`` is disconnected."""
+        message = orjson.dumps(
+            {"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}}
+        ).decode()
+        while not session.closed and session.heartbeat_interval:
+            await asyncio.sleep(session.heartbeat_interval)
+            if session.closed or not session.heartbeat_interval:
+                return
+            if session.test_pending:
+                log.info("paper.heartbeat_timeout session=%s", session.id)
+                session.heartbeat_task = None
+                await self._close_session(session)
+                return
+            session.test_pending = True
+            session.send_text(message)
+
+    # ---- WebSocket -------------------------------------------------------------------------
+
+    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True)
+        await ws.prepare(request)
+        session = Session(ws, peer=str(request.remote))
+        self.state.sessions.add(session)
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(session.writer())
+        delayed: deque[tuple[float, str]] | None = None
+        delayed_task: asyncio.Task[None] | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    if msg.type == WSMsgType.BINARY:
+                        self._on_text(session, msg.data.decode(errors="replace"))
+                    continue
+                latency = self.faults.latency_ms
+                if latency > 0:
+                    # Network latency delays but never reorders a connection's requests.
+                    if delayed is None:
+                        delayed = deque()
+                    delayed.append((time.monotonic() + latency / 1000, msg.data))
+                    if delayed_task is None or delayed_task.done():
+                        delayed_task = loop.create_task(self._drain_delayed(session, delayed))
+                    continue
+                self._on_text(session, msg.data)
+                if session.closed or session.close_after_flush:
+                    break
+        finally:
+            if delayed_task is not None:
+                delayed_task.cancel()
+            if not session.close_after_flush:
+                session.closed = True
+                session.wake.set()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await asyncio.wait_for(writer, 5)
+            await self._close_session(session)
+        return ws
+
+    async def _drain_delayed(self, session: Session, queue: deque[tuple[float, str]]) -> None:
+        while queue and not session.closed:
+            due, text = queue[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            queue.popleft()
+            self._on_text(session, text)
+
+    def _on_text(self, session: Session, text: str) -> None:
+        us_in = time.time_ns() // 1000
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            session.send(
+                {"jsonrpc": "2.0", "id": None, "error": RpcError(PARSE_ERROR).to_dict(),
+                 "testnet": True}
+            )
+            return
+        outcome = handle(self.state, session, msg, http=False, us_in=us_in)
+        self._reply(session, outcome)
+
+    def _reply(self, session: Session, outcome: Outcome) -> None:
+        if outcome.delay_s > 0:
+            text = orjson.dumps(outcome.response).decode()
+            asyncio.get_running_loop().call_later(outcome.delay_s, session.send_text, text)
+        else:
+            session.send(outcome.response)
+        if outcome.close:
+            session.close_soon()
+
+    async def _close_session(self, session: Session) -> None:
+        if session in self.state.sessions:
+            self.state.sessions.discard(session)
+            self._cancel_on_disconnect(session)
+            self.hub.drop(session)
+        session.closed = True
+        session.wake.set()
+        task = session.heartbeat_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if session.ws is not None and not session.ws.closed:
+            with contextlib.suppress(Exception):
+                await session.ws.close()
+
+    def _cancel_on_disconnect(self, session: Session) -> None:
+        account = session.account
+        if session.cancel_on_disconnect is None or account is None:
+            return
+        orders = [
+            o for o in account.open_orders.values()
+            if session.cancel_on_disconnect == "account" or o.session_id == session.id
+        ]
+        n = self.engine.cancel_many(account, orders, reason="cancel_on_disconnect")
+        log.info("paper.cancel_on_disconnect account=%s cancelled=%d", account.account_id, n)
+
+    # ---- HTTP ------------------------------------------------------------------------------
+
+    async def _http_handler(self, request: web.Request) -> web.Response:
+        us_in = time.time_ns() // 1000
+        session = Session(None, peer=str(request.remote))
+        auth = request.headers.get("Authorization", "")
+        if auth:
+            self._http_auth(session, auth)
+        method = request.match_info.get("method")
+        if request.method == "POST":
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                return self._http_response(
+                    {"jsonrpc": "2.0", "id": None, "error": RpcError(PARSE_ERROR).to_dict(),
+                     "testnet": True}
+                )
+            if isinstance(body, dict) and method and "method" not in body:
+                body["method"] = method
+        else:
+            params: dict[str, Any] = dict(request.query)
+            body = {"jsonrpc": "2.0", "id": params.pop("id", None), "method": method,
+                    "params": params}
+        if isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"].isdigit():
+            body["id"] = int(body["id"])
+        if self.faults.latency_ms > 0:
+            await asyncio.sleep(self.faults.latency_ms / 1000)
+        outcome = handle(self.state, session, body, http=True, us_in=us_in)
+        if outcome.delay_s > 0:
+            await asyncio.sleep(outcome.delay_s)
+        return self._http_response(outcome.response)
+
+    def _http_auth(self, session: Session, header: str) -> None:
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            session.account = self.accounts.by_access_token(value.strip())
+        elif scheme == "basic":
+            try:
+                client_id, _, secret = base64.b64decode(value.strip()).decode().partition(":")
+                session.account = self.accounts.authenticate(client_id, secret)
+            except (ValueError, RpcError):
+                session.account = None
+
+    @staticmethod
+    def _http_response(body: dict[str, Any]) -> web.Response:
+        status = 400 if "error" in body else 200
+        return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def serve_forever(
+    settings: PaperExchangeSettings | None = None,
+    accounts_file: Path | str | None = None,
+    faults: Faults | dict[str, Any] | None = None,
+    *,
+    rate_limits: bool = True,
+    min_heartbeat_s: float = 10.0,
+) -> None:
+    """Run a paper exchange until cancelled (Ctrl-C in the CLI)."""
+    async with PaperExchange(
+        settings=settings,
+        accounts_file=accounts_file,
+        faults=faults,
+        rate_limits=rate_limits,
+        min_heartbeat_s=min_heartbeat_s,
+    ):
+        await asyncio.Event().wait()

@@ -1,0 +1,82 @@
+"""One client connection (WebSocket) or one HTTP request, and its outbound queue."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from oms.exchange.paper.accounts import Account
+    from oms.exchange.paper.ratelimit import RateLimiter
+
+_ids = itertools.count(1)
+
+
+class Session:
+    """Connection state: who is logged in, what it subscribed to, what is waiting to go out.
+
+    Messages are queued and written by one writer task so notifications and replies keep
+    the order in which the exchange produced them.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse | None, peer: str = "") -> None:
+        self.id = next(_ids)
+        self.ws = ws
+        self.peer = peer
+        self.account: Account | None = None
+        self.channels: set[str] = set()
+        self.out: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.close_after_flush = False
+        self.heartbeat_interval: float | None = None
+        self.heartbeat_task: asyncio.Task[None] | None = None
+        self.test_pending = False
+        self.cancel_on_disconnect: str | None = None  # None | "connection" | "account"
+        # 100ms channels: channel -> buffered data items.
+        self.batches: dict[str, list[Any]] = {}
+        self.limiter: RateLimiter | None = None  # for unauthenticated requests
+
+    def send_text(self, text: str) -> None:
+        if self.closed or self.ws is None:
+            return
+        self.out.append(text)
+        self.wake.set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_text(orjson.dumps(message).decode())
+
+    def notify(self, channel: str, data: Any) -> None:
+        self.send_text(notification(channel, data))
+
+    def close_soon(self) -> None:
+        """Close once everything queued so far (e.g. a 10028 answer) is written."""
+        self.close_after_flush = True
+        self.wake.set()
+
+    async def writer(self) -> None:
+        """Drain the outbound queue onto the socket until the session ends."""
+        ws = self.ws
+        assert ws is not None
+        while not self.closed:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.out and not ws.closed:
+                await ws.send_str(self.out.popleft())
+            if self.close_after_flush:
+                self.closed = True
+                await ws.close()
+                return
+
+
+def notification(channel: str, data: Any) -> str:
+    """A subscription notification, serialized."""
+    return orjson.dumps(
+        {"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}}
+    ).decode()
