@@ -1,0 +1,1 @@
+"""Sinks: the ClickHouse sink service, its read-only query endpoint and query helpers."""

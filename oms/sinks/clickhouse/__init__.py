@@ -1,0 +1,1 @@
+"""ClickHouse access through clickhouse-connect: clients, migrations and row mapping."""

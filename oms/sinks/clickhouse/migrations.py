@@ -1,0 +1,319 @@
+"""Numbered, idempotent schema migrations, recorded in ``schema_migrations``.
+
+How rows stay correct when the sink replays (read this before writing a query):
+
+* Retried inserts of the same batch carry the same ``insert_deduplication_token``
+  (table + Kafka topic/partition/offset ranges), and every table keeps
+  ``non_replicated_deduplication_window`` recent tokens, so ClickHouse drops the retry.
+* After a crash the sink re-reads from the last committed offset and may cut batches
+  differently, so tokens differ and rows can land twice. Every table is therefore a
+  ``ReplacingMergeTree`` whose sorting key is the row's natural identity (order_id,
+  event_id, order_id+trade_id, instrument+sample bucket, ...): duplicates collapse on merges,
+  and readers must collapse the rest with ``FINAL`` (or ``argMax``/``LIMIT 1 BY``).
+  ``oms.sinks.queries`` does so; ad-hoc SQL should too, e.g.
+  ``SELECT count() FROM executions FINAL``.
+* No table is partitioned: ReplacingMergeTree only collapses rows within one partition,
+  and a partition key derived from a timestamp that differs between two copies of a row
+  (e.g. a fill seen in an RPC reply and in a subscription) would keep both.
+
+Each migration is a list of ``IF NOT EXISTS`` statements, so a crash between the DDL and
+the ``schema_migrations`` row just re-runs harmless statements next time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from oms.settings import SinkSettings
+
+# Tokens of this many recent inserts per table are remembered for retry deduplication.
+DEDUP_WINDOW = 1_000
+TABLE_SETTINGS = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+TS = "DateTime64(3, 'UTC')"
+LC = "LowCardinality(String)"
+LCN = "LowCardinality(Nullable(String))"
+
+# Tables with time-based retention and the column it counts from. orders (live state) and
+# position_changes (the position audit trail) are kept: dropping them would lose state.
+RETENTION_COLUMNS: dict[str, str] = {
+    "order_events": "timestamp",
+    "executions": "timestamp",
+    "market_ticks": "timestamp",
+    "dead_letters": "received_at",
+    "notifications": "created_at",
+}
+
+
+def _ttl(table: str, days: int) -> str:
+    return f"TTL toDateTime({RETENTION_COLUMNS[table]}) + INTERVAL {days} DAY"
+
+
+def _v1(sink: SinkSettings) -> list[str]:
+    days = sink.retention_days
+    # version, not updated_at: the order worker bumps version by exactly one on every applied
+    # change, so it orders snapshots even when two changes share a millisecond or wall
+    # clocks (worker restarts, exchange vs local time) step backwards. With updated_at a
+    # stale snapshot replayed after a newer one could win the merge.
+    orders = f"""
+    CREATE TABLE IF NOT EXISTS orders (
+        order_id String,
+        version UInt64,
+        request_id String,
+        account_id {LC},
+        instrument_name {LC},
+        direction {LC},
+        order_type {LC},
+        amount Float64,
+        price Nullable(Float64),
+        trigger_price Nullable(Float64),
+        time_in_force {LC},
+        post_only Bool,
+        reduce_only Bool,
+        execute_immediately Bool,
+        priority {LC},
+        conditions String,
+        metadata String,
+        status {LC},
+        exchange_order_id Nullable(String),
+        filled_amount Float64,
+        average_price Nullable(Float64),
+        fee Float64,
+        reason_code {LCN},
+        reason_message Nullable(String),
+        created_at {TS},
+        submitted_at Nullable({TS}),
+        updated_at {TS},
+        exchange_updated_at {TS},
+        trade_ids Array(String),
+        last_event_id String,
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY order_id
+    {TABLE_SETTINGS}"""
+    order_events = f"""
+    CREATE TABLE IF NOT EXISTS order_events (
+        event_id String,
+        event_type {LC},
+        order_id String,
+        account_id {LC},
+        request_id Nullable(String),
+        instrument_name {LCN},
+        status {LCN},
+        previous_status {LCN},
+        reason_code {LCN},
+        message Nullable(String),
+        direction {LCN},
+        amount Nullable(Float64),
+        price Nullable(Float64),
+        filled_amount Float64,
+        average_price Nullable(Float64),
+        exchange_order_id Nullable(String),
+        version UInt64,
+        timestamp {TS},
+        request_created_at Nullable({TS}),
+        details String,
+        kafka_partition Int32,
+        kafka_offset Int64,
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (order_id, event_id)
+    {_ttl("order_events", days)}
+    {TABLE_SETTINGS}"""
+    # One row per fill: the same trade arrives in the RPC reply and the user.orders /
+    # user.trades subscription, and again on reconciliation; (order_id, trade_id) is its identity.
+    executions = f"""
+    CREATE TABLE IF NOT EXISTS executions (
+        order_id String,
+        trade_id String,
+        account_id {LC},
+        instrument_name {LC},
+        direction {LCN},
+        amount Float64,
+        price Float64,
+        fee Float64,
+        fee_currency {LCN},
+        liquidity {LCN},
+        timestamp {TS},
+        exchange_order_id Nullable(String),
+        report_id String,
+        source {LC},
+        received_at {TS},
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (order_id, trade_id)
+    {_ttl("executions", days)}
+    {TABLE_SETTINGS}"""
+    # bucket = start of the tick_sample_ms period the tick fell in: one row per instrument
+    # and period even if a replay samples a different tick of the same period.
+    market_ticks = f"""
+    CREATE TABLE IF NOT EXISTS market_ticks (
+        instrument_name {LC},
+        bucket {TS},
+        timestamp {TS},
+        last_price Nullable(Float64),
+        mark_price Nullable(Float64),
+        index_price Nullable(Float64),
+        best_bid_price Nullable(Float64),
+        best_bid_amount Nullable(Float64),
+        best_ask_price Nullable(Float64),
+        best_ask_amount Nullable(Float64),
+        open_interest Nullable(Float64),
+        state {LC},
+        received_at {TS}
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (instrument_name, bucket)
+    {_ttl("market_ticks", days)}
+    {TABLE_SETTINGS}"""
+    # A dead letter's own position on the dead-letters topic is its identity.
+    dead_letters = f"""
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        kafka_partition Int32,
+        kafka_offset Int64,
+        source_topic {LC},
+        source_partition Nullable(Int32),
+        source_offset Nullable(Int64),
+        key Nullable(String),
+        reason_code {LC},
+        error String,
+        payload String,
+        payload_size UInt64,
+        truncated Bool,
+        received_at {TS},
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (kafka_partition, kafka_offset)
+    {_ttl("dead_letters", days)}
+    {TABLE_SETTINGS}"""
+    return [orders, order_events, executions, market_ticks, dead_letters]
+
+
+def _v2(sink: SinkSettings) -> list[str]:
+    position_changes = f"""
+    CREATE TABLE IF NOT EXISTS position_changes (
+        record_id String,
+        account_id {LC},
+        instrument_name {LC},
+        record_type {LC},
+        size Float64,
+        size_before Float64,
+        average_price Nullable(Float64),
+        average_price_before Nullable(Float64),
+        realized_pnl Float64,
+        unrealized_pnl Nullable(Float64),
+        fee Float64,
+        order_id Nullable(String),
+        trade_id Nullable(String),
+        direction {LCN},
+        trade_amount Nullable(Float64),
+        trade_price Nullable(Float64),
+        actor {LC},
+        timestamp {TS},
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (account_id, instrument_name, record_id)
+    {TABLE_SETTINGS}"""
+    # A delivery attempt's status moves pending -> sent/failed on the same key; the Kafka
+    # offset (one partition per account) says which record is the latest.
+    notifications = f"""
+    CREATE TABLE IF NOT EXISTS notifications (
+        notification_id String,
+        channel {LC},
+        attempt UInt32,
+        account_id {LC},
+        notification_type {LC},
+        priority {LC},
+        title String,
+        content String,
+        status {LC},
+        error_message Nullable(String),
+        order_id Nullable(String),
+        created_at {TS},
+        sent_at Nullable({TS}),
+        kafka_offset Int64,
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree(kafka_offset)
+    ORDER BY (notification_id, channel, attempt)
+    {_ttl("notifications", sink.retention_days)}
+    {TABLE_SETTINGS}"""
+    return [position_changes, notifications]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[SinkSettings], list[str]]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "orders, order_events, executions, market_ticks, dead_letters", _v1),
+    Migration(2, "position_changes, notifications", _v2),
+)
+
+SCHEMA_MIGRATIONS = f"""
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32,
+    name String,
+    applied_at {TS} DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY version"""
+
+
+def applied_versions(client: Client) -> set[int]:
+    """Versions recorded in ``schema_migrations``."""
+    rows = client.query("SELECT DISTINCT version FROM schema_migrations").result_rows
+    return {int(row[0]) for row in rows}
+
+
+def apply_migrations(client: Client, sink: SinkSettings) -> list[int]:
+    """Apply the migrations not yet recorded, in order; returns the versions applied now.
+
+    Blocking: call it from a worker thread in async code.
+    """
+    client.command(SCHEMA_MIGRATIONS)
+    done = applied_versions(client)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements(sink):
+            client.command(statement)
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name]],
+            column_names=["version", "name"],
+        )
+        applied.append(migration.version)
+    sync_retention(client, sink.retention_days)
+    return applied
+
+
+_TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)")
+
+
+def sync_retention(client: Client, days: int) -> list[str]:
+    """Bring each table's TTL to ``days`` if ``sink.retention_days`` changed since creation.
+
+    Returns the tables altered. ``materialize_ttl_after_modify=0``: old parts are cleaned by
+    later merges instead of a rewrite of every part at startup.
+    """
+    rows = client.query(
+        "SELECT name, create_table_query FROM system.tables "
+        "WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+        parameters={"names": list(RETENTION_COLUMNS)},
+    ).result_rows
+    altered = []
+    for name, ddl in rows:
+        match = _TTL_DAYS.search(ddl)
+        if match and int(match.group(1)) == days:
+            continue
+        client.command(
+            f"ALTER TABLE {name} MODIFY {_ttl(name, days)}",
+            settings={"materialize_ttl_after_modify": 0},
+        )
+        altered.append(name)
+    return altered
