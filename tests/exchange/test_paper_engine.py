@@ -35,8 +35,15 @@ def acc(engine: Engine, name: str) -> Account:
     return engine.accounts.by_id[name]
 
 
-def place(engine: Engine, who: str, side: str, amount: float, price: float | None = None,
-          instrument: str = PERP, **kw: object):
+def place(
+    engine: Engine,
+    who: str,
+    side: str,
+    amount: float,
+    price: float | None = None,
+    instrument: str = PERP,
+    **kw: object,
+):
     req = OrderRequest(instrument_name=instrument, amount=amount, price=price, **kw)  # type: ignore[arg-type]
     return engine.place(acc(engine, who), side == "buy", req)
 
@@ -294,7 +301,13 @@ def test_stop_market_triggers_on_mark(engine: Engine) -> None:
     mark_at(engine, 95_000)
     place(engine, "a", "sell", 100, 96_000)
     stop, trades = place(
-        engine, "b", "buy", 100, None, type="stop_market", trigger_price=95_500,
+        engine,
+        "b",
+        "buy",
+        100,
+        None,
+        type="stop_market",
+        trigger_price=95_500,
         trigger="mark_price",
     )
     assert stop.state == "untriggered" and trades == []

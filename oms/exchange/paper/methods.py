@@ -408,6 +408,10 @@ def private_get_account_summaries(st: State, s: Session, p: Params) -> Any:
     return {
         "id": account.user_id,
         "username": account.account_id,
+        "system_name": account.account_id,
+        "email": f"{account.account_id}@paper.invalid",
+        "type": "main",
+        "security_keys_enabled": False,
         "summaries": [
             account.summary(c, st.engine.mark, st.engine.instruments) for c in CURRENCIES
         ],

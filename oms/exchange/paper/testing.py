@@ -28,14 +28,15 @@ class RpcFailed(Exception):
 class RpcClient:
     """Connect with :meth:`connect`; ``call`` returns the whole response, ``result`` only
     the result (raising :class:`RpcFailed` on an error). Everything without an ``id``
-    (subscriptions, heartbeats) lands in ``messages``."""
+    (subscriptions, heartbeats) lands in ``inbox``."""
 
     def __init__(self) -> None:
         self._http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.inbox: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
         self.closed = asyncio.Event()
         self.arrivals: list[tuple[str, Any]] = []  # ("reply", id) / ("notification", channel)
         self._reader: asyncio.Task[None] | None = None
@@ -64,7 +65,8 @@ class RpcClient:
                 else:
                     params = data.get("params") or {}
                     self.arrivals.append(("notification", params.get("channel")))
-                    await self.messages.put(data)
+                    self.inbox.append(data)
+                    self._arrived.set()
         finally:
             self.closed.set()
             for fut in self._pending.values():
@@ -101,13 +103,16 @@ class RpcClient:
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], wait_s: float = 5.0
     ) -> dict[str, Any]:
-        """The next message (subscription, heartbeat) matching ``predicate``; others are
-        discarded."""
+        """Take the oldest message (subscription, heartbeat) matching ``predicate`` out of
+        the inbox, waiting for one if needed; other messages stay."""
         async with asyncio.timeout(wait_s):
             while True:
-                msg = await self.messages.get()
-                if predicate(msg):
-                    return msg
+                for i, msg in enumerate(self.inbox):
+                    if predicate(msg):
+                        del self.inbox[i]
+                        return msg
+                self._arrived.clear()
+                await self._arrived.wait()
 
     async def notification(self, channel: str, wait_s: float = 5.0) -> Any:
         """The ``data`` of the next notification on ``channel``."""
