@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import Any
@@ -406,3 +407,38 @@ async def test_cancel_on_disconnect_is_enabled_on_every_session(srv: FakeDeribit
     calls = srv.calls("private/enable_cancel_on_disconnect")
     assert [r.conn for r in calls] == [0, 1]
     assert calls[0].params == {"scope": "connection"}
+
+
+async def test_close_wakes_callers_waiting_for_a_reconnect(srv: FakeDeribit) -> None:
+    c = client(srv)
+    await c.connect()
+    srv.errors["public/auth"] = (13028, "temporarily_unavailable")
+    await srv.drop_all()
+    await srv.wait_for(lambda: not c.is_connected)
+    waiting = asyncio.ensure_future(c.call("public/get_time", timeout=30))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await c.close()
+    with pytest.raises(ConnectionLost) as info:
+        await waiting
+    assert time.monotonic() - t0 < 1.0 and not info.value.outcome_unknown
+
+
+async def test_flapping_connection_backs_off(srv: FakeDeribit) -> None:
+    # Every session dies right after it comes up: delays must grow, not stay at the minimum.
+    settings = FAST.model_copy(update={"reconnect_min_delay": 0.02, "reconnect_max_delay": 0.4})
+    async with client(srv, settings=settings) as c:
+
+        def drop_soon_after_setup(conn: Any, params: dict[str, Any]) -> Any:
+            asyncio.get_running_loop().call_later(0.02, conn.ws.transport.abort)
+            return "ok"
+
+        srv.handlers["public/set_heartbeat"] = drop_soon_after_setup
+        await srv.drop_all()
+        await asyncio.sleep(1.5)
+        assert c.stats.reconnects >= 3  # each of those sessions did come up
+    starts = [r.at for r in srv.calls("public/auth")][1:]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # 0.02, 0.04, ... capped at 0.4 (jitter halves at most): at most ~8 attempts in 1.5 s.
+    assert 3 <= len(starts) <= 9
+    assert max(gaps) >= 0.15

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,9 @@ ReconnectHook = Callable[[], Awaitable[None]]
 _PRIVATE_CHANNEL_PREFIXES = ("user.", "block_rfq.", "block_trade_confirmations")
 # Deribit does not document a cap on channels per subscribe; chunk to keep frames small.
 _SUBSCRIBE_CHUNK = 200
+# A session that lived this long resets the reconnect backoff; shorter ones keep escalating, so
+# a connection that flaps right after login can't hammer the exchange (32 connections per IP).
+_STABLE_SESSION_S = 30.0
 
 
 def is_private_channel(channel: str) -> bool:
@@ -148,6 +152,9 @@ class DeribitClient:
         self._refresher: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Callers waiting for a session during a reconnect: future -> method.
+        self._waiters: dict[asyncio.Future[None], str] = {}
+        self._session_started = 0.0
         self._closing = False
         self._log = log.bind(client=name or url)
 
@@ -215,6 +222,9 @@ class DeribitClient:
             await asyncio.gather(self._reader, return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_pending("client closed")
+        for waiter, method in list(self._waiters.items()):
+            if not waiter.done():
+                waiter.set_exception(self._not_sent(method, "client closed"))
         self._supervisor = self._refresher = self._reader = None
         self._dispatchers.clear()
         self._ws = None
@@ -253,11 +263,15 @@ class DeribitClient:
     async def _wait_connected(self, method: str, wait_s: float | None) -> None:
         if self._closing or self._supervisor is None:
             raise self._not_sent(method, "not connected")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = method
         try:
             async with asyncio.timeout(wait_s or self._timeout):
-                await self.connected.wait()
+                await waiter
         except TimeoutError:
             raise self._not_sent(method, "not connected (reconnect in progress)") from None
+        finally:
+            self._waiters.pop(waiter, None)
 
     @staticmethod
     def _not_sent(method: str, message: str) -> ConnectionLost:
@@ -431,6 +445,10 @@ class DeribitClient:
         if self._credentials is not None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(ws))
         self.connected.set()
+        self._session_started = time.monotonic()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         self._log.info("session up")
 
     async def _login(self) -> None:
@@ -484,12 +502,14 @@ class DeribitClient:
         return delay * (0.5 + random.random() / 2)
 
     async def _supervise(self) -> None:
+        attempt = 0
         while not self._closing:
             if self._reader is not None:
                 await asyncio.gather(self._reader, return_exceptions=True)
             if self._closing:
                 return
-            attempt = 0
+            if time.monotonic() - self._session_started >= _STABLE_SESSION_S:
+                attempt = 0
             while not self._closing:
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
