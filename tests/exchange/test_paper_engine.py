@@ -338,3 +338,19 @@ def test_market_is_deterministic_under_seed() -> None:
         other.step(0)
     assert one.index == two.index and one.index != other.index
     assert one.quotes(insts[0]) == two.quotes(insts[0])
+
+
+def test_good_til_day_orders_expire(engine: Engine) -> None:
+    mark_at(engine, 95_000)
+    day, _ = place(engine, "a", "buy", 10, 90_000, time_in_force="good_til_day")
+    gtc, _ = place(engine, "a", "buy", 10, 90_000)
+    assert engine.expire_day_orders() == 1
+    assert day.state == "cancelled" and gtc.state == "open"
+
+
+def test_day_end_is_next_0800_utc() -> None:
+    from oms.exchange.paper.engine import next_day_end
+
+    eight = 1_767_254_400_000  # 2026-01-01 08:00 UTC
+    assert next_day_end(eight - 1) == eight
+    assert next_day_end(eight) == eight + 86_400_000

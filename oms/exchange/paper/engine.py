@@ -93,6 +93,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DAY_MS = 86_400_000
+DAY_END_OFFSET_MS = 8 * 3_600_000  # good_til_day orders expire at 08:00 UTC
+
+
+def next_day_end(ts: int) -> int:
+    """The first 08:00 UTC strictly after ``ts``."""
+    start = (ts - DAY_END_OFFSET_MS) // DAY_MS * DAY_MS + DAY_END_OFFSET_MS
+    return start + DAY_MS
+
+
 class Engine:
     """Books, orders and accounts of the whole exchange."""
 
@@ -128,6 +138,7 @@ class Engine:
         self._trade_seq = 1
         self._time_seq = 0
         self._touched: dict[int, Order] = {}
+        self.day_end_ms = next_day_end(now_ms())
         self._moved_positions: dict[tuple[str, str], Position] = {}
 
     # ---- lookups ---------------------------------------------------------------------------
@@ -679,6 +690,10 @@ class Engine:
         """One market tick: move prices, replace the market maker's quotes (they trade
         against any user order they cross) and fire triggered orders."""
         self.market.step()
+        ts = now_ms()
+        if ts >= self.day_end_ms:
+            self.expire_day_orders()
+            self.day_end_ms = next_day_end(ts)
         for name, inst in self.instruments.items():
             book = self.books[name]
             for ticks, order in self.mm_orders[name]:
@@ -697,6 +712,15 @@ class Engine:
             if self.untriggered[name]:
                 self._check_triggers(inst)
         self._flush()
+
+    def expire_day_orders(self) -> int:
+        """Cancel every open good_til_day order (Deribit does so at 08:00 UTC)."""
+        n = 0
+        for account in self.accounts.by_id.values():
+            day = [o for o in account.open_orders.values() if o.time_in_force == "good_til_day"]
+            if day:
+                n += self.cancel_many(account, day, reason="settlement")
+        return n
 
     def _check_triggers(self, inst: Instrument) -> None:
         refs = {

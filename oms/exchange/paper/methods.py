@@ -5,6 +5,7 @@ and returns the ``result``; errors are raised as :class:`RpcError`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.params import Params
 from oms.exchange.paper.session import Session
 from oms.exchange.paper.subscriptions import Hub
+
+log = logging.getLogger("oms.paper")
 
 VERSION = "1.2.26"
 ORDER_TYPES = (
@@ -90,6 +93,10 @@ def public_auth(st: State, s: Session, p: Params) -> Any:
         # A connection belongs to one account: re-authenticating as another starts over.
         st.hub.drop(s)
     s.account = account
+    log.info(
+        "paper.auth session=%s account=%s client_id=%s grant=%s",
+        s.id, account.account_id, account.client_id, grant,
+    )
     result = st.accounts.issue(account)
     if p.has("state"):
         result["state"] = p.text("state")

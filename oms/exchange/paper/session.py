@@ -64,15 +64,19 @@ class Session:
         """Drain the outbound queue onto the socket until the session ends."""
         ws = self.ws
         assert ws is not None
-        while not self.closed:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.out and not ws.closed:
-                await ws.send_str(self.out.popleft())
-            if self.close_after_flush:
-                self.closed = True
-                await ws.close()
-                return
+        try:
+            while not self.closed:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.out and not ws.closed:
+                    await ws.send_str(self.out.popleft())
+                if self.close_after_flush:
+                    self.closed = True
+                    await ws.close()
+                    return
+        except (ConnectionError, RuntimeError):
+            # The peer went away mid-write; the read loop notices and cleans up.
+            self.closed = True
 
 
 def notification(channel: str, data: Any) -> str:
