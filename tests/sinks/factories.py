@@ -13,7 +13,10 @@ from oms.schemas import (
     OrderStatus,
     OrderType,
     ReportSource,
+    Topic,
 )
+from oms.settings import Settings
+from oms.sinks.batch import Batch, Message, TickSampler
 
 T0 = 1_790_000_000_000  # fixed epoch ms so assertions don't depend on the clock
 
@@ -103,3 +106,11 @@ def fill_report(
 
 def tick(instrument: str, ts: int, price: float = 50_000.0) -> MarketTick:
     return MarketTick(instrument_name=instrument, timestamp=ts, last_price=price, received_at=ts)
+
+
+def batch(settings: Settings, records: list[tuple[Topic, bytes]], *, start: int = 0) -> Batch:
+    """A batch of records on partition 0 at consecutive offsets from ``start``."""
+    b = Batch.for_settings(settings, TickSampler(settings.sink.tick_sample_ms))
+    for i, (topic, value) in enumerate(records):
+        b.add(Message(settings.topic(topic.value), 0, start + i, value))
+    return b

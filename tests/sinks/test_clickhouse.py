@@ -13,7 +13,8 @@ from oms.sinks.clickhouse.client import AsyncClickHouse
 from oms.sinks.clickhouse.migrations import MIGRATIONS, apply_migrations, sync_retention
 from oms.sinks.queries import get_order_history
 from oms.sinks.writer import write_batch
-from tests.sinks.factories import T0, fill_report, lifecycle, order_event, tick
+
+from .factories import T0, batch, fill_report, lifecycle, order_event, tick
 
 TABLES = {
     "schema_migrations",
@@ -29,14 +30,6 @@ TABLES = {
 
 def scalar(client: Client, sql: str) -> Any:
     return client.query(sql).result_rows[0][0]
-
-
-def batch(settings: Settings, records: list[tuple[Topic, bytes]], *, start: int = 0) -> Batch:
-    """A batch of records on partition 0 at consecutive offsets from ``start``."""
-    b = Batch.for_settings(settings, TickSampler(settings.sink.tick_sample_ms))
-    for i, (topic, value) in enumerate(records):
-        b.add(Message(settings.topic(topic.value), 0, start + i, value))
-    return b
 
 
 def test_migrations_are_idempotent(settings: Settings, ch: Client) -> None:

@@ -16,8 +16,8 @@ from oms.sinks.lock import ChdbPathLock
 from oms.sinks.query import query_url, run_query
 from oms.sinks.query_server import make_app, start_query_server
 from oms.sinks.writer import write_batch
-from tests.sinks.factories import lifecycle
-from tests.sinks.test_clickhouse import batch
+
+from .factories import batch, lifecycle
 
 
 @pytest.fixture

@@ -1,0 +1,310 @@
+"""The ClickHouse sink: Kafka topics -> batched, deduplicated inserts -> committed offsets.
+
+Delivery is at-least-once end to end and exactly-once in reads:
+
+* offsets are committed only after every row of a batch is inserted, so a crash replays
+  from the last commit and loses nothing;
+* a failed insert is retried with backoff, forever, with the same deduplication token
+  (see :mod:`oms.sinks.writer`), while the partitions stay paused: nothing is skipped;
+* replayed rows that slip past the token collapse in the ReplacingMergeTree tables
+  (see :mod:`oms.sinks.clickhouse.migrations`).
+
+In embedded mode the sink owns the chDB path (lock file) and serves read-only SQL to other
+processes over HTTP (:mod:`oms.sinks.query_server`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import TopicPartition
+from clickhouse_connect.driver.client import Client
+
+from oms.kafka_admin import ensure_topics
+from oms.settings import Settings
+from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
+from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
+from oms.sinks.clickhouse.migrations import apply_migrations
+from oms.sinks.lock import ChdbPathLock
+from oms.sinks.query import query_url
+from oms.sinks.query_server import make_app, start_query_server
+from oms.sinks.writer import write_batch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SinkStats:
+    """Counters exposed on ``GET /health`` and in logs."""
+
+    consumed: int = 0
+    malformed: int = 0
+    sampled_out: int = 0
+    flushes: int = 0
+    insert_failures: int = 0
+    commit_failures: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    last_flush_at: float | None = None
+
+
+class SinkAborted(RuntimeError):
+    """Shutdown was forced while a batch was still uninserted (it will be replayed)."""
+
+
+class SinkService:
+    """One sink process: start it with :meth:`run`, stop it with :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retry_min_s: float = 0.2,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.stats = SinkStats()
+        self.group_id = f"{settings.worker.app_id}-sink"
+        self.topics = [settings.topic(t.value) for t in SINK_TOPICS]
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._lock = ChdbPathLock(chdb_path(settings)) if settings.embedded_clickhouse else None
+        self._sampler = TickSampler(settings.sink.tick_sample_ms)
+        self._batch = Batch.for_settings(settings, self._sampler)
+        self._stash: list[Message] = []
+        self._writer: Client | None = None
+        self._reader: Client | None = None
+        self._ch: AsyncClickHouse | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._http: web.AppRunner | None = None
+
+    # -- lifecycle
+
+    def request_stop(self) -> None:
+        """Finish: flush what is buffered, commit, close. Safe from a signal handler."""
+        self._stop.set()
+
+    def request_abort(self) -> None:
+        """Stop without waiting for a failing insert; uncommitted input is replayed later."""
+        self._stop.set()
+        self._abort.set()
+
+    async def run(self) -> None:
+        """Start, consume until stopped, then shut down (flushing unless aborted)."""
+        try:
+            await self._start()
+            await self._consume()
+            await self._flush_and_commit()
+        finally:
+            await self._close()
+
+    async def _start(self) -> None:
+        s = self.settings
+        if self._lock is not None:
+            # First, before chDB: a second sink must fail here with a clear message.
+            self._lock.acquire(role="sink")
+        self._writer = await asyncio.to_thread(open_client, s)
+        applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
+        self._ch = AsyncClickHouse(self._writer)
+        self._reader = await asyncio.to_thread(open_client, s, readonly=True)
+        self._http = await start_query_server(
+            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
+        )
+        if self._lock is not None:
+            self._lock.update(query_url=query_url(s))
+        await ensure_topics(s)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka.bootstrap,
+            group_id=self.group_id,
+            client_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=s.sink.batch_size,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        log.info(
+            "sink.started",
+            dsn=s.clickhouse_dsn,
+            migrations_applied=applied,
+            group=self.group_id,
+            query_url=query_url(s),
+        )
+        self.ready.set()
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        if self._http is not None:
+            await self._http.cleanup()
+        for client in (self._reader, self._writer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(client.close)
+        if self._lock is not None:
+            self._lock.release()
+        if self.ready.is_set():  # a sink that never started has nothing to report
+            log.info("sink.stopped", **self.health())
+
+    def health(self) -> dict[str, Any]:
+        """Counters and buffer state for ``GET /health``."""
+        return {**asdict(self.stats), "buffered": len(self._batch), "group": self.group_id}
+
+    # -- consuming
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        sink = self.settings.sink
+        while not self._stop.is_set():
+            if self._batch.messages:
+                wait = max(0.0, sink.flush_interval_s - self._batch.age())
+            else:
+                wait = sink.flush_interval_s
+            room = max(1, sink.batch_size - len(self._batch))
+            # Short polls keep shutdown prompt; a timer would not make flushes more exact.
+            fetched = await self._consumer.getmany(
+                timeout_ms=int(min(wait, 0.5) * 1000), max_records=room
+            )
+            self._add(self._stash)
+            self._stash = []
+            self._add(_messages(fetched))
+            full = len(self._batch) >= sink.batch_size
+            due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
+            if full or due:
+                await self._flush_and_commit()
+
+    def _add(self, messages: list[Message]) -> None:
+        for msg in messages:
+            self._batch.add(msg)
+        self.stats.consumed += len(messages)
+
+    async def _flush_and_commit(self) -> None:
+        """Insert the buffered batch (retrying until it succeeds), then commit its offsets."""
+        async with self._flush_lock:
+            batch = self._batch
+            if not batch.messages:
+                return
+            await self._insert_with_retry(batch)
+            self._batch = Batch.for_settings(self.settings, self._sampler)
+            self.stats.malformed += batch.malformed
+            self.stats.sampled_out += batch.sampled_out
+            self.stats.flushes += 1
+            self.stats.last_flush_at = time.time()
+            await self._commit(batch)
+
+    async def _insert_with_retry(self, batch: Batch) -> None:
+        assert self._ch is not None and self._consumer is not None
+        attempt = 0
+        paused: set[TopicPartition] = set()
+        try:
+            while True:
+                try:
+                    sent = await write_batch(self._ch, batch)
+                    break
+                except Exception as exc:  # any failure: the batch must not be dropped
+                    attempt += 1
+                    self.stats.insert_failures += 1
+                    delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
+                    delay *= random.uniform(0.8, 1.2)
+                    log.warning(
+                        "sink.insert_failed",
+                        attempt=attempt,
+                        retry_in_s=round(delay, 2),
+                        messages=batch.messages,
+                        error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+                    )
+                    if self._abort.is_set():
+                        raise SinkAborted("aborted with an uninserted batch") from exc
+                    paused |= await self._idle_paused(delay)
+        finally:
+            if paused:
+                self._consumer.resume(*paused)
+        for table, n in sent.items():
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    async def _idle_paused(self, delay: float) -> set[TopicPartition]:
+        """Wait ``delay`` seconds polling with every partition paused, so the group keeps
+        us (max.poll.interval) but no new input arrives. Returns the partitions paused."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + delay
+        paused: set[TopicPartition] = set()
+        while (left := deadline - time.monotonic()) > 0 and not self._abort.is_set():
+            assignment = set(self._consumer.assignment())
+            self._consumer.pause(*assignment)
+            paused |= assignment
+            fetched = await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            # Only records fetched before a pause can show up here: keep them for later.
+            self._stash.extend(_messages(fetched))
+        return paused
+
+    async def _commit(self, batch: Batch) -> None:
+        assert self._consumer is not None
+        offsets = {TopicPartition(t, p): off for (t, p), off in batch.commit.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The rows are stored; whoever reads these partitions next replays them and the
+            # tables collapse the duplicates. Nothing to retry here.
+            self.stats.commit_failures += 1
+            log.warning("sink.commit_failed", error=str(exc)[:300], partitions=len(offsets))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Flush and commit before partitions move, so their new owner starts after our rows."""
+
+    def __init__(self, service: SinkService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked and not self.service._abort.is_set():
+            self.service._add(self.service._stash)
+            self.service._stash = []
+            await self.service._flush_and_commit()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("sink.assigned", partitions=len(assigned))
+
+
+def _messages(fetched: dict[TopicPartition, list[Any]]) -> list[Message]:
+    return [
+        Message(tp.topic, tp.partition, record.offset, record.value)
+        for tp, records in fetched.items()
+        for record in records
+    ]
+
+
+async def run_sink(settings: Settings) -> SinkService:
+    """Run a sink until SIGINT/SIGTERM (a second signal aborts a stuck flush)."""
+    import signal
+
+    service = SinkService(settings)
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if service._stop.is_set():
+            service.request_abort()
+        else:
+            service.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await service.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return service
