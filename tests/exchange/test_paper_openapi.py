@@ -200,6 +200,7 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
         await call("private/get_user_trades_by_order", order_id=filled["order"]["order_id"])
         await call("private/get_user_trades_by_instrument", instrument_name=PERP)
         await call("private/get_position", instrument_name=PERP)
+        await call("private/close_position", instrument_name=PERP, type="market")
         await call("private/get_position", instrument_name=option)
         await call("private/get_positions", currency="BTC")
         await call("private/get_account_summary", currency="BTC")

@@ -231,6 +231,22 @@ def private_sell(st: State, s: Session, p: Params) -> Any:
     return _place(st, s, p, False)
 
 
+def private_close_position(st: State, s: Session, p: Params) -> Any:
+    """A reduce-only order for the whole position, limit or market."""
+    account = _account(s)
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    otype = p.choice("type", ("limit", "market"), required=True) or "market"
+    pos = account.positions.get(inst.name)
+    if pos is None or pos.size == 0.0:
+        raise RpcError(errors.OTHER_REJECT, {"reason": "no position to close"})
+    req = OrderRequest(
+        instrument_name=inst.name, amount=abs(pos.size), type=otype,
+        price=p.num("price"), reduce_only=True,
+    )
+    order, trades = st.engine.place(account, pos.size < 0, req, s.id)
+    return {"order": order.to_dict(), "trades": trades}
+
+
 def private_edit(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     order = st.engine.order_of(account, p.req_str("order_id"))
@@ -543,6 +559,9 @@ METHODS: dict[str, Method] = {
     "private/buy": Method(private_buy, private=True, matching=True, order_entry=True),
     "private/sell": Method(private_sell, private=True, matching=True, order_entry=True),
     "private/edit": Method(private_edit, private=True, matching=True, order_entry=True),
+    "private/close_position": Method(
+        private_close_position, private=True, matching=True, order_entry=True
+    ),
     "private/edit_by_label": Method(
         private_edit_by_label, private=True, matching=True, order_entry=True
     ),
