@@ -442,3 +442,21 @@ async def test_flapping_connection_backs_off(srv: FakeDeribit) -> None:
     # 0.02, 0.04, ... capped at 0.4 (jitter halves at most): at most ~8 attempts in 1.5 s.
     assert 3 <= len(starts) <= 9
     assert max(gaps) >= 0.15
+
+
+async def test_reconnect_after_close_needs_new_subscriptions(srv: FakeDeribit) -> None:
+    got: list[Any] = []
+
+    async def handler(channel: str, data: Any) -> None:
+        got.append(data)
+
+    c = client(srv)
+    await c.connect()
+    await c.subscribe(["ticker.BTC-PERPETUAL.raw"], handler)
+    await c.close()
+    assert c.subscriptions == []
+    await c.connect()
+    await c.subscribe(["ticker.BTC-PERPETUAL.raw"], handler)
+    await srv.push("ticker.BTC-PERPETUAL.raw", {"n": 1})
+    await srv.wait_for(lambda: got == [{"n": 1}])
+    await c.close()

@@ -206,7 +206,10 @@ class DeribitClient:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self) -> None:
-        """Close the session and stop reconnecting; pending requests fail with ConnectionLost."""
+        """Close the session and stop reconnecting; pending requests fail with ConnectionLost.
+
+        Subscriptions end with the client: after a new :meth:`connect`, subscribe again.
+        """
         self._closing = True
         tasks: list[asyncio.Task[Any]] = [
             t for t in (self._supervisor, self._refresher) if t is not None
@@ -227,6 +230,7 @@ class DeribitClient:
                 waiter.set_exception(self._not_sent(method, "client closed"))
         self._supervisor = self._refresher = self._reader = None
         self._dispatchers.clear()
+        self._handlers.clear()
         self._ws = None
         self.connected.clear()
 
@@ -344,7 +348,6 @@ class DeribitClient:
     # reading
 
     async def _read_loop(self, ws: ClientConnection) -> None:
-        pending = self._pending
         loads = orjson.loads
         stats = self.stats
         try:
@@ -354,8 +357,8 @@ class DeribitClient:
                     msg = loads(raw)
                     rid = msg.get("id")
                     if rid is not None:
-                        pending = self._pending
-                        entry = pending.pop(rid, None)
+                        # Re-read each time: a disconnect swaps the dict out.
+                        entry = self._pending.pop(rid, None)
                         if entry is None:
                             continue  # reply after its timeout: the caller already gave up
                         fut, method, timer = entry
