@@ -208,6 +208,7 @@ async def test_label_lookups(client: RpcClient) -> None:
     assert {o["order_state"] for o in states} == {"cancelled"}
     stats = await client.result("admin/get_stats")
     assert stats["orders_by_label"]["L-1"] == 2 and stats["orders_by_label"]["L-2"] == 1
+    assert stats["duplicate_labels"] == {"L-1": 2}
     admin = await client.result("admin/get_orders_by_label", label="L-2")
     assert admin[0]["order_state"] == "open"
     assert await client.result("private/cancel_all") == 1

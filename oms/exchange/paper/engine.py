@@ -128,7 +128,8 @@ class Engine:
         self.trades_by_account: dict[str, deque[dict[str, Any]]] = {}
         self.untriggered: dict[str, list[Order]] = {name: [] for name in self.instruments}
         self.mm_orders: dict[str, list[tuple[int, Order]]] = {n: [] for n in self.instruments}
-        self.label_counts: dict[str, int] = {}
+        # Labels used by more than one order (kept forever: small, and what tests look for).
+        self.duplicate_labels: dict[str, int] = {}
         self.counters: dict[str, int] = {
             "orders": 0, "trades": 0, "cancels": 0, "edits": 0, "rejects": 0,
         }
@@ -303,8 +304,10 @@ class Engine:
         self.counters["orders"] += 1
         if order.label:
             key = (account.account_id, order.label)
-            self.by_label.setdefault(key, []).append(order)
-            self.label_counts[order.label] = self.label_counts.get(order.label, 0) + 1
+            same = self.by_label.setdefault(key, [])
+            same.append(order)
+            if len(same) > 1:
+                self.duplicate_labels[order.label] = len(same)
 
     def _execute(self, account: Account, order: Order, ticks: int) -> list[dict[str, Any]]:
         """Match a new (or re-priced, or triggered) order, then rest or cancel the rest."""
@@ -667,6 +670,13 @@ class Engine:
                 continue
             out.append(order)
         return out
+
+    def label_counts(self) -> dict[str, int]:
+        """Orders per label over the retained history (``history_limit`` closed orders)."""
+        counts: dict[str, int] = {}
+        for (_, label), orders in self.by_label.items():
+            counts[label] = counts.get(label, 0) + len(orders)
+        return counts
 
     def orders_by_label(self, account: Account, label: str) -> list[Order]:
         return list(self.by_label.get((account.account_id, label), ()))

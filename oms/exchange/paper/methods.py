@@ -494,7 +494,8 @@ def admin_get_stats(st: State, s: Session, p: Params) -> Any:
     engine = st.engine
     return {
         **engine.counters,
-        "orders_by_label": dict(engine.label_counts),
+        "orders_by_label": engine.label_counts() if p.flag("include_labels", True) else {},
+        "duplicate_labels": dict(engine.duplicate_labels),
         "methods": dict(st.method_counts),
         "connections": sum(1 for x in st.sessions if x.ws is not None and not x.closed),
         "notifications": st.hub.notifications,

@@ -153,10 +153,13 @@ class PaperExchange:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def drop_connections(self) -> int:
-        """Close every WebSocket connection (what the ``drop_every_s`` fault does)."""
+    async def drop_connections(self, abrupt: bool = True) -> int:
+        """Cut every WebSocket connection (what the ``drop_every_s`` fault does). ``abrupt``
+        resets the TCP connection without a close frame, like a network failure."""
         sessions = [s for s in self.state.sessions if s.ws is not None and not s.closed]
         for session in sessions:
+            if abrupt and session.transport is not None:
+                session.transport.abort()
             await self._close_session(session)
         return len(sessions)
 
@@ -225,6 +228,7 @@ class PaperExchange:
         ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True)
         await ws.prepare(request)
         session = Session(ws, peer=str(request.remote))
+        session.transport = request.transport
         self.state.sessions.add(session)
         loop = asyncio.get_running_loop()
         writer = loop.create_task(session.writer())

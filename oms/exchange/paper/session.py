@@ -42,6 +42,7 @@ class Session:
         # 100ms channels: channel -> buffered data items.
         self.batches: dict[str, list[Any]] = {}
         self.limiter: RateLimiter | None = None  # for unauthenticated requests
+        self.transport: asyncio.Transport | None = None
 
     def send_text(self, text: str) -> None:
         if self.closed or self.ws is None:
