@@ -30,6 +30,9 @@ def paper_exchange(
     ] = 0.0,
     delay_fraction: Annotated[float, typer.Option(help="fraction of replies delayed")] = 0.0,
     delay_s: Annotated[float, typer.Option(help="delay of those replies, s")] = 0.0,
+    reply_first: Annotated[
+        bool, typer.Option(help="send a request's reply before its own notifications")
+    ] = False,
     no_rate_limits: Annotated[bool, typer.Option(help="disable Deribit rate limits")] = False,
     no_auto_create: Annotated[
         bool, typer.Option(help="refuse unknown client_ids instead of creating accounts")
@@ -60,6 +63,7 @@ def paper_exchange(
         rate_limit_fraction=rate_limit_fraction,
         delay_fraction=delay_fraction,
         delay_s=delay_s,
+        reply_first=1.0 if reply_first else 0.0,
     )
     accounts = accounts_file
     if accounts is None and settings.resolved_secrets_file.exists():

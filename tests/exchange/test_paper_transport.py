@@ -345,6 +345,19 @@ async def test_fault_latency_and_delayed_reply(client: RpcClient) -> None:
     await client.result("admin/set_faults")
 
 
+async def test_reply_and_notification_order(client: RpcClient) -> None:
+    await client.result("private/subscribe", channels=["user.orders.any.any.raw"])
+    price = await best_ask(client)
+    for reply_first in (0, 1):
+        await client.result("admin/set_faults", reply_first=reply_first)
+        client.arrivals.clear()
+        await client.result("private/buy", instrument_name=PERP, amount=10, price=price)
+        await client.notification("user.orders.any.any.raw")
+        kinds = [kind for kind, _ in client.arrivals]
+        assert kinds == (["reply", "notification"] if reply_first else ["notification", "reply"])
+    await client.result("admin/set_faults")
+
+
 async def test_fault_drop_every(px: PaperExchange) -> None:
     c = await RpcClient.connect(px.ws_url)
     try:

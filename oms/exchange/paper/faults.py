@@ -23,6 +23,9 @@ class Faults:
     rate_limit_fraction: float = 0.0  # requests answered with 10028 (session kept)
     delay_fraction: float = 0.0  # replies held back ``delay_s`` (the request is executed)
     delay_s: float = 0.0
+    # 1: a request's own notifications follow its reply; 0 (default): they come first,
+    # the order that trips clients (Deribit sends both orders).
+    reply_first: float = 0.0
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 

@@ -282,6 +282,16 @@ class PaperExchange:
                  "testnet": True}
             )
             return
+        if self.faults.reply_first:
+            session.holding = []
+            try:
+                outcome = handle(self.state, session, msg, http=False, us_in=us_in)
+            finally:
+                held, session.holding = session.holding, None
+            self._reply(session, outcome)
+            for text in held:
+                session.send_text(text)
+            return
         outcome = handle(self.state, session, msg, http=False, us_in=us_in)
         self._reply(session, outcome)
 

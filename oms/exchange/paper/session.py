@@ -43,9 +43,13 @@ class Session:
         self.batches: dict[str, list[Any]] = {}
         self.limiter: RateLimiter | None = None  # for unauthenticated requests
         self.transport: asyncio.Transport | None = None
+        self.holding: list[str] | None = None  # notifications held back until the reply
 
     def send_text(self, text: str) -> None:
         if self.closed or self.ws is None:
+            return
+        if self.holding is not None:
+            self.holding.append(text)
             return
         self.out.append(text)
         self.wake.set()
