@@ -111,6 +111,20 @@ def test_reduce_only(engine: Engine) -> None:
     assert order.reserved == 0.0
 
 
+def test_resting_reduce_only_follows_the_position(engine: Engine) -> None:
+    mark_at(engine, 95_000)
+    place(engine, "b", "sell", 300, 95_000)
+    place(engine, "a", "buy", 300, 95_000)
+    close, _ = place(engine, "a", "sell", 300, 96_000, reduce_only=True)
+    place(engine, "c", "buy", 100, 94_000)
+    place(engine, "a", "sell", 100, 94_000)  # position 300 -> 200
+    assert close.state == "open" and close.amount == 200
+    place(engine, "c", "buy", 200, 94_000)
+    place(engine, "a", "sell", 200, 94_000)  # flat
+    assert close.state == "cancelled"
+    assert not acc(engine, "a").reduce_only
+
+
 def test_immediate_or_cancel(engine: Engine) -> None:
     mark_at(engine, 95_000)
     place(engine, "a", "sell", 40, 95_000)

@@ -36,6 +36,7 @@ class Account:
     user_id: int = 0
     positions: dict[str, Position] = field(default_factory=dict)
     open_orders: dict[str, Order] = field(default_factory=dict)
+    reduce_only: dict[str, Order] = field(default_factory=dict)  # resting reduce-only orders
     # Open-order margin per instrument, split by side so opposite orders can net (Deribit
     # charges the larger side).
     margin_buy: dict[str, float] = field(default_factory=dict)

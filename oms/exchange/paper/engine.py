@@ -334,6 +334,8 @@ class Engine:
             book.side(order.is_buy).add(ticks, order)
             account.open_orders[order.order_id] = order
             account.hold(order, order_margin(order))
+            if order.reduce_only:
+                account.reduce_only[order.order_id] = order
         self._emit_order(order)
         return trades
 
@@ -342,6 +344,7 @@ class Engine:
         if reason:
             order.cancel_reason = reason
         account.open_orders.pop(order.order_id, None)
+        account.reduce_only.pop(order.order_id, None)
         if order.reserved:
             account.hold(order, 0.0)
         self._closed.append(order.order_id)
@@ -498,6 +501,11 @@ class Engine:
 
     def _flush(self) -> None:
         """Publish every order and position the last operation changed, once each."""
+        if self._moved_positions:
+            for (account_id, _), pos in list(self._moved_positions.items()):
+                account = self.accounts.by_id[account_id]
+                if account.reduce_only:
+                    self._enforce_reduce_only(account, pos)
         if self._touched:
             touched, self._touched = self._touched, {}
             for order in touched.values():
@@ -506,6 +514,23 @@ class Engine:
             moved, self._moved_positions = self._moved_positions, {}
             for (account_id, _), pos in moved.items():
                 self.sink.on_position(account_id, pos)
+
+    def _enforce_reduce_only(self, account: Account, pos: Position) -> None:
+        """Resting reduce-only orders never outgrow the position they reduce: trim them to
+        it, or cancel them once there is nothing left on their side to reduce."""
+        for order in list(account.reduce_only.values()):
+            if order.inst is not pos.inst or order.state != "open":
+                continue
+            reducible = -pos.size if order.is_buy else pos.size
+            if reducible <= EPS:
+                self._unlink(order)
+                order.updated_ms = now_ms()
+                self._close(account, order, "cancelled")
+                self._emit_order(order)
+            elif order.amount - order.filled > reducible + EPS:
+                order.amount = round(order.filled + reducible, 8)
+                order.updated_ms = now_ms()
+                self._emit_order(order)
 
     # ---- cancel / edit ---------------------------------------------------------------------
 
@@ -587,6 +612,10 @@ class Engine:
             order.reject_post_only = reject_post_only and order.post_only
         if reduce_only is not None:
             order.reduce_only = reduce_only
+            if reduce_only and order.state == "open":
+                account.reduce_only[order.order_id] = order
+            else:
+                account.reduce_only.pop(order.order_id, None)
         self.counters["edits"] += 1
         order.replaced = True
         order.updated_ms = now_ms()
@@ -642,6 +671,8 @@ class Engine:
         self.books[order.inst.name].side(order.is_buy).add(ticks, order)
         account.open_orders[order.order_id] = order
         account.hold(order, order_margin(order))
+        if order.reduce_only:
+            account.reduce_only[order.order_id] = order
 
     # ---- queries -----------------------------------------------------------------------------
 
