@@ -194,6 +194,16 @@ async def test_user_orders_and_trades_notifications(client: RpcClient) -> None:
     assert any(changes[k] for k in ("orders", "trades", "positions"))
 
 
+async def test_book_and_portfolio_channels(client: RpcClient) -> None:
+    channels = [f"book.{PERP}.100ms", "user.portfolio.btc"]
+    assert await client.result("private/subscribe", channels=channels) == channels
+    book = await client.notification(f"book.{PERP}.100ms")
+    assert book["type"] == "snapshot" and book["bids"][0][0] == "new"
+    assert book["bids"][0][1] < book["asks"][0][1]
+    portfolio = await client.notification("user.portfolio.btc")
+    assert portfolio["currency"] == "BTC" and portfolio["equity"] > 0
+
+
 async def test_label_lookups(client: RpcClient) -> None:
     price = await best_ask(client)
     bid = price - 1000
@@ -250,7 +260,7 @@ async def test_heartbeat_test_request_and_disconnect_on_silence(px: PaperExchang
     try:
         with pytest.raises(RpcFailed):
             await c.result("public/set_heartbeat", interval=0.05)  # below the minimum
-        assert await c.result("public/set_heartbeat", interval=0.2) == "ok"
+        assert await c.result("public/set_heartbeat", interval=0.5) == "ok"
         for _ in range(3):
             msg = await c.wait_for(lambda m: m.get("method") == "heartbeat", 2)
             assert msg["params"] == {"type": "test_request"}
