@@ -23,7 +23,7 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(8, ge=1, description="partitions of every keyed topic")
     replication_factor: int = Field(1, ge=1)
     # Kafka distribution used by the project's own tooling (scripts/kafka.sh).
-    version: str = "4.1.1"
+    version: str = "4.1.2"
 
 
 class ExchangeSettings(BaseModel):
