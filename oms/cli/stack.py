@@ -1,0 +1,27 @@
+"""``oms up``: the whole local stack in the foreground."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def up(
+    workers: Annotated[int, typer.Option(min=1, help="number of order-processing workers")] = 1,
+    sink: Annotated[bool, typer.Option(help="run the ClickHouse sink")] = True,
+    live: Annotated[
+        bool | None, typer.Option(help="live status table (default: when stdout is a terminal)")
+    ] = None,
+) -> None:
+    """Run Kafka, the paper exchange, gateway, N workers and the sink until Ctrl-C.
+
+    Fetches and starts a local Kafka if needed, creates the topics and a demo secrets file
+    (.local/secrets.json), restarts crashed processes, logs each to .local/logs/<name>.log.
+    Ctrl-C or SIGTERM stops everything in reverse order; data stays under .local/.
+    """
+    from oms.devstack.stack import run_up
+
+    code = run_up(workers=workers, sink=sink, live=live)
+    if code:
+        raise typer.Exit(code)
