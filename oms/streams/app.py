@@ -44,6 +44,9 @@ class OmsApp:
 def create_app(settings: Settings) -> OmsApp:
     """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
     worker = settings.worker
+    datadir = settings.data_dir / "faust" / worker.app_id
+    # Faust creates only the last level of its data dir.
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
@@ -54,7 +57,7 @@ def create_app(settings: Settings) -> OmsApp:
         value_serializer="raw",
         web_port=worker.web_port,
         web_host="127.0.0.1",
-        datadir=str(settings.data_dir / "faust" / worker.app_id),
+        datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=2,
         producer_acks=-1,
@@ -71,10 +74,12 @@ def create_app(settings: Settings) -> OmsApp:
         "orders",
         default=None,
         partitions=settings.kafka.partitions,
-        key_serializer=StrKeyCodec(),
-        value_serializer=RecordCodec(OrderRecord),
         help="Latest state of every order, keyed by order id (co-partitioned with requests).",
     )
+    # Faust derives a table's codecs from key_type/value_type (faust Records only); set ours
+    # before the store and changelog topic, which copy them, are created on first use.
+    orders.key_serializer = StrKeyCodec()
+    orders.value_serializer = RecordCodec(OrderRecord)
     return OmsApp(
         app=app,
         requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),
