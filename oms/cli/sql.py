@@ -38,7 +38,8 @@ def render(result: QueryResult, fmt: OutputFormat, console: Console | None = Non
     elif fmt is OutputFormat.CSV:
         writer = csv.writer(sys.stdout)
         writer.writerow(result.columns)
-        writer.writerows([_cell(v) for v in row] for row in result.rows)
+        # Empty field for NULL, as most CSV readers expect.
+        writer.writerows(["" if v is None else _cell(v) for v in row] for row in result.rows)
     else:
         console = console or Console()
         table = Table(*result.columns, caption=f"{len(result.rows)} rows, {result.elapsed_ms} ms")

@@ -18,6 +18,7 @@ from aiokafka.structs import TopicPartition
 from oms.harness import ServiceProcess, settings_env, wait_http_ok
 from oms.schemas import DeadLetter, ReasonCode, ReportSource
 from oms.settings import Settings, SinkSettings
+from oms.sinks import service as service_module
 from oms.sinks.errors import QueryError
 from oms.sinks.query import run_query
 from oms.sinks.service import SinkService
@@ -182,6 +183,60 @@ async def test_crash_after_insert_before_commit_replays_without_double_counting(
         second.request_stop()
         await asyncio.wait_for(task, 30)
     assert await committed_lag(settings, second.group_id) == 0
+
+
+async def test_insert_failures_are_retried_with_input_paused(
+    make_settings: MakeSettings, kafka_io: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = await sink_settings(make_settings, batch_size=500)
+    n = 10
+    await produce(kafka_io, settings, order_traffic("r", n))
+    real_write = service_module.write_batch
+    failures = 3
+    paused_during_failure: list[int] = []
+
+    async def flaky_write(ch: Any, batch: Any) -> dict[str, int]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            assert service._consumer is not None
+            paused_during_failure.append(len(service._consumer.paused()))
+            raise ConnectionError("ClickHouse is down")
+        return await real_write(ch, batch)
+
+    monkeypatch.setattr(service_module, "write_batch", flaky_write)
+    service = SinkService(settings, retry_min_s=0.05, retry_max_s=0.2)
+    task = asyncio.create_task(service.run())
+    try:
+        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n)
+        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n)
+        await check_totals(settings, n)
+        assert service.stats.insert_failures == 3
+        # Paused from the second attempt on (the first failure has not paused anything yet).
+        assert paused_during_failure[0] == 0 and min(paused_during_failure[1:]) > 0
+        assert service._consumer is not None and not service._consumer.paused()
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert await committed_lag(settings, service.group_id) == 0
+
+
+async def test_graceful_stop_flushes_the_buffer(make_settings: MakeSettings, kafka_io: Any) -> None:
+    # Neither size nor time would flush during the test: only the shutdown does.
+    settings = await sink_settings(make_settings, batch_size=100_000, flush_interval_s=600)
+    n = 10
+    await produce(kafka_io, settings, order_traffic("g", n))
+    service = SinkService(settings)
+    task = asyncio.create_task(service.run())
+    deadline = time.monotonic() + 60
+    while service.stats.consumed < 7 * n:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await scalar(settings, "SELECT count() FROM order_events") == 0
+    service.request_stop()
+    await asyncio.wait_for(task, 30)
+    assert await committed_lag(settings, service.group_id) == 0
+    await check_totals(settings, n)  # the sink is gone: read-only straight from chDB
 
 
 def sink_process(settings: Settings, log_dir: Path, name: str) -> ServiceProcess:
