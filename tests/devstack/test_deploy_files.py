@@ -36,7 +36,7 @@ INSTALL_HINT = "install it with `apt-get install -y docker-compose` (make tools 
 def _yaml_docs(path: Path) -> list[Any]:
     """Parse YAML (all documents) with PyYAML from the venv or, failing that, Debian's."""
     try:
-        import yaml  # type: ignore[import-untyped]
+        import yaml
     except ModuleNotFoundError:
         pass
     else:

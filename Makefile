@@ -1,0 +1,92 @@
+# Developer and CI entry points. Everything a fresh machine needs is installed from here:
+# the venv and Python packages (pip), JDK/Maven/docker-compose (apt), Kafka (Maven Central).
+#
+#   make run [WORKERS=N]   the whole stack in the foreground (Ctrl-C stops it)
+#   make test              ruff, mypy, pytest (real Kafka broker on free ports)
+#   make lint | bench | chaos | kafka | clean | distclean
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install only when pyproject.toml changed (or the venv is new).
+STAMP := $(VENV)/.installed-stamp
+WORKERS ?= 1
+BENCH_ARGS ?=
+CHAOS_ARGS ?=
+PYTEST_ARGS ?=
+# Debian packages the tooling needs: Kafka runs on Java 17+, is fetched with Maven, and the
+# compose file is validated with docker-compose (no engine needed for `config`).
+APT_PACKAGES := openjdk-17-jre-headless maven docker-compose
+
+.PHONY: help install tools kafka kafka-start kafka-stop kafka-status run test lint bench chaos clean distclean
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Installs only what is missing, so it costs nothing once done.
+tools:
+	@missing=""; \
+	java_ok=0; if command -v java >/dev/null; then \
+	  v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  [ "$${v:-0}" -ge 17 ] && java_ok=1; fi; \
+	[ $$java_ok = 1 ] || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
+	  else echo "error: missing$$missing: install with apt-get install -y$$missing" >&2; exit 1; fi; \
+	  echo "installing$$missing (apt)"; \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+kafka: install tools
+	$(PY) -m oms.devstack.kafka fetch
+
+kafka-start: kafka
+	$(PY) -m oms.devstack.kafka start
+
+kafka-stop: install
+	$(PY) -m oms.devstack.kafka stop
+
+kafka-status: install
+	$(PY) -m oms.devstack.kafka status
+
+run: kafka
+	$(VENV)/bin/oms up --workers $(WORKERS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy oms
+
+test: kafka lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: kafka
+	$(VENV)/bin/oms bench e2e $(BENCH_ARGS)
+
+chaos: kafka
+	$(VENV)/bin/oms bench chaos $(CHAOS_ARGS)
+
+# Local state and caches; keeps the venv and the fetched Kafka jars (.local/kafka).
+clean:
+	-@[ -x $(PY) ] && $(PY) -m oms.devstack.kafka stop >/dev/null 2>&1 || true
+	find .local -mindepth 1 -maxdepth 1 ! -name kafka -exec rm -rf {} + 2>/dev/null || true
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
+	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} + 2>/dev/null || true
+
+distclean: clean
+	rm -rf .local $(VENV) *.egg-info
