@@ -19,9 +19,9 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from oms.schemas import OrderRecord, Topic
+from oms.schemas import Topic
 from oms.settings import Settings
-from oms.streams.codecs import RecordCodec, StrKeyCodec
+from oms.streams.codecs import OrderRecordValue
 
 
 @dataclass
@@ -73,13 +73,11 @@ def create_app(settings: Settings) -> OmsApp:
     orders = app.Table(
         "orders",
         default=None,
+        key_type=str,
+        value_type=OrderRecordValue,
         partitions=settings.kafka.partitions,
         help="Latest state of every order, keyed by order id (co-partitioned with requests).",
     )
-    # Faust derives a table's codecs from key_type/value_type (faust Records only); set ours
-    # before the store and changelog topic, which copy them, are created on first use.
-    orders.key_serializer = StrKeyCodec()
-    orders.value_serializer = RecordCodec(OrderRecord)
     return OmsApp(
         app=app,
         requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),

@@ -1,4 +1,4 @@
-"""Faust codecs for our pydantic records and string keys.
+"""Faust codecs for our pydantic records.
 
 Table values stay Python objects in memory; these codecs only shape the changelog bytes,
 which are the same JSON as on every other topic.
@@ -10,17 +10,7 @@ from typing import Any
 
 from faust.serializers.codecs import Codec
 
-from oms.schemas import Record
-
-
-class StrKeyCodec(Codec):
-    """UTF-8 string keys, so recovered tables are keyed by ``str`` as when written."""
-
-    def _dumps(self, s: Any) -> bytes:
-        return s.encode() if isinstance(s, str) else bytes(s)
-
-    def _loads(self, s: bytes) -> str:
-        return s.decode()
+from oms.schemas import OrderRecord, Record
 
 
 class RecordCodec(Codec):
@@ -36,3 +26,19 @@ class RecordCodec(Codec):
 
     def _loads(self, s: bytes) -> Record:
         return self._model.from_bytes(s)
+
+
+class OrderRecordValue:
+    """The ``value_type`` of the orders table.
+
+    Faust picks a table's codec from ``value_type._options.serializer`` (made for faust
+    Records) and, after decoding, calls ``value_type.from_data``; this adapter plugs our
+    pydantic codec into both, so the changelog holds the same JSON as our topics.
+    """
+
+    class _options:  # the attribute name Faust looks up
+        serializer = RecordCodec(OrderRecord)
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
