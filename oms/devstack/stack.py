@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from rich.console import Console
 from rich.table import Table
 
 from oms.devstack.kafka import DevstackError, KafkaBroker, port_open
@@ -172,6 +173,8 @@ class Child:
     env: dict[str, str]
     log_path: Path
     health_url: str | None = None
+    # host, port that must accept before the next children start (their dependency).
+    wait_for_port: tuple[str, int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -179,6 +182,8 @@ class Child:
     exit_code: int | None = None
     next_start: float = 0.0
     healthy: bool = False
+    # Full argv instead of ``python -m oms.cli.main <args>`` (tests supervise stand-ins).
+    command: list[str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -194,7 +199,7 @@ class Child:
             log.write(f"\n=== {time.strftime('%F %T')} starting {' '.join(self.args)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "oms.cli.main", *self.args],
+                self.command or [sys.executable, "-m", "oms.cli.main", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -248,6 +253,8 @@ class Supervisor:
     stack: Stack | None = None
     max_backoff_s: float = 30.0
     on_event: Callable[[str], None] = print
+    # The live table and the event lines must go through one Console, or they garble.
+    console: Console | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -274,12 +281,20 @@ class Supervisor:
         env = self._base_env(bootstrap, secrets_file)
         children: list[Child] = []
 
-        def add(name: str, args: list[str], health: str | None = None, **extra: str) -> None:
+        def add(
+            name: str,
+            args: list[str],
+            health: str | None = None,
+            port: tuple[str, int] | None = None,
+            **extra: str,
+        ) -> None:
             children.append(
-                Child(name, args, {**env, **extra}, self.log_dir / f"{name}.log", health)
+                Child(name, args, {**env, **extra}, self.log_dir / f"{name}.log", health, port)
             )
 
         s = self.settings
+        # A wildcard bind is reached on loopback.
+        paper_host = "127.0.0.1" if s.paper.host in ("0.0.0.0", "") else s.paper.host
         if self.paper:
             add(
                 "paper-exchange",
@@ -292,6 +307,7 @@ class Supervisor:
                     "--accounts-file",
                     str(secrets_file),
                 ],
+                port=(paper_host, s.paper.port),
             )
         if self.gateway:
             add("gateway", ["gateway"])
@@ -335,12 +351,27 @@ class Supervisor:
             for child in self.children:
                 child.start()
                 self.on_event(f"started {child.name} (pid {child.pid}) log {child.log_path}")
+                if child.wait_for_port is not None:
+                    await self._wait_port(child, stop)
             if live:
                 await self._supervise_live(stop)
             else:
                 await self._supervise(stop)
         finally:
             await self.shutdown()
+
+    async def _wait_port(self, child: Child, stop: asyncio.Event, timeout_s: float = 60.0) -> None:
+        # The gateway and workers connect to the paper exchange at start: starting them
+        # before it listens would only produce a round of crash-restarts.
+        assert child.wait_for_port is not None
+        host, port = child.wait_for_port
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and child.alive() and time.monotonic() < deadline:
+            if await asyncio.to_thread(port_open, host, port):
+                return
+            await asyncio.sleep(0.2)
+        if not stop.is_set():
+            self.on_event(f"{child.name} not listening on {host}:{port}; starting the rest anyway")
 
     async def shutdown(self) -> None:
         """Stop children in reverse start order, then the broker if this run started it."""
@@ -406,7 +437,9 @@ class Supervisor:
     async def _supervise_live(self, stop: asyncio.Event) -> None:
         from rich.live import Live
 
-        with Live(self.table(), refresh_per_second=2, transient=False) as live:
+        with Live(
+            self.table(), console=self.console, refresh_per_second=2, transient=False
+        ) as live:
             while not stop.is_set():
                 await self._tick()
                 live.update(self.table())
@@ -462,8 +495,6 @@ def run_up(
     """Blocking entry point of ``oms up``: returns the exit code."""
     settings = settings or get_settings()
     live = sys.stdout.isatty() if live is None else live
-    from rich.console import Console
-
     console = Console()
 
     def event(message: str) -> None:
@@ -472,7 +503,12 @@ def run_up(
         console.print(f"[dim]{stamp}[/] {message}", highlight=False, soft_wrap=True)
 
     supervisor = Supervisor(
-        settings, workers=workers, sink=sink, root=settings.data_dir, on_event=event
+        settings,
+        workers=workers,
+        sink=sink,
+        root=settings.data_dir,
+        on_event=event,
+        console=console,
     )
 
     async def main() -> None:
