@@ -20,6 +20,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.errors import ExchangeError
 from oms.exchange.translate import report_from_order, report_from_trades
 from oms.schemas import ExecutionReport, MarketTick, ReportSource, Topic
 from oms.secrets import SecretStore
@@ -97,10 +98,22 @@ class ExchangeGateway:
 
     # -- market data -----------------------------------------------------------------------
 
+    async def _connect(self, client: DeribitClient) -> None:
+        """Connect, waiting for the exchange to come up (it may start after us)."""
+        delay = self.settings.exchange.reconnect_min_delay
+        while True:
+            try:
+                await client.connect()
+                return
+            except (OSError, TimeoutError, ExchangeError) as exc:
+                log.warning("gateway.connect_failed", client=client.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.exchange.reconnect_max_delay)
+
     async def _start_market_data(self) -> None:
         exchange = self.settings.exchange
         client = DeribitClient(exchange.url, None, settings=exchange, name="gateway:market")
-        await client.connect()
+        await self._connect(client)
         self._clients.append(client)
         channels = [f"ticker.{i}.{exchange.ticker_interval}" for i in exchange.instruments]
         if channels:
@@ -134,7 +147,7 @@ class ExchangeGateway:
             name=f"gateway:{account_id}",
             on_reconnect=on_reconnect,
         )
-        await client.connect()
+        await self._connect(client)
         self._clients.append(client)
 
         async def on_user(channel: str, data: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.errors import ExchangeError
+from oms.exchange.errors import CONNECTION_LOST, ConnectionLost, ExchangeError
 from oms.exchange.translate import report_from_error, report_from_order
 from oms.schemas import (
     CommandType,
@@ -76,7 +76,13 @@ class ExchangeSessions:
                     settings=self._settings.exchange,
                     name=f"exec:{account_id}",
                 )
-                await client.connect()
+                try:
+                    await client.connect()
+                except (OSError, TimeoutError) as exc:
+                    # Nothing was sent: a plain retryable failure, not an unknown outcome.
+                    error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
+                    error.outcome_unknown = False
+                    raise error from exc
                 self._clients[account_id] = client
         return client
 

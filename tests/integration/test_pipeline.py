@@ -296,4 +296,5 @@ async def test_bad_input_is_rejected_with_reasons(stack: tuple[Settings, OmsServ
     reasons = Counter(letter.reason_code for letter in letters)
     assert reasons[ReasonCode.MALFORMED_JSON] == 2
     assert reasons[ReasonCode.SCHEMA_INVALID] == 2  # "missing" and "unknown_field"
-    assert all(services[name].alive for name in ("worker-0", "gateway", "paper-exchange"))
+    dead = [n for n in ("worker-0", "gateway", "paper-exchange", "sink") if not services[n].alive]
+    assert not dead, f"services died: {dead}"
