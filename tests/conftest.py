@@ -44,12 +44,23 @@ async def kafka_broker(
     if os.environ.get("OMS_TEST_KAFKA_BOOTSTRAP"):
         yield None
         return
-    broker = KafkaBroker.isolated(tmp_path_factory.mktemp("kafka"), heap="768m")
-    try:
-        # die_with_parent: a killed pytest takes the JVM with it (no orphan broker).
-        await broker.astart(BROKER_START_TIMEOUT_S, die_with_parent=True)
-    except DevstackError as exc:
-        pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
+    broker: KafkaBroker | None = None
+    errors: list[str] = []
+    # Free ports are picked before the JVM binds them: another process (a parallel test
+    # session) can take one meanwhile, so a failed start is retried on new ports.
+    for _attempt in range(3):
+        broker = KafkaBroker.isolated(tmp_path_factory.mktemp("kafka"), heap="768m")
+        try:
+            # die_with_parent: a killed pytest takes the JVM with it (no orphan broker).
+            await broker.astart(BROKER_START_TIMEOUT_S, die_with_parent=True)
+            break
+        except DevstackError as exc:
+            errors.append(str(exc))
+            broker = None
+            if "install it with" in str(exc):  # missing JDK/Maven: retrying cannot help
+                break
+    if broker is None:
+        pytest.fail("could not start the test Kafka broker: " + " | ".join(errors), pytrace=False)
     try:
         yield broker
     finally:
