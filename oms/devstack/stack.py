@@ -333,7 +333,10 @@ class Supervisor:
             self.on_event(f"using the Kafka broker already listening on {broker.bootstrap}")
             await broker.wait_ready(30)
         else:
-            self.on_event(f"starting Kafka {broker.version} on {broker.bootstrap}")
+            if broker.is_running():
+                self.on_event(f"using the running Kafka on {broker.bootstrap} (left running)")
+            else:
+                self.on_event(f"starting Kafka {broker.version} on {broker.bootstrap}")
             await stack.start()
         if not stack.topics:
             stack.topics = await ensure_topics(stack.settings)
