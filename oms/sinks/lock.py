@@ -8,8 +8,10 @@ The kernel drops the lock when the holder dies (even on SIGKILL), so it never go
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ class ChdbPathBusy(RuntimeError):
             f"embedded ClickHouse at {path} is already open by {role} pid {pid}{where}; "
             "run one sink per data dir (or set OMS_CLICKHOUSE_URL for a server)"
         )
+
+
+# Role of a process that holds the path only for one read-only query.
+SQL_ROLE = "oms sql"
 
 
 class ChdbPathLock:
@@ -56,6 +62,21 @@ class ChdbPathLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, orjson.dumps({"pid": os.getpid(), **info}), 0)
         self._fd = fd
+
+    async def acquire_waiting(
+        self, *, wait_for: frozenset[str], timeout_s: float = 10.0, **info: Any
+    ) -> None:
+        """:meth:`acquire`, but wait up to ``timeout_s`` while the holder's role is in
+        ``wait_for`` (short-lived holders such as a direct ``oms sql`` read)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.acquire(**info)
+                return
+            except ChdbPathBusy as busy:
+                if busy.holder.get("role") not in wait_for or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     def update(self, **info: Any) -> None:
         """Rewrite the holder details (e.g. once the query endpoint is listening)."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from oms.settings import Settings
 from oms.sinks.clickhouse.client import chdb_path, open_client
 from oms.sinks.errors import QueryError
-from oms.sinks.lock import ChdbPathBusy, ChdbPathLock
+from oms.sinks.lock import SQL_ROLE, ChdbPathBusy, ChdbPathLock
 from oms.sinks.sqlguard import check_read_only
 
 QUERY_TIMEOUT_S = 60.0
@@ -96,7 +96,8 @@ async def run_query(
         return await asyncio.to_thread(_direct, settings, sql, parameters, False)
     lock = ChdbPathLock(chdb_path(settings))
     try:
-        lock.acquire(role="oms sql")
+        # Another direct reader finishes quickly: wait for it rather than fail.
+        await lock.acquire_waiting(wait_for=frozenset({SQL_ROLE}), role=SQL_ROLE)
     except ChdbPathBusy as busy:
         url = busy.holder.get("query_url") or query_url(settings)
         return await _via_endpoint(url, sql, parameters, busy)

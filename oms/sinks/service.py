@@ -34,7 +34,7 @@ from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
 from oms.sinks.clickhouse.migrations import apply_migrations
-from oms.sinks.lock import ChdbPathLock
+from oms.sinks.lock import SQL_ROLE, ChdbPathLock
 from oms.sinks.query import query_url
 from oms.sinks.query_server import make_app, start_query_server
 from oms.sinks.writer import write_batch
@@ -113,8 +113,9 @@ class SinkService:
     async def _start(self) -> None:
         s = self.settings
         if self._lock is not None:
-            # First, before chDB: a second sink must fail here with a clear message.
-            self._lock.acquire(role="sink")
+            # First, before chDB: a second sink must fail here with a clear message. A
+            # one-off `oms sql` reading the path directly is waited for.
+            await self._lock.acquire_waiting(wait_for=frozenset({SQL_ROLE}), role="sink")
         self._writer = await asyncio.to_thread(open_client, s)
         applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
         self._ch = AsyncClickHouse(self._writer)

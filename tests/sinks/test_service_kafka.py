@@ -59,7 +59,13 @@ async def scalar(settings: Settings, sql: str) -> Any:
     return (await run_query(settings, sql)).rows[0][0]
 
 
-async def wait_for(settings: Settings, sql: str, expected: Any, within: float = 60.0) -> None:
+async def wait_for(
+    settings: Settings,
+    sql: str,
+    expected: Any,
+    within: float = 90.0,
+    service: SinkService | None = None,
+) -> None:
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
@@ -70,7 +76,8 @@ async def wait_for(settings: Settings, sql: str, expected: Any, within: float = 
         if last == expected:
             return
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{sql!r}: {last!r} != {expected!r}")
+    state = f"; sink: {service.health()}" if service else ""
+    raise AssertionError(f"{sql!r}: {last!r} != {expected!r}{state}")
 
 
 async def committed_lag(settings: Settings, group: str) -> int:
@@ -125,8 +132,8 @@ async def test_sink_stores_what_the_pipeline_produced(
     service = SinkService(settings)
     task = asyncio.create_task(service.run())
     try:
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n)
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n)
+        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
+        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
         await check_totals(settings, n)
         # 25 ticks 100 ms apart span 3 one-second periods.
         assert await scalar(settings, "SELECT count() FROM market_ticks FINAL") == 3
@@ -169,15 +176,15 @@ async def test_crash_after_insert_before_commit_replays_without_double_counting(
         task.cancel()  # a crash: no flush, no commit
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert first.stats.rows  # something was inserted before the "crash"
-    assert await committed_lag(settings, first.group_id) == 5 * n + 2 * n
+    assert first.stats.rows, first.health()  # something was inserted before the "crash"
+    assert await committed_lag(settings, first.group_id) == 5 * n + 2 * n, first.health()
 
     second = SinkService(settings)
     task = asyncio.create_task(second.run())
     try:
         await second.ready.wait()
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n)
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n)
+        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=second)
+        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=second)
         await check_totals(settings, n)
     finally:
         second.request_stop()
@@ -208,8 +215,8 @@ async def test_insert_failures_are_retried_with_input_paused(
     service = SinkService(settings, retry_min_s=0.05, retry_max_s=0.2)
     task = asyncio.create_task(service.run())
     try:
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n)
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n)
+        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
+        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
         await check_totals(settings, n)
         assert service.stats.insert_failures == 3
         # Paused from the second attempt on (the first failure has not paused anything yet).
