@@ -41,6 +41,8 @@ from oms.sinks.writer import write_batch
 
 log = structlog.get_logger(__name__)
 
+COMMIT_TIMEOUT_S = 30.0
+
 
 @dataclass
 class SinkStats:
@@ -180,34 +182,41 @@ class SinkService:
             fetched = await self._consumer.getmany(
                 timeout_ms=int(min(wait, 0.5) * 1000), max_records=room
             )
-            self._add(self._stash)
-            self._stash = []
-            self._add(_messages(fetched))
-            full = len(self._batch) >= sink.batch_size
-            due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
-            if full or due:
-                await self._flush_and_commit()
+            # Under the lock: a rebalance callback may be flushing this very batch.
+            async with self._flush_lock:
+                self._add(self._stash)
+                self._stash = []
+                self._add(_messages(fetched))
+                full = len(self._batch) >= sink.batch_size
+                due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
+                if full or due:
+                    await self._flush_locked(poll_while_paused=True)
 
     def _add(self, messages: list[Message]) -> None:
         for msg in messages:
             self._batch.add(msg)
         self.stats.consumed += len(messages)
 
-    async def _flush_and_commit(self) -> None:
+    async def _flush_and_commit(self, *, poll_while_paused: bool = True) -> None:
         """Insert the buffered batch (retrying until it succeeds), then commit its offsets."""
         async with self._flush_lock:
-            batch = self._batch
-            if not batch.messages:
-                return
-            await self._insert_with_retry(batch)
-            self._batch = Batch.for_settings(self.settings, self._sampler)
-            self.stats.malformed += batch.malformed
-            self.stats.sampled_out += batch.sampled_out
-            self.stats.flushes += 1
-            self.stats.last_flush_at = time.time()
-            await self._commit(batch)
+            self._add(self._stash)
+            self._stash = []
+            await self._flush_locked(poll_while_paused=poll_while_paused)
 
-    async def _insert_with_retry(self, batch: Batch) -> None:
+    async def _flush_locked(self, *, poll_while_paused: bool) -> None:
+        batch = self._batch
+        if not batch.messages:
+            return
+        await self._insert_with_retry(batch, poll_while_paused)
+        self._batch = Batch.for_settings(self.settings, self._sampler)
+        self.stats.malformed += batch.malformed
+        self.stats.sampled_out += batch.sampled_out
+        self.stats.flushes += 1
+        self.stats.last_flush_at = time.time()
+        await self._commit(batch)
+
+    async def _insert_with_retry(self, batch: Batch, poll_while_paused: bool) -> None:
         assert self._ch is not None and self._consumer is not None
         attempt = 0
         paused: set[TopicPartition] = set()
@@ -230,7 +239,10 @@ class SinkService:
                     )
                     if self._abort.is_set():
                         raise SinkAborted("aborted with an uninserted batch") from exc
-                    paused |= await self._idle_paused(delay)
+                    if poll_while_paused:
+                        paused |= await self._idle_paused(delay)
+                    else:  # inside a rebalance callback: no polling there
+                        await asyncio.sleep(delay)
         finally:
             if paused:
                 self._consumer.resume(*paused)
@@ -256,8 +268,9 @@ class SinkService:
         assert self._consumer is not None
         offsets = {TopicPartition(t, p): off for (t, p), off in batch.commit.items()}
         try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+            # Bounded: a commit must never hold the flush lock through a stuck rebalance.
+            await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
             # The rows are stored; whoever reads these partitions next replays them and the
             # tables collapse the duplicates. Nothing to retry here.
             self.stats.commit_failures += 1
@@ -272,9 +285,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if revoked and not self.service._abort.is_set():
-            self.service._add(self.service._stash)
-            self.service._stash = []
-            await self.service._flush_and_commit()
+            await self.service._flush_and_commit(poll_while_paused=False)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("sink.assigned", partitions=len(assigned))
