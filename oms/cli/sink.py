@@ -15,8 +15,9 @@ from oms.sinks.service import SinkAborted, run_sink
 def sink() -> None:
     """Store order events, fills, sampled ticks and dead letters in ClickHouse.
 
-    Embedded chDB under the data dir unless OMS_CLICKHOUSE_URL is set. Serves read-only SQL
-    on sink.query_host:sink.query_port (used by `oms sql`).
+    Embedded chDB under the data dir unless OMS_CLICKHOUSE_URL is set.
+
+    Serves read-only SQL on sink.query_host:sink.query_port (used by `oms sql`).
     """
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)

@@ -56,9 +56,9 @@ def sql(
 ) -> None:
     """Run read-only SQL against the sink's ClickHouse.
 
-    Embedded mode goes through the running sink's query endpoint (chDB admits one process
-    per data dir) or, when no sink runs, opens the data read-only. Tables with replayed
-    rows are ReplacingMergeTree: add FINAL for exact counts (e.g. FROM executions FINAL).
+    Embedded: through the running sink's endpoint, else opens the data read-only.
+
+    Add FINAL for exact counts after replays, e.g. SELECT count() FROM executions FINAL.
     """
     try:
         result = asyncio.run(run_query(get_settings(), query))
