@@ -143,10 +143,9 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             )
         )
         return
-    accepted = make_event(order, OrderEventType.ACCEPTED)
+    # One event for "accepted and sent": its previous_status (pending) says it was accepted.
     submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
     ctx.orders[order_id] = submitted
-    await ctx.emit(accepted)
     await ctx.emit(submitted_event)
     await ctx.executor.submit(submitted, check_label_first=replayed)
 
