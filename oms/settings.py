@@ -84,6 +84,8 @@ class WorkerSettings(BaseModel):
     recovery_check_interval_s: float = 5.0
     # An order without exchange confirmation this long after sending is looked up by label.
     submit_timeout_s: float = 15.0
+    # Producer batching: a few ms more per hop buys far fewer, larger produce requests.
+    producer_linger_ms: int = Field(5, ge=0)
     # How soon a dead worker's partitions move to the others (Kafka group session timeout).
     session_timeout_s: float = Field(10.0, ge=6.0)
 

@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> OmsApp:
         web_host="127.0.0.1",
         datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
-        producer_linger_ms=2,
+        producer_linger_ms=worker.producer_linger_ms,
         producer_acks=-1,
         broker_commit_every=1000,
         broker_commit_interval=0.5,
