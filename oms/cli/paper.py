@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from oms.exchange.paper import Faults, serve_forever
+from oms.logs import configure_logging
 from oms.settings import get_settings
 
 
@@ -52,10 +52,7 @@ def paper_exchange(
             setattr(paper, name, value)
     if no_auto_create:
         paper.auto_create_accounts = False
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_json)
     faults = Faults(
         drop_every_s=drop_every,
         latency_ms=latency_ms,

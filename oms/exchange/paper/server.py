@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -387,7 +388,11 @@ async def serve_forever(
     rate_limits: bool = True,
     min_heartbeat_s: float = 10.0,
 ) -> None:
-    """Run a paper exchange until cancelled (Ctrl-C in the CLI)."""
+    """Run a paper exchange until SIGINT or SIGTERM, then close every session cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with PaperExchange(
         settings=settings,
         accounts_file=accounts_file,
@@ -395,4 +400,4 @@ async def serve_forever(
         rate_limits=rate_limits,
         min_heartbeat_s=min_heartbeat_s,
     ):
-        await asyncio.Event().wait()
+        await stop.wait()
