@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import secrets
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import OmsServices, wait_http_ok, worker_ready
+from oms.harness import OmsServices, settings_env, wait_http_ok, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic
 from oms.secrets import Credentials, SecretStore, write_secrets_file
@@ -298,3 +302,48 @@ async def test_bad_input_is_rejected_with_reasons(stack: tuple[Settings, OmsServ
     assert reasons[ReasonCode.SCHEMA_INVALID] == 2  # "missing" and "unknown_field"
     dead = [n for n in ("worker-0", "gateway", "paper-exchange", "sink") if not services[n].alive]
     assert not dead, f"services died: {dead}"
+
+
+async def test_cli_submit_and_sql_while_the_stack_runs(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """The README tour through the real `oms` command line."""
+    settings, _ = stack
+    env = {**os.environ, **settings_env(settings)}
+
+    async def oms(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "oms.cli.main",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, out.decode()
+        return out.decode()
+
+    out = await oms(
+        "submit",
+        "BTC-PERPETUAL",
+        "buy",
+        "10",
+        "--price",
+        "1000",
+        "--account",
+        "acc-b",
+        "--wait",
+        "30",
+    )
+    order_id = re.search(r"submitted\s+(o-[0-9a-f]+)", out)
+    assert order_id, out
+    assert re.search(r"open\s+" + order_id.group(1), out), out
+    query = f"SELECT status FROM orders FINAL WHERE order_id = '{order_id.group(1)}'"
+    for _ in range(40):
+        result = json.loads(await oms("sql", query, "--format", "json"))
+        if result["rows"]:
+            break
+        await asyncio.sleep(0.5)
+    assert result["columns"] == ["status"] and result["rows"] == [["open"]]
