@@ -28,7 +28,10 @@ from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-USER_CHANNELS = ("user.orders.any.any.raw", "user.trades.any.any.raw")
+# One channel for orders and trades together, batched every 100 ms: an order's snapshot and
+# its fills travel as one report, and an order that changed several times within the batch
+# is reported once (its latest state). Halves the reports of a fill against raw channels.
+USER_CHANNELS = ("user.changes.any.any.100ms",)
 
 
 def tick_from_ticker(data: dict[str, Any]) -> MarketTick:
@@ -46,6 +49,38 @@ def tick_from_ticker(data: dict[str, Any]) -> MarketTick:
         open_interest=data.get("open_interest"),
         state=str(data.get("state") or "open"),
     )
+
+
+def reports_from_changes(data: Any, account_id: str) -> list[ExecutionReport]:
+    """Reports of one ``user.changes`` notification: one per labelled order, carrying its
+    latest snapshot in the batch and all its trades. Unlabelled (external) orders are skipped."""
+    if not isinstance(data, dict):
+        return []
+    latest: dict[str, dict[str, Any]] = {}
+    for order in data.get("orders") or ():
+        label = order.get("label")
+        if label and order.get("last_update_timestamp", 0) >= latest.get(label, {}).get(
+            "last_update_timestamp", 0
+        ):
+            latest[label] = order
+    trades: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for trade in data.get("trades") or ():
+        if trade.get("label"):
+            trades[trade["label"]].append(trade)
+    reports = [
+        report_from_order(
+            order,
+            account_id=account_id,
+            source=ReportSource.SUBSCRIPTION,
+            trades=trades.pop(label, ()),
+        )
+        for label, order in latest.items()
+    ]
+    reports += [
+        report_from_trades(group, account_id=account_id, source=ReportSource.SUBSCRIPTION)
+        for group in trades.values()
+    ]
+    return reports
 
 
 class ExchangeGateway:
@@ -156,28 +191,12 @@ class ExchangeGateway:
         await client.subscribe(USER_CHANNELS, on_user)
 
     async def _on_user_data(self, account_id: str, channel: str, data: Any) -> None:
-        if channel.startswith("user.orders."):
-            orders = data if isinstance(data, list) else [data]
-            for order in orders:
-                if order.get("label"):
-                    await self._send_report(
-                        report_from_order(
-                            order, account_id=account_id, source=ReportSource.SUBSCRIPTION
-                        )
-                    )
-                else:
-                    self.counters["external_orders"] += 1
-        elif channel.startswith("user.trades."):
-            by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for trade in data if isinstance(data, list) else [data]:
-                if trade.get("label"):
-                    by_label[trade["label"]].append(trade)
-            for trades in by_label.values():
-                await self._send_report(
-                    report_from_trades(
-                        trades, account_id=account_id, source=ReportSource.SUBSCRIPTION
-                    )
-                )
+        for report in reports_from_changes(data, account_id):
+            await self._send_report(report)
+        if isinstance(data, dict):
+            self.counters["external_orders"] += sum(
+                1 for order in data.get("orders") or () if not order.get("label")
+            )
 
     async def _publish_open_orders(self, account_id: str, client: DeribitClient) -> None:
         """After a reconnect, state that changed during the gap is re-read from the exchange."""

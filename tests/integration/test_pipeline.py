@@ -347,3 +347,44 @@ async def test_cli_submit_and_sql_while_the_stack_runs(
             break
         await asyncio.sleep(0.5)
     assert result["columns"] == ["status"] and result["rows"] == [["open"]]
+
+
+async def test_passive_fill_arrives_through_the_gateway(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """A resting order filled later by someone else: only the exchange's stream can tell."""
+    settings, _ = stack
+    store = SecretStore(settings.resolved_secrets_file)
+    async with (
+        OrderClient("acc-c", settings=settings) as maker,
+        DeribitClient(
+            settings.exchange.url, store.credentials("acc-d"), settings=settings.exchange
+        ) as taker,
+    ):
+        for _attempt in range(5):
+            ticker = await taker.ticker("BTC-PERPETUAL")
+            bid, ask = ticker["best_bid_price"], ticker["best_ask_price"]
+            if ask - bid < 1.0:
+                await asyncio.sleep(0.2)
+                continue
+            # Best ask of the book by half a tick-step inside the spread; a market buy from
+            # another account then hits it first (price priority).
+            price = ask - 0.5
+            order_id = await maker.submit_advanced_order(
+                "BTC-PERPETUAL", 10, "sell", price=price, post_only=True
+            )
+            opened = await maker.wait_for_event(order_id)
+            assert opened.event_type is OrderEventType.OPEN, opened
+            await taker.call(
+                "private/buy",
+                {"instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "market"},
+            )
+            filled = await maker.wait_for_event(
+                order_id,
+                lambda e: e.event_type in (OrderEventType.FILLED, OrderEventType.PARTIALLY_FILLED),
+                timeout=30,
+            )
+            assert filled.filled_amount > 0
+            assert filled.details.get("source") == "subscription"
+            return
+    raise AssertionError("the paper market never had a spread to rest inside")
