@@ -6,8 +6,8 @@ read and written without races. Nothing here waits for the exchange.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from oms.schemas import (
     OrderStatus,
     ReasonCode,
 )
+from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
 from oms.streams.state_machine import make_event, transition
 from oms.streams.validation import ParseFailure, Rejection, parse_request, validate_submit
@@ -32,21 +33,13 @@ log = structlog.get_logger(__name__)
 SEEN_REQUESTS_KEPT = 32
 
 
-@dataclass
-class IntakeContext:
-    """What intake needs from the worker, as plain callables (no Faust types here)."""
+@dataclass(kw_only=True)
+class IntakeContext(AgentContext):
+    """Intake also validates against instruments and accounts and hands orders on."""
 
-    orders: Any  # the Faust table (dict-like)
     executor: OrderExecutor
     instrument: Callable[[str | None], Any]
     account_known: Callable[[str], bool]
-    emit: Callable[[OrderEvent], Awaitable[None]]
-    dead_letter: Callable[[DeadLetter], Awaitable[None]]
-    source_topic: str
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
 
 
 async def handle_request(

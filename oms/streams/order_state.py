@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 import orjson
 import structlog
 from pydantic import ValidationError
 
-from oms.schemas import DeadLetter, ExecutionReport, OrderEvent, OrderRecord, ReasonCode
+from oms.schemas import DeadLetter, ExecutionReport, OrderRecord, ReasonCode
+from oms.streams.context import AgentContext
 from oms.streams.state_machine import Outcome, apply_report
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass
-class OrderStateContext:
-    """What the order-state agent needs, as plain callables."""
-
-    orders: Any  # the Faust table (dict-like)
-    emit: Callable[[OrderEvent], Awaitable[None]]
-    dead_letter: Callable[[DeadLetter], Awaitable[None]]
-    source_topic: str
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+# The order-state agent needs nothing beyond the common context.
+OrderStateContext = AgentContext
 
 
 async def handle_report(
