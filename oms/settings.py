@@ -22,7 +22,7 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "oms."
     partitions: int = Field(8, ge=1, description="partitions of every keyed topic")
     replication_factor: int = Field(1, ge=1)
-    # Kafka distribution used by the project's own tooling (scripts/kafka.sh).
+    # Kafka release fetched and run by the project's own tooling (oms/devstack/kafka.py).
     version: str = "4.1.2"
 
 
