@@ -14,13 +14,56 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
 
+from oms.devstack.kafka import free_port
 from oms.settings import Settings
+
+# Deribit's tier-1 matching-engine limit per sub-account (requests/s and burst): the tier
+# paper accounts get in tests and benchmarks.
+TIER1_RATE = 30.0
+TIER1_BURST = 100
+
+
+def isolated_settings(
+    data_dir: Path, bootstrap: str, accounts: list[str], *, partitions: int = 8, label: str = "oms"
+) -> Settings:
+    """Settings for a private stack: its own data dir, topic prefix, Faust app id, free ports
+    for the paper exchange, worker web server and sink endpoint, tier-1 paper accounts."""
+    base = Settings()
+    tag = uuid.uuid4().hex[:6]
+    paper_port = free_port()
+    return base.model_copy(
+        update={
+            "data_dir": data_dir,
+            "accounts": accounts,
+            "secrets_file": data_dir / "secrets.json",
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap": bootstrap,
+                    "partitions": partitions,
+                    "topic_prefix": f"{label}{tag}.",
+                }
+            ),
+            "exchange": base.exchange.model_copy(
+                update={
+                    "url": f"ws://127.0.0.1:{paper_port}/ws/api/v2",
+                    "matching_rate_per_s": TIER1_RATE,
+                    "matching_burst": TIER1_BURST,
+                }
+            ),
+            "paper": base.paper.model_copy(update={"port": paper_port, "default_tier": 1}),
+            "worker": base.worker.model_copy(
+                update={"web_port": free_port(), "app_id": f"{label}-{tag}"}
+            ),
+            "sink": base.sink.model_copy(update={"query_port": free_port()}),
+        }
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -26,12 +26,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.devstack.kafka import KafkaBroker, free_port
-from oms.harness import OmsServices, worker_ready
+from oms.devstack.kafka import KafkaBroker
+from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.secrets import Credentials, write_secrets_file
-from oms.settings import Settings
 
 ACK_EVENTS = frozenset(
     {
@@ -42,10 +41,6 @@ ACK_EVENTS = frozenset(
         OrderEventType.REJECTED,
     }
 )
-# Deribit tier 1 matching-engine limit per sub-account (requests/s); the bench spreads
-# orders so that no account needs more than this.
-TIER1_RATE = 30.0
-TIER1_BURST = 100
 
 
 @dataclass
@@ -85,38 +80,6 @@ def accounts_needed(config: E2EConfig) -> int:
     # near its limit queues (measured: 13 accounts at 300/s gave p50 5.8 s, 50 gave 71 ms).
     target = config.rate or 600.0
     return max(50, math.ceil(target / (TIER1_RATE * 0.4)))
-
-
-def bench_settings(
-    base_dir: Path, bootstrap: str, config: E2EConfig, accounts: list[str]
-) -> Settings:
-    settings = Settings()
-    paper_port = free_port()
-    return settings.model_copy(
-        update={
-            "data_dir": base_dir,
-            "accounts": accounts,
-            "secrets_file": base_dir / "secrets.json",
-            "kafka": settings.kafka.model_copy(
-                update={
-                    "bootstrap": bootstrap,
-                    "partitions": config.partitions,
-                    "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
-                }
-            ),
-            "exchange": settings.exchange.model_copy(
-                update={
-                    "url": f"ws://127.0.0.1:{paper_port}/ws/api/v2",
-                    "matching_rate_per_s": TIER1_RATE,
-                    "matching_burst": TIER1_BURST,
-                }
-            ),
-            "paper": settings.paper.model_copy(update={"port": paper_port, "default_tier": 1}),
-            "worker": settings.worker.model_copy(
-                update={"web_port": free_port(), "app_id": f"oms-bench-{uuid.uuid4().hex[:6]}"}
-            ),
-        }
-    )
 
 
 def make_requests(n: int, accounts: list[str], prefix: str) -> list[OrderRequest]:
@@ -291,7 +254,9 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
     try:
         n_accounts = accounts_needed(config)
         accounts = [f"bench-{i}" for i in range(n_accounts)]
-        settings = bench_settings(base, broker.bootstrap, config, accounts)
+        settings = isolated_settings(
+            base, broker.bootstrap, accounts, partitions=config.partitions, label="bench"
+        )
         write_secrets_file(
             settings.resolved_secrets_file,
             {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},

@@ -22,7 +22,13 @@ from aiokafka import AIOKafkaConsumer
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import OmsServices, settings_env, wait_http_ok, worker_ready
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    settings_env,
+    wait_http_ok,
+    worker_ready,
+)
 from oms.kafka_admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic
 from oms.secrets import Credentials, SecretStore, write_secrets_file
@@ -40,39 +46,14 @@ TERMINAL_OR_RESTING = {
 
 
 def make_settings(tmp: Path, bootstrap: str, partitions: int = 4) -> Settings:
-    base = Settings()
-    paper_port = free_port()
-    return base.model_copy(
+    settings = isolated_settings(tmp, bootstrap, ACCOUNTS, partitions=partitions, label="t")
+    # Fast recovery sweeps and sink flushes keep the tests short.
+    return settings.model_copy(
         update={
-            "data_dir": tmp,
-            "accounts": ACCOUNTS,
-            "secrets_file": tmp / "secrets.json",
-            "kafka": base.kafka.model_copy(
-                update={
-                    "bootstrap": bootstrap,
-                    "partitions": partitions,
-                    "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
-                }
+            "worker": settings.worker.model_copy(
+                update={"recovery_check_interval_s": 1.0, "submit_timeout_s": 3.0}
             ),
-            "exchange": base.exchange.model_copy(
-                update={
-                    "url": f"ws://127.0.0.1:{paper_port}/ws/api/v2",
-                    "matching_rate_per_s": 30.0,
-                    "matching_burst": 100,
-                }
-            ),
-            "paper": base.paper.model_copy(update={"port": paper_port, "default_tier": 1}),
-            "worker": base.worker.model_copy(
-                update={
-                    "web_port": free_port(),
-                    "app_id": f"oms-test-{uuid.uuid4().hex[:6]}",
-                    "recovery_check_interval_s": 1.0,
-                    "submit_timeout_s": 3.0,
-                }
-            ),
-            "sink": base.sink.model_copy(
-                update={"query_port": free_port(), "flush_interval_s": 0.3}
-            ),
+            "sink": settings.sink.model_copy(update={"flush_interval_s": 0.3}),
         }
     )
 
