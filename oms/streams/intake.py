@@ -24,7 +24,7 @@ from oms.schemas import (
 )
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
-from oms.streams.state_machine import make_event, transition
+from oms.streams.state_machine import make_event, reannouncement, transition
 from oms.streams.validation import ParseFailure, Rejection, parse_request, validate_submit
 
 log = structlog.get_logger(__name__)
@@ -109,7 +109,10 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     order_id = request.key
     existing: OrderRecord | None = ctx.orders.get(order_id)
     if existing is not None:
-        if not replayed:
+        if replayed:
+            # Our own earlier processing, maybe cut short before its event went out.
+            await ctx.emit(reannouncement(existing))
+        else:
             ctx.count("duplicates")
             await ctx.emit(_duplicate_event(existing, request))
         return

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from oms.schemas import DeadLetter, ExecutionReport, OrderRecord, ReasonCode
 from oms.streams.context import AgentContext
-from oms.streams.state_machine import Outcome, apply_report
+from oms.streams.state_machine import Outcome, apply_report, reannouncement
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +24,10 @@ async def handle_report(
     key: bytes | None,
     partition: int | None,
     offset: int | None,
+    replayed: bool = False,
 ) -> None:
-    """Apply one message of ``execution-reports``."""
+    """Apply one message of ``execution-reports``. ``replayed``: a previous owner of the
+    partition may already have applied it (see :func:`reannouncement`)."""
     try:
         report = ExecutionReport.from_bytes(raw)
     except (ValidationError, orjson.JSONDecodeError) as exc:
@@ -65,5 +67,8 @@ async def handle_report(
         return
     if result.order is not order:
         ctx.orders[order.order_id] = result.order
-    for event in result.events:
+    events = result.events
+    if replayed and result.outcome is Outcome.STALE:
+        events = [reannouncement(order)]
+    for event in events:
         await ctx.emit(event)

@@ -179,6 +179,18 @@ def make_event(
     )
 
 
+def reannouncement(order: OrderRecord) -> OrderEvent:
+    """The event of the order's current status, sent again.
+
+    A worker that dies between writing the table and producing the event leaves the change
+    in the changelog but not on ``order-events``; its successor, replaying the input, finds
+    the change already applied. Re-announcing the current status (flagged in ``details``)
+    makes sure no status goes unannounced; consumers dedupe by ``event_id``.
+    """
+    event_type = _EVENT_FOR_STATUS.get(order.status, OrderEventType.ACCEPTED)
+    return make_event(order, event_type, details={"reannounced": True})
+
+
 def transition(
     order: OrderRecord,
     target: OrderStatus,

@@ -50,9 +50,9 @@ class OrderWorker:
         self.executor = OrderExecutor(
             self.sessions, self._publish_report, settings, self.catalog.currency_of
         )
-        # Per partition of order-requests: offsets below this were on the topic when this
+        # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
-        self._replay_below: dict[int, int] = {}
+        self._replay_below: dict[tuple[str, int], int] = {}
         requests_name = self.oms.requests.get_topic_name()
         self._events_topic = self.oms.events.get_topic_name()
         self._reports_topic = self.oms.reports.get_topic_name()
@@ -106,14 +106,13 @@ class OrderWorker:
             await self.catalog.wait_loaded()
             async for event in stream.events():
                 message = event.message
-                boundary = self._replay_below.get(message.partition, 0)
                 await handle_request(
                     self.intake,
                     event.value,
                     key=message.key,
                     partition=message.partition,
                     offset=message.offset,
-                    replayed=message.offset < boundary,
+                    replayed=self._is_replay(message),
                 )
 
         async def order_state(stream: Any) -> None:
@@ -125,19 +124,25 @@ class OrderWorker:
                     key=message.key,
                     partition=message.partition,
                     offset=message.offset,
+                    replayed=self._is_replay(message),
                 )
 
         app.agent(oms.requests, name="intake")(intake)
         app.agent(oms.reports, name="order_state")(order_state)
 
+        inputs = {requests_name, oms.reports.get_topic_name()}
+
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-            tps = [tp for tp in assigned if tp.topic == requests_name]
+            tps = [tp for tp in assigned if tp.topic in inputs]
             if not tps:
                 return
             highwaters = await app.consumer.highwaters(*tps)
             for tp, offset in highwaters.items():
-                self._replay_below[tp.partition] = offset
-            log.info("worker.partitions_assigned", partitions=sorted(tp.partition for tp in tps))
+                self._replay_below[(tp.topic, tp.partition)] = offset
+            log.info(
+                "worker.partitions_assigned",
+                partitions=sorted(tp.partition for tp in tps if tp.topic == requests_name),
+            )
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
@@ -164,6 +169,9 @@ class OrderWorker:
                     "executor": self.executor.stats,
                 }
             )
+
+    def _is_replay(self, message: Any) -> bool:
+        return bool(message.offset < self._replay_below.get((message.topic, message.partition), 0))
 
     async def sweep(self) -> int:
         """Reconcile orders of owned partitions that were sent but never acknowledged."""

@@ -57,7 +57,18 @@ async def test_sigkill_one_of_two_workers(
             return_exceptions=True,
         )
         missing = [oid for oid, r in zip(placed, results, strict=True) if isinstance(r, Exception)]
-        assert not missing, f"{len(missing)} orders never acknowledged"
+        if missing:
+            at_exchange = await exchange_orders_by_label(
+                settings, {placed[oid]: [oid] for oid in missing[:4]}
+            )
+            seen = {
+                oid: [e.event_type.value for e in clients[placed[oid]].events_of(oid)]
+                for oid in missing
+            }
+            raise AssertionError(
+                f"{len(missing)} orders never acknowledged; events seen {seen}; "
+                f"orders at the exchange by label {dict(at_exchange)}"
+            )
 
         by_account: dict[str, list[str]] = {}
         for oid, account in placed.items():

@@ -146,3 +146,13 @@ def test_illegal_direct_transition_raises() -> None:
     except IllegalTransition:
         return
     raise AssertionError("FILLED -> OPEN must be refused")
+
+
+def test_reannouncement_repeats_the_current_status_event() -> None:
+    from oms.streams.state_machine import reannouncement
+
+    opened = apply_report(_order(), _report(ExchangeOrderState.OPEN, 0, 1))
+    again = reannouncement(opened.order)
+    assert again.event_type is OrderEventType.OPEN
+    assert again.event_id == opened.events[0].event_id
+    assert again.details == {"reannounced": True}
