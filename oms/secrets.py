@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,3 +77,8 @@ class SecretStore:
     def accounts(self) -> list[str]:
         """Accounts that have credentials in the secrets file."""
         return sorted(self._file_entries)
+
+    def trading_accounts(self, configured: Iterable[str]) -> list[str]:
+        """Accounts that may trade: configured or in the secrets file, and with credentials."""
+        names = set(configured) | set(self._file_entries)
+        return sorted(a for a in names if self.credentials(a) is not None)

@@ -89,16 +89,14 @@ class ExchangeGateway:
     def __init__(self, settings: Settings, accounts: list[str] | None = None) -> None:
         self.settings = settings
         self._secrets = SecretStore(settings.resolved_secrets_file)
-        self._accounts = accounts if accounts is not None else self._default_accounts()
+        self._accounts = (
+            accounts if accounts is not None else self._secrets.trading_accounts(settings.accounts)
+        )
         self._producer: AIOKafkaProducer | None = None
         self._clients: list[DeribitClient] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._ticks_topic = settings.topic(Topic.MARKET_TICKS)
         self._reports_topic = settings.topic(Topic.EXECUTION_REPORTS)
-
-    def _default_accounts(self) -> list[str]:
-        names = set(self.settings.accounts) | set(self._secrets.accounts())
-        return sorted(a for a in names if self._secrets.credentials(a) is not None)
 
     async def start(self) -> None:
         """Connect the producer, then every exchange subscription."""
@@ -123,13 +121,6 @@ class ExchangeGateway:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
 
     # -- market data -----------------------------------------------------------------------
 

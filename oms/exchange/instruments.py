@@ -7,7 +7,6 @@ new listing or a tick-size change needs no code change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -28,7 +27,7 @@ class InstrumentCatalog:
         self._refresh_s = refresh_s
         self._specs: dict[str, InstrumentSpec] = {}
         self._loaded = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
     def get(self, instrument_name: str | None) -> InstrumentSpec | None:
         if instrument_name is None:
@@ -84,9 +83,3 @@ class InstrumentCatalog:
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from oms.schemas import DeadLetter, OrderEvent
+from oms.schemas import DeadLetter, OrderEvent, ReasonCode
 
 
 @dataclass(kw_only=True)
@@ -21,3 +21,27 @@ class AgentContext:
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def reject_raw(
+        self,
+        raw: bytes,
+        reason_code: ReasonCode,
+        error: str,
+        *,
+        key: bytes | None,
+        partition: int | None,
+        offset: int | None,
+    ) -> None:
+        """Send an input message we cannot process to the dead letters, with its reason."""
+        self.count("dead_letters")
+        await self.dead_letter(
+            DeadLetter.for_payload(
+                raw,
+                source_topic=self.source_topic,
+                reason_code=reason_code,
+                error=error,
+                key=key,
+                partition=partition,
+                offset=offset,
+            )
+        )

@@ -14,7 +14,6 @@ order with that label.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -55,9 +54,6 @@ class ExchangeSessions:
         self._clients: dict[str, DeribitClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def has_account(self, account_id: str) -> bool:
-        return self._secrets.credentials(account_id) is not None
-
     async def client(self, account_id: str) -> DeribitClient:
         """The connected client of an account (connects on first call)."""
         client = self._clients.get(account_id)
@@ -85,12 +81,6 @@ class ExchangeSessions:
                     raise error from exc
                 self._clients[account_id] = client
         return client
-
-    async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await client.close()
 
 
 class OrderExecutor:
@@ -133,12 +123,6 @@ class OrderExecutor:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
 
-    async def drain(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Wait for in-flight commands (on shutdown)."""
-        tasks = list(self._inflight.values())
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-
     # -- internals ---------------------------------------------------------------------------
 
     async def _spawn(self, order_id: str, work: Awaitable[None]) -> None:
@@ -169,14 +153,9 @@ class OrderExecutor:
                 found = await self._lookup_by_label(order)
                 if found is not None:
                     self.stats["label_hits"] += 1
-                    await self._publish(
-                        report_from_order(
-                            found, account_id=order.account_id, source=ReportSource.RECONCILE
-                        )
-                    )
+                    await self._publish_found(order, found)
                     return
-                if attempt > 0 or check_label_first:
-                    self.stats["resubmits"] += 1
+                self.stats["resubmits"] += 1
             try:
                 client = await self._sessions.client(order.account_id)
                 method = "private/buy" if order.direction is Direction.BUY else "private/sell"
@@ -205,20 +184,28 @@ class OrderExecutor:
             # Never give up silently on an order that may be live: one last label lookup.
             found = await self._lookup_by_label(order)
             if found is not None:
-                await self._publish(
-                    report_from_order(
-                        found, account_id=order.account_id, source=ReportSource.RECONCILE
-                    )
-                )
+                await self._publish_found(order, found)
                 return
+        await self._publish_error(order, last_error, CommandType.SUBMIT, order.request_id)
+
+    async def _publish_found(self, order: OrderRecord, found: dict[str, Any]) -> None:
+        """Report what a label lookup found at the exchange."""
+        await self._publish(
+            report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
+        )
+
+    async def _publish_error(
+        self, order: OrderRecord, error: ExchangeError, command: CommandType, request_id: str
+    ) -> None:
+        """Report a command the exchange refused (or that could not be sent)."""
         await self._publish(
             report_from_error(
-                last_error,
+                error,
                 order_id=order.order_id,
                 account_id=order.account_id,
                 instrument_name=order.instrument_name,
-                command=CommandType.SUBMIT,
-                request_id=order.request_id,
+                command=command,
+                request_id=request_id,
             )
         )
 
@@ -281,16 +268,7 @@ class OrderExecutor:
             client = await self._sessions.client(order.account_id)
             result = await client.call(method, params)
         except ExchangeError as exc:
-            await self._publish(
-                report_from_error(
-                    exc,
-                    order_id=order.order_id,
-                    account_id=order.account_id,
-                    instrument_name=order.instrument_name,
-                    command=command,
-                    request_id=request_id,
-                )
-            )
+            await self._publish_error(order, exc, command, request_id)
             return
         if command is CommandType.CANCEL:
             # cancel_by_label answers with a count; the order's new state follows on

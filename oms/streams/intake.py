@@ -14,7 +14,6 @@ import structlog
 
 from oms.schemas import (
     CommandType,
-    DeadLetter,
     OrderEvent,
     OrderEventType,
     OrderRecord,
@@ -77,17 +76,8 @@ async def _reject_unparsable(
     partition: int | None,
     offset: int | None,
 ) -> None:
-    ctx.count("dead_letters")
-    await ctx.dead_letter(
-        DeadLetter.for_payload(
-            raw,
-            source_topic=ctx.source_topic,
-            reason_code=failure.reason_code,
-            error=failure.message,
-            key=key,
-            partition=partition,
-            offset=offset,
-        )
+    await ctx.reject_raw(
+        raw, failure.reason_code, failure.message, key=key, partition=partition, offset=offset
     )
     if failure.identity is not None:
         ident = failure.identity

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 import structlog
 from pydantic import ValidationError
 
-from oms.schemas import DeadLetter, ExecutionReport, OrderRecord, ReasonCode
+from oms.schemas import ExecutionReport, OrderRecord, ReasonCode
 from oms.streams.context import AgentContext
 from oms.streams.state_machine import Outcome, apply_report, reannouncement
 
@@ -30,18 +29,9 @@ async def handle_report(
     partition may already have applied it (see :func:`reannouncement`)."""
     try:
         report = ExecutionReport.from_bytes(raw)
-    except (ValidationError, orjson.JSONDecodeError) as exc:
-        ctx.count("dead_letters")
-        await ctx.dead_letter(
-            DeadLetter.for_payload(
-                raw,
-                source_topic=ctx.source_topic,
-                reason_code=ReasonCode.SCHEMA_INVALID,
-                error=str(exc),
-                key=key,
-                partition=partition,
-                offset=offset,
-            )
+    except ValidationError as exc:  # invalid JSON included (model_validate_json)
+        await ctx.reject_raw(
+            raw, ReasonCode.SCHEMA_INVALID, str(exc), key=key, partition=partition, offset=offset
         )
         return
     order: OrderRecord | None = ctx.orders.get(report.order_id) if report.order_id else None

@@ -44,7 +44,7 @@ class OrderWorker:
         self.oms: OmsApp = create_app(settings)
         self.app: faust.App = self.oms.app
         secrets = SecretStore(settings.resolved_secrets_file)
-        self._known_accounts = set(settings.accounts) | set(secrets.accounts())
+        self._trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
         self.catalog = InstrumentCatalog(settings.exchange)
         self.sessions = ExchangeSessions(settings, secrets)
         self.executor = OrderExecutor(
@@ -53,7 +53,7 @@ class OrderWorker:
         # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
         self._replay_below: dict[tuple[str, int], int] = {}
-        requests_name = self.oms.requests.get_topic_name()
+        self._requests_topic = self.oms.requests.get_topic_name()
         self._events_topic = self.oms.events.get_topic_name()
         self._reports_topic = self.oms.reports.get_topic_name()
         self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
@@ -61,23 +61,20 @@ class OrderWorker:
             orders=self.oms.orders,
             executor=self.executor,
             instrument=self.catalog.get,
-            account_known=self._account_known,
+            account_known=self._trading_accounts.__contains__,
             emit=self._emit,
             dead_letter=self._dead_letter,
-            source_topic=requests_name,
+            source_topic=self._requests_topic,
         )
         self.state = OrderStateContext(
             orders=self.oms.orders,
             emit=self._emit,
             dead_letter=self._dead_letter,
-            source_topic=self.oms.reports.get_topic_name(),
+            source_topic=self._reports_topic,
         )
         self._register()
 
     # -- plumbing ------------------------------------------------------------------------
-
-    def _account_known(self, account_id: str) -> bool:
-        return account_id in self._known_accounts and self.sessions.has_account(account_id)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
         # Faust's producer directly: the Topic.send channel machinery cost ~10% of the
@@ -100,7 +97,7 @@ class OrderWorker:
 
     def _register(self) -> None:
         app, oms = self.app, self.oms
-        requests_name = oms.requests.get_topic_name()
+        requests_name = self._requests_topic
 
         async def intake(stream: Any) -> None:
             await self.catalog.wait_loaded()
@@ -130,7 +127,7 @@ class OrderWorker:
         app.agent(oms.requests, name="intake")(intake)
         app.agent(oms.reports, name="order_state")(order_state)
 
-        inputs = {requests_name, oms.reports.get_topic_name()}
+        inputs = {requests_name, self._reports_topic}
 
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             tps = [tp for tp in assigned if tp.topic in inputs]
@@ -175,7 +172,7 @@ class OrderWorker:
 
     async def sweep(self) -> int:
         """Reconcile orders of owned partitions that were sent but never acknowledged."""
-        owned = self.oms.active_partitions(self.oms.requests.get_topic_name())
+        owned = self.oms.active_partitions(self._requests_topic)
         if not owned:
             return 0
         cutoff = now_ms() - int(self.settings.worker.submit_timeout_s * 1000)
