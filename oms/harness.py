@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -191,33 +193,28 @@ class OmsServices:
         )
 
 
-async def wait_http_ok(url: str, within: float = 60.0) -> None:
-    """Poll ``url`` until it answers 200."""
+async def wait_http_ok(
+    url: str, within: float = 60.0, ready: Callable[[Any], bool] | None = None
+) -> None:
+    """Poll ``url`` until it answers 200 (and, with ``ready``, its JSON body satisfies it)."""
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while True:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and (ready is None or ready(await resp.json())):
                         return
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {within}s")
+                raise TimeoutError(f"{url} not ready within {within}s")
             await asyncio.sleep(0.2)
 
 
 async def worker_ready(web_port: int, within: float = 90.0) -> None:
     """Wait until a worker's web server answers and it has loaded the instruments."""
-    url = f"http://127.0.0.1:{web_port}/health"
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200 and (await resp.json()).get("instruments", 0) > 0:
-                        return
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass
-            await asyncio.sleep(0.25)
-    raise TimeoutError(f"worker on port {web_port} not ready within {within}s")
+    await wait_http_ok(
+        f"http://127.0.0.1:{web_port}/health",
+        within,
+        ready=lambda body: body.get("instruments", 0) > 0,
+    )
