@@ -46,6 +46,8 @@ class OrderStatus(StrEnum):
     """Our order state machine (see :mod:`oms.streams.state_machine`)."""
 
     PENDING = "pending"  # accepted by intake, not yet sent
+    WAITING = "waiting"  # held until its time or its conditions come (delayed, conditional)
+    QUEUED = "queued"  # in a priority queue, waiting for its turn at the rate limit
     SUBMITTED = "submitted"  # sent to the exchange, no answer yet
     OPEN = "open"  # resting on the book
     PARTIALLY_FILLED = "partially_filled"
@@ -53,6 +55,7 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    NEEDS_REVIEW = "needs_review"  # parked by the `manual` error strategy until a human decides
 
     @property
     def is_terminal(self) -> bool:
@@ -76,6 +79,17 @@ class OrderEventType(StrEnum):
     AMENDED = "amended"
     COMMAND_REJECTED = "command_rejected"  # a cancel/amend that could not apply
     DUPLICATE = "duplicate"  # a request_id seen before: acknowledged, not executed
+    WAITING = "waiting"  # held for its time or its conditions
+    QUEUED = "queued"  # entered a priority queue
+    TRIGGERED = "triggered"  # its time or conditions came; details say which tick/values
+    CONDITION_ERROR = "condition_error"  # a condition could not be evaluated (skipped)
+    NEEDS_REVIEW = "needs_review"
+    # Account- and system-level events (order_id names the subject, e.g. "position:A|I").
+    RISK_STATE_CHANGED = "risk_state_changed"
+    POSITION_MISMATCH = "position_mismatch"
+    LARGE_LOSS = "large_loss"
+    MARGIN_CALL = "margin_call"
+    SYSTEM_ERROR = "system_error"
 
 
 class ExchangeOrderState(StrEnum):
@@ -122,3 +136,32 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL_ERROR = "internal_error"
+    # Non-immediate and conditional orders (issue 3).
+    QUEUE_FULL = "queue_full"
+    DELAY_TOO_LONG = "delay_too_long"
+    TIME_IN_PAST = "time_in_past"
+    TOO_MANY_CONDITIONS = "too_many_conditions"
+    INVALID_CONDITION = "invalid_condition"
+    CONDITION_EXPIRED = "condition_expired"
+    CONDITION_UNEVALUABLE = "condition_unevaluable"
+    LINKED_ORDER_CANCELLED = "linked_order_cancelled"
+    # Lifecycle (issue 6).
+    AUTO_CANCELLED = "auto_cancelled"
+    PARTIAL_FILL_CANCELLED = "partial_fill_cancelled"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    MANUAL_REVIEW = "manual_review"
+    # Authentication, permissions, risk (issue 9).
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_INVALID = "signature_invalid"
+    UNKNOWN_KEY = "unknown_key"
+    STALE_REQUEST = "stale_request"
+    NONCE_REUSED = "nonce_reused"
+    PERMISSION_DENIED = "permission_denied"
+    RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
+    PRICE_BAND_EXCEEDED = "price_band_exceeded"
+    TRADING_HALTED = "trading_halted"
+    TRADING_REDUCING = "trading_reducing_only"
+    # Positions (issue 4).
+    DUPLICATE_FILL = "duplicate_fill"
+    INCONSISTENT_FILL = "inconsistent_fill"
+    POSITION_MISMATCH = "position_mismatch"

@@ -35,6 +35,10 @@ EPSILON = 1e-9
 
 _RANK = {
     OrderStatus.PENDING: 0,
+    # Held by the OMS: not at the exchange yet, so any exchange news moves them forward.
+    OrderStatus.WAITING: 0,
+    OrderStatus.QUEUED: 0,
+    OrderStatus.NEEDS_REVIEW: 1,
     OrderStatus.SUBMITTED: 1,
     OrderStatus.OPEN: 2,
     OrderStatus.PARTIALLY_FILLED: 3,
@@ -46,6 +50,40 @@ _RANK = {
 
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset(
+        {
+            OrderStatus.WAITING,
+            OrderStatus.QUEUED,
+            OrderStatus.SUBMITTED,
+            OrderStatus.OPEN,
+            OrderStatus.PARTIALLY_FILLED,
+            OrderStatus.FILLED,
+            OrderStatus.CANCELLED,
+            OrderStatus.REJECTED,
+            OrderStatus.EXPIRED,
+        }
+    ),
+    OrderStatus.WAITING: frozenset(
+        {
+            OrderStatus.QUEUED,
+            OrderStatus.SUBMITTED,
+            OrderStatus.CANCELLED,
+            OrderStatus.REJECTED,
+            OrderStatus.EXPIRED,
+        }
+    ),
+    OrderStatus.QUEUED: frozenset(
+        {
+            OrderStatus.SUBMITTED,
+            OrderStatus.OPEN,
+            OrderStatus.PARTIALLY_FILLED,
+            OrderStatus.FILLED,
+            OrderStatus.CANCELLED,
+            OrderStatus.REJECTED,
+            OrderStatus.EXPIRED,
+            OrderStatus.NEEDS_REVIEW,
+        }
+    ),
+    OrderStatus.NEEDS_REVIEW: frozenset(
         {
             OrderStatus.SUBMITTED,
             OrderStatus.OPEN,
@@ -89,6 +127,9 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 _EVENT_FOR_STATUS = {
+    OrderStatus.WAITING: OrderEventType.WAITING,
+    OrderStatus.QUEUED: OrderEventType.QUEUED,
+    OrderStatus.NEEDS_REVIEW: OrderEventType.NEEDS_REVIEW,
     OrderStatus.SUBMITTED: OrderEventType.SUBMITTED,
     OrderStatus.OPEN: OrderEventType.OPEN,
     OrderStatus.PARTIALLY_FILLED: OrderEventType.PARTIALLY_FILLED,
