@@ -107,6 +107,7 @@ class ReportSource(StrEnum):
     RPC = "rpc"  # reply to our own buy/sell/edit/cancel
     SUBSCRIPTION = "subscription"  # user.orders / user.trades
     RECONCILE = "reconcile"  # looked up by label after a crash or timeout
+    DISPATCH = "dispatch"  # the OMS released a queued order to the exchange (no answer yet)
 
 
 class ReasonCode(StrEnum):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -58,6 +58,12 @@ class OrderRequest(Record):
     execute_immediately: bool = True
     priority: Priority = Priority.NORMAL
     conditions: list[dict[str, Any]] = Field(default_factory=list, max_length=32)
+    condition_match: Literal["all", "any"] = "all"
+    execute_at: int | None = Field(None, description="release time, ms since epoch")
+    delay: float | None = Field(None, description="release after this many seconds")
+    expiration: float | None = Field(
+        None, description="seconds after which a waiting order that has not triggered expires"
+    )
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     created_at: int = Field(default_factory=now_ms, description="client time, ms since epoch")
 
@@ -110,7 +116,13 @@ class OrderRecord(Record):
     reduce_only: bool = False
     execute_immediately: bool = True
     priority: Priority = Priority.NORMAL
+    # Normalized condition objects (see oms.schemas.conditions), instrument filled in.
     conditions: list[dict[str, Any]] = Field(default_factory=list)
+    condition_match: Literal["all", "any"] = "all"
+    release_at: int | None = None  # delayed orders: when they enter the queue
+    expire_at: int | None = None  # waiting orders expire at this time if not triggered
+    queued_at: int | None = None  # entered the priority queue (arrival order within priority)
+    triggered_at: int | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     status: OrderStatus = OrderStatus.PENDING
     exchange_order_id: str | None = None

@@ -4,13 +4,14 @@
 |--------------------|------------------------------|---------------------------------------------|
 | order-requests     | order_id                     | all commands for one order in one partition |
 | execution-reports  | order_id (= Deribit label)   | co-partitioned with requests: same table    |
+| order-triggers     | order_id                     | internal: trigger engine -> table owner     |
 | order-events       | order_id                     | per-order ordering for consumers and sinks  |
 | market-ticks       | instrument_name              | one instrument's ticks in order             |
 | positions          | account_id|instrument_name    | one position's changes in order             |
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
 
-order-requests, execution-reports and order-events must have the same partition count
+order-requests, execution-reports, order-triggers and order-events must have the same partition count
 (co-partitioned): the order-state table is written from the first two.
 """
 
@@ -23,6 +24,7 @@ class Topic(StrEnum):
     ORDER_REQUESTS = "order-requests"
     MARKET_TICKS = "market-ticks"
     EXECUTION_REPORTS = "execution-reports"
+    ORDER_TRIGGERS = "order-triggers"
     ORDER_EVENTS = "order-events"
     POSITIONS = "positions"
     NOTIFICATIONS = "notifications"

@@ -3,12 +3,18 @@
 Data flows one way::
 
     order-requests ──intake──> orders table ──executor──> Deribit
-                       │                                     │
+                       │          │  ▲                         │
+                       │   waiting│  │order-triggers           │
+                       │          ▼  │                         │
+                       │     trigger engine <── market-ticks   │
+                       │     priority queues ──dispatcher──> executor
                        └──> order-events <──order_state── execution-reports <── gateway
 
 ``intake`` validates and records, the executor talks to the exchange in the background,
 and every answer comes back through ``execution-reports`` to ``order_state``, the only
-agent that applies exchange news to the table.
+agent that applies exchange news to the table. Waiting orders (delayed, conditional) are
+released by the trigger engine through ``order-triggers`` to the ``release`` agent, which
+moves them into the priority queues; the dispatcher drains those at the rate limit.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class OmsApp:
     app: faust.App
     requests: faust.TopicT
     reports: faust.TopicT
+    triggers: faust.TopicT
     events: faust.TopicT
     dead_letters: faust.TopicT
     orders: Any  # faust Table[str, OrderRecord]
@@ -82,6 +89,7 @@ def create_app(settings: Settings) -> OmsApp:
         app=app,
         requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),
         reports=app.topic(settings.topic(Topic.EXECUTION_REPORTS)),
+        triggers=app.topic(settings.topic(Topic.ORDER_TRIGGERS)),
         events=app.topic(settings.topic(Topic.ORDER_EVENTS)),
         dead_letters=app.topic(settings.topic(Topic.DEAD_LETTERS)),
         orders=orders,

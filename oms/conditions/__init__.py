@@ -1,0 +1,1 @@
+"""Conditions of conditional orders: parsing, validation, and the trigger engine."""

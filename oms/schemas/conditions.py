@@ -1,0 +1,97 @@
+"""Conditions of conditional orders, and the internal trigger command.
+
+On the wire a condition is a small JSON object; ``conditions`` on an order request is a list of
+them (all must hold, or any with ``condition_match="any"``)::
+
+    {"kind": "price", "instrument_name": "BTC-PERPETUAL", "field": "last_price",
+     "operator": ">=", "value": 70000}
+    {"kind": "time", "operator": ">=", "value": 1764576000000}      # ms since epoch
+    {"kind": "expiration", "seconds": 600}                           # give up after 10 min
+
+``instrument_name`` of a price condition defaults to the order's own instrument. The CLI and
+SDK also accept the text form ``BTC-PERPETUAL.last_price >= 70000`` / ``time >= 2026-12-01T08:00Z``
+(:mod:`oms.conditions.expressions`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from oms.schemas.base import Record, now_ms
+
+
+class PriceField(StrEnum):
+    """Ticker fields a price condition may watch (Deribit ``ticker`` names)."""
+
+    LAST_PRICE = "last_price"
+    MARK_PRICE = "mark_price"
+    INDEX_PRICE = "index_price"
+    BEST_BID_PRICE = "best_bid_price"
+    BEST_ASK_PRICE = "best_ask_price"
+
+
+class Operator(StrEnum):
+    GT = ">"
+    GE = ">="
+    LT = "<"
+    LE = "<="
+    CROSSES_ABOVE = "crosses_above"
+    CROSSES_BELOW = "crosses_below"
+
+
+class PriceCondition(Record):
+    """A threshold on a ticker field; ``crosses_*`` hold only on the tick that crosses."""
+
+    kind: Literal["price"] = "price"
+    instrument_name: str | None = Field(None, min_length=1, max_length=64)
+    field: PriceField = PriceField.LAST_PRICE
+    operator: Operator
+    value: float = Field(allow_inf_nan=False)
+
+
+class TimeCondition(Record):
+    """``time >= value`` (after) or ``time < value`` (before); value in ms since epoch."""
+
+    kind: Literal["time"] = "time"
+    operator: Literal[">", ">=", "<", "<="]
+    value: int
+
+
+class ExpirationCondition(Record):
+    """Not a condition to meet: the order expires if not triggered within ``seconds``."""
+
+    kind: Literal["expiration"] = "expiration"
+    seconds: float = Field(gt=0, allow_inf_nan=False)
+
+
+Condition = Annotated[
+    PriceCondition | TimeCondition | ExpirationCondition, Field(discriminator="kind")
+]
+CONDITION_ADAPTER: TypeAdapter[Condition] = TypeAdapter(Condition)
+
+
+def parse_condition(raw: dict[str, Any]) -> Condition:
+    """Validate one condition object (raises ``pydantic.ValidationError``)."""
+    return CONDITION_ADAPTER.validate_python(raw)
+
+
+class TriggerKind(StrEnum):
+    RELEASE = "release"  # its time or its conditions came: into the priority queue
+    EXPIRE = "expire"  # expiration passed, or a time window closed before it triggered
+
+
+class OrderTrigger(Record):
+    """Internal command on ``order-triggers`` (keyed by order id): the trigger engine asks the
+    owner of the order's partition to release or expire a waiting order. Applied only while
+    the order is still ``waiting``, so a trigger sent twice (e.g. around a crash) acts once."""
+
+    order_id: str
+    kind: TriggerKind
+    reason: str
+    # Evidence for the audit: which tick, which values, which conditions held.
+    details: dict[str, Any] = Field(default_factory=dict)
+    # When the engine decided (ms); the tick's own timestamp is in details.
+    fired_at: int = Field(default_factory=now_ms)

@@ -1,0 +1,205 @@
+"""The trigger engine against hand-made cases and against the seed's linear scan."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from oms.conditions.engine import TriggerEngine
+from oms.conditions.expressions import ExpressionError, parse_expression, parse_time_ms
+from oms.conditions.naive import NaiveEvaluator
+from oms.schemas.conditions import (
+    ExpirationCondition,
+    Operator,
+    PriceCondition,
+    PriceField,
+    TimeCondition,
+    parse_condition,
+)
+
+T0 = 1_764_000_000_000
+
+
+@dataclass
+class Tick:
+    instrument_name: str
+    timestamp: int = T0
+    last_price: float | None = None
+    mark_price: float | None = None
+    index_price: float | None = None
+    best_bid_price: float | None = None
+    best_ask_price: float | None = None
+
+
+def price(op: str, value: float, instrument: str = "BTC-PERPETUAL", fld: str = "last_price"):
+    return PriceCondition(
+        instrument_name=instrument, field=PriceField(fld), operator=Operator(op), value=value
+    )
+
+
+def test_threshold_fires_on_the_tick_that_reaches_it_and_only_once() -> None:
+    engine = TriggerEngine()
+    assert engine.add("a", [price(">=", 100.0)], now_ms=T0) is None
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.5)) == []
+    fired = engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))
+    assert [f.order_id for f in fired] == ["a"]
+    assert fired[0].details["tick"]["last_price"] == 100.0
+    assert fired[0].details["conditions"][0]["value"] == 100.0
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=101.0)) == []
+    assert len(engine) == 0
+
+
+def test_strict_and_inclusive_bounds() -> None:
+    engine = TriggerEngine()
+    engine.add("gt", [price(">", 100.0)], now_ms=T0)
+    engine.add("ge", [price(">=", 100.0)], now_ms=T0)
+    engine.add("lt", [price("<", 100.0)], now_ms=T0)
+    engine.add("le", [price("<=", 100.0)], now_ms=T0)
+    engine.on_tick(Tick("BTC-PERPETUAL", last_price=150.0))  # gt, ge fire
+    engine.add("gt2", [price(">", 200.0)], now_ms=T0)
+    assert {f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))} == {
+        "le"
+    }
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.0))] == ["lt"]
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.0)) == []
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.5))] == [
+        "gt2"
+    ]
+
+
+def test_already_true_conditions_fire_when_the_order_arrives() -> None:
+    engine = TriggerEngine()
+    engine.on_tick(Tick("ETH-PERPETUAL", mark_price=3000.0))
+    fired = engine.add("a", [price("<", 3100.0, "ETH-PERPETUAL", "mark_price")], now_ms=T0)
+    assert fired is not None and fired.kind == "release"
+
+
+def test_cross_needs_a_previous_value_on_the_other_side() -> None:
+    engine = TriggerEngine()
+    engine.add("x", [price("crosses_above", 100.0)], now_ms=T0)
+    # The first tick only arms the cross: no evidence the value was ever below.
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=105.0)) == []
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=101.0)) == []
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.0)) == []
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))] == ["x"]
+
+
+def test_cross_below_on_another_instruments_index() -> None:
+    engine = TriggerEngine()
+    engine.on_tick(Tick("BTC-PERPETUAL", index_price=60_000.0))
+    cond = price("crosses_below", 59_000.0, "BTC-PERPETUAL", "index_price")
+    assert engine.add("eth-option", [cond], now_ms=T0) is None
+    assert engine.on_tick(Tick("ETH-PERPETUAL", index_price=1.0)) == []
+    fired = engine.on_tick(Tick("BTC-PERPETUAL", index_price=58_999.5))
+    assert [f.order_id for f in fired] == ["eth-option"]
+
+
+def test_all_conditions_must_hold_at_the_same_time() -> None:
+    engine = TriggerEngine()
+    conds = [price(">=", 100.0), price("<=", 10.0, "ETH-PERPETUAL")]
+    engine.add("both", conds, now_ms=T0)
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0)) == []  # first holds
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.0)) == []  # and no longer
+    assert engine.on_tick(Tick("ETH-PERPETUAL", last_price=10.0)) == []  # second holds
+    fired = engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.5))
+    assert [f.order_id for f in fired] == ["both"]
+    held = [c["held"] for c in fired[0].details["conditions"]]
+    assert held == [True, True]
+
+
+def test_match_any_fires_on_the_first() -> None:
+    engine = TriggerEngine()
+    conds = [price(">=", 100.0), price("<=", 10.0, "ETH-PERPETUAL")]
+    engine.add("any", conds, match_any=True, now_ms=T0)
+    fired = engine.on_tick(Tick("ETH-PERPETUAL", last_price=9.0))
+    assert [f.order_id for f in fired] == ["any"]
+
+
+def test_time_conditions_release_delay_and_expiration() -> None:
+    engine = TriggerEngine()
+    engine.add("delayed", [], release_at=T0 + 5_000, now_ms=T0)
+    engine.add("after", [TimeCondition(operator=">=", value=T0 + 1_000)], now_ms=T0)
+    engine.add("expiring", [price(">=", 1e9), ExpirationCondition(seconds=2)], now_ms=T0)
+    engine.add(
+        "window",
+        [price(">=", 1e9), TimeCondition(operator="<", value=T0 + 3_000)],
+        now_ms=T0,
+    )
+    assert engine.next_deadline() == T0 + 1_000
+    assert engine.on_time(T0 + 999) == []
+    assert [(f.order_id, f.kind) for f in engine.on_time(T0 + 1_000)] == [("after", "release")]
+    assert [(f.order_id, f.kind) for f in engine.on_time(T0 + 2_000)] == [("expiring", "expire")]
+    assert [(f.order_id, f.kind) for f in engine.on_time(T0 + 3_000)] == [("window", "expire")]
+    assert [(f.order_id, f.kind) for f in engine.on_time(T0 + 5_000)] == [("delayed", "release")]
+    assert engine.next_deadline() is None and len(engine) == 0
+
+
+def test_time_and_price_together() -> None:
+    engine = TriggerEngine()
+    conds = [price(">=", 100.0), TimeCondition(operator=">=", value=T0 + 1_000)]
+    engine.add("a", conds, now_ms=T0)
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0)) == []
+    assert [f.order_id for f in engine.on_time(T0 + 1_000)] == ["a"]
+
+
+def test_removed_orders_never_fire() -> None:
+    engine = TriggerEngine()
+    engine.add("a", [price(">=", 100.0)], now_ms=T0, expire_at=T0 + 10)
+    assert engine.remove("a")
+    assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.0)) == []
+    assert engine.on_time(T0 + 20) == []
+    assert not engine.remove("a")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_same_releases_as_the_linear_scan(seed: int) -> None:
+    """Random orders and random walks: the engine fires exactly what the seed's loop fires,
+    on the same tick."""
+    rng = random.Random(seed)
+    instruments = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
+    engine, naive = TriggerEngine(), NaiveEvaluator()
+    for i in range(300):
+        conds = []
+        for _ in range(rng.randint(1, 3)):
+            op = rng.choice([">", ">=", "<", "<=", "crosses_above", "crosses_below"])
+            conds.append(
+                price(
+                    op,
+                    float(rng.randint(90, 110)),
+                    rng.choice(instruments),
+                    rng.choice(["last_price", "mark_price"]),
+                )
+            )
+        crosses = sum(c.operator.value.startswith("crosses") for c in conds)
+        match_any = crosses > 1 or rng.random() < 0.3
+        engine.add(f"o{i}", conds, match_any=match_any, now_ms=T0)
+        naive.add(f"o{i}", conds, match_any=match_any)
+    level = {name: 100.0 for name in instruments}
+    for n in range(2_000):
+        name = rng.choice(instruments)
+        level[name] += rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])
+        tick = Tick(name, last_price=level[name], mark_price=level[name] + rng.choice([0, 0.5]))
+        got = sorted(f.order_id for f in engine.on_tick(tick))
+        assert got == sorted(naive.on_tick(tick, T0)), f"tick {n}"
+    assert engine.fired > 100
+
+
+def test_expressions() -> None:
+    assert parse_expression("BTC-PERPETUAL.last_price >= 70000") == {
+        "kind": "price",
+        "instrument_name": "BTC-PERPETUAL",
+        "field": "last_price",
+        "operator": ">=",
+        "value": 70000.0,
+    }
+    assert parse_expression("mark_price crosses_below 3000")["operator"] == "crosses_below"
+    assert parse_expression("time >= 2026-12-01T08:00Z")["value"] == parse_time_ms(
+        "2026-12-01T08:00:00+00:00"
+    )
+    for bad in ("BTC-PERPETUAL.volume > 1", "last_price >= abc", "time crosses_above 5", "x"):
+        with pytest.raises(ExpressionError):
+            parse_expression(bad)
+    cond = parse_condition(parse_expression("ETH-PERPETUAL.best_bid_price < 3000.5"))
+    assert isinstance(cond, PriceCondition) and cond.value == 3000.5
