@@ -11,8 +11,8 @@
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
 
-order-requests, execution-reports, order-triggers and order-events must have the same partition count
-(co-partitioned): the order-state table is written from the first two.
+order-requests, execution-reports, order-triggers and order-events must have the same
+partition count (co-partitioned): the order table is written from the first three.
 """
 
 from __future__ import annotations
