@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from oms.conditions.expressions import parse_expression, parse_time_ms
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -40,6 +42,7 @@ FIRST_OUTCOME_EVENTS = frozenset(
         OrderEventType.DUPLICATE,
         OrderEventType.COMMAND_REJECTED,
         OrderEventType.AMENDED,
+        OrderEventType.WAITING,  # held for its time or conditions: settled for now
     }
 )
 
@@ -130,7 +133,7 @@ class OrderClient:
         price: float | None = None,
         execute_immediately: bool = True,
         priority: str = Priority.NORMAL.value,
-        conditions: list[dict[str, Any]] | None = None,
+        conditions: Sequence[dict[str, Any] | str] | None = None,
         metadata: dict[str, Any] | None = None,
         *,
         request_id: str | None = None,
@@ -138,12 +141,22 @@ class OrderClient:
         post_only: bool = False,
         reduce_only: bool = False,
         trigger_price: float | None = None,
+        execute_at: int | str | None = None,
+        delay: float | None = None,
+        expiration: float | None = None,
+        condition_match: str = "all",
     ) -> str:
         """Publish a submit (the seed's ``submit_advanced_order``); returns the order id.
 
         The order id is derived from ``(account_id, request_id)``: re-sending with the same
-        ``request_id`` is safe and never executes twice.
+        ``request_id`` is safe and never executes twice. ``execute_immediately=False`` queues
+        the order by ``priority``; ``execute_at`` (ms or ISO 8601) or ``delay`` (seconds)
+        holds it until then; ``conditions`` (objects or text such as
+        ``"BTC-PERPETUAL.last_price >= 70000"``) until they hold; ``expiration`` (seconds)
+        gives up on a waiting order.
         """
+        if isinstance(execute_at, str):
+            execute_at = parse_time_ms(execute_at)
         request = OrderRequest(
             command=CommandType.SUBMIT,
             request_id=request_id or new_request_id(),
@@ -159,11 +172,55 @@ class OrderClient:
             reduce_only=reduce_only,
             execute_immediately=execute_immediately,
             priority=priority,
-            conditions=conditions or [],
+            conditions=[
+                parse_expression(c) if isinstance(c, str) else c for c in conditions or []
+            ],
+            condition_match=condition_match,
+            execute_at=execute_at,
+            delay=delay,
+            expiration=expiration,
             metadata=metadata or {},
         )
         await self.send(request)
         return request.key
+
+    async def create_conditional_order(
+        self,
+        instrument_name: str,
+        amount: float,
+        direction: str,
+        conditions: Sequence[dict[str, Any] | str],
+        *,
+        order_type: str = "limit",
+        price: float | None = None,
+        priority: str = Priority.NORMAL.value,
+        expiration: float | None = None,
+        condition_match: str = "all",
+        **kwargs: Any,
+    ) -> str:
+        """The seed's ``create_conditional_order``: held until ``conditions`` hold (all, or
+        any with ``condition_match="any"``), then queued by ``priority``; returns the id."""
+        return await self.submit_advanced_order(
+            instrument_name,
+            amount,
+            direction,
+            order_type=order_type,
+            price=price,
+            execute_immediately=False,
+            priority=priority,
+            conditions=conditions,
+            expiration=expiration,
+            condition_match=condition_match,
+            **kwargs,
+        )
+
+    async def get_queue_statistics(
+        self, worker_urls: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Seed 3.2 ``get_queue_statistics``, summed over workers (their ``/queue`` pages;
+        default: the worker web port of the settings on localhost)."""
+        urls = list(worker_urls or [f"http://127.0.0.1:{self.settings.worker.web_port}"])
+        return await fetch_queue_statistics(urls)
 
     async def cancel_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Publish a cancel for one of this account's orders; returns the request id."""
@@ -266,3 +323,46 @@ class OrderClient:
         filters.setdefault("account_id", self.account_id)
         rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
         return rows
+
+
+async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:
+    """Queue statistics of several workers, combined: depths, totals and rates add up, the
+    oldest age is the oldest of all. Workers that do not answer are listed in ``unreachable``."""
+    combined: dict[str, Any] = {
+        "depth": {},
+        "oldest_age_ms": {},
+        "total_depth": 0,
+        "waiting": 0,
+        "enqueued_total": 0,
+        "dequeued_total": 0,
+        "dequeue_rate_per_s": 0.0,
+        "rejected_total": 0,
+        "triggered_total": 0,
+        "workers": 0,
+        "unreachable": [],
+    }
+    summed = ("total_depth", "waiting", "enqueued_total", "dequeued_total", "rejected_total")
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in urls:
+            try:
+                async with session.get(f"{url.rstrip('/')}/queue") as response:
+                    response.raise_for_status()
+                    stats = await response.json()
+            except (aiohttp.ClientError, TimeoutError):
+                combined["unreachable"].append(url)
+                continue
+            combined["workers"] += 1
+            for name in summed:
+                combined[name] += stats.get(name, 0)
+            combined["triggered_total"] += stats.get("triggered_total", 0)
+            combined["dequeue_rate_per_s"] += stats.get("dequeue_rate_per_s", 0.0)
+            for priority, depth in stats.get("depth", {}).items():
+                combined["depth"][priority] = combined["depth"].get(priority, 0) + depth
+            for priority, age in stats.get("oldest_age_ms", {}).items():
+                current = combined["oldest_age_ms"].get(priority)
+                if age is not None and (current is None or age > current):
+                    combined["oldest_age_ms"][priority] = age
+                else:
+                    combined["oldest_age_ms"].setdefault(priority, current)
+    return combined

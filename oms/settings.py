@@ -99,6 +99,8 @@ class QueueSettings(BaseModel):
     processing_interval: float = 1.0
     max_delay: float = 300.0
     max_conditions: int = 5
+    # Reduce-only orders shrink risk: let them overtake like high-priority ones.
+    reduce_only_as_high: bool = True
 
 
 class LifecycleSettings(BaseModel):

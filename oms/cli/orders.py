@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from oms.client import OrderClient
+from oms.client import OrderClient, fetch_queue_statistics
+from oms.conditions.expressions import ExpressionError, parse_expression
 from oms.schemas import OrderEvent
 from oms.settings import get_settings
 
@@ -24,6 +25,10 @@ _STYLE = {
     "partially_filled": "cyan",
     "open": "blue",
     "duplicate": "magenta",
+    "waiting": "bright_black",
+    "queued": "bright_black",
+    "triggered": "bright_cyan",
+    "expired": "yellow",
 }
 
 
@@ -63,9 +68,34 @@ def submit(
     post_only: bool = False,
     reduce_only: bool = False,
     time_in_force: str = "good_til_cancelled",
+    queued: Annotated[
+        bool, typer.Option("--queued", help="through the priority queue, not at once")
+    ] = False,
+    priority: Annotated[str, typer.Option(help="high, normal or low (queued orders)")] = "normal",
+    when: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--when",
+            help="condition, repeatable: 'BTC-PERPETUAL.last_price >= 70000', "
+            "'time >= 2026-12-01T08:00Z'",
+        ),
+    ] = None,
+    match: Annotated[str, typer.Option(help="all or any of the --when conditions")] = "all",
+    delay: Annotated[float | None, typer.Option(help="seconds before it is released")] = None,
+    execute_at: Annotated[
+        str | None, typer.Option(help="release time (ISO 8601 or ms since epoch)")
+    ] = None,
+    expire: Annotated[
+        float | None, typer.Option(help="seconds after which a waiting order expires")
+    ] = None,
     wait: Annotated[float, typer.Option(help="seconds to wait for the outcome (0: none)")] = 10.0,
 ) -> None:
     """Submit an order through Kafka and show what happens to it."""
+    try:
+        conditions = [parse_expression(text) for text in when or []]
+    except ExpressionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--when") from None
+    held = bool(conditions) or delay is not None or execute_at is not None
 
     async def run() -> None:
         async with OrderClient(account, follow_events=wait > 0) as client:
@@ -79,12 +109,47 @@ def submit(
                 post_only=post_only,
                 reduce_only=reduce_only,
                 time_in_force=time_in_force,
+                execute_immediately=not (queued or held),
+                priority=priority,
+                conditions=conditions,
+                condition_match=match,
+                delay=delay,
+                execute_at=execute_at,
+                expiration=expire,
             )
             console.print(f"submitted [bold]{order_id}[/bold]")
             if wait > 0:
                 await _show_outcome(client, order_id, wait)
 
     asyncio.run(run())
+
+
+def queue(
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(help="worker base URL, repeatable (default: this machine's worker)"),
+    ] = None,
+) -> None:
+    """Queue statistics (seed 3.2): depth and oldest age per priority, rates, waiting orders."""
+
+    urls = worker or [f"http://127.0.0.1:{get_settings().worker.web_port}"]
+    stats = asyncio.run(fetch_queue_statistics(urls))
+    table = Table(title=f"priority queues ({stats['workers']} worker(s))")
+    table.add_column("priority")
+    table.add_column("depth", justify="right")
+    table.add_column("oldest age", justify="right")
+    for priority, depth in stats["depth"].items():
+        age = stats["oldest_age_ms"].get(priority)
+        table.add_row(priority, str(depth), "" if age is None else f"{age / 1000:.1f} s")
+    console.print(table)
+    console.print(
+        f"waiting (delayed/conditional): {stats['waiting']}   "
+        f"dequeued: {stats['dequeued_total']} ({stats['dequeue_rate_per_s']:.2f}/s)   "
+        f"rejected (queue full): {stats['rejected_total']}   "
+        f"triggered: {stats['triggered_total']}"
+    )
+    if stats["unreachable"]:
+        console.print(f"[yellow]unreachable: {', '.join(stats['unreachable'])}[/yellow]")
 
 
 async def _show_outcome(client: OrderClient, order_id: str, wait: float) -> None:

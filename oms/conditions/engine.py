@@ -230,6 +230,15 @@ class TriggerEngine:
         """The last value seen of an instrument's field."""
         return self._latest.get((instrument, fld))
 
+    def observe(self, tick: Any) -> None:
+        """Record a tick's values without evaluating anything (warm-up after a restart:
+        old ticks must not release orders, but crosses need a previous value)."""
+        instrument = tick.instrument_name
+        for fld in FIELDS:
+            value = getattr(tick, fld)
+            if value is not None:
+                self._latest[(instrument, fld)] = value
+
     def on_tick(self, tick: Any) -> list[Fired]:
         """Apply one ticker snapshot (``MarketTick`` or anything with the same attributes)."""
         self.ticks += 1

@@ -1,9 +1,9 @@
 """The text form of conditions, for the CLI and the SDK.
 
-    BTC-PERPETUAL.last_price >= 70000
-    mark_price crosses_below 3000            (the order's own instrument)
-    time >= 2026-12-01T08:00Z                (ISO 8601, or ms since epoch)
-    time < 2026-12-01T09:00+08:00
+BTC-PERPETUAL.last_price >= 70000
+mark_price crosses_below 3000            (the order's own instrument)
+time >= 2026-12-01T08:00Z                (ISO 8601, or ms since epoch)
+time < 2026-12-01T09:00+08:00
 """
 
 from __future__ import annotations

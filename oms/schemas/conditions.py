@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter
 
 from oms.schemas.base import Record, now_ms
+from oms.schemas.enums import ReasonCode
 
 
 class PriceField(StrEnum):
@@ -81,16 +82,19 @@ def parse_condition(raw: dict[str, Any]) -> Condition:
 class TriggerKind(StrEnum):
     RELEASE = "release"  # its time or its conditions came: into the priority queue
     EXPIRE = "expire"  # expiration passed, or a time window closed before it triggered
+    REJECT = "reject"  # refused when leaving the queue (e.g. a risk limit now breached)
 
 
 class OrderTrigger(Record):
-    """Internal command on ``order-triggers`` (keyed by order id): the trigger engine asks the
-    owner of the order's partition to release or expire a waiting order. Applied only while
-    the order is still ``waiting``, so a trigger sent twice (e.g. around a crash) acts once."""
+    """Internal command on ``order-triggers`` (keyed by order id): the trigger engine or the
+    dispatcher asks the ``release`` agent, the table's writer for the order's partition, to
+    release, expire or reject a held order. Applied only while the order is still held
+    (``waiting``, or ``queued`` for expire/reject), so a trigger sent twice acts once."""
 
     order_id: str
     kind: TriggerKind
     reason: str
+    reason_code: ReasonCode | None = None
     # Evidence for the audit: which tick, which values, which conditions held.
     details: dict[str, Any] = Field(default_factory=dict)
     # When the engine decided (ms); the tick's own timestamp is in details.

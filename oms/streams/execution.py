@@ -26,6 +26,7 @@ from oms.exchange.translate import report_from_error, report_from_order
 from oms.schemas import (
     CommandType,
     Direction,
+    ExchangeOrderState,
     ExecutionReport,
     OrderRecord,
     OrderRequest,
@@ -119,6 +120,31 @@ class OrderExecutor:
         """Edit price and/or amount, after any command of the same order still in flight."""
         await self._spawn(order.order_id, self._amend(order, request))
 
+    async def dispatch(
+        self, order: OrderRecord, *, uncertain: bool = False, prepaid: bool = False
+    ) -> None:
+        """Send a queued order: first say so on the reports topic (queued -> submitted, in
+        order before the exchange's answer), then submit. ``uncertain``: rebuilt after a
+        takeover, so look it up by label first. ``prepaid``: the dispatcher already reserved
+        the rate-limit credit."""
+        await self._publish(
+            ExecutionReport(
+                report_id=f"{order.order_id}:dispatch:{order.version}",
+                order_id=order.order_id,
+                account_id=order.account_id,
+                source=ReportSource.DISPATCH,
+                command=CommandType.SUBMIT,
+                request_id=order.request_id,
+                instrument_name=order.instrument_name,
+            )
+        )
+        await self._spawn(order.order_id, self._submit(order, uncertain, prepaid=prepaid))
+
+    async def cancel_held(self, order: OrderRecord, request_id: str) -> None:
+        """Cancel a queued order this worker did not send itself (rebuilt after a takeover):
+        cancel it at the exchange if a previous owner sent it, else report it cancelled."""
+        await self._spawn(order.order_id, self._cancel_held(order, request_id))
+
     async def reconcile(self, order: OrderRecord) -> None:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
@@ -145,7 +171,27 @@ class OrderExecutor:
         task = asyncio.create_task(run(), name=f"exec:{order_id}")
         self._inflight[order_id] = task
 
-    async def _submit(self, order: OrderRecord, check_label_first: bool) -> None:
+    async def _cancel_held(self, order: OrderRecord, request_id: str) -> None:
+        found = await self._lookup_by_label(order)
+        if found is not None:
+            await self._cancel(order, request_id)
+            return
+        await self._publish(
+            ExecutionReport(
+                report_id=f"{order.order_id}:cancel_held:{request_id}",
+                order_id=order.order_id,
+                account_id=order.account_id,
+                source=ReportSource.RECONCILE,
+                command=CommandType.CANCEL,
+                request_id=request_id,
+                instrument_name=order.instrument_name,
+                order_state=ExchangeOrderState.CANCELLED,
+            )
+        )
+
+    async def _submit(
+        self, order: OrderRecord, check_label_first: bool, *, prepaid: bool = False
+    ) -> None:
         attempts = max(1, self._settings.lifecycle.retry_attempts + 1)
         last_error: ExchangeError | None = None
         for attempt in range(attempts):
@@ -160,7 +206,9 @@ class OrderExecutor:
                 client = await self._sessions.client(order.account_id)
                 method = "private/buy" if order.direction is Direction.BUY else "private/sell"
                 self.stats["submits"] += 1
-                result = await client.call(method, submit_params(order))
+                result = await client.call(
+                    method, submit_params(order), prepaid=prepaid and attempt == 0
+                )
             except ExchangeError as exc:
                 last_error = exc
                 if not exc.retryable:

@@ -6,9 +6,9 @@ read and written without races. Nothing here waits for the exchange.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,25 +20,38 @@ from oms.schemas import (
     OrderRequest,
     OrderStatus,
     ReasonCode,
+    now_ms,
 )
+from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
+from oms.streams.held_orders import HeldOrders, Withdrawal
+from oms.streams.scheduling import Schedule, Strategy, plan_schedule
 from oms.streams.state_machine import make_event, reannouncement, transition
 from oms.streams.validation import ParseFailure, Rejection, parse_request, validate_submit
+
+if TYPE_CHECKING:
+    from oms.conditions.engine import Fired
 
 log = structlog.get_logger(__name__)
 
 # How many cancel/amend request ids an order remembers for idempotency.
 SEEN_REQUESTS_KEPT = 32
 
+_HELD = frozenset({OrderStatus.WAITING, OrderStatus.QUEUED})
+
 
 @dataclass(kw_only=True)
 class IntakeContext(AgentContext):
-    """Intake also validates against instruments and accounts and hands orders on."""
+    """Intake also validates against instruments and accounts and hands orders on: to the
+    executor (immediate), the priority queues (queued) or the trigger engine (waiting)."""
 
     executor: OrderExecutor
     instrument: Callable[[str | None], Any]
     account_known: Callable[[str], bool]
+    held: HeldOrders
+    queue_settings: QueueSettings
+    on_fired: Callable[[list[Fired]], Awaitable[None]]
 
 
 async def handle_request(
@@ -107,38 +120,103 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             await ctx.emit(_duplicate_event(existing, request))
         return
     order = _record_from_request(request)
-    rejection = validate_submit(
+    now = now_ms()
+    rejection: Rejection | Schedule | None = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
-    if rejection is not None:
-        ctx.count("rejected")
-        rejected = order.model_copy(
-            update={
-                "status": OrderStatus.REJECTED,
-                "reason_code": rejection.reason_code,
-                "reason_message": rejection.message,
-            }
+    if rejection is None:
+        rejection = plan_schedule(
+            request, now_ms=now, settings=ctx.queue_settings, instrument=ctx.instrument
         )
-        ctx.orders[order_id] = rejected
-        await ctx.emit(
-            make_event(
-                rejected,
-                OrderEventType.REJECTED,
-                reason_code=rejection.reason_code,
-                message=rejection.message,
-            )
-        )
+    if isinstance(rejection, Schedule):
+        schedule = rejection
+    else:
+        await _reject(ctx, order, rejection)
+        return
+    if schedule.strategy is not Strategy.IMMEDIATE:
+        await _hold(ctx, order, schedule, now)
         return
     # One event for "accepted and sent": its previous_status (pending) says it was accepted.
     submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
+    submitted_event.details["strategy"] = Strategy.IMMEDIATE.value
     ctx.orders[order_id] = submitted
     await ctx.emit(submitted_event)
     await ctx.executor.submit(submitted, check_label_first=replayed)
 
 
+async def _reject(ctx: IntakeContext, order: OrderRecord, rejection: Rejection) -> None:
+    ctx.count("rejected")
+    rejected = order.model_copy(
+        update={
+            "status": OrderStatus.REJECTED,
+            "reason_code": rejection.reason_code,
+            "reason_message": rejection.message,
+        }
+    )
+    ctx.orders[order.order_id] = rejected
+    await ctx.emit(
+        make_event(
+            rejected,
+            OrderEventType.REJECTED,
+            reason_code=rejection.reason_code,
+            message=rejection.message,
+        )
+    )
+
+
+async def _hold(ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now: int) -> None:
+    """Queue the order, or hold it for its time or conditions."""
+    order = order.model_copy(
+        update={
+            "conditions": schedule.normalized_conditions(),
+            "release_at": schedule.release_at,
+            "expire_at": schedule.expire_at,
+        }
+    )
+    details: dict[str, Any] = {"strategy": schedule.strategy.value}
+    if not schedule.held:
+        if ctx.held.queues.depth() >= ctx.queue_settings.max_queue_size:
+            ctx.held.queues.rejected_total += 1
+            await _reject(
+                ctx,
+                order,
+                Rejection(
+                    ReasonCode.QUEUE_FULL,
+                    f"the priority queues hold {ctx.queue_settings.max_queue_size} orders "
+                    "(max_queue_size); try again later",
+                ),
+            )
+            return
+        queued, event = transition(order, OrderStatus.QUEUED)
+        queued.queued_at = now
+        details["priority"] = ctx.held.queues.effective_priority(queued).value
+        event.details.update(details)
+        ctx.count("queued")
+        ctx.orders[order.order_id] = queued
+        await ctx.emit(event)
+        ctx.held.enqueue(queued)
+        return
+    waiting, event = transition(order, OrderStatus.WAITING)
+    details.update(
+        {
+            "release_at": schedule.release_at,
+            "expire_at": schedule.expire_at,
+            "condition_match": order.condition_match,
+        }
+    )
+    event.details.update(details)
+    ctx.count("waiting")
+    ctx.orders[order.order_id] = waiting
+    await ctx.emit(event)
+    fired = ctx.held.hold(waiting, now)
+    if fired is not None:
+        await ctx.on_fired([fired])
+
+
 def _record_from_request(request: OrderRequest) -> OrderRecord:
     assert request.instrument_name and request.direction and request.amount is not None
     return OrderRecord(
+        condition_match=request.condition_match,
         order_id=request.key,
         request_id=request.request_id,
         account_id=request.account_id,
@@ -201,11 +279,56 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     assert order is not None
     seen = [*order.seen_request_ids, request.request_id][-SEEN_REQUESTS_KEPT:]
     order = order.model_copy(update={"seen_request_ids": seen})
+    if order.status in _HELD:
+        await _modify_held(ctx, order, request)
+        return
     ctx.orders[order_id] = order
     if request.command is CommandType.CANCEL:
         await ctx.executor.cancel(order, request.request_id)
     else:
         await ctx.executor.amend(order, request)
+
+
+async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderRequest) -> None:
+    """Cancel or amend an order the OMS still holds: in the table, unless it may have left."""
+    if request.command is CommandType.AMEND:
+        if order.status is OrderStatus.QUEUED and order.order_id not in ctx.held.queues:
+            # Dispatched already: the edit goes to the exchange after the submit.
+            ctx.orders[order.order_id] = order
+            await ctx.executor.amend(order, request)
+            return
+        amended = order.model_copy(
+            update={
+                "amount": request.amount if request.amount is not None else order.amount,
+                "price": request.price if request.price is not None else order.price,
+                "version": order.version + 1,
+                "updated_at": now_ms(),
+            }
+        )
+        ctx.orders[order.order_id] = amended
+        await ctx.emit(
+            make_event(
+                amended,
+                OrderEventType.AMENDED,
+                request_id=request.request_id,
+                details={"old_amount": order.amount, "old_price": order.price},
+            )
+        )
+        return
+    withdrawal = ctx.held.withdraw(order)
+    if withdrawal is Withdrawal.SAFE:
+        cancelled, event = transition(
+            order, OrderStatus.CANCELLED, message="cancelled before it was sent"
+        )
+        event.request_id = request.request_id
+        ctx.orders[order.order_id] = cancelled
+        await ctx.emit(event)
+        return
+    ctx.orders[order.order_id] = order
+    if withdrawal is Withdrawal.UNCERTAIN:
+        await ctx.executor.cancel_held(order, request.request_id)
+    else:
+        await ctx.executor.cancel(order, request.request_id)
 
 
 def _check_amend(ctx: IntakeContext, order: OrderRecord, request: OrderRequest) -> Rejection | None:

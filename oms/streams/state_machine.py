@@ -25,6 +25,7 @@ from oms.schemas import (
     OrderRecord,
     OrderStatus,
     ReasonCode,
+    ReportSource,
     now_ms,
 )
 from oms.streams.reasons import reason_for_exchange_code
@@ -293,6 +294,13 @@ def _reason_for_error(report: ExecutionReport) -> ReasonCode:
 
 def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
     """Apply one execution report to an order. Never mutates ``order``."""
+    if report.source is ReportSource.DISPATCH:
+        # The dispatcher released a queued order; the exchange's answer follows.
+        if order.status is not OrderStatus.QUEUED:
+            return Transition(order, Outcome.STALE, note="dispatch of an order not queued")
+        updated, event = transition(order, OrderStatus.SUBMITTED)
+        event.details["source"] = ReportSource.DISPATCH.value
+        return Transition(updated, Outcome.APPLIED, [event])
     if report.error_code is not None and report.command in (CommandType.CANCEL, CommandType.AMEND):
         return _command_failed(order, report)
     if report.error_code is not None:

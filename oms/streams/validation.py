@@ -65,6 +65,11 @@ def parse_request(raw: bytes) -> OrderRequest | ParseFailure:
         return ParseFailure(ReasonCode.SCHEMA_INVALID, _summarize(exc), _identity(obj))
 
 
+def summarize_validation_error(exc: ValidationError) -> str:
+    """The first few errors of a pydantic validation, on one line."""
+    return _summarize(exc)
+
+
 def _summarize(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -131,14 +136,7 @@ def validate_submit(
         rejection = _check_price(
             request.trigger_price, request.order_type in _TRIGGERED_TYPES, "trigger_price", spec
         )
-    if rejection is not None:
-        return rejection
-    if not request.execute_immediately or request.conditions:
-        return Rejection(
-            ReasonCode.NOT_SUPPORTED,
-            "queued, delayed and conditional orders are not supported by this version",
-        )
-    return None
+    return rejection
 
 
 def _check_price(

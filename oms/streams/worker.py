@@ -21,15 +21,31 @@ import structlog
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from oms.conditions.engine import TriggerEngine
+from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
 from oms.logs import configure_logging
-from oms.schemas import DeadLetter, ExecutionReport, OrderEvent, OrderStatus, now_ms
+from oms.schemas import (
+    DeadLetter,
+    ExecutionReport,
+    OrderEvent,
+    OrderRecord,
+    OrderStatus,
+    now_ms,
+)
+from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore
 from oms.settings import Settings
 from oms.streams.app import OmsApp, create_app
+from oms.streams.dispatcher import Dispatcher
 from oms.streams.execution import ExchangeSessions, OrderExecutor
+from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_request
 from oms.streams.order_state import OrderStateContext, handle_report
+from oms.streams.priority_queue import PriorityQueues
+from oms.streams.release import ReleaseContext, handle_trigger
+from oms.streams.tick_feed import TickFeed
+from oms.streams.triggering import TriggerLoop
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +66,32 @@ class OrderWorker:
         self.executor = OrderExecutor(
             self.sessions, self._publish_report, settings, self.catalog.currency_of
         )
+        # Held orders: the trigger engine (waiting) and the priority queues (queued).
+        self.engine = TriggerEngine()
+        self.queues = PriorityQueues(
+            settings.queue.priority_levels, reduce_only_as_high=settings.queue.reduce_only_as_high
+        )
+        self.held = HeldOrders(self.engine, self.queues)
+        self.trigger_loop = TriggerLoop(self.engine, self._publish_trigger)
+        self.tick_feed = TickFeed(settings, self.trigger_loop.on_ticks)
+        self.dispatcher = Dispatcher(
+            self.queues,
+            order_of=self._order_of,
+            executor=self.executor,
+            limiter_of=self._limiter_of,
+            publish_trigger=self._publish_trigger,
+            settings=settings.queue,
+            retry_delay=settings.lifecycle.retry_delay,
+        )
+        self.held.on_change = self._held_changed
+        self._held_partitions: frozenset[int] | None = None
         # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
         self._replay_below: dict[tuple[str, int], int] = {}
         self._requests_topic = self.oms.requests.get_topic_name()
         self._events_topic = self.oms.events.get_topic_name()
         self._reports_topic = self.oms.reports.get_topic_name()
+        self._triggers_topic = self.oms.triggers.get_topic_name()
         self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
         self.intake = IntakeContext(
             orders=self.oms.orders,
@@ -65,6 +101,16 @@ class OrderWorker:
             emit=self._emit,
             dead_letter=self._dead_letter,
             source_topic=self._requests_topic,
+            held=self.held,
+            queue_settings=settings.queue,
+            on_fired=self.trigger_loop.publish,
+        )
+        self.release = ReleaseContext(
+            orders=self.oms.orders,
+            emit=self._emit,
+            dead_letter=self._dead_letter,
+            source_topic=self._triggers_topic,
+            held=self.held,
         )
         self.state = OrderStateContext(
             orders=self.oms.orders,
@@ -92,6 +138,20 @@ class OrderWorker:
 
     async def _publish_report(self, report: ExecutionReport) -> None:
         await self._send(self._reports_topic, report.order_id.encode(), report.to_bytes())
+
+    async def _publish_trigger(self, trigger: OrderTrigger) -> None:
+        await self._send(self._triggers_topic, trigger.order_id.encode(), trigger.to_bytes())
+
+    def _order_of(self, order_id: str) -> OrderRecord | None:
+        order: OrderRecord | None = self.oms.orders.get(order_id)
+        return order
+
+    async def _limiter_of(self, account_id: str) -> RateLimiter:
+        return (await self.sessions.client(account_id)).rate_limiter
+
+    def _held_changed(self) -> None:
+        self.dispatcher.wake()
+        self.trigger_loop.wake()
 
     # -- agents, timers, hooks -------------------------------------------------------------
 
@@ -124,10 +184,23 @@ class OrderWorker:
                     replayed=self._is_replay(message),
                 )
 
+        async def release(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                await handle_trigger(
+                    self.release,
+                    event.value,
+                    key=message.key,
+                    partition=message.partition,
+                    offset=message.offset,
+                    replayed=self._is_replay(message),
+                )
+
         app.agent(oms.requests, name="intake")(intake)
         app.agent(oms.reports, name="order_state")(order_state)
+        app.agent(oms.triggers, name="release")(release)
 
-        inputs = {requests_name, self._reports_topic}
+        inputs = {requests_name, self._reports_topic, self._triggers_topic}
 
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             tps = [tp for tp in assigned if tp.topic in inputs]
@@ -143,15 +216,41 @@ class OrderWorker:
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
+        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+            await self.rebuild_held()
+
+        app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
+
         interval = self.settings.worker.recovery_check_interval_s
 
         @app.timer(interval=interval)
         async def sweep_unacknowledged() -> None:
             await self.sweep()
+            # Insurance: a rebalance whose completion signal we missed still rebuilds.
+            owned = frozenset(self.oms.active_partitions(self._requests_topic))
+            if owned != self._held_partitions and not getattr(app, "in_recovery", False):
+                await self.rebuild_held()
 
         @app.task
         async def start_catalog() -> None:
             await self.catalog.start()
+
+        @app.task
+        async def run_tick_feed() -> None:
+            await self.tick_feed.run()
+
+        @app.task
+        async def run_trigger_clock() -> None:
+            await self.trigger_loop.run_clock()
+
+        @app.task
+        async def run_dispatcher() -> None:
+            await self.catalog.wait_loaded()
+            await self.dispatcher.run()
+
+        @app.page("/queue")
+        async def queue(web: Any, request: Any) -> Any:
+            return web.json(self.queue_statistics())
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
@@ -164,6 +263,13 @@ class OrderWorker:
                     "intake": self.intake.counters,
                     "order_state": self.state.counters,
                     "executor": self.executor.stats,
+                    "release": self.release.counters,
+                    "dispatcher": self.dispatcher.stats,
+                    "tick_feed": {
+                        "received": self.tick_feed.received,
+                        "invalid": self.tick_feed.invalid,
+                    },
+                    "queue": self.queue_statistics(),
                 }
             )
 
@@ -189,6 +295,34 @@ class OrderWorker:
             log.info("worker.reconcile", order_id=order_id, status=order.status.value)
             await self.executor.reconcile(order)
         return swept
+
+    def queue_statistics(self) -> dict[str, Any]:
+        """Seed 3.2 ``get_queue_statistics`` for the partitions this worker owns."""
+        stats = self.held.statistics(now_ms())
+        stats["partitions"] = sorted(self._held_partitions or ())
+        return stats
+
+    async def rebuild_held(self) -> None:
+        """Reload waiting and queued orders of owned partitions from the table (after a
+        rebalance or restart); drop those of partitions that moved away."""
+        owned = frozenset(self.oms.active_partitions(self._requests_topic))
+        partitions = self.settings.kafka.partitions
+        result, fired = self.held.rebuild(
+            list(self.oms.orders.items()),
+            owns=lambda order_id: _partition_of(order_id, partitions) in owned,
+            now_ms=now_ms(),
+            busy=self.executor.is_inflight,
+        )
+        self._held_partitions = owned
+        log.info(
+            "worker.held_rebuilt",
+            partitions=len(owned),
+            waiting=result.waiting,
+            queued=result.queued,
+            dropped=result.dropped,
+        )
+        if fired:
+            await self.trigger_loop.publish(fired)
 
     def run(self, loglevel: str = "info") -> None:
         """Run the worker in the foreground until stopped."""

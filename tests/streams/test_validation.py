@@ -105,7 +105,6 @@ def test_submit_order_id_must_be_derived() -> None:
         ({"price": 50_000.3}, BTC_PERP, True, ReasonCode.PRICE_OFF_TICK),
         ({"price": None}, BTC_PERP, True, ReasonCode.PRICE_REQUIRED),
         ({"price": -1}, BTC_PERP, True, ReasonCode.INVALID_PRICE),
-        ({"execute_immediately": False}, BTC_PERP, True, ReasonCode.NOT_SUPPORTED),
     ],
 )
 def test_submit_rejections(

@@ -249,16 +249,18 @@ class DeribitClient:
         params: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-request timer, not a scope
+        prepaid: bool = False,
     ) -> Any:
         """Send one JSON-RPC request and return its ``result``; raises :class:`ExchangeError`.
 
-        Waits for rate-limit credits first, and (up to ``timeout``) for a session if a reconnect
-        is in progress. Never retries on its own.
+        Waits for rate-limit credits first (unless ``prepaid``: the caller already reserved
+        them on :attr:`rate_limiter`), and (up to ``timeout``) for a session if a reconnect is
+        in progress. Never retries on its own.
         """
         if not self.connected.is_set():
             await self._wait_connected(method, timeout)
         limiter = self._limiter
-        if not await limiter.acquire(method, self._max_rate_wait):
+        if not prepaid and not await limiter.acquire(method, self._max_rate_wait):
             raise RateLimited(
                 CLIENT_RATE_LIMITED, "client-side rate limit: wait too long", method=method
             )

@@ -1,0 +1,102 @@
+"""Where market data enters a worker: the whole ``market-ticks`` topic, read by every worker.
+
+Conditional orders are partitioned by order id, but a condition may watch any instrument
+(e.g. an ETH option released by the BTC index). So every worker reads every partition of the
+tick stream with a group-less consumer and evaluates only the orders of the partitions it
+owns. Ticks are small and few (instruments x 10 per second), so reading them all costs little,
+and nothing about the design changes when partitions move between workers.
+
+On start it re-reads the last few ticks of each partition so crosses and levels have a current
+value to compare with; those warm-up ticks only update values, they never fire an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from oms.schemas import MarketTick, Topic
+from oms.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Ticks re-read per partition on start (enough for every instrument of a partition).
+WARMUP_PER_PARTITION = 500
+
+OnTicks = Callable[[list[MarketTick], bool], Awaitable[None]]
+
+
+class TickFeed:
+    """Reads every partition of the tick topic and hands batches to ``on_ticks``."""
+
+    def __init__(self, settings: Settings, on_ticks: OnTicks) -> None:
+        self._settings = settings
+        self._on_ticks = on_ticks
+        self._topic = settings.topic(Topic.MARKET_TICKS)
+        self.received = 0
+        self.invalid = 0
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until cancelled (reconnects are aiokafka's job)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            warm_until = await self._assign_all(consumer)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for tp, messages in batches.items():
+                    end = warm_until.get(tp, 0)
+                    warm: list[MarketTick] = []
+                    live: list[MarketTick] = []
+                    for message in messages:
+                        try:
+                            tick = MarketTick.from_bytes(message.value or b"")
+                        except ValidationError:
+                            self.invalid += 1  # the gateway's output: a bug, not user input
+                            continue
+                        (warm if message.offset < end else live).append(tick)
+                    self.received += len(warm) + len(live)
+                    if warm:
+                        await self._on_ticks(warm, True)
+                    if live:
+                        await self._on_ticks(live, False)
+                if not self.ready.is_set() and all(await _positions_reached(consumer, warm_until)):
+                    self.ready.set()
+        finally:
+            await consumer.stop()
+
+    async def _assign_all(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        # A group-less consumer learns no partitions by itself; the producer API waits for
+        # the topic's metadata (public API, one short-lived connection at start).
+        probe = AIOKafkaProducer(bootstrap_servers=self._settings.kafka.bootstrap)
+        await probe.start()
+        try:
+            partitions = await probe.partitions_for(self._topic)
+        finally:
+            await probe.stop()
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - WARMUP_PER_PARTITION))
+        log.info("tick_feed.assigned", topic=self._topic, partitions=len(tps))
+        return dict(ends)
+
+
+async def _positions_reached(
+    consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]
+) -> list[bool]:
+    return [await consumer.position(tp) >= end for tp, end in targets.items()]

@@ -1,0 +1,349 @@
+"""Queued, delayed and conditional orders through the real pipeline: Kafka, a worker process,
+the paper exchange. Ticks are published by the test (no gateway), so every trigger is
+deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from oms.client import OrderClient, fetch_queue_statistics
+from oms.harness import OmsServices, isolated_settings, worker_ready
+from oms.kafka_admin import ensure_topics
+from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
+from oms.secrets import Credentials, write_secrets_file
+from oms.settings import Settings
+from tests.integration.test_pipeline import exchange_orders_by_label
+
+pytestmark = pytest.mark.kafka
+
+ACCOUNTS = ["acc-q", "acc-r"]
+BTC, ETH = "BTC-PERPETUAL", "ETH-PERPETUAL"
+# Far below the paper market: a limit buy here rests (open), which proves it was sent.
+RESTING_BUY = 1000.0
+
+
+def held_settings(tmp: Path, bootstrap: str, **exchange: Any) -> Settings:
+    settings = isolated_settings(tmp, bootstrap, ACCOUNTS, partitions=4, label="h")
+    return settings.model_copy(
+        update={
+            "worker": settings.worker.model_copy(
+                update={"recovery_check_interval_s": 1.0, "submit_timeout_s": 3.0}
+            ),
+            "exchange": settings.exchange.model_copy(update=exchange),
+            "queue": settings.queue.model_copy(update={"processing_interval": 0.2}),
+        }
+    )
+
+
+async def start(settings: Settings) -> OmsServices:
+    write_secrets_file(
+        settings.resolved_secrets_file,
+        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
+    )
+    await ensure_topics(settings)
+    services = OmsServices(settings, settings.data_dir / "logs")
+    services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
+    services.add_worker(0)
+    services.start_all()
+    try:
+        await worker_ready(settings.worker.web_port, within=120)
+    except BaseException:
+        print(services.diagnostics())
+        services.stop_all()
+        raise
+    return services
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, OmsServices]]:
+    # A slow matching-engine budget (5/s, burst 5) makes the queue the bottleneck.
+    settings = held_settings(
+        tmp_path_factory.mktemp("held"), kafka_bootstrap, matching_rate_per_s=5, matching_burst=5
+    )
+    services = await start(settings)
+    yield settings, services
+    services.stop_all()
+
+
+class Ticks:
+    """Publishes ticker snapshots on ``market-ticks`` as the gateway would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.topic(Topic.MARKET_TICKS)
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+
+    async def __aenter__(self) -> Ticks:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, instrument: str, **values: float) -> int:
+        timestamp = now_ms()
+        tick = MarketTick(instrument_name=instrument, timestamp=timestamp, **values)
+        await self._producer.send_and_wait(self._topic, tick.to_bytes(), key=instrument.encode())
+        return timestamp
+
+
+def types(client: OrderClient, order_id: str) -> list[OrderEventType]:
+    return [e.event_type for e in client.events_of(order_id)]
+
+
+async def event_of(
+    client: OrderClient, order_id: str, kinds: Sequence[OrderEventType], within: float = 30
+) -> OrderEvent:
+    return await client.wait_for_event(order_id, lambda e: e.event_type in kinds, timeout=within)
+
+
+async def assert_quiet(client: OrderClient, order_id: str, seconds: float = 1.0) -> None:
+    """Nothing beyond ``waiting`` happens to the order for a while."""
+    await asyncio.sleep(seconds)
+    assert types(client, order_id) == [OrderEventType.WAITING], types(client, order_id)
+
+
+async def test_conditions_trigger_on_the_right_tick(stack: tuple[Settings, OmsServices]) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-q", settings=settings) as client, Ticks(settings) as ticks:
+        await ticks.send(BTC, last_price=60_000, index_price=60_000, mark_price=60_000)
+        await ticks.send(ETH, best_bid_price=3_000, best_ask_price=3_001)
+        await asyncio.sleep(1.0)  # the worker's tick feed has the starting values
+        cases = {
+            "ge": ["BTC-PERPETUAL.last_price >= 61000"],
+            "cross": ["BTC-PERPETUAL.index_price crosses_below 59000"],
+            "bid": ["ETH-PERPETUAL.best_bid_price > 3100"],
+            "both": [f"{BTC}.mark_price < 59500", f"{ETH}.best_ask_price <= 2990"],
+        }
+        ids = {}
+        for name, conditions in cases.items():
+            ids[name] = await client.create_conditional_order(
+                BTC, 10, "buy", conditions, price=RESTING_BUY, post_only=True
+            )
+        for order_id in ids.values():
+            waiting = await event_of(client, order_id, [OrderEventType.WAITING])
+            assert waiting.status is not None and waiting.status.value == "waiting"
+            assert waiting.details["strategy"] == "conditional"
+        await ticks.send(BTC, last_price=60_500, index_price=59_500, mark_price=59_400)
+        await assert_quiet(client, ids["ge"])
+        first = await ticks.send(BTC, last_price=61_000, index_price=59_000, mark_price=59_300)
+        ge = await event_of(client, ids["ge"], [OrderEventType.TRIGGERED])
+        cross = await event_of(client, ids["cross"], [OrderEventType.TRIGGERED])
+        for event in (ge, cross):
+            assert event.details["tick"]["timestamp"] == first
+            assert event.status is not None and event.status.value == "queued"
+        assert ge.details["tick"]["last_price"] == 61_000
+        assert cross.details["conditions"][0]["value"] == 59_000
+        # Cross-instrument, all-of: mark price holds already, the ETH ask completes it.
+        assert types(client, ids["both"]) == [OrderEventType.WAITING]
+        second = await ticks.send(ETH, best_bid_price=3_150, best_ask_price=2_990)
+        both = await event_of(client, ids["both"], [OrderEventType.TRIGGERED])
+        bid = await event_of(client, ids["bid"], [OrderEventType.TRIGGERED])
+        assert both.details["tick"]["timestamp"] == second == bid.details["tick"]["timestamp"]
+        assert [c["held"] for c in both.details["conditions"]] == [True, True]
+        for order_id in ids.values():
+            opened = await event_of(client, order_id, [OrderEventType.OPEN])
+            assert opened.previous_status is not None
+            assert types(client, order_id)[:4] == [
+                OrderEventType.WAITING,
+                OrderEventType.TRIGGERED,
+                OrderEventType.SUBMITTED,
+                OrderEventType.OPEN,
+            ]
+    counts = await exchange_orders_by_label(settings, {"acc-q": list(ids.values())})
+    assert all(counts[i] == 1 for i in ids.values()), counts
+
+
+async def test_delayed_order_is_released_at_its_time(stack: tuple[Settings, OmsServices]) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-q", settings=settings) as client:
+        order_id = await client.submit_advanced_order(
+            BTC, 10, "buy", price=RESTING_BUY, post_only=True, delay=2.0
+        )
+        waiting = await event_of(client, order_id, [OrderEventType.WAITING])
+        release_at = waiting.details["release_at"]
+        assert waiting.details["strategy"] == "delayed"
+        triggered = await event_of(client, order_id, [OrderEventType.TRIGGERED])
+        assert triggered.details["fired_at"] >= release_at
+        # Functional bound only (the figure itself is measured by the benchmark).
+        assert triggered.details["fired_at"] - release_at < 3_000
+        await event_of(client, order_id, [OrderEventType.OPEN])
+
+
+async def test_expiration_and_time_window(stack: tuple[Settings, OmsServices]) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-q", settings=settings) as client:
+        expiring = await client.create_conditional_order(
+            BTC,
+            10,
+            "buy",
+            ["BTC-PERPETUAL.last_price >= 10000000"],
+            price=RESTING_BUY,
+            expiration=1.0,
+        )
+        window = await client.create_conditional_order(
+            BTC,
+            10,
+            "buy",
+            ["BTC-PERPETUAL.last_price >= 10000000", f"time < {now_ms() + 1500}"],
+            price=RESTING_BUY,
+        )
+        for order_id in (expiring, window):
+            expired = await event_of(client, order_id, [OrderEventType.EXPIRED])
+            assert expired.reason_code is ReasonCode.CONDITION_EXPIRED
+    counts = await exchange_orders_by_label(settings, {"acc-q": [expiring, window]})
+    assert counts[expiring] == counts[window] == 0
+
+
+async def test_cancel_and_amend_held_orders(stack: tuple[Settings, OmsServices]) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-r", settings=settings) as client, Ticks(settings) as ticks:
+        waiting = await client.create_conditional_order(
+            BTC, 10, "buy", ["BTC-PERPETUAL.last_price >= 5000000"], price=RESTING_BUY
+        )
+        await event_of(client, waiting, [OrderEventType.WAITING])
+        await client.amend_order(waiting, price=RESTING_BUY - 100)
+        amended = await event_of(client, waiting, [OrderEventType.AMENDED])
+        assert amended.price == RESTING_BUY - 100
+        await client.cancel_order(waiting)
+        cancelled = await event_of(client, waiting, [OrderEventType.CANCELLED])
+        assert cancelled.previous_status is not None
+        # The condition comes after the cancel: nothing happens.
+        await ticks.send(BTC, last_price=5_000_000)
+        await asyncio.sleep(1.0)
+        assert OrderEventType.TRIGGERED not in types(client, waiting)
+    counts = await exchange_orders_by_label(settings, {"acc-r": [waiting]})
+    assert counts[waiting] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"conditions": [{"kind": "price", "operator": ">", "value": 1}] * 6}, "too_many"),
+        (
+            {"conditions": [{"kind": "price", "field": "volume", "operator": ">", "value": 1}]},
+            "cond",
+        ),
+        ({"conditions": [{"kind": "price", "operator": "~", "value": 1}]}, "cond"),
+        ({"conditions": [{"kind": "price", "operator": ">", "value": "lots"}]}, "cond"),
+        (
+            {
+                "conditions": [
+                    {"kind": "price", "instrument_name": "DOGE-X", "operator": ">", "value": 1}
+                ]
+            },
+            "instrument",
+        ),
+        ({"conditions": [{"kind": "time", "operator": ">=", "value": 1_000}]}, "past"),
+        ({"conditions": [{"kind": "expiration", "seconds": 0}]}, "cond"),
+        (
+            {"expiration": -5.0, "conditions": [{"kind": "time", "operator": "<", "value": 9e12}]},
+            "cond",
+        ),
+        ({"delay": 301.0}, "delay"),
+        ({"execute_at": 1_000}, "past"),
+        ({"execute_at": 9_000_000_000_000}, "delay"),
+    ],
+)
+async def test_bad_timing_and_conditions_are_rejected_at_intake(
+    stack: tuple[Settings, OmsServices], fields: dict[str, Any], reason: str
+) -> None:
+    expected = {
+        "too_many": ReasonCode.TOO_MANY_CONDITIONS,
+        "cond": ReasonCode.INVALID_CONDITION,
+        "instrument": ReasonCode.UNKNOWN_INSTRUMENT,
+        "past": ReasonCode.TIME_IN_PAST,
+        "delay": ReasonCode.DELAY_TOO_LONG,
+    }[reason]
+    settings, _ = stack
+    async with OrderClient("acc-r", settings=settings) as client:
+        from oms.schemas import OrderRequest
+
+        request = OrderRequest(
+            request_id=f"bad-{secrets.token_hex(4)}",
+            account_id="acc-r",
+            instrument_name=BTC,
+            amount=10,
+            direction="buy",
+            price=RESTING_BUY,
+            execute_immediately=False,
+            **fields,
+        )
+        await client.send(request)
+        rejected = await event_of(client, request.key, [OrderEventType.REJECTED])
+        assert rejected.reason_code is expected, rejected.message
+        assert rejected.message
+
+
+async def test_high_priority_overtakes_when_the_rate_limit_binds(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """5 order entries per second: 30 low orders queue up; 5 high ones sent later still go
+    out before most of them."""
+    settings, _ = stack
+    async with OrderClient("acc-q", settings=settings) as client:
+        low = [
+            await client.submit_advanced_order(
+                BTC, 10, "buy", price=RESTING_BUY, execute_immediately=False, priority="low"
+            )
+            for _ in range(30)
+        ]
+        await event_of(client, low[-1], [OrderEventType.QUEUED])
+        stats = await fetch_queue_statistics([f"http://127.0.0.1:{settings.worker.web_port}"])
+        assert stats["depth"]["low"] > 10, stats
+        high = [
+            await client.submit_advanced_order(
+                BTC, 10, "buy", price=RESTING_BUY, execute_immediately=False, priority="high"
+            )
+            for _ in range(5)
+        ]
+        # The paper exchange numbers orders as they arrive ("BTC-<seq>").
+        arrival: dict[str, int] = {}
+        for order_id in [*low, *high]:
+            opened = await event_of(client, order_id, [OrderEventType.OPEN], within=60)
+            assert opened.exchange_order_id is not None
+            arrival[order_id] = int(opened.exchange_order_id.rsplit("-", 1)[1])
+        last_high = max(arrival[h] for h in high)
+        low_after = sum(arrival[o] > last_high for o in low)
+        assert low_after >= 10, (low_after, arrival)
+    counts = await exchange_orders_by_label(settings, {"acc-q": [*low, *high]})
+    assert set(counts.values()) == {1}
+
+
+async def test_full_queue_rejects_new_requests(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = held_settings(tmp_path, kafka_bootstrap, matching_rate_per_s=1, matching_burst=1)
+    settings = settings.model_copy(
+        update={"queue": settings.queue.model_copy(update={"max_queue_size": 3})}
+    )
+    services = await start(settings)
+    try:
+        async with OrderClient("acc-q", settings=settings) as client:
+            ids = [
+                await client.submit_advanced_order(
+                    BTC, 10, "buy", price=RESTING_BUY, execute_immediately=False
+                )
+                for _ in range(8)
+            ]
+            outcomes = [
+                await event_of(
+                    client, i, [OrderEventType.QUEUED, OrderEventType.REJECTED], within=30
+                )
+                for i in ids
+            ]
+            rejected = [e for e in outcomes if e.event_type is OrderEventType.REJECTED]
+            assert rejected, [e.event_type for e in outcomes]
+            assert all(e.reason_code is ReasonCode.QUEUE_FULL for e in rejected)
+            # Every queued one is still sent: the limit refuses, it never drops.
+            for event in outcomes:
+                if event.event_type is OrderEventType.QUEUED:
+                    await event_of(client, event.order_id, [OrderEventType.OPEN], within=60)
+    finally:
+        services.stop_all()
