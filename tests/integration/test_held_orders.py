@@ -347,3 +347,71 @@ async def test_full_queue_rejects_new_requests(kafka_bootstrap: str, tmp_path: P
                     await event_of(client, event.order_id, [OrderEventType.OPEN], within=60)
     finally:
         services.stop_all()
+
+
+async def test_sigkill_loses_no_held_order_and_sends_none_twice(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Queued (throttled), delayed and conditional orders wait; the worker is SIGKILLed and
+    restarted; every one of them then executes exactly once, and not before its time."""
+    settings = held_settings(tmp_path, kafka_bootstrap, matching_rate_per_s=2, matching_burst=2)
+    services = await start(settings)
+    try:
+        async with OrderClient("acc-q", settings=settings) as client, Ticks(settings) as ticks:
+            await ticks.send(BTC, last_price=60_000)
+            queued = [
+                await client.submit_advanced_order(
+                    BTC, 10, "buy", price=RESTING_BUY, execute_immediately=False
+                )
+                for _ in range(16)
+            ]
+            delayed = [
+                await client.submit_advanced_order(
+                    BTC, 10, "buy", price=RESTING_BUY, post_only=True, delay=4.0
+                )
+                for _ in range(4)
+            ]
+            conditional = [
+                await client.create_conditional_order(
+                    BTC, 10, "buy", ["BTC-PERPETUAL.last_price >= 62000"], price=RESTING_BUY
+                )
+                for _ in range(4)
+            ]
+            release_at = {}
+            for order_id in delayed + conditional:
+                event = await event_of(client, order_id, [OrderEventType.WAITING])
+                release_at[order_id] = event.details["release_at"]
+            await event_of(client, queued[-1], [OrderEventType.QUEUED])
+            services["worker-0"].kill()
+            sent_before_kill = sum(
+                OrderEventType.OPEN in types(client, order_id) for order_id in queued
+            )
+            assert sent_before_kill < len(queued), "the queue drained before the kill"
+            services["worker-0"].start()
+            await worker_ready(settings.worker.web_port, within=120)
+            await asyncio.sleep(1.0)
+            await ticks.send(BTC, last_price=62_500)
+            everything = queued + delayed + conditional
+            for order_id in everything:
+                await event_of(client, order_id, [OrderEventType.OPEN], within=90)
+            for order_id in delayed + conditional:
+                triggered = {
+                    e.event_id
+                    for e in client.events_of(order_id)
+                    if e.event_type is OrderEventType.TRIGGERED
+                }
+                assert len(triggered) == 1, (order_id, triggered)
+            for order_id in delayed:
+                first = next(
+                    e
+                    for e in client.events_of(order_id)
+                    if e.event_type is OrderEventType.TRIGGERED
+                )
+                assert first.details["fired_at"] >= release_at[order_id]
+        counts = await exchange_orders_by_label(settings, {"acc-q": everything})
+        assert {counts[o] for o in everything} == {1}, counts
+    except BaseException:
+        print(services.diagnostics())
+        raise
+    finally:
+        services.stop_all()
