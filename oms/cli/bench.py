@@ -39,3 +39,53 @@ def e2e(
     for key, value in result.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+@bench_app.command("conditions")
+def conditions(
+    orders: Annotated[int, typer.Option(help="resting conditional orders (engine)")] = 100_000,
+    ticks: Annotated[int, typer.Option(help="ticks through the engine")] = 200_000,
+    naive_ticks: Annotated[int, typer.Option(help="ticks sampled for the naive scan")] = 200,
+    pipeline: Annotated[bool, typer.Option(help="also measure through Kafka and a worker")] = True,
+    pipeline_orders: Annotated[int, typer.Option(help="orders resting in the worker")] = 2_000,
+    pipeline_ticks: Annotated[int, typer.Option(help="ticks published to the worker")] = 100_000,
+    rate: Annotated[
+        float | None, typer.Option(help="ticks/s published (default 10000; 0: as fast as possible)")
+    ] = 10_000.0,
+    probes: Annotated[int, typer.Option(help="ticks that trigger a probe order")] = 200,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The trigger engine against the seed's linear scan, and ticks through Kafka + a worker."""
+    from oms.benchmarks.conditions import ConditionsConfig, run_conditions
+
+    config = ConditionsConfig(
+        orders=orders,
+        ticks=ticks,
+        naive_ticks=naive_ticks,
+        pipeline=pipeline,
+        pipeline_orders=pipeline_orders,
+        pipeline_ticks=pipeline_ticks,
+        rate=rate or None,
+        probes=probes,
+    )
+    with console.status("bench conditions") as status:
+        result = asyncio.run(
+            run_conditions(config, on_status=lambda s: status.update(f"bench conditions: {s}"))
+        )
+    _print(result, "oms bench conditions", json)
+
+
+def _print(result: dict[str, object], title: str, as_json: bool) -> None:
+    from oms.benchmarks.e2e import dumps
+
+    if as_json:
+        print(dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)

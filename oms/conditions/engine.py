@@ -45,8 +45,8 @@ _LEVEL = 0
 _CROSS = 1
 _TIME = 2
 
-# Heap entries: (sort key, tie-break 0 inclusive / 1 strict, seq, token, watch).
-_HeapEntry = tuple[float, int, int, int, "_Watch"]
+# Heap entries: (sort key, tie-break 0 inclusive / 1 strict, token, watch).
+_HeapEntry = tuple[float, int, int, "_Watch"]
 
 
 @dataclass(slots=True)
@@ -60,12 +60,30 @@ class Fired:
 
 
 class _Watch:
-    __slots__ = ("above", "entry", "index", "key", "kind", "threshold", "token", "true")
+    __slots__ = (
+        "above",
+        "entry",
+        "inclusive",
+        "index",
+        "key",
+        "kind",
+        "threshold",
+        "token",
+        "true",
+    )
 
     def __init__(
-        self, entry: _Entry, index: int, kind: int, key: Any, threshold: float, above: bool
+        self,
+        entry: _Entry,
+        index: int,
+        kind: int,
+        key: Any,
+        threshold: float,
+        above: bool,
+        inclusive: bool = False,
     ) -> None:
         self.entry = entry
+        self.inclusive = inclusive  # level: holds at equality (>=, <=)
         self.index = index  # position in the order's condition list (for the audit)
         self.kind = kind
         self.key = key  # (instrument, field) for prices, None for time
@@ -74,10 +92,13 @@ class _Watch:
         self.token = 0
         self.true = False
 
+    def __lt__(self, other: _Watch) -> bool:
+        # Only reached on equal threshold, side and token: any stable order will do.
+        return id(self) < id(other)
+
 
 class _Entry:
     __slots__ = (
-        "conditions",
         "crossed_at",
         "crosses",
         "match_any",
@@ -87,9 +108,8 @@ class _Entry:
         "watches",
     )
 
-    def __init__(self, order_id: str, conditions: Sequence[Any], match_any: bool) -> None:
+    def __init__(self, order_id: str, match_any: bool) -> None:
         self.order_id = order_id
-        self.conditions = conditions
         self.match_any = match_any
         self.watches: list[_Watch] = []
         self.n_levels = 0
@@ -120,6 +140,7 @@ class TriggerEngine:
         self._latest: dict[tuple[str, str], float] = {}
         self._latest_ts: dict[str, int] = {}
         self._seq = itertools.count()
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self.ticks = 0
         self.fired = 0
 
@@ -148,7 +169,7 @@ class TriggerEngine:
         conditions hold on the latest known values), else None.
         """
         self.remove(order_id)
-        entry = _Entry(order_id, conditions, match_any)
+        entry = _Entry(order_id, match_any)
         clock: list[tuple[int, _Watch | _Entry]] = []
         all_conditions: list[Any] = list(conditions)
         if release_at is not None:
@@ -186,7 +207,8 @@ class TriggerEngine:
     def _add_price_watch(self, entry: _Entry, index: int, cond: PriceCondition) -> None:
         assert cond.instrument_name is not None
         fld = cond.field.value
-        key = (cond.instrument_name, fld)
+        # One shared key tuple per (instrument, field): watches are many, keys are few.
+        key = self._keys.setdefault((cond.instrument_name, fld), (cond.instrument_name, fld))
         book = self._books.setdefault(cond.instrument_name, {}).get(fld)
         if book is None:
             book = self._books[cond.instrument_name][fld] = _Book()
@@ -203,14 +225,14 @@ class TriggerEngine:
             return
         above = op in (Operator.GT, Operator.GE)
         inclusive = op in (Operator.GE, Operator.LE)
-        watch = _Watch(entry, index, _LEVEL, key, cond.value, above)
+        watch = _Watch(entry, index, _LEVEL, key, cond.value, above, inclusive)
         entry.watches.append(watch)
         entry.n_levels += 1
         holds = latest is not None and _holds(latest, cond.value, above, inclusive)
         watch.true = holds
         if holds:
             entry.n_true += 1
-        self._place_level(book, watch, inclusive)
+        self._place_level(book, watch)
 
     def remove(self, order_id: str) -> bool:
         """Stop watching an order (cancelled, or released elsewhere). O(1): lazy removal."""
@@ -265,12 +287,12 @@ class TriggerEngine:
                         self._arm_cross(book, watch, value)
             rise = book.rise
             while rise and (rise[0][0] < value or (rise[0][0] == value and rise[0][1] == 0)):
-                _, _, _, token, watch = heapq.heappop(rise)
+                _, _, token, watch = heapq.heappop(rise)
                 if token == watch.token:
                     self._flip(book, watch, value, touched)
             fall = book.fall
             while fall and (-fall[0][0] > value or (-fall[0][0] == value and fall[0][1] == 0)):
-                _, _, _, token, watch = heapq.heappop(fall)
+                _, _, token, watch = heapq.heappop(fall)
                 if token == watch.token:
                     self._flip(book, watch, value, touched)
         fired: list[Fired] = []
@@ -318,41 +340,40 @@ class TriggerEngine:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _place_level(self, book: _Book, watch: _Watch, inclusive: bool) -> None:
+    def _place_level(self, book: _Book, watch: _Watch) -> None:
         """Put a level watch where its next flip will find it."""
+        inclusive = watch.inclusive
         watch.token += 1
-        seq = next(self._seq)
         t = watch.threshold
         # A watch that holds waits for the value to leave its region, and vice versa.
         # Entry tuples encode inclusiveness in the tie-break (0 = fires at equality).
         if watch.above:
             if watch.true:  # value > t (or >=): becomes false when it falls (to/through) t
-                heapq.heappush(book.fall, (-t, 1 if inclusive else 0, seq, watch.token, watch))
+                heapq.heappush(book.fall, (-t, 1 if inclusive else 0, watch.token, watch))
             else:
-                heapq.heappush(book.rise, (t, 0 if inclusive else 1, seq, watch.token, watch))
+                heapq.heappush(book.rise, (t, 0 if inclusive else 1, watch.token, watch))
         else:
             if watch.true:
-                heapq.heappush(book.rise, (t, 1 if inclusive else 0, seq, watch.token, watch))
+                heapq.heappush(book.rise, (t, 1 if inclusive else 0, watch.token, watch))
             else:
-                heapq.heappush(book.fall, (-t, 0 if inclusive else 1, seq, watch.token, watch))
+                heapq.heappush(book.fall, (-t, 0 if inclusive else 1, watch.token, watch))
 
     def _arm_cross(self, book: _Book, watch: _Watch, value: float) -> None:
         watch.token += 1
-        seq = next(self._seq)
         t = watch.threshold
         if watch.above:
             if value < t:  # below: armed, fires when the value reaches t
-                heapq.heappush(book.rise, (t, 0, seq, watch.token, watch))
+                heapq.heappush(book.rise, (t, 0, watch.token, watch))
                 watch.true = False
             else:  # at or above: wait to go below first
-                heapq.heappush(book.fall, (-t, 1, seq, watch.token, watch))
+                heapq.heappush(book.fall, (-t, 1, watch.token, watch))
                 watch.true = True
         else:
             if value > t:
-                heapq.heappush(book.fall, (-t, 0, seq, watch.token, watch))
+                heapq.heappush(book.fall, (-t, 0, watch.token, watch))
                 watch.true = False
             else:
-                heapq.heappush(book.rise, (t, 1, seq, watch.token, watch))
+                heapq.heappush(book.rise, (t, 1, watch.token, watch))
                 watch.true = True
 
     def _flip(self, book: _Book, watch: _Watch, value: float, touched: list[_Entry]) -> None:
@@ -366,8 +387,7 @@ class TriggerEngine:
             return
         watch.true = not watch.true
         entry.n_true += 1 if watch.true else -1
-        inclusive = _inclusive(entry.conditions, watch.index)
-        self._place_level(book, watch, inclusive)
+        self._place_level(book, watch)
         if watch.true:
             touched.append(entry)
 
@@ -421,11 +441,6 @@ def _holds(value: float, threshold: float, above: bool, inclusive: bool) -> bool
     if above:
         return value > threshold or (inclusive and value == threshold)
     return value < threshold or (inclusive and value == threshold)
-
-
-def _inclusive(conditions: Sequence[Any], index: int) -> bool:
-    cond = conditions[index]
-    return isinstance(cond, PriceCondition) and cond.operator in (Operator.GE, Operator.LE)
 
 
 def _clock_item_alive(item: _Watch | _Entry, token: int, entries: dict[str, _Entry]) -> bool:
