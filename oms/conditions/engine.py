@@ -30,12 +30,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from oms.conditions.trailing import TrailingBook
 from oms.schemas.conditions import (
     ExpirationCondition,
     Operator,
     PriceCondition,
     PriceField,
     TimeCondition,
+    TrailingCondition,
 )
 
 FIELDS: tuple[str, ...] = tuple(f.value for f in PriceField)
@@ -44,6 +46,7 @@ FIELDS: tuple[str, ...] = tuple(f.value for f in PriceField)
 _LEVEL = 0
 _CROSS = 1
 _TIME = 2
+_TRAIL = 3  # an event like a cross: holds on the tick that hits the stop
 
 # Heap entries: (sort key, tie-break 0 inclusive / 1 strict, token, watch).
 _HeapEntry = tuple[float, int, int, "_Watch"]
@@ -121,12 +124,17 @@ class _Entry:
 class _Book:
     """Watches of one (instrument, field)."""
 
-    __slots__ = ("fall", "rise", "unarmed")
+    __slots__ = ("fall", "rise", "trailing", "unarmed")
 
     def __init__(self) -> None:
         self.rise: list[_HeapEntry] = []
         self.fall: list[_HeapEntry] = []
         self.unarmed: list[_Watch] = []
+        # (sell-side: watermark is the high, percent offsets) -> book
+        self.trailing: dict[tuple[bool, bool], TrailingBook] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.rise or self.fall or self.unarmed or any(self.trailing.values()))
 
 
 class TriggerEngine:
@@ -155,7 +163,9 @@ class TriggerEngine:
     def add(
         self,
         order_id: str,
-        conditions: Sequence[PriceCondition | TimeCondition | ExpirationCondition],
+        conditions: Sequence[
+            PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition
+        ],
         *,
         match_any: bool = False,
         now_ms: int,
@@ -190,6 +200,8 @@ class TriggerEngine:
                     entry.n_true += 1
                 if now_ms < due:
                     clock.append((due, watch))
+            elif isinstance(cond, TrailingCondition):
+                self._add_trailing_watch(entry, index, cond)
             else:
                 assert cond.instrument_name is not None
                 self._add_price_watch(entry, index, cond)
@@ -204,14 +216,42 @@ class TriggerEngine:
             return self._expire(entry, "its time window had already closed")
         return None
 
+    def _book(self, instrument: str, fld: str) -> tuple[tuple[str, str], _Book]:
+        # One shared key tuple per (instrument, field): watches are many, keys are few.
+        key = self._keys.setdefault((instrument, fld), (instrument, fld))
+        book = self._books.setdefault(instrument, {}).get(fld)
+        if book is None:
+            book = self._books[instrument][fld] = _Book()
+        return key, book
+
+    def _add_trailing_watch(self, entry: _Entry, index: int, cond: TrailingCondition) -> None:
+        assert cond.instrument_name is not None
+        key, book = self._book(cond.instrument_name, cond.field)
+        percent = cond.offset_percent is not None
+        offset = cond.offset_percent / 100 if cond.offset_percent is not None else cond.offset
+        assert offset is not None
+        down = cond.direction != "up"
+        watch = _Watch(entry, index, _TRAIL, key, offset, not down, percent)
+        entry.watches.append(watch)
+        entry.crosses += 1
+        latest = self._latest.get(key)
+        if latest is None:
+            book.unarmed.append(watch)
+        else:
+            self._arm_trailing(book, watch, latest)
+
+    def _arm_trailing(self, book: _Book, watch: _Watch, value: float) -> None:
+        down = not watch.above
+        percent = watch.inclusive
+        trailing = book.trailing.get((down, percent))
+        if trailing is None:
+            trailing = book.trailing[(down, percent)] = TrailingBook(percent)
+        watch.token += 1
+        trailing.add(watch, watch.threshold, value if down else -value)
+
     def _add_price_watch(self, entry: _Entry, index: int, cond: PriceCondition) -> None:
         assert cond.instrument_name is not None
-        fld = cond.field.value
-        # One shared key tuple per (instrument, field): watches are many, keys are few.
-        key = self._keys.setdefault((cond.instrument_name, fld), (cond.instrument_name, fld))
-        book = self._books.setdefault(cond.instrument_name, {}).get(fld)
-        if book is None:
-            book = self._books[cond.instrument_name][fld] = _Book()
+        key, book = self._book(cond.instrument_name, cond.field.value)
         op = cond.operator
         latest = self._latest.get(key)
         if op in (Operator.CROSSES_ABOVE, Operator.CROSSES_BELOW):
@@ -284,7 +324,10 @@ class TriggerEngine:
                 unarmed, book.unarmed = book.unarmed, []
                 for watch in unarmed:
                     if self._entries.get(watch.entry.order_id) is watch.entry:
-                        self._arm_cross(book, watch, value)
+                        if watch.kind == _TRAIL:
+                            self._arm_trailing(book, watch, value)
+                        else:
+                            self._arm_cross(book, watch, value)
             rise = book.rise
             while rise and (rise[0][0] < value or (rise[0][0] == value and rise[0][1] == 0)):
                 _, _, token, watch = heapq.heappop(rise)
@@ -295,11 +338,19 @@ class TriggerEngine:
                 _, _, token, watch = heapq.heappop(fall)
                 if token == watch.token:
                     self._flip(book, watch, value, touched)
+            for (down, _), trailing in book.trailing.items():
+                for hit in trailing.on_value(value if down else -value):
+                    owner: _Entry = hit.entry
+                    if self._entries.get(owner.order_id) is owner:
+                        owner.crossed_at = self.ticks
+                        touched.append(owner)
+                        # Stays armed from here if the order does not fire now.
+                        self._arm_trailing(book, hit, value)
         fired: list[Fired] = []
         for entry in touched:
             if self._entries.get(entry.order_id) is entry and self._due(entry):
                 fired.append(self._fire(entry, "conditions held", tick))
-        if books is not None and not any(b.rise or b.fall or b.unarmed for b in books.values()):
+        if books is not None and not any(books.values()):
             del self._books[instrument]
         return fired
 

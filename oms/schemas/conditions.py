@@ -6,6 +6,7 @@ them (all must hold, or any with ``condition_match="any"``)::
     {"kind": "price", "instrument_name": "BTC-PERPETUAL", "field": "last_price",
      "operator": ">=", "value": 70000}
     {"kind": "time", "operator": ">=", "value": 1764576000000}      # ms since epoch
+    {"kind": "trailing", "field": "mark_price", "offset_percent": 1.5}  # trailing stop
     {"kind": "expiration", "seconds": 600}                           # give up after 10 min
 
 ``instrument_name`` of a price condition defaults to the order's own instrument. The CLI and
@@ -18,7 +19,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
 from oms.schemas.base import Record, now_ms
 from oms.schemas.enums import ReasonCode
@@ -61,6 +62,26 @@ class TimeCondition(Record):
     value: int
 
 
+class TrailingCondition(Record):
+    """A trailing stop: holds on the tick where ``field`` retreats ``offset`` (or
+    ``offset_percent``) from its best value since activation. ``direction`` "down" (the
+    default for sells) watches the highest price and fires on a drop; "up" (buys) the lowest
+    price and fires on a rise. Intake fills the direction from the order's side if omitted."""
+
+    kind: Literal["trailing"] = "trailing"
+    instrument_name: str | None = Field(None, min_length=1, max_length=64)
+    field: Literal["last_price", "mark_price", "index_price"] = "last_price"
+    offset: float | None = Field(None, gt=0, allow_inf_nan=False)
+    offset_percent: float | None = Field(None, gt=0, lt=100, allow_inf_nan=False)
+    direction: Literal["down", "up"] | None = None
+
+    @model_validator(mode="after")
+    def _one_offset(self) -> TrailingCondition:
+        if (self.offset is None) == (self.offset_percent is None):
+            raise ValueError("give exactly one of offset and offset_percent")
+        return self
+
+
 class ExpirationCondition(Record):
     """Not a condition to meet: the order expires if not triggered within ``seconds``."""
 
@@ -69,7 +90,8 @@ class ExpirationCondition(Record):
 
 
 Condition = Annotated[
-    PriceCondition | TimeCondition | ExpirationCondition, Field(discriminator="kind")
+    PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition,
+    Field(discriminator="kind"),
 ]
 CONDITION_ADAPTER: TypeAdapter[Condition] = TypeAdapter(Condition)
 

@@ -21,10 +21,13 @@ from oms.schemas.conditions import (
     Operator,
     PriceCondition,
     TimeCondition,
+    TrailingCondition,
     parse_condition,
 )
 from oms.settings import QueueSettings
 from oms.streams.validation import Rejection, summarize_validation_error
+
+AnyCondition = PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition
 
 # Clock skew and Kafka latency we forgive a release time that is "now" when sent.
 PAST_GRACE_MS = 1_000
@@ -42,9 +45,7 @@ class Schedule:
     """How and when an accepted order executes, with the parsed conditions."""
 
     strategy: Strategy
-    conditions: list[PriceCondition | TimeCondition | ExpirationCondition] = field(
-        default_factory=list
-    )
+    conditions: list[AnyCondition] = field(default_factory=list)
     release_at: int | None = None
     expire_at: int | None = None
 
@@ -70,22 +71,25 @@ def plan_schedule(
             ReasonCode.TOO_MANY_CONDITIONS,
             f"{len(request.conditions)} conditions given, at most {settings.max_conditions}",
         )
-    conditions: list[PriceCondition | TimeCondition | ExpirationCondition] = []
+    conditions: list[AnyCondition] = []
     for number, raw in enumerate(request.conditions, start=1):
         parsed = _parse(number, raw, request, now_ms, instrument)
         if isinstance(parsed, Rejection):
             return parsed
         conditions.append(parsed)
-    crosses = sum(
-        isinstance(c, PriceCondition)
-        and c.operator in (Operator.CROSSES_ABOVE, Operator.CROSSES_BELOW)
+    events = sum(
+        isinstance(c, TrailingCondition)
+        or (
+            isinstance(c, PriceCondition)
+            and c.operator in (Operator.CROSSES_ABOVE, Operator.CROSSES_BELOW)
+        )
         for c in conditions
     )
-    if crosses > 1 and request.condition_match == "all":
+    if events > 1 and request.condition_match == "all":
         return Rejection(
             ReasonCode.INVALID_CONDITION,
-            "with condition_match 'all' at most one crosses_* condition makes sense: two "
-            "crosses never happen on the same tick",
+            "with condition_match 'all' at most one crosses_* or trailing condition makes "
+            "sense: two such events never happen on the same tick",
         )
     release = _release_at(request, now_ms, settings)
     if isinstance(release, Rejection):
@@ -120,7 +124,7 @@ def _parse(
     request: OrderRequest,
     now_ms: int,
     instrument: Callable[[str | None], InstrumentSpec | None],
-) -> PriceCondition | TimeCondition | ExpirationCondition | Rejection:
+) -> AnyCondition | Rejection:
     try:
         cond = parse_condition(raw)
     except ValidationError as exc:
@@ -128,13 +132,17 @@ def _parse(
             ReasonCode.INVALID_CONDITION,
             f"condition {number}: {summarize_validation_error(exc)}",
         )
-    if isinstance(cond, PriceCondition):
+    if isinstance(cond, PriceCondition | TrailingCondition):
         name = cond.instrument_name or request.instrument_name
         if instrument(name) is None:
             return Rejection(
                 ReasonCode.UNKNOWN_INSTRUMENT,
                 f"condition {number}: instrument {name!r} is not listed",
             )
+        if isinstance(cond, TrailingCondition):
+            # A sell stop protects a long: it trails the high and fires on a drop.
+            direction = cond.direction or ("down" if request.direction == "sell" else "up")
+            return cond.model_copy(update={"instrument_name": name, "direction": direction})
         return cond.model_copy(update={"instrument_name": name})
     if isinstance(cond, TimeCondition) and cond.value < now_ms - PAST_GRACE_MS:
         return Rejection(

@@ -16,6 +16,7 @@ from oms.schemas.conditions import (
     PriceCondition,
     PriceField,
     TimeCondition,
+    TrailingCondition,
     parse_condition,
 )
 
@@ -59,14 +60,10 @@ def test_strict_and_inclusive_bounds() -> None:
     engine.add("le", [price("<=", 100.0)], now_ms=T0)
     engine.on_tick(Tick("BTC-PERPETUAL", last_price=150.0))  # gt, ge fire
     engine.add("gt2", [price(">", 200.0)], now_ms=T0)
-    assert {f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))} == {
-        "le"
-    }
+    assert {f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))} == {"le"}
     assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.0))] == ["lt"]
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.0)) == []
-    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.5))] == [
-        "gt2"
-    ]
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.5))] == ["gt2"]
 
 
 def test_already_true_conditions_fire_when_the_order_arrives() -> None:
@@ -203,3 +200,69 @@ def test_expressions() -> None:
             parse_expression(bad)
     cond = parse_condition(parse_expression("ETH-PERPETUAL.best_bid_price < 3000.5"))
     assert isinstance(cond, PriceCondition) and cond.value == 3000.5
+
+
+def trailing(direction: str, *, offset: float | None = None, pct: float | None = None):
+    return TrailingCondition(
+        instrument_name="BTC-PERPETUAL",
+        field="last_price",
+        offset=offset,
+        offset_percent=pct,
+        direction=direction,  # type: ignore[arg-type]
+    )
+
+
+def test_trailing_sell_stop_follows_the_high() -> None:
+    engine = TriggerEngine()
+    engine.on_tick(Tick("BTC-PERPETUAL", last_price=1000.0))
+    engine.add("stop", [trailing("down", offset=100)], now_ms=T0)
+    for price in (1100.0, 1200.0, 1150.0, 1101.0):
+        assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=price)) == []
+    fired = engine.on_tick(Tick("BTC-PERPETUAL", last_price=1100.0))
+    assert [f.order_id for f in fired] == ["stop"]
+
+
+def test_trailing_buy_stop_in_percent_follows_the_low() -> None:
+    engine = TriggerEngine()
+    engine.add("stop", [trailing("up", pct=1.0)], now_ms=T0)  # armed by the first tick
+    for price in (1000.0, 950.0, 900.0, 908.0):
+        assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=price)) == []
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=909.0))] == ["stop"]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_trailing_stops_match_a_brute_force_watermark(seed: int) -> None:
+    """Stops activated at different times, both directions, both offset kinds: the grouped
+    watermarks fire exactly when recomputing every watermark on every tick would."""
+    rng = random.Random(seed)
+    engine = TriggerEngine()
+    price = 1000.0
+    engine.on_tick(Tick("BTC-PERPETUAL", last_price=price))
+    stops: dict[str, tuple[str, float, bool, float]] = {}  # id -> (dir, offset, pct, wm)
+    for n in range(3_000):
+        if n % 10 == 0 and len(stops) < 400:
+            order_id = f"s{n}"
+            direction = rng.choice(["down", "up"])
+            pct = rng.random() < 0.5
+            offset = rng.uniform(0.5, 3.0) if pct else rng.uniform(5, 30)
+            cond = trailing(direction, pct=offset) if pct else trailing(direction, offset=offset)
+            assert engine.add(order_id, [cond], now_ms=T0) is None
+            stops[order_id] = (direction, offset / 100 if pct else offset, pct, price)
+        price = round(price + rng.choice([-4.0, -2.0, 0.0, 2.0, 4.0]), 1)
+        expected = set()
+        for order_id, (direction, offset, pct, wm) in list(stops.items()):
+            if direction == "down":
+                wm = max(wm, price)
+                level = wm - wm * offset if pct else wm - offset
+                hit = price <= level
+            else:
+                wm = min(wm, price)
+                level = wm + wm * offset if pct else wm + offset
+                hit = price >= level
+            stops[order_id] = (direction, offset, pct, wm)
+            if hit:
+                expected.add(order_id)
+                del stops[order_id]
+        got = {f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=price))}
+        assert got == expected, n
+    assert engine.fired > 50

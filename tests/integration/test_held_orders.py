@@ -162,6 +162,30 @@ async def test_conditions_trigger_on_the_right_tick(stack: tuple[Settings, OmsSe
     assert all(counts[i] == 1 for i in ids.values()), counts
 
 
+async def test_trailing_stop_through_the_pipeline(stack: tuple[Settings, OmsServices]) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-r", settings=settings) as client, Ticks(settings) as ticks:
+        await ticks.send(ETH, mark_price=3_000)
+        await asyncio.sleep(1.0)
+        order_id = await client.create_conditional_order(
+            ETH,
+            1,
+            "sell",
+            [{"kind": "trailing", "field": "mark_price", "offset": 50}],
+            order_type="market",
+        )
+        waiting = await event_of(client, order_id, [OrderEventType.WAITING])
+        assert waiting.order is not None
+        assert waiting.order.conditions[0]["direction"] == "down"  # from the sell side
+        for price in (3_100, 3_200, 3_160):
+            await ticks.send(ETH, mark_price=price)
+        await assert_quiet(client, order_id)
+        hit = await ticks.send(ETH, mark_price=3_150)
+        triggered = await event_of(client, order_id, [OrderEventType.TRIGGERED])
+        assert triggered.details["tick"]["timestamp"] == hit
+        await event_of(client, order_id, [OrderEventType.SUBMITTED])
+
+
 async def test_delayed_order_is_released_at_its_time(stack: tuple[Settings, OmsServices]) -> None:
     settings, _ = stack
     async with OrderClient("acc-q", settings=settings) as client:
