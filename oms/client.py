@@ -28,6 +28,7 @@ from oms.schemas import (
     Priority,
     Topic,
 )
+from oms.schemas.contingency import Contingency
 from oms.settings import Settings, get_settings
 
 # Events that settle "what happened to my request" for wait_for_event's default.
@@ -145,6 +146,7 @@ class OrderClient:
         delay: float | None = None,
         expiration: float | None = None,
         condition_match: str = "all",
+        contingency: dict[str, Any] | Contingency | None = None,
     ) -> str:
         """Publish a submit (the seed's ``submit_advanced_order``); returns the order id.
 
@@ -153,7 +155,8 @@ class OrderClient:
         the order by ``priority``; ``execute_at`` (ms or ISO 8601) or ``delay`` (seconds)
         holds it until then; ``conditions`` (objects or text such as
         ``"BTC-PERPETUAL.last_price >= 70000"``) until they hold; ``expiration`` (seconds)
-        gives up on a waiting order.
+        gives up on a waiting order. ``contingency`` links orders to this one (``oco``,
+        ``oto``, ``bracket``: see :mod:`oms.schemas.contingency`).
         """
         if isinstance(execute_at, str):
             execute_at = parse_time_ms(execute_at)
@@ -179,6 +182,7 @@ class OrderClient:
             execute_at=execute_at,
             delay=delay,
             expiration=expiration,
+            contingency=contingency,
             metadata=metadata or {},
         )
         await self.send(request)

@@ -105,6 +105,8 @@ class TriggerKind(StrEnum):
     RELEASE = "release"  # its time or its conditions came: into the priority queue
     EXPIRE = "expire"  # expiration passed, or a time window closed before it triggered
     REJECT = "reject"  # refused when leaving the queue (e.g. a risk limit now breached)
+    CREATE = "create"  # a linked child order, created by its parent's intake
+    LINK = "link"  # a linked order's fill (or end), for its parent/siblings/children
 
 
 class OrderTrigger(Record):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from oms.schemas.base import MetadataValue, Record, now_ms
+from oms.schemas.contingency import Contingency
 from oms.schemas.enums import (
     CommandType,
     Direction,
@@ -63,6 +64,9 @@ class OrderRequest(Record):
     delay: float | None = Field(None, description="release after this many seconds")
     expiration: float | None = Field(
         None, description="seconds after which a waiting order that has not triggered expires"
+    )
+    contingency: Contingency | None = Field(
+        None, description="linked orders: oco, oto or bracket (see oms.schemas.contingency)"
     )
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     created_at: int = Field(default_factory=now_ms, description="client time, ms since epoch")
@@ -123,6 +127,9 @@ class OrderRecord(Record):
     expire_at: int | None = None  # waiting orders expire at this time if not triggered
     queued_at: int | None = None  # entered the priority queue (arrival order within priority)
     triggered_at: int | None = None
+    # Linked orders (oms.streams.links): group type, role, parent/siblings/children, and the
+    # fills reported by the others (monotonic facts).
+    links: dict[str, Any] | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     status: OrderStatus = OrderStatus.PENDING
     exchange_order_id: str | None = None

@@ -52,7 +52,11 @@ class HeldOrders:
         self.on_change: Callable[[], None] = lambda: None  # wakes the dispatcher / clock
 
     def hold(self, order: OrderRecord, now_ms: int) -> Fired | None:
-        """Start watching a waiting order; returns a :class:`Fired` if it is due already."""
+        """Start watching a waiting order; returns a :class:`Fired` if it is due already.
+        A linked child still waiting for its parent's fill is not watched (its parent's
+        facts release it)."""
+        if order.links and order.links.get("hold"):
+            return None
         conditions = [parse_condition(c) for c in order.conditions]
         fired = self.engine.add(
             order.order_id,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 
 from oms.schemas import (
     CommandType,
@@ -22,13 +23,21 @@ from oms.schemas import (
     ReasonCode,
     now_ms,
 )
+from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_orders import HeldOrders, Withdrawal
+from oms.streams.links import plan_children
 from oms.streams.scheduling import Schedule, Strategy, plan_schedule
 from oms.streams.state_machine import make_event, reannouncement, transition
-from oms.streams.validation import ParseFailure, Rejection, parse_request, validate_submit
+from oms.streams.validation import (
+    ParseFailure,
+    Rejection,
+    parse_request,
+    summarize_validation_error,
+    validate_submit,
+)
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -52,6 +61,7 @@ class IntakeContext(AgentContext):
     held: HeldOrders
     queue_settings: QueueSettings
     on_fired: Callable[[list[Fired]], Awaitable[None]]
+    publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
 
 
 async def handle_request(
@@ -108,7 +118,19 @@ async def _reject_unparsable(
         )
 
 
-async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> None:
+async def submit_linked(
+    ctx: IntakeContext, request: OrderRequest, links: dict[str, Any], replayed: bool
+) -> None:
+    """Create a linked child order (asked by its parent's owner through ``order-triggers``)."""
+    await _submit(ctx, request, replayed, links)
+
+
+async def _submit(
+    ctx: IntakeContext,
+    request: OrderRequest,
+    replayed: bool,
+    links: dict[str, Any] | None = None,
+) -> None:
     order_id = request.key
     existing: OrderRecord | None = ctx.orders.get(order_id)
     if existing is not None:
@@ -120,7 +142,16 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             await ctx.emit(_duplicate_event(existing, request))
         return
     order = _record_from_request(request)
+    order.links = links
     now = now_ms()
+    planned: list[tuple[OrderRequest, dict[str, Any]]] = []
+    if request.contingency is not None:
+        try:
+            order.links, planned = plan_children(request)
+        except ValidationError as exc:
+            message = f"contingency: {summarize_validation_error(exc)}"
+            await _reject(ctx, order, Rejection(ReasonCode.SCHEMA_INVALID, message))
+            return
     rejection: Rejection | Schedule | None = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
@@ -133,15 +164,45 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     else:
         await _reject(ctx, order, rejection)
         return
-    if schedule.strategy is not Strategy.IMMEDIATE:
+    if links is not None and links.get("hold"):
+        await _hold_for_parent(ctx, order, schedule)
+    elif schedule.strategy is not Strategy.IMMEDIATE:
         await _hold(ctx, order, schedule, now)
-        return
-    # One event for "accepted and sent": its previous_status (pending) says it was accepted.
-    submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
-    submitted_event.details["strategy"] = Strategy.IMMEDIATE.value
-    ctx.orders[order_id] = submitted
-    await ctx.emit(submitted_event)
-    await ctx.executor.submit(submitted, check_label_first=replayed)
+    else:
+        # One event for "accepted and sent": its previous_status (pending) says it was accepted.
+        submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
+        submitted_event.details["strategy"] = Strategy.IMMEDIATE.value
+        ctx.orders[order_id] = submitted
+        await ctx.emit(submitted_event)
+        await ctx.executor.submit(submitted, check_label_first=replayed)
+    # Children go through the same topic as the facts about this order will, so they exist
+    # before any fact reaches them.
+    for child, child_links in planned:
+        await ctx.publish_trigger(
+            OrderTrigger(
+                order_id=child.key,
+                kind=TriggerKind.CREATE,
+                reason=f"linked to {order_id} ({child_links['type']})",
+                details={"request": child.model_dump(mode="json"), "links": child_links},
+            )
+        )
+
+
+async def _hold_for_parent(ctx: IntakeContext, order: OrderRecord, schedule: Schedule) -> None:
+    """An oto/bracket child: waits (outside the trigger engine) until its parent fills."""
+    order = order.model_copy(
+        update={
+            "conditions": schedule.normalized_conditions(),
+            "release_at": schedule.release_at,
+            "expire_at": schedule.expire_at,
+        }
+    )
+    waiting, event = transition(order, OrderStatus.WAITING)
+    assert order.links is not None
+    event.details.update({"strategy": "linked", "parent": order.links.get("parent")})
+    ctx.count("waiting_for_parent")
+    ctx.orders[order.order_id] = waiting
+    await ctx.emit(event)
 
 
 async def _reject(ctx: IntakeContext, order: OrderRecord, rejection: Rejection) -> None:

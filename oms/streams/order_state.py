@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
 import structlog
 from pydantic import ValidationError
 
 from oms.schemas import ExecutionReport, OrderRecord, ReasonCode
+from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
+from oms.streams.links import facts_about
 from oms.streams.state_machine import Outcome, apply_report, reannouncement
 
 log = structlog.get_logger(__name__)
 
 
-# The order-state agent needs nothing beyond the common context.
-OrderStateContext = AgentContext
+@dataclass(kw_only=True)
+class OrderStateContext(AgentContext):
+    """Order state also tells linked orders about fills (``oms.streams.links``)."""
+
+    publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
 
 
 async def handle_report(
@@ -62,3 +70,11 @@ async def handle_report(
         events = [reannouncement(order)]
     for event in events:
         await ctx.emit(event)
+    updated = result.order
+    if updated.links and (
+        (replayed and result.outcome is Outcome.STALE)
+        or updated.filled_amount != order.filled_amount
+        or updated.status.is_terminal != order.status.is_terminal
+    ):
+        for fact in facts_about(updated):
+            await ctx.publish_trigger(fact)

@@ -8,16 +8,38 @@ two engines around a rebalance) finds the order moved on and does nothing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
 
-from oms.schemas import OrderEventType, OrderRecord, OrderStatus, ReasonCode, now_ms
+from oms.schemas import (
+    CommandType,
+    InstrumentSpec,
+    OrderEventType,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    ReasonCode,
+    now_ms,
+)
 from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.streams.context import AgentContext
-from oms.streams.held_orders import HeldOrders
+from oms.streams.execution import OrderExecutor
+from oms.streams.held_orders import HeldOrders, Withdrawal
+from oms.streams.links import (
+    EPSILON,
+    desired_amount,
+    link_request_id,
+    parent_ended_unfilled,
+    record_fact,
+)
 from oms.streams.state_machine import make_event, reannouncement, transition
+
+if TYPE_CHECKING:
+    from oms.conditions.engine import Fired
 
 log = structlog.get_logger(__name__)
 
@@ -26,9 +48,14 @@ _HELD = frozenset({OrderStatus.WAITING, OrderStatus.QUEUED})
 
 @dataclass(kw_only=True)
 class ReleaseContext(AgentContext):
-    """The release agent also puts released orders into the priority queues."""
+    """The release agent also puts released orders into the priority queues, creates linked
+    children and applies facts about linked orders."""
 
     held: HeldOrders
+    executor: OrderExecutor
+    instrument: Callable[[str | None], InstrumentSpec | None]
+    create: Callable[[OrderRequest, dict[str, Any], bool], Awaitable[None]]
+    on_fired: Callable[[list[Fired]], Awaitable[None]]
 
 
 async def handle_trigger(
@@ -49,9 +76,19 @@ async def handle_trigger(
         )
         return
     order: OrderRecord | None = ctx.orders.get(trigger.order_id)
+    if trigger.kind is TriggerKind.CREATE:
+        if order is None:
+            ctx.count("linked_created")
+            request = OrderRequest.model_validate(trigger.details["request"])
+            await ctx.create(request, trigger.details["links"], replayed)
+        return
     if order is None:
         ctx.count("triggers_unknown_order")
         log.warning("release.unknown_order", order_id=trigger.order_id)
+        return
+    if trigger.kind is TriggerKind.LINK:
+        ctx.count("link_facts")
+        await _apply_link(ctx, order, trigger, replayed)
         return
     applicable = order.status is OrderStatus.WAITING or (
         order.status is OrderStatus.QUEUED and trigger.kind is not TriggerKind.RELEASE
@@ -106,3 +143,105 @@ async def _finish(
     event.details.update(trigger.details)
     ctx.orders[order.order_id] = updated
     await ctx.emit(event)
+
+
+async def _apply_link(
+    ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger, replayed: bool
+) -> None:
+    """Record a fact about a linked order and resize, release or cancel this one."""
+    if order.links is None or order.status.is_terminal:
+        return
+    links = record_fact(order.links, trigger.details)
+    if links == order.links and not replayed:
+        return  # nothing new (a fact delivered twice)
+    spec = ctx.instrument(order.instrument_name)
+    step = spec.min_trade_amount if spec is not None else 0.0
+    desired = desired_amount(order, links, step)
+    request_id = link_request_id(order.order_id, links)
+    order = order.model_copy(
+        update={"links": links, "version": order.version + 1, "updated_at": now_ms()}
+    )
+    if parent_ended_unfilled(links) or desired <= order.filled_amount + EPSILON:
+        await _cancel_linked(ctx, order, trigger, request_id)
+        return
+    if links.get("hold"):
+        await _release_child(ctx, order, trigger, desired)
+        return
+    if abs(desired - order.amount) <= EPSILON:
+        ctx.orders[order.order_id] = order  # facts recorded, nothing to change
+        return
+    if order.status in _HELD:
+        amended = order.model_copy(update={"amount": desired})
+        ctx.orders[order.order_id] = amended
+        await ctx.emit(
+            make_event(
+                amended,
+                OrderEventType.AMENDED,
+                message=trigger.reason,
+                details={"old_amount": order.amount, "link": trigger.details},
+            )
+        )
+        return
+    ctx.orders[order.order_id] = order
+    await ctx.executor.amend(
+        order,
+        OrderRequest(
+            command=CommandType.AMEND,
+            request_id=request_id,
+            account_id=order.account_id,
+            order_id=order.order_id,
+            amount=desired,
+        ),
+    )
+
+
+async def _cancel_linked(
+    ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger, request_id: str
+) -> None:
+    if order.status in _HELD and ctx.held.withdraw(order) is Withdrawal.SAFE:
+        cancelled, event = transition(
+            order,
+            OrderStatus.CANCELLED,
+            reason_code=ReasonCode.LINKED_ORDER_CANCELLED,
+            message=trigger.reason,
+        )
+        event.details["link"] = trigger.details
+        ctx.orders[order.order_id] = cancelled
+        await ctx.emit(event)
+        return
+    ctx.orders[order.order_id] = order
+    await ctx.executor.cancel(order, request_id)
+
+
+async def _release_child(
+    ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger, amount: float
+) -> None:
+    """The parent filled: the child goes out sized to it (or starts watching its own
+    conditions, if it has any)."""
+    assert order.links is not None
+    links = {**order.links, "hold": False}
+    at = now_ms()
+    child = order.model_copy(update={"links": links, "amount": amount, "triggered_at": at})
+    details: dict[str, object] = {"reason": trigger.reason, "link": trigger.details}
+    if child.conditions or child.release_at:
+        ctx.orders[child.order_id] = child
+        await ctx.emit(
+            make_event(child, OrderEventType.TRIGGERED, message=trigger.reason, details=details)
+        )
+        fired = ctx.held.hold(child, at)
+        if fired is not None:
+            await ctx.on_fired([fired])
+        return
+    queued, _ = transition(child, OrderStatus.QUEUED)
+    queued.queued_at = at
+    ctx.orders[child.order_id] = queued
+    await ctx.emit(
+        make_event(
+            queued,
+            OrderEventType.TRIGGERED,
+            previous_status=order.status,
+            message=trigger.reason,
+            details=details,
+        )
+    )
+    ctx.held.enqueue(queued)

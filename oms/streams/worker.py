@@ -40,7 +40,7 @@ from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.execution import ExchangeSessions, OrderExecutor
 from oms.streams.held_orders import HeldOrders
-from oms.streams.intake import IntakeContext, handle_request
+from oms.streams.intake import IntakeContext, handle_request, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
 from oms.streams.priority_queue import PriorityQueues
 from oms.streams.release import ReleaseContext, handle_trigger
@@ -104,6 +104,7 @@ class OrderWorker:
             held=self.held,
             queue_settings=settings.queue,
             on_fired=self.trigger_loop.publish,
+            publish_trigger=self._publish_trigger,
         )
         self.release = ReleaseContext(
             orders=self.oms.orders,
@@ -111,12 +112,19 @@ class OrderWorker:
             dead_letter=self._dead_letter,
             source_topic=self._triggers_topic,
             held=self.held,
+            executor=self.executor,
+            instrument=self.catalog.get,
+            create=lambda request, links, replayed: submit_linked(
+                self.intake, request, links, replayed
+            ),
+            on_fired=self.trigger_loop.publish,
         )
         self.state = OrderStateContext(
             orders=self.oms.orders,
             emit=self._emit,
             dead_letter=self._dead_letter,
             source_topic=self._reports_topic,
+            publish_trigger=self._publish_trigger,
         )
         self._register()
 

@@ -439,3 +439,102 @@ async def test_sigkill_loses_no_held_order_and_sends_none_twice(
         raise
     finally:
         services.stop_all()
+
+
+async def best_quotes(settings: Settings, account: str) -> tuple[float, float]:
+    from oms.exchange.deribit.client import DeribitClient
+    from oms.secrets import SecretStore
+
+    store = SecretStore(settings.resolved_secrets_file)
+    async with DeribitClient(
+        settings.exchange.url, store.credentials(account), settings=settings.exchange
+    ) as exchange:
+        ticker = await exchange.ticker(BTC)
+    return float(ticker["best_bid_price"]), float(ticker["best_ask_price"])
+
+
+async def test_bracket_children_follow_the_entry_and_cancel_each_other(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """Market entry fills; the take profit goes out sized to the fill and rests; the stop
+    watches its condition; when a tick fires the stop and it fills, the take profit is
+    cancelled."""
+    settings, _ = stack
+    bid, ask = await best_quotes(settings, "acc-r")
+    take_profit = round(ask * 1.02 * 2) / 2  # on the 0.5 tick, above the market
+    async with OrderClient("acc-r", settings=settings) as client, Ticks(settings) as ticks:
+        await ticks.send(BTC, last_price=ask)
+        entry = await client.submit_advanced_order(
+            BTC,
+            20,
+            "buy",
+            order_type="market",
+            contingency={
+                "type": "bracket",
+                "orders": [
+                    {"order_type": "limit", "price": take_profit},
+                    {
+                        "order_type": "market",
+                        "conditions": [
+                            {"kind": "price", "operator": "<=", "value": round(bid * 0.5)}
+                        ],
+                    },
+                ],
+            },
+        )
+        filled = await event_of(client, entry, [OrderEventType.FILLED])
+        assert filled.order is not None and filled.order.links is not None
+        tp_id, sl_id = filled.order.links["children"]
+        tp_open = await event_of(client, tp_id, [OrderEventType.OPEN])
+        assert tp_open.amount == 20 and tp_open.direction is not None
+        assert tp_open.direction.value == "sell"
+        sl_watch = await event_of(client, sl_id, [OrderEventType.TRIGGERED])
+        assert sl_watch.status is not None and sl_watch.status.value == "waiting"
+        assert sl_watch.amount == 20
+        await ticks.send(BTC, last_price=round(bid * 0.4))
+        sl_filled = await event_of(client, sl_id, [OrderEventType.FILLED])
+        assert sl_filled.filled_amount == 20
+        tp_cancelled = await event_of(client, tp_id, [OrderEventType.CANCELLED])
+        assert tp_cancelled.filled_amount == 0
+    counts = await exchange_orders_by_label(settings, {"acc-r": [entry, tp_id, sl_id]})
+    assert counts[entry] == counts[tp_id] == counts[sl_id] == 1
+
+
+async def test_oco_fill_of_one_cancels_the_other_and_unfilled_parent_cancels_children(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-r", settings=settings) as client:
+        first = await client.submit_advanced_order(
+            BTC,
+            10,
+            "buy",
+            order_type="market",
+            contingency={
+                "type": "oco",
+                "orders": [{"direction": "buy", "price": RESTING_BUY, "reduce_only": False}],
+            },
+        )
+        filled = await event_of(client, first, [OrderEventType.FILLED])
+        assert filled.order is not None and filled.order.links is not None
+        (other,) = filled.order.links["siblings"]
+        cancelled = await event_of(client, other, [OrderEventType.CANCELLED])
+        assert cancelled.reason_code in (None, ReasonCode.LINKED_ORDER_CANCELLED)
+        # An oto parent that never fills: cancelling it cancels its waiting child.
+        parent = await client.submit_advanced_order(
+            BTC,
+            10,
+            "buy",
+            price=RESTING_BUY,
+            contingency={"type": "oto", "orders": [{"order_type": "market"}]},
+        )
+        opened = await event_of(client, parent, [OrderEventType.OPEN])
+        assert opened.order is not None and opened.order.links is not None
+        (child,) = opened.order.links["children"]
+        await event_of(client, child, [OrderEventType.WAITING])
+        await client.cancel_order(parent)
+        await event_of(client, parent, [OrderEventType.CANCELLED])
+        child_cancelled = await event_of(client, child, [OrderEventType.CANCELLED])
+        assert child_cancelled.reason_code is ReasonCode.LINKED_ORDER_CANCELLED
+    counts = await exchange_orders_by_label(settings, {"acc-r": [first, other, child]})
+    assert counts[first] == counts[other] == 1 and counts[child] == 0
