@@ -173,7 +173,11 @@ def bench_engine(config: ConditionsConfig) -> dict[str, Any]:
 
 
 async def _triggered_events(
-    bootstrap: str, topic: str, wanted: set[str], received: dict[str, float]
+    bootstrap: str,
+    topic: str,
+    wanted: set[str],
+    received: dict[str, float],
+    fired_at: dict[str, float],
 ) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -193,6 +197,7 @@ async def _triggered_events(
                     event = OrderEvent.from_bytes(message.value or b"")
                     if event.event_type is OrderEventType.TRIGGERED and event.order_id in wanted:
                         received.setdefault(event.order_id, now)
+                        fired_at.setdefault(event.order_id, float(event.details["fired_at"]))
     finally:
         await consumer.stop()
 
@@ -302,12 +307,14 @@ async def bench_pipeline(
                         break
                     await asyncio.sleep(0.5)
                 received: dict[str, float] = {}
+                fired_at: dict[str, float] = {}
                 reader = asyncio.create_task(
                     _triggered_events(
                         broker.bootstrap,
                         settings.topic(Topic.ORDER_EVENTS),
                         set(probes),
                         received,
+                        fired_at,
                     )
                 )
                 await asyncio.sleep(1.0)
@@ -362,6 +369,8 @@ async def bench_pipeline(
         finally:
             await producer.stop()
         latencies = [received[p] - probe_sent[p] for p in probe_sent if p in received]
+        # The part up to the engine's decision (tick through Kafka into the worker's engine).
+        to_engine = [fired_at[p] - probe_sent[p] for p in probe_sent if p in fired_at]
         on_status("measuring the raw Kafka baseline")
         baseline = await _raw_consume_rate(broker.bootstrap, ticks_topic, len(ticks))
         pipeline_rate = seen / (consumed - start)
@@ -375,6 +384,7 @@ async def bench_pipeline(
             "pipeline_ratio": round(pipeline_rate / baseline, 3),
             "probes_triggered": len(latencies),
             "trigger_latency_ms": latency_summary(latencies),
+            "tick_to_engine_ms": latency_summary(to_engine),
         }
     finally:
         if services is not None:
