@@ -285,12 +285,10 @@ async def test_bad_input_is_rejected_with_reasons(stack: tuple[Settings, OmsServ
     assert not dead, f"services died: {dead}"
 
 
-async def test_cli_submit_and_sql_while_the_stack_runs(
-    stack: tuple[Settings, OmsServices],
-) -> None:
-    """The README tour through the real `oms` command line."""
-    settings, _ = stack
-    env = {**os.environ, **settings_env(settings)}
+def cli(settings: Settings) -> Any:
+    """Runs ``oms <args>`` against the stack's settings; returns its output."""
+    # Wide enough that rich never truncates an order id in a table.
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "250"}
 
     async def oms(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -306,6 +304,59 @@ async def test_cli_submit_and_sql_while_the_stack_runs(
         assert proc.returncode == 0, out.decode()
         return out.decode()
 
+    return oms
+
+
+async def test_cli_conditional_order_queue_and_waiting_list(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """`oms submit --when`, `oms queue`, `oms orders --state waiting`, `oms cancel`."""
+    settings, _ = stack
+    oms = cli(settings)
+    out = await oms(
+        "submit", "BTC-PERPETUAL", "buy", "10", "--price", "1000", "--account", "acc-b",
+        "--when", "BTC-PERPETUAL.last_price >= 100000000", "--when", "mark_price > 90000000",
+        "--expire", "600", "--wait", "30",
+    )  # fmt: skip
+    found = re.search(r"submitted\s+(o-[0-9a-f]+)", out)
+    assert found and re.search(r"waiting\s+" + found.group(1), out), out
+    order_id = found.group(1)
+    queue = await oms("queue", "--worker", f"http://127.0.0.1:{settings.worker.web_port}")
+    waiting = re.search(r"waiting \(delayed/conditional\): (\d+)", queue)
+    assert waiting and int(waiting.group(1)) >= 1, queue
+    for _ in range(40):
+        listed = await oms("orders", "--state", "waiting", "--account", "acc-b")
+        if order_id in listed:
+            break
+        await asyncio.sleep(0.5)
+    assert order_id in listed, listed
+    out = await oms("cancel", order_id, "--account", "acc-b", "--wait", "30")
+    assert re.search(r"cancelled\s+" + order_id, out), out
+    bad = await oms_fails(settings, "submit", "BTC-PERPETUAL", "buy", "10", "--when", "x ~ 1")
+    assert "cannot parse condition" in bad
+
+
+async def oms_fails(settings: Settings, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "oms.cli.main",
+        *args,
+        env={**os.environ, **settings_env(settings)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode != 0, out.decode()
+    return out.decode()
+
+
+async def test_cli_submit_and_sql_while_the_stack_runs(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """The README tour through the real `oms` command line."""
+    settings, _ = stack
+    oms = cli(settings)
     out = await oms(
         "submit",
         "BTC-PERPETUAL",
