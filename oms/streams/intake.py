@@ -28,7 +28,7 @@ from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.links import plan_children
+from oms.streams.links import announce, plan_children
 from oms.streams.scheduling import Schedule, Strategy, plan_schedule
 from oms.streams.state_machine import make_event, reannouncement, transition
 from oms.streams.validation import (
@@ -384,6 +384,7 @@ async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderReq
         event.request_id = request.request_id
         ctx.orders[order.order_id] = cancelled
         await ctx.emit(event)
+        await announce(ctx.publish_trigger, cancelled)
         return
     ctx.orders[order.order_id] = order
     if withdrawal is Withdrawal.UNCERTAIN:

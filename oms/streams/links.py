@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from oms.schemas import Direction, OrderRecord, OrderRequest
@@ -119,6 +120,13 @@ def facts_about(order: OrderRecord) -> list[OrderTrigger]:
     for sibling in links.get("siblings", []):
         triggers.append(_fact(sibling, "sibling", fact))
     return triggers
+
+
+async def announce(publish: Callable[[OrderTrigger], Awaitable[None]], order: OrderRecord) -> None:
+    """Publish the facts about ``order`` (for changes made outside the order-state agent,
+    e.g. a held order cancelled or expired in the table)."""
+    for fact in facts_about(order):
+        await publish(fact)
 
 
 def _fact(target: str, relation: str, fact: dict[str, Any]) -> OrderTrigger:

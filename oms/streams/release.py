@@ -31,6 +31,7 @@ from oms.streams.execution import OrderExecutor
 from oms.streams.held_orders import HeldOrders, Withdrawal
 from oms.streams.links import (
     EPSILON,
+    announce,
     desired_amount,
     link_request_id,
     parent_ended_unfilled,
@@ -56,6 +57,7 @@ class ReleaseContext(AgentContext):
     instrument: Callable[[str | None], InstrumentSpec | None]
     create: Callable[[OrderRequest, dict[str, Any], bool], Awaitable[None]]
     on_fired: Callable[[list[Fired]], Awaitable[None]]
+    publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
 
 
 async def handle_trigger(
@@ -143,6 +145,7 @@ async def _finish(
     event.details.update(trigger.details)
     ctx.orders[order.order_id] = updated
     await ctx.emit(event)
+    await announce(ctx.publish_trigger, updated)
 
 
 async def _apply_link(
@@ -208,6 +211,7 @@ async def _cancel_linked(
         event.details["link"] = trigger.details
         ctx.orders[order.order_id] = cancelled
         await ctx.emit(event)
+        await announce(ctx.publish_trigger, cancelled)
         return
     ctx.orders[order.order_id] = order
     await ctx.executor.cancel(order, request_id)

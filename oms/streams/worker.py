@@ -118,6 +118,7 @@ class OrderWorker:
                 self.intake, request, links, replayed
             ),
             on_fired=self.trigger_loop.publish,
+            publish_trigger=self._publish_trigger,
         )
         self.state = OrderStateContext(
             orders=self.oms.orders,

@@ -538,3 +538,31 @@ async def test_oco_fill_of_one_cancels_the_other_and_unfilled_parent_cancels_chi
         assert child_cancelled.reason_code is ReasonCode.LINKED_ORDER_CANCELLED
     counts = await exchange_orders_by_label(settings, {"acc-r": [first, other, child]})
     assert counts[first] == counts[other] == 1 and counts[child] == 0
+
+
+async def test_children_of_a_held_parent_are_cancelled_with_it(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-r", settings=settings) as client:
+        parent = await client.create_conditional_order(
+            BTC,
+            10,
+            "buy",
+            ["BTC-PERPETUAL.last_price >= 100000000"],
+            price=RESTING_BUY,
+            contingency={
+                "type": "bracket",
+                "orders": [{"price": 1_000_000}, {"order_type": "market"}],
+            },
+        )
+        waiting = await event_of(client, parent, [OrderEventType.WAITING])
+        assert waiting.order is not None and waiting.order.links is not None
+        children = waiting.order.links["children"]
+        for child in children:
+            await event_of(client, child, [OrderEventType.WAITING])
+        await client.cancel_order(parent)
+        await event_of(client, parent, [OrderEventType.CANCELLED])
+        for child in children:
+            cancelled = await event_of(client, child, [OrderEventType.CANCELLED])
+            assert cancelled.reason_code is ReasonCode.LINKED_ORDER_CANCELLED
