@@ -21,16 +21,26 @@ from typing import Any
 import structlog
 
 from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.errors import CONNECTION_LOST, ConnectionLost, ExchangeError
+from oms.exchange.errors import (
+    CONNECTION_LOST,
+    NEEDS_REVIEW,
+    RETRIES_EXHAUSTED,
+    ConnectionLost,
+    ExchangeError,
+)
 from oms.exchange.translate import report_from_error, report_from_order
+from oms.lifecycle.policy import policy_of
 from oms.schemas import (
     CommandType,
     Direction,
+    ExchangeOrderState,
     ExecutionReport,
     OrderRecord,
     OrderRequest,
+    OrderStatus,
     OrderType,
     ReportSource,
+    now_ms,
 )
 from oms.secrets import SecretStore
 from oms.settings import Settings
@@ -99,7 +109,16 @@ class OrderExecutor:
         self._currency_of = currency_of
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
-        self.stats: dict[str, int] = {"submits": 0, "resubmits": 0, "label_hits": 0, "errors": 0}
+        self.stats: dict[str, int] = {
+            "submits": 0,
+            "resubmits": 0,
+            "label_hits": 0,
+            "errors": 0,
+            "retries": 0,
+            "rechecks": 0,
+        }
+        # Optional observer of command outcomes (metrics): (command, seconds, ok).
+        self.on_command: Callable[[str, float, bool], None] | None = None
 
     # -- public API used by the agents -------------------------------------------------------
 
@@ -122,6 +141,11 @@ class OrderExecutor:
     async def reconcile(self, order: OrderRecord) -> None:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
+
+    async def recheck(self, order: OrderRecord) -> None:
+        """Fetch an acknowledged order's state (``private/get_order_state``) and report it:
+        a missed ``user.orders`` message never leaves an order stale."""
+        await self._spawn(order.order_id, self._recheck(order))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -146,28 +170,36 @@ class OrderExecutor:
         self._inflight[order_id] = task
 
     async def _submit(self, order: OrderRecord, check_label_first: bool) -> None:
-        attempts = max(1, self._settings.lifecycle.retry_attempts + 1)
+        policy = policy_of(order.metadata, self._settings.lifecycle)
+        attempts = policy.submit_attempts
         last_error: ExchangeError | None = None
         for attempt in range(attempts):
             if check_label_first or attempt > 0:
+                # Before any (re)send: an order that reached the exchange is never sent twice.
                 found = await self._lookup_by_label(order)
                 if found is not None:
                     self.stats["label_hits"] += 1
                     await self._publish_found(order, found)
                     return
+                if attempt > 0:
+                    self.stats["retries"] += 1
                 self.stats["resubmits"] += 1
+            started = asyncio.get_running_loop().time()
             try:
                 client = await self._sessions.client(order.account_id)
                 method = "private/buy" if order.direction is Direction.BUY else "private/sell"
                 self.stats["submits"] += 1
                 result = await client.call(method, submit_params(order))
             except ExchangeError as exc:
+                self._observe("submit", started, ok=False)
                 last_error = exc
-                if not exc.retryable:
-                    break
                 self.stats["errors"] += 1
-                await asyncio.sleep(self._backoff(attempt))
+                if not exc.retryable:
+                    break  # a business rejection: sending it again cannot help
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
                 continue
+            self._observe("submit", started, ok=True)
             await self._publish(
                 report_from_order(
                     result["order"],
@@ -180,13 +212,18 @@ class OrderExecutor:
             )
             return
         assert last_error is not None
-        if last_error.outcome_unknown:
-            # Never give up silently on an order that may be live: one last label lookup.
+        if last_error.outcome_unknown or last_error.retryable:
+            # Never give up on an order that may be live: one last label lookup.
             found = await self._lookup_by_label(order)
             if found is not None:
                 await self._publish_found(order, found)
                 return
-        await self._publish_error(order, last_error, CommandType.SUBMIT, order.request_id)
+        await self._publish_error(
+            order,
+            _strategy_outcome(last_error, policy.error_handling, attempts),
+            CommandType.SUBMIT,
+            order.request_id,
+        )
 
     async def _publish_found(self, order: OrderRecord, found: dict[str, Any]) -> None:
         """Report what a label lookup found at the exchange."""
@@ -233,7 +270,31 @@ class OrderExecutor:
             return latest
         raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
+    async def _recheck(self, order: OrderRecord) -> None:
+        if not order.exchange_order_id:
+            await self._submit(order, check_label_first=True)
+            return
+        self.stats["rechecks"] += 1
+        try:
+            client = await self._sessions.client(order.account_id)
+            found = await client.call(
+                "private/get_order_state", {"order_id": order.exchange_order_id}
+            )
+        except ExchangeError as exc:
+            log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
+            return
+        await self._publish(
+            report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
+        )
+
     async def _cancel(self, order: OrderRecord, request_id: str) -> None:
+        if order.status is OrderStatus.NEEDS_REVIEW:
+            # Parked after a failed submit: the exchange should not have it. If it does after
+            # all, cancel it there; otherwise the cancel is ours alone to record.
+            found = await self._lookup_by_label(order)
+            if found is None:
+                await self._publish(_unsent_cancelled(order, request_id))
+                return
         await self._command(
             order,
             request_id,
@@ -264,12 +325,24 @@ class OrderExecutor:
         method: str,
         params: dict[str, Any],
     ) -> None:
-        try:
-            client = await self._sessions.client(order.account_id)
-            result = await client.call(method, params)
-        except ExchangeError as exc:
-            await self._publish_error(order, exc, command, request_id)
-            return
+        # Cancels by label and edits (absolute amount and price) are idempotent: safe to send
+        # again after a retryable failure, e.g. while the connection is being re-established.
+        attempts = 1 + self._settings.lifecycle.retry_attempts
+        for attempt in range(attempts):
+            started = asyncio.get_running_loop().time()
+            try:
+                client = await self._sessions.client(order.account_id)
+                result = await client.call(method, params)
+            except ExchangeError as exc:
+                self._observe(command.value, started, ok=False)
+                if exc.retryable and attempt + 1 < attempts:
+                    self.stats["retries"] += 1
+                    await asyncio.sleep(self._backoff(attempt))
+                    continue
+                await self._publish_error(order, exc, command, request_id)
+                return
+            self._observe(command.value, started, ok=True)
+            break
         if command is CommandType.CANCEL:
             # cancel_by_label answers with a count; the order's new state follows on
             # user.orders, and we fetch it now so the cancel never depends on that stream.
@@ -295,8 +368,53 @@ class OrderExecutor:
         await self._publish(report)
 
     def _backoff(self, attempt: int) -> float:
-        base: float = self._settings.lifecycle.retry_delay * (2**attempt)
-        return min(base, 30.0) * (0.5 + random.random())
+        """Exponential backoff with jitter in [delay/2, delay*1.5), capped."""
+        lifecycle = self._settings.lifecycle
+        base: float = lifecycle.retry_delay * (2**attempt)
+        return min(base, lifecycle.retry_max_delay) * (0.5 + random.random())
+
+    def _observe(self, command: str, started: float, *, ok: bool) -> None:
+        if self.on_command is not None:
+            self.on_command(command, asyncio.get_running_loop().time() - started, ok)
+
+
+def _strategy_outcome(error: ExchangeError, strategy: str, attempts: int) -> ExchangeError:
+    """What a failed submit becomes under the order's error strategy.
+
+    Business rejections are final whatever the strategy. A retryable failure is reported as
+    is under ``cancel``, as retries exhausted under ``retry``, and parks the order for a
+    human under ``manual``.
+    """
+    if not error.retryable:
+        return error
+    if strategy == "manual":
+        return ExchangeError(
+            NEEDS_REVIEW, f"submit failed ({error.reason}: {error.message}); waiting for review"
+        )
+    if strategy == "retry":
+        return ExchangeError(
+            RETRIES_EXHAUSTED,
+            f"{attempts} attempts failed, last: {error.reason}: {error.message}",
+        )
+    return error
+
+
+def _unsent_cancelled(order: OrderRecord, request_id: str) -> ExecutionReport:
+    """A cancel of an order the exchange never had (checked by label just before)."""
+    return ExecutionReport(
+        report_id=f"reconcile:unsent-cancel:{order.order_id}:{request_id}",
+        order_id=order.order_id,
+        account_id=order.account_id,
+        source=ReportSource.RECONCILE,
+        command=CommandType.CANCEL,
+        request_id=request_id,
+        instrument_name=order.instrument_name,
+        order_state=ExchangeOrderState.CANCELLED,
+        amount=order.amount,
+        price=order.price,
+        filled_amount=0.0,
+        exchange_timestamp=now_ms(),
+    )
 
 
 def submit_params(order: OrderRecord) -> dict[str, Any]:

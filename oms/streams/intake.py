@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from oms.lifecycle import review
+from oms.lifecycle.policy import policy_problem
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -110,6 +112,10 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     rejection = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
+    # Lifecycle overrides in metadata (issue 6).
+    problem = policy_problem(request.metadata) if rejection is None else None
+    if problem is not None:
+        rejection = Rejection(ReasonCode.SCHEMA_INVALID, problem)
     if rejection is not None:
         ctx.count("rejected")
         rejected = order.model_copy(
@@ -193,7 +199,9 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             ReasonCode.ORDER_NOT_OPEN, f"order {order_id} is {order.status.value}"
         )
     elif request.command is CommandType.AMEND:
-        rejection = _check_amend(ctx, order, request)
+        rejection = review.check_amend_status(order) or _check_amend(ctx, order, request)
+    elif request.command is CommandType.RETRY:
+        rejection = review.check_retry(order)
     if rejection is not None:
         ctx.count("commands_rejected")
         await ctx.emit(_command_rejected(order_id, request, rejection, order))
@@ -201,10 +209,17 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     assert order is not None
     seen = [*order.seen_request_ids, request.request_id][-SEEN_REQUESTS_KEPT:]
     order = order.model_copy(update={"seen_request_ids": seen})
-    ctx.orders[order_id] = order
     if request.command is CommandType.CANCEL:
+        order = review.with_cancel_reason(order, request)
+        ctx.orders[order_id] = order
         await ctx.executor.cancel(order, request.request_id)
+    elif request.command is CommandType.RETRY:
+        order, event = review.resubmission(order)
+        ctx.orders[order_id] = order
+        await ctx.emit(event)
+        await ctx.executor.submit(order, check_label_first=True)
     else:
+        ctx.orders[order_id] = order
         await ctx.executor.amend(order, request)
 
 

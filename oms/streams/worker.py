@@ -22,6 +22,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
+from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
 from oms.schemas import DeadLetter, ExecutionReport, OrderEvent, OrderStatus, now_ms
 from oms.secrets import SecretStore
@@ -72,7 +73,10 @@ class OrderWorker:
             dead_letter=self._dead_letter,
             source_topic=self._reports_topic,
         )
+        # Lifecycle (issue 6): monitoring, auto-cancel, partial fills, metrics, probes.
+        self.lifecycle = LifecycleWiring(self)
         self._register()
+        self.lifecycle.register()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -85,6 +89,7 @@ class OrderWorker:
 
     async def _emit(self, event: OrderEvent) -> None:
         await self._send(self._events_topic, event.order_id.encode(), event.to_bytes())
+        self.lifecycle.on_event(event)
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
         key = letter.key.encode() if letter.key else None

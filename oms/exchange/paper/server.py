@@ -297,6 +297,12 @@ class PaperExchange:
         self._reply(session, outcome)
 
     def _reply(self, session: Session, outcome: Outcome) -> None:
+        if outcome.lost:
+            # Executed, but the reply never leaves: the network died under it.
+            if session.transport is not None:
+                session.transport.abort()
+            asyncio.get_running_loop().create_task(self._close_session(session))
+            return
         if outcome.delay_s > 0:
             text = orjson.dumps(outcome.response).decode()
             asyncio.get_running_loop().call_later(outcome.delay_s, session.send_text, text)

@@ -1,0 +1,112 @@
+"""How the lifecycle, metrics and probes plug into an order worker.
+
+Kept apart from :mod:`oms.streams.worker` so the worker only has three call sites: build
+this, ``register()`` it, and pass every emitted event to ``on_event``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from oms.lifecycle.monitor import LifecycleMonitor
+from oms.metrics import OrderMetricsCollector
+from oms.metrics.collector import CONTENT_TYPE
+from oms.schemas import OrderEvent, OrderRequest
+
+if TYPE_CHECKING:
+    from oms.streams.worker import OrderWorker
+
+log = structlog.get_logger(__name__)
+
+
+class LifecycleWiring:
+    """The lifecycle timer, the metrics collector and the probe endpoints of one worker."""
+
+    def __init__(self, worker: OrderWorker) -> None:
+        from oms.streams.worker import _partition_of
+
+        self._worker = worker
+        settings = worker.settings
+        self.metrics = OrderMetricsCollector()
+        worker.executor.on_command = self.metrics.observe_command
+        partitions = settings.kafka.partitions
+        requests_topic = worker.oms.requests.get_topic_name()
+        self._owned: set[int] = set()
+
+        def owns(order_id: str) -> bool:
+            return _partition_of(order_id, partitions) in self._owned
+
+        async def publish_request(request: OrderRequest) -> None:
+            await worker._send(requests_topic, request.key.encode(), request.to_bytes())
+
+        self._requests_topic = requests_topic
+        self.monitor = LifecycleMonitor(
+            settings=settings.lifecycle,
+            orders=lambda: worker.oms.orders.items(),
+            owns=owns,
+            recheck=worker.executor.recheck,
+            is_busy=worker.executor.is_inflight,
+            publish_request=publish_request,
+        )
+
+    def on_event(self, event: OrderEvent) -> None:
+        """Every event the worker emits (metrics)."""
+        self.metrics.observe_event(event)
+
+    async def check(self) -> dict[str, int]:
+        """One lifecycle pass over the orders of the partitions this worker owns."""
+        worker = self._worker
+        self._owned = worker.oms.active_partitions(self._requests_topic)
+        if not self._owned:
+            return {}
+        executor = worker.executor
+        self.metrics.set_retries(executor.stats.get("retries", 0))
+        self.metrics.set_queue_length(len(executor._inflight))
+        return await self.monitor.run_once()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: instruments loaded and partitions assigned."""
+        worker = self._worker
+        instruments = len(worker.catalog)
+        try:
+            assigned = len(worker.app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = 0
+        ok = instruments > 0 and assigned > 0
+        return ok, {"ready": ok, "instruments": instruments, "assigned_partitions": assigned}
+
+    def register(self) -> None:
+        """Timer and web pages on the worker's Faust app."""
+        app = self._worker.app
+        interval = self._worker.settings.lifecycle.check_interval
+
+        @app.timer(interval=interval)
+        async def lifecycle_check() -> None:
+            try:
+                await self.check()
+            except Exception:  # a bad pass must not stop the timer
+                log.exception("lifecycle.check_failed")
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            self.metrics.set_queue_length(len(self._worker.executor._inflight))
+            self.metrics.set_retries(self._worker.executor.stats.get("retries", 0))
+            return web.bytes(self.metrics.prometheus(), content_type=CONTENT_TYPE)
+
+        @app.page("/metrics/summary")
+        async def summary(web: Any, request: Any) -> Any:
+            body = self.metrics.snapshot()
+            body["lifecycle"] = self.monitor.snapshot()
+            body["executor"] = dict(self._worker.executor.stats)
+            return web.json(body)
+
+        @app.page("/live")
+        async def live(web: Any, request: Any) -> Any:
+            return web.json({"live": True})
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            ok, body = self.ready()
+            return web.json(body, status=200 if ok else 503)
