@@ -266,3 +266,29 @@ class OrderClient:
         filters.setdefault("account_id", self.account_id)
         rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
         return rows
+
+    # -- lifecycle (issue 6) ---------------------------------------------------------------
+
+    async def retry_order(self, order_id: str, *, request_id: str | None = None) -> str:
+        """Resubmit an order parked in ``needs_review`` (looked up by label first, so it is
+        never sent twice); returns the request id."""
+        request = OrderRequest(
+            command=CommandType.RETRY,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+        )
+        await self.send(request)
+        return request.request_id
+
+    async def review_cancel(self, order_id: str, *, request_id: str | None = None) -> str:
+        """Cancel an order as a reviewer (the cancelled event carries ``manual_review``)."""
+        request = OrderRequest(
+            command=CommandType.CANCEL,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+            metadata={"reason_code": "manual_review"},
+        )
+        await self.send(request)
+        return request.request_id
