@@ -89,7 +89,10 @@ class LifecycleStack:
             return body
 
     async def wait(
-        self, order_id: str, *types: OrderEventType, timeout: float = 30.0
+        self,
+        order_id: str,
+        *types: OrderEventType,
+        timeout: float = 30.0,  # noqa: ASYNC109
     ) -> OrderEvent:
         wanted = frozenset(types) or OUTCOMES
         return await self.client.wait_for_event(
