@@ -13,7 +13,10 @@ import structlog
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
-from oms.schemas import OrderEvent, OrderRequest
+from oms.schemas import OrderEvent, OrderRecord, OrderRequest, OrderStatus
+
+# After a reconnect, these are looked up by label (what happened while we were away).
+_RECONCILE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 if TYPE_CHECKING:
     from oms.streams.worker import OrderWorker
@@ -42,6 +45,8 @@ class LifecycleWiring:
             await worker._send(requests_topic, request.key.encode(), request.to_bytes())
 
         self._requests_topic = requests_topic
+        self._owns = owns
+        worker.sessions.on_reconnect = self.reconcile_account
         self.monitor = LifecycleMonitor(
             settings=settings.lifecycle,
             orders=lambda: worker.oms.orders.items(),
@@ -50,6 +55,25 @@ class LifecycleWiring:
             is_busy=worker.executor.is_inflight,
             publish_request=publish_request,
         )
+
+    async def reconcile_account(self, account_id: str) -> None:
+        """After an exchange reconnect: every live order of the account (owned partitions)
+        is looked up by label, so fills and cancels missed while away are reported."""
+        worker = self._worker
+        self._owned = worker.oms.active_partitions(self._requests_topic)
+        orders: list[OrderRecord] = [
+            order
+            for order_id, order in list(worker.oms.orders.items())
+            if order is not None
+            and order.account_id == account_id
+            and order.status in _RECONCILE
+            and self._owns(order_id)
+        ]
+        found = await worker.executor.reconcile_now(orders)
+        counters = self.monitor.counters
+        counters["reconnect_reconciliations"] = counters.get("reconnect_reconciliations", 0) + 1
+        counters["reconnect_lookups"] = counters.get("reconnect_lookups", 0) + len(orders)
+        log.info("lifecycle.reconciled", account_id=account_id, orders=len(orders), found=found)
 
     def on_event(self, event: OrderEvent) -> None:
         """Every event the worker emits (metrics)."""

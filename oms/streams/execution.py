@@ -56,13 +56,44 @@ _TRIGGERED = frozenset(
 
 
 class ExchangeSessions:
-    """One authenticated Deribit connection per account, opened on first use."""
+    """One authenticated Deribit connection per account, opened on first use.
+
+    After a reconnect (the client resubscribes on its own) ``on_reconnect(account_id)`` runs
+    the owner's reconciliation; until it is done, :meth:`settled` holds back edits and
+    cancels of that account so they never race it.
+    """
 
     def __init__(self, settings: Settings, secrets: SecretStore) -> None:
         self._settings = settings
         self._secrets = secrets
         self._clients: dict[str, DeribitClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Per account: the client's reconnect count the last finished reconciliation covered.
+        self._reconciled: dict[str, int] = {}
+        self.on_reconnect: Callable[[str], Awaitable[None]] | None = None
+
+    async def settled(self, account_id: str) -> None:
+        """Wait (bounded) until the account's session is up and reconciled since its last
+        reconnect."""
+        client = await self.client(account_id)
+        deadline = asyncio.get_running_loop().time() + 3 * self._settings.exchange.request_timeout
+        while not (
+            client.connected.is_set()
+            and self._reconciled.get(account_id, 0) >= client.stats.reconnects
+        ):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("executor.reconciliation_wait_timeout", account_id=account_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _after_reconnect(self, account_id: str) -> None:
+        client = self._clients.get(account_id)
+        generation = client.stats.reconnects if client is not None else 0
+        try:
+            if self.on_reconnect is not None:
+                await self.on_reconnect(account_id)
+        finally:
+            self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), generation)
 
     async def client(self, account_id: str) -> DeribitClient:
         """The connected client of an account (connects on first call)."""
@@ -81,6 +112,10 @@ class ExchangeSessions:
                     credentials,
                     settings=self._settings.exchange,
                     name=f"exec:{account_id}",
+                    on_reconnect=lambda: self._after_reconnect(account_id),
+                    cancel_on_disconnect=(
+                        account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
+                    ),
                 )
                 try:
                     await client.connect()
@@ -141,6 +176,28 @@ class OrderExecutor:
     async def reconcile(self, order: OrderRecord) -> None:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
+
+    async def reconcile_now(self, orders: list[OrderRecord], concurrency: int = 8) -> int:
+        """Look every order up by label right now (after a reconnect), outside the per-order
+        command chains, and report what the exchange has. Never sends an order: unknown ones
+        are left to the unacknowledged-order sweep. Returns how many were found."""
+        gate = asyncio.Semaphore(concurrency)
+        found_count = 0
+
+        async def one(order: OrderRecord) -> None:
+            nonlocal found_count
+            async with gate:
+                try:
+                    found = await self._lookup_by_label(order)
+                except (ExchangeError, TimeoutError) as exc:
+                    log.info("executor.reconcile_failed", order_id=order.order_id, error=str(exc))
+                    return
+                if found is not None:
+                    found_count += 1
+                    await self._publish_found(order, found)
+
+        await asyncio.gather(*(one(o) for o in orders))
+        return found_count
 
     async def recheck(self, order: OrderRecord) -> None:
         """Fetch an acknowledged order's state (``private/get_order_state``) and report it:
@@ -331,6 +388,8 @@ class OrderExecutor:
         for attempt in range(attempts):
             started = asyncio.get_running_loop().time()
             try:
+                # Never race the reconciliation after a reconnect (duplicate live orders).
+                await self._sessions.settled(order.account_id)
                 client = await self._sessions.client(order.account_id)
                 result = await client.call(method, params)
             except ExchangeError as exc:

@@ -21,6 +21,8 @@ from oms.settings import Settings
 from tests.integration.test_pipeline import ACCOUNTS, make_settings, start_stack
 
 ACCOUNT = ACCOUNTS[0]
+# The account with Deribit's cancel-on-disconnect enabled.
+COD_ACCOUNT = ACCOUNTS[3]
 OUTCOMES = frozenset(
     {
         OrderEventType.OPEN,
@@ -44,6 +46,7 @@ def lifecycle_settings(settings: Settings) -> Settings:
                     "retry_attempts": 2,
                     "retry_delay": 0.05,
                     "retry_max_delay": 0.2,
+                    "cancel_on_disconnect_accounts": [COD_ACCOUNT],
                 }
             )
         }
