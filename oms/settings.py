@@ -121,6 +121,8 @@ class LifecycleSettings(BaseModel):
     check_interval: float = Field(1.0, gt=0)
     # Budget of private/get_order_state re-checks per timer run (credits are shared).
     max_rechecks_per_run: int = Field(5, ge=0)
+    # How often a worker samples its metrics into the ClickHouse `metrics` table; 0: never.
+    metrics_sample_interval: float = Field(10.0, ge=0)
     # Deribit cancel-on-disconnect (scope "connection") for these accounts.
     cancel_on_disconnect_accounts: list[str] = []
 

@@ -6,6 +6,8 @@ this, ``register()`` it, and pass every emitted event to ``on_event``.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -13,7 +15,7 @@ import structlog
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
-from oms.schemas import OrderEvent, OrderRecord, OrderRequest, OrderStatus
+from oms.schemas import MetricsSample, OrderEvent, OrderRecord, OrderRequest, OrderStatus, Topic
 
 # After a reconnect, these are looked up by label (what happened while we were away).
 _RECONCILE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
@@ -46,6 +48,8 @@ class LifecycleWiring:
 
         self._requests_topic = requests_topic
         self._owns = owns
+        self._metrics_topic = settings.topic(Topic.METRICS)
+        self.worker_id = f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}"
         worker.sessions.on_reconnect = self.reconcile_account
         self.monitor = LifecycleMonitor(
             settings=settings.lifecycle,
@@ -74,6 +78,18 @@ class LifecycleWiring:
         counters["reconnect_reconciliations"] = counters.get("reconnect_reconciliations", 0) + 1
         counters["reconnect_lookups"] = counters.get("reconnect_lookups", 0) + len(orders)
         log.info("lifecycle.reconciled", account_id=account_id, orders=len(orders), found=found)
+
+    async def sample_metrics(self) -> MetricsSample:
+        """Publish one sample of this worker's metrics (the sink stores it in ``metrics``)."""
+        worker = self._worker
+        self.metrics.set_retries(worker.executor.stats.get("retries", 0))
+        self.metrics.set_queue_length(len(worker.executor._inflight))
+        values = self.metrics.flat()
+        for name, value in self.monitor.counters.items():
+            values[f"lifecycle.{name}"] = float(value)
+        sample = MetricsSample(worker=self.worker_id, values=values)
+        await worker._send(self._metrics_topic, self.worker_id.encode(), sample.to_bytes())
+        return sample
 
     def on_event(self, event: OrderEvent) -> None:
         """Every event the worker emits (metrics)."""
@@ -113,11 +129,22 @@ class LifecycleWiring:
             except Exception:  # a bad pass must not stop the timer
                 log.exception("lifecycle.check_failed")
 
+        sample_every = self._worker.settings.lifecycle.metrics_sample_interval
+        if sample_every > 0:
+
+            @app.timer(interval=sample_every)
+            async def metrics_sample() -> None:
+                try:
+                    await self.sample_metrics()
+                except Exception:
+                    log.exception("lifecycle.metrics_sample_failed")
+
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
             self.metrics.set_queue_length(len(self._worker.executor._inflight))
             self.metrics.set_retries(self._worker.executor.stats.get("retries", 0))
-            return web.bytes(self.metrics.prometheus(), content_type=CONTENT_TYPE)
+            # aiohttp refuses a charset inside content_type: pass the header as is.
+            return web.bytes(self.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE})
 
         @app.page("/metrics/summary")
         async def summary(web: Any, request: Any) -> Any:

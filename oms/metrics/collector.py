@@ -112,6 +112,9 @@ class OrderMetricsCollector:
         self._sent: dict[str, float] = {}
         self._held: dict[str, float] = {}
         self._acked: dict[str, float] = {}
+        # Orders that reached their outcome (insertion-ordered set, bounded): each order is
+        # counted once, whatever news about it comes later.
+        self._outcomes: dict[str, None] = {}
         self._n_succeeded = 0
         self._n_failed = 0
         self._n_notified = [0, 0]  # failed, ok
@@ -126,7 +129,7 @@ class OrderMetricsCollector:
         self.events.labels(kind.value).inc()
         oid = event.order_id
         at = event.timestamp / 1000
-        if kind in _INTAKE_OUTCOMES and oid not in self._created and oid not in self._acked:
+        if kind in _INTAKE_OUTCOMES and oid not in self._created and oid not in self._outcomes:
             created = (event.request_created_at or event.timestamp) / 1000
             self._created[oid] = created
             self._stage("intake", at - created)
@@ -137,7 +140,7 @@ class OrderMetricsCollector:
             if held is not None:
                 self._stage("queued", at - held)
             self._sent[oid] = at
-        if kind in _EXCHANGE_ANSWERS and oid not in self._acked:
+        if kind in _EXCHANGE_ANSWERS and oid not in self._outcomes:
             self._outcome(event, at)
         if kind is OrderEventType.FILLED:
             acked = self._acked.get(oid)
@@ -202,11 +205,26 @@ class OrderMetricsCollector:
             "stages": stages,
         }
 
+    def flat(self) -> dict[str, float]:
+        """The snapshot as flat ``name -> value`` (``stage.<name>.<stat>`` for stages),
+        values that are not known yet left out: the shape of a ClickHouse sample."""
+        out: dict[str, float] = {}
+        for name, value in self.snapshot().items():
+            if name == "stages":
+                for stage, row in value.items():
+                    for stat, number in row.items():
+                        if number is not None:
+                            out[f"stage.{stage}.{stat}"] = float(number)
+            elif value is not None:
+                out[name] = float(value)
+        return out
+
     # -- internals ---------------------------------------------------------------------------
 
     def _outcome(self, event: OrderEvent, at: float) -> None:
         oid = event.order_id
         self._acked[oid] = at
+        self._outcomes[oid] = None
         sent = self._sent.get(oid)
         if sent is not None:
             self._stage("acknowledged", at - sent)
@@ -233,7 +251,7 @@ class OrderMetricsCollector:
         self._counts[stage] += 1
 
     def _bound(self) -> None:
-        for memo in (self._created, self._sent, self._held, self._acked):
+        for memo in (self._created, self._sent, self._held, self._acked, self._outcomes):
             while len(memo) > _MAX_TRACKED:
                 del memo[next(iter(memo))]
 

@@ -47,6 +47,7 @@ def lifecycle_settings(settings: Settings) -> Settings:
                     "retry_delay": 0.05,
                     "retry_max_delay": 0.2,
                     "cancel_on_disconnect_accounts": [COD_ACCOUNT],
+                    "metrics_sample_interval": 1.0,
                 }
             )
         }
