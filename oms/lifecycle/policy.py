@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from oms.errors import InvalidOrderError
 from oms.schemas import ReasonCode
 from oms.settings import LifecycleSettings
 
@@ -78,6 +79,13 @@ def policy_problem(metadata: Mapping[str, Any]) -> str | None:
         if key == "retry_attempts" and int(value) != value:
             return "retry_attempts must be a whole number"
     return None
+
+
+def check_policy(metadata: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidOrderError` (reason ``schema_invalid``) for invalid overrides."""
+    problem = policy_problem(metadata)
+    if problem is not None:
+        raise InvalidOrderError(f"metadata: {problem}")
 
 
 def cancel_reason(metadata: Mapping[str, Any]) -> ReasonCode | None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import structlog
 
+from oms.errors import AdvancedOrderError
 from oms.lifecycle import review
-from oms.lifecycle.policy import policy_problem
+from oms.lifecycle.policy import check_policy
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -112,10 +113,11 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     rejection = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
-    # Lifecycle overrides in metadata (issue 6).
-    problem = policy_problem(request.metadata) if rejection is None else None
-    if problem is not None:
-        rejection = Rejection(ReasonCode.SCHEMA_INVALID, problem)
+    if rejection is None:
+        try:
+            check_policy(request.metadata)  # lifecycle overrides in metadata (issue 6)
+        except AdvancedOrderError as exc:
+            rejection = Rejection(exc.reason_code, exc.message)
     if rejection is not None:
         ctx.count("rejected")
         rejected = order.model_copy(

@@ -140,3 +140,17 @@ async def test_reply_lost_mid_submit_sends_no_duplicate(stack: LifecycleStack) -
     assert order_id not in stats["duplicate_labels"]
     faults = await stack.admin("admin/get_faults")
     assert faults["drop_after_next"] == 0  # the fault did fire
+
+
+async def test_invalid_lifecycle_override_is_refused_with_its_reason(
+    stack: LifecycleStack,
+) -> None:
+    buys = await stack.method_count("private/buy")
+    order_id = await stack.client.submit_advanced_order(
+        **RESTING_BUY, metadata={"error_handling": "pray"}
+    )
+    event = await stack.wait(order_id)
+    assert event.event_type is OrderEventType.REJECTED
+    assert event.reason_code is ReasonCode.SCHEMA_INVALID
+    assert event.message and "error_handling" in event.message
+    assert await stack.method_count("private/buy") == buys
