@@ -65,6 +65,8 @@ class LifecycleMonitor:
         for order_id, order in list(self.orders()):
             if order is None or order.status not in _LIVE or not self.owns(order_id):
                 continue
+            if order.metadata.get("algo") == "twap":
+                continue  # a parent is not at the exchange; its children are watched
             live.add(order_id)
             policy = policy_of(order.metadata, self.settings)
             since = order.submitted_at or order.created_at

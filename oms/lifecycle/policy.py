@@ -23,7 +23,12 @@ PARTIAL_FILL_POLICIES = ("wait_remaining", "cancel_remaining")
 # records it on the order, and the cancelled event reports it.
 CANCEL_REASON_KEY = "reason_code"
 CANCEL_REASONS = frozenset(
-    {ReasonCode.AUTO_CANCELLED, ReasonCode.PARTIAL_FILL_CANCELLED, ReasonCode.MANUAL_REVIEW}
+    {
+        ReasonCode.AUTO_CANCELLED,
+        ReasonCode.PARTIAL_FILL_CANCELLED,
+        ReasonCode.MANUAL_REVIEW,
+        ReasonCode.LINKED_ORDER_CANCELLED,
+    }
 )
 
 

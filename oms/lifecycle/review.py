@@ -7,6 +7,7 @@ return.
 
 from __future__ import annotations
 
+from oms.algos import twap
 from oms.lifecycle.policy import cancel_reason
 from oms.schemas import OrderEvent, OrderRecord, OrderRequest, OrderStatus, ReasonCode
 from oms.streams.state_machine import transition
@@ -16,6 +17,7 @@ _REASON_TEXT = {
     ReasonCode.AUTO_CANCELLED: "open longer than auto_cancel_timeout",
     ReasonCode.PARTIAL_FILL_CANCELLED: "rest cancelled after a partial fill (cancel_remaining)",
     ReasonCode.MANUAL_REVIEW: "cancelled by a reviewer",
+    ReasonCode.LINKED_ORDER_CANCELLED: "its parent order was cancelled",
 }
 
 
@@ -36,7 +38,25 @@ def check_amend_status(order: OrderRecord) -> Rejection | None:
             ReasonCode.ORDER_NOT_OPEN,
             f"order {order.order_id} is waiting for review: retry or cancel it first",
         )
+    if twap.is_twap(order.metadata):
+        return Rejection(
+            ReasonCode.NOT_SUPPORTED, "an execution algorithm's parent cannot be amended"
+        )
     return None
+
+
+def parent_cancelled(order: OrderRecord, request: OrderRequest) -> tuple[OrderRecord, OrderEvent]:
+    """An execution algorithm's parent is cancelled by the OMS itself (it is not at the
+    exchange): no further slices, its children are cancelled by the worker's timer."""
+    reasoned = with_cancel_reason(order, request)
+    updated, event = transition(
+        reasoned,
+        OrderStatus.CANCELLED,
+        reason_code=reasoned.reason_code if reasoned is not order else None,
+        message=reasoned.reason_message if reasoned is not order else None,
+    )
+    event.request_id = request.request_id
+    return updated, event
 
 
 def with_cancel_reason(order: OrderRecord, request: OrderRequest) -> OrderRecord:

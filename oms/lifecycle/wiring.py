@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from oms.algos.scheduler import AlgoScheduler
+from oms.algos.ticks import TickCache
+from oms.algos.twap import is_twap
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
@@ -47,6 +50,14 @@ class LifecycleWiring:
             await worker._send(requests_topic, request.key.encode(), request.to_bytes())
 
         self._requests_topic = requests_topic
+        # Until the worker's own tick cache lands (issue 3), a small consumer of market-ticks.
+        self.ticks = TickCache(settings)
+        self.algos = AlgoScheduler(
+            orders=lambda: worker.oms.orders.items(),
+            owns=owns,
+            publish_request=publish_request,
+            latest_tick=self.ticks.latest,
+        )
         self._owns = owns
         self._metrics_topic = settings.topic(Topic.METRICS)
         self.worker_id = f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}"
@@ -71,6 +82,7 @@ class LifecycleWiring:
             if order is not None
             and order.account_id == account_id
             and order.status in _RECONCILE
+            and not is_twap(order.metadata)  # a parent is not at the exchange
             and self._owns(order_id)
         ]
         found = await worker.executor.reconcile_now(orders)
@@ -104,6 +116,7 @@ class LifecycleWiring:
         executor = worker.executor
         self.metrics.set_retries(executor.stats.get("retries", 0))
         self.metrics.set_queue_length(len(executor._inflight))
+        await self.algos.run_once()
         return await self.monitor.run_once()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -139,6 +152,10 @@ class LifecycleWiring:
                 except Exception:
                     log.exception("lifecycle.metrics_sample_failed")
 
+        @app.task
+        async def follow_ticks() -> None:
+            await self.ticks.run()
+
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
             self.metrics.set_queue_length(len(self._worker.executor._inflight))
@@ -150,6 +167,7 @@ class LifecycleWiring:
         async def summary(web: Any, request: Any) -> Any:
             body = self.metrics.snapshot()
             body["lifecycle"] = self.monitor.snapshot()
+            body["algos"] = dict(self.algos.counters)
             body["executor"] = dict(self._worker.executor.stats)
             return web.json(body)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from oms.algos import chase, twap
 from oms.errors import AdvancedOrderError
 from oms.lifecycle import review
 from oms.lifecycle.policy import check_policy
@@ -118,6 +119,10 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             check_policy(request.metadata)  # lifecycle overrides in metadata (issue 6)
         except AdvancedOrderError as exc:
             rejection = Rejection(exc.reason_code, exc.message)
+    if rejection is None and twap.is_twap(request.metadata):
+        rejection = twap.check_twap(request, ctx.instrument(request.instrument_name))
+    if rejection is None and chase.is_chase(request.metadata):
+        rejection = chase.check_chase(request, ctx.instrument(request.instrument_name))
     if rejection is not None:
         ctx.count("rejected")
         rejected = order.model_copy(
@@ -136,6 +141,14 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
                 message=rejection.message,
             )
         )
+        return
+    if twap.is_twap(request.metadata):
+        # An execution algorithm's parent: worked by the worker's timer, never sent itself.
+        working, event = twap.start_parent(
+            order, ctx.instrument(request.instrument_name).min_trade_amount
+        )
+        ctx.orders[order_id] = working
+        await ctx.emit(event)
         return
     # One event for "accepted and sent": its previous_status (pending) says it was accepted.
     submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
@@ -211,7 +224,12 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     assert order is not None
     seen = [*order.seen_request_ids, request.request_id][-SEEN_REQUESTS_KEPT:]
     order = order.model_copy(update={"seen_request_ids": seen})
-    if request.command is CommandType.CANCEL:
+    if request.command is CommandType.CANCEL and twap.is_twap(order.metadata):
+        # The parent stops here; the worker's timer cancels its live children.
+        order, event = review.parent_cancelled(order, request)
+        ctx.orders[order_id] = order
+        await ctx.emit(event)
+    elif request.command is CommandType.CANCEL:
         order = review.with_cancel_reason(order, request)
         ctx.orders[order_id] = order
         await ctx.executor.cancel(order, request.request_id)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
 import structlog
 from pydantic import ValidationError
 
+from oms.algos import twap
 from oms.schemas import ExecutionReport, OrderRecord, ReasonCode
 from oms.streams.context import AgentContext
 from oms.streams.state_machine import Outcome, apply_report, reannouncement
@@ -12,8 +16,11 @@ from oms.streams.state_machine import Outcome, apply_report, reannouncement
 log = structlog.get_logger(__name__)
 
 
-# The order-state agent needs nothing beyond the common context.
-OrderStateContext = AgentContext
+@dataclass(kw_only=True)
+class OrderStateContext(AgentContext):
+    """Plus where to forward a child order's news to its parent (execution algorithms)."""
+
+    publish_report: Callable[[ExecutionReport], Awaitable[None]] | None = None
 
 
 async def handle_report(
@@ -45,7 +52,10 @@ async def handle_report(
             exchange_order_id=report.exchange_order_id,
         )
         return
-    result = apply_report(order, report)
+    if twap.is_child_report(report):
+        result = twap.apply_child_report(order, report)
+    else:
+        result = apply_report(order, report)
     ctx.count(f"reports_{result.outcome.value}")
     if result.outcome is Outcome.ILLEGAL:
         log.warning(
@@ -62,3 +72,8 @@ async def handle_report(
         events = [reannouncement(order)]
     for event in events:
         await ctx.emit(event)
+    if ctx.publish_report is not None and (result.changed or replayed):
+        # A child order's news goes on to its parent (idempotent there).
+        forward = twap.child_update(order, result.order, force=replayed)
+        if forward is not None:
+            await ctx.publish_report(forward)

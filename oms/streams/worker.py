@@ -72,6 +72,7 @@ class OrderWorker:
             emit=self._emit,
             dead_letter=self._dead_letter,
             source_topic=self._reports_topic,
+            publish_report=self._publish_report,
         )
         # Lifecycle (issue 6): monitoring, auto-cancel, partial fills, metrics, probes.
         self.lifecycle = LifecycleWiring(self)
