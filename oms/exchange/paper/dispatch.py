@@ -90,10 +90,13 @@ def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int
             faults = st.faults
             if method.order_entry:
                 if faults.take("reject_next"):
+                    faults.count("rejected")
                     raise RpcError(faults.reject_code, {"reason": "injected fault"})
                 if faults.hit(faults.reject_fraction):
+                    faults.count("rejected")
                     raise RpcError(faults.reject_code, {"reason": "injected fault"})
                 if faults.hit(faults.rate_limit_fraction):
+                    faults.count("rate_limited")
                     raise RpcError(errors.TOO_MANY_REQUESTS)
         result = method.handler(st, session, Params(raw))
         outcome = Outcome(_envelope(req_id, us_in, result))
@@ -104,6 +107,7 @@ def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int
         outcome = Outcome(_envelope(req_id, us_in, error=RpcError(11050, {"reason": "internal"})))
     faults = st.faults
     if method.order_entry and not http and faults.take("drop_after_next"):
+        faults.count("replies_lost")
         outcome.lost = True
     if not method.admin and faults.hit(faults.delay_fraction):
         outcome.delay_s = faults.delay_s

@@ -33,15 +33,17 @@ class Faults:
     drop_after_next: int = 0
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+    # How often each fault fired (admin/get_stats), for reports of chaos runs.
+    fired: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.rng.seed(self.seed)
 
     def update(self, values: dict[str, Any]) -> None:
         """Apply ``admin/set_faults`` params; an empty dict resets everything."""
-        names = {f.name for f in fields(self) if f.name != "rng"}
+        names = {f.name for f in fields(self) if f.name not in _INTERNAL}
         if not values:
-            values = {f.name: f.default for f in fields(self) if f.name != "rng"}
+            values = {f.name: f.default for f in fields(self) if f.name not in _INTERNAL}
         for name, value in values.items():
             if name not in names:
                 raise invalid_param(name, "unknown fault")
@@ -56,7 +58,10 @@ class Faults:
             self.rng.seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rng"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _INTERNAL}
+
+    def count(self, name: str) -> None:
+        self.fired[name] = self.fired.get(name, 0) + 1
 
     def hit(self, fraction: float) -> bool:
         return fraction > 0 and self.rng.random() < fraction
@@ -70,4 +75,5 @@ class Faults:
         return True
 
 
+_INTERNAL = frozenset({"rng", "fired"})
 _INTEGERS = frozenset({"reject_code", "seed", "reject_next", "drop_after_next"})

@@ -198,6 +198,10 @@ class PaperExchange:
             await asyncio.sleep(every)
             if self.faults.drop_every_s > 0:
                 n = await self.drop_connections()
+                self.faults.count("drops")
+                self.faults.fired["connections_dropped"] = (
+                    self.faults.fired.get("connections_dropped", 0) + n
+                )
                 log.info("paper.fault_drop connections=%d", n)
 
     def _start_heartbeat(self, session: Session) -> None:
