@@ -61,7 +61,7 @@ class LifecycleWiring:
         self._owns = owns
         self._metrics_topic = settings.topic(Topic.METRICS)
         self.worker_id = f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}"
-        worker.sessions.on_reconnect = self.reconcile_account
+        worker.executor.exchange.on_reconnect = self.reconcile_account
         self.monitor = LifecycleMonitor(
             settings=settings.lifecycle,
             orders=lambda: worker.oms.orders.items(),

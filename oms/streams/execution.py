@@ -9,6 +9,10 @@ Exactly-once towards the exchange: the Deribit ``label`` is our order id. A subm
 outcome is unknown (connection lost, timeout, or a request that a previous worker may have
 sent before it died) is first looked up by label and only resent when the exchange has no
 order with that label.
+
+The executor talks to an :class:`~oms.exchange.interface.Exchange` only (Deribit or the
+paper exchange today): retries, label lookups and error strategies live here, once, for
+every venue.
 """
 
 from __future__ import annotations
@@ -16,116 +20,32 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.errors import (
-    CONNECTION_LOST,
-    NEEDS_REVIEW,
-    RETRIES_EXHAUSTED,
-    ConnectionLost,
-    ExchangeError,
-)
-from oms.exchange.translate import report_from_error, report_from_order
+from oms.exchange.deribit.venue import DeribitVenue, ExchangeSessions, submit_params
+from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError
+from oms.exchange.interface import Exchange
+from oms.exchange.translate import report_from_error
 from oms.lifecycle.policy import policy_of
 from oms.schemas import (
     CommandType,
-    Direction,
     ExchangeOrderState,
     ExecutionReport,
     OrderRecord,
     OrderRequest,
     OrderStatus,
-    OrderType,
     ReportSource,
     now_ms,
 )
-from oms.secrets import SecretStore
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[ExecutionReport], Awaitable[None]]
 
-# Order types that carry a trigger at Deribit.
-_TRIGGERED = frozenset(
-    {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
-)
-
-
-class ExchangeSessions:
-    """One authenticated Deribit connection per account, opened on first use.
-
-    After a reconnect (the client resubscribes on its own) ``on_reconnect(account_id)`` runs
-    the owner's reconciliation; until it is done, :meth:`settled` holds back edits and
-    cancels of that account so they never race it.
-    """
-
-    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
-        self._settings = settings
-        self._secrets = secrets
-        self._clients: dict[str, DeribitClient] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        # Per account: the client's reconnect count the last finished reconciliation covered.
-        self._reconciled: dict[str, int] = {}
-        self.on_reconnect: Callable[[str], Awaitable[None]] | None = None
-
-    async def settled(self, account_id: str) -> None:
-        """Wait (bounded) until the account's session is up and reconciled since its last
-        reconnect."""
-        client = await self.client(account_id)
-        deadline = asyncio.get_running_loop().time() + 3 * self._settings.exchange.request_timeout
-        while not (
-            client.connected.is_set()
-            and self._reconciled.get(account_id, 0) >= client.stats.reconnects
-        ):
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning("executor.reconciliation_wait_timeout", account_id=account_id)
-                return
-            await asyncio.sleep(0.05)
-
-    async def _after_reconnect(self, account_id: str) -> None:
-        client = self._clients.get(account_id)
-        generation = client.stats.reconnects if client is not None else 0
-        try:
-            if self.on_reconnect is not None:
-                await self.on_reconnect(account_id)
-        finally:
-            self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), generation)
-
-    async def client(self, account_id: str) -> DeribitClient:
-        """The connected client of an account (connects on first call)."""
-        client = self._clients.get(account_id)
-        if client is not None:
-            return client
-        lock = self._locks.setdefault(account_id, asyncio.Lock())
-        async with lock:
-            client = self._clients.get(account_id)
-            if client is None:
-                credentials = self._secrets.credentials(account_id)
-                if credentials is None:
-                    raise KeyError(f"no exchange credentials for account {account_id!r}")
-                client = DeribitClient(
-                    self._settings.exchange.url,
-                    credentials,
-                    settings=self._settings.exchange,
-                    name=f"exec:{account_id}",
-                    on_reconnect=lambda: self._after_reconnect(account_id),
-                    cancel_on_disconnect=(
-                        account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
-                    ),
-                )
-                try:
-                    await client.connect()
-                except (OSError, TimeoutError) as exc:
-                    # Nothing was sent: a plain retryable failure, not an unknown outcome.
-                    error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
-                    error.outcome_unknown = False
-                    raise error from exc
-                self._clients[account_id] = client
-        return client
+# Kept importable from here for existing callers (the worker builds the sessions).
+__all__ = ["ExchangeSessions", "OrderExecutor", "submit_params"]
 
 
 class OrderExecutor:
@@ -133,15 +53,17 @@ class OrderExecutor:
 
     def __init__(
         self,
-        sessions: ExchangeSessions,
+        exchange: Exchange | ExchangeSessions,
         publish: Publish,
         settings: Settings,
         currency_of: Callable[[str], str],
     ) -> None:
-        self._sessions = sessions
+        if isinstance(exchange, ExchangeSessions):
+            # Deribit's API (Deribit itself or the paper exchange) over the given sessions.
+            exchange = DeribitVenue(settings, None, currency_of, sessions=exchange)
+        self._exchange: Exchange = exchange
         self._publish = publish
         self._settings = settings
-        self._currency_of = currency_of
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
         self.stats: dict[str, int] = {
@@ -156,6 +78,11 @@ class OrderExecutor:
         self.on_command: Callable[[str, float, bool], None] | None = None
 
     # -- public API used by the agents -------------------------------------------------------
+
+    @property
+    def exchange(self) -> Exchange:
+        """The venue this executor trades on."""
+        return self._exchange
 
     def is_inflight(self, order_id: str) -> bool:
         return order_id in self._inflight
@@ -194,7 +121,7 @@ class OrderExecutor:
                     return
                 if found is not None:
                     found_count += 1
-                    await self._publish_found(order, found)
+                    await self._publish(found)
 
         await asyncio.gather(*(one(o) for o in orders))
         return found_count
@@ -236,17 +163,15 @@ class OrderExecutor:
                 found = await self._lookup_by_label(order)
                 if found is not None:
                     self.stats["label_hits"] += 1
-                    await self._publish_found(order, found)
+                    await self._publish(found)
                     return
                 if attempt > 0:
                     self.stats["retries"] += 1
                 self.stats["resubmits"] += 1
             started = asyncio.get_running_loop().time()
             try:
-                client = await self._sessions.client(order.account_id)
-                method = "private/buy" if order.direction is Direction.BUY else "private/sell"
                 self.stats["submits"] += 1
-                result = await client.call(method, submit_params(order))
+                report = await self._exchange.place(order)
             except ExchangeError as exc:
                 self._observe("submit", started, ok=False)
                 last_error = exc
@@ -257,35 +182,20 @@ class OrderExecutor:
                     await asyncio.sleep(self._backoff(attempt))
                 continue
             self._observe("submit", started, ok=True)
-            await self._publish(
-                report_from_order(
-                    result["order"],
-                    account_id=order.account_id,
-                    source=ReportSource.RPC,
-                    trades=result.get("trades") or (),
-                    command=CommandType.SUBMIT,
-                    request_id=order.request_id,
-                )
-            )
+            await self._publish(report)
             return
         assert last_error is not None
         if last_error.outcome_unknown or last_error.retryable:
             # Never give up on an order that may be live: one last label lookup.
             found = await self._lookup_by_label(order)
             if found is not None:
-                await self._publish_found(order, found)
+                await self._publish(found)
                 return
         await self._publish_error(
             order,
             _strategy_outcome(last_error, policy.error_handling, attempts),
             CommandType.SUBMIT,
             order.request_id,
-        )
-
-    async def _publish_found(self, order: OrderRecord, found: dict[str, Any]) -> None:
-        """Report what a label lookup found at the exchange."""
-        await self._publish(
-            report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
         )
 
     async def _publish_error(
@@ -303,28 +213,17 @@ class OrderExecutor:
             )
         )
 
-    async def _lookup_by_label(self, order: OrderRecord) -> dict[str, Any] | None:
-        """The exchange's order with our label, waiting out disconnects."""
+    async def _lookup_by_label(self, order: OrderRecord) -> ExecutionReport | None:
+        """The exchange's order with our label (a reconcile report), waiting out
+        disconnects."""
         delay = self._settings.lifecycle.retry_delay
         for attempt in range(20):
             try:
-                client = await self._sessions.client(order.account_id)
-                orders = await client.call(
-                    "private/get_order_state_by_label",
-                    {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
-                )
+                return await self._exchange.find(order)
             except ExchangeError as exc:
                 if not exc.retryable:
                     raise
                 await asyncio.sleep(min(delay * (2**attempt), 10.0))
-                continue
-            if not orders:
-                return None
-            if len(orders) > 1:
-                log.error("executor.duplicate_label", order_id=order.order_id, count=len(orders))
-            # The most recently updated order is the one whose state matters.
-            latest: dict[str, Any] = max(orders, key=lambda o: o.get("last_update_timestamp", 0))
-            return latest
         raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
     async def _recheck(self, order: OrderRecord) -> None:
@@ -333,16 +232,11 @@ class OrderExecutor:
             return
         self.stats["rechecks"] += 1
         try:
-            client = await self._sessions.client(order.account_id)
-            found = await client.call(
-                "private/get_order_state", {"order_id": order.exchange_order_id}
-            )
+            report = await self._exchange.refresh(order)
         except ExchangeError as exc:
             log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
             return
-        await self._publish(
-            report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
-        )
+        await self._publish(report)
 
     async def _cancel(self, order: OrderRecord, request_id: str) -> None:
         if order.status is OrderStatus.NEEDS_REVIEW:
@@ -352,46 +246,38 @@ class OrderExecutor:
             if found is None:
                 await self._publish(_unsent_cancelled(order, request_id))
                 return
-        await self._command(
-            order,
-            request_id,
-            CommandType.CANCEL,
-            "private/cancel_by_label",
-            {"label": order.order_id, "currency": self._currency_of(order.instrument_name)},
-        )
+        await self._command(order, request_id, CommandType.CANCEL, lambda: self._cancel_once(order))
 
     async def _amend(self, order: OrderRecord, request: OrderRequest) -> None:
-        params: dict[str, Any] = {"amount": request.amount or order.amount}
+        amount = request.amount or order.amount
         price = request.price if request.price is not None else order.price
-        if price is not None:
-            params["price"] = price
-        if order.exchange_order_id:
-            params["order_id"] = order.exchange_order_id
-            method = "private/edit"
-        else:
-            params["label"] = order.order_id
-            params["instrument_name"] = order.instrument_name
-            method = "private/edit_by_label"
-        await self._command(order, request.request_id, CommandType.AMEND, method, params)
+        await self._command(
+            order,
+            request.request_id,
+            CommandType.AMEND,
+            lambda: self._exchange.amend(order, amount, price),
+        )
+
+    async def _cancel_once(self, order: OrderRecord) -> None:
+        await self._exchange.cancel(order)
 
     async def _command(
         self,
         order: OrderRecord,
         request_id: str,
         command: CommandType,
-        method: str,
-        params: dict[str, Any],
+        send: Callable[[], Awaitable[ExecutionReport | None]],
     ) -> None:
         # Cancels by label and edits (absolute amount and price) are idempotent: safe to send
         # again after a retryable failure, e.g. while the connection is being re-established.
         attempts = 1 + self._settings.lifecycle.retry_attempts
+        result: ExecutionReport | None = None
         for attempt in range(attempts):
             started = asyncio.get_running_loop().time()
             try:
                 # Never race the reconciliation after a reconnect (duplicate live orders).
-                await self._sessions.settled(order.account_id)
-                client = await self._sessions.client(order.account_id)
-                result = await client.call(method, params)
+                await self._exchange.settled(order.account_id)
+                result = await send()
             except ExchangeError as exc:
                 self._observe(command.value, started, ok=False)
                 if exc.retryable and attempt + 1 < attempts:
@@ -403,28 +289,16 @@ class OrderExecutor:
             self._observe(command.value, started, ok=True)
             break
         if command is CommandType.CANCEL:
-            # cancel_by_label answers with a count; the order's new state follows on
-            # user.orders, and we fetch it now so the cancel never depends on that stream.
-            found = await self._lookup_by_label(order)
-            if found is None:
-                return
-            report = report_from_order(
-                found,
-                account_id=order.account_id,
-                source=ReportSource.RPC,
-                command=command,
-                request_id=request_id,
+            # A cancel answers with a count; the order's new state follows on the stream,
+            # and we fetch it now so the cancel never depends on that stream.
+            result = await self._lookup_by_label(order)
+        if result is None:
+            return
+        await self._publish(
+            result.model_copy(
+                update={"source": ReportSource.RPC, "command": command, "request_id": request_id}
             )
-        else:
-            report = report_from_order(
-                result["order"],
-                account_id=order.account_id,
-                source=ReportSource.RPC,
-                trades=result.get("trades") or (),
-                command=command,
-                request_id=request_id,
-            )
-        await self._publish(report)
+        )
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter in [delay/2, delay*1.5), capped."""
@@ -474,24 +348,3 @@ def _unsent_cancelled(order: OrderRecord, request_id: str) -> ExecutionReport:
         filled_amount=0.0,
         exchange_timestamp=now_ms(),
     )
-
-
-def submit_params(order: OrderRecord) -> dict[str, Any]:
-    """``private/buy`` / ``private/sell`` parameters of an order."""
-    params: dict[str, Any] = {
-        "instrument_name": order.instrument_name,
-        "amount": order.amount,
-        "type": order.order_type.value,
-        "label": order.order_id,
-        "time_in_force": order.time_in_force.value,
-    }
-    if order.price is not None and order.order_type is not OrderType.MARKET:
-        params["price"] = order.price
-    if order.post_only:
-        params["post_only"] = True
-    if order.reduce_only:
-        params["reduce_only"] = True
-    if order.order_type in _TRIGGERED and order.trigger_price is not None:
-        params["trigger_price"] = order.trigger_price
-        params["trigger"] = str(order.metadata.get("trigger") or "last_price")
-    return params
