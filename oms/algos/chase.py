@@ -64,14 +64,15 @@ def target_price(order: OrderRecord, tick: MarketTick) -> float | None:
     return None if touch is None else max(touch, limit)
 
 
-def requote(order: OrderRecord, tick: MarketTick) -> OrderRequest | None:
-    """The amend that moves a chase order to its target, or None if it is there."""
+def requote(order: OrderRecord, tick: MarketTick, attempt: int = 0) -> OrderRequest | None:
+    """The amend that moves a chase order to its target, or None if it is there.
+    ``attempt`` numbers re-tries at the same order version (a refused amend)."""
     target = target_price(order, tick)
     if target is None or order.price is None or abs(target - order.price) <= EPSILON:
         return None
     return OrderRequest(
         command=CommandType.AMEND,
-        request_id=f"chase.{order.order_id}.{order.version}",
+        request_id=f"chase.{order.order_id}.{order.version}.{attempt}",
         account_id=order.account_id,
         order_id=order.order_id,
         price=target,

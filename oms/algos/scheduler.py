@@ -40,21 +40,28 @@ class AlgoScheduler:
     counters: dict[str, int] = field(default_factory=dict)
     _published: set[tuple[str, int]] = field(default_factory=set)
     _cancelled_children: set[str] = field(default_factory=set)
-    _requoted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _requoted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     async def run_once(self, now: int | None = None) -> None:
         now = now if now is not None else now_ms()
+        followed: set[str] = set()
         for order_id, order in list(self.orders()):
             if order is None or not order.metadata.get("algo") or not self.owns(order_id):
                 continue
             if twap.is_twap(order.metadata):
                 if order.status in _WORKING:
+                    followed.add(order_id)
                     await self._slices(order, now)
                 elif order.status is OrderStatus.CANCELLED:
                     if now - order.updated_at <= _CANCEL_WINDOW_MS:
+                        followed.add(order_id)
                         await self._cancel_children(order)
             elif chase.is_chase(order.metadata) and order.status in _WORKING:
+                followed.add(order_id)
                 await self._chase(order, now)
+        # Memory only for the orders still followed.
+        self._published = {key for key in self._published if key[0] in followed}
+        self._requoted = {k: v for k, v in self._requoted.items() if k in followed}
 
     async def _slices(self, parent: OrderRecord, now: int) -> None:
         for index, amount in twap.due_slices(parent, now):
@@ -93,12 +100,15 @@ class AlgoScheduler:
         if tick is None:
             return
         last = self._requoted.get(order.order_id)
-        if last is not None and last[0] == order.version and now - last[1] < _REQUOTE_AGAIN_MS:
-            return  # our previous amend is not applied yet
-        request = chase.requote(order, tick)
+        attempt = 0
+        if last is not None and last[0] == order.version:
+            if now - last[1] < _REQUOTE_AGAIN_MS:
+                return  # our previous amend is not applied yet
+            attempt = last[2] + 1  # it was refused or lost: ask again under a new id
+        request = chase.requote(order, tick, attempt)
         if request is None or request.request_id in order.seen_request_ids:
             return
-        self._requoted[order.order_id] = (order.version, now)
+        self._requoted[order.order_id] = (order.version, now, attempt)
         self._count("chase_requotes")
         await self.publish_request(request)
 

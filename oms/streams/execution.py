@@ -228,7 +228,10 @@ class OrderExecutor:
 
     async def _recheck(self, order: OrderRecord) -> None:
         if not order.exchange_order_id:
-            await self._submit(order, check_label_first=True)
+            # Never a resubmit from here: the order was acknowledged once, so only look.
+            found = await self._lookup_by_label(order)
+            if found is not None:
+                await self._publish(found)
             return
         self.stats["rechecks"] += 1
         try:

@@ -101,3 +101,27 @@ async def test_chase_needs_post_only(stack: LifecycleStack) -> None:
     event = await stack.wait(order_id)
     assert event.event_type is OrderEventType.REJECTED
     assert event.reason_code is ReasonCode.SCHEMA_INVALID
+
+
+async def test_cancelling_a_twap_parent_cancels_its_children(stack: LifecycleStack) -> None:
+    parent_id = await stack.client.submit_advanced_order(
+        "BTC-PERPETUAL",
+        40,
+        "buy",
+        price=1_000.0,  # children rest far below the market
+        metadata={"algo": "twap", "twap_duration": 4, "twap_slices": 4},
+    )
+    working = await stack.wait(parent_id, OrderEventType.OPEN)
+    assert working.order is not None
+    first_child = twap.child_order_id(working.order, 0)
+    assert (await stack.wait(first_child, OrderEventType.OPEN)).event_type is OrderEventType.OPEN
+    await stack.client.cancel_order(parent_id)
+    cancelled = await stack.wait(parent_id, OrderEventType.CANCELLED)
+    assert cancelled.filled_amount == 0
+    child_cancel = await stack.wait(first_child, OrderEventType.CANCELLED)
+    assert child_cancel.reason_code is ReasonCode.LINKED_ORDER_CANCELLED
+    # Past the last slice's time: no child is left working at the exchange.
+    await asyncio.sleep(4)
+    for index in range(4):
+        for order in await stack.exchange_orders(twap.child_order_id(working.order, index)):
+            assert order["order_state"] == "cancelled"
