@@ -120,15 +120,23 @@ class LifecycleWiring:
         return await self.monitor.run_once()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Readiness: instruments loaded and partitions assigned."""
+        """Readiness: instruments loaded and not in the middle of a rebalance. (A worker
+        without partitions, e.g. more replicas than partitions, is still ready: it is a
+        standby, and readiness gates rollouts.)"""
         worker = self._worker
         instruments = len(worker.catalog)
         try:
             assigned = len(worker.app.consumer.assignment())
         except Exception:  # consumer not started yet
             assigned = 0
-        ok = instruments > 0 and assigned > 0
-        return ok, {"ready": ok, "instruments": instruments, "assigned_partitions": assigned}
+        rebalancing = bool(getattr(worker.app, "rebalancing", False))
+        ok = instruments > 0 and not rebalancing
+        return ok, {
+            "ready": ok,
+            "instruments": instruments,
+            "rebalancing": rebalancing,
+            "assigned_partitions": assigned,
+        }
 
     def register(self) -> None:
         """Timer and web pages on the worker's Faust app."""
