@@ -7,9 +7,17 @@ return.
 
 from __future__ import annotations
 
-from oms.algos import twap
-from oms.lifecycle.policy import cancel_reason
-from oms.schemas import OrderEvent, OrderRecord, OrderRequest, OrderStatus, ReasonCode
+from oms.algos import chase, twap
+from oms.errors import AdvancedOrderError
+from oms.lifecycle.policy import cancel_reason, check_policy
+from oms.schemas import (
+    InstrumentSpec,
+    OrderEvent,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    ReasonCode,
+)
 from oms.streams.state_machine import transition
 from oms.streams.validation import Rejection
 
@@ -19,6 +27,20 @@ _REASON_TEXT = {
     ReasonCode.MANUAL_REVIEW: "cancelled by a reviewer",
     ReasonCode.LINKED_ORDER_CANCELLED: "its parent order was cancelled",
 }
+
+
+def check_submit(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
+    """Lifecycle overrides and execution-algorithm parameters of a submit (after the
+    ordinary checks passed)."""
+    try:
+        check_policy(request.metadata)
+    except AdvancedOrderError as exc:
+        return Rejection(exc.reason_code, exc.message)
+    if twap.is_twap(request.metadata):
+        return twap.check_twap(request, spec)
+    if chase.is_chase(request.metadata):
+        return chase.check_chase(request, spec)
+    return None
 
 
 def check_retry(order: OrderRecord) -> Rejection | None:

@@ -12,10 +12,8 @@ from typing import Any
 
 import structlog
 
-from oms.algos import chase, twap
-from oms.errors import AdvancedOrderError
+from oms.algos import twap
 from oms.lifecycle import review
-from oms.lifecycle.policy import check_policy
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -114,15 +112,8 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     rejection = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
-    if rejection is None:
-        try:
-            check_policy(request.metadata)  # lifecycle overrides in metadata (issue 6)
-        except AdvancedOrderError as exc:
-            rejection = Rejection(exc.reason_code, exc.message)
-    if rejection is None and twap.is_twap(request.metadata):
-        rejection = twap.check_twap(request, ctx.instrument(request.instrument_name))
-    if rejection is None and chase.is_chase(request.metadata):
-        rejection = chase.check_chase(request, ctx.instrument(request.instrument_name))
+    if rejection is None:  # lifecycle policies and execution algorithms (issue 6)
+        rejection = review.check_submit(request, ctx.instrument(request.instrument_name))
     if rejection is not None:
         ctx.count("rejected")
         rejected = order.model_copy(
