@@ -264,7 +264,17 @@ async def run_chaos(
 
         await asyncio.gather(*(lookup(oid) for oid in kind_of))
         stats = await _admin(admin_url, "admin/get_stats", include_labels=False)
-        return _report(config, kind_of, collector, at_exchange, stats, fired, elapsed)
+        report = _report(config, kind_of, collector, at_exchange, stats, fired, elapsed)
+        summary_url = f"http://127.0.0.1:{settings.worker.web_port}/metrics/summary"
+        async with aiohttp.ClientSession() as session, session.get(summary_url) as resp:
+            summary = await resp.json()
+        report["worker"] = {
+            "executor": summary.get("executor", {}),
+            "lifecycle": summary.get("lifecycle", {}),
+            "success_rate": summary.get("success_rate"),
+            "end_to_end_ms": summary.get("stages", {}).get("end_to_end"),
+        }
+        return report
     finally:
         if services is not None:
             services.stop_all()
