@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from oms.algos import chase, twap
 from oms.errors import AdvancedOrderError, InvalidOrderError
+from oms.exchange.deribit.venue import DeribitVenue
+from oms.exchange.interface import Exchange, create_exchange
+from oms.exchange.paper.venue import PaperVenue
 from oms.lifecycle.policy import check_policy, policy_of, policy_problem
 from oms.schemas import Direction, MarketTick, OrderRecord, OrderType, ReasonCode
-from oms.settings import LifecycleSettings
+from oms.secrets import SecretStore
+from oms.settings import LifecycleSettings, Settings
 
 
 def test_metadata_overrides_the_settings_and_only_retry_retries() -> None:
@@ -83,3 +88,14 @@ def test_chase_follows_the_touch_but_never_passes_its_limit() -> None:
     request = chase.requote(buy, tick)
     assert request is not None and request.price == 95.0
     assert chase.requote(_order(Direction.BUY, 95.0, 95.0), tick) is None
+
+
+def test_venues_implement_the_exchange_interface(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    secrets = SecretStore(tmp_path / "secrets.json")
+    for name, cls in (("deribit", DeribitVenue), ("paper", PaperVenue)):
+        venue = create_exchange(name, settings, secrets, lambda _: "BTC")
+        assert isinstance(venue, cls) and isinstance(venue, Exchange)
+        assert venue.name == name
+    with pytest.raises(ValueError, match="unknown exchange"):
+        create_exchange("mtgox", settings, secrets, lambda _: "BTC")
