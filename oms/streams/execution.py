@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -65,6 +66,9 @@ class OrderExecutor:
         self._publish = publish
         self._settings = settings
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        # order id -> when its last command finished (monotonic s), for is_inflight.
+        self._finished: dict[str, float] = {}
+        self._settle_s = settings.worker.submit_timeout_s
         self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
         self.stats: dict[str, int] = {
             "submits": 0,
@@ -85,7 +89,13 @@ class OrderExecutor:
         return self._exchange
 
     def is_inflight(self, order_id: str) -> bool:
-        return order_id in self._inflight
+        """A command of this order is running, or just finished and its report may still
+        be on its way to the order-state agent: a sweep must not act on the order yet (a
+        resubmit could race a rejection or a review that is about to be applied)."""
+        if order_id in self._inflight:
+            return True
+        finished = self._finished.get(order_id)
+        return finished is not None and time.monotonic() - finished < self._settle_s
 
     async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
         """Send a new order. ``check_label_first`` for requests a previous worker may have
@@ -149,9 +159,17 @@ class OrderExecutor:
                 self._capacity.release()
                 if self._inflight.get(order_id) is task:
                     del self._inflight[order_id]
+                    self._remember_finished(order_id)
 
         task = asyncio.create_task(run(), name=f"exec:{order_id}")
         self._inflight[order_id] = task
+
+    def _remember_finished(self, order_id: str) -> None:
+        now = time.monotonic()
+        self._finished[order_id] = now
+        if len(self._finished) > 10_000:
+            cutoff = now - self._settle_s
+            self._finished = {k: t for k, t in self._finished.items() if t >= cutoff}
 
     async def _submit(self, order: OrderRecord, check_label_first: bool) -> None:
         policy = policy_of(order.metadata, self._settings.lifecycle)
