@@ -175,9 +175,7 @@ class OrderClient:
             reduce_only=reduce_only,
             execute_immediately=execute_immediately,
             priority=priority,
-            conditions=[
-                parse_expression(c) if isinstance(c, str) else c for c in conditions or []
-            ],
+            conditions=[parse_expression(c) if isinstance(c, str) else c for c in conditions or []],
             condition_match=condition_match,
             execute_at=execute_at,
             delay=delay,
@@ -327,6 +325,32 @@ class OrderClient:
         filters.setdefault("account_id", self.account_id)
         rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
         return rows
+
+    # -- lifecycle (issue 6) ---------------------------------------------------------------
+
+    async def retry_order(self, order_id: str, *, request_id: str | None = None) -> str:
+        """Resubmit an order parked in ``needs_review`` (looked up by label first, so it is
+        never sent twice); returns the request id."""
+        request = OrderRequest(
+            command=CommandType.RETRY,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+        )
+        await self.send(request)
+        return request.request_id
+
+    async def review_cancel(self, order_id: str, *, request_id: str | None = None) -> str:
+        """Cancel an order as a reviewer (the cancelled event carries ``manual_review``)."""
+        request = OrderRequest(
+            command=CommandType.CANCEL,
+            request_id=request_id or new_request_id(),
+            account_id=self.account_id,
+            order_id=order_id,
+            metadata={"reason_code": "manual_review"},
+        )
+        await self.send(request)
+        return request.request_id
 
 
 async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -104,14 +105,28 @@ class QueueSettings(BaseModel):
 
 
 class LifecycleSettings(BaseModel):
-    """Order lifecycle (seed: order_lifecycle)."""
+    """Order lifecycle (seed: order_lifecycle). Policies can be overridden per order in its
+    ``metadata`` (same key names)."""
 
-    monitoring_interval: float = 5.0
-    auto_cancel_timeout: float = 3600.0
-    partial_fill_handling: str = "wait_remaining"
-    error_handling: str = "retry"
-    retry_attempts: int = 3
-    retry_delay: float = 1.0
+    # An open order without news this long is re-checked with private/get_order_state.
+    monitoring_interval: float = Field(5.0, gt=0)
+    # An order open (resting) longer than this is cancelled (reason auto_cancelled); 0: never.
+    auto_cancel_timeout: float = Field(3600.0, ge=0)
+    partial_fill_handling: Literal["wait_remaining", "cancel_remaining"] = "wait_remaining"
+    # cancel_remaining: how long after the first partial fill the rest may keep working.
+    partial_fill_grace: float = Field(0.0, ge=0)
+    error_handling: Literal["retry", "cancel", "manual"] = "retry"
+    retry_attempts: int = Field(3, ge=0)
+    retry_delay: float = Field(1.0, ge=0)
+    retry_max_delay: float = Field(30.0, ge=0)
+    # How often the lifecycle timer looks at the orders of owned partitions.
+    check_interval: float = Field(1.0, gt=0)
+    # Budget of private/get_order_state re-checks per timer run (credits are shared).
+    max_rechecks_per_run: int = Field(5, ge=0)
+    # How often a worker samples its metrics into the ClickHouse `metrics` table; 0: never.
+    metrics_sample_interval: float = Field(10.0, ge=0)
+    # Deribit cancel-on-disconnect (scope "connection") for these accounts.
+    cancel_on_disconnect_accounts: list[str] = []
 
 
 class Settings(BaseSettings):

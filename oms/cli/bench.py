@@ -89,3 +89,33 @@ def _print(result: dict[str, object], title: str, as_json: bool) -> None:
     for key, value in result.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+@bench_app.command("chaos")
+def chaos(
+    orders: Annotated[int, typer.Option(help="orders to submit")] = 1_000,
+    rate: Annotated[float, typer.Option(help="orders/s")] = 50.0,
+    drop_every: Annotated[float, typer.Option(help="cut every connection this often, s")] = 3.0,
+    rate_limit_fraction: Annotated[float, typer.Option(help="order requests refused 10028")] = 0.1,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this running Kafka instead of starting one")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Orders under dropped connections and rate limits: one terminal state each, no label
+    twice at the exchange. Exits 1 if any check fails."""
+    from oms.benchmarks.chaos import ChaosConfig, run_chaos
+
+    config = ChaosConfig(
+        orders=orders,
+        rate=rate,
+        drop_every_s=drop_every,
+        rate_limit_fraction=rate_limit_fraction,
+        bootstrap=bootstrap,
+    )
+    with console.status("bench chaos") as status:
+        result = asyncio.run(
+            run_chaos(config, on_status=lambda s: status.update(f"bench chaos: {s}"))
+        )
+    _print(result, "oms bench chaos", json)
+    raise typer.Exit(0 if result["ok"] else 1)

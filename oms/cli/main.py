@@ -33,6 +33,8 @@ def _register_optional() -> None:
         ("oms.cli.sql", "sql", "sql"),
         ("oms.cli.paper", "paper_exchange", "paper-exchange"),
         ("oms.cli.bench", "bench_app", "bench"),
+        ("oms.cli.review", "review_app", "review"),
+        ("oms.cli.stats", "stats", "stats"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -132,6 +132,10 @@ class RequestTimeout(ExchangeError):
 CONNECTION_LOST = -1001
 REQUEST_TIMEOUT = -1002
 CLIENT_RATE_LIMITED = -1003
+# OMS outcomes of the error strategies (issue 6), reported like exchange errors so the state
+# machine has one path for "a submit did not make it".
+RETRIES_EXHAUSTED = -1004
+NEEDS_REVIEW = -1005
 
 # Deribit code -> (reason, class). The one place codes live.
 # Sources: Deribit API v2 "RPC error codes" table (docs.deribit.com, also mirrored by client
@@ -228,6 +232,8 @@ _TABLE: dict[int, tuple[str, type[ExchangeError]]] = {
     CONNECTION_LOST: ("connection_lost", ConnectionLost),
     REQUEST_TIMEOUT: ("request_timeout", RequestTimeout),
     CLIENT_RATE_LIMITED: ("client_rate_limited", RateLimited),
+    RETRIES_EXHAUSTED: ("retries_exhausted", ExchangeError),
+    NEEDS_REVIEW: ("needs_review", ExchangeError),
 }
 
 _REASONS: dict[int, str] = {code: reason for code, (reason, _) in _TABLE.items()}
@@ -261,7 +267,9 @@ def from_rpc_error(error: Any, *, method: str | None = None) -> ExchangeError:
 __all__ = [
     "CLIENT_RATE_LIMITED",
     "CONNECTION_LOST",
+    "NEEDS_REVIEW",
     "REQUEST_TIMEOUT",
+    "RETRIES_EXHAUSTED",
     "ConnectionLost",
     "ExchangeBusy",
     "ExchangeError",

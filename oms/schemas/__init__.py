@@ -16,6 +16,7 @@ from oms.schemas.enums import (
 )
 from oms.schemas.execution import ExecutionReport, Fill
 from oms.schemas.market import InstrumentSpec, MarketTick
+from oms.schemas.metrics import MetricsSample
 from oms.schemas.notifications import NotificationRecord, NotificationStatus
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest, derive_order_id
 from oms.schemas.positions import PositionRecord, PositionRecordType, position_key
@@ -30,6 +31,7 @@ __all__ = [
     "Fill",
     "InstrumentSpec",
     "MarketTick",
+    "MetricsSample",
     "NotificationRecord",
     "NotificationStatus",
     "OrderEvent",

@@ -40,6 +40,7 @@ class CommandType(StrEnum):
     SUBMIT = "submit"
     CANCEL = "cancel"
     AMEND = "amend"
+    RETRY = "retry"  # resubmit an order parked in needs_review (oms review retry)
 
 
 class OrderStatus(StrEnum):

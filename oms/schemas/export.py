@@ -9,6 +9,7 @@ from oms.schemas.base import Record
 from oms.schemas.dead_letters import DeadLetter
 from oms.schemas.execution import ExecutionReport
 from oms.schemas.market import MarketTick
+from oms.schemas.metrics import MetricsSample
 from oms.schemas.notifications import NotificationRecord
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.positions import PositionRecord
@@ -22,6 +23,7 @@ EXPORTED: tuple[type[Record], ...] = (
     PositionRecord,
     NotificationRecord,
     DeadLetter,
+    MetricsSample,
 )
 
 

@@ -147,6 +147,9 @@ class OrderRecord(Record):
     # Recent cancel/amend request ids already applied (idempotency for non-submit commands).
     seen_request_ids: list[str] = Field(default_factory=list)
     trade_ids: list[str] = Field(default_factory=list)
+    # Execution algorithms (TWAP): each child order's [filled_amount, average_price, done],
+    # so the parent's fills are the exact sum of its children's.
+    children: dict[str, list[float]] = Field(default_factory=dict)
 
 
 class OrderEvent(Record):

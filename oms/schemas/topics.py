@@ -10,6 +10,7 @@
 | positions          | account_id|instrument_name    | one position's changes in order             |
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
+| metrics            | worker                       | one worker's samples in order               |
 
 order-requests, execution-reports, order-triggers and order-events must have the same
 partition count (co-partitioned): the order table is written from the first three.
@@ -29,6 +30,7 @@ class Topic(StrEnum):
     POSITIONS = "positions"
     NOTIFICATIONS = "notifications"
     DEAD_LETTERS = "dead-letters"
+    METRICS = "metrics"
 
 
 def topic_name(topic: Topic, prefix: str = "oms.") -> str:

@@ -15,6 +15,7 @@ from oms.schemas import (
     DeadLetter,
     ExecutionReport,
     MarketTick,
+    MetricsSample,
     NotificationRecord,
     OrderEvent,
     PositionRecord,
@@ -33,6 +34,7 @@ SINK_TOPICS: tuple[Topic, ...] = (
     Topic.DEAD_LETTERS,
     Topic.POSITIONS,
     Topic.NOTIFICATIONS,
+    Topic.METRICS,
 )
 
 
@@ -149,6 +151,7 @@ class Batch:
                     [R.notification_row(NotificationRecord.from_bytes(value), msg.offset)],
                 )
             ],
+            Topic.METRICS: lambda: [("metrics", R.metric_rows(MetricsSample.from_bytes(value)))],
         }
         return decoders[topic]()
 

@@ -9,79 +9,44 @@ Exactly-once towards the exchange: the Deribit ``label`` is our order id. A subm
 outcome is unknown (connection lost, timeout, or a request that a previous worker may have
 sent before it died) is first looked up by label and only resent when the exchange has no
 order with that label.
+
+The executor talks to an :class:`~oms.exchange.interface.Exchange` only (Deribit or the
+paper exchange today): retries, label lookups and error strategies live here, once, for
+every venue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.errors import CONNECTION_LOST, ConnectionLost, ExchangeError
-from oms.exchange.translate import report_from_error, report_from_order
+from oms.exchange.deribit.venue import DeribitVenue, ExchangeSessions, submit_params
+from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError
+from oms.exchange.interface import Exchange
+from oms.exchange.translate import report_from_error
+from oms.lifecycle.policy import policy_of
 from oms.schemas import (
     CommandType,
-    Direction,
     ExchangeOrderState,
     ExecutionReport,
     OrderRecord,
     OrderRequest,
-    OrderType,
+    OrderStatus,
     ReportSource,
+    now_ms,
 )
-from oms.secrets import SecretStore
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[ExecutionReport], Awaitable[None]]
 
-# Order types that carry a trigger at Deribit.
-_TRIGGERED = frozenset(
-    {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
-)
-
-
-class ExchangeSessions:
-    """One authenticated Deribit connection per account, opened on first use."""
-
-    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
-        self._settings = settings
-        self._secrets = secrets
-        self._clients: dict[str, DeribitClient] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def client(self, account_id: str) -> DeribitClient:
-        """The connected client of an account (connects on first call)."""
-        client = self._clients.get(account_id)
-        if client is not None:
-            return client
-        lock = self._locks.setdefault(account_id, asyncio.Lock())
-        async with lock:
-            client = self._clients.get(account_id)
-            if client is None:
-                credentials = self._secrets.credentials(account_id)
-                if credentials is None:
-                    raise KeyError(f"no exchange credentials for account {account_id!r}")
-                client = DeribitClient(
-                    self._settings.exchange.url,
-                    credentials,
-                    settings=self._settings.exchange,
-                    name=f"exec:{account_id}",
-                )
-                try:
-                    await client.connect()
-                except (OSError, TimeoutError) as exc:
-                    # Nothing was sent: a plain retryable failure, not an unknown outcome.
-                    error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
-                    error.outcome_unknown = False
-                    raise error from exc
-                self._clients[account_id] = client
-        return client
+# Kept importable from here for existing callers (the worker builds the sessions).
+__all__ = ["ExchangeSessions", "OrderExecutor", "submit_params"]
 
 
 class OrderExecutor:
@@ -89,23 +54,48 @@ class OrderExecutor:
 
     def __init__(
         self,
-        sessions: ExchangeSessions,
+        exchange: Exchange | ExchangeSessions,
         publish: Publish,
         settings: Settings,
         currency_of: Callable[[str], str],
     ) -> None:
-        self._sessions = sessions
+        if isinstance(exchange, ExchangeSessions):
+            # Deribit's API (Deribit itself or the paper exchange) over the given sessions.
+            exchange = DeribitVenue(settings, None, currency_of, sessions=exchange)
+        self._exchange: Exchange = exchange
         self._publish = publish
         self._settings = settings
-        self._currency_of = currency_of
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        # order id -> when its last command finished (monotonic s), for is_inflight.
+        self._finished: dict[str, float] = {}
+        self._settle_s = settings.worker.submit_timeout_s
         self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
-        self.stats: dict[str, int] = {"submits": 0, "resubmits": 0, "label_hits": 0, "errors": 0}
+        self.stats: dict[str, int] = {
+            "submits": 0,
+            "resubmits": 0,
+            "label_hits": 0,
+            "errors": 0,
+            "retries": 0,
+            "rechecks": 0,
+        }
+        # Optional observer of command outcomes (metrics): (command, seconds, ok).
+        self.on_command: Callable[[str, float, bool], None] | None = None
 
     # -- public API used by the agents -------------------------------------------------------
 
+    @property
+    def exchange(self) -> Exchange:
+        """The venue this executor trades on."""
+        return self._exchange
+
     def is_inflight(self, order_id: str) -> bool:
-        return order_id in self._inflight
+        """A command of this order is running, or just finished and its report may still
+        be on its way to the order-state agent: a sweep must not act on the order yet (a
+        resubmit could race a rejection or a review that is about to be applied)."""
+        if order_id in self._inflight:
+            return True
+        finished = self._finished.get(order_id)
+        return finished is not None and time.monotonic() - finished < self._settle_s
 
     async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
         """Send a new order. ``check_label_first`` for requests a previous worker may have
@@ -149,6 +139,33 @@ class OrderExecutor:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
 
+    async def reconcile_now(self, orders: list[OrderRecord], concurrency: int = 8) -> int:
+        """Look every order up by label right now (after a reconnect), outside the per-order
+        command chains, and report what the exchange has. Never sends an order: unknown ones
+        are left to the unacknowledged-order sweep. Returns how many were found."""
+        gate = asyncio.Semaphore(concurrency)
+        found_count = 0
+
+        async def one(order: OrderRecord) -> None:
+            nonlocal found_count
+            async with gate:
+                try:
+                    found = await self._lookup_by_label(order)
+                except (ExchangeError, TimeoutError) as exc:
+                    log.info("executor.reconcile_failed", order_id=order.order_id, error=str(exc))
+                    return
+                if found is not None:
+                    found_count += 1
+                    await self._publish(found)
+
+        await asyncio.gather(*(one(o) for o in orders))
+        return found_count
+
+    async def recheck(self, order: OrderRecord) -> None:
+        """Fetch an acknowledged order's state (``private/get_order_state``) and report it:
+        a missed ``user.orders`` message never leaves an order stale."""
+        await self._spawn(order.order_id, self._recheck(order))
+
     # -- internals ---------------------------------------------------------------------------
 
     async def _spawn(self, order_id: str, work: Awaitable[None]) -> None:
@@ -167,13 +184,20 @@ class OrderExecutor:
                 self._capacity.release()
                 if self._inflight.get(order_id) is task:
                     del self._inflight[order_id]
+                    self._remember_finished(order_id)
 
         task = asyncio.create_task(run(), name=f"exec:{order_id}")
         self._inflight[order_id] = task
 
+    def _remember_finished(self, order_id: str) -> None:
+        now = time.monotonic()
+        self._finished[order_id] = now
+        if len(self._finished) > 10_000:
+            cutoff = now - self._settle_s
+            self._finished = {k: t for k, t in self._finished.items() if t >= cutoff}
+
     async def _cancel_held(self, order: OrderRecord, request_id: str) -> None:
-        found = await self._lookup_by_label(order)
-        if found is not None:
+        if await self._lookup_by_label(order) is not None:
             await self._cancel(order, request_id)
             return
         await self._publish(
@@ -192,54 +216,48 @@ class OrderExecutor:
     async def _submit(
         self, order: OrderRecord, check_label_first: bool, *, prepaid: bool = False
     ) -> None:
-        attempts = max(1, self._settings.lifecycle.retry_attempts + 1)
+        policy = policy_of(order.metadata, self._settings.lifecycle)
+        attempts = policy.submit_attempts
         last_error: ExchangeError | None = None
         for attempt in range(attempts):
             if check_label_first or attempt > 0:
+                # Before any (re)send: an order that reached the exchange is never sent twice.
                 found = await self._lookup_by_label(order)
                 if found is not None:
                     self.stats["label_hits"] += 1
-                    await self._publish_found(order, found)
+                    await self._publish(found)
                     return
+                if attempt > 0:
+                    self.stats["retries"] += 1
                 self.stats["resubmits"] += 1
+            started = asyncio.get_running_loop().time()
             try:
-                client = await self._sessions.client(order.account_id)
-                method = "private/buy" if order.direction is Direction.BUY else "private/sell"
                 self.stats["submits"] += 1
-                result = await client.call(
-                    method, submit_params(order), prepaid=prepaid and attempt == 0
-                )
+                report = await self._exchange.place(order, prepaid=prepaid and attempt == 0)
             except ExchangeError as exc:
+                self._observe("submit", started, ok=False)
                 last_error = exc
-                if not exc.retryable:
-                    break
                 self.stats["errors"] += 1
-                await asyncio.sleep(self._backoff(attempt))
+                if not exc.retryable:
+                    break  # a business rejection: sending it again cannot help
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
                 continue
-            await self._publish(
-                report_from_order(
-                    result["order"],
-                    account_id=order.account_id,
-                    source=ReportSource.RPC,
-                    trades=result.get("trades") or (),
-                    command=CommandType.SUBMIT,
-                    request_id=order.request_id,
-                )
-            )
+            self._observe("submit", started, ok=True)
+            await self._publish(report)
             return
         assert last_error is not None
-        if last_error.outcome_unknown:
-            # Never give up silently on an order that may be live: one last label lookup.
+        if last_error.outcome_unknown or last_error.retryable:
+            # Never give up on an order that may be live: one last label lookup.
             found = await self._lookup_by_label(order)
             if found is not None:
-                await self._publish_found(order, found)
+                await self._publish(found)
                 return
-        await self._publish_error(order, last_error, CommandType.SUBMIT, order.request_id)
-
-    async def _publish_found(self, order: OrderRecord, found: dict[str, Any]) -> None:
-        """Report what a label lookup found at the exchange."""
-        await self._publish(
-            report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
+        await self._publish_error(
+            order,
+            _strategy_outcome(last_error, policy.error_handling, attempts),
+            CommandType.SUBMIT,
+            order.request_id,
         )
 
     async def _publish_error(
@@ -257,112 +275,141 @@ class OrderExecutor:
             )
         )
 
-    async def _lookup_by_label(self, order: OrderRecord) -> dict[str, Any] | None:
-        """The exchange's order with our label, waiting out disconnects."""
+    async def _lookup_by_label(self, order: OrderRecord) -> ExecutionReport | None:
+        """The exchange's order with our label (a reconcile report), waiting out
+        disconnects."""
         delay = self._settings.lifecycle.retry_delay
         for attempt in range(20):
             try:
-                client = await self._sessions.client(order.account_id)
-                orders = await client.call(
-                    "private/get_order_state_by_label",
-                    {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
-                )
+                return await self._exchange.find(order)
             except ExchangeError as exc:
                 if not exc.retryable:
                     raise
                 await asyncio.sleep(min(delay * (2**attempt), 10.0))
-                continue
-            if not orders:
-                return None
-            if len(orders) > 1:
-                log.error("executor.duplicate_label", order_id=order.order_id, count=len(orders))
-            # The most recently updated order is the one whose state matters.
-            latest: dict[str, Any] = max(orders, key=lambda o: o.get("last_update_timestamp", 0))
-            return latest
         raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
+    async def _recheck(self, order: OrderRecord) -> None:
+        if not order.exchange_order_id:
+            # Never a resubmit from here: the order was acknowledged once, so only look.
+            found = await self._lookup_by_label(order)
+            if found is not None:
+                await self._publish(found)
+            return
+        self.stats["rechecks"] += 1
+        try:
+            report = await self._exchange.refresh(order)
+        except ExchangeError as exc:
+            log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
+            return
+        await self._publish(report)
+
     async def _cancel(self, order: OrderRecord, request_id: str) -> None:
-        await self._command(
-            order,
-            request_id,
-            CommandType.CANCEL,
-            "private/cancel_by_label",
-            {"label": order.order_id, "currency": self._currency_of(order.instrument_name)},
-        )
+        if order.status is OrderStatus.NEEDS_REVIEW:
+            # Parked after a failed submit: the exchange should not have it. If it does after
+            # all, cancel it there; otherwise the cancel is ours alone to record.
+            found = await self._lookup_by_label(order)
+            if found is None:
+                await self._publish(_unsent_cancelled(order, request_id))
+                return
+        await self._command(order, request_id, CommandType.CANCEL, lambda: self._cancel_once(order))
 
     async def _amend(self, order: OrderRecord, request: OrderRequest) -> None:
-        params: dict[str, Any] = {"amount": request.amount or order.amount}
+        amount = request.amount or order.amount
         price = request.price if request.price is not None else order.price
-        if price is not None:
-            params["price"] = price
-        if order.exchange_order_id:
-            params["order_id"] = order.exchange_order_id
-            method = "private/edit"
-        else:
-            params["label"] = order.order_id
-            params["instrument_name"] = order.instrument_name
-            method = "private/edit_by_label"
-        await self._command(order, request.request_id, CommandType.AMEND, method, params)
+        await self._command(
+            order,
+            request.request_id,
+            CommandType.AMEND,
+            lambda: self._exchange.amend(order, amount, price),
+        )
+
+    async def _cancel_once(self, order: OrderRecord) -> None:
+        await self._exchange.cancel(order)
 
     async def _command(
         self,
         order: OrderRecord,
         request_id: str,
         command: CommandType,
-        method: str,
-        params: dict[str, Any],
+        send: Callable[[], Awaitable[ExecutionReport | None]],
     ) -> None:
-        try:
-            client = await self._sessions.client(order.account_id)
-            result = await client.call(method, params)
-        except ExchangeError as exc:
-            await self._publish_error(order, exc, command, request_id)
-            return
-        if command is CommandType.CANCEL:
-            # cancel_by_label answers with a count; the order's new state follows on
-            # user.orders, and we fetch it now so the cancel never depends on that stream.
-            found = await self._lookup_by_label(order)
-            if found is None:
+        # Cancels by label and edits (absolute amount and price) are idempotent: safe to send
+        # again after a retryable failure, e.g. while the connection is being re-established.
+        attempts = 1 + self._settings.lifecycle.retry_attempts
+        result: ExecutionReport | None = None
+        for attempt in range(attempts):
+            started = asyncio.get_running_loop().time()
+            try:
+                # Never race the reconciliation after a reconnect (duplicate live orders).
+                await self._exchange.settled(order.account_id)
+                result = await send()
+            except ExchangeError as exc:
+                self._observe(command.value, started, ok=False)
+                if exc.retryable and attempt + 1 < attempts:
+                    self.stats["retries"] += 1
+                    await asyncio.sleep(self._backoff(attempt))
+                    continue
+                await self._publish_error(order, exc, command, request_id)
                 return
-            report = report_from_order(
-                found,
-                account_id=order.account_id,
-                source=ReportSource.RPC,
-                command=command,
-                request_id=request_id,
+            self._observe(command.value, started, ok=True)
+            break
+        if command is CommandType.CANCEL:
+            # A cancel answers with a count; the order's new state follows on the stream,
+            # and we fetch it now so the cancel never depends on that stream.
+            result = await self._lookup_by_label(order)
+        if result is None:
+            return
+        await self._publish(
+            result.model_copy(
+                update={"source": ReportSource.RPC, "command": command, "request_id": request_id}
             )
-        else:
-            report = report_from_order(
-                result["order"],
-                account_id=order.account_id,
-                source=ReportSource.RPC,
-                trades=result.get("trades") or (),
-                command=command,
-                request_id=request_id,
-            )
-        await self._publish(report)
+        )
 
     def _backoff(self, attempt: int) -> float:
-        base: float = self._settings.lifecycle.retry_delay * (2**attempt)
-        return min(base, 30.0) * (0.5 + random.random())
+        """Exponential backoff with jitter in [delay/2, delay*1.5), capped."""
+        lifecycle = self._settings.lifecycle
+        base: float = lifecycle.retry_delay * (2**attempt)
+        return min(base, lifecycle.retry_max_delay) * (0.5 + random.random())
+
+    def _observe(self, command: str, started: float, *, ok: bool) -> None:
+        if self.on_command is not None:
+            self.on_command(command, asyncio.get_running_loop().time() - started, ok)
 
 
-def submit_params(order: OrderRecord) -> dict[str, Any]:
-    """``private/buy`` / ``private/sell`` parameters of an order."""
-    params: dict[str, Any] = {
-        "instrument_name": order.instrument_name,
-        "amount": order.amount,
-        "type": order.order_type.value,
-        "label": order.order_id,
-        "time_in_force": order.time_in_force.value,
-    }
-    if order.price is not None and order.order_type is not OrderType.MARKET:
-        params["price"] = order.price
-    if order.post_only:
-        params["post_only"] = True
-    if order.reduce_only:
-        params["reduce_only"] = True
-    if order.order_type in _TRIGGERED and order.trigger_price is not None:
-        params["trigger_price"] = order.trigger_price
-        params["trigger"] = str(order.metadata.get("trigger") or "last_price")
-    return params
+def _strategy_outcome(error: ExchangeError, strategy: str, attempts: int) -> ExchangeError:
+    """What a failed submit becomes under the order's error strategy.
+
+    Business rejections are final whatever the strategy. A retryable failure is reported as
+    is under ``cancel``, as retries exhausted under ``retry``, and parks the order for a
+    human under ``manual``.
+    """
+    if not error.retryable:
+        return error
+    if strategy == "manual":
+        return ExchangeError(
+            NEEDS_REVIEW, f"submit failed ({error.reason}: {error.message}); waiting for review"
+        )
+    if strategy == "retry":
+        return ExchangeError(
+            RETRIES_EXHAUSTED,
+            f"{attempts} attempts failed, last: {error.reason}: {error.message}",
+        )
+    return error
+
+
+def _unsent_cancelled(order: OrderRecord, request_id: str) -> ExecutionReport:
+    """A cancel of an order the exchange never had (checked by label just before)."""
+    return ExecutionReport(
+        report_id=f"reconcile:unsent-cancel:{order.order_id}:{request_id}",
+        order_id=order.order_id,
+        account_id=order.account_id,
+        source=ReportSource.RECONCILE,
+        command=CommandType.CANCEL,
+        request_id=request_id,
+        instrument_name=order.instrument_name,
+        order_state=ExchangeOrderState.CANCELLED,
+        amount=order.amount,
+        price=order.price,
+        filled_amount=0.0,
+        exchange_timestamp=now_ms(),
+    )

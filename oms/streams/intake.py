@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
+from oms.algos import twap
+from oms.lifecycle import review
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -155,6 +157,8 @@ async def _submit(
     rejection: Rejection | Schedule | None = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
+    if rejection is None:  # lifecycle policies and execution algorithms (issue 6)
+        rejection = review.check_submit(request, ctx.instrument(request.instrument_name))
     if rejection is None:
         rejection = plan_schedule(
             request, now_ms=now, settings=ctx.queue_settings, instrument=ctx.instrument
@@ -168,6 +172,12 @@ async def _submit(
         await _hold_for_parent(ctx, order, schedule)
     elif schedule.strategy is not Strategy.IMMEDIATE:
         await _hold(ctx, order, schedule, now)
+    elif twap.is_twap(request.metadata):
+        # An execution algorithm's parent: worked by the worker's timer, never sent itself.
+        spec = ctx.instrument(request.instrument_name)
+        working, event = twap.start_parent(order, spec.min_trade_amount)
+        ctx.orders[order_id] = working
+        await ctx.emit(event)
     else:
         # One event for "accepted and sent": its previous_status (pending) says it was accepted.
         submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
@@ -332,7 +342,9 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
             ReasonCode.ORDER_NOT_OPEN, f"order {order_id} is {order.status.value}"
         )
     elif request.command is CommandType.AMEND:
-        rejection = _check_amend(ctx, order, request)
+        rejection = review.check_amend_status(order) or _check_amend(ctx, order, request)
+    elif request.command is CommandType.RETRY:
+        rejection = review.check_retry(order)
     if rejection is not None:
         ctx.count("commands_rejected")
         await ctx.emit(_command_rejected(order_id, request, rejection, order))
@@ -343,10 +355,22 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     if order.status in _HELD:
         await _modify_held(ctx, order, request)
         return
-    ctx.orders[order_id] = order
-    if request.command is CommandType.CANCEL:
+    if request.command is CommandType.CANCEL and twap.is_twap(order.metadata):
+        # The parent stops here; the worker's timer cancels its live children.
+        order, event = review.parent_cancelled(order, request)
+        ctx.orders[order_id] = order
+        await ctx.emit(event)
+    elif request.command is CommandType.CANCEL:
+        order = review.with_cancel_reason(order, request)
+        ctx.orders[order_id] = order
         await ctx.executor.cancel(order, request.request_id)
+    elif request.command is CommandType.RETRY:
+        order, event = review.resubmission(order)
+        ctx.orders[order_id] = order
+        await ctx.emit(event)
+        await ctx.executor.submit(order, check_label_first=True)
     else:
+        ctx.orders[order_id] = order
         await ctx.executor.amend(order, request)
 
 

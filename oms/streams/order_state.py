@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import structlog
 from pydantic import ValidationError
 
+from oms.algos import twap
 from oms.schemas import ExecutionReport, OrderRecord, ReasonCode
 from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
@@ -19,9 +20,11 @@ log = structlog.get_logger(__name__)
 
 @dataclass(kw_only=True)
 class OrderStateContext(AgentContext):
-    """Order state also tells linked orders about fills (``oms.streams.links``)."""
+    """Order state also tells linked orders about fills (``oms.streams.links``) and forwards
+    a child order's news to its parent (execution algorithms)."""
 
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
+    publish_report: Callable[[ExecutionReport], Awaitable[None]] | None = None
 
 
 async def handle_report(
@@ -53,7 +56,10 @@ async def handle_report(
             exchange_order_id=report.exchange_order_id,
         )
         return
-    result = apply_report(order, report)
+    if twap.is_child_report(report):
+        result = twap.apply_child_report(order, report)
+    else:
+        result = apply_report(order, report)
     ctx.count(f"reports_{result.outcome.value}")
     if result.outcome is Outcome.ILLEGAL:
         log.warning(
@@ -78,3 +84,8 @@ async def handle_report(
     ):
         for fact in facts_about(updated):
             await ctx.publish_trigger(fact)
+    if ctx.publish_report is not None and (result.changed or replayed):
+        # A child order's news goes on to its parent (idempotent there).
+        forward = twap.child_update(order, result.order, force=replayed)
+        if forward is not None:
+            await ctx.publish_report(forward)

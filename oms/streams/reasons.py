@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from oms.exchange.errors import (
+    CLIENT_RATE_LIMITED,
+    CONNECTION_LOST,
+    NEEDS_REVIEW,
+    REQUEST_TIMEOUT,
+    RETRIES_EXHAUSTED,
+)
 from oms.schemas import ReasonCode
 
 # Deribit error codes (see shared NOTES.md and the official spec); unlisted codes are
@@ -14,6 +21,11 @@ _BY_CODE: dict[int, ReasonCode] = {
     10004: ReasonCode.UNKNOWN_ORDER,
     11044: ReasonCode.ORDER_NOT_OPEN,
     10040: ReasonCode.EXCHANGE_UNAVAILABLE,
+    CONNECTION_LOST: ReasonCode.EXCHANGE_UNAVAILABLE,
+    REQUEST_TIMEOUT: ReasonCode.EXCHANGE_UNAVAILABLE,
+    CLIENT_RATE_LIMITED: ReasonCode.RATE_LIMITED,
+    RETRIES_EXHAUSTED: ReasonCode.RETRIES_EXHAUSTED,
+    NEEDS_REVIEW: ReasonCode.MANUAL_REVIEW,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -97,6 +98,8 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     ),
     OrderStatus.SUBMITTED: frozenset(
         {
+            # The `manual` error strategy parks a submit that failed (issue 6).
+            OrderStatus.NEEDS_REVIEW,
             OrderStatus.OPEN,
             OrderStatus.PARTIALLY_FILLED,
             OrderStatus.FILLED,
@@ -309,13 +312,25 @@ def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
             # The exchange has the order already (e.g. our retry was refused): the earlier
             # acknowledgement wins.
             return Transition(order, Outcome.STALE, note="submit error after acknowledgement")
+        target_status = OrderStatus.REJECTED
+        if report.error_code == NEEDS_REVIEW:
+            if order.status is OrderStatus.NEEDS_REVIEW:
+                return Transition(order, Outcome.STALE, note="already parked for review")
+            target_status = OrderStatus.NEEDS_REVIEW
+        if not is_allowed(order.status, target_status):
+            return Transition(
+                order, Outcome.ILLEGAL, note=f"{order.status} -> {target_status} is not allowed"
+            )
         updated, event = transition(
             order,
-            OrderStatus.REJECTED,
+            target_status,
             reason_code=_reason_for_error(report),
             message=report.error_message,
         )
         event.details["exchange_error_code"] = report.error_code
+        if report.error_code in (NEEDS_REVIEW, RETRIES_EXHAUSTED):
+            # Needs a human: notification consumers route events flagged as alerts.
+            event.details["alert"] = True
         return Transition(updated, Outcome.APPLIED, [event])
 
     new_trade_ids = [f.trade_id for f in report.fills if f.trade_id not in order.trade_ids]
@@ -383,11 +398,16 @@ def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
             )
         )
     if moves_forward:
+        # A cancel the OMS asked for itself (auto-cancel, partial-fill policy, review) says
+        # why: intake recorded the reason on the order when it accepted the cancel.
+        why = updated.reason_code if target is OrderStatus.CANCELLED else None
         events.append(
             make_event(
                 updated,
                 _EVENT_FOR_STATUS[target],
                 previous_status=current,
+                reason_code=why,
+                message=updated.reason_message if why else None,
                 details={"source": report.source.value},
             )
         )

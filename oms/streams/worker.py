@@ -21,13 +21,16 @@ import structlog
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from oms.algos.ticks import TickCache
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
+from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
 from oms.schemas import (
     DeadLetter,
     ExecutionReport,
+    MarketTick,
     OrderEvent,
     OrderRecord,
     OrderStatus,
@@ -73,7 +76,8 @@ class OrderWorker:
         )
         self.held = HeldOrders(self.engine, self.queues)
         self.trigger_loop = TriggerLoop(self.engine, self._publish_trigger)
-        self.tick_feed = TickFeed(settings, self.trigger_loop.on_ticks)
+        self.tick_cache = TickCache()
+        self.tick_feed = TickFeed(settings, self._on_ticks)
         self.dispatcher = Dispatcher(
             self.queues,
             order_of=self._order_of,
@@ -126,8 +130,12 @@ class OrderWorker:
             dead_letter=self._dead_letter,
             source_topic=self._reports_topic,
             publish_trigger=self._publish_trigger,
+            publish_report=self._publish_report,
         )
+        # Lifecycle (issue 6): monitoring, auto-cancel, partial fills, metrics, probes.
+        self.lifecycle = LifecycleWiring(self)
         self._register()
+        self.lifecycle.register()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class OrderWorker:
 
     async def _emit(self, event: OrderEvent) -> None:
         await self._send(self._events_topic, event.order_id.encode(), event.to_bytes())
+        self.lifecycle.on_event(event)
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
         key = letter.key.encode() if letter.key else None
@@ -157,6 +166,10 @@ class OrderWorker:
 
     async def _limiter_of(self, account_id: str) -> RateLimiter:
         return (await self.sessions.client(account_id)).rate_limiter
+
+    async def _on_ticks(self, ticks: list[MarketTick], warm: bool) -> None:
+        self.tick_cache.update(ticks)
+        await self.trigger_loop.on_ticks(ticks, warm)
 
     def _held_changed(self) -> None:
         self.dispatcher.wake()

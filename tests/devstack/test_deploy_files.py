@@ -221,5 +221,10 @@ def test_k8s_base_parses_and_is_complete() -> None:
     assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
     topics = {d["spec"]["topicName"]: d for d in kinds["KafkaTopic"]}
     assert set(topics) == {f"oms.{t.value}" for t in Topic}
-    co_partitioned = {Topic.ORDER_REQUESTS, Topic.EXECUTION_REPORTS, Topic.ORDER_EVENTS}
+    co_partitioned = {
+        Topic.ORDER_REQUESTS,
+        Topic.EXECUTION_REPORTS,
+        Topic.ORDER_TRIGGERS,
+        Topic.ORDER_EVENTS,
+    }
     assert len({topics[f"oms.{t.value}"]["spec"]["partitions"] for t in co_partitioned}) == 1

@@ -25,6 +25,7 @@ TABLES = {
     "dead_letters",
     "position_changes",
     "notifications",
+    "metrics",
 }
 
 

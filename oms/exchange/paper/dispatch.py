@@ -25,6 +25,7 @@ class Outcome:
     response: dict[str, Any]
     close: bool = False  # Deribit terminates the session after 10028
     delay_s: float = 0.0
+    lost: bool = False  # fault: cut the connection instead of replying
 
 
 def _us() -> int:
@@ -88,9 +89,14 @@ def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int
                     )
             faults = st.faults
             if method.order_entry:
+                if faults.take("reject_next"):
+                    faults.count("rejected")
+                    raise RpcError(faults.reject_code, {"reason": "injected fault"})
                 if faults.hit(faults.reject_fraction):
+                    faults.count("rejected")
                     raise RpcError(faults.reject_code, {"reason": "injected fault"})
                 if faults.hit(faults.rate_limit_fraction):
+                    faults.count("rate_limited")
                     raise RpcError(errors.TOO_MANY_REQUESTS)
         result = method.handler(st, session, Params(raw))
         outcome = Outcome(_envelope(req_id, us_in, result))
@@ -100,6 +106,9 @@ def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int
         log.exception("paper.internal_error method=%s", name)
         outcome = Outcome(_envelope(req_id, us_in, error=RpcError(11050, {"reason": "internal"})))
     faults = st.faults
+    if method.order_entry and not http and faults.take("drop_after_next"):
+        faults.count("replies_lost")
+        outcome.lost = True
     if not method.admin and faults.hit(faults.delay_fraction):
         outcome.delay_s = faults.delay_s
     return outcome

@@ -496,6 +496,7 @@ def admin_get_stats(st: State, s: Session, p: Params) -> Any:
         **engine.counters,
         "orders_by_label": engine.label_counts() if p.flag("include_labels", True) else {},
         "duplicate_labels": dict(engine.duplicate_labels),
+        "faults_fired": dict(st.faults.fired),
         "methods": dict(st.method_counts),
         "connections": sum(1 for x in st.sessions if x.ws is not None and not x.closed),
         "notifications": st.hub.notifications,

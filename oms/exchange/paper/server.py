@@ -198,6 +198,10 @@ class PaperExchange:
             await asyncio.sleep(every)
             if self.faults.drop_every_s > 0:
                 n = await self.drop_connections()
+                self.faults.count("drops")
+                self.faults.fired["connections_dropped"] = (
+                    self.faults.fired.get("connections_dropped", 0) + n
+                )
                 log.info("paper.fault_drop connections=%d", n)
 
     def _start_heartbeat(self, session: Session) -> None:
@@ -297,6 +301,12 @@ class PaperExchange:
         self._reply(session, outcome)
 
     def _reply(self, session: Session, outcome: Outcome) -> None:
+        if outcome.lost:
+            # Executed, but the reply never leaves: the network died under it.
+            if session.transport is not None:
+                session.transport.abort()
+            asyncio.get_running_loop().create_task(self._close_session(session))
+            return
         if outcome.delay_s > 0:
             text = orjson.dumps(outcome.response).decode()
             asyncio.get_running_loop().call_later(outcome.delay_s, session.send_text, text)

@@ -45,6 +45,7 @@ RETENTION_COLUMNS: dict[str, str] = {
     "market_ticks": "timestamp",
     "dead_letters": "received_at",
     "notifications": "created_at",
+    "metrics": "timestamp",
 }
 
 
@@ -242,6 +243,22 @@ def _v2(sink: SinkSettings) -> list[str]:
     return [position_changes, notifications]
 
 
+def _v3(sink: SinkSettings) -> list[str]:
+    # Worker metric samples (issue 6): one row per value; a replayed sample replaces itself.
+    metrics = f"""
+    CREATE TABLE IF NOT EXISTS metrics (
+        worker {LC},
+        name {LC},
+        timestamp {TS},
+        value Float64,
+        inserted_at {TS} DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (name, worker, timestamp)
+    {_ttl("metrics", sink.retention_days)}
+    {TABLE_SETTINGS}"""
+    return [metrics]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -252,6 +269,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders, order_events, executions, market_ticks, dead_letters", _v1),
     Migration(2, "position_changes, notifications", _v2),
+    Migration(3, "metrics", _v3),
 )
 
 SCHEMA_MIGRATIONS = f"""

@@ -11,6 +11,7 @@ from oms.schemas import (
     DeadLetter,
     ExecutionReport,
     MarketTick,
+    MetricsSample,
     NotificationRecord,
     OrderEvent,
     OrderRecord,
@@ -59,6 +60,7 @@ COLUMNS: dict[str, list[str]] = {
         "priority", "title", "content", "status", "error_message", "order_id", "created_at",
         "sent_at", "kafka_offset",
     ],
+    "metrics": ["worker", "name", "timestamp", "value"],
 }  # fmt: skip
 
 Row = list[Any]
@@ -163,3 +165,9 @@ def notification_row(record: NotificationRecord, offset: int) -> Row:
         _val(record.status), record.error_message, record.order_id, ts(record.created_at),
         ts_opt(record.sent_at), offset,
     ]  # fmt: skip
+
+
+def metric_rows(sample: MetricsSample) -> list[Row]:
+    """One ``metrics`` row per value of a worker's sample."""
+    at = ts(sample.timestamp)
+    return [[sample.worker, name, at, value] for name, value in sorted(sample.values.items())]

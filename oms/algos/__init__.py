@@ -1,0 +1,7 @@
+"""Execution algorithms (seed 2.4): TWAP slicing and post-only chase.
+
+Both act only through ordinary requests on ``order-requests`` (child submits, amends), so
+their orders pass the same intake, validation, rate limit and audit as any other.
+"""
+
+ALGO_KEY = "algo"

@@ -1,0 +1,79 @@
+"""Post-only chase: a ``post_only`` limit order re-quoted at the best bid (buy) or ask
+(sell), never beyond its ``chase_limit``.
+
+``metadata``: ``algo = "chase"``, ``chase_limit`` (a price on the instrument's tick). The
+re-quotes are ordinary amend requests (deterministic request id per order version), so
+they pass intake's amend guards and the executor's per-order ordering like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from oms.algos import ALGO_KEY
+from oms.schemas import (
+    CommandType,
+    Direction,
+    InstrumentSpec,
+    MarketTick,
+    OrderRecord,
+    OrderRequest,
+    OrderType,
+    ReasonCode,
+)
+from oms.streams.state_machine import EPSILON
+from oms.streams.validation import Rejection
+
+CHASE = "chase"
+
+
+def is_chase(metadata: Mapping[str, Any]) -> bool:
+    return metadata.get(ALGO_KEY) == CHASE
+
+
+def check_chase(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
+    """A chase needs a post-only limit order and a limit on the right side of its price."""
+    limit = request.metadata.get("chase_limit")
+    if request.order_type is not OrderType.LIMIT or not request.post_only:
+        return Rejection(ReasonCode.SCHEMA_INVALID, "chase needs a post_only limit order")
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or limit <= 0:
+        return Rejection(ReasonCode.SCHEMA_INVALID, "chase needs a positive chase_limit")
+    assert spec is not None and request.price is not None
+    ticks = limit / spec.tick_size
+    if abs(ticks - round(ticks)) > 1e-6:
+        return Rejection(
+            ReasonCode.PRICE_OFF_TICK, f"chase_limit {limit} is not on the tick {spec.tick_size}"
+        )
+    buy = request.direction is Direction.BUY
+    if (buy and limit < request.price) or (not buy and limit > request.price):
+        return Rejection(
+            ReasonCode.INVALID_PRICE,
+            "chase_limit must be at or beyond the price in the chase direction",
+        )
+    return None
+
+
+def target_price(order: OrderRecord, tick: MarketTick) -> float | None:
+    """Where the order should rest now: the touch on its side, capped at the limit."""
+    limit = float(order.metadata.get("chase_limit") or 0)
+    if order.direction is Direction.BUY:
+        touch = tick.best_bid_price
+        return None if touch is None else min(touch, limit)
+    touch = tick.best_ask_price
+    return None if touch is None else max(touch, limit)
+
+
+def requote(order: OrderRecord, tick: MarketTick, attempt: int = 0) -> OrderRequest | None:
+    """The amend that moves a chase order to its target, or None if it is there.
+    ``attempt`` numbers re-tries at the same order version (a refused amend)."""
+    target = target_price(order, tick)
+    if target is None or order.price is None or abs(target - order.price) <= EPSILON:
+        return None
+    return OrderRequest(
+        command=CommandType.AMEND,
+        request_id=f"chase.{order.order_id}.{order.version}.{attempt}",
+        account_id=order.account_id,
+        order_id=order.order_id,
+        price=target,
+    )

@@ -1,0 +1,259 @@
+"""TWAP: a parent order sliced into child orders over time.
+
+The parent (``metadata.algo = "twap"``, with ``twap_duration`` seconds, ``twap_slices`` and
+optional ``twap_randomize`` in [0, 1)) never goes to the exchange: intake records it as
+working (``open``). A timer of the worker that owns its partition publishes slice ``i`` as
+an ordinary submit once it is due, with the deterministic request id
+``twap.{parent}.{i}``: a restart that publishes it again is a duplicate at intake, never a
+second order. Slices split the amount in whole minimum lots, the remainder on the first
+slices, so they sum exactly to the parent.
+
+Each child's news is forwarded to the parent's partition as a ``child:`` report; the parent
+keeps every child's filled amount and average price and derives its own from their sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from oms.algos import ALGO_KEY
+from oms.schemas import (
+    CommandType,
+    ExchangeOrderState,
+    ExecutionReport,
+    InstrumentSpec,
+    OrderEvent,
+    OrderEventType,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    ReasonCode,
+    ReportSource,
+    derive_order_id,
+    now_ms,
+)
+from oms.streams.state_machine import EPSILON, Outcome, Transition, make_event, transition
+from oms.streams.validation import Rejection
+
+TWAP = "twap"
+MAX_SLICES = 100
+MAX_DURATION_S = 86_400.0
+CHILD_REPORT_PREFIX = "child:"
+PARENT_KEY = "parent_id"
+
+
+@dataclass(frozen=True)
+class TwapPlan:
+    duration_s: float
+    slices: int
+    randomize: float
+
+    def due_at(self, parent: OrderRecord, index: int) -> int:
+        """When slice ``index`` is due (ms): evenly spaced, jittered deterministically."""
+        step = self.duration_s * 1000 / self.slices
+        digest = hashlib.blake2b(f"{parent.order_id}:{index}".encode(), digest_size=8).digest()
+        unit = int.from_bytes(digest, "big") / 2**64  # [0, 1), same after any restart
+        jitter = (unit - 0.5) * self.randomize * step if index > 0 else 0.0
+        return parent.created_at + int(index * step + jitter)
+
+
+def is_twap(metadata: Mapping[str, Any]) -> bool:
+    return metadata.get(ALGO_KEY) == TWAP
+
+
+def plan_of(metadata: Mapping[str, Any]) -> TwapPlan:
+    return TwapPlan(
+        duration_s=float(metadata.get("twap_duration") or 0),
+        slices=int(metadata.get("twap_slices") or 1),
+        randomize=float(metadata.get("twap_randomize") or 0),
+    )
+
+
+def check_twap(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
+    """Validate a TWAP parent (after the ordinary submit checks passed)."""
+    meta = request.metadata
+    duration, slices, randomize = (
+        meta.get("twap_duration"),
+        meta.get("twap_slices"),
+        meta.get("twap_randomize", 0),
+    )
+    if not isinstance(duration, int | float) or isinstance(duration, bool):
+        return Rejection(ReasonCode.SCHEMA_INVALID, "twap needs a numeric twap_duration")
+    if not 0 < duration <= MAX_DURATION_S:
+        return Rejection(
+            ReasonCode.SCHEMA_INVALID, f"twap_duration must be in (0, {MAX_DURATION_S:g}]"
+        )
+    if not isinstance(slices, int) or isinstance(slices, bool) or not 1 <= slices <= MAX_SLICES:
+        return Rejection(
+            ReasonCode.SCHEMA_INVALID, f"twap_slices must be a whole number in [1, {MAX_SLICES}]"
+        )
+    if not isinstance(randomize, int | float) or not 0 <= randomize < 1:
+        return Rejection(ReasonCode.SCHEMA_INVALID, "twap_randomize must be in [0, 1)")
+    assert spec is not None and request.amount is not None
+    lots = round(request.amount / spec.min_trade_amount)
+    if lots < slices:
+        return Rejection(
+            ReasonCode.AMOUNT_TOO_SMALL,
+            f"amount {request.amount} cannot make {slices} slices of at least "
+            f"{spec.min_trade_amount}",
+        )
+    return None
+
+
+def slice_amounts(amount: float, lot: float, slices: int) -> list[float]:
+    """Whole lots per slice, the remainder spread over the first ones: sums to ``amount``."""
+    lots = round(amount / lot)
+    base, extra = divmod(lots, slices)
+    return [_lots(base + (1 if i < extra else 0), lot) for i in range(slices)]
+
+
+def _lots(count: int, lot: float) -> float:
+    value = count * lot
+    # Keep lot-sized amounts exact for fractional lots (options): no 0.30000000000000004.
+    digits = max(0, -math.floor(math.log10(lot))) + 2 if lot < 1 else 0
+    return round(value, digits) if digits else float(value)
+
+
+def child_request_id(parent_id: str, index: int) -> str:
+    return f"twap.{parent_id}.{index}"
+
+
+def child_request(parent: OrderRecord, index: int, amount: float) -> OrderRequest:
+    """Slice ``index`` of a parent as an ordinary submit (deterministic request id)."""
+    return OrderRequest(
+        command=CommandType.SUBMIT,
+        request_id=child_request_id(parent.order_id, index),
+        account_id=parent.account_id,
+        instrument_name=parent.instrument_name,
+        amount=amount,
+        direction=parent.direction,
+        order_type=parent.order_type,
+        price=parent.price,
+        time_in_force=parent.time_in_force,
+        post_only=parent.post_only,
+        reduce_only=parent.reduce_only,
+        priority=parent.priority,
+        metadata={PARENT_KEY: parent.order_id, "twap_slice": index},
+    )
+
+
+def child_order_id(parent: OrderRecord, index: int) -> str:
+    return derive_order_id(parent.account_id, child_request_id(parent.order_id, index))
+
+
+def child_update(
+    before: OrderRecord, after: OrderRecord, *, force: bool = False
+) -> ExecutionReport | None:
+    """The report that tells a child's parent about a change of the child, or None.
+    ``force``: send the child's current state anyway (a replay may have lost the first)."""
+    parent_id = after.metadata.get(PARENT_KEY)
+    if not isinstance(parent_id, str):
+        return None
+    unchanged = (
+        before.status is after.status and abs(before.filled_amount - after.filled_amount) < EPSILON
+    )
+    if unchanged and not force:
+        return None
+    return ExecutionReport(
+        report_id=f"{CHILD_REPORT_PREFIX}{after.order_id}:{after.version}",
+        order_id=parent_id,
+        account_id=after.account_id,
+        source=ReportSource.RECONCILE,
+        request_id=after.order_id,  # names the child
+        instrument_name=after.instrument_name,
+        exchange_order_id=after.exchange_order_id,
+        order_state=_exchange_state(after.status),
+        amount=after.amount,
+        filled_amount=after.filled_amount,
+        average_price=after.average_price,
+        exchange_timestamp=after.updated_at,
+    )
+
+
+def is_child_report(report: ExecutionReport) -> bool:
+    return report.report_id.startswith(CHILD_REPORT_PREFIX)
+
+
+def apply_child_report(parent: OrderRecord, report: ExecutionReport) -> Transition:
+    """Fold one child's news into its parent: fills are the sums of the children's."""
+    child_id = report.request_id or ""
+    if parent.status.is_terminal:
+        return Transition(parent, Outcome.STALE, note="parent is terminal")
+    known = parent.children.get(child_id)
+    done = report.order_state not in (None, ExchangeOrderState.OPEN)
+    entry = [report.filled_amount, report.average_price or 0.0, 1.0 if done else 0.0]
+    if known is not None and known[0] > report.filled_amount + EPSILON:
+        return Transition(parent, Outcome.STALE, note="older child news")
+    if known == entry:
+        return Transition(parent, Outcome.STALE, note="no change")
+    children = {**parent.children, child_id: entry}
+    filled = sum(c[0] for c in children.values())
+    notional = sum(c[0] * c[1] for c in children.values())
+    plan = plan_of(parent.metadata)
+    all_done = len(children) >= plan.slices and all(c[2] for c in children.values())
+    if filled >= parent.amount - EPSILON:
+        status = OrderStatus.FILLED
+    elif all_done:
+        status = OrderStatus.CANCELLED  # every slice ended, not all of it filled
+    elif filled > EPSILON:
+        status = OrderStatus.PARTIALLY_FILLED
+    else:
+        status = parent.status
+    updated = parent.model_copy(
+        update={
+            "children": children,
+            "filled_amount": filled,
+            "average_price": notional / filled if filled > EPSILON else None,
+            "status": status,
+            "version": parent.version + 1,
+            "updated_at": now_ms(),
+        }
+    )
+    events = []
+    if status is not parent.status or filled > parent.filled_amount + EPSILON:
+        events.append(
+            make_event(
+                updated,
+                _EVENTS.get(status, OrderEventType.PARTIALLY_FILLED),
+                previous_status=parent.status,
+                details={"source": "child", "child_id": child_id, "children": len(children)},
+            )
+        )
+    return Transition(updated, Outcome.APPLIED, events)
+
+
+_EVENTS = {
+    OrderStatus.FILLED: OrderEventType.FILLED,
+    OrderStatus.CANCELLED: OrderEventType.CANCELLED,
+    OrderStatus.PARTIALLY_FILLED: OrderEventType.PARTIALLY_FILLED,
+}
+
+
+def start_parent(order: OrderRecord, lot: float) -> tuple[OrderRecord, OrderEvent]:
+    """Intake's side: the parent becomes a working order (never sent to the exchange); the
+    instrument's lot is kept so slicing needs no catalogue later."""
+    meta = {**order.metadata, "twap_lot": lot}
+    working, event = transition(order.model_copy(update={"metadata": meta}), OrderStatus.OPEN)
+    event.details["algo"] = TWAP
+    return working, event
+
+
+def due_slices(parent: OrderRecord, now: int) -> list[tuple[int, float]]:
+    """Slices of a working parent that are due by ``now`` (index, amount)."""
+    plan = plan_of(parent.metadata)
+    lot = float(parent.metadata.get("twap_lot") or 0)
+    amounts = slice_amounts(parent.amount, lot, plan.slices)
+    return [(i, amounts[i]) for i in range(plan.slices) if plan.due_at(parent, i) <= now]
+
+
+def _exchange_state(status: OrderStatus) -> ExchangeOrderState:
+    return {
+        OrderStatus.FILLED: ExchangeOrderState.FILLED,
+        OrderStatus.CANCELLED: ExchangeOrderState.CANCELLED,
+        OrderStatus.EXPIRED: ExchangeOrderState.CANCELLED,
+        OrderStatus.REJECTED: ExchangeOrderState.REJECTED,
+    }.get(status, ExchangeOrderState.OPEN)

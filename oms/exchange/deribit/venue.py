@@ -1,0 +1,226 @@
+"""Deribit as an :class:`~oms.exchange.interface.Exchange`: JSON-RPC over WebSocket, one
+authenticated session per account, our order id as the Deribit ``label``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.errors import CONNECTION_LOST, ConnectionLost
+from oms.exchange.translate import report_from_order
+from oms.schemas import (
+    CommandType,
+    Direction,
+    ExecutionReport,
+    OrderRecord,
+    OrderType,
+    ReportSource,
+)
+from oms.secrets import SecretStore
+from oms.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Order types that carry a trigger at Deribit.
+_TRIGGERED = frozenset(
+    {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
+)
+
+
+class ExchangeSessions:
+    """One authenticated Deribit connection per account, opened on first use.
+
+    After a reconnect (the client resubscribes on its own) ``on_reconnect(account_id)`` runs
+    the owner's reconciliation; until it is done, :meth:`settled` holds back edits and
+    cancels of that account so they never race it.
+    """
+
+    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._clients: dict[str, DeribitClient] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Per account: the client's reconnect count the last finished reconciliation covered.
+        self._reconciled: dict[str, int] = {}
+        self.on_reconnect: Callable[[str], Awaitable[None]] | None = None
+
+    async def client(self, account_id: str) -> DeribitClient:
+        """The connected client of an account (connects on first call)."""
+        client = self._clients.get(account_id)
+        if client is not None:
+            return client
+        lock = self._locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            client = self._clients.get(account_id)
+            if client is None:
+                credentials = self._secrets.credentials(account_id)
+                if credentials is None:
+                    raise KeyError(f"no exchange credentials for account {account_id!r}")
+                client = DeribitClient(
+                    self._settings.exchange.url,
+                    credentials,
+                    settings=self._settings.exchange,
+                    name=f"exec:{account_id}",
+                    on_reconnect=lambda: self._after_reconnect(account_id),
+                    cancel_on_disconnect=(
+                        account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
+                    ),
+                )
+                try:
+                    await client.connect()
+                except (OSError, TimeoutError) as exc:
+                    # Nothing was sent: a plain retryable failure, not an unknown outcome.
+                    error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
+                    error.outcome_unknown = False
+                    raise error from exc
+                self._clients[account_id] = client
+        return client
+
+    async def settled(self, account_id: str) -> None:
+        """Wait (bounded) until the account's session is up and reconciled since its last
+        reconnect."""
+        client = await self.client(account_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * self._settings.exchange.request_timeout
+        while not (
+            client.connected.is_set()
+            and self._reconciled.get(account_id, 0) >= client.stats.reconnects
+        ):
+            if loop.time() > deadline:
+                log.warning("exchange.reconciliation_wait_timeout", account_id=account_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _after_reconnect(self, account_id: str) -> None:
+        client = self._clients.get(account_id)
+        generation = client.stats.reconnects if client is not None else 0
+        try:
+            if self.on_reconnect is not None:
+                await self.on_reconnect(account_id)
+        finally:
+            self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), generation)
+
+
+class DeribitVenue:
+    """:class:`~oms.exchange.interface.Exchange` over Deribit API v2."""
+
+    name = "deribit"
+
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: SecretStore | None,
+        currency_of: Callable[[str], str],
+        *,
+        sessions: ExchangeSessions | None = None,
+    ) -> None:
+        if sessions is None:
+            assert secrets is not None
+            sessions = ExchangeSessions(settings, secrets)
+        self.sessions = sessions
+        self._currency_of = currency_of
+
+    @property
+    def on_reconnect(self) -> Callable[[str], Awaitable[None]] | None:
+        return self.sessions.on_reconnect
+
+    @on_reconnect.setter
+    def on_reconnect(self, hook: Callable[[str], Awaitable[None]] | None) -> None:
+        self.sessions.on_reconnect = hook
+
+    async def _call(
+        self, account_id: str, method: str, params: dict[str, Any], *, prepaid: bool = False
+    ) -> Any:
+        client = await self.sessions.client(account_id)
+        return await client.call(method, params, prepaid=prepaid)
+
+    async def place(self, order: OrderRecord, *, prepaid: bool = False) -> ExecutionReport:
+        method = "private/buy" if order.direction is Direction.BUY else "private/sell"
+        result = await self._call(
+            order.account_id, method, submit_params(order), prepaid=prepaid
+        )
+        return report_from_order(
+            result["order"],
+            account_id=order.account_id,
+            source=ReportSource.RPC,
+            trades=result.get("trades") or (),
+            command=CommandType.SUBMIT,
+            request_id=order.request_id,
+        )
+
+    async def find(self, order: OrderRecord) -> ExecutionReport | None:
+        orders = await self._call(
+            order.account_id,
+            "private/get_order_state_by_label",
+            {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
+        )
+        if not orders:
+            return None
+        if len(orders) > 1:
+            log.error("exchange.duplicate_label", order_id=order.order_id, count=len(orders))
+        # The most recently updated order is the one whose state matters.
+        latest: dict[str, Any] = max(orders, key=lambda o: o.get("last_update_timestamp", 0))
+        return report_from_order(latest, account_id=order.account_id, source=ReportSource.RECONCILE)
+
+    async def refresh(self, order: OrderRecord) -> ExecutionReport:
+        found = await self._call(
+            order.account_id, "private/get_order_state", {"order_id": order.exchange_order_id}
+        )
+        return report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
+
+    async def cancel(self, order: OrderRecord) -> None:
+        await self._call(
+            order.account_id,
+            "private/cancel_by_label",
+            {"label": order.order_id, "currency": self._currency_of(order.instrument_name)},
+        )
+
+    async def amend(
+        self, order: OrderRecord, amount: float, price: float | None
+    ) -> ExecutionReport:
+        params: dict[str, Any] = {"amount": amount}
+        if price is not None:
+            params["price"] = price
+        if order.exchange_order_id:
+            params["order_id"] = order.exchange_order_id
+            method = "private/edit"
+        else:
+            params["label"] = order.order_id
+            params["instrument_name"] = order.instrument_name
+            method = "private/edit_by_label"
+        result = await self._call(order.account_id, method, params)
+        return report_from_order(
+            result["order"],
+            account_id=order.account_id,
+            source=ReportSource.RPC,
+            trades=result.get("trades") or (),
+            command=CommandType.AMEND,
+        )
+
+    async def settled(self, account_id: str) -> None:
+        await self.sessions.settled(account_id)
+
+
+def submit_params(order: OrderRecord) -> dict[str, Any]:
+    """``private/buy`` / ``private/sell`` parameters of an order."""
+    params: dict[str, Any] = {
+        "instrument_name": order.instrument_name,
+        "amount": order.amount,
+        "type": order.order_type.value,
+        "label": order.order_id,
+        "time_in_force": order.time_in_force.value,
+    }
+    if order.price is not None and order.order_type is not OrderType.MARKET:
+        params["price"] = order.price
+    if order.post_only:
+        params["post_only"] = True
+    if order.reduce_only:
+        params["reduce_only"] = True
+    if order.order_type in _TRIGGERED and order.trigger_price is not None:
+        params["trigger_price"] = order.trigger_price
+        params["trigger"] = str(order.metadata.get("trigger") or "last_price")
+    return params

@@ -1,0 +1,183 @@
+"""How the lifecycle, metrics and probes plug into an order worker.
+
+Kept apart from :mod:`oms.streams.worker` so the worker only has three call sites: build
+this, ``register()`` it, and pass every emitted event to ``on_event``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from oms.algos.scheduler import AlgoScheduler
+from oms.algos.twap import is_twap
+from oms.lifecycle.monitor import LifecycleMonitor
+from oms.metrics import OrderMetricsCollector
+from oms.metrics.collector import CONTENT_TYPE
+from oms.schemas import MetricsSample, OrderEvent, OrderRecord, OrderRequest, OrderStatus, Topic
+
+# After a reconnect, these are looked up by label (what happened while we were away).
+_RECONCILE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
+
+if TYPE_CHECKING:
+    from oms.streams.worker import OrderWorker
+
+log = structlog.get_logger(__name__)
+
+
+class LifecycleWiring:
+    """The lifecycle timer, the metrics collector and the probe endpoints of one worker."""
+
+    def __init__(self, worker: OrderWorker) -> None:
+        from oms.streams.worker import _partition_of
+
+        self._worker = worker
+        settings = worker.settings
+        self.metrics = OrderMetricsCollector()
+        worker.executor.on_command = self.metrics.observe_command
+        partitions = settings.kafka.partitions
+        requests_topic = worker.oms.requests.get_topic_name()
+        self._owned: set[int] = set()
+
+        def owns(order_id: str) -> bool:
+            return _partition_of(order_id, partitions) in self._owned
+
+        async def publish_request(request: OrderRequest) -> None:
+            await worker._send(requests_topic, request.key.encode(), request.to_bytes())
+
+        self._requests_topic = requests_topic
+        self.ticks = worker.tick_cache
+        self.algos = AlgoScheduler(
+            orders=lambda: worker.oms.orders.items(),
+            owns=owns,
+            publish_request=publish_request,
+            latest_tick=self.ticks.latest,
+        )
+        self._owns = owns
+        self._metrics_topic = settings.topic(Topic.METRICS)
+        self.worker_id = f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}"
+        worker.executor.exchange.on_reconnect = self.reconcile_account
+        self.monitor = LifecycleMonitor(
+            settings=settings.lifecycle,
+            orders=lambda: worker.oms.orders.items(),
+            owns=owns,
+            recheck=worker.executor.recheck,
+            is_busy=worker.executor.is_inflight,
+            publish_request=publish_request,
+        )
+
+    async def reconcile_account(self, account_id: str) -> None:
+        """After an exchange reconnect: every live order of the account (owned partitions)
+        is looked up by label, so fills and cancels missed while away are reported."""
+        worker = self._worker
+        self._owned = worker.oms.active_partitions(self._requests_topic)
+        orders: list[OrderRecord] = [
+            order
+            for order_id, order in list(worker.oms.orders.items())
+            if order is not None
+            and order.account_id == account_id
+            and order.status in _RECONCILE
+            and not is_twap(order.metadata)  # a parent is not at the exchange
+            and self._owns(order_id)
+        ]
+        found = await worker.executor.reconcile_now(orders)
+        counters = self.monitor.counters
+        counters["reconnect_reconciliations"] = counters.get("reconnect_reconciliations", 0) + 1
+        counters["reconnect_lookups"] = counters.get("reconnect_lookups", 0) + len(orders)
+        log.info("lifecycle.reconciled", account_id=account_id, orders=len(orders), found=found)
+
+    async def sample_metrics(self) -> MetricsSample:
+        """Publish one sample of this worker's metrics (the sink stores it in ``metrics``)."""
+        worker = self._worker
+        self.metrics.set_retries(worker.executor.stats.get("retries", 0))
+        self.metrics.set_queue_length(len(worker.executor._inflight))
+        values = self.metrics.flat()
+        for name, value in self.monitor.counters.items():
+            values[f"lifecycle.{name}"] = float(value)
+        sample = MetricsSample(worker=self.worker_id, values=values)
+        await worker._send(self._metrics_topic, self.worker_id.encode(), sample.to_bytes())
+        return sample
+
+    def on_event(self, event: OrderEvent) -> None:
+        """Every event the worker emits (metrics)."""
+        self.metrics.observe_event(event)
+
+    async def check(self) -> dict[str, int]:
+        """One lifecycle pass over the orders of the partitions this worker owns."""
+        worker = self._worker
+        self._owned = worker.oms.active_partitions(self._requests_topic)
+        if not self._owned:
+            return {}
+        executor = worker.executor
+        self.metrics.set_retries(executor.stats.get("retries", 0))
+        self.metrics.set_queue_length(len(executor._inflight))
+        await self.algos.run_once()
+        return await self.monitor.run_once()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: instruments loaded and not in the middle of a rebalance. (A worker
+        without partitions, e.g. more replicas than partitions, is still ready: it is a
+        standby, and readiness gates rollouts.)"""
+        worker = self._worker
+        instruments = len(worker.catalog)
+        try:
+            assigned = len(worker.app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = 0
+        rebalancing = bool(getattr(worker.app, "rebalancing", False))
+        ok = instruments > 0 and not rebalancing
+        return ok, {
+            "ready": ok,
+            "instruments": instruments,
+            "rebalancing": rebalancing,
+            "assigned_partitions": assigned,
+        }
+
+    def register(self) -> None:
+        """Timer and web pages on the worker's Faust app."""
+        app = self._worker.app
+        interval = self._worker.settings.lifecycle.check_interval
+
+        @app.timer(interval=interval)
+        async def lifecycle_check() -> None:
+            try:
+                await self.check()
+            except Exception:  # a bad pass must not stop the timer
+                log.exception("lifecycle.check_failed")
+
+        sample_every = self._worker.settings.lifecycle.metrics_sample_interval
+        if sample_every > 0:
+
+            @app.timer(interval=sample_every)
+            async def metrics_sample() -> None:
+                try:
+                    await self.sample_metrics()
+                except Exception:
+                    log.exception("lifecycle.metrics_sample_failed")
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            self.metrics.set_queue_length(len(self._worker.executor._inflight))
+            self.metrics.set_retries(self._worker.executor.stats.get("retries", 0))
+            # aiohttp refuses a charset inside content_type: pass the header as is.
+            return web.bytes(self.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE})
+
+        @app.page("/metrics/summary")
+        async def summary(web: Any, request: Any) -> Any:
+            body = self.metrics.snapshot()
+            body["lifecycle"] = self.monitor.snapshot()
+            body["algos"] = dict(self.algos.counters)
+            body["executor"] = dict(self._worker.executor.stats)
+            return web.json(body)
+
+        @app.page("/live")
+        async def live(web: Any, request: Any) -> Any:
+            return web.json({"live": True})
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            ok, body = self.ready()
+            return web.json(body, status=200 if ok else 503)
