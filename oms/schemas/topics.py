@@ -9,6 +9,8 @@
 | positions          | account_id|instrument_name    | one position's changes in order             |
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
+| risk-controls      | account_id (compacted)       | latest limits/state per account, read fully |
+| risk-audit         | account_id                   | who changed which control, append-only      |
 
 order-requests, execution-reports and order-events must have the same partition count
 (co-partitioned): the order-state table is written from the first two.
@@ -27,6 +29,8 @@ class Topic(StrEnum):
     POSITIONS = "positions"
     NOTIFICATIONS = "notifications"
     DEAD_LETTERS = "dead-letters"
+    RISK_CONTROLS = "risk-controls"
+    RISK_AUDIT = "risk-audit"
 
 
 def topic_name(topic: Topic, prefix: str = "oms.") -> str:

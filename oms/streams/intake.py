@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,6 +26,9 @@ from oms.streams.execution import OrderExecutor
 from oms.streams.state_machine import make_event, reannouncement, transition
 from oms.streams.validation import ParseFailure, Rejection, parse_request, validate_submit
 
+if TYPE_CHECKING:
+    from oms.risk.runtime import IntakeGuard
+
 log = structlog.get_logger(__name__)
 
 # How many cancel/amend request ids an order remembers for idempotency.
@@ -39,6 +42,8 @@ class IntakeContext(AgentContext):
     executor: OrderExecutor
     instrument: Callable[[str | None], Any]
     account_known: Callable[[str], bool]
+    # Authentication and pre-trade risk (issue 9); None: neither.
+    guard: IntakeGuard | None = None
 
 
 async def handle_request(
@@ -49,6 +54,7 @@ async def handle_request(
     partition: int | None,
     offset: int | None,
     replayed: bool,
+    timestamp_ms: int | None = None,
 ) -> None:
     """Process one message of ``order-requests``.
 
@@ -61,6 +67,15 @@ async def handle_request(
         await _reject_unparsable(ctx, raw, parsed, key=key, partition=partition, offset=offset)
         return
     ctx.count(f"requests_{parsed.command.value}")
+    # Authentication comes before anything else (issue 9).
+    if ctx.guard is not None:
+        refused = ctx.guard.authenticate(
+            parsed, raw, offset=offset, replayed=replayed, timestamp_ms=timestamp_ms
+        )
+        if refused is not None:
+            ctx.count("unauthenticated")
+            await ctx.emit(_unauthenticated(parsed, refused))
+            return
     if parsed.command is CommandType.SUBMIT:
         await _submit(ctx, parsed, replayed)
     else:
@@ -110,6 +125,8 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     rejection = validate_submit(
         request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
     )
+    if rejection is None and ctx.guard is not None:
+        rejection = ctx.guard.check_submit(order, at_release=False)
     if rejection is not None:
         ctx.count("rejected")
         rejected = order.model_copy(
@@ -132,6 +149,9 @@ async def _submit(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     # One event for "accepted and sent": its previous_status (pending) says it was accepted.
     submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
     ctx.orders[order_id] = submitted
+    if ctx.guard is not None:
+        ctx.guard.note_accepted(submitted)
+        submitted_event.details.update(ctx.guard.strategy_details(request))
     await ctx.emit(submitted_event)
     await ctx.executor.submit(submitted, check_label_first=replayed)
 
@@ -194,6 +214,8 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
         )
     elif request.command is CommandType.AMEND:
         rejection = _check_amend(ctx, order, request)
+    if rejection is None and order is not None and ctx.guard is not None:
+        rejection = ctx.guard.check_command(order, request)
     if rejection is not None:
         ctx.count("commands_rejected")
         await ctx.emit(_command_rejected(order_id, request, rejection, order))
@@ -246,4 +268,21 @@ def _command_rejected(
         reason_code=rejection.reason_code,
         message=rejection.message,
         details={"command": request.command.value},
+    )
+
+
+def _unauthenticated(request: OrderRequest, rejection: Rejection) -> OrderEvent:
+    """A request refused by authentication: nothing was read or written for its order, so
+    the event carries no order state (a forged request must not touch a real order)."""
+    assert request.order_id is not None
+    nonce = request.auth.nonce if request.auth else "unsigned"
+    return OrderEvent(
+        event_id=f"{request.order_id}:unauthenticated:{request.request_id}:{nonce}",
+        event_type=OrderEventType.COMMAND_REJECTED,
+        order_id=request.order_id,
+        account_id=request.account_id,
+        request_id=request.request_id,
+        reason_code=rejection.reason_code,
+        message=rejection.message,
+        details={"command": request.command.value, "stage": "authentication"},
     )

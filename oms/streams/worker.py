@@ -23,6 +23,7 @@ from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
 from oms.logs import configure_logging
+from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import DeadLetter, ExecutionReport, OrderEvent, OrderStatus, now_ms
 from oms.secrets import SecretStore
 from oms.settings import Settings
@@ -57,6 +58,10 @@ class OrderWorker:
         self._events_topic = self.oms.events.get_topic_name()
         self._reports_topic = self.oms.reports.get_topic_name()
         self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
+        # Authentication and pre-trade risk (issue 9).
+        self.guard = create_intake_guard(
+            settings, self.oms, self.catalog.get, self._send, self._dead_letter, self.executor
+        )
         self.intake = IntakeContext(
             orders=self.oms.orders,
             executor=self.executor,
@@ -65,6 +70,7 @@ class OrderWorker:
             emit=self._emit,
             dead_letter=self._dead_letter,
             source_topic=self._requests_topic,
+            guard=self.guard,
         )
         self.state = OrderStateContext(
             orders=self.oms.orders,
@@ -101,6 +107,7 @@ class OrderWorker:
 
         async def intake(stream: Any) -> None:
             await self.catalog.wait_loaded()
+            await self.guard.ready()
             async for event in stream.events():
                 message = event.message
                 await handle_request(
@@ -110,6 +117,7 @@ class OrderWorker:
                     partition=message.partition,
                     offset=message.offset,
                     replayed=self._is_replay(message),
+                    timestamp_ms=int(message.timestamp * 1000),
                 )
 
         async def order_state(stream: Any) -> None:
@@ -144,6 +152,7 @@ class OrderWorker:
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
         interval = self.settings.worker.recovery_check_interval_s
+        register_guard(app, self.guard, interval)
 
         @app.timer(interval=interval)
         async def sweep_unacknowledged() -> None:
