@@ -32,6 +32,7 @@ def _register_optional() -> None:
         ("oms.cli.sql", "sql", "sql"),
         ("oms.cli.paper", "paper_exchange", "paper-exchange"),
         ("oms.cli.bench", "bench_app", "bench"),
+        ("oms.cli.risk", "risk_app", "risk"),
     ):
         try:
             mod = importlib.import_module(module)
