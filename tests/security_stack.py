@@ -17,9 +17,9 @@ from oms.settings import Settings
 
 
 def stack_settings(
-    tmp: Path, bootstrap: str, accounts: list[str], label: str, **risk: Any
+    tmp: Path, bootstrap: str, names: list[str], label: str, **risk: Any
 ) -> Settings:
-    settings = isolated_settings(tmp, bootstrap, accounts, partitions=4, label=label)
+    settings = isolated_settings(tmp, bootstrap, names, partitions=4, label=label)
     return settings.model_copy(
         update={
             "risk": settings.risk.model_copy(update=risk),
