@@ -1,0 +1,138 @@
+"""The risk engine's decisions on a book built by hand (no I/O), and the execution strategy."""
+
+from __future__ import annotations
+
+from oms.risk.book import RiskBook
+from oms.risk.engine import RiskEngine
+from oms.risk.strategy import ExecutionStrategy, execution_strategy
+from oms.schemas import (
+    Direction,
+    InstrumentSpec,
+    MarketTick,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    PositionRecord,
+    ReasonCode,
+    now_ms,
+)
+from oms.schemas.risk import AccountControls, AccountLimits, TradingState
+from oms.settings import RiskSettings, Settings
+
+PERP = InstrumentSpec(
+    instrument_name="BTC-PERPETUAL",
+    kind="future",
+    base_currency="BTC",
+    quote_currency="USD",
+    settlement_currency="BTC",
+    tick_size=0.5,
+    contract_size=10,
+    min_trade_amount=10,
+    instrument_type="reversed",
+)
+
+
+def engine(**limits: object) -> RiskEngine:
+    settings = RiskSettings(default_limits=AccountLimits.model_validate(limits))
+    return RiskEngine(
+        RiskBook(settings, lambda name: PERP if name == PERP.instrument_name else None)
+    )
+
+
+def order(
+    order_id: str = "o-1", amount: float = 10, price: float | None = 50_000.0, **kw: object
+) -> OrderRecord:
+    fields: dict[str, object] = {
+        "order_id": order_id,
+        "request_id": order_id,
+        "account_id": "a",
+        "instrument_name": PERP.instrument_name,
+        "direction": Direction.BUY,
+        "order_type": "limit",
+        "amount": amount,
+        "price": price,
+        "version": 2,
+    }
+    fields.update(kw)
+    return OrderRecord.model_validate(fields)
+
+
+def tick(mark: float) -> MarketTick:
+    return MarketTick(instrument_name=PERP.instrument_name, timestamp=now_ms(), mark_price=mark)
+
+
+def test_queued_order_breaching_the_band_at_release_is_refused_then() -> None:
+    risk = engine(price_band_pct=5)
+    risk.book.apply_tick(tick(50_000))
+    queued = order(status=OrderStatus.QUEUED)
+    assert risk.check_submit(queued) is None
+    risk.note_accepted(queued)
+    risk.book.apply_tick(tick(60_000))  # the market moved while it waited
+    rejection = risk.check_submit(queued, at_release=True)
+    assert rejection is not None
+    assert rejection.reason_code is ReasonCode.PRICE_BAND_EXCEEDED
+    assert rejection.message.endswith("at release")
+
+
+def test_a_released_order_does_not_count_against_itself() -> None:
+    risk = engine(max_open_orders=1, max_position=10)
+    queued = order(status=OrderStatus.QUEUED)
+    risk.note_accepted(queued)
+    assert risk.check_submit(queued, at_release=True) is None
+    other = risk.check_submit(order("o-2"))
+    assert other is not None and other.reason_code is ReasonCode.RISK_LIMIT_EXCEEDED
+
+
+def test_position_limit_counts_open_orders_on_the_same_side_and_lets_reductions_pass() -> None:
+    risk = engine(max_position=100)
+    risk.book.apply_position(
+        PositionRecord(
+            record_id="p1", account_id="a", instrument_name=PERP.instrument_name, size=60
+        )
+    )
+    risk.note_accepted(order("o-1", amount=30, status=OrderStatus.OPEN))
+    refused = risk.check_submit(order("o-2", amount=20))  # 60 + 30 + 20 > 100
+    assert refused is not None and "would reach 110" in refused.message
+    assert risk.check_submit(order("o-3", amount=10)) is None  # 100
+    assert risk.check_submit(order("o-4", amount=150, direction=Direction.SELL)) is None
+
+
+def test_state_and_notional() -> None:
+    risk = engine(max_order_notional=1_000)
+    assert risk.check_submit(order(amount=2_000)).reason_code is ReasonCode.RISK_LIMIT_EXCEEDED  # type: ignore[union-attr]
+    controls = AccountControls(account_id="a", trading_state=TradingState.HALTED)
+    risk.book.apply_controls(controls)
+    assert risk.check_submit(order()).reason_code is ReasonCode.TRADING_HALTED  # type: ignore[union-attr]
+    assert risk.check_cancel("a") is None
+
+
+def request(**kw: object) -> OrderRequest:
+    fields: dict[str, object] = {
+        "request_id": "r1",
+        "account_id": "a",
+        "instrument_name": PERP.instrument_name,
+        "amount": 10,
+        "direction": "buy",
+        "price": 50_000.0,
+    }
+    fields.update(kw)
+    return OrderRequest.model_validate(fields)
+
+
+def test_execution_strategy() -> None:
+    settings = Settings(risk=RiskSettings(slice_above_amount=1_000))
+    cases = [
+        (request(), ExecutionStrategy.IMMEDIATE),
+        (request(execute_immediately=False, priority="high"), ExecutionStrategy.QUEUED),
+        (request(amount=5_000), ExecutionStrategy.SLICED),
+        (request(conditions=[{"type": "time", "op": ">=", "value": 1}]), ExecutionStrategy.DELAYED),
+        (
+            request(conditions=[{"field": "last_price", "op": ">=", "value": 70_000}]),
+            ExecutionStrategy.CONDITIONAL,
+        ),
+    ]
+    for req, want in cases:
+        strategy, reason = execution_strategy(req, settings)
+        assert strategy is want, (req, strategy)
+        assert reason
+    assert "high" in execution_strategy(cases[1][0], settings)[1]
