@@ -21,11 +21,16 @@ def e2e(
     accounts: Annotated[int | None, typer.Option(help="paper accounts to spread over")] = None,
     partitions: Annotated[int, typer.Option()] = 8,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    secure: Annotated[
+        bool, typer.Option(help="signed requests + every pre-trade risk check (issue 9)")
+    ] = False,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
     from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e
 
-    config = E2EConfig(orders=orders, rate=rate, accounts=accounts, partitions=partitions)
+    config = E2EConfig(
+        orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure
+    )
     with console.status("bench e2e") as status:
         result = asyncio.run(run_e2e(config, on_status=lambda s: status.update(f"bench e2e: {s}")))
     if json:
