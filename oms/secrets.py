@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,17 +78,26 @@ def _write_json(path: Path, body: dict[str, Any]) -> None:
 
 
 class SecretStore:
-    """Looks up exchange credentials for an account."""
+    """Looks up exchange credentials for an account.
 
-    def __init__(self, secrets_file: Path | None = None) -> None:
+    ``exchange_accounts`` maps an account to the Deribit sub-account (secrets entry) whose
+    key pair it trades with (issue 9: ``risk.accounts.<A>.permissions.exchange_account``);
+    unmapped accounts use the entry of their own name.
+    """
+
+    def __init__(
+        self, secrets_file: Path | None = None, exchange_accounts: Mapping[str, str] | None = None
+    ) -> None:
         self._file_entries = load_secrets_file(secrets_file) if secrets_file else {}
+        self._exchange_accounts = dict(exchange_accounts or {})
 
     def credentials(self, account_id: str) -> Credentials | None:
-        client_id = os.environ.get(_env_name(account_id, "CLIENT_ID"))
-        client_secret = os.environ.get(_env_name(account_id, "CLIENT_SECRET"))
+        entry = self._exchange_accounts.get(account_id, account_id)
+        client_id = os.environ.get(_env_name(entry, "CLIENT_ID"))
+        client_secret = os.environ.get(_env_name(entry, "CLIENT_SECRET"))
         if client_id and client_secret:
             return Credentials(client_id, client_secret)
-        return self._file_entries.get(account_id)
+        return self._file_entries.get(entry)
 
     def accounts(self) -> list[str]:
         """Accounts that have credentials in the secrets file."""

@@ -139,6 +139,14 @@ class RiskSettings(BaseModel):
     # How many recent ticks per market-ticks partition a starting worker reads for marks.
     mark_lookback: int = Field(50, ge=1)
 
+    def exchange_accounts(self) -> dict[str, str]:
+        """Account -> Deribit sub-account (secrets entry) for accounts mapped to another one."""
+        return {
+            account: controls.permissions.exchange_account
+            for account, controls in self.accounts.items()
+            if controls.permissions.exchange_account
+        }
+
 
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""

@@ -92,6 +92,13 @@ async def change_controls(
     if limits:
         update["limits"] = _parse_assignments(AccountLimits, before.limits, limits)
     if permissions:
+        names = {p.partition("=")[0].strip().replace("-", "_") for p in permissions}
+        if "exchange_account" in names:
+            raise ControlsRefused(
+                ReasonCode.PERMISSION_DENIED,
+                "exchange_account is static (risk.accounts.<A>.permissions.exchange_account in "
+                "settings): workers and the gateway open exchange sessions with it at start",
+            )
         update["permissions"] = _parse_assignments(
             AccountPermissions, before.permissions, permissions
         )

@@ -36,10 +36,16 @@ class RiskEngine:
         controls = self.book.controls_of(order.account_id)
         spec = self.book.instrument(order.instrument_name)
         when = " at release" if at_release else ""
+        # A held order's limit price is meant for the market at its release: its price
+        # band is checked then, not while it waits.
+        held = not order.execute_immediately or bool(order.conditions)
+        band = at_release or not held
         rejection = (
             self._check_permissions(controls, spec, order)
             or self._check_state(order)
-            or self._check_order_limits(controls, spec, order.amount, order.price, order)
+            or self._check_order_limits(
+                controls, spec, order.amount, order.price, order, check_band=band
+            )
             or self._check_exposure(controls, spec, order)
         )
         if rejection is not None and when:
@@ -142,6 +148,8 @@ class RiskEngine:
         amount: float,
         price: float | None,
         order: OrderRecord,
+        *,
+        check_band: bool = True,
     ) -> Rejection | None:
         limits = controls.limits
         if limits.max_order_amount is not None and amount > limits.max_order_amount:
@@ -165,7 +173,12 @@ class RiskEngine:
                     f"{limits.max_order_notional:,.2f}",
                 )
         band = limits.price_band_pct
-        if band is not None and price is not None and order.order_type in _LIMIT_PRICED:
+        if (
+            check_band
+            and band is not None
+            and price is not None
+            and order.order_type in _LIMIT_PRICED
+        ):
             if mark is not None and mark > 0:
                 deviation = abs(price - mark) / mark * 100
                 if deviation > band:

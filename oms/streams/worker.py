@@ -44,7 +44,7 @@ class OrderWorker:
         self.settings = settings
         self.oms: OmsApp = create_app(settings)
         self.app: faust.App = self.oms.app
-        secrets = SecretStore(settings.resolved_secrets_file)
+        secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
         self._trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
         self.catalog = InstrumentCatalog(settings.exchange)
         self.sessions = ExchangeSessions(settings, secrets)

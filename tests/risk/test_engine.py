@@ -64,7 +64,7 @@ def tick(mark: float) -> MarketTick:
 def test_queued_order_breaching_the_band_at_release_is_refused_then() -> None:
     risk = engine(price_band_pct=5)
     risk.book.apply_tick(tick(50_000))
-    queued = order(status=OrderStatus.QUEUED)
+    queued = order(status=OrderStatus.QUEUED, execute_immediately=False)
     assert risk.check_submit(queued) is None
     risk.note_accepted(queued)
     risk.book.apply_tick(tick(60_000))  # the market moved while it waited
@@ -136,3 +136,17 @@ def test_execution_strategy() -> None:
         assert strategy is want, (req, strategy)
         assert reason
     assert "high" in execution_strategy(cases[1][0], settings)[1]
+
+
+def test_exchange_account_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oms.secrets import Credentials, SecretStore, write_secrets_file
+
+    path = tmp_path / "secrets.json"
+    write_secrets_file(path, {"sub-1": Credentials("cid-1", "sec-1")})
+    risk = RiskSettings.model_validate(
+        {"accounts": {"alice": {"permissions": {"exchange_account": "sub-1"}}}}
+    )
+    store = SecretStore(path, risk.exchange_accounts())
+    creds = store.credentials("alice")
+    assert creds is not None and creds.client_id == "cid-1"
+    assert store.trading_accounts(["alice", "bob"]) == ["alice", "sub-1"]
