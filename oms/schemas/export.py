@@ -12,6 +12,7 @@ from oms.schemas.market import MarketTick
 from oms.schemas.notifications import NotificationRecord
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.positions import PositionRecord
+from oms.schemas.risk import AccountControls, RiskAuditRecord
 
 EXPORTED: tuple[type[Record], ...] = (
     OrderRequest,
@@ -22,6 +23,8 @@ EXPORTED: tuple[type[Record], ...] = (
     PositionRecord,
     NotificationRecord,
     DeadLetter,
+    AccountControls,
+    RiskAuditRecord,
 )
 
 
