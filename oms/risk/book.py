@@ -61,8 +61,11 @@ class RiskBook:
         self._clock_ms = clock_ms
         self._controls: dict[str, AccountControls] = {}
         self.positions: dict[tuple[str, str], float] = {}
+        self._positions_by_account: dict[str, dict[str, float]] = {}
         self._open: dict[str, OpenOrder] = {}
         self._open_by_account: dict[str, set[str]] = {}
+        # Unfilled amount of live orders per (account, instrument, direction): O(1) checks.
+        self._open_remaining: dict[tuple[str, str, Direction], float] = {}
         self.marks: dict[str, float] = {}
         self.index_prices: dict[str, float] = {}  # per base currency
         self._pnl: dict[tuple[str, str], DailyPnl] = {}
@@ -112,6 +115,10 @@ class RiskBook:
     def position(self, account_id: str, instrument_name: str) -> float:
         return self.positions.get((account_id, instrument_name), 0.0)
 
+    def positions_of(self, account_id: str) -> dict[str, float]:
+        """Position size per instrument of one account."""
+        return self._positions_by_account.get(account_id, {})
+
     def apply_position(self, record: PositionRecord) -> None:
         """Latest size per position; today's realized P&L (minus fees) and latest unrealized
         per settlement currency. A record seen twice (redelivery) counts once."""
@@ -119,6 +126,9 @@ class RiskBook:
             return
         self._seen_position_records.add(record.record_id)
         self.positions[(record.account_id, record.instrument_name)] = record.size
+        self._positions_by_account.setdefault(record.account_id, {})[record.instrument_name] = (
+            record.size
+        )
         spec = self.instrument(record.instrument_name)
         currency = (spec.settlement_currency or spec.base_currency) if spec else "?"
         today = utc_day(self._clock_ms())
@@ -153,19 +163,27 @@ class RiskBook:
         known = self._open.get(order.order_id)
         if known is not None and order.version < known.version:
             return  # an older snapshot than the one we have
+        if known is not None:
+            self._add_remaining(known, -known.remaining)
         if order.status.is_terminal:
             if known is not None:
                 del self._open[order.order_id]
                 self._open_by_account.get(order.account_id, set()).discard(order.order_id)
             return
-        self._open[order.order_id] = OpenOrder(
+        live = OpenOrder(
             order.account_id,
             order.instrument_name,
             order.direction,
             max(0.0, order.amount - order.filled_amount),
             order.version,
         )
+        self._open[order.order_id] = live
+        self._add_remaining(live, live.remaining)
         self._open_by_account.setdefault(order.account_id, set()).add(order.order_id)
+
+    def _add_remaining(self, order: OpenOrder, delta: float) -> None:
+        key = (order.account_id, order.instrument_name, order.direction)
+        self._open_remaining[key] = self._open_remaining.get(key, 0.0) + delta
 
     def open_order_count(self, account_id: str, excluding: str | None = None) -> int:
         ids = self._open_by_account.get(account_id, set())
@@ -175,13 +193,12 @@ class RiskBook:
         self, account_id: str, instrument_name: str, direction: Direction, excluding: str
     ) -> float:
         """Unfilled amount of the account's other live orders on one side of an instrument."""
-        total = 0.0
-        for order_id in self._open_by_account.get(account_id, ()):
-            o = self._open[order_id]
-            if order_id != excluding and o.instrument_name == instrument_name:
-                if o.direction is direction:
-                    total += o.remaining
-        return total
+        total = self._open_remaining.get((account_id, instrument_name, direction), 0.0)
+        own = self._open.get(excluding)
+        if own is not None and own.instrument_name == instrument_name:
+            if own.direction is direction and own.account_id == account_id:
+                total -= own.remaining
+        return max(0.0, total)
 
     # -- market --------------------------------------------------------------------------------
 

@@ -231,11 +231,7 @@ class RiskEngine:
         self, account: str, currency: str, order: OrderRecord, after: float
     ) -> float | None:
         total = 0.0
-        sizes = {
-            name: size
-            for (acct, name), size in self.book.positions.items()
-            if acct == account and size
-        }
+        sizes = {name: size for name, size in self.book.positions_of(account).items() if size}
         sizes[order.instrument_name] = after
         for name, size in sizes.items():
             spec = self.book.instrument(name)

@@ -95,6 +95,10 @@ def test_position_limit_counts_open_orders_on_the_same_side_and_lets_reductions_
     assert refused is not None and "would reach 110" in refused.message
     assert risk.check_submit(order("o-3", amount=10)) is None  # 100
     assert risk.check_submit(order("o-4", amount=150, direction=Direction.SELL)) is None
+    # o-1 is cancelled: its 30 no longer count.
+    risk.book.apply_order(order("o-1", amount=30, status=OrderStatus.CANCELLED, version=5))
+    assert risk.check_submit(order("o-2", amount=40)) is None  # 60 + 40
+    assert risk.check_submit(order("o-2", amount=50)) is not None  # 60 + 50
 
 
 def test_state_and_notional() -> None:
