@@ -63,7 +63,23 @@ class RiskFeeds:
         self.counters: dict[str, int] = {}
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="risk-feeds")
+        self._task = asyncio.create_task(self._run_forever(), name="risk-feeds")
+
+    async def _run_forever(self) -> None:
+        # A broken feed must not leave the book silently stale: log, and read again from
+        # scratch (every input is idempotent: latest-wins records, deduplicated positions).
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("risk.feed_failed")
+                if self._consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await self._consumer.stop()
+                    self._consumer = None
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         if self._task is not None:
