@@ -157,6 +157,9 @@ async def test_halted_account_is_refused_while_others_trade(
     await until_refused(halt, resting(halt), ReasonCode.TRADING_HALTED)
     other = await resting(free)()
     assert (await wait_event(free, other)).event_type is OrderEventType.OPEN
+    accepted = await outcome(free, other)
+    assert accepted.details["execution_strategy"] == "immediate"
+    assert accepted.details["execution_reason"]
     ok(risk_cli(settings, "resume", "--account", "r-halt"))
     for _ in range(60):
         event = await outcome(halt, again := await resting(halt)())
