@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from oms.client import OrderClient
+from oms.devstack.kafka import free_port
 from oms.harness import OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEvent
@@ -39,15 +40,18 @@ def write_keys(settings: Settings, accounts: list[str]) -> dict[str, dict[str, s
     return keys
 
 
-async def start_services(settings: Settings) -> OmsServices:
+async def start_services(settings: Settings, workers: int = 1) -> OmsServices:
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
     services.add_gateway()
-    services.add_worker(0, settings.worker.web_port)
+    ports = [settings.worker.web_port] + [free_port() for _ in range(workers - 1)]
+    for index, port in enumerate(ports):
+        services.add_worker(index, port)
     services.start_all()
     try:
-        await worker_ready(settings.worker.web_port, within=120)
+        for port in ports:
+            await worker_ready(port, within=120)
     except BaseException:
         print(services.diagnostics())
         services.stop_all()

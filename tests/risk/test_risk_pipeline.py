@@ -51,7 +51,9 @@ async def stack(
         },
     )
     write_keys(settings, ACCOUNTS)
-    services = await start_services(settings)
+    # Two workers: each owns half the request partitions, so an account's orders (keyed by
+    # order id) are checked by both, and every runtime change must reach both.
+    services = await start_services(settings, workers=2)
     yield settings, services
     services.stop_all()
 
