@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from oms.schemas import Direction, InstrumentSpec, MarketTick, OrderRecord, PositionRecord
 from oms.schemas.risk import AccountControls, TradingState
@@ -36,15 +36,15 @@ class OpenOrder:
 
 @dataclass
 class DailyPnl:
-    """One account's P&L today in one settlement currency."""
+    """One account's P&L today on one instrument (in its settlement currency)."""
 
     day: int
     realized: float = 0.0  # realized P&L minus fees of today's position records
-    unrealized: dict[str, float] = field(default_factory=dict)  # latest per instrument
+    unrealized: float = 0.0  # from the latest record
 
     @property
     def total(self) -> float:
-        return self.realized + sum(self.unrealized.values())
+        return self.realized + self.unrealized
 
 
 class RiskBook:
@@ -68,7 +68,9 @@ class RiskBook:
         self._open_remaining: dict[tuple[str, str, Direction], float] = {}
         self.marks: dict[str, float] = {}
         self.index_prices: dict[str, float] = {}  # per base currency
-        self._pnl: dict[tuple[str, str], DailyPnl] = {}
+        # Per account, per instrument: the currency is resolved when asked, since records
+        # read at start may arrive before the instrument catalog is loaded.
+        self._pnl: dict[str, dict[str, DailyPnl]] = {}
         self._seen_position_records: set[str] = set()
 
     # -- controls ----------------------------------------------------------------------------
@@ -129,23 +131,27 @@ class RiskBook:
         self._positions_by_account.setdefault(record.account_id, {})[record.instrument_name] = (
             record.size
         )
-        spec = self.instrument(record.instrument_name)
-        currency = (spec.settlement_currency or spec.base_currency) if spec else "?"
         today = utc_day(self._clock_ms())
-        pnl = self._pnl.get((record.account_id, currency))
+        per_instrument = self._pnl.setdefault(record.account_id, {})
+        pnl = per_instrument.get(record.instrument_name)
         if pnl is None or pnl.day != today:
-            pnl = self._pnl[(record.account_id, currency)] = DailyPnl(day=today)
+            unrealized = pnl.unrealized if pnl is not None else 0.0
+            pnl = per_instrument[record.instrument_name] = DailyPnl(today, 0.0, unrealized)
         if utc_day(record.timestamp) == today:
             pnl.realized += record.realized_pnl - record.fee
         if record.unrealized_pnl is not None:
-            pnl.unrealized[record.instrument_name] = record.unrealized_pnl
+            pnl.unrealized = record.unrealized_pnl
 
     def daily_loss(self, account_id: str, currency: str) -> float:
         """Today's loss (positive) in a settlement currency; 0 when in profit."""
-        pnl = self._pnl.get((account_id, currency))
-        if pnl is None or pnl.day != utc_day(self._clock_ms()):
-            return 0.0
-        return max(0.0, -pnl.total)
+        today = utc_day(self._clock_ms())
+        total = 0.0
+        for name, pnl in self._pnl.get(account_id, {}).items():
+            spec = self.instrument(name)
+            if spec is None or (spec.settlement_currency or spec.base_currency) != currency:
+                continue
+            total += pnl.total if pnl.day == today else pnl.unrealized
+        return max(0.0, -total)
 
     def daily_loss_breach(self, account_id: str) -> str:
         """A description of the first daily loss limit reached, or ``""``."""

@@ -84,6 +84,8 @@ class IntakeGuard:
             orders_changelog,
             on_bad_controls=self._bad_controls,
             on_positions=self._auto_reduce,
+            # A lowered loss limit can be breached already: switch without waiting for a fill.
+            on_controls=lambda controls: self._auto_reduce({controls.account_id}),
         )
         self._send = send
         self._dead_letter = dead_letter

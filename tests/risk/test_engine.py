@@ -154,3 +154,43 @@ def test_exchange_account_mapping(tmp_path) -> None:  # type: ignore[no-untyped-
     creds = store.credentials("alice")
     assert creds is not None and creds.client_id == "cid-1"
     assert store.trading_accounts(["alice", "bob"]) == ["alice", "sub-1"]
+
+
+def test_daily_loss_makes_the_account_reducing_until_resumed() -> None:
+    loaded: dict[str, InstrumentSpec] = {}  # the catalog loads after the first records
+    settings = RiskSettings(default_limits=AccountLimits(max_daily_loss={"BTC": 1.0}))
+    book = RiskBook(settings, lambda name: loaded.get(name or ""))
+    risk = RiskEngine(book)
+    for i, (realized, fee) in enumerate([(-0.6, 0.01), (-0.5, 0.01)]):
+        book.apply_position(
+            PositionRecord(
+                record_id=f"p{i}",
+                account_id="a",
+                instrument_name=PERP.instrument_name,
+                size=0,
+                realized_pnl=realized,
+                fee=fee,
+            )
+        )
+    book.apply_position(  # the same record again (redelivery) counts once
+        PositionRecord(
+            record_id="p1",
+            account_id="a",
+            instrument_name=PERP.instrument_name,
+            size=0,
+            realized_pnl=-0.5,
+            fee=0.01,
+        )
+    )
+    loaded[PERP.instrument_name] = PERP
+    assert round(book.daily_loss("a", "BTC"), 6) == 1.12
+    state, why = book.effective_state("a")
+    assert state is TradingState.REDUCING and "daily loss" in why
+    refused = risk.check_submit(order())
+    assert refused is not None and refused.reason_code is ReasonCode.TRADING_REDUCING
+    limits = settings.default_limits
+    book.apply_controls(AccountControls(account_id="a", version=1, limits=limits))
+    assert book.effective_state("a")[0] is TradingState.REDUCING  # still breached
+    resumed = AccountControls(account_id="a", version=2, limits=limits, resumed_at=now_ms())
+    book.apply_controls(resumed)
+    assert book.effective_state("a")[0] is TradingState.ACTIVE
