@@ -30,7 +30,7 @@ from tests.security_stack import stack_settings, start_services, wait_event, wri
 
 pytestmark = pytest.mark.kafka
 
-ACCOUNTS = ["r-free", "r-halt", "r-reduce", "r-loss", "r-lim", "r-perm"]
+ACCOUNTS = ["r-free", "r-halt", "r-reduce", "r-loss", "r-lim", "r-perm", "r-amend"]
 BTC_PERP = "BTC-PERPETUAL"
 
 
@@ -279,3 +279,42 @@ async def test_permissions_from_settings(stack: Any, clients: dict[str, OrderCli
     event = await outcome(client, await resting(client)())
     assert event.reason_code is ReasonCode.PERMISSION_DENIED
     assert "option" in (event.message or "")
+
+
+async def test_amends_in_reducing_and_a_read_only_account(
+    stack: Any, clients: dict[str, OrderClient]
+) -> None:
+    settings, _ = stack
+    client = clients["r-amend"]
+    order_id = await resting(client)()
+    assert (await wait_event(client, order_id)).event_type is OrderEventType.OPEN
+    ok(risk_cli(settings, "reduce", "--account", "r-amend"))
+    await until_refused(client, resting(client), ReasonCode.TRADING_REDUCING)
+
+    def rejected(event: OrderEvent) -> bool:
+        return event.event_type is OrderEventType.COMMAND_REJECTED
+
+    await client.amend_order(order_id, amount=20)  # would increase: refused
+    event = await wait_event(client, order_id, rejected)
+    assert event.reason_code is ReasonCode.TRADING_REDUCING
+    await client.amend_order(order_id, price=1_000.5)  # same size: allowed
+    amended = await wait_event(client, order_id, lambda e: e.event_type is OrderEventType.AMENDED)
+    assert amended.price == 1_000.5
+
+    ok(risk_cli(settings, "permissions", "--account", "r-amend", "read_only=true"))
+    for _ in range(60):  # probes are refused anyway (reducing) until read-only arrives
+        probe = await outcome(client, await resting(client)())
+        if probe.reason_code is ReasonCode.PERMISSION_DENIED:
+            break
+        await asyncio.sleep(0.25)
+    assert probe.reason_code is ReasonCode.PERMISSION_DENIED and "read-only" in (
+        probe.message or ""
+    )
+    request_id = await client.cancel_order(order_id)
+    refused = await wait_event(
+        client, order_id, lambda e: rejected(e) and e.request_id == request_id
+    )
+    assert refused.reason_code is ReasonCode.PERMISSION_DENIED
+
+    static = risk_cli(settings, "permissions", "--account", "r-amend", "exchange_account=other")
+    assert static.returncode == 2 and "permission_denied" in static.stdout
