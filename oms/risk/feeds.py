@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from oms.kafka_admin import ensure_topics
 from oms.risk.book import RiskBook
 from oms.schemas import MarketTick, OrderRecord, PositionRecord, Topic
 from oms.schemas.risk import AccountControls
@@ -100,6 +101,8 @@ class RiskFeeds:
             await asyncio.sleep(0.2)
 
     async def _run(self) -> None:
+        # The risk topics may be new to an existing deployment (idempotent).
+        await ensure_topics(self._settings)
         consumer = self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka.bootstrap,
             enable_auto_commit=False,
