@@ -29,6 +29,7 @@ from oms.schemas import (
     Topic,
 )
 from oms.schemas.contingency import Contingency
+from oms.secrets import SigningKeys
 from oms.settings import Settings, get_settings
 
 # Events that settle "what happened to my request" for wait_for_event's default.
@@ -77,6 +78,8 @@ class OrderClient:
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._requests_topic = self.settings.topic(Topic.ORDER_REQUESTS)
         self._events_topic = self.settings.topic(Topic.ORDER_EVENTS)
+        # Requests are signed transparently when the account has a signing key (issue 9).
+        self.signing_key = SigningKeys(self.settings.resolved_secrets_file).for_signing(account_id)
 
     async def __aenter__(self) -> OrderClient:
         await self.start()
@@ -259,7 +262,7 @@ class OrderClient:
         """Publish any request as is (keyed by its order id)."""
         assert self._producer is not None, "call start() first"
         await self._producer.send_and_wait(
-            self._requests_topic, value=request.to_bytes(), key=request.key.encode()
+            self._requests_topic, value=self.request_bytes(request), key=request.key.encode()
         )
 
     async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
@@ -351,6 +354,15 @@ class OrderClient:
         )
         await self.send(request)
         return request.request_id
+
+    def request_bytes(self, request: OrderRequest) -> bytes:
+        """The wire form of a request: signed with this account's signing key if it has
+        one (HMAC-SHA256, fresh timestamp and nonce), as is otherwise."""
+        if self.signing_key is None:
+            return request.to_bytes()
+        from oms.auth.signing import signed_request_bytes
+
+        return signed_request_bytes(request, self.signing_key)
 
 
 async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:

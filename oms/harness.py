@@ -64,6 +64,8 @@ def isolated_settings(
                 update={"web_port": free_port(), "app_id": f"{label}-{tag}"}
             ),
             "sink": base.sink.model_copy(update={"query_port": free_port()}),
+            # Unsigned test clients: tests of signing opt in with auth_mode="signed".
+            "risk": base.risk.model_copy(update={"auth_mode": "trusted"}),
         }
     )
 

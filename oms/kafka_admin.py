@@ -50,6 +50,11 @@ def topic_specs(
         config: dict[str, str] = {}
         if topic is Topic.DEAD_LETTERS:
             config["retention.ms"] = str(DEAD_LETTER_RETENTION_MS)
+        if topic is Topic.RISK_CONTROLS:
+            # Latest controls per account, kept forever: every worker reads it fully.
+            config["cleanup.policy"] = "compact"
+        if topic is Topic.RISK_AUDIT:
+            config["retention.ms"] = "-1"
         specs.append(
             TopicSpec(settings.topic(topic.value), k.partitions, k.replication_factor, config)
         )

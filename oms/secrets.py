@@ -7,6 +7,10 @@ Never put these in settings or logs. Sources, first match wins:
 2. the JSON secrets file (``OMS_SECRETS_FILE``, default ``.local/secrets.json``)::
 
        {"accounts": {"demo": {"client_id": "...", "client_secret": "..."}}}
+
+Request signing keys (issue 9) come from the same two places:
+``OMS_ACCOUNT_<ID>_SIGNING_KEY_ID`` / ``OMS_ACCOUNT_<ID>_SIGNING_KEY``, or the file's
+``"signing_keys": {"demo": {"<key id>": "<key>"}}`` (several per account while rotating).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,25 @@ def load_secrets_file(path: Path) -> dict[str, Credentials]:
 
 
 def write_secrets_file(path: Path, credentials: dict[str, Credentials]) -> None:
-    """Write a secrets file readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {
-        "accounts": {
-            account_id: {"client_id": c.client_id, "client_secret": c.client_secret}
-            for account_id, c in credentials.items()
-        }
+    """Write a secrets file readable by its owner only (other sections of an existing file,
+    e.g. ``signing_keys``, are kept)."""
+    body = _read_json(path)
+    body["accounts"] = {
+        account_id: {"client_id": c.client_id, "client_secret": c.client_secret}
+        for account_id, c in credentials.items()
     }
+    _write_json(path, body)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=2))
     tmp.chmod(0o600)
@@ -62,17 +78,26 @@ def write_secrets_file(path: Path, credentials: dict[str, Credentials]) -> None:
 
 
 class SecretStore:
-    """Looks up exchange credentials for an account."""
+    """Looks up exchange credentials for an account.
 
-    def __init__(self, secrets_file: Path | None = None) -> None:
+    ``exchange_accounts`` maps an account to the Deribit sub-account (secrets entry) whose
+    key pair it trades with (issue 9: ``risk.accounts.<A>.permissions.exchange_account``);
+    unmapped accounts use the entry of their own name.
+    """
+
+    def __init__(
+        self, secrets_file: Path | None = None, exchange_accounts: Mapping[str, str] | None = None
+    ) -> None:
         self._file_entries = load_secrets_file(secrets_file) if secrets_file else {}
+        self._exchange_accounts = dict(exchange_accounts or {})
 
     def credentials(self, account_id: str) -> Credentials | None:
-        client_id = os.environ.get(_env_name(account_id, "CLIENT_ID"))
-        client_secret = os.environ.get(_env_name(account_id, "CLIENT_SECRET"))
+        entry = self._exchange_accounts.get(account_id, account_id)
+        client_id = os.environ.get(_env_name(entry, "CLIENT_ID"))
+        client_secret = os.environ.get(_env_name(entry, "CLIENT_SECRET"))
         if client_id and client_secret:
             return Credentials(client_id, client_secret)
-        return self._file_entries.get(account_id)
+        return self._file_entries.get(entry)
 
     def accounts(self) -> list[str]:
         """Accounts that have credentials in the secrets file."""
@@ -82,3 +107,67 @@ class SecretStore:
         """Accounts that may trade: configured or in the secrets file, and with credentials."""
         names = set(configured) | set(self._file_entries)
         return sorted(a for a in names if self.credentials(a) is not None)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A request-signing key of one account. ``repr`` hides the key."""
+
+    account_id: str
+    key_id: str
+    secret: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"SigningKey(account_id={self.account_id!r}, key_id={self.key_id!r}, secret='***')"
+
+
+def load_signing_keys(path: Path) -> dict[str, dict[str, SigningKey]]:
+    """Every account's signing keys from a secrets file: ``{account: {key_id: key}}``."""
+    section = _read_json(path).get("signing_keys", {})
+    return {
+        account_id: {
+            str(key_id): SigningKey(account_id, str(key_id), str(secret).encode())
+            for key_id, secret in keys.items()
+        }
+        for account_id, keys in section.items()
+    }
+
+
+def write_signing_keys(path: Path, keys: dict[str, dict[str, str]]) -> None:
+    """Set the ``signing_keys`` section of a secrets file (``{account: {key_id: key}}``),
+    keeping everything else; the file stays readable by its owner only."""
+    body = _read_json(path)
+    body["signing_keys"] = keys
+    _write_json(path, body)
+
+
+class SigningKeys:
+    """Looks up request-signing keys: by key id (to verify) or an account's own (to sign)."""
+
+    def __init__(self, secrets_file: Path | None = None) -> None:
+        self._file_keys = load_signing_keys(secrets_file) if secrets_file else {}
+
+    def _env_key(self, account_id: str) -> SigningKey | None:
+        key_id = os.environ.get(_env_name(account_id, "SIGNING_KEY_ID"))
+        secret = os.environ.get(_env_name(account_id, "SIGNING_KEY"))
+        if key_id and secret:
+            return SigningKey(account_id, key_id, secret.encode())
+        return None
+
+    def lookup(self, account_id: str, key_id: str) -> SigningKey | None:
+        """The key ``key_id`` of ``account_id``, or None if the account has no such key."""
+        env_key = self._env_key(account_id)
+        if env_key is not None and env_key.key_id == key_id:
+            return env_key
+        return self._file_keys.get(account_id, {}).get(key_id)
+
+    def for_signing(self, account_id: str) -> SigningKey | None:
+        """The key a client of ``account_id`` signs with (the environment's, else the
+        file's last-listed key, i.e. the newest while rotating)."""
+        env_key = self._env_key(account_id)
+        if env_key is not None:
+            return env_key
+        keys = self._file_keys.get(account_id)
+        if not keys:
+            return None
+        return list(keys.values())[-1]

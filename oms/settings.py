@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
+
 
 class KafkaSettings(BaseModel):
     """Broker connection and topic layout."""
@@ -129,6 +131,39 @@ class LifecycleSettings(BaseModel):
     cancel_on_disconnect_accounts: list[str] = []
 
 
+class RiskSettings(BaseModel):
+    """Request authentication, account permissions, risk limits (issue 9)."""
+
+    # "signed": every request must carry a valid HMAC signature of its account's signing key;
+    # "trusted": the request topic is protected by Kafka ACLs, signatures are not checked.
+    auth_mode: Literal["signed", "trusted"] = "signed"
+    # A signed request older than this (signer's clock vs ours) is stale...
+    max_request_age_s: float = Field(30.0, gt=0)
+    # ... and one dated further than this in the future is refused too (clock skew).
+    max_clock_skew_s: float = Field(5.0, ge=0)
+    # Nonces remembered per order id (a replay of any of them is refused).
+    nonces_kept_per_order: int = Field(64, ge=1)
+    # Pre-trade checks (permissions, limits, trading state) on or off.
+    checks_enabled: bool = True
+    # Controls of accounts without their own entry, and per-account ones; runtime changes
+    # (``oms risk ...``) on the risk-controls topic override both.
+    default_permissions: AccountPermissions = AccountPermissions()
+    default_limits: AccountLimits = AccountLimits()
+    accounts: dict[str, AccountControls] = {}
+    # Orders above this amount are sliced (TWAP) rather than sent at once; None: never.
+    slice_above_amount: float | None = Field(None, gt=0)
+    # How many recent ticks per market-ticks partition a starting worker reads for marks.
+    mark_lookback: int = Field(50, ge=1)
+
+    def exchange_accounts(self) -> dict[str, str]:
+        """Account -> Deribit sub-account (secrets entry) for accounts mapped to another one."""
+        return {
+            account: controls.permissions.exchange_account
+            for account, controls in self.accounts.items()
+            if controls.permissions.exchange_account
+        }
+
+
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""
 
@@ -152,6 +187,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     queue: QueueSettings = QueueSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    risk: RiskSettings = RiskSettings()
 
     @property
     def clickhouse_dsn(self) -> str:

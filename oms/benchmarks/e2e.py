@@ -26,11 +26,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from oms.auth.signing import signed_request_bytes
 from oms.devstack.kafka import KafkaBroker
 from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
-from oms.secrets import Credentials, write_secrets_file
+from oms.schemas.risk import AccountLimits
+from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys
+from oms.settings import Settings
 
 ACK_EVENTS = frozenset(
     {
@@ -51,6 +54,8 @@ class E2EConfig:
     partitions: int = 8
     warmup: int = 50
     timeout_s: float = 300.0
+    # Signed requests verified at intake plus every pre-trade risk check (issue 9).
+    secure: bool = False
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,6 +176,7 @@ async def publish(
     rate: float | None,
     sent_at: dict[str, float],
     on_progress: Callable[[int], None] | None = None,
+    encode: Callable[[OrderRequest], bytes] = OrderRequest.to_bytes,
 ) -> None:
     start = time.perf_counter()
     for i, request in enumerate(requests):
@@ -180,7 +186,7 @@ async def publish(
             if delay > 0:
                 await asyncio.sleep(delay)
         sent_at[request.key] = time.perf_counter()
-        await producer.send(topic, value=request.to_bytes(), key=request.key.encode())
+        await producer.send(topic, value=encode(request), key=request.key.encode())
         if on_progress and i % 100 == 0:
             on_progress(i)
     await producer.flush()
@@ -261,6 +267,7 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
             settings.resolved_secrets_file,
             {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
         )
+        settings, encode = secure_setup(settings, accounts, config.secure)
         await ensure_topics(settings)
         services = OmsServices(settings, base / "logs")
         services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
@@ -279,7 +286,7 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
             on_status(f"warm-up ({config.warmup} orders)")
             warm = make_requests(config.warmup, accounts, f"warm-{uuid.uuid4().hex[:6]}")
             collector.expect({r.key for r in warm})
-            await publish(producer, requests_topic, warm, None, {})
+            await publish(producer, requests_topic, warm, None, {}, encode=encode)
             if not await collector.wait(120):
                 raise RuntimeError(
                     "warm-up orders were not acknowledged:\n" + services.diagnostics()
@@ -290,7 +297,7 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
             collector.expect({r.key for r in requests})
             on_status(f"publishing {config.orders} orders")
             t0 = time.perf_counter()
-            await publish(producer, requests_topic, requests, config.rate, sent_at)
+            await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
             acked = [k for k in sent_at if k in collector.first_ack]
             t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
@@ -327,11 +334,51 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
             "baseline_throughput_per_s": round(baseline, 1),
             "ratio": round(throughput / baseline, 3) if baseline else None,
             "partitions": config.partitions,
+            "signing_and_risk_checks": config.secure,
         }
     finally:
         if services is not None:
             services.stop_all()
         await broker.astop()
+
+
+def secure_setup(
+    settings: Settings, accounts: list[str], secure: bool
+) -> tuple[Settings, Callable[[OrderRequest], bytes]]:
+    """Settings and request encoder with signing + every risk check on, or both off."""
+    if not secure:
+        risk = settings.risk.model_copy(update={"auth_mode": "trusted", "checks_enabled": False})
+        return settings.model_copy(update={"risk": risk}), OrderRequest.to_bytes
+    keys = {a: {f"{a}-k1": secrets.token_hex(32)} for a in accounts}
+    write_signing_keys(settings.resolved_secrets_file, keys)
+    # Every limit set, none binding: the checks all run, no order is refused.
+    limits = AccountLimits(
+        max_order_amount=1e9,
+        max_order_notional=1e12,
+        max_position=1e12,
+        max_position_notional_per_currency={"BTC": 1e15},
+        max_open_orders=1_000_000,
+        price_band_pct=10_000,
+        max_daily_loss={"BTC": 1e9},
+    )
+    risk = settings.risk.model_copy(
+        update={
+            "auth_mode": "signed",
+            "checks_enabled": True,
+            "default_limits": limits,
+            # A backlog as fast as possible can hold requests for a while before intake.
+            "max_request_age_s": 600.0,
+        }
+    )
+    store = SigningKeys(settings.resolved_secrets_file)
+    signing = {a: store.for_signing(a) for a in accounts}
+
+    def encode(request: OrderRequest) -> bytes:
+        key = signing[request.account_id]
+        assert key is not None
+        return signed_request_bytes(request, key)
+
+    return settings.model_copy(update={"risk": risk}), encode
 
 
 def dumps(result: dict[str, Any]) -> str:

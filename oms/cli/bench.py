@@ -21,13 +21,36 @@ def e2e(
     accounts: Annotated[int | None, typer.Option(help="paper accounts to spread over")] = None,
     partitions: Annotated[int, typer.Option()] = 8,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    secure: Annotated[
+        bool, typer.Option(help="signed requests + every pre-trade risk check (issue 9)")
+    ] = False,
+    compare_secure: Annotated[
+        bool, typer.Option(help="run without, then with signing + risk checks; print both")
+    ] = False,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
     from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e
 
-    config = E2EConfig(orders=orders, rate=rate, accounts=accounts, partitions=partitions)
-    with console.status("bench e2e") as status:
-        result = asyncio.run(run_e2e(config, on_status=lambda s: status.update(f"bench e2e: {s}")))
+    def run(secure_mode: bool) -> dict[str, object]:
+        config = E2EConfig(
+            orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure_mode
+        )
+        with console.status("bench e2e") as status:
+            return asyncio.run(
+                run_e2e(config, on_status=lambda s: status.update(f"bench e2e: {s}"))
+            )
+
+    if compare_secure:
+        plain, secured = run(False), run(True)
+        a, b = plain["throughput_per_s"], secured["throughput_per_s"]
+        assert isinstance(a, float) and isinstance(b, float)
+        result: dict[str, object] = {
+            "plain": plain,
+            "secure": secured,
+            "secure_vs_plain_throughput": round(b / a, 3) if a else None,
+        }
+    else:
+        result = run(secure)
     if json:
         print(dumps(result))
         return

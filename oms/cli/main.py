@@ -35,6 +35,7 @@ def _register_optional() -> None:
         ("oms.cli.bench", "bench_app", "bench"),
         ("oms.cli.review", "review_app", "review"),
         ("oms.cli.stats", "stats", "stats"),
+        ("oms.cli.risk", "risk_app", "risk"),
     ):
         try:
             mod = importlib.import_module(module)

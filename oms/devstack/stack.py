@@ -37,7 +37,13 @@ from rich.table import Table
 
 from oms.devstack.kafka import DevstackError, KafkaBroker, port_open
 from oms.kafka_admin import TopicSpec, ensure_topics
-from oms.secrets import Credentials, load_secrets_file, write_secrets_file
+from oms.secrets import (
+    Credentials,
+    load_secrets_file,
+    load_signing_keys,
+    write_secrets_file,
+    write_signing_keys,
+)
 from oms.settings import Settings, get_settings
 
 # --------------------------------------------------------------------------- Stack (library)
@@ -151,7 +157,22 @@ def ensure_demo_secrets(settings: Settings) -> Path:
                 client_secret=secrets.token_urlsafe(32),
             )
         write_secrets_file(path, creds)
+    ensure_demo_signing_keys(path, settings.accounts)
     return path
+
+
+def ensure_demo_signing_keys(path: Path, accounts: list[str]) -> None:
+    """Give every account without one a random request-signing key (issue 9), so the CLI
+    and SDK sign transparently against a stack that verifies signatures."""
+    keys = {
+        a: {k.key_id: k.secret.decode() for k in ks.values()}
+        for a, ks in load_signing_keys(path).items()
+    }
+    missing = [a for a in accounts if not keys.get(a)]
+    if missing:
+        for account in missing:
+            keys[account] = {f"{account}-k1": secrets.token_urlsafe(32)}
+        write_signing_keys(path, keys)
 
 
 # --------------------------------------------------------------------------- supervisor

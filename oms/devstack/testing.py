@@ -22,6 +22,7 @@ from oms.settings import (
     ExchangeSettings,
     KafkaSettings,
     PaperExchangeSettings,
+    RiskSettings,
     Settings,
     SinkSettings,
     WorkerSettings,
@@ -61,6 +62,8 @@ def isolated_settings(
         "exchange": ExchangeSettings(url=f"ws://127.0.0.1:{paper_port}/ws/api/v2"),
         "sink": SinkSettings(query_port=free_port()),
         "secrets_file": data_dir / "secrets.json",
+        # Unsigned test clients: tests of signing opt in with auth_mode="signed".
+        "risk": RiskSettings(auth_mode="trusted"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -88,7 +88,9 @@ class ExchangeGateway:
 
     def __init__(self, settings: Settings, accounts: list[str] | None = None) -> None:
         self.settings = settings
-        self._secrets = SecretStore(settings.resolved_secrets_file)
+        self._secrets = SecretStore(
+            settings.resolved_secrets_file, settings.risk.exchange_accounts()
+        )
         self._accounts = (
             accounts if accounts is not None else self._secrets.trading_accounts(settings.accounts)
         )

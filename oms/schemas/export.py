@@ -13,6 +13,7 @@ from oms.schemas.metrics import MetricsSample
 from oms.schemas.notifications import NotificationRecord
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.positions import PositionRecord
+from oms.schemas.risk import AccountControls, RiskAuditRecord
 
 EXPORTED: tuple[type[Record], ...] = (
     OrderRequest,
@@ -24,6 +25,8 @@ EXPORTED: tuple[type[Record], ...] = (
     NotificationRecord,
     DeadLetter,
     MetricsSample,
+    AccountControls,
+    RiskAuditRecord,
 )
 
 

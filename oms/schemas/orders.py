@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from oms.schemas.auth import RequestAuth
 from oms.schemas.base import MetadataValue, Record, now_ms
 from oms.schemas.contingency import Contingency
 from oms.schemas.enums import (
@@ -70,6 +71,8 @@ class OrderRequest(Record):
     )
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     created_at: int = Field(default_factory=now_ms, description="client time, ms since epoch")
+    # Signature of the request (issue 9); required unless the request topic is trusted.
+    auth: RequestAuth | None = None
 
     @model_validator(mode="after")
     def _check_command_fields(self) -> OrderRequest:

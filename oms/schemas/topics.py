@@ -11,6 +11,8 @@
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
 | metrics            | worker                       | one worker's samples in order               |
+| risk-controls      | account_id (compacted)       | latest limits/state per account, read fully |
+| risk-audit         | account_id                   | who changed which control, append-only      |
 
 order-requests, execution-reports, order-triggers and order-events must have the same
 partition count (co-partitioned): the order table is written from the first three.
@@ -31,6 +33,8 @@ class Topic(StrEnum):
     NOTIFICATIONS = "notifications"
     DEAD_LETTERS = "dead-letters"
     METRICS = "metrics"
+    RISK_CONTROLS = "risk-controls"
+    RISK_AUDIT = "risk-audit"
 
 
 def topic_name(topic: Topic, prefix: str = "oms.") -> str:

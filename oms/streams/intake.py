@@ -44,6 +44,9 @@ from oms.streams.validation import (
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
 
+if TYPE_CHECKING:
+    from oms.risk.runtime import IntakeGuard
+
 log = structlog.get_logger(__name__)
 
 # How many cancel/amend request ids an order remembers for idempotency.
@@ -64,6 +67,8 @@ class IntakeContext(AgentContext):
     queue_settings: QueueSettings
     on_fired: Callable[[list[Fired]], Awaitable[None]]
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
+    # Authentication and pre-trade risk (issue 9); None: neither.
+    guard: IntakeGuard | None = None
 
 
 async def handle_request(
@@ -74,6 +79,7 @@ async def handle_request(
     partition: int | None,
     offset: int | None,
     replayed: bool,
+    timestamp_ms: int | None = None,
 ) -> None:
     """Process one message of ``order-requests``.
 
@@ -86,6 +92,15 @@ async def handle_request(
         await _reject_unparsable(ctx, raw, parsed, key=key, partition=partition, offset=offset)
         return
     ctx.count(f"requests_{parsed.command.value}")
+    # Authentication comes before anything else (issue 9).
+    if ctx.guard is not None:
+        refused = ctx.guard.authenticate(
+            parsed, raw, offset=offset, replayed=replayed, timestamp_ms=timestamp_ms
+        )
+        if refused is not None:
+            ctx.count("unauthenticated")
+            await ctx.emit(_unauthenticated(parsed, refused))
+            return
     if parsed.command is CommandType.SUBMIT:
         await _submit(ctx, parsed, replayed)
     else:
@@ -159,6 +174,8 @@ async def _submit(
     )
     if rejection is None:  # lifecycle policies and execution algorithms (issue 6)
         rejection = review.check_submit(request, ctx.instrument(request.instrument_name))
+    if rejection is None and ctx.guard is not None:  # pre-trade risk (issue 9)
+        rejection = ctx.guard.check_submit(order, at_release=False)
     if rejection is None:
         rejection = plan_schedule(
             request, now_ms=now, settings=ctx.queue_settings, instrument=ctx.instrument
@@ -183,6 +200,9 @@ async def _submit(
         submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
         submitted_event.details["strategy"] = Strategy.IMMEDIATE.value
         ctx.orders[order_id] = submitted
+        if ctx.guard is not None:
+            ctx.guard.note_accepted(submitted)
+            submitted_event.details.update(ctx.guard.strategy_details(request))
         await ctx.emit(submitted_event)
         await ctx.executor.submit(submitted, check_label_first=replayed)
     # Children go through the same topic as the facts about this order will, so they exist
@@ -264,6 +284,8 @@ async def _hold(ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now:
         event.details.update(details)
         ctx.count("queued")
         ctx.orders[order.order_id] = queued
+        if ctx.guard is not None:
+            ctx.guard.note_accepted(queued)
         await ctx.emit(event)
         ctx.held.enqueue(queued)
         return
@@ -278,6 +300,8 @@ async def _hold(ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now:
     event.details.update(details)
     ctx.count("waiting")
     ctx.orders[order.order_id] = waiting
+    if ctx.guard is not None:
+        ctx.guard.note_accepted(waiting)
     await ctx.emit(event)
     fired = ctx.held.hold(waiting, now)
     if fired is not None:
@@ -345,6 +369,8 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
         rejection = review.check_amend_status(order) or _check_amend(ctx, order, request)
     elif request.command is CommandType.RETRY:
         rejection = review.check_retry(order)
+    if rejection is None and order is not None and ctx.guard is not None:
+        rejection = ctx.guard.check_command(order, request)
     if rejection is not None:
         ctx.count("commands_rejected")
         await ctx.emit(_command_rejected(order_id, request, rejection, order))
@@ -455,4 +481,21 @@ def _command_rejected(
         reason_code=rejection.reason_code,
         message=rejection.message,
         details={"command": request.command.value},
+    )
+
+
+def _unauthenticated(request: OrderRequest, rejection: Rejection) -> OrderEvent:
+    """A request refused by authentication: nothing was read or written for its order, so
+    the event carries no order state (a forged request must not touch a real order)."""
+    assert request.order_id is not None
+    nonce = request.auth.nonce if request.auth else "unsigned"
+    return OrderEvent(
+        event_id=f"{request.order_id}:unauthenticated:{request.request_id}:{nonce}",
+        event_type=OrderEventType.COMMAND_REJECTED,
+        order_id=request.order_id,
+        account_id=request.account_id,
+        request_id=request.request_id,
+        reason_code=rejection.reason_code,
+        message=rejection.message,
+        details={"command": request.command.value, "stage": "authentication"},
     )

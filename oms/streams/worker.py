@@ -27,6 +27,7 @@ from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
 from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
+from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
     DeadLetter,
     ExecutionReport,
@@ -62,7 +63,7 @@ class OrderWorker:
         self.settings = settings
         self.oms: OmsApp = create_app(settings)
         self.app: faust.App = self.oms.app
-        secrets = SecretStore(settings.resolved_secrets_file)
+        secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
         self._trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
         self.catalog = InstrumentCatalog(settings.exchange)
         self.sessions = ExchangeSessions(settings, secrets)
@@ -97,6 +98,15 @@ class OrderWorker:
         self._reports_topic = self.oms.reports.get_topic_name()
         self._triggers_topic = self.oms.triggers.get_topic_name()
         self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
+        # Authentication and pre-trade risk (issue 9).
+        self.guard = create_intake_guard(
+            settings, self.oms, self.catalog.get, self._send, self._dead_letter, self.executor
+        )
+        # Queued, delayed and conditional orders are checked again when they leave the queue:
+        # the market (and the account) may have moved while they waited.
+        self.dispatcher.release_check = lambda order: self.guard.check_submit(
+            order, at_release=True
+        )
         self.intake = IntakeContext(
             orders=self.oms.orders,
             executor=self.executor,
@@ -109,6 +119,7 @@ class OrderWorker:
             queue_settings=settings.queue,
             on_fired=self.trigger_loop.publish,
             publish_trigger=self._publish_trigger,
+            guard=self.guard,
         )
         self.release = ReleaseContext(
             orders=self.oms.orders,
@@ -183,6 +194,7 @@ class OrderWorker:
 
         async def intake(stream: Any) -> None:
             await self.catalog.wait_loaded()
+            await self.guard.ready()
             async for event in stream.events():
                 message = event.message
                 await handle_request(
@@ -192,6 +204,7 @@ class OrderWorker:
                     partition=message.partition,
                     offset=message.offset,
                     replayed=self._is_replay(message),
+                    timestamp_ms=int(message.timestamp * 1000),
                 )
 
         async def order_state(stream: Any) -> None:
@@ -244,6 +257,7 @@ class OrderWorker:
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
         interval = self.settings.worker.recovery_check_interval_s
+        register_guard(app, self.guard, interval)
 
         @app.timer(interval=interval)
         async def sweep_unacknowledged() -> None:

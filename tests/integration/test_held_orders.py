@@ -23,7 +23,7 @@ from tests.integration.test_pipeline import exchange_orders_by_label
 
 pytestmark = pytest.mark.kafka
 
-ACCOUNTS = ["acc-q", "acc-r"]
+ACCOUNTS = ["acc-q", "acc-r", "acc-h"]
 BTC, ETH = "BTC-PERPETUAL", "ETH-PERPETUAL"
 # Far below the paper market: a limit buy here rests (open), which proves it was sent.
 RESTING_BUY = 1000.0
@@ -566,3 +566,38 @@ async def test_children_of_a_held_parent_are_cancelled_with_it(
         for child in children:
             cancelled = await event_of(client, child, [OrderEventType.CANCELLED])
             assert cancelled.reason_code is ReasonCode.LINKED_ORDER_CANCELLED
+
+
+async def test_queued_order_breaching_risk_at_release_is_rejected_not_sent(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """The account is halted while its delayed order waits: the order is refused when it
+    leaves the queue (risk is checked again at release), and never reaches the exchange."""
+    import os
+    import sys
+
+    from oms.harness import settings_env
+
+    settings, _ = stack
+    async with OrderClient("acc-h", settings=settings) as client:
+        order_id = await client.submit_advanced_order(BTC, 10, "buy", price=RESTING_BUY, delay=3.0)
+        await event_of(client, order_id, [OrderEventType.WAITING])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "oms.cli.main", "risk", "halt", "--account", "acc-h",
+            "--actor", "tester", "--reason", "test",
+            env={**os.environ, **settings_env(settings)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out.decode()
+        await client.wait_for_event(
+            "account:acc-h",
+            lambda e: e.event_type is OrderEventType.RISK_STATE_CHANGED,
+            timeout=30,
+        )
+        rejected = await event_of(client, order_id, [OrderEventType.REJECTED], within=30)
+        assert rejected.reason_code is ReasonCode.TRADING_HALTED, rejected
+        assert OrderEventType.TRIGGERED in types(client, order_id)
+        assert OrderEventType.SUBMITTED not in types(client, order_id)
+    counts = await exchange_orders_by_label(settings, {"acc-h": [order_id]})
+    assert counts[order_id] == 0

@@ -1,0 +1,266 @@
+"""Authentication and pre-trade risk inside a worker: what intake calls, what runs beside it.
+
+:class:`IntakeGuard` is the one object the worker builds and intake calls:
+
+* ``authenticate(request, raw, ...)`` first, before anything else happens to a request;
+* ``check_submit(order, at_release=...)`` for new orders (and queued ones at release);
+* ``check_command(order, request)`` for cancels and amends;
+* ``note_accepted(order)`` once an order is accepted.
+
+Beside intake it runs the risk feeds (a group-less consumer filling the book), the automatic
+``reducing`` switch on the daily loss limit, and the cancel sweep of halted accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+from aiokafka.partitioner import murmur2
+
+from oms.auth.nonces import NonceStore
+from oms.auth.verify import Authenticator
+from oms.risk.book import RiskBook, utc_day
+from oms.risk.controls import Send, account_subject, publish_change
+from oms.risk.engine import RiskEngine
+from oms.risk.feeds import RiskFeeds
+from oms.risk.strategy import execution_strategy
+from oms.schemas import (
+    CommandType,
+    DeadLetter,
+    InstrumentSpec,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    ReasonCode,
+    Topic,
+    now_ms,
+)
+from oms.schemas.risk import AccountControls, TradingState
+from oms.secrets import SigningKeys
+from oms.settings import Settings
+from oms.streams.validation import Rejection
+
+log = structlog.get_logger(__name__)
+
+# Orders a halt cancels: those the exchange may hold.
+_AT_EXCHANGE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), as every producer of our topics uses."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class IntakeGuard:
+    """Authentication and risk for one worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nonce_table: Any,
+        orders_changelog: str,
+        instrument: Callable[[str | None], InstrumentSpec | None],
+        send: Send,
+        dead_letter: Callable[[DeadLetter], Awaitable[None]],
+        owned_partitions: Callable[[], set[int]],
+        cancel: Callable[[OrderRecord, str], Awaitable[None]],
+        orders: Callable[[], Iterable[tuple[str, OrderRecord | None]]],
+    ) -> None:
+        self.settings = settings
+        self.authenticator = Authenticator(
+            settings.risk,
+            SigningKeys(settings.resolved_secrets_file),
+            NonceStore(nonce_table, settings.risk.nonces_kept_per_order),
+        )
+        self.checks_enabled = settings.risk.checks_enabled
+        self.book = RiskBook(settings.risk, instrument)
+        self.engine = RiskEngine(self.book)
+        self.feeds = RiskFeeds(
+            settings,
+            self.book,
+            orders_changelog,
+            on_bad_controls=self._bad_controls,
+            on_positions=self._auto_reduce,
+            # A lowered loss limit can be breached already: switch without waiting for a fill.
+            on_controls=lambda controls: self._auto_reduce({controls.account_id}),
+        )
+        self._send = send
+        self._dead_letter = dead_letter
+        self._owned = owned_partitions
+        self._cancel = cancel
+        self._orders = orders
+        self._auto_pending: set[tuple[str, int]] = set()
+        self._halt_cancelled: set[tuple[str, int]] = set()
+
+    # -- called by intake ---------------------------------------------------------------------
+
+    def authenticate(
+        self,
+        request: OrderRequest,
+        raw: bytes,
+        *,
+        offset: int | None,
+        replayed: bool,
+        timestamp_ms: int | None,
+    ) -> Rejection | None:
+        """Signature, key, nonce, freshness (see :mod:`oms.auth.verify`)."""
+        return self.authenticator.authenticate(
+            request, raw, offset=offset, reference_ms=timestamp_ms if replayed else None
+        )
+
+    def check_submit(self, order: OrderRecord, *, at_release: bool = False) -> Rejection | None:
+        """Permissions, trading state and limits of a new (or released) order."""
+        if not self.checks_enabled:
+            return None
+        return self.engine.check_submit(order, at_release=at_release)
+
+    def check_command(self, order: OrderRecord, request: OrderRequest) -> Rejection | None:
+        """Permissions and trading state of a cancel or amend of an account's own order."""
+        if not self.checks_enabled:
+            return None
+        if request.command is CommandType.CANCEL:
+            return self.engine.check_cancel(order.account_id)
+        return self.engine.check_amend(order, request)
+
+    def note_accepted(self, order: OrderRecord) -> None:
+        if self.checks_enabled:
+            self.engine.note_accepted(order)
+
+    def strategy_details(self, request: OrderRequest) -> dict[str, str]:
+        """How the order executes and why, for its accepted/submitted event."""
+        strategy, reason = execution_strategy(request, self.settings)
+        return {"execution_strategy": strategy.value, "execution_reason": reason}
+
+    async def ready(self) -> None:
+        """Wait until the book holds everything that was on the risk topics at start."""
+        if self.checks_enabled:
+            await self.feeds.ready.wait()
+
+    # -- background -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.checks_enabled:
+            await self.feeds.start()
+
+    async def stop(self) -> None:
+        await self.feeds.stop()
+
+    def owns(self, key: str) -> bool:
+        """Does this worker own the request partition of ``key`` (one writer per account)?"""
+        return partition_of(key, self.settings.kafka.partitions) in self._owned()
+
+    async def _bad_controls(
+        self, raw: bytes, key: bytes | None, partition: int, offset: int, error: str
+    ) -> None:
+        account = key.decode(errors="replace") if key else ""
+        log.warning("risk.controls_invalid", account_id=account, offset=offset, error=error)
+        if self.owns(account_subject(account)):
+            await self._dead_letter(
+                DeadLetter.for_payload(
+                    raw,
+                    source_topic=self.settings.topic(Topic.RISK_CONTROLS),
+                    reason_code=ReasonCode.SCHEMA_INVALID,
+                    error=f"controls refused, previous ones stay in force: {error}",
+                    key=key,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+
+    async def _auto_reduce(self, accounts: set[str]) -> None:
+        """Daily loss limit reached: switch the account to ``reducing`` (published once, by
+        the worker owning the account's subject key; every worker enforces it at once)."""
+        today = utc_day(now_ms())
+        for account in accounts:
+            controls = self.book.controls_of(account)
+            if controls.trading_state is not TradingState.ACTIVE:
+                continue
+            state, why = self.book.effective_state(account)
+            if state is not TradingState.REDUCING or (account, today) in self._auto_pending:
+                continue
+            if not self.owns(account_subject(account)):
+                continue
+            self._auto_pending.add((account, today))
+            after = controls.model_copy(
+                update={"trading_state": TradingState.REDUCING, "state_reason": why}
+            )
+            await publish_change(
+                self._send,
+                self.settings,
+                controls,
+                after,
+                actor="risk-engine",
+                action="auto:daily_loss",
+            )
+
+    async def cancel_halted(self) -> int:
+        """Cancel open orders (of this worker's partitions) of accounts halted with
+        ``cancel_open_orders``; each order once per halt."""
+        halted: dict[str, AccountControls] = {
+            c.account_id: c
+            for c in self.book.accounts_with_controls()
+            if c.trading_state is TradingState.HALTED and c.cancel_open_orders
+        }
+        if not halted:
+            return 0
+        owned, partitions = self._owned(), self.settings.kafka.partitions
+        sent = 0
+        for order_id, order in list(self._orders()):
+            if order is None or order.status not in _AT_EXCHANGE:
+                continue
+            controls = halted.get(order.account_id)
+            if controls is None or (order_id, controls.version) in self._halt_cancelled:
+                continue
+            if partition_of(order_id, partitions) not in owned:
+                continue
+            self._halt_cancelled.add((order_id, controls.version))
+            log.info("risk.halt_cancel", order_id=order_id, account_id=order.account_id)
+            await self._cancel(order, f"risk-halt-{controls.version}")
+            sent += 1
+        return sent
+
+
+def create_intake_guard(
+    settings: Settings,
+    oms: Any,
+    instrument: Callable[[str | None], InstrumentSpec | None],
+    send: Send,
+    dead_letter: Callable[[DeadLetter], Awaitable[None]],
+    executor: Any,
+) -> IntakeGuard:
+    """The worker's guard, with its nonce table (changelog-backed, co-partitioned with the
+    requests: it is written while a request is processed, keyed by the request's order id)."""
+    nonce_table = oms.app.Table(
+        "request-nonces",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        help="Signed-request nonces per order id (replay protection).",
+    )
+    requests_topic = settings.topic(Topic.ORDER_REQUESTS)
+    return IntakeGuard(
+        settings,
+        nonce_table=nonce_table,
+        orders_changelog=oms.orders.changelog_topic.get_topic_name(),
+        instrument=instrument,
+        send=send,
+        dead_letter=dead_letter,
+        owned_partitions=lambda: oms.active_partitions(requests_topic),
+        cancel=executor.cancel,
+        orders=lambda: oms.orders.items(),
+    )
+
+
+def register_guard(app: Any, guard: IntakeGuard, interval_s: float) -> None:
+    """Start the risk feeds with the app; sweep halted accounts' open orders periodically."""
+
+    @app.task
+    async def start_risk_feeds() -> None:
+        await guard.start()
+
+    @app.timer(interval=interval_s)
+    async def cancel_halted_orders() -> None:
+        await guard.cancel_halted()

@@ -1,0 +1,196 @@
+"""The risk engine's decisions on a book built by hand (no I/O), and the execution strategy."""
+
+from __future__ import annotations
+
+from oms.risk.book import RiskBook
+from oms.risk.engine import RiskEngine
+from oms.risk.strategy import ExecutionStrategy, execution_strategy
+from oms.schemas import (
+    Direction,
+    InstrumentSpec,
+    MarketTick,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    PositionRecord,
+    ReasonCode,
+    now_ms,
+)
+from oms.schemas.risk import AccountControls, AccountLimits, TradingState
+from oms.settings import RiskSettings, Settings
+
+PERP = InstrumentSpec(
+    instrument_name="BTC-PERPETUAL",
+    kind="future",
+    base_currency="BTC",
+    quote_currency="USD",
+    settlement_currency="BTC",
+    tick_size=0.5,
+    contract_size=10,
+    min_trade_amount=10,
+    instrument_type="reversed",
+)
+
+
+def engine(**limits: object) -> RiskEngine:
+    settings = RiskSettings(default_limits=AccountLimits.model_validate(limits))
+    return RiskEngine(
+        RiskBook(settings, lambda name: PERP if name == PERP.instrument_name else None)
+    )
+
+
+def order(
+    order_id: str = "o-1", amount: float = 10, price: float | None = 50_000.0, **kw: object
+) -> OrderRecord:
+    fields: dict[str, object] = {
+        "order_id": order_id,
+        "request_id": order_id,
+        "account_id": "a",
+        "instrument_name": PERP.instrument_name,
+        "direction": Direction.BUY,
+        "order_type": "limit",
+        "amount": amount,
+        "price": price,
+        "version": 2,
+    }
+    fields.update(kw)
+    return OrderRecord.model_validate(fields)
+
+
+def tick(mark: float) -> MarketTick:
+    return MarketTick(instrument_name=PERP.instrument_name, timestamp=now_ms(), mark_price=mark)
+
+
+def test_queued_order_breaching_the_band_at_release_is_refused_then() -> None:
+    risk = engine(price_band_pct=5)
+    risk.book.apply_tick(tick(50_000))
+    queued = order(status=OrderStatus.QUEUED, execute_immediately=False)
+    assert risk.check_submit(queued) is None
+    risk.note_accepted(queued)
+    risk.book.apply_tick(tick(60_000))  # the market moved while it waited
+    rejection = risk.check_submit(queued, at_release=True)
+    assert rejection is not None
+    assert rejection.reason_code is ReasonCode.PRICE_BAND_EXCEEDED
+    assert rejection.message.endswith("at release")
+
+
+def test_a_released_order_does_not_count_against_itself() -> None:
+    risk = engine(max_open_orders=1, max_position=10)
+    queued = order(status=OrderStatus.QUEUED)
+    risk.note_accepted(queued)
+    assert risk.check_submit(queued, at_release=True) is None
+    other = risk.check_submit(order("o-2"))
+    assert other is not None and other.reason_code is ReasonCode.RISK_LIMIT_EXCEEDED
+
+
+def test_position_limit_counts_open_orders_on_the_same_side_and_lets_reductions_pass() -> None:
+    risk = engine(max_position=100)
+    risk.book.apply_position(
+        PositionRecord(
+            record_id="p1", account_id="a", instrument_name=PERP.instrument_name, size=60
+        )
+    )
+    risk.note_accepted(order("o-1", amount=30, status=OrderStatus.OPEN))
+    refused = risk.check_submit(order("o-2", amount=20))  # 60 + 30 + 20 > 100
+    assert refused is not None and "would reach 110" in refused.message
+    assert risk.check_submit(order("o-3", amount=10)) is None  # 100
+    assert risk.check_submit(order("o-4", amount=150, direction=Direction.SELL)) is None
+    # o-1 is cancelled: its 30 no longer count.
+    risk.book.apply_order(order("o-1", amount=30, status=OrderStatus.CANCELLED, version=5))
+    assert risk.check_submit(order("o-2", amount=40)) is None  # 60 + 40
+    assert risk.check_submit(order("o-2", amount=50)) is not None  # 60 + 50
+
+
+def test_state_and_notional() -> None:
+    risk = engine(max_order_notional=1_000)
+    assert risk.check_submit(order(amount=2_000)).reason_code is ReasonCode.RISK_LIMIT_EXCEEDED  # type: ignore[union-attr]
+    controls = AccountControls(account_id="a", trading_state=TradingState.HALTED)
+    risk.book.apply_controls(controls)
+    assert risk.check_submit(order()).reason_code is ReasonCode.TRADING_HALTED  # type: ignore[union-attr]
+    assert risk.check_cancel("a") is None
+
+
+def request(**kw: object) -> OrderRequest:
+    fields: dict[str, object] = {
+        "request_id": "r1",
+        "account_id": "a",
+        "instrument_name": PERP.instrument_name,
+        "amount": 10,
+        "direction": "buy",
+        "price": 50_000.0,
+    }
+    fields.update(kw)
+    return OrderRequest.model_validate(fields)
+
+
+def test_execution_strategy() -> None:
+    settings = Settings(risk=RiskSettings(slice_above_amount=1_000))
+    cases = [
+        (request(), ExecutionStrategy.IMMEDIATE),
+        (request(execute_immediately=False, priority="high"), ExecutionStrategy.QUEUED),
+        (request(amount=5_000), ExecutionStrategy.SLICED),
+        (request(conditions=[{"type": "time", "op": ">=", "value": 1}]), ExecutionStrategy.DELAYED),
+        (
+            request(conditions=[{"field": "last_price", "op": ">=", "value": 70_000}]),
+            ExecutionStrategy.CONDITIONAL,
+        ),
+    ]
+    for req, want in cases:
+        strategy, reason = execution_strategy(req, settings)
+        assert strategy is want, (req, strategy)
+        assert reason
+    assert "high" in execution_strategy(cases[1][0], settings)[1]
+
+
+def test_exchange_account_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oms.secrets import Credentials, SecretStore, write_secrets_file
+
+    path = tmp_path / "secrets.json"
+    write_secrets_file(path, {"sub-1": Credentials("cid-1", "sec-1")})
+    risk = RiskSettings.model_validate(
+        {"accounts": {"alice": {"permissions": {"exchange_account": "sub-1"}}}}
+    )
+    store = SecretStore(path, risk.exchange_accounts())
+    creds = store.credentials("alice")
+    assert creds is not None and creds.client_id == "cid-1"
+    assert store.trading_accounts(["alice", "bob"]) == ["alice", "sub-1"]
+
+
+def test_daily_loss_makes_the_account_reducing_until_resumed() -> None:
+    loaded: dict[str, InstrumentSpec] = {}  # the catalog loads after the first records
+    settings = RiskSettings(default_limits=AccountLimits(max_daily_loss={"BTC": 1.0}))
+    book = RiskBook(settings, lambda name: loaded.get(name or ""))
+    risk = RiskEngine(book)
+    for i, (realized, fee) in enumerate([(-0.6, 0.01), (-0.5, 0.01)]):
+        book.apply_position(
+            PositionRecord(
+                record_id=f"p{i}",
+                account_id="a",
+                instrument_name=PERP.instrument_name,
+                size=0,
+                realized_pnl=realized,
+                fee=fee,
+            )
+        )
+    book.apply_position(  # the same record again (redelivery) counts once
+        PositionRecord(
+            record_id="p1",
+            account_id="a",
+            instrument_name=PERP.instrument_name,
+            size=0,
+            realized_pnl=-0.5,
+            fee=0.01,
+        )
+    )
+    loaded[PERP.instrument_name] = PERP
+    assert round(book.daily_loss("a", "BTC"), 6) == 1.12
+    state, why = book.effective_state("a")
+    assert state is TradingState.REDUCING and "daily loss" in why
+    refused = risk.check_submit(order())
+    assert refused is not None and refused.reason_code is ReasonCode.TRADING_REDUCING
+    limits = settings.default_limits
+    book.apply_controls(AccountControls(account_id="a", version=1, limits=limits))
+    assert book.effective_state("a")[0] is TradingState.REDUCING  # still breached
+    resumed = AccountControls(account_id="a", version=2, limits=limits, resumed_at=now_ms())
+    book.apply_controls(resumed)
+    assert book.effective_state("a")[0] is TradingState.ACTIVE
