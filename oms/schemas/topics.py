@@ -9,6 +9,8 @@
 | positions          | account_id|instrument_name    | one position's changes in order             |
 | notifications      | account_id                   | per-account grouping and ordering           |
 | dead-letters       | original key                 | evidence next to where it came from         |
+| notification-settings | account_id (compacted)    | latest settings per account                 |
+| notification-acks  | alert_id (compacted)         | acknowledged emergency alerts               |
 
 order-requests, execution-reports and order-events must have the same partition count
 (co-partitioned): the order-state table is written from the first two.
@@ -27,6 +29,8 @@ class Topic(StrEnum):
     POSITIONS = "positions"
     NOTIFICATIONS = "notifications"
     DEAD_LETTERS = "dead-letters"
+    NOTIFICATION_SETTINGS = "notification-settings"
+    NOTIFICATION_ACKS = "notification-acks"
 
 
 def topic_name(topic: Topic, prefix: str = "oms.") -> str:
