@@ -157,7 +157,7 @@ class TwilioChannel(Channel):
         super().__init__(name)
         base = (base_url or TWILIO_BASE).rstrip("/")
         self._url = f"{base}/2010-04-01/Accounts/{account_sid}/Messages.json"
-        self._auth = aiohttp.BasicAuth(account_sid, auth_token)
+        self._auth_header = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
         self._to = to_numbers
         self._from = from_number
         self._service = messaging_service_sid
@@ -185,7 +185,7 @@ class TwilioChannel(Channel):
                     timeout_s=self._timeout,
                     what="twilio",
                     data=self.form(message, to),
-                    auth=self._auth,
+                    headers=self._auth_header,
                 )
             except DeliveryError as exc:
                 if index:  # some numbers got it: a retry would text them twice
