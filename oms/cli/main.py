@@ -32,6 +32,7 @@ def _register_optional() -> None:
         ("oms.cli.sql", "sql", "sql"),
         ("oms.cli.paper", "paper_exchange", "paper-exchange"),
         ("oms.cli.bench", "bench_app", "bench"),
+        ("oms.cli.notify", "notify_app", "notify"),
     ):
         try:
             mod = importlib.import_module(module)
