@@ -132,7 +132,7 @@ class Deliverer:
 
         def wait(state: RetryCallState) -> float:
             base = wait_exponential_jitter(
-                initial=self.config.retry_base_delay_s, max=self.config.retry_max_delay_s
+                multiplier=self.config.retry_base_delay_s, max=self.config.retry_max_delay_s
             )(state)
             exc = state.outcome.exception() if state.outcome else None
             hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
