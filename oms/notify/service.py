@@ -339,6 +339,7 @@ class Notifier:
             await self.state.flush()
             await self._flush_dead_letters()
             await self._consumer.commit()
+            self.counters["committed"] += sum(len(m) for m in batch.values())
             self._kick.set()
 
     def _on_event(self, msg: Any, now: int) -> None:

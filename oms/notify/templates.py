@@ -50,7 +50,7 @@ WORDS = {
     },
 }  # fmt: skip
 DEFAULT_LINE = (
-    "{time} {type_label} {instrument} {side} {amount}{at_price}{status_part}{reason_part}"
+    "{time} {type_label} {instrument} {side} {amount}{at_price}{status_part}{reason_part}{ref}"
 )
 
 
@@ -104,6 +104,7 @@ def render_line(notice: Notice, settings: NotificationSettings, severity: Severi
         at_price=f" @ {price}" if price != "-" and notice.amount is not None else "",
         status_part=f" [{f['status']}]" if f["status"] else "",
         reason_part=f" ({f['reason']})" if f["reason"] else "",
+        ref=f" #{notice.order_id}" if notice.order_id and notice.amount is not None else "",
     )
     if notice.message and notice.type.is_emergency:
         line += f"\n{notice.message}"

@@ -35,9 +35,7 @@ async def test_fallback_from_wecom_to_email_records_every_attempt(
 ) -> None:
     fakes.script("wecom", "errcode:93000")  # HTTP 200, non-zero errcode: a failure
     with FakeSmtp() as smtp:
-        await store(
-            nsettings, "acct-a", channels=[wecom_channel(fakes), email_channel(smtp.port)]
-        )
+        await store(nsettings, "acct-a", channels=[wecom_channel(fakes), email_channel(smtp.port)])
         async with running(nsettings) as notifier:
             await publish_events(nsettings, [order_event("acct-a", 1)])
             (mail,) = await smtp.wait_for(1)
