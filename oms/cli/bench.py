@@ -39,3 +39,37 @@ def e2e(
     for key, value in result.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+@bench_app.command("notify")
+def notify(
+    events: Annotated[int, typer.Option(help="order events to push through")] = 50_000,
+    accounts: Annotated[int, typer.Option(help="accounts the events belong to")] = 100,
+    partitions: Annotated[int, typer.Option()] = 8,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this broker (default: start one on free ports)")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Order events through the notifier (Kafka, rules, grouping) to the console channel,
+    against a raw Kafka consume of the same events."""
+    from oms.benchmarks.notify import NotifyBenchConfig, dumps, run_notify_bench
+
+    config = NotifyBenchConfig(
+        events=events, accounts=accounts, partitions=partitions, bootstrap=bootstrap
+    )
+    with console.status("bench notify") as status:
+        result = asyncio.run(
+            run_notify_bench(config, on_status=lambda s: status.update(f"bench notify: {s}"))
+        )
+    if json:
+        print(dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title="oms bench notify")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)

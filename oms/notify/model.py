@@ -45,7 +45,8 @@ class Notice:
         return abs(self.amount * price) if price else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Flat fields only: a shallow copy is enough (asdict deep-copies, 10x slower).
+        data = dict(self.__dict__)
         data["type"] = self.type.value
         return data
 

@@ -108,6 +108,9 @@ class Notifier:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._changed: set[str] = set()
+        # Active (unacknowledged) emergency alerts, mirrored in the state as a:<alert_id>.
+        self.alerts: dict[str, dict[str, Any]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._control: AIOKafkaConsumer | None = None
@@ -188,6 +191,8 @@ class Notifier:
             await self._session.close()
 
     def _load_state(self) -> None:
+        for key, value in self.state.items("a:"):
+            self.alerts[key[2:]] = value
         for _key, value in self.state.items("p:"):
             for event_id in value.get("event_ids", []):
                 self._mark_seen(event_id)
@@ -270,7 +275,7 @@ class Notifier:
                 self._dead_letter(msg, ReasonCode.SCHEMA_INVALID, str(exc))
                 return
             self.acks[ack.alert_id] = ack.acked_at
-            if self.state.get(f"a:{ack.alert_id}") is not None:
+            if self.alerts.pop(ack.alert_id, None) is not None:
                 self.state.put(f"a:{ack.alert_id}", None)
                 self.counters["alerts_acked"] += 1
                 log.info("notify.alert_acked", alert_id=ack.alert_id, by=ack.by)
@@ -336,6 +341,7 @@ class Notifier:
                     else:
                         self._on_position(msg, now)
             # Durable before committed: a crash after this replays nothing already pending.
+            self._persist_changed()
             await self.state.flush()
             await self._flush_dead_letters()
             await self._consumer.commit()
@@ -425,28 +431,35 @@ class Notifier:
         pending.add(notice, settings.max_digest_items)
         if pending.count >= self.cfg.max_group_events:
             pending.due_at = min(pending.due_at, now)
-        self.state.put(f"p:{pending.nid}", pending.to_dict())
+        # Serialised once per batch (see _persist_changed), not once per event.
+        self._changed.add(pending.nid)
+
+    def _persist_changed(self) -> None:
+        for nid in self._changed:
+            pending = self.pendings.get(nid)
+            if pending is not None:
+                self.state.put(f"p:{nid}", pending.to_dict())
+        self._changed.clear()
 
     def _raise_alert(
         self, notice: Notice, settings: NotificationSettings, r: Route, now: int
     ) -> None:
         alert_id = notice.alert_id or notice.notice_id
-        if self.state.get(f"a:{alert_id}") is not None:
+        if alert_id in self.alerts:
             self.counters["alert_already_active"] += 1
             return
         acked_at = self.acks.get(alert_id)
         if acked_at is not None and notice.timestamp <= acked_at:
             return
-        self.state.put(
-            f"a:{alert_id}",
-            {
-                "alert_id": alert_id,
-                "account_id": notice.account_id,
-                "notice": notice.to_dict(),
-                "repeats": 0,
-                "next_at": now + int(settings.repeat_interval_s * 1000),
-            },
-        )
+        alert = {
+            "alert_id": alert_id,
+            "account_id": notice.account_id,
+            "notice": notice.to_dict(),
+            "repeats": 0,
+            "next_at": now + int(settings.repeat_interval_s * 1000),
+        }
+        self.alerts[alert_id] = alert
+        self.state.put(f"a:{alert_id}", alert)
         self.counters["alerts_raised"] += 1
         self._emergency_pending(notice, alert_id, 0, now)
 
@@ -487,6 +500,7 @@ class Notifier:
         """Repeat due alerts, seal and start delivering due pendings; returns how many."""
         now = now_ms()
         self._repeat_alerts(now)
+        self._persist_changed()
         due = [p for p in self.pendings.values() if p.due_at <= now and p.nid not in self.inflight]
         if not due:
             await self.state.flush()
@@ -525,19 +539,18 @@ class Notifier:
             self.inflight.discard(pending.nid)
 
     def _repeat_alerts(self, now: int) -> None:
-        for key, alert in self.state.items("a:"):
-            if alert["next_at"] > now:
+        for alert_id, current in list(self.alerts.items()):
+            if current["next_at"] > now:
                 continue
-            settings = self.settings_for(alert["account_id"])
-            repeats = int(alert["repeats"]) + 1
-            self.state.put(
-                key,
-                {
-                    **alert,
-                    "repeats": repeats,
-                    "next_at": now + int(settings.repeat_interval_s * 1000),
-                },
-            )
+            settings = self.settings_for(current["account_id"])
+            repeats = int(current["repeats"]) + 1
+            alert = {
+                **current,
+                "repeats": repeats,
+                "next_at": now + int(settings.repeat_interval_s * 1000),
+            }
+            self.alerts[alert_id] = alert
+            self.state.put(f"a:{alert_id}", alert)
             self.counters["alert_repeats"] += 1
             self._emergency_pending(
                 Notice.from_dict(alert["notice"]), alert["alert_id"], repeats, now
@@ -566,7 +579,7 @@ class Notifier:
             "delivery": self.deliverer.stats(),
             "pending": len(self.pendings),
             "inflight": len(self.inflight),
-            "active_alerts": len(self.state.items("a:")),
+            "active_alerts": len(self.alerts),
             "accounts": sorted(self.accounts),
             "console_sent": self.console.sent,
             "monitor": self.monitor.stats() if self.monitor is not None else None,
