@@ -64,6 +64,7 @@ def isolated_settings(
                 update={"web_port": free_port(), "app_id": f"{label}-{tag}"}
             ),
             "sink": base.sink.model_copy(update={"query_port": free_port()}),
+            "notify": base.notify.model_copy(update={"web_port": free_port()}),
         }
     )
 
@@ -138,7 +139,7 @@ class ServiceProcess:
 
 @dataclass
 class OmsServices:
-    """The paper exchange, gateway, worker(s) and sink for one settings object."""
+    """The paper exchange, gateway, worker(s), sink and notifier for one settings object."""
 
     settings: Settings
     log_dir: Path
@@ -174,6 +175,11 @@ class OmsServices:
 
     def add_sink(self) -> ServiceProcess:
         return self.add("sink", ["sink"])
+
+    def add_notifier(self, web_port: int | None = None) -> ServiceProcess:
+        port = web_port or self.settings.notify.web_port
+        args = ["notify", "run", "--web-port", str(port), "--loglevel", "warn"]
+        return self.add("notifier", args)
 
     def start_all(self) -> None:
         for service in self.processes.values():
