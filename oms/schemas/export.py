@@ -10,6 +10,7 @@ from oms.schemas.dead_letters import DeadLetter
 from oms.schemas.execution import ExecutionReport
 from oms.schemas.market import MarketTick
 from oms.schemas.notifications import NotificationRecord
+from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.positions import PositionRecord
 
@@ -22,6 +23,8 @@ EXPORTED: tuple[type[Record], ...] = (
     PositionRecord,
     NotificationRecord,
     DeadLetter,
+    NotificationSettings,
+    NotificationAck,
 )
 
 
