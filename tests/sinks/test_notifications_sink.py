@@ -17,7 +17,7 @@ def record(channel: str, attempt: int, status: NotificationStatus, **kw: object)
     return NotificationRecord(
         notification_id="n-1", account_id="acct", notification_type="digest", channel=channel,
         attempt=attempt, status=status, created_at=T0, severity="warning", event_count=50,
-        group_key="fills|event_type=filled", **kw,  # type: ignore[arg-type]
+        group_key="fills|event_type=filled", **kw,
     ).to_bytes()  # fmt: skip
 
 
