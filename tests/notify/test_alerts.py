@@ -41,9 +41,7 @@ async def test_margin_call_when_the_account_summary_crosses_the_ratio(
     admin = await RpcClient.connect(px.ws_url)
     await admin.auth("acct-m", "acct-m-secret")
     try:
-        await store(
-            settings, "acct-m", channels=[wecom_channel(fakes)], margin_call_ratio=0.5
-        )
+        await store(settings, "acct-m", channels=[wecom_channel(fakes)], margin_call_ratio=0.5)
         async with running(settings, monitor=True) as notifier:
             await wait_until(lambda: "acct-m|BTC" in notifier.monitor.last_ratio)
             assert notifier.monitor.last_ratio["acct-m|BTC"] < 0.5
