@@ -116,7 +116,7 @@ class NotifySettings(BaseModel):
     """The notifier process (issue 5): consumption, delivery, emergencies."""
 
     web_port: int = 6068
-    batch_max_records: int = Field(2_000, ge=1, description="records per Kafka fetch")
+    batch_max_records: int = Field(10_000, ge=1, description="records per Kafka fetch")
     tick_interval_s: float = Field(0.2, gt=0, description="how often due groups are sent")
     retry_attempts: int = Field(3, ge=1, description="tries per channel before falling back")
     retry_base_delay_s: float = Field(0.5, ge=0)

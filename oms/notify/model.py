@@ -3,7 +3,7 @@ many notices to deliver together). Both are plain dicts on the state topic (orjs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from oms.schemas.notify_settings import NotificationType, Severity
@@ -73,7 +73,9 @@ class Pending:
     first_at: int
     due_at: int
     notices: list[dict[str, Any]] = field(default_factory=list)  # first max_digest_items
-    event_ids: list[str] = field(default_factory=list)
+    # Highest source offset applied, per "topic:partition": a replayed event at or below it
+    # is already counted (offsets are committed only after this is durable).
+    applied: dict[str, int] = field(default_factory=dict)
     count: int = 0
     types: dict[str, int] = field(default_factory=dict)
     alert_id: str | None = None
@@ -81,7 +83,8 @@ class Pending:
     sealed: bool = False  # no more notices join once delivery starts
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow: serialised right away by the state store (asdict deep-copies every list).
+        data = dict(self.__dict__)
         data["type"] = self.type.value
         data["severity"] = self.severity.value
         return data
@@ -96,9 +99,10 @@ class Pending:
             }
         )
 
-    def add(self, notice: Notice, max_items: int) -> None:
+    def add(self, notice: Notice, max_items: int, source: tuple[str, int] | None = None) -> None:
         self.count += 1
         self.types[notice.type.value] = self.types.get(notice.type.value, 0) + 1
-        self.event_ids.append(notice.notice_id)
+        if source is not None:
+            self.applied[source[0]] = max(self.applied.get(source[0], -1), source[1])
         if len(self.notices) < max_items:
             self.notices.append(notice.to_dict())

@@ -109,6 +109,7 @@ class Notifier:
         self._tasks: list[asyncio.Task[Any]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
         self._changed: set[str] = set()
+        self._batch_lock = asyncio.Lock()
         # Active (unacknowledged) emergency alerts, mirrored in the state as a:<alert_id>.
         self.alerts: dict[str, dict[str, Any]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -194,8 +195,6 @@ class Notifier:
         for key, value in self.state.items("a:"):
             self.alerts[key[2:]] = value
         for _key, value in self.state.items("p:"):
-            for event_id in value.get("event_ids", []):
-                self._mark_seen(event_id)
             if value.get("done"):
                 continue
             pending = Pending.from_dict(value)
@@ -332,19 +331,22 @@ class Notifier:
                 continue
             if not batch:
                 continue
-            now = now_ms()
-            for tp, msgs in batch.items():
-                for msg in msgs:
-                    self.counters["consumed"] += 1
-                    if tp.topic == events_topic:
-                        self._on_event(msg, now)
-                    else:
-                        self._on_position(msg, now)
-            # Durable before committed: a crash after this replays nothing already pending.
-            self._persist_changed()
-            await self.state.flush()
-            await self._flush_dead_letters()
-            await self._consumer.commit()
+            # Held until committed: no pending holding an uncommitted event is sealed and
+            # sent, so a replayed event never belongs to a notification already delivered.
+            async with self._batch_lock:
+                now = now_ms()
+                for tp, msgs in batch.items():
+                    for msg in msgs:
+                        self.counters["consumed"] += 1
+                        if tp.topic == events_topic:
+                            self._on_event(msg, now)
+                        else:
+                            self._on_position(msg, now)
+                # Durable before committed: a crash after this replays nothing already pending.
+                self._persist_changed()
+                await self.state.flush()
+                await self._flush_dead_letters()
+                await self._consumer.commit()
             self.counters["committed"] += sum(len(m) for m in batch.values())
             self._kick.set()
 
@@ -358,7 +360,7 @@ class Notifier:
         self.counters["events"] += 1
         notice = notice_from_event(event)
         if notice is not None:
-            self.admit(notice, now)
+            self.admit(notice, now, (f"{msg.topic}:{msg.partition}", msg.offset))
 
     def _on_position(self, msg: Any, now: int) -> None:
         try:
@@ -373,7 +375,7 @@ class Notifier:
             return
         notice = notice_from_position(record, settings)
         if notice is not None:
-            self.admit(notice, now)
+            self.admit(notice, now, (f"{msg.topic}:{msg.partition}", msg.offset))
 
     def _mark_seen(self, notice_id: str) -> bool:
         """Remember a notice id; False if it was seen before."""
@@ -384,8 +386,11 @@ class Notifier:
             self.seen.popitem(last=False)
         return True
 
-    def admit(self, notice: Notice, now: int) -> None:
-        """Route a notice into pending notifications (state changes, not yet flushed)."""
+    def admit(self, notice: Notice, now: int, source: tuple[str, int] | None = None) -> None:
+        """Route a notice into pending notifications (state changes, not yet flushed).
+
+        ``source`` ("topic:partition", offset) recognises a replay after a restart; the
+        event id recognises a re-announced event (same id, another offset)."""
         if not self._mark_seen(notice.notice_id):
             self.counters["duplicates"] += 1
             return
@@ -399,12 +404,23 @@ class Notifier:
             if r.emergency:
                 self._raise_alert(notice, settings, r, now)
             else:
-                self._group(notice, settings, r, now)
+                self._group(notice, settings, r, now, source)
 
-    def _group(self, notice: Notice, settings: NotificationSettings, r: Route, now: int) -> None:
+    def _group(
+        self,
+        notice: Notice,
+        settings: NotificationSettings,
+        r: Route,
+        now: int,
+        source: tuple[str, int] | None,
+    ) -> None:
         group = (notice.account_id, r.group_key)
         nid = self.open_groups.get(group)
         pending = self.pendings.get(nid) if nid else None
+        if pending is not None and source is not None:
+            if pending.applied.get(source[0], -1) >= source[1]:
+                self.counters["replayed"] += 1
+                return
         if pending is None or pending.sealed:
             due = now + int(r.group_wait_s * 1000)
             last = self.last_sent.get(group)
@@ -428,7 +444,7 @@ class Notifier:
             )
             self.pendings[pending.nid] = pending
             self.open_groups[group] = pending.nid
-        pending.add(notice, settings.max_digest_items)
+        pending.add(notice, settings.max_digest_items, source)
         if pending.count >= self.cfg.max_group_events:
             pending.due_at = min(pending.due_at, now)
         # Serialised once per batch (see _persist_changed), not once per event.
@@ -498,6 +514,10 @@ class Notifier:
 
     async def tick(self) -> int:
         """Repeat due alerts, seal and start delivering due pendings; returns how many."""
+        async with self._batch_lock:
+            return await self._tick()
+
+    async def _tick(self) -> int:
         now = now_ms()
         self._repeat_alerts(now)
         self._persist_changed()
@@ -526,13 +546,9 @@ class Notifier:
                 await self.deliverer.deliver(pending, settings)
             self.last_sent[(pending.account_id, pending.group_key)] = now_ms()
             self.pendings.pop(pending.nid, None)
-            self.state.put(
-                f"p:{pending.nid}",
-                {"done": True, "at": now_ms(), "event_ids": pending.event_ids},
-            )
-            await self.state.flush()
-            assert self._producer is not None
-            await self._producer.flush()
+            # Flushed by the next tick with the channel markers (within tick_interval_s).
+            self.state.put(f"p:{pending.nid}", {"done": True, "at": now_ms()})
+            self._kick.set()
         except Exception:
             log.exception("notify.deliver_failed", nid=pending.nid)
         finally:

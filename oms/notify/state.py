@@ -31,6 +31,7 @@ class StateStore:
         self.data: dict[str, Any] = {}
         self._dirty: dict[str, Any] = {}
         self._lock = asyncio.Lock()
+        self._unacked: set[asyncio.Future[Any]] = set()
 
     async def restore(self) -> int:
         """Read the topic from the beginning to its end; returns the records read."""
@@ -73,19 +74,21 @@ class StateStore:
         return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
 
     async def flush(self) -> int:
-        """Produce every changed key and wait until the broker has them all."""
-        async with self._lock:
-            if not self._dirty:
-                return 0
+        """Produce every changed key and wait until the broker has them all, and everything
+        an earlier (concurrent) flush sent too: when this returns, every ``put`` made before
+        the call is durable."""
+        async with self._lock:  # only the sending: one partition, one order
             dirty, self._dirty = self._dirty, {}
-            futures = [
-                await self._producer.send(
+            for key, value in dirty.items():
+                future = await self._producer.send(
                     self.topic,
                     key=key.encode(),
                     value=None if value is None else orjson.dumps(value),
                     partition=0,
                 )
-                for key, value in dirty.items()
-            ]
-            await asyncio.gather(*futures)
-            return len(dirty)
+                self._unacked.add(future)
+                future.add_done_callback(self._unacked.discard)
+            waiting = list(self._unacked)
+        if waiting:
+            await asyncio.gather(*waiting)
+        return len(dirty)
