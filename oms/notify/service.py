@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -49,7 +50,12 @@ from oms.schemas import (
     Topic,
     now_ms,
 )
-from oms.schemas.notify_settings import NotificationAck, NotificationSettings, Severity
+from oms.schemas.notify_settings import (
+    NotificationAck,
+    NotificationSettings,
+    NotificationType,
+    Severity,
+)
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -157,6 +163,7 @@ class Notifier:
             asyncio.create_task(self._tick_loop(), name="notify-tick"),
             asyncio.create_task(self._control_loop(), name="notify-control"),
         ]
+        self._tasks.append(asyncio.create_task(self._kafka_watchdog(), name="notify-kafka"))
         if self.with_monitor:
             from oms.notify.monitor import AccountMonitor
 
@@ -574,9 +581,67 @@ class Notifier:
 
     async def _publish(self, record: NotificationRecord) -> None:
         assert self._producer is not None
-        await self._producer.send(
-            self.topics["records"], key=record.account_id.encode(), value=record.to_bytes()
-        )
+        try:
+            await self._producer.send(
+                self.topics["records"], key=record.account_id.encode(), value=record.to_bytes()
+            )
+        except KafkaError as exc:  # Kafka down: the message itself still goes out
+            self.counters["records_lost"] += 1
+            log.warning("notify.record_not_published", error=type(exc).__name__)
+
+    # -- Kafka unreachable: the one alert that cannot travel through Kafka ------------------
+
+    async def kafka_probe(self) -> bool:
+        """True if the broker answers a metadata request."""
+        assert self._producer is not None
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5.0)
+        except Exception:
+            return False
+        return True
+
+    async def _kafka_watchdog(self) -> None:
+        limit = self.cfg.kafka_down_alert_s
+        down_since: float | None = None
+        alerted = False
+        while True:
+            await asyncio.sleep(min(5.0, limit / 3))
+            if await self.kafka_probe():
+                if alerted:
+                    log.info("notify.kafka_back")
+                down_since, alerted = None, False
+                continue
+            down_since = down_since or time.monotonic()
+            if not alerted and time.monotonic() - down_since >= limit:
+                alerted = True
+                self.counters["kafka_down_alerts"] += 1
+                await self._alert_directly(
+                    f"Kafka unreachable for over {limit:g}s: order events are not flowing"
+                )
+
+    async def _alert_directly(self, message: str) -> None:
+        """A system_error to every account's channels at once, bypassing Kafka entirely."""
+        now = now_ms()
+        sends = []
+        for account_id, settings in list(self.accounts.items()):
+            if not settings.enabled:
+                continue
+            if NotificationType.SYSTEM_ERROR not in settings.notification_types:
+                continue
+            notice = Notice(
+                notice_id=f"kafka-down:{now}", account_id=account_id,
+                type=NotificationType.SYSTEM_ERROR, timestamp=now, message=message,
+                alert_id="system_error:kafka",
+            )  # fmt: skip
+            pending = Pending(
+                nid=_nid(account_id, "alert=system_error:kafka", notice.notice_id),
+                account_id=account_id, type=notice.type, severity=Severity.CRITICAL,
+                emergency=True, rule="emergency", group_key="alert=system_error:kafka",
+                channels=[], first_at=now, due_at=now, alert_id="system_error:kafka", sealed=True,
+            )  # fmt: skip
+            pending.add(notice, 1)
+            sends.append(self.deliverer.deliver(pending, settings))
+        await asyncio.gather(*sends, return_exceptions=True)
 
     # -- direct use (SDK-less emergencies from inside the process, tests) -------------------
 

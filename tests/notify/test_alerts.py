@@ -83,3 +83,27 @@ async def test_large_loss_from_a_position_record_over_the_threshold(
         assert notifier.counters["alert_already_active"] == 1
     text = fakes.sent("wecom")[0]["body"]["text"]["content"]
     assert "LARGE LOSS" in text and "loss 0.7 >= threshold 0.5" in text
+
+
+async def test_kafka_unreachable_alerts_every_account_directly(
+    nsettings: Settings, fakes: FakeProviders
+) -> None:
+    settings = nsettings.model_copy(
+        update={"notify": nsettings.notify.model_copy(update={"kafka_down_alert_s": 0.3})}
+    )
+    await store(settings, "acct-x", channels=[wecom_channel(fakes)])
+    await store(settings, "acct-y", channels=[wecom_channel(fakes)],
+                notification_types=["filled"])  # fmt: skip
+    async with running(settings) as notifier:
+        await wait_until(lambda: "acct-y" in notifier.accounts)
+        assert fakes.sent("wecom") == []  # the broker answers: no alert
+
+        async def broker_gone() -> bool:
+            return False
+
+        notifier.kafka_probe = broker_gone  # type: ignore[method-assign]
+        await fakes.wait_for("wecom", 1)
+        await wait_until(lambda: notifier.counters["kafka_down_alerts"] == 1)
+    (sent,) = fakes.sent("wecom")  # acct-y did not subscribe to system_error
+    assert "SYSTEM ERROR" in sent["body"]["text"]["content"]
+    assert "Kafka unreachable" in sent["body"]["text"]["content"]
