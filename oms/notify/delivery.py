@@ -148,7 +148,9 @@ class Deliverer:
                 with try_:
                     attempt += 1
                     if not channel.idempotent:
-                        self.state.put(key, {"status": "sending", "attempt": attempt})
+                        self.state.put(
+                            key, {"status": "sending", "attempt": attempt, "at": now_ms()}
+                        )
                         await self.state.flush()
                     try:
                         receipt = await channel.send(per_channel)

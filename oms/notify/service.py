@@ -116,6 +116,7 @@ class Notifier:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._changed: set[str] = set()
         self._batch_lock = asyncio.Lock()
+        self._last_gc = 0
         # Active (unacknowledged) emergency alerts, mirrored in the state as a:<alert_id>.
         self.alerts: dict[str, dict[str, Any]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -524,8 +525,27 @@ class Notifier:
         async with self._batch_lock:
             return await self._tick()
 
+    def _forget_old(self, now: int) -> int:
+        """Tombstone delivery markers and finished notifications past the dedupe retention
+        (compaction then removes them), so the state stays proportional to recent traffic."""
+        if now - self._last_gc < 60_000:
+            return 0
+        self._last_gc = now
+        cutoff = now - int(self.cfg.dedupe_retention_s * 1000)
+        old = [
+            k
+            for k, v in self.state.data.items()
+            if k[:2] in ("d:", "p:")
+            and (k[:2] == "d:" or v.get("done"))
+            and v.get("at", now) < cutoff
+        ]
+        for key in old:
+            self.state.put(key, None)
+        return len(old)
+
     async def _tick(self) -> int:
         now = now_ms()
+        self.counters["forgotten"] += self._forget_old(now)
         self._repeat_alerts(now)
         self._persist_changed()
         due = [p for p in self.pendings.values() if p.due_at <= now and p.nid not in self.inflight]
