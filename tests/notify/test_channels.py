@@ -35,7 +35,7 @@ def msg(text: str = "Filled BTC-PERPETUAL BUY 100 @ 50,000", emergency: bool = F
 @pytest.fixture
 async def fakes() -> AsyncIterator[FakeProviders]:
     async with FakeProviders() as providers:
-        providers.hang_s = 5.0
+        providers.hang_s = 2.0
         yield providers
 
 
