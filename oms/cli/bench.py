@@ -54,6 +54,9 @@ def notify(
     """Order events through the notifier (Kafka, rules, grouping) to the console channel,
     against a raw Kafka consume of the same events."""
     from oms.benchmarks.notify import NotifyBenchConfig, dumps, run_notify_bench
+    from oms.logs import configure_logging
+
+    configure_logging("warn")
 
     config = NotifyBenchConfig(
         events=events, accounts=accounts, partitions=partitions, bootstrap=bootstrap

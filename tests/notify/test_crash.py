@@ -45,7 +45,7 @@ async def test_sigkill_and_restart_lose_nothing_and_send_nothing_twice(
     )  # fmt: skip
     port = free_port()
     services = OmsServices(nsettings, tmp_path / "logs")
-    notifier = services.add("notifier", ["notify", "run", "--web-port", str(port)])
+    notifier = services.add_notifier(port)
     notifier.start()
     try:
         await wait_http_ok(f"http://127.0.0.1:{port}/health", 60, lambda b: b["ready"])
