@@ -58,7 +58,17 @@ def build_settings(
     rules: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> NotificationSettings:
-    """Validated settings from loose input; raises :class:`NotificationSettingsError`."""
+    """Validated settings from loose input; raises :class:`NotificationSettingsError`.
+
+    The seed's ``batch_notifications`` / ``notification_delay`` (seconds) are accepted and
+    become a last rule that groups every ordinary notification per type for that long."""
+    batch = options.pop("batch_notifications", None)
+    delay = options.pop("notification_delay", None)
+    if batch:
+        rules = [
+            *(rules or []),
+            {"name": "batch", "group_by": ["event_type"], "group_wait_s": delay or 30.0},
+        ]
     data: dict[str, Any] = {"account_id": account_id, **options}
     if notification_types is not None:
         known = {t.value for t in NotificationType}

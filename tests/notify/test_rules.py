@@ -135,3 +135,12 @@ def test_delivery_markers_past_retention_are_forgotten() -> None:
     }
     assert notifier._forget_old(now) == 2
     assert set(notifier.state.data) == {"d:n-2|wecom", "p:n-3", "a:alert"}
+
+
+def test_seed_batch_options_become_a_grouping_rule() -> None:
+    settings = build_settings("a", batch_notifications=True, notification_delay=60)
+    (rule,) = settings.rules
+    assert rule.group_wait_s == 60 and rule.group_by == ["event_type"]
+    fill = notice_from_event(order_event("a", 1))
+    assert fill is not None
+    assert route(settings, fill, 0)[0].group_wait_s == 60
