@@ -47,9 +47,11 @@ def load_secrets_file(path: Path) -> dict[str, Credentials]:
 
 
 def write_secrets_file(path: Path, credentials: dict[str, Credentials]) -> None:
-    """Write a secrets file readable by its owner only."""
+    """Write a secrets file readable by its owner only (other sections, such as the
+    notification channels' ``notify``, are kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {
+    body = json.loads(path.read_text()) if path.exists() else {}
+    body |= {
         "accounts": {
             account_id: {"client_id": c.client_id, "client_secret": c.client_secret}
             for account_id, c in credentials.items()

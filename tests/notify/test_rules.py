@@ -144,3 +144,16 @@ def test_seed_batch_options_become_a_grouping_rule() -> None:
     fill = notice_from_event(order_event("a", 1))
     assert fill is not None
     assert route(settings, fill, 0)[0].group_wait_s == 60
+
+
+def test_writing_exchange_credentials_keeps_channel_secrets(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from oms.notify.secrets import NotifySecrets, write_notify_secrets
+    from oms.secrets import Credentials, write_secrets_file
+
+    path = Path(str(tmp_path)) / "secrets.json"
+    write_notify_secrets(path, {"wecom-desk": "key-value"})
+    write_secrets_file(path, {"demo": Credentials("id", "secret")})
+    assert NotifySecrets(path).get("wecom-desk") == "key-value"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
