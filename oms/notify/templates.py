@@ -38,6 +38,14 @@ TYPE_LABELS: dict[str, dict[str, str]] = {
         "position_mismatch": "持仓不一致", "test": "测试通知",
     },
 }  # fmt: skip
+STATUSES = {
+    "zh": {
+        "pending": "待处理", "waiting": "等待中", "queued": "排队中", "submitted": "已提交",
+        "open": "挂单中", "partially_filled": "部分成交", "filled": "已成交",
+        "cancelled": "已撤销", "rejected": "已拒绝", "expired": "已过期",
+        "needs_review": "待审核",
+    },
+}  # fmt: skip
 SIDES = {"en": {"buy": "BUY", "sell": "SELL"}, "zh": {"buy": "买入", "sell": "卖出"}}
 WORDS = {
     "en": {
@@ -77,7 +85,7 @@ def fields_of(notice: Notice, lang: str, tz: ZoneInfo, severity: Severity) -> di
         "price": _num(notice.average_price or notice.price),
         "filled": _num(notice.filled_amount),
         "avg_price": _num(notice.average_price),
-        "status": notice.status or "",
+        "status": STATUSES.get(lang, {}).get(notice.status or "", notice.status or ""),
         "reason": notice.reason or "",
         "message": notice.message or "",
         "time": when.strftime("%m-%d %H:%M:%S"),
@@ -102,7 +110,10 @@ def render_line(notice: Notice, settings: NotificationSettings, severity: Severi
     line = DEFAULT_LINE.format(
         **f,
         at_price=f" @ {price}" if price != "-" and notice.amount is not None else "",
-        status_part=f" [{f['status']}]" if f["status"] else "",
+        # The state only when it says more than the type ("Filled [filled]" does not).
+        status_part=f" [{f['status']}]"
+        if f["status"] and notice.status != notice.type.value
+        else "",
         reason_part=f" ({f['reason']})" if f["reason"] else "",
         ref=f" #{notice.order_id}" if notice.order_id and notice.amount is not None else "",
     )
