@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from email import message_from_bytes
 from email.message import Message as EmailMessage
 from pathlib import Path
@@ -39,6 +39,8 @@ class FakeProviders:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        # Requests received per provider, answered or not (a hung one counts at once).
+        self.arrivals: Counter[str] = Counter()
         self.scripts: dict[str, list[str]] = defaultdict(list)
         self.wecom_keys: set[str] = set()
         self.wxpusher_tokens: set[str] = set()
@@ -95,6 +97,7 @@ class FakeProviders:
 
     async def _behaviour(self, provider: str) -> str | web.Response:
         """The scripted behaviour; transport-level ones are answered here."""
+        self.arrivals[provider] += 1
         queue = self.scripts.get(provider)
         behaviour = queue.pop(0) if queue else "ok"
         if behaviour == "hang":

@@ -15,7 +15,14 @@ from oms.harness import OmsServices, wait_http_ok
 from oms.notify.testing import FakeProviders
 from oms.schemas import OrderEventType
 from oms.settings import Settings
-from tests.notify.conftest import order_event, publish_events, records, store, wecom_channel
+from tests.notify.conftest import (
+    SECRETS,
+    order_event,
+    publish_events,
+    records,
+    store,
+    wecom_channel,
+)
 
 
 def got_orders(contents: list[str]) -> list[str]:
@@ -79,3 +86,42 @@ async def test_sigkill_and_restart_lose_nothing_and_send_nothing_twice(
     )
     assert sum(1 for r in got if r["status"] == "sent") == 16
     assert notifier.starts == 2
+
+
+async def test_sms_in_flight_at_a_crash_is_never_sent_again(
+    nsettings: Settings, fakes: FakeProviders, tmp_path: Path
+) -> None:
+    fakes.aliyun_keys["LTAI-test"] = SECRETS["aliyun-demo"]
+    fakes.hang_s = 5.0  # outlives the kill below
+    fakes.script("aliyun", "hang")  # the provider got the request; we never learn the outcome
+    sms = {
+        "kind": "aliyun_sms", "name": "sms", "access_key_id": "LTAI-test",
+        "secret_ref": "aliyun-demo", "sign_name": "OMS", "template_code": "SMS_123456",
+        "phone_numbers": ["13800001111"], "base_url": fakes.base_url,
+    }  # fmt: skip
+    slow = nsettings.model_copy(
+        update={"notify": nsettings.notify.model_copy(update={"http_timeout_s": 10.0})}
+    )
+    await store(slow, "acct-s", channels=[sms, wecom_channel(fakes)])
+    port = free_port()
+    services = OmsServices(slow, tmp_path / "logs")
+    notifier = services.add_notifier(port)
+    notifier.start()
+    try:
+        await wait_http_ok(f"http://127.0.0.1:{port}/health", 60, lambda b: b["ready"])
+        await publish_events(slow, [order_event("acct-s", 1, OrderEventType.REJECTED)])
+        async with asyncio.timeout(30):
+            while fakes.arrivals["aliyun"] < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        notifier.kill()
+        notifier.start()
+        await wait_http_ok(f"http://127.0.0.1:{port}/health", 60, lambda b: b["ready"])
+        await fakes.wait_for("wecom", 1)  # falls back to the next channel instead
+        got = await records(slow, 2)
+    finally:
+        services.stop_all()
+    assert fakes.arrivals["aliyun"] == 1  # never texted twice
+    assert [(r["channel"], r["status"], r["reason_code"]) for r in got] == [
+        ("sms", "failed", "outcome_unknown"),
+        ("wecom", "sent", None),
+    ]
