@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections import Counter, OrderedDict
@@ -422,6 +423,10 @@ class Notifier:
         now: int,
         source: tuple[str, int] | None,
     ) -> None:
+        quiet = quiet_until(settings, now)
+        if quiet is not None:
+            # Everything a route holds during quiet hours becomes one digest at their end.
+            r = dataclasses.replace(r, group_key=f"quiet|{r.rule}")
         group = (notice.account_id, r.group_key)
         nid = self.open_groups.get(group)
         pending = self.pendings.get(nid) if nid else None
@@ -434,7 +439,6 @@ class Notifier:
             last = self.last_sent.get(group)
             if last is not None and r.group_interval_s:
                 due = max(due, last + int(r.group_interval_s * 1000))
-            quiet = quiet_until(settings, now)
             if quiet is not None:
                 due = max(due, quiet)
                 self.counters["held_quiet"] += 1

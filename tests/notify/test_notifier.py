@@ -139,3 +139,25 @@ async def test_emergency_goes_to_every_channel_and_repeats_until_acknowledged(
     assert all(f"oms notify ack {alert_id}" in t for t in texts)
     assert "repeat #1" in texts[1] and "repeat #2" in texts[2]
     assert "worker crashed" in smtp.messages[0].get_payload()[0].get_payload()
+
+
+async def test_notices_held_by_quiet_hours_become_one_digest(
+    nsettings: Settings, fakes: FakeProviders
+) -> None:
+    now = datetime.now(UTC)
+    await store(
+        nsettings, "acct-q", channels=[wecom_channel(fakes)],
+        quiet_hours=[{"start": (now - timedelta(minutes=30)).strftime("%H:%M"),
+                      "end": (now + timedelta(minutes=30)).strftime("%H:%M")}],
+    )  # fmt: skip
+    async with running(nsettings) as notifier:
+        events = [order_event("acct-q", i) for i in range(5)]
+        events += [order_event("acct-q", 10 + i, OrderEventType.REJECTED) for i in range(3)]
+        await publish_events(nsettings, events)
+        await wait_until(lambda: notifier.counters["notices"] == 8)
+        (held,) = notifier.pendings.values()  # default route: one digest, not 8 messages
+        assert held.count == 8 and held.types == {"filled": 5, "rejected": 3}
+        held.due_at = 0  # the quiet hours end
+        await fakes.wait_for("wecom", 1)
+    (sent,) = fakes.sent("wecom")
+    assert "8 notifications" in sent["body"]["markdown"]["content"]
