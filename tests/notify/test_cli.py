@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -32,13 +33,19 @@ async def test_settings_log_and_ack_from_the_command_line(
     assert stored.returncode == 0, stored.stderr
     shown = oms(nsettings, "settings", "acct-cli")
     assert json.loads(shown.stdout)["language"] == "zh"
+    # In a thread: the fake provider answers from this test's event loop.
+    tested = await asyncio.to_thread(
+        oms, nsettings, "test", "acct-cli", "--message", "hello from the desk"
+    )
+    assert tested.returncode == 0 and "wecom: sent" in tested.stdout, tested.stderr
+    assert "hello from the desk" in fakes.sent("wecom")[-1]["body"]["markdown"]["content"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"channels": [{"kind": "pager"}]}))
     refused = oms(nsettings, "settings", "acct-cli", "-f", str(bad))
     assert refused.returncode == 2 and "unknown_channel" in refused.stderr
     async with running(nsettings):
         await publish_events(nsettings, [order_event("acct-cli", 1)])
-        await fakes.wait_for("wecom", 1)
+        await fakes.wait_for("wecom", 2)
         await records(nsettings, 1)
     log = oms(nsettings, "log", "--account", "acct-cli", "--json")
     (line,) = log.stdout.strip().splitlines()
