@@ -117,7 +117,7 @@ def render_line(notice: Notice, settings: NotificationSettings, severity: Severi
         reason_part=f" ({f['reason']})" if f["reason"] else "",
         ref=f" #{notice.order_id}" if notice.order_id and notice.amount is not None else "",
     )
-    if notice.message and notice.type.is_emergency:
+    if notice.message and (notice.type.is_emergency or notice.type is NotificationType.TEST):
         line += f"\n{notice.message}"
     return " ".join(part for part in line.split(" ") if part) if "\n" not in line else line
 
