@@ -117,6 +117,7 @@ class Notifier:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._changed: set[str] = set()
         self._batch_lock = asyncio.Lock()
+        self._uncommitted = False
         self._last_gc = 0
         # Active (unacknowledged) emergency alerts, mirrored in the state as a:<alert_id>.
         self.alerts: dict[str, dict[str, Any]] = {}
@@ -178,9 +179,14 @@ class Notifier:
             "notify.started", app_id=self.app_id, pending=len(self.pendings), web=self.web_port
         )
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._deliveries:
+            # Let sends under way finish (and record their markers) rather than cut them.
+            _, unfinished = await asyncio.wait(set(self._deliveries), timeout=grace_s)
+            for task in unfinished:
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -250,12 +256,16 @@ class Notifier:
     async def _control_loop(self) -> None:
         assert self._control is not None
         while True:
-            batch = await self._control.getmany(timeout_ms=500, max_records=1000)
-            for msgs in batch.values():
-                for msg in msgs:
-                    self._apply_control(msg)
-            if batch:
-                await self._flush_dead_letters()
+            try:
+                batch = await self._control.getmany(timeout_ms=500, max_records=1000)
+                for msgs in batch.values():
+                    for msg in msgs:
+                        self._apply_control(msg)
+                if batch:
+                    await self._flush_dead_letters()
+            except Exception:
+                log.exception("notify.control_failed")
+                await asyncio.sleep(1.0)
 
     def _apply_control(self, msg: Any) -> None:
         key = msg.key.decode() if msg.key else ""
@@ -340,24 +350,37 @@ class Notifier:
                 continue
             if not batch:
                 continue
-            # Held until committed: no pending holding an uncommitted event is sealed and
-            # sent, so a replayed event never belongs to a notification already delivered.
-            async with self._batch_lock:
-                now = now_ms()
-                for tp, msgs in batch.items():
-                    for msg in msgs:
-                        self.counters["consumed"] += 1
-                        if tp.topic == events_topic:
-                            self._on_event(msg, now)
-                        else:
-                            self._on_position(msg, now)
-                # Durable before committed: a crash after this replays nothing already pending.
-                self._persist_changed()
-                await self.state.flush()
-                await self._flush_dead_letters()
-                await self._consumer.commit()
-            self.counters["committed"] += sum(len(m) for m in batch.values())
-            self._kick.set()
+            try:
+                await self._apply_batch(batch, events_topic)
+            except Exception:
+                # State not durable or offsets not committed: nothing is lost (the changes stay
+                # in memory and dirty, the offsets uncommitted); try again with the next batch.
+                self.counters["batch_errors"] += 1
+                log.exception("notify.batch_failed")
+                await asyncio.sleep(1.0)
+
+    async def _apply_batch(self, batch: dict[Any, list[Any]], events_topic: str) -> None:
+        assert self._consumer is not None
+        # Held until committed: no pending holding an uncommitted event is sealed and sent,
+        # so a replayed event never belongs to a notification already delivered.
+        async with self._batch_lock:
+            self._uncommitted = True
+            now = now_ms()
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    self.counters["consumed"] += 1
+                    if tp.topic == events_topic:
+                        self._on_event(msg, now)
+                    else:
+                        self._on_position(msg, now)
+            # Durable before committed: a crash after this replays nothing already pending.
+            self._persist_changed()
+            await self.state.flush()
+            await self._flush_dead_letters()
+            await self._consumer.commit()
+            self._uncommitted = False
+        self.counters["committed"] += sum(len(m) for m in batch.values())
+        self._kick.set()
 
     def _on_event(self, msg: Any, now: int) -> None:
         try:
@@ -548,6 +571,8 @@ class Notifier:
         return len(old)
 
     async def _tick(self) -> int:
+        if self._uncommitted:  # a failed batch: nothing is sent until it is committed
+            return 0
         now = now_ms()
         self.counters["forgotten"] += self._forget_old(now)
         self._repeat_alerts(now)

@@ -79,16 +79,25 @@ class StateStore:
         the call is durable."""
         async with self._lock:  # only the sending: one partition, one order
             dirty, self._dirty = self._dirty, {}
-            for key, value in dirty.items():
-                future = await self._producer.send(
-                    self.topic,
-                    key=key.encode(),
-                    value=None if value is None else orjson.dumps(value),
-                    partition=0,
-                )
-                self._unacked.add(future)
-                future.add_done_callback(self._unacked.discard)
+            try:
+                for key, value in dirty.items():
+                    future = await self._producer.send(
+                        self.topic,
+                        key=key.encode(),
+                        value=None if value is None else orjson.dumps(value),
+                        partition=0,
+                    )
+                    self._unacked.add(future)
+                    future.add_done_callback(self._unacked.discard)
+            except Exception:
+                # Broker trouble: keep the changes for the next flush (newer puts win).
+                self._dirty = {**dirty, **self._dirty}
+                raise
             waiting = list(self._unacked)
         if waiting:
-            await asyncio.gather(*waiting)
+            try:
+                await asyncio.gather(*waiting)
+            except Exception:
+                self._dirty = {**dirty, **self._dirty}
+                raise
         return len(dirty)
