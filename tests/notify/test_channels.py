@@ -148,8 +148,8 @@ async def test_wxpusher_success_and_bad_token(
     assert "1001" in err.value.detail and "AT_bad" not in str(err.value)
 
 
-def test_aliyun_string_to_sign_matches_the_documented_example() -> None:
-    # Alibaba Cloud's signature docs (RPC, v1.0): sorted, RFC 3986 encoded, then encoded again.
+def test_aliyun_string_to_sign_sorts_and_encodes_twice() -> None:
+    # The RPC v1.0 rule: parameters sorted, RFC 3986 encoded, the whole query encoded again.
     params = {"Action": "SendSms", "TemplateParam": '{"code":"1234"}', "SignName": "阿里云"}
     s = aliyun_string_to_sign("POST", params)
     assert s.startswith("POST&%2F&Action%3DSendSms%26SignName%3D%25E9%2598%25BF")
