@@ -364,6 +364,80 @@ class OrderClient:
 
         return signed_request_bytes(request, self.signing_key)
 
+    # -- notifications (issue 5) -------------------------------------------------------------
+
+    async def manage_notification_settings(
+        self,
+        account_id: str | None = None,
+        notification_types: list[str] | None = None,
+        channels: list[Any] | None = None,
+        rules: list[dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Validate and store an account's notification settings (seed 4.4); the notifier
+        applies them at once. ``channels`` are channel configs (dicts) in fallback order, or
+        the name ``"console"``; ``options`` are the other fields of
+        :class:`~oms.schemas.notify_settings.NotificationSettings` (language, timezone,
+        quiet_hours, silences, repeat_interval_s, large_loss_threshold, margin_call_ratio...).
+        Raises :class:`~oms.notify.settings_io.NotificationSettingsError` (with a reason code)
+        on bad input; nothing is stored then."""
+        from oms.notify.settings_io import build_settings, publish_settings
+
+        settings = build_settings(
+            account_id or self.account_id, notification_types, channels, rules, **options
+        )
+        await publish_settings(self.settings, settings)
+        return settings
+
+    async def get_notification_settings(self, account_id: str | None = None) -> Any:
+        """The stored settings of an account (None if it never set any)."""
+        from oms.notify.settings_io import read_settings
+
+        return await read_settings(self.settings, account_id or self.account_id)
+
+    async def configure_notification_rules(
+        self, rules: list[dict[str, Any]], account_id: str | None = None
+    ) -> Any:
+        """Replace the routing rules of an account, keeping its other settings (seed 3.4)."""
+        from oms.notify.settings_io import build_settings, publish_settings, read_settings
+
+        account = account_id or self.account_id
+        current = await read_settings(self.settings, account)
+        base = current.model_dump(mode="json", exclude={"rules", "updated_at"}) if current else {}
+        base.pop("account_id", None)
+        settings = build_settings(account, rules=rules, **base)
+        await publish_settings(self.settings, settings)
+        return settings
+
+    async def send_emergency_alert(
+        self,
+        message: str,
+        alert_type: str = "system_error",
+        *,
+        account_id: str | None = None,
+        subject: str = "system:manual",
+        alert_id: str | None = None,
+    ) -> str:
+        """Raise an emergency (system_error, large_loss, margin_call, position_mismatch): it
+        goes to every configured channel of the account at once and repeats until
+        acknowledged. Returns the alert id (for ``oms notify ack``)."""
+        from oms.notify.settings_io import emergency_event
+
+        event = emergency_event(
+            account_id or self.account_id, alert_type, message, subject=subject, alert_id=alert_id
+        )
+        assert self._producer is not None, "call start() first"
+        await self._producer.send_and_wait(
+            self._events_topic, value=event.to_bytes(), key=event.order_id.encode()
+        )
+        return str(event.details["alert_id"])
+
+    async def acknowledge_alert(self, alert_id: str, by: str = "sdk") -> None:
+        """Stop an emergency alert from repeating."""
+        from oms.notify.settings_io import publish_ack
+
+        await publish_ack(self.settings, alert_id, by=by)
+
 
 async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:
     """Queue statistics of several workers, combined: depths, totals and rates add up, the

@@ -66,6 +66,7 @@ def isolated_settings(
             "sink": base.sink.model_copy(update={"query_port": free_port()}),
             # Unsigned test clients: tests of signing opt in with auth_mode="signed".
             "risk": base.risk.model_copy(update={"auth_mode": "trusted"}),
+            "notify": base.notify.model_copy(update={"web_port": free_port()}),
         }
     )
 
@@ -140,7 +141,7 @@ class ServiceProcess:
 
 @dataclass
 class OmsServices:
-    """The paper exchange, gateway, worker(s) and sink for one settings object."""
+    """The paper exchange, gateway, worker(s), sink and notifier for one settings object."""
 
     settings: Settings
     log_dir: Path
@@ -176,6 +177,11 @@ class OmsServices:
 
     def add_sink(self) -> ServiceProcess:
         return self.add("sink", ["sink"])
+
+    def add_notifier(self, web_port: int | None = None) -> ServiceProcess:
+        port = web_port or self.settings.notify.web_port
+        args = ["notify", "run", "--web-port", str(port), "--loglevel", "warn"]
+        return self.add("notifier", args)
 
     def start_all(self) -> None:
         for service in self.processes.values():

@@ -23,6 +23,11 @@ from oms.settings import Settings
 # Dead letters are evidence for humans: keep them far longer than the default 7 days.
 DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
+# Latest value per key is the whole truth (settings per account, acknowledged alerts).
+COMPACTED_TOPICS = frozenset(
+    {Topic.NOTIFICATION_SETTINGS, Topic.NOTIFICATION_ACKS, Topic.RISK_CONTROLS}
+)
+
 _ERR_TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 _ERR_UNKNOWN_TOPIC = UnknownTopicOrPartitionError.errno
 
@@ -50,8 +55,7 @@ def topic_specs(
         config: dict[str, str] = {}
         if topic is Topic.DEAD_LETTERS:
             config["retention.ms"] = str(DEAD_LETTER_RETENTION_MS)
-        if topic is Topic.RISK_CONTROLS:
-            # Latest controls per account, kept forever: every worker reads it fully.
+        if topic in COMPACTED_TOPICS:
             config["cleanup.policy"] = "compact"
         if topic is Topic.RISK_AUDIT:
             config["retention.ms"] = "-1"

@@ -164,6 +164,28 @@ class RiskSettings(BaseModel):
         }
 
 
+class NotifySettings(BaseModel):
+    """The notifier process (issue 5): consumption, delivery, emergencies."""
+
+    web_port: int = 6068
+    batch_max_records: int = Field(10_000, ge=1, description="records per Kafka fetch")
+    tick_interval_s: float = Field(0.2, gt=0, description="how often due groups are sent")
+    retry_attempts: int = Field(3, ge=1, description="tries per channel before falling back")
+    retry_base_delay_s: float = Field(0.5, ge=0)
+    retry_max_delay_s: float = Field(10.0, ge=0)
+    http_timeout_s: float = Field(10.0, gt=0, description="per provider request")
+    max_concurrent_sends: int = Field(32, ge=1)
+    wecom_per_minute: int = Field(20, ge=1, description="WeCom robot limit, per webhook key")
+    wecom_max_wait_s: float = Field(5.0, ge=0, description="wait for a token, then fall back")
+    max_group_events: int = Field(500, ge=1, description="a group is sent once this full")
+    # Delivery markers older than this are forgotten (compaction then drops them).
+    dedupe_retention_s: float = Field(7 * 86400, gt=0)
+    margin_check_interval_s: float = Field(15.0, gt=0)
+    margin_currencies: list[str] = ["BTC", "ETH"]
+    exchange_down_alert_s: float = Field(60.0, gt=0)
+    kafka_down_alert_s: float = Field(30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""
 
@@ -188,6 +210,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     risk: RiskSettings = RiskSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -142,3 +142,30 @@ def chaos(
         )
     _print(result, "oms bench chaos", json)
     raise typer.Exit(0 if result["ok"] else 1)
+
+
+@bench_app.command("notify")
+def notify(
+    events: Annotated[int, typer.Option(help="order events to push through")] = 50_000,
+    accounts: Annotated[int, typer.Option(help="accounts the events belong to")] = 100,
+    partitions: Annotated[int, typer.Option()] = 8,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this broker (default: start one on free ports)")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Order events through the notifier (Kafka, rules, grouping) to the console channel,
+    against a raw Kafka consume of the same events."""
+    from oms.benchmarks.notify import NotifyBenchConfig, run_notify_bench
+    from oms.logs import configure_logging
+
+    configure_logging("warn")
+
+    config = NotifyBenchConfig(
+        events=events, accounts=accounts, partitions=partitions, bootstrap=bootstrap
+    )
+    with console.status("bench notify") as status:
+        result = asyncio.run(
+            run_notify_bench(config, on_status=lambda s: status.update(f"bench notify: {s}"))
+        )
+    _print(result, "oms bench notify", json)

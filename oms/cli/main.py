@@ -36,6 +36,7 @@ def _register_optional() -> None:
         ("oms.cli.review", "review_app", "review"),
         ("oms.cli.stats", "stats", "stats"),
         ("oms.cli.risk", "risk_app", "risk"),
+        ("oms.cli.notify", "notify_app", "notify"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -1,4 +1,5 @@
-"""Container health check: ``python -m oms.devstack.healthcheck [auto|worker|sink|paper|gateway]``.
+"""Container health check: ``python -m oms.devstack.healthcheck [auto|worker|sink|...]``
+(also paper, gateway, notify).
 
 Exit 0 when the service answers, 1 otherwise. ``auto`` (the Dockerfile's HEALTHCHECK) reads
 the service from PID 1's command line (``oms worker`` -> worker), so one image-level check
@@ -36,7 +37,7 @@ def _detect() -> str:
         args = Path("/proc/1/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "unknown"
-    for service in (b"worker", b"sink", b"paper-exchange", b"gateway"):
+    for service in (b"worker", b"sink", b"paper-exchange", b"gateway", b"notify"):
         if service in args:
             return service.decode()
     return "unknown"
@@ -51,6 +52,8 @@ def check(service: str) -> bool:
         return _http_ok(f"http://127.0.0.1:{s.worker.web_port}/health")
     if service == "sink":
         return _http_ok(f"http://127.0.0.1:{s.sink.query_port}/health")
+    if service == "notify":
+        return _http_ok(f"http://127.0.0.1:{s.notify.web_port}/health")
     if service in ("paper", "paper-exchange"):
         return _tcp_ok("127.0.0.1", s.paper.port)
     # The gateway serves nothing; being alive (PID 1 runs it) is all a probe can see.

@@ -269,6 +269,7 @@ class Supervisor:
     sink: bool = True
     gateway: bool = True
     paper: bool = True
+    notifier: bool = True
     root: Path = field(default_factory=lambda: Path(".local"))
     children: list[Child] = field(default_factory=list)
     stack: Stack | None = None
@@ -298,7 +299,7 @@ class Supervisor:
         return env
 
     def plan(self, bootstrap: str, secrets_file: Path) -> list[Child]:
-        """The children in start order: paper exchange, gateway, workers, sink."""
+        """The children in start order: paper exchange, gateway, workers, sink, notifier."""
         env = self._base_env(bootstrap, secrets_file)
         children: list[Child] = []
 
@@ -342,6 +343,10 @@ class Supervisor:
             )
         if self.sink:
             add("sink", ["sink"], f"http://{s.sink.query_host}:{s.sink.query_port}/health")
+        if self.notifier:
+            port = s.notify.web_port
+            add("notifier", ["notify", "run", "--web-port", str(port)],
+                f"http://127.0.0.1:{port}/health")  # fmt: skip
         return children
 
     async def prepare(self) -> Stack:

@@ -167,3 +167,13 @@ class ReasonCode(StrEnum):
     DUPLICATE_FILL = "duplicate_fill"
     INCONSISTENT_FILL = "inconsistent_fill"
     POSITION_MISMATCH = "position_mismatch"
+    # Notifications (issue 5).
+    INVALID_SETTINGS = "invalid_settings"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    INVALID_RECIPIENT = "invalid_recipient"
+    SECRET_MISSING = "secret_missing"
+    TEMPLATE_ERROR = "template_error"
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_GARBAGE = "provider_garbage"
+    PROVIDER_TIMEOUT = "provider_timeout"
+    OUTCOME_UNKNOWN = "outcome_unknown"

@@ -11,6 +11,7 @@ from oms.schemas.execution import ExecutionReport
 from oms.schemas.market import MarketTick
 from oms.schemas.metrics import MetricsSample
 from oms.schemas.notifications import NotificationRecord
+from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.positions import PositionRecord
 from oms.schemas.risk import AccountControls, RiskAuditRecord
@@ -27,6 +28,8 @@ EXPORTED: tuple[type[Record], ...] = (
     MetricsSample,
     AccountControls,
     RiskAuditRecord,
+    NotificationSettings,
+    NotificationAck,
 )
 
 

@@ -31,3 +31,9 @@ class NotificationRecord(Record):
     attempt: int = 1
     created_at: int = Field(default_factory=now_ms)
     sent_at: int | None = None
+    # Added by the notifier (issue 5); defaults keep older records valid.
+    severity: str | None = None
+    reason_code: str | None = None
+    event_count: int = 1
+    group_key: str | None = None
+    alert_id: str | None = None

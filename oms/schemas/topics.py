@@ -13,6 +13,8 @@
 | metrics            | worker                       | one worker's samples in order               |
 | risk-controls      | account_id (compacted)       | latest limits/state per account, read fully |
 | risk-audit         | account_id                   | who changed which control, append-only      |
+| notification-settings | account_id (compacted)    | latest settings per account                 |
+| notification-acks  | alert_id (compacted)         | acknowledged emergency alerts               |
 
 order-requests, execution-reports, order-triggers and order-events must have the same
 partition count (co-partitioned): the order table is written from the first three.
@@ -35,6 +37,8 @@ class Topic(StrEnum):
     METRICS = "metrics"
     RISK_CONTROLS = "risk-controls"
     RISK_AUDIT = "risk-audit"
+    NOTIFICATION_SETTINGS = "notification-settings"
+    NOTIFICATION_ACKS = "notification-acks"
 
 
 def topic_name(topic: Topic, prefix: str = "oms.") -> str:

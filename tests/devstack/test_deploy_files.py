@@ -116,7 +116,7 @@ def test_compose_matches_compose_spec_schema(compose: dict[str, Any]) -> None:
     assert not validator.is_valid(broken)
 
 
-OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink")
+OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink", "notify")
 
 
 def test_compose_services_and_dependencies(compose: dict[str, Any]) -> None:
@@ -190,11 +190,13 @@ def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch.setenv("OMS_WORKER__WEB_PORT", str(free_port()))
     monkeypatch.setenv("OMS_SINK__QUERY_PORT", str(free_port()))
     monkeypatch.setenv("OMS_PAPER__PORT", str(free_port()))
+    monkeypatch.setenv("OMS_NOTIFY__WEB_PORT", str(free_port()))
     get_settings.cache_clear()
     try:
         assert not healthcheck.check("worker")
         assert not healthcheck.check("sink")
         assert not healthcheck.check("paper-exchange")
+        assert not healthcheck.check("notify")
         assert healthcheck.check("gateway")
     finally:
         get_settings.cache_clear()

@@ -259,6 +259,18 @@ def _v3(sink: SinkSettings) -> list[str]:
     return [metrics]
 
 
+def _v4(sink: SinkSettings) -> list[str]:
+    # Notifier fields (issue 5): severity, why an attempt failed, digest size, grouping and
+    # the emergency alert an attempt belongs to.
+    return [
+        f"ALTER TABLE notifications ADD COLUMN IF NOT EXISTS severity {LCN}",
+        f"ALTER TABLE notifications ADD COLUMN IF NOT EXISTS reason_code {LCN}",
+        "ALTER TABLE notifications ADD COLUMN IF NOT EXISTS event_count UInt32 DEFAULT 1",
+        "ALTER TABLE notifications ADD COLUMN IF NOT EXISTS group_key Nullable(String)",
+        "ALTER TABLE notifications ADD COLUMN IF NOT EXISTS alert_id Nullable(String)",
+    ]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -270,6 +282,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders, order_events, executions, market_ticks, dead_letters", _v1),
     Migration(2, "position_changes, notifications", _v2),
     Migration(3, "metrics", _v3),
+    Migration(4, "notifications: severity, reason_code, event_count, group_key, alert_id", _v4),
 )
 
 SCHEMA_MIGRATIONS = f"""

@@ -58,7 +58,8 @@ COLUMNS: dict[str, list[str]] = {
     "notifications": [
         "notification_id", "channel", "attempt", "account_id", "notification_type",
         "priority", "title", "content", "status", "error_message", "order_id", "created_at",
-        "sent_at", "kafka_offset",
+        "sent_at", "kafka_offset", "severity", "reason_code", "event_count", "group_key",
+        "alert_id",
     ],
     "metrics": ["worker", "name", "timestamp", "value"],
 }  # fmt: skip
@@ -163,7 +164,8 @@ def notification_row(record: NotificationRecord, offset: int) -> Row:
         record.notification_id, record.channel, record.attempt, record.account_id,
         record.notification_type, record.priority, record.title, record.content,
         _val(record.status), record.error_message, record.order_id, ts(record.created_at),
-        ts_opt(record.sent_at), offset,
+        ts_opt(record.sent_at), offset, record.severity, record.reason_code,
+        record.event_count, record.group_key, record.alert_id,
     ]  # fmt: skip
 
 
