@@ -69,6 +69,11 @@ class LifecycleWiring:
             publish_request=publish_request,
         )
 
+    def refresh_gauges(self) -> None:
+        """Queue statistics and in-flight commands into the metrics collector."""
+        worker = self._worker
+        self.metrics.set_queue_statistics(worker.queue_statistics(), worker.executor.inflight)
+
     async def reconcile_account(self, account_id: str) -> None:
         """After an exchange reconnect: every live order of the account (owned partitions)
         is looked up by label, so fills and cancels missed while away are reported."""
@@ -93,7 +98,7 @@ class LifecycleWiring:
         """Publish one sample of this worker's metrics (the sink stores it in ``metrics``)."""
         worker = self._worker
         self.metrics.set_retries(worker.executor.stats.get("retries", 0))
-        self.metrics.set_queue_length(len(worker.executor._inflight))
+        self.refresh_gauges()
         values = self.metrics.flat()
         for name, value in self.monitor.counters.items():
             values[f"lifecycle.{name}"] = float(value)
@@ -113,7 +118,7 @@ class LifecycleWiring:
             return {}
         executor = worker.executor
         self.metrics.set_retries(executor.stats.get("retries", 0))
-        self.metrics.set_queue_length(len(executor._inflight))
+        self.refresh_gauges()
         await self.algos.run_once()
         return await self.monitor.run_once()
 
@@ -160,7 +165,7 @@ class LifecycleWiring:
 
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
-            self.metrics.set_queue_length(len(self._worker.executor._inflight))
+            self.refresh_gauges()
             self.metrics.set_retries(self._worker.executor.stats.get("retries", 0))
             # aiohttp refuses a charset inside content_type: pass the header as is.
             return web.bytes(self.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE})

@@ -95,6 +95,27 @@ class OrderMetricsCollector:
         self.queue_length = Gauge(
             "oms_queue_length", "Orders held or in flight in this worker", registry=r
         )
+        self.queue_depth = Gauge(
+            "oms_queue_depth", "Queued orders per priority", ["priority"], registry=r
+        )
+        self.queue_oldest = Gauge(
+            "oms_queue_oldest_age_seconds",
+            "Age of the oldest queued order per priority",
+            ["priority"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "oms_orders_waiting", "Delayed and conditional orders held", registry=r
+        )
+        self.dequeued = Gauge(
+            "oms_queue_dequeued_total", "Orders taken off the queues (this worker)", registry=r
+        )
+        self.dequeue_rate = Gauge(
+            "oms_queue_dequeue_rate", "Orders taken off the queues per second (1 min)", registry=r
+        )
+        self.queue_rejected = Gauge(
+            "oms_queue_rejected_total", "Requests refused with queue_full", registry=r
+        )
         self.notifications = Counter(
             "oms_notifications", "Notifications by outcome", ["ok"], registry=r
         )
@@ -164,6 +185,19 @@ class OrderMetricsCollector:
 
     def set_queue_length(self, value: int) -> None:
         self.queue_length.set(value)
+
+    def set_queue_statistics(self, stats: dict[str, Any], inflight: int) -> None:
+        """The priority queues' statistics (``get_queue_statistics``) as gauges; the seed's
+        queue length is everything held or in flight."""
+        for priority, depth in stats["depth"].items():
+            self.queue_depth.labels(priority).set(depth)
+        for priority, age in stats["oldest_age_ms"].items():
+            self.queue_oldest.labels(priority).set((age or 0) / 1000)
+        self.waiting.set(stats["waiting"])
+        self.dequeued.set(stats["dequeued_total"])
+        self.dequeue_rate.set(stats["dequeue_rate_per_s"])
+        self.queue_rejected.set(stats["rejected_total"])
+        self.queue_length.set(stats["total_depth"] + stats["waiting"] + inflight)
 
     def record_notification(self, ok: bool) -> None:
         """For the notification service: one delivery attempt's outcome."""

@@ -88,6 +88,11 @@ class OrderExecutor:
         """The venue this executor trades on."""
         return self._exchange
 
+    @property
+    def inflight(self) -> int:
+        """Orders with a command running now."""
+        return len(self._inflight)
+
     def is_inflight(self, order_id: str) -> bool:
         """A command of this order is running, or just finished and its report may still
         be on its way to the order-state agent: a sweep must not act on the order yet (a

@@ -5,11 +5,13 @@ deterministic."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -321,8 +323,15 @@ async def test_high_priority_overtakes_when_the_rate_limit_binds(
             for _ in range(30)
         ]
         await event_of(client, low[-1], [OrderEventType.QUEUED])
-        stats = await fetch_queue_statistics([f"http://127.0.0.1:{settings.worker.web_port}"])
+        base = f"http://127.0.0.1:{settings.worker.web_port}"
+        stats = await fetch_queue_statistics([base])
         assert stats["depth"]["low"] > 10, stats
+        # The same statistics, exported for Prometheus.
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as resp:
+            metrics = await resp.text()
+        depth = re.search(r'oms_queue_depth\{priority="low"\} (\S+)', metrics)
+        assert depth is not None and float(depth.group(1)) > 0, metrics[:2000]
+        assert "oms_queue_oldest_age_seconds" in metrics and "oms_orders_waiting" in metrics
         high = [
             await client.submit_advanced_order(
                 BTC, 10, "buy", price=RESTING_BUY, execute_immediately=False, priority="high"
