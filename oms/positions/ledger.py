@@ -1,0 +1,226 @@
+"""Applying fills to positions: dedupe by trade id, checks, and the records they produce.
+
+Pure logic over two mappings (the keeper passes its Faust tables): ``positions`` keyed by
+``position_key`` and ``seen`` keyed by ``trade_id`` holding the record each trade produced.
+Every trade is counted once, whichever report (RPC reply, subscription, reconcile lookup)
+brings it first; a repeat with the same figures is a duplicate (counted, nothing else); a
+repeat with different figures, a non-positive amount or price, or a fill without a side is
+inconsistent: not applied, and the position is flagged for review.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+
+from oms.positions.math import PositionKind, apply_fill, close_enough, notional
+from oms.positions.state import PositionState
+from oms.schemas import (
+    Direction,
+    ExecutionReport,
+    Fill,
+    PositionRecord,
+    PositionRecordType,
+    ReasonCode,
+    now_ms,
+    position_key,
+)
+
+# Our order ids (derive_order_id); anything else was placed outside the OMS.
+OMS_ORDER_PREFIX = "o-"
+
+
+@dataclass(frozen=True)
+class FillProblem:
+    """A fill that was not applied, with why."""
+
+    reason_code: ReasonCode
+    message: str
+    report: ExecutionReport
+    fill: Fill
+
+
+@dataclass
+class LedgerCounters:
+    applied: int = 0
+    duplicates: int = 0
+    inconsistent: int = 0
+    unknown_orders: int = 0
+    reannounced: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Applied:
+    """What applying reports produced: records to publish and problems to announce."""
+
+    records: list[PositionRecord] = field(default_factory=list)
+    problems: list[FillProblem] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+def record_id_for_trade(key: str, trade_id: str) -> str:
+    return f"{key}:trade:{trade_id}"
+
+
+class Ledger:
+    """Applies execution reports to the position and seen-trade mappings."""
+
+    def __init__(
+        self,
+        positions: MutableMapping[str, PositionState | None],
+        seen: MutableMapping[str, PositionRecord | None],
+        kind_of: Callable[[str], PositionKind],
+    ) -> None:
+        self.positions = positions
+        self.seen = seen
+        self.kind_of = kind_of
+        self.counters = LedgerCounters()
+
+    def state(self, account_id: str, instrument_name: str) -> PositionState:
+        key = position_key(account_id, instrument_name)
+        current = self.positions.get(key)
+        if current is None:
+            current = PositionState(
+                account_id=account_id,
+                instrument_name=instrument_name,
+                kind=self.kind_of(instrument_name),
+                updated_at=0,
+            )
+        return current
+
+    def apply_reports(self, reports: list[ExecutionReport], *, replayed: bool = False) -> Applied:
+        """Apply every fill of ``reports`` once; writes each touched position once.
+
+        ``replayed``: the input may have been processed before a crash, so a duplicate
+        re-announces the record stored for its trade (same record id: consumers drop it).
+        """
+        out = Applied()
+        states: dict[str, PositionState] = {}
+        for report in reports:
+            if not report.fills:
+                continue
+            key = position_key(report.account_id, report.instrument_name)
+            state = states.get(key) or self.state(report.account_id, report.instrument_name)
+            for fill in report.fills:
+                state = self._apply_fill(state, key, report, fill, out, replayed)
+            states[key] = state
+        for key in out.touched:
+            self.positions[key] = states[key]
+        return out
+
+    def _apply_fill(
+        self,
+        state: PositionState,
+        key: str,
+        report: ExecutionReport,
+        fill: Fill,
+        out: Applied,
+        replayed: bool,
+    ) -> PositionState:
+        direction = fill.direction or report.direction
+        previous = self.seen.get(fill.trade_id)
+        if previous is not None:
+            same = (
+                previous.account_id == report.account_id
+                and previous.instrument_name == report.instrument_name
+                and previous.direction == (direction.value if direction else None)
+                and close_enough(previous.trade_amount or 0.0, fill.amount)
+                and close_enough(previous.trade_price or 0.0, fill.price)
+            )
+            if same:
+                self.counters.duplicates += 1
+                if replayed:
+                    self.counters.reannounced += 1
+                    out.records.append(previous)
+                return state
+            return self._problem(
+                state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL,
+                f"trade {fill.trade_id} seen before as {previous.direction} "
+                f"{previous.trade_amount} @ {previous.trade_price} of {previous.instrument_name}",
+            )  # fmt: skip
+        if direction is None:
+            return self._problem(
+                state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL,
+                f"trade {fill.trade_id} has no direction",
+            )  # fmt: skip
+        try:
+            book, realized = apply_fill(
+                state.book, state.kind, direction is Direction.BUY, fill.amount, fill.price,
+                fill.fee,
+            )  # fmt: skip
+        except ValueError as exc:
+            return self._problem(
+                state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL, str(exc)
+            )
+        unknown = not report.order_id.startswith(OMS_ORDER_PREFIX)
+        if unknown:
+            self.counters.unknown_orders += 1
+        version = state.version + 1
+        traded = notional(state.kind, fill.amount, fill.price)
+        timestamp = fill.timestamp or report.exchange_timestamp or now_ms()
+        record = PositionRecord(
+            record_id=record_id_for_trade(key, fill.trade_id),
+            account_id=state.account_id,
+            instrument_name=state.instrument_name,
+            record_type=PositionRecordType.EXECUTION,
+            size=book.size,
+            size_before=state.size,
+            average_price=book.average_price,
+            average_price_before=state.average_price,
+            realized_pnl=book.realized_pnl,
+            realized_pnl_change=realized,
+            fee=fill.fee,
+            fees_total=book.fees,
+            order_id=report.order_id or None,
+            trade_id=fill.trade_id,
+            direction=direction.value,
+            trade_amount=fill.amount,
+            trade_price=fill.price,
+            actor="oms",
+            timestamp=timestamp,
+            kind=state.kind.value,
+            version=version,
+            fills_total=state.fills + 1,
+            turnover_total=state.turnover + traded,
+            trade_notional=traded,
+            # A fill of an order placed outside the OMS still moves the exchange position,
+            # so it is counted; the record says where it came from.
+            reason_code=ReasonCode.UNKNOWN_ORDER if unknown else None,
+            message="fill of an order not placed through the OMS" if unknown else None,
+        )
+        self.seen[fill.trade_id] = record
+        self.counters.applied += 1
+        out.records.append(record)
+        out.touched.add(key)
+        return state.model_copy(
+            update={
+                "size": book.size,
+                "average_price": book.average_price,
+                "realized_pnl": book.realized_pnl,
+                "fees": book.fees,
+                "fills": state.fills + 1,
+                "turnover": state.turnover + traded,
+                "version": version,
+                "last_trade_id": fill.trade_id,
+                "last_order_id": report.order_id or None,
+                "updated_at": timestamp,
+            }
+        )
+
+    def _problem(
+        self,
+        state: PositionState,
+        key: str,
+        report: ExecutionReport,
+        fill: Fill,
+        out: Applied,
+        code: ReasonCode,
+        message: str,
+    ) -> PositionState:
+        self.counters.inconsistent += 1
+        out.problems.append(FillProblem(code, message, report, fill))
+        out.touched.add(key)
+        return state.model_copy(update={"needs_review": True, "review_reason": message[:300]})

@@ -1,0 +1,65 @@
+"""The keeper's table values and its internal repartition message (JSON, like every topic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from oms.positions.math import Book, PositionKind
+from oms.schemas import ExecutionReport, PositionRecord, Record, now_ms
+from oms.streams.codecs import RecordCodec
+
+
+class PositionState(Record):
+    """Current position of one account in one instrument (the ``positions`` table value)."""
+
+    account_id: str
+    instrument_name: str
+    kind: PositionKind
+    size: float = 0.0
+    average_price: float = 0.0
+    realized_pnl: float = 0.0
+    fees: float = 0.0
+    fills: int = 0
+    turnover: float = 0.0
+    version: int = 0
+    last_trade_id: str | None = None
+    last_order_id: str | None = None
+    updated_at: int = Field(default_factory=now_ms)
+    # Set by a reconciliation mismatch or an inconsistent fill; cleared by `oms positions ack`.
+    needs_review: bool = False
+    review_reason: str | None = None
+
+    @property
+    def book(self) -> Book:
+        return Book(self.size, self.average_price, self.realized_pnl, self.fees)
+
+
+class ReportBundle(Record):
+    """Execution reports of one position, forwarded on the keeper's internal topic
+    (``<prefix>positions-fills``, keyed by ``position_key``) so a single agent instance
+    writes each position. A bundle may also carry a control command (ack, adjustment)."""
+
+    reports: list[ExecutionReport] = Field(default_factory=list)
+    command: dict[str, Any] | None = None
+
+
+class _Value:
+    """Faust ``value_type`` adapter for a pydantic Record (see oms.streams.codecs)."""
+
+    model: type[Record]
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
+class PositionStateValue(_Value):
+    class _options:
+        serializer = RecordCodec(PositionState)
+
+
+class PositionRecordValue(_Value):
+    class _options:
+        serializer = RecordCodec(PositionRecord)
