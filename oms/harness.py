@@ -64,6 +64,7 @@ def isolated_settings(
                 update={"web_port": free_port(), "app_id": f"{label}-{tag}"}
             ),
             "sink": base.sink.model_copy(update={"query_port": free_port()}),
+            "positions": base.positions.model_copy(update={"web_port": free_port()}),
         }
     )
 
@@ -174,6 +175,14 @@ class OmsServices:
 
     def add_sink(self) -> ServiceProcess:
         return self.add("sink", ["sink"])
+
+    def add_position_keeper(self, web_port: int | None = None) -> ServiceProcess:
+        port = web_port or self.settings.positions.web_port
+        return self.add(
+            "positions",
+            ["positions", "run", "--web-port", str(port), "--loglevel", "warn"],
+            OMS_DATA_DIR=str(self.settings.data_dir / "positions"),
+        )
 
     def start_all(self) -> None:
         for service in self.processes.values():

@@ -32,6 +32,8 @@ def _register_optional() -> None:
         ("oms.cli.sql", "sql", "sql"),
         ("oms.cli.paper", "paper_exchange", "paper-exchange"),
         ("oms.cli.bench", "bench_app", "bench"),
+        ("oms.cli.positions", "positions_app", "positions"),
+        ("oms.cli.positions", "stats", "stats"),
     ):
         try:
             mod = importlib.import_module(module)

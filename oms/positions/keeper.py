@@ -26,7 +26,7 @@ from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
 from oms.positions.ledger import Applied, FillProblem, Ledger
-from oms.positions.math import PositionKind, kind_of
+from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
 from oms.positions.recorder import RecordPublisher
 from oms.positions.state import (
@@ -149,16 +149,24 @@ class PositionKeeper:
         partition = _partition_of(key, self.settings.kafka.partitions)
         return TP(self.fills_topic, partition) in actives
 
+    def tables_ready(self) -> bool:
+        """Partitions of the internal topic assigned and the tables recovered."""
+        actives: set[TP] = self.app.assignor.assigned_actives()
+        recovery: Any = getattr(self.app.tables, "recovery", None)
+        return (
+            any(tp.topic == self.fills_topic for tp in actives)
+            and recovery is not None
+            and recovery.completed.is_set()
+            and not self.app.in_recovery
+        )
+
     async def ready_to_reconcile(self) -> bool:
         """Owns positions, tables recovered, and both inputs read up to their end."""
+        if not self.tables_ready():
+            return False
         actives: set[TP] = self.app.assignor.assigned_actives()
         inputs = {self.fills_topic, self.reports.get_topic_name()}
         tps = [tp for tp in actives if tp.topic in inputs]
-        if not any(tp.topic == self.fills_topic for tp in tps) or self.app.in_recovery:
-            return False
-        recovery: Any = getattr(self.app.tables, "recovery", None)
-        if recovery is None or not recovery.completed.is_set():
-            return False
         consumer: Any = self.app.consumer
         highwaters = await consumer.highwaters(*tps)
         for tp, end in highwaters.items():
@@ -214,7 +222,13 @@ class PositionKeeper:
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
-            return web.json({"status": "ok", "instruments": len(self.catalog)})
+            return web.json(
+                {
+                    "status": "ok",
+                    "instruments": len(self.catalog),
+                    "ready": self.tables_ready(),
+                }
+            )
 
         @app.page("/stats")
         async def stats(web: Any, request: Any) -> Any:
@@ -334,6 +348,9 @@ class PositionKeeper:
         )
         self.positions[key] = state.model_copy(
             update={
+                # The exchange's figures are the new starting point of the reorder window.
+                "checkpoint": Book(size, average, state.realized_pnl, state.fees),
+                "recent": [],
                 "size": size,
                 "average_price": average,
                 "version": version,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 
-from oms.positions.math import PositionKind, apply_fill, close_enough, notional
-from oms.positions.state import PositionState
+from oms.positions.math import Book, PositionKind, apply_fill, close_enough, notional
+from oms.positions.state import PositionState, RecentFill
 from oms.schemas import (
     Direction,
     ExecutionReport,
@@ -28,6 +28,23 @@ from oms.schemas import (
 
 # Our order ids (derive_order_id); anything else was placed outside the OMS.
 OMS_ORDER_PREFIX = "o-"
+# Fills kept per position to put late arrivals in exchange order (see PositionState.recent).
+REORDER_WINDOW = 64
+
+
+def trade_seq(trade_id: str) -> int:
+    """The numeric part of a Deribit trade id (``BTC-123456`` -> 123456), 0 if none: orders
+    fills of the same millisecond."""
+    tail = trade_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def replay(start: Book, kind: PositionKind, fills: list[RecentFill]) -> Book:
+    """The book after applying ``fills`` in order to ``start``."""
+    book = start
+    for f in fills:
+        book, _ = apply_fill(book, kind, f.buy, f.amount, f.price, f.fee)
+    return book
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,7 @@ class LedgerCounters:
     inconsistent: int = 0
     unknown_orders: int = 0
     reannounced: int = 0
+    reordered: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -146,21 +164,36 @@ class Ledger:
                 state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL,
                 f"trade {fill.trade_id} has no direction",
             )  # fmt: skip
+        timestamp = fill.timestamp or report.exchange_timestamp or now_ms()
+        entry = RecentFill(
+            timestamp=timestamp, seq=trade_seq(fill.trade_id), trade_id=fill.trade_id,
+            buy=direction is Direction.BUY, amount=fill.amount, price=fill.price, fee=fill.fee,
+        )  # fmt: skip
         try:
-            book, realized = apply_fill(
-                state.book, state.kind, direction is Direction.BUY, fill.amount, fill.price,
-                fill.fee,
-            )  # fmt: skip
+            if state.recent and entry.order < state.recent[-1].order:
+                # Arrived after a later fill: replay the window with it in its place.
+                recent = sorted([*state.recent, entry], key=lambda f: f.order)
+                book = replay(state.checkpoint, state.kind, recent)
+                self.counters.reordered += 1
+            else:
+                recent = [*state.recent, entry]
+                book, _ = apply_fill(
+                    state.book, state.kind, entry.buy, fill.amount, fill.price, fill.fee
+                )
         except ValueError as exc:
             return self._problem(
                 state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL, str(exc)
             )
+        checkpoint = state.checkpoint
+        while len(recent) > REORDER_WINDOW:
+            checkpoint = replay(checkpoint, state.kind, recent[:1])
+            recent = recent[1:]
+        realized = book.realized_pnl - state.realized_pnl
         unknown = not report.order_id.startswith(OMS_ORDER_PREFIX)
         if unknown:
             self.counters.unknown_orders += 1
         version = state.version + 1
         traded = notional(state.kind, fill.amount, fill.price)
-        timestamp = fill.timestamp or report.exchange_timestamp or now_ms()
         record = PositionRecord(
             record_id=record_id_for_trade(key, fill.trade_id),
             account_id=state.account_id,
@@ -207,6 +240,8 @@ class Ledger:
                 "last_trade_id": fill.trade_id,
                 "last_order_id": report.order_id or None,
                 "updated_at": timestamp,
+                "checkpoint": checkpoint,
+                "recent": recent,
             }
         )
 

@@ -55,7 +55,7 @@ def kind_of(
     return PositionKind.INVERSE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Book:
     """A position's numbers: signed size, average entry price, realized PnL, fees."""
 

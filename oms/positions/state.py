@@ -11,6 +11,22 @@ from oms.schemas import ExecutionReport, PositionRecord, Record, now_ms
 from oms.streams.codecs import RecordCodec
 
 
+class RecentFill(Record):
+    """A fill kept in a position's reorder window: [ts, seq, trade_id, buy, amount, price, fee]."""
+
+    timestamp: int
+    seq: int
+    trade_id: str
+    buy: bool
+    amount: float
+    price: float
+    fee: float = 0.0
+
+    @property
+    def order(self) -> tuple[int, int, str]:
+        return (self.timestamp, self.seq, self.trade_id)
+
+
 class PositionState(Record):
     """Current position of one account in one instrument (the ``positions`` table value)."""
 
@@ -30,6 +46,12 @@ class PositionState(Record):
     # Set by a reconciliation mismatch or an inconsistent fill; cleared by `oms positions ack`.
     needs_review: bool = False
     review_reason: str | None = None
+    # Reports of different orders travel on different partitions, so fills can arrive out of
+    # exchange order, and average price and realized PnL depend on the order. The last
+    # REORDER_WINDOW fills are kept with the book before them (the checkpoint): a fill older
+    # than the newest one is put in its place and the window replayed.
+    checkpoint: Book = Book()
+    recent: list[RecentFill] = Field(default_factory=list)
 
     @property
     def book(self) -> Book:
