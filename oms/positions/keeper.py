@@ -104,6 +104,8 @@ class PositionKeeper:
         self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
         self.counters: dict[str, int] = defaultdict(int)
         self._replay_below: dict[int, int] = {}
+        # Last offset processed per (topic, partition) of both inputs (reconcile readiness).
+        self._processed: dict[tuple[str, int], int] = {}
         secrets = SecretStore(settings.resolved_secrets_file)
         enabled = ps.reconcile if reconcile is None else reconcile
         self.reconciler = (
@@ -161,17 +163,19 @@ class PositionKeeper:
         )
 
     async def ready_to_reconcile(self) -> bool:
-        """Owns positions, tables recovered, and both inputs read up to their end."""
+        """Owns positions, tables recovered, and everything on both inputs processed (else
+        a check would take fills still in flight for differences)."""
         if not self.tables_ready():
             return False
         actives: set[TP] = self.app.assignor.assigned_actives()
         inputs = {self.fills_topic, self.reports.get_topic_name()}
         tps = [tp for tp in actives if tp.topic in inputs]
-        consumer: Any = self.app.consumer
-        highwaters = await consumer.highwaters(*tps)
+        # Bundles the route agent made must be on the broker before end offsets are read.
+        await self.app.producer.flush()
+        highwaters = await self.app.consumer.highwaters(*tps)
         for tp, end in highwaters.items():
-            read = consumer._read_offset.get(tp)
-            if end > 0 and (read is None or read + 1 < end):
+            done = self._processed.get((tp.topic, tp.partition))
+            if end > 0 and (done is None or done + 1 < end):
                 return False
         return True
 
@@ -264,9 +268,23 @@ class PositionKeeper:
             value = b'{"reports":[' + b",".join(raws) + b"]}"
             await self._send(self.fills_topic, key, value)
             self.counters["bundles_sent"] += 1
+        # Only now: a reconciliation must not see these as processed before they are sent.
+        for event in events:
+            self._mark_processed(event.message)
+
+    def _mark_processed(self, message: Any) -> None:
+        key = (message.topic, message.partition)
+        if message.offset > self._processed.get(key, -1):
+            self._processed[key] = message.offset
 
     async def _apply(self, event: Any) -> None:
         message = event.message
+        try:
+            await self._apply_message(event, message)
+        finally:
+            self._mark_processed(message)
+
+    async def _apply_message(self, event: Any, message: Any) -> None:
         try:
             bundle = ReportBundle.from_bytes(event.value)
         except (pydantic.ValidationError, ValueError, TypeError) as exc:

@@ -189,3 +189,47 @@ async def wait_equal(settings: Settings, traders: list[Trader], within: float = 
             return diff
         await asyncio.sleep(0.3)
     return diff
+
+
+class TopicTail:
+    """Reads a topic from its current end (messages published after ``start``)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self.topic = topic
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.seen: list[bytes] = []
+
+    async def start(self) -> TopicTail:
+        from aiokafka import TopicPartition
+
+        await self.consumer.start()
+        parts = self.consumer.partitions_for_topic(self.topic)
+        while not parts:
+            await self.consumer._client.force_metadata_update()
+            parts = self.consumer.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        return self
+
+    async def wait_for(self, predicate: Any, within: float) -> bytes:
+        """The first message (value bytes) satisfying ``predicate`` within ``within`` s."""
+        for value in self.seen:
+            if predicate(value):
+                return value
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            batch = await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for records in batch.values():
+                for record in records:
+                    self.seen.append(record.value)
+                    if predicate(record.value):
+                        return bytes(record.value)
+        raise TimeoutError(f"no matching message on {self.topic} within {within}s")
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
