@@ -146,16 +146,19 @@ async def calculate_position_statistics(
     realized PnL, fees, fill ratio, slippage), exposure and unrealized PnL of the current
     positions, grouped by instrument and by currency, and totals."""
     where, params = _where(account_id, None)
-    params["days"] = int(days)
+    params["days"] = max(0, min(int(days), 10_000))
     cond = "".join(f" AND {w}" for w in where)
+    slippage_cond = " AND e.account_id = {account_id:String}" if account_id is not None else ""
     daily_sql = (
-        "SELECT d.*, r.orders AS orders, r.fill_ratio AS fill_ratio, "
-        "s.avg_slippage_bps AS avg_slippage_bps "
+        "SELECT account_id, instrument_name, day, d.kind AS kind, d.fills AS fills, "
+        "d.turnover AS turnover, d.realized_pnl AS realized_pnl, d.fees AS fees, "
+        "d.size_end_of_day AS size_end_of_day, d.corrections AS corrections, "
+        "r.orders AS orders, r.fill_ratio AS fill_ratio, s.avg_slippage_bps AS avg_slippage_bps "
         "FROM (SELECT * FROM position_daily_stats WHERE day >= today() - {days:UInt32}"
         f"{cond}) AS d "
         f"LEFT JOIN ({FILL_RATIO.format(where=cond)}) AS r "
         "USING (account_id, instrument_name, day) "
-        f"LEFT JOIN ({SLIPPAGE.format(where=cond.replace('account_id', 'e.account_id'))}) AS s "
+        f"LEFT JOIN ({SLIPPAGE.format(where=slippage_cond)}) AS s "
         "USING (account_id, instrument_name, day) "
         "ORDER BY day, account_id, instrument_name"
     )
