@@ -204,6 +204,11 @@ async def run_positions_bench(
         on_status("waiting for every position record")
         t_keeper = await tail
         fills_per_s = config.fills / (t_keeper - t0)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{settings.positions.web_port}/stats") as resp,
+        ):
+            keeper_stats = (await resp.json())["ledger"]
         keeper.stop()
 
         on_status("starting the sink on the filled topics")
@@ -241,6 +246,8 @@ async def run_positions_bench(
             "partitions": config.partitions,
             "keeper_seconds": round(t_keeper - t0, 3),
             "fills_per_s": round(fills_per_s, 1),
+            "keeper_applied": keeper_stats["applied"],
+            "keeper_reordered": keeper_stats["reordered"],
             "sink_rows": want,
             "sink_rows_per_s": round(sink_rows_per_s, 1),
             "direct_insert_rows_per_s": round(direct, 1),

@@ -117,14 +117,20 @@ class Ledger:
         """
         out = Applied()
         states: dict[str, PositionState] = {}
-        for report in reports:
-            if not report.fills:
-                continue
+        # In exchange order within the batch: reports of different orders come from
+        # different partitions, and a fill older than the last applied one costs a replay.
+        pairs = sorted(
+            ((r, f) for r in reports for f in r.fills),
+            key=lambda rf: (
+                rf[1].timestamp or rf[0].exchange_timestamp,
+                trade_seq(rf[1].trade_id),
+                rf[1].trade_id,
+            ),
+        )
+        for report, fill in pairs:
             key = position_key(report.account_id, report.instrument_name)
             state = states.get(key) or self.state(report.account_id, report.instrument_name)
-            for fill in report.fills:
-                state = self._apply_fill(state, key, report, fill, out, replayed)
-            states[key] = state
+            states[key] = self._apply_fill(state, key, report, fill, out, replayed)
         for key in out.touched:
             self.positions[key] = states[key]
         return out
