@@ -286,7 +286,7 @@ def _v3(sink: SinkSettings) -> list[str]:
     FROM position_changes"""
     view = """
     CREATE VIEW IF NOT EXISTS positions AS
-    SELECT * EXCEPT version, version FROM positions_current FINAL"""
+    SELECT * FROM positions_current FINAL"""
     # Per account, instrument and day. Every figure is a difference of the records'
     # cumulative counters (last of the day by version minus the value before the day's first
     # change), so a record the sink inserts twice cannot count twice.
