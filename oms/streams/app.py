@@ -41,9 +41,7 @@ class OmsApp:
         return {tp.partition for tp in actives if tp.topic == topic_name}
 
 
-def new_faust_app(
-    settings: Settings, app_id: str, web_port: int, **overrides: Any
-) -> faust.App:
+def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: Any) -> faust.App:
     """A Faust app with the project's conventions (raw keys/values, our JSON codecs in
     tables, acks=all, memory store recovered from changelogs); ``overrides`` win."""
     worker = settings.worker
