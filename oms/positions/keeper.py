@@ -8,10 +8,11 @@ Data flows one way::
                                                  ├──> oms.positions (PositionRecord)
                                                  └──> oms.order-events (problems, mismatches)
 
-``route`` batches reports (``take_events``), drops those without fills and forwards the rest
-grouped per position, so ``apply`` is the single writer of each position key (one partition
-of the internal topic). Reconciliation and ``oms positions ack`` send their commands through
-the same internal topic, so they too are applied by that single writer, in order.
+``route`` (:mod:`oms.positions.router`, a plain aiokafka consumer) reads reports in batches,
+drops those without fills and forwards the rest grouped per position, so ``apply`` (a Faust
+agent) is the single writer of each position key (one partition of the internal topic).
+Reconciliation and ``oms positions ack`` send their commands through the same internal
+topic, so they too are applied by that single writer, in order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
 from oms.positions.recorder import RecordPublisher
+from oms.positions.router import ReportRouter
 from oms.positions.state import (
     PositionRecordValue,
     PositionState,
@@ -78,7 +80,6 @@ class PositionKeeper:
             broker_commit_interval=max(0.5, ps.batch_flush_interval_s) if batch else 0.5,
         )
         n = settings.kafka.partitions
-        self.reports = self.app.topic(settings.topic(Topic.EXECUTION_REPORTS))
         self.fills = self.app.topic(settings.topic(FILLS_TOPIC), partitions=n, internal=True)
         self.positions_topic = settings.topic(Topic.POSITIONS)
         self.events_topic = settings.topic(Topic.ORDER_EVENTS)
@@ -103,6 +104,12 @@ class PositionKeeper:
         self.catalog = InstrumentCatalog(settings.exchange)
         self.ledger = Ledger(self.positions, self.seen, self.kind_of)
         self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
+        self.router = ReportRouter(
+            settings,
+            f"{keeper_app_id(settings)}-route",
+            lambda key, value: self._send(self.fills_topic, key, value),
+            self.publisher.flush_producer_only,
+        )
         self.counters: dict[str, int] = defaultdict(int)
         self._replay_below: dict[int, int] = {}
         # Last offset processed per (topic, partition) of both inputs (reconcile readiness).
@@ -166,12 +173,11 @@ class PositionKeeper:
     async def ready_to_reconcile(self) -> bool:
         """Owns positions, tables recovered, and everything on both inputs processed (else
         a check would take fills still in flight for differences)."""
-        if not self.tables_ready():
+        if not self.tables_ready() or not await self.router.caught_up():
             return False
         actives: set[TP] = self.app.assignor.assigned_actives()
-        inputs = {self.fills_topic, self.reports.get_topic_name()}
-        tps = [tp for tp in actives if tp.topic in inputs]
-        # Bundles the route agent made must be on the broker before end offsets are read.
+        tps = [tp for tp in actives if tp.topic == self.fills_topic]
+        # Bundles (and commands) sent must be on the broker before end offsets are read.
         await self.app.producer.flush()
         highwaters = await self.app.consumer.highwaters(*tps)
         for tp, end in highwaters.items():
@@ -186,15 +192,10 @@ class PositionKeeper:
         app = self.app
         ps = self.settings.positions
 
-        async def route(stream: Any) -> None:
-            async for events in stream.take_events(ps.take_max, within=ps.take_within_s):
-                await self._route(events)
-
         async def apply(stream: Any) -> None:
             async for event in stream.events():
                 await self._apply(event)
 
-        app.agent(self.reports, name="positions_route")(route)
         app.agent(self.fills, name="positions_apply")(apply)
 
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -213,6 +214,7 @@ class PositionKeeper:
         async def start_services() -> None:
             await self.catalog.start()
             self.publisher.start()
+            await self.router.start()
             if self.reconciler is not None:
                 await self.reconciler.start(self.ready_to_reconcile)
 
@@ -221,6 +223,9 @@ class PositionKeeper:
             await self.publisher.flush()
 
         async def on_stop(app: Any, **kwargs: Any) -> None:
+            await self.router.stop()
+            if self.reconciler is not None:
+                await self.reconciler.stop()
             await self.publisher.flush()
 
         app.on_before_shutdown.connect(on_stop)  # type: ignore[arg-type]
@@ -241,6 +246,7 @@ class PositionKeeper:
                 {
                     "ledger": self.ledger.counters.as_dict(),
                     "keeper": dict(self.counters),
+                    "route": dict(self.router.counters),
                     "recorder": self.publisher.stats(),
                     "reconcile": self.reconciler.stats() if self.reconciler else None,
                 }
@@ -249,32 +255,6 @@ class PositionKeeper:
         @app.page("/positions")
         async def positions(web: Any, request: Any) -> Any:
             return web.json([s.model_dump(mode="json") for s in list(self.positions.values()) if s])
-
-    async def _route(self, events: list[Any]) -> None:
-        bundles: dict[str, list[bytes]] = defaultdict(list)
-        for event in events:
-            raw = event.value
-            # Only the key and whether there are fills: the apply agent validates the whole
-            # report (parsing it twice with pydantic cost a third of the route's time).
-            try:
-                head = orjson.loads(raw)
-                account, instrument = head["account_id"], head["instrument_name"]
-                fills = head.get("fills")
-            except (orjson.JSONDecodeError, TypeError, KeyError):
-                # The order worker dead-letters malformed reports of this topic already.
-                self.counters["malformed_reports"] += 1
-                continue
-            self.counters["reports"] += 1
-            if not fills or not isinstance(account, str) or not isinstance(instrument, str):
-                continue
-            bundles[position_key(account, instrument)].append(raw)
-        for key, raws in bundles.items():
-            value = b'{"reports":[' + b",".join(raws) + b"]}"
-            await self._send(self.fills_topic, key, value)
-            self.counters["bundles_sent"] += 1
-        # Only now: a reconciliation must not see these as processed before they are sent.
-        for event in events:
-            self._mark_processed(event.message)
 
     def _mark_processed(self, message: Any) -> None:
         key = (message.topic, message.partition)

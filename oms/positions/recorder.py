@@ -30,6 +30,7 @@ class RecordPublisher:
         self.published = 0
         self.flushes = 0
         self._hooked = False
+        self._producer_flush: Any = None
 
     def start(self) -> None:
         """Hook the buffer into the producer's flush (batch mode); call once the app runs."""
@@ -37,6 +38,7 @@ class RecordPublisher:
             return
         producer = self.app.producer
         original = producer.flush
+        self._producer_flush = original
 
         async def flush_records_first() -> None:
             await self.flush()
@@ -44,6 +46,11 @@ class RecordPublisher:
 
         producer.flush = flush_records_first  # type: ignore[method-assign]
         self._hooked = True
+
+    async def flush_producer_only(self) -> None:
+        """Flush what is already sent to the producer, leaving the record buffer alone (the
+        router's commits need their bundles on the broker, not the buffered records)."""
+        await (self._producer_flush or self.app.producer.flush)()
 
     async def publish(self, record: PositionRecord) -> None:
         if not self.batch:
