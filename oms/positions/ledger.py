@@ -10,6 +10,7 @@ inconsistent: not applied, and the position is flagged for review.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 
@@ -42,8 +43,8 @@ def trade_seq(trade_id: str) -> int:
 def replay(start: Book, kind: PositionKind, fills: list[RecentFill]) -> Book:
     """The book after applying ``fills`` in order to ``start``."""
     book = start
-    for f in fills:
-        book, _ = apply_fill(book, kind, f.buy, f.amount, f.price, f.fee)
+    for _ts, _seq, _id, buy, amount, price, fee in fills:
+        book, _ = apply_fill(book, kind, buy, amount, price, fee)
     return book
 
 
@@ -96,6 +97,7 @@ class Ledger:
         self.seen = seen
         self.kind_of = kind_of
         self.counters = LedgerCounters()
+        self._unsettled: set[str] = set()
 
     def state(self, account_id: str, instrument_name: str) -> PositionState:
         key = position_key(account_id, instrument_name)
@@ -127,13 +129,43 @@ class Ledger:
                 rf[1].trade_id,
             ),
         )
+        self._unsettled = set()
         for report, fill in pairs:
             key = position_key(report.account_id, report.instrument_name)
             state = states.get(key) or self.state(report.account_id, report.instrument_name)
             states[key] = self._apply_fill(state, key, report, fill, out, replayed)
+        for key in self._unsettled:
+            states[key] = self._settle(states[key], key, out)
         for key in out.touched:
             self.positions[key] = states[key]
         return out
+
+    def _settle(self, state: PositionState, key: str, out: Applied) -> PositionState:
+        """Average price and realized PnL of a position that took a late fill: replay the
+        window in exchange order once per batch. Size, fees, fills and turnover do not depend
+        on the order; the batch's last record of the position carries the replayed figures
+        (its realized change absorbs the difference, so cumulative sums stay exact)."""
+        exact = replay(state.checkpoint, state.kind, state.recent)
+        for i in range(len(out.records) - 1, -1, -1):
+            record = out.records[i]
+            if record.key == key and record.record_type is PositionRecordType.EXECUTION:
+                if record.version == state.version:
+                    fixed = record.model_copy(
+                        update={
+                            "average_price": exact.average_price,
+                            "realized_pnl": exact.realized_pnl,
+                            "realized_pnl_change": record.realized_pnl_change
+                            + exact.realized_pnl
+                            - record.realized_pnl,
+                        }
+                    )
+                    out.records[i] = fixed
+                    if fixed.trade_id:
+                        self.seen[fixed.trade_id] = fixed
+                break
+        return state.model_copy(
+            update={"average_price": exact.average_price, "realized_pnl": exact.realized_pnl}
+        )
 
     def _apply_fill(
         self,
@@ -171,29 +203,31 @@ class Ledger:
                 f"trade {fill.trade_id} has no direction",
             )  # fmt: skip
         timestamp = fill.timestamp or report.exchange_timestamp or now_ms()
-        entry = RecentFill(
-            timestamp=timestamp, seq=trade_seq(fill.trade_id), trade_id=fill.trade_id,
-            buy=direction is Direction.BUY, amount=fill.amount, price=fill.price, fee=fill.fee,
+        buy = direction is Direction.BUY
+        entry: RecentFill = (
+            timestamp, trade_seq(fill.trade_id), fill.trade_id, buy, fill.amount, fill.price,
+            fill.fee,
         )  # fmt: skip
         try:
-            if state.recent and entry.order < state.recent[-1].order:
-                # Arrived after a later fill: replay the window with it in its place.
-                recent = sorted([*state.recent, entry], key=lambda f: f.order)
-                book = replay(state.checkpoint, state.kind, recent)
-                self.counters.reordered += 1
-            else:
-                recent = [*state.recent, entry]
-                book, _ = apply_fill(
-                    state.book, state.kind, entry.buy, fill.amount, fill.price, fill.fee
-                )
+            book, _ = apply_fill(state.book, state.kind, buy, fill.amount, fill.price, fill.fee)
         except ValueError as exc:
             return self._problem(
                 state, key, report, fill, out, ReasonCode.INCONSISTENT_FILL, str(exc)
             )
+        recent = list(state.recent)
+        if recent and entry < recent[-1]:
+            # Arrived after a later fill: it takes its place in the window, and the batch's
+            # last record of this position gets the replayed figures (see _settle).
+            insort(recent, entry)
+            self._unsettled.add(key)
+            self.counters.reordered += 1
+        else:
+            recent.append(entry)
         checkpoint = state.checkpoint
-        while len(recent) > REORDER_WINDOW:
-            checkpoint = replay(checkpoint, state.kind, recent[:1])
-            recent = recent[1:]
+        if len(recent) > REORDER_WINDOW:
+            fold = len(recent) - REORDER_WINDOW
+            checkpoint = replay(checkpoint, state.kind, recent[:fold])
+            recent = recent[fold:]
         realized = book.realized_pnl - state.realized_pnl
         unknown = not report.order_id.startswith(OMS_ORDER_PREFIX)
         if unknown:

@@ -10,21 +10,9 @@ from oms.positions.math import Book, PositionKind
 from oms.schemas import ExecutionReport, PositionRecord, Record, now_ms
 from oms.streams.codecs import RecordCodec
 
-
-class RecentFill(Record):
-    """A fill kept in a position's reorder window: [ts, seq, trade_id, buy, amount, price, fee]."""
-
-    timestamp: int
-    seq: int
-    trade_id: str
-    buy: bool
-    amount: float
-    price: float
-    fee: float = 0.0
-
-    @property
-    def order(self) -> tuple[int, int, str]:
-        return (self.timestamp, self.seq, self.trade_id)
+# A fill in a position's reorder window: (timestamp, trade seq, trade_id, buy, amount, price,
+# fee). Tuples sort in exchange order as they are and are compact in the changelog.
+RecentFill = tuple[int, int, str, bool, float, float, float]
 
 
 class PositionState(Record):
