@@ -78,6 +78,9 @@ class PositionKeeper:
             # In batch mode offsets are committed (and records flushed, see RecordPublisher)
             # once per flush interval rather than every half second.
             broker_commit_interval=max(0.5, ps.batch_flush_interval_s) if batch else 0.5,
+            # aiokafka sends one batch per partition at a time and send() waits while it is
+            # full: with the default 16 KiB, every few fills waited for a broker round trip.
+            producer_max_batch_size=1_048_576,
         )
         n = settings.kafka.partitions
         self.fills = self.app.topic(settings.topic(FILLS_TOPIC), partitions=n, internal=True)
