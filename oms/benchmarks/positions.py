@@ -209,6 +209,7 @@ async def run_positions_bench(
             session.get(f"http://127.0.0.1:{settings.positions.web_port}/stats") as resp,
         ):
             keeper_stats = (await resp.json())["ledger"]
+        keeper_cpu = _cpu_seconds(keeper.proc.pid if keeper.proc else None)
         keeper.stop()
 
         on_status("starting the sink on the filled topics")
@@ -247,6 +248,9 @@ async def run_positions_bench(
             "keeper_seconds": round(t_keeper - t0, 3),
             "fills_per_s": round(fills_per_s, 1),
             "keeper_applied": keeper_stats["applied"],
+            # CPU the keeper process used (start-up included): the figure that does not
+            # depend on what else the machine runs.
+            "keeper_cpu_s": round(keeper_cpu, 2) if keeper_cpu is not None else None,
             "keeper_reordered": keeper_stats["reordered"],
             "sink_rows": want,
             "sink_rows_per_s": round(sink_rows_per_s, 1),
@@ -261,6 +265,17 @@ async def run_positions_bench(
         services.stop_all()
         if broker is not None:
             await broker.astop()
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process (Linux /proc), None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dumps(result: dict[str, Any]) -> str:

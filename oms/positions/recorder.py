@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from oms.positions.state import compact_json
 from oms.schemas import PositionRecord
 from oms.settings import PositionSettings
 
@@ -71,7 +72,7 @@ class RecordPublisher:
 
     async def _send(self, record: PositionRecord) -> None:
         await self.app.producer.send(
-            self.topic, record.key.encode(), record.to_bytes(), partition=None, timestamp=None,
+            self.topic, record.key.encode(), compact_json(record), partition=None, timestamp=None,
             headers=None,
         )  # fmt: skip
         self.published += 1

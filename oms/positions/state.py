@@ -70,6 +70,20 @@ class PositionStateValue(_Value):
         serializer = RecordCodec(PositionState)
 
 
+class CompactRecordCodec(RecordCodec):
+    """A record as JSON without its None fields (they parse back as their None default):
+    the seen-trades changelog gets one per fill."""
+
+    def _dumps(self, s: Any) -> bytes:
+        return compact_json(s)
+
+
+def compact_json(record: Record) -> bytes:
+    """``record`` as JSON, None fields left out."""
+    data: bytes = record.__pydantic_serializer__.to_json(record, exclude_none=True)
+    return data
+
+
 class PositionRecordValue(_Value):
     class _options:
-        serializer = RecordCodec(PositionRecord)
+        serializer = CompactRecordCodec(PositionRecord)
