@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.devstack.kafka import KafkaBroker
@@ -35,7 +34,6 @@ from oms.schemas import (
     ExecutionReport,
     Fill,
     PositionRecord,
-    PositionRecordType,
     ReportSource,
     Topic,
 )
@@ -278,8 +276,4 @@ def _cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def dumps(result: dict[str, Any]) -> str:
-    return orjson.dumps(result).decode()
-
-
-__all__ = ["PositionBenchConfig", "PositionRecordType", "dumps", "run_positions_bench"]
+__all__ = ["PositionBenchConfig", "run_positions_bench"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.console import Console
 
@@ -23,22 +24,12 @@ def e2e(
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
-    from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e
+    from oms.benchmarks.e2e import E2EConfig, run_e2e
 
     config = E2EConfig(orders=orders, rate=rate, accounts=accounts, partitions=partitions)
     with console.status("bench e2e") as status:
         result = asyncio.run(run_e2e(config, on_status=lambda s: status.update(f"bench e2e: {s}")))
-    if json:
-        print(dumps(result))
-        return
-    from rich.table import Table
-
-    table = Table(title="oms bench e2e")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    show(result, "oms bench e2e", as_json=json)
 
 
 @bench_app.command("positions")
@@ -49,19 +40,24 @@ def positions(
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Fills through Kafka and the position keeper; sink vs direct ClickHouse inserts."""
-    from oms.benchmarks.positions import PositionBenchConfig, dumps, run_positions_bench
+    from oms.benchmarks.positions import PositionBenchConfig, run_positions_bench
 
     config = PositionBenchConfig(fills=fills, accounts=accounts, partitions=partitions)
     with console.status("bench positions") as status:
         result = asyncio.run(
             run_positions_bench(config, on_status=lambda s: status.update(f"bench positions: {s}"))
         )
-    if json:
-        print(dumps(result))
+    show(result, "oms bench positions", as_json=json)
+
+
+def show(result: dict[str, Any], title: str, *, as_json: bool) -> None:
+    """Print a benchmark's figures as one JSON object or as a table."""
+    if as_json:
+        print(orjson.dumps(result).decode())
         return
     from rich.table import Table
 
-    table = Table(title="oms bench positions")
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in result.items():
