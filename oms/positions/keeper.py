@@ -18,6 +18,7 @@ topic, so they too are applied by that single writer, in order.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
@@ -58,6 +59,37 @@ from oms.streams.worker import _FaustWorker, _partition_of
 log = structlog.get_logger(__name__)
 
 FILLS_TOPIC = "positions-fills"
+
+
+class SeenTrades(MutableMapping[str, PositionRecord | None]):
+    """The seen-trades table as the ledger uses it: lookups go straight to the in-memory store
+    (a miss is the common case, and Faust's ``__getitem__`` raises and catches a KeyError for
+    each one); writes go through the table, so they reach its changelog."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str, default: Any = None) -> Any:
+        store = getattr(self.table.data, "data", None)
+        if isinstance(store, dict):  # memory:// store
+            return store.get(key, default)
+        return self.table.get(key, default)
+
+    def __getitem__(self, key: str) -> PositionRecord | None:
+        value: PositionRecord | None = self.table[key]
+        return value
+
+    def __setitem__(self, key: str, value: PositionRecord | None) -> None:
+        self.table[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 def keeper_app_id(settings: Settings) -> str:
@@ -105,7 +137,7 @@ class PositionKeeper:
             help="Record produced by each trade id, for dedupe and re-announcement.",
         )
         self.catalog = InstrumentCatalog(settings.exchange)
-        self.ledger = Ledger(self.positions, self.seen, self.kind_of)
+        self.ledger = Ledger(self.positions, SeenTrades(self.seen), self.kind_of)
         self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
         self.router = ReportRouter(
             settings,
