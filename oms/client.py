@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -437,6 +438,56 @@ class OrderClient:
         from oms.notify.settings_io import publish_ack
 
         await publish_ack(self.settings, alert_id, by=by)
+
+    # -- positions (issue 4) ---------------------------------------------------------------
+
+    async def get_position_records(
+        self,
+        account_id: str | None = None,
+        instrument_name: str | None = None,
+        start_time: datetime | int | None = None,
+        end_time: datetime | int | None = None,
+        include_history: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Position change records from ClickHouse (seed 4.3), oldest first; without
+        history only the latest record per position. Defaults to this client's account."""
+        from oms.positions.queries import get_position_records
+
+        return await get_position_records(
+            self.settings, account_id or self.account_id, instrument_name, start_time,
+            end_time, include_history,
+        )  # fmt: skip
+
+    async def get_current_positions(
+        self, account_id: str | None = None, instrument_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Current positions with mark, unrealized PnL, exposure and review flag."""
+        from oms.positions.queries import get_current_positions
+
+        return await get_current_positions(
+            self.settings, account_id or self.account_id, instrument_name
+        )
+
+    async def get_position_history(
+        self, instrument_name: str, account_id: str | None = None, limit: int = 1_000
+    ) -> list[dict[str, Any]]:
+        """Every recorded change of one position (the audit trail), oldest first."""
+        from oms.positions.queries import get_position_history
+
+        return await get_position_history(
+            self.settings, account_id or self.account_id, instrument_name, limit=limit
+        )
+
+    async def calculate_position_statistics(
+        self, account_id: str | None = None, days: int = 30
+    ) -> dict[str, Any]:
+        """Per-day fills, turnover, realized PnL, fees, fill ratio, slippage; exposure and
+        unrealized PnL by instrument and currency; totals (seed 3.3)."""
+        from oms.positions.queries import calculate_position_statistics
+
+        return await calculate_position_statistics(
+            self.settings, account_id or self.account_id, days
+        )
 
 
 async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:

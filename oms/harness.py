@@ -67,6 +67,7 @@ def isolated_settings(
             # Unsigned test clients: tests of signing opt in with auth_mode="signed".
             "risk": base.risk.model_copy(update={"auth_mode": "trusted"}),
             "notify": base.notify.model_copy(update={"web_port": free_port()}),
+            "positions": base.positions.model_copy(update={"web_port": free_port()}),
         }
     )
 
@@ -182,6 +183,14 @@ class OmsServices:
         port = web_port or self.settings.notify.web_port
         args = ["notify", "run", "--web-port", str(port), "--loglevel", "warn"]
         return self.add("notifier", args)
+
+    def add_position_keeper(self, web_port: int | None = None) -> ServiceProcess:
+        port = web_port or self.settings.positions.web_port
+        return self.add(
+            "positions",
+            ["positions", "run", "--web-port", str(port), "--loglevel", "warn"],
+            OMS_DATA_DIR=str(self.settings.data_dir / "positions"),
+        )
 
     def start_all(self) -> None:
         for service in self.processes.values():

@@ -186,6 +186,38 @@ class NotifySettings(BaseModel):
     kafka_down_alert_s: float = Field(30.0, gt=0)
 
 
+class PositionSettings(BaseModel):
+    """Position keeper, its records and reconciliation (seed: position_recording)."""
+
+    # Faust app id of the keeper; default "<worker.app_id>-positions".
+    app_id: str | None = None
+    web_port: int = 6067
+    # real_time: every record is produced as its fill is applied; batch: records are
+    # buffered and flushed every batch_flush_interval_s or batch_size records (and on stop).
+    recording_mode: Literal["real_time", "batch"] = "real_time"
+    batch_size: int = Field(1_000, ge=1)
+    batch_flush_interval_s: float = Field(1.0, gt=0)
+    # Reports taken from execution-reports per step of the repartitioning agent.
+    take_max: int = Field(2_000, ge=1)
+    take_within_s: float = Field(0.05, gt=0)
+    # Reconciliation against private/get_positions, also on start and after reconnects.
+    monitoring_interval_s: float = Field(60.0, gt=0)
+    reconcile: bool = True
+    # ClickHouse TTL of execution records in position_changes (seed: retention_period).
+    retention_days: int = Field(90, ge=1)
+    # Corrections and adjustments (the audit trail, seed: audit_trail) are kept this long.
+    audit_trail: bool = True
+    audit_retention_days: int = Field(2_555, ge=1)
+    # Relative tolerance when comparing recorded and exchange figures.
+    tolerance: float = Field(1e-6, ge=0)
+
+    @property
+    def ttl_days(self) -> tuple[int, int]:
+        """(execution records, audit trail) retention in days for ``position_changes``."""
+        audit = self.audit_retention_days if self.audit_trail else self.retention_days
+        return self.retention_days, max(audit, self.retention_days)
+
+
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""
 
@@ -211,6 +243,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     risk: RiskSettings = RiskSettings()
     notify: NotifySettings = NotifySettings()
+    positions: PositionSettings = PositionSettings()
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -169,3 +169,21 @@ def notify(
             run_notify_bench(config, on_status=lambda s: status.update(f"bench notify: {s}"))
         )
     _print(result, "oms bench notify", json)
+
+
+@bench_app.command("positions")
+def positions(
+    fills: Annotated[int, typer.Option(help="fills to push through the keeper")] = 200_000,
+    accounts: Annotated[int, typer.Option(help="accounts (x2 instruments = positions)")] = 20,
+    partitions: Annotated[int, typer.Option()] = 8,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Fills through Kafka and the position keeper; sink vs direct ClickHouse inserts."""
+    from oms.benchmarks.positions import PositionBenchConfig, run_positions_bench
+
+    config = PositionBenchConfig(fills=fills, accounts=accounts, partitions=partitions)
+    with console.status("bench positions") as status:
+        result = asyncio.run(
+            run_positions_bench(config, on_status=lambda s: status.update(f"bench positions: {s}"))
+        )
+    _print(result, "oms bench positions", json)

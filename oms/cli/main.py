@@ -37,6 +37,7 @@ def _register_optional() -> None:
         ("oms.cli.stats", "stats", "stats"),
         ("oms.cli.risk", "risk_app", "risk"),
         ("oms.cli.notify", "notify_app", "notify"),
+        ("oms.cli.positions", "positions_app", "positions"),
     ):
         try:
             mod = importlib.import_module(module)

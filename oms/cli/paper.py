@@ -45,7 +45,10 @@ def paper_exchange(
     settings = get_settings()
     paper = settings.paper.model_copy()
     overrides = {
-        "host": host, "port": port, "seed": seed, "tick_interval_s": tick_interval,
+        "host": host,
+        "port": port,
+        "seed": seed,
+        "tick_interval_s": tick_interval,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -68,7 +71,10 @@ def paper_exchange(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             serve_forever(
-                paper, accounts, faults,
-                rate_limits=not no_rate_limits, min_heartbeat_s=min_heartbeat,
+                paper,
+                accounts,
+                faults,
+                rate_limits=not no_rate_limits,
+                min_heartbeat_s=min_heartbeat,
             )
         )

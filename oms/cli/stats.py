@@ -31,8 +31,19 @@ def stats(
     port: Annotated[int | None, typer.Option(help="worker web port")] = None,
     host: str = "127.0.0.1",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    positions: Annotated[
+        bool, typer.Option("--positions", help="position statistics (ClickHouse) instead")
+    ] = False,
+    account: Annotated[str | None, typer.Option(help="with --positions: one account")] = None,
+    days: Annotated[int, typer.Option(help="with --positions: days of daily figures")] = 30,
 ) -> None:
-    """Summarize a worker's order metrics (its /metrics/summary endpoint)."""
+    """Summarize a worker's order metrics (its /metrics/summary endpoint), or with
+    ``--positions`` the position statistics (same as ``oms positions stats``)."""
+    if positions:
+        from oms.cli.positions import print_position_statistics
+
+        print_position_statistics(account, days, as_json)
+        return
     port = port or get_settings().worker.web_port
     url = f"http://{host}:{port}/metrics/summary"
     try:

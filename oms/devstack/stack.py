@@ -270,6 +270,7 @@ class Supervisor:
     gateway: bool = True
     paper: bool = True
     notifier: bool = True
+    positions: bool = True
     root: Path = field(default_factory=lambda: Path(".local"))
     children: list[Child] = field(default_factory=list)
     stack: Stack | None = None
@@ -299,7 +300,8 @@ class Supervisor:
         return env
 
     def plan(self, bootstrap: str, secrets_file: Path) -> list[Child]:
-        """The children in start order: paper exchange, gateway, workers, sink, notifier."""
+        """The children in start order: paper exchange, gateway, workers, position keeper,
+        sink, notifier."""
         env = self._base_env(bootstrap, secrets_file)
         children: list[Child] = []
 
@@ -340,6 +342,14 @@ class Supervisor:
                 ["worker", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health",
                 OMS_DATA_DIR=str(self.root / f"worker-{i}"),
+            )
+        if self.positions:
+            port = s.positions.web_port
+            add(
+                "positions",
+                ["positions", "run", "--web-port", str(port)],
+                f"http://127.0.0.1:{port}/health",
+                OMS_DATA_DIR=str(self.root / "positions"),
             )
         if self.sink:
             add("sink", ["sink"], f"http://{s.sink.query_host}:{s.sink.query_port}/health")

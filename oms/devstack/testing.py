@@ -22,6 +22,7 @@ from oms.settings import (
     ExchangeSettings,
     KafkaSettings,
     PaperExchangeSettings,
+    PositionSettings,
     RiskSettings,
     Settings,
     SinkSettings,
@@ -61,6 +62,7 @@ def isolated_settings(
         "paper": PaperExchangeSettings(port=paper_port),
         "exchange": ExchangeSettings(url=f"ws://127.0.0.1:{paper_port}/ws/api/v2"),
         "sink": SinkSettings(query_port=free_port()),
+        "positions": PositionSettings(web_port=free_port()),
         "secrets_file": data_dir / "secrets.json",
         # Unsigned test clients: tests of signing opt in with auth_mode="signed".
         "risk": RiskSettings(auth_mode="trusted"),

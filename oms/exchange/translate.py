@@ -30,6 +30,7 @@ def fill_from_trade(trade: Mapping[str, Any]) -> Fill:
         fee_currency=trade.get("fee_currency"),
         liquidity=trade.get("liquidity"),
         timestamp=int(trade.get("timestamp") or 0),
+        direction=Direction(trade["direction"]) if trade.get("direction") else None,
     )
 
 

@@ -18,6 +18,9 @@ class Fill(Record):
     fee_currency: str | None = None
     liquidity: str | None = None  # "M" maker / "T" taker
     timestamp: int = 0
+    # The trade's own side (Deribit user_trade ``direction``): fills-only reports from
+    # user.trades carry no order direction, and positions need the side of every fill.
+    direction: Direction | None = None
 
 
 class ExecutionReport(Record):

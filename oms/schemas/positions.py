@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from oms.schemas.base import Record, now_ms
+from oms.schemas.enums import ReasonCode
 
 
 class PositionRecordType(StrEnum):
@@ -36,6 +37,24 @@ class PositionRecord(Record):
     trade_price: float | None = None
     actor: str = "oms"
     timestamp: int = Field(default_factory=now_ms)
+    # Added with the position keeper (issue 4); all optional so older records still parse.
+    # realized_pnl and fees_total are cumulative (Deribit's realized_profit_loss); this
+    # change's part is realized_pnl_change. version counts the position's changes.
+    kind: str | None = Field(None, description="inverse | linear | option")
+    realized_pnl_change: float = 0.0
+    fees_total: float = 0.0
+    version: int = 0
+    mark_price: float | None = None
+    reason_code: ReasonCode | None = None
+    message: str | None = None
+    needs_review: bool = False
+    exchange_size: float | None = None
+    # Cumulative counters (fills, traded notional: USD for inverse, USDC for linear, coin for
+    # options): statistics take differences of these, which replays cannot double count.
+    fills_total: int = 0
+    turnover_total: float = 0.0
+    trade_notional: float = 0.0
+    exchange_average_price: float | None = None
 
     @property
     def key(self) -> str:

@@ -33,7 +33,7 @@ from oms.kafka_admin import ensure_topics
 from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
-from oms.sinks.clickhouse.migrations import apply_migrations
+from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
 from oms.sinks.lock import SQL_ROLE, ChdbPathLock
 from oms.sinks.query import query_url
 from oms.sinks.query_server import make_app, start_query_server
@@ -120,6 +120,7 @@ class SinkService:
             await self._lock.acquire_waiting(wait_for=frozenset({SQL_ROLE}), role="sink")
         self._writer = await asyncio.to_thread(open_client, s)
         applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
+        await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
         self._ch = AsyncClickHouse(self._writer)
         self._reader = await asyncio.to_thread(open_client, s, readonly=True)
         self._http = await start_query_server(

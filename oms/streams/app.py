@@ -48,21 +48,21 @@ class OmsApp:
         return {tp.partition for tp in actives if tp.topic == topic_name}
 
 
-def create_app(settings: Settings) -> OmsApp:
-    """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
+def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: Any) -> faust.App:
+    """A Faust app with the project's conventions (raw keys/values, our JSON codecs in
+    tables, acks=all, memory store recovered from changelogs); ``overrides`` win."""
     worker = settings.worker
-    datadir = settings.data_dir / "faust" / worker.app_id
+    datadir = settings.data_dir / "faust" / app_id
     # Faust creates only the last level of its data dir.
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        worker.app_id,
+    options: dict[str, Any] = dict(
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
-        web_port=worker.web_port,
+        web_port=web_port,
         web_host="127.0.0.1",
         datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
@@ -77,6 +77,14 @@ def create_app(settings: Settings) -> OmsApp:
         worker_redirect_stdouts=False,
         autodiscover=False,
     )
+    options.update(overrides)
+    return faust.App(app_id, **options)
+
+
+def create_app(settings: Settings) -> OmsApp:
+    """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
+    worker = settings.worker
+    app = new_faust_app(settings, worker.app_id, worker.web_port)
     orders = app.Table(
         "orders",
         default=None,

@@ -271,6 +271,106 @@ def _v4(sink: SinkSettings) -> list[str]:
     ]
 
 
+def _v5(sink: SinkSettings) -> list[str]:
+    # The position keeper's extra fields (oms/positions). position_changes stays the append-only
+    # audit: one row per change (record_id), never updated; its TTL is set from
+    # settings.positions by sync_position_retention.
+    added = [
+        f"kind {LCN}", "realized_pnl_change Float64", "fees_total Float64", "version UInt64",
+        "mark_price Nullable(Float64)", f"reason_code {LCN}", "message Nullable(String)",
+        "needs_review Bool", "exchange_size Nullable(Float64)",
+        "exchange_average_price Nullable(Float64)", "fills_total UInt64",
+        "turnover_total Float64", "trade_notional Float64",
+    ]  # fmt: skip
+    alter = "ALTER TABLE position_changes " + ", ".join(
+        f"ADD COLUMN IF NOT EXISTS {column}" for column in added
+    )
+    # Current position per account+instrument: the highest version wins. No TTL, so a position
+    # outlives the retention of the changes that built it.
+    current = f"""
+    CREATE TABLE IF NOT EXISTS positions_current (
+        account_id {LC},
+        instrument_name {LC},
+        version UInt64,
+        kind {LCN},
+        size Float64,
+        average_price Nullable(Float64),
+        realized_pnl Float64,
+        fees_total Float64,
+        fills_total UInt64,
+        turnover_total Float64,
+        needs_review Bool,
+        last_record_type {LC},
+        last_record_id String,
+        updated_at {TS}
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (account_id, instrument_name)
+    {TABLE_SETTINGS}"""
+    current_mv = """
+    CREATE MATERIALIZED VIEW IF NOT EXISTS positions_current_mv TO positions_current AS
+    SELECT account_id, instrument_name, version, kind, size, average_price, realized_pnl,
+           fees_total, fills_total, turnover_total, needs_review,
+           record_type AS last_record_type, record_id AS last_record_id,
+           timestamp AS updated_at
+    FROM position_changes"""
+    view = """
+    CREATE VIEW IF NOT EXISTS positions AS
+    SELECT * FROM positions_current FINAL"""
+    # Per account, instrument and day. Every figure is a difference of the records'
+    # cumulative counters (last of the day by version minus the value before the day's first
+    # change), so a record the sink inserts twice cannot count twice.
+    daily = f"""
+    CREATE TABLE IF NOT EXISTS position_daily (
+        account_id {LC},
+        instrument_name {LC},
+        day Date,
+        kind AggregateFunction(any, Nullable(String)),
+        first_version AggregateFunction(min, UInt64),
+        last_version AggregateFunction(max, UInt64),
+        fills_end AggregateFunction(argMax, UInt64, UInt64),
+        fills_start AggregateFunction(argMin, UInt64, UInt64),
+        turnover_end AggregateFunction(argMax, Float64, UInt64),
+        turnover_start AggregateFunction(argMin, Float64, UInt64),
+        realized_end AggregateFunction(argMax, Float64, UInt64),
+        realized_start AggregateFunction(argMin, Float64, UInt64),
+        fees_end AggregateFunction(argMax, Float64, UInt64),
+        fees_start AggregateFunction(argMin, Float64, UInt64),
+        size_end AggregateFunction(argMax, Float64, UInt64),
+        corrections AggregateFunction(uniqExact, String)
+    ) ENGINE = AggregatingMergeTree
+    ORDER BY (account_id, instrument_name, day)"""
+    daily_mv = """
+    CREATE MATERIALIZED VIEW IF NOT EXISTS position_daily_mv TO position_daily AS
+    SELECT account_id, instrument_name, toDate(timestamp) AS day,
+           anyState(CAST(kind AS Nullable(String))) AS kind,
+           minState(version) AS first_version,
+           maxState(version) AS last_version,
+           argMaxState(fills_total, version) AS fills_end,
+           argMinState(toUInt64(fills_total - (record_type = 'execution')), version) AS fills_start,
+           argMaxState(turnover_total, version) AS turnover_end,
+           argMinState(turnover_total - trade_notional, version) AS turnover_start,
+           argMaxState(realized_pnl, version) AS realized_end,
+           argMinState(realized_pnl - realized_pnl_change, version) AS realized_start,
+           argMaxState(fees_total, version) AS fees_end,
+           argMinState(fees_total - fee, version) AS fees_start,
+           argMaxState(size, version) AS size_end,
+           uniqExactStateIf(record_id, record_type = 'correction') AS corrections
+    FROM position_changes
+    GROUP BY account_id, instrument_name, day"""
+    daily_view = """
+    CREATE VIEW IF NOT EXISTS position_daily_stats AS
+    SELECT account_id, instrument_name, day, anyMerge(kind) AS kind,
+           argMaxMerge(fills_end) - argMinMerge(fills_start) AS fills,
+           argMaxMerge(turnover_end) - argMinMerge(turnover_start) AS turnover,
+           argMaxMerge(realized_end) - argMinMerge(realized_start) AS realized_pnl,
+           argMaxMerge(fees_end) - argMinMerge(fees_start) AS fees,
+           argMaxMerge(size_end) AS size_end_of_day,
+           uniqExactMerge(corrections) AS corrections
+    FROM position_daily
+    GROUP BY account_id, instrument_name, day"""
+    return [alter, current, current_mv, view, daily, daily_mv, daily_view]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -283,6 +383,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "position_changes, notifications", _v2),
     Migration(3, "metrics", _v3),
     Migration(4, "notifications: severity, reason_code, event_count, group_key, alert_id", _v4),
+    Migration(5, "position keeper: columns, current positions, daily statistics", _v5),
 )
 
 SCHEMA_MIGRATIONS = f"""
@@ -348,3 +449,27 @@ def sync_retention(client: Client, days: int) -> list[str]:
         )
         altered.append(name)
     return altered
+
+
+# system.tables may hand the DDL back with quotes escaped.
+_POSITION_TTL = re.compile(r"TTL addDays\(.*execution\\?', (\d+), (\d+)\)")
+
+
+def sync_position_retention(client: Client, execution_days: int, audit_days: int) -> bool:
+    """Set ``position_changes``' TTL: execution records after ``execution_days``, the audit
+    trail (corrections, adjustments) after ``audit_days``. Returns True if it changed."""
+    ddl = str(
+        client.command(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = currentDatabase() AND name = 'position_changes'"
+        )
+    )
+    match = _POSITION_TTL.search(ddl)
+    if match and (int(match.group(1)), int(match.group(2))) == (execution_days, audit_days):
+        return False
+    client.command(
+        "ALTER TABLE position_changes MODIFY TTL addDays(toDateTime(timestamp), "
+        f"if(record_type = 'execution', {int(execution_days)}, {int(audit_days)}))",
+        settings={"materialize_ttl_after_modify": 0},
+    )
+    return True

@@ -53,7 +53,9 @@ COLUMNS: dict[str, list[str]] = {
         "record_id", "account_id", "instrument_name", "record_type", "size", "size_before",
         "average_price", "average_price_before", "realized_pnl", "unrealized_pnl", "fee",
         "order_id", "trade_id", "direction", "trade_amount", "trade_price", "actor",
-        "timestamp",
+        "timestamp", "kind", "realized_pnl_change", "fees_total", "version", "mark_price",
+        "reason_code", "message", "needs_review", "exchange_size", "exchange_average_price",
+        "fills_total", "turnover_total", "trade_notional",
     ],
     "notifications": [
         "notification_id", "channel", "attempt", "account_id", "notification_type",
@@ -154,7 +156,11 @@ def position_row(record: PositionRecord) -> Row:
         _val(record.record_type), record.size, record.size_before, record.average_price,
         record.average_price_before, record.realized_pnl, record.unrealized_pnl, record.fee,
         record.order_id, record.trade_id, record.direction, record.trade_amount,
-        record.trade_price, record.actor, ts(record.timestamp),
+        record.trade_price, record.actor, ts(record.timestamp), record.kind,
+        record.realized_pnl_change, record.fees_total, record.version, record.mark_price,
+        _val(record.reason_code), record.message, record.needs_review, record.exchange_size,
+        record.exchange_average_price, record.fills_total, record.turnover_total,
+        record.trade_notional,
     ]  # fmt: skip
 
 

@@ -1,0 +1,194 @@
+"""Position queries against ClickHouse (through the sink's read-only query path).
+
+``position_changes`` is the append-only audit (deduplicated with ``FINAL``), ``positions``
+the current position per account and instrument, ``position_daily_stats`` the per-day
+figures kept by a materialized view; marks come from ``market_ticks``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from oms.settings import Settings
+from oms.sinks.queries import MAX_LIMIT, _ms
+from oms.sinks.query import run_query
+
+# Latest mark per instrument, for unrealized PnL and exposure.
+MARKS = """
+    SELECT instrument_name, argMax(mark_price, timestamp) AS mark,
+           argMax(index_price, timestamp) AS index_price
+    FROM market_ticks FINAL WHERE mark_price IS NOT NULL GROUP BY instrument_name"""
+
+# Unrealized PnL in the settlement coin (USDC for linear) and exposure in USD, per Deribit's
+# conventions (see oms/positions/math.py).
+CURRENT_POSITIONS = f"""
+SELECT p.account_id AS account_id, p.instrument_name AS instrument_name, p.kind AS kind,
+       p.size AS size, p.average_price AS average_price, p.realized_pnl AS realized_pnl,
+       p.fees_total AS fees, p.fills_total AS fills, p.turnover_total AS turnover,
+       p.needs_review AS needs_review, p.version AS version, p.updated_at AS updated_at,
+       if(m.mark > 0, m.mark, NULL) AS mark_price,
+       multiIf(m.mark <= 0 OR p.size = 0, 0,
+               p.kind = 'inverse', p.size * (1 / p.average_price - 1 / m.mark),
+               p.size * (m.mark - p.average_price)) AS unrealized_pnl,
+       multiIf(p.kind = 'inverse', p.size,
+               p.kind = 'option', p.size * m.index_price,
+               p.size * m.mark) AS exposure_usd,
+       splitByChar('-', splitByChar('_', p.instrument_name)[1])[1] AS base_currency
+FROM positions AS p LEFT JOIN ({MARKS}) AS m ON m.instrument_name = p.instrument_name
+"""
+
+
+def _where(account_id: str | None, instrument_name: str | None) -> tuple[list[str], dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if account_id is not None:
+        where.append("account_id = {account_id:String}")
+        params["account_id"] = account_id
+    if instrument_name is not None:
+        where.append("instrument_name = {instrument_name:String}")
+        params["instrument_name"] = instrument_name
+    return where, params
+
+
+async def get_current_positions(
+    settings: Settings,
+    account_id: str | None = None,
+    instrument_name: str | None = None,
+    include_flat: bool = False,
+) -> list[dict[str, Any]]:
+    """Current positions with mark, unrealized PnL and USD exposure."""
+    where, params = _where(account_id, instrument_name)
+    if not include_flat:
+        where.append("(size != 0 OR needs_review)")
+    sql = (
+        f"SELECT * FROM ({CURRENT_POSITIONS})"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY account_id, instrument_name"
+    )
+    return (await run_query(settings, sql, params)).records()
+
+
+async def get_position_records(
+    settings: Settings,
+    account_id: str | None = None,
+    instrument_name: str | None = None,
+    start_time: datetime | int | None = None,
+    end_time: datetime | int | None = None,
+    include_history: bool = True,
+    limit: int = 1_000,
+) -> list[dict[str, Any]]:
+    """Position change records (seed 4.3), oldest first; with ``include_history=False``
+    only the latest record of each position in the time range."""
+    where, params = _where(account_id, instrument_name)
+    if start_time is not None:
+        where.append("timestamp >= fromUnixTimestamp64Milli({start:Int64}, 'UTC')")
+        params["start"] = _ms(start_time)
+    if end_time is not None:
+        where.append("timestamp < fromUnixTimestamp64Milli({end:Int64}, 'UTC')")
+        params["end"] = _ms(end_time)
+    params["limit"] = max(0, min(int(limit), MAX_LIMIT))
+    cond = " WHERE " + " AND ".join(where) if where else ""
+    base = f"SELECT * EXCEPT inserted_at FROM position_changes FINAL{cond}"
+    if include_history:
+        sql = f"{base} ORDER BY account_id, instrument_name, version LIMIT {{limit:UInt32}}"
+    else:
+        sql = (
+            f"{base} ORDER BY version DESC LIMIT 1 BY account_id, instrument_name "
+            "LIMIT {limit:UInt32}"
+        )
+    return (await run_query(settings, sql, params)).records()
+
+
+async def get_position_history(
+    settings: Settings,
+    account_id: str,
+    instrument_name: str,
+    start_time: datetime | int | None = None,
+    end_time: datetime | int | None = None,
+    limit: int = 1_000,
+) -> list[dict[str, Any]]:
+    """Every recorded change of one position, oldest first."""
+    return await get_position_records(
+        settings, account_id, instrument_name, start_time, end_time, True, limit
+    )
+
+
+# Slippage: fill price against the mark at the time the order was requested, in basis points,
+# positive when the fill was worse for us (bought higher / sold lower).
+SLIPPAGE = """
+SELECT e.account_id AS account_id, e.instrument_name AS instrument_name,
+       toDate(e.timestamp) AS day,
+       avg(if(e.direction = 'buy', 1, -1) * (e.price - t.mark_price) / t.mark_price) * 1e4
+           AS avg_slippage_bps,
+       count() AS fills_with_mark
+FROM (SELECT e.*, o.created_at AS requested_at FROM executions AS e FINAL
+      INNER JOIN (SELECT order_id, created_at FROM orders FINAL) AS o ON o.order_id = e.order_id
+     ) AS e
+ASOF LEFT JOIN (SELECT instrument_name, timestamp, mark_price FROM market_ticks FINAL
+                WHERE mark_price > 0) AS t
+  ON t.instrument_name = e.instrument_name AND t.timestamp <= e.requested_at
+WHERE t.mark_price > 0 {where}
+GROUP BY account_id, instrument_name, day"""
+
+# Fill ratio: filled over requested amount of the orders created that day.
+FILL_RATIO = """
+SELECT account_id, instrument_name, toDate(created_at) AS day, count() AS orders,
+       sum(filled_amount) / nullIf(sum(amount), 0) AS fill_ratio
+FROM orders FINAL WHERE 1 {where}
+GROUP BY account_id, instrument_name, day"""
+
+
+async def calculate_position_statistics(
+    settings: Settings, account_id: str | None = None, days: int = 30
+) -> dict[str, Any]:
+    """Statistics (seed 3.3 / 2.2): per account+instrument+day figures (fills, turnover,
+    realized PnL, fees, fill ratio, slippage), exposure and unrealized PnL of the current
+    positions, grouped by instrument and by currency, and totals."""
+    where, params = _where(account_id, None)
+    params["days"] = max(0, min(int(days), 10_000))
+    cond = "".join(f" AND {w}" for w in where)
+    slippage_cond = " AND e.account_id = {account_id:String}" if account_id is not None else ""
+    daily_sql = (
+        "SELECT account_id, instrument_name, day, d.kind AS kind, d.fills AS fills, "
+        "d.turnover AS turnover, d.realized_pnl AS realized_pnl, d.fees AS fees, "
+        "d.size_end_of_day AS size_end_of_day, d.corrections AS corrections, "
+        "r.orders AS orders, r.fill_ratio AS fill_ratio, s.avg_slippage_bps AS avg_slippage_bps "
+        "FROM (SELECT * FROM position_daily_stats WHERE day >= today() - {days:UInt32}"
+        f"{cond}) AS d "
+        f"LEFT JOIN ({FILL_RATIO.format(where=cond)}) AS r "
+        "USING (account_id, instrument_name, day) "
+        f"LEFT JOIN ({SLIPPAGE.format(where=slippage_cond)}) AS s "
+        "USING (account_id, instrument_name, day) "
+        "ORDER BY day, account_id, instrument_name"
+    )
+    daily = (await run_query(settings, daily_sql, params)).records()
+    positions = await get_current_positions(settings, account_id)
+    by_instrument: dict[str, dict[str, float]] = {}
+    by_currency: dict[str, dict[str, float]] = {}
+    for p in positions:
+        for bucket, name in (
+            (by_instrument, p["instrument_name"]),
+            (by_currency, p["base_currency"]),
+        ):
+            agg = bucket.setdefault(name, {"exposure_usd": 0.0, "unrealized_pnl": 0.0, "size": 0.0})
+            agg["exposure_usd"] += p["exposure_usd"] or 0.0
+            agg["unrealized_pnl"] += p["unrealized_pnl"] or 0.0
+            agg["size"] += p["size"] or 0.0
+    totals = {
+        "fills": sum(int(d["fills"]) for d in daily),
+        "turnover": sum(float(d["turnover"]) for d in daily),
+        "realized_pnl": sum(float(d["realized_pnl"]) for d in daily),
+        "fees": sum(float(d["fees"]) for d in daily),
+        "unrealized_pnl": sum(float(p["unrealized_pnl"] or 0.0) for p in positions),
+        "positions": len(positions),
+        "needs_review": sum(1 for p in positions if p["needs_review"]),
+    }
+    return {
+        "account_id": account_id,
+        "daily": daily,
+        "positions": positions,
+        "exposure_by_instrument": by_instrument,
+        "exposure_by_currency": by_currency,
+        "totals": totals,
+    }
