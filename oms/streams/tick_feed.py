@@ -7,7 +7,8 @@ owns. Ticks are small and few (instruments x 10 per second), so reading them all
 and nothing about the design changes when partitions move between workers.
 
 On start it re-reads the last few ticks of each partition so crosses and levels have a current
-value to compare with; those warm-up ticks only update values, they never fire an order.
+value to compare with; of those warm-up ticks only the newest per instrument is evaluated
+(see :meth:`~oms.streams.triggering.TriggerLoop.on_ticks`).
 """
 
 from __future__ import annotations

@@ -40,14 +40,25 @@ class TriggerLoop:
         self._wakeup.set()
 
     async def on_ticks(self, ticks: list[MarketTick], warm: bool) -> None:
-        """Apply a batch of ticks; warm-up ticks (re-read on start) only update values."""
+        """Apply a batch of ticks.
+
+        Warm-up ticks (re-read on start, some from before this worker ran) are not replayed
+        one by one: a cross in the past must not fire now. Only the newest of each instrument
+        is evaluated, after the older ones set the previous values, so what holds *now* fires
+        (e.g. a threshold reached while no worker was running).
+        """
         engine = self._engine
+        batch = ticks
         if warm:
+            newest: dict[str, MarketTick] = {}
             for tick in ticks:
-                engine.observe(tick)
-            return
+                previous = newest.get(tick.instrument_name)
+                if previous is not None:
+                    engine.observe(previous)
+                newest[tick.instrument_name] = tick
+            batch = list(newest.values())
         fired: list[Fired] = []
-        for tick in ticks:
+        for tick in batch:
             result = engine.on_tick(tick)
             if result:
                 fired.extend(result)

@@ -304,6 +304,7 @@ class OrderWorker:
                     "tick_feed": {
                         "received": self.tick_feed.received,
                         "invalid": self.tick_feed.invalid,
+                        "ready": self.tick_feed.ready.is_set(),
                     },
                     "queue": self.queue_statistics(),
                 }

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from oms.client import OrderClient, fetch_queue_statistics
-from oms.harness import OmsServices, isolated_settings, worker_ready
+from oms.harness import OmsServices, isolated_settings, wait_http_ok, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.secrets import Credentials, write_secrets_file
@@ -422,11 +422,20 @@ async def test_sigkill_loses_no_held_order_and_sends_none_twice(
             assert sent_before_kill < len(queued), "the queue drained before the kill"
             services["worker-0"].start()
             await worker_ready(settings.worker.web_port, within=120)
-            await asyncio.sleep(1.0)
+            await wait_http_ok(
+                f"http://127.0.0.1:{settings.worker.web_port}/stats",
+                within=60,
+                ready=lambda body: body["tick_feed"]["ready"],
+            )
             await ticks.send(BTC, last_price=62_500)
             everything = queued + delayed + conditional
             for order_id in everything:
-                await event_of(client, order_id, [OrderEventType.OPEN], within=90)
+                try:
+                    await event_of(client, order_id, [OrderEventType.OPEN], within=90)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"{order_id} never opened: {types(client, order_id)}"
+                    ) from None
             for order_id in delayed + conditional:
                 triggered = {
                     e.event_id
