@@ -152,6 +152,8 @@ class RiskSettings(BaseModel):
     accounts: dict[str, AccountControls] = {}
     # Orders above this amount are sliced (TWAP) rather than sent at once; None: never.
     slice_above_amount: float | None = Field(None, gt=0)
+    # ... over this many seconds, one slice per slice_above_amount (TWAP, at most 100 slices).
+    slice_duration_s: float = Field(300.0, gt=0, le=86_400)
     # How many recent ticks per market-ticks partition a starting worker reads for marks.
     mark_lookback: int = Field(50, ge=1)
 

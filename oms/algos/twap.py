@@ -65,6 +65,30 @@ def is_twap(metadata: Mapping[str, Any]) -> bool:
     return metadata.get(ALGO_KEY) == TWAP
 
 
+def auto_slice(
+    request: OrderRequest, threshold: float | None, duration_s: float
+) -> OrderRequest | None:
+    """An immediate submit above ``threshold`` (the risk settings' ``slice_above_amount``)
+    turned into a TWAP parent: one slice per ``threshold`` of amount over ``duration_s``.
+    None when it is not to be sliced (below the threshold, already an algorithm, held)."""
+    if threshold is None or request.amount is None or request.amount <= threshold:
+        return None
+    held = request.conditions or request.delay is not None or request.execute_at is not None
+    if is_twap(request.metadata) or held or request.contingency is not None:
+        return None
+    if not request.execute_immediately:
+        return None
+    slices = min(MAX_SLICES, math.ceil(request.amount / threshold))
+    metadata = {
+        **request.metadata,
+        ALGO_KEY: TWAP,
+        "twap_duration": duration_s,
+        "twap_slices": slices,
+        "twap_reason": f"amount {request.amount:g} above the slicing threshold {threshold:g}",
+    }
+    return request.model_copy(update={"metadata": metadata})
+
+
 def plan_of(metadata: Mapping[str, Any]) -> TwapPlan:
     return TwapPlan(
         duration_s=float(metadata.get("twap_duration") or 0),

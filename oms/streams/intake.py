@@ -158,6 +158,11 @@ async def _submit(
             ctx.count("duplicates")
             await ctx.emit(_duplicate_event(existing, request))
         return
+    if ctx.guard is not None and links is None:
+        # Above the configured size an immediate order is sliced (TWAP) rather than sent.
+        risk = ctx.guard.settings.risk
+        sliced = twap.auto_slice(request, risk.slice_above_amount, risk.slice_duration_s)
+        request = sliced or request
     order = _record_from_request(request)
     order.links = links
     now = now_ms()
@@ -193,6 +198,7 @@ async def _submit(
         # An execution algorithm's parent: worked by the worker's timer, never sent itself.
         spec = ctx.instrument(request.instrument_name)
         working, event = twap.start_parent(order, spec.min_trade_amount)
+        event.details["strategy"] = "sliced"
         ctx.orders[order_id] = working
         await ctx.emit(event)
     else:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from oms.algos import twap
 from oms.client import OrderClient, fetch_queue_statistics
 from oms.harness import OmsServices, isolated_settings, wait_http_ok, worker_ready
 from oms.kafka_admin import ensure_topics
@@ -40,6 +41,10 @@ def held_settings(tmp: Path, bootstrap: str, **exchange: Any) -> Settings:
             ),
             "exchange": settings.exchange.model_copy(update=exchange),
             "queue": settings.queue.model_copy(update={"processing_interval": 0.2}),
+            # Orders above 1,000 are sliced over 2 s (none of the other tests go that high).
+            "risk": settings.risk.model_copy(
+                update={"slice_above_amount": 1_000.0, "slice_duration_s": 2.0}
+            ),
         }
     )
 
@@ -619,3 +624,23 @@ async def test_queued_order_breaching_risk_at_release_is_rejected_not_sent(
         assert OrderEventType.SUBMITTED not in types(client, order_id)
     counts = await exchange_orders_by_label(settings, {"acc-h": [order_id]})
     assert counts[order_id] == 0
+
+
+async def test_orders_above_the_slicing_threshold_are_sliced(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    settings, _ = stack
+    async with OrderClient("acc-q", settings=settings) as client:
+        parent = await client.submit_advanced_order(BTC, 2_500, "buy", price=RESTING_BUY)
+        working = await event_of(client, parent, [OrderEventType.OPEN])
+        assert working.details["strategy"] == "sliced" and working.details["algo"] == "twap"
+        assert working.order is not None
+        assert working.order.metadata["twap_slices"] == 3
+        children = [twap.child_order_id(working.order, i) for i in range(3)]
+        amounts = []
+        for child in children:
+            opened = await event_of(client, child, [OrderEventType.OPEN], within=30)
+            amounts.append(opened.amount)
+        assert sum(a or 0 for a in amounts) == 2_500
+    counts = await exchange_orders_by_label(settings, {"acc-q": [parent, *children]})
+    assert counts[parent] == 0 and all(counts[c] == 1 for c in children)
