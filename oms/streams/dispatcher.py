@@ -98,7 +98,13 @@ class Dispatcher:
                     break
                 order = self._order_of(item.order_id)
                 if order is None or order.status is not OrderStatus.QUEUED:
+                    # Cancelled, released elsewhere, or its partition moved meanwhile.
                     self.stats["skipped"] += 1
+                    log.info(
+                        "dispatcher.skipped",
+                        order_id=item.order_id,
+                        status=order.status.value if order else None,
+                    )
                     continue
                 if await self._refused(order):
                     continue

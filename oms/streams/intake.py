@@ -29,8 +29,9 @@ from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
+from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.links import announce, plan_children
+from oms.streams.links import plan_children
 from oms.streams.scheduling import Schedule, Strategy, plan_schedule
 from oms.streams.state_machine import make_event, reannouncement, transition
 from oms.streams.validation import (
@@ -193,7 +194,7 @@ async def _submit(
     if links is not None and links.get("hold"):
         await _hold_for_parent(ctx, order, schedule)
     elif schedule.strategy is not Strategy.IMMEDIATE:
-        await _hold(ctx, order, schedule, now)
+        await _hold(ctx, order, schedule, now, replayed)
     elif twap.is_twap(request.metadata):
         # An execution algorithm's parent: worked by the worker's timer, never sent itself.
         spec = ctx.instrument(request.instrument_name)
@@ -261,8 +262,12 @@ async def _reject(ctx: IntakeContext, order: OrderRecord, rejection: Rejection) 
     )
 
 
-async def _hold(ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now: int) -> None:
-    """Queue the order, or hold it for its time or conditions."""
+async def _hold(
+    ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now: int, replayed: bool
+) -> None:
+    """Queue the order, or hold it for its time or conditions. A replayed request (a previous
+    owner may have queued and even sent it before its table write was lost) is queued as
+    uncertain: looked up by label before it is sent."""
     order = order.model_copy(
         update={
             "conditions": schedule.normalized_conditions(),
@@ -293,7 +298,7 @@ async def _hold(ctx: IntakeContext, order: OrderRecord, schedule: Schedule, now:
         if ctx.guard is not None:
             ctx.guard.note_accepted(queued)
         await ctx.emit(event)
-        ctx.held.enqueue(queued)
+        ctx.held.enqueue(queued, uncertain=replayed)
         return
     waiting, event = transition(order, OrderStatus.WAITING)
     details.update(
@@ -414,33 +419,19 @@ async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderReq
             ctx.orders[order.order_id] = order
             await ctx.executor.amend(order, request)
             return
-        amended = order.model_copy(
-            update={
-                "amount": request.amount if request.amount is not None else order.amount,
-                "price": request.price if request.price is not None else order.price,
-                "version": order.version + 1,
-                "updated_at": now_ms(),
-            }
-        )
-        ctx.orders[order.order_id] = amended
-        await ctx.emit(
-            make_event(
-                amended,
-                OrderEventType.AMENDED,
-                request_id=request.request_id,
-                details={"old_amount": order.amount, "old_price": order.price},
-            )
+        await amend_in_table(
+            ctx, order, amount=request.amount, price=request.price, request_id=request.request_id
         )
         return
     withdrawal = ctx.held.withdraw(order)
     if withdrawal is Withdrawal.SAFE:
-        cancelled, event = transition(
-            order, OrderStatus.CANCELLED, message="cancelled before it was sent"
+        await cancel_in_table(
+            ctx,
+            order,
+            ctx.publish_trigger,
+            message="cancelled before it was sent",
+            request_id=request.request_id,
         )
-        event.request_id = request.request_id
-        ctx.orders[order.order_id] = cancelled
-        await ctx.emit(event)
-        await announce(ctx.publish_trigger, cancelled)
         return
     ctx.orders[order.order_id] = order
     if withdrawal is Withdrawal.UNCERTAIN:

@@ -28,6 +28,7 @@ from oms.schemas import (
 from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
+from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
 from oms.streams.links import (
     EPSILON,
@@ -174,15 +175,13 @@ async def _apply_link(
         ctx.orders[order.order_id] = order  # facts recorded, nothing to change
         return
     if order.status in _HELD:
-        amended = order.model_copy(update={"amount": desired})
-        ctx.orders[order.order_id] = amended
-        await ctx.emit(
-            make_event(
-                amended,
-                OrderEventType.AMENDED,
-                message=trigger.reason,
-                details={"old_amount": order.amount, "link": trigger.details},
-            )
+        await amend_in_table(
+            ctx,
+            order,
+            amount=desired,
+            price=None,
+            message=trigger.reason,
+            details={"link": trigger.details},
         )
         return
     ctx.orders[order.order_id] = order
@@ -202,16 +201,14 @@ async def _cancel_linked(
     ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger, request_id: str
 ) -> None:
     if order.status in _HELD and ctx.held.withdraw(order) is Withdrawal.SAFE:
-        cancelled, event = transition(
+        await cancel_in_table(
+            ctx,
             order,
-            OrderStatus.CANCELLED,
-            reason_code=ReasonCode.LINKED_ORDER_CANCELLED,
+            ctx.publish_trigger,
             message=trigger.reason,
+            reason_code=ReasonCode.LINKED_ORDER_CANCELLED,
+            details={"link": trigger.details},
         )
-        event.details["link"] = trigger.details
-        ctx.orders[order.order_id] = cancelled
-        await ctx.emit(event)
-        await announce(ctx.publish_trigger, cancelled)
         return
     ctx.orders[order.order_id] = order
     await ctx.executor.cancel(order, request_id)

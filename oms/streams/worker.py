@@ -207,29 +207,23 @@ class OrderWorker:
                     timestamp_ms=int(message.timestamp * 1000),
                 )
 
-        async def order_state(stream: Any) -> None:
-            async for event in stream.events():
-                message = event.message
-                await handle_report(
-                    self.state,
-                    event.value,
-                    key=message.key,
-                    partition=message.partition,
-                    offset=message.offset,
-                    replayed=self._is_replay(message),
-                )
+        def agent(handle: Any, ctx: Any) -> Any:
+            async def run(stream: Any) -> None:
+                async for event in stream.events():
+                    message = event.message
+                    await handle(
+                        ctx,
+                        event.value,
+                        key=message.key,
+                        partition=message.partition,
+                        offset=message.offset,
+                        replayed=self._is_replay(message),
+                    )
 
-        async def release(stream: Any) -> None:
-            async for event in stream.events():
-                message = event.message
-                await handle_trigger(
-                    self.release,
-                    event.value,
-                    key=message.key,
-                    partition=message.partition,
-                    offset=message.offset,
-                    replayed=self._is_replay(message),
-                )
+            return run
+
+        order_state = agent(handle_report, self.state)
+        release = agent(handle_trigger, self.release)
 
         app.agent(oms.requests, name="intake")(intake)
         app.agent(oms.reports, name="order_state")(order_state)

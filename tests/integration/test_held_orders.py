@@ -438,8 +438,13 @@ async def test_sigkill_loses_no_held_order_and_sends_none_twice(
                 try:
                     await event_of(client, order_id, [OrderEventType.OPEN], within=90)
                 except TimeoutError:
+                    async with (
+                        aiohttp.ClientSession() as session,
+                        session.get(f"http://127.0.0.1:{settings.worker.web_port}/stats") as r,
+                    ):
+                        stats = await r.text()
                     raise AssertionError(
-                        f"{order_id} never opened: {types(client, order_id)}"
+                        f"{order_id} never opened: {types(client, order_id)}; worker: {stats}"
                     ) from None
             for order_id in delayed + conditional:
                 triggered = {
