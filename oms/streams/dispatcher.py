@@ -68,7 +68,13 @@ class Dispatcher:
         """Drain until cancelled."""
         while True:
             self._wakeup.clear()
-            wait = await self.drain_once()
+            try:
+                wait = await self.drain_once()
+            except Exception:
+                # One bad order or a broken dependency must not stop every queue for good.
+                log.exception("dispatcher.round_failed")
+                self.stats["failed_rounds"] = self.stats.get("failed_rounds", 0) + 1
+                wait = self._retry_delay
             if wait <= 0:
                 await asyncio.sleep(0)  # let agents and replies run between full rounds
                 continue

@@ -89,6 +89,10 @@ class TriggerLoop:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=sleep)
                 except TimeoutError:
                     pass
-            fired = self._engine.on_time(now_ms())
-            if fired:
-                await self.publish(fired)
+            try:
+                fired = self._engine.on_time(now_ms())
+                if fired:
+                    await self.publish(fired)
+            except Exception:
+                log.exception("trigger_clock.round_failed")
+                await asyncio.sleep(MAX_SLEEP_S)

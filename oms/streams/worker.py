@@ -13,6 +13,7 @@ Crash safety rests on three rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -267,7 +268,12 @@ class OrderWorker:
 
         @app.task
         async def run_tick_feed() -> None:
-            await self.tick_feed.run()
+            while True:  # a lost broker connection must not end the feed for good
+                try:
+                    await self.tick_feed.run()
+                except Exception:
+                    log.exception("tick_feed.failed")
+                    await asyncio.sleep(1.0)
 
         @app.task
         async def run_trigger_clock() -> None:
