@@ -202,31 +202,214 @@ def test_healthcheck_reports_unhealthy_when_nothing_listens(
         get_settings.cache_clear()
 
 
-def test_k8s_base_parses_and_is_complete() -> None:
-    kustomization = _yaml_docs(K8S / "kustomization.yaml")[0]
-    kinds: dict[str, list[dict[str, Any]]] = {}
-    for resource in kustomization["resources"]:
-        path = K8S / resource
-        assert path.exists(), resource
-        for doc in _yaml_docs(path):
-            assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{resource}: {doc}"
-            kinds.setdefault(doc["kind"], []).append(doc)
-    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
-    assert set(deployments) == {"oms-worker", "oms-sink", "oms-gateway"}
-    assert deployments["oms-sink"]["spec"]["replicas"] == 1
-    worker = deployments["oms-worker"]["spec"]["template"]["spec"]["containers"][0]
-    assert {"containerPort": 6066, "name": "web"} in worker["ports"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert worker[probe]["httpGet"]["port"] in ("web", 6066)
-    assert len(kinds["ConfigMap"]) == 1 and len(kinds["Secret"]) == 1
-    secret = kinds["Secret"][0]
-    assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
-    topics = {d["spec"]["topicName"]: d for d in kinds["KafkaTopic"]}
-    assert set(topics) == {f"oms.{t.value}" for t in Topic}
-    co_partitioned = {
-        Topic.ORDER_REQUESTS,
-        Topic.EXECUTION_REPORTS,
-        Topic.ORDER_TRIGGERS,
-        Topic.ORDER_EVENTS,
+# --------------------------------------------------------------------------- k8s/
+
+K8S_BASE = K8S / "base"
+OVERLAYS = ("dev", "prod")
+KUBE_VERSION = "1.33.0"
+# Custom resources: no bundled schema; they must still parse with apiVersion/kind/metadata.
+CRD_KINDS = {"KafkaTopic", "ScaledObject"}
+CO_PARTITIONED = (
+    Topic.ORDER_REQUESTS,
+    Topic.EXECUTION_REPORTS,
+    Topic.ORDER_TRIGGERS,
+    Topic.ORDER_EVENTS,
+)
+COMPACTED = {Topic.RISK_CONTROLS, Topic.NOTIFICATION_SETTINGS, Topic.NOTIFICATION_ACKS}
+
+
+def _kustomize_cli() -> list[str]:
+    local = ROOT / ".local" / "bin" / "kustomize"
+    if local.exists():
+        return [str(local), "build"]
+    found = shutil.which("kustomize")
+    if found:
+        return [found, "build"]
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        probe = subprocess.run(
+            [kubectl, "version", "--client"], capture_output=True, text=True, check=False
+        )
+        if "Kustomize Version: v5" in probe.stdout:
+            return [kubectl, "kustomize"]
+    pytest.fail("kustomize not found: `make k8s-tools` installs it")
+
+
+def _kustomize_build(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    proc = subprocess.run(
+        [*_kustomize_cli(), str(path)], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: _kustomize_build(K8S / "overlays" / name) for name in OVERLAYS}
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_validates_against_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Every built object is valid for Kubernetes (strict: unknown fields fail); custom
+    resources at least parse with apiVersion/kind/metadata."""
+    docs = rendered[overlay]
+    validated = 0
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        assert doc["metadata"].get("name"), doc
+        if doc["kind"] in CRD_KINDS:
+            continue
+        _validate(doc)
+        validated += 1
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service",
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "KafkaTopic",
+    } <= kinds  # fmt: skip
+    assert validated >= 14
+    # Everything lands in the oms namespace (cluster-scoped Namespace aside).
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"oms"}
+
+
+def test_k8s_schema_check_has_teeth() -> None:
+    """The validator really rejects a misspelt field and a wrong type."""
+    import kubernetes_validate
+
+    docs = _kustomize_build(K8S / "overlays" / "dev")
+    worker = _by_kind(docs, "Deployment")["oms-worker"]
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    broken = json.loads(json.dumps(worker))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = container[
+        "readinessProbe"
+    ]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(broken)
+    wrong_type = json.loads(json.dumps(worker))
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(wrong_type)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_workloads_match_the_code(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    deployments = _by_kind(docs, "Deployment")
+    assert set(deployments) == {
+        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify",
+    }  # fmt: skip
+    commands = {
+        name: d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for name, d in deployments.items()
     }
-    assert len({topics[f"oms.{t.value}"]["spec"]["partitions"] for t in co_partitioned}) == 1
+    assert commands["oms-worker"][0] == "worker"
+    assert commands["oms-positions"][:2] == ["positions", "run"]
+    assert commands["oms-notify"][:2] == ["notify", "run"]
+    # Single-writer services never run twice, even during a rollout.
+    for name in ("oms-gateway", "oms-notify"):
+        assert deployments[name]["spec"]["replicas"] == 1, name
+        assert deployments[name]["spec"]["strategy"]["type"] == "Recreate", name
+    worker = deployments["oms-worker"]["spec"]["template"]["spec"]["containers"][0]
+    web = Settings().worker.web_port
+    assert {"containerPort": web, "name": "web"} in worker["ports"]
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/live"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert worker[probe]["httpGet"]["port"] in ("web", web)
+    keeper = deployments["oms-positions"]["spec"]["template"]["spec"]["containers"][0]
+    assert keeper["ports"][0]["containerPort"] == Settings().positions.web_port
+    # Every image is pinned (the oms image by the overlay's tag).
+    for d in [*deployments.values(), *_by_kind(docs, "StatefulSet").values()]:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+    # Autoscaling never goes beyond the partition count (extra workers would idle).
+    settings = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    partitions = int(settings["OMS_KAFKA__PARTITIONS"])
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "oms-worker"
+    assert hpa["minReplicas"] <= deployments["oms-worker"]["spec"]["replicas"]
+    assert hpa["maxReplicas"] <= partitions
+    pdbs = _by_kind(docs, "PodDisruptionBudget")
+    assert (
+        pdbs["oms-worker"]["spec"]["selector"]["matchLabels"]
+        == (deployments["oms-worker"]["spec"]["selector"]["matchLabels"])
+    )
+    # The ClickHouse URL the services get comes from a Secret, never the ConfigMap.
+    assert "OMS_CLICKHOUSE_URL" not in settings
+    assert "clickhouse" in _by_kind(docs, "StatefulSet")
+    assert "clickhouse" in _by_kind(docs, "Service")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_settings_and_secrets(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap holds only known settings (they load), Secrets only placeholders, and no
+    secret-looking name sits in the ConfigMap."""
+    docs = rendered[overlay]
+    data = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    for key in list(os.environ):
+        if key.startswith("OMS_"):
+            monkeypatch.delenv(key)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+        assert not any(w in key for w in ("SECRET", "PASSWORD", "KEY", "TOKEN")), key
+    settings = Settings()
+    assert settings.kafka.partitions == int(data["OMS_KAFKA__PARTITIONS"])
+    secrets = _by_kind(docs, "Secret")
+    assert set(secrets) == {"oms-deribit", "oms-notify", "oms-clickhouse"}
+    for secret in secrets.values():
+        assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
+    assert all(k.startswith("OMS_NOTIFY_SECRET_") for k in secrets["oms-notify"]["stringData"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_topics_match_the_code(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    docs = rendered[overlay]
+    topics = {d["spec"]["topicName"]: d["spec"] for d in docs if d["kind"] == "KafkaTopic"}
+    assert set(topics) == {f"oms.{t.value}" for t in Topic}
+    partitions = int(_by_kind(docs, "ConfigMap")["oms-settings"]["data"]["OMS_KAFKA__PARTITIONS"])
+    assert {topics[f"oms.{t.value}"]["partitions"] for t in CO_PARTITIONED} == {partitions}
+    compacted = {
+        name for name, spec in topics.items() if spec["config"].get("cleanup.policy") == "compact"
+    }
+    assert compacted == {f"oms.{t.value}" for t in COMPACTED}
+    for spec in topics.values():
+        assert int(spec["config"]["min.insync.replicas"]) <= spec["replicas"]
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
+    assert hpa["maxReplicas"] <= partitions
+
+
+def test_k8s_keda_component_replaces_the_hpa(tmp_path: Path) -> None:
+    """prod + the KEDA component: a ScaledObject on the workers' lag, and no CPU HPA left
+    (KEDA owns its own)."""
+    overlay = tmp_path / "prod-keda"
+    overlay.mkdir()
+    rel = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel}/overlays/prod]\ncomponents: [{rel}/components/keda-lag]\n"
+    )
+    docs = _kustomize_build(overlay)
+    assert not _by_kind(docs, "HorizontalPodAutoscaler")
+    scaled = _by_kind(docs, "ScaledObject")["oms-worker"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "oms-worker"
+    trigger = scaled["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == Settings().worker.app_id
+    assert trigger["metadata"]["topic"] == f"oms.{Topic.ORDER_REQUESTS.value}"
