@@ -492,6 +492,18 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path)
     assert "oms/cli/main.py" in included
 
 
+def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Path) -> None:
+    """Kubernetes httpGet probes and Prometheus connect to the pod/container address, not
+    loopback: the Faust web server of workers and the position keeper binds every interface
+    (the notifier's, plain aiohttp, binds OMS_NOTIFY__WEB_HOST, 0.0.0.0 in compose)."""
+    from oms.streams.app import new_faust_app
+
+    settings = Settings(data_dir=tmp_path)
+    app = new_faust_app(settings, "deploy-check", settings.worker.web_port)
+    assert app.conf.web_bind == "0.0.0.0"
+    assert app.conf.web_port == settings.worker.web_port
+
+
 def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
