@@ -684,6 +684,11 @@ def test_k8s_workloads_match_the_code(
     assert worker["livenessProbe"]["httpGet"]["path"] == "/live"
     for probe in ("readinessProbe", "livenessProbe"):
         assert worker[probe]["httpGet"]["port"] in ("web", web)
+    rollout = deployments["oms-worker"]["spec"]["strategy"]["rollingUpdate"]
+    assert rollout["maxUnavailable"] == 0  # a new worker is ready before an old one leaves
+    notifier = deployments["oms-notify"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "OMS_NOTIFY__WEB_HOST", "value": "0.0.0.0"} in notifier["env"]
+    assert notifier["readinessProbe"]["httpGet"]["port"] in ("web", Settings().notify.web_port)
     keeper = deployments["oms-positions"]["spec"]["template"]["spec"]["containers"][0]
     assert keeper["ports"][0]["containerPort"] == Settings().positions.web_port
     # Every image is pinned (the oms image by the overlay's tag).
