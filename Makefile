@@ -67,8 +67,8 @@ k8s-tools:
 	elif kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; then exit 0; \
 	else echo "error: kustomize missing: install Go (https://go.dev) or kustomize v5" >&2; exit 1; fi
 
-# Secrets for docker-compose (never in the compose file): .local/compose/oms.env and
-# .local/compose/secrets.json with fresh random values (kept if they exist).
+# Secrets for docker-compose (never in the compose file): .local/compose/oms.env, grafana.env
+# and secrets.json with fresh random values (kept if they exist).
 compose-secrets: install
 	$(PY) -m oms.devstack.compose_secrets .local/compose
 

@@ -86,10 +86,14 @@ def _compose_cli() -> list[str] | None:
 @pytest.fixture(scope="module")
 def compose_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Secrets generated as `make compose-secrets` does, and the variables pointing at them."""
-    env_path, secrets_path = compose_secrets_module.generate(
+    env_path, secrets_path, grafana_path = compose_secrets_module.generate(
         tmp_path_factory.mktemp("compose") / "secrets"
     )
-    return {"OMS_COMPOSE_ENV_FILE": str(env_path), "OMS_COMPOSE_SECRETS_FILE": str(secrets_path)}
+    return {
+        "OMS_COMPOSE_ENV_FILE": str(env_path),
+        "OMS_COMPOSE_SECRETS_FILE": str(secrets_path),
+        "OMS_COMPOSE_GRAFANA_ENV_FILE": str(grafana_path),
+    }
 
 
 def _compose_run(args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -122,6 +126,7 @@ def test_compose_needs_the_generated_secrets(tmp_path: Path) -> None:
         {
             "OMS_COMPOSE_ENV_FILE": str(tmp_path / "missing.env"),
             "OMS_COMPOSE_SECRETS_FILE": str(tmp_path / "missing.json"),
+            "OMS_COMPOSE_GRAFANA_ENV_FILE": str(tmp_path / "missing-grafana.env"),
         },
     )
     assert proc.returncode != 0
@@ -255,6 +260,8 @@ def test_compose_secrets_generator(tmp_path: Path) -> None:
     assert creds != load_secrets_file(other[1])["demo"]
     assert load_signing_keys(first[1])["demo"]
     assert SecretStore(secrets_file=first[1]).credentials("demo") == creds
+    assert first[2].read_text() != other[2].read_text()
+    assert "GF_SECURITY_ADMIN_PASSWORD=" in first[2].read_text()
     for path in first:
         assert path.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
