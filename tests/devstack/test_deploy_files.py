@@ -743,18 +743,54 @@ def test_k8s_settings_and_secrets(
     assert all(k.startswith("OMS_NOTIFY_SECRET_") for k in secrets["oms-notify"]["stringData"])
 
 
+@pytest.fixture(scope="module")
+def internal_topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int | None]:
+    """Internal topic names as the code builds them (default app ids) -> partitions (None:
+    follows OMS_KAFKA__PARTITIONS): Faust table changelogs and leader topics of the worker and
+    the position keeper, the keeper's repartition topic, the notifier's state topic."""
+    from oms.notify.service import state_topic
+    from oms.positions.keeper import PositionKeeper
+    from oms.streams.worker import OrderWorker
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("apps"))
+    found: dict[str, int | None] = {}
+    keeper = PositionKeeper(settings)
+    for app in (OrderWorker(settings).app, keeper.app):
+        for table in app.tables.values():
+            found[table.changelog_topic.get_topic_name()] = None
+        found[f"{app.conf.id}-__assignor-__leader"] = 1
+    found[keeper.fills_topic] = None
+    found[state_topic(settings)] = 1
+    return found
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_k8s_topics_match_the_code(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_k8s_topics_match_the_code(
+    rendered: dict[str, list[dict[str, Any]]],
+    internal_topics: dict[str, int | None],
+    overlay: str,
+) -> None:
     docs = rendered[overlay]
-    topics = {d["spec"]["topicName"]: d["spec"] for d in docs if d["kind"] == "KafkaTopic"}
-    assert set(topics) == {f"oms.{t.value}" for t in Topic}
+    topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    public = {f"oms.{t.value}" for t in Topic}
+    assert set(topics) == public | set(internal_topics)
     partitions = int(_by_kind(docs, "ConfigMap")["oms-settings"]["data"]["OMS_KAFKA__PARTITIONS"])
-    assert {topics[f"oms.{t.value}"]["partitions"] for t in CO_PARTITIONED} == {partitions}
+    specs = {name: d["spec"] for name, d in topics.items()}
+    assert {specs[f"oms.{t.value}"]["partitions"] for t in CO_PARTITIONED} == {partitions}
+    for name, d in topics.items():
+        expected = internal_topics.get(name) or partitions
+        assert specs[name]["partitions"] == expected, name
+        follows = d["metadata"]["labels"].get("oms.io/partitions") == "follow-setting"
+        assert follows == (internal_topics.get(name) is None), name
     compacted = {
-        name for name, spec in topics.items() if spec["config"].get("cleanup.policy") == "compact"
+        name for name, spec in specs.items() if spec["config"].get("cleanup.policy") == "compact"
     }
-    assert compacted == {f"oms.{t.value}" for t in COMPACTED}
-    for spec in topics.values():
+    changelogs = {name for name in internal_topics if name.endswith("-changelog")}
+    assert len(changelogs) >= 4
+    assert compacted == {f"oms.{t.value}" for t in COMPACTED} | changelogs | {
+        n for n in internal_topics if n.endswith("-state")
+    }
+    for spec in specs.values():
         assert int(spec["config"]["min.insync.replicas"]) <= spec["replicas"]
     hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
     assert hpa["maxReplicas"] <= partitions
