@@ -1,6 +1,7 @@
 # OMS services image: one image, the command picks the service (oms worker | sink | gateway |
-# paper-exchange). Build: docker build -t oms:local .
-# Pinned base (Debian bookworm, CPython 3.11 as in development).
+# positions run | notify run | paper-exchange). Build: docker build -t oms:local .
+# Pinned base: an exact CPython patch release on Debian bookworm (3.11 as in development); add
+# the @sha256 digest your registry reports to make the pin immutable.
 FROM python:3.11.11-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -33,8 +34,9 @@ COPY --from=build /opt/venv /opt/venv
 USER oms
 WORKDIR /data
 VOLUME ["/data"]
-# 6066 worker web (health, stats), 8124 sink query endpoint, 8765 paper exchange.
-EXPOSE 6066 8124 8765
+# 6066 worker web (health, ready, live, metrics), 6067 position keeper, 6068 notifier,
+# 8124 sink query endpoint, 8765 paper exchange.
+EXPOSE 6066 6067 6068 8124 8765
 
 # Detects the service from PID 1's command line (see oms/devstack/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -3,7 +3,7 @@
 #
 #   make run [WORKERS=N]   the whole stack in the foreground (Ctrl-C stops it)
 #   make test              ruff, mypy, pytest (real Kafka broker on free ports)
-#   make lint | bench | chaos | kafka | clean | distclean
+#   make lint | bench | chaos | kafka | k8s-tools | compose-secrets | clean | distclean
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,8 +21,12 @@ PYTEST_ARGS ?=
 # Debian packages the tooling needs: Kafka runs on Java 17+, is fetched with Maven, and the
 # compose file is validated with docker-compose (no engine needed for `config`).
 APT_PACKAGES := openjdk-17-jre-headless maven docker-compose
+# kustomize renders k8s/ for the deployment tests; built from its Go module (pinned) into
+# .local/bin when neither it nor a kubectl with kustomize v5 is on the machine.
+KUSTOMIZE_VERSION := v5.7.1
+KUSTOMIZE := .local/bin/kustomize
 
-.PHONY: help install tools kafka kafka-start kafka-stop kafka-status run test lint bench chaos clean distclean
+.PHONY: help install tools k8s-tools compose-secrets kafka kafka-start kafka-stop kafka-status run test lint bench chaos clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -53,6 +57,21 @@ tools:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# kustomize for `kustomize build k8s/overlays/...` (the schemas come with the
+# kubernetes-validate dev dependency, offline).
+k8s-tools:
+	@if [ -x $(KUSTOMIZE) ] || command -v kustomize >/dev/null; then exit 0; fi; \
+	if command -v go >/dev/null; then \
+	  echo "installing kustomize $(KUSTOMIZE_VERSION) (go install)"; \
+	  GOBIN=$(CURDIR)/.local/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); \
+	elif kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; then exit 0; \
+	else echo "error: kustomize missing: install Go (https://go.dev) or kustomize v5" >&2; exit 1; fi
+
+# Secrets for docker-compose (never in the compose file): .local/compose/oms.env, grafana.env
+# and secrets.json with fresh random values (kept if they exist).
+compose-secrets: install
+	$(PY) -m oms.devstack.compose_secrets .local/compose
+
 kafka: install tools
 	$(PY) -m oms.devstack.kafka fetch
 
@@ -72,7 +91,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy oms
 
-test: kafka lint
+test: kafka lint k8s-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: kafka

@@ -170,6 +170,8 @@ class NotifySettings(BaseModel):
     """The notifier process (issue 5): consumption, delivery, emergencies."""
 
     web_port: int = 6068
+    # Interface of /health, /stats, /metrics: 0.0.0.0 in containers (Prometheus scrapes it).
+    web_host: str = "127.0.0.1"
     batch_max_records: int = Field(10_000, ge=1, description="records per Kafka fetch")
     tick_interval_s: float = Field(0.2, gt=0, description="how often due groups are sent")
     retry_attempts: int = Field(3, ge=1, description="tries per channel before falling back")

@@ -39,6 +39,8 @@ from oms.kafka_admin import TopicSpec, ensure_topics
 from oms.notify.channels import ChannelFactory, ConsoleChannel
 from oms.notify.delivery import Deliverer
 from oms.notify.model import Notice, Pending
+from oms.notify.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from oms.notify.prometheus import render as render_prometheus
 from oms.notify.rules import Route, notice_from_event, notice_from_position, quiet_until, route
 from oms.notify.secrets import NotifySecrets
 from oms.notify.state import StateStore
@@ -724,11 +726,16 @@ class Notifier:
         async def stats(request: web.Request) -> web.Response:
             return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
 
+        async def metrics(request: web.Request) -> web.Response:
+            body = render_prometheus(self.stats())
+            return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
         app.router.add_get("/health", health)
         app.router.add_get("/stats", stats)
+        app.router.add_get("/metrics", metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.web_port)
+        site = web.TCPSite(self._runner, self.cfg.web_host, self.web_port)
         await site.start()
 
 

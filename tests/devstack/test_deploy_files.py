@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from oms.devstack import compose_secrets as compose_secrets_module
 from oms.devstack import healthcheck
 from oms.schemas.topics import Topic
 from oms.settings import KafkaSettings, Settings
@@ -81,20 +83,67 @@ def _compose_cli() -> list[str] | None:
     return [v1] if v1 else None
 
 
-def test_compose_config_validates() -> None:
+@pytest.fixture(scope="module")
+def compose_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Secrets generated as `make compose-secrets` does, and the variables pointing at them."""
+    env_path, secrets_path, grafana_path = compose_secrets_module.generate(
+        tmp_path_factory.mktemp("compose") / "secrets"
+    )
+    return {
+        "OMS_COMPOSE_ENV_FILE": str(env_path),
+        "OMS_COMPOSE_SECRETS_FILE": str(secrets_path),
+        "OMS_COMPOSE_GRAFANA_ENV_FILE": str(grafana_path),
+    }
+
+
+def _compose_run(args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cli = _compose_cli()
     if cli is None:
         pytest.fail(f"neither `docker compose` nor `docker-compose` found: {INSTALL_HINT}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    proc = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env=env,
-    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COMPOSE_", "OMS_")) and k != "CLICKHOUSE_PASSWORD"
+    }
+    env.update(extra_env)
+    return subprocess.run(
+        [*cli, "-f", str(COMPOSE), *args], capture_output=True, text=True, check=False,
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("profiles", [[], ["paper"], ["monitoring"], ["paper", "monitoring"]])
+def test_compose_config_validates(compose_secrets: dict[str, str], profiles: list[str]) -> None:
+    args = [a for p in profiles for a in ("--profile", p)]
+    proc = _compose_run([*args, "config", "-q"], compose_secrets)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_needs_the_generated_secrets(tmp_path: Path) -> None:
+    """No secret is inline: without the env file the file does not even resolve."""
+    proc = _compose_run(
+        ["config", "-q"],
+        {
+            "OMS_COMPOSE_ENV_FILE": str(tmp_path / "missing.env"),
+            "OMS_COMPOSE_SECRETS_FILE": str(tmp_path / "missing.json"),
+            "OMS_COMPOSE_GRAFANA_ENV_FILE": str(tmp_path / "missing-grafana.env"),
+        },
+    )
+    assert proc.returncode != 0
+    assert "missing.env" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def resolved_compose(compose_secrets: dict[str, str]) -> dict[str, Any]:
+    """``compose config`` output: env files merged into each service's environment."""
+    import yaml
+
+    proc = _compose_run(
+        ["--profile", "paper", "--profile", "monitoring", "config"], compose_secrets
+    )
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return data
 
 
 def test_compose_matches_compose_spec_schema(compose: dict[str, Any]) -> None:
@@ -116,69 +165,350 @@ def test_compose_matches_compose_spec_schema(compose: dict[str, Any]) -> None:
     assert not validator.is_valid(broken)
 
 
-OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink", "notify")
+OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink", "positions", "notify")
+MONITORING = ("kafka-exporter", "prometheus", "grafana")
+PROFILES = {"paper-exchange": ["paper"], **{name: ["monitoring"] for name in MONITORING}}
+COMMANDS = {
+    "paper-exchange": ["paper-exchange"],
+    "gateway": ["gateway"],
+    "worker": ["worker"],
+    "sink": ["sink"],
+    "positions": ["positions", "run"],
+    "notify": ["notify", "run"],
+}
 
 
-def test_compose_services_and_dependencies(compose: dict[str, Any]) -> None:
+def test_compose_services_profiles_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "clickhouse", *OMS_SERVICES}
+    assert set(services) == {"kafka", "clickhouse", *OMS_SERVICES, *MONITORING}
     for name, svc in services.items():
-        assert "healthcheck" in svc, f"{name} has no healthcheck"
+        assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name} has no healthcheck"
         image = svc["image"]
         if "${" not in image:
             assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned {image}"
+        assert svc.get("profiles", []) == PROFILES.get(name, []), name
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            # Waiting on a service only makes sense if it can say it is healthy...
+            assert cond["condition"] == "service_healthy", (name, dep)
+            assert "healthcheck" in services[dep]
+            # ...and is started with it: a dependency behind a profile the dependent
+            # does not share would refuse to start (or pull in) the profile.
+            assert set(services[dep].get("profiles", [])) <= set(svc.get("profiles", [])), (
+                name,
+                dep,
+            )
     assert services["kafka"]["image"] == f"apache/kafka:{KafkaSettings().version}"
-    for name in ("gateway", "worker", "sink"):
-        deps = services[name]["depends_on"]
-        assert deps["kafka"]["condition"] == "service_healthy", name
-    assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    for name in ("gateway", "worker", "sink", "positions", "notify", "kafka-exporter"):
+        assert "kafka" in services[name]["depends_on"], name
+    for name in ("sink", "positions"):
+        assert "clickhouse" in services[name]["depends_on"], name
+    assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    for name, command in COMMANDS.items():
+        assert services[name]["command"][: len(command)] == command, name
+    # Several workers by default, and no fixed name/port that would stop replicas.
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["deploy"]["replicas"] <= int(
+        services["worker"]["environment"]["OMS_KAFKA__PARTITIONS"]
+    )
+
+
+SECRET_WORDS = ("SECRET", "PASSWORD", "SIGNING_KEY", "TOKEN", "CLICKHOUSE_URL")
+
+
+def _inline_secrets(compose: dict[str, Any]) -> list[str]:
+    found = []
+    for name, svc in compose["services"].items():
+        for key in svc.get("environment") or {}:
+            # *_FILE variables hold paths to secrets, not secrets.
+            if any(w in key for w in SECRET_WORDS) and not key.endswith("_FILE"):
+                found.append(f"{name}: {key}")
+    return found
+
+
+def test_compose_has_no_inline_secrets(compose: dict[str, Any]) -> None:
+    """Secret-looking variables never have a value in the file (nor a ${VAR:-default})."""
+    text = COMPOSE.read_text()
+    assert _inline_secrets(compose) == []
+    leaky = json.loads(json.dumps(compose))
+    leaky["services"]["worker"]["environment"]["OMS_ACCOUNT_DEMO_CLIENT_SECRET"] = "s3cret"
+    assert _inline_secrets(leaky) == ["worker: OMS_ACCOUNT_DEMO_CLIENT_SECRET"]
+    assert ":-paper-only" not in text and "oms-dev-only" not in text
+    assert compose["secrets"]["oms_secrets"]["file"].startswith("${OMS_COMPOSE_SECRETS_FILE")
     for name in OMS_SERVICES:
-        assert services[name]["command"][0] == name
+        assert compose["services"][name]["secrets"] == ["oms_secrets"], name
+    gitignored = (ROOT / ".gitignore").read_text().split()
+    assert ".local/" in gitignored  # where `make compose-secrets` writes them
 
 
-def _expand(value: str) -> str:
-    # ${VAR:-default} -> default (the file's own defaults; no environment involved).
-    import re
+def test_compose_secrets_generator(tmp_path: Path) -> None:
+    """Fresh random values, readable by the containers' user, kept on a second run."""
+    from oms.secrets import SecretStore, load_secrets_file, load_signing_keys
 
-    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    first = compose_secrets_module.generate(tmp_path / "a")
+    other = compose_secrets_module.generate(tmp_path / "b")
+    env = dict(line.split("=", 1) for line in first[0].read_text().splitlines() if "=" in line)
+    assert len(env["CLICKHOUSE_PASSWORD"]) >= 32
+    assert env["OMS_CLICKHOUSE_URL"] == (
+        f"http://oms:{env['CLICKHOUSE_PASSWORD']}@clickhouse:8123/oms"
+    )
+    assert first[0].read_text() != other[0].read_text()
+    creds = load_secrets_file(first[1])["demo"]
+    assert creds != load_secrets_file(other[1])["demo"]
+    assert load_signing_keys(first[1])["demo"]
+    assert SecretStore(secrets_file=first[1]).credentials("demo") == creds
+    assert first[2].read_text() != other[2].read_text()
+    assert "GF_SECURITY_ADMIN_PASSWORD=" in first[2].read_text()
+    for path in first:
+        assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
+    before = [p.read_text() for p in first]
+    compose_secrets_module.generate(tmp_path / "a")
+    assert [p.read_text() for p in first] == before
 
 
 @pytest.mark.parametrize("service", OMS_SERVICES)
 def test_compose_env_reaches_settings(
-    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+    resolved_compose: dict[str, Any],
+    compose_secrets: dict[str, str],
+    service: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The OMS_* names in compose really set the fields they mean (extra env is ignored)."""
+    """The resolved environment of each OMS service (file + env file) really sets the fields
+    it means, and the secrets file it mounts gives the account's credentials."""
+    from oms.secrets import load_secrets_file
+
     for key in list(os.environ):
         if key.startswith("OMS_"):
             monkeypatch.delenv(key)
-    env = compose["services"][service]["environment"]
+    svc = resolved_compose["services"][service]
+    env = svc["environment"]
     for key, value in env.items():
-        monkeypatch.setenv(key, _expand(str(value)))
+        monkeypatch.setenv(key, str(value))
     settings = Settings()
     assert settings.kafka.bootstrap == "kafka:19092"
     assert settings.kafka.partitions == 8
     assert settings.exchange.url == "ws://paper-exchange:8765/ws/api/v2"
     assert settings.clickhouse_url is not None
-    assert (
-        settings.clickhouse_url.startswith("http://")
-        and "@clickhouse:8123" in settings.clickhouse_url
-    )
+    assert settings.clickhouse_url.startswith("http://oms:")
+    assert settings.clickhouse_url.endswith("@clickhouse:8123/oms")
+    assert env["CLICKHOUSE_PASSWORD"] in settings.clickhouse_url
     assert str(settings.data_dir) == "/data"
     assert settings.log_json is True
     assert settings.accounts == ["demo"]
+    assert str(settings.resolved_secrets_file) == "/run/secrets/oms_secrets"
+    assert "demo" in load_secrets_file(Path(compose_secrets["OMS_COMPOSE_SECRETS_FILE"]))
     if service == "sink":
         assert settings.sink.query_host == "0.0.0.0"
+    if service == "notify":
+        assert settings.notify.web_host == "0.0.0.0"
+    # ClickHouse gets the very password the URL carries.
+    assert (
+        resolved_compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"]
+        == (env["CLICKHOUSE_PASSWORD"])
+    )
+
+
+# --------------------------------------------------------------------------- monitoring
+
+MONITORING_DIR = ROOT / "deploy" / "monitoring"
+# Metric names of the Kafka exporter (danielqsj/kafka_exporter) used by the dashboard.
+EXPORTER_METRICS = {"kafka_consumergroup_lag", "up"}
+
+
+def _service_port(svc: dict[str, Any]) -> int | None:
+    command = svc.get("command") or []
+    for flag in ("--web-port", "--port"):
+        if flag in command:
+            return int(command[command.index(flag) + 1])
+    for arg in command:
+        if isinstance(arg, str) and arg.startswith("--web.listen-address=:"):
+            return int(arg.rsplit(":", 1)[1])
+    return None
+
+
+def test_prometheus_targets_exist_in_compose(compose: dict[str, Any]) -> None:
+    """Every scrape target is a compose service on the port that service listens on, and the
+    file is mounted where the prometheus command reads it."""
+    import yaml
+
+    services = compose["services"]
+    config = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert {"oms-worker", "oms-notify", "kafka"} <= set(jobs)
+    targets: list[tuple[str, int]] = []
+    for job in jobs.values():
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets.append((host, int(port)))
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A"
+            targets.extend((name, int(sd["port"])) for name in sd["names"])
+    assert targets
+    for host, port in targets:
+        if host == "localhost":
+            continue
+        assert host in services, f"scrape target {host} is not a compose service"
+        assert _service_port(services[host]) == port, (host, port)
+        # The scraper reaches it: its profile is active whenever monitoring is.
+        assert set(services[host].get("profiles", [])) <= {"monitoring"}, host
+    assert ("worker", Settings().worker.web_port) in targets
+    mounts = services["prometheus"]["volumes"]
+    assert "./deploy/monitoring/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+
+def _known_metric_names() -> set[str]:
+    """Sample names the OMS really exports: the worker's collector and the notifier's."""
+    from oms.metrics.collector import OrderMetricsCollector
+    from oms.notify.prometheus import render
+
+    names: set[str] = set()
+    collector = OrderMetricsCollector()
+    for family in collector.registry.collect():
+        # Labelled families have no samples until used: derive their series names.
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+        names.update(family.name + s for s in suffixes.get(family.type, [""]))
+        names.update(s.name for s in family.samples)
+    stats = {
+        "counters": {"consumed": 1},
+        "delivery": {
+            "notifications": {"delivered": 1, "undelivered": 0},
+            "attempts": {"sent": 1},
+            "by_channel": {"console:sent": 1},
+            "success_rate": 1.0,
+        },
+        "pending": 0,
+        "inflight": 0,
+        "active_alerts": 0,
+    }
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(render(stats).decode()):
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def test_grafana_dashboard_uses_real_metrics() -> None:
+    """Every metric the dashboard queries exists in the code (or the Kafka exporter), every
+    panel uses the provisioned datasource, and the provisioning points at the dashboard."""
+    import re
+
+    import yaml
+
+    datasources = yaml.safe_load(
+        (MONITORING_DIR / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    uids = {d["uid"] for d in datasources}
+    assert {d["url"] for d in datasources} == {"http://prometheus:9090"}
+    providers = yaml.safe_load(
+        (MONITORING_DIR / "grafana/provisioning/dashboards/oms.yml").read_text()
+    )["providers"]
+    assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
+    dashboard = json.loads((MONITORING_DIR / "grafana/dashboards/oms.json").read_text())
+    known = _known_metric_names() | EXPORTER_METRICS
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in uids
+            names = set(re.findall(r"\b((?:oms|kafka)_[a-z_]+|up)\b(?=[{\[ )]|$)", target["expr"]))
+            assert names, target["expr"]
+            unknown = names - known
+            assert not unknown, f"{panel['title']}: unknown metrics {unknown}"
+            used |= names
+    # What the dashboard must show.
+    for required in (
+        "oms_order_events_total",  # orders per state
+        "oms_stage_latency_seconds_bucket",  # latency per stage
+        "oms_queue_depth",  # queue depth
+        "oms_notify_success_rate",  # notification success
+        "kafka_consumergroup_lag",  # consumer lag
+    ):
+        assert required in used, required
+
+
+def test_grafana_mounts_match_provisioning(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["grafana"]["volumes"]
+    for volume in volumes:
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / source).is_dir(), source
+    assert "./deploy/monitoring/grafana/dashboards:/etc/grafana/dashboards:ro" in volumes
+    assert "./deploy/monitoring/grafana/provisioning:/etc/grafana/provisioning:ro" in volumes
+
+
+# --------------------------------------------------------------------------- image
 
 
 def test_dockerfile_is_pinned_non_root_with_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
-    assert froms and all(f.startswith("python:3.11.") and "slim" in f for f in froms)
+    # An exact patch release (3.11.N) of the slim image, never a floating tag.
+    assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", f)
+                         for f in froms), froms  # fmt: skip
     assert "\nUSER oms\n" in text
     assert "HEALTHCHECK" in text and "oms.devstack.healthcheck" in text
     assert 'ENTRYPOINT ["oms"]' in text
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ".local" in ignored and ".venv" in ignored
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path) -> None:
+    """Docker's own .dockerignore matching (docker-py, shipped with docker-compose) over a
+    context shaped like a developer's checkout: .local/ and .venv/ are left out, everything
+    the Dockerfile copies stays in."""
+    import re as _re
+
+    context = tmp_path / "ctx"
+    files = [
+        "Dockerfile", "pyproject.toml", "README.md", "oms/__init__.py", "oms/cli/main.py",
+        ".local/secrets.json", ".local/compose/oms.env", ".local/kafka/data/x.log",
+        ".venv/bin/python", ".venv/lib/site.py", "oms/__pycache__/main.cpython-311.pyc",
+        ".git/HEAD", "bench/results/e2e.json",
+    ]  # fmt: skip
+    for name in files:
+        path = context / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+    code = (
+        "import json, sys\n"
+        "from docker.utils.build import exclude_paths\n"
+        "root = sys.argv[1]\n"
+        "patterns = [l.strip() for l in open(root + '/.dockerignore')\n"
+        "            if l.strip() and not l.startswith('#')]\n"
+        "print(json.dumps(sorted(exclude_paths(root, patterns))))\n"
+    )
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", code, str(context)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"docker-py missing? {INSTALL_HINT}\n{proc.stderr}"
+    included = set(json.loads(proc.stdout))
+    for name in files:
+        if name.startswith((".local/", ".venv/", ".git/")) or "__pycache__" in name:
+            assert name not in included, f"{name} would be sent to the Docker daemon"
+    assert not any(p.startswith((".local", ".venv")) for p in included)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = _re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=_re.M)
+    for sources in copied:
+        for source in sources.split():
+            assert source in included, f"Dockerfile copies {source}, but it is ignored"
+    assert "oms/cli/main.py" in included
+
+
+def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Path) -> None:
+    """Kubernetes httpGet probes and Prometheus connect to the pod/container address, not
+    loopback: the Faust web server of workers and the position keeper binds every interface
+    (the notifier's, plain aiohttp, binds OMS_NOTIFY__WEB_HOST, 0.0.0.0 in compose)."""
+    from oms.streams.app import new_faust_app
+
+    settings = Settings(data_dir=tmp_path)
+    app = new_faust_app(settings, "deploy-check", settings.worker.web_port)
+    assert app.conf.web_bind == "0.0.0.0"
+    assert app.conf.web_port == settings.worker.web_port
 
 
 def test_healthcheck_reports_unhealthy_when_nothing_listens(
@@ -191,42 +521,296 @@ def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch.setenv("OMS_SINK__QUERY_PORT", str(free_port()))
     monkeypatch.setenv("OMS_PAPER__PORT", str(free_port()))
     monkeypatch.setenv("OMS_NOTIFY__WEB_PORT", str(free_port()))
+    monkeypatch.setenv("OMS_POSITIONS__WEB_PORT", str(free_port()))
     get_settings.cache_clear()
     try:
         assert not healthcheck.check("worker")
         assert not healthcheck.check("sink")
         assert not healthcheck.check("paper-exchange")
         assert not healthcheck.check("notify")
+        assert not healthcheck.check("positions")
         assert healthcheck.check("gateway")
     finally:
         get_settings.cache_clear()
 
 
-def test_k8s_base_parses_and_is_complete() -> None:
-    kustomization = _yaml_docs(K8S / "kustomization.yaml")[0]
-    kinds: dict[str, list[dict[str, Any]]] = {}
-    for resource in kustomization["resources"]:
-        path = K8S / resource
-        assert path.exists(), resource
-        for doc in _yaml_docs(path):
-            assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{resource}: {doc}"
-            kinds.setdefault(doc["kind"], []).append(doc)
-    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
-    assert set(deployments) == {"oms-worker", "oms-sink", "oms-gateway"}
-    assert deployments["oms-sink"]["spec"]["replicas"] == 1
-    worker = deployments["oms-worker"]["spec"]["template"]["spec"]["containers"][0]
-    assert {"containerPort": 6066, "name": "web"} in worker["ports"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert worker[probe]["httpGet"]["port"] in ("web", 6066)
-    assert len(kinds["ConfigMap"]) == 1 and len(kinds["Secret"]) == 1
-    secret = kinds["Secret"][0]
-    assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
-    topics = {d["spec"]["topicName"]: d for d in kinds["KafkaTopic"]}
-    assert set(topics) == {f"oms.{t.value}" for t in Topic}
-    co_partitioned = {
-        Topic.ORDER_REQUESTS,
-        Topic.EXECUTION_REPORTS,
-        Topic.ORDER_TRIGGERS,
-        Topic.ORDER_EVENTS,
+async def test_healthcheck_sees_a_positions_web_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is not always-false: a server answering /health on the port passes."""
+    import asyncio
+
+    from aiohttp import web
+
+    from oms.devstack.kafka import free_port
+    from oms.settings import get_settings
+
+    app = web.Application()
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("OMS_POSITIONS__WEB_PORT", str(port))
+    get_settings.cache_clear()
+    try:
+        assert await asyncio.to_thread(healthcheck.check, "positions")
+    finally:
+        get_settings.cache_clear()
+        await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- k8s/
+
+K8S_BASE = K8S / "base"
+OVERLAYS = ("dev", "prod")
+KUBE_VERSION = "1.33.0"
+# Custom resources: no bundled schema; they must still parse with apiVersion/kind/metadata.
+CRD_KINDS = {"KafkaTopic", "ScaledObject"}
+CO_PARTITIONED = (
+    Topic.ORDER_REQUESTS,
+    Topic.EXECUTION_REPORTS,
+    Topic.ORDER_TRIGGERS,
+    Topic.ORDER_EVENTS,
+)
+COMPACTED = {Topic.RISK_CONTROLS, Topic.NOTIFICATION_SETTINGS, Topic.NOTIFICATION_ACKS}
+
+
+def _kustomize_cli() -> list[str]:
+    local = ROOT / ".local" / "bin" / "kustomize"
+    if local.exists():
+        return [str(local), "build"]
+    found = shutil.which("kustomize")
+    if found:
+        return [found, "build"]
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        probe = subprocess.run(
+            [kubectl, "version", "--client"], capture_output=True, text=True, check=False
+        )
+        if "Kustomize Version: v5" in probe.stdout:
+            return [kubectl, "kustomize"]
+    pytest.fail("kustomize not found: `make k8s-tools` installs it")
+
+
+def _kustomize_build(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    proc = subprocess.run(
+        [*_kustomize_cli(), str(path)], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: _kustomize_build(K8S / "overlays" / name) for name in OVERLAYS}
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_validates_against_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Every built object is valid for Kubernetes (strict: unknown fields fail); custom
+    resources at least parse with apiVersion/kind/metadata."""
+    docs = rendered[overlay]
+    validated = 0
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        assert doc["metadata"].get("name"), doc
+        if doc["kind"] in CRD_KINDS:
+            continue
+        _validate(doc)
+        validated += 1
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service",
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "KafkaTopic",
+    } <= kinds  # fmt: skip
+    assert validated >= 14
+    # Everything lands in the oms namespace (cluster-scoped Namespace aside).
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"oms"}
+
+
+def test_k8s_schema_check_has_teeth() -> None:
+    """The validator really rejects a misspelt field and a wrong type."""
+    import kubernetes_validate
+
+    docs = _kustomize_build(K8S / "overlays" / "dev")
+    worker = _by_kind(docs, "Deployment")["oms-worker"]
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    broken = json.loads(json.dumps(worker))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = container[
+        "readinessProbe"
+    ]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(broken)
+    wrong_type = json.loads(json.dumps(worker))
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(wrong_type)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_workloads_match_the_code(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    deployments = _by_kind(docs, "Deployment")
+    assert set(deployments) == {
+        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify",
+    }  # fmt: skip
+    commands = {
+        name: d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for name, d in deployments.items()
     }
-    assert len({topics[f"oms.{t.value}"]["spec"]["partitions"] for t in co_partitioned}) == 1
+    assert commands["oms-worker"][0] == "worker"
+    assert commands["oms-positions"][:2] == ["positions", "run"]
+    assert commands["oms-notify"][:2] == ["notify", "run"]
+    # Single-writer services never run twice, even during a rollout.
+    for name in ("oms-gateway", "oms-notify"):
+        assert deployments[name]["spec"]["replicas"] == 1, name
+        assert deployments[name]["spec"]["strategy"]["type"] == "Recreate", name
+    worker = deployments["oms-worker"]["spec"]["template"]["spec"]["containers"][0]
+    web = Settings().worker.web_port
+    assert {"containerPort": web, "name": "web"} in worker["ports"]
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/live"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert worker[probe]["httpGet"]["port"] in ("web", web)
+    rollout = deployments["oms-worker"]["spec"]["strategy"]["rollingUpdate"]
+    assert rollout["maxUnavailable"] == 0  # a new worker is ready before an old one leaves
+    notifier = deployments["oms-notify"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "OMS_NOTIFY__WEB_HOST", "value": "0.0.0.0"} in notifier["env"]
+    assert notifier["readinessProbe"]["httpGet"]["port"] in ("web", Settings().notify.web_port)
+    keeper = deployments["oms-positions"]["spec"]["template"]["spec"]["containers"][0]
+    assert keeper["ports"][0]["containerPort"] == Settings().positions.web_port
+    # Every image is pinned (the oms image by the overlay's tag).
+    for d in [*deployments.values(), *_by_kind(docs, "StatefulSet").values()]:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+    # Autoscaling never goes beyond the partition count (extra workers would idle).
+    settings = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    partitions = int(settings["OMS_KAFKA__PARTITIONS"])
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "oms-worker"
+    assert hpa["minReplicas"] <= deployments["oms-worker"]["spec"]["replicas"]
+    assert hpa["maxReplicas"] <= partitions
+    pdbs = _by_kind(docs, "PodDisruptionBudget")
+    assert (
+        pdbs["oms-worker"]["spec"]["selector"]["matchLabels"]
+        == (deployments["oms-worker"]["spec"]["selector"]["matchLabels"])
+    )
+    # The ClickHouse URL the services get comes from a Secret, never the ConfigMap.
+    assert "OMS_CLICKHOUSE_URL" not in settings
+    assert "clickhouse" in _by_kind(docs, "StatefulSet")
+    assert "clickhouse" in _by_kind(docs, "Service")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_settings_and_secrets(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap holds only known settings (they load), Secrets only placeholders, and no
+    secret-looking name sits in the ConfigMap."""
+    docs = rendered[overlay]
+    data = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    for key in list(os.environ):
+        if key.startswith("OMS_"):
+            monkeypatch.delenv(key)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+        assert not any(w in key for w in ("SECRET", "PASSWORD", "KEY", "TOKEN")), key
+    settings = Settings()
+    assert settings.kafka.partitions == int(data["OMS_KAFKA__PARTITIONS"])
+    secrets = _by_kind(docs, "Secret")
+    assert set(secrets) == {"oms-deribit", "oms-notify", "oms-clickhouse"}
+    for secret in secrets.values():
+        assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
+    assert all(k.startswith("OMS_NOTIFY_SECRET_") for k in secrets["oms-notify"]["stringData"])
+
+
+@pytest.fixture(scope="module")
+def internal_topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int | None]:
+    """Internal topic names as the code builds them (default app ids) -> partitions (None:
+    follows OMS_KAFKA__PARTITIONS): Faust table changelogs and leader topics of the worker and
+    the position keeper, the keeper's repartition topic, the notifier's state topic."""
+    from oms.notify.service import state_topic
+    from oms.positions.keeper import PositionKeeper
+    from oms.streams.worker import OrderWorker
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("apps"))
+    found: dict[str, int | None] = {}
+    keeper = PositionKeeper(settings)
+    for app in (OrderWorker(settings).app, keeper.app):
+        for table in app.tables.values():
+            found[table.changelog_topic.get_topic_name()] = None
+        found[f"{app.conf.id}-__assignor-__leader"] = 1
+    found[keeper.fills_topic] = None
+    found[state_topic(settings)] = 1
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_topics_match_the_code(
+    rendered: dict[str, list[dict[str, Any]]],
+    internal_topics: dict[str, int | None],
+    overlay: str,
+) -> None:
+    docs = rendered[overlay]
+    topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    public = {f"oms.{t.value}" for t in Topic}
+    assert set(topics) == public | set(internal_topics)
+    partitions = int(_by_kind(docs, "ConfigMap")["oms-settings"]["data"]["OMS_KAFKA__PARTITIONS"])
+    specs = {name: d["spec"] for name, d in topics.items()}
+    assert {specs[f"oms.{t.value}"]["partitions"] for t in CO_PARTITIONED} == {partitions}
+    for name, d in topics.items():
+        expected = internal_topics.get(name) or partitions
+        assert specs[name]["partitions"] == expected, name
+        follows = d["metadata"]["labels"].get("oms.io/partitions") == "follow-setting"
+        assert follows == (internal_topics.get(name) is None), name
+    compacted = {
+        name for name, spec in specs.items() if spec["config"].get("cleanup.policy") == "compact"
+    }
+    changelogs = {name for name in internal_topics if name.endswith("-changelog")}
+    assert len(changelogs) >= 4
+    assert compacted == {f"oms.{t.value}" for t in COMPACTED} | changelogs | {
+        n for n in internal_topics if n.endswith("-state")
+    }
+    for spec in specs.values():
+        assert int(spec["config"]["min.insync.replicas"]) <= spec["replicas"]
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
+    assert hpa["maxReplicas"] <= partitions
+
+
+def test_k8s_keda_component_replaces_the_hpa(tmp_path: Path) -> None:
+    """prod + the KEDA component: a ScaledObject on the workers' lag, and no CPU HPA left
+    (KEDA owns its own)."""
+    overlay = tmp_path / "prod-keda"
+    overlay.mkdir()
+    rel = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel}/overlays/prod]\ncomponents: [{rel}/components/keda-lag]\n"
+    )
+    docs = _kustomize_build(overlay)
+    assert not _by_kind(docs, "HorizontalPodAutoscaler")
+    scaled = _by_kind(docs, "ScaledObject")["oms-worker"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "oms-worker"
+    trigger = scaled["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == Settings().worker.app_id
+    assert trigger["metadata"]["topic"] == f"oms.{Topic.ORDER_REQUESTS.value}"
