@@ -27,7 +27,11 @@ from faust.types import TP
 
 from oms.schemas import Topic
 from oms.settings import Settings
+from oms.streams import faust_fixes
 from oms.streams.codecs import OrderRecordValue
+
+# Before any app exists: commits must never overtake buffered table writes.
+faust_fixes.install()
 
 
 @dataclass
