@@ -344,9 +344,7 @@ async def _measure(
         ports = [settings.worker.web_port] + [free_port() for _ in range(workers - 1)]
         for i, port in enumerate(ports):
             services.add_worker(i, port)
-        on_status(
-            f"starting paper exchange, gateway, {workers} worker(s) ({n_accounts} accounts)"
-        )
+        on_status(f"starting paper exchange, gateway, {workers} worker(s) ({n_accounts} accounts)")
         services.start_all()
         for port in ports:
             await worker_ready(port)
