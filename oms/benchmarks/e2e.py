@@ -369,10 +369,12 @@ async def _measure(
             collector.expect({r.key for r in requests})
             on_status(f"publishing {config.orders} orders to {workers} worker(s)")
             cpu_before = _cpu_snapshot(services)
+            psutil.cpu_percent(None)  # starts the machine-wide window read below
             t0 = time.perf_counter()
             await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
             cpu_after = _cpu_snapshot(services)
+            machine_busy = psutil.cpu_percent(None)
             acked = [k for k in sent_at if k in collector.first_ack]
             t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
             seconds = t_end - t0
@@ -402,6 +404,8 @@ async def _measure(
             "first_events": ack_types,
             "cpu_s": cpu_s,
             "worker_cpu_ms_per_order": round(worker_cpu * 1000 / len(acked), 3) if acked else None,
+            # Every process on the machine (other sessions included), % of all cores.
+            "machine_cpu_busy_pct": machine_busy,
             "partitions": config.partitions,
             "signing_and_risk_checks": config.secure,
         }
