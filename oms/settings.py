@@ -91,6 +91,10 @@ class WorkerSettings(BaseModel):
     producer_linger_ms: int = Field(5, ge=0)
     # How soon a dead worker's partitions move to the others (Kafka group session timeout).
     session_timeout_s: float = Field(10.0, ge=6.0)
+    # Faust table_standby_replicas: other workers keep a warm copy of each table partition
+    # (read from its changelog), so a takeover skips most of the changelog replay. Costs
+    # that many times the table memory and changelog reads; 0 keeps the failover-tested path.
+    standby_replicas: int = Field(0, ge=0)
 
 
 class QueueSettings(BaseModel):

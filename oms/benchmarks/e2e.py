@@ -12,7 +12,9 @@ cost with no order logic at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import secrets
 import statistics
 import tempfile
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.auth.signing import signed_request_bytes
-from oms.devstack.kafka import KafkaBroker
+from oms.devstack.kafka import KafkaBroker, free_port
 from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
@@ -56,6 +59,8 @@ class E2EConfig:
     timeout_s: float = 300.0
     # Signed requests verified at intake plus every pre-trade risk check (issue 9).
     secure: bool = False
+    # Order-processing workers in one consumer group (issue 7).
+    workers: int = 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -251,17 +256,81 @@ async def baseline_passthrough(
 
 
 async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark and return its figures."""
+    """Run the benchmark (one worker, or ``config.workers``) and return its figures."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
     broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
     on_status("starting Kafka")
     await broker.astart(die_with_parent=True)
+    try:
+        return await _measure(config, broker.bootstrap, base, config.workers, on_status, True)
+    finally:
+        await broker.astop()
+
+
+async def run_e2e_scaling(
+    config: E2EConfig, worker_counts: list[int], on_status: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The same load with each number of workers in turn, on one broker; ``scaling`` is the
+    throughput of the largest count over the smallest's."""
+    base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
+    broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
+    on_status("starting Kafka")
+    await broker.astart(die_with_parent=True)
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for n in worker_counts:
+            runs[str(n)] = await _measure(
+                config, broker.bootstrap, base / f"workers-{n}", n, on_status, n == worker_counts[0]
+            )
+    finally:
+        await broker.astop()
+    low, high = runs[str(min(worker_counts))], runs[str(max(worker_counts))]
+    a, b = low["throughput_per_s"], high["throughput_per_s"]
+    return {
+        "workers": {n: r["throughput_per_s"] for n, r in runs.items()},
+        "scaling": round(b / a, 3) if a else None,
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+    }
+
+
+def _process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its children so far (0 if gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return float(total)
+    except psutil.Error:
+        return 0.0
+
+
+def _cpu_snapshot(services: OmsServices) -> dict[str, float]:
+    return {
+        name: _process_cpu_s(s.proc.pid if s.proc else None)
+        for name, s in services.processes.items()
+    }
+
+
+async def _measure(
+    config: E2EConfig,
+    bootstrap: str,
+    base: Path,
+    workers: int,
+    on_status: Callable[[str], None],
+    with_baseline: bool,
+) -> dict[str, Any]:
+    """Start the services with ``workers`` workers on ``bootstrap``, time the orders, stop."""
     services: OmsServices | None = None
     try:
         n_accounts = accounts_needed(config)
         accounts = [f"bench-{i}" for i in range(n_accounts)]
         settings = isolated_settings(
-            base, broker.bootstrap, accounts, partitions=config.partitions, label="bench"
+            base, bootstrap, accounts, partitions=config.partitions, label="bench"
         )
         write_secrets_file(
             settings.resolved_secrets_file,
@@ -272,14 +341,17 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
         services = OmsServices(settings, base / "logs")
         services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
         services.add_gateway()
-        services.add_worker(0, settings.worker.web_port)
-        on_status(f"starting paper exchange, gateway, worker ({n_accounts} accounts)")
+        ports = [settings.worker.web_port] + [free_port() for _ in range(workers - 1)]
+        for i, port in enumerate(ports):
+            services.add_worker(i, port)
+        on_status(f"starting paper exchange, gateway, {workers} worker(s) ({n_accounts} accounts)")
         services.start_all()
-        await worker_ready(settings.worker.web_port)
+        for port in ports:
+            await worker_ready(port)
 
-        collector = EventCollector(broker.bootstrap, settings.topic(Topic.ORDER_EVENTS))
+        collector = EventCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
         await collector.start()
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
         await producer.start()
         requests_topic = settings.topic(Topic.ORDER_REQUESTS)
         try:
@@ -295,10 +367,14 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
             requests = make_requests(config.orders, accounts, f"run-{uuid.uuid4().hex[:6]}")
             sent_at: dict[str, float] = {}
             collector.expect({r.key for r in requests})
-            on_status(f"publishing {config.orders} orders")
+            on_status(f"publishing {config.orders} orders to {workers} worker(s)")
+            cpu_before = _cpu_snapshot(services)
+            psutil.cpu_percent(None)  # starts the machine-wide window read below
             t0 = time.perf_counter()
             await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
+            cpu_after = _cpu_snapshot(services)
+            machine_busy = psutil.cpu_percent(None)
             acked = [k for k in sent_at if k in collector.first_ack]
             t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
             seconds = t_end - t0
@@ -311,35 +387,44 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
         finally:
             await producer.stop()
             await collector.stop()
-        on_status("measuring the raw Kafka baseline")
-        baseline = await baseline_passthrough(
-            broker.bootstrap,
-            settings.kafka.topic_prefix,
-            config.orders,
-            request_size,
-            1_500,
-            config.partitions,
-        )
         throughput = len(acked) / seconds if seconds > 0 else 0.0
-        return {
+        # CPU seconds each process used while the measured orders went through.
+        cpu_s = {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after}
+        worker_cpu = sum(v for k, v in cpu_s.items() if k.startswith("worker-"))
+        result: dict[str, Any] = {
             "orders": config.orders,
             "acknowledged": len(acked),
             "complete": complete,
             "accounts": n_accounts,
             "rate": config.rate,
+            "workers": workers,
             "seconds": round(seconds, 3),
             "throughput_per_s": round(throughput, 1),
             "latency_ms": latency_summary(latencies),
             "first_events": ack_types,
-            "baseline_throughput_per_s": round(baseline, 1),
-            "ratio": round(throughput / baseline, 3) if baseline else None,
+            "cpu_s": cpu_s,
+            "worker_cpu_ms_per_order": round(worker_cpu * 1000 / len(acked), 3) if acked else None,
+            # Every process on the machine (other sessions included), % of all cores.
+            "machine_cpu_busy_pct": machine_busy,
             "partitions": config.partitions,
             "signing_and_risk_checks": config.secure,
         }
+        if with_baseline:
+            on_status("measuring the raw Kafka baseline")
+            baseline = await baseline_passthrough(
+                bootstrap,
+                settings.kafka.topic_prefix,
+                config.orders,
+                request_size,
+                1_500,
+                config.partitions,
+            )
+            result["baseline_throughput_per_s"] = round(baseline, 1)
+            result["ratio"] = round(throughput / baseline, 3) if baseline else None
+        return result
     finally:
         if services is not None:
             services.stop_all()
-        await broker.astop()
 
 
 def secure_setup(

@@ -27,13 +27,44 @@ def e2e(
     compare_secure: Annotated[
         bool, typer.Option(help="run without, then with signing + risk checks; print both")
     ] = False,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--workers",
+            help="workers in the consumer group; repeat (--workers 1 --workers 2) to run each "
+            "on the same broker and print the scaling ratio",
+        ),
+    ] = None,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
-    from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e
+    from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e, run_e2e_scaling
+
+    counts = sorted(set(workers or [1]))
+    if any(n < 1 for n in counts):
+        raise typer.BadParameter("at least one worker", param_hint="--workers")
+    if len(counts) > 1:
+        if compare_secure:
+            raise typer.BadParameter("one of --compare-secure or several --workers")
+        config = E2EConfig(
+            orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure
+        )
+        with console.status("bench e2e") as status:
+            scaling = asyncio.run(
+                run_e2e_scaling(
+                    config, counts, on_status=lambda s: status.update(f"bench e2e: {s}")
+                )
+            )
+        _print(scaling, "oms bench e2e --workers", json)
+        return
 
     def run(secure_mode: bool) -> dict[str, object]:
         config = E2EConfig(
-            orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure_mode
+            orders=orders,
+            rate=rate,
+            accounts=accounts,
+            partitions=partitions,
+            secure=secure_mode,
+            workers=counts[0],
         )
         with console.status("bench e2e") as status:
             return asyncio.run(

@@ -260,6 +260,25 @@ class Child:
         self.state = "stopped"
 
 
+def worker_ports(settings: Settings, count: int) -> list[int]:
+    """Web ports of ``count`` workers: ``worker.web_port`` upwards, skipping the ports of the
+    other services (the position keeper's 6067 and the notifier's 6068 follow the first
+    worker's 6066 by default)."""
+    taken = {
+        settings.positions.web_port,
+        settings.notify.web_port,
+        settings.sink.query_port,
+        settings.paper.port,
+    }
+    ports: list[int] = []
+    candidate = settings.worker.web_port
+    while len(ports) < count:
+        if candidate not in taken:
+            ports.append(candidate)
+        candidate += 1
+    return ports
+
+
 @dataclass
 class Supervisor:
     """Runs the OMS processes against a broker and keeps them running."""
@@ -335,8 +354,7 @@ class Supervisor:
             )
         if self.gateway:
             add("gateway", ["gateway"])
-        for i in range(self.workers):
-            port = s.worker.web_port + i
+        for i, port in enumerate(worker_ports(s, self.workers)):
             add(
                 f"worker-{i}",
                 ["worker", "--web-port", str(port)],

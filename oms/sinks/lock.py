@@ -30,7 +30,8 @@ class ChdbPathBusy(RuntimeError):
         where = f", query endpoint {endpoint}" if endpoint else ""
         super().__init__(
             f"embedded ClickHouse at {path} is already open by {role} pid {pid}{where}; "
-            "run one sink per data dir (or set OMS_CLICKHOUSE_URL for a server)"
+            "embedded chDB mode runs exactly one sink process per data dir: stop that one, "
+            "or set OMS_CLICKHOUSE_URL to a ClickHouse server to run several sinks"
         )
 
 

@@ -77,7 +77,7 @@ def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: A
         stream_wait_empty=False,
         broker_session_timeout=worker.session_timeout_s,
         broker_heartbeat_interval=max(1.0, worker.session_timeout_s / 4),
-        table_standby_replicas=0,
+        table_standby_replicas=worker.standby_replicas,
         worker_redirect_stdouts=False,
         autodiscover=False,
     )

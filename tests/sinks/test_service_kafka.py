@@ -307,6 +307,7 @@ async def test_second_sink_on_same_path_exits_with_clear_message(
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
         assert "already open by sink pid" in lines[0]
+        assert "exactly one sink process" in lines[0] and "OMS_CLICKHOUSE_URL" in lines[0]
         assert str(first.proc.pid if first.proc else "") in lines[0]
         assert first.alive
         # oms sql still works, through the running sink.
