@@ -44,3 +44,33 @@ async def test_install_is_idempotent() -> None:
     flush = ProducerBuffer.flush
     faust_fixes.install()
     assert ProducerBuffer.flush is flush
+
+
+def _offsets(committed: int | None, acked: list[int]) -> Any:
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    state = SimpleNamespace(
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _committed_offset=defaultdict(lambda: None),
+        _gap=defaultdict(IntervalTree),
+    )
+    state._acked["tp"] = list(acked)
+    state._acked_index["tp"] = set(acked)
+    state._committed_offset["tp"] = committed
+    return state
+
+
+def test_commit_never_skips_an_unprocessed_head() -> None:
+    from faust.transport.consumer import Consumer
+
+    faust_fixes.install()
+    # 15 is the next offset to read (committed) and was never processed; 16 was.
+    assert Consumer._new_offset(_offsets(15, [16]), "tp") is None  # type: ignore[arg-type]
+    assert Consumer._new_offset(_offsets(0, [1, 2]), "tp") is None  # type: ignore[arg-type]
+    # The ordinary cases are unchanged.
+    assert Consumer._new_offset(_offsets(15, [15, 16, 17]), "tp") == 18  # type: ignore[arg-type]
+    assert Consumer._new_offset(_offsets(None, [3, 4]), "tp") == 5  # type: ignore[arg-type]
+    assert Consumer._new_offset(_offsets(15, [15, 16, 18]), "tp") == 17  # type: ignore[arg-type]
