@@ -82,3 +82,50 @@ def install() -> None:
         return result
 
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+# How long an input partition may wait on a message that was never delivered before it is
+# read again from its committed offset.
+STALL_S = 5.0
+
+
+class StallHealer:
+    """Re-reads input partitions whose head message Faust dropped (fix 2's other half).
+
+    Faust delivers a fetched message with ``wait_first(callback(message), suspend_flow)``
+    and marks it read either way, so a message caught by a rebalance's flow suspension is
+    never delivered; later offsets are, and (with fix 2) the commit stops at the dropped one.
+    A partition whose lowest acknowledged offset stays above its committed offset for
+    ``STALL_S`` is sought back to the committed offset: the dropped message is delivered, and
+    those after it again (the caller marks them as replays, which are idempotent).
+    """
+
+    def __init__(self, consumer_of: Any, topics: set[str], stall_s: float = STALL_S) -> None:
+        self._consumer_of = consumer_of
+        self._topics = topics
+        self._stall_s = stall_s
+        self._since: dict[Any, float] = {}
+        self.healed = 0
+
+    def stalled(self, now: float) -> list[tuple[Any, int]]:
+        """Partitions stalled for longer than ``stall_s``, with their committed offset."""
+        consumer = self._consumer_of()
+        due = []
+        for tp in list(consumer.assignment()):
+            if tp.topic not in self._topics:
+                continue
+            acked = consumer._acked.get(tp)
+            committed = consumer._committed_offset.get(tp)
+            if not acked or committed is None or min(acked) <= committed:
+                self._since.pop(tp, None)
+                continue
+            first = self._since.setdefault(tp, now)
+            if now - first >= self._stall_s:
+                due.append((tp, committed))
+        return due
+
+    async def heal(self, tp: Any, offset: int) -> None:
+        """Read ``tp`` again from ``offset``."""
+        await self._consumer_of().seek(tp, offset)
+        self._since.pop(tp, None)
+        self.healed += 1

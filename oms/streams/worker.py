@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
@@ -41,6 +42,7 @@ from oms.schemas import (
 from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore
 from oms.settings import Settings
+from oms.streams import faust_fixes
 from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.execution import ExchangeSessions, OrderExecutor
@@ -254,9 +256,23 @@ class OrderWorker:
         interval = self.settings.worker.recovery_check_interval_s
         register_guard(app, self.guard, interval)
 
+        healer = faust_fixes.StallHealer(lambda: app.consumer, inputs)
+        self.healer = healer
+
         @app.timer(interval=interval)
         async def sweep_unacknowledged() -> None:
             await self.sweep()
+            for tp, committed in healer.stalled(time.monotonic()):
+                # Everything from the committed offset is read again: count it as replayed.
+                highwater = (await app.consumer.highwaters(tp)).get(tp, committed)
+                self._replay_below[(tp.topic, tp.partition)] = highwater
+                log.warning(
+                    "worker.partition_stalled",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    reread_from=committed,
+                )
+                await healer.heal(tp, committed)
             # Insurance: a rebalance whose completion signal we missed still rebuilds.
             owned = frozenset(self.oms.active_partitions(self._requests_topic))
             if owned != self._held_partitions and not getattr(app, "in_recovery", False):

@@ -74,3 +74,31 @@ def test_commit_never_skips_an_unprocessed_head() -> None:
     assert Consumer._new_offset(_offsets(15, [15, 16, 17]), "tp") == 18  # type: ignore[arg-type]
     assert Consumer._new_offset(_offsets(None, [3, 4]), "tp") == 5  # type: ignore[arg-type]
     assert Consumer._new_offset(_offsets(15, [15, 16, 18]), "tp") == 17  # type: ignore[arg-type]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.tp = SimpleNamespace(topic="in", partition=0)
+        self.other = SimpleNamespace(topic="elsewhere", partition=0)
+        self._acked = {self.tp: [16, 17], self.other: [5]}
+        self._committed_offset = {self.tp: 15, self.other: 3}
+        self.sought: list[tuple[Any, int]] = []
+
+    def assignment(self) -> set[Any]:
+        return {self.tp, self.other}  # type: ignore[arg-type]
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
+    consumer = FakeConsumer()
+    healer = faust_fixes.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    assert healer.stalled(now=100.0) == []  # first seen
+    assert healer.stalled(now=104.0) == []
+    due = healer.stalled(now=105.0)
+    assert due == [(consumer.tp, 15)]  # only the input topic, after the stall time
+    await healer.heal(*due[0])
+    assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
+    consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
+    assert healer.stalled(now=200.0) == []
