@@ -78,8 +78,10 @@ def test_commit_never_skips_an_unprocessed_head() -> None:
 
 class FakeConsumer:
     def __init__(self) -> None:
-        self.tp = SimpleNamespace(topic="in", partition=0)
-        self.other = SimpleNamespace(topic="elsewhere", partition=0)
+        from faust.types import TP
+
+        self.tp = TP("in", 0)
+        self.other = TP("elsewhere", 0)
         self._acked = {self.tp: [16, 17], self.other: [5]}
         self._committed_offset = {self.tp: 15, self.other: 3}
         self.sought: list[tuple[Any, int]] = []
