@@ -75,8 +75,9 @@ lint: install
 test: kafka lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# Every scenario; BENCH_ARGS=--quick for the few-minute version. Writes bench/results/latest.*
 bench: kafka
-	$(VENV)/bin/oms bench e2e $(BENCH_ARGS)
+	$(VENV)/bin/oms bench all $(BENCH_ARGS)
 
 chaos: kafka
 	$(VENV)/bin/oms bench chaos $(CHAOS_ARGS)

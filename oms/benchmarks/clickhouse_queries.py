@@ -64,8 +64,9 @@ def extract_named_queries(markdown: str) -> list[tuple[str, str]]:
         for line in block.splitlines():
             stripped = line.strip()
             if stripped.startswith("--"):
-                if not body:
-                    name = stripped.lstrip("-").strip()
+                if not body:  # comment lines above a statement name it, joined
+                    text = stripped.lstrip("-").strip()
+                    name = f"{name} {text}" if name else text
                 continue
             body.append(line)
             if stripped.endswith(";"):

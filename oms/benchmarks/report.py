@@ -112,18 +112,24 @@ class FigureSummary:
 
 
 def lookup(result: dict[str, Any], path: str) -> float | None:
-    """The number at a dotted ``path`` in a result, None if absent or not a finite number."""
+    """The number at a dotted ``path`` in a result (digits index lists), None if absent or
+    not a finite number."""
     node: Any = result
     for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return None
-        node = node[part]
     if isinstance(node, bool) or not isinstance(node, int | float):
         return None
     return float(node) if math.isfinite(node) else None
 
 
-def summarize(figures: Sequence[Figure], runs: dict[str, list[dict[str, Any]]]) -> list[FigureSummary]:
+def summarize(
+    figures: Sequence[Figure], runs: dict[str, list[dict[str, Any]]]
+) -> list[FigureSummary]:
     """Each figure over the repetitions of its scenario (missing values are skipped)."""
     out = []
     for figure in figures:
@@ -241,7 +247,7 @@ def render_markdown(report: dict[str, Any], charts: Sequence[str] = ()) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
         label = f["figure"] + (f" ({f['note']})" if f["note"] else "")
         lines.append(
-            f"| {f['scenario']} | {label} | {_fmt(f['median'])}{unit if f['median'] is not None else ''}"
+            f"| {f['scenario']} | {label} | {_fmt(f['median'])}{unit if f['median'] else ''}"
             f" | {spread} | {f['repetitions']} | {_fmt(f['baseline'])} | {_fmt(f['ratio'])} "
             f"| {target} | {met} |"
         )
@@ -267,9 +273,7 @@ def write_charts(
     import matplotlib.pyplot as plt
 
     written = []
-    rates = [
-        f for f in report["figures"] if f["median"] is not None and f["unit"].endswith("/s")
-    ]
+    rates = [f for f in report["figures"] if f["median"] is not None and f["unit"].endswith("/s")]
     if rates:
         fig, ax = plt.subplots(figsize=(9, 0.5 * len(rates) + 1.5))
         labels = [f"{f['scenario']}: {f['figure']}" for f in rates]
