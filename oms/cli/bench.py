@@ -287,3 +287,27 @@ def all_scenarios(
         console.print(f"[red]{name} failed:[/red] {error}")
     console.print("wrote " + ", ".join(str(p) for p in written))
     raise typer.Exit(1 if report["errors"] else 0)
+
+
+@bench_app.command("hostile")
+def hostile(
+    messages: Annotated[int, typer.Option(help="hostile messages (hypothesis)")] = 10_000,
+    valid: Annotated[int, typer.Option(help="valid orders mixed in")] = 500,
+    seed: Annotated[int, typer.Option(help="hypothesis seed")] = 8,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this running Kafka instead of starting one")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Hostile messages (malformed, huge, mistyped, unicode, injections) mixed with valid
+    orders into a real worker: no crash, each dead-lettered or refused with a reason, valid
+    orders correct, no label twice at the exchange. Exits 1 if any check fails."""
+    from oms.benchmarks.hostile import HostileConfig, run_hostile
+
+    config = HostileConfig(hostile=messages, valid=valid, seed=seed, bootstrap=bootstrap)
+    with console.status("bench hostile") as status:
+        result = asyncio.run(
+            run_hostile(config, on_status=lambda s: status.update(f"bench hostile: {s}"))
+        )
+    _print(result, "oms bench hostile", json)
+    raise typer.Exit(0 if result["ok"] else 1)
