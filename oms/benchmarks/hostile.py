@@ -106,9 +106,9 @@ def _hostile_text() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(INJECTIONS), st.text(min_size=1, max_size=80))
 
 
-def _base_request(account: str) -> dict[str, Any]:
+def _base_request(account: str, uid: str) -> dict[str, Any]:
     return {
-        "request_id": f"h-{uuid.uuid4().hex[:12]}",
+        "request_id": f"h-{uid[:12]}",
         "account_id": account,
         "instrument_name": "BTC-PERPETUAL",
         "amount": 10.0,
@@ -123,7 +123,9 @@ def hostile_message(draw: st.DrawFn, accounts: list[str]) -> tuple[str, bytes]:
     """One hostile message: (kind, bytes)."""
     kind = draw(st.sampled_from(KINDS))
     account = draw(st.sampled_from(accounts))
-    base = _base_request(account)
+    # Ids from hypothesis too, so a seed reproduces every byte.
+    uid = draw(st.uuids()).hex
+    base = _base_request(account, uid)
     if kind == "not_json":
         text = draw(st.text(max_size=200))
         body = text.encode("utf-8", "surrogatepass")
@@ -171,7 +173,7 @@ def hostile_message(draw: st.DrawFn, accounts: list[str]) -> tuple[str, bytes]:
             st.dictionaries(_hostile_text(), _hostile_text(), min_size=1, max_size=8)
         )
         if draw(st.booleans()):
-            base["account_id"] = f"ghost-{uuid.uuid4().hex[:8]}"
+            base["account_id"] = f"ghost-{uid[-8:]}"
         else:
             base["amount"] = draw(st.sampled_from((0.0, -10.0, -1e300)))
         return kind, orjson.dumps(base)
@@ -179,14 +181,14 @@ def hostile_message(draw: st.DrawFn, accounts: list[str]) -> tuple[str, bytes]:
     variant = draw(st.sampled_from(("unknown_account", "bad_amount", "unknown_instrument",
                                     "cancel_unknown")))  # fmt: skip
     if variant == "unknown_account":
-        base["account_id"] = f"ghost-{uuid.uuid4().hex[:8]}"
+        base["account_id"] = f"ghost-{uid[-8:]}"
     elif variant == "bad_amount":
         base["amount"] = draw(st.sampled_from((0.0, -1.0, 3.0, 1e-9)))
     elif variant == "unknown_instrument":
         base["instrument_name"] = draw(st.sampled_from(("FAKE-PERPETUAL", "BTC-1JAN99", "X")))
     else:
         base = {"command": "cancel", "request_id": base["request_id"], "account_id": account,
-                "order_id": f"o-{uuid.uuid4().hex[:16]}"}  # fmt: skip
+                "order_id": f"o-{uid[-16:]}"}  # fmt: skip
     return kind, orjson.dumps(base)
 
 
