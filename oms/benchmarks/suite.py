@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,57 +78,75 @@ def capture_e2e_latencies(sink: list[float]) -> Iterator[None]:
 # --- runners ------------------------------------------------------------------------------
 
 
+def _bounded(coro: Coroutine[Any, Any, dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    """Run a scenario in its own event loop; past ``timeout_s`` it is cancelled (its
+    ``finally`` blocks stop what it started) and TimeoutError is raised."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
 def _e2e(
-    orders: int, rate: float | None, latencies: list[float]
+    orders: int, rate: float | None, latencies: list[float], timeout_s: float
 ) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms.benchmarks.e2e import E2EConfig, run_e2e
 
         with capture_e2e_latencies(latencies):
-            return asyncio.run(run_e2e(E2EConfig(orders=orders, rate=rate), on_status=status))
+            config = E2EConfig(orders=orders, rate=rate)
+            return _bounded(run_e2e(config, on_status=status), timeout_s)
 
     return run
 
 
-def _conditions(quick: bool) -> Callable[[Status], dict[str, Any]]:
+def _conditions(quick: bool, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms.benchmarks.conditions import ConditionsConfig, run_conditions
 
         if quick:
-            config = ConditionsConfig(
-                orders=20_000, ticks=50_000, naive_ticks=50,
-                pipeline_orders=200, pipeline_ticks=20_000, probes=50, rate=10_000.0,
-            )  # fmt: skip
+            # The engine alone: the pipeline part needs a broker and a worker of its own.
+            config = ConditionsConfig(orders=20_000, ticks=50_000, naive_ticks=50, pipeline=False)
         else:
             config = ConditionsConfig()
-        return asyncio.run(run_conditions(config, on_status=status))
+        return _bounded(run_conditions(config, on_status=status), timeout_s)
 
     return run
 
 
-def _notify(events: int, bootstrap: str | None) -> Callable[[Status], dict[str, Any]]:
+def _notify(
+    events: int, bootstrap: str | None, timeout_s: float
+) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms.benchmarks.notify import NotifyBenchConfig, run_notify_bench
         from oms.logs import configure_logging
 
         configure_logging("warn")
         config = NotifyBenchConfig(events=events, bootstrap=bootstrap)
-        return asyncio.run(run_notify_bench(config, on_status=status))
+        return _bounded(run_notify_bench(config, on_status=status), timeout_s)
 
     return run
 
 
 def run_cli_json(
-    args: list[str], status: Status, env: dict[str, str] | None = None
+    args: list[str], status: Status, env: dict[str, str] | None = None, timeout_s: float = 900
 ) -> dict[str, Any]:
     """``python -m oms.cli.main <args>`` in a child process; its last stdout line that is a
-    JSON object is the result."""
+    JSON object is the result. Past ``timeout_s`` the child gets SIGINT (so it stops the
+    services it started), then SIGKILL, and TimeoutError is raised."""
     status(f"oms {' '.join(args)}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "oms.cli.main", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False,
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oms.cli.main", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
-    for line in reversed(proc.stdout.splitlines()):
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise TimeoutError(f"oms {' '.join(args)} took over {timeout_s:.0f} s") from None
+    for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             try:
                 result = orjson.loads(line)
@@ -135,24 +154,29 @@ def run_cli_json(
                 continue
             if isinstance(result, dict):
                 return result
-    tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+    tail = "\n".join((stderr or stdout).splitlines()[-15:])
     raise RuntimeError(f"oms {' '.join(args)} exited {proc.returncode}: {tail}")
 
 
-def _positions(fills: int, bootstrap: str | None) -> Callable[[Status], dict[str, Any]]:
+def _positions(
+    fills: int, bootstrap: str | None, timeout_s: float
+) -> Callable[[Status], dict[str, Any]]:
     env = {"OMS_KAFKA__BOOTSTRAP": bootstrap} if bootstrap else None
 
     def run(status: Status) -> dict[str, Any]:
-        return run_cli_json(["bench", "positions", "--fills", str(fills), "--json"], status, env)
+        args = ["bench", "positions", "--fills", str(fills), "--json"]
+        return run_cli_json(args, status, env, timeout_s)
 
     return run
 
 
-def _queries(events: int, changes: int, repeat: int) -> Callable[[Status], dict[str, Any]]:
+def _queries(
+    events: int, changes: int, repeat: int, timeout_s: float
+) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         args = ["bench", "queries", "--events", str(events), "--position-changes", str(changes),
                 "--repeat", str(repeat), "--json"]  # fmt: skip
-        return run_cli_json(args, status)
+        return run_cli_json(args, status, timeout_s=timeout_s)
 
     return run
 
@@ -175,10 +199,12 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
     """The suite, sized for quick or full mode."""
     quick = config.quick
     reps = 1 if quick else max(1, config.repetitions)
+    # Per repetition; a scenario stuck past it is stopped and reported as failed.
+    limit = 180.0 if quick else 900.0
     out = [
         Scenario(
             "e2e",
-            _e2e(1_000 if quick else 5_000, None, e2e_latencies),
+            _e2e(1_000 if quick else 5_000, None, e2e_latencies, limit),
             reps,
             [
                 Figure(
@@ -204,7 +230,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
         out.append(
             Scenario(
                 "e2e-paced",
-                _e2e(5_000, 500.0, []),
+                _e2e(5_000, 500.0, [], limit),
                 reps,
                 [
                     Figure(
@@ -229,7 +255,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
     out += [
         Scenario(
             "conditions",
-            _conditions(quick),
+            _conditions(quick, limit),
             reps,
             [
                 Figure(
@@ -255,7 +281,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
         ),
         Scenario(
             "notify",
-            _notify(10_000 if quick else 50_000, config.bootstrap),
+            _notify(10_000 if quick else 50_000, config.bootstrap, limit),
             reps,
             [
                 Figure(
@@ -269,7 +295,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
         ),
         Scenario(
             "positions",
-            _positions(20_000 if quick else 200_000, config.bootstrap),
+            _positions(20_000 if quick else 200_000, config.bootstrap, limit),
             reps,
             [
                 Figure(
@@ -293,7 +319,10 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
         Scenario(
             "queries",
             _queries(
-                500_000 if quick else 10_000_000, 50_000 if quick else 1_000_000, 5 if quick else 10
+                500_000 if quick else 10_000_000,
+                50_000 if quick else 1_000_000,
+                5 if quick else 10,
+                limit,
             ),
             1,  # p50/p99 are already over the query's own repetitions
             [
@@ -324,6 +353,23 @@ def run_suite(
     runs: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
     t0 = time.monotonic()
+
+    def write() -> tuple[dict[str, Any], list[Path]]:
+        figures: list[Figure] = []
+        for scenario in suite:
+            figures += scenario.figures
+            if scenario.dynamic_figures and runs.get(scenario.name):
+                figures += scenario.dynamic_figures(runs[scenario.name][-1])
+        report = build_report(
+            summarize(figures, runs),
+            runs,
+            machine_info(load_before),
+            mode="quick" if config.quick else "full",
+            seconds=time.monotonic() - t0,
+            errors=errors,
+        )
+        return report, write_report(report, config.out_dir, e2e_latencies)
+
     for scenario in suite:
         for rep in range(scenario.repetitions):
 
@@ -332,26 +378,16 @@ def run_suite(
                     progress(_s.name, _r + 1, _s.repetitions, text)
 
             status("starting")
+            started = time.monotonic()
             try:
                 result = scenario.run(status)
             except Exception as exc:  # one failing scenario must not lose the others' figures
-                errors[f"{scenario.name}#{rep + 1}"] = f"{type(exc).__name__}: {exc}"[:2_000]
+                text = str(exc) or "past its time limit, stopped"
+                errors[f"{scenario.name}#{rep + 1}"] = f"{type(exc).__name__}: {text}"[:2_000]
                 continue
-            result["_seconds_wall"] = round(time.monotonic() - t0, 1)
+            result["scenario_seconds"] = round(time.monotonic() - started, 1)
             runs.setdefault(scenario.name, []).append(result)
-    figures: list[Figure] = []
-    for scenario in suite:
-        figures += scenario.figures
-        if scenario.dynamic_figures and runs.get(scenario.name):
-            figures += scenario.dynamic_figures(runs[scenario.name][-1])
-    summaries = summarize(figures, runs)
-    report = build_report(
-        summaries,
-        runs,
-        machine_info(load_before),
-        mode="quick" if config.quick else "full",
-        seconds=time.monotonic() - t0,
-        errors=errors,
-    )
-    written = write_report(report, config.out_dir, e2e_latencies)
-    return report, written
+        # Written after every scenario: an interrupted run still leaves its figures.
+        status("writing the report")
+        write()
+    return write()
