@@ -311,3 +311,22 @@ def hostile(
         )
     _print(result, "oms bench hostile", json)
     raise typer.Exit(0 if result["ok"] else 1)
+
+
+@bench_app.command("memory")
+def memory(
+    orders: Annotated[int, typer.Option(help="conditional, then as many open orders")] = 10_000,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this running Kafka instead of starting one")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The worker's RSS per 10,000 resting conditional orders and per 10,000 open orders."""
+    from oms.benchmarks.memory import MemoryBenchConfig, run_memory_bench
+
+    config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
+    with console.status("bench memory") as status:
+        result = asyncio.run(
+            run_memory_bench(config, on_status=lambda s: status.update(f"bench memory: {s}"))
+        )
+    _print(result, "oms bench memory", json)
