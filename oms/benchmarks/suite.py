@@ -78,6 +78,18 @@ def capture_e2e_latencies(sink: list[float]) -> Iterator[None]:
 # --- runners ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def own_broker_env() -> Iterator[None]:
+    """Hide ``OMS_KAFKA__*`` from the environment while a scenario that starts its own broker
+    runs: its service processes inherit the environment, and a nested ``OMS_KAFKA__BOOTSTRAP``
+    would point them at another broker than the one their topics were created on."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OMS_KAFKA__")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _bounded(coro: Coroutine[Any, Any, dict[str, Any]], timeout_s: float) -> dict[str, Any]:
     """Run a scenario in its own event loop; past ``timeout_s`` it is cancelled (its
     ``finally`` blocks stop what it started) and TimeoutError is raised."""
@@ -90,7 +102,7 @@ def _e2e(
     def run(status: Status) -> dict[str, Any]:
         from oms.benchmarks.e2e import E2EConfig, run_e2e
 
-        with capture_e2e_latencies(latencies):
+        with capture_e2e_latencies(latencies), own_broker_env():
             config = E2EConfig(orders=orders, rate=rate)
             return _bounded(run_e2e(config, on_status=status), timeout_s)
 
@@ -106,7 +118,8 @@ def _conditions(quick: bool, timeout_s: float) -> Callable[[Status], dict[str, A
             config = ConditionsConfig(orders=20_000, ticks=50_000, naive_ticks=50, pipeline=False)
         else:
             config = ConditionsConfig()
-        return _bounded(run_conditions(config, on_status=status), timeout_s)
+        with own_broker_env():
+            return _bounded(run_conditions(config, on_status=status), timeout_s)
 
     return run
 
