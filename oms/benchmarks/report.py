@@ -15,7 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -263,10 +263,10 @@ def render_markdown(report: dict[str, Any], charts: Sequence[str] = ()) -> str:
 
 
 def write_charts(
-    report: dict[str, Any], out_dir: Path, e2e_latencies_ms: Sequence[float] = ()
+    report: dict[str, Any], out_dir: Path, latencies_ms: Mapping[str, Sequence[float]] | None = None
 ) -> list[str]:
-    """PNG charts (matplotlib, Agg): throughput per scenario, and the e2e latency histogram.
-    Returns the paths written."""
+    """PNG charts (matplotlib, Agg): throughput per scenario, and a latency histogram per
+    scenario in ``latencies_ms`` (``<scenario>-latency.png``). Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,14 +295,16 @@ def write_charts(
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
-    if e2e_latencies_ms:
+    for scenario, values in (latencies_ms or {}).items():
+        if not values:
+            continue
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.hist(list(e2e_latencies_ms), bins=50, color="#55a868")
+        ax.hist(list(values), bins=50, color="#55a868")
         ax.set_xlabel("request published -> first exchange-acknowledged event (ms)")
         ax.set_ylabel("orders")
-        ax.set_title(f"bench e2e latency ({len(e2e_latencies_ms)} orders, last repetition)")
+        ax.set_title(f"bench {scenario} latency ({len(values)} orders, last repetition)")
         fig.tight_layout()
-        path = out_dir / "e2e-latency.png"
+        path = out_dir / f"{scenario}-latency.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
@@ -310,11 +312,11 @@ def write_charts(
 
 
 def write_report(
-    report: dict[str, Any], out_dir: Path, e2e_latencies_ms: Sequence[float] = ()
+    report: dict[str, Any], out_dir: Path, latencies_ms: Mapping[str, Sequence[float]] | None = None
 ) -> list[Path]:
     """Write ``latest.json``, the charts and ``latest.md`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = write_charts(report, out_dir, e2e_latencies_ms)
+    charts = write_charts(report, out_dir, latencies_ms)
     json_path = out_dir / "latest.json"
     json_path.write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"

@@ -194,9 +194,28 @@ def _queries(
     return run
 
 
+def _memory(
+    orders: int, bootstrap: str | None, timeout_s: float
+) -> Callable[[Status], dict[str, Any]]:
+    def run(status: Status) -> dict[str, Any]:
+        from oms.benchmarks.memory import MemoryBenchConfig, run_memory_bench
+
+        config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
+        if bootstrap:
+            return _bounded(run_memory_bench(config, on_status=status), timeout_s)
+        with own_broker_env():
+            return _bounded(run_memory_bench(config, on_status=status), timeout_s)
+
+    return run
+
+
 def query_figures(result: dict[str, Any]) -> list[Figure]:
     """p50 and p99 of each README query, named by the README's comment."""
-    out = []
+    size = (
+        f"{result.get('events', 0):,} events, {result.get('position_changes', 0):,} position "
+        f"changes, {(result.get('queries') or [{}])[0].get('runs', '?')} runs per query"
+    )
+    out = [Figure("queries", f"history: {size}", "query_count", "queries")]
     for i, query in enumerate(result.get("queries", [])):
         name = str(query.get("name", f"query {i}"))
         name = name if len(name) <= 60 else name[:57] + "..."
@@ -208,7 +227,22 @@ def query_figures(result: dict[str, Any]) -> list[Figure]:
 # --- the scenarios ------------------------------------------------------------------------
 
 
-def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]:
+# The worker-side figures of bench conditions (full mode: quick runs the engine alone).
+_CONDITIONS_PIPELINE = [
+    Figure(
+        "conditions",
+        "ticks/s consumed by a worker (published at 10,000/s)",
+        "pipeline_ticks_per_s",
+        "/s",
+        "baseline_consume_ticks_per_s",
+        9_500,
+    ),
+    Figure("conditions", "trigger latency p50", "trigger_latency_ms.p50", "ms"),
+    Figure("conditions", "trigger latency p99", "trigger_latency_ms.p99", "ms"),
+]
+
+
+def scenarios(config: SuiteConfig, e2e_latencies: dict[str, list[float]]) -> list[Scenario]:
     """The suite, sized for quick or full mode."""
     quick = config.quick
     reps = 1 if quick else max(1, config.repetitions)
@@ -217,7 +251,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
     out = [
         Scenario(
             "e2e",
-            _e2e(1_000 if quick else 5_000, None, e2e_latencies, limit),
+            _e2e(1_000 if quick else 5_000, None, e2e_latencies.setdefault("e2e", []), limit),
             reps,
             [
                 Figure(
@@ -243,7 +277,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
         out.append(
             Scenario(
                 "e2e-paced",
-                _e2e(5_000, 500.0, [], limit),
+                _e2e(5_000, 500.0, e2e_latencies.setdefault("e2e-paced", []), limit),
                 reps,
                 [
                     Figure(
@@ -271,6 +305,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
             _conditions(quick, limit),
             reps,
             [
+                *([] if quick else _CONDITIONS_PIPELINE),
                 Figure(
                     "conditions",
                     "trigger engine ticks/s",
@@ -280,16 +315,6 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
                     note="baseline: the seed's linear scan",
                 ),
                 Figure("conditions", "engine bytes per resting order", "bytes_per_order", "B"),
-                Figure(
-                    "conditions",
-                    "ticks/s consumed by a worker (published at 10,000/s)",
-                    "pipeline_ticks_per_s",
-                    "/s",
-                    "baseline_consume_ticks_per_s",
-                    9_500,
-                ),
-                Figure("conditions", "trigger latency p50", "trigger_latency_ms.p50", "ms"),
-                Figure("conditions", "trigger latency p99", "trigger_latency_ms.p99", "ms"),
             ],
         ),
         Scenario(
@@ -346,6 +371,19 @@ def scenarios(config: SuiteConfig, e2e_latencies: list[float]) -> list[Scenario]
             dynamic_figures=query_figures,
         ),
     ]
+    out.append(
+        Scenario(
+            "memory",
+            _memory(2_000 if quick else 10_000, config.bootstrap, limit),
+            1 if quick else min(reps, 2),
+            [
+                Figure("memory", "worker RSS per 10,000 resting conditional orders",
+                       "per_10k_conditional_mb", "MB"),
+                Figure("memory", "worker RSS per 10,000 open orders", "per_10k_open_mb", "MB"),
+                Figure("memory", "worker peak RSS (VmHWM)", "peak_rss_mb", "MB"),
+            ],
+        )
+    )  # fmt: skip
     if config.only:
         out = [s for s in out if s.name in config.only]
     return out
@@ -361,7 +399,7 @@ def run_suite(
     from oms.benchmarks.report import build_report, machine_info, summarize, write_report
 
     load_before = os.getloadavg()
-    e2e_latencies: list[float] = []
+    e2e_latencies: dict[str, list[float]] = {}
     suite = scenarios(config, e2e_latencies)
     runs: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}

@@ -249,7 +249,7 @@ def all_scenarios(
     config = SuiteConfig(
         quick=quick, repetitions=repetitions, only=only, bootstrap=bootstrap, out_dir=Path(out)
     )
-    plan = {s.name: s.repetitions for s in scenarios(config, [])}
+    plan = {s.name: s.repetitions for s in scenarios(config, {})}
     done: set[tuple[str, int]] = set()
     with Progress(
         TextColumn("[bold]{task.fields[scenario]}"),
@@ -282,7 +282,8 @@ def all_scenarios(
             "-" if f["target"] is None else f"{'>=' if f['target_kind'] == 'min' else '<='} "
             f"{f['target']}", {True: "yes", False: "NO", None: "-"}[f["met"]],
         )  # fmt: skip
-    Console().print(table)
+    # Wide enough for the figure names when the output is not a terminal (make, CI logs).
+    Console(width=None if console.is_terminal else 160).print(table)
     for name, error in report["errors"].items():
         console.print(f"[red]{name} failed:[/red] {error}")
     console.print("wrote " + ", ".join(str(p) for p in written))

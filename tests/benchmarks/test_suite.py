@@ -17,13 +17,14 @@ from oms.benchmarks.suite import (
 
 
 def test_quick_runs_each_scenario_once_full_repeats() -> None:
-    quick = scenarios(SuiteConfig(quick=True), [])
-    full = scenarios(SuiteConfig(repetitions=3), [])
-    assert [s.name for s in quick] == ["e2e", "conditions", "notify", "positions", "queries"]
+    quick = scenarios(SuiteConfig(quick=True), {})
+    full = scenarios(SuiteConfig(repetitions=3), {})
+    names = ["e2e", "conditions", "notify", "positions", "queries", "memory"]
+    assert [s.name for s in quick] == names
     assert all(s.repetitions == 1 for s in quick)
     assert "e2e-paced" in [s.name for s in full]
     assert {s.name: s.repetitions for s in full}["e2e"] == 3
-    assert [s.name for s in scenarios(SuiteConfig(only=["queries"]), [])] == ["queries"]
+    assert [s.name for s in scenarios(SuiteConfig(only=["queries"]), {})] == ["queries"]
 
 
 def test_e2e_latencies_are_captured_and_the_summary_unchanged() -> None:
