@@ -7,7 +7,8 @@ numbers()`` in chunks, which is how a large backfill is loaded and keeps the gen
 being the thing measured:
 
 * ``events`` order events, four per order (``submitted``, ``open``, ``partially_filled``,
-  ``filled``; every tenth order ``submitted`` then ``rejected`` with a reason code), spread
+  ``filled``; every tenth order ``submitted``, ``rejected`` with a reason code, then two
+  ``duplicate`` re-sends), spread
   over the last 30 days, 100 accounts, 4 instruments; the matching ``orders`` snapshots (one
   per order) and one ``executions`` fill per filled order;
 * ``position_changes`` position records over 100 accounts x 4 instruments (versions in
@@ -99,26 +100,26 @@ def _order_events_sql(start: int, count: int, total: int) -> str:
         request_created_at, details, kafka_partition, kafka_offset)
     SELECT concat(oid, ':', toString(v), ':', et) AS event_id, et, oid,
            concat('acct-', toString(o % 100)), concat('r-', toString(o)),
-           arrayElement({list(INSTRUMENTS)}, o % 4 + 1), et,
-           if(v = 1, NULL, arrayElement(['submitted', 'open', 'partially_filled'], v - 1)),
-           if(et = 'rejected', arrayElement(['invalid_amount', 'price_off_tick',
-              'not_enough_funds', 'risk_limit_exceeded'], o % 4 + 1), NULL),
+           arrayElement({list(INSTRUMENTS)}, o % 4 + 1), if(et = 'duplicate', 'rejected', et),
+           multiIf(v = 1, NULL, o % 10 = 0, if(v = 2, 'submitted', 'rejected'),
+                   arrayElement(['submitted', 'open', 'partially_filled'], v - 1)),
+           multiIf(et = 'rejected', arrayElement(['invalid_amount', 'price_off_tick',
+              'not_enough_funds', 'risk_limit_exceeded'], o % 4 + 1),
+              et = 'duplicate', 'duplicate_request', NULL),
            NULL, if(o % 2 = 0, 'buy', 'sell'), 10 * (1 + o % 50),
            if(o % 4 < 2, 60000.0, 3000.0) + (o % 100) * 0.5,
            multiIf(et = 'filled', 10 * (1 + o % 50), et = 'partially_filled', 10, 0),
            if(et IN ('filled', 'partially_filled'), 60000.0, NULL),
-           if(v > 1 AND et != 'rejected', concat('x-', toString(o)), NULL), v, ts,
+           if(v > 1 AND o % 10 != 0, concat('x-', toString(o)), NULL), v, ts,
            ts - toIntervalMillisecond(5 + (number % 200)), '{{}}', toInt32(o % 8), number
     FROM (
         SELECT number, intDiv(number, 4) AS o, number % 4 + 1 AS v,
                concat('o-', toString(intDiv(number, 4))) AS oid,
                if(o % 10 = 0,
-                  arrayElement(['submitted', 'rejected', 'rejected', 'rejected'], v),
+                  arrayElement(['submitted', 'rejected', 'duplicate', 'duplicate'], v),
                   arrayElement(['submitted', 'open', 'partially_filled', 'filled'], v)) AS et,
                {_ts(f"({total} - number) * {step}")} AS ts
         FROM numbers({start}, {count})
-        -- a rejected order has two events, not four
-        WHERE NOT (o % 10 = 0 AND v > 2)
     )"""
 
 
@@ -194,7 +195,7 @@ def _position_changes_sql(start: int, count: int, total: int) -> str:
     FROM (SELECT number, number % 400 AS pos, intDiv(number, 400) + 1 AS v,
                  if(pos % 100 = 0, 'demo', concat('acct-', toString(pos % 100))) AS acct,
                  arrayElement({list(INSTRUMENTS)}, intDiv(pos, 100) + 1) AS inst,
-                 10.0 * ((v % 40) - 20) AS size,
+                 if(pos % 2 = 0, 10.0, -10.0) * (1 + (v + pos) % 40) AS size,
                  if(inst LIKE 'BTC%', 60000.0, 3000.0) + (number % 100) * 0.5 AS price,
                  {_ts(f"({total} - number) * {step}")} AS ts
           FROM numbers({start}, {count}))"""
