@@ -370,7 +370,16 @@ async def run_hostile(
         drawn, valid_orders(config.valid, accounts, run), set(accounts), config.seed
     )
     hostile_planned = [p for p in planned if p.kind != "valid"]
-    left_out = len(drawn) - len(hostile_planned)
+    # Draws that parse into an order intake could execute: not sent (they would trade), but
+    # reported, since a *wrong_type* one is a type the schema coerced (e.g. price: true).
+    kept = {p.value for p in hostile_planned}
+    left_out: Counter[str] = Counter()
+    coerced: list[str] = []
+    for kind, value in drawn:
+        if value not in kept:
+            left_out[kind] += 1
+            if kind == "wrong_type" and len(coerced) < 5:
+                coerced.append(value[:200].decode(errors="replace"))
     extra = {id(p) for p in hostile_planned[config.hostile :]}
     planned = [p for p in planned if id(p) not in extra]
     broker: KafkaBroker | None = None
@@ -456,6 +465,7 @@ async def run_hostile(
             config, planned, offsets, expected, collector, stats,
             worker_alive=worker.alive, worker_starts=worker.starts, health_ok=health_ok,
             seconds=elapsed, published_s=published_s, generated_s=generated_s, left_out=left_out,
+            coerced=coerced,
         )  # fmt: skip
     finally:
         if services is not None:
@@ -478,7 +488,8 @@ def _verdict(
     seconds: float,
     published_s: float,
     generated_s: float,
-    left_out: int,
+    left_out: Counter[str],
+    coerced: list[str],
 ) -> dict[str, Any]:
     kinds: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -522,7 +533,7 @@ def _verdict(
         "hostile": sum(kinds.values()),
         "valid": config.valid,
         "hostile_kinds": dict(sorted(kinds.items())),
-        "drawn_but_could_execute": left_out,
+        "drawn_but_could_execute": dict(sorted(left_out.items())),
         "generated_s": round(generated_s, 1),
         "published_s": round(published_s, 1),
         "seconds": round(seconds, 1),
@@ -544,6 +555,7 @@ def _verdict(
             "wrong_valid": wrong_valid[:5],
             "foreign_labels": foreign[:5],
             "twice": twice[:5],
+            "wrong_type_accepted_by_the_schema": coerced,
         },
     }
 
