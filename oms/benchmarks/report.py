@@ -151,7 +151,10 @@ def machine_info(load_before: tuple[float, float, float] | None = None) -> dict[
         "load_average_before": list(load_before) if load_before else None,
         "load_average_after": list(os.getloadavg()),
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # The results directory is rewritten by the run itself: not a change of the code.
+        "git_dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        ),
         "versions": {name: _version(name) for name in _PACKAGES},
     }
     try:
