@@ -17,6 +17,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKERS ?= 1
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+HOSTILE_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tooling needs: Kafka runs on Java 17+, is fetched with Maven, and the
 # compose file is validated with docker-compose (no engine needed for `config`).
@@ -94,11 +95,13 @@ lint: install
 test: kafka lint k8s-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# Every scenario; BENCH_ARGS=--quick for the few-minute version. Writes bench/results/latest.*
 bench: kafka
-	$(VENV)/bin/oms bench e2e $(BENCH_ARGS)
+	$(VENV)/bin/oms bench all $(BENCH_ARGS)
 
 chaos: kafka
 	$(VENV)/bin/oms bench chaos $(CHAOS_ARGS)
+	$(VENV)/bin/oms bench hostile $(HOSTILE_ARGS)
 
 # Local state and caches; keeps the venv and the fetched Kafka jars (.local/kafka).
 clean:

@@ -218,3 +218,147 @@ def positions(
             run_positions_bench(config, on_status=lambda s: status.update(f"bench positions: {s}"))
         )
     _print(result, "oms bench positions", json)
+
+
+@bench_app.command("queries")
+def queries(
+    events: Annotated[int, typer.Option(help="order events in the history")] = 10_000_000,
+    position_changes: Annotated[int, typer.Option(help="position changes")] = 1_000_000,
+    repeat: Annotated[int, typer.Option(help="timed runs per query")] = 10,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The README's analyst queries over a generated history in embedded ClickHouse:
+    p50/p99 per query."""
+    from oms.benchmarks.clickhouse_queries import QueryBenchConfig, run_query_bench
+
+    config = QueryBenchConfig(events=events, position_changes=position_changes, repeat=repeat)
+    with console.status("bench queries") as status:
+        result = run_query_bench(config, on_status=lambda s: status.update(f"bench queries: {s}"))
+    if json:
+        _print(result, "oms bench queries", True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"oms bench queries ({events:,} events, {position_changes:,} changes)")
+    for column in ("query", "rows", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "query" else "right")
+    for q in result["queries"]:
+        table.add_row(q["name"], str(q["rows"]), str(q["p50_ms"]), str(q["p99_ms"]))
+    Console().print(table)
+    Console().print(f"history loaded in {result['loaded']['seconds']} s "
+                    f"({result['load_rows_per_s']:,.0f} rows/s)")  # fmt: skip
+
+
+@bench_app.command("all")
+def all_scenarios(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="each scenario once, small counts (a few minutes)")
+    ] = False,
+    repetitions: Annotated[int, typer.Option(help="repetitions per scenario (full mode)")] = 3,
+    only: Annotated[
+        list[str] | None, typer.Option(help="run only these scenarios (repeatable)")
+    ] = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OMS_KAFKA__BOOTSTRAP",
+            help="running broker for notify/positions (default: each starts its own)",
+        ),
+    ] = None,
+    out: Annotated[str, typer.Option(help="directory for latest.json/.md and charts")] = (
+        "bench/results"
+    ),
+) -> None:
+    """Every scenario (e2e, conditions, notify, positions, ClickHouse queries), repeated for a
+    median and spread; writes latest.json, latest.md and PNG charts."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from oms.benchmarks.suite import SuiteConfig, run_suite, scenarios
+
+    config = SuiteConfig(
+        quick=quick, repetitions=repetitions, only=only, bootstrap=bootstrap, out_dir=Path(out)
+    )
+    plan = {s.name: s.repetitions for s in scenarios(config, {})}
+    done: set[tuple[str, int]] = set()
+    with Progress(
+        TextColumn("[bold]{task.fields[scenario]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as progress:
+        task = progress.add_task("", total=sum(plan.values()), scenario="bench all")
+
+        def on_progress(name: str, rep: int, reps: int, text: str) -> None:
+            if text == "starting":
+                done.add((name, rep))
+                progress.update(task, completed=len(done) - 1)
+            progress.update(task, scenario=f"{name} {rep}/{reps}", description=text[:70])
+
+        report, written = run_suite(config, on_progress)
+        progress.update(task, completed=sum(plan.values()), description="done")
+    from rich.table import Table
+
+    table = Table(title=f"oms bench all{' --quick' if quick else ''} ({report['seconds']} s)")
+    for column in ("scenario", "figure", "median", "spread", "baseline", "ratio", "target", "met"):
+        table.add_column(column, justify="left" if column in ("scenario", "figure") else "right")
+    for f in report["figures"]:
+        spread = "-" if f["spread_pct"] is None else f"{f['spread_pct']:.1f}%"
+        table.add_row(
+            f["scenario"], f["figure"], str(f["median"]),
+            spread + (" noisy" if f["noisy"] else ""), str(f["baseline"]), str(f["ratio"]),
+            "-" if f["target"] is None else f"{'>=' if f['target_kind'] == 'min' else '<='} "
+            f"{f['target']}", {True: "yes", False: "NO", None: "-"}[f["met"]],
+        )  # fmt: skip
+    # Wide enough for the figure names when the output is not a terminal (make, CI logs).
+    Console(width=None if console.is_terminal else 160).print(table)
+    for name, error in report["errors"].items():
+        console.print(f"[red]{name} failed:[/red] {error}")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+    raise typer.Exit(1 if report["errors"] else 0)
+
+
+@bench_app.command("hostile")
+def hostile(
+    messages: Annotated[int, typer.Option(help="hostile messages (hypothesis)")] = 10_000,
+    valid: Annotated[int, typer.Option(help="valid orders mixed in")] = 500,
+    seed: Annotated[int, typer.Option(help="hypothesis seed")] = 8,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this running Kafka instead of starting one")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Hostile messages (malformed, huge, mistyped, unicode, injections) mixed with valid
+    orders into a real worker: no crash, each dead-lettered or refused with a reason, valid
+    orders correct, no label twice at the exchange. Exits 1 if any check fails."""
+    from oms.benchmarks.hostile import HostileConfig, run_hostile
+
+    config = HostileConfig(hostile=messages, valid=valid, seed=seed, bootstrap=bootstrap)
+    with console.status("bench hostile") as status:
+        result = asyncio.run(
+            run_hostile(config, on_status=lambda s: status.update(f"bench hostile: {s}"))
+        )
+    _print(result, "oms bench hostile", json)
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+@bench_app.command("memory")
+def memory(
+    orders: Annotated[int, typer.Option(help="conditional, then as many open orders")] = 10_000,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this running Kafka instead of starting one")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The worker's RSS per 10,000 resting conditional orders and per 10,000 open orders."""
+    from oms.benchmarks.memory import MemoryBenchConfig, run_memory_bench
+
+    config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
+    with console.status("bench memory") as status:
+        result = asyncio.run(
+            run_memory_bench(config, on_status=lambda s: status.update(f"bench memory: {s}"))
+        )
+    _print(result, "oms bench memory", json)
