@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, model_validator
 
 from oms.schemas.auth import RequestAuth
 from oms.schemas.base import MetadataValue, Record, now_ms
@@ -49,11 +49,12 @@ class OrderRequest(Record):
         None, description="target of cancel/amend; for submit it is derived if omitted"
     )
     instrument_name: str | None = Field(None, min_length=1, max_length=64)
-    amount: float | None = None
+    # Strict: a JSON true/false or a numeric string is a mistake, never a quantity or price.
+    amount: StrictFloat | None = None
     direction: Direction | None = None
     order_type: OrderType = OrderType.LIMIT
-    price: float | None = None
-    trigger_price: float | None = None
+    price: StrictFloat | None = None
+    trigger_price: StrictFloat | None = None
     time_in_force: TimeInForce = TimeInForce.GOOD_TIL_CANCELLED
     post_only: bool = False
     reduce_only: bool = False
