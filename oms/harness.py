@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,7 +24,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from oms.devstack.kafka import free_port
+from oms.devstack.kafka import KafkaBroker, free_port
+from oms.kafka_admin import ensure_topics
+from oms.secrets import Credentials, write_secrets_file
 from oms.settings import Settings
 
 # Deribit's tier-1 matching-engine limit per sub-account (requests/s and burst): the tier
@@ -235,3 +238,40 @@ async def worker_ready(web_port: int, within: float = 90.0) -> None:
         within,
         ready=lambda body: body.get("instruments", 0) > 0,
     )
+
+
+async def start_bench_broker(
+    base: Path, partitions: int, bootstrap: str | None, on_status: Callable[[str], None]
+) -> tuple[KafkaBroker | None, str]:
+    """A benchmark's Kafka: the given bootstrap, or a fresh broker on free ports (returned so
+    the caller stops it)."""
+    if bootstrap is not None:
+        return None, bootstrap
+    broker = KafkaBroker.isolated(base / "kafka", partitions=partitions)
+    on_status("starting Kafka")
+    await broker.astart(die_with_parent=True)
+    return broker, broker.bootstrap
+
+
+async def start_paper_stack(
+    settings: Settings, log_dir: Path, on_status: Callable[[str], None]
+) -> tuple[OmsServices, ServiceProcess]:
+    """Fresh paper credentials for the settings' accounts, the topics, and the paper exchange,
+    gateway and one worker, started and ready. Stops what it started if that fails."""
+    write_secrets_file(
+        settings.resolved_secrets_file,
+        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in settings.accounts},
+    )
+    await ensure_topics(settings)
+    services = OmsServices(settings, log_dir)
+    services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
+    services.add_gateway()
+    worker = services.add_worker(0, settings.worker.web_port)
+    on_status("starting paper exchange, gateway, worker")
+    services.start_all()
+    try:
+        await worker_ready(settings.worker.web_port)
+    except BaseException:
+        services.stop_all()
+        raise
+    return services, worker

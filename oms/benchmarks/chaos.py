@@ -17,7 +17,6 @@ counted.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 import time
 import uuid
@@ -30,9 +29,12 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.devstack.kafka import KafkaBroker
-from oms.harness import OmsServices, isolated_settings, worker_ready
-from oms.kafka_admin import ensure_topics
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    start_bench_broker,
+    start_paper_stack,
+)
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -42,7 +44,6 @@ from oms.schemas import (
     Topic,
     now_ms,
 )
-from oms.secrets import Credentials, write_secrets_file
 from oms.settings import Settings
 
 TERMINAL = frozenset(
@@ -177,29 +178,14 @@ async def run_chaos(
 ) -> dict[str, Any]:
     """Run the scenario and return its counts (``ok`` says whether every check held)."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-chaos-"))
-    broker: KafkaBroker | None = None
-    bootstrap = config.bootstrap
-    if bootstrap is None:
-        broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-        on_status("starting Kafka")
-        await broker.astart(die_with_parent=True)
-        bootstrap = broker.bootstrap
+    broker, bootstrap = await start_bench_broker(
+        base, config.partitions, config.bootstrap, on_status
+    )
     services: OmsServices | None = None
     try:
         accounts = [f"chaos-{i}" for i in range(config.accounts)]
         settings = _settings(base, bootstrap, accounts, config)
-        write_secrets_file(
-            settings.resolved_secrets_file,
-            {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
-        )
-        await ensure_topics(settings)
-        services = OmsServices(settings, base / "logs")
-        services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
-        services.add_gateway()
-        services.add_worker(0, settings.worker.web_port)
-        on_status("starting paper exchange, gateway, worker")
-        services.start_all()
-        await worker_ready(settings.worker.web_port)
+        services, _ = await start_paper_stack(settings, base / "logs", on_status)
         admin_url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2"
 
         collector = TerminalCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))

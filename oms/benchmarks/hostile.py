@@ -25,7 +25,6 @@ gateway, one worker) receives them interleaved with valid orders (half marketabl
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 import time
 import uuid
@@ -40,11 +39,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from hypothesis import strategies as st
 
-from oms.devstack.kafka import KafkaBroker
-from oms.harness import OmsServices, isolated_settings, worker_ready
-from oms.kafka_admin import ensure_topics
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    start_bench_broker,
+    start_paper_stack,
+)
 from oms.schemas import DeadLetter, OrderEvent, OrderRequest, OrderStatus, Topic
-from oms.secrets import Credentials, write_secrets_file
 from oms.streams.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 
 INJECTIONS = (
@@ -382,30 +383,15 @@ async def run_hostile(
                 coerced.append(value[:200].decode(errors="replace"))
     extra = {id(p) for p in hostile_planned[config.hostile :]}
     planned = [p for p in planned if id(p) not in extra]
-    broker: KafkaBroker | None = None
-    bootstrap = config.bootstrap
-    if bootstrap is None:
-        broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-        on_status("starting Kafka")
-        await broker.astart(die_with_parent=True)
-        bootstrap = broker.bootstrap
+    broker, bootstrap = await start_bench_broker(
+        base, config.partitions, config.bootstrap, on_status
+    )
     services: OmsServices | None = None
     try:
         settings = isolated_settings(
             base, bootstrap, accounts, partitions=config.partitions, label="hostile"
         )
-        write_secrets_file(
-            settings.resolved_secrets_file,
-            {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
-        )
-        await ensure_topics(settings)
-        services = OmsServices(settings, base / "logs")
-        services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
-        services.add_gateway()
-        worker = services.add_worker(0, settings.worker.web_port)
-        on_status("starting paper exchange, gateway, worker")
-        services.start_all()
-        await worker_ready(settings.worker.web_port)
+        services, worker = await start_paper_stack(settings, base / "logs", on_status)
         admin_url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2"
 
         collector = OutcomeCollector(

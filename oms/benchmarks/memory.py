@@ -18,7 +18,6 @@ is an upper bound of what the orders themselves need, and the honest one for siz
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 import time
 import uuid
@@ -32,11 +31,13 @@ import psutil
 from aiokafka import AIOKafkaProducer
 
 from oms.benchmarks.e2e import EventCollector
-from oms.devstack.kafka import KafkaBroker
-from oms.harness import OmsServices, isolated_settings, worker_ready
-from oms.kafka_admin import ensure_topics
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    start_bench_broker,
+    start_paper_stack,
+)
 from oms.schemas import OrderRequest, Topic
-from oms.secrets import Credentials, write_secrets_file
 
 MB = 1024 * 1024
 
@@ -110,32 +111,17 @@ async def run_memory_bench(
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-memory-"))
-    broker: KafkaBroker | None = None
-    bootstrap = config.bootstrap
-    if bootstrap is None:
-        broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-        on_status("starting Kafka")
-        await broker.astart(die_with_parent=True)
-        bootstrap = broker.bootstrap
+    broker, bootstrap = await start_bench_broker(
+        base, config.partitions, config.bootstrap, on_status
+    )
     services: OmsServices | None = None
     try:
         accounts = [f"mem-{i}" for i in range(config.accounts)]
         settings = isolated_settings(
             base, bootstrap, accounts, partitions=config.partitions, label="benchmem"
         )
-        write_secrets_file(
-            settings.resolved_secrets_file,
-            {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
-        )
-        await ensure_topics(settings)
-        services = OmsServices(settings, base / "logs")
-        services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
-        services.add_gateway()
-        worker = services.add_worker(0, settings.worker.web_port)
-        on_status("starting paper exchange, gateway, worker")
-        services.start_all()
+        services, worker = await start_paper_stack(settings, base / "logs", on_status)
         port = settings.worker.web_port
-        await worker_ready(port)
         assert worker.proc is not None
         pid = worker.proc.pid
         topic = settings.topic(Topic.ORDER_REQUESTS)
