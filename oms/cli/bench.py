@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,10 +67,7 @@ def e2e(
             secure=secure_mode,
             workers=counts[0],
         )
-        with console.status("bench e2e") as status:
-            return asyncio.run(
-                run_e2e(config, on_status=lambda s: status.update(f"bench e2e: {s}"))
-            )
+        return _run("e2e", run_e2e, config)
 
     if compare_secure:
         plain, secured = run(False), run(True)
@@ -122,11 +120,16 @@ def conditions(
         rate=rate or None,
         probes=probes,
     )
-    with console.status("bench conditions") as status:
-        result = asyncio.run(
-            run_conditions(config, on_status=lambda s: status.update(f"bench conditions: {s}"))
-        )
+    result = _run("conditions", run_conditions, config)
     _print(result, "oms bench conditions", json)
+
+
+def _run(
+    name: str, run: Callable[..., Coroutine[Any, Any, dict[str, Any]]], config: Any
+) -> dict[str, Any]:
+    """Run one benchmark coroutine with a live status line (``bench <name>: <step>``)."""
+    with console.status(f"bench {name}") as status:
+        return asyncio.run(run(config, on_status=lambda s: status.update(f"bench {name}: {s}")))
 
 
 def _print(result: dict[str, object], title: str, as_json: bool) -> None:
@@ -167,10 +170,7 @@ def chaos(
         rate_limit_fraction=rate_limit_fraction,
         bootstrap=bootstrap,
     )
-    with console.status("bench chaos") as status:
-        result = asyncio.run(
-            run_chaos(config, on_status=lambda s: status.update(f"bench chaos: {s}"))
-        )
+    result = _run("chaos", run_chaos, config)
     _print(result, "oms bench chaos", json)
     raise typer.Exit(0 if result["ok"] else 1)
 
@@ -195,10 +195,7 @@ def notify(
     config = NotifyBenchConfig(
         events=events, accounts=accounts, partitions=partitions, bootstrap=bootstrap
     )
-    with console.status("bench notify") as status:
-        result = asyncio.run(
-            run_notify_bench(config, on_status=lambda s: status.update(f"bench notify: {s}"))
-        )
+    result = _run("notify", run_notify_bench, config)
     _print(result, "oms bench notify", json)
 
 
@@ -213,10 +210,7 @@ def positions(
     from oms.benchmarks.positions import PositionBenchConfig, run_positions_bench
 
     config = PositionBenchConfig(fills=fills, accounts=accounts, partitions=partitions)
-    with console.status("bench positions") as status:
-        result = asyncio.run(
-            run_positions_bench(config, on_status=lambda s: status.update(f"bench positions: {s}"))
-        )
+    result = _run("positions", run_positions_bench, config)
     _print(result, "oms bench positions", json)
 
 
@@ -337,10 +331,7 @@ def hostile(
     from oms.benchmarks.hostile import HostileConfig, run_hostile
 
     config = HostileConfig(hostile=messages, valid=valid, seed=seed, bootstrap=bootstrap)
-    with console.status("bench hostile") as status:
-        result = asyncio.run(
-            run_hostile(config, on_status=lambda s: status.update(f"bench hostile: {s}"))
-        )
+    result = _run("hostile", run_hostile, config)
     _print(result, "oms bench hostile", json)
     raise typer.Exit(0 if result["ok"] else 1)
 
@@ -357,8 +348,5 @@ def memory(
     from oms.benchmarks.memory import MemoryBenchConfig, run_memory_bench
 
     config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
-    with console.status("bench memory") as status:
-        result = asyncio.run(
-            run_memory_bench(config, on_status=lambda s: status.update(f"bench memory: {s}"))
-        )
+    result = _run("memory", run_memory_bench, config)
     _print(result, "oms bench memory", json)

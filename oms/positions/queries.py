@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from oms.settings import Settings
-from oms.sinks.queries import MAX_LIMIT, _ms
+from oms.sinks.queries import MAX_LIMIT, account_filters, to_epoch_ms
 from oms.sinks.query import run_query
 
 # Latest mark per instrument, for unrealized PnL and exposure.
@@ -39,18 +39,6 @@ FROM positions AS p LEFT JOIN ({MARKS}) AS m ON m.instrument_name = p.instrument
 """
 
 
-def _where(account_id: str | None, instrument_name: str | None) -> tuple[list[str], dict[str, Any]]:
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if account_id is not None:
-        where.append("account_id = {account_id:String}")
-        params["account_id"] = account_id
-    if instrument_name is not None:
-        where.append("instrument_name = {instrument_name:String}")
-        params["instrument_name"] = instrument_name
-    return where, params
-
-
 async def get_current_positions(
     settings: Settings,
     account_id: str | None = None,
@@ -58,7 +46,7 @@ async def get_current_positions(
     include_flat: bool = False,
 ) -> list[dict[str, Any]]:
     """Current positions with mark, unrealized PnL and USD exposure."""
-    where, params = _where(account_id, instrument_name)
+    where, params = account_filters(account_id, instrument_name)
     if not include_flat:
         where.append("(size != 0 OR needs_review)")
     sql = (
@@ -80,13 +68,13 @@ async def get_position_records(
 ) -> list[dict[str, Any]]:
     """Position change records (seed 4.3), oldest first; with ``include_history=False``
     only the latest record of each position in the time range."""
-    where, params = _where(account_id, instrument_name)
+    where, params = account_filters(account_id, instrument_name)
     if start_time is not None:
         where.append("timestamp >= fromUnixTimestamp64Milli({start:Int64}, 'UTC')")
-        params["start"] = _ms(start_time)
+        params["start"] = to_epoch_ms(start_time)
     if end_time is not None:
         where.append("timestamp < fromUnixTimestamp64Milli({end:Int64}, 'UTC')")
-        params["end"] = _ms(end_time)
+        params["end"] = to_epoch_ms(end_time)
     params["limit"] = max(0, min(int(limit), MAX_LIMIT))
     cond = " WHERE " + " AND ".join(where) if where else ""
     base = f"SELECT * EXCEPT inserted_at FROM position_changes FINAL{cond}"
@@ -145,7 +133,7 @@ async def calculate_position_statistics(
     """Statistics (seed 3.3 / 2.2): per account+instrument+day figures (fills, turnover,
     realized PnL, fees, fill ratio, slippage), exposure and unrealized PnL of the current
     positions, grouped by instrument and by currency, and totals."""
-    where, params = _where(account_id, None)
+    where, params = account_filters(account_id, None)
     params["days"] = max(0, min(int(days), 10_000))
     cond = "".join(f" AND {w}" for w in where)
     slippage_cond = " AND e.account_id = {account_id:String}" if account_id is not None else ""

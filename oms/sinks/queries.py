@@ -16,13 +16,29 @@ from oms.sinks.query import run_query
 MAX_LIMIT = 10_000
 
 
-def _ms(value: datetime | int) -> int:
+def to_epoch_ms(value: datetime | int) -> int:
     """Milliseconds since the epoch from a datetime (naive means UTC) or an int of ms."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return round((value - datetime(1970, 1, 1)).total_seconds() * 1000)
         return round(value.timestamp() * 1000)
     return int(value)
+
+
+def account_filters(
+    account_id: str | None, instrument_name: str | None
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE clauses (bound parameters) for the optional account and instrument filters that
+    every history query takes."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if account_id is not None:
+        where.append("account_id = {account_id:String}")
+        params["account_id"] = account_id
+    if instrument_name is not None:
+        where.append("instrument_name = {instrument_name:String}")
+        params["instrument_name"] = instrument_name
+    return where, params
 
 
 async def get_order_history(
@@ -40,23 +56,16 @@ async def get_order_history(
     Rows are dicts of the ``orders`` columns; datetimes are ISO-8601 UTC strings and
     ``conditions``/``metadata`` JSON strings.
     """
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if account_id is not None:
-        where.append("account_id = {account_id:String}")
-        params["account_id"] = account_id
-    if instrument_name is not None:
-        where.append("instrument_name = {instrument_name:String}")
-        params["instrument_name"] = instrument_name
+    where, params = account_filters(account_id, instrument_name)
     if status is not None:
         where.append("status = {status:String}")
         params["status"] = getattr(status, "value", status)
     if since is not None:
         where.append("created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')")
-        params["since"] = _ms(since)
+        params["since"] = to_epoch_ms(since)
     if until is not None:
         where.append("created_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')")
-        params["until"] = _ms(until)
+        params["until"] = to_epoch_ms(until)
     params["limit"] = max(0, min(int(limit), MAX_LIMIT))
     sql = (
         "SELECT * EXCEPT inserted_at FROM orders FINAL"
