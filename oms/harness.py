@@ -275,3 +275,15 @@ async def start_paper_stack(
         services.stop_all()
         raise
     return services, worker
+
+
+async def paper_admin(settings: Settings, method: str, **params: Any) -> Any:
+    """Call a paper-exchange method over HTTP JSON-RPC (``admin/*`` need no auth); raises
+    on an error answer."""
+    url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2/{method}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        data = await resp.json()
+    if "error" in data:
+        raise RuntimeError(f"paper exchange {method}: {data['error']}")
+    return data["result"]

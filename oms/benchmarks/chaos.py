@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from oms.harness import (
     OmsServices,
     isolated_settings,
+    paper_admin,
     start_bench_broker,
     start_paper_stack,
 )
@@ -167,12 +168,6 @@ class TerminalCollector:
         await self._consumer.stop()
 
 
-async def _admin(url: str, method: str, **params: Any) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with aiohttp.ClientSession() as session, session.post(f"{url}/{method}", json=body) as r:
-        return (await r.json())["result"]
-
-
 async def run_chaos(
     config: ChaosConfig, on_status: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -186,7 +181,6 @@ async def run_chaos(
         accounts = [f"chaos-{i}" for i in range(config.accounts)]
         settings = _settings(base, bootstrap, accounts, config)
         services, _ = await start_paper_stack(settings, base / "logs", on_status)
-        admin_url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2"
 
         collector = TerminalCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
         await collector.start()
@@ -196,8 +190,8 @@ async def run_chaos(
         planned = _requests(config, accounts, f"chaos-{uuid.uuid4().hex[:6]}")
         kind_of = {request.key: kind for kind, request in planned}
         try:
-            await _admin(
-                admin_url,
+            await paper_admin(
+                settings,
                 "admin/set_faults",
                 drop_every_s=config.drop_every_s,
                 rate_limit_fraction=config.rate_limit_fraction,
@@ -236,10 +230,10 @@ async def run_chaos(
                 await asyncio.sleep(0.5)
             elapsed = time.monotonic() - t0
             # Faults off, then a settle period: a late duplicate terminal event would show.
-            fired = (await _admin(admin_url, "admin/get_stats", include_labels=False)).get(
+            fired = (await paper_admin(settings, "admin/get_stats", include_labels=False)).get(
                 "faults_fired", {}
             )
-            await _admin(admin_url, "admin/set_faults")
+            await paper_admin(settings, "admin/set_faults")
             await asyncio.sleep(3.0)
         finally:
             await producer.stop()
@@ -252,11 +246,11 @@ async def run_chaos(
         async def lookup(order_id: str) -> None:
             async with gate:
                 at_exchange[order_id] = list(
-                    await _admin(admin_url, "admin/get_orders_by_label", label=order_id)
+                    await paper_admin(settings, "admin/get_orders_by_label", label=order_id)
                 )
 
         await asyncio.gather(*(lookup(oid) for oid in kind_of))
-        stats = await _admin(admin_url, "admin/get_stats", include_labels=False)
+        stats = await paper_admin(settings, "admin/get_stats", include_labels=False)
         report = _report(config, kind_of, collector, at_exchange, stats, fired, elapsed)
         summary_url = f"http://127.0.0.1:{settings.worker.web_port}/metrics/summary"
         async with aiohttp.ClientSession() as session, session.get(summary_url) as resp:

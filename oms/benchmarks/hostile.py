@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from oms.harness import (
     OmsServices,
     isolated_settings,
+    paper_admin,
     start_bench_broker,
     start_paper_stack,
 )
@@ -339,12 +340,6 @@ class OutcomeCollector:
         await self._consumer.stop()
 
 
-async def _admin(url: str, method: str, **params: Any) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with aiohttp.ClientSession() as session, session.post(f"{url}/{method}", json=body) as r:
-        return (await r.json())["result"]
-
-
 def _rejection(events: list[OrderEvent]) -> OrderEvent | None:
     """The first event refusing the request with a reason code (hostile order ids are
     unique, so any such event is this message's outcome)."""
@@ -392,7 +387,6 @@ async def run_hostile(
             base, bootstrap, accounts, partitions=config.partitions, label="hostile"
         )
         services, worker = await start_paper_stack(settings, base / "logs", on_status)
-        admin_url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2"
 
         collector = OutcomeCollector(
             bootstrap, settings.topic(Topic.DEAD_LETTERS), settings.topic(Topic.ORDER_EVENTS)
@@ -437,7 +431,7 @@ async def run_hostile(
             await collector.stop()
 
         on_status("checking the worker and the exchange")
-        stats = await _admin(admin_url, "admin/get_stats", include_labels=True)
+        stats = await paper_admin(settings, "admin/get_stats", include_labels=True)
         health_ok = False
         try:
             async with (

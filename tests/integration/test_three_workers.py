@@ -14,13 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import OmsServices, wait_http_ok, worker_ready
+from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEventType
 from oms.secrets import Credentials, SecretStore, write_secrets_file
@@ -91,11 +90,8 @@ async def tick_feed_ready(port: int) -> None:
 
 
 async def paper_stats(settings: Settings) -> dict[str, Any]:
-    url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2/admin/get_stats"
-    body = {"jsonrpc": "2.0", "id": 1, "method": "admin/get_stats", "params": {}}
-    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
-        result: dict[str, Any] = (await resp.json())["result"]
-        return result
+    result: dict[str, Any] = await paper_admin(settings, "admin/get_stats")
+    return result
 
 
 async def exchange_positions(settings: Settings, account: str) -> dict[str, dict[str, Any]]:

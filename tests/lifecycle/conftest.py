@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from oms.client import OrderClient
-from oms.harness import OmsServices
+from oms.harness import OmsServices, paper_admin
 from oms.schemas import OrderEvent, OrderEventType
 from oms.settings import Settings
 from tests.integration.test_pipeline import ACCOUNTS, make_settings, start_stack
@@ -60,21 +60,9 @@ class LifecycleStack:
     services: OmsServices
     client: OrderClient
 
-    @property
-    def admin_url(self) -> str:
-        paper = self.settings.paper
-        return f"http://{paper.host}:{paper.port}/api/v2"
-
     async def admin(self, method: str, **params: Any) -> Any:
         """Call a paper-exchange method over HTTP (admin/* need no auth)."""
-        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{self.admin_url}/{method}", json=body) as resp,
-        ):
-            data = await resp.json()
-        assert "error" not in data, data
-        return data["result"]
+        return await paper_admin(self.settings, method, **params)
 
     async def ticker(self, instrument: str = "BTC-PERPETUAL") -> dict[str, Any]:
         return await self.admin("public/ticker", instrument_name=instrument)
