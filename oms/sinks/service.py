@@ -86,6 +86,8 @@ class SinkService:
         self._sampler = TickSampler(settings.sink.tick_sample_ms)
         self._batch = Batch.for_settings(settings, self._sampler)
         self._stash: list[Message] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._writing_messages = 0
         self._writer: Client | None = None
         self._reader: Client | None = None
         self._ch: AsyncClickHouse | None = None
@@ -150,6 +152,11 @@ class SinkService:
         self.ready.set()
 
     async def _close(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            # Only after an error elsewhere: the batch is uncommitted and will be replayed.
+            self._writing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._writing
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -166,9 +173,18 @@ class SinkService:
 
     def health(self) -> dict[str, Any]:
         """Counters and buffer state for ``GET /health``."""
-        return {**asdict(self.stats), "buffered": len(self._batch), "group": self.group_id}
+        return {
+            **asdict(self.stats),
+            "buffered": len(self._batch),
+            "writing": self._writing_messages,
+            "group": self.group_id,
+        }
 
     # -- consuming
+    #
+    # Two batches at most: one being written (inserted, then committed) by a background
+    # task while the next one fills. chDB runs the insert outside the GIL, so decoding the
+    # next batch overlaps it. Inserts stay strictly one after the other, in order.
 
     async def _consume(self) -> None:
         assert self._consumer is not None
@@ -191,79 +207,102 @@ class SinkService:
                 full = len(self._batch) >= sink.batch_size
                 due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
                 if full or due:
-                    await self._flush_locked(poll_while_paused=True)
+                    await self._await_writing(poll_while_waiting=True)
+                    self._start_writing()
+                    # Let the writer reach its thread now: getmany() returns buffered records
+                    # without ever yielding, so it would start only when awaited.
+                    await asyncio.sleep(0)
 
     def _add(self, messages: list[Message]) -> None:
         for msg in messages:
             self._batch.add(msg)
         self.stats.consumed += len(messages)
 
-    async def _flush_and_commit(self, *, poll_while_paused: bool = True) -> None:
-        """Insert the buffered batch (retrying until it succeeds), then commit its offsets."""
-        async with self._flush_lock:
-            self._add(self._stash)
-            self._stash = []
-            await self._flush_locked(poll_while_paused=poll_while_paused)
-
-    async def _flush_locked(self, *, poll_while_paused: bool) -> None:
+    def _start_writing(self) -> None:
+        """Hand the buffered batch to a background writer (the previous one has finished)."""
         batch = self._batch
         if not batch.messages:
             return
-        await self._insert_with_retry(batch, poll_while_paused)
         self._batch = Batch.for_settings(self.settings, self._sampler)
+        self._writing = asyncio.create_task(self._write(batch))
+        self._writing_messages = batch.messages
+
+    async def _await_writing(self, *, poll_while_waiting: bool) -> None:
+        """Wait for the batch being written; raises what the writer raised (SinkAborted)."""
+        task = self._writing
+        if task is None:
+            return
+        if poll_while_waiting:
+            await self._poll_paused_until(task)
+        try:
+            await task
+        finally:
+            self._writing = None
+            self._writing_messages = 0
+
+    async def _flush_and_commit(self) -> None:
+        """Write everything buffered (retrying until it succeeds) and commit its offsets."""
+        async with self._flush_lock:
+            await self._await_writing(poll_while_waiting=False)
+            self._add(self._stash)
+            self._stash = []
+            self._start_writing()
+            await self._await_writing(poll_while_waiting=False)
+
+    async def _write(self, batch: Batch) -> None:
+        await self._insert_with_retry(batch)
         self.stats.malformed += batch.malformed
         self.stats.sampled_out += batch.sampled_out
         self.stats.flushes += 1
         self.stats.last_flush_at = time.time()
         await self._commit(batch)
 
-    async def _insert_with_retry(self, batch: Batch, poll_while_paused: bool) -> None:
-        assert self._ch is not None and self._consumer is not None
+    async def _insert_with_retry(self, batch: Batch) -> None:
+        assert self._ch is not None
         attempt = 0
-        paused: set[TopicPartition] = set()
-        try:
-            while True:
-                try:
-                    sent = await write_batch(self._ch, batch)
-                    break
-                except Exception as exc:  # any failure: the batch must not be dropped
-                    attempt += 1
-                    self.stats.insert_failures += 1
-                    delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
-                    delay *= random.uniform(0.8, 1.2)
-                    log.warning(
-                        "sink.insert_failed",
-                        attempt=attempt,
-                        retry_in_s=round(delay, 2),
-                        messages=batch.messages,
-                        error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
-                    )
-                    if self._abort.is_set():
-                        raise SinkAborted("aborted with an uninserted batch") from exc
-                    if poll_while_paused:
-                        paused |= await self._idle_paused(delay)
-                    else:  # inside a rebalance callback: no polling there
-                        await asyncio.sleep(delay)
-        finally:
-            if paused:
-                self._consumer.resume(*paused)
+        while True:
+            try:
+                sent = await write_batch(self._ch, batch)
+                break
+            except Exception as exc:  # any failure: the batch must not be dropped
+                attempt += 1
+                self.stats.insert_failures += 1
+                delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
+                delay *= random.uniform(0.8, 1.2)
+                log.warning(
+                    "sink.insert_failed",
+                    attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                    messages=batch.messages,
+                    error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+                )
+                if self._abort.is_set():
+                    raise SinkAborted("aborted with an uninserted batch") from exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._abort.wait(), delay)
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
 
-    async def _idle_paused(self, delay: float) -> set[TopicPartition]:
-        """Wait ``delay`` seconds polling with every partition paused, so the group keeps
-        us (max.poll.interval) but no new input arrives. Returns the partitions paused."""
+    async def _poll_paused_until(self, task: asyncio.Task[None]) -> None:
+        """Wait for ``task``, polling with every partition paused now and then, so the
+        group keeps us (max.poll.interval) through a long insert retry but no new input
+        arrives: at most two batches are ever held."""
         assert self._consumer is not None
-        deadline = time.monotonic() + delay
         paused: set[TopicPartition] = set()
-        while (left := deadline - time.monotonic()) > 0 and not self._abort.is_set():
-            assignment = set(self._consumer.assignment())
-            self._consumer.pause(*assignment)
-            paused |= assignment
-            fetched = await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
-            # Only records fetched before a pause can show up here: keep them for later.
-            self._stash.extend(_messages(fetched))
-        return paused
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if done:
+                    break
+                assignment = set(self._consumer.assignment())
+                self._consumer.pause(*assignment)
+                paused |= assignment
+                fetched = await self._consumer.getmany(timeout_ms=0)
+                # Only records fetched before a pause can show up here: keep them for later.
+                self._stash.extend(_messages(fetched))
+        finally:
+            if paused:
+                self._consumer.resume(*paused)
 
     async def _commit(self, batch: Batch) -> None:
         assert self._consumer is not None
@@ -286,7 +325,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if revoked and not self.service._abort.is_set():
-            await self.service._flush_and_commit(poll_while_paused=False)
+            await self.service._flush_and_commit()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("sink.assigned", partitions=len(assigned))
@@ -302,7 +341,13 @@ def _messages(fetched: dict[TopicPartition, list[Any]]) -> list[Message]:
 
 async def run_sink(settings: Settings) -> SinkService:
     """Run a sink until SIGINT/SIGTERM (a second signal aborts a stuck flush)."""
+    import gc
     import signal
+
+    # Each message allocates a few dozen short-lived objects: with the default threshold
+    # the cyclic collector ran every ~700 allocations, walking every long-lived module.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
     service = SinkService(settings)
     loop = asyncio.get_running_loop()

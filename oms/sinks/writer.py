@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from oms.sinks.batch import Batch
-from oms.sinks.clickhouse.client import AsyncClickHouse
+from oms.sinks.clickhouse.client import AsyncClickHouse, TableInsert
 from oms.sinks.clickhouse.rows import COLUMNS
 
 
@@ -13,15 +13,15 @@ async def write_batch(ch: AsyncClickHouse, batch: Batch) -> dict[str, int]:
     Safe to call again with the same batch after a failure: tables whose insert already
     went through recognise the token and drop the repeat.
     """
-    sent: dict[str, int] = {}
-    for table, rows in batch.rows.items():
-        if not rows:
-            continue
-        await ch.insert(
+    inserts = [
+        TableInsert(
             table,
             rows,
-            column_names=COLUMNS[table],
+            COLUMNS[table],
             settings={"insert_deduplication_token": batch.token(table)},
         )
-        sent[table] = len(rows)
-    return sent
+        for table, rows in batch.rows.items()
+        if rows
+    ]
+    await ch.insert_many(inserts)
+    return {i.table: len(i.rows) for i in inserts}

@@ -195,32 +195,37 @@ async def test_crash_after_insert_before_commit_replays_without_double_counting(
 async def test_insert_failures_are_retried_with_input_paused(
     make_settings: MakeSettings, kafka_io: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = await sink_settings(make_settings, batch_size=500)
+    # 70 messages in batches of 20: while the first batch keeps failing, the next one fills
+    # and the consumer then waits with its partitions paused (two batches held at most).
+    batch_size = 20
+    settings = await sink_settings(make_settings, batch_size=batch_size)
     n = 10
     await produce(kafka_io, settings, order_traffic("r", n))
     real_write = service_module.write_batch
     failures = 3
-    paused_during_failure: list[int] = []
+    # (partitions paused, messages consumed) at each failed attempt
+    during_failure: list[tuple[int, int]] = []
 
     async def flaky_write(ch: Any, batch: Any) -> dict[str, int]:
         nonlocal failures
         if failures:
             failures -= 1
             assert service._consumer is not None
-            paused_during_failure.append(len(service._consumer.paused()))
+            during_failure.append((len(service._consumer.paused()), service.stats.consumed))
             raise ConnectionError("ClickHouse is down")
         return await real_write(ch, batch)
 
     monkeypatch.setattr(service_module, "write_batch", flaky_write)
-    service = SinkService(settings, retry_min_s=0.05, retry_max_s=0.2)
+    # Attempts 0.6 s apart: the consumer pauses once it has waited 1 s for the writer.
+    service = SinkService(settings, retry_min_s=0.6, retry_max_s=0.6)
     task = asyncio.create_task(service.run())
     try:
         await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
         await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
         await check_totals(settings, n)
         assert service.stats.insert_failures == 3
-        # Paused from the second attempt on (the first failure has not paused anything yet).
-        assert paused_during_failure[0] == 0 and min(paused_during_failure[1:]) > 0
+        assert during_failure[0][0] == 0 and during_failure[-1][0] > 0
+        assert max(consumed for _, consumed in during_failure) <= 2 * batch_size
         assert service._consumer is not None and not service._consumer.paused()
     finally:
         service.request_stop()

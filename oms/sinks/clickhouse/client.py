@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def open_client(
     return client
 
 
+@dataclass(frozen=True)
+class TableInsert:
+    """The rows of one insert into one table."""
+
+    table: str
+    rows: Sequence[Sequence[Any]]
+    column_names: Sequence[str]
+    settings: dict[str, Any] | None = None
+
+
 class AsyncClickHouse:
     """Awaitable facade over a blocking clickhouse-connect client."""
 
@@ -89,6 +100,17 @@ class AsyncClickHouse:
         return await asyncio.to_thread(
             self.client.insert, table, rows, column_names=column_names, settings=settings
         )
+
+    async def insert_many(self, inserts: Sequence[TableInsert]) -> list[QuerySummary]:
+        """Several inserts one after the other in one trip to the worker thread: between
+        separate trips the event loop may be busy for a while, and the inserts would wait."""
+        return await asyncio.to_thread(self._insert_many, inserts)
+
+    def _insert_many(self, inserts: Sequence[TableInsert]) -> list[QuerySummary]:
+        return [
+            self.client.insert(i.table, i.rows, column_names=i.column_names, settings=i.settings)
+            for i in inserts
+        ]
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
