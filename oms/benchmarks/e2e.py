@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -369,12 +370,14 @@ async def _measure(
             collector.expect({r.key for r in requests})
             on_status(f"publishing {config.orders} orders to {workers} worker(s)")
             cpu_before = _cpu_snapshot(services)
+            buckets_before = await stage_buckets(ports)
             psutil.cpu_percent(None)  # starts the machine-wide window read below
             t0 = time.perf_counter()
             await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
             cpu_after = _cpu_snapshot(services)
             machine_busy = psutil.cpu_percent(None)
+            buckets_after = await stage_buckets(ports)
             acked = [k for k in sent_at if k in collector.first_ack]
             t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
             seconds = t_end - t0
@@ -408,6 +411,11 @@ async def _measure(
             "machine_cpu_busy_pct": machine_busy,
             "partitions": config.partitions,
             "signing_and_risk_checks": config.secure,
+            # For the charts: the measured orders only (warm-up subtracted), all workers.
+            "stage_latency_buckets": bucket_counts(buckets_before, buckets_after),
+            "timeline": timeline(
+                t0, list(sent_at.values()), [collector.first_ack[k] for k in acked]
+            ),
         }
         if with_baseline:
             on_status("measuring the raw Kafka baseline")
@@ -425,6 +433,68 @@ async def _measure(
     finally:
         if services is not None:
             services.stop_all()
+
+
+TIMELINE_STEP_S = 0.5
+
+
+def timeline(t0: float, published: list[float], acknowledged: list[float]) -> dict[str, Any]:
+    """Orders published and acknowledged per second, in steps of ``TIMELINE_STEP_S``."""
+    end = max([*published, *acknowledged, t0])
+    steps = int((end - t0) / TIMELINE_STEP_S) + 1
+
+    def per_second(times: list[float]) -> list[float]:
+        counts = [0] * steps
+        for t in times:
+            counts[min(steps - 1, max(0, int((t - t0) / TIMELINE_STEP_S)))] += 1
+        return [c / TIMELINE_STEP_S for c in counts]
+
+    return {
+        "step_s": TIMELINE_STEP_S,
+        "published_per_s": per_second(published),
+        "acknowledged_per_s": per_second(acknowledged),
+    }
+
+
+# stage -> upper bound (s, "+Inf" as inf) -> cumulative count, summed over workers
+StageBuckets = dict[str, dict[float, float]]
+
+
+async def stage_buckets(web_ports: list[int]) -> StageBuckets:
+    """The workers' ``oms_stage_latency_seconds`` histogram buckets (Prometheus text)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: StageBuckets = {}
+    async with aiohttp.ClientSession() as session:
+        for port in web_ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            for family in text_string_to_metric_families(text):
+                if family.name != "oms_stage_latency_seconds":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        stage = out.setdefault(sample.labels["stage"], {})
+                        le = float(sample.labels["le"])
+                        stage[le] = stage.get(le, 0.0) + sample.value
+    return out
+
+
+def bucket_counts(before: StageBuckets, after: StageBuckets) -> dict[str, list[list[float | None]]]:
+    """Per stage, ``[upper bound ms, count]`` of the observations between two scrapes
+    (non-cumulative; the last bound, +Inf, is None so that it survives JSON)."""
+    out: dict[str, list[list[float | None]]] = {}
+    for stage, cumulative in after.items():
+        earlier = before.get(stage, {})
+        previous = 0.0
+        rows = []
+        for le in sorted(cumulative):
+            total = cumulative[le] - earlier.get(le, 0.0)
+            rows.append([None if math.isinf(le) else le * 1000, total - previous])
+            previous = total
+        if previous > 0:
+            out[stage] = rows
+    return out
 
 
 def secure_setup(

@@ -298,6 +298,7 @@ def write_charts(
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
+    written += _stage_and_timeline_charts(report, out_dir, plt)
     for scenario, values in (latencies_ms or {}).items():
         if not values:
             continue
@@ -311,6 +312,50 @@ def write_charts(
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
+    return written
+
+
+def _stage_and_timeline_charts(report: dict[str, Any], out_dir: Path, plt: Any) -> list[str]:
+    """From each e2e scenario's last repetition: a latency histogram per worker stage
+    (``<scenario>-stages.png``) and orders per second over time (``<scenario>-timeline.png``)."""
+    written = []
+    for scenario, runs in report.get("runs", {}).items():
+        last = runs[-1] if runs else {}
+        stages = last.get("stage_latency_buckets") or {}
+        if stages:
+            fig, axes = plt.subplots(len(stages), 1, figsize=(8, 1.9 * len(stages) + 0.6),
+                                     sharex=True, squeeze=False)  # fmt: skip
+            for ax, (stage, rows) in zip(axes[:, 0], stages.items(), strict=True):
+                finite = [(ms, n) for ms, n in rows if ms is not None]
+                over = sum(n for ms, n in rows if ms is None)
+                labels = [f"{ms:g}" for ms, _ in finite] + [">"]
+                ax.bar(labels, [n for _, n in finite] + [over], color="#4c72b0")
+                ax.set_ylabel(stage, rotation=0, ha="right", va="center")
+                ax.tick_params(axis="x", labelsize="small")
+            axes[-1, 0].set_xlabel("latency bucket, upper bound (ms)")
+            fig.suptitle(f"bench {scenario}: latency per stage (orders per bucket)")
+            fig.tight_layout()
+            path = out_dir / f"{scenario}-stages.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(str(path))
+        line = last.get("timeline") or {}
+        if line.get("acknowledged_per_s"):
+            step = line["step_s"]
+            fig, ax = plt.subplots(figsize=(8, 3.5))
+            for key, label in (("published_per_s", "published"),
+                               ("acknowledged_per_s", "acknowledged by the exchange")):  # fmt: skip
+                values = line[key]
+                ax.plot([i * step for i in range(len(values))], values, label=label)
+            ax.set_xlabel("seconds since the first measured order")
+            ax.set_ylabel("orders/s")
+            ax.set_title(f"bench {scenario}: throughput over time")
+            ax.legend(fontsize="small")
+            fig.tight_layout()
+            path = out_dir / f"{scenario}-timeline.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(str(path))
     return written
 
 

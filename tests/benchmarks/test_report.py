@@ -6,6 +6,7 @@ from pathlib import Path
 
 import orjson
 
+from oms.benchmarks.e2e import bucket_counts, timeline
 from oms.benchmarks.report import (
     NOISY_SPREAD_PCT,
     Figure,
@@ -131,3 +132,40 @@ def test_no_latencies_no_histogram(tmp_path: Path) -> None:
     report = build_report(summarize(FIGURES, RUNS), RUNS, machine_info(), mode="quick", seconds=1)
     names = {p.name for p in write_report(report, tmp_path)}
     assert "e2e-latency.png" not in names and "throughput.png" in names
+
+
+def test_stage_histogram_and_timeline_charts_from_the_e2e_run(tmp_path: Path) -> None:
+    runs = {
+        "e2e": [
+            {
+                "throughput_per_s": 400.0,
+                "stage_latency_buckets": {
+                    "intake": [[1.0, 5.0], [5.0, 90.0], [None, 1.0]],
+                    "sent": [[1.0, 0.0], [5.0, 60.0], [None, 36.0]],
+                },
+                "timeline": timeline(100.0, [100.1, 100.2, 100.6], [100.3, 100.7, 101.2]),
+            }
+        ]
+    }
+    report = build_report(summarize(FIGURES, runs), runs, machine_info(), mode="quick", seconds=1)
+    names = {p.name for p in write_report(report, tmp_path)}
+    assert {"e2e-stages.png", "e2e-timeline.png"} <= names
+    for png in ("e2e-stages.png", "e2e-timeline.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeline_counts_per_step_as_rates() -> None:
+    line = timeline(10.0, [10.1, 10.2, 10.6], [10.3, 10.7, 11.2])
+    assert line["step_s"] == 0.5
+    assert line["published_per_s"] == [4.0, 2.0, 0.0]
+    assert line["acknowledged_per_s"] == [2.0, 2.0, 2.0]
+
+
+def test_bucket_counts_subtract_the_earlier_scrape_and_decumulate() -> None:
+    inf = float("inf")
+    before = {"sent": {0.001: 1.0, 0.005: 2.0, inf: 2.0}}
+    after = {
+        "sent": {0.001: 1.0, 0.005: 12.0, inf: 15.0},
+        "intake": {0.001: 0.0, inf: 0.0},  # nothing observed: left out
+    }
+    assert bucket_counts(before, after) == {"sent": [[1.0, 0.0], [5.0, 10.0], [None, 3.0]]}
