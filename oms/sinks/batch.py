@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 import pydantic
@@ -37,9 +38,8 @@ SINK_TOPICS: tuple[Topic, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Message:
-    """The parts of a Kafka record the sink needs."""
+class Message(NamedTuple):
+    """The parts of a Kafka record the sink needs (a tuple: one is built per record)."""
 
     topic: str
     partition: int

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,8 +16,6 @@ from oms.schemas import (
     OrderRecord,
     PositionRecord,
 )
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 COLUMNS: dict[str, list[str]] = {
     "orders": [
@@ -69,13 +66,16 @@ COLUMNS: dict[str, list[str]] = {
 Row = list[Any]
 
 
-def ts(ms: int) -> datetime:
-    """Milliseconds since the epoch as an exact UTC datetime (no float rounding)."""
-    return EPOCH + timedelta(milliseconds=ms)
+def ts(ms: int) -> int:
+    """A ``DateTime64(3)`` value: milliseconds since the epoch are its ticks already.
+
+    clickhouse-connect writes integers to DateTime64 columns unchanged; a datetime would be
+    built here and taken apart again there, for every value of every row (hot path)."""
+    return int(ms)
 
 
-def ts_opt(ms: int | None) -> datetime | None:
-    return None if ms is None else ts(ms)
+def ts_opt(ms: int | None) -> int | None:
+    return None if ms is None else int(ms)
 
 
 def _val(value: Any) -> Any:
