@@ -404,6 +404,7 @@ async def _measure(
             "seconds": round(seconds, 3),
             "throughput_per_s": round(throughput, 1),
             "latency_ms": latency_summary(latencies),
+            "latency_histogram": latency_histogram(latencies),
             "first_events": ack_types,
             "cpu_s": cpu_s,
             "worker_cpu_ms_per_order": round(worker_cpu * 1000 / len(acked), 3) if acked else None,
@@ -433,6 +434,16 @@ async def _measure(
     finally:
         if services is not None:
             services.stop_all()
+
+
+def latency_histogram(values_ms: list[float], bins: int = 50) -> dict[str, Any]:
+    """Equal-width bins from 0 to the largest value (for the chart; compact in JSON)."""
+    top = max(values_ms, default=0.0) or 1.0
+    width = top / bins
+    counts = [0] * bins
+    for v in values_ms:
+        counts[min(bins - 1, int(v / width))] += 1
+    return {"edges_ms": [round(i * width, 3) for i in range(bins + 1)], "counts": counts}
 
 
 TIMELINE_STEP_S = 0.5

@@ -15,7 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -230,6 +230,16 @@ def render_markdown(report: dict[str, Any], charts: Sequence[str] = ()) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + f", "
         f"Python {machine.get('python')}.",
         "",
+    ]
+    if partial := report.get("partial_rerun"):
+        lines += [
+            f"Re-run here: {', '.join(partial['rerun'])}. Kept from the previous "
+            f"{report['mode']} report "
+            f"(commit `{(partial.get('kept_commit') or '?')[:12]}`): "
+            f"{', '.join(partial['kept']) or 'nothing'}.",
+            "",
+        ]
+    lines += [
         "Each figure is the median over the scenario's repetitions; spread = (max - min) / "
         f"median. A spread over {report['noisy_spread_pct']:g}% is flagged **noisy**. "
         "Baselines are measured in the same run (raw Kafka for the pipelines, direct inserts "
@@ -265,11 +275,10 @@ def render_markdown(report: dict[str, Any], charts: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_charts(
-    report: dict[str, Any], out_dir: Path, latencies_ms: Mapping[str, Sequence[float]] | None = None
-) -> list[str]:
-    """PNG charts (matplotlib, Agg): throughput per scenario, and a latency histogram per
-    scenario in ``latencies_ms`` (``<scenario>-latency.png``). Returns the paths written."""
+def write_charts(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """PNG charts (matplotlib, Agg): throughput per scenario, and from each e2e scenario's
+    last repetition its latency histogram, latency per stage and throughput over time.
+    Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,14 +308,17 @@ def write_charts(
         plt.close(fig)
         written.append(str(path))
     written += _stage_and_timeline_charts(report, out_dir, plt)
-    for scenario, values in (latencies_ms or {}).items():
-        if not values:
+    for scenario, runs in report.get("runs", {}).items():
+        histogram = (runs[-1] if runs else {}).get("latency_histogram")
+        if not histogram or not sum(histogram["counts"]):
             continue
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.hist(list(values), bins=50, color="#55a868")
+        ax.stairs(histogram["counts"], histogram["edges_ms"], fill=True, color="#55a868")
         ax.set_xlabel("request published -> first exchange-acknowledged event (ms)")
         ax.set_ylabel("orders")
-        ax.set_title(f"bench {scenario} latency ({len(values)} orders, last repetition)")
+        ax.set_title(
+            f"bench {scenario} latency ({sum(histogram['counts'])} orders, last repetition)"
+        )
         fig.tight_layout()
         path = out_dir / f"{scenario}-latency.png"
         fig.savefig(path, dpi=100)
@@ -359,12 +371,10 @@ def _stage_and_timeline_charts(report: dict[str, Any], out_dir: Path, plt: Any) 
     return written
 
 
-def write_report(
-    report: dict[str, Any], out_dir: Path, latencies_ms: Mapping[str, Sequence[float]] | None = None
-) -> list[Path]:
+def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ``latest.json``, the charts and ``latest.md`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = write_charts(report, out_dir, latencies_ms)
+    charts = write_charts(report, out_dir)
     json_path = out_dir / "latest.json"
     json_path.write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"

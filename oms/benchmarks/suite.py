@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,28 +53,6 @@ class SuiteConfig:
     out_dir: Path = Path("bench/results")
 
 
-# --- the e2e latencies, for the histogram -------------------------------------------------
-
-
-@contextlib.contextmanager
-def capture_e2e_latencies(sink: list[float]) -> Iterator[None]:
-    """While active, every latency list ``run_e2e`` summarizes is also copied into ``sink``
-    (``run_e2e`` returns only percentiles; the histogram needs the values)."""
-    from oms.benchmarks import e2e
-
-    original = e2e.latency_summary
-
-    def capturing(values_ms: list[float]) -> dict[str, float]:
-        sink[:] = list(values_ms)
-        return original(values_ms)
-
-    e2e.latency_summary = capturing
-    try:
-        yield
-    finally:
-        e2e.latency_summary = original
-
-
 # --- runners ------------------------------------------------------------------------------
 
 
@@ -96,13 +74,11 @@ def _bounded(coro: Coroutine[Any, Any, dict[str, Any]], timeout_s: float) -> dic
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
-def _e2e(
-    orders: int, rate: float | None, latencies: list[float], timeout_s: float
-) -> Callable[[Status], dict[str, Any]]:
+def _e2e(orders: int, rate: float | None, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms.benchmarks.e2e import E2EConfig, run_e2e
 
-        with capture_e2e_latencies(latencies), own_broker_env():
+        with own_broker_env():
             config = E2EConfig(orders=orders, rate=rate)
             return _bounded(run_e2e(config, on_status=status), timeout_s)
 
@@ -242,7 +218,7 @@ _CONDITIONS_PIPELINE = [
 ]
 
 
-def scenarios(config: SuiteConfig, e2e_latencies: dict[str, list[float]]) -> list[Scenario]:
+def scenarios(config: SuiteConfig) -> list[Scenario]:
     """The suite, sized for quick or full mode."""
     quick = config.quick
     reps = 1 if quick else max(1, config.repetitions)
@@ -251,7 +227,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: dict[str, list[float]]) -> lis
     out = [
         Scenario(
             "e2e",
-            _e2e(1_000 if quick else 5_000, None, e2e_latencies.setdefault("e2e", []), limit),
+            _e2e(1_000 if quick else 5_000, None, limit),
             reps,
             [
                 Figure(
@@ -277,7 +253,7 @@ def scenarios(config: SuiteConfig, e2e_latencies: dict[str, list[float]]) -> lis
         out.append(
             Scenario(
                 "e2e-paced",
-                _e2e(5_000, 500.0, e2e_latencies.setdefault("e2e-paced", []), limit),
+                _e2e(5_000, 500.0, limit),
                 reps,
                 [
                     Figure(
@@ -394,20 +370,39 @@ def run_suite(
 ) -> tuple[dict[str, Any], list[Path]]:
     """Run every scenario, write the report; returns it and the files written.
 
+    With ``config.only``, the other scenarios' runs are kept from the report already in
+    ``out_dir`` (same mode), so one scenario can be measured again without the rest; the
+    report then says which scenarios were re-run, and on which commit the others ran.
     ``progress(scenario, repetition, repetitions, status)`` is called on every status line.
     """
     from oms.benchmarks.report import build_report, machine_info, summarize, write_report
 
     load_before = os.getloadavg()
-    e2e_latencies: dict[str, list[float]] = {}
-    suite = scenarios(config, e2e_latencies)
+    mode = "quick" if config.quick else "full"
+    every = scenarios(replace(config, only=None))
+    suite = scenarios(config)
     runs: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
+    kept_from: dict[str, Any] | None = None
+    if config.only:
+        previous = _previous_report(config.out_dir, mode)
+        if previous is not None:
+            rerun = {s.name for s in suite}
+            runs = {k: v for k, v in previous["runs"].items() if k not in rerun}
+            errors = {
+                k: v for k, v in previous.get("errors", {}).items() if k.split("#")[0] not in rerun
+            }
+            kept_from = {
+                "rerun": sorted(rerun),
+                "kept": sorted(runs),
+                "kept_commit": previous.get("machine", {}).get("git_commit"),
+                "kept_load_average": previous.get("machine", {}).get("load_average"),
+            }
     t0 = time.monotonic()
 
     def write() -> tuple[dict[str, Any], list[Path]]:
         figures: list[Figure] = []
-        for scenario in suite:
+        for scenario in every:
             figures += scenario.figures
             if scenario.dynamic_figures and runs.get(scenario.name):
                 figures += scenario.dynamic_figures(runs[scenario.name][-1])
@@ -415,13 +410,16 @@ def run_suite(
             summarize(figures, runs),
             runs,
             machine_info(load_before),
-            mode="quick" if config.quick else "full",
+            mode=mode,
             seconds=time.monotonic() - t0,
             errors=errors,
         )
-        return report, write_report(report, config.out_dir, e2e_latencies)
+        if kept_from is not None:
+            report["partial_rerun"] = kept_from
+        return report, write_report(report, config.out_dir)
 
     for scenario in suite:
+        runs.pop(scenario.name, None)
         for rep in range(scenario.repetitions):
 
             def status(text: str, _s: Scenario = scenario, _r: int = rep) -> None:
@@ -442,3 +440,12 @@ def run_suite(
         status("writing the report")
         write()
     return write()
+
+
+def _previous_report(out_dir: Path, mode: str) -> dict[str, Any] | None:
+    """The report already in ``out_dir`` if it was made in the same mode."""
+    path = out_dir / "latest.json"
+    if not path.exists():
+        return None
+    report: dict[str, Any] = orjson.loads(path.read_bytes())
+    return report if report.get("mode") == mode else None

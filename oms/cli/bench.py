@@ -274,7 +274,7 @@ def all_scenarios(
     config = SuiteConfig(
         quick=quick, repetitions=repetitions, only=only, bootstrap=bootstrap, out_dir=Path(out)
     )
-    plan = {s.name: s.repetitions for s in scenarios(config, {})}
+    plan = {s.name: s.repetitions for s in scenarios(config)}
     done: set[tuple[str, int]] = set()
     with Progress(
         TextColumn("[bold]{task.fields[scenario]}"),

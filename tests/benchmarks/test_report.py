@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from oms.benchmarks.e2e import bucket_counts, timeline
+from oms.benchmarks.e2e import bucket_counts, latency_histogram, timeline
 from oms.benchmarks.report import (
     NOISY_SPREAD_PCT,
     Figure,
@@ -23,8 +23,14 @@ RUNS = {
     "e2e": [
         {"throughput_per_s": 400.0, "baseline_throughput_per_s": 8000.0, "latency_ms": {"p99": 90}},
         {"throughput_per_s": 500.0, "baseline_throughput_per_s": 6000.0, "latency_ms": {"p99": 40}},
-        {"throughput_per_s": 450.0, "baseline_throughput_per_s": 7000.0, "latency_ms": {"p99": 45}},
+        {
+            "throughput_per_s": 450.0,
+            "baseline_throughput_per_s": 7000.0,
+            "latency_ms": {"p99": 45},
+            "latency_histogram": latency_histogram([1.0, 2.0, 2.5, 40.0]),
+        },
     ],
+    "e2e-paced": [{"throughput_per_s": 100.0, "latency_histogram": latency_histogram([])}],
     "notify": [{"events_per_s": 10_000.0}, {"events_per_s": 10_100.0}],
     "queries": [{"queries": [{"name": "orders per status", "p50_ms": 3.0, "p99_ms": 9.5}]}],
 }
@@ -107,7 +113,7 @@ def test_markdown_table_flags_noise_and_unmet_targets() -> None:
 
 def test_write_report_writes_json_markdown_and_charts(tmp_path: Path) -> None:
     report = build_report(summarize(FIGURES, RUNS), RUNS, machine_info(), mode="full", seconds=1.0)
-    written = write_report(report, tmp_path, {"e2e": [1.0, 2.0, 2.5, 40.0], "e2e-paced": []})
+    written = write_report(report, tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["e2e-latency.png", "latest.json", "latest.md", "throughput.png"]
     for png in ("e2e-latency.png", "throughput.png"):
@@ -129,7 +135,8 @@ def test_write_report_writes_json_markdown_and_charts(tmp_path: Path) -> None:
 
 
 def test_no_latencies_no_histogram(tmp_path: Path) -> None:
-    report = build_report(summarize(FIGURES, RUNS), RUNS, machine_info(), mode="quick", seconds=1)
+    runs = {"e2e": [{k: v for k, v in r.items() if k != "latency_histogram"} for r in RUNS["e2e"]]}
+    report = build_report(summarize(FIGURES, runs), runs, machine_info(), mode="quick", seconds=1)
     names = {p.name for p in write_report(report, tmp_path)}
     assert "e2e-latency.png" not in names and "throughput.png" in names
 
@@ -169,3 +176,9 @@ def test_bucket_counts_subtract_the_earlier_scrape_and_decumulate() -> None:
         "intake": {0.001: 0.0, inf: 0.0},  # nothing observed: left out
     }
     assert bucket_counts(before, after) == {"sent": [[1.0, 0.0], [5.0, 10.0], [None, 3.0]]}
+
+
+def test_latency_histogram_bins_every_value() -> None:
+    histogram = latency_histogram([0.0, 5.0, 9.9, 10.0], bins=2)
+    assert histogram == {"edges_ms": [0.0, 5.0, 10.0], "counts": [1, 3]}
+    assert latency_histogram([])["counts"] == [0] * 50
