@@ -12,7 +12,8 @@ Data flows one way::
 drops those without fills and forwards the rest grouped per position, so ``apply`` (a Faust
 agent) is the single writer of each position key (one partition of the internal topic).
 Reconciliation and ``oms positions ack`` send their commands through the same internal
-topic, so they too are applied by that single writer, in order.
+topic, so they too are applied by that single writer, in order; so are the ``prune``
+commands that bound the seen-trades table (see :mod:`oms.positions.retention`).
 """
 
 from __future__ import annotations
