@@ -218,6 +218,14 @@ class PositionSettings(BaseModel):
     audit_retention_days: int = Field(2_555, ge=1)
     # Relative tolerance when comparing recorded and exchange figures.
     tolerance: float = Field(1e-6, ge=0)
+    # Seen-trades table (trade_id -> record, the keeper's dedupe store): entries whose fill is
+    # older than this are deleted (tombstones; the changelog is compacted). Execution reports
+    # are replayed after a crash or reconnect within minutes or hours, never weeks, so a week
+    # bounds memory and changelog while keeping every realistic replay a duplicate. A fill
+    # older than this is refused (stale_fill) and flagged, since its entry may be gone.
+    seen_trades_retention_s: float = Field(7 * 86_400.0, gt=0)
+    # How often each keeper asks its partitions to drop expired seen trades.
+    seen_trades_prune_interval_s: float = Field(600.0, gt=0)
 
     @property
     def ttl_days(self) -> tuple[int, int]:

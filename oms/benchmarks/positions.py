@@ -36,6 +36,7 @@ from oms.schemas import (
     PositionRecord,
     ReportSource,
     Topic,
+    now_ms,
 )
 from oms.settings import Settings
 
@@ -53,6 +54,8 @@ class PositionBenchConfig:
 def make_reports(n: int, accounts: int, tag: str) -> list[bytes]:
     """N execution reports of one fill each: adds, reductions and flips on 40 positions."""
     out = []
+    # Recent fills: the keeper refuses fills older than its seen-trades retention.
+    start = now_ms()
     for i in range(n):
         account = f"bench-{i % accounts}"
         instrument = INSTRUMENTS[(i // accounts) % 2]
@@ -69,7 +72,7 @@ def make_reports(n: int, accounts: int, tag: str) -> list[bytes]:
             amount=20.0,
             filled_amount=10.0,
             fills=[Fill(trade_id=f"{tag}-{i}", amount=10.0, price=price, fee=0.0001,
-                        timestamp=1_700_000_000_000 + i)],
+                        timestamp=start + i)],
         )  # fmt: skip
         out.append(report.to_bytes())
     return out

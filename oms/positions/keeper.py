@@ -12,7 +12,8 @@ Data flows one way::
 drops those without fills and forwards the rest grouped per position, so ``apply`` (a Faust
 agent) is the single writer of each position key (one partition of the internal topic).
 Reconciliation and ``oms positions ack`` send their commands through the same internal
-topic, so they too are applied by that single writer, in order.
+topic, so they too are applied by that single writer, in order; so are the ``prune``
+commands that bound the seen-trades table (see :mod:`oms.positions.retention`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
 from oms.positions.recorder import RecordPublisher
+from oms.positions.retention import PRUNE, SeenTradesPruner, prune_command
 from oms.positions.router import ReportRouter
 from oms.positions.state import (
     PositionRecordValue,
@@ -94,6 +96,14 @@ class SeenTrades(MutableMapping[str, PositionRecord | None]):
     def __len__(self) -> int:
         return len(self.table)
 
+    def scan(self) -> Iterator[tuple[str, PositionRecord | None]]:
+        """Every (trade_id, record) in memory, without copying the table (do not modify it
+        while iterating)."""
+        store = getattr(self.table.data, "data", None)
+        if isinstance(store, dict):  # memory:// store
+            return iter(store.items())
+        return iter(self.table.items())
+
 
 def keeper_app_id(settings: Settings) -> str:
     return settings.positions.app_id or f"{settings.worker.app_id}-positions"
@@ -140,7 +150,10 @@ class PositionKeeper:
             help="Record produced by each trade id, for dedupe and re-announcement.",
         )
         self.catalog = InstrumentCatalog(settings.exchange)
-        self.ledger = Ledger(self.positions, SeenTrades(self.seen), self.kind_of)
+        seen = SeenTrades(self.seen)
+        retention_ms = int(ps.seen_trades_retention_s * 1000)
+        self.ledger = Ledger(self.positions, seen, self.kind_of, retention_ms=retention_ms)
+        self.pruner = SeenTradesPruner(seen, seen.scan, n, retention_ms)
         self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
         self.router = ReportRouter(
             settings,
@@ -174,6 +187,20 @@ class PositionKeeper:
             topic, key.encode() if key else None, value, partition=None, timestamp=None,
             headers=None,
         )  # fmt: skip
+
+    async def request_prune(self) -> None:
+        """Ask each partition of the internal topic this keeper owns to drop its expired
+        seen trades (a table may only be changed inside an event of its partition)."""
+        if not self.tables_ready():
+            return
+        actives: set[TP] = self.app.assignor.assigned_actives()
+        command = ReportBundle(command=prune_command(self.pruner.cutoff())).to_bytes()
+        for tp in sorted(actives):
+            if tp.topic == self.fills_topic:
+                await self.app.producer.send(
+                    self.fills_topic, None, command, partition=tp.partition, timestamp=None,
+                    headers=None,
+                )  # fmt: skip
 
     async def send_command(self, key: str, command: dict[str, Any]) -> None:
         """Queue a command (correction, ack) for the single writer of ``key``."""
@@ -260,6 +287,10 @@ class PositionKeeper:
         async def flush_records() -> None:
             await self.publisher.flush()
 
+        @app.timer(interval=ps.seen_trades_prune_interval_s)
+        async def prune_seen_trades() -> None:
+            await self.request_prune()
+
         async def on_stop(app: Any, **kwargs: Any) -> None:
             await self.router.stop()
             if self.reconciler is not None:
@@ -284,6 +315,7 @@ class PositionKeeper:
                 {
                     "ledger": self.ledger.counters.as_dict(),
                     "keeper": dict(self.counters),
+                    "seen_trades": len(self.seen),
                     "route": dict(self.router.counters),
                     "recorder": self.publisher.stats(),
                     "reconcile": self.reconciler.stats() if self.reconciler else None,
@@ -312,7 +344,10 @@ class PositionKeeper:
         except (pydantic.ValidationError, ValueError, TypeError) as exc:
             bundle = await self._salvage(event.value or b"", message, exc)
         if bundle.command is not None:
-            await self._command(bundle.command)
+            if bundle.command.get("type") == PRUNE:
+                self._prune(message.partition, bundle.command)
+            else:
+                await self._command(bundle.command)
             return
         replayed = message.offset < self._replay_below.get(message.partition, 0)
         applied = self.ledger.apply_reports(bundle.reports, replayed=replayed)
@@ -355,7 +390,20 @@ class PositionKeeper:
     async def _emit(self, event: OrderEvent) -> None:
         await self._send(self.events_topic, event.order_id, event.to_bytes())
 
-    # -- commands (reconciliation, review) ---------------------------------------------------
+    # -- commands (seen-trades retention, reconciliation, review) -----------------------------
+
+    def _prune(self, partition: int, command: dict[str, Any]) -> None:
+        """Delete this partition's expired seen trades (inside its event, so the tombstones
+        go to the partition's changelog). Not a fill: the ledger never sees it."""
+        cutoff = command.get("cutoff")
+        if not isinstance(cutoff, int):
+            self.counters["bad_commands"] += 1
+            return
+        removed = self.pruner.prune(partition, cutoff)
+        self.counters["prunes"] += 1
+        self.counters["seen_trades_pruned"] += removed
+        if removed:
+            log.info("positions.seen_trades_pruned", partition=partition, removed=removed)
 
     async def _command(self, command: dict[str, Any]) -> None:
         kind = command.get("type")

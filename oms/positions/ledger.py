@@ -5,7 +5,10 @@ Pure logic over two mappings (the keeper passes its Faust tables): ``positions``
 Every trade is counted once, whichever report (RPC reply, subscription, reconcile lookup)
 brings it first; a repeat with the same figures is a duplicate (counted, nothing else); a
 repeat with different figures, a non-positive amount or price, or a fill without a side is
-inconsistent: not applied, and the position is flagged for review.
+inconsistent: not applied, and the position is flagged for review. With a retention, ``seen``
+keeps only recent trades (the keeper prunes older ones), so a fill older than the retention
+that is not among the position's recent fills is refused as ``stale_fill`` and flagged: it
+may have been counted before its entry was pruned.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class LedgerCounters:
     unknown_orders: int = 0
     reannounced: int = 0
     reordered: int = 0
+    stale: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -92,10 +96,14 @@ class Ledger:
         positions: MutableMapping[str, PositionState | None],
         seen: MutableMapping[str, PositionRecord | None],
         kind_of: Callable[[str], PositionKind],
+        retention_ms: int | None = None,
     ) -> None:
         self.positions = positions
         self.seen = seen
         self.kind_of = kind_of
+        # Fills older than this are refused unless known (None: ``seen`` keeps every trade).
+        self.retention_ms = retention_ms
+        self._stale_before = 0
         self.counters = LedgerCounters()
         self._unsettled: set[str] = set()
 
@@ -130,6 +138,10 @@ class Ledger:
             ),
         )
         self._unsettled = set()
+        # Once per batch: the keeper prunes seen trades older than now - retention, so any
+        # fill older than that may have lost its entry.
+        if self.retention_ms is not None:
+            self._stale_before = now_ms() - self.retention_ms
         for report, fill in pairs:
             key = position_key(report.account_id, report.instrument_name)
             state = states.get(key)
@@ -208,6 +220,8 @@ class Ledger:
             )  # fmt: skip
         timestamp = fill.timestamp or report.exchange_timestamp or now_ms()
         buy = direction is Direction.BUY
+        if timestamp < self._stale_before:
+            return self._stale(state, key, report, fill, out, timestamp, buy)
         entry: RecentFill = (
             timestamp, trade_seq(fill.trade_id), fill.trade_id, buy, fill.amount, fill.price,
             fill.fee,
@@ -290,6 +304,35 @@ class Ledger:
             },
         )
 
+    def _stale(
+        self,
+        state: PositionState,
+        key: str,
+        report: ExecutionReport,
+        fill: Fill,
+        out: Applied,
+        timestamp: int,
+        buy: bool,
+    ) -> PositionState:
+        """A fill older than the retention: a duplicate if still in the position's reorder
+        window, else refused and flagged (counting it twice is worse than asking a human)."""
+        for _ts, _seq, trade_id, was_buy, amount, price, _fee in state.recent:
+            if (
+                trade_id == fill.trade_id
+                and was_buy == buy
+                and close_enough(amount, fill.amount)
+                and close_enough(price, fill.price)
+            ):
+                self.counters.duplicates += 1
+                return state
+        self.counters.stale += 1
+        return self._problem(
+            state, key, report, fill, out, ReasonCode.STALE_FILL,
+            f"trade {fill.trade_id} at {timestamp} is older than the seen-trades retention "
+            f"({self.retention_ms} ms): it may have been counted already",
+            inconsistent=False,
+        )  # fmt: skip
+
     def _problem(
         self,
         state: PositionState,
@@ -299,8 +342,11 @@ class Ledger:
         out: Applied,
         code: ReasonCode,
         message: str,
+        *,
+        inconsistent: bool = True,
     ) -> PositionState:
-        self.counters.inconsistent += 1
+        if inconsistent:  # stale fills have their own counter
+            self.counters.inconsistent += 1
         out.problems.append(FillProblem(code, message, report, fill))
         out.touched.add(key)
         return _update(state, {"needs_review": True, "review_reason": message[:300]})

@@ -166,6 +166,8 @@ class ReasonCode(StrEnum):
     # Positions (issue 4).
     DUPLICATE_FILL = "duplicate_fill"
     INCONSISTENT_FILL = "inconsistent_fill"
+    # A fill older than the keeper's seen-trades retention (it may have been counted already).
+    STALE_FILL = "stale_fill"
     POSITION_MISMATCH = "position_mismatch"
     # Notifications (issue 5).
     INVALID_SETTINGS = "invalid_settings"
