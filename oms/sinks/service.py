@@ -34,6 +34,7 @@ from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
 from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
+from oms.sinks.failures import error_line, insert_failure_reason
 from oms.sinks.lock import SQL_ROLE, ChdbPathLock
 from oms.sinks.query import query_url
 from oms.sinks.query_server import make_app, start_query_server
@@ -56,6 +57,12 @@ class SinkStats:
     commit_failures: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     last_flush_at: float | None = None
+    # A batch insert is running right now (chaos tests aim their SIGKILLs with it).
+    inserting: bool = False
+    # Wall time of the first failed attempt of the batch still being retried, else None.
+    failing_since: float | None = None
+    # The latest failed insert: {"reason", "error", "attempt", "at"} (kept after recovery).
+    last_insert_error: dict[str, Any] | None = None
 
 
 class SinkAborted(RuntimeError):
@@ -165,8 +172,15 @@ class SinkService:
             log.info("sink.stopped", **self.health())
 
     def health(self) -> dict[str, Any]:
-        """Counters and buffer state for ``GET /health``."""
-        return {**asdict(self.stats), "buffered": len(self._batch), "group": self.group_id}
+        """Counters and buffer state for ``GET /health``; ``status`` is ``failing`` while a
+        batch cannot be inserted (see ``last_insert_error`` for why)."""
+        status = "failing" if self.stats.failing_since is not None else "ok"
+        return {
+            "status": status,
+            **asdict(self.stats),
+            "buffered": len(self._batch),
+            "group": self.group_id,
+        }
 
     # -- consuming
 
@@ -223,20 +237,24 @@ class SinkService:
         paused: set[TopicPartition] = set()
         try:
             while True:
+                self.stats.inserting = True
                 try:
                     sent = await write_batch(self._ch, batch)
                     break
                 except Exception as exc:  # any failure: the batch must not be dropped
+                    self.stats.inserting = False
                     attempt += 1
-                    self.stats.insert_failures += 1
+                    self._record_failure(exc, attempt)
                     delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
                     delay *= random.uniform(0.8, 1.2)
-                    log.warning(
+                    assert self.stats.last_insert_error is not None
+                    log.error(
                         "sink.insert_failed",
+                        reason=self.stats.last_insert_error["reason"],
                         attempt=attempt,
                         retry_in_s=round(delay, 2),
                         messages=batch.messages,
-                        error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+                        error=self.stats.last_insert_error["error"],
                     )
                     if self._abort.is_set():
                         raise SinkAborted("aborted with an uninserted batch") from exc
@@ -244,11 +262,33 @@ class SinkService:
                         paused |= await self._idle_paused(delay)
                     else:  # inside a rebalance callback: no polling there
                         await asyncio.sleep(delay)
+                finally:
+                    self.stats.inserting = False
         finally:
             if paused:
                 self._consumer.resume(*paused)
+        if self.stats.failing_since is not None:
+            log.info(
+                "sink.insert_recovered",
+                attempts=attempt + 1,
+                failed_for_s=round(time.time() - self.stats.failing_since, 1),
+                messages=batch.messages,
+            )
+            self.stats.failing_since = None
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    def _record_failure(self, exc: Exception, attempt: int) -> None:
+        self.stats.insert_failures += 1
+        now = time.time()
+        if self.stats.failing_since is None:
+            self.stats.failing_since = now
+        self.stats.last_insert_error = {
+            "reason": insert_failure_reason(exc),
+            "error": error_line(exc),
+            "attempt": attempt,
+            "at": now,
+        }
 
     async def _idle_paused(self, delay: float) -> set[TopicPartition]:
         """Wait ``delay`` seconds polling with every partition paused, so the group keeps
