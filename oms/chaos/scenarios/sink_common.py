@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -259,9 +259,7 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
     await consumer.start()
     try:
-        tps = [
-            TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)
-        ]
+        tps = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
@@ -319,7 +317,9 @@ async def _read_topic(
         while left and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for tp, records in batch.items():
-                out.extend((tp.partition, r.offset, r.value) for r in records if r.offset < ends[tp])
+                out.extend(
+                    (tp.partition, r.offset, r.value) for r in records if r.offset < ends[tp]
+                )
             # Positions, not offsets seen: transaction markers leave gaps at the end.
             for tp in list(left):
                 if await consumer.position(tp) >= left[tp]:
@@ -408,9 +408,7 @@ async def compare_clickhouse_with_kafka(
     for topic in COMPARED_TOPICS:
         name = settings.topic(topic.value)
         records = await _read_topic(settings, name, later)
-        in_snapshot = [
-            r for r in records if r[1] < ends.get(TopicPartition(name, r[0]), 0)
-        ]
+        in_snapshot = [r for r in records if r[1] < ends.get(TopicPartition(name, r[0]), 0)]
         expected = _expected_rows(topic, in_snapshot)
         everything = _expected_rows(topic, records)
         for table, keys in expected["keys"].items():
@@ -419,9 +417,7 @@ async def compare_clickhouse_with_kafka(
             missing = [k for k in keys if k not in present]
             extra = [k for k in present if k not in everything["keys"].get(table, {})]
             dup_final = len(rows["final"]) - len(present)
-            stale = [
-                k for k in keys if k in rows["versions"] and rows["versions"][k] < keys[k]
-            ]
+            stale = [k for k in keys if k in rows["versions"] and rows["versions"][k] < keys[k]]
             entry = {
                 "kafka_records": len(in_snapshot),
                 "expected_rows": len(keys),
@@ -550,7 +546,7 @@ def read_json_log(path: Path) -> list[dict[str, Any]]:
 def cli(
     name: str,
     config_type: Callable[..., C],
-    run: Callable[[C, Callable[[str], None]], Awaitable[dict[str, Any]]],
+    run: Callable[[C, Callable[[str], None]], Coroutine[Any, Any, dict[str, Any]]],
     argv: list[str] | None = None,
 ) -> int:
     """``python -m oms.chaos.scenarios.<name> [--quick] [--bootstrap H:P]``: status lines
@@ -571,4 +567,3 @@ def cli(
     result = asyncio.run(run(config, status))
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("ok") else 1
-

@@ -107,9 +107,7 @@ async def _kill_loop(
     return kills
 
 
-async def run(
-    config: SinkKillConfig, on_status: Callable[[str], None] = print
-) -> dict[str, Any]:
+async def run(config: SinkKillConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
     """Run scenario 4 and return its result (``ok`` when every check held)."""
     t0 = time.monotonic()
     try:
