@@ -22,6 +22,8 @@ Standalone: ``python -m oms.chaos.scenarios.disk_error [--quick] [--bootstrap H:
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 import traceback
 from collections import Counter
@@ -43,6 +45,7 @@ from oms.chaos.scenarios.sink_common import (
     failed_result,
     open_stack,
     read_json_log,
+    readable_tables,
     scenario_result,
 )
 from oms.sinks.clickhouse.client import chdb_path
@@ -124,6 +127,7 @@ async def _hold_fault(
             recovered_after = round(time.monotonic() - removed_at, 1)
             break
         await asyncio.sleep(0.2)
+    unreadable = await readable_tables(stack.settings)
     on_status(
         f"fault {name}: removed; {failures} failed inserts, {terminal_during} orders ended "
         f"meanwhile, sink recovered after {recovered_after}s"
@@ -137,6 +141,7 @@ async def _hold_fault(
         "health_error": (last_error or {}).get("error"),
         "orders_terminal_during_fault": terminal_during,
         "recovered_after_s": recovered_after,
+        "unreadable_tables_after": unreadable,
         "window": (t0, removed_at),
     }
 
@@ -254,6 +259,7 @@ async def _run(
                 f"{name}:retries_back_off": phase["insert_failures"] <= max_attempts,
                 f"{name}:orders_kept_flowing": phase["orders_terminal_during_fault"] > 0,
                 f"{name}:sink_recovered": phase["recovered_after_s"] is not None,
+                f"{name}:tables_readable_after": not phase["unreadable_tables_after"],
             }
             phase.pop("window")
         return scenario_result(
@@ -284,6 +290,9 @@ async def _run(
         )
     finally:
         await close_stack(stack)
+        if faults.mounted and os.environ.get("OMS_CHAOS_KEEP_DATA"):
+            # The tmpfs goes with the unmount: keep a copy to look into.
+            shutil.copytree(faults.path, stack.base / "clickhouse-kept", dirs_exist_ok=True)
         faults.cleanup()
 
 

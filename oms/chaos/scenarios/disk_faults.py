@@ -78,17 +78,19 @@ class DataPathFaults:
     def fill(self) -> int:
         """Take every free byte of the tmpfs; returns the bytes written."""
         written = 0
-        with (self.path / FILLER).open("wb") as out:
-            for chunk in (1 << 20, 4096, 1):
+        fd = os.open(self.path / FILLER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for chunk in (1 << 20, 4096, 1):  # unbuffered: nothing left to fail on close
                 block = b"\0" * chunk
                 while True:
                     try:
-                        written += out.write(block)
-                        out.flush()
+                        written += os.write(fd, block)
                     except OSError as exc:
                         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                             raise
                         break
+        finally:
+            os.close(fd)
         return written
 
     def unfill(self) -> None:
