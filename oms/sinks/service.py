@@ -33,6 +33,7 @@ from oms.kafka_admin import ensure_topics
 from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
+from oms.sinks.clickhouse.integrity import STORAGE_REASONS, broken_detached_parts, broken_tables
 from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
 from oms.sinks.failures import error_line, insert_failure_reason
 from oms.sinks.lock import SQL_ROLE, ChdbPathLock
@@ -63,6 +64,10 @@ class SinkStats:
     failing_since: float | None = None
     # The latest failed insert: {"reason", "error", "attempt", "at"} (kept after recovery).
     last_insert_error: dict[str, Any] | None = None
+    # After storage faults: integrity checks run, engine reopens that repaired broken parts.
+    storage_checks: int = 0
+    storage_repairs: int = 0
+    broken_parts_detached: int = 0
 
 
 class SinkAborted(RuntimeError):
@@ -125,14 +130,7 @@ class SinkService:
             # First, before chDB: a second sink must fail here with a clear message. A
             # one-off `oms sql` reading the path directly is waited for.
             await self._lock.acquire_waiting(wait_for=frozenset({SQL_ROLE}), role="sink")
-        self._writer = await asyncio.to_thread(open_client, s)
-        applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
-        await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
-        self._ch = AsyncClickHouse(self._writer)
-        self._reader = await asyncio.to_thread(open_client, s, readonly=True)
-        self._http = await start_query_server(
-            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
-        )
+        applied = await self._open_clickhouse(migrate=True)
         if self._lock is not None:
             self._lock.update(query_url=query_url(s))
         await ensure_topics(s)
@@ -156,16 +154,36 @@ class SinkService:
         )
         self.ready.set()
 
-    async def _close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
+    async def _open_clickhouse(self, *, migrate: bool) -> list[int]:
+        """Writer and read-only clients, and the query endpoint over the reader."""
+        s = self.settings
+        self._writer = await asyncio.to_thread(open_client, s)
+        applied: list[int] = []
+        if migrate:
+            applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
+            await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
+        self._ch = AsyncClickHouse(self._writer)
+        self._reader = await asyncio.to_thread(open_client, s, readonly=True)
+        self._http = await start_query_server(
+            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
+        )
+        return applied
+
+    async def _close_clickhouse(self) -> None:
         if self._http is not None:
             await self._http.cleanup()
+            self._http = None
         for client in (self._reader, self._writer):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(client.close)
+        self._reader = self._writer = self._ch = None
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        await self._close_clickhouse()
         if self._lock is not None:
             self._lock.release()
         if self.ready.is_set():  # a sink that never started has nothing to report
@@ -275,8 +293,46 @@ class SinkService:
                 messages=batch.messages,
             )
             self.stats.failing_since = None
+            reason = (self.stats.last_insert_error or {}).get("reason")
+            if reason in STORAGE_REASONS:
+                await self.verify_storage()
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    async def verify_storage(self) -> dict[str, str]:
+        """After a storage fault: ``CHECK TABLE`` every table. A merge that ran into the
+        fault can leave a broken part that fails every read; in embedded mode, reopening
+        the engine detaches it and brings back the parts it replaced. Returns the tables
+        still broken (empty when all is well)."""
+        assert self._writer is not None
+        self.stats.storage_checks += 1
+        broken = await asyncio.to_thread(broken_tables, self._writer)
+        if not broken:
+            log.info("sink.storage_checked", broken_tables=0)
+            return broken
+        log.error(
+            "sink.storage_corrupted",
+            reason="broken_data_part",
+            tables=sorted(broken),
+            detail=next(iter(broken.values())),
+            repair="reopening embedded ClickHouse" if self._lock is not None else "none (server)",
+        )
+        if self._lock is None:  # a server repairs its own parts on restart
+            return broken
+        await self._close_clickhouse()
+        await self._open_clickhouse(migrate=False)
+        assert self._writer is not None
+        broken = await asyncio.to_thread(broken_tables, self._writer)
+        detached = await asyncio.to_thread(broken_detached_parts, self._writer)
+        self.stats.storage_repairs += 1
+        self.stats.broken_parts_detached = detached
+        if broken:
+            log.error(
+                "sink.storage_repair_failed", reason="broken_data_part", tables=sorted(broken)
+            )
+        else:
+            log.warning("sink.storage_repaired", broken_parts_detached=detached)
+        return broken
 
     def _record_failure(self, exc: Exception, attempt: int) -> None:
         self.stats.insert_failures += 1

@@ -283,7 +283,15 @@ async def _run(
                 "sink_command_prefix": stack.sink.command_prefix,
                 "sink_health_at_end": {
                     k: health.get(k)
-                    for k in ("status", "flushes", "insert_failures", "last_insert_error")
+                    for k in (
+                        "status",
+                        "flushes",
+                        "insert_failures",
+                        "last_insert_error",
+                        "storage_checks",
+                        "storage_repairs",
+                        "broken_parts_detached",
+                    )
                 },
                 "logs": str(stack.base / "logs"),
             },
