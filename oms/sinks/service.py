@@ -44,6 +44,8 @@ from oms.sinks.writer import write_batch
 log = structlog.get_logger(__name__)
 
 COMMIT_TIMEOUT_S = 30.0
+# After a storage fault the tables are checked at once, then again this many seconds apart.
+STORAGE_RECHECKS_S = (5.0, 20.0)
 
 
 @dataclass
@@ -103,6 +105,7 @@ class SinkService:
         self._ch: AsyncClickHouse | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._http: web.AppRunner | None = None
+        self._rechecks: asyncio.Task[None] | None = None
 
     # -- lifecycle
 
@@ -180,6 +183,10 @@ class SinkService:
         self._reader = self._writer = self._ch = None
 
     async def _close(self) -> None:
+        if self._rechecks is not None:
+            self._rechecks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rechecks
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -296,8 +303,19 @@ class SinkService:
             reason = (self.stats.last_insert_error or {}).get("reason")
             if reason in STORAGE_REASONS:
                 await self.verify_storage()
+                # A merge caught by the fault can turn up broken only later: look again.
+                if self._rechecks is None or self._rechecks.done():
+                    self._rechecks = asyncio.create_task(self._recheck_storage())
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    async def _recheck_storage(self) -> None:
+        for delay in STORAGE_RECHECKS_S:
+            await asyncio.sleep(delay)
+            async with self._flush_lock:  # never reopen the engine under an insert
+                if self._writer is None:
+                    return
+                await self.verify_storage()
 
     async def verify_storage(self) -> dict[str, str]:
         """After a storage fault: ``CHECK TABLE`` every table. A merge that ran into the

@@ -65,6 +65,7 @@ class DiskErrorConfig:
     fault_s: float = 10.0  # each fault is held this long
     settle_s: float = 3.0  # flow before the first fault
     recover_within_s: float = 60.0  # for the sink to insert again once a fault is removed
+    readable_within_s: float = 30.0  # for every table to read again (the sink's rechecks)
     tmpfs_mb: int = 64
     batch_size: int = 200
     flush_interval_s: float = 0.5
@@ -127,7 +128,15 @@ async def _hold_fault(
             recovered_after = round(time.monotonic() - removed_at, 1)
             break
         await asyncio.sleep(0.2)
+    # The sink checks its tables at recovery and again later (a broken merge can turn up
+    # late): readable within that window is what counts; what was seen meanwhile is kept.
+    unreadable_seen: dict[str, str] = {}
     unreadable = await readable_tables(stack.settings)
+    deadline = time.monotonic() + config.readable_within_s
+    while unreadable and time.monotonic() < deadline:
+        unreadable_seen |= unreadable
+        await asyncio.sleep(1.0)
+        unreadable = await readable_tables(stack.settings)
     on_status(
         f"fault {name}: removed; {failures} failed inserts, {terminal_during} orders ended "
         f"meanwhile, sink recovered after {recovered_after}s"
@@ -142,6 +151,7 @@ async def _hold_fault(
         "orders_terminal_during_fault": terminal_during,
         "recovered_after_s": recovered_after,
         "unreadable_tables_after": unreadable,
+        "unreadable_tables_meanwhile": unreadable_seen,
         "window": (t0, removed_at),
     }
 
