@@ -12,7 +12,7 @@ import errno
 # (reason, substrings of the error text or its cause chain that identify it), first match wins.
 _PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("disk_full", ("NOT_ENOUGH_SPACE", "No space left on device", "not enough space")),
-    ("read_only_filesystem", ("Read-only file system", "READONLY", "TABLE_IS_READ_ONLY")),
+    ("read_only_filesystem", ("Read-only file system", "TABLE_IS_READ_ONLY")),
     ("permission_denied", ("Permission denied", "Operation not permitted", "Access denied")),
     ("clickhouse_unreachable", ("Connection refused", "timed out", "Name or service not known")),
 )
