@@ -101,12 +101,14 @@ class ServiceProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # Run through this wrapper, e.g. ``setpriv`` to drop capabilities (chaos scenarios).
+    command_prefix: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oms.cli.main", *self.args],
+            [*self.command_prefix, sys.executable, "-m", "oms.cli.main", *self.args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,

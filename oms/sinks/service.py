@@ -33,7 +33,9 @@ from oms.kafka_admin import ensure_topics
 from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
+from oms.sinks.clickhouse.integrity import STORAGE_REASONS, broken_detached_parts, broken_tables
 from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
+from oms.sinks.failures import error_line, insert_failure_reason
 from oms.sinks.lock import SQL_ROLE, ChdbPathLock
 from oms.sinks.query import query_url
 from oms.sinks.query_server import make_app, start_query_server
@@ -42,6 +44,8 @@ from oms.sinks.writer import write_batch
 log = structlog.get_logger(__name__)
 
 COMMIT_TIMEOUT_S = 30.0
+# After a storage fault the tables are checked at once, then again this many seconds apart.
+STORAGE_RECHECKS_S = (5.0, 20.0)
 
 
 @dataclass
@@ -56,6 +60,16 @@ class SinkStats:
     commit_failures: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     last_flush_at: float | None = None
+    # A batch insert is running right now (chaos tests aim their SIGKILLs with it).
+    inserting: bool = False
+    # Wall time of the first failed attempt of the batch still being retried, else None.
+    failing_since: float | None = None
+    # The latest failed insert: {"reason", "error", "attempt", "at"} (kept after recovery).
+    last_insert_error: dict[str, Any] | None = None
+    # After storage faults: integrity checks run, engine reopens that repaired broken parts.
+    storage_checks: int = 0
+    storage_repairs: int = 0
+    broken_parts_detached: int = 0
 
 
 class SinkAborted(RuntimeError):
@@ -93,6 +107,7 @@ class SinkService:
         self._ch: AsyncClickHouse | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._http: web.AppRunner | None = None
+        self._rechecks: asyncio.Task[None] | None = None
 
     # -- lifecycle
 
@@ -120,14 +135,7 @@ class SinkService:
             # First, before chDB: a second sink must fail here with a clear message. A
             # one-off `oms sql` reading the path directly is waited for.
             await self._lock.acquire_waiting(wait_for=frozenset({SQL_ROLE}), role="sink")
-        self._writer = await asyncio.to_thread(open_client, s)
-        applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
-        await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
-        self._ch = AsyncClickHouse(self._writer)
-        self._reader = await asyncio.to_thread(open_client, s, readonly=True)
-        self._http = await start_query_server(
-            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
-        )
+        applied = await self._open_clickhouse(migrate=True)
         if self._lock is not None:
             self._lock.update(query_url=query_url(s))
         await ensure_topics(s)
@@ -151,29 +159,56 @@ class SinkService:
         )
         self.ready.set()
 
+    async def _open_clickhouse(self, *, migrate: bool) -> list[int]:
+        """Writer and read-only clients, and the query endpoint over the reader."""
+        s = self.settings
+        self._writer = await asyncio.to_thread(open_client, s)
+        applied: list[int] = []
+        if migrate:
+            applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
+            await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
+        self._ch = AsyncClickHouse(self._writer)
+        self._reader = await asyncio.to_thread(open_client, s, readonly=True)
+        self._http = await start_query_server(
+            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
+        )
+        return applied
+
+    async def _close_clickhouse(self) -> None:
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        for client in (self._reader, self._writer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(client.close)
+        self._reader = self._writer = self._ch = None
+
     async def _close(self) -> None:
         if self._writing is not None and not self._writing.done():
             # Only after an error elsewhere: the batch is uncommitted and will be replayed.
             self._writing.cancel()
             with contextlib.suppress(BaseException):
                 await self._writing
+        if self._rechecks is not None:
+            self._rechecks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rechecks
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
-        if self._http is not None:
-            await self._http.cleanup()
-        for client in (self._reader, self._writer):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(client.close)
+        await self._close_clickhouse()
         if self._lock is not None:
             self._lock.release()
         if self.ready.is_set():  # a sink that never started has nothing to report
             log.info("sink.stopped", **self.health())
 
     def health(self) -> dict[str, Any]:
-        """Counters and buffer state for ``GET /health``."""
+        """Counters and buffer state for ``GET /health``; ``status`` is ``failing`` while a
+        batch cannot be inserted (see ``last_insert_error`` for why)."""
+        status = "failing" if self.stats.failing_since is not None else "ok"
         return {
+            "status": status,
             **asdict(self.stats),
             "buffered": len(self._batch),
             "writing": self._writing_messages,
@@ -261,27 +296,107 @@ class SinkService:
         assert self._ch is not None
         attempt = 0
         while True:
+            self.stats.inserting = True
             try:
                 sent = await write_batch(self._ch, batch)
                 break
             except Exception as exc:  # any failure: the batch must not be dropped
+                self.stats.inserting = False
                 attempt += 1
-                self.stats.insert_failures += 1
+                self._record_failure(exc, attempt)
                 delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
                 delay *= random.uniform(0.8, 1.2)
-                log.warning(
+                assert self.stats.last_insert_error is not None
+                log.error(
                     "sink.insert_failed",
+                    reason=self.stats.last_insert_error["reason"],
                     attempt=attempt,
                     retry_in_s=round(delay, 2),
                     messages=batch.messages,
-                    error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+                    error=self.stats.last_insert_error["error"],
                 )
                 if self._abort.is_set():
                     raise SinkAborted("aborted with an uninserted batch") from exc
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._abort.wait(), delay)
+            finally:
+                self.stats.inserting = False
+        if self.stats.failing_since is not None:
+            log.info(
+                "sink.insert_recovered",
+                attempts=attempt + 1,
+                failed_for_s=round(time.time() - self.stats.failing_since, 1),
+                messages=batch.messages,
+            )
+            self.stats.failing_since = None
+            reason = (self.stats.last_insert_error or {}).get("reason")
+            if reason in STORAGE_REASONS:
+                # This writer is the only one: nothing else uses the engine now.
+                await self.verify_storage()
+                # A merge caught by the fault can turn up broken only later: look again.
+                if self._rechecks is None or self._rechecks.done():
+                    self._rechecks = asyncio.create_task(self._recheck_storage())
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    async def _recheck_storage(self) -> None:
+        for delay in STORAGE_RECHECKS_S:
+            await asyncio.sleep(delay)
+            # Never reopen the engine under an insert: no batch starts while we hold the
+            # lock, and the one being written (if any) is let finish first.
+            async with self._flush_lock:
+                if self._writing is not None:
+                    await asyncio.wait({self._writing})
+                if self._writer is None:
+                    return
+                await self.verify_storage()
+
+    async def verify_storage(self) -> dict[str, str]:
+        """After a storage fault: ``CHECK TABLE`` every table. A merge that ran into the
+        fault can leave a broken part that fails every read; in embedded mode, reopening
+        the engine detaches it and brings back the parts it replaced. Returns the tables
+        still broken (empty when all is well)."""
+        assert self._writer is not None
+        self.stats.storage_checks += 1
+        broken = await asyncio.to_thread(broken_tables, self._writer)
+        if not broken:
+            log.info("sink.storage_checked", broken_tables=0)
+            return broken
+        log.error(
+            "sink.storage_corrupted",
+            reason="broken_data_part",
+            tables=sorted(broken),
+            detail=next(iter(broken.values())),
+            repair="reopening embedded ClickHouse" if self._lock is not None else "none (server)",
+        )
+        if self._lock is None:  # a server repairs its own parts on restart
+            return broken
+        await self._close_clickhouse()
+        await self._open_clickhouse(migrate=False)
+        assert self._writer is not None
+        broken = await asyncio.to_thread(broken_tables, self._writer)
+        detached = await asyncio.to_thread(broken_detached_parts, self._writer)
+        self.stats.storage_repairs += 1
+        self.stats.broken_parts_detached = detached
+        if broken:
+            log.error(
+                "sink.storage_repair_failed", reason="broken_data_part", tables=sorted(broken)
+            )
+        else:
+            log.warning("sink.storage_repaired", broken_parts_detached=detached)
+        return broken
+
+    def _record_failure(self, exc: Exception, attempt: int) -> None:
+        self.stats.insert_failures += 1
+        now = time.time()
+        if self.stats.failing_since is None:
+            self.stats.failing_since = now
+        self.stats.last_insert_error = {
+            "reason": insert_failure_reason(exc),
+            "error": error_line(exc),
+            "attempt": attempt,
+            "at": now,
+        }
 
     async def _poll_paused_until(self, task: asyncio.Task[None]) -> None:
         """Wait for ``task``, polling with every partition paused now and then, so the

@@ -371,6 +371,24 @@ def _v5(sink: SinkSettings) -> list[str]:
     return [alter, current, current_mv, view, daily, daily_mv, daily_view]
 
 
+# Seconds a part replaced by a merge stays on disk (ClickHouse server's default; chDB's is 0).
+# A merge running when the disk fills can leave a merged part with an empty marks file that
+# still goes active (seen with chDB 4.4 / ClickHouse 26.9): reopening the engine detaches it
+# as broken and brings back the parts it replaced, but only while they still exist.
+OLD_PARTS_LIFETIME_S = 480
+MERGE_TREE_TABLES = (
+    "orders", "order_events", "executions", "market_ticks", "dead_letters",
+    "position_changes", "notifications", "metrics", "positions_current", "position_daily",
+)  # fmt: skip
+
+
+def _v6(sink: SinkSettings) -> list[str]:
+    return [
+        f"ALTER TABLE {table} MODIFY SETTING old_parts_lifetime = {OLD_PARTS_LIFETIME_S}"
+        for table in MERGE_TREE_TABLES
+    ]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -384,6 +402,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "metrics", _v3),
     Migration(4, "notifications: severity, reason_code, event_count, group_key, alert_id", _v4),
     Migration(5, "position keeper: columns, current positions, daily statistics", _v5),
+    Migration(
+        6, "keep merged-away parts 8 minutes: a merge broken by a full disk can be undone", _v6
+    ),
 )
 
 SCHEMA_MIGRATIONS = f"""
