@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from oms.schemas.topics import Topic
@@ -163,6 +164,15 @@ async def recreate_topics(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def describe_topic(bootstrap: str, name: str) -> tuple[int, dict[str, str]]:
+    """A topic's partition count and its configuration (``cleanup.policy``, ...)."""
+    async with _admin(bootstrap) as admin:
+        [described] = await admin.describe_topics([name])
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    entries = {str(e[0]): str(e[1]) for e in configs[0].resources[0][4]}
+    return len(described["partitions"]), entries
 
 
 async def list_topics(bootstrap: str, prefix: str = "") -> list[str]:

@@ -18,7 +18,6 @@ commands that bound the seen-trades table (see :mod:`oms.positions.retention`).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections import defaultdict
 from collections.abc import Iterator, MutableMapping
@@ -31,7 +30,6 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
-from oms.kafka_admin import ensure_topics
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
@@ -58,7 +56,7 @@ from oms.schemas import (
 )
 from oms.secrets import SecretStore
 from oms.settings import Settings
-from oms.streams.app import new_faust_app
+from oms.streams.app import create_topics_first, new_faust_app
 from oms.streams.worker import _FaustWorker, _partition_of
 
 log = structlog.get_logger(__name__)
@@ -537,14 +535,8 @@ class PositionKeeper:
         # cyclic collector ran every ~700 allocations and walked the long-lived tables.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        # Faust declares its internal topic itself, but on a fresh cluster its first
-        # assignment can come before the topic is in metadata: the assignor then skips it
-        # and nothing is assigned until the next metadata refresh, minutes later.
-        # The loop stays the current one: Faust runs on it next.
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(
-            ensure_topics(self.settings, {self.fills_topic: self.settings.kafka.partitions})
+        create_topics_first(
+            self.app, self.settings, {self.fills_topic: self.settings.kafka.partitions}
         )
         worker = _FaustWorker(
             self.app, loglevel=loglevel, redirect_stdouts=False, oms_json=self.settings.log_json

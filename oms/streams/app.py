@@ -19,12 +19,15 @@ moves them into the priority queues; the dispatcher drains those at the rate lim
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import TP
 
+from oms.kafka_admin import TopicSpec, ensure_topics
 from oms.schemas import Topic
 from oms.settings import Settings
 from oms.streams import faust_fixes
@@ -83,6 +86,29 @@ def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: A
     )
     options.update(overrides)
     return faust.App(app_id, **options)
+
+
+def create_topics_first(
+    app: faust.App, settings: Settings, extra: Mapping[str, int] | None = None
+) -> None:
+    """Create the pipeline's topics, ``extra`` ones and every table's changelog before the
+    Faust worker starts, on an event loop that stays current for Faust to run on.
+
+    Faust declares its changelogs itself, but on a fresh or busy cluster its first
+    assignment can come before they are in metadata: a table then sees 0 partitions
+    (``PartitionsMismatch``) and its agent dies while the process looks healthy.
+    """
+    specs: dict[str, int | TopicSpec] = dict(extra or {})
+    for table in app.tables.values():
+        specs[table.changelog_topic.get_topic_name()] = TopicSpec(
+            table.changelog_topic.get_topic_name(),
+            table.partitions or settings.kafka.partitions,
+            settings.kafka.replication_factor,
+            {"cleanup.policy": "compact"},
+        )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings, specs))
 
 
 def create_app(settings: Settings) -> OmsApp:

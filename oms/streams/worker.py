@@ -43,7 +43,7 @@ from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore
 from oms.settings import Settings
 from oms.streams import faust_fixes
-from oms.streams.app import OmsApp, create_app
+from oms.streams.app import OmsApp, create_app, create_topics_first
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.execution import ExchangeSessions, OrderExecutor
 from oms.streams.held_orders import HeldOrders
@@ -379,6 +379,7 @@ class OrderWorker:
 
     def run(self, loglevel: str = "info") -> None:
         """Run the worker in the foreground until stopped."""
+        create_topics_first(self.app, self.settings)
         worker = _FaustWorker(
             self.app, loglevel=loglevel, redirect_stdouts=False, oms_json=self.settings.log_json
         )

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from oms.devstack import kafka as devkafka
 from oms.kafka_admin import (
     DEAD_LETTER_RETENTION_MS,
+    describe_topic,
     ensure_topics,
     list_topics,
     recreate_topics,
@@ -40,19 +40,13 @@ async def test_broker_answers_metadata(kafka_bootstrap: str) -> None:
 
 
 async def test_ensure_topics_creates_all_with_partitions(settings: Settings) -> None:
-    names = await list_topics(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+    bootstrap = settings.kafka.bootstrap
+    names = await list_topics(bootstrap, settings.kafka.topic_prefix)
     assert names == sorted(settings.topic(t.value) for t in Topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(names)
-        assert {len(t["partitions"]) for t in described} == {settings.kafka.partitions}
-        dead = settings.topic(Topic.DEAD_LETTERS.value)
-        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, dead)])
-        entries = {e[0]: e[1] for e in configs[0].resources[0][4]}
-        assert entries["retention.ms"] == str(DEAD_LETTER_RETENTION_MS)
-    finally:
-        await admin.close()
+    described = [await describe_topic(bootstrap, name) for name in names]
+    assert {partitions for partitions, _ in described} == {settings.kafka.partitions}
+    _, config = await describe_topic(bootstrap, settings.topic(Topic.DEAD_LETTERS.value))
+    assert config["retention.ms"] == str(DEAD_LETTER_RETENTION_MS)
 
 
 async def test_ensure_topics_is_idempotent_and_takes_extra(settings: Settings) -> None:

@@ -12,9 +12,8 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from oms.kafka_admin import describe_topic
 from oms.positions.keeper import keeper_app_id
 from oms.positions.ledger import Ledger
 from oms.positions.math import PositionKind
@@ -167,14 +166,8 @@ async def _changelog(bootstrap: str, topic: str) -> list[tuple[bytes, bytes | No
 
 
 async def _cleanup_policy(bootstrap: str, topic: str) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        entries = {e[0]: e[1] for e in configs[0].resources[0][4]}
-        return str(entries.get("cleanup.policy", ""))
-    finally:
-        await admin.close()
+    _, config = await describe_topic(bootstrap, topic)
+    return config.get("cleanup.policy", "")
 
 
 @pytest.mark.kafka
