@@ -21,7 +21,7 @@ from oms.schemas import (
 )
 from oms.settings import Settings
 from oms.sinks.clickhouse import rows as R
-from oms.sinks.staged import STAGED, StagedTable
+from oms.sinks.staged import STAGED
 
 log = structlog.get_logger(__name__)
 
@@ -105,14 +105,26 @@ class Batch:
             self.started = time.monotonic()
         self.messages += 1
         key = (msg.topic, msg.partition)
-        self.commit[key] = max(self.commit.get(key, 0), msg.offset + 1)
+        offset = msg.offset
+        if self.commit.get(key, 0) <= offset:
+            self.commit[key] = offset + 1
         topic = self.topics.get(msg.topic)
         if topic is None:
             return
         staged = STAGED.get(topic)
         try:
             if staged is not None and msg.value is not None:
-                produced = self._staged(staged, msg.value, key, msg.offset)
+                # Hot path, kept flat: most messages are position records and reports.
+                count, staged_rows = staged.parse(msg.value)
+                if count:
+                    lines = self.raw.get(staged.staging)
+                    if lines is None:
+                        lines = self.raw[staged.staging] = []
+                    lines.append(msg.value)
+                    self.raw_rows[staged.staging] = self.raw_rows.get(staged.staging, 0) + count
+                    self._span(staged.staging, key, offset)
+                    return
+                produced = [(staged.table, staged_rows)]
             else:
                 produced = self._rows(topic, msg)
         except (pydantic.ValidationError, orjson.JSONDecodeError, ValueError, TypeError) as exc:
@@ -132,22 +144,16 @@ class Batch:
             self._span(table, key, msg.offset)
 
     def _span(self, table: str, key: tuple[str, int], offset: int) -> None:
-        span = self.ranges.setdefault(table, {}).setdefault(key, [offset, offset])
-        span[0] = min(span[0], offset)
-        span[1] = max(span[1], offset)
-
-    def _staged(
-        self, staged: StagedTable, value: bytes, key: tuple[str, int], offset: int
-    ) -> list[tuple[str, list[R.Row]]]:
-        """Keep a valid message's bytes for its staging table (or Python rows, see
-        :meth:`StagedTable.parse`); raises for a malformed one."""
-        count, rows = staged.parse(value)
-        if count:
-            self.raw.setdefault(staged.staging, []).append(value)
-            self.raw_rows[staged.staging] = self.raw_rows.get(staged.staging, 0) + count
-            self._span(staged.staging, key, offset)
-            return []
-        return [(staged.table, rows)]
+        spans = self.ranges.get(table)
+        if spans is None:
+            spans = self.ranges[table] = {}
+        span = spans.get(key)
+        if span is None:
+            spans[key] = [offset, offset]
+        elif offset > span[1]:  # offsets of a partition arrive in order: the usual case
+            span[1] = offset
+        elif offset < span[0]:
+            span[0] = offset
 
     def _rows(self, topic: Topic, msg: Message) -> list[tuple[str, list[R.Row]]]:
         if msg.value is None:
