@@ -13,16 +13,15 @@ import structlog
 
 from oms.schemas import (
     DeadLetter,
-    ExecutionReport,
     MarketTick,
     MetricsSample,
     NotificationRecord,
     OrderEvent,
-    PositionRecord,
     Topic,
 )
 from oms.settings import Settings
 from oms.sinks.clickhouse import rows as R
+from oms.sinks.staged import STAGED
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +75,12 @@ class Batch:
     topics: dict[str, Topic]
     sampler: TickSampler
     rows: dict[str, list[R.Row]] = field(default_factory=dict)
-    # table -> (topic, partition) -> [first offset, last offset] that produced its rows
+    # staging table -> the JSON messages ClickHouse turns into rows (oms.sinks.staged)
+    raw: dict[str, list[bytes]] = field(default_factory=dict)
+    # staging table -> rows those messages become in the real table
+    raw_rows: dict[str, int] = field(default_factory=dict)
+    # table or staging table -> (topic, partition) -> [first offset, last offset] that
+    # produced its rows
     ranges: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
     # (topic, partition) -> next offset to commit once every row is inserted
     commit: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -101,12 +105,28 @@ class Batch:
             self.started = time.monotonic()
         self.messages += 1
         key = (msg.topic, msg.partition)
-        self.commit[key] = max(self.commit.get(key, 0), msg.offset + 1)
+        offset = msg.offset
+        if self.commit.get(key, 0) <= offset:
+            self.commit[key] = offset + 1
         topic = self.topics.get(msg.topic)
         if topic is None:
             return
+        staged = STAGED.get(topic)
         try:
-            produced = self._rows(topic, msg)
+            if staged is not None and msg.value is not None:
+                # Hot path, kept flat: most messages are position records and reports.
+                count, staged_rows = staged.parse(msg.value)
+                if count:
+                    lines = self.raw.get(staged.staging)
+                    if lines is None:
+                        lines = self.raw[staged.staging] = []
+                    lines.append(msg.value)
+                    self.raw_rows[staged.staging] = self.raw_rows.get(staged.staging, 0) + count
+                    self._span(staged.staging, key, offset)
+                    return
+                produced = [(staged.table, staged_rows)]
+            else:
+                produced = self._rows(topic, msg)
         except (pydantic.ValidationError, orjson.JSONDecodeError, ValueError, TypeError) as exc:
             self.malformed += 1
             log.warning(
@@ -121,19 +141,25 @@ class Batch:
             if not table_rows:
                 continue
             self.rows.setdefault(table, []).extend(table_rows)
-            span = self.ranges.setdefault(table, {}).setdefault(key, [msg.offset, msg.offset])
-            span[0] = min(span[0], msg.offset)
-            span[1] = max(span[1], msg.offset)
+            self._span(table, key, msg.offset)
+
+    def _span(self, table: str, key: tuple[str, int], offset: int) -> None:
+        spans = self.ranges.get(table)
+        if spans is None:
+            spans = self.ranges[table] = {}
+        span = spans.get(key)
+        if span is None:
+            spans[key] = [offset, offset]
+        elif offset > span[1]:  # offsets of a partition arrive in order: the usual case
+            span[1] = offset
+        elif offset < span[0]:
+            span[0] = offset
 
     def _rows(self, topic: Topic, msg: Message) -> list[tuple[str, list[R.Row]]]:
         if msg.value is None:
             raise ValueError("empty message")
         value = msg.value
-        # Hot path: one branch per topic, the busiest first.
-        if topic is Topic.POSITIONS:
-            return [("position_changes", [R.position_row(PositionRecord.from_bytes(value))])]
-        if topic is Topic.EXECUTION_REPORTS:
-            return [("executions", R.execution_rows(ExecutionReport.from_bytes(value)))]
+        # One branch per topic, the busiest first (positions and execution reports: _staged).
         if topic is Topic.ORDER_EVENTS:
             return self._order_event(OrderEvent.from_bytes(value), msg)
         if topic is Topic.MARKET_TICKS:
@@ -163,8 +189,9 @@ class Batch:
         return [("market_ticks", [R.tick_row(tick, bucket)])]
 
     def token(self, table: str) -> str:
-        """``insert_deduplication_token`` for this table's rows: the exact source ranges, so a
-        retry of this batch is recognised and a different batch never is."""
+        """``insert_deduplication_token`` for this table's rows (or a staging table's
+        messages): the exact source ranges, so a retry of this batch is recognised and a
+        different batch never is."""
         spans = sorted(self.ranges.get(table, {}).items())
         text = table + "|" + ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in spans)
         return f"{table}:{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
+
 from oms.sinks.batch import Batch
 from oms.sinks.clickhouse.client import AsyncClickHouse, TableInsert
 from oms.sinks.clickhouse.rows import COLUMNS
+from oms.sinks.staged import RAW_INSERT_SETTINGS, STAGED_BY_NAME
+
+log = structlog.get_logger(__name__)
 
 
 async def write_batch(ch: AsyncClickHouse, batch: Batch) -> dict[str, int]:
     """Insert every table's rows of ``batch``; returns rows sent per table.
 
-    Safe to call again with the same batch after a failure: tables whose insert already
-    went through recognise the token and drop the repeat.
+    Tables in :mod:`oms.sinks.staged` get their messages' JSON into the staging table
+    (its view writes the rows). Safe to call again with the same batch after a failure:
+    tables whose insert already went through recognise the token and drop the repeat.
     """
     inserts = [
         TableInsert(
@@ -23,5 +33,50 @@ async def write_batch(ch: AsyncClickHouse, batch: Batch) -> dict[str, int]:
         for table, rows in batch.rows.items()
         if rows
     ]
-    await ch.insert_many(inserts)
-    return {i.table: len(i.rows) for i in inserts}
+    # One trip to the worker thread for all of it: between separate trips the event loop
+    # may be busy for a while, and the inserts would wait.
+    await asyncio.to_thread(_write_sync, ch, inserts, batch)
+    sent = {i.table: len(i.rows) for i in inserts}
+    for staging, n in batch.raw_rows.items():
+        table = STAGED_BY_NAME[staging].table
+        sent[table] = sent.get(table, 0) + n
+    return sent
+
+
+def _write_sync(ch: AsyncClickHouse, inserts: list[TableInsert], batch: Batch) -> None:
+    client = ch.client
+    for i in inserts:
+        client.insert(i.table, i.rows, column_names=i.column_names, settings=i.settings)
+    for staging, lines in batch.raw.items():
+        if lines:
+            _raw_insert(client, batch, staging, lines)
+
+
+def _raw_insert(client: Client, batch: Batch, staging: str, lines: list[bytes]) -> None:
+    token = batch.token(staging)
+    try:
+        client.raw_insert(
+            staging,
+            insert_block=b"\n".join(lines),
+            fmt="JSONEachRow",
+            settings={**RAW_INSERT_SETTINGS, "insert_deduplication_token": token},
+        )
+    except OperationalError:
+        raise  # connection trouble: the whole batch is retried, same tokens
+    except Exception as exc:
+        # ClickHouse refused JSON pydantic accepted (e.g. a key given twice: pydantic keeps
+        # the last, ClickHouse rejects the row). Never stall on it: the Python rows of the
+        # same messages, with their own token so a retry of this path is dropped too.
+        staged = STAGED_BY_NAME[staging]
+        log.warning(
+            "sink.raw_insert_refused",
+            table=staging,
+            messages=len(lines),
+            error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+        )
+        client.insert(
+            staged.table,
+            staged.fallback_rows(lines),
+            column_names=COLUMNS[staged.table],
+            settings={"insert_deduplication_token": f"{token}:rows"},
+        )

@@ -389,6 +389,91 @@ def _v6(sink: SinkSettings) -> list[str]:
     ]
 
 
+def _v7(sink: SinkSettings) -> list[str]:
+    # The sink sends the JSON of position records and execution reports itself (see
+    # oms.sinks.staged): ENGINE = Null staging tables keep nothing, their views write the
+    # same rows the Python path builds (oms.sinks.clickhouse.rows) into the real tables, whose
+    # own views (positions_current, position_daily) run on from there. Column DEFAULTs are
+    # the pydantic defaults of fields a message may omit; times arrive as epoch milliseconds.
+    positions_json = """
+    CREATE TABLE IF NOT EXISTS position_changes_json (
+        record_id String,
+        account_id String,
+        instrument_name String,
+        record_type String DEFAULT 'execution',
+        size Float64,
+        size_before Float64 DEFAULT 0,
+        average_price Nullable(Float64),
+        average_price_before Nullable(Float64),
+        realized_pnl Float64 DEFAULT 0,
+        unrealized_pnl Nullable(Float64),
+        fee Float64 DEFAULT 0,
+        order_id Nullable(String),
+        trade_id Nullable(String),
+        direction Nullable(String),
+        trade_amount Nullable(Float64),
+        trade_price Nullable(Float64),
+        actor String DEFAULT 'oms',
+        timestamp Int64,
+        kind Nullable(String),
+        realized_pnl_change Float64 DEFAULT 0,
+        fees_total Float64 DEFAULT 0,
+        version UInt64 DEFAULT 0,
+        mark_price Nullable(Float64),
+        reason_code Nullable(String),
+        message Nullable(String),
+        needs_review Bool DEFAULT false,
+        exchange_size Nullable(Float64),
+        exchange_average_price Nullable(Float64),
+        fills_total UInt64 DEFAULT 0,
+        turnover_total Float64 DEFAULT 0,
+        trade_notional Float64 DEFAULT 0
+    ) ENGINE = Null"""
+    positions_mv = f"""
+    CREATE MATERIALIZED VIEW IF NOT EXISTS position_changes_json_mv TO position_changes AS
+    SELECT record_id, account_id, instrument_name, record_type, size, size_before,
+           average_price, average_price_before, realized_pnl, unrealized_pnl, fee, order_id,
+           trade_id, direction, trade_amount, trade_price, actor,
+           fromUnixTimestamp64Milli(j.timestamp, 'UTC')::{TS} AS timestamp, kind,
+           realized_pnl_change, fees_total, version, mark_price, reason_code, message,
+           needs_review, exchange_size, exchange_average_price, fills_total, turnover_total,
+           trade_notional
+    FROM position_changes_json AS j"""
+    # One row per fill (ARRAY JOIN drops a report without fills, as the Python path does);
+    # a fill without its own time takes the report's exchange_timestamp.
+    executions_json = """
+    CREATE TABLE IF NOT EXISTS executions_json (
+        report_id String,
+        order_id String,
+        account_id String,
+        source String,
+        instrument_name String,
+        exchange_order_id Nullable(String),
+        direction Nullable(String),
+        exchange_timestamp Int64 DEFAULT 0,
+        received_at Int64,
+        fills Array(Tuple(
+            trade_id String,
+            amount Float64,
+            price Float64,
+            fee Float64,
+            fee_currency Nullable(String),
+            liquidity Nullable(String),
+            timestamp Int64))
+    ) ENGINE = Null"""
+    executions_mv = f"""
+    CREATE MATERIALIZED VIEW IF NOT EXISTS executions_json_mv TO executions AS
+    SELECT order_id, fill.trade_id AS trade_id, account_id, instrument_name, direction,
+           fill.amount AS amount, fill.price AS price, fill.fee AS fee,
+           fill.fee_currency AS fee_currency, fill.liquidity AS liquidity,
+           fromUnixTimestamp64Milli(if(fill.timestamp != 0, fill.timestamp,
+                                       j.exchange_timestamp), 'UTC')::{TS} AS timestamp,
+           exchange_order_id, report_id, source,
+           fromUnixTimestamp64Milli(j.received_at, 'UTC')::{TS} AS received_at
+    FROM executions_json AS j ARRAY JOIN j.fills AS fill"""
+    return [positions_json, positions_mv, executions_json, executions_mv]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -405,6 +490,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "keep merged-away parts 8 minutes: a merge broken by a full disk can be undone", _v6
     ),
+    Migration(7, "JSON staging tables for position_changes and executions", _v7),
 )
 
 SCHEMA_MIGRATIONS = f"""
