@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -11,6 +9,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from oms.sinks.batch import Batch
 from oms.sinks.clickhouse.client import AsyncClickHouse, TableInsert
 from oms.sinks.clickhouse.rows import COLUMNS
+from oms.sinks.failures import insert_failure_reason
 from oms.sinks.staged import RAW_INSERT_SETTINGS, STAGED_BY_NAME
 
 log = structlog.get_logger(__name__)
@@ -35,7 +34,7 @@ async def write_batch(ch: AsyncClickHouse, batch: Batch) -> dict[str, int]:
     ]
     # One trip to the worker thread for all of it: between separate trips the event loop
     # may be busy for a while, and the inserts would wait.
-    await asyncio.to_thread(_write_sync, ch, inserts, batch)
+    await ch.run(_write_sync, inserts, batch)
     sent = {i.table: len(i.rows) for i in inserts}
     for staging, n in batch.raw_rows.items():
         table = STAGED_BY_NAME[staging].table
@@ -43,8 +42,7 @@ async def write_batch(ch: AsyncClickHouse, batch: Batch) -> dict[str, int]:
     return sent
 
 
-def _write_sync(ch: AsyncClickHouse, inserts: list[TableInsert], batch: Batch) -> None:
-    client = ch.client
+def _write_sync(client: Client, inserts: list[TableInsert], batch: Batch) -> None:
     for i in inserts:
         client.insert(i.table, i.rows, column_names=i.column_names, settings=i.settings)
     for staging, lines in batch.raw.items():
@@ -64,6 +62,8 @@ def _raw_insert(client: Client, batch: Batch, staging: str, lines: list[bytes]) 
     except OperationalError:
         raise  # connection trouble: the whole batch is retried, same tokens
     except Exception as exc:
+        if insert_failure_reason(exc) != "insert_failed":
+            raise  # storage or reachability, not the data: retried like any insert
         # ClickHouse refused JSON pydantic accepted (e.g. a key given twice: pydantic keeps
         # the last, ClickHouse rejects the row). Never stall on it: the Python rows of the
         # same messages, with their own token so a retry of this path is dropped too.

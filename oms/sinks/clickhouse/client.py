@@ -8,10 +8,10 @@ event loop stays responsive.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -23,6 +23,7 @@ from oms.settings import Settings
 from oms.sinks.lock import ChdbPathBusy
 
 READONLY_SETTINGS: dict[str, Any] = {"readonly": 1}
+T = TypeVar("T")
 
 
 def chdb_path(settings: Settings) -> Path:
@@ -101,16 +102,10 @@ class AsyncClickHouse:
             self.client.insert, table, rows, column_names=column_names, settings=settings
         )
 
-    async def insert_many(self, inserts: Sequence[TableInsert]) -> list[QuerySummary]:
-        """Several inserts one after the other in one trip to the worker thread: between
-        separate trips the event loop may be busy for a while, and the inserts would wait."""
-        return await asyncio.to_thread(self._insert_many, inserts)
-
-    def _insert_many(self, inserts: Sequence[TableInsert]) -> list[QuerySummary]:
-        return [
-            self.client.insert(i.table, i.rows, column_names=i.column_names, settings=i.settings)
-            for i in inserts
-        ]
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(client, *args)`` in the worker thread: several calls in one trip, since
+        between separate trips the event loop may be busy for a while."""
+        return await asyncio.to_thread(fn, self.client, *args)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
