@@ -55,7 +55,7 @@ def run(
 
     def on_result(result: dict[str, Any]) -> None:
         style = "green" if result["ok"] else "bold red"
-        console.print(verdict_line(result), style=style, highlight=False, soft_wrap=True)
+        console.print(verdict_line(result), style=style, markup=False, highlight=False, soft_wrap=True)
 
     with console.status("chaos") as status:
         report = asyncio.run(

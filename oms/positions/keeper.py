@@ -17,9 +17,11 @@ topic, so they too are applied by that single writer, in order.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections import defaultdict
 from collections.abc import Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -29,6 +31,7 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
+from oms.kafka_admin import ensure_topics
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
@@ -481,12 +484,25 @@ class PositionKeeper:
 
     # -- running -----------------------------------------------------------------------------
 
+    def create_fills_topic(self) -> None:
+        """Create the internal fills topic before the consumer joins its group.
+
+        Left to Faust, the topic is created while the first assignment is computed: the
+        assignor then skips it ("Ignoring missing topic"), the keeper owns none of its
+        partitions and never becomes ready (seen under load in the chaos suite).
+        Run in a thread of its own so the main thread's event loop is left to Faust."""
+        n = self.settings.kafka.partitions
+        coro = ensure_topics(self.settings, {self.fills_topic: n})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, coro).result()
+
     def run(self, loglevel: str = "info") -> None:
         """Run the keeper in the foreground until stopped."""
         # Every fill allocates a few short-lived objects: with the default threshold the
         # cyclic collector ran every ~700 allocations and walked the long-lived tables.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        self.create_fills_topic()
         worker = _FaustWorker(
             self.app, loglevel=loglevel, redirect_stdouts=False, oms_json=self.settings.log_json
         )
