@@ -311,7 +311,8 @@ async def keeper_positions(settings: Settings) -> list[dict[str, Any]]:
 
 async def _send(producer: AIOKafkaProducer, topic: str, request: OrderRequest) -> None:
     """Publish, retrying a send the broker did not confirm (while it restarts): a request
-    published twice is one order (the worker deduplicates by request id)."""
+    published twice is one order (the worker answers the second with a ``duplicate`` event,
+    which is no terminal state)."""
     for attempt in range(6):
         try:
             await producer.send_and_wait(topic, value=request.to_bytes(), key=request.key.encode())
@@ -356,12 +357,10 @@ async def _run_on(
     )
     await events.start()
     await notes.start()
+    # Not idempotent: aiokafka's idempotent producer fails for good (OutOfOrderSequenceNumber)
+    # after the broker restarts. A request sent twice is one order (see _send).
     producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap,
-        linger_ms=1,
-        acks="all",
-        enable_idempotence=True,
-        request_timeout_ms=30_000,
+        bootstrap_servers=stack.bootstrap, linger_ms=1, acks="all", request_timeout_ms=30_000
     )
     await producer.start()
     topic = settings.topic(Topic.ORDER_REQUESTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +46,9 @@ def run(
     from oms.logs import configure_logging
 
     configure_logging("warn")
+    # The suite's own Kafka clients log every failed reconnect while a broker is down: the
+    # verdicts say whether anything was lost.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     names = scenario or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -55,7 +59,8 @@ def run(
 
     def on_result(result: dict[str, Any]) -> None:
         style = "green" if result["ok"] else "bold red"
-        console.print(verdict_line(result), style=style, markup=False, highlight=False, soft_wrap=True)
+        line = verdict_line(result)
+        console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
     with console.status("chaos") as status:
         report = asyncio.run(
