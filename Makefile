@@ -100,7 +100,7 @@ bench: kafka
 	$(VENV)/bin/oms bench all $(BENCH_ARGS)
 
 chaos: kafka
-	$(VENV)/bin/oms bench chaos $(CHAOS_ARGS)
+	$(VENV)/bin/oms chaos run $(CHAOS_ARGS)
 	$(VENV)/bin/oms bench hostile $(HOSTILE_ARGS)
 
 # Local state and caches; keeps the venv and the fetched Kafka jars (.local/kafka).

@@ -154,23 +154,31 @@ def chaos(
     rate: Annotated[float, typer.Option(help="orders/s")] = 50.0,
     drop_every: Annotated[float, typer.Option(help="cut every connection this often, s")] = 3.0,
     rate_limit_fraction: Annotated[float, typer.Option(help="order requests refused 10028")] = 0.1,
+    delay_fraction: Annotated[float, typer.Option(help="replies held back --delay-s")] = 0.01,
+    delay_s: Annotated[float, typer.Option(help="how long a delayed reply waits, s")] = 5.0,
     bootstrap: Annotated[
         str | None, typer.Option(help="use this running Kafka instead of starting one")
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Orders under dropped connections and rate limits: one terminal state each, no label
-    twice at the exchange. Exits 1 if any check fails."""
-    from oms.benchmarks.chaos import ChaosConfig, run_chaos
+    """Chaos scenario 3 alone (``oms chaos run --scenario exchange-faults`` with options):
+    orders under dropped connections, rate limits and late replies; one terminal state
+    each, no label twice at the exchange. Exits 1 if any check fails."""
+    from oms.chaos.flow import FlowConfig
+    from oms.chaos.scenarios.exchange_faults import ExchangeFaults, run_exchange_faults
 
-    config = ChaosConfig(
-        orders=orders,
-        rate=rate,
+    flow = FlowConfig(orders=orders, rate=rate, bootstrap=bootstrap)
+    faults = ExchangeFaults(
         drop_every_s=drop_every,
         rate_limit_fraction=rate_limit_fraction,
-        bootstrap=bootstrap,
+        delay_fraction=delay_fraction,
+        delay_s=delay_s,
     )
-    result = _run("chaos", run_chaos, config)
+
+    async def scenario(_: Any, on_status: Callable[[str], None]) -> dict[str, Any]:
+        return await run_exchange_faults(flow, faults, on_status)
+
+    result = _run("chaos", scenario, None)
     _print(result, "oms bench chaos", json)
     raise typer.Exit(0 if result["ok"] else 1)
 

@@ -38,6 +38,7 @@ def _register_optional() -> None:
         ("oms.cli.risk", "risk_app", "risk"),
         ("oms.cli.notify", "notify_app", "notify"),
         ("oms.cli.positions", "positions_app", "positions"),
+        ("oms.cli.chaos", "chaos_app", "chaos"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -352,6 +352,9 @@ async def test_fault_latency_and_delayed_reply(client: RpcClient) -> None:
     assert note["label"] == "late" and not fut.done()  # executed, reply still held back
     reply = await asyncio.wait_for(fut, 2)
     assert reply["result"]["order"]["order_id"] == note["order_id"]
+    # Counted for chaos reports: one per delayed reply (subscribe, ticker, buy).
+    fired = (await client.result("admin/get_stats", include_labels=False))["faults_fired"]
+    assert fired["delayed"] == 3
     await client.result("admin/set_faults")
 
 

@@ -104,3 +104,22 @@ async def test_stalled_input_partition_is_read_again_from_its_committed_offset()
     assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
     consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
     assert healer.stalled(now=200.0) == []
+
+
+async def test_an_offset_jump_is_not_counted_as_processed() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    faust_fixes.install()
+    tp = TP("in", 0)
+    # 7 processed, then the fetcher handed over 15 (8..14 skipped, e.g. stale records after
+    # a rebalance's seek): Faust's own _add_gap made the next commit 17, losing 8..14.
+    state = _offsets(7, [7, 15, 16])
+    state._acked[tp] = state._acked.pop("tp")
+    state._committed_offset[tp] = 7
+    await Consumer._add_gap(state, tp, 8, 15)  # type: ignore[arg-type]
+    assert not state._gap[tp]
+    assert Consumer._new_offset(state, tp) == 8  # type: ignore[arg-type]
+    # The head (8) is now unprocessed: no commit past it until it is read again.
+    state._committed_offset[tp] = 8
+    assert Consumer._new_offset(state, tp) is None  # type: ignore[arg-type]

@@ -110,6 +110,7 @@ def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int
         faults.count("replies_lost")
         outcome.lost = True
     if not method.admin and faults.hit(faults.delay_fraction):
+        faults.count("delayed")
         outcome.delay_s = faults.delay_s
     return outcome
 

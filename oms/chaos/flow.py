@@ -1,0 +1,478 @@
+"""The mixed order flow every chaos scenario runs, against a full stack, with the scenario's
+fault running beside it.
+
+The stack: its own Kafka broker on free ports (or ``bootstrap``), the paper exchange, the
+gateway, one worker, the position keeper and the notifier (console channel), each a real
+process. The flow (spread over accounts, paced): a quarter marketable buys and a quarter
+marketable sells (expected: filled), a quarter resting orders cancelled by the client
+``cancel_after_s`` after submitting, a quarter resting orders with a short
+``auto_cancel_timeout`` (cancelled, reason auto_cancelled). An order whose every attempt
+was refused ends rejected (retries exhausted), which is correct too.
+
+The fault is a coroutine given a :class:`FaultContext`; it runs from the first order, may
+wait for ``ctx.published`` (every order and cancel sent) or ``ctx.stop`` (every order ended,
+or the time limit), must undo what it injected before returning, and returns what it did
+(``faults`` of the result; a ``summary`` key is printed in the verdict line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from oms.chaos.verdict import (
+    TERMINAL,
+    audit_notifications,
+    audit_orders,
+    compare_positions,
+    make_result,
+)
+from oms.devstack.kafka import KafkaBroker
+from oms.harness import (
+    OmsServices,
+    ServiceProcess,
+    isolated_settings,
+    paper_admin,
+    start_bench_broker,
+    start_paper_stack,
+    wait_http_ok,
+    worker_ready,
+)
+from oms.schemas import (
+    CommandType,
+    NotificationRecord,
+    OrderEvent,
+    OrderRequest,
+    Topic,
+    now_ms,
+)
+from oms.secrets import SecretStore
+from oms.settings import Settings
+
+KINDS = ("market_buy", "market_sell", "client_cancel", "auto_cancel")
+StatusFn = Callable[[str], None]
+
+
+@dataclass
+class FlowConfig:
+    """The order flow and the checks around it."""
+
+    orders: int = 1_000
+    rate: float = 50.0  # orders/s
+    accounts: int = 20
+    partitions: int = 8
+    auto_cancel_s: float = 4.0
+    cancel_after_s: float = 1.0
+    timeout_s: float = 240.0  # for every order to end once the flow is published
+    settle_s: float = 3.0  # after the end: a late duplicate terminal event would show
+    notify_timeout_s: float = 60.0
+    positions_timeout_s: float = 30.0
+    bootstrap: str | None = None  # None: an isolated broker (needed to restart it)
+
+
+@dataclass
+class ChaosStack:
+    """The processes one scenario runs against."""
+
+    base: Path
+    broker: KafkaBroker | None
+    bootstrap: str
+    settings: Settings
+    services: OmsServices
+
+    @property
+    def worker(self) -> ServiceProcess:
+        return self.services["worker-0"]
+
+    async def restart_worker(self, within: float = 120.0) -> float:
+        """Start the (killed) worker again and wait until it serves; returns the seconds."""
+        t0 = time.monotonic()
+        self.worker.start()
+        await worker_ready(self.settings.worker.web_port, within)
+        return time.monotonic() - t0
+
+    def dead_services(self) -> list[str]:
+        """Services whose process exited on its own."""
+        return [name for name, s in self.services.processes.items() if not s.alive]
+
+    async def stop(self) -> None:
+        self.services.stop_all()
+        if self.broker is not None:
+            await self.broker.astop()
+
+
+@dataclass
+class FaultContext:
+    """What a scenario's fault coroutine gets."""
+
+    stack: ChaosStack
+    config: FlowConfig
+    on_status: StatusFn
+    published: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: int = 0  # orders published so far
+
+    @property
+    def flow_seconds(self) -> float:
+        """How long publishing the flow takes at its rate."""
+        return self.config.orders / self.config.rate
+
+    async def paper_admin(self, method: str, **params: Any) -> Any:
+        return await paper_admin(self.stack.settings, method, **params)
+
+
+Fault = Callable[[FaultContext], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def chaos_settings(base: Path, bootstrap: str, accounts: list[str], config: FlowConfig) -> Settings:
+    """Isolated settings tuned for a stack whose connections are cut often."""
+    settings = isolated_settings(
+        base, bootstrap, accounts, partitions=config.partitions, label="chaos"
+    )
+    return settings.model_copy(
+        update={
+            # Sessions may never live 30 s here, so the client's reconnect backoff would climb
+            # to its 10 s cap and keep the OMS offline most of the run: cap it at 1 s.
+            "exchange": settings.exchange.model_copy(update={"reconnect_max_delay": 1.0}),
+            "worker": settings.worker.model_copy(
+                update={"recovery_check_interval_s": 1.0, "submit_timeout_s": 5.0}
+            ),
+            "lifecycle": settings.lifecycle.model_copy(
+                update={
+                    "check_interval": 0.5,
+                    "monitoring_interval": 5.0,
+                    "retry_attempts": 4,
+                    "retry_delay": 0.2,
+                    "retry_max_delay": 2.0,
+                    "metrics_sample_interval": 0.0,
+                }
+            ),
+        }
+    )
+
+
+async def start_stack(config: FlowConfig, on_status: StatusFn) -> ChaosStack:
+    """Broker, paper exchange, gateway, worker, position keeper and notifier, all ready."""
+    base = Path(tempfile.mkdtemp(prefix="oms-chaos-"))
+    broker, bootstrap = await start_bench_broker(
+        base, config.partitions, config.bootstrap, on_status
+    )
+    try:
+        accounts = [f"chaos-{i}" for i in range(config.accounts)]
+        settings = chaos_settings(base, bootstrap, accounts, config)
+        services, _ = await start_paper_stack(settings, base / "logs", on_status)
+        stack = ChaosStack(base, broker, bootstrap, settings, services)
+    except BaseException:
+        if broker is not None:
+            await broker.astop()
+        raise
+    try:
+        on_status("starting position keeper and notifier")
+        services.add_position_keeper()
+        services.add_notifier()
+        services.start_all()
+        await wait_http_ok(
+            f"http://127.0.0.1:{settings.positions.web_port}/health",
+            120.0,
+            ready=lambda body: bool(body.get("ready")),
+        )
+        await wait_http_ok(f"http://127.0.0.1:{settings.notify.web_port}/health", 120.0)
+    except BaseException:
+        await stack.stop()
+        raise
+    return stack
+
+
+def plan_requests(
+    config: FlowConfig, accounts: list[str], run: str
+) -> list[tuple[str, OrderRequest]]:
+    """The flow's orders with their kind (see the module docstring)."""
+    out = []
+    for i in range(config.orders):
+        kind = KINDS[i % len(KINDS)]
+        fields: dict[str, Any] = {
+            "request_id": f"{run}-{i}",
+            "account_id": accounts[i % len(accounts)],
+            "instrument_name": "BTC-PERPETUAL",
+            "amount": 10.0,
+        }
+        if kind == "market_buy":
+            fields |= {"direction": "buy", "order_type": "market"}
+        elif kind == "market_sell":
+            fields |= {"direction": "sell", "order_type": "market"}
+        else:
+            fields |= {"direction": "buy", "order_type": "limit", "price": 1_000.0}
+            if kind == "auto_cancel":
+                fields["metadata"] = {"auto_cancel_timeout": config.auto_cancel_s}
+        out.append((kind, OrderRequest(**fields)))
+    return out
+
+
+class TopicCollector:
+    """Every record of a topic from its beginning (the topics are the run's own), decoded
+    with ``parse``; survives a broker restart (aiokafka reconnects, positions are kept)."""
+
+    def __init__(self, bootstrap: str, topic: str, on_record: Callable[[bytes], None]) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        self._topic = topic
+        self._on_record = on_record
+        self._task: asyncio.Task[None] | None = None
+        self.records = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        parts: set[int] | None = None
+        while not parts:
+            parts = self._consumer.partitions_for_topic(self._topic)
+            if not parts:
+                await self._consumer._client.force_metadata_update()
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=5_000)
+            except KafkaError:  # the broker is away: the consumer reconnects on its own
+                await asyncio.sleep(0.5)
+                continue
+            for messages in batch.values():
+                for message in messages:
+                    self.records += 1
+                    self._on_record(message.value or b"")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self._consumer.stop()
+
+
+class EventLog:
+    """Order events of the run: all of them, and the terminal states per order."""
+
+    def __init__(self) -> None:
+        self.events: list[OrderEvent] = []
+        self.terminal: dict[str, dict[str, OrderEvent]] = defaultdict(dict)
+
+    def add(self, raw: bytes) -> None:
+        event = OrderEvent.from_bytes(raw)
+        self.events.append(event)
+        if event.status in TERMINAL and event.previous_status is not None:
+            # Keyed by status: a re-announcement of the same status is one state.
+            self.terminal[event.order_id].setdefault(event.status.value, event)
+
+
+async def exchange_positions(settings: Settings) -> dict[tuple[str, str], float]:
+    """Every account's ``private/get_positions`` (HTTP, basic auth) by account and
+    instrument."""
+    store = SecretStore(settings.resolved_secrets_file)
+    url = f"http://{settings.paper.host}:{settings.paper.port}/api/v2/private/get_positions"
+    out: dict[tuple[str, str], float] = {}
+    async with aiohttp.ClientSession() as session:
+        for account in settings.accounts:
+            creds = store.credentials(account)
+            assert creds is not None, account
+            token = base64.b64encode(f"{creds.client_id}:{creds.client_secret}".encode())
+            body = {"jsonrpc": "2.0", "id": 1, "method": "private/get_positions",
+                    "params": {"currency": "any"}}  # fmt: skip
+            headers = {"Authorization": f"Basic {token.decode()}"}
+            async with session.post(url, json=body, headers=headers) as resp:
+                data = await resp.json()
+            if "error" in data:
+                raise RuntimeError(f"get_positions {account}: {data['error']}")
+            for p in data["result"]:
+                out[(account, p["instrument_name"])] = float(p.get("size") or 0.0)
+    return out
+
+
+async def keeper_positions(settings: Settings) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{settings.positions.web_port}/positions"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        body: list[dict[str, Any]] = await resp.json()
+    return body
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, request: OrderRequest) -> None:
+    """Publish, retrying a send the broker did not confirm (while it restarts): a request
+    published twice is one order (the worker answers the second with a ``duplicate`` event,
+    which is no terminal state)."""
+    for attempt in range(6):
+        try:
+            await producer.send_and_wait(topic, value=request.to_bytes(), key=request.key.encode())
+            return
+        except KafkaError:
+            if attempt == 5:
+                raise
+            await asyncio.sleep(2.0)
+
+
+async def _wait_until(check: Callable[[], bool], deadline: float, step: float = 0.5) -> bool:
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def run_flow(
+    scenario: str, config: FlowConfig, fault: Fault, on_status: StatusFn = print
+) -> dict[str, Any]:
+    """Start the stack, run the flow with ``fault`` beside it, audit, stop; the result has
+    the shape of :func:`oms.chaos.verdict.make_result`."""
+    stack = await start_stack(config, on_status)
+    try:
+        return await _run_on(stack, scenario, config, fault, on_status)
+    finally:
+        await stack.stop()
+
+
+async def _run_on(
+    stack: ChaosStack, scenario: str, config: FlowConfig, fault: Fault, on_status: StatusFn
+) -> dict[str, Any]:
+    settings = stack.settings
+    log = EventLog()
+    records: list[NotificationRecord] = []
+    events = TopicCollector(stack.bootstrap, settings.topic(Topic.ORDER_EVENTS), log.add)
+    notes = TopicCollector(
+        stack.bootstrap,
+        settings.topic(Topic.NOTIFICATIONS),
+        lambda raw: records.append(NotificationRecord.from_bytes(raw)),
+    )
+    await events.start()
+    await notes.start()
+    # Not idempotent: aiokafka's idempotent producer fails for good (OutOfOrderSequenceNumber)
+    # after the broker restarts. A request sent twice is one order (see _send).
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.bootstrap, linger_ms=1, acks="all", request_timeout_ms=30_000
+    )
+    await producer.start()
+    topic = settings.topic(Topic.ORDER_REQUESTS)
+    planned = plan_requests(config, settings.accounts, f"{scenario}-{uuid.uuid4().hex[:6]}")
+    kind_of = {request.key: kind for kind, request in planned}
+    ctx = FaultContext(stack, config, on_status)
+    fault_task = asyncio.create_task(fault(ctx))
+    t0 = time.monotonic()
+    try:
+        on_status(f"{scenario}: publishing {config.orders} orders")
+
+        async def cancel_later(request: OrderRequest) -> None:
+            await asyncio.sleep(config.cancel_after_s)
+            cancel = OrderRequest(
+                command=CommandType.CANCEL,
+                request_id=f"cancel-{request.request_id}",
+                account_id=request.account_id,
+                order_id=request.key,
+            )
+            await _send(producer, topic, cancel)
+
+        pending: set[asyncio.Task[None]] = set()
+        for i, (kind, request) in enumerate(planned):
+            due = t0 + i / config.rate
+            if (delay := due - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            if fault_task.done():
+                fault_task.result()  # a fault that failed stops the run with its error
+            request.created_at = now_ms()
+            # Sent in the background so a broker restart does not stop the pacing.
+            task = asyncio.create_task(_send(producer, topic, request))
+            pending.add(task)
+            if kind == "client_cancel":
+                pending.add(asyncio.create_task(cancel_later(request)))
+            ctx.sent = i + 1
+            if i % 50 == 0:
+                ended = sum(1 for oid in kind_of if log.terminal.get(oid))
+                on_status(f"{scenario}: {i + 1:,}/{config.orders:,} sent, {ended:,} ended")
+        await asyncio.gather(*pending)
+        ctx.published.set()
+
+        def all_ended() -> bool:
+            return all(log.terminal.get(oid) for oid in kind_of)
+
+        deadline = time.monotonic() + config.timeout_s
+        on_status(f"{scenario}: waiting for every order to end")
+        await _wait_until(all_ended, deadline)
+        ctx.stop.set()
+        faults = await fault_task
+        await _wait_until(all_ended, deadline)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(config.settle_s)
+
+        on_status(f"{scenario}: checking notifications")
+        n_lost, n_doubled, n_details = audit_notifications(log.events, records)
+        n_deadline = time.monotonic() + config.notify_timeout_s
+        while n_lost and time.monotonic() < n_deadline:
+            await asyncio.sleep(1.0)
+            n_lost, n_doubled, n_details = audit_notifications(log.events, records)
+    finally:
+        if not fault_task.done():
+            fault_task.cancel()
+        await producer.stop()
+        await events.stop()
+        await notes.stop()
+
+    on_status(f"{scenario}: checking positions and the exchange, label by label")
+    p_deadline = time.monotonic() + config.positions_timeout_s
+    while True:
+        mismatched, p_examples = compare_positions(
+            await keeper_positions(settings), await exchange_positions(settings)
+        )
+        if not mismatched or time.monotonic() > p_deadline:
+            break
+        await asyncio.sleep(1.0)
+    at_exchange: dict[str, list[dict[str, Any]]] = {}
+    gate = asyncio.Semaphore(32)
+
+    async def lookup(order_id: str) -> None:
+        async with gate:
+            at_exchange[order_id] = list(
+                await paper_admin(settings, "admin/get_orders_by_label", label=order_id)
+            )
+
+    await asyncio.gather(*(lookup(oid) for oid in kind_of))
+    stats = await paper_admin(settings, "admin/get_stats", include_labels=False)
+    orders = audit_orders(kind_of, log.terminal, at_exchange)
+    dead = stack.dead_services()
+    mismatch_events = sum(1 for e in log.events if e.event_type.value == "position_mismatch")
+    details = {
+        **orders["details"],
+        "events": len(log.events),
+        "exchange_duplicate_labels": len(stats.get("duplicate_labels", {})),
+        "position_mismatch_events": mismatch_events,
+        "positions_examples": p_examples,
+        "notifications": n_details,
+        "services_restarted": {n: s.starts for n, s in stack.services.processes.items()},
+    }
+    return make_result(
+        scenario,
+        requests=config.orders,
+        terminal=orders["terminal"],
+        lost=orders["lost"],
+        duplicates_at_exchange=max(
+            orders["duplicates_at_exchange"], len(stats.get("duplicate_labels", {}))
+        ),
+        wrong_state=orders["wrong_state"],
+        positions_mismatched=mismatched,
+        notifications_lost=n_lost,
+        notifications_doubled=n_doubled,
+        faults=faults,
+        seconds=elapsed,
+        details=details,
+        extra_failure=f"services down at the end: {', '.join(dead)}" if dead else None,
+    )
