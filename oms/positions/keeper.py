@@ -19,6 +19,7 @@ commands that bound the seen-trades table (see :mod:`oms.positions.retention`).
 from __future__ import annotations
 
 import gc
+import time
 from collections import defaultdict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -56,6 +57,7 @@ from oms.schemas import (
 )
 from oms.secrets import SecretStore
 from oms.settings import Settings
+from oms.streams import faust_fixes
 from oms.streams.app import create_topics_first, new_faust_app
 from oms.streams.worker import _FaustWorker, _partition_of
 
@@ -288,6 +290,21 @@ class PositionKeeper:
         @app.timer(interval=ps.seen_trades_prune_interval_s)
         async def prune_seen_trades() -> None:
             await self.request_prune()
+
+        # Faust can drop a fetched fill around a rebalance (see oms.streams.faust_fixes):
+        # its partition is read again from the committed offset, replays counted once.
+        healer = faust_fixes.StallHealer(lambda: app.consumer, {self.fills_topic})
+
+        @app.timer(interval=1.0)
+        async def heal_stalled_partitions() -> None:
+            for tp, committed in healer.stalled(time.monotonic()):
+                highwater = (await app.consumer.highwaters(tp)).get(tp, committed)
+                self._replay_below[tp.partition] = highwater
+                self.counters["partitions_healed"] += 1
+                log.warning(
+                    "positions.partition_stalled", partition=tp.partition, reread_from=committed
+                )
+                await healer.heal(tp, committed)
 
         async def on_stop(app: Any, **kwargs: Any) -> None:
             await self.router.stop()
