@@ -17,7 +17,6 @@ STAMP := $(VENV)/.installed-stamp
 WORKERS ?= 1
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
-HOSTILE_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tooling needs: Kafka runs on Java 17+, is fetched with Maven, and the
 # compose file is validated with docker-compose (no engine needed for `config`).
@@ -101,7 +100,6 @@ bench: kafka
 
 chaos: kafka
 	$(VENV)/bin/oms chaos run $(CHAOS_ARGS)
-	$(VENV)/bin/oms bench hostile $(HOSTILE_ARGS)
 
 # Local state and caches; keeps the venv and the fetched Kafka jars (.local/kafka).
 clean:
