@@ -343,7 +343,7 @@ def _stage_and_timeline_charts(report: dict[str, Any], out_dir: Path, plt: Any) 
                 labels = [f"{ms:g}" for ms, _ in finite] + [">"]
                 ax.bar(labels, [n for _, n in finite] + [over], color="#4c72b0")
                 ax.set_ylabel(stage, rotation=0, ha="right", va="center")
-                ax.tick_params(axis="x", labelsize="small")
+                ax.tick_params(axis="x", labelsize="small", labelrotation=45)
             axes[-1, 0].set_xlabel("latency bucket, upper bound (ms)")
             fig.suptitle(f"bench {scenario}: latency per stage (orders per bucket)")
             fig.tight_layout()
