@@ -38,6 +38,7 @@ from oms.chaos.verdict import (
     audit_orders,
     compare_positions,
     make_result,
+    order_counts,
 )
 from oms.devstack.kafka import KafkaBroker
 from oms.harness import (
@@ -163,8 +164,11 @@ def chaos_settings(base: Path, bootstrap: str, accounts: list[str], config: Flow
     )
 
 
-async def start_stack(config: FlowConfig, on_status: StatusFn) -> ChaosStack:
-    """Broker, paper exchange, gateway, worker, position keeper and notifier, all ready."""
+async def start_paper(
+    config: FlowConfig, on_status: StatusFn, tune: Callable[[Settings], Settings] | None = None
+) -> ChaosStack:
+    """Broker (or ``config.bootstrap``), paper exchange, gateway and worker, all ready;
+    ``tune`` adjusts the settings before anything starts (a scenario's own knobs)."""
     base = Path(tempfile.mkdtemp(prefix="oms-chaos-"))
     broker, bootstrap = await start_bench_broker(
         base, config.partitions, config.bootstrap, on_status
@@ -172,12 +176,20 @@ async def start_stack(config: FlowConfig, on_status: StatusFn) -> ChaosStack:
     try:
         accounts = [f"chaos-{i}" for i in range(config.accounts)]
         settings = chaos_settings(base, bootstrap, accounts, config)
+        if tune is not None:
+            settings = tune(settings)
         services, _ = await start_paper_stack(settings, base / "logs", on_status)
-        stack = ChaosStack(base, broker, bootstrap, settings, services)
     except BaseException:
         if broker is not None:
             await broker.astop()
         raise
+    return ChaosStack(base, broker, bootstrap, settings, services)
+
+
+async def start_stack(config: FlowConfig, on_status: StatusFn) -> ChaosStack:
+    """Broker, paper exchange, gateway, worker, position keeper and notifier, all ready."""
+    stack = await start_paper(config, on_status)
+    settings, services = stack.settings, stack.services
     try:
         on_status("starting position keeper and notifier")
         services.add_position_keeper()
@@ -331,6 +343,95 @@ async def _wait_until(check: Callable[[], bool], deadline: float, step: float = 
     return True
 
 
+class PacedFlow:
+    """The flow's orders (:func:`plan_requests`) published at ``config.rate``, the client
+    cancels ``cancel_after_s`` after theirs, and the run's order events as they come."""
+
+    def __init__(self, stack: ChaosStack, config: FlowConfig, run: str) -> None:
+        self.settings = stack.settings
+        self.config = config
+        self.log = EventLog()
+        self.planned = plan_requests(config, self.settings.accounts, run)
+        self.kind_of = {request.key: kind for kind, request in self.planned}
+        self._events = TopicCollector(
+            stack.bootstrap, self.settings.topic(Topic.ORDER_EVENTS), self.log.add
+        )
+        # Not idempotent: aiokafka's idempotent producer fails for good
+        # (OutOfOrderSequenceNumber) after the broker restarts. A request sent twice is one
+        # order (see _send).
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=stack.bootstrap, linger_ms=1, acks="all", request_timeout_ms=30_000
+        )
+
+    async def start(self) -> None:
+        await self._events.start()
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+        await self._events.stop()
+
+    def ended(self) -> int:
+        """Orders of the flow with a terminal state so far."""
+        return sum(1 for oid in self.kind_of if self.log.terminal.get(oid))
+
+    def all_ended(self) -> bool:
+        return all(self.log.terminal.get(oid) for oid in self.kind_of)
+
+    async def wait_all_ended(self, deadline: float) -> bool:
+        """Wait until every order ended or ``deadline`` (monotonic); whether they all did."""
+        return await _wait_until(self.all_ended, deadline)
+
+    async def publish(self, on_sent: Callable[[int], None] = lambda _: None) -> None:
+        """Send every order, paced, and its client cancel; returns once all were sent.
+        ``on_sent(n)`` runs after the n-th order went out (raising stops the flow)."""
+        config = self.config
+        topic = self.settings.topic(Topic.ORDER_REQUESTS)
+
+        async def cancel_later(request: OrderRequest) -> None:
+            await asyncio.sleep(config.cancel_after_s)
+            cancel = OrderRequest(
+                command=CommandType.CANCEL,
+                request_id=f"cancel-{request.request_id}",
+                account_id=request.account_id,
+                order_id=request.key,
+            )
+            await _send(self._producer, topic, cancel)
+
+        pending: set[asyncio.Task[None]] = set()
+        t0 = time.monotonic()
+        for i, (kind, request) in enumerate(self.planned):
+            if (delay := t0 + i / config.rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            request.created_at = now_ms()
+            # Sent in the background so a broker restart does not stop the pacing.
+            pending.add(asyncio.create_task(_send(self._producer, topic, request)))
+            if kind == "client_cancel":
+                pending.add(asyncio.create_task(cancel_later(request)))
+            on_sent(i + 1)
+        await asyncio.gather(*pending)
+
+    async def audit(self) -> dict[str, Any]:
+        """:func:`oms.chaos.verdict.audit_orders` against the orders the paper exchange
+        holds per label; duplicates at the exchange also count the labels it saw twice."""
+        at_exchange: dict[str, list[dict[str, Any]]] = {}
+        gate = asyncio.Semaphore(32)
+
+        async def lookup(order_id: str) -> None:
+            async with gate:
+                at_exchange[order_id] = list(
+                    await paper_admin(self.settings, "admin/get_orders_by_label", label=order_id)
+                )
+
+        await asyncio.gather(*(lookup(oid) for oid in self.kind_of))
+        stats = await paper_admin(self.settings, "admin/get_stats", include_labels=False)
+        orders = audit_orders(self.kind_of, self.log.terminal, at_exchange)
+        labels_twice = len(stats.get("duplicate_labels", {}))
+        orders["duplicates_at_exchange"] = max(orders["duplicates_at_exchange"], labels_twice)
+        orders["details"]["exchange_duplicate_labels"] = labels_twice
+        return orders
+
+
 async def run_flow(
     scenario: str, config: FlowConfig, fault: Fault, on_status: StatusFn = print
 ) -> dict[str, Any]:
@@ -347,70 +448,38 @@ async def _run_on(
     stack: ChaosStack, scenario: str, config: FlowConfig, fault: Fault, on_status: StatusFn
 ) -> dict[str, Any]:
     settings = stack.settings
-    log = EventLog()
+    flow = PacedFlow(stack, config, f"{scenario}-{uuid.uuid4().hex[:6]}")
+    log = flow.log
     records: list[NotificationRecord] = []
-    events = TopicCollector(stack.bootstrap, settings.topic(Topic.ORDER_EVENTS), log.add)
     notes = TopicCollector(
         stack.bootstrap,
         settings.topic(Topic.NOTIFICATIONS),
         lambda raw: records.append(NotificationRecord.from_bytes(raw)),
     )
-    await events.start()
+    await flow.start()
     await notes.start()
-    # Not idempotent: aiokafka's idempotent producer fails for good (OutOfOrderSequenceNumber)
-    # after the broker restarts. A request sent twice is one order (see _send).
-    producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap, linger_ms=1, acks="all", request_timeout_ms=30_000
-    )
-    await producer.start()
-    topic = settings.topic(Topic.ORDER_REQUESTS)
-    planned = plan_requests(config, settings.accounts, f"{scenario}-{uuid.uuid4().hex[:6]}")
-    kind_of = {request.key: kind for kind, request in planned}
     ctx = FaultContext(stack, config, on_status)
     fault_task = asyncio.create_task(fault(ctx))
     t0 = time.monotonic()
     try:
         on_status(f"{scenario}: publishing {config.orders} orders")
 
-        async def cancel_later(request: OrderRequest) -> None:
-            await asyncio.sleep(config.cancel_after_s)
-            cancel = OrderRequest(
-                command=CommandType.CANCEL,
-                request_id=f"cancel-{request.request_id}",
-                account_id=request.account_id,
-                order_id=request.key,
-            )
-            await _send(producer, topic, cancel)
-
-        pending: set[asyncio.Task[None]] = set()
-        for i, (kind, request) in enumerate(planned):
-            due = t0 + i / config.rate
-            if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+        def sent(n: int) -> None:
+            ctx.sent = n
             if fault_task.done():
                 fault_task.result()  # a fault that failed stops the run with its error
-            request.created_at = now_ms()
-            # Sent in the background so a broker restart does not stop the pacing.
-            task = asyncio.create_task(_send(producer, topic, request))
-            pending.add(task)
-            if kind == "client_cancel":
-                pending.add(asyncio.create_task(cancel_later(request)))
-            ctx.sent = i + 1
-            if i % 50 == 0:
-                ended = sum(1 for oid in kind_of if log.terminal.get(oid))
-                on_status(f"{scenario}: {i + 1:,}/{config.orders:,} sent, {ended:,} ended")
-        await asyncio.gather(*pending)
-        ctx.published.set()
+            if n % 50 == 1:
+                on_status(f"{scenario}: {n:,}/{config.orders:,} sent, {flow.ended():,} ended")
 
-        def all_ended() -> bool:
-            return all(log.terminal.get(oid) for oid in kind_of)
+        await flow.publish(sent)
+        ctx.published.set()
 
         deadline = time.monotonic() + config.timeout_s
         on_status(f"{scenario}: waiting for every order to end")
-        await _wait_until(all_ended, deadline)
+        await flow.wait_all_ended(deadline)
         ctx.stop.set()
         faults = await fault_task
-        await _wait_until(all_ended, deadline)
+        await flow.wait_all_ended(deadline)
         elapsed = time.monotonic() - t0
         await asyncio.sleep(config.settle_s)
 
@@ -423,8 +492,7 @@ async def _run_on(
     finally:
         if not fault_task.done():
             fault_task.cancel()
-        await producer.stop()
-        await events.stop()
+        await flow.stop()
         await notes.stop()
 
     on_status(f"{scenario}: checking positions and the exchange, label by label")
@@ -436,24 +504,12 @@ async def _run_on(
         if not mismatched or time.monotonic() > p_deadline:
             break
         await asyncio.sleep(1.0)
-    at_exchange: dict[str, list[dict[str, Any]]] = {}
-    gate = asyncio.Semaphore(32)
-
-    async def lookup(order_id: str) -> None:
-        async with gate:
-            at_exchange[order_id] = list(
-                await paper_admin(settings, "admin/get_orders_by_label", label=order_id)
-            )
-
-    await asyncio.gather(*(lookup(oid) for oid in kind_of))
-    stats = await paper_admin(settings, "admin/get_stats", include_labels=False)
-    orders = audit_orders(kind_of, log.terminal, at_exchange)
+    orders = await flow.audit()
     dead = stack.dead_services()
     mismatch_events = sum(1 for e in log.events if e.event_type.value == "position_mismatch")
     details = {
         **orders["details"],
         "events": len(log.events),
-        "exchange_duplicate_labels": len(stats.get("duplicate_labels", {})),
         "position_mismatch_events": mismatch_events,
         "positions_examples": p_examples,
         "notifications": n_details,
@@ -462,12 +518,7 @@ async def _run_on(
     return make_result(
         scenario,
         requests=config.orders,
-        terminal=orders["terminal"],
-        lost=orders["lost"],
-        duplicates_at_exchange=max(
-            orders["duplicates_at_exchange"], len(stats.get("duplicate_labels", {}))
-        ),
-        wrong_state=orders["wrong_state"],
+        **order_counts(orders),
         positions_mismatched=mismatched,
         notifications_lost=n_lost,
         notifications_doubled=n_doubled,

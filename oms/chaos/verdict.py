@@ -59,6 +59,10 @@ KEYS = (
 )
 
 
+# The counts of audit_orders, under make_result's names.
+ORDER_COUNTS = ("terminal", "lost", "duplicates_at_exchange", "wrong_state")
+
+
 def make_result(
     scenario: str,
     *,
@@ -171,6 +175,11 @@ def audit_orders(
             },
         },
     }
+
+
+def order_counts(audit: Mapping[str, Any]) -> dict[str, int]:
+    """The counts of :func:`audit_orders` named as :func:`make_result` takes them."""
+    return {key: int(audit[key]) for key in ORDER_COUNTS}
 
 
 def compare_positions(

@@ -9,18 +9,11 @@ import shutil
 
 import pytest
 
-from oms.chaos.scenarios.disk_error import DiskErrorConfig
-from oms.chaos.scenarios.disk_error import run as run_disk_error
-from oms.chaos.scenarios.sink_kill import SinkKillConfig
-from oms.chaos.scenarios.sink_kill import run as run_sink_kill
+from oms.chaos.scenarios.disk_error import DiskErrorConfig, run_disk_error
+from oms.chaos.scenarios.sink_kill import SinkKillConfig, run_sink_kill
+from oms.chaos.verdict import KEYS, verdict_line
 
 pytestmark = pytest.mark.kafka
-
-RESULT_KEYS = {
-    "scenario", "ok", "verdict", "requests", "terminal", "lost", "duplicates_at_exchange",
-    "wrong_state", "positions_mismatched", "notifications_lost", "notifications_doubled",
-    "faults", "seconds", "details",
-}  # fmt: skip
 
 
 def assert_clickhouse_matches_kafka(result: dict) -> None:
@@ -46,7 +39,7 @@ async def test_sink_killed_while_inserting_loses_and_doubles_nothing(
         SinkKillConfig(quick=True, orders=40, kills=2, bootstrap=kafka_bootstrap),
         on_status=lambda _: None,
     )
-    assert set(result) == RESULT_KEYS
+    assert tuple(result) == KEYS
     assert "error" not in result["details"], result["details"]
     assert result["faults"]["sigkill_sink"] == 2
     assert result["faults"]["sigkill_during_insert"] >= 1
@@ -55,6 +48,7 @@ async def test_sink_killed_while_inserting_loses_and_doubles_nothing(
     assert result["duplicates_at_exchange"] == 0 and result["wrong_state"] == 0
     assert_clickhouse_matches_kafka(result)
     assert result["ok"] and result["verdict"] == "PASS", result["details"]["checks"]
+    assert verdict_line(result).startswith("PASS  sink-kill  40 requests, 40 terminal, 0 lost")
 
 
 needs_a_way_to_deny_writes = pytest.mark.skipif(
@@ -69,7 +63,7 @@ async def test_disk_errors_are_reported_and_the_sink_catches_up(kafka_bootstrap:
         DiskErrorConfig(quick=True, orders=60, rate=6.0, fault_s=3.0, bootstrap=kafka_bootstrap),
         on_status=lambda _: None,
     )
-    assert set(result) == RESULT_KEYS
+    assert tuple(result) == KEYS
     assert "error" not in result["details"], result["details"]
     phases = result["details"]["phases"]
     # permission always; disk_full when we may mount a tmpfs (root).
@@ -91,3 +85,4 @@ async def test_disk_errors_are_reported_and_the_sink_catches_up(kafka_bootstrap:
     assert result["duplicates_at_exchange"] == 0 and result["wrong_state"] == 0
     assert_clickhouse_matches_kafka(result)
     assert result["ok"] and result["verdict"] == "PASS", result["details"]["checks"]
+    assert verdict_line(result).startswith("PASS  disk-error  60 requests, 60 terminal, 0 lost")

@@ -4,7 +4,7 @@ reopening the embedded engine, with every row still there.
 Under a disk that fills mid-merge, chDB 4.4 can activate a merged part whose marks file is
 empty: every read of the table then fails with CORRUPTED_DATA while inserts go on. Here the
 same damage is made by hand (the merged part's marks file emptied) so the test does not need
-root to fill a tmpfs; ``python -m oms.chaos.scenarios.disk_error`` makes it for real.
+root to fill a tmpfs; ``oms chaos run --scenario disk-error`` makes it for real.
 The rows come back only while the parts the merge replaced are still on disk: chDB removes
 them ~30-40 s after the merge by default (old_parts_lifetime 0), too slow to wait for here,
 so the test checks that migration 6 keeps them (``old_parts_lifetime``) instead.

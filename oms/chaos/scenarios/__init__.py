@@ -8,16 +8,24 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from oms.chaos.config import ChaosConfig
-from oms.chaos.scenarios import broker_restart, exchange_faults, hostile, worker_kill
+from oms.chaos.scenarios import (
+    broker_restart,
+    disk_error,
+    exchange_faults,
+    hostile,
+    sink_kill,
+    worker_kill,
+)
 
 Scenario = Callable[[ChaosConfig, Callable[[str], None]], Coroutine[Any, Any, dict[str, Any]]]
 
-# In the order the suite runs them (issue 8 numbering: 1, 2, 3, 6; 4 sink_kill and
-# 5 disk_error are written on another branch and register here).
+# In the order the suite runs them (issue 8 numbering).
 SCENARIOS: dict[str, Scenario] = {
     "worker-kill": worker_kill.run,
     "broker-restart": broker_restart.run,
     "exchange-faults": exchange_faults.run,
+    "sink-kill": sink_kill.run,
+    "disk-error": disk_error.run,
     "hostile": hostile.run,
 }
 

@@ -16,7 +16,8 @@ its own, filled to the last byte; needs root) and the data directories are not w
   catches up: ClickHouse holds exactly the rows of the Kafka topics, none missing, none
   doubled after ``FINAL``.
 
-Standalone: ``python -m oms.chaos.scenarios.disk_error [--quick] [--bootstrap H:P]``.
+The order flow and its audit are the suite's (:mod:`oms.chaos.flow`,
+:mod:`oms.chaos.verdict`). Run it with ``oms chaos run --scenario disk-error [--quick]``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncio
 import os
 import shutil
 import time
-import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,24 +34,21 @@ from typing import Any
 
 import orjson
 
-from oms.benchmarks.chaos import ChaosConfig
+from oms.chaos.config import ChaosConfig
+from oms.chaos.flow import FlowConfig, PacedFlow
 from oms.chaos.scenarios.disk_faults import DataPathFaults
 from oms.chaos.scenarios.sink_common import (
-    OrderFlow,
     SinkStack,
     apply_quick,
-    cli,
-    close_stack,
     compare_clickhouse_with_kafka,
-    failed_result,
     open_stack,
     read_json_log,
     readable_tables,
-    scenario_result,
+    sink_result,
 )
 from oms.sinks.clickhouse.client import chdb_path
 
-NAME = "disk_error"
+NAME = "disk-error"
 QUICK: dict[str, Any] = {"orders": 120, "fault_s": 4.0}
 # The reason the sink must report for each fault.
 EXPECTED_REASON = {"disk_full": "disk_full", "permission": "permission_denied"}
@@ -80,8 +78,8 @@ class DiskErrorConfig:
     def __post_init__(self) -> None:
         apply_quick(self, QUICK)
 
-    def orders_config(self) -> ChaosConfig:
-        return ChaosConfig(
+    def flow_config(self) -> FlowConfig:
+        return FlowConfig(
             orders=self.orders,
             rate=self.rate,
             accounts=self.accounts,
@@ -97,13 +95,13 @@ async def _hold_fault(
     inject: Callable[[], object],
     remove: Callable[[], object],
     stack: SinkStack,
-    flow: OrderFlow,
+    flow: PacedFlow,
     config: DiskErrorConfig,
     on_status: Callable[[str], None],
 ) -> dict[str, Any]:
     """Inject, watch ``/health`` and the orders for ``fault_s``, remove, wait for recovery."""
     before = await stack.health() or {}
-    terminal_before = flow.terminal_count()
+    terminal_before = flow.ended()
     injected = await asyncio.to_thread(inject)
     on_status(f"fault {name}: injected ({injected}), holding {config.fault_s}s")
     t0 = time.monotonic()
@@ -117,7 +115,7 @@ async def _hold_fault(
             failing_seen = True
             last_error = health.get("last_insert_error") or last_error
     failures = health.get("insert_failures", 0) - before.get("insert_failures", 0)
-    terminal_during = flow.terminal_count() - terminal_before
+    terminal_during = flow.ended() - terminal_before
     await asyncio.to_thread(remove)
     removed_at = time.monotonic()
     flushes_at_removal = health.get("flushes", 0)
@@ -189,24 +187,22 @@ def _secrets(stack: SinkStack) -> list[str]:
     return out
 
 
-async def run(config: DiskErrorConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run scenario 5 and return its result (``ok`` when every check held)."""
-    t0 = time.monotonic()
-    try:
-        return await _run(config, on_status, t0)
-    except Exception as exc:
-        result = failed_result(NAME, exc, time.monotonic() - t0)
-        result["details"]["traceback"] = traceback.format_exc()[-4000:]
-        return result
+async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
+    """The suite's entry: scenario 5 at its full or ``--quick`` size."""
+    disk_error = DiskErrorConfig(quick=config.quick, bootstrap=config.bootstrap)
+    if config.orders:
+        disk_error.orders = config.orders
+    return await run_disk_error(disk_error, on_status)
 
 
-async def _run(
-    config: DiskErrorConfig, on_status: Callable[[str], None], t0: float
+async def run_disk_error(
+    config: DiskErrorConfig, on_status: Callable[[str], None]
 ) -> dict[str, Any]:
-    orders_config = config.orders_config()
+    """Run scenario 5; its result (``ok`` when every check held)."""
+    t0 = time.monotonic()
+    flow_config = config.flow_config()
     stack = await open_stack(
-        "diskerr",
-        orders_config=orders_config,
+        flow_config,
         batch_size=config.batch_size,
         flush_interval_s=config.flush_interval_s,
         on_status=on_status,
@@ -220,7 +216,7 @@ async def _run(
         on_status("starting the sink" + (" on a tmpfs of its own" if faults.mounted else ""))
         await stack.start_sink()
         await stack.wait_flushing()
-        flow = OrderFlow(stack.settings, orders_config, "diskerr")
+        flow = PacedFlow(stack.stack, flow_config, f"diskerr-{uuid.uuid4().hex[:6]}")
         await flow.start()
         phases: dict[str, dict[str, Any]] = {}
         try:
@@ -240,11 +236,11 @@ async def _run(
             finally:
                 await publishing
             on_status("waiting for every order to end")
-            all_terminal = await flow.wait_terminal(config.timeout_s)
+            all_terminal = await flow.wait_all_ended(time.monotonic() + config.timeout_s)
             await asyncio.sleep(2.0)
         finally:
             await flow.stop()
-        orders = await flow.verdict()
+        orders = await flow.audit()
         on_status("comparing ClickHouse with the Kafka topics")
         group = f"{stack.settings.worker.app_id}-sink"
         comparison = await compare_clickhouse_with_kafka(stack.settings, group, config.catch_up_s)
@@ -272,7 +268,7 @@ async def _run(
                 f"{name}:tables_readable_after": not phase["unreadable_tables_after"],
             }
             phase.pop("window")
-        return scenario_result(
+        return sink_result(
             NAME,
             orders=orders,
             requests=config.orders,
@@ -283,6 +279,10 @@ async def _run(
                     for name, p in phases.items()
                 },
                 **{name: f"skipped: {why}" for name, why in faults.unavailable.items()},
+                "summary": ", ".join(
+                    f"{name} {p['held_s']:g} s ({p['insert_failures']} failed inserts)"
+                    for name, p in phases.items()
+                ),
             },
             seconds=time.monotonic() - t0,
             checks=checks,
@@ -307,12 +307,8 @@ async def _run(
             },
         )
     finally:
-        await close_stack(stack)
+        await stack.stop()
         if faults.mounted and os.environ.get("OMS_CHAOS_KEEP_DATA"):
             # The tmpfs goes with the unmount: keep a copy to look into.
             shutil.copytree(faults.path, stack.base / "clickhouse-kept", dirs_exist_ok=True)
         faults.cleanup()
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli(NAME, DiskErrorConfig, run))

@@ -1,54 +1,39 @@
-"""What the ClickHouse sink chaos scenarios (4: sink_kill, 5: disk_error) share.
+"""What the ClickHouse sink chaos scenarios (4: sink-kill, 5: disk-error) share.
 
-* a private paper stack (paper exchange, gateway, one worker) plus a sink process whose
-  logs are JSON, on its own broker or on a shared one with a unique topic prefix;
-* the paced mixed order flow of ``oms bench chaos`` (market buys and sells, client cancels,
-  auto-cancels), with its order verdict: one terminal state per order, each label at the
-  exchange once;
+* the stack: the paper stack of :func:`oms.chaos.flow.start_paper` (on its own broker or a
+  shared one with a unique topic prefix) plus a sink process whose logs are JSON; the order
+  flow and its audit are the suite's (:class:`oms.chaos.flow.PacedFlow`);
 * the check that matters for a sink: every record of the run read back from the Kafka
-  topics and compared, key by key, with the rows in ClickHouse (raw and after ``FINAL``).
+  topics and compared, key by key, with the rows in ClickHouse (raw and after ``FINAL``);
+* the result: :func:`oms.chaos.verdict.make_result`, with that comparison and the
+  scenario's own checks deciding too.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
-import json
-import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from oms.benchmarks.chaos import ChaosConfig, TerminalCollector, _report, _requests, _settings
-from oms.devstack.kafka import KafkaBroker
-from oms.harness import (
-    OmsServices,
-    ServiceProcess,
-    paper_admin,
-    start_bench_broker,
-    start_paper_stack,
-    wait_http_ok,
-)
+from oms.chaos.flow import ChaosStack, FlowConfig, start_paper
+from oms.chaos.verdict import make_result, order_counts
+from oms.harness import ServiceProcess, wait_http_ok
 from oms.schemas import (
-    CommandType,
     DeadLetter,
     ExecutionReport,
     NotificationRecord,
     OrderEvent,
-    OrderRequest,
     PositionRecord,
     Topic,
-    now_ms,
 )
 from oms.settings import Settings
 from oms.sinks.errors import QueryError
@@ -74,7 +59,6 @@ TABLE_KEYS: dict[str, str] = {
 }
 
 Key = Any
-C = TypeVar("C")
 
 
 def apply_quick(config: Any, quick_values: dict[str, Any]) -> None:
@@ -88,13 +72,18 @@ def apply_quick(config: Any, quick_values: dict[str, Any]) -> None:
 
 @dataclass
 class SinkStack:
-    """Broker (maybe), paper stack and a not yet started sink, for one scenario run."""
+    """The paper stack and a (not yet started) sink, for one scenario run."""
 
-    base: Path
-    broker: KafkaBroker | None
-    settings: Settings
-    services: OmsServices
+    stack: ChaosStack
     sink: ServiceProcess
+
+    @property
+    def settings(self) -> Settings:
+        return self.stack.settings
+
+    @property
+    def base(self) -> Path:
+        return self.stack.base
 
     @property
     def health_url(self) -> str:
@@ -130,127 +119,28 @@ class SinkStack:
             await asyncio.sleep(0.1)
         raise TimeoutError(f"sink flushed nothing within {within}s:\n{self.sink.tail()}")
 
-    def close(self) -> None:
-        self.services.stop_all()
+    async def stop(self) -> None:
+        await self.stack.stop()
 
 
 async def open_stack(
-    label: str,
+    flow: FlowConfig,
     *,
-    orders_config: ChaosConfig,
     batch_size: int,
     flush_interval_s: float,
     on_status: Callable[[str], None],
 ) -> SinkStack:
-    """A paper stack (started) and a sink (added, not started) on fresh settings."""
-    base = Path(tempfile.mkdtemp(prefix=f"oms-chaos-{label}-"))
-    broker, bootstrap = await start_bench_broker(
-        base, orders_config.partitions, orders_config.bootstrap, on_status
-    )
-    try:
-        accounts = [f"{label}-{i}" for i in range(orders_config.accounts)]
-        settings = _settings(base, bootstrap, accounts, orders_config)
-        settings = settings.model_copy(
-            update={
-                "sink": settings.sink.model_copy(
-                    update={"batch_size": batch_size, "flush_interval_s": flush_interval_s}
-                )
-            }
+    """A paper stack (started) and a sink (added, not started) batching as given."""
+
+    def tune(settings: Settings) -> Settings:
+        sink = settings.sink.model_copy(
+            update={"batch_size": batch_size, "flush_interval_s": flush_interval_s}
         )
-        services, _ = await start_paper_stack(settings, base / "logs", on_status)
-    except BaseException:
-        if broker is not None:
-            await broker.astop()
-        raise
-    sink = services.add("sink", ["sink"], OMS_LOG_JSON="true")
-    return SinkStack(base, broker, settings, services, sink)
+        return settings.model_copy(update={"sink": sink})
 
-
-async def close_stack(stack: SinkStack) -> None:
-    stack.close()
-    if stack.broker is not None:
-        await stack.broker.astop()
-
-
-class OrderFlow:
-    """The mixed order flow of ``oms bench chaos``, paced, and its verdict."""
-
-    def __init__(self, settings: Settings, config: ChaosConfig, label: str) -> None:
-        self.settings = settings
-        self.config = config
-        self.planned = _requests(config, settings.accounts, f"{label}-{uuid.uuid4().hex[:6]}")
-        self.kind_of = {request.key: kind for kind, request in self.planned}
-        self.collector = TerminalCollector(
-            settings.kafka.bootstrap, settings.topic(Topic.ORDER_EVENTS)
-        )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap, linger_ms=1, acks="all"
-        )
-        self.published = 0
-        self.started_at = 0.0
-
-    async def start(self) -> None:
-        await self.collector.start()
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        await self._producer.stop()
-        await self.collector.stop()
-
-    async def publish(self) -> None:
-        """Send every request at ``config.rate`` per second (cancels 1 s after theirs)."""
-        topic = self.settings.topic(Topic.ORDER_REQUESTS)
-        producer = self._producer
-        cancels: list[asyncio.Task[None]] = []
-
-        async def cancel_later(request: OrderRequest) -> None:
-            await asyncio.sleep(1.0)
-            cancel = OrderRequest(
-                command=CommandType.CANCEL,
-                request_id=f"cancel-{request.request_id}",
-                account_id=request.account_id,
-                order_id=request.key,
-            )
-            await producer.send(topic, value=cancel.to_bytes(), key=cancel.key.encode())
-
-        self.started_at = t0 = time.monotonic()
-        for i, (kind, request) in enumerate(self.planned):
-            if (delay := t0 + i / self.config.rate - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            request.created_at = now_ms()
-            await producer.send(topic, value=request.to_bytes(), key=request.key.encode())
-            self.published += 1
-            if kind == "client_cancel":
-                cancels.append(asyncio.create_task(cancel_later(request)))
-        await asyncio.gather(*cancels)
-        await producer.flush()
-
-    def terminal_count(self) -> int:
-        return sum(1 for oid in self.kind_of if self.collector.terminal.get(oid))
-
-    async def wait_terminal(self, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.terminal_count() == len(self.kind_of):
-                return True
-            await asyncio.sleep(0.5)
-        return False
-
-    async def verdict(self) -> dict[str, Any]:
-        """``oms bench chaos``'s checks: terminal states per order and labels at the exchange."""
-        at_exchange: dict[str, list[dict[str, Any]]] = {}
-        gate = asyncio.Semaphore(32)
-
-        async def lookup(order_id: str) -> None:
-            async with gate:
-                at_exchange[order_id] = list(
-                    await paper_admin(self.settings, "admin/get_orders_by_label", label=order_id)
-                )
-
-        await asyncio.gather(*(lookup(oid) for oid in self.kind_of))
-        stats = await paper_admin(self.settings, "admin/get_stats", include_labels=False)
-        elapsed = time.monotonic() - self.started_at
-        return _report(self.config, self.kind_of, self.collector, at_exchange, stats, {}, elapsed)
+    stack = await start_paper(flow, on_status, tune)
+    sink = stack.services.add("sink", ["sink"], OMS_LOG_JSON="true")
+    return SinkStack(stack, sink)
 
 
 # -- ClickHouse compared with Kafka
@@ -480,7 +370,7 @@ async def compare_clickhouse_with_kafka(
 # -- the result every scenario returns
 
 
-def scenario_result(
+def sink_result(
     scenario: str,
     *,
     orders: dict[str, Any],
@@ -491,62 +381,36 @@ def scenario_result(
     checks: dict[str, bool],
     details: dict[str, Any],
 ) -> dict[str, Any]:
-    """The shared result shape; ``ok`` needs the order verdict, the ClickHouse comparison
-    and every scenario-specific check in ``checks``."""
-    lost = orders["orders_without_terminal_state"]
-    several = orders["orders_with_several_terminal_states"]
-    wrong = orders["orders_in_wrong_state"] + orders["orders_disagreeing_with_exchange"] + several
-    duplicates = orders["labels_twice_at_exchange"]
-    ok = (
-        lost == 0
-        and duplicates == 0
-        and wrong == 0
-        and bool(comparison.get("ok"))
-        and all(checks.values())
+    """:func:`oms.chaos.verdict.make_result` from the order audit
+    (:meth:`oms.chaos.flow.PacedFlow.audit`); the ClickHouse comparison and every
+    scenario-specific check in ``checks`` must hold too (positions and notifications are
+    not checked: no keeper, no notifier in this stack)."""
+    failed = [name for name, held in checks.items() if not held]
+    rows = (
+        f"ClickHouse {comparison['missing_rows']} missing, {comparison['extra_rows']} extra, "
+        f"{comparison['duplicates_after_final']} doubled after FINAL"
     )
-    return {
-        "scenario": scenario,
-        "ok": ok,
-        "verdict": "PASS" if ok else "FAIL",
-        "requests": requests,
-        "terminal": requests - lost - several,
-        "lost": lost,
-        "duplicates_at_exchange": duplicates,
-        "wrong_state": wrong,
-        "positions_mismatched": None,
-        "notifications_lost": None,
-        "notifications_doubled": None,
-        "faults": faults,
-        "seconds": round(seconds, 1),
-        "details": {
+    faults = {**faults, "summary": "; ".join(filter(None, [faults.get("summary"), rows]))}
+    if not comparison.get("ok"):
+        unreadable = len(comparison["unreadable_tables"])
+        failed.insert(0, f"clickhouse_vs_kafka ({rows}, {unreadable} tables unreadable)")
+    return make_result(
+        scenario,
+        requests=requests,
+        **order_counts(orders),
+        positions_mismatched=None,
+        notifications_lost=None,
+        notifications_doubled=None,
+        faults=faults,
+        seconds=seconds,
+        details={
+            **orders["details"],
             "checks": checks,
             "clickhouse_vs_kafka": comparison,
-            "final_states": orders["final_states"],
-            "reason_codes": orders["reason_codes"],
-            "order_examples": {k: v for k, v in orders["examples"].items() if v},
             **details,
         },
-    }
-
-
-def failed_result(scenario: str, exc: BaseException, seconds: float) -> dict[str, Any]:
-    """The result of a run that could not finish (an exception, not a verdict)."""
-    return {
-        "scenario": scenario,
-        "ok": False,
-        "verdict": "FAIL",
-        "requests": 0,
-        "terminal": 0,
-        "lost": 0,
-        "duplicates_at_exchange": 0,
-        "wrong_state": 0,
-        "positions_mismatched": None,
-        "notifications_lost": None,
-        "notifications_doubled": None,
-        "faults": {},
-        "seconds": round(seconds, 1),
-        "details": {"error": f"{type(exc).__name__}: {exc}"[:2000]},
-    }
+        extra_failure=f"failed: {', '.join(failed)}" if failed else None,
+    )
 
 
 def read_json_log(path: Path) -> list[dict[str, Any]]:
@@ -561,29 +425,3 @@ def read_json_log(path: Path) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError:
                 continue
     return out
-
-
-def cli(
-    name: str,
-    config_type: Callable[..., C],
-    run: Callable[[C, Callable[[str], None]], Coroutine[Any, Any, dict[str, Any]]],
-    argv: list[str] | None = None,
-) -> int:
-    """``python -m oms.chaos.scenarios.<name> [--quick] [--bootstrap H:P]``: status lines
-    on stderr, the result JSON on stdout; exit status 0 only on PASS."""
-    parser = argparse.ArgumentParser(prog=f"python -m oms.chaos.scenarios.{name}")
-    parser.add_argument("--quick", action="store_true", help="the short version")
-    parser.add_argument("--bootstrap", help="a running Kafka broker (default: a private one)")
-    parser.add_argument("--orders", type=int, help="number of orders")
-    args = parser.parse_args(argv)
-    kwargs: dict[str, Any] = {"quick": args.quick, "bootstrap": args.bootstrap}
-    if args.orders:
-        kwargs["orders"] = args.orders
-    config = config_type(**kwargs)
-
-    def status(line: str) -> None:
-        print(f"[{name}] {line}", file=sys.stderr, flush=True)
-
-    result = asyncio.run(run(config, status))
-    print(json.dumps(result, indent=2, default=str))
-    return 0 if result.get("ok") else 1

@@ -7,35 +7,30 @@ SIGKILLs the sink's process group right then, then starts it again. Afterwards t
 catches up and every record of the run is read back from the Kafka topics and compared
 with ClickHouse: no row missing, none extra, none doubled after ``FINAL`` (raw duplicates
 from replays are expected and reported), every ``orders`` row at its newest version.
-Order verdict as in every scenario: one terminal state per order, each label at the
-exchange once.
-
-Standalone: ``python -m oms.chaos.scenarios.sink_kill [--quick] [--bootstrap H:P]``.
+The order flow and its audit are the suite's (:mod:`oms.chaos.flow`,
+:mod:`oms.chaos.verdict`). Run it with ``oms chaos run --scenario sink-kill [--quick]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from oms.benchmarks.chaos import ChaosConfig
+from oms.chaos.config import ChaosConfig
+from oms.chaos.flow import FlowConfig, PacedFlow
 from oms.chaos.scenarios.sink_common import (
-    OrderFlow,
     SinkStack,
     apply_quick,
-    cli,
-    close_stack,
     compare_clickhouse_with_kafka,
-    failed_result,
     open_stack,
-    scenario_result,
+    sink_result,
 )
 
-NAME = "sink_kill"
+NAME = "sink-kill"
 QUICK: dict[str, Any] = {"orders": 80, "rate": 10.0, "kills": 2, "kill_every_s": 1.0}
 
 
@@ -59,8 +54,8 @@ class SinkKillConfig:
     def __post_init__(self) -> None:
         apply_quick(self, QUICK)
 
-    def orders_config(self) -> ChaosConfig:
-        return ChaosConfig(
+    def flow_config(self) -> FlowConfig:
+        return FlowConfig(
             orders=self.orders,
             rate=self.rate,
             accounts=self.accounts,
@@ -107,24 +102,20 @@ async def _kill_loop(
     return kills
 
 
-async def run(config: SinkKillConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run scenario 4 and return its result (``ok`` when every check held)."""
+async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
+    """The suite's entry: scenario 4 at its full or ``--quick`` size."""
+    sink_kill = SinkKillConfig(quick=config.quick, bootstrap=config.bootstrap)
+    if config.orders:
+        sink_kill.orders = config.orders
+    return await run_sink_kill(sink_kill, on_status)
+
+
+async def run_sink_kill(config: SinkKillConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
+    """Run scenario 4; its result (``ok`` when every check held)."""
     t0 = time.monotonic()
-    try:
-        return await _run(config, on_status, t0)
-    except Exception as exc:
-        result = failed_result(NAME, exc, time.monotonic() - t0)
-        result["details"]["traceback"] = traceback.format_exc()[-4000:]
-        return result
-
-
-async def _run(
-    config: SinkKillConfig, on_status: Callable[[str], None], t0: float
-) -> dict[str, Any]:
-    orders_config = config.orders_config()
+    flow_config = config.flow_config()
     stack = await open_stack(
-        "sinkkill",
-        orders_config=orders_config,
+        flow_config,
         batch_size=config.batch_size,
         flush_interval_s=config.flush_interval_s,
         on_status=on_status,
@@ -133,7 +124,7 @@ async def _run(
         on_status("starting the sink")
         await stack.start_sink()
         await stack.wait_flushing()
-        flow = OrderFlow(stack.settings, orders_config, "sinkkill")
+        flow = PacedFlow(stack.stack, flow_config, f"sinkkill-{uuid.uuid4().hex[:6]}")
         await flow.start()
         try:
             on_status(f"publishing {config.orders} orders at {config.rate}/s, killing the sink")
@@ -143,11 +134,11 @@ async def _run(
             finally:
                 await publishing
             on_status("waiting for every order to end")
-            all_terminal = await flow.wait_terminal(config.timeout_s)
+            all_terminal = await flow.wait_all_ended(time.monotonic() + config.timeout_s)
             await asyncio.sleep(2.0)  # a late second terminal event would show meanwhile
         finally:
             await flow.stop()
-        orders = await flow.verdict()
+        orders = await flow.audit()
         on_status("comparing ClickHouse with the Kafka topics")
         group = f"{stack.settings.worker.app_id}-sink"
         comparison = await compare_clickhouse_with_kafka(stack.settings, group, config.catch_up_s)
@@ -160,17 +151,19 @@ async def _run(
             "sink_caught_up": bool(comparison["caught_up"]),
             "sink_alive_at_the_end": stack.sink.alive,
         }
-        return scenario_result(
+        return sink_result(
             NAME,
             orders=orders,
             requests=config.orders,
             comparison=comparison,
             faults={
+                "kind": "SIGKILL sink during inserts",
                 "sigkill_sink": len(kills),
                 "sigkill_during_insert": during,
                 "kill_every_s": config.kill_every_s,
                 "batch_size": config.batch_size,
                 "flush_interval_s": config.flush_interval_s,
+                "summary": f"{len(kills)} sink kills, {during} during an insert",
             },
             seconds=time.monotonic() - t0,
             checks=checks,
@@ -185,8 +178,4 @@ async def _run(
             },
         )
     finally:
-        await close_stack(stack)
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli(NAME, SinkKillConfig, run))
+        await stack.stop()
