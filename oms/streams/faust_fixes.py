@@ -120,7 +120,9 @@ class StallHealer:
     never delivered; later offsets are, and (with fix 2) the commit stops at the dropped one.
     A partition whose lowest acknowledged offset stays above its committed offset for
     ``STALL_S`` is sought back to the committed offset: the dropped message is delivered, and
-    those after it again (the caller marks them as replays, which are idempotent).
+    those after it again (the caller marks them as replays, which are idempotent). So is a
+    partition read past its committed offset with nothing acknowledged and nothing in flight:
+    the dropped message was the last one read, and no later one would ever reveal it.
     """
 
     def __init__(self, consumer_of: Any, topics: set[str], stall_s: float = STALL_S) -> None:
@@ -137,15 +139,33 @@ class StallHealer:
         for tp in list(consumer.assignment()):
             if tp.topic not in self._topics:
                 continue
-            acked = consumer._acked.get(tp)
-            committed = consumer._committed_offset.get(tp)
-            if not acked or committed is None or min(acked) <= committed:
+            if not self._dropped(consumer, tp):
                 self._since.pop(tp, None)
                 continue
             first = self._since.setdefault(tp, now)
             if now - first >= self._stall_s:
-                due.append((tp, committed))
+                due.append((tp, consumer._committed_offset[tp]))
         return due
+
+    @staticmethod
+    def _dropped(consumer: Any, tp: Any) -> bool:
+        """Whether a message at the committed offset was read but never delivered: later
+        ones were processed, or (the dropped message was the last one read) nothing of the
+        partition is processed or in flight although it was read up to the commit and the
+        partition holds records beyond it."""
+        committed = consumer._committed_offset.get(tp)
+        if committed is None:
+            return False
+        acked = consumer._acked.get(tp)
+        if acked:
+            return bool(min(acked) > committed)
+        read = getattr(consumer, "_read_offset", {}).get(tp)
+        # Right after a seek the read offset equals the committed one too: only records
+        # beyond the commit (highwater of the last fetch) make it a stall.
+        if read is None or read < committed or (consumer.highwater(tp) or 0) <= committed:
+            return False
+        unacked = list(getattr(consumer, "_unacked_messages", ()))
+        return not any(m.tp == tp and not m.acked for m in unacked)
 
     async def heal(self, tp: Any, offset: int) -> None:
         """Read ``tp`` again from ``offset``."""

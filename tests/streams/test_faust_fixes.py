@@ -85,12 +85,16 @@ class FakeConsumer:
         self._acked = {self.tp: [16, 17], self.other: [5]}
         self._committed_offset = {self.tp: 15, self.other: 3}
         self.sought: list[tuple[Any, int]] = []
+        self.highwaters: dict[Any, int] = {}
 
     def assignment(self) -> set[Any]:
         return {self.tp, self.other}  # type: ignore[arg-type]
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.sought.append((tp, offset))
+
+    def highwater(self, tp: Any) -> int:
+        return self.highwaters.get(tp, 0)
 
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
@@ -104,6 +108,30 @@ async def test_stalled_input_partition_is_read_again_from_its_committed_offset()
     assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
     consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
     assert healer.stalled(now=200.0) == []
+
+
+async def test_a_dropped_last_message_is_read_again() -> None:
+    # Offset 15 was read (read offset 15) but never delivered, and nothing came after it:
+    # no acknowledged offset reveals the hole, only the read offset past the commit does.
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer._read_offset = {consumer.tp: 15, consumer.other: 2}  # type: ignore[attr-defined]
+    consumer.highwaters = {consumer.tp: 18}
+    in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
+    consumer._unacked_messages = [in_flight]  # type: ignore[attr-defined]
+    healer = faust_fixes.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    # Still being processed (queued in the stream or in the agent): not a stall.
+    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
+    in_flight.acked = True
+    assert healer.stalled(now=111.0) == []  # first seen
+    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
+    # Right after a seek to the end (read offset = committed = highwater): idle, not a stall.
+    consumer.highwaters[consumer.tp] = 15
+    assert healer.stalled(now=120.0) == [] and healer.stalled(now=130.0) == []
+    # Processed and committed: read offset 15, committed 16.
+    consumer.highwaters[consumer.tp] = 18
+    consumer._committed_offset[consumer.tp] = 16
+    assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
 
 
 async def test_an_offset_jump_is_not_counted_as_processed() -> None:
