@@ -17,7 +17,7 @@ import orjson
 from oms.benchmarks.report import machine_info
 from oms.chaos.config import ChaosConfig
 from oms.chaos.scenarios import SCENARIOS
-from oms.chaos.verdict import make_result, verdict_line
+from oms.chaos.verdict import COUNT_COLUMNS, count_cell, make_result, verdict_line
 
 RESULTS_DIR = Path("bench/results")
 # A scenario that has not ended after this long is reported as failed (its stack is
@@ -84,25 +84,7 @@ async def run_scenarios(
     }
 
 
-_COLUMNS = (
-    ("requests", "requests"),
-    ("terminal", "terminal"),
-    ("lost", "lost"),
-    ("duplicates_at_exchange", "duplicates at exchange"),
-    ("wrong_state", "wrong state"),
-    ("positions_mismatched", "positions mismatched"),
-    ("notifications_lost", "notifications lost"),
-    ("notifications_doubled", "notifications doubled"),
-    ("seconds", "seconds"),
-)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+_COLUMNS = (*COUNT_COLUMNS, ("seconds", "seconds"))
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -129,7 +111,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|" + "---:|" * len(_COLUMNS),
     ]
     for r in report["results"]:
-        cells = " | ".join(_cell(r.get(key)) for key, _ in _COLUMNS)
+        cells = " | ".join(count_cell(r.get(key)) for key, _ in _COLUMNS)
         verdict = r["verdict"] if r["ok"] else f"**{r['verdict']}**"
         lines.append(f"| {r['scenario']} | {verdict} | {cells} |")
     lines += ["", "## Faults injected", ""]

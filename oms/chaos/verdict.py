@@ -59,6 +59,28 @@ KEYS = (
 )
 
 
+# A result's counts with their column titles, in the order reports and tables show them.
+COUNT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("requests", "requests"),
+    ("terminal", "terminal"),
+    ("lost", "lost"),
+    ("duplicates_at_exchange", "duplicates at exchange"),
+    ("wrong_state", "wrong state"),
+    ("positions_mismatched", "positions mismatched"),
+    ("notifications_lost", "notifications lost"),
+    ("notifications_doubled", "notifications doubled"),
+)
+
+
+def count_cell(value: Any) -> str:
+    """A count as a table shows it: ``-`` for not checked, thousands separated."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 # The counts of audit_orders, under make_result's names.
 ORDER_COUNTS = ("terminal", "lost", "duplicates_at_exchange", "wrong_state")
 

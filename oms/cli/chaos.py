@@ -13,16 +13,6 @@ from rich.table import Table
 
 chaos_app = typer.Typer(help="Chaos scenarios (each starts what it needs).", no_args_is_help=True)
 console = Console(stderr=True)
-_COUNTS = (
-    "requests",
-    "terminal",
-    "lost",
-    "duplicates_at_exchange",
-    "wrong_state",
-    "positions_mismatched",
-    "notifications_lost",
-    "notifications_doubled",
-)
 
 
 @chaos_app.command("run")
@@ -42,7 +32,7 @@ def run(
     from oms.chaos.config import ChaosConfig
     from oms.chaos.scenarios import SCENARIOS
     from oms.chaos.suite import run_scenarios, write_report
-    from oms.chaos.verdict import verdict_line
+    from oms.chaos.verdict import COUNT_COLUMNS, count_cell, verdict_line
     from oms.logs import configure_logging
 
     configure_logging("warn")
@@ -85,7 +75,7 @@ def run(
             table.add_row(
                 r["scenario"],
                 f"[{'green' if r['ok'] else 'bold red'}]{r['verdict']}[/]",
-                *("-" if r[k] is None else f"{r[k]:,}" for k in _COUNTS),
+                *(count_cell(r[key]) for key, _ in COUNT_COLUMNS),
                 str(r["seconds"]),
             )
         Console().print(table)
