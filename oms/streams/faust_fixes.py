@@ -1,4 +1,4 @@
-"""Four fixes to faust-streaming that "a crash never loses an order" depends on.
+"""Three fixes to faust-streaming that "a crash never loses an order" depends on.
 
 1. Buffered table writes and offset commits.
 
@@ -36,13 +36,6 @@ the old assignment arrive after the seek to the committed offset. The chaos suit
 published while the killed worker was down, skipped by its successor during the rebalances
 that evict the dead member). The fix records no gap: the commit stops at the first offset
 not processed, and the stall healer below reads the partition again from there.
-
-4. Partitions never committed.
-
-Before its first commit a partition has no committed offset, and fixes 2 and 3 and the stall
-healer all measure from it: a message dropped at the very start of a new partition (a
-rebalance in a worker's first seconds) would be committed past and lost. After each seek
-Faust does on assignment, such partitions get their log start offset as the committed one.
 """
 
 from __future__ import annotations
@@ -112,26 +105,6 @@ def install() -> None:
         )  # fmt: skip
 
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
-
-    original_perform_seek = Consumer.perform_seek
-
-    async def perform_seek(self: Any) -> None:
-        # Fix 4: a partition nothing was ever committed for has no committed offset, and
-        # then neither the guard of fix 2 nor the stall healer can see a dropped head. Its
-        # next offset to read is the log start: record that as its committed offset.
-        await original_perform_seek(self)
-        acks_on = self.app.topics.acks_enabled_for
-        missing = [
-            tp
-            for tp in self.assignment()
-            if self._committed_offset.get(tp) is None and acks_on(tp.topic)
-        ]
-        if missing:
-            for tp, offset in (await self.earliest_offsets(*missing)).items():
-                if offset is not None and self._committed_offset.get(tp) is None:
-                    self._committed_offset[tp] = offset
-
-    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 # How long an input partition may wait on a message that was never delivered before it is

@@ -151,37 +151,3 @@ async def test_an_offset_jump_is_not_counted_as_processed() -> None:
     # The head (8) is now unprocessed: no commit past it until it is read again.
     state._committed_offset[tp] = 8
     assert Consumer._new_offset(state, tp) is None  # type: ignore[arg-type]
-
-
-async def test_a_partition_never_committed_counts_from_its_log_start() -> None:
-    from faust.transport.consumer import Consumer
-    from faust.types import TP
-
-    faust_fixes.install()
-    committed_before, fresh, changelog = TP("in", 0), TP("in", 1), TP("log", 0)
-
-    class Fake:
-        def __init__(self) -> None:
-            self._read_offset: dict[Any, Any] = {}
-            self._committed_offset: dict[Any, Any] = {}
-            self.app = SimpleNamespace(
-                topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "in")
-            )
-
-        def assignment(self) -> set[Any]:
-            return {committed_before, fresh, changelog}
-
-        async def seek_to_committed(self) -> dict[Any, int]:
-            return {committed_before: 7}
-
-        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
-            assert set(tps) == {fresh}  # only input partitions without a commit
-            return {fresh: 3}
-
-    consumer = Fake()
-    await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
-    assert consumer._committed_offset == {committed_before: 7, fresh: 3}
-    # With a committed offset, fix 2 refuses to commit past the dropped head (3 here).
-    consumer._acked = {fresh: [4, 5]}  # type: ignore[attr-defined]
-    consumer._gap = {fresh: None}  # type: ignore[attr-defined]
-    assert Consumer._new_offset(consumer, fresh) is None  # type: ignore[arg-type]
