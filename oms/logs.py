@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -39,3 +40,6 @@ def configure_logging(level: str = "info", json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(name)
+    # Diagnosis of a running stack without raising every library to debug.
+    for logger_name in filter(None, os.environ.get("OMS_DEBUG_LOGGERS", "").split(",")):
+        logging.getLogger(logger_name.strip()).setLevel(logging.DEBUG)

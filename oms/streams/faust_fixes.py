@@ -1,4 +1,4 @@
-"""Three fixes to faust-streaming that "a crash never loses an order" depends on.
+"""Four fixes to faust-streaming that "a crash never loses an order" depends on.
 
 1. Buffered table writes and offset commits.
 
@@ -36,6 +36,21 @@ the old assignment arrive after the seek to the committed offset. The chaos suit
 published while the killed worker was down, skipped by its successor during the rebalances
 that evict the dead member). The fix records no gap: the commit stops at the first offset
 not processed, and the stall healer below reads the partition again from there.
+
+4. Partitions never committed are not sought back.
+
+Faust drops fetched records on a rebalance (flow stopped, generation changed, partition
+paused) and relies on its seek to the committed offsets to fetch them again. aiokafka's
+``seek_to_committed`` does nothing for a partition without a committed offset, so records
+fetched for it before the seek, then dropped, are gone: the fetch position is already past
+them. The miniature worker-kill test lost whole partitions this way (about 1 run in 4): a
+partition whose first requests arrived while the killed worker was down was fetched by its
+successor during the rebalance, the records were dropped, and it was never read again. The
+fix resets such partitions to their log start after every seek to the committed offsets,
+which is where an uncommitted partition is read from anyway (``auto_offset_reset`` is
+earliest). The reset is resolved by the fetcher's own routine (no broker request inside the
+seek), and it discards records already buffered for the partition. Table changelogs are left
+to Faust's recovery, which seeks them itself.
 """
 
 from __future__ import annotations
@@ -45,7 +60,9 @@ import contextlib
 from typing import Any
 
 import structlog
+from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 
 _INSTALLED = "_oms_flush_fixed"
@@ -105,6 +122,32 @@ def install() -> None:
         )  # fmt: skip
 
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+
+    async def seek_to_committed(self: Any) -> Any:
+        consumer = self._ensure_consumer()
+        return await self.call_thread(
+            _seek_to_committed_or_log_start, consumer, self.consumer, self.app
+        )
+
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+async def _seek_to_committed_or_log_start(consumer: Any, faust_consumer: Any, app: Any) -> Any:
+    """aiokafka's seek to the committed offsets, plus fix 4: partitions never committed (0 is
+    never a real commit either: aiokafka ignores it too) are reset to their log start."""
+    committed = await consumer.seek_to_committed()
+    never = [
+        tp
+        for tp, offset in committed.items()
+        if not offset
+        and not faust_consumer._is_changelog_tp(tp)
+        and app.topics.acks_enabled_for(tp.topic)
+    ]
+    if never:
+        # Not awaited: the fetcher's routine resolves the reset (a ListOffsets request).
+        consumer._fetcher.request_offset_reset(never, OffsetResetStrategy.EARLIEST)
+        log.debug("faust.reset_to_log_start", partitions=len(never))
+    return committed
 
 
 # How long an input partition may wait on a message that was never delivered before it is

@@ -5,21 +5,13 @@ positions and notifications in agreement."""
 
 from __future__ import annotations
 
-import pytest
-
 from oms.chaos.flow import FlowConfig, run_flow
 from oms.chaos.scenarios.worker_kill import kill_every
 from oms.chaos.verdict import KEYS, verdict_line
 
 
-# An open bug, not a flaky test: in about 1 run in 4 a partition whose first request arrives
-# while the killed worker is down is never read by its successor (no offset jump, no drop,
-# no commit: nothing of it is fetched). The full 5-minute scenario (15 kills) passes. Kept
-# running, reported as xfail/xpass, until it is fixed (README, "The chaos suite").
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: a partition first written while the worker is down is sometimes never read",
-)
+# Found the fourth Faust fix (oms/streams/faust_fixes.py): before it, about 1 run in 4 lost
+# every request of a partition first written while the killed worker was down.
 async def test_worker_killed_mid_flow_loses_and_doubles_nothing(kafka_bootstrap: str) -> None:
     flow = FlowConfig(orders=40, rate=4.0, accounts=4, bootstrap=kafka_bootstrap, timeout_s=120)
     result = await run_flow("worker-kill", flow, kill_every(4.0), on_status=lambda _: None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -151,3 +152,48 @@ async def test_an_offset_jump_is_not_counted_as_processed() -> None:
     # The head (8) is now unprocessed: no commit past it until it is read again.
     state._committed_offset[tp] = 8
     assert Consumer._new_offset(state, tp) is None  # type: ignore[arg-type]
+
+
+async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
+    kafka_bootstrap: str,
+) -> None:
+    """Fix 4, through a real broker: records fetched for a partition that has no committed
+    offset, then dropped (as Faust drops them on a rebalance), are fetched again after the
+    seek to the committed offsets. Plain aiokafka leaves the position past them."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    topic = f"fix4-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for n in range(3):
+            await producer.send_and_wait(topic, f"r{n}".encode(), partition=0)
+    finally:
+        await producer.stop()
+
+    faust_side = SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic.endswith("-changelog"))
+    app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+
+    async def dropped_then_sought(fixed: bool) -> list[int]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"{topic}-{fixed}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            first = await consumer.getmany(timeout_ms=10_000)  # fetched, then "dropped"
+            assert [r.offset for rs in first.values() for r in rs] == [0, 1, 2]
+            if fixed:
+                await faust_fixes._seek_to_committed_or_log_start(consumer, faust_side, app)
+            else:
+                await consumer.seek_to_committed()
+            again = await consumer.getmany(timeout_ms=2_000)
+            return [r.offset for rs in again.values() for r in rs]
+        finally:
+            await consumer.stop()
+
+    assert await dropped_then_sought(fixed=False) == []  # the bug: nothing is read again
+    assert await dropped_then_sought(fixed=True) == [0, 1, 2]
