@@ -50,7 +50,9 @@ fix resets such partitions to their log start after every seek to the committed 
 which is where an uncommitted partition is read from anyway (``auto_offset_reset`` is
 earliest). The reset is resolved by the fetcher's own routine (no broker request inside the
 seek), and it discards records already buffered for the partition. Table changelogs are left
-to Faust's recovery, which seeks them itself.
+to Faust's recovery, which seeks them itself. Until the reset is resolved the partition has no
+fetch position, which Faust's livelock check (``verify_event_path``) cannot take: it skips
+such a partition instead of crashing the worker.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import contextlib
 from typing import Any
 
 import structlog
+from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -130,6 +133,23 @@ def install() -> None:
         )
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+    original_verify = AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self: Any, now: float, tp: Any) -> None:
+        # Faust's livelock check reads the fetch position, which aiokafka asserts is set; a
+        # partition reset by fix 4 has none until the fetcher has resolved the reset, and
+        # the assertion would crash the worker.
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return None  # between assignments: nothing to verify
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is None or not state.has_valid_position:
+            return None
+        return original_verify(self, now, tp)
+
+    AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
 
 
 async def _seek_to_committed_or_log_start(consumer: Any, faust_consumer: Any, app: Any) -> Any:
