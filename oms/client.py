@@ -482,7 +482,8 @@ class OrderClient:
         self, account_id: str | None = None, days: int = 30
     ) -> dict[str, Any]:
         """Per-day fills, turnover, realized PnL, fees, fill ratio, slippage; exposure and
-        unrealized PnL by instrument and currency; totals (seed 3.3)."""
+        unrealized PnL by instrument, USD exposure by currency; counts, and money totals per
+        settlement currency and turnover unit (seed 3.3)."""
         from oms.positions.queries import calculate_position_statistics
 
         return await calculate_position_statistics(

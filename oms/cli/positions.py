@@ -120,15 +120,24 @@ def print_position_statistics(account: str | None, days: int, json: bool) -> Non
     if json:
         print(orjson.dumps(result).decode())
         return
+    render_position_statistics(result)
+
+
+def render_position_statistics(result: dict[str, Any]) -> None:
+    """The statistics as terminal tables: per day, exposure, and money totals per unit."""
     daily_columns = [
         "day", "account_id", "instrument_name", "fills", "turnover", "realized_pnl", "fees",
         "orders", "fill_ratio", "avg_slippage_bps", "corrections",
     ]  # fmt: skip
     console.print(_table("daily", result["daily"], daily_columns))
-    exposure = [{"currency": k, **v} for k, v in result["exposure_by_currency"].items()]
-    console.print(
-        _table(
-            "exposure by currency", exposure, ["currency", "size", "exposure_usd", "unrealized_pnl"]
-        )
-    )
+    exposure = [{"instrument_name": k, **v} for k, v in result["exposure_by_instrument"].items()]
+    exposure_columns = ["instrument_name", "size", "exposure_usd", "unrealized_pnl", "pnl_currency"]
+    console.print(_table("exposure by instrument", exposure, exposure_columns))
+    by_currency = [{"currency": k, **v} for k, v in result["exposure_by_currency"].items()]
+    console.print(_table("exposure by currency", by_currency, ["currency", "exposure_usd"]))
+    money = result["totals_by_currency"]
+    money_columns = [
+        "currency", "fills", "realized_pnl", "fees", "unrealized_pnl", "turnover", "turnover_unit",
+    ]  # fmt: skip
+    console.print(_table("totals by currency", money, money_columns))
     console.print(_table("totals", [result["totals"]], list(result["totals"])))

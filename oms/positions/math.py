@@ -55,6 +55,18 @@ def kind_of(
     return PositionKind.INVERSE
 
 
+def pnl_currency(instrument_name: str) -> str:
+    """Currency of a position's PnL and fees: its settlement currency (BTC for
+    ``BTC-PERPETUAL`` and BTC options, USDC for ``BTC_USDC-PERPETUAL``)."""
+    base, _, settlement = instrument_name.split("-")[0].partition("_")
+    return settlement or base
+
+
+def turnover_unit(kind: PositionKind, instrument_name: str) -> str:
+    """Unit of :func:`notional`: USD for inverse contracts, else the settlement currency."""
+    return "USD" if kind is PositionKind.INVERSE else pnl_currency(instrument_name)
+
+
 @dataclass(frozen=True)
 class Book:
     """A position's numbers: signed size, average entry price, realized PnL, fees."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from oms.positions.math import PositionKind, kind_of, pnl_currency, turnover_unit
 from oms.settings import Settings
 from oms.sinks.queries import MAX_LIMIT, account_filters, to_epoch_ms
 from oms.sinks.query import run_query
@@ -152,23 +153,22 @@ async def calculate_position_statistics(
     )
     daily = (await run_query(settings, daily_sql, params)).records()
     positions = await get_current_positions(settings, account_id)
-    by_instrument: dict[str, dict[str, float]] = {}
+    by_instrument: dict[str, dict[str, Any]] = {}
     by_currency: dict[str, dict[str, float]] = {}
     for p in positions:
-        for bucket, name in (
-            (by_instrument, p["instrument_name"]),
-            (by_currency, p["base_currency"]),
-        ):
-            agg = bucket.setdefault(name, {"exposure_usd": 0.0, "unrealized_pnl": 0.0, "size": 0.0})
-            agg["exposure_usd"] += p["exposure_usd"] or 0.0
-            agg["unrealized_pnl"] += p["unrealized_pnl"] or 0.0
-            agg["size"] += p["size"] or 0.0
+        name = p["instrument_name"]
+        one = by_instrument.setdefault(
+            name,
+            {"exposure_usd": 0.0, "unrealized_pnl": 0.0, "size": 0.0,
+             "pnl_currency": pnl_currency(name)},
+        )  # fmt: skip
+        one["exposure_usd"] += p["exposure_usd"] or 0.0
+        one["unrealized_pnl"] += p["unrealized_pnl"] or 0.0
+        one["size"] += p["size"] or 0.0
+        exposure = by_currency.setdefault(p["base_currency"], {"exposure_usd": 0.0})
+        exposure["exposure_usd"] += p["exposure_usd"] or 0.0
     totals = {
         "fills": sum(int(d["fills"]) for d in daily),
-        "turnover": sum(float(d["turnover"]) for d in daily),
-        "realized_pnl": sum(float(d["realized_pnl"]) for d in daily),
-        "fees": sum(float(d["fees"]) for d in daily),
-        "unrealized_pnl": sum(float(p["unrealized_pnl"] or 0.0) for p in positions),
         "positions": len(positions),
         "needs_review": sum(1 for p in positions if p["needs_review"]),
     }
@@ -179,4 +179,36 @@ async def calculate_position_statistics(
         "exposure_by_instrument": by_instrument,
         "exposure_by_currency": by_currency,
         "totals": totals,
+        "totals_by_currency": totals_by_currency(daily, positions),
     }
+
+
+def totals_by_currency(
+    daily: list[dict[str, Any]], positions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Money totals that only add up within one unit: PnL and fees per settlement currency,
+    turnover per notional unit (USD for inverse contracts), one row per pair of the two."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(instrument_name: str, kind: str | None) -> dict[str, Any]:
+        known = kind is not None and kind in {k.value for k in PositionKind}
+        convention = PositionKind(kind) if kind is not None and known else kind_of(instrument_name)
+        currency = pnl_currency(instrument_name)
+        unit = turnover_unit(convention, instrument_name)
+        return rows.setdefault(
+            (currency, unit),
+            {"currency": currency, "turnover_unit": unit, "fills": 0, "turnover": 0.0,
+             "realized_pnl": 0.0, "fees": 0.0, "unrealized_pnl": 0.0},
+        )  # fmt: skip
+
+    for d in daily:
+        r = row(d["instrument_name"], d.get("kind"))
+        r["fills"] += int(d["fills"])
+        r["turnover"] += float(d["turnover"])
+        r["realized_pnl"] += float(d["realized_pnl"])
+        r["fees"] += float(d["fees"])
+    for p in positions:
+        row(p["instrument_name"], p.get("kind"))["unrealized_pnl"] += float(
+            p["unrealized_pnl"] or 0.0
+        )
+    return [rows[k] for k in sorted(rows)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from oms.cli import positions as cli_positions
 from oms.client import OrderClient
 from oms.positions.ledger import Ledger
 from oms.positions.math import PositionKind, kind_of
@@ -156,6 +157,18 @@ async def test_records_views_statistics_and_queries(settings: Settings) -> None:
     )
     assert stats["totals"]["fills"] == len(FILLS)
     assert stats["exposure_by_currency"]["BTC"]["exposure_usd"] == pytest.approx(-250 + 3 * 48_000)
+    # Money adds up within one unit only: BTC PnL with USD turnover (inverse), USDC for linear.
+    money = {(t["currency"], t["turnover_unit"]): t for t in stats["totals_by_currency"]}
+    assert sorted(money) == [("BTC", "USD"), ("USDC", "USDC")]
+    assert (money["BTC", "USD"]["fills"], money["BTC", "USD"]["turnover"]) == (4, 850)
+    assert money["BTC", "USD"]["realized_pnl"] == pytest.approx(btc.realized_pnl)
+    assert money["USDC", "USDC"]["turnover"] == pytest.approx(2 * 46_000 + 47_000)
+    usdc_position = stats["exposure_by_instrument"]["BTC_USDC-PERPETUAL"]
+    assert usdc_position["pnl_currency"] == "USDC"
+    assert money["USDC", "USDC"]["unrealized_pnl"] == pytest.approx(usdc_position["unrealized_pnl"])
+    with cli_positions.console.capture() as printed:
+        cli_positions.render_position_statistics(stats)
+    assert "totals by currency" in printed.get() and "USDC" in printed.get()
 
     # The SDK's methods are these queries, defaulting to the client's account.
     sdk = OrderClient("acct-1", settings=settings, follow_events=False)
