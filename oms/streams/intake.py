@@ -70,6 +70,9 @@ class IntakeContext(AgentContext):
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
     # Authentication and pre-trade risk (issue 9); None: neither.
     guard: IntakeGuard | None = None
+    # Waits until the table writes made so far are on Kafka (the worker: its producer's
+    # flush); None: writes are durable at once (tests with a plain dict).
+    make_durable: Callable[[], Awaitable[None]] | None = None
 
 
 async def handle_request(
@@ -398,9 +401,14 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
         ctx.orders[order_id] = order
         await ctx.emit(event)
     elif request.command is CommandType.CANCEL:
-        order = review.with_cancel_reason(order, request)
-        ctx.orders[order_id] = order
-        await ctx.executor.cancel(order, request.request_id)
+        reasoned = review.with_cancel_reason(order, request)
+        ctx.orders[order_id] = reasoned
+        if reasoned is not order and ctx.make_durable is not None:
+            # The OMS's own reason (auto-cancel, partial fill...) must outlive a crash between
+            # the cancel and its report: a successor would record the exchange's cancel
+            # before replaying this request, without the reason (seen in the chaos suite).
+            await ctx.make_durable()
+        await ctx.executor.cancel(reasoned, request.request_id)
     elif request.command is CommandType.RETRY:
         order, event = review.resubmission(order)
         ctx.orders[order_id] = order

@@ -123,6 +123,7 @@ class OrderWorker:
             on_fired=self.trigger_loop.publish,
             publish_trigger=self._publish_trigger,
             guard=self.guard,
+            make_durable=lambda: self.app.producer.flush(),
         )
         self.release = ReleaseContext(
             orders=self.oms.orders,

@@ -1,0 +1,123 @@
+"""An OMS-initiated cancel: its reason is durable before the cancel leaves for the exchange.
+
+A worker killed between the cancel and the exchange's report leaves a successor that records
+the report before it replays the request; it can say "auto_cancelled" only if the table write
+with the reason reached Kafka first (the chaos suite's worker-kill found one such order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oms.lifecycle.monitor import lifecycle_request_id
+from oms.lifecycle.policy import CANCEL_REASON_KEY
+from oms.schemas import (
+    CommandType,
+    Direction,
+    OrderEvent,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    ReasonCode,
+)
+from oms.settings import QueueSettings
+from oms.streams.intake import IntakeContext, handle_request
+
+
+class KafkaBackedTable(dict[str, Any]):
+    """The order table and what of it is on Kafka: writes get there on ``flush``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_kafka: dict[str, Any] = {}
+
+    async def flush(self) -> None:
+        self.on_kafka = dict(self)
+
+
+class Exchange:
+    """Records each cancel with what the table had on Kafka at that moment."""
+
+    def __init__(self, table: KafkaBackedTable) -> None:
+        self.table = table
+        self.cancels: list[tuple[str, OrderRecord | None]] = []
+
+    async def cancel(self, order: OrderRecord, request_id: str) -> None:
+        self.cancels.append((request_id, self.table.on_kafka.get(order.order_id)))
+
+
+def _context(table: KafkaBackedTable, exchange: Exchange, events: list[OrderEvent]) -> Any:
+    async def emit(event: OrderEvent) -> None:
+        events.append(event)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    return IntakeContext(
+        orders=table,
+        emit=emit,
+        dead_letter=nothing,
+        source_topic="order-requests",
+        executor=exchange,  # type: ignore[arg-type]
+        instrument=lambda name: None,
+        account_known=lambda account: True,
+        held=None,  # type: ignore[arg-type]
+        queue_settings=QueueSettings(),
+        on_fired=nothing,
+        publish_trigger=nothing,
+        make_durable=table.flush,
+    )
+
+
+def _open_order() -> OrderRecord:
+    return OrderRecord(
+        order_id="o-1",
+        request_id="r-1",
+        account_id="a",
+        instrument_name="BTC-PERPETUAL",
+        direction=Direction.BUY,
+        order_type=OrderType.LIMIT,
+        amount=10,
+        price=1_000.0,
+        status=OrderStatus.OPEN,
+        version=3,
+    )
+
+
+async def _cancel(request: OrderRequest) -> list[tuple[str, OrderRecord | None]]:
+    table, events = KafkaBackedTable(), []
+    table["o-1"] = _open_order()
+    await table.flush()
+    exchange = Exchange(table)
+    raw = request.model_dump_json().encode()
+    await handle_request(
+        _context(table, exchange, events), raw, key=b"o-1", partition=0, offset=7, replayed=False
+    )
+    return exchange.cancels
+
+
+async def test_an_auto_cancel_reason_is_on_kafka_before_the_cancel_is_sent() -> None:
+    request_id = lifecycle_request_id(ReasonCode.AUTO_CANCELLED, "o-1")
+    cancels = await _cancel(
+        OrderRequest(
+            command=CommandType.CANCEL,
+            request_id=request_id,
+            account_id="a",
+            order_id="o-1",
+            metadata={CANCEL_REASON_KEY: ReasonCode.AUTO_CANCELLED.value},
+        )
+    )
+    assert len(cancels) == 1
+    sent_as, on_kafka = cancels[0]
+    assert sent_as == request_id
+    assert on_kafka is not None and on_kafka.reason_code is ReasonCode.AUTO_CANCELLED
+    assert request_id in on_kafka.seen_request_ids
+
+
+async def test_a_client_cancel_has_no_reason_to_wait_for() -> None:
+    cancels = await _cancel(
+        OrderRequest(command=CommandType.CANCEL, request_id="c-1", account_id="a", order_id="o-1")
+    )
+    assert [(request_id, kafka.reason_code) for request_id, kafka in cancels if kafka] == [
+        ("c-1", None)
+    ]
