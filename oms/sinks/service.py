@@ -229,7 +229,7 @@ class SinkService:
                 wait = max(0.0, sink.flush_interval_s - self._batch.age())
             else:
                 wait = sink.flush_interval_s
-            room = max(1, sink.batch_size - len(self._batch))
+            room = self._batch.room(sink.batch_size)
             # Short polls keep shutdown prompt; a timer would not make flushes more exact.
             fetched = await self._consumer.getmany(
                 timeout_ms=int(min(wait, 0.5) * 1000), max_records=room
@@ -239,7 +239,7 @@ class SinkService:
                 self._add(self._stash)
                 self._stash = []
                 self._add(_messages(fetched))
-                full = len(self._batch) >= sink.batch_size
+                full = self._batch.full(sink.batch_size)
                 due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
                 if full or due:
                     await self._await_writing(poll_while_waiting=True)
