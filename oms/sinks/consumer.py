@@ -149,18 +149,24 @@ class SinkConsumer:
         with contextlib.suppress(BaseException):
             if done.done() and done.exception() is not None:
                 log.error("sink.revoke_failed", error=repr(done.exception())[:300])
-        self._forget(revoked)
+        self._forget(consumer, partitions)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Already someone else's: committing for them would fail. What we hold of them is
         # written anyway and replayed by the new owner; the tables collapse the repeat.
-        lost = [(tp.topic, tp.partition) for tp in partitions]
-        log.warning("sink.partitions_lost", partitions=len(lost))
-        self._forget(lost)
+        log.warning("sink.partitions_lost", partitions=len(partitions))
+        self._forget(consumer, partitions)
 
-    def _forget(self, partitions: list[Partition]) -> None:
-        self._assignment.difference_update(partitions)
-        self._paused.difference_update(partitions)
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        # librdkafka keeps a partition paused through a rebalance: one assigned back to us
+        # would never be fetched again. Resume them while they are still ours.
+        paused = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        if paused:
+            with contextlib.suppress(KafkaException):
+                consumer.resume(paused)
+        self._assignment -= gone
+        self._paused -= gone
 
     # -- the sink's calls (event loop)
 
