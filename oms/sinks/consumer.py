@@ -184,11 +184,15 @@ class SinkConsumer:
 
     def _consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         assert self._consumer is not None
-        out = []
-        for m in self._consumer.consume(max_messages, timeout_s):
-            if m.error() is None:
-                out.append(Message(m.topic(), m.partition(), m.offset(), m.value()))  # type: ignore[arg-type]
-            else:
+        got = self._consumer.consume(max_messages, timeout_s)
+        # One comprehension: this runs for every message, holding the GIL.
+        out = [
+            Message(m.topic(), m.partition(), m.offset(), m.value())  # type: ignore[arg-type]
+            for m in got
+            if m.error() is None
+        ]
+        if len(out) < len(got):
+            for m in got:
                 _log_error(m.error())
         return out
 

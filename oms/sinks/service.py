@@ -242,8 +242,9 @@ class SinkService:
                     await asyncio.sleep(0)
 
     def _add(self, messages: list[Message]) -> None:
+        add = self._batch.add
         for msg in messages:
-            self._batch.add(msg)
+            add(msg)
         self.stats.consumed += len(messages)
 
     def _start_writing(self) -> None:
