@@ -118,7 +118,7 @@ async def test_revoke_while_paused_behind_a_failing_insert_flushes_before_moving
     revoke. The revoke must wait for the insert, write the held batch, commit, and only then
     let the partitions go: the new member reads none of the messages the sink stored."""
     settings = await sink_settings(make_settings, batch_size=20)
-    n = 10
+    n = 20  # enough for a second full batch while the first keeps failing
     await produce(kafka_io, settings, order_traffic("v", n))
     revoking = asyncio.Event()
     revoked_while_paused: list[bool] = []
