@@ -118,8 +118,9 @@ async def _sink_rows(session: aiohttp.ClientSession, url: str) -> int:
 
 def _direct_insert(
     path: Path, settings: Settings, records: list[bytes], reports: list[bytes]
-) -> float:
-    """Rows/s of bulk inserts of the same rows into a fresh embedded database."""
+) -> tuple[float, float]:
+    """Rows/s of bulk inserts of the same rows into a fresh embedded database, and the CPU
+    seconds this process used meanwhile (chDB's threads included)."""
     import clickhouse_connect
 
     from oms.sinks.clickhouse.migrations import apply_migrations
@@ -137,10 +138,11 @@ def _direct_insert(
         size = settings.sink.batch_size
         total = sum(len(rows) for rows in tables.values())
         start = time.perf_counter()
+        cpu = time.process_time()
         for table, rows in tables.items():
             for i in range(0, len(rows), size):
                 client.insert(table, rows[i : i + size], column_names=COLUMNS[table])
-        return total / (time.perf_counter() - start)
+        return total / (time.perf_counter() - start), time.process_time() - cpu
     finally:
         client.close()
 
@@ -236,9 +238,10 @@ async def run_positions_bench(
         assert first_at is not None
         sink_seconds = now - first_at
         sink_rows_per_s = (want - first_rows) / sink_seconds if sink_seconds > 0 else float(want)
+        sink_cpu = _cpu_seconds(sink.proc.pid if sink.proc else None)
         sink.stop()
         on_status("direct inserts of the same rows")
-        direct = await asyncio.to_thread(
+        direct, direct_cpu = await asyncio.to_thread(
             _direct_insert, base / "direct-clickhouse", settings, records, reports
         )
         return {
@@ -257,6 +260,10 @@ async def run_positions_bench(
             "sink_rows_per_s": round(sink_rows_per_s, 1),
             "direct_insert_rows_per_s": round(direct, 1),
             "sink_ratio": round(sink_rows_per_s / direct, 3) if direct else None,
+            # CPU of the sink process (start-up included) and of the direct inserts: the
+            # cost per row, which the machine's other load does not move as it moves rates.
+            "sink_cpu_s": round(sink_cpu, 2) if sink_cpu is not None else None,
+            "direct_cpu_s": round(direct_cpu, 2),
             "recording_mode": settings.positions.recording_mode,
         }
     except BaseException:

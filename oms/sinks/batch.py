@@ -36,6 +36,10 @@ SINK_TOPICS: tuple[Topic, ...] = (
     Topic.METRICS,
 )
 
+# A batch is full when one table has ``batch_size`` rows, or, whatever its rows (ticks sampled
+# out, malformed messages), once it holds this many times ``batch_size`` messages.
+MESSAGES_PER_BATCH_FACTOR = 4
+
 
 class Message(NamedTuple):
     """The parts of a Kafka record the sink needs (a tuple: one is built per record)."""
@@ -98,6 +102,33 @@ class Batch:
 
     def age(self) -> float:
         return time.monotonic() - self.started
+
+    def table_rows(self) -> list[int]:
+        """Rows per table with rows in this batch (a staging table counts the rows its view
+        writes)."""
+        return [n for n in (*map(len, self.rows.values()), *self.raw_rows.values()) if n]
+
+    def room(self, batch_size: int) -> int:
+        """Messages to fetch before the batch may be full (at least 1)."""
+        rows = self.table_rows()
+        return max(
+            1,
+            min(
+                batch_size * max(1, len(rows)) - sum(rows),
+                MESSAGES_PER_BATCH_FACTOR * batch_size - self.messages,
+            ),
+        )
+
+    def full(self, batch_size: int) -> bool:
+        """Its tables hold ``batch_size`` rows each on average, or it reached the message cap.
+
+        ``batch_size`` is rows per insert: each table is one insert, and ClickHouse pays per
+        insert and per part, so a batch of two busy topics' messages holds twice as many."""
+        rows = self.table_rows()
+        return (
+            sum(rows) >= batch_size * max(1, len(rows))
+            or self.messages >= MESSAGES_PER_BATCH_FACTOR * batch_size
+        )
 
     def add(self, msg: Message) -> None:
         """Turn one message into rows; malformed ones are counted, logged and skipped."""

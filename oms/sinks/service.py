@@ -24,9 +24,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from oms.kafka_admin import ensure_topics
@@ -35,6 +32,7 @@ from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
 from oms.sinks.clickhouse.integrity import STORAGE_REASONS, broken_detached_parts, broken_tables
 from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
+from oms.sinks.consumer import CommitError, Partition, SinkConsumer
 from oms.sinks.failures import error_line, insert_failure_reason
 from oms.sinks.lock import SQL_ROLE, ChdbPathLock
 from oms.sinks.query import query_url
@@ -105,7 +103,11 @@ class SinkService:
         self._writer: Client | None = None
         self._reader: Client | None = None
         self._ch: AsyncClickHouse | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: SinkConsumer | None = None
+        # The consume loop holds the flush lock while it polls with its partitions paused;
+        # a revoke arriving in that poll flushes on its behalf (see _partitions_revoked).
+        self._polling_paused = False
+        self._closing = False
         self._http: web.AppRunner | None = None
         self._rechecks: asyncio.Task[None] | None = None
 
@@ -139,17 +141,10 @@ class SinkService:
         if self._lock is not None:
             self._lock.update(query_url=query_url(s))
         await ensure_topics(s)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka.bootstrap,
-            group_id=self.group_id,
-            client_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=s.sink.batch_size,
+        self._consumer = SinkConsumer(
+            s.kafka.bootstrap, self.group_id, on_revoke=self._partitions_revoked
         )
-        await self._consumer.start()
-        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await self._consumer.start(self.topics)
         log.info(
             "sink.started",
             dsn=s.clickhouse_dsn,
@@ -195,8 +190,9 @@ class SinkService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._rechecks
         if self._consumer is not None:
+            self._closing = True  # leaving the group: what is held now is not flushed
             with contextlib.suppress(Exception):
-                await self._consumer.stop()
+                await self._consumer.close()
         await self._close_clickhouse()
         if self._lock is not None:
             self._lock.release()
@@ -229,28 +225,26 @@ class SinkService:
                 wait = max(0.0, sink.flush_interval_s - self._batch.age())
             else:
                 wait = sink.flush_interval_s
-            room = max(1, sink.batch_size - len(self._batch))
+            room = self._batch.room(sink.batch_size)
             # Short polls keep shutdown prompt; a timer would not make flushes more exact.
-            fetched = await self._consumer.getmany(
-                timeout_ms=int(min(wait, 0.5) * 1000), max_records=room
-            )
+            fetched = await self._consumer.consume(room, min(wait, 0.5))
             # Under the lock: a rebalance callback may be flushing this very batch.
             async with self._flush_lock:
                 self._add(self._stash)
                 self._stash = []
-                self._add(_messages(fetched))
-                full = len(self._batch) >= sink.batch_size
+                self._add(fetched)
+                full = self._batch.full(sink.batch_size)
                 due = self._batch.messages and self._batch.age() >= sink.flush_interval_s
                 if full or due:
                     await self._await_writing(poll_while_waiting=True)
                     self._start_writing()
-                    # Let the writer reach its thread now: getmany() returns buffered records
-                    # without ever yielding, so it would start only when awaited.
+                    # Let the writer reach its thread now, before the next consume call.
                     await asyncio.sleep(0)
 
     def _add(self, messages: list[Message]) -> None:
+        add = self._batch.add
         for msg in messages:
-            self._batch.add(msg)
+            add(msg)
         self.stats.consumed += len(messages)
 
     def _start_writing(self) -> None:
@@ -278,11 +272,26 @@ class SinkService:
     async def _flush_and_commit(self) -> None:
         """Write everything buffered (retrying until it succeeds) and commit its offsets."""
         async with self._flush_lock:
-            await self._await_writing(poll_while_waiting=False)
-            self._add(self._stash)
-            self._stash = []
-            self._start_writing()
-            await self._await_writing(poll_while_waiting=False)
+            await self._flush_and_commit_locked()
+
+    async def _flush_and_commit_locked(self) -> None:
+        await self._await_writing(poll_while_waiting=False)
+        self._add(self._stash)
+        self._stash = []
+        self._start_writing()
+        await self._await_writing(poll_while_waiting=False)
+
+    async def _partitions_revoked(self, revoked: list[Partition]) -> None:
+        """Flush and commit before partitions move, so their new owner starts after our
+        rows. Runs while the consumer waits in its rebalance callback."""
+        if not revoked or self._abort.is_set() or self._closing:
+            return
+        if self._polling_paused:
+            # The consume loop holds the flush lock and is parked in the very poll that
+            # brought this revoke: it cannot move until we return, so act in its place.
+            await self._flush_and_commit_locked()
+        else:
+            await self._flush_and_commit()
 
     async def _write(self, batch: Batch) -> None:
         await self._insert_with_retry(batch)
@@ -403,55 +412,37 @@ class SinkService:
         group keeps us (max.poll.interval) through a long insert retry but no new input
         arrives: at most two batches are ever held."""
         assert self._consumer is not None
-        paused: set[TopicPartition] = set()
+        paused: set[Partition] = set()
         try:
             while not task.done():
                 done, _ = await asyncio.wait({task}, timeout=1.0)
                 if done:
                     break
-                assignment = set(self._consumer.assignment())
-                self._consumer.pause(*assignment)
+                assignment = self._consumer.assignment()
+                await self._consumer.pause(assignment)
                 paused |= assignment
-                fetched = await self._consumer.getmany(timeout_ms=0)
+                self._polling_paused = True
+                try:
+                    fetched = await self._consumer.consume(self.settings.sink.batch_size, 0)
+                finally:
+                    self._polling_paused = False
                 # Only records fetched before a pause can show up here: keep them for later.
-                self._stash.extend(_messages(fetched))
+                self._stash.extend(fetched)
         finally:
             if paused:
-                self._consumer.resume(*paused)
+                await self._consumer.resume(paused)
 
     async def _commit(self, batch: Batch) -> None:
         assert self._consumer is not None
-        offsets = {TopicPartition(t, p): off for (t, p), off in batch.commit.items()}
+        offsets = batch.commit
         try:
             # Bounded: a commit must never hold the flush lock through a stuck rebalance.
             await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
-        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+        except (CommitError, TimeoutError) as exc:
             # The rows are stored; whoever reads these partitions next replays them and the
             # tables collapse the duplicates. Nothing to retry here.
             self.stats.commit_failures += 1
             log.warning("sink.commit_failed", error=str(exc)[:300], partitions=len(offsets))
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """Flush and commit before partitions move, so their new owner starts after our rows."""
-
-    def __init__(self, service: SinkService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        if revoked and not self.service._abort.is_set():
-            await self.service._flush_and_commit()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("sink.assigned", partitions=len(assigned))
-
-
-def _messages(fetched: dict[TopicPartition, list[Any]]) -> list[Message]:
-    return [
-        Message(tp.topic, tp.partition, record.offset, record.value)
-        for tp, records in fetched.items()
-        for record in records
-    ]
 
 
 async def run_sink(settings: Settings) -> SinkService:

@@ -8,7 +8,7 @@ from clickhouse_connect.driver.client import Client
 
 from oms.schemas import OrderEventType, OrderStatus, ReportSource, Topic
 from oms.settings import Settings
-from oms.sinks.batch import Batch, Message, TickSampler
+from oms.sinks.batch import MESSAGES_PER_BATCH_FACTOR, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse
 from oms.sinks.clickhouse.migrations import MIGRATIONS, apply_migrations, sync_retention
 from oms.sinks.queries import get_order_history
@@ -164,6 +164,45 @@ async def test_malformed_messages_are_counted_and_committed(settings: Settings) 
     assert b.malformed == 3
     assert len(b.rows["order_events"]) == 1
     assert b.commit == {(settings.topic("order-events"), 2): 11}
+
+
+def accepted(i: int) -> bytes:
+    """An order event with its order snapshot: one row in order_events, one in orders."""
+    return order_event(f"o-{i}", 1, OrderStatus.PENDING, OrderEventType.ACCEPTED).to_bytes()
+
+
+def test_batch_is_full_at_batch_size_rows_per_table_on_average(settings: Settings) -> None:
+    """batch_size counts rows per insert: two busy topics fill a batch of twice as many
+    messages, each table's insert getting batch_size rows (as a direct bulk insert would)."""
+    size = 10
+    b = Batch.for_settings(settings, TickSampler(1_000))
+    reports = settings.topic("execution-reports")
+    for i in range(size):
+        b.add(Message(reports, 0, i, fill_report(f"o-{i}", [f"t-{i}"]).to_bytes()))
+    assert b.full(size)  # one table, 10 rows
+    events = settings.topic("order-events")
+    b.add(Message(events, 1, 0, accepted(0)))
+    # Three tables now (executions, order_events, orders): 12 rows, 30 wanted.
+    assert not b.full(size)
+    assert b.room(size) == 3 * size - 12
+    for i in range(1, 9):
+        b.add(Message(events, 1, i, accepted(i)))
+    assert sorted(b.table_rows()) == [9, 9, 10] and not b.full(size)
+    b.add(Message(events, 1, 9, accepted(9)))
+    assert b.full(size)
+
+
+def test_batch_of_rowless_messages_is_full_at_the_message_cap(settings: Settings) -> None:
+    size = 10
+    b = Batch.for_settings(settings, TickSampler(1_000))
+    ticks = settings.topic("market-ticks")
+    # The same one-second period: one tick kept, every other one sampled out (no row).
+    for i in range(MESSAGES_PER_BATCH_FACTOR * size - 1):
+        b.add(Message(ticks, 0, i, tick("BTC-PERPETUAL", T0 + i).to_bytes()))
+    assert b.table_rows() == [1] and not b.full(size)
+    assert b.room(size) == 1
+    b.add(Message(ticks, 0, 99, tick("BTC-PERPETUAL", T0 + 99).to_bytes()))
+    assert b.full(size)
 
 
 async def test_order_history_reads_latest_state(settings: Settings, ch: Client) -> None:
