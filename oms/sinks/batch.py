@@ -17,6 +17,7 @@ from oms.schemas import (
     MetricsSample,
     NotificationRecord,
     OrderEvent,
+    ReasonCode,
     Topic,
 )
 from oms.settings import Settings
@@ -90,6 +91,8 @@ class Batch:
     commit: dict[tuple[str, int], int] = field(default_factory=dict)
     messages: int = 0
     malformed: int = 0
+    # Malformed messages, for the dead-letter topic before the batch is committed.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     sampled_out: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -159,20 +162,39 @@ class Batch:
             else:
                 produced = self._rows(topic, msg)
         except (pydantic.ValidationError, orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            self.malformed += 1
-            log.warning(
-                "sink.malformed_message",
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                error=str(exc).splitlines()[0][:300],
-            )
+            self._malformed(topic, msg, exc)
             return
         for table, table_rows in produced:
             if not table_rows:
                 continue
             self.rows.setdefault(table, []).extend(table_rows)
             self._span(table, key, msg.offset)
+
+    def _malformed(self, topic: Topic, msg: Message, exc: Exception) -> None:
+        """Count and log it, and dead-letter it with its reason: nothing is lost. A malformed
+        dead letter is only logged: sending it back would loop."""
+        self.malformed += 1
+        error = str(exc).splitlines()[0][:300]
+        reason = _malformed_reason(exc)
+        log.warning(
+            "sink.malformed_message",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason_code=reason.value,
+            error=error,
+        )
+        if topic is not Topic.DEAD_LETTERS:
+            self.dead_letters.append(
+                DeadLetter.for_payload(
+                    msg.value or b"",
+                    source_topic=msg.topic,
+                    reason_code=reason,
+                    error=f"sink: {error}",
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+            )
 
     def _span(self, table: str, key: tuple[str, int], offset: int) -> None:
         spans = self.ranges.get(table)
@@ -226,3 +248,14 @@ class Batch:
         spans = sorted(self.ranges.get(table, {}).items())
         text = table + "|" + ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in spans)
         return f"{table}:{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"
+
+
+def _malformed_reason(exc: Exception) -> ReasonCode:
+    """``malformed_json`` for bytes that are not JSON, ``schema_invalid`` for the rest."""
+    if isinstance(exc, orjson.JSONDecodeError):
+        return ReasonCode.MALFORMED_JSON
+    if isinstance(exc, pydantic.ValidationError) and any(
+        e["type"] == "json_invalid" for e in exc.errors()
+    ):
+        return ReasonCode.MALFORMED_JSON
+    return ReasonCode.SCHEMA_INVALID

@@ -24,9 +24,11 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.client import Client
 
 from oms.kafka_admin import ensure_topics
+from oms.schemas import Topic
 from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
@@ -52,6 +54,7 @@ class SinkStats:
 
     consumed: int = 0
     malformed: int = 0
+    dead_lettered: int = 0
     sampled_out: int = 0
     flushes: int = 0
     insert_failures: int = 0
@@ -104,6 +107,7 @@ class SinkService:
         self._reader: Client | None = None
         self._ch: AsyncClickHouse | None = None
         self._consumer: SinkConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         # The consume loop holds the flush lock while it polls with its partitions paused;
         # a revoke arriving in that poll flushes on its behalf (see _partitions_revoked).
         self._polling_paused = False
@@ -141,6 +145,9 @@ class SinkService:
         if self._lock is not None:
             self._lock.update(query_url=query_url(s))
         await ensure_topics(s)
+        # Malformed input goes to the dead letters; acks=all: they are committed past next.
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
+        await self._producer.start()
         self._consumer = SinkConsumer(
             s.kafka.bootstrap, self.group_id, on_revoke=self._partitions_revoked
         )
@@ -193,6 +200,10 @@ class SinkService:
             self._closing = True  # leaving the group: what is held now is not flushed
             with contextlib.suppress(Exception):
                 await self._consumer.close()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
         await self._close_clickhouse()
         if self._lock is not None:
             self._lock.release()
@@ -295,6 +306,7 @@ class SinkService:
 
     async def _write(self, batch: Batch) -> None:
         await self._insert_with_retry(batch)
+        await self._dead_letter(batch)
         self.stats.malformed += batch.malformed
         self.stats.sampled_out += batch.sampled_out
         self.stats.flushes += 1
@@ -347,6 +359,37 @@ class SinkService:
                     self._rechecks = asyncio.create_task(self._recheck_storage())
         for table, n in sent.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+
+    async def _dead_letter(self, batch: Batch) -> None:
+        """Send the batch's malformed messages to the dead-letter topic, retried until they
+        are on Kafka: the batch is committed only after."""
+        if not batch.dead_letters:
+            return
+        assert self._producer is not None
+        topic = self.settings.topic(Topic.DEAD_LETTERS.value)
+        attempt = 0
+        while True:
+            try:
+                sent = [
+                    await self._producer.send(
+                        topic, letter.to_bytes(), key=letter.key.encode() if letter.key else None
+                    )
+                    for letter in batch.dead_letters
+                ]
+                await asyncio.gather(*sent)
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
+                log.error(
+                    "sink.dead_letter_failed", attempt=attempt, retry_in_s=round(delay, 2),
+                    letters=len(batch.dead_letters), error=str(exc)[:300],
+                )  # fmt: skip
+                if self._abort.is_set():
+                    raise SinkAborted("aborted with dead letters not sent") from exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._abort.wait(), delay)
+        self.stats.dead_lettered += len(batch.dead_letters)
 
     async def _recheck_storage(self) -> None:
         for delay in STORAGE_RECHECKS_S:

@@ -6,7 +6,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from oms.schemas import OrderEventType, OrderStatus, ReportSource, Topic
+from oms.schemas import OrderEventType, OrderStatus, ReasonCode, ReportSource, Topic
 from oms.settings import Settings
 from oms.sinks.batch import MESSAGES_PER_BATCH_FACTOR, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse
@@ -164,6 +164,16 @@ async def test_malformed_messages_are_counted_and_committed(settings: Settings) 
     assert b.malformed == 3
     assert len(b.rows["order_events"]) == 1
     assert b.commit == {(settings.topic("order-events"), 2): 11}
+    # Each goes to the dead letters with its reason (sent before the batch is committed).
+    assert [(d.source_offset, d.reason_code) for d in b.dead_letters] == [
+        (7, ReasonCode.MALFORMED_JSON),
+        (8, ReasonCode.SCHEMA_INVALID),
+        (9, ReasonCode.SCHEMA_INVALID),
+    ]
+    assert b.dead_letters[0].payload == "{not json"
+    # A malformed dead letter is only counted: sending it back would loop.
+    b.add(Message(settings.topic("dead-letters"), 0, 3, b"{not json"))
+    assert b.malformed == 4 and len(b.dead_letters) == 3
 
 
 def accepted(i: int) -> bytes:

@@ -147,6 +147,13 @@ async def test_sink_stores_what_the_pipeline_produced(
         ).rows
         assert row == [["acct-1", "BTC-PERPETUAL", 20.0, 5, '{"strategy":"t"}']]
         assert service.stats.malformed == 1
+        # The malformed event went to the dead letters with its reason, and back in as one.
+        assert service.stats.dead_lettered == 1
+        sql = (
+            "SELECT count() FROM dead_letters FINAL WHERE reason_code = 'malformed_json' "
+            f"AND source_topic = '{settings.topic('order-events')}' AND payload = '{{not json'"
+        )
+        await wait_for(settings, sql, 1, service=service)
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 30)
