@@ -183,6 +183,10 @@ async def calculate_position_statistics(
     }
 
 
+# A recorded ``kind`` column value -> its convention (older rows may have none).
+_KINDS = {k.value: k for k in PositionKind}
+
+
 def totals_by_currency(
     daily: list[dict[str, Any]], positions: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -191,8 +195,7 @@ def totals_by_currency(
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 
     def row(instrument_name: str, kind: str | None) -> dict[str, Any]:
-        known = kind is not None and kind in {k.value for k in PositionKind}
-        convention = PositionKind(kind) if kind is not None and known else kind_of(instrument_name)
+        convention = _KINDS.get(kind or "") or kind_of(instrument_name)
         currency = pnl_currency(instrument_name)
         unit = turnover_unit(convention, instrument_name)
         return rows.setdefault(

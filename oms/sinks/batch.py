@@ -37,8 +37,9 @@ SINK_TOPICS: tuple[Topic, ...] = (
     Topic.METRICS,
 )
 
-# A batch is full when one table has ``batch_size`` rows, or, whatever its rows (ticks sampled
-# out, malformed messages), once it holds this many times ``batch_size`` messages.
+# A batch is full when its tables hold ``batch_size`` rows each on average, or, whatever its
+# rows (ticks sampled out, malformed messages), once it holds this many times ``batch_size``
+# messages.
 MESSAGES_PER_BATCH_FACTOR = 4
 
 
@@ -113,24 +114,21 @@ class Batch:
 
     def room(self, batch_size: int) -> int:
         """Messages to fetch before the batch may be full (at least 1)."""
-        rows = self.table_rows()
-        return max(
-            1,
-            min(
-                batch_size * max(1, len(rows)) - sum(rows),
-                MESSAGES_PER_BATCH_FACTOR * batch_size - self.messages,
-            ),
-        )
+        return max(1, self._left(batch_size))
 
     def full(self, batch_size: int) -> bool:
         """Its tables hold ``batch_size`` rows each on average, or it reached the message cap.
 
         ``batch_size`` is rows per insert: each table is one insert, and ClickHouse pays per
         insert and per part, so a batch of two busy topics' messages holds twice as many."""
+        return self._left(batch_size) <= 0
+
+    def _left(self, batch_size: int) -> int:
+        """Rows still wanted for the average, or messages left under the cap: the fewer."""
         rows = self.table_rows()
-        return (
-            sum(rows) >= batch_size * max(1, len(rows))
-            or self.messages >= MESSAGES_PER_BATCH_FACTOR * batch_size
+        return min(
+            batch_size * max(1, len(rows)) - sum(rows),
+            MESSAGES_PER_BATCH_FACTOR * batch_size - self.messages,
         )
 
     def add(self, msg: Message) -> None:

@@ -325,8 +325,7 @@ class SinkService:
                 self.stats.inserting = False
                 attempt += 1
                 self._record_failure(exc, attempt)
-                delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
-                delay *= random.uniform(0.8, 1.2)
+                delay = self._retry_delay(attempt) * random.uniform(0.8, 1.2)
                 assert self.stats.last_insert_error is not None
                 log.error(
                     "sink.insert_failed",
@@ -336,10 +335,7 @@ class SinkService:
                     messages=batch.messages,
                     error=self.stats.last_insert_error["error"],
                 )
-                if self._abort.is_set():
-                    raise SinkAborted("aborted with an uninserted batch") from exc
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._abort.wait(), delay)
+                await self._wait_to_retry(delay, exc, "aborted with an uninserted batch")
             finally:
                 self.stats.inserting = False
         if self.stats.failing_since is not None:
@@ -380,16 +376,25 @@ class SinkService:
                 break
             except Exception as exc:
                 attempt += 1
-                delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1))
+                delay = self._retry_delay(attempt)
                 log.error(
                     "sink.dead_letter_failed", attempt=attempt, retry_in_s=round(delay, 2),
                     letters=len(batch.dead_letters), error=str(exc)[:300],
                 )  # fmt: skip
-                if self._abort.is_set():
-                    raise SinkAborted("aborted with dead letters not sent") from exc
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._abort.wait(), delay)
+                await self._wait_to_retry(delay, exc, "aborted with dead letters not sent")
         self.stats.dead_lettered += len(batch.dead_letters)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """Exponential backoff from ``retry_min_s``, capped at ``retry_max_s``."""
+        return float(min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1)))
+
+    async def _wait_to_retry(self, delay: float, exc: Exception, aborted: str) -> None:
+        """Wait ``delay`` before the next attempt, or raise :class:`SinkAborted` (with
+        ``aborted``) if the sink is, or gets, aborted: what failed is replayed later."""
+        if self._abort.is_set():
+            raise SinkAborted(aborted) from exc
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._abort.wait(), delay)
 
     async def _recheck_storage(self) -> None:
         for delay in STORAGE_RECHECKS_S:
