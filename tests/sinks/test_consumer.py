@@ -20,12 +20,11 @@ from oms.sinks.service import SinkService
 
 from .test_service_kafka import (
     MakeSettings,
-    check_totals,
     committed_lag,
     order_traffic,
     produce,
     sink_settings,
-    wait_for,
+    wait_for_totals,
 )
 
 pytestmark = pytest.mark.kafka
@@ -166,9 +165,7 @@ async def test_revoke_while_paused_behind_a_failing_insert_flushes_before_moving
     finally:
         await member.close()  # its partitions go back to the sink, uncommitted
     try:
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
-        await check_totals(settings, n)
+        await wait_for_totals(settings, n, service=service)
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 30)

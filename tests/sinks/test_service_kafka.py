@@ -101,6 +101,13 @@ async def committed_lag(settings: Settings, group: str) -> int:
         await consumer.stop()
 
 
+async def wait_for_totals(settings: Settings, n: int, **wait: Any) -> None:
+    """Wait until every event and execution of ``n`` orders is stored, then check totals."""
+    await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, **wait)
+    await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, **wait)
+    await check_totals(settings, n)
+
+
 async def check_totals(settings: Settings, n: int) -> None:
     """Exactly what was produced, counted the documented (FINAL) way."""
     assert await scalar(settings, "SELECT count() FROM order_events FINAL") == 5 * n
@@ -132,9 +139,7 @@ async def test_sink_stores_what_the_pipeline_produced(
     service = SinkService(settings)
     task = asyncio.create_task(service.run())
     try:
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
-        await check_totals(settings, n)
+        await wait_for_totals(settings, n, service=service)
         # 25 ticks 100 ms apart span 3 one-second periods.
         assert await scalar(settings, "SELECT count() FROM market_ticks FINAL") == 3
         assert await scalar(settings, "SELECT any(error) FROM dead_letters") == "bad json"
@@ -190,9 +195,7 @@ async def test_crash_after_insert_before_commit_replays_without_double_counting(
     task = asyncio.create_task(second.run())
     try:
         await second.ready.wait()
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=second)
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=second)
-        await check_totals(settings, n)
+        await wait_for_totals(settings, n, service=second)
     finally:
         second.request_stop()
         await asyncio.wait_for(task, 30)
@@ -227,9 +230,7 @@ async def test_insert_failures_are_retried_with_input_paused(
     service = SinkService(settings, retry_min_s=0.6, retry_max_s=0.6)
     task = asyncio.create_task(service.run())
     try:
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, service=service)
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, service=service)
-        await check_totals(settings, n)
+        await wait_for_totals(settings, n, service=service)
         assert service.stats.insert_failures == 3
         assert during_failure[0][0] == 0 and during_failure[-1][0] > 0
         assert max(consumed for _, consumed in during_failure) <= 2 * batch_size
@@ -285,9 +286,7 @@ async def test_sigkill_mid_stream_then_restart(
         await produce(kafka_io, settings, rest)
         sink.start()
         await wait_http_ok(health, within=90)
-        await wait_for(settings, "SELECT count() FROM order_events FINAL", 5 * n, within=90)
-        await wait_for(settings, "SELECT count() FROM executions FINAL", 2 * n, within=90)
-        await check_totals(settings, n)
+        await wait_for_totals(settings, n, within=90)
         ids = await run_query(settings, "SELECT DISTINCT order_id FROM orders FINAL")
         assert {r[0] for r in ids.rows} == {f"k-{i}" for i in range(n)}
     finally:

@@ -12,16 +12,16 @@ from oms.lifecycle.monitor import lifecycle_request_id
 from oms.lifecycle.policy import CANCEL_REASON_KEY
 from oms.schemas import (
     CommandType,
-    Direction,
     OrderEvent,
     OrderRecord,
     OrderRequest,
     OrderStatus,
-    OrderType,
     ReasonCode,
 )
 from oms.settings import QueueSettings
 from oms.streams.intake import IntakeContext, handle_request
+
+from .factories import order_record
 
 
 class KafkaBackedTable(dict[str, Any]):
@@ -69,24 +69,9 @@ def _context(table: KafkaBackedTable, exchange: Exchange, events: list[OrderEven
     )
 
 
-def _open_order() -> OrderRecord:
-    return OrderRecord(
-        order_id="o-1",
-        request_id="r-1",
-        account_id="a",
-        instrument_name="BTC-PERPETUAL",
-        direction=Direction.BUY,
-        order_type=OrderType.LIMIT,
-        amount=10,
-        price=1_000.0,
-        status=OrderStatus.OPEN,
-        version=3,
-    )
-
-
 async def _cancel(request: OrderRequest) -> list[tuple[str, OrderRecord | None]]:
     table, events = KafkaBackedTable(), []
-    table["o-1"] = _open_order()
+    table["o-1"] = order_record(OrderStatus.OPEN)
     await table.flush()
     exchange = Exchange(table)
     raw = request.model_dump_json().encode()
@@ -102,7 +87,7 @@ async def test_an_auto_cancel_reason_is_on_kafka_before_the_cancel_is_sent() -> 
         OrderRequest(
             command=CommandType.CANCEL,
             request_id=request_id,
-            account_id="a",
+            account_id="acc",
             order_id="o-1",
             metadata={CANCEL_REASON_KEY: ReasonCode.AUTO_CANCELLED.value},
         )
@@ -116,7 +101,7 @@ async def test_an_auto_cancel_reason_is_on_kafka_before_the_cancel_is_sent() -> 
 
 async def test_a_client_cancel_has_no_reason_to_wait_for() -> None:
     cancels = await _cancel(
-        OrderRequest(command=CommandType.CANCEL, request_id="c-1", account_id="a", order_id="o-1")
+        OrderRequest(command=CommandType.CANCEL, request_id="c-1", account_id="acc", order_id="o-1")
     )
     assert [(request_id, kafka.reason_code) for request_id, kafka in cancels if kafka] == [
         ("c-1", None)

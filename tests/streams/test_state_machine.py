@@ -4,35 +4,17 @@ from __future__ import annotations
 
 from oms.schemas import (
     CommandType,
-    Direction,
     ExchangeOrderState,
     ExecutionReport,
     Fill,
     OrderEventType,
-    OrderRecord,
     OrderStatus,
-    OrderType,
     ReasonCode,
     ReportSource,
 )
 from oms.streams.state_machine import IllegalTransition, Outcome, apply_report, transition
 
-
-def _order(status: OrderStatus = OrderStatus.SUBMITTED, **kw: object) -> OrderRecord:
-    base: dict[str, object] = dict(
-        order_id="o-1",
-        request_id="r-1",
-        account_id="acc",
-        instrument_name="BTC-PERPETUAL",
-        direction=Direction.BUY,
-        order_type=OrderType.LIMIT,
-        amount=100.0,
-        price=50_000.0,
-        status=status,
-        version=2,
-    )
-    base.update(kw)
-    return OrderRecord(**base)  # type: ignore[arg-type]
+from .factories import order_record as _order
 
 
 def _report(state: ExchangeOrderState | None, filled: float = 0.0, ts: int = 1, **kw: object):
