@@ -17,7 +17,9 @@ from oms.algos.twap import is_twap
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
-from oms.schemas import MetricsSample, OrderEvent, OrderRecord, OrderRequest, OrderStatus, Topic
+from oms.partitioning import partition_of
+from oms.schemas import MetricsSample, OrderEvent, OrderRecord, OrderStatus, Topic
+from oms.schemas.commands import InternalComponent
 
 # After a reconnect, these are looked up by label (what happened while we were away).
 _RECONCILE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
@@ -32,28 +34,21 @@ class LifecycleWiring:
     """The lifecycle timer, the metrics collector and the probe endpoints of one worker."""
 
     def __init__(self, worker: OrderWorker) -> None:
-        from oms.streams.worker import _partition_of
-
         self._worker = worker
         settings = worker.settings
         self.metrics = OrderMetricsCollector()
         worker.executor.on_command = self.metrics.observe_command
         partitions = settings.kafka.partitions
-        requests_topic = worker.oms.requests.get_topic_name()
         self._owned: set[int] = set()
 
         def owns(order_id: str) -> bool:
-            return _partition_of(order_id, partitions) in self._owned
+            return partition_of(order_id, partitions) in self._owned
 
-        async def publish_request(request: OrderRequest) -> None:
-            await worker._send(requests_topic, request.key.encode(), request.to_bytes())
-
-        self._requests_topic = requests_topic
         self.ticks = worker.tick_cache
         self.algos = AlgoScheduler(
             orders=lambda: worker.oms.orders.items(),
             owns=owns,
-            publish_request=publish_request,
+            publish_request=worker.commands_of(InternalComponent.ALGO),
             latest_tick=self.ticks.latest,
         )
         self._owns = owns
@@ -66,7 +61,7 @@ class LifecycleWiring:
             owns=owns,
             recheck=worker.executor.recheck,
             is_busy=worker.executor.is_inflight,
-            publish_request=publish_request,
+            publish_request=worker.commands_of(InternalComponent.LIFECYCLE),
         )
 
     def refresh_gauges(self) -> None:
@@ -78,7 +73,7 @@ class LifecycleWiring:
         """After an exchange reconnect: every live order of the account (owned partitions)
         is looked up by label, so fills and cancels missed while away are reported."""
         worker = self._worker
-        self._owned = worker.oms.active_partitions(self._requests_topic)
+        self._owned = worker.owned_partitions()
         orders: list[OrderRecord] = [
             order
             for order_id, order in list(worker.oms.orders.items())
@@ -113,7 +108,7 @@ class LifecycleWiring:
     async def check(self) -> dict[str, int]:
         """One lifecycle pass over the orders of the partitions this worker owns."""
         worker = self._worker
-        self._owned = worker.oms.active_partitions(self._requests_topic)
+        self._owned = worker.owned_partitions()
         if not self._owned:
             return {}
         executor = worker.executor

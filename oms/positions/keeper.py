@@ -31,6 +31,7 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
+from oms.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
@@ -59,7 +60,7 @@ from oms.secrets import SecretStore
 from oms.settings import Settings
 from oms.streams import faust_fixes
 from oms.streams.app import create_topics_first, new_faust_app
-from oms.streams.worker import _FaustWorker, _partition_of
+from oms.streams.worker import _FaustWorker
 
 log = structlog.get_logger(__name__)
 
@@ -216,12 +217,12 @@ class PositionKeeper:
         return [
             state
             for key, state in list(self.positions.items())
-            if state is not None and _partition_of(key, n) in owned
+            if state is not None and partition_of(key, n) in owned
         ]
 
     def owns_key(self, key: str) -> bool:
         actives: set[TP] = self.app.assignor.assigned_actives()
-        partition = _partition_of(key, self.settings.kafka.partitions)
+        partition = partition_of(key, self.settings.kafka.partitions)
         return TP(self.fills_topic, partition) in actives
 
     def tables_ready(self) -> bool:

@@ -115,6 +115,9 @@ class ReasonCode(StrEnum):
     """Machine-readable reasons carried by rejections and dead letters."""
 
     MALFORMED_JSON = "malformed_json"
+    # A null value (Kafka tombstone) or zero bytes where a message was expected.
+    TOMBSTONE = "tombstone"
+    EMPTY_PAYLOAD = "empty_payload"
     SCHEMA_INVALID = "schema_invalid"
     INVALID_AMOUNT = "invalid_amount"
     AMOUNT_NOT_MULTIPLE = "amount_not_multiple_of_contract"
@@ -158,6 +161,8 @@ class ReasonCode(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     STALE_REQUEST = "stale_request"
     NONCE_REUSED = "nonce_reused"
+    # A submit's order_id that is not derive_order_id(account_id, request_id).
+    ORDER_ID_MISMATCH = "order_id_mismatch"
     PERMISSION_DENIED = "permission_denied"
     RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
     PRICE_BAND_EXCEEDED = "price_band_exceeded"

@@ -1,4 +1,4 @@
-"""What every order agent gets from the worker, as plain callables (no Faust types)."""
+"""What every agent gets from the worker, as plain callables (no Faust types)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from oms.schemas import DeadLetter, OrderEvent, ReasonCode
 
 
 @dataclass(kw_only=True)
-class AgentContext:
-    """The order table, the outputs, and counters for ``/stats``."""
+class Outputs:
+    """The outputs of an agent (events, dead letters) and its counters for ``/stats``."""
 
-    orders: Any  # the Faust table (dict-like)
     emit: Callable[[OrderEvent], Awaitable[None]]
     dead_letter: Callable[[DeadLetter], Awaitable[None]]
     source_topic: str
@@ -24,7 +23,7 @@ class AgentContext:
 
     async def reject_raw(
         self,
-        raw: bytes,
+        raw: bytes | None,
         reason_code: ReasonCode,
         error: str,
         *,
@@ -36,7 +35,7 @@ class AgentContext:
         self.count("dead_letters")
         await self.dead_letter(
             DeadLetter.for_payload(
-                raw,
+                raw or b"",
                 source_topic=self.source_topic,
                 reason_code=reason_code,
                 error=error,
@@ -45,3 +44,10 @@ class AgentContext:
                 offset=offset,
             )
         )
+
+
+@dataclass(kw_only=True)
+class AgentContext(Outputs):
+    """An agent that owns order state: the outputs plus the order table."""
+
+    orders: Any  # the Faust table (dict-like)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import sys
 import uuid
 from collections import Counter
@@ -28,10 +27,11 @@ from oms.harness import (
     settings_env,
     wait_http_ok,
     worker_ready,
+    write_account_secrets,
 )
 from oms.kafka_admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic
-from oms.secrets import Credentials, SecretStore, write_secrets_file
+from oms.secrets import SecretStore
 from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -59,10 +59,7 @@ def make_settings(tmp: Path, bootstrap: str, partitions: int = 4) -> Settings:
 
 
 async def start_stack(settings: Settings, workers: int = 1, sink: bool = True) -> OmsServices:
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
-    )
+    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
