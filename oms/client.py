@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.auth.signing import sign_headers
+from oms.auth.signing import RequestSigner
 from oms.conditions.expressions import parse_expression, parse_time_ms
 from oms.schemas import (
     CommandType,
@@ -81,7 +81,8 @@ class OrderClient:
         self._requests_topic = self.settings.topic(Topic.ORDER_REQUESTS)
         self._events_topic = self.settings.topic(Topic.ORDER_EVENTS)
         # Requests are signed transparently when the account has a signing key.
-        self.signing_key = SigningKeys(self.settings.resolved_secrets_file).for_signing(account_id)
+        self._signer = RequestSigner(SigningKeys(self.settings.resolved_secrets_file))
+        self.signing_key = self._signer.key_of(account_id)
 
     async def __aenter__(self) -> OrderClient:
         await self.start()
@@ -368,10 +369,7 @@ class OrderClient:
         """The wire form of a request: its JSON value, and the headers signing those exact
         bytes with this account's signing key (fresh timestamp and nonce); no headers when
         the account has no key (trusted mode)."""
-        value = request.to_bytes()
-        if self.signing_key is None:
-            return value, []
-        return value, sign_headers(value, self.signing_key)
+        return self._signer.message(request)
 
     # -- notifications (issue 5) -------------------------------------------------------------
 

@@ -29,8 +29,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from oms.schemas import now_ms
-from oms.secrets import SigningKey
+from oms.schemas import OrderRequest, now_ms
+from oms.secrets import SigningKey, SigningKeys
 
 # Bumped if the signed string ever changes shape, so old and new signatures never collide.
 SIGNATURE_SCHEME = b"oms-hmac-sha256-v2"
@@ -130,3 +130,26 @@ def read_signature(headers: Headers | None) -> RequestSignature | None:
         nonce=found[HEADER_NONCE],
         signature=found[HEADER_SIGNATURE],
     )
+
+
+class RequestSigner:
+    """Signs the requests of every account that has a signing key in the secrets store
+    (what a producer serving several desks needs); an account without one is sent unsigned,
+    for trusted mode."""
+
+    def __init__(self, keys: SigningKeys) -> None:
+        self._keys = keys
+        self._cache: dict[str, SigningKey | None] = {}
+
+    def key_of(self, account_id: str) -> SigningKey | None:
+        """The key ``account_id`` signs with, if it has one."""
+        if account_id not in self._cache:
+            self._cache[account_id] = self._keys.for_signing(account_id)
+        return self._cache[account_id]
+
+    def message(self, request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """A request's wire form: its JSON value and the headers signing those exact bytes
+        (fresh timestamp and nonce each call)."""
+        value = request.to_bytes()
+        key = self.key_of(request.account_id)
+        return value, (sign_headers(value, key) if key is not None else [])

@@ -30,7 +30,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.auth.signing import sign_headers
+from oms.auth.signing import RequestSigner
 from oms.devstack.kafka import KafkaBroker, free_port
 from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
@@ -542,16 +542,8 @@ def secure_setup(settings: Settings, accounts: list[str], secure: bool) -> tuple
             "default_limits": limits,
         }
     )
-    store = SigningKeys(settings.resolved_secrets_file)
-    signing = {a: store.for_signing(a) for a in accounts}
-
-    def encode(request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
-        key = signing[request.account_id]
-        assert key is not None
-        value = request.to_bytes()
-        return value, sign_headers(value, key)
-
-    return settings.model_copy(update={"risk": risk}), encode
+    signer = RequestSigner(SigningKeys(settings.resolved_secrets_file))
+    return settings.model_copy(update={"risk": risk}), signer.message
 
 
 def dumps(result: dict[str, Any]) -> str:
