@@ -114,6 +114,11 @@ class ReportSource(StrEnum):
 class ReasonCode(StrEnum):
     """Machine-readable reasons carried by rejections and dead letters."""
 
+    # A message that cannot be read at all (oms.schemas.decode): a tombstone (null value)
+    # where no deletion is meant, zero bytes, bytes that are not JSON, JSON that is not
+    # the topic's record.
+    TOMBSTONE = "tombstone"
+    EMPTY_PAYLOAD = "empty_payload"
     MALFORMED_JSON = "malformed_json"
     SCHEMA_INVALID = "schema_invalid"
     INVALID_AMOUNT = "invalid_amount"
