@@ -314,6 +314,7 @@ class Notifier:
                 self._dead_letter(msg, ack)
                 return
             self.acks[ack.alert_id] = ack.acked_at
+            self.counters["acks_applied"] += 1
             if self.alerts.pop(ack.alert_id, None) is not None:
                 self.state.put(f"a:{ack.alert_id}", None)
                 self.counters["alerts_acked"] += 1

@@ -170,6 +170,10 @@ class RiskFeeds:
             if touched and self._on_positions is not None and self.ready.is_set():
                 await self._on_positions(touched)
 
+    def stats(self) -> dict[str, object]:
+        """Counters for the worker's ``/stats``, and whether the start-up read is done."""
+        return {"ready": self.ready.is_set(), **self.counters}
+
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 

@@ -107,9 +107,7 @@ class TickFeed:
         finally:
             await consumer.stop()
 
-    async def _refuse(
-        self, message: KafkaMessage, failure: Undecodable, *, live: bool
-    ) -> None:
+    async def _refuse(self, message: KafkaMessage, failure: Undecodable, *, live: bool) -> None:
         """Skip a message that is not a tick (the topic is not compacted: a tombstone on it
         deletes nothing); dead-letter it if it is live and ours to report."""
         self.invalid += 1

@@ -328,7 +328,7 @@ class OrderWorker:
                     "release": self.release.counters,
                     "dispatcher": self.dispatcher.stats,
                     "tick_feed": self.tick_feed.stats(),
-                    "risk_feeds": self.guard.feeds.counters,
+                    "risk_feeds": self.guard.feeds.stats(),
                     "queue": self.queue_statistics(),
                 }
             )
