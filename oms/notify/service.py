@@ -335,14 +335,24 @@ class Notifier:
         self._dead.append(failure.letter_for(msg, consumer="notifier"))
 
     async def _flush_dead_letters(self) -> None:
+        """Send the queued dead letters and wait until the broker has them: the offsets of
+        the messages they are about are committed next."""
         dead, self._dead = self._dead, []
         assert self._producer is not None
-        for letter in dead:
-            await self._producer.send(
-                self.topics["dead"],
-                key=letter.key.encode() if letter.key else None,
-                value=letter.to_bytes(),
-            )
+        try:
+            sent = [
+                await self._producer.send(
+                    self.topics["dead"],
+                    key=letter.key.encode() if letter.key else None,
+                    value=letter.to_bytes(),
+                )
+                for letter in dead
+            ]
+            await asyncio.gather(*sent)
+        except Exception:
+            # Broker trouble: keep them for the next flush (the batch is retried too).
+            self._dead = dead + self._dead
+            raise
 
     async def _consume_loop(self) -> None:
         assert self._consumer is not None

@@ -16,19 +16,19 @@ What a message that cannot be read (see :mod:`oms.schemas.decode`) does, per top
 
 | topic | tombstone | empty, not JSON, not the record |
 |---|---|---|
-| risk-controls | deletes the account's runtime controls | previous controls stay in force |
-| orders changelog | deletes the order (Faust's table deletion) | skipped |
-| positions | skipped | skipped |
-| market-ticks | skipped | skipped |
+| risk-controls | deletes the account's runtime controls | dead letter; previous controls kept |
+| orders changelog | deletes the order (Faust's table deletion) | dead letter |
+| positions | dead letter | dead letter |
+| market-ticks | skipped: the tick feed dead-letters it | skipped: the tick feed does |
 
 The two compacted topics honour a tombstone because compaction will: a worker started after
 it sees neither the record nor the tombstone, so one that kept the old record would enforce
 other controls than its peers. On the others nothing is deleted, and a tombstone is just
 one more unreadable message. Unreadable messages are counted by every worker and handed to
-``on_undecodable`` (the worker dead-letters those of the partitions it owns) when they
-arrive live; ticks are left to the worker's tick feed, which reads them all too. What was
-on a topic when the feed started was read live before (by this worker before a restart, or
-by another), and reporting it again would repeat the dead letter on every start.
+``on_undecodable`` when they arrive live (the worker dead-letters those of the partitions it
+owns); ticks are left to the worker's tick feed, which reads them all too. What was on a
+topic when the feed started was read live before (by this worker before a restart, or by
+another), and reporting it again would repeat the dead letter on every start.
 """
 
 from __future__ import annotations
