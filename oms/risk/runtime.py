@@ -31,10 +31,10 @@ from oms.schemas import (
     OrderRecord,
     OrderRequest,
     OrderStatus,
-    ReasonCode,
     Topic,
     now_ms,
 )
+from oms.schemas.decode import KafkaMessage, Undecodable
 from oms.schemas.rejection import Rejection
 from oms.schemas.risk import AccountControls, TradingState
 from oms.settings import Settings
@@ -68,7 +68,7 @@ class IntakeGuard:
             settings,
             self.book,
             orders_changelog,
-            on_bad_controls=self._bad_controls,
+            on_undecodable=self._undecodable,
             on_positions=self._auto_reduce,
             # A lowered loss limit can be breached already: switch without waiting for a fill.
             on_controls=lambda controls: self._auto_reduce({controls.account_id}),
@@ -124,23 +124,25 @@ class IntakeGuard:
         """Does this worker own the request partition of ``key`` (one writer per account)?"""
         return partition_of(key, self.settings.kafka.partitions) in self._owned()
 
-    async def _bad_controls(
-        self, raw: bytes, key: bytes | None, partition: int, offset: int, error: str
-    ) -> None:
-        account = key.decode(errors="replace") if key else ""
-        log.warning("risk.controls_invalid", account_id=account, offset=offset, error=error)
-        if self.owns(account_subject(account)):
-            await self._dead_letter(
-                DeadLetter.for_payload(
-                    raw,
-                    source_topic=self.settings.topic(Topic.RISK_CONTROLS),
-                    reason_code=ReasonCode.SCHEMA_INVALID,
-                    error=f"controls refused, previous ones stay in force: {error}",
-                    key=key,
-                    partition=partition,
-                    offset=offset,
-                )
-            )
+    def owns_partition(self, partition: int) -> bool:
+        """Does this worker answer for ``partition`` of a topic every worker reads in full
+        (ticks, risk controls, positions)? Its owner is the owner of the same partition of
+        the request topic, so exactly one worker does, as long as no rebalance is under way."""
+        return partition % self.settings.kafka.partitions in self._owned()
+
+    async def _undecodable(self, message: KafkaMessage, failure: Undecodable) -> None:
+        """A message of a topic every worker reads that none can use: logged by every worker,
+        dead-lettered by the owner of its partition (one letter, not one per worker)."""
+        log.warning(
+            "risk.feed_undecodable",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason_code=failure.reason_code.value,
+            error=failure.error[:300],
+        )
+        if self.owns_partition(message.partition):
+            await self._dead_letter(failure.letter_for(message, consumer="worker"))
 
     async def _auto_reduce(self, accounts: set[str]) -> None:
         """Daily loss limit reached: switch the account to ``reducing`` (published once, by

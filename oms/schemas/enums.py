@@ -114,10 +114,12 @@ class ReportSource(StrEnum):
 class ReasonCode(StrEnum):
     """Machine-readable reasons carried by rejections and dead letters."""
 
-    MALFORMED_JSON = "malformed_json"
-    # A null value (Kafka tombstone) or zero bytes where a message was expected.
+    # A message that cannot be read at all (oms.schemas.decode): a tombstone (null value)
+    # where no deletion is meant, zero bytes, bytes that are not JSON, JSON that is not
+    # the topic's record.
     TOMBSTONE = "tombstone"
     EMPTY_PAYLOAD = "empty_payload"
+    MALFORMED_JSON = "malformed_json"
     SCHEMA_INVALID = "schema_invalid"
     INVALID_AMOUNT = "invalid_amount"
     AMOUNT_NOT_MULTIPLE = "amount_not_multiple_of_contract"

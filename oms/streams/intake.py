@@ -31,6 +31,7 @@ from oms.schemas import (
 )
 from oms.schemas.commands import OrderCommand
 from oms.schemas.conditions import OrderTrigger, TriggerKind
+from oms.schemas.decode import Undecodable, decode
 from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
@@ -91,22 +92,10 @@ async def handle_command(
     processed (they were on the topic before this worker took the partition over): those
     are executed only after a label lookup, and never reported as user duplicates.
     """
-    if not raw:
-        reason = ReasonCode.TOMBSTONE if raw is None else ReasonCode.EMPTY_PAYLOAD
+    command = decode(OrderCommand, raw)
+    if isinstance(command, Undecodable):  # only the OMS writes this topic: kept as evidence
         await ctx.reject_raw(
-            raw, reason, "not a command", key=key, partition=partition, offset=offset
-        )
-        return
-    try:
-        command = OrderCommand.from_bytes(raw)
-    except ValidationError as exc:  # only the OMS writes this topic: a bug, kept as evidence
-        await ctx.reject_raw(
-            raw,
-            ReasonCode.SCHEMA_INVALID,
-            summarize_validation_error(exc),
-            key=key,
-            partition=partition,
-            offset=offset,
+            raw, command.reason_code, command.error, key=key, partition=partition, offset=offset
         )
         return
     await apply_command(ctx, command, replayed=replayed)

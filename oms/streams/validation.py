@@ -19,6 +19,7 @@ from oms.schemas import (
     ReasonCode,
     derive_order_id,
 )
+from oms.schemas.decode import absent
 from oms.schemas.orders import ORDER_ID_MISMATCH_ERROR
 from oms.schemas.rejection import Rejection
 
@@ -45,10 +46,10 @@ class ParseFailure:
 
 def parse_request(raw: bytes | None) -> OrderRequest | ParseFailure:
     """Decode one message of ``order-requests`` (a null value is a tombstone)."""
-    if raw is None:
-        return ParseFailure(ReasonCode.TOMBSTONE, "null value (tombstone): not a request")
-    if not raw:
-        return ParseFailure(ReasonCode.EMPTY_PAYLOAD, "empty value: not a request")
+    missing = absent(raw)
+    if missing is not None:
+        return ParseFailure(missing.reason_code, missing.error)
+    assert raw is not None  # absent() ruled it out
     if len(raw) > MAX_REQUEST_BYTES:
         return ParseFailure(
             ReasonCode.PAYLOAD_TOO_LARGE, f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}"

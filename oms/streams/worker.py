@@ -89,7 +89,13 @@ class OrderWorker:
         self.held = HeldOrders(self.engine, self.queues)
         self.trigger_loop = TriggerLoop(self.engine, self._publish_trigger)
         self.tick_cache = TickCache()
-        self.tick_feed = TickFeed(settings, self._on_ticks)
+        # Every worker reads every tick; only the owner of a partition dead-letters its bad ones.
+        self.tick_feed = TickFeed(
+            settings,
+            self._on_ticks,
+            dead_letter=self._dead_letter,
+            owns_partition=lambda partition: self.guard.owns_partition(partition),
+        )
         self.dispatcher = Dispatcher(
             self.queues,
             order_of=self._order_of,
@@ -269,6 +275,9 @@ class OrderWorker:
 
         def agent(handle: Any, ctx: Any) -> Any:
             async def run(stream: Any) -> None:
+                # Faust restarts an agent that raised: counted, so /stats shows it. The handlers
+                # read bad input through ctx.decode and must never raise on it.
+                ctx.count("agent_starts")
                 async for event in stream.events():
                     message = event.message
                     await handle(
@@ -376,11 +385,8 @@ class OrderWorker:
                     "executor": self.executor.stats,
                     "release": self.release.counters,
                     "dispatcher": self.dispatcher.stats,
-                    "tick_feed": {
-                        "received": self.tick_feed.received,
-                        "invalid": self.tick_feed.invalid,
-                        "ready": self.tick_feed.ready.is_set(),
-                    },
+                    "tick_feed": self.tick_feed.stats(),
+                    "risk_feeds": self.guard.feeds.stats(),
                     "queue": self.queue_statistics(),
                 }
             )
