@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -27,7 +26,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
-from oms.harness import OmsServices, isolated_settings, wait_http_ok, worker_ready
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    wait_http_ok,
+    worker_ready,
+    write_account_secrets,
+)
 from oms.kafka_admin import ensure_topics
 from oms.positions.keeper import FILLS_TOPIC
 from oms.positions.state import ReportBundle
@@ -54,7 +59,6 @@ from oms.schemas import (
 from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 from oms.schemas.risk import AccountControls, TradingState
-from oms.secrets import Credentials, write_secrets_file
 from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -248,10 +252,7 @@ async def stack(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     settings = stack_settings(tmp_path_factory.mktemp("tombstones"), kafka_bootstrap)
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
-    )
+    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
