@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-import secrets
 import tempfile
 import time
 import tracemalloc
@@ -38,11 +37,10 @@ from oms.client import OrderClient
 from oms.conditions.engine import TriggerEngine
 from oms.conditions.naive import NaiveEvaluator
 from oms.devstack.kafka import KafkaBroker
-from oms.harness import OmsServices, isolated_settings, worker_ready
+from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 from oms.kafka_admin import ensure_topics
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, Topic, now_ms
 from oms.schemas.conditions import Operator, PriceCondition, PriceField
-from oms.secrets import Credentials, write_secrets_file
 
 INSTRUMENTS = [f"BENCH-{i}" for i in range(20)]
 START_PRICE = 50_000.0
@@ -241,10 +239,7 @@ async def bench_pipeline(
         settings = isolated_settings(
             base, broker.bootstrap, accounts, partitions=config.partitions, label="bcond"
         )
-        write_secrets_file(
-            settings.resolved_secrets_file,
-            {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
-        )
+        write_account_secrets(settings.resolved_secrets_file, accounts)
         await ensure_topics(settings)
         services = OmsServices(settings, base / "logs")
         services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))

@@ -61,8 +61,9 @@ class E2EConfig:
     partitions: int = 8
     warmup: int = 50
     timeout_s: float = 300.0
-    # Signed requests verified at intake plus every pre-trade risk check (issue 9).
-    secure: bool = False
+    # Signed requests verified by the edge plus every pre-trade risk check: the default
+    # configuration. False measures trusted mode with the checks off, for comparison.
+    secure: bool = True
     # Order-processing workers in one consumer group (issue 7).
     workers: int = 1
 

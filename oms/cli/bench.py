@@ -23,8 +23,12 @@ def e2e(
     partitions: Annotated[int, typer.Option()] = 8,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     secure: Annotated[
-        bool, typer.Option(help="signed requests + every pre-trade risk check (issue 9)")
-    ] = False,
+        bool,
+        typer.Option(
+            help="signed requests + every pre-trade risk check (the default configuration); "
+            "--no-secure: trusted mode, checks off"
+        ),
+    ] = True,
     compare_secure: Annotated[
         bool, typer.Option(help="run without, then with signing + risk checks; print both")
     ] = False,
