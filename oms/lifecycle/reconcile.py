@@ -116,6 +116,9 @@ class OrderReconciler:
         self.counters: dict[str, int] = defaultdict(int)
         self.last_pass: dict[str, Any] = {}
         self._misses: dict[str, _Miss] = {}
+        # Orders resolved as lost (monotonic s): a check that raced the resolution is no
+        # new miss while the table catches up.
+        self._resolved: dict[str, float] = {}
         self._checking: set[str] = set()
         self._gate = asyncio.Semaphore(settings.reconcile_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -232,6 +235,8 @@ class OrderReconciler:
     async def missed(self, order: OrderRecord, source: str) -> None:
         """The exchange did not know ``order`` when ``source`` looked (by label, or by a
         command that acts by label)."""
+        if order.order_id in self._resolved:
+            return
         if order.status not in ACKNOWLEDGED:
             # Never acknowledged: the unacknowledged sweep sends it if the exchange never
             # had it; nothing to resolve here.
@@ -277,6 +282,7 @@ class OrderReconciler:
                 await self.executor.publish(report)
                 return
         self._misses.pop(order.order_id, None)
+        self._resolved[order.order_id] = time.monotonic()
         self.counters["lost_at_venue"] += 1
         log.error(
             "reconcile.lost_at_venue",
@@ -294,6 +300,9 @@ class OrderReconciler:
         now = time.monotonic()
         interval = self.settings.open_check_interval
         started = 0
+        for order_id, at in list(self._resolved.items()):
+            if now - at > 60.0:
+                del self._resolved[order_id]
         for order_id, miss in list(self._misses.items()):
             if now - miss.last < interval or order_id in self._checking:
                 continue
@@ -301,8 +310,8 @@ class OrderReconciler:
             if order is None or order.status not in ACKNOWLEDGED or not self._owns(order_id):
                 del self._misses[order_id]  # ended, moved away, or not ours any more
                 continue
-            if self.executor.is_inflight(order_id):
-                continue
+            if self.executor.is_running(order_id):
+                continue  # a command's own lookup will tell
             self.counters["follow_ups"] += 1
             started += 1
             self._background(self._check(order, "follow_up"), f"reconcile:{order_id}")

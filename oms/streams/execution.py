@@ -101,6 +101,10 @@ class OrderExecutor:
         """Orders with a command running now."""
         return len(self._inflight)
 
+    def is_running(self, order_id: str) -> bool:
+        """A command of this order is running right now."""
+        return order_id in self._inflight
+
     def is_inflight(self, order_id: str) -> bool:
         """A command of this order is running, or just finished and its report may still
         be on its way to the order-state agent: a sweep must not act on the order yet (a

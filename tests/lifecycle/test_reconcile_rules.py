@@ -192,9 +192,7 @@ async def test_an_order_the_exchange_never_shows_is_lost_after_the_retries() -> 
     assert snapshot["pending_misses"] == 0
 
 
-async def test_an_order_found_again_is_not_lost_and_a_lost_report_after_news_is_ignored() -> (
-    None
-):
+async def test_an_order_found_again_is_not_lost_and_a_lost_report_after_news_is_ignored() -> None:
     rig = Rig(retries=2)
     rig.add("o-1", exchange_order_id="BTC-old")
     await rig.reconciler.run_pass(rig.reconciler.candidates(), "start")
