@@ -94,11 +94,12 @@ class LifecycleWiring:
 
     def reconcile_new_partitions(self) -> None:
         """Start a pass over the orders of partitions that became ours (worker start,
-        takeover) once their table partitions are recovered."""
+        takeover) once their table partitions are recovered and the instruments loaded."""
         app = self._worker.app
         recovery: Any = getattr(app.tables, "recovery", None)
         if (
-            getattr(app, "rebalancing", False)
+            not len(self._worker.catalog)  # the currency of each lookup comes from it
+            or getattr(app, "rebalancing", False)
             or getattr(app, "in_recovery", False)
             or (recovery is not None and not recovery.completed.is_set())
         ):
