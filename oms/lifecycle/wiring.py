@@ -180,6 +180,15 @@ class LifecycleWiring:
         app = self._worker.app
         interval = self._worker.settings.lifecycle.check_interval
 
+        async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+            # Partitions given up are reconciled again when (re)assigned: another worker may
+            # have owned them meanwhile.
+            if self._reconciled:
+                gone = {tp.partition for tp in revoked if tp.topic == self._requests_topic}
+                self._reconciled = self._reconciled - gone
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
         @app.timer(interval=interval)
         async def lifecycle_check() -> None:
             try:

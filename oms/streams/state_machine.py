@@ -451,18 +451,31 @@ def _lost_at_venue(order: OrderRecord, report: ExecutionReport) -> Transition:
         or report.filled_amount + EPSILON < order.filled_amount
     ):
         return Transition(order, Outcome.STALE, note="the order changed since it was missed")
-    previous = order.status
     message = report.error_message or "the exchange does not know this order"
     updated, event = transition(
         order, OrderStatus.CANCELLED, reason_code=ReasonCode.LOST_AT_VENUE, message=message
     )
     event.details.update({"source": report.source.value, "lost_at_venue": True})
-    alert = make_event(
-        updated,
+    alert = lost_alert(updated, previous_status=order.status)
+    assert alert is not None
+    return Transition(updated, Outcome.APPLIED, [event, alert])
+
+
+def lost_alert(order: OrderRecord, previous_status: OrderStatus | None = None) -> OrderEvent | None:
+    """The ``system_error`` event of an order resolved as lost at the exchange (None for any
+    other order); the same event id when sent again after a replay."""
+    if (
+        order.status is not OrderStatus.CANCELLED
+        or order.reason_code is not ReasonCode.LOST_AT_VENUE
+    ):
+        return None
+    return make_event(
+        order,
         OrderEventType.SYSTEM_ERROR,
-        previous_status=previous,
+        previous_status=previous_status,
         reason_code=ReasonCode.LOST_AT_VENUE,
-        message=f"order {order.order_id} lost at the exchange, recorded as cancelled: {message}",
+        message=f"order {order.order_id} lost at the exchange, recorded as cancelled: "
+        f"{order.reason_message}",
         details={
             "alert_id": f"lost_at_venue:{order.order_id}",
             "severity": "emergency",
@@ -472,7 +485,6 @@ def _lost_at_venue(order: OrderRecord, report: ExecutionReport) -> Transition:
         },
         with_snapshot=False,
     )
-    return Transition(updated, Outcome.APPLIED, [event, alert])
 
 
 def _is_amendment(order: OrderRecord, report: ExecutionReport) -> bool:
