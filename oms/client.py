@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from oms.auth.signing import RequestSigner
 from oms.conditions.expressions import parse_expression, parse_time_ms
 from oms.schemas import (
     CommandType,
@@ -79,8 +80,9 @@ class OrderClient:
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._requests_topic = self.settings.topic(Topic.ORDER_REQUESTS)
         self._events_topic = self.settings.topic(Topic.ORDER_EVENTS)
-        # Requests are signed transparently when the account has a signing key (issue 9).
-        self.signing_key = SigningKeys(self.settings.resolved_secrets_file).for_signing(account_id)
+        # Requests are signed transparently when the account has a signing key.
+        self._signer = RequestSigner(SigningKeys(self.settings.resolved_secrets_file))
+        self.signing_key = self._signer.key_of(account_id)
 
     async def __aenter__(self) -> OrderClient:
         await self.start()
@@ -260,16 +262,23 @@ class OrderClient:
         return request.request_id
 
     async def send(self, request: OrderRequest) -> None:
-        """Publish any request as is (keyed by its order id)."""
-        assert self._producer is not None, "call start() first"
-        await self._producer.send_and_wait(
-            self._requests_topic, value=self.request_bytes(request), key=request.key.encode()
-        )
+        """Publish any request, signed when the account has a signing key. Keyed by its
+        order id, so an order's commands keep their order on one partition (the OMS routes
+        by order id itself; the key only preserves ordering)."""
+        value, headers = self.message(request)
+        await self.send_raw(value, key=request.key.encode(), headers=headers)
 
-    async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
+    async def send_raw(
+        self,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Publish arbitrary bytes to the request topic (for tests of bad input)."""
         assert self._producer is not None, "call start() first"
-        await self._producer.send_and_wait(self._requests_topic, value=value, key=key)
+        await self._producer.send_and_wait(
+            self._requests_topic, value=value, key=key, headers=headers
+        )
 
     # -- events ----------------------------------------------------------------------------
 
@@ -356,14 +365,11 @@ class OrderClient:
         await self.send(request)
         return request.request_id
 
-    def request_bytes(self, request: OrderRequest) -> bytes:
-        """The wire form of a request: signed with this account's signing key if it has
-        one (HMAC-SHA256, fresh timestamp and nonce), as is otherwise."""
-        if self.signing_key is None:
-            return request.to_bytes()
-        from oms.auth.signing import signed_request_bytes
-
-        return signed_request_bytes(request, self.signing_key)
+    def message(self, request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The wire form of a request: its JSON value, and the headers signing those exact
+        bytes with this account's signing key (fresh timestamp and nonce); no headers when
+        the account has no key (trusted mode)."""
+        return self._signer.message(request)
 
     # -- notifications (issue 5) -------------------------------------------------------------
 

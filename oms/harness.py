@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import orjson
 
 from oms.devstack.kafka import KafkaBroker, free_port
 from oms.kafka_admin import ensure_topics
-from oms.secrets import Credentials, write_secrets_file
+from oms.secrets import Credentials, write_secrets_file, write_signing_keys
 from oms.settings import Settings
 
 # Deribit's tier-1 matching-engine limit per sub-account (requests/s and burst): the tier
@@ -67,12 +67,23 @@ def isolated_settings(
                 update={"web_port": free_port(), "app_id": f"{label}-{tag}"}
             ),
             "sink": base.sink.model_copy(update={"query_port": free_port()}),
-            # Unsigned test clients: tests of signing opt in with auth_mode="signed".
-            "risk": base.risk.model_copy(update={"auth_mode": "trusted"}),
             "notify": base.notify.model_copy(update={"web_port": free_port()}),
             "positions": base.positions.model_copy(update={"web_port": free_port()}),
         }
     )
+
+
+def write_account_secrets(path: Path, accounts: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Fresh paper-exchange credentials and one request-signing key per account in the
+    secrets file, as a desk gets them when it is set up; returns ``{account: {key_id:
+    key}}``. The SDK then signs every request of these accounts by itself."""
+    names = list(accounts)
+    write_secrets_file(
+        path, {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in names}
+    )
+    keys = {a: {f"{a}-k1": secrets.token_hex(32)} for a in names}
+    write_signing_keys(path, keys)
+    return keys
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -260,10 +271,7 @@ async def start_paper_stack(
 ) -> tuple[OmsServices, ServiceProcess]:
     """Fresh paper credentials for the settings' accounts, the topics, and the paper exchange,
     gateway and one worker, started and ready. Stops what it started if that fails."""
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in settings.accounts},
-    )
+    write_account_secrets(settings.resolved_secrets_file, settings.accounts)
     await ensure_topics(settings)
     services = OmsServices(settings, log_dir)
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))

@@ -60,6 +60,10 @@ def topic_specs(
             config["cleanup.policy"] = "compact"
         if topic is Topic.RISK_AUDIT:
             config["retention.ms"] = "-1"
+        if topic is Topic.ORDER_REQUESTS:
+            # The broker stamps each request as it arrives: the edge judges a signature's
+            # freshness against that, not against a time the producer could claim.
+            config["message.timestamp.type"] = "LogAppendTime"
         specs.append(
             TopicSpec(settings.topic(topic.value), k.partitions, k.replication_factor, config)
         )

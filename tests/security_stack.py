@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
-from oms.harness import OmsServices, isolated_settings, worker_ready
+from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEvent
-from oms.secrets import Credentials, write_secrets_file, write_signing_keys
 from oms.settings import Settings
 
 
@@ -31,13 +29,7 @@ def stack_settings(
 
 def write_keys(settings: Settings, accounts: list[str]) -> dict[str, dict[str, str]]:
     """Exchange credentials and one signing key per account; returns the signing keys."""
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
-    )
-    keys = {a: {f"{a}-k1": secrets.token_hex(32)} for a in accounts}
-    write_signing_keys(settings.resolved_secrets_file, keys)
-    return keys
+    return write_account_secrets(settings.resolved_secrets_file, accounts)
 
 
 async def start_services(settings: Settings, workers: int = 1) -> OmsServices:

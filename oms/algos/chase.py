@@ -22,8 +22,8 @@ from oms.schemas import (
     OrderType,
     ReasonCode,
 )
+from oms.schemas.rejection import Rejection
 from oms.streams.state_machine import EPSILON
-from oms.streams.validation import Rejection
 
 CHASE = "chase"
 

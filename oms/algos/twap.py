@@ -36,8 +36,8 @@ from oms.schemas import (
     derive_order_id,
     now_ms,
 )
+from oms.schemas.rejection import Rejection
 from oms.streams.state_machine import EPSILON, Outcome, Transition, make_event, transition
-from oms.streams.validation import Rejection
 
 TWAP = "twap"
 MAX_SLICES = 100

@@ -1,21 +1,14 @@
-"""Request authentication (issue 9): HMAC-SHA256 signatures, signing keys, nonces."""
+"""Request authentication: HMAC-SHA256 signatures in Kafka headers, signing keys, nonces."""
 
 from oms.auth.nonces import NonceStore
-from oms.auth.signing import (
-    canonical_body,
-    compute_signature,
-    sign_request_obj,
-    signed_request_bytes,
-)
-from oms.auth.verify import Authenticator
-from oms.schemas.auth import RequestAuth
+from oms.auth.signing import compute_signature, sign_headers, signing_payload
+from oms.auth.verify import Authenticated, Authenticator
 
 __all__ = [
+    "Authenticated",
     "Authenticator",
     "NonceStore",
-    "RequestAuth",
-    "canonical_body",
     "compute_signature",
-    "sign_request_obj",
-    "signed_request_bytes",
+    "sign_headers",
+    "signing_payload",
 ]

@@ -1,15 +1,16 @@
 """Single-use nonces, remembered per order id in a changelog-backed table.
 
-Why per order id: requests are keyed (and so partitioned) by order id, and the signature
-covers the body, order id included. A replay of a captured request is byte-identical, so it
-has the same key, lands on the same partition and is processed by whichever worker owns that
-partition *with that partition's table*, restored from its changelog after a crash or a
-rebalance. The check is therefore exact for replays, whatever the number of workers, without
-any cross-partition coordination.
+Why per order id: the edge routes every command to its order's partition of
+``order-commands``, and the signature covers the body, order id included. A replay of a
+captured request is byte-identical, so it reaches the same partition and is checked by
+whichever worker owns it *with that partition's table*, restored from its changelog after a
+crash or a rebalance. The check is therefore exact for replays, whatever the number of
+workers, without any cross-partition coordination.
 
-Each entry remembers where the nonce was first accepted (partition offset): the same message
-delivered again (at-least-once redelivery after a crash) is recognised as itself and not
-mistaken for a replay, which is a new message at a new offset.
+Each entry remembers where the nonce was first accepted (the request's position on
+``order-requests``): the same request forwarded again by the edge (at-least-once after a
+crash) is recognised as itself and not mistaken for a replay, which is a new record at a new
+position.
 """
 
 from __future__ import annotations
@@ -22,32 +23,32 @@ from typing import Any
 @dataclass(frozen=True)
 class NonceCheck:
     """Outcome of looking a nonce up: ``replay`` is a new message reusing a seen nonce;
-    ``redelivery`` is the very message that was accepted before (same offset)."""
+    ``redelivery`` is the very message that was accepted before (same position)."""
 
     replay: bool = False
     redelivery: bool = False
 
 
 class NonceStore:
-    """Nonces per order id over a dict-like table ``{order_id: [[nonce, offset], ...]}``
+    """Nonces per order id over a dict-like table ``{order_id: [[nonce, position], ...]}``
     (a Faust table in the worker, so it is changelog-backed; a dict in unit tests)."""
 
     def __init__(self, table: MutableMapping[str, Any], kept_per_order: int = 64) -> None:
         self._table = table
         self._kept = kept_per_order
 
-    def check(self, order_id: str, nonce: str, offset: int | None) -> NonceCheck:
-        """Has this nonce been seen for this order, and was it at this very offset?"""
-        for seen_nonce, seen_offset in self._table.get(order_id) or ():
+    def check(self, order_id: str, nonce: str, position: str | None) -> NonceCheck:
+        """Has this nonce been seen for this order, and was it at this very position?"""
+        for seen_nonce, seen_position in self._table.get(order_id) or ():
             if seen_nonce == nonce:
-                if offset is not None and seen_offset == offset:
+                if position is not None and seen_position == position:
                     return NonceCheck(redelivery=True)
                 return NonceCheck(replay=True)
         return NonceCheck()
 
-    def remember(self, order_id: str, nonce: str, offset: int | None) -> None:
+    def remember(self, order_id: str, nonce: str, position: str | None) -> None:
         """Record an accepted nonce (the oldest ones beyond the per-order cap are dropped;
         those requests are long stale by then)."""
         entries = list(self._table.get(order_id) or ())
-        entries.append([nonce, offset])
+        entries.append([nonce, position])
         self._table[order_id] = entries[-self._kept :]

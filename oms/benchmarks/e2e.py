@@ -30,7 +30,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.auth.signing import signed_request_bytes
+from oms.auth.signing import RequestSigner
 from oms.devstack.kafka import KafkaBroker, free_port
 from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 from oms.kafka_admin import ensure_topics
@@ -38,6 +38,9 @@ from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.schemas.risk import AccountLimits
 from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys
 from oms.settings import Settings
+
+# A request's wire form: its value and the headers that sign it (none when unsigned).
+Encode = Callable[[OrderRequest], tuple[bytes, list[tuple[str, bytes]]]]
 
 ACK_EVENTS = frozenset(
     {
@@ -182,8 +185,9 @@ async def publish(
     rate: float | None,
     sent_at: dict[str, float],
     on_progress: Callable[[int], None] | None = None,
-    encode: Callable[[OrderRequest], bytes] = OrderRequest.to_bytes,
+    encode: Encode | None = None,
 ) -> None:
+    encode = encode or unsigned
     start = time.perf_counter()
     for i, request in enumerate(requests):
         if rate:
@@ -192,7 +196,8 @@ async def publish(
             if delay > 0:
                 await asyncio.sleep(delay)
         sent_at[request.key] = time.perf_counter()
-        await producer.send(topic, value=encode(request), key=request.key.encode())
+        value, headers = encode(request)
+        await producer.send(topic, value=value, key=request.key.encode(), headers=headers)
         if on_progress and i % 100 == 0:
             on_progress(i)
     await producer.flush()
@@ -508,13 +513,16 @@ def bucket_counts(before: StageBuckets, after: StageBuckets) -> dict[str, list[l
     return out
 
 
-def secure_setup(
-    settings: Settings, accounts: list[str], secure: bool
-) -> tuple[Settings, Callable[[OrderRequest], bytes]]:
+def unsigned(request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A request's value without signature headers (trusted mode)."""
+    return request.to_bytes(), []
+
+
+def secure_setup(settings: Settings, accounts: list[str], secure: bool) -> tuple[Settings, Encode]:
     """Settings and request encoder with signing + every risk check on, or both off."""
     if not secure:
         risk = settings.risk.model_copy(update={"auth_mode": "trusted", "checks_enabled": False})
-        return settings.model_copy(update={"risk": risk}), OrderRequest.to_bytes
+        return settings.model_copy(update={"risk": risk}), unsigned
     keys = {a: {f"{a}-k1": secrets.token_hex(32)} for a in accounts}
     write_signing_keys(settings.resolved_secrets_file, keys)
     # Every limit set, none binding: the checks all run, no order is refused.
@@ -532,19 +540,10 @@ def secure_setup(
             "auth_mode": "signed",
             "checks_enabled": True,
             "default_limits": limits,
-            # A backlog as fast as possible can hold requests for a while before intake.
-            "max_request_age_s": 600.0,
         }
     )
-    store = SigningKeys(settings.resolved_secrets_file)
-    signing = {a: store.for_signing(a) for a in accounts}
-
-    def encode(request: OrderRequest) -> bytes:
-        key = signing[request.account_id]
-        assert key is not None
-        return signed_request_bytes(request, key)
-
-    return settings.model_copy(update={"risk": risk}), encode
+    signer = RequestSigner(SigningKeys(settings.resolved_secrets_file))
+    return settings.model_copy(update={"risk": risk}), signer.message
 
 
 def dumps(result: dict[str, Any]) -> str:

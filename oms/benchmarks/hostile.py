@@ -39,6 +39,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from hypothesis import strategies as st
 
+from oms.auth.signing import RequestSigner, sign_headers
 from oms.harness import (
     OmsServices,
     isolated_settings,
@@ -47,6 +48,7 @@ from oms.harness import (
     start_paper_stack,
 )
 from oms.schemas import DeadLetter, OrderEvent, OrderRequest, OrderStatus, Topic
+from oms.secrets import SigningKeys
 from oms.streams.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 
 INJECTIONS = (
@@ -262,6 +264,17 @@ def plan_messages(
     return planned, expected
 
 
+def signature_of(value: bytes, signer: RequestSigner) -> list[tuple[str, bytes]]:
+    """Headers signing ``value`` with its account's key when it parses as a request of an
+    account that has one: the OMS runs signed, and a hostile request must be refused for
+    what is wrong with it, not only for being unsigned."""
+    parsed = parse_request(value)
+    if isinstance(parsed, ParseFailure):
+        return []
+    key = signer.key_of(parsed.account_id)
+    return sign_headers(value, key) if key is not None else []
+
+
 def valid_orders(n: int, accounts: list[str], run: str) -> list[OrderRequest]:
     """Even: marketable (filled against the paper market); odd: resting far away (open)."""
     out = []
@@ -401,7 +414,13 @@ async def run_hostile(
         try:
             on_status(f"publishing {len(planned)} messages ({config.valid} valid)")
             t0 = time.monotonic()
-            futures = [await producer.send(topic, value=p.value, key=p.key) for p in planned]
+            signer = RequestSigner(SigningKeys(settings.resolved_secrets_file))
+            futures = [
+                await producer.send(
+                    topic, value=p.value, key=p.key, headers=signature_of(p.value, signer)
+                )
+                for p in planned
+            ]
             metadata = await asyncio.gather(*futures)
             offsets = [(m.partition, m.offset) for m in metadata]
             published_s = time.monotonic() - t0

@@ -30,6 +30,7 @@ import aiohttp
 import psutil
 from aiokafka import AIOKafkaProducer
 
+from oms.auth.signing import RequestSigner
 from oms.benchmarks.e2e import EventCollector
 from oms.harness import (
     OmsServices,
@@ -38,6 +39,7 @@ from oms.harness import (
     start_paper_stack,
 )
 from oms.schemas import OrderRequest, Topic
+from oms.secrets import SigningKeys
 
 MB = 1024 * 1024
 
@@ -88,11 +90,16 @@ def _requests(n: int, accounts: list[str], run: str, conditional: bool) -> list[
     return out
 
 
-async def _publish(bootstrap: str, topic: str, requests: list[OrderRequest]) -> None:
+async def _publish(
+    bootstrap: str, topic: str, requests: list[OrderRequest], signer: RequestSigner
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(topic, r.to_bytes(), key=r.key.encode()) for r in requests]
+        futures = []
+        for r in requests:
+            value, headers = signer.message(r)
+            futures.append(await producer.send(topic, value, key=r.key.encode(), headers=headers))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -125,6 +132,7 @@ async def run_memory_bench(
         assert worker.proc is not None
         pid = worker.proc.pid
         topic = settings.topic(Topic.ORDER_REQUESTS)
+        signer = RequestSigner(SigningKeys(settings.resolved_secrets_file))
         collector = EventCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
         await collector.start()
         run = uuid.uuid4().hex[:6]
@@ -133,7 +141,7 @@ async def run_memory_bench(
             on_status("warm-up (100 orders)")
             warm = _requests(100, accounts, f"warm-{run}", conditional=False)
             collector.expect({r.key for r in warm})
-            await _publish(bootstrap, topic, warm)
+            await _publish(bootstrap, topic, warm, signer)
             if not await collector.wait(120):
                 raise RuntimeError("warm-up orders not acknowledged:\n" + services.diagnostics())
             await asyncio.sleep(2.0)
@@ -141,7 +149,7 @@ async def run_memory_bench(
 
             on_status(f"{config.orders} conditional orders")
             held = _requests(config.orders, accounts, f"cond-{run}", conditional=True)
-            await _publish(bootstrap, topic, held)
+            await _publish(bootstrap, topic, held, signer)
             while (waiting := await _waiting(port)) < config.orders:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"only {waiting} of {config.orders} orders waiting")
@@ -152,7 +160,7 @@ async def run_memory_bench(
             on_status(f"{config.orders} open orders")
             resting = _requests(config.orders, accounts, f"open-{run}", conditional=False)
             collector.expect({r.key for r in resting})
-            await _publish(bootstrap, topic, resting)
+            await _publish(bootstrap, topic, resting, signer)
             if not await collector.wait(max(1.0, deadline - time.monotonic())):
                 acked = sum(1 for r in resting if r.key in collector.first_ack)
                 raise TimeoutError(f"only {acked} of {config.orders} orders acknowledged")

@@ -32,6 +32,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from oms.auth.signing import RequestSigner
 from oms.chaos.verdict import (
     TERMINAL,
     audit_notifications,
@@ -59,7 +60,7 @@ from oms.schemas import (
     Topic,
     now_ms,
 )
-from oms.secrets import SecretStore
+from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
 
 KINDS = ("market_buy", "market_sell", "client_cancel", "auto_cancel")
@@ -321,13 +322,19 @@ async def keeper_positions(settings: Settings) -> list[dict[str, Any]]:
     return body
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, request: OrderRequest) -> None:
-    """Publish, retrying a send the broker did not confirm (while it restarts): a request
-    published twice is one order (the worker answers the second with a ``duplicate`` event,
-    which is no terminal state)."""
+async def _send(
+    producer: AIOKafkaProducer, topic: str, request: OrderRequest, signer: RequestSigner
+) -> None:
+    """Publish, signed, retrying a send the broker did not confirm (while it restarts): a
+    request published twice is one order (the worker answers the second with a
+    ``duplicate`` event, which is no terminal state). Each attempt is signed afresh, so a
+    first copy the broker did keep is a duplicate, not a replay."""
     for attempt in range(6):
+        value, headers = signer.message(request)
         try:
-            await producer.send_and_wait(topic, value=request.to_bytes(), key=request.key.encode())
+            await producer.send_and_wait(
+                topic, value=value, key=request.key.encode(), headers=headers
+            )
             return
         except KafkaError:
             if attempt == 5:
@@ -353,6 +360,7 @@ class PacedFlow:
         self.log = EventLog()
         self.planned = plan_requests(config, self.settings.accounts, run)
         self.kind_of = {request.key: kind for kind, request in self.planned}
+        self._signer = RequestSigner(SigningKeys(self.settings.resolved_secrets_file))
         self._events = TopicCollector(
             stack.bootstrap, self.settings.topic(Topic.ORDER_EVENTS), self.log.add
         )
@@ -396,7 +404,7 @@ class PacedFlow:
                 account_id=request.account_id,
                 order_id=request.key,
             )
-            await _send(self._producer, topic, cancel)
+            await _send(self._producer, topic, cancel, self._signer)
 
         pending: set[asyncio.Task[None]] = set()
         t0 = time.monotonic()
@@ -405,7 +413,7 @@ class PacedFlow:
                 await asyncio.sleep(delay)
             request.created_at = now_ms()
             # Sent in the background so a broker restart does not stop the pacing.
-            pending.add(asyncio.create_task(_send(self._producer, topic, request)))
+            pending.add(asyncio.create_task(_send(self._producer, topic, request, self._signer)))
             if kind == "client_cancel":
                 pending.add(asyncio.create_task(cancel_later(request)))
             on_sent(i + 1)

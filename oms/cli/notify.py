@@ -115,13 +115,14 @@ def log_cmd(
     """Latest delivery attempts (from ``oms.notifications``)."""
     from oms.notify.settings_io import read_topic
     from oms.schemas import NotificationRecord, Topic
+    from oms.schemas.decode import Undecodable, decode
 
     settings = get_settings()
     rows: list[NotificationRecord] = []
     for _, value in asyncio.run(read_topic(settings, settings.topic(Topic.NOTIFICATIONS))):
-        if value is None:
-            continue
-        record = NotificationRecord.from_bytes(value)
+        record = decode(NotificationRecord, value)
+        if isinstance(record, Undecodable):
+            continue  # the sink dead-letters it; a log shows what it can read
         if account and record.account_id != account:
             continue
         if status and record.status.value != status:

@@ -214,8 +214,11 @@ def audit(account: AccountOpt = None) -> None:
     """Who changed what, oldest first."""
     settings = get_settings()
     for _key, value in asyncio.run(read_topic_fully(settings, settings.topic(Topic.RISK_AUDIT))):
-        if value is None:
+        try:
+            record = json.loads(value or b"")
+        except ValueError:  # a tombstone, an empty value, not JSON: nothing to show
             continue
-        record = json.loads(value)
+        if not isinstance(record, dict):
+            continue
         if account is None or record.get("account_id") == account:
             console.print_json(json.dumps(record))

@@ -23,7 +23,6 @@ from oms.settings import (
     KafkaSettings,
     PaperExchangeSettings,
     PositionSettings,
-    RiskSettings,
     Settings,
     SinkSettings,
     WorkerSettings,
@@ -64,8 +63,6 @@ def isolated_settings(
         "sink": SinkSettings(query_port=free_port()),
         "positions": PositionSettings(web_port=free_port()),
         "secrets_file": data_dir / "secrets.json",
-        # Unsigned test clients: tests of signing opt in with auth_mode="signed".
-        "risk": RiskSettings(auth_mode="trusted"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -18,8 +18,8 @@ from oms.schemas import (
     OrderStatus,
     ReasonCode,
 )
+from oms.schemas.rejection import Rejection
 from oms.streams.state_machine import transition
-from oms.streams.validation import Rejection
 
 _REASON_TEXT = {
     ReasonCode.AUTO_CANCELLED: "open longer than auto_cancel_timeout",

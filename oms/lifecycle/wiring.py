@@ -17,7 +17,9 @@ from oms.lifecycle.monitor import LifecycleMonitor
 from oms.lifecycle.reconcile import OrderReconciler
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
-from oms.schemas import MetricsSample, OrderEvent, OrderRequest, Topic
+from oms.partitioning import partition_of
+from oms.schemas import MetricsSample, OrderEvent, Topic
+from oms.schemas.commands import InternalComponent
 
 if TYPE_CHECKING:
     from oms.streams.worker import OrderWorker
@@ -29,28 +31,21 @@ class LifecycleWiring:
     """The lifecycle timer, the metrics collector and the probe endpoints of one worker."""
 
     def __init__(self, worker: OrderWorker) -> None:
-        from oms.streams.worker import _partition_of
-
         self._worker = worker
         settings = worker.settings
         self.metrics = OrderMetricsCollector()
         worker.executor.on_command = self.metrics.observe_command
         partitions = settings.kafka.partitions
-        requests_topic = worker.oms.requests.get_topic_name()
         self._owned: set[int] = set()
 
         def owns(order_id: str) -> bool:
-            return _partition_of(order_id, partitions) in self._owned
+            return partition_of(order_id, partitions) in self._owned
 
-        async def publish_request(request: OrderRequest) -> None:
-            await worker._send(requests_topic, request.key.encode(), request.to_bytes())
-
-        self._requests_topic = requests_topic
         self.ticks = worker.tick_cache
         self.algos = AlgoScheduler(
             orders=lambda: worker.oms.orders.items(),
             owns=owns,
-            publish_request=publish_request,
+            publish_request=worker.commands_of(InternalComponent.ALGO),
             latest_tick=self.ticks.latest,
         )
         self._owns = owns
@@ -74,7 +69,7 @@ class LifecycleWiring:
             owns=owns,
             recheck=worker.executor.recheck,
             is_busy=worker.executor.is_inflight,
-            publish_request=publish_request,
+            publish_request=worker.commands_of(InternalComponent.LIFECYCLE),
         )
 
     def refresh_gauges(self) -> None:
@@ -85,7 +80,7 @@ class LifecycleWiring:
     async def reconcile_account(self, account_id: str) -> None:
         """After an exchange reconnect: every live order of the account (owned partitions)
         is looked up by label, so fills and cancels missed while away are reported."""
-        self._owned = self._worker.oms.active_partitions(self._requests_topic)
+        self._owned = self._worker.owned_partitions()
         done = await self.reconciler.reconcile_account(account_id)
         counters = self.monitor.counters
         counters["reconnect_reconciliations"] = counters.get("reconnect_reconciliations", 0) + 1
@@ -110,11 +105,9 @@ class LifecycleWiring:
         self._reconciled = owned
         if not new:
             return
-        from oms.streams.worker import _partition_of
-
         partitions = self._worker.settings.kafka.partitions
         orders = self.reconciler.candidates(
-            owns=lambda order_id: _partition_of(order_id, partitions) in new
+            owns=lambda order_id: partition_of(order_id, partitions) in new
         )
         log.info(
             "lifecycle.reconcile_partitions",
@@ -145,7 +138,7 @@ class LifecycleWiring:
     async def check(self) -> dict[str, int]:
         """One lifecycle pass over the orders of the partitions this worker owns."""
         worker = self._worker
-        self._owned = worker.oms.active_partitions(self._requests_topic)
+        self._owned = worker.owned_partitions()
         if not self._owned:
             return {}
         self.reconcile_new_partitions()
@@ -184,7 +177,8 @@ class LifecycleWiring:
             # Partitions given up are reconciled again when (re)assigned: another worker may
             # have owned them meanwhile.
             if self._reconciled:
-                gone = {tp.partition for tp in revoked if tp.topic == self._requests_topic}
+                topic = self._worker._commands_topic  # the orders' partitions
+                gone = {tp.partition for tp in revoked if tp.topic == topic}
                 self._reconciled = self._reconciled - gone
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]

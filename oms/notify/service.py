@@ -33,7 +33,6 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from oms.kafka_admin import TopicSpec, ensure_topics
 from oms.notify.channels import ChannelFactory, ConsoleChannel
@@ -53,6 +52,7 @@ from oms.schemas import (
     Topic,
     now_ms,
 )
+from oms.schemas.decode import Undecodable, decode
 from oms.schemas.notify_settings import (
     NotificationAck,
     NotificationSettings,
@@ -121,6 +121,8 @@ class Notifier:
         self._batch_lock = asyncio.Lock()
         self._uncommitted = False
         self._last_gc = 0
+        # Dead letters of the messages read since the last flush (sent before the commit).
+        self._dead: list[DeadLetter] = []
         # Active (unacknowledged) emergency alerts, mirrored in the state as a:<alert_id>.
         self.alerts: dict[str, dict[str, Any]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -247,6 +249,7 @@ class Notifier:
             for msgs in batch.values():
                 for msg in msgs:
                     self._apply_control(msg)
+        await self._flush_dead_letters()
 
     async def _control_at(self, end: dict[TopicPartition, int]) -> bool:
         assert self._control is not None
@@ -270,31 +273,48 @@ class Notifier:
                 await asyncio.sleep(1.0)
 
     def _apply_control(self, msg: Any) -> None:
-        key = msg.key.decode() if msg.key else ""
+        """Apply one record of the compacted settings or acks topic. Both are read from the
+        beginning at every start, so what is dead-lettered here is dead-lettered again by the
+        next start while the bad record is the latest of its key."""
+        key = msg.key.decode(errors="replace") if msg.key else ""
         if msg.topic == self.topics["settings"]:
-            if msg.value is None:
+            if msg.value is None and key:
+                # A deletion (the topic is compacted, keyed by account): the account is back
+                # to the default settings, as it will be after compaction and a restart.
                 self.accounts.pop(key, None)
+                self.counters["settings_deleted"] += 1
                 return
-            try:
-                new = NotificationSettings.from_bytes(msg.value)
-            except ValidationError as exc:
+            new = decode(NotificationSettings, msg.value)
+            if isinstance(new, Undecodable):
                 # The previous settings stay in force; the bad record is kept as evidence.
                 self.counters["settings_invalid"] += 1
-                self._dead_letter(msg, ReasonCode.INVALID_SETTINGS, str(exc))
+                if new.reason_code is ReasonCode.SCHEMA_INVALID:
+                    new = Undecodable(ReasonCode.INVALID_SETTINGS, new.error)
+                self._dead_letter(msg, new)
                 return
             if key and new.account_id != key:
-                self._dead_letter(msg, ReasonCode.INVALID_SETTINGS, "key is not the account_id")
+                self.counters["settings_invalid"] += 1
+                self._dead_letter(
+                    msg, Undecodable(ReasonCode.INVALID_SETTINGS, "key is not the account_id")
+                )
                 return
             self.accounts[new.account_id] = new
             self.counters["settings_applied"] += 1
             log.info("notify.settings_applied", account_id=new.account_id)
-        elif msg.topic == self.topics["acks"] and msg.value is not None:
-            try:
-                ack = NotificationAck.from_bytes(msg.value)
-            except ValidationError as exc:
-                self._dead_letter(msg, ReasonCode.SCHEMA_INVALID, str(exc))
+        elif msg.topic == self.topics["acks"]:
+            if msg.value is None and key:
+                # Pruning (compacted, keyed by alert id): the acknowledgement is forgotten, as
+                # it will be after compaction and a restart.
+                self.acks.pop(key, None)
+                self.counters["acks_pruned"] += 1
+                return
+            ack = decode(NotificationAck, msg.value)
+            if isinstance(ack, Undecodable):
+                self.counters["acks_invalid"] += 1
+                self._dead_letter(msg, ack)
                 return
             self.acks[ack.alert_id] = ack.acked_at
+            self.counters["acks_applied"] += 1
             if self.alerts.pop(ack.alert_id, None) is not None:
                 self.state.put(f"a:{ack.alert_id}", None)
                 self.counters["alerts_acked"] += 1
@@ -310,32 +330,29 @@ class Notifier:
 
     # -- ingest ----------------------------------------------------------------------------
 
-    _dead: list[DeadLetter]
-
-    def _dead_letter(self, msg: Any, reason: ReasonCode, error: str) -> None:
-        if not hasattr(self, "_dead"):
-            self._dead = []
-        self._dead.append(
-            DeadLetter.for_payload(
-                msg.value or b"",
-                source_topic=msg.topic,
-                reason_code=reason,
-                error=error,
-                key=msg.key,
-                partition=msg.partition,
-                offset=msg.offset,
-            )
-        )
+    def _dead_letter(self, msg: Any, failure: Undecodable) -> None:
+        """Queue the dead letter of ``msg`` (sent by the next :meth:`_flush_dead_letters`)."""
+        self._dead.append(failure.letter_for(msg, consumer="notifier"))
 
     async def _flush_dead_letters(self) -> None:
-        dead, self._dead = getattr(self, "_dead", []), []
+        """Send the queued dead letters and wait until the broker has them: the offsets of
+        the messages they are about are committed next."""
+        dead, self._dead = self._dead, []
         assert self._producer is not None
-        for letter in dead:
-            await self._producer.send(
-                self.topics["dead"],
-                key=letter.key.encode() if letter.key else None,
-                value=letter.to_bytes(),
-            )
+        try:
+            sent = [
+                await self._producer.send(
+                    self.topics["dead"],
+                    key=letter.key.encode() if letter.key else None,
+                    value=letter.to_bytes(),
+                )
+                for letter in dead
+            ]
+            await asyncio.gather(*sent)
+        except Exception:
+            # Broker trouble: keep them for the next flush (the batch is retried too).
+            self._dead = dead + self._dead
+            raise
 
     async def _consume_loop(self) -> None:
         assert self._consumer is not None
@@ -385,11 +402,11 @@ class Notifier:
         self._kick.set()
 
     def _on_event(self, msg: Any, now: int) -> None:
-        try:
-            event = OrderEvent.from_bytes(msg.value or b"")
-        except ValidationError as exc:
+        # Neither input is compacted: a tombstone deletes nothing and is dead-lettered.
+        event = decode(OrderEvent, msg.value)
+        if isinstance(event, Undecodable):
             self.counters["malformed"] += 1
-            self._dead_letter(msg, ReasonCode.SCHEMA_INVALID, str(exc)[:500])
+            self._dead_letter(msg, event)
             return
         self.counters["events"] += 1
         notice = notice_from_event(event)
@@ -397,11 +414,10 @@ class Notifier:
             self.admit(notice, now, (f"{msg.topic}:{msg.partition}", msg.offset))
 
     def _on_position(self, msg: Any, now: int) -> None:
-        try:
-            record = PositionRecord.from_bytes(msg.value or b"")
-        except ValidationError as exc:
+        record = decode(PositionRecord, msg.value)
+        if isinstance(record, Undecodable):
             self.counters["malformed"] += 1
-            self._dead_letter(msg, ReasonCode.SCHEMA_INVALID, str(exc)[:500])
+            self._dead_letter(msg, record)
             return
         self.counters["positions"] += 1
         settings = self.accounts.get(record.account_id)

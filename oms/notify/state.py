@@ -32,6 +32,8 @@ class StateStore:
         self._dirty: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._unacked: set[asyncio.Future[Any]] = set()
+        # Records of the topic that were not JSON at the last restore (see restore()).
+        self.unreadable = 0
 
     async def restore(self) -> int:
         """Read the topic from the beginning to its end; returns the records read."""
@@ -40,6 +42,7 @@ class StateStore:
         )
         await consumer.start()
         read = 0
+        self.unreadable = 0
         try:
             tp = TopicPartition(self.topic, 0)
             consumer.assign([tp])
@@ -49,14 +52,24 @@ class StateStore:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
                 for msg in batch.get(tp, []):
                     read += 1
-                    key = msg.key.decode() if msg.key else ""
-                    if msg.value is None:
+                    key = msg.key.decode(errors="replace") if msg.key else ""
+                    if msg.value is None:  # a deletion (put(key, None))
                         self.data.pop(key, None)
-                    else:
-                        self.data[key] = orjson.loads(msg.value)
+                        continue
+                    value = _json_object(msg.value)
+                    if value is None:
+                        # Only this process writes the topic (JSON objects): a record it cannot
+                        # read is not input to dead-letter but damage to report. Its key keeps
+                        # the last readable value, so the notifier still starts.
+                        self.unreadable += 1
+                        log.error("notify.state_unreadable", key=key, offset=msg.offset)
+                        continue
+                    self.data[key] = value
         finally:
             await consumer.stop()
-        log.info("notify.state_restored", records=read, keys=len(self.data))
+        log.info(
+            "notify.state_restored", records=read, keys=len(self.data), unreadable=self.unreadable
+        )
         return read
 
     def get(self, key: str) -> Any:
@@ -101,3 +114,12 @@ class StateStore:
                 self._dirty = {**dirty, **self._dirty}
                 raise
         return len(dirty)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` as a JSON object, or None if it is not one."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

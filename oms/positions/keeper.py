@@ -31,6 +31,7 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
+from oms.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
@@ -44,7 +45,6 @@ from oms.positions.state import (
     ReportBundle,
 )
 from oms.schemas import (
-    DeadLetter,
     ExecutionReport,
     OrderEvent,
     OrderEventType,
@@ -55,11 +55,12 @@ from oms.schemas import (
     now_ms,
     position_key,
 )
+from oms.schemas.decode import EMPTY, TOMBSTONE, Undecodable, failure_of
 from oms.secrets import SecretStore
 from oms.settings import Settings
 from oms.streams import faust_fixes
 from oms.streams.app import create_topics_first, new_faust_app
-from oms.streams.worker import _FaustWorker, _partition_of
+from oms.streams.worker import _FaustWorker
 
 log = structlog.get_logger(__name__)
 
@@ -223,12 +224,12 @@ class PositionKeeper:
         return [
             state
             for key, state in list(self.positions.items())
-            if state is not None and _partition_of(key, n) in owned
+            if state is not None and partition_of(key, n) in owned
         ]
 
     def owns_key(self, key: str) -> bool:
         actives: set[TP] = self.app.assignor.assigned_actives()
-        partition = _partition_of(key, self.settings.kafka.partitions)
+        partition = partition_of(key, self.settings.kafka.partitions)
         return TP(self.fills_topic, partition) in actives
 
     def tables_ready(self) -> bool:
@@ -289,6 +290,9 @@ class PositionKeeper:
         ps = self.settings.positions
 
         async def apply(stream: Any) -> None:
+            # Faust restarts an agent that raised: counted, so /stats shows it (bad input is
+            # dead-lettered by _apply_message and must never do that).
+            self.counters["apply_starts"] += 1
             async for event in stream.events():
                 await self._apply(event)
 
@@ -385,10 +389,16 @@ class PositionKeeper:
             self._mark_processed(message)
 
     async def _apply_message(self, event: Any, message: Any) -> None:
+        raw: bytes | None = event.value
+        # The internal topic is not compacted and carries bundles and commands only: a
+        # tombstone on it deletes nothing, it is refused like an empty value.
+        if not raw:
+            await self._refuse(message, TOMBSTONE if raw is None else EMPTY)
+            return
         try:
-            bundle = ReportBundle.from_bytes(event.value)
-        except (pydantic.ValidationError, ValueError, TypeError) as exc:
-            bundle = await self._salvage(event.value or b"", message, exc)
+            bundle = ReportBundle.from_bytes(raw)
+        except pydantic.ValidationError as exc:
+            bundle = await self._salvage(raw, message, exc)
         if bundle.command is not None:
             kind = bundle.command.get("type")
             if kind == PRUNE:
@@ -402,33 +412,41 @@ class PositionKeeper:
         applied = self.ledger.apply_reports(bundle.reports, replayed=replayed)
         await self._publish(applied)
 
-    async def _salvage(self, raw: bytes, message: Any, exc: Exception) -> ReportBundle:
+    async def _salvage(
+        self, raw: bytes, message: Any, exc: pydantic.ValidationError
+    ) -> ReportBundle:
         """A bundle that did not validate: keep its valid reports, dead-letter the others
-        (the route agent forwards reports after a cheap look only)."""
-        items: list[Any] = []
+        (the route agent forwards reports after a cheap look only). Not JSON, or no reports
+        in it: the whole message is dead-lettered."""
         try:
             body = orjson.loads(raw)
-            items = body.get("reports") or [] if isinstance(body, dict) else []
         except orjson.JSONDecodeError:
-            pass
+            body = None
+        items = body.get("reports") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            await self._refuse(message, failure_of(exc))
+            return ReportBundle()
         good: list[ExecutionReport] = []
-        bad: list[tuple[bytes, str]] = []
         for item in items:
             try:
                 good.append(ExecutionReport.model_validate(item))
             except pydantic.ValidationError as err:
-                bad.append((orjson.dumps(item), str(err).splitlines()[0]))
-        if not items:
-            bad.append((raw, str(exc).splitlines()[0]))
-        for payload, error in bad:
-            self.counters["malformed_reports_applied"] += 1
-            letter = DeadLetter.for_payload(
-                payload, source_topic=message.topic, reason_code=ReasonCode.SCHEMA_INVALID,
-                error=error, key=message.key, partition=message.partition,
-                offset=message.offset,
-            )  # fmt: skip
-            await self._send(self.dead_letters_topic, letter.key, letter.to_bytes())
+                await self._refuse(message, failure_of(err), orjson.dumps(item))
         return ReportBundle(reports=good)
+
+    async def _refuse(
+        self, message: Any, failure: Undecodable, payload: bytes | None = None
+    ) -> None:
+        """Dead-letter what could not be applied (``payload``: one report of a bundle, else
+        the whole message)."""
+        self.counters["malformed_reports_applied"] += 1
+        self.counters[f"undecodable_{failure.reason_code.value}"] += 1
+        letter = failure.letter(
+            message.value if payload is None else payload, consumer="positions",
+            source_topic=message.topic, key=message.key, partition=message.partition,
+            offset=message.offset,
+        )  # fmt: skip
+        await self._send(self.dead_letters_topic, letter.key, letter.to_bytes())
 
     async def _publish(self, applied: Applied) -> None:
         for record in applied.records:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, MutableMapping
 from functools import lru_cache
 from typing import Any
 
+from oms.partitioning import partition_of
 from oms.schemas import PositionRecord, now_ms
-from oms.streams.worker import _partition_of
 
 PRUNE = "prune"
 
@@ -36,7 +36,7 @@ def prune_command(cutoff_ms: int) -> dict[str, Any]:
 @lru_cache(maxsize=65_536)
 def _position_partition(key: str, partitions: int) -> int:
     # Few position keys, many trades each: murmur2 in Python once per key, not per trade.
-    return _partition_of(key, partitions)
+    return partition_of(key, partitions)
 
 
 def expired_by_partition(

@@ -94,6 +94,11 @@ class RiskBook:
         if current is None or controls.version >= current.version:
             self._controls[controls.account_id] = controls
 
+    def drop_controls(self, account_id: str) -> bool:
+        """Forget the account's runtime controls (its settings entry, else the defaults, apply
+        again); False if it had none."""
+        return self._controls.pop(account_id, None) is not None
+
     def accounts_with_controls(self) -> list[AccountControls]:
         return list(self._controls.values())
 
@@ -186,6 +191,13 @@ class RiskBook:
         self._open[order.order_id] = live
         self._add_remaining(live, live.remaining)
         self._open_by_account.setdefault(order.account_id, set()).add(order.order_id)
+
+    def forget_order(self, order_id: str) -> None:
+        """Stop counting an order (its table entry was deleted)."""
+        known = self._open.pop(order_id, None)
+        if known is not None:
+            self._add_remaining(known, -known.remaining)
+            self._open_by_account.get(known.account_id, set()).discard(order_id)
 
     def _add_remaining(self, order: OpenOrder, delta: float) -> None:
         key = (order.account_id, order.instrument_name, order.direction)

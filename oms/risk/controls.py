@@ -14,9 +14,9 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
 
 from oms.schemas import OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
+from oms.schemas.decode import Undecodable, decode
 from oms.schemas.risk import AccountControls, RiskAuditRecord, TradingState
 from oms.settings import Settings
 
@@ -153,11 +153,14 @@ async def current_controls(settings: Settings) -> dict[str, AccountControls]:
     """The latest runtime controls per account on the risk-controls topic."""
     latest: dict[str, AccountControls] = {}
     for key, value in await read_topic_fully(settings, settings.topic(Topic.RISK_CONTROLS)):
-        if value is None or key is None:
+        if value is None:
+            # A tombstone deletes the account's controls, as the workers read it (see
+            # oms.risk.feeds): the next change starts from its settings again.
+            if key is not None:
+                latest.pop(key.decode(errors="replace"), None)
             continue
-        try:
-            controls = AccountControls.from_bytes(value)
-        except ValidationError:
+        controls = decode(AccountControls, value)
+        if isinstance(controls, Undecodable):
             continue  # workers dead-letter it; operators start from the last valid record
         latest[controls.account_id] = controls
     return latest

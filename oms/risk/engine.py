@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from oms.risk.book import RiskBook
 from oms.schemas import Direction, InstrumentSpec, OrderRecord, OrderRequest, OrderType, ReasonCode
+from oms.schemas.rejection import Rejection
 from oms.schemas.risk import AccountControls, TradingState
-from oms.streams.validation import Rejection
 
 # Order types whose price is a limit price (the fat-finger band applies to it).
 _LIMIT_PRICED = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT, OrderType.TAKE_LIMIT})

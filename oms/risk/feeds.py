@@ -11,6 +11,24 @@ One group-less aiokafka consumer (no consumer group: every worker gets every par
 
 ``ready`` is set once everything that was on the first three when the feed started has been
 read, and intake waits for it: a worker never checks an order against a half-loaded book.
+
+What a message that cannot be read (see :mod:`oms.schemas.decode`) does, per topic:
+
+| topic | tombstone | empty, not JSON, not the record |
+|---|---|---|
+| risk-controls | deletes the account's runtime controls | dead letter; previous controls kept |
+| orders changelog | deletes the order (Faust's table deletion) | dead letter |
+| positions | dead letter | dead letter |
+| market-ticks | skipped: the tick feed dead-letters it | skipped: the tick feed does |
+
+The two compacted topics honour a tombstone because compaction will: a worker started after
+it sees neither the record nor the tombstone, so one that kept the old record would enforce
+other controls than its peers. On the others nothing is deleted, and a tombstone is just
+one more unreadable message. Unreadable messages are counted by every worker and handed to
+``on_undecodable`` when they arrive live (the worker dead-letters those of the partitions it
+owns); ticks are left to the worker's tick feed, which reads them all too. What was on a
+topic when the feed started was read live before (by this worker before a restart, or by
+another), and reporting it again would repeat the dead letter on every start.
 """
 
 from __future__ import annotations
@@ -22,17 +40,17 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from oms.kafka_admin import ensure_topics
 from oms.risk.book import RiskBook
-from oms.schemas import MarketTick, OrderRecord, PositionRecord, Topic
+from oms.schemas import MarketTick, OrderRecord, PositionRecord, Record, Topic
+from oms.schemas.decode import KafkaMessage, Undecodable, decode
 from oms.schemas.risk import AccountControls
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-OnBadControls = Callable[[bytes, bytes | None, int, int, str], Awaitable[None]]
+OnUndecodable = Callable[[KafkaMessage, Undecodable], Awaitable[None]]
 OnPositions = Callable[[set[str]], Awaitable[None]]
 
 
@@ -45,7 +63,7 @@ class RiskFeeds:
         book: RiskBook,
         orders_changelog: str,
         *,
-        on_bad_controls: OnBadControls | None = None,
+        on_undecodable: OnUndecodable | None = None,
         on_positions: OnPositions | None = None,
         on_controls: Callable[[AccountControls], Awaitable[None]] | None = None,
     ) -> None:
@@ -55,13 +73,23 @@ class RiskFeeds:
         self.positions_topic = settings.topic(Topic.POSITIONS)
         self.ticks_topic = settings.topic(Topic.MARKET_TICKS)
         self.orders_topic = orders_changelog
-        self._on_bad_controls = on_bad_controls
+        self._on_undecodable = on_undecodable
         self._on_positions = on_positions
         self._on_controls = on_controls
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        # Per topic kind (controls, orders, positions, ticks): records applied, deletions,
+        # unreadable messages per reason code ("controls:tombstone", ...).
         self.counters: dict[str, int] = {}
+        self._kinds = {
+            self.controls_topic: "controls",
+            self.orders_topic: "orders",
+            self.positions_topic: "positions",
+            self.ticks_topic: "ticks",
+        }
+        # Per partition, the end offset when the feed (re)started: below it is history.
+        self._live_from: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="risk-feeds")
@@ -122,6 +150,7 @@ class RiskFeeds:
         for tp in ticks:
             consumer.seek(tp, max(0, tick_ends[tp] - self._settings.risk.mark_lookback))
         ends = await consumer.end_offsets(full)
+        self._live_from = {**tick_ends, **ends}
         pending = {tp for tp in full if ends[tp] > 0}
         if not pending:
             self.ready.set()
@@ -141,36 +170,67 @@ class RiskFeeds:
             if touched and self._on_positions is not None and self.ready.is_set():
                 await self._on_positions(touched)
 
-    async def _apply(self, tp: TopicPartition, message: object, touched: set[str]) -> None:
-        value: bytes | None = message.value  # type: ignore[attr-defined]
-        if value is None:
+    def stats(self) -> dict[str, object]:
+        """Counters for the worker's ``/stats``, and whether the start-up read is done."""
+        return {"ready": self.ready.is_set(), **self.counters}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def _apply(self, tp: TopicPartition, message: KafkaMessage, touched: set[str]) -> None:
+        kind = self._kinds.get(tp.topic)
+        if kind is None:
             return
-        topic = tp.topic
-        try:
-            if topic == self.orders_topic:
-                self._book.apply_order(OrderRecord.from_bytes(value))
-            elif topic == self.ticks_topic:
-                self._book.apply_tick(MarketTick.from_bytes(value))
-            elif topic == self.positions_topic:
-                record = PositionRecord.from_bytes(value)
-                self._book.apply_position(record)
-                touched.add(record.account_id)
-            elif topic == self.controls_topic:
-                controls = AccountControls.from_bytes(value)
-                self._book.apply_controls(controls)
-                if self._on_controls is not None and self.ready.is_set():
-                    await self._on_controls(controls)
-        except ValidationError as exc:
-            self.counters[f"invalid:{topic}"] = self.counters.get(f"invalid:{topic}", 0) + 1
-            if topic == self.controls_topic and self._on_bad_controls is not None:
-                # Nonsense limits written straight to the topic: refused, evidence kept,
-                # the previous controls stay in force.
-                await self._on_bad_controls(
-                    value,
-                    message.key,  # type: ignore[attr-defined]
-                    tp.partition,
-                    message.offset,  # type: ignore[attr-defined]
-                    str(exc.errors()[:3]),
-                )
-            else:
-                log.warning("risk.feed_invalid_record", topic=topic, error=str(exc)[:300])
+        value = message.value
+        if value is None and kind in ("controls", "orders") and message.key is not None:
+            self._delete(kind, message.key.decode(errors="replace"))
+            return
+        record = decode(_MODELS[kind], value)
+        if isinstance(record, Undecodable):
+            await self._undecodable(kind, tp, message, record)
+            return
+        self._count(kind)
+        if isinstance(record, OrderRecord):
+            self._book.apply_order(record)
+        elif isinstance(record, MarketTick):
+            self._book.apply_tick(record)
+        elif isinstance(record, PositionRecord):
+            self._book.apply_position(record)
+            touched.add(record.account_id)
+        elif isinstance(record, AccountControls):
+            self._book.apply_controls(record)
+            if self._on_controls is not None and self.ready.is_set():
+                await self._on_controls(record)
+
+    def _delete(self, kind: str, key: str) -> None:
+        """A tombstone on a compacted topic: the key's record is gone."""
+        self._count(f"{kind}:deleted")
+        if kind == "orders":
+            self._book.forget_order(key)
+            return
+        if self._book.drop_controls(key):
+            # Loud: deleting an account's controls can lift a halt or a limit.
+            log.warning("risk.controls_deleted", account_id=key)
+
+    async def _undecodable(
+        self, kind: str, tp: TopicPartition, message: KafkaMessage, failure: Undecodable
+    ) -> None:
+        self._count(f"{kind}:{failure.reason_code.value}")
+        live = message.offset >= self._live_from.get(tp, 0)
+        if kind == "ticks" or not live or self._on_undecodable is None:
+            return
+        if kind == "controls":
+            failure = Undecodable(
+                failure.reason_code,
+                f"controls refused, previous ones stay in force: {failure.error}",
+            )
+        await self._on_undecodable(message, failure)
+
+
+# The record each topic kind carries.
+_MODELS: dict[str, type[Record]] = {
+    "controls": AccountControls,
+    "orders": OrderRecord,
+    "positions": PositionRecord,
+    "ticks": MarketTick,
+}

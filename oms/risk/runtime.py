@@ -1,8 +1,8 @@
-"""Authentication and pre-trade risk inside a worker: what intake calls, what runs beside it.
+"""Pre-trade risk inside a worker: what intake calls, what runs beside it.
 
-:class:`IntakeGuard` is the one object the worker builds and intake calls:
+:class:`IntakeGuard` is the one object the worker builds and intake calls (requests arrive
+authenticated by the edge, :mod:`oms.streams.edge`):
 
-* ``authenticate(request, raw, ...)`` first, before anything else happens to a request;
 * ``check_submit(order, at_release=...)`` for new orders (and queued ones at release);
 * ``check_command(order, request)`` for cancels and amends;
 * ``note_accepted(order)`` once an order is accepted.
@@ -17,10 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
-from aiokafka.partitioner import murmur2
 
-from oms.auth.nonces import NonceStore
-from oms.auth.verify import Authenticator
+from oms.partitioning import partition_of
 from oms.risk.book import RiskBook, utc_day
 from oms.risk.controls import Send, account_subject, publish_change
 from oms.risk.engine import RiskEngine
@@ -33,14 +31,13 @@ from oms.schemas import (
     OrderRecord,
     OrderRequest,
     OrderStatus,
-    ReasonCode,
     Topic,
     now_ms,
 )
+from oms.schemas.decode import KafkaMessage, Undecodable
+from oms.schemas.rejection import Rejection
 from oms.schemas.risk import AccountControls, TradingState
-from oms.secrets import SigningKeys
 from oms.settings import Settings
-from oms.streams.validation import Rejection
 
 log = structlog.get_logger(__name__)
 
@@ -48,19 +45,13 @@ log = structlog.get_logger(__name__)
 _AT_EXCHANGE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
-def partition_of(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as every producer of our topics uses."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
 class IntakeGuard:
-    """Authentication and risk for one worker."""
+    """Pre-trade risk for one worker."""
 
     def __init__(
         self,
         settings: Settings,
         *,
-        nonce_table: Any,
         orders_changelog: str,
         instrument: Callable[[str | None], InstrumentSpec | None],
         send: Send,
@@ -70,11 +61,6 @@ class IntakeGuard:
         orders: Callable[[], Iterable[tuple[str, OrderRecord | None]]],
     ) -> None:
         self.settings = settings
-        self.authenticator = Authenticator(
-            settings.risk,
-            SigningKeys(settings.resolved_secrets_file),
-            NonceStore(nonce_table, settings.risk.nonces_kept_per_order),
-        )
         self.checks_enabled = settings.risk.checks_enabled
         self.book = RiskBook(settings.risk, instrument)
         self.engine = RiskEngine(self.book)
@@ -82,7 +68,7 @@ class IntakeGuard:
             settings,
             self.book,
             orders_changelog,
-            on_bad_controls=self._bad_controls,
+            on_undecodable=self._undecodable,
             on_positions=self._auto_reduce,
             # A lowered loss limit can be breached already: switch without waiting for a fill.
             on_controls=lambda controls: self._auto_reduce({controls.account_id}),
@@ -96,20 +82,6 @@ class IntakeGuard:
         self._halt_cancelled: set[tuple[str, int]] = set()
 
     # -- called by intake ---------------------------------------------------------------------
-
-    def authenticate(
-        self,
-        request: OrderRequest,
-        raw: bytes,
-        *,
-        offset: int | None,
-        replayed: bool,
-        timestamp_ms: int | None,
-    ) -> Rejection | None:
-        """Signature, key, nonce, freshness (see :mod:`oms.auth.verify`)."""
-        return self.authenticator.authenticate(
-            request, raw, offset=offset, reference_ms=timestamp_ms if replayed else None
-        )
 
     def check_submit(self, order: OrderRecord, *, at_release: bool = False) -> Rejection | None:
         """Permissions, trading state and limits of a new (or released) order."""
@@ -152,23 +124,25 @@ class IntakeGuard:
         """Does this worker own the request partition of ``key`` (one writer per account)?"""
         return partition_of(key, self.settings.kafka.partitions) in self._owned()
 
-    async def _bad_controls(
-        self, raw: bytes, key: bytes | None, partition: int, offset: int, error: str
-    ) -> None:
-        account = key.decode(errors="replace") if key else ""
-        log.warning("risk.controls_invalid", account_id=account, offset=offset, error=error)
-        if self.owns(account_subject(account)):
-            await self._dead_letter(
-                DeadLetter.for_payload(
-                    raw,
-                    source_topic=self.settings.topic(Topic.RISK_CONTROLS),
-                    reason_code=ReasonCode.SCHEMA_INVALID,
-                    error=f"controls refused, previous ones stay in force: {error}",
-                    key=key,
-                    partition=partition,
-                    offset=offset,
-                )
-            )
+    def owns_partition(self, partition: int) -> bool:
+        """Does this worker answer for ``partition`` of a topic every worker reads in full
+        (ticks, risk controls, positions)? Its owner is the owner of the same partition of
+        the request topic, so exactly one worker does, as long as no rebalance is under way."""
+        return partition % self.settings.kafka.partitions in self._owned()
+
+    async def _undecodable(self, message: KafkaMessage, failure: Undecodable) -> None:
+        """A message of a topic every worker reads that none can use: logged by every worker,
+        dead-lettered by the owner of its partition (one letter, not one per worker)."""
+        log.warning(
+            "risk.feed_undecodable",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason_code=failure.reason_code.value,
+            error=failure.error[:300],
+        )
+        if self.owns_partition(message.partition):
+            await self._dead_letter(failure.letter_for(message, consumer="worker"))
 
     async def _auto_reduce(self, accounts: set[str]) -> None:
         """Daily loss limit reached: switch the account to ``reducing`` (published once, by
@@ -231,24 +205,15 @@ def create_intake_guard(
     dead_letter: Callable[[DeadLetter], Awaitable[None]],
     executor: Any,
 ) -> IntakeGuard:
-    """The worker's guard, with its nonce table (changelog-backed, co-partitioned with the
-    requests: it is written while a request is processed, keyed by the request's order id)."""
-    nonce_table = oms.app.Table(
-        "request-nonces",
-        default=None,
-        key_type=str,
-        partitions=settings.kafka.partitions,
-        help="Signed-request nonces per order id (replay protection).",
-    )
-    requests_topic = settings.topic(Topic.ORDER_REQUESTS)
+    """The worker's guard over its order table."""
+    commands_topic = settings.topic(Topic.ORDER_COMMANDS)
     return IntakeGuard(
         settings,
-        nonce_table=nonce_table,
         orders_changelog=oms.orders.changelog_topic.get_topic_name(),
         instrument=instrument,
         send=send,
         dead_letter=dead_letter,
-        owned_partitions=lambda: oms.active_partitions(requests_topic),
+        owned_partitions=lambda: oms.active_partitions(commands_topic),
         cancel=executor.cancel,
         orders=lambda: oms.orders.items(),
     )

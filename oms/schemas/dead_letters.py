@@ -20,7 +20,9 @@ class DeadLetter(Record):
     key: str | None = None
     reason_code: ReasonCode
     error: str
-    payload: str = Field(description="original bytes decoded as UTF-8 with replacement")
+    payload: str = Field(
+        description="original bytes decoded as UTF-8 with replacement (empty for a tombstone)"
+    )
     payload_size: int = 0
     truncated: bool = False
     received_at: int = Field(default_factory=now_ms)
@@ -28,7 +30,7 @@ class DeadLetter(Record):
     @classmethod
     def for_payload(
         cls,
-        raw: bytes,
+        raw: bytes | None,
         *,
         source_topic: str,
         reason_code: ReasonCode,
@@ -37,6 +39,9 @@ class DeadLetter(Record):
         partition: int | None = None,
         offset: int | None = None,
     ) -> DeadLetter:
+        """The dead letter of ``raw`` (``None``: a tombstone, kept as an empty payload; the
+        reason code tells it from zero bytes)."""
+        raw = raw or b""
         text = raw.decode("utf-8", errors="replace")
         return cls(
             source_topic=source_topic,

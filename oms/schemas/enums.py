@@ -114,6 +114,11 @@ class ReportSource(StrEnum):
 class ReasonCode(StrEnum):
     """Machine-readable reasons carried by rejections and dead letters."""
 
+    # A message that cannot be read at all (oms.schemas.decode): a tombstone (null value)
+    # where no deletion is meant, zero bytes, bytes that are not JSON, JSON that is not
+    # the topic's record.
+    TOMBSTONE = "tombstone"
+    EMPTY_PAYLOAD = "empty_payload"
     MALFORMED_JSON = "malformed_json"
     SCHEMA_INVALID = "schema_invalid"
     INVALID_AMOUNT = "invalid_amount"
@@ -160,6 +165,8 @@ class ReasonCode(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     STALE_REQUEST = "stale_request"
     NONCE_REUSED = "nonce_reused"
+    # A submit's order_id that is not derive_order_id(account_id, request_id).
+    ORDER_ID_MISMATCH = "order_id_mismatch"
     PERMISSION_DENIED = "permission_denied"
     RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
     PRICE_BAND_EXCEEDED = "price_band_exceeded"

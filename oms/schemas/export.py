@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from oms.schemas.base import Record
+from oms.schemas.commands import OrderCommand
 from oms.schemas.dead_letters import DeadLetter
 from oms.schemas.execution import ExecutionReport
 from oms.schemas.market import MarketTick
@@ -18,6 +19,7 @@ from oms.schemas.risk import AccountControls, RiskAuditRecord
 
 EXPORTED: tuple[type[Record], ...] = (
     OrderRequest,
+    OrderCommand,
     OrderRecord,
     OrderEvent,
     ExecutionReport,

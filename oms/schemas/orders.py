@@ -6,8 +6,8 @@ import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, model_validator
+from pydantic_core import PydanticCustomError
 
-from oms.schemas.auth import RequestAuth
 from oms.schemas.base import MetadataValue, Record, now_ms
 from oms.schemas.contingency import Contingency
 from oms.schemas.enums import (
@@ -27,9 +27,16 @@ SafeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9
 MAX_METADATA_KEYS = 32
 
 
+# The validation error type of a submit whose order_id is not the derived one.
+ORDER_ID_MISMATCH_ERROR = "order_id_mismatch"
+
+
 def derive_order_id(account_id: str, request_id: str) -> str:
     """The order id (and Deribit ``label``) for a submit: a pure function of who asked and
-    their idempotency key, so a re-sent request maps to the same order and partition."""
+    their idempotency key, so a re-sent request maps to the same order and partition.
+
+    ``"o-"`` + hex of the 12-byte BLAKE2b digest of ``account_id NUL request_id`` (UTF-8);
+    the same as ``printf 'demo\0r-1' | b2sum -l 96`` (see the README's test vector)."""
     digest = hashlib.blake2b(f"{account_id}\x00{request_id}".encode(), digest_size=12).hexdigest()
     return f"o-{digest}"
 
@@ -37,8 +44,9 @@ def derive_order_id(account_id: str, request_id: str) -> str:
 class OrderRequest(Record):
     """A command from a trader or bot on ``oms.order-requests``.
 
-    ``submit`` carries the seed's ``submit_advanced_order`` fields; ``cancel`` and ``amend``
-    name an existing ``order_id``. ``request_id`` is the idempotency key.
+    ``submit`` carries the ``submit_advanced_order`` fields; ``cancel`` and ``amend`` name an
+    existing ``order_id``. ``request_id`` is the idempotency key. A submit's ``order_id`` may
+    be omitted (it is derived); the signature travels in Kafka headers, not in the body.
     """
 
     schema_version: int = 1
@@ -72,8 +80,6 @@ class OrderRequest(Record):
     )
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     created_at: int = Field(default_factory=now_ms, description="client time, ms since epoch")
-    # Signature of the request (issue 9); required unless the request topic is trusted.
-    auth: RequestAuth | None = None
 
     @model_validator(mode="after")
     def _check_command_fields(self) -> OrderRequest:
@@ -93,8 +99,11 @@ class OrderRequest(Record):
             elif self.order_id != expected:
                 # A free-form id would let one request_id map to two orders (and partitions),
                 # defeating the duplicate check.
-                raise ValueError(
-                    "order_id of a submit must be derive_order_id(account_id, request_id)"
+                raise PydanticCustomError(
+                    ORDER_ID_MISMATCH_ERROR,
+                    "order_id {given} of a submit is not derive_order_id(account_id, "
+                    "request_id) = {expected}; omit order_id to have it derived",
+                    {"given": self.order_id, "expected": expected},
                 )
         elif self.order_id is None:
             raise ValueError(f"{self.command.value} requires order_id")

@@ -2,8 +2,9 @@
 
 | topic              | key                          | why                                         |
 |--------------------|------------------------------|---------------------------------------------|
-| order-requests     | order_id                     | all commands for one order in one partition |
-| execution-reports  | order_id (= Deribit label)   | co-partitioned with requests: same table    |
+| order-requests     | any (or none)                | external: any producer, any partitioner     |
+| order-commands     | order_id                     | internal: the edge routes requests here     |
+| execution-reports  | order_id (= Deribit label)   | co-partitioned with commands: same table    |
 | order-triggers     | order_id                     | internal: trigger engine -> table owner     |
 | order-events       | order_id                     | per-order ordering for consumers and sinks  |
 | market-ticks       | instrument_name              | one instrument's ticks in order             |
@@ -16,8 +17,10 @@
 | notification-settings | account_id (compacted)    | latest settings per account                 |
 | notification-acks  | alert_id (compacted)         | acknowledged emergency alerts               |
 
-order-requests, execution-reports, order-triggers and order-events must have the same
-partition count (co-partitioned): the order table is written from the first three.
+order-commands, execution-reports, order-triggers and order-events must have the same
+partition count (co-partitioned): the order table is written from the first three. Only the
+OMS writes order-commands; traders write order-requests, whose partitioning does not matter
+(the edge re-keys every request by its order id).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from enum import StrEnum
 
 class Topic(StrEnum):
     ORDER_REQUESTS = "order-requests"
+    ORDER_COMMANDS = "order-commands"
     MARKET_TICKS = "market-ticks"
     EXECUTION_REPORTS = "execution-reports"
     ORDER_TRIGGERS = "order-triggers"

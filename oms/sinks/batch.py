@@ -17,9 +17,9 @@ from oms.schemas import (
     MetricsSample,
     NotificationRecord,
     OrderEvent,
-    ReasonCode,
     Topic,
 )
+from oms.schemas.decode import EMPTY, TOMBSTONE, Undecodable, failure_of
 from oms.settings import Settings
 from oms.sinks.clickhouse import rows as R
 from oms.sinks.staged import STAGED
@@ -143,24 +143,29 @@ class Batch:
         topic = self.topics.get(msg.topic)
         if topic is None:
             return
+        value = msg.value
+        if not value:
+            # None of the topics the sink stores is compacted: a tombstone deletes nothing.
+            self._malformed(topic, msg, TOMBSTONE if value is None else EMPTY)
+            return
         staged = STAGED.get(topic)
         try:
-            if staged is not None and msg.value is not None:
+            if staged is not None:
                 # Hot path, kept flat: most messages are position records and reports.
-                count, staged_rows = staged.parse(msg.value)
+                count, staged_rows = staged.parse(value)
                 if count:
                     lines = self.raw.get(staged.staging)
                     if lines is None:
                         lines = self.raw[staged.staging] = []
-                    lines.append(msg.value)
+                    lines.append(value)
                     self.raw_rows[staged.staging] = self.raw_rows.get(staged.staging, 0) + count
                     self._span(staged.staging, key, offset)
                     return
                 produced = [(staged.table, staged_rows)]
             else:
-                produced = self._rows(topic, msg)
+                produced = self._rows(topic, msg, value)
         except (pydantic.ValidationError, orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            self._malformed(topic, msg, exc)
+            self._malformed(topic, msg, failure_of(exc))
             return
         for table, table_rows in produced:
             if not table_rows:
@@ -168,27 +173,25 @@ class Batch:
             self.rows.setdefault(table, []).extend(table_rows)
             self._span(table, key, msg.offset)
 
-    def _malformed(self, topic: Topic, msg: Message, exc: Exception) -> None:
+    def _malformed(self, topic: Topic, msg: Message, failure: Undecodable) -> None:
         """Count and log it, and dead-letter it with its reason: nothing is lost. A malformed
         dead letter is only logged: sending it back would loop."""
         self.malformed += 1
-        error = str(exc).splitlines()[0][:300]
-        reason = _malformed_reason(exc)
         log.warning(
             "sink.malformed_message",
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
-            reason_code=reason.value,
-            error=error,
+            reason_code=failure.reason_code.value,
+            error=failure.error[:300],
         )
         if topic is not Topic.DEAD_LETTERS:
             self.dead_letters.append(
-                DeadLetter.for_payload(
-                    msg.value or b"",
+                failure.letter(
+                    msg.value,
+                    consumer="sink",
                     source_topic=msg.topic,
-                    reason_code=reason,
-                    error=f"sink: {error}",
+                    key=None,
                     partition=msg.partition,
                     offset=msg.offset,
                 )
@@ -206,10 +209,7 @@ class Batch:
         elif offset < span[0]:
             span[0] = offset
 
-    def _rows(self, topic: Topic, msg: Message) -> list[tuple[str, list[R.Row]]]:
-        if msg.value is None:
-            raise ValueError("empty message")
-        value = msg.value
+    def _rows(self, topic: Topic, msg: Message, value: bytes) -> list[tuple[str, list[R.Row]]]:
         # One branch per topic, the busiest first (positions and execution reports: _staged).
         if topic is Topic.ORDER_EVENTS:
             return self._order_event(OrderEvent.from_bytes(value), msg)
@@ -246,14 +246,3 @@ class Batch:
         spans = sorted(self.ranges.get(table, {}).items())
         text = table + "|" + ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in spans)
         return f"{table}:{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"
-
-
-def _malformed_reason(exc: Exception) -> ReasonCode:
-    """``malformed_json`` for bytes that are not JSON, ``schema_invalid`` for the rest."""
-    if isinstance(exc, orjson.JSONDecodeError):
-        return ReasonCode.MALFORMED_JSON
-    if isinstance(exc, pydantic.ValidationError) and any(
-        e["type"] == "json_invalid" for e in exc.errors()
-    ):
-        return ReasonCode.MALFORMED_JSON
-    return ReasonCode.SCHEMA_INVALID

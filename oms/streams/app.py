@@ -2,7 +2,7 @@
 
 Data flows one way::
 
-    order-requests ──intake──> orders table ──executor──> Deribit
+    order-requests ──edge──> order-commands ──intake──> orders table ──executor──> Deribit
                        │          │  ▲                         │
                        │   waiting│  │order-triggers           │
                        │          ▼  │                         │
@@ -10,7 +10,9 @@ Data flows one way::
                        │     priority queues ──dispatcher──> executor
                        └──> order-events <──order_state── execution-reports <── gateway
 
-``intake`` validates and records, the executor talks to the exchange in the background,
+The stateless ``edge`` authenticates traders' requests and routes each to its order's
+partition of ``order-commands``, where the OMS's own commands also go. ``intake`` validates
+and records, the executor talks to the exchange in the background,
 and every answer comes back through ``execution-reports`` to ``order_state``, the only
 agent that applies exchange news to the table. Waiting orders (delayed, conditional) are
 released by the trigger engine through ``order-triggers`` to the ``release`` agent, which
@@ -43,11 +45,13 @@ class OmsApp:
 
     app: faust.App
     requests: faust.TopicT
+    commands: faust.TopicT
     reports: faust.TopicT
     triggers: faust.TopicT
     events: faust.TopicT
     dead_letters: faust.TopicT
     orders: Any  # faust Table[str, OrderRecord]
+    nonces: Any  # faust Table[str, list[[nonce, position]]]
 
     def active_partitions(self, topic_name: str) -> set[int]:
         """Partitions of a topic this worker actively owns (standbys excluded)."""
@@ -123,12 +127,21 @@ def create_app(settings: Settings) -> OmsApp:
         partitions=settings.kafka.partitions,
         help="Latest state of every order, keyed by order id (co-partitioned with requests).",
     )
+    nonces = app.Table(
+        "request-nonces",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        help="Signed-request nonces per order id (replay protection), co-partitioned.",
+    )
     return OmsApp(
         app=app,
         requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),
+        commands=app.topic(settings.topic(Topic.ORDER_COMMANDS)),
         reports=app.topic(settings.topic(Topic.EXECUTION_REPORTS)),
         triggers=app.topic(settings.topic(Topic.ORDER_TRIGGERS)),
         events=app.topic(settings.topic(Topic.ORDER_EVENTS)),
         dead_letters=app.topic(settings.topic(Topic.DEAD_LETTERS)),
         orders=orders,
+        nonces=nonces,
     )

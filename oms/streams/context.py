@@ -1,19 +1,21 @@
-"""What every order agent gets from the worker, as plain callables (no Faust types)."""
+"""What every agent gets from the worker, as plain callables (no Faust types)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from oms.schemas import DeadLetter, OrderEvent, ReasonCode
+from oms.schemas import DeadLetter, OrderEvent, ReasonCode, Record
+from oms.schemas.decode import Undecodable, decode
+
+R = TypeVar("R", bound=Record)
 
 
 @dataclass(kw_only=True)
-class AgentContext:
-    """The order table, the outputs, and counters for ``/stats``."""
+class Outputs:
+    """The outputs of an agent (events, dead letters) and its counters for ``/stats``."""
 
-    orders: Any  # the Faust table (dict-like)
     emit: Callable[[OrderEvent], Awaitable[None]]
     dead_letter: Callable[[DeadLetter], Awaitable[None]]
     source_topic: str
@@ -22,9 +24,38 @@ class AgentContext:
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    async def decode(
+        self,
+        model: type[R],
+        raw: bytes | None,
+        *,
+        key: bytes | None,
+        partition: int | None,
+        offset: int | None,
+    ) -> R | None:
+        """The ``model`` record in ``raw``, or None once ``raw`` (a tombstone, an empty value,
+        not JSON, not the record) is on the dead letters with its reason. None of this agent's
+        topics is compacted: a tombstone on them is never a deletion."""
+        record = decode(model, raw)
+        if isinstance(record, Undecodable):
+            self.count("dead_letters")
+            self.count(f"undecodable_{record.reason_code.value}")
+            await self.dead_letter(
+                record.letter(
+                    raw,
+                    consumer="worker",
+                    source_topic=self.source_topic,
+                    key=key,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+            return None
+        return record
+
     async def reject_raw(
         self,
-        raw: bytes,
+        raw: bytes | None,
         reason_code: ReasonCode,
         error: str,
         *,
@@ -36,7 +67,7 @@ class AgentContext:
         self.count("dead_letters")
         await self.dead_letter(
             DeadLetter.for_payload(
-                raw,
+                raw or b"",
                 source_topic=self.source_topic,
                 reason_code=reason_code,
                 error=error,
@@ -45,3 +76,10 @@ class AgentContext:
                 offset=offset,
             )
         )
+
+
+@dataclass(kw_only=True)
+class AgentContext(Outputs):
+    """An agent that owns order state: the outputs plus the order table."""
+
+    orders: Any  # the Faust table (dict-like)

@@ -1,7 +1,10 @@
-"""Where a request enters: parse, deduplicate, validate, record, hand to the executor.
+"""Where a command is recorded: deduplicate, validate, record, hand to the executor.
 
-Runs inside the ``intake`` agent, one message at a time per worker, so the order table is
-read and written without races. Nothing here waits for the exchange.
+Runs inside the ``intake`` agent on ``order-commands``, one message at a time per partition
+owner, so the order table is read and written without races. Commands arrive authenticated
+(the edge, :mod:`oms.streams.edge`) or from the OMS itself; here only the nonce of a signed
+request is checked, since nonces are remembered per order. Nothing here waits for the
+exchange.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from oms.algos import twap
+from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
 from oms.schemas import (
     CommandType,
@@ -25,27 +29,23 @@ from oms.schemas import (
     ReasonCode,
     now_ms,
 )
+from oms.schemas.commands import OrderCommand
 from oms.schemas.conditions import OrderTrigger, TriggerKind
+from oms.schemas.decode import Undecodable, decode
+from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
 from oms.streams.context import AgentContext
+from oms.streams.edge import unauthenticated
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
 from oms.streams.links import plan_children
 from oms.streams.scheduling import Schedule, Strategy, plan_schedule
 from oms.streams.state_machine import make_event, reannouncement, transition
-from oms.streams.validation import (
-    ParseFailure,
-    Rejection,
-    parse_request,
-    summarize_validation_error,
-    validate_submit,
-)
+from oms.streams.validation import summarize_validation_error, validate_submit
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
-
-if TYPE_CHECKING:
     from oms.risk.runtime import IntakeGuard
 
 log = structlog.get_logger(__name__)
@@ -68,75 +68,63 @@ class IntakeContext(AgentContext):
     queue_settings: QueueSettings
     on_fired: Callable[[list[Fired]], Awaitable[None]]
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
-    # Authentication and pre-trade risk (issue 9); None: neither.
+    # Pre-trade risk; None: no checks.
     guard: IntakeGuard | None = None
+    # Nonces of signed requests per order id (replay protection); None: not remembered.
+    nonces: NonceStore | None = None
     # Waits until the table writes made so far are on Kafka (the worker: its producer's
     # flush); None: writes are durable at once (tests with a plain dict).
     make_durable: Callable[[], Awaitable[None]] | None = None
 
 
-async def handle_request(
+async def handle_command(
     ctx: IntakeContext,
-    raw: bytes,
+    raw: bytes | None,
     *,
     key: bytes | None,
     partition: int | None,
     offset: int | None,
     replayed: bool,
-    timestamp_ms: int | None = None,
 ) -> None:
-    """Process one message of ``order-requests``.
+    """Process one message of ``order-commands``.
 
     ``replayed`` is true for messages a previous owner of the partition may already have
     processed (they were on the topic before this worker took the partition over): those
     are executed only after a label lookup, and never reported as user duplicates.
     """
-    parsed = parse_request(raw)
-    if isinstance(parsed, ParseFailure):
-        await _reject_unparsable(ctx, raw, parsed, key=key, partition=partition, offset=offset)
+    command = decode(OrderCommand, raw)
+    if isinstance(command, Undecodable):  # only the OMS writes this topic: kept as evidence
+        await ctx.reject_raw(
+            raw, command.reason_code, command.error, key=key, partition=partition, offset=offset
+        )
         return
-    ctx.count(f"requests_{parsed.command.value}")
-    # Authentication comes before anything else (issue 9).
-    if ctx.guard is not None:
-        refused = ctx.guard.authenticate(
-            parsed, raw, offset=offset, replayed=replayed, timestamp_ms=timestamp_ms
-        )
-        if refused is not None:
+    await apply_command(ctx, command, replayed=replayed)
+
+
+async def apply_command(ctx: IntakeContext, command: OrderCommand, *, replayed: bool) -> None:
+    """Record one parsed command: its nonce, then the submit or the change it asks for."""
+    request, origin = command.request, command.origin
+    ctx.count(f"commands_{request.command.value}")
+    if origin.nonce is not None and ctx.nonces is not None:
+        seen = ctx.nonces.check(request.key, origin.nonce, origin.source)
+        if seen.replay:
             ctx.count("unauthenticated")
-            await ctx.emit(_unauthenticated(parsed, refused))
-            return
-    if parsed.command is CommandType.SUBMIT:
-        await _submit(ctx, parsed, replayed)
-    else:
-        await _modify(ctx, parsed, replayed)
-
-
-async def _reject_unparsable(
-    ctx: IntakeContext,
-    raw: bytes,
-    failure: ParseFailure,
-    *,
-    key: bytes | None,
-    partition: int | None,
-    offset: int | None,
-) -> None:
-    await ctx.reject_raw(
-        raw, failure.reason_code, failure.message, key=key, partition=partition, offset=offset
-    )
-    if failure.identity is not None:
-        ident = failure.identity
-        await ctx.emit(
-            OrderEvent(
-                event_id=f"{ident['order_id']}:invalid:{ident['request_id']}",
-                event_type=OrderEventType.REJECTED,
-                order_id=ident["order_id"],
-                account_id=ident["account_id"],
-                request_id=ident["request_id"],
-                status=OrderStatus.REJECTED,
-                reason_code=failure.reason_code,
-                message=failure.message,
+            rejection = Rejection(
+                ReasonCode.NONCE_REUSED, f"nonce already used for order {request.key}: a replay"
             )
-        )
+            await ctx.emit(unauthenticated(request, rejection, source=origin.source))
+            return
+        if seen.redelivery:
+            replayed = True  # forwarded again by the edge after a crash: not a new request
+        else:
+            ctx.nonces.remember(request.key, origin.nonce, origin.source)
+    # The OMS's own commands use deterministic request ids: a second copy (a timer that ran
+    # again after a restart) is expected and acknowledged silently.
+    quiet = replayed or origin.internal
+    if request.command is CommandType.SUBMIT:
+        await _submit(ctx, request, replayed, quiet=quiet)
+    else:
+        await _modify(ctx, request, replayed, quiet=quiet)
 
 
 async def submit_linked(
@@ -151,11 +139,13 @@ async def _submit(
     request: OrderRequest,
     replayed: bool,
     links: dict[str, Any] | None = None,
+    *,
+    quiet: bool = False,
 ) -> None:
     order_id = request.key
     existing: OrderRecord | None = ctx.orders.get(order_id)
     if existing is not None:
-        if replayed:
+        if replayed or quiet:
             # Our own earlier processing, maybe cut short before its event went out.
             await ctx.emit(reannouncement(existing))
         else:
@@ -362,7 +352,9 @@ def _duplicate_event(order: OrderRecord, request: OrderRequest) -> OrderEvent:
     return event
 
 
-async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> None:
+async def _modify(
+    ctx: IntakeContext, request: OrderRequest, replayed: bool, *, quiet: bool = False
+) -> None:
     order_id = request.key
     order: OrderRecord | None = ctx.orders.get(order_id)
     rejection: Rejection | None = None
@@ -371,7 +363,7 @@ async def _modify(ctx: IntakeContext, request: OrderRequest, replayed: bool) -> 
     elif order.account_id != request.account_id:
         rejection = Rejection(ReasonCode.NOT_OWNER, f"order {order_id} belongs to another account")
     elif request.request_id in order.seen_request_ids:
-        if not replayed:
+        if not quiet:
             ctx.count("duplicates")
             await ctx.emit(_duplicate_event(order, request))
         return
@@ -486,21 +478,4 @@ def _command_rejected(
         reason_code=rejection.reason_code,
         message=rejection.message,
         details={"command": request.command.value},
-    )
-
-
-def _unauthenticated(request: OrderRequest, rejection: Rejection) -> OrderEvent:
-    """A request refused by authentication: nothing was read or written for its order, so
-    the event carries no order state (a forged request must not touch a real order)."""
-    assert request.order_id is not None
-    nonce = request.auth.nonce if request.auth else "unsigned"
-    return OrderEvent(
-        event_id=f"{request.order_id}:unauthenticated:{request.request_id}:{nonce}",
-        event_type=OrderEventType.COMMAND_REJECTED,
-        order_id=request.order_id,
-        account_id=request.account_id,
-        request_id=request.request_id,
-        reason_code=rejection.reason_code,
-        message=rejection.message,
-        details={"command": request.command.value, "stage": "authentication"},
     )

@@ -6,10 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
-from pydantic import ValidationError
 
 from oms.algos import twap
-from oms.schemas import ExecutionReport, OrderRecord, ReasonCode
+from oms.schemas import ExecutionReport, OrderRecord
 from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
 from oms.streams.links import facts_about
@@ -29,7 +28,7 @@ class OrderStateContext(AgentContext):
 
 async def handle_report(
     ctx: OrderStateContext,
-    raw: bytes,
+    raw: bytes | None,
     *,
     key: bytes | None,
     partition: int | None,
@@ -38,12 +37,8 @@ async def handle_report(
 ) -> None:
     """Apply one message of ``execution-reports``. ``replayed``: a previous owner of the
     partition may already have applied it (see :func:`reannouncement`)."""
-    try:
-        report = ExecutionReport.from_bytes(raw)
-    except ValidationError as exc:  # invalid JSON included (model_validate_json)
-        await ctx.reject_raw(
-            raw, ReasonCode.SCHEMA_INVALID, str(exc), key=key, partition=partition, offset=offset
-        )
+    report = await ctx.decode(ExecutionReport, raw, key=key, partition=partition, offset=offset)
+    if report is None:
         return
     order: OrderRecord | None = ctx.orders.get(report.order_id) if report.order_id else None
     if order is None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import ValidationError
 
 from oms.schemas import (
     CommandType,
@@ -63,7 +62,7 @@ class ReleaseContext(AgentContext):
 
 async def handle_trigger(
     ctx: ReleaseContext,
-    raw: bytes,
+    raw: bytes | None,
     *,
     key: bytes | None,
     partition: int | None,
@@ -71,19 +70,31 @@ async def handle_trigger(
     replayed: bool = False,
 ) -> None:
     """Apply one message of ``order-triggers``."""
-    try:
-        trigger = OrderTrigger.from_bytes(raw)
-    except ValidationError as exc:
-        await ctx.reject_raw(
-            raw, ReasonCode.SCHEMA_INVALID, str(exc), key=key, partition=partition, offset=offset
-        )
+    trigger = await ctx.decode(OrderTrigger, raw, key=key, partition=partition, offset=offset)
+    if trigger is None:
         return
     order: OrderRecord | None = ctx.orders.get(trigger.order_id)
     if trigger.kind is TriggerKind.CREATE:
         if order is None:
+            try:
+                request = OrderRequest.model_validate(trigger.details["request"])
+                links = trigger.details["links"]
+                if not isinstance(links, dict):
+                    raise TypeError(f"links is a {type(links).__name__}, not an object")
+            except (KeyError, TypeError, ValueError) as exc:  # ValidationError included
+                # A trigger is only as good as its details: without a request and links
+                # there is nothing to create.
+                await ctx.reject_raw(
+                    raw,
+                    ReasonCode.SCHEMA_INVALID,
+                    f"worker: create trigger without a valid request and links: {exc!r}"[:500],
+                    key=key,
+                    partition=partition,
+                    offset=offset,
+                )
+                return
             ctx.count("linked_created")
-            request = OrderRequest.model_validate(trigger.details["request"])
-            await ctx.create(request, trigger.details["links"], replayed)
+            await ctx.create(request, links, replayed)
         return
     if order is None:
         ctx.count("triggers_unknown_order")

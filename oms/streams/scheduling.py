@@ -24,8 +24,9 @@ from oms.schemas.conditions import (
     TrailingCondition,
     parse_condition,
 )
+from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
-from oms.streams.validation import Rejection, summarize_validation_error
+from oms.streams.validation import summarize_validation_error
 
 AnyCondition = PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition
 

@@ -9,6 +9,12 @@ and nothing about the design changes when partitions move between workers.
 On start it re-reads the last few ticks of each partition so crosses and levels have a current
 value to compare with; of those warm-up ticks only the newest per instrument is evaluated
 (see :meth:`~oms.streams.triggering.TriggerLoop.on_ticks`).
+
+A message that is not a tick (a tombstone, an empty value, not JSON, not a tick) is skipped
+and counted by every worker, and dead-lettered by one: the owner of its partition (see
+``owns_partition``), and only when it arrives live. A warm-up tick was read live before, by
+this worker before it restarted or by another: dead-lettering it again on every start would
+report one bad tick once per restart.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import ValidationError
 
-from oms.schemas import MarketTick, Topic
+from oms.schemas import DeadLetter, MarketTick, Topic
+from oms.schemas.decode import KafkaMessage, Undecodable, decode
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -32,15 +38,39 @@ OnTicks = Callable[[list[MarketTick], bool], Awaitable[None]]
 
 
 class TickFeed:
-    """Reads every partition of the tick topic and hands batches to ``on_ticks``."""
+    """Reads every partition of the tick topic and hands batches to ``on_ticks``.
 
-    def __init__(self, settings: Settings, on_ticks: OnTicks) -> None:
+    ``dead_letter`` receives the dead letters of the partitions ``owns_partition`` says this
+    worker answers for (all of them by default: a lone reader)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_ticks: OnTicks,
+        *,
+        dead_letter: Callable[[DeadLetter], Awaitable[None]] | None = None,
+        owns_partition: Callable[[int], bool] = lambda partition: True,
+    ) -> None:
         self._settings = settings
         self._on_ticks = on_ticks
+        self._dead_letter = dead_letter
+        self._owns_partition = owns_partition
         self._topic = settings.topic(Topic.MARKET_TICKS)
         self.received = 0
         self.invalid = 0
+        self.dead_lettered = 0
+        self.invalid_reasons: dict[str, int] = {}
         self.ready = asyncio.Event()
+
+    def stats(self) -> dict[str, object]:
+        """Counters for the worker's ``/stats``."""
+        return {
+            "received": self.received,
+            "invalid": self.invalid,
+            "invalid_reasons": dict(self.invalid_reasons),
+            "dead_lettered": self.dead_lettered,
+            "ready": self.ready.is_set(),
+        }
 
     async def run(self) -> None:
         """Consume until cancelled (reconnects are aiokafka's job)."""
@@ -62,10 +92,9 @@ class TickFeed:
                     warm: list[MarketTick] = []
                     live: list[MarketTick] = []
                     for message in messages:
-                        try:
-                            tick = MarketTick.from_bytes(message.value or b"")
-                        except ValidationError:
-                            self.invalid += 1  # the gateway's output: a bug, not user input
+                        tick = decode(MarketTick, message.value)
+                        if isinstance(tick, Undecodable):
+                            await self._refuse(message, tick, live=message.offset >= end)
                             continue
                         (warm if message.offset < end else live).append(tick)
                     self.received += len(warm) + len(live)
@@ -77,6 +106,24 @@ class TickFeed:
                     self.ready.set()
         finally:
             await consumer.stop()
+
+    async def _refuse(self, message: KafkaMessage, failure: Undecodable, *, live: bool) -> None:
+        """Skip a message that is not a tick (the topic is not compacted: a tombstone on it
+        deletes nothing); dead-letter it if it is live and ours to report."""
+        self.invalid += 1
+        reason = failure.reason_code.value
+        self.invalid_reasons[reason] = self.invalid_reasons.get(reason, 0) + 1
+        if not live or self._dead_letter is None or not self._owns_partition(message.partition):
+            return
+        log.warning(
+            "tick_feed.undecodable",
+            partition=message.partition,
+            offset=message.offset,
+            reason_code=reason,
+            error=failure.error[:300],
+        )
+        await self._dead_letter(failure.letter_for(message, consumer="worker"))
+        self.dead_lettered += 1
 
     async def _assign_all(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         # A group-less consumer learns no partitions by itself; the producer API waits for

@@ -19,6 +19,11 @@ from oms.schemas import (
     ReasonCode,
     derive_order_id,
 )
+from oms.schemas.decode import absent
+from oms.schemas.orders import ORDER_ID_MISMATCH_ERROR
+from oms.schemas.rejection import Rejection
+
+__all__ = ["ParseFailure", "Rejection", "parse_request", "validate_submit"]
 
 # A request is a few hundred bytes; anything far larger is abuse or a bug, not an order.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -27,14 +32,6 @@ _PRICED_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT, OrderType.TAKE
 _TRIGGERED_TYPES = frozenset(
     {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
 )
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a request cannot proceed: a reason code and a human message."""
-
-    reason_code: ReasonCode
-    message: str
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,12 @@ class ParseFailure:
     identity: dict[str, str] | None = None
 
 
-def parse_request(raw: bytes) -> OrderRequest | ParseFailure:
-    """Decode one message of ``order-requests``."""
+def parse_request(raw: bytes | None) -> OrderRequest | ParseFailure:
+    """Decode one message of ``order-requests`` (a null value is a tombstone)."""
+    missing = absent(raw)
+    if missing is not None:
+        return ParseFailure(missing.reason_code, missing.error)
+    assert raw is not None  # absent() ruled it out
     if len(raw) > MAX_REQUEST_BYTES:
         return ParseFailure(
             ReasonCode.PAYLOAD_TOO_LARGE, f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}"
@@ -62,7 +63,10 @@ def parse_request(raw: bytes) -> OrderRequest | ParseFailure:
     try:
         return OrderRequest.model_validate(obj)
     except ValidationError as exc:
-        return ParseFailure(ReasonCode.SCHEMA_INVALID, _summarize(exc), _identity(obj))
+        reason = ReasonCode.SCHEMA_INVALID
+        if any(err["type"] == ORDER_ID_MISMATCH_ERROR for err in exc.errors()):
+            reason = ReasonCode.ORDER_ID_MISMATCH
+        return ParseFailure(reason, _summarize(exc), _identity(obj))
 
 
 def summarize_validation_error(exc: ValidationError) -> str:
@@ -79,7 +83,10 @@ def _summarize(exc: ValidationError) -> str:
 
 
 def _identity(obj: dict[str, Any]) -> dict[str, str] | None:
-    """Enough of a rejected request to address an event to its sender, if it is there."""
+    """Enough of a rejected request to address an event to its sender, if it is there.
+
+    A submit's event goes to the order id derived from its account and request id, never to
+    an ``order_id`` it merely claims: that could be another order's."""
     account_id, request_id, order_id = (
         obj.get("account_id"),
         obj.get("request_id"),
@@ -89,11 +96,17 @@ def _identity(obj: dict[str, Any]) -> dict[str, str] | None:
         return None
     if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
         return None
-    if not isinstance(order_id, str) or not order_id or len(order_id) > 64:
-        if obj.get("command", "submit") != CommandType.SUBMIT.value:
-            return None
+    if obj.get("command", CommandType.SUBMIT.value) == CommandType.SUBMIT.value:
         order_id = derive_order_id(account_id, request_id)
-    return {"account_id": account_id, "request_id": request_id, "order_id": order_id}
+    elif not isinstance(order_id, str) or not order_id or len(order_id) > 64:
+        return None
+    command = obj.get("command", CommandType.SUBMIT.value)
+    return {
+        "account_id": account_id,
+        "request_id": request_id,
+        "order_id": order_id,
+        "command": command if isinstance(command, str) else "unknown",
+    }
 
 
 def _is_multiple(value: float, step: float) -> bool:

@@ -16,19 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import structlog
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from oms.algos.ticks import TickCache
+from oms.auth.nonces import NonceStore
+from oms.auth.verify import Authenticator
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
 from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
+from oms.partitioning import partition_of
 from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
     DeadLetter,
@@ -36,18 +39,21 @@ from oms.schemas import (
     MarketTick,
     OrderEvent,
     OrderRecord,
+    OrderRequest,
     OrderStatus,
     now_ms,
 )
+from oms.schemas.commands import InternalComponent, OrderCommand, internal_command
 from oms.schemas.conditions import OrderTrigger
-from oms.secrets import SecretStore
+from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
 from oms.streams import faust_fixes
 from oms.streams.app import OmsApp, create_app, create_topics_first
 from oms.streams.dispatcher import Dispatcher
+from oms.streams.edge import EdgeContext, handle_external
 from oms.streams.execution import ExchangeSessions, OrderExecutor
 from oms.streams.held_orders import HeldOrders
-from oms.streams.intake import IntakeContext, handle_request, submit_linked
+from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
 from oms.streams.priority_queue import PriorityQueues
 from oms.streams.release import ReleaseContext, handle_trigger
@@ -57,6 +63,8 @@ from oms.streams.triggering import TriggerLoop
 log = structlog.get_logger(__name__)
 
 _UNACKNOWLEDGED = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED})
+# Kafka's timestamp type of a record stamped by the broker (topic message.timestamp.type).
+_LOG_APPEND_TIME = 1
 
 
 class OrderWorker:
@@ -81,7 +89,13 @@ class OrderWorker:
         self.held = HeldOrders(self.engine, self.queues)
         self.trigger_loop = TriggerLoop(self.engine, self._publish_trigger)
         self.tick_cache = TickCache()
-        self.tick_feed = TickFeed(settings, self._on_ticks)
+        # Every worker reads every tick; only the owner of a partition dead-letters its bad ones.
+        self.tick_feed = TickFeed(
+            settings,
+            self._on_ticks,
+            dead_letter=self._dead_letter,
+            owns_partition=lambda partition: self.guard.owns_partition(partition),
+        )
         self.dispatcher = Dispatcher(
             self.queues,
             order_of=self._order_of,
@@ -97,13 +111,26 @@ class OrderWorker:
         # worker took the partition, so a previous owner may have processed them.
         self._replay_below: dict[tuple[str, int], int] = {}
         self._requests_topic = self.oms.requests.get_topic_name()
+        self._commands_topic = self.oms.commands.get_topic_name()
         self._events_topic = self.oms.events.get_topic_name()
         self._reports_topic = self.oms.reports.get_topic_name()
         self._triggers_topic = self.oms.triggers.get_topic_name()
         self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
-        # Authentication and pre-trade risk (issue 9).
+        # Pre-trade risk.
         self.guard = create_intake_guard(
             settings, self.oms, self.catalog.get, self._send, self._dead_letter, self.executor
+        )
+        # The stateless edge: authenticates traders' requests and routes them by order id.
+        self.edge = EdgeContext(
+            emit=self._emit,
+            dead_letter=self._dead_letter,
+            source_topic=self._requests_topic,
+            authenticator=(
+                None
+                if settings.risk.auth_mode == "trusted"
+                else Authenticator(settings.risk, SigningKeys(settings.resolved_secrets_file))
+            ),
+            forward=self._publish_command,
         )
         # Queued, delayed and conditional orders are checked again when they leave the queue:
         # the market (and the account) may have moved while they waited.
@@ -117,12 +144,13 @@ class OrderWorker:
             account_known=self._trading_accounts.__contains__,
             emit=self._emit,
             dead_letter=self._dead_letter,
-            source_topic=self._requests_topic,
+            source_topic=self._commands_topic,
             held=self.held,
             queue_settings=settings.queue,
             on_fired=self.trigger_loop.publish,
             publish_trigger=self._publish_trigger,
             guard=self.guard,
+            nonces=NonceStore(self.oms.nonces, settings.risk.nonces_kept_per_order),
             make_durable=lambda: self.app.producer.flush(),
         )
         self.release = ReleaseContext(
@@ -175,6 +203,28 @@ class OrderWorker:
     async def _publish_trigger(self, trigger: OrderTrigger) -> None:
         await self._send(self._triggers_topic, trigger.order_id.encode(), trigger.to_bytes())
 
+    async def _publish_command(self, command: OrderCommand) -> None:
+        await self._send(self._commands_topic, command.key.encode(), command.to_bytes())
+
+    def commands_of(
+        self, component: InternalComponent
+    ) -> Callable[[OrderRequest], Awaitable[None]]:
+        """How ``component`` publishes the OMS's own requests: straight to the internal
+        command path, never through the traders' authentication."""
+
+        async def publish(request: OrderRequest) -> None:
+            await self._publish_command(internal_command(request, component))
+
+        return publish
+
+    def owned_partitions(self) -> set[int]:
+        """Partitions of the orders (commands, reports, triggers) this worker owns now."""
+        return self.oms.active_partitions(self._commands_topic)
+
+    def owns_order(self, order_id: str) -> bool:
+        """Does this worker own the partition of ``order_id`` right now?"""
+        return partition_of(order_id, self.settings.kafka.partitions) in self.owned_partitions()
+
     def _order_of(self, order_id: str) -> OrderRecord | None:
         order: OrderRecord | None = self.oms.orders.get(order_id)
         return order
@@ -194,25 +244,40 @@ class OrderWorker:
 
     def _register(self) -> None:
         app, oms = self.app, self.oms
-        requests_name = self._requests_topic
+        commands_name = self._commands_topic
+
+        async def edge(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                await handle_external(
+                    self.edge,
+                    event.value,
+                    headers=message.headers,
+                    key=message.key,
+                    partition=message.partition,
+                    offset=message.offset,
+                    received_ms=self._received_ms(message),
+                )
 
         async def intake(stream: Any) -> None:
             await self.catalog.wait_loaded()
             await self.guard.ready()
             async for event in stream.events():
                 message = event.message
-                await handle_request(
+                await handle_command(
                     self.intake,
                     event.value,
                     key=message.key,
                     partition=message.partition,
                     offset=message.offset,
                     replayed=self._is_replay(message),
-                    timestamp_ms=int(message.timestamp * 1000),
                 )
 
         def agent(handle: Any, ctx: Any) -> Any:
             async def run(stream: Any) -> None:
+                # Faust restarts an agent that raised: counted, so /stats shows it. The handlers
+                # read bad input through ctx.decode and must never raise on it.
+                ctx.count("agent_starts")
                 async for event in stream.events():
                     message = event.message
                     await handle(
@@ -229,11 +294,12 @@ class OrderWorker:
         order_state = agent(handle_report, self.state)
         release = agent(handle_trigger, self.release)
 
-        app.agent(oms.requests, name="intake")(intake)
+        app.agent(oms.requests, name="edge")(edge)
+        app.agent(oms.commands, name="intake")(intake)
         app.agent(oms.reports, name="order_state")(order_state)
         app.agent(oms.triggers, name="release")(release)
 
-        inputs = {requests_name, self._reports_topic, self._triggers_topic}
+        inputs = {self._requests_topic, commands_name, self._reports_topic, self._triggers_topic}
 
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             tps = [tp for tp in assigned if tp.topic in inputs]
@@ -244,7 +310,7 @@ class OrderWorker:
                 self._replay_below[(tp.topic, tp.partition)] = offset
             log.info(
                 "worker.partitions_assigned",
-                partitions=sorted(tp.partition for tp in tps if tp.topic == requests_name),
+                partitions=sorted(tp.partition for tp in tps if tp.topic == commands_name),
             )
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
@@ -275,7 +341,7 @@ class OrderWorker:
                 )
                 await healer.heal(tp, committed)
             # Insurance: a rebalance whose completion signal we missed still rebuilds.
-            owned = frozenset(self.oms.active_partitions(self._requests_topic))
+            owned = frozenset(self.owned_partitions())
             if owned != self._held_partitions and not getattr(app, "in_recovery", False):
                 await self.rebuild_held()
 
@@ -313,23 +379,32 @@ class OrderWorker:
         async def stats(web: Any, request: Any) -> Any:
             return web.json(
                 {
+                    "edge": self.edge.counters,
                     "intake": self.intake.counters,
                     "order_state": self.state.counters,
                     "executor": self.executor.stats,
                     "reconcile": self.lifecycle.reconciler.snapshot(),
                     "release": self.release.counters,
                     "dispatcher": self.dispatcher.stats,
-                    "tick_feed": {
-                        "received": self.tick_feed.received,
-                        "invalid": self.tick_feed.invalid,
-                        "ready": self.tick_feed.ready.is_set(),
-                    },
+                    "tick_feed": self.tick_feed.stats(),
+                    "risk_feeds": self.guard.feeds.stats(),
                     "queue": self.queue_statistics(),
                 }
             )
 
     def _is_replay(self, message: Any) -> bool:
         return bool(message.offset < self._replay_below.get((message.topic, message.partition), 0))
+
+    def _received_ms(self, message: Any) -> int:
+        """When a request reached the broker. ``order-requests`` is created with log-append
+        time, so this is the broker's clock, immune to a backlog at the edge. On a topic
+        that keeps the producer's time (created elsewhere) the producer's claim is not
+        trusted: the edge's own clock is used, except for records that were already there
+        when this worker took the partition over (judged by their time, or a takeover
+        would turn them all stale)."""
+        if message.timestamp_type == _LOG_APPEND_TIME or self._is_replay(message):
+            return int(message.timestamp * 1000)
+        return now_ms()
 
     async def sweep(self) -> int:
         """Reconcile orders of owned partitions that were sent but never acknowledged.
@@ -344,7 +419,7 @@ class OrderWorker:
         ``recovery_check_interval_s`` and never a second send. Acknowledged orders the
         exchange lost are not the sweep's: ``oms.lifecycle.reconcile`` resolves them
         (lost_at_venue) after ``lifecycle.open_check_missing_retries`` misses."""
-        owned = self.oms.active_partitions(self._requests_topic)
+        owned = self.owned_partitions()
         if not owned:
             return 0
         cutoff = now_ms() - int(self.settings.worker.submit_timeout_s * 1000)
@@ -355,7 +430,7 @@ class OrderWorker:
                 continue
             if order.updated_at > cutoff or self.executor.is_inflight(order_id):
                 continue
-            if _partition_of(order_id, partitions) not in owned:
+            if partition_of(order_id, partitions) not in owned:
                 continue
             swept += 1
             log.info("worker.reconcile", order_id=order_id, status=order.status.value)
@@ -371,11 +446,11 @@ class OrderWorker:
     async def rebuild_held(self) -> None:
         """Reload waiting and queued orders of owned partitions from the table (after a
         rebalance or restart); drop those of partitions that moved away."""
-        owned = frozenset(self.oms.active_partitions(self._requests_topic))
+        owned = frozenset(self.owned_partitions())
         partitions = self.settings.kafka.partitions
         result, fired = self.held.rebuild(
             list(self.oms.orders.items()),
-            owns=lambda order_id: _partition_of(order_id, partitions) in owned,
+            owns=lambda order_id: partition_of(order_id, partitions) in owned,
             now_ms=now_ms(),
             busy=self.executor.is_inflight,
         )
@@ -413,8 +488,3 @@ class _FaustWorker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         configure_logging(self._oms_level, self._oms_json)
-
-
-def _partition_of(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as used by every producer of these topics."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -1,7 +1,8 @@
 """Request authentication through the real pipeline: Kafka, a worker, the paper exchange.
 
 Every bad request is published to ``oms.order-requests`` and must come back as a
-``command_rejected`` event with its reason code, without touching any order.
+``command_rejected`` event with its reason code, without touching any order. Signatures
+travel in Kafka headers over the exact value bytes (:mod:`oms.auth.signing`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from oms.auth.signing import sign_request_obj
+from oms.auth.signing import sign_headers
 from oms.client import OrderClient, new_request_id
 from oms.harness import OmsServices, worker_ready
 from oms.schemas import CommandType, OrderEventType, OrderRequest, ReasonCode, Topic, now_ms
@@ -64,12 +64,17 @@ def key_of(keys: dict[str, dict[str, str]], account: str) -> SigningKey:
     return SigningKey(account, key_id, secret.encode())
 
 
-def signed(request: OrderRequest, key: SigningKey, **kwargs: Any) -> dict[str, Any]:
-    return sign_request_obj(request.model_dump(mode="json", exclude={"auth"}), key, **kwargs)
+Message = tuple[bytes, list[tuple[str, bytes]]]
 
 
-async def publish(client: OrderClient, obj: dict[str, Any], order_id: str) -> None:
-    await client.send_raw(orjson.dumps(obj), key=order_id.encode())
+def signed(request: OrderRequest, key: SigningKey, **kwargs: Any) -> Message:
+    value = request.to_bytes()
+    return value, sign_headers(value, key, **kwargs)
+
+
+async def publish(client: OrderClient, message: Message, order_id: str) -> None:
+    value, headers = message
+    await client.send_raw(value, key=order_id.encode(), headers=headers)
 
 
 async def refused(client: OrderClient, order_id: str, reason: ReasonCode) -> None:
@@ -83,12 +88,12 @@ async def refused(client: OrderClient, order_id: str, reason: ReasonCode) -> Non
 
 async def test_signed_request_trades_and_its_replay_is_refused(alice: OrderClient) -> None:
     request = resting_buy()
-    raw = alice.request_bytes(request)
-    await alice.send_raw(raw, key=request.key.encode())
+    message = alice.message(request)
+    await publish(alice, message, request.key)
     opened = await wait_event(alice, request.key)
     assert opened.event_type is OrderEventType.OPEN, opened
-    # The very same bytes again: a captured request replayed by someone else.
-    await alice.send_raw(raw, key=request.key.encode())
+    # The very same bytes and headers again: a captured request replayed by someone else.
+    await publish(alice, message, request.key)
     await refused(alice, request.key, ReasonCode.NONCE_REUSED)
     # A signed cancel works; its replay is refused too.
     cancel = OrderRequest(
@@ -97,13 +102,13 @@ async def test_signed_request_trades_and_its_replay_is_refused(alice: OrderClien
         account_id="alice",
         order_id=request.key,
     )
-    cancel_raw = alice.request_bytes(cancel)
-    await alice.send_raw(cancel_raw, key=request.key.encode())
+    cancel_message = alice.message(cancel)
+    await publish(alice, cancel_message, request.key)
     cancelled = await wait_event(
         alice, request.key, lambda e: e.event_type is OrderEventType.CANCELLED
     )
     assert cancelled.status is not None and cancelled.status.value == "cancelled"
-    await alice.send_raw(cancel_raw, key=request.key.encode())
+    await publish(alice, cancel_message, request.key)
     replays = 0
     for _ in range(100):
         replays = sum(
@@ -123,9 +128,10 @@ async def test_unsigned_request_is_refused(alice: OrderClient) -> None:
 
 async def test_signature_over_a_different_body_is_refused(stack: Any, alice: OrderClient) -> None:
     request = resting_buy()
-    obj = signed(request, key_of(stack[2], "alice"))
-    obj["price"] = 2_000.0  # changed after signing
-    await publish(alice, obj, request.key)
+    value, headers = signed(request, key_of(stack[2], "alice"))
+    changed = value.replace(b'"price":1000.0', b'"price":2000.0')  # changed after signing
+    assert changed != value
+    await publish(alice, (changed, headers), request.key)
     await refused(alice, request.key, ReasonCode.SIGNATURE_INVALID)
     # A signature made with a wrong secret under the right key id is refused the same way.
     forged = signed(request, SigningKey("alice", key_of(stack[2], "alice").key_id, b"guess"))
@@ -183,15 +189,15 @@ async def test_acting_on_another_accounts_order_is_not_owner(
 async def test_nonces_survive_a_worker_crash(stack: Any, alice: OrderClient) -> None:
     settings, services, _keys = stack
     request = resting_buy()
-    raw = alice.request_bytes(request)
-    await alice.send_raw(raw, key=request.key.encode())
+    message = alice.message(request)
+    await publish(alice, message, request.key)
     assert (await wait_event(alice, request.key)).event_type is OrderEventType.OPEN
     worker = services["worker-0"]
     worker.kill()
     worker.start()
     await worker_ready(settings.worker.web_port, within=120)
     # The restarted worker restored the nonce table from its changelog.
-    await alice.send_raw(raw, key=request.key.encode())
+    await publish(alice, message, request.key)
     await refused(alice, request.key, ReasonCode.NONCE_REUSED)
 
 

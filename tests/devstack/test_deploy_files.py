@@ -21,6 +21,7 @@ import pytest
 
 from oms.devstack import compose_secrets as compose_secrets_module
 from oms.devstack import healthcheck
+from oms.kafka_admin import topic_specs
 from oms.schemas.topics import Topic
 from oms.settings import KafkaSettings, Settings
 
@@ -570,7 +571,7 @@ KUBE_VERSION = "1.33.0"
 # Custom resources: no bundled schema; they must still parse with apiVersion/kind/metadata.
 CRD_KINDS = {"KafkaTopic", "ScaledObject"}
 CO_PARTITIONED = (
-    Topic.ORDER_REQUESTS,
+    Topic.ORDER_COMMANDS,
     Topic.EXECUTION_REPORTS,
     Topic.ORDER_TRIGGERS,
     Topic.ORDER_EVENTS,
@@ -792,6 +793,10 @@ def test_k8s_topics_match_the_code(
     }
     for spec in specs.values():
         assert int(spec["config"]["min.insync.replicas"]) <= spec["replicas"]
+    # Every setting the code gives a topic when it creates it holds in k8s too.
+    for wanted in topic_specs(Settings()):
+        have = specs[wanted.name]["config"]
+        assert {k: have.get(k) for k in wanted.config} == dict(wanted.config), wanted.name
     hpa = _by_kind(docs, "HorizontalPodAutoscaler")["oms-worker"]["spec"]
     assert hpa["maxReplicas"] <= partitions
 

@@ -17,10 +17,15 @@ from aiokafka import AIOKafkaProducer
 
 from oms.algos import twap
 from oms.client import OrderClient, fetch_queue_statistics
-from oms.harness import OmsServices, isolated_settings, wait_http_ok, worker_ready
+from oms.harness import (
+    OmsServices,
+    isolated_settings,
+    wait_http_ok,
+    worker_ready,
+    write_account_secrets,
+)
 from oms.kafka_admin import ensure_topics
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
-from oms.secrets import Credentials, write_secrets_file
 from oms.settings import Settings
 from tests.integration.test_pipeline import exchange_orders_by_label
 
@@ -50,10 +55,7 @@ def held_settings(tmp: Path, bootstrap: str, **exchange: Any) -> Settings:
 
 
 async def start(settings: Settings) -> OmsServices:
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
-    )
+    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import sys
 import uuid
 from collections import Counter
@@ -19,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from oms.auth.signing import sign_headers
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
@@ -28,10 +28,11 @@ from oms.harness import (
     settings_env,
     wait_http_ok,
     worker_ready,
+    write_account_secrets,
 )
 from oms.kafka_admin import ensure_topics
-from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic
-from oms.secrets import Credentials, SecretStore, write_secrets_file
+from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
+from oms.secrets import SecretStore, SigningKeys, write_signing_keys
 from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -58,11 +59,16 @@ def make_settings(tmp: Path, bootstrap: str, partitions: int = 4) -> Settings:
     )
 
 
+NO_EXCHANGE_ACCOUNT = "nobody"
+
+
 async def start_stack(settings: Settings, workers: int = 1, sink: bool = True) -> OmsServices:
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
-    )
+    keys = write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
+    # A desk with a signing key but no exchange account: authentic, yet unknown to trading.
+    keys[NO_EXCHANGE_ACCOUNT] = {
+        f"{NO_EXCHANGE_ACCOUNT}-k1": "key-of-an-account-without-credentials"
+    }
+    write_signing_keys(settings.resolved_secrets_file, keys)
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
@@ -233,15 +239,20 @@ async def test_bad_input_is_rejected_with_reasons(stack: tuple[Settings, OmsServ
                 request(instrument_name="DOGE-PERP"),
                 ReasonCode.UNKNOWN_INSTRUMENT,
             ),
-            "unknown_account": (request(account_id="nobody"), ReasonCode.UNKNOWN_ACCOUNT),
+            "unknown_account": (
+                request(account_id=NO_EXCHANGE_ACCOUNT),
+                ReasonCode.UNKNOWN_ACCOUNT,
+            ),
         }
         order_ids = {}
+        keys = SigningKeys(settings.resolved_secrets_file)
         for name, (raw, _) in cases.items():
             body = orjson.loads(raw)
-            from oms.schemas import derive_order_id
-
             order_ids[name] = derive_order_id(body["account_id"], body["request_id"])
-            await client.send_raw(raw, key=order_ids[name].encode())
+            key = keys.for_signing(body["account_id"])
+            assert key is not None
+            # Signed byte for byte as sent (integer amounts included), like any client does.
+            await client.send_raw(raw, key=order_ids[name].encode(), headers=sign_headers(raw, key))
         for name, (_, reason) in cases.items():
             event = await client.wait_for_event(order_ids[name], timeout=30)
             assert event.event_type is OrderEventType.REJECTED, name

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,10 +31,11 @@ from oms.harness import (
     paper_admin,
     wait_http_ok,
     worker_ready,
+    write_account_secrets,
 )
 from oms.kafka_admin import ensure_topics
 from oms.schemas import NotificationRecord, OrderEvent, OrderEventType, ReasonCode, Topic
-from oms.secrets import Credentials, SecretStore, write_secrets_file
+from oms.secrets import SecretStore
 from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -131,9 +131,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("reconcile")
     settings = isolated_settings(tmp, kafka_bootstrap, [ACCOUNT], partitions=2, label="rc")
-    write_secrets_file(
-        settings.resolved_secrets_file, {ACCOUNT: Credentials("cid-rc", secrets.token_hex(16))}
-    )
+    write_account_secrets(settings.resolved_secrets_file, [ACCOUNT])
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))

@@ -8,7 +8,6 @@ positions must equal the exchange's."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,10 +18,10 @@ import pytest
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready
+from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready, write_account_secrets
 from oms.kafka_admin import ensure_topics
 from oms.schemas import OrderEventType
-from oms.secrets import Credentials, SecretStore, write_secrets_file
+from oms.secrets import SecretStore
 from oms.settings import Settings
 from tests.integration.test_held_orders import RESTING_BUY, Ticks
 from tests.integration.test_pipeline import ACCOUNTS, exchange_orders_by_label, make_settings
@@ -58,10 +57,7 @@ def three_worker_settings(tmp: Path, bootstrap: str) -> Settings:
 
 
 async def start_three_workers(settings: Settings) -> tuple[OmsServices, list[int]]:
-    write_secrets_file(
-        settings.resolved_secrets_file,
-        {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in ACCOUNTS},
-    )
+    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))

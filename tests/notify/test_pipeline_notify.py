@@ -3,17 +3,15 @@ a trader's WeCom robot: created, then filled, from the worker's own events."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
 from oms.client import OrderClient
-from oms.harness import OmsServices, isolated_settings, worker_ready
+from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 from oms.kafka_admin import ensure_topics
 from oms.notify.secrets import write_notify_secrets
 from oms.notify.testing import FakeProviders
-from oms.secrets import Credentials, write_secrets_file
 from tests.notify.conftest import FAST, SECRETS, running, store, wait_until, wecom_channel
 
 pytestmark = pytest.mark.kafka
@@ -28,9 +26,7 @@ async def test_a_market_order_is_notified_created_then_filled(
 ) -> None:
     settings = isolated_settings(tmp_path, kafka_bootstrap, ["trader"], partitions=2, label="n")
     settings = settings.model_copy(update={"notify": FAST})
-    write_secrets_file(
-        settings.resolved_secrets_file, {"trader": Credentials("cid-t", secrets.token_hex(16))}
-    )
+    write_account_secrets(settings.resolved_secrets_file, ["trader"])
     write_notify_secrets(settings.resolved_secrets_file, SECRETS)
     await ensure_topics(settings)
     await store(settings, "trader", channels=[wecom_channel(fakes)], language="zh")

@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.kafka_admin import describe_topic
+from oms.partitioning import partition_of
 from oms.positions.keeper import keeper_app_id
 from oms.positions.ledger import Ledger
 from oms.positions.math import PositionKind
@@ -30,7 +31,6 @@ from oms.schemas import (
     position_key,
 )
 from oms.settings import Settings
-from oms.streams.worker import _partition_of
 from tests.positions.helpers import (
     ACCOUNTS,
     TopicTail,
@@ -101,7 +101,7 @@ def test_pruner_deletes_only_the_expired_trades_of_the_given_partition() -> None
     accounts = [f"acct-{i}" for i in range(40)]
     by_partition: dict[int, str] = {}
     for account in accounts:
-        part = _partition_of(position_key(account, "BTC-PERPETUAL"), partitions)
+        part = partition_of(position_key(account, "BTC-PERPETUAL"), partitions)
         by_partition.setdefault(part, account)
     assert len(by_partition) >= 2
     (p1, acct1), (p2, acct2) = sorted(by_partition.items())[:2]

@@ -194,3 +194,19 @@ def test_daily_loss_makes_the_account_reducing_until_resumed() -> None:
     resumed = AccountControls(account_id="a", version=2, limits=limits, resumed_at=now_ms())
     book.apply_controls(resumed)
     assert book.effective_state("a")[0] is TradingState.ACTIVE
+
+
+def test_deleted_order_and_controls_stop_counting() -> None:
+    """What a tombstone on the orders changelog or on risk-controls does to the book."""
+    e = engine(max_open_orders=1)
+    book = e.book
+    book.apply_order(order("o-1", status=OrderStatus.OPEN))
+    assert e.check_submit(order("o-2")) is not None  # the limit counts o-1
+    book.forget_order("o-1")
+    assert book.open_order_count("a") == 0
+    assert book.open_remaining("a", PERP.instrument_name, Direction.BUY, "o-2") == 0.0
+    assert e.check_submit(order("o-2")) is None
+    book.apply_controls(AccountControls(account_id="a", trading_state=TradingState.HALTED))
+    assert book.controls_of("a").trading_state is TradingState.HALTED
+    assert book.drop_controls("a") and not book.drop_controls("a")
+    assert book.controls_of("a").trading_state is TradingState.ACTIVE

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
 from oms.schemas import OrderEventType, OrderStatus, ReasonCode, ReportSource, Topic
 from oms.settings import Settings
-from oms.sinks.batch import MESSAGES_PER_BATCH_FACTOR, Batch, Message, TickSampler
+from oms.sinks.batch import (
+    MESSAGES_PER_BATCH_FACTOR,
+    SINK_TOPICS,
+    Batch,
+    Message,
+    TickSampler,
+)
 from oms.sinks.clickhouse.client import AsyncClickHouse
 from oms.sinks.clickhouse.migrations import MIGRATIONS, apply_migrations, sync_retention
 from oms.sinks.queries import get_order_history
@@ -168,12 +175,30 @@ async def test_malformed_messages_are_counted_and_committed(settings: Settings) 
     assert [(d.source_offset, d.reason_code) for d in b.dead_letters] == [
         (7, ReasonCode.MALFORMED_JSON),
         (8, ReasonCode.SCHEMA_INVALID),
-        (9, ReasonCode.SCHEMA_INVALID),
+        (9, ReasonCode.TOMBSTONE),
     ]
     assert b.dead_letters[0].payload == "{not json"
+    assert all(d.error.startswith("sink: ") for d in b.dead_letters)
     # A malformed dead letter is only counted: sending it back would loop.
-    b.add(Message(settings.topic("dead-letters"), 0, 3, b"{not json"))
-    assert b.malformed == 4 and len(b.dead_letters) == 3
+    for value in (b"{not json", None, b""):
+        b.add(Message(settings.topic("dead-letters"), 0, 3, value))
+    assert b.malformed == 6 and len(b.dead_letters) == 3
+
+
+@pytest.mark.parametrize("topic", [t for t in SINK_TOPICS if t is not Topic.DEAD_LETTERS])
+def test_a_tombstone_or_empty_value_on_any_stored_topic_is_dead_lettered(
+    settings: Settings, topic: Topic
+) -> None:
+    b = Batch.for_settings(settings, TickSampler(1_000))
+    name = settings.topic(topic.value)
+    for offset, value in enumerate([None, b"", b"\xff not json"]):
+        b.add(Message(name, 1, offset, value))
+    assert [(d.reason_code, d.source_topic, d.payload_size) for d in b.dead_letters] == [
+        (ReasonCode.TOMBSTONE, name, 0),
+        (ReasonCode.EMPTY_PAYLOAD, name, 0),
+        (ReasonCode.MALFORMED_JSON, name, 10),
+    ]
+    assert b.malformed == 3 and b.commit == {(name, 1): 3} and not b.table_rows()
 
 
 def accepted(i: int) -> bytes:

@@ -18,8 +18,15 @@ from oms.schemas import (
     OrderStatus,
     ReasonCode,
 )
+from oms.schemas.commands import (
+    CommandOrigin,
+    InternalComponent,
+    OrderCommand,
+    OriginKind,
+    internal_command,
+)
 from oms.settings import QueueSettings
-from oms.streams.intake import IntakeContext, handle_request
+from oms.streams.intake import IntakeContext, handle_command
 
 from .factories import order_record
 
@@ -57,7 +64,7 @@ def _context(table: KafkaBackedTable, exchange: Exchange, events: list[OrderEven
         orders=table,
         emit=emit,
         dead_letter=nothing,
-        source_topic="order-requests",
+        source_topic="order-commands",
         executor=exchange,  # type: ignore[arg-type]
         instrument=lambda name: None,
         account_known=lambda account: True,
@@ -69,13 +76,13 @@ def _context(table: KafkaBackedTable, exchange: Exchange, events: list[OrderEven
     )
 
 
-async def _cancel(request: OrderRequest) -> list[tuple[str, OrderRecord | None]]:
+async def _cancel(command: OrderCommand) -> list[tuple[str, OrderRecord | None]]:
     table, events = KafkaBackedTable(), []
     table["o-1"] = order_record(OrderStatus.OPEN)
     await table.flush()
     exchange = Exchange(table)
-    raw = request.model_dump_json().encode()
-    await handle_request(
+    raw = command.to_bytes()
+    await handle_command(
         _context(table, exchange, events), raw, key=b"o-1", partition=0, offset=7, replayed=False
     )
     return exchange.cancels
@@ -84,12 +91,15 @@ async def _cancel(request: OrderRequest) -> list[tuple[str, OrderRecord | None]]
 async def test_an_auto_cancel_reason_is_on_kafka_before_the_cancel_is_sent() -> None:
     request_id = lifecycle_request_id(ReasonCode.AUTO_CANCELLED, "o-1")
     cancels = await _cancel(
-        OrderRequest(
-            command=CommandType.CANCEL,
-            request_id=request_id,
-            account_id="acc",
-            order_id="o-1",
-            metadata={CANCEL_REASON_KEY: ReasonCode.AUTO_CANCELLED.value},
+        internal_command(
+            OrderRequest(
+                command=CommandType.CANCEL,
+                request_id=request_id,
+                account_id="acc",
+                order_id="o-1",
+                metadata={CANCEL_REASON_KEY: ReasonCode.AUTO_CANCELLED.value},
+            ),
+            InternalComponent.LIFECYCLE,
         )
     )
     assert len(cancels) == 1
@@ -101,7 +111,12 @@ async def test_an_auto_cancel_reason_is_on_kafka_before_the_cancel_is_sent() -> 
 
 async def test_a_client_cancel_has_no_reason_to_wait_for() -> None:
     cancels = await _cancel(
-        OrderRequest(command=CommandType.CANCEL, request_id="c-1", account_id="acc", order_id="o-1")
+        OrderCommand(
+            origin=CommandOrigin(kind=OriginKind.EXTERNAL, source="0:1"),
+            request=OrderRequest(
+                command=CommandType.CANCEL, request_id="c-1", account_id="acc", order_id="o-1"
+            ),
+        )
     )
     assert [(request_id, kafka.reason_code) for request_id, kafka in cancels if kafka] == [
         ("c-1", None)

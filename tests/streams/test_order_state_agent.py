@@ -18,11 +18,18 @@ async def test_undecodable_report_is_dead_lettered_with_its_reason() -> None:
         events.append(event)
 
     ctx = AgentContext(orders={}, emit=emit, dead_letter=dead_letter, source_topic="reports")
-    for raw in (b"{broken", b'{"order_id": 5}'):
+    for raw in (None, b"", b"{broken", b'{"order_id": 5}'):
         await handle_report(ctx, raw, key=b"k", partition=3, offset=7)
-    assert [d.reason_code for d in letters] == [ReasonCode.SCHEMA_INVALID] * 2
-    assert letters[0].payload == "{broken" and letters[0].source_partition == 3
-    assert ctx.counters["dead_letters"] == 2 and events == []
+    assert [d.reason_code for d in letters] == [
+        ReasonCode.TOMBSTONE,
+        ReasonCode.EMPTY_PAYLOAD,
+        ReasonCode.MALFORMED_JSON,
+        ReasonCode.SCHEMA_INVALID,
+    ]
+    assert letters[0].payload == "" and letters[0].payload_size == 0
+    assert letters[2].payload == "{broken" and letters[2].source_partition == 3
+    assert all(d.source_topic == "reports" and d.error.startswith("worker: ") for d in letters)
+    assert ctx.counters["dead_letters"] == 4 and events == []
 
 
 async def test_a_lost_order_is_cancelled_with_its_emergency_and_a_replay_raises_it_again() -> (

@@ -60,9 +60,11 @@ def _req(**kw: object) -> OrderRequest:
         ),
         (b"x" * 70_000, ReasonCode.PAYLOAD_TOO_LARGE),
         (b"\xff\xfe\x00", ReasonCode.MALFORMED_JSON),
+        (None, ReasonCode.TOMBSTONE),
+        (b"", ReasonCode.EMPTY_PAYLOAD),
     ],
 )
-def test_parse_failures_have_reason_codes(raw: bytes, reason: ReasonCode) -> None:
+def test_parse_failures_have_reason_codes(raw: bytes | None, reason: ReasonCode) -> None:
     result = parse_request(raw)
     assert isinstance(result, ParseFailure)
     assert result.reason_code is reason and result.message
@@ -76,6 +78,7 @@ def test_schema_failure_keeps_identity_for_the_sender() -> None:
         "account_id": "acc",
         "request_id": "r9",
         "order_id": derive_order_id("acc", "r9"),
+        "command": "submit",
     }
 
 

@@ -13,13 +13,14 @@ from oms.chaos.scenarios import (
     disk_error,
     exchange_faults,
     hostile,
+    restarts,
     sink_kill,
     worker_kill,
 )
 
 Scenario = Callable[[ChaosConfig, Callable[[str], None]], Coroutine[Any, Any, dict[str, Any]]]
 
-# In the order the suite runs them (issue 8 numbering).
+# In the order the suite runs them.
 SCENARIOS: dict[str, Scenario] = {
     "worker-kill": worker_kill.run,
     "broker-restart": broker_restart.run,
@@ -27,6 +28,8 @@ SCENARIOS: dict[str, Scenario] = {
     "sink-kill": sink_kill.run,
     "disk-error": disk_error.run,
     "hostile": hostile.run,
+    "paper-exchange-restart": restarts.run_paper_exchange_restart,
+    "stack-restart": restarts.run_stack_restart,
 }
 
 __all__ = ["SCENARIOS", "Scenario"]

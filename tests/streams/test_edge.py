@@ -1,0 +1,159 @@
+"""The edge without Kafka: what it forwards, refuses and dead-letters, in both auth modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from oms.auth.signing import sign_headers
+from oms.auth.verify import Authenticator
+from oms.schemas import (
+    DeadLetter,
+    OrderEvent,
+    OrderEventType,
+    OrderStatus,
+    ReasonCode,
+    derive_order_id,
+    now_ms,
+)
+from oms.schemas.commands import OrderCommand, OriginKind
+from oms.secrets import SigningKeys, write_signing_keys
+from oms.settings import RiskSettings
+from oms.streams.edge import EdgeContext, handle_external
+
+SUBMIT = orjson.dumps(
+    {
+        "request_id": "r-1",
+        "account_id": "desk",
+        "instrument_name": "BTC-PERPETUAL",
+        "direction": "buy",
+        "amount": 10,
+        "price": 50000,
+    }
+)
+
+
+class Edge:
+    """An edge context that records what it forwards, emits and dead-letters."""
+
+    def __init__(self, authenticator: Authenticator | None) -> None:
+        self.forwarded: list[OrderCommand] = []
+        self.events: list[OrderEvent] = []
+        self.letters: list[DeadLetter] = []
+
+        async def forward(command: OrderCommand) -> None:
+            self.forwarded.append(command)
+
+        async def emit(event: OrderEvent) -> None:
+            self.events.append(event)
+
+        async def dead_letter(letter: DeadLetter) -> None:
+            self.letters.append(letter)
+
+        self.ctx = EdgeContext(
+            emit=emit,
+            dead_letter=dead_letter,
+            source_topic="oms.order-requests",
+            authenticator=authenticator,
+            forward=forward,
+        )
+
+    async def handle(
+        self, raw: bytes | None, headers: list[tuple[str, bytes]] | None = None, offset: int = 7
+    ) -> None:
+        await handle_external(
+            self.ctx,
+            raw,
+            headers=headers,
+            key=None,
+            partition=3,
+            offset=offset,
+            received_ms=now_ms(),
+        )
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> SigningKeys:
+    path = tmp_path / "secrets.json"
+    write_signing_keys(path, {"desk": {"desk-k1": "desk-signing-key"}})
+    return SigningKeys(path)
+
+
+async def test_signed_mode_forwards_a_signed_request_with_its_origin(keys: SigningKeys) -> None:
+    edge = Edge(Authenticator(RiskSettings(), keys))
+    key = keys.for_signing("desk")
+    assert key is not None
+    await edge.handle(SUBMIT, sign_headers(SUBMIT, key, nonce="nonce-123"))
+    [command] = edge.forwarded
+    assert command.key == derive_order_id("desk", "r-1")
+    assert command.origin.kind is OriginKind.EXTERNAL
+    assert (command.origin.key_id, command.origin.nonce) == ("desk-k1", "nonce-123")
+    assert command.origin.source == "3:7"
+    assert edge.events == [] and edge.letters == []
+
+
+async def test_signed_mode_refuses_an_unsigned_request_without_touching_the_order(
+    keys: SigningKeys,
+) -> None:
+    edge = Edge(Authenticator(RiskSettings(), keys))
+    await edge.handle(SUBMIT)
+    assert edge.forwarded == []
+    [event] = edge.events
+    assert event.event_type is OrderEventType.COMMAND_REJECTED
+    assert event.reason_code is ReasonCode.SIGNATURE_MISSING
+    assert event.order is None and event.status is None
+    assert event.details["stage"] == "authentication"
+
+
+async def test_trusted_mode_forwards_unsigned_requests() -> None:
+    edge = Edge(authenticator=None)
+    await edge.handle(SUBMIT)
+    [command] = edge.forwarded
+    assert command.origin.nonce is None and command.origin.key_id is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, ReasonCode.TOMBSTONE),
+        (b"", ReasonCode.EMPTY_PAYLOAD),
+        (b"\xff\x00garbage", ReasonCode.MALFORMED_JSON),
+        (b"[1, 2]", ReasonCode.SCHEMA_INVALID),
+    ],
+)
+async def test_unreadable_records_are_dead_letters(raw: bytes | None, reason: ReasonCode) -> None:
+    edge = Edge(authenticator=None)
+    await edge.handle(raw)
+    [letter] = edge.letters
+    assert letter.reason_code is reason
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "oms.order-requests",
+        3,
+        7,
+    )
+    assert edge.forwarded == [] and edge.events == []
+
+
+async def test_an_unreadable_cancel_fails_as_a_command_and_leaves_the_order_alone() -> None:
+    edge = Edge(authenticator=None)
+    bad_cancel = orjson.dumps(
+        {"command": "cancel", "request_id": "c-1", "account_id": "desk", "order_id": "o-x", "x": 1}
+    )
+    await edge.handle(bad_cancel)
+    [event] = edge.events
+    assert event.order_id == "o-x"
+    assert event.event_type is OrderEventType.COMMAND_REJECTED and event.status is None
+    assert event.reason_code is ReasonCode.SCHEMA_INVALID
+    assert len(edge.letters) == 1
+
+
+async def test_a_submit_naming_another_order_is_refused_on_its_derived_id() -> None:
+    edge = Edge(authenticator=None)
+    claims = orjson.dumps({**orjson.loads(SUBMIT), "order_id": "o-00000000000000000000abcd"})
+    await edge.handle(claims)
+    [event] = edge.events
+    assert event.order_id == derive_order_id("desk", "r-1")
+    assert event.event_type is OrderEventType.REJECTED and event.status is OrderStatus.REJECTED
+    assert event.reason_code is ReasonCode.ORDER_ID_MISMATCH
