@@ -133,6 +133,17 @@ class LifecycleSettings(BaseModel):
     metrics_sample_interval: float = Field(10.0, ge=0)
     # Deribit cancel-on-disconnect (scope "connection") for these accounts.
     cancel_on_disconnect_accounts: list[str] = []
+    # Reconciliation with the exchange (oms.lifecycle.reconcile, after NautilusTrader's live
+    # execution engine). An acknowledged order the exchange does not know is looked up by label
+    # again every open_check_interval s; once open_check_missing_retries lookups in a row missed
+    # it, it is resolved (cancelled, reason lost_at_venue) with an emergency notification. So a
+    # lost order ends within (retries - 1) x interval of its first miss (10 s by default). More
+    # retries or a longer interval tolerate an exchange slow to show its orders; fewer, sooner.
+    open_check_missing_retries: int = Field(3, ge=1)
+    open_check_interval: float = Field(5.0, gt=0)
+    # Label lookups of a reconciliation in flight at once (each also waits for the account's
+    # rate-limit credits, so a pass over many orders never provokes 10028).
+    reconcile_concurrency: int = Field(8, ge=1)
 
 
 class RiskSettings(BaseModel):

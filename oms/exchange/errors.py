@@ -68,6 +68,14 @@ class OrderNotFound(ExchangeError):
     default_reason = "order_not_found"
 
 
+class LabelMismatch(OrderNotFound):
+    """The exchange answered with an order whose label is not the one asked about (e.g. an
+    exchange order id reused after the exchange lost its orders): for that order, it is the
+    same as not found, and nothing about the other order may be reported as ours."""
+
+    default_reason = "label_mismatch"
+
+
 class NotOpenOrder(ExchangeError):
     """The order is no longer open (filled or cancelled meanwhile)."""
 
@@ -136,6 +144,10 @@ CLIENT_RATE_LIMITED = -1003
 # machine has one path for "a submit did not make it".
 RETRIES_EXHAUSTED = -1004
 NEEDS_REVIEW = -1005
+# Reconciliation (oms.lifecycle.reconcile): an acknowledged order the exchange did not know
+# after every check, and an answer about an order that is not the one we asked for.
+LOST_AT_VENUE = -1006
+LABEL_MISMATCH = -1007
 
 # Deribit code -> (reason, class). The one place codes live.
 # Sources: Deribit API v2 "RPC error codes" table (docs.deribit.com, also mirrored by client
@@ -234,6 +246,8 @@ _TABLE: dict[int, tuple[str, type[ExchangeError]]] = {
     CLIENT_RATE_LIMITED: ("client_rate_limited", RateLimited),
     RETRIES_EXHAUSTED: ("retries_exhausted", ExchangeError),
     NEEDS_REVIEW: ("needs_review", ExchangeError),
+    LOST_AT_VENUE: ("lost_at_venue", ExchangeError),
+    LABEL_MISMATCH: ("label_mismatch", LabelMismatch),
 }
 
 _REASONS: dict[int, str] = {code: reason for code, (reason, _) in _TABLE.items()}
@@ -267,6 +281,8 @@ def from_rpc_error(error: Any, *, method: str | None = None) -> ExchangeError:
 __all__ = [
     "CLIENT_RATE_LIMITED",
     "CONNECTION_LOST",
+    "LABEL_MISMATCH",
+    "LOST_AT_VENUE",
     "NEEDS_REVIEW",
     "REQUEST_TIMEOUT",
     "RETRIES_EXHAUSTED",
@@ -274,6 +290,7 @@ __all__ = [
     "ExchangeBusy",
     "ExchangeError",
     "InvalidParams",
+    "LabelMismatch",
     "NotEnoughFunds",
     "NotOpenOrder",
     "OrderNotFound",

@@ -10,7 +10,10 @@ Contract every implementation keeps:
 
 * our order id is the exchange's client order id (Deribit ``label``), so :meth:`find` can
   always tell whether an order reached the exchange;
-* :meth:`cancel` and :meth:`amend` are idempotent (by label, absolute amount and price);
+* :meth:`cancel` and :meth:`amend` are idempotent (by label, absolute amount and price) and
+  act by label, so a stale exchange order id never touches another order;
+* whatever is looked up by the exchange's order id (:meth:`refresh`, :meth:`fills`) is checked
+  to carry our label (:class:`~oms.exchange.errors.LabelMismatch` otherwise);
 * after a reconnect the implementation calls ``on_reconnect(account_id)`` and
   :meth:`settled` holds commands back until that reconciliation is done.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-from oms.schemas import ExecutionReport, OrderRecord
+from oms.schemas import ExecutionReport, Fill, OrderRecord
 from oms.secrets import SecretStore
 from oms.settings import Settings
 
@@ -42,7 +45,18 @@ class Exchange(Protocol):
         ...
 
     async def refresh(self, order: OrderRecord) -> ExecutionReport:
-        """The current state of an acknowledged order, by the exchange's id."""
+        """The current state of an acknowledged order, by the exchange's id (raises
+        OrderNotFound, or LabelMismatch when the id now names another order)."""
+        ...
+
+    async def fills(self, order: OrderRecord, exchange_order_id: str) -> list[Fill]:
+        """Every trade of the exchange's order ``exchange_order_id`` (our ``order``), with
+        the exchange's trade ids: what recovers fills missed while away."""
+        ...
+
+    async def open_orders(self, account_id: str, currency: str) -> list[ExecutionReport]:
+        """The account's open orders in ``currency`` that carry a label (source
+        ``reconcile``): one request that confirms many live orders at once."""
         ...
 
     async def cancel(self, order: OrderRecord) -> None:

@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from oms.algos.scheduler import AlgoScheduler
-from oms.algos.twap import is_twap
 from oms.lifecycle.monitor import LifecycleMonitor
+from oms.lifecycle.reconcile import OrderReconciler
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
 from oms.partitioning import partition_of
-from oms.schemas import MetricsSample, OrderEvent, OrderRecord, OrderStatus, Topic
+from oms.schemas import MetricsSample, OrderEvent, Topic
 from oms.schemas.commands import InternalComponent
-
-# After a reconnect, these are looked up by label (what happened while we were away).
-_RECONCILE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 if TYPE_CHECKING:
     from oms.streams.worker import OrderWorker
@@ -54,6 +51,17 @@ class LifecycleWiring:
         self._owns = owns
         self._metrics_topic = settings.topic(Topic.METRICS)
         self.worker_id = f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}"
+        # On start, takeover and reconnect: live orders checked against the exchange.
+        self.reconciler = OrderReconciler(
+            settings.lifecycle,
+            worker.executor,
+            orders=lambda: worker.oms.orders.items(),
+            order_of=worker._order_of,
+            owns=owns,
+            currency_of=worker.catalog.currency_of,
+        )
+        # Partitions whose orders were reconciled since they became ours.
+        self._reconciled: frozenset[int] | None = None
         worker.executor.exchange.on_reconnect = self.reconcile_account
         self.monitor = LifecycleMonitor(
             settings=settings.lifecycle,
@@ -72,22 +80,42 @@ class LifecycleWiring:
     async def reconcile_account(self, account_id: str) -> None:
         """After an exchange reconnect: every live order of the account (owned partitions)
         is looked up by label, so fills and cancels missed while away are reported."""
-        worker = self._worker
-        self._owned = worker.owned_partitions()
-        orders: list[OrderRecord] = [
-            order
-            for order_id, order in list(worker.oms.orders.items())
-            if order is not None
-            and order.account_id == account_id
-            and order.status in _RECONCILE
-            and not is_twap(order.metadata)  # a parent is not at the exchange
-            and self._owns(order_id)
-        ]
-        found = await worker.executor.reconcile_now(orders)
+        self._owned = self._worker.owned_partitions()
+        done = await self.reconciler.reconcile_account(account_id)
         counters = self.monitor.counters
         counters["reconnect_reconciliations"] = counters.get("reconnect_reconciliations", 0) + 1
-        counters["reconnect_lookups"] = counters.get("reconnect_lookups", 0) + len(orders)
-        log.info("lifecycle.reconciled", account_id=account_id, orders=len(orders), found=found)
+        counters["reconnect_lookups"] = counters.get("reconnect_lookups", 0) + done["orders"]
+        log.info("lifecycle.reconciled", account_id=account_id, **done)
+
+    def reconcile_new_partitions(self) -> None:
+        """Start a pass over the orders of partitions that became ours (worker start,
+        takeover) once their table partitions are recovered and the instruments loaded."""
+        app = self._worker.app
+        recovery: Any = getattr(app.tables, "recovery", None)
+        if (
+            not len(self._worker.catalog)  # the currency of each lookup comes from it
+            or getattr(app, "rebalancing", False)
+            or getattr(app, "in_recovery", False)
+            or (recovery is not None and not recovery.completed.is_set())
+        ):
+            return
+        owned = frozenset(self._owned)
+        trigger = "start" if self._reconciled is None else "assigned"
+        new = owned - (self._reconciled or frozenset())
+        self._reconciled = owned
+        if not new:
+            return
+        partitions = self._worker.settings.kafka.partitions
+        orders = self.reconciler.candidates(
+            owns=lambda order_id: partition_of(order_id, partitions) in new
+        )
+        log.info(
+            "lifecycle.reconcile_partitions",
+            trigger=trigger,
+            partitions=sorted(new),
+            orders=len(orders),
+        )
+        self.reconciler.start_pass(orders, trigger)
 
     async def sample_metrics(self) -> MetricsSample:
         """Publish one sample of this worker's metrics (the sink stores it in ``metrics``)."""
@@ -97,6 +125,8 @@ class LifecycleWiring:
         values = self.metrics.flat()
         for name, value in self.monitor.counters.items():
             values[f"lifecycle.{name}"] = float(value)
+        for name, value in self.reconciler.counters.items():
+            values[f"reconcile.{name}"] = float(value)
         sample = MetricsSample(worker=self.worker_id, values=values)
         await worker._send(self._metrics_topic, self.worker_id.encode(), sample.to_bytes())
         return sample
@@ -111,6 +141,8 @@ class LifecycleWiring:
         self._owned = worker.owned_partitions()
         if not self._owned:
             return {}
+        self.reconcile_new_partitions()
+        await self.reconciler.run_once()
         executor = worker.executor
         self.metrics.set_retries(executor.stats.get("retries", 0))
         self.refresh_gauges()
@@ -141,6 +173,16 @@ class LifecycleWiring:
         app = self._worker.app
         interval = self._worker.settings.lifecycle.check_interval
 
+        async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+            # Partitions given up are reconciled again when (re)assigned: another worker may
+            # have owned them meanwhile.
+            if self._reconciled:
+                topic = self._worker._commands_topic  # the orders' partitions
+                gone = {tp.partition for tp in revoked if tp.topic == topic}
+                self._reconciled = self._reconciled - gone
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
         @app.timer(interval=interval)
         async def lifecycle_check() -> None:
             try:
@@ -169,6 +211,7 @@ class LifecycleWiring:
         async def summary(web: Any, request: Any) -> Any:
             body = self.metrics.snapshot()
             body["lifecycle"] = self.monitor.snapshot()
+            body["reconcile"] = self.reconciler.snapshot()
             body["algos"] = dict(self.algos.counters)
             body["executor"] = dict(self._worker.executor.stats)
             return web.json(body)

@@ -65,6 +65,11 @@ from oms.streams.worker import _FaustWorker
 log = structlog.get_logger(__name__)
 
 FILLS_TOPIC = "positions-fills"
+# A no-op command the keeper sends to an internal partition it has processed nothing of since
+# it started: once it is applied, everything before it on that partition was applied too.
+BARRIER = "barrier"
+# A barrier not seen applied after this long is sent again (s).
+_BARRIER_RESEND_S = 30.0
 
 
 class SeenTrades(MutableMapping[str, PositionRecord | None]):
@@ -166,6 +171,8 @@ class PositionKeeper:
         self._replay_below: dict[int, int] = {}
         # Last offset processed per (topic, partition) of both inputs (reconcile readiness).
         self._processed: dict[tuple[str, int], int] = {}
+        # Internal partition -> when a barrier was sent to it (monotonic s).
+        self._barriers: dict[int, float] = {}
         secrets = SecretStore(settings.resolved_secrets_file)
         enabled = ps.reconcile if reconcile is None else reconcile
         self.reconciler = (
@@ -238,11 +245,18 @@ class PositionKeeper:
 
     async def ready_to_reconcile(self) -> bool:
         """Owns positions, tables recovered, and everything on both inputs processed (else
-        a check would take fills still in flight for differences)."""
+        a check would take fills still in flight for differences).
+
+        A partition this keeper has processed nothing of since it started (a restart, with
+        everything committed before) gets a barrier command: once applied, the partition is
+        known processed up to it. Without it, the check waited for new traffic on every
+        partition, in practice the first seen-trades prune (``seen_trades_prune_interval_s``,
+        10 min): reconciliation "on start" ran 7-10 minutes late."""
         if not self.tables_ready() or not await self.router.caught_up():
             return False
         actives: set[TP] = self.app.assignor.assigned_actives()
         tps = [tp for tp in actives if tp.topic == self.fills_topic]
+        await self._send_barriers(tps)
         # Bundles (and commands) sent must be on the broker before end offsets are read.
         await self.app.producer.flush()
         highwaters = await self.app.consumer.highwaters(*tps)
@@ -251,6 +265,23 @@ class PositionKeeper:
             if end > 0 and (done is None or done + 1 < end):
                 return False
         return True
+
+    async def _send_barriers(self, tps: list[TP]) -> None:
+        now = time.monotonic()
+        command = ReportBundle(command={"type": BARRIER}).to_bytes()
+        for tp in tps:
+            if (tp.topic, tp.partition) in self._processed:
+                self._barriers.pop(tp.partition, None)
+                continue
+            sent = self._barriers.get(tp.partition)
+            if sent is not None and now - sent < _BARRIER_RESEND_S:
+                continue
+            self._barriers[tp.partition] = now
+            self.counters["barriers_sent"] += 1
+            await self.app.producer.send(
+                self.fills_topic, None, command, partition=tp.partition, timestamp=None,
+                headers=None,
+            )  # fmt: skip
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -369,8 +400,11 @@ class PositionKeeper:
         except pydantic.ValidationError as exc:
             bundle = await self._salvage(raw, message, exc)
         if bundle.command is not None:
-            if bundle.command.get("type") == PRUNE:
+            kind = bundle.command.get("type")
+            if kind == PRUNE:
                 self._prune(message.partition, bundle.command)
+            elif kind == BARRIER:
+                self.counters["barriers"] += 1  # nothing to do: being processed is the point
             else:
                 await self._command(bundle.command)
             return

@@ -114,14 +114,23 @@ class ReportRouter:
         self._done.update(offsets)
 
     async def caught_up(self) -> bool:
-        """Every report published so far on our partitions has been forwarded."""
+        """Every report published so far on our partitions has been forwarded: by us since
+        we started, or before (the group's committed offset; without it a restarted keeper
+        waited for new traffic on every partition)."""
         if self._consumer is None:
             return False
         assigned = list(self._consumer.assignment())
         if not assigned:
             return True
         ends = await self._consumer.end_offsets(assigned)
-        return all(end == 0 or self._done.get(tp, -1) >= end for tp, end in ends.items())
+        for tp, end in ends.items():
+            done = self._done.get(tp, -1)
+            if end == 0 or done >= end:
+                continue
+            committed = await self._consumer.committed(tp)
+            if committed is None or committed < end:
+                return False
+        return True
 
 
 def _route_key(raw: bytes | None) -> str | None:

@@ -157,6 +157,8 @@ class ReasonCode(StrEnum):
     PARTIAL_FILL_CANCELLED = "partial_fill_cancelled"
     RETRIES_EXHAUSTED = "retries_exhausted"
     MANUAL_REVIEW = "manual_review"
+    # Reconciliation: an acknowledged order the exchange no longer knows (after every check).
+    LOST_AT_VENUE = "lost_at_venue"
     # Authentication, permissions, risk (issue 9).
     SIGNATURE_MISSING = "signature_missing"
     SIGNATURE_INVALID = "signature_invalid"

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from oms.exchange.deribit.venue import DeribitVenue, ExchangeSessions, submit_params
-from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError
+from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
 from oms.exchange.translate import report_from_error
 from oms.lifecycle.policy import policy_of
@@ -44,6 +44,9 @@ from oms.settings import Settings
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[ExecutionReport], Awaitable[None]]
+
+# Filled amounts are floats on the wire (options): compare with a tolerance.
+_EPSILON = 1e-9
 
 # Kept importable from here for existing callers (the worker builds the sessions).
 __all__ = ["ExchangeSessions", "OrderExecutor", "submit_params"]
@@ -77,9 +80,14 @@ class OrderExecutor:
             "errors": 0,
             "retries": 0,
             "rechecks": 0,
+            "recheck_not_found": 0,
+            "fills_recovered": 0,
         }
         # Optional observer of command outcomes (metrics): (command, seconds, ok).
         self.on_command: Callable[[str, float, bool], None] | None = None
+        # Told when the exchange did not know an order a command or re-check looked for
+        # (order, what looked): the reconciliation counts it toward lost_at_venue.
+        self.on_missing: Callable[[OrderRecord, str], Awaitable[None]] | None = None
 
     # -- public API used by the agents -------------------------------------------------------
 
@@ -92,6 +100,10 @@ class OrderExecutor:
     def inflight(self) -> int:
         """Orders with a command running now."""
         return len(self._inflight)
+
+    def is_running(self, order_id: str) -> bool:
+        """A command of this order is running right now."""
+        return order_id in self._inflight
 
     def is_inflight(self, order_id: str) -> bool:
         """A command of this order is running, or just finished and its report may still
@@ -144,27 +156,42 @@ class OrderExecutor:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._spawn(order.order_id, self._submit(order, check_label_first=True))
 
-    async def reconcile_now(self, orders: list[OrderRecord], concurrency: int = 8) -> int:
-        """Look every order up by label right now (after a reconnect), outside the per-order
-        command chains, and report what the exchange has. Never sends an order: unknown ones
-        are left to the unacknowledged-order sweep. Returns how many were found."""
-        gate = asyncio.Semaphore(concurrency)
-        found_count = 0
+    async def lookup(self, order: OrderRecord) -> ExecutionReport | None:
+        """The exchange's order with our label, with the trades of any fill we have not
+        recorded (a reconcile report), waiting out disconnects; None if it has none."""
+        return await self._lookup_by_label(order)
 
-        async def one(order: OrderRecord) -> None:
-            nonlocal found_count
-            async with gate:
-                try:
-                    found = await self._lookup_by_label(order)
-                except (ExchangeError, TimeoutError) as exc:
-                    log.info("executor.reconcile_failed", order_id=order.order_id, error=str(exc))
-                    return
-                if found is not None:
-                    found_count += 1
-                    await self._publish(found)
+    async def with_missed_fills(
+        self, order: OrderRecord, report: ExecutionReport
+    ) -> ExecutionReport:
+        """``report`` with the trades of its exchange order attached when the exchange has
+        more filled than we recorded (``private/get_user_trades_by_order``): every trade
+        keeps its exchange trade id, so the order-state agent and the position keeper each
+        count exactly the ones they missed."""
+        exchange_id = report.exchange_order_id
+        if exchange_id is None or report.filled_amount <= order.filled_amount + _EPSILON:
+            return report
+        fills = await self._exchange.fills(order, exchange_id)
+        new = [f for f in fills if f.trade_id not in order.trade_ids]
+        self.stats["fills_recovered"] += len(new)
+        log.info(
+            "executor.fills_recovered",
+            order_id=order.order_id,
+            exchange_order_id=exchange_id,
+            recorded_filled=order.filled_amount,
+            exchange_filled=report.filled_amount,
+            trades=len(fills),
+            new_trades=len(new),
+        )
+        known = {f.trade_id for f in report.fills}
+        merged = [*report.fills, *(f for f in fills if f.trade_id not in known)]
+        return report.model_copy(
+            update={"fills": merged, "report_id": f"{report.report_id}:trades:{len(merged)}"}
+        )
 
-        await asyncio.gather(*(one(o) for o in orders))
-        return found_count
+    async def publish(self, report: ExecutionReport) -> None:
+        """Put a report on ``execution-reports`` for the order-state agent."""
+        await self._publish(report)
 
     async def recheck(self, order: OrderRecord) -> None:
         """Fetch an acknowledged order's state (``private/get_order_state``) and report it:
@@ -281,32 +308,57 @@ class OrderExecutor:
         )
 
     async def _lookup_by_label(self, order: OrderRecord) -> ExecutionReport | None:
-        """The exchange's order with our label (a reconcile report), waiting out
-        disconnects."""
+        """The exchange's order with our label (a reconcile report, with any fills we
+        missed), waiting out disconnects."""
         delay = self._settings.lifecycle.retry_delay
         for attempt in range(20):
             try:
-                return await self._exchange.find(order)
+                found = await self._exchange.find(order)
+                if found is not None:
+                    found = await self.with_missed_fills(order, found)
+                return found
             except ExchangeError as exc:
                 if not exc.retryable:
                     raise
                 await asyncio.sleep(min(delay * (2**attempt), 10.0))
         raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
+    async def _missing(self, order: OrderRecord, source: str) -> None:
+        if self.on_missing is not None:
+            await self.on_missing(order, source)
+
     async def _recheck(self, order: OrderRecord) -> None:
-        if not order.exchange_order_id:
-            # Never a resubmit from here: the order was acknowledged once, so only look.
-            found = await self._lookup_by_label(order)
-            if found is not None:
-                await self._publish(found)
-            return
+        # Never a resubmit from here: the order was acknowledged once, so only look.
         self.stats["rechecks"] += 1
+        if order.exchange_order_id:
+            try:
+                # Checked to carry our label: ids restart when an exchange loses its orders.
+                report = await self._exchange.refresh(order)
+                report = await self.with_missed_fills(order, report)
+            except OrderNotFound as exc:
+                # Not (or no longer) under that id: the label decides, below.
+                self.stats["recheck_not_found"] += 1
+                log.info(
+                    "executor.recheck_not_found",
+                    order_id=order.order_id,
+                    exchange_order_id=order.exchange_order_id,
+                    error=str(exc),
+                )
+            except ExchangeError as exc:
+                log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
+                return
+            else:
+                await self._publish(report)
+                return
         try:
-            report = await self._exchange.refresh(order)
-        except ExchangeError as exc:
+            found = await self._lookup_by_label(order)
+        except (ExchangeError, TimeoutError) as exc:
             log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
             return
-        await self._publish(report)
+        if found is None:
+            await self._missing(order, "recheck")
+            return
+        await self._publish(found)
 
     async def _cancel(self, order: OrderRecord, request_id: str) -> None:
         if order.status is OrderStatus.NEEDS_REVIEW:
@@ -355,6 +407,9 @@ class OrderExecutor:
                     await asyncio.sleep(self._backoff(attempt))
                     continue
                 await self._publish_error(order, exc, command, request_id)
+                if isinstance(exc, OrderNotFound):
+                    # No open order with our label (or the id named another one).
+                    await self._missing(order, command.value)
                 return
             self._observe(command.value, started, ok=True)
             break
@@ -362,6 +417,8 @@ class OrderExecutor:
             # A cancel answers with a count; the order's new state follows on the stream,
             # and we fetch it now so the cancel never depends on that stream.
             result = await self._lookup_by_label(order)
+            if result is None:
+                await self._missing(order, command.value)
         if result is None:
             return
         await self._publish(

@@ -12,7 +12,7 @@ from oms.schemas import ExecutionReport, OrderRecord
 from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
 from oms.streams.links import facts_about
-from oms.streams.state_machine import Outcome, apply_report, reannouncement
+from oms.streams.state_machine import Outcome, apply_report, lost_alert, reannouncement
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +69,9 @@ async def handle_report(
     events = result.events
     if replayed and result.outcome is Outcome.STALE:
         events = [reannouncement(order)]
+        alert = lost_alert(order)  # an emergency is never lost to a crash either
+        if alert is not None:
+            events.append(alert)
     for event in events:
         await ctx.emit(event)
     updated = result.order

@@ -5,6 +5,7 @@ from __future__ import annotations
 from oms.exchange.errors import (
     CLIENT_RATE_LIMITED,
     CONNECTION_LOST,
+    LOST_AT_VENUE,
     NEEDS_REVIEW,
     REQUEST_TIMEOUT,
     RETRIES_EXHAUSTED,
@@ -26,6 +27,7 @@ _BY_CODE: dict[int, ReasonCode] = {
     CLIENT_RATE_LIMITED: ReasonCode.RATE_LIMITED,
     RETRIES_EXHAUSTED: ReasonCode.RETRIES_EXHAUSTED,
     NEEDS_REVIEW: ReasonCode.MANUAL_REVIEW,
+    LOST_AT_VENUE: ReasonCode.LOST_AT_VENUE,
 }
 
 

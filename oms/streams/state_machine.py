@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED
+from oms.exchange.errors import LOST_AT_VENUE, NEEDS_REVIEW, RETRIES_EXHAUSTED
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -304,6 +304,8 @@ def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
         updated, event = transition(order, OrderStatus.SUBMITTED)
         event.details["source"] = ReportSource.DISPATCH.value
         return Transition(updated, Outcome.APPLIED, [event])
+    if report.error_code == LOST_AT_VENUE:
+        return _lost_at_venue(order, report)
     if report.error_code is not None and report.command in (CommandType.CANCEL, CommandType.AMEND):
         return _command_failed(order, report)
     if report.error_code is not None:
@@ -366,6 +368,17 @@ def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
             order, Outcome.ILLEGAL, note=f"{current} -> {target} refused: order is terminal"
         )
     if filled + EPSILON < order.filled_amount or (not moves_forward and not amended):
+        if filled + EPSILON >= order.filled_amount and _rebinds(order, report):
+            # Same state, but the exchange now holds the order under another id (it lost
+            # its orders and ours was placed again): look-ups by id must use the new one.
+            updated = order.model_copy(
+                update={
+                    "exchange_order_id": report.exchange_order_id,
+                    "version": order.version + 1,
+                    "updated_at": now_ms(),
+                }
+            )
+            return Transition(updated, Outcome.APPLIED, note="exchange order id changed")
         return Transition(order, Outcome.STALE, note=f"{current} -> {target} is not forward")
     if moves_forward and not is_allowed(current, target):
         return Transition(order, Outcome.ILLEGAL, note=f"{current} -> {target} is not allowed")
@@ -412,6 +425,66 @@ def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
             )
         )
     return Transition(updated, Outcome.APPLIED, events)
+
+
+def _rebinds(order: OrderRecord, report: ExecutionReport) -> bool:
+    """A label lookup found our order under an exchange id other than the one recorded."""
+    return (
+        report.source is ReportSource.RECONCILE
+        and report.exchange_order_id is not None
+        and report.exchange_order_id != order.exchange_order_id
+    )
+
+
+def _lost_at_venue(order: OrderRecord, report: ExecutionReport) -> Transition:
+    """The reconciliation gave up on an acknowledged order the exchange does not know
+    (``oms.lifecycle.reconcile``): it ends ``cancelled`` with reason ``lost_at_venue``, and a
+    ``system_error`` event raises the emergency notification (as the keeper's
+    ``position_mismatch`` does). Only applied to the order as the decision saw it: news since
+    (another exchange id, more filled, an end) means the exchange knows it after all."""
+    if order.status.is_terminal:
+        return Transition(order, Outcome.STALE, note="already terminal")
+    if order.status not in (OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED):
+        return Transition(order, Outcome.STALE, note=f"lost report for a {order.status} order")
+    if (
+        report.exchange_order_id != order.exchange_order_id
+        or report.filled_amount + EPSILON < order.filled_amount
+    ):
+        return Transition(order, Outcome.STALE, note="the order changed since it was missed")
+    message = report.error_message or "the exchange does not know this order"
+    updated, event = transition(
+        order, OrderStatus.CANCELLED, reason_code=ReasonCode.LOST_AT_VENUE, message=message
+    )
+    event.details.update({"source": report.source.value, "lost_at_venue": True})
+    alert = lost_alert(updated, previous_status=order.status)
+    assert alert is not None
+    return Transition(updated, Outcome.APPLIED, [event, alert])
+
+
+def lost_alert(order: OrderRecord, previous_status: OrderStatus | None = None) -> OrderEvent | None:
+    """The ``system_error`` event of an order resolved as lost at the exchange (None for any
+    other order); the same event id when sent again after a replay."""
+    if (
+        order.status is not OrderStatus.CANCELLED
+        or order.reason_code is not ReasonCode.LOST_AT_VENUE
+    ):
+        return None
+    return make_event(
+        order,
+        OrderEventType.SYSTEM_ERROR,
+        previous_status=previous_status,
+        reason_code=ReasonCode.LOST_AT_VENUE,
+        message=f"order {order.order_id} lost at the exchange, recorded as cancelled: "
+        f"{order.reason_message}",
+        details={
+            "alert_id": f"lost_at_venue:{order.order_id}",
+            "severity": "emergency",
+            "component": "reconciliation",
+            "exchange_order_id": order.exchange_order_id,
+            "filled_amount": order.filled_amount,
+        },
+        with_snapshot=False,
+    )
 
 
 def _is_amendment(order: OrderRecord, report: ExecutionReport) -> bool:

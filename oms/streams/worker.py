@@ -383,6 +383,7 @@ class OrderWorker:
                     "intake": self.intake.counters,
                     "order_state": self.state.counters,
                     "executor": self.executor.stats,
+                    "reconcile": self.lifecycle.reconciler.snapshot(),
                     "release": self.release.counters,
                     "dispatcher": self.dispatcher.stats,
                     "tick_feed": self.tick_feed.stats(),
@@ -406,7 +407,18 @@ class OrderWorker:
         return now_ms()
 
     async def sweep(self) -> int:
-        """Reconcile orders of owned partitions that were sent but never acknowledged."""
+        """Reconcile orders of owned partitions that were sent but never acknowledged.
+
+        What bounds it: each order is handed to ``executor.reconcile`` (label lookup, then a
+        send only if the exchange never had it), and every outcome of that pass is a report
+        that moves the order out of pending/submitted: found (open, filled, ...), sent (the
+        exchange's answer), refused (rejected) or failed ``submit_attempts`` times (rejected
+        as retries_exhausted, or needs_review under the manual strategy). An order is swept
+        again only when a pass got no answer at all (the label lookup itself kept failing:
+        exchange unreachable or refusing us), so it then costs one lookup per
+        ``recovery_check_interval_s`` and never a second send. Acknowledged orders the
+        exchange lost are not the sweep's: ``oms.lifecycle.reconcile`` resolves them
+        (lost_at_venue) after ``lifecycle.open_check_missing_retries`` misses."""
         owned = self.owned_partitions()
         if not owned:
             return 0

@@ -10,12 +10,13 @@ from typing import Any
 import structlog
 
 from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.errors import CONNECTION_LOST, ConnectionLost
-from oms.exchange.translate import report_from_order
+from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
+from oms.exchange.translate import fill_from_trade, report_from_order
 from oms.schemas import (
     CommandType,
     Direction,
     ExecutionReport,
+    Fill,
     OrderRecord,
     OrderType,
     ReportSource,
@@ -158,6 +159,8 @@ class DeribitVenue:
             "private/get_order_state_by_label",
             {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
         )
+        # Only ever our label: a report is keyed by the label it carries.
+        orders = [o for o in orders or () if o.get("label") == order.order_id]
         if not orders:
             return None
         if len(orders) > 1:
@@ -167,10 +170,32 @@ class DeribitVenue:
         return report_from_order(latest, account_id=order.account_id, source=ReportSource.RECONCILE)
 
     async def refresh(self, order: OrderRecord) -> ExecutionReport:
-        found = await self._call(
-            order.account_id, "private/get_order_state", {"order_id": order.exchange_order_id}
-        )
+        method = "private/get_order_state"
+        found = await self._call(order.account_id, method, {"order_id": order.exchange_order_id})
+        _check_label(found, order, method)
         return report_from_order(found, account_id=order.account_id, source=ReportSource.RECONCILE)
+
+    async def fills(self, order: OrderRecord, exchange_order_id: str) -> list[Fill]:
+        method = "private/get_user_trades_by_order"
+        result = await self._call(order.account_id, method, {"order_id": exchange_order_id})
+        # A list per the spec; some API versions wrap it as {"trades": [...]}.
+        trades = result.get("trades", []) if isinstance(result, dict) else result or []
+        for trade in trades:
+            # Deribit omits the label of a trade whose order had none; any other label means
+            # the id names someone else's order.
+            if trade.get("label") not in (None, "", order.order_id):
+                _check_label(trade, order, method)
+        return [fill_from_trade(t) for t in trades]
+
+    async def open_orders(self, account_id: str, currency: str) -> list[ExecutionReport]:
+        orders = await self._call(
+            account_id, "private/get_open_orders_by_currency", {"currency": currency}
+        )
+        return [
+            report_from_order(o, account_id=account_id, source=ReportSource.RECONCILE)
+            for o in orders or ()
+            if o.get("label")
+        ]
 
     async def cancel(self, order: OrderRecord) -> None:
         await self._call(
@@ -182,17 +207,18 @@ class DeribitVenue:
     async def amend(
         self, order: OrderRecord, amount: float, price: float | None
     ) -> ExecutionReport:
-        params: dict[str, Any] = {"amount": amount}
+        # Always by label: an exchange order id may name another order once the exchange has
+        # lost its orders and handed the id out again (ids restart after a reset).
+        params: dict[str, Any] = {
+            "label": order.order_id,
+            "instrument_name": order.instrument_name,
+            "amount": amount,
+        }
         if price is not None:
             params["price"] = price
-        if order.exchange_order_id:
-            params["order_id"] = order.exchange_order_id
-            method = "private/edit"
-        else:
-            params["label"] = order.order_id
-            params["instrument_name"] = order.instrument_name
-            method = "private/edit_by_label"
+        method = "private/edit_by_label"
         result = await self._call(order.account_id, method, params)
+        _check_label(result["order"], order, method)
         return report_from_order(
             result["order"],
             account_id=order.account_id,
@@ -203,6 +229,25 @@ class DeribitVenue:
 
     async def settled(self, account_id: str) -> None:
         await self.sessions.settled(account_id)
+
+
+def _check_label(found: dict[str, Any], order: OrderRecord, method: str) -> None:
+    """Raise :class:`LabelMismatch` unless the exchange's order (or trade) carries our label."""
+    label = found.get("label")
+    if label == order.order_id:
+        return
+    log.error(
+        "exchange.label_mismatch",
+        order_id=order.order_id,
+        exchange_order_id=found.get("order_id"),
+        exchange_label=label,
+        method=method,
+    )
+    raise LabelMismatch(
+        LABEL_MISMATCH,
+        f"exchange order {found.get('order_id')} has label {label!r}, not {order.order_id!r}",
+        method=method,
+    )
 
 
 def submit_params(order: OrderRecord) -> dict[str, Any]:
