@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,10 +124,10 @@ async def run(url: str, seconds: float, connections: int, inflight: int) -> dict
     }
 
 
-async def _wait_listening(port: int, proc: subprocess.Popen[bytes], within: float = 30) -> None:
+async def _wait_listening(port: int, proc: asyncio.subprocess.Process, within: float = 30) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc.returncode is not None:
             raise RuntimeError("the paper exchange exited before listening")
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -145,9 +144,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(args.data_dir or tmp)
         env = {**os.environ, "OMS_DATA_DIR": str(data_dir), "OMS_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oms.cli.main", "paper-exchange", "--port", str(port),
-             "--no-rate-limits", *args.exchange_arg],
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "oms.cli.main", "paper-exchange", "--port", str(port),
+            "--no-rate-limits", *args.exchange_arg,
             env=env, start_new_session=True,
         )
         try:
@@ -158,7 +157,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            await asyncio.wait_for(proc.wait(), 30)
         return figures
 
 
