@@ -104,6 +104,7 @@ async def run(url: str, seconds: float, connections: int, inflight: int) -> dict
             )
         )
         elapsed = time.monotonic() - start
+        stats = await conns[0].call("admin/get_stats", include_labels=False)
         for conn in conns:
             await conn.ws.close()
             conn.reader.cancel()
@@ -121,6 +122,7 @@ async def run(url: str, seconds: float, connections: int, inflight: int) -> dict
         "orders_per_s": round(counts[1] / elapsed),
         "latency_ms_p50": pct(0.5),
         "latency_ms_p99": pct(0.99),
+        "journal": stats["result"].get("journal"),
     }
 
 

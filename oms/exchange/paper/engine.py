@@ -271,6 +271,9 @@ class Engine:
             order.trigger_price = to_price(trigger_ticks, inst)
             order.triggered = False
             order.market_price = otype.endswith("market")
+            # Not a book priority: the order's place among the account's open orders.
+            self._time_seq += 1
+            order.seq = self._time_seq
             self._register(account, order)
             account.open_orders[order.order_id] = order
             self.untriggered[inst.name].append(order)
@@ -730,6 +733,9 @@ class Engine:
         self._time_seq += 1
         order.seq = self._time_seq
         self.books[order.inst.name].side(order.is_buy).add(ticks, order)
+        # Re-queued at the back: also last among the account's open orders (as a restore
+        # puts it, since it orders them by ``seq``).
+        account.open_orders.pop(order.order_id, None)
         account.open_orders[order.order_id] = order
         account.hold(order, order_margin(order))
         if order.reduce_only:
@@ -843,19 +849,21 @@ class Engine:
             (o for o in orders if not o.is_open), key=lambda o: (o.updated_ms, order_number(o))
         )
         self._closed.extend(o.order_id for o in closed)
-        for order in sorted((o for o in orders if o.state == "open"), key=lambda o: o.seq):
+        # ``seq`` orders resting orders within their price level, and every open order
+        # (untriggered ones too) among its account's open orders.
+        for order in sorted((o for o in orders if o.is_open), key=lambda o: o.seq):
             account = self.accounts.by_id[order.account]  # type: ignore[index]
+            account.open_orders[order.order_id] = order
+            self._time_seq = max(self._time_seq, order.seq)
+            if order.state == "untriggered":
+                self.untriggered[order.inst.name].append(order)
+                continue
             ticks = round(order.price / order.inst.tick_size)
             self.books[order.inst.name].side(order.is_buy).add(ticks, order)
-            account.open_orders[order.order_id] = order
             reserved, order.reserved = order.reserved, 0.0
             account.hold(order, reserved)
             if order.reduce_only:
                 account.reduce_only[order.order_id] = order
-            self._time_seq = max(self._time_seq, order.seq)
-        for order in sorted((o for o in orders if o.state == "untriggered"), key=order_number):
-            self.untriggered[order.inst.name].append(order)
-            self.accounts.by_id[order.account].open_orders[order.order_id] = order  # type: ignore[index]
         evicted = []
         while len(self._closed) > self.history_limit:
             order_id = self._closed.popleft()

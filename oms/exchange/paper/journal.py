@@ -31,7 +31,7 @@ from oms.exchange.paper.restore import (
     position_record,
     trade_key,
 )
-from oms.exchange.paper.store import Key, Row, Store
+from oms.exchange.paper.store import Key, Row, Store, encode_batch
 
 if TYPE_CHECKING:
     from oms.exchange.paper.accounts import Account
@@ -74,6 +74,11 @@ class Journal:
 
     def order(self, order: Order) -> None:
         self._put(("order", order.order_id), order)
+        if order.account is not None:
+            # The account's margin sums follow the margin its orders hold.
+            account = self._engine.accounts.by_id.get(order.account)
+            if account is not None:
+                self._put(("account", order.account), account)
 
     def order_gone(self, order_id: str) -> None:
         self._put(("order", order_id), None)
@@ -151,10 +156,11 @@ class Journal:
         # Id numbers, counters and the priority counter move with every request: always.
         upserts.append(("meta", "engine", engine_record(self._engine)))
         last_ids = self._engine.last_ids()
+        upserts_json, deletes_json = encode_batch(upserts, deletes)
         self._committing = True
         started = time.perf_counter()
         fut = self._loop.run_in_executor(
-            self._executor, self._store.commit, upserts, deletes, last_ids
+            self._executor, self._store.commit, upserts_json, deletes_json, last_ids
         )
         fut.add_done_callback(
             lambda f: self._committed(f, number, batch, len(upserts) + len(deletes), started)

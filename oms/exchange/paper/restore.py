@@ -76,6 +76,10 @@ def account_record(account: Account) -> dict[str, Any]:
         "tier": account.tier,
         "user_id": account.user_id,
         "balances": dict(account.balances),
+        # Running sums of what open orders hold: stored as they are (not re-added on
+        # restore) so every figure derived from them is the same to the last bit.
+        "margin_buy": dict(account.margin_buy),
+        "margin_sell": dict(account.margin_sell),
     }
 
 
@@ -159,6 +163,11 @@ def restore(
             continue
         orders.append(order)
     out.gone_orders = engine.restore_orders(orders)
+    for account_id, rec in rows.get("account", {}).items():
+        held = accounts.by_id.get(account_id)
+        if held is not None and "margin_buy" in rec and "margin_sell" in rec:
+            held.margin_buy = {k: float(v) for k, v in rec["margin_buy"].items()}
+            held.margin_sell = {k: float(v) for k, v in rec["margin_sell"].items()}
 
     trades = []
     for rec in rows.get("trade", {}).values():

@@ -143,8 +143,8 @@ class PaperExchange:
         anchor = catalogue.get("anchor_ms")
         if not isinstance(anchor, int):
             anchor = int(time.time() * 1000)
-        if self._instruments is None:
-            self._assemble(default_instruments(anchor))
+        # Always a fresh engine: a stopped exchange started again rebuilds from its store.
+        self._assemble(self._instruments or default_instruments(anchor))
         restored = restore(self.engine, loaded.rows, loaded.last_ids)
         journal = Journal(store, self.engine)
         self.engine.recorder = journal

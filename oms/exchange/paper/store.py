@@ -44,6 +44,26 @@ WAL_SIZE_LIMIT = 64 << 20
 Row = tuple[str, str, Any]
 Key = tuple[str, str]
 
+# A batch arrives as one JSON array per statement and SQLite unpacks it (json_each): one
+# statement, one release of the GIL for the whole batch. Row by row (executemany), the writer
+# thread would have to win the GIL back from the busy event loop after every row.
+UPSERT_SQL = (
+    "INSERT OR REPLACE INTO state (kind, key, data) "
+    "SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each(?)"
+)
+DELETE_SQL = (
+    "DELETE FROM state WHERE (kind, key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+)
+
+
+def encode_batch(upserts: list[Row], deletes: list[Key]) -> tuple[str | None, str | None]:
+    """The JSON parameters of :meth:`Store.commit` (done by the caller, which holds the GIL
+    anyway)."""
+    return (
+        orjson.dumps(upserts).decode() if upserts else None,
+        orjson.dumps(deletes).decode() if deletes else None,
+    )
+
 
 def clock_floor() -> int:
     """An id number derived from the wall clock (microseconds since the epoch): above any
@@ -138,6 +158,8 @@ def inspect_wal(path: Path) -> WalReport:
         tail = data[offset:]
         if len(tail) < 16 or struct.unpack(">2I", tail[8:16]) == (salt1, salt2):
             report.dropped_bytes = len(tail)
+            if len(tail) >= 8 and struct.unpack(">I", tail[4:8])[0]:
+                report.dropped_commits += 1  # the torn frame closed a transaction
     report.uncommitted_frames = pending
     return report
 
@@ -189,8 +211,11 @@ def _fsync_dir(directory: Path) -> None:
 class Store:
     """The state directory: open (recovering what it can), commit batches, close."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, busy_timeout_s: float = 5.0) -> None:
         self.directory = Path(directory)
+        # How long a commit waits for a lock held by another process (an operator's sqlite3
+        # shell) before it fails and the journal retries it.
+        self.busy_timeout_s = busy_timeout_s
         self.db_path = self.directory / DB_NAME
         self.ids_path = self.directory / IDS_NAME
         self._db: sqlite3.Connection | None = None
@@ -260,7 +285,12 @@ class Store:
         return removed
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.db_path,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         try:
             self._prepare(db)
         except BaseException:
@@ -344,9 +374,11 @@ class Store:
 
     # ---- write -------------------------------------------------------------------------------
 
-    def commit(self, upserts: list[Row], deletes: list[Key], last_ids: tuple[int, int]) -> None:
-        """Make one batch durable: reserve ids past ``last_ids`` first if needed, then write
-        every row in one transaction."""
+    def commit(
+        self, upserts: str | None, deletes: str | None, last_ids: tuple[int, int]
+    ) -> None:
+        """Make one batch (from :func:`encode_batch`) durable: reserve ids past ``last_ids``
+        first if needed, then write every row in one transaction."""
         order, trade = last_ids
         if order > self._reserved[0] or trade > self._reserved[1]:
             self._reserved = (
@@ -356,15 +388,12 @@ class Store:
             write_ids(self.ids_path, *self._reserved)
         db = self._db
         assert db is not None, "store not open"
-        encoded = [(kind, key, orjson.dumps(value)) for kind, key, value in upserts]
         db.execute("BEGIN")
         try:
-            if encoded:
-                db.executemany(
-                    "INSERT OR REPLACE INTO state (kind, key, data) VALUES (?, ?, ?)", encoded
-                )
+            if upserts:
+                db.execute(UPSERT_SQL, (upserts,))
             if deletes:
-                db.executemany("DELETE FROM state WHERE kind = ? AND key = ?", deletes)
+                db.execute(DELETE_SQL, (deletes,))
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
