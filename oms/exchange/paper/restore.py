@@ -92,6 +92,7 @@ def engine_record(engine: Engine) -> dict[str, Any]:
         "time_seq": engine.time_seq,
         "counters": dict(engine.counters),
         "day_end_ms": engine.day_end_ms,
+        "saved_ms": time.time_ns() // 1_000_000,
     }
 
 

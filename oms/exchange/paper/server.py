@@ -164,22 +164,20 @@ class PaperExchange:
         self.durability = journal
         self.state.journal = journal
         last_order, last_trade = self.engine.last_ids()
+        saved_ms = (meta.get("engine") or {}).get("saved_ms")
+        losses = describe_losses(loaded.report, restored.dropped, loaded.fresh)
         self.recovery = {
             **loaded.report,
             **restored.summary,
             "fresh": loaded.fresh,
             "reset": self._reset,
+            "state_saved_ms": saved_ms,
             "dropped": restored.dropped,
+            "losses": losses,
             "next_order_number": last_order + 1,
             "next_trade_number": last_trade + 1,
         }
-        lost = (
-            loaded.report.get("wal_dropped_bytes")
-            or loaded.report.get("db_corrupt")
-            or not loaded.report.get("wal_header_valid", True)
-            or restored.dropped
-        )
-        (slog.warning if lost else slog.info)("paper.recovered", **self.recovery)
+        (slog.warning if losses else slog.info)("paper.recovered", **self.recovery)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -496,6 +494,31 @@ class PaperExchange:
     def _http_response(body: dict[str, Any]) -> web.Response:
         status = 400 if "error" in body else 200
         return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def describe_losses(report: dict[str, Any], dropped: dict[str, int], fresh: bool) -> list[str]:
+    """What a start could not bring back, in words (empty: nothing was lost)."""
+    out = []
+    if not report.get("wal_header_valid", True):
+        out.append("write-ahead log unreadable: every change since the last checkpoint lost")
+    elif report.get("wal_dropped_bytes"):
+        out.append(
+            f"write-ahead log tail torn or corrupt: {report['wal_dropped_bytes']} bytes and "
+            f"{report.get('wal_dropped_commits', 0)} committed batch(es) dropped; the state is "
+            "the last intact batch's"
+        )
+    if report.get("db_corrupt"):
+        out.append(
+            f"database corrupt ({report.get('db_problem')}): {report.get('rows_salvaged')} rows "
+            f"salvaged, the damaged file kept as {report.get('corrupt_db_moved_to')}"
+        )
+    for kind, n in dropped.items():
+        out.append(f"{n} stored {kind} unusable (unknown instrument or account, or malformed)")
+    if report.get("rows_undecodable"):
+        out.append(f"{report['rows_undecodable']} stored rows undecodable")
+    if report.get("ids_reserved") is None and not fresh:
+        out.append("id reservation (ids.json) missing or unreadable: ids continue above the clock")
+    return out
 
 
 async def serve_forever(
