@@ -166,7 +166,7 @@ class Engine:
 
     @property
     def time_seq(self) -> int:
-        """The last time-priority number given to a resting order."""
+        """The last priority number given to a resting (or untriggered) order."""
         return self._time_seq
 
     def continue_time_seq(self, last: int) -> None:

@@ -192,6 +192,7 @@ class PaperExchange:
     async def start(self) -> None:
         """Restore the durable state (if any), bind the socket and start the background
         loops."""
+        self._stopping = False
         if self.state_dir is not None and self.journal is None:
             await self._open_state(self.state_dir)
         app = web.Application(client_max_size=1 << 20)
