@@ -270,7 +270,7 @@ async def test_wal_inspection_matches_sqlite_recovery(tmp_path: Path) -> None:
     created = inspect_wal(wal).commits  # creating the schema commits too
     for i in range(5):
         await asyncio.to_thread(
-            store.commit, orjson.dumps([["label", f"l{i}", i]]).decode(), None, (1, 1)
+            store.commit, [("label", f"l{i}", i)], (1, 1)
         )
     intact = inspect_wal(wal)
     assert intact.commits == created + 5 and intact.dropped_bytes == 0 and intact.header_valid

@@ -1,14 +1,16 @@
 """Group commit of the paper exchange's changes, and holding back what reports them.
 
 The engine runs on the event loop and records every durable change here
-(:class:`~oms.exchange.paper.recorder.Recorder`) before it notifies anyone. Changes collect in
-the *open batch* (by object, so an order changed ten times is written once). Batches are
-numbered; one at a time is committed by the writer thread (:class:`Store`), and everything
-recorded meanwhile goes into the next one, so the commit rate adapts to the load without a
-timer: one fsync covers every request that arrived during the previous one.
+(:class:`~oms.exchange.paper.recorder.Recorder`) before it notifies anyone. Changes collect by
+object (an order changed ten times in a loop iteration is written once). At the end of the
+loop iteration they are *sealed*: snapshotted into rows on the loop, at a request boundary,
+numbered, and queued for the writer thread. The writer commits whatever is queued when it
+gets to it as one transaction (:class:`Store`), then reports the highest number it covered:
+while it commits, the next group collects, so the commit rate adapts to the load without a
+timer, and the writer never waits for the loop between commits.
 
-Every message the transports queue is tagged with :meth:`Journal.ticket` (the batch that
-covers everything changed so far) and leaves only once that batch is durable
+Every message the transports queue is tagged with :meth:`Journal.ticket` (the number that
+covers everything changed so far) and leaves only once that number is durable
 (:meth:`Journal.wait`), so a client that received an order id, a fill or an account can
 find it after a crash. The loop never blocks: it awaits a future resolved when the commit
 returns.
@@ -17,8 +19,9 @@ returns.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,7 +34,7 @@ from oms.exchange.paper.restore import (
     position_record,
     trade_key,
 )
-from oms.exchange.paper.store import Key, Row, Store, encode_batch
+from oms.exchange.paper.store import Key, Row, Store
 
 if TYPE_CHECKING:
     from oms.exchange.paper.accounts import Account
@@ -41,34 +44,40 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("oms.paper.journal")
 
-# Pending value meaning "save the market as it is at commit time".
+# Pending value meaning "save the market as it is when sealed".
 _MARKET = object()
+# Queued after the last group: the writer thread ends.
+_STOP = None
 MAX_RETRY_DELAY_S = 5.0
 
 
 class Journal:
-    """The loop side of durability (see the module docstring). Create it on the event loop
-    that runs the engine."""
+    """The loop side of durability (see the module docstring), and its writer thread. Create
+    it on the event loop that runs the engine."""
 
     def __init__(self, store: Store, engine: Engine) -> None:
         self._store = store
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="paper-journal")
         self._pending: dict[Key, Any] = {}  # None: delete the row
-        self._open = 1  # number of the batch collecting changes
-        self._durable = 0  # highest batch number known to be on disk
-        self._committing = False
+        self._open = 1  # number of the group collecting changes
+        self._durable = 0  # highest number known to be on disk
         self._scheduled = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._failures = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._closed = False
-        # Figures for admin/get_stats and the benchmark.
+        # (number, rows, last ids) from the loop to the writer thread.
+        self._queue: queue.SimpleQueue[tuple[int, list[Row], tuple[int, int]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stopping = threading.Event()
+        # Figures for admin/get_stats and the benchmark (written by the writer thread).
         self.batches = 0
         self.rows = 0
         self.commit_s = 0.0
         self.last_commit_ms = 0
+        self.failures = 0
+        self._writer = threading.Thread(target=self._write_loop, name="paper-journal", daemon=True)
+        self._writer.start()
 
     # ---- Recorder ----------------------------------------------------------------------------
 
@@ -108,23 +117,23 @@ class Journal:
 
     def _put(self, key: Key, value: Any) -> None:
         self._pending[key] = value
-        if not (self._scheduled or self._committing or self._retry or self._closed):
+        if not (self._scheduled or self._closed):
             # Not now: the rest of the current request (and whatever else is ready to run)
-            # joins the batch first.
+            # joins the group first.
             self._scheduled = True
-            self._loop.call_soon(self._submit)
+            self._loop.call_soon(self._seal)
 
     # ---- Durability (for the transports) -----------------------------------------------------
 
     def ticket(self) -> int:
-        """The batch whose commit covers every change recorded so far."""
+        """The number whose commit covers every change recorded so far."""
         return self._open if self._pending else self._open - 1
 
     def is_durable(self, ticket: int) -> bool:
         return ticket <= self._durable
 
     async def wait(self, ticket: int) -> None:
-        """Return once batch ``ticket`` (and every earlier one) is durable."""
+        """Return once group ``ticket`` (and every earlier one) is durable."""
         if ticket <= self._durable:
             return
         fut = self._waiters.get(ticket)
@@ -139,32 +148,20 @@ class Journal:
 
     # ---- commit ------------------------------------------------------------------------------
 
-    def _submit(self) -> None:
+    def _seal(self) -> None:
+        """Snapshot the pending changes (at a request boundary) and queue them."""
         self._scheduled = False
-        if self._committing or self._retry or not self._pending:
+        if not self._pending:
             return
-        batch, self._pending = self._pending, {}
-        number = self._open
-        self._open += 1
-        upserts: list[Row] = []
-        deletes: list[Key] = []
-        for (kind, key), value in batch.items():
-            if value is None:
-                deletes.append((kind, key))
-            else:
-                upserts.append((kind, key, self._encode(kind, value)))
+        pending, self._pending = self._pending, {}
+        rows: list[Row] = [
+            (kind, key, None if value is None else self._encode(kind, value))
+            for (kind, key), value in pending.items()
+        ]
         # Id numbers, counters and the priority counter move with every request: always.
-        upserts.append(("meta", "engine", engine_record(self._engine)))
-        last_ids = self._engine.last_ids()
-        upserts_json, deletes_json = encode_batch(upserts, deletes)
-        self._committing = True
-        started = time.perf_counter()
-        fut = self._loop.run_in_executor(
-            self._executor, self._store.commit, upserts_json, deletes_json, last_ids
-        )
-        fut.add_done_callback(
-            lambda f: self._committed(f, number, batch, len(upserts) + len(deletes), started)
-        )
+        rows.append(("meta", "engine", engine_record(self._engine)))
+        self._queue.put((self._open, rows, self._engine.last_ids()))
+        self._open += 1
 
     def _encode(self, kind: str, value: Any) -> Any:
         """A snapshot of ``value`` taken now, on the loop: the object changes afterwards."""
@@ -181,46 +178,60 @@ class Journal:
             return market_record(self._engine)
         return value
 
-    def _committed(
-        self,
-        fut: asyncio.Future[None],
-        number: int,
-        batch: dict[Key, Any],
-        rows: int,
-        started: float,
-    ) -> None:
-        self._committing = False
-        exc = fut.exception()
-        if exc is not None:
-            # Nothing of the batch is acknowledged: its changes go back into the open batch
-            # (where newer changes of the same objects win) and are retried; every reply
-            # waiting for it keeps waiting.
-            for key, value in batch.items():
-                self._pending.setdefault(key, value)
-            self._failures += 1
-            delay = min(MAX_RETRY_DELAY_S, 0.05 * 2**self._failures)
-            log.error(
-                "paper.journal_commit_failed",
-                error=repr(exc), batch=number, attempt=self._failures, retry_in_s=delay,
-            )
-            self._retry = self._loop.call_later(delay, self._retry_now)
-            return
-        self._failures = 0
-        self._durable = number
-        self.batches += 1
-        self.rows += rows
-        self.commit_s += time.perf_counter() - started
-        self.last_commit_ms = time.time_ns() // 1_000_000
-        for ticket in [t for t in self._waiters if t <= number]:
-            fut_done = self._waiters.pop(ticket)
-            if not fut_done.done():
-                fut_done.set_result(None)
-        if self._pending:
-            self._submit()  # the group commit: everything recorded during this one
+    def _write_loop(self) -> None:
+        """The writer thread: commit everything queued as one transaction, report, repeat."""
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            groups = []
+            while item is not _STOP:
+                groups.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            stop = item is _STOP
+            if not groups:
+                continue
+            # Later groups hold newer versions of the same rows: the last one wins.
+            merged = {(kind, key): (kind, key, value) for _, rows, _ in groups
+                      for kind, key, value in rows}
+            number, _, last_ids = groups[-1]
+            if self._commit(list(merged.values()), last_ids, number):
+                self._loop.call_soon_threadsafe(self._committed, number)
 
-    def _retry_now(self) -> None:
-        self._retry = None
-        self._submit()
+    def _commit(self, rows: list[Row], last_ids: tuple[int, int], number: int) -> bool:
+        """Commit, retrying until it works or the journal is closed (then False: nothing of
+        it is acknowledged, and everything waiting for it keeps waiting)."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                self._store.commit(rows, last_ids)
+            except Exception as exc:
+                attempt += 1
+                self.failures += 1
+                delay = min(MAX_RETRY_DELAY_S, 0.05 * 2**attempt)
+                log.error(
+                    "paper.journal_commit_failed",
+                    error=repr(exc), upto=number, attempt=attempt, retry_in_s=delay,
+                )
+                if self._stopping.wait(delay):
+                    return False
+                continue
+            self.batches += 1
+            self.rows += len(rows)
+            self.commit_s += time.perf_counter() - started
+            self.last_commit_ms = time.time_ns() // 1_000_000
+            return True
+
+    def _committed(self, number: int) -> None:
+        """On the loop: everything up to ``number`` is durable."""
+        self._durable = max(self._durable, number)
+        for ticket in [t for t in self._waiters if t <= self._durable]:
+            fut = self._waiters.pop(ticket)
+            if not fut.done():
+                fut.set_result(None)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -231,9 +242,9 @@ class Journal:
             "rows": self.rows,
             "rows_per_batch": round(self.rows / self.batches, 2) if self.batches else 0.0,
             "commit_ms_avg": round(self.commit_s / self.batches * 1000, 3) if self.batches else 0,
-            "durable_batch": self._durable,
-            "open_batch": self._open,
-            "failures": self._failures,
+            "durable": self._durable,
+            "open": self._open,
+            "failures": self.failures,
             "last_commit_ms": self.last_commit_ms,
         }
 
@@ -241,19 +252,19 @@ class Journal:
         """Save the market, commit what is pending and close the store. A clean close narrows
         the id reservation to the ids handed out, so the next start continues without a gap."""
         self.market()
+        self._seal()
         clean = True
         try:
             await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:
             clean = False
-            log.error("paper.journal_close_timeout", pending=len(self._pending))
+            log.error("paper.journal_close_timeout", open=self._open, durable=self._durable)
         self._closed = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        self._stopping.set()
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
         last_ids = self._engine.last_ids() if clean else None
         try:
-            await self._loop.run_in_executor(self._executor, self._store.close, last_ids)
+            await asyncio.to_thread(self._store.close, last_ids)
         except Exception as exc:  # the state is committed; only the tidy-up failed
             log.error("paper.journal_close_failed", error=repr(exc))
-        self._executor.shutdown(wait=False)

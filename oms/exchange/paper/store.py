@@ -40,29 +40,17 @@ ID_BLOCK = 10_000
 # Keep the WAL file from growing past this after checkpoints.
 WAL_SIZE_LIMIT = 64 << 20
 
-# An upsert (kind, key, JSON-able value) and a delete (kind, key).
+# A row of a batch: (kind, key, JSON-able value), the value None to delete the row.
 Row = tuple[str, str, Any]
 Key = tuple[str, str]
 
-# A batch arrives as one JSON array per statement and SQLite unpacks it (json_each): one
-# statement, one release of the GIL for the whole batch. Row by row (executemany), the writer
-# thread would have to win the GIL back from the busy event loop after every row.
-UPSERT_SQL = (
-    "INSERT OR REPLACE INTO state (kind, key, data) "
-    "SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each(?)"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS state ("
+    " kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,"
+    " PRIMARY KEY (kind, key)) WITHOUT ROWID"
 )
-DELETE_SQL = (
-    "DELETE FROM state WHERE (kind, key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
-)
-
-
-def encode_batch(upserts: list[Row], deletes: list[Key]) -> tuple[str | None, str | None]:
-    """The JSON parameters of :meth:`Store.commit` (done by the caller, which holds the GIL
-    anyway)."""
-    return (
-        orjson.dumps(upserts).decode() if upserts else None,
-        orjson.dumps(deletes).decode() if deletes else None,
-    )
+UPSERT_SQL = "INSERT OR REPLACE INTO state (kind, key, data) VALUES (?, ?, ?)"
+DELETE_SQL = "DELETE FROM state WHERE kind = ? AND key = ?"
 
 
 def clock_floor() -> int:
@@ -304,11 +292,7 @@ class Store:
         # FULL: a commit is on disk when COMMIT returns (NORMAL only syncs at checkpoints).
         db.execute("PRAGMA synchronous=FULL")
         db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS state ("
-            " kind TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,"
-            " PRIMARY KEY (kind, key)) WITHOUT ROWID"
-        )
+        db.execute(SCHEMA)
         if db.execute("PRAGMA user_version").fetchone()[0] == 0:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -354,8 +338,7 @@ class Store:
         self._db = self._connect()
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT OR REPLACE INTO state (kind, key, data) VALUES (?, ?, ?)",
-            [(kind, key, data) for (kind, key), data in found.items()],
+            UPSERT_SQL, [(kind, key, data) for (kind, key), data in found.items()]
         )
         self._db.execute("COMMIT")
         log.error(
@@ -374,11 +357,9 @@ class Store:
 
     # ---- write -------------------------------------------------------------------------------
 
-    def commit(
-        self, upserts: str | None, deletes: str | None, last_ids: tuple[int, int]
-    ) -> None:
-        """Make one batch (from :func:`encode_batch`) durable: reserve ids past ``last_ids``
-        first if needed, then write every row in one transaction."""
+    def commit(self, rows: list[Row], last_ids: tuple[int, int]) -> None:
+        """Make one batch durable: reserve ids past ``last_ids`` first if needed, then write
+        every row in one transaction (the values are encoded here, off the event loop)."""
         order, trade = last_ids
         if order > self._reserved[0] or trade > self._reserved[1]:
             self._reserved = (
@@ -388,12 +369,17 @@ class Store:
             write_ids(self.ids_path, *self._reserved)
         db = self._db
         assert db is not None, "store not open"
+        upserts = [
+            (kind, key, orjson.dumps(value).decode())
+            for kind, key, value in rows
+            if value is not None
+        ]
+        deletes = [(kind, key) for kind, key, value in rows if value is None]
         db.execute("BEGIN")
         try:
-            if upserts:
-                db.execute(UPSERT_SQL, (upserts,))
+            db.executemany(UPSERT_SQL, upserts)
             if deletes:
-                db.execute(DELETE_SQL, (deletes,))
+                db.executemany(DELETE_SQL, deletes)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
