@@ -151,7 +151,9 @@ class Journal:
     def _seal(self) -> None:
         """Snapshot the pending changes (at a request boundary) and queue them."""
         self._scheduled = False
-        if not self._pending:
+        if not self._pending or (self._queue.qsize() and not self._closed):
+            # A group already waits for the writer: keep collecting (by object, so memory
+            # stays bounded however long a commit takes); the next commit seals this one.
             return
         pending, self._pending = self._pending, {}
         rows: list[Row] = [
@@ -232,6 +234,8 @@ class Journal:
             fut = self._waiters.pop(ticket)
             if not fut.done():
                 fut.set_result(None)
+        if self._pending and not self._scheduled:
+            self._seal()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class Journal:
         """Save the market, commit what is pending and close the store. A clean close narrows
         the id reservation to the ids handed out, so the next start continues without a gap."""
         self.market()
+        self._closed = True  # no new groups from now on; this one is sealed regardless
         self._seal()
         clean = True
         try:
@@ -259,7 +264,6 @@ class Journal:
         except TimeoutError:
             clean = False
             log.error("paper.journal_close_timeout", open=self._open, durable=self._durable)
-        self._closed = True
         self._stopping.set()
         self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join)
