@@ -196,8 +196,10 @@ class Journal:
             if not groups:
                 continue
             # Later groups hold newer versions of the same rows: the last one wins.
-            merged = {(kind, key): (kind, key, value) for _, rows, _ in groups
-                      for kind, key, value in rows}
+            merged: dict[Key, Row] = {}
+            for _, rows, _ in groups:
+                for row in rows:
+                    merged[(row[0], row[1])] = row
             number, _, last_ids = groups[-1]
             if self._commit(list(merged.values()), last_ids, number):
                 self._loop.call_soon_threadsafe(self._committed, number)
