@@ -62,6 +62,20 @@ class PaperExchangeSettings(BaseModel):
     starting_btc: float = 100.0
     starting_eth: float = 1000.0
     starting_usdc: float = 1_000_000.0
+    # Keep orders, trades, positions, balances, accounts and id counters across restarts
+    # (``oms paper-exchange``; an in-process PaperExchange is durable only given a state_dir).
+    durable: bool = True
+    # Where the durable state lives; None: <data_dir>/paper.
+    state_dir: Path | None = None
+    # How often the synthetic market (prices, random state, ticker statistics) is saved: a
+    # restart continues from at most this far back.
+    market_save_interval_s: float = Field(1.0, gt=0)
+    # Closed orders kept for get_order_state / history (ids are never reused regardless).
+    history_limit: int = Field(200_000, ge=1)
+
+    def resolved_state_dir(self, data_dir: Path) -> Path:
+        """The state directory: ``state_dir``, or ``paper`` under the settings' data dir."""
+        return self.state_dir or data_dir / "paper"
 
 
 class SinkSettings(BaseModel):

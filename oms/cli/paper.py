@@ -40,8 +40,23 @@ def paper_exchange(
     min_heartbeat: Annotated[
         float, typer.Option(help="smallest public/set_heartbeat interval accepted, s")
     ] = 10.0,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="where the durable state lives (default: <data_dir>/paper)"),
+    ] = None,
+    reset: Annotated[
+        bool,
+        typer.Option(help="discard the stored state and start fresh (ids are still never reused)"),
+    ] = False,
+    in_memory: Annotated[
+        bool, typer.Option(help="keep nothing across restarts (no state directory)")
+    ] = False,
 ) -> None:
-    """Run the paper exchange (Deribit API v2 over WebSocket and HTTP) until Ctrl-C."""
+    """Run the paper exchange (Deribit API v2 over WebSocket and HTTP) until Ctrl-C.
+
+    Durable by default: orders, trades, positions, balances, accounts and id counters survive
+    a restart (even SIGKILL) under the state directory.
+    """
     settings = get_settings()
     paper = settings.paper.model_copy()
     overrides = {
@@ -55,6 +70,10 @@ def paper_exchange(
             setattr(paper, name, value)
     if no_auto_create:
         paper.auto_create_accounts = False
+    if state_dir is not None:
+        paper.state_dir = state_dir
+    if in_memory:
+        paper.durable = False
     configure_logging(settings.log_level, settings.log_json)
     faults = Faults(
         drop_every_s=drop_every,
@@ -76,5 +95,7 @@ def paper_exchange(
                 faults,
                 rate_limits=not no_rate_limits,
                 min_heartbeat_s=min_heartbeat,
+                state_dir=paper.resolved_state_dir(settings.data_dir) if paper.durable else None,
+                reset=reset,
             )
         )

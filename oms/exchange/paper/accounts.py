@@ -16,6 +16,7 @@ from oms.exchange.paper.instruments import Instrument
 from oms.exchange.paper.orders import Order
 from oms.exchange.paper.positions import Position
 from oms.exchange.paper.ratelimit import RateLimiter
+from oms.exchange.paper.recorder import NULL_RECORDER, Recorder
 
 TOKEN_TTL_S = 900
 CURRENCIES = ("BTC", "ETH", "USDC")
@@ -180,6 +181,7 @@ class AccountStore:
         self._access: dict[str, tuple[Account, float]] = {}
         self._refresh: dict[str, Account] = {}
         self._next_user_id = 100_001
+        self.recorder: Recorder = NULL_RECORDER
 
     def add(
         self,
@@ -188,36 +190,61 @@ class AccountStore:
         client_secret: str,
         tier: int | None = None,
         balances: dict[str, float] | None = None,
+        user_id: int | None = None,
     ) -> Account:
         """Register an account (balances default to the starting balances)."""
         merged = dict(self.starting_balances)
         merged.update(balances or {})
+        if user_id is None:
+            user_id = self._next_user_id
         account = Account(
             account_id,
             client_id,
             client_secret,
             tier or self.default_tier,
             merged,
-            user_id=self._next_user_id,
+            user_id=user_id,
         )
-        self._next_user_id += 1
+        self._next_user_id = max(self._next_user_id, user_id + 1)
         self.by_id[account_id] = account
         self.by_client_id[client_id] = account
+        self.recorder.account(account)
         return account
 
     def load_file(self, path: Path) -> int:
-        """Load accounts from a secrets-shaped JSON file; returns how many."""
+        """Load accounts from a secrets-shaped JSON file; returns how many.
+
+        An account that already exists (restored from the durable state) takes the file's
+        credentials and tier but keeps its balances: they are the result of its trading.
+        """
         data = json.loads(Path(path).read_text())
         for account_id, entry in data.get("accounts", {}).items():
+            client_id, secret = str(entry["client_id"]), str(entry["client_secret"])
+            tier = int(entry.get("tier") or self.default_tier)
+            known = self.by_id.get(account_id)
+            if known is not None:
+                self.update_credentials(known, client_id, secret, tier)
+                continue
             balances = {k.upper(): float(v) for k, v in (entry.get("balances") or {}).items()}
-            self.add(
-                account_id,
-                str(entry["client_id"]),
-                str(entry["client_secret"]),
-                int(entry.get("tier") or self.default_tier),
-                balances,
-            )
+            self.add(account_id, client_id, secret, tier, balances)
         return len(data.get("accounts", {}))
+
+    def update_credentials(
+        self, account: Account, client_id: str, client_secret: str, tier: int
+    ) -> None:
+        """Give an existing account new credentials and tier."""
+        if (account.client_id, account.client_secret, account.tier) == (
+            client_id, client_secret, tier,
+        ):
+            return
+        if self.by_client_id.get(account.client_id) is account:
+            del self.by_client_id[account.client_id]
+        account.client_id, account.client_secret = client_id, client_secret
+        if account.tier != tier:
+            account.tier = tier
+            account.limiter = RateLimiter(tier)
+        self.by_client_id[client_id] = account
+        self.recorder.account(account)
 
     def authenticate(self, client_id: str, client_secret: str) -> Account:
         """Check a key pair, creating the account on first sight when allowed."""

@@ -21,6 +21,7 @@ from oms.exchange.paper.instruments import Instrument
 from oms.exchange.paper.market import OPTION_VOL, YEAR_MS, SyntheticMarket, option_delta
 from oms.exchange.paper.orders import EPS, Order
 from oms.exchange.paper.positions import Position, order_margin
+from oms.exchange.paper.recorder import NULL_RECORDER, Recorder
 from oms.exchange.paper.validation import check_amount, check_label, price_ticks, to_price
 
 # Price band around the mark: buys above max_price and sells below min_price are refused.
@@ -29,6 +30,11 @@ OPTION_TYPES_LIMIT = ("limit", "stop_limit", "take_limit")
 TRIGGER_TYPES = ("stop_limit", "stop_market", "take_limit", "take_market")
 TIME_IN_FORCE = ("good_til_cancelled", "good_til_day", "fill_or_kill", "immediate_or_cancel")
 TRIGGERS = ("index_price", "mark_price", "last_price")
+# User trades kept per account for get_user_trades_by_instrument/currency.
+TRADES_PER_ACCOUNT = 10_000
+# First ids of an exchange that keeps no state (a durable one continues from its store).
+FIRST_ORDER_NUMBER = 10_000_001
+FIRST_TRADE_NUMBER = 1
 
 
 class EventSink(Protocol):
@@ -113,11 +119,14 @@ class Engine:
         accounts: AccountStore,
         sink: EventSink | None = None,
         history_limit: int = 200_000,
+        recorder: Recorder | None = None,
     ) -> None:
         self.instruments = {i.name: i for i in instruments}
         self.market = market
         self.accounts = accounts
         self.sink: EventSink = sink or NullSink()
+        # Durable changes are recorded before the sink hears of them (see recorder.py).
+        self.recorder: Recorder = recorder or NULL_RECORDER
         self.books = {name: Book() for name in self.instruments}
         self.stats = {
             name: InstrumentStats(last_price=market.marks[name]) for name in self.instruments
@@ -135,12 +144,34 @@ class Engine:
         }
         self.history_limit = history_limit
         self._closed: deque[str] = deque()
-        self._order_seq = 10_000_000
-        self._trade_seq = 1
+        self._order_seq = FIRST_ORDER_NUMBER - 1  # the last order number handed out
+        self._trade_seq = FIRST_TRADE_NUMBER  # the next trade number
         self._time_seq = 0
         self._touched: dict[int, Order] = {}
+        # Changed orders nobody is notified about (a refused edit re-queues the order).
+        self._dirty: dict[int, Order] = {}
         self.day_end_ms = next_day_end(now_ms())
         self._moved_positions: dict[tuple[str, str], Position] = {}
+
+    # ---- ids ---------------------------------------------------------------------------------
+
+    def last_ids(self) -> tuple[int, int]:
+        """(order number, trade number) last handed out."""
+        return self._order_seq, self._trade_seq - 1
+
+    def continue_ids(self, last_order: int, last_trade: int) -> None:
+        """Hand out only numbers above these from now on (restore, reset)."""
+        self._order_seq = max(self._order_seq, last_order)
+        self._trade_seq = max(self._trade_seq, last_trade + 1)
+
+    @property
+    def time_seq(self) -> int:
+        """The last priority number given to a resting (or untriggered) order."""
+        return self._time_seq
+
+    def continue_time_seq(self, last: int) -> None:
+        """Give resting orders priority numbers above ``last`` from now on (restore)."""
+        self._time_seq = max(self._time_seq, last)
 
     # ---- lookups ---------------------------------------------------------------------------
 
@@ -240,6 +271,9 @@ class Engine:
             order.trigger_price = to_price(trigger_ticks, inst)
             order.triggered = False
             order.market_price = otype.endswith("market")
+            # Not a book priority: the order's place among the account's open orders.
+            self._time_seq += 1
+            order.seq = self._time_seq
             self._register(account, order)
             account.open_orders[order.order_id] = order
             self.untriggered[inst.name].append(order)
@@ -308,6 +342,7 @@ class Engine:
             same.append(order)
             if len(same) > 1:
                 self.duplicate_labels[order.label] = len(same)
+                self.recorder.duplicate_label(order.label, len(same))
 
     def _execute(self, account: Account, order: Order, ticks: int) -> list[dict[str, Any]]:
         """Match a new (or re-priced, or triggered) order, then rest or cancel the rest."""
@@ -353,7 +388,13 @@ class Engine:
 
     def _evict(self, order_id: str) -> None:
         order = self.orders.pop(order_id, None)
-        self.trades_by_order.pop(order_id, None)
+        trades = self.trades_by_order.pop(order_id, None)
+        self.recorder.order_gone(order_id)
+        if trades and order is not None and order.account is not None:
+            history = self.trades_by_account.get(order.account)
+            for trade in trades:
+                if history is None or not _retained(history, trade):
+                    self.recorder.trade_gone(trade)
         if order is not None and order.label and order.account is not None:
             key = (order.account, order.label)
             lst = self.by_label.get(key)
@@ -456,6 +497,7 @@ class Engine:
         else:
             balance += pnl
         account.balances[cur] = balance
+        self.recorder.account(account)
         if order.state == "open" and order.reserved:
             account.hold(order, order_margin(order))
         trade_id = f"{inst.base}-{self._trade_seq}"
@@ -490,8 +532,15 @@ class Engine:
         self.trades_by_order.setdefault(order.order_id, []).append(trade)
         history = self.trades_by_account.get(account.account_id)
         if history is None:
-            history = self.trades_by_account[account.account_id] = deque(maxlen=10_000)
+            history = self.trades_by_account[account.account_id] = deque(
+                maxlen=TRADES_PER_ACCOUNT
+            )
+        dropped = history[0] if len(history) == history.maxlen else None
         history.append(trade)
+        self.recorder.trade(account.account_id, trade)
+        if dropped is not None and dropped["order_id"] not in self.orders:
+            # Out of the account's history and its order is gone: no query serves it.
+            self.recorder.trade_gone(dropped)
         self.sink.on_trade(account.account_id, inst, trade)
         self._moved_positions[(account.account_id, inst.name)] = pos
         return trade
@@ -500,18 +549,32 @@ class Engine:
         self._touched[id(order)] = order
 
     def _flush(self) -> None:
-        """Publish every order and position the last operation changed, once each."""
+        """Record, then publish, every order and position the last operation changed, once
+        each."""
         if self._moved_positions:
             for (account_id, _), pos in list(self._moved_positions.items()):
                 account = self.accounts.by_id[account_id]
                 if account.reduce_only:
                     self._enforce_reduce_only(account, pos)
+        recorder = self.recorder
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for order in dirty.values():
+                recorder.order(order)
+        touched = moved = None
         if self._touched:
             touched, self._touched = self._touched, {}
             for order in touched.values():
-                self.sink.on_order(order)
+                if order.account is not None:
+                    recorder.order(order)
         if self._moved_positions:
             moved, self._moved_positions = self._moved_positions, {}
+            for (account_id, _), pos in moved.items():
+                recorder.position(account_id, pos)
+        if touched:
+            for order in touched.values():
+                self.sink.on_order(order)
+        if moved:
             for (account_id, _), pos in moved.items():
                 self.sink.on_position(account_id, pos)
 
@@ -658,6 +721,7 @@ class Engine:
             order.amount, order.price = old_amount, old_price
             ticks = old_ticks
             self._rest(account, order, ticks)
+            self._dirty[id(order)] = order
             self._flush()
             raise
         account.open_orders.pop(order.order_id, None)
@@ -669,6 +733,9 @@ class Engine:
         self._time_seq += 1
         order.seq = self._time_seq
         self.books[order.inst.name].side(order.is_buy).add(ticks, order)
+        # Re-queued at the back: also last among the account's open orders (as a restore
+        # puts it, since it orders them by ``seq``).
+        account.open_orders.pop(order.order_id, None)
         account.open_orders[order.order_id] = order
         account.hold(order, order_margin(order))
         if order.reduce_only:
@@ -702,6 +769,42 @@ class Engine:
             out.append(order)
         return out
 
+    def order_history(
+        self,
+        account: Account,
+        currency: str | None = None,
+        kind: str | None = None,
+        instrument: str | None = None,
+        include_unfilled: bool = False,
+        count: int = 20,
+        offset: int = 0,
+    ) -> list[Order]:
+        """The account's closed orders, newest first (``get_order_history_*``): those with
+        fills, and unfilled ones too with ``include_unfilled``."""
+        out: list[Order] = []
+        skip = offset
+        account_id = account.account_id
+        for order_id in reversed(self._closed):
+            order = self.orders.get(order_id)
+            if order is None or order.account != account_id:
+                continue
+            inst = order.inst
+            if instrument is not None and inst.name != instrument:
+                continue
+            if currency is not None and inst.currency != currency:
+                continue
+            if kind is not None and kind != "any" and inst.kind != kind:
+                continue
+            if order.filled <= EPS and not include_unfilled:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            out.append(order)
+            if len(out) >= count:
+                break
+        return out
+
     def label_counts(self) -> dict[str, int]:
         """Orders per label over the retained history (``history_limit`` closed orders)."""
         counts: dict[str, int] = {}
@@ -724,6 +827,68 @@ class Engine:
         self._moved_positions[(account.account_id, inst.name)] = pos
         self._flush()
         return pos
+
+    def set_balance(self, account: Account, currency: str, amount: float) -> None:
+        """Overwrite a balance (admin)."""
+        account.balances[currency] = amount
+        self.recorder.account(account)
+
+    # ---- restore (durable exchange) ----------------------------------------------------------
+
+    def restore_orders(self, orders: list[Order]) -> list[str]:
+        """Take back stored user orders: the history and its label index, resting orders in
+        their book in time priority, untriggered orders waiting for their trigger, and the
+        margin they hold. Returns the ids of closed orders evicted to respect
+        ``history_limit``."""
+        for order in sorted(orders, key=order_number):  # creation order
+            self.orders[order.order_id] = order
+            if order.label and order.account is not None:
+                self.by_label.setdefault((order.account, order.label), []).append(order)
+        # Eviction order: by closing time (the last update of a closed order).
+        closed = sorted(
+            (o for o in orders if not o.is_open), key=lambda o: (o.updated_ms, order_number(o))
+        )
+        self._closed.extend(o.order_id for o in closed)
+        # ``seq`` orders resting orders within their price level, and every open order
+        # (untriggered ones too) among its account's open orders.
+        for order in sorted((o for o in orders if o.is_open), key=lambda o: o.seq):
+            account = self.accounts.by_id[order.account]  # type: ignore[index]
+            account.open_orders[order.order_id] = order
+            self._time_seq = max(self._time_seq, order.seq)
+            if order.state == "untriggered":
+                self.untriggered[order.inst.name].append(order)
+                continue
+            ticks = round(order.price / order.inst.tick_size)
+            self.books[order.inst.name].side(order.is_buy).add(ticks, order)
+            reserved, order.reserved = order.reserved, 0.0
+            account.hold(order, reserved)
+            if order.reduce_only:
+                account.reduce_only[order.order_id] = order
+        evicted = []
+        while len(self._closed) > self.history_limit:
+            order_id = self._closed.popleft()
+            self._evict(order_id)
+            evicted.append(order_id)
+        return evicted
+
+    def restore_trades(self, trades: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Take back stored user trades (account id, trade): per order for retained orders,
+        and each account's latest ``TRADES_PER_ACCOUNT``. Returns the trades neither keeps."""
+        # A fill books the maker's side before the taker's, under one trade number.
+        ordered = sorted(trades, key=lambda at: (at[1]["trade_seq"], at[1]["liquidity"]))
+        for account_id, trade in ordered:
+            if trade["order_id"] in self.orders:
+                self.trades_by_order.setdefault(trade["order_id"], []).append(trade)
+            history = self.trades_by_account.get(account_id)
+            if history is None:
+                history = self.trades_by_account[account_id] = deque(maxlen=TRADES_PER_ACCOUNT)
+            history.append(trade)
+        return [
+            trade
+            for account_id, trade in ordered
+            if trade["order_id"] not in self.orders
+            and not _retained(self.trades_by_account[account_id], trade)
+        ]
 
     # ---- market ------------------------------------------------------------------------------
 
@@ -854,6 +1019,27 @@ class Engine:
         d["asks"] = [[to_price(t, inst), a] for t, a in book.asks.depth(depth)]
         d["change_id"] = self._time_seq
         return d
+
+
+def order_number(order: Order) -> int:
+    """The number in an order id (``BTC-10000042`` -> 10000042): creation order."""
+    return int(order.order_id.rsplit("-", 1)[-1])
+
+
+def _retained(history: deque[dict[str, Any]], trade: dict[str, Any]) -> bool:
+    """Whether ``trade`` is still in an account's trade history (oldest first, by number;
+    both sides of a self-trade share a number)."""
+    if not history:
+        return False
+    seq, first = trade["trade_seq"], history[0]["trade_seq"]
+    if seq != first:
+        return seq > first
+    for kept in history:
+        if kept["trade_seq"] != seq:
+            return False
+        if kept is trade:
+            return True
+    return False
 
 
 def _type_matches(order: Order, wanted: str | None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from typing import Any
 
 from oms.exchange.paper.instruments import START_INDEX, Instrument
 
@@ -81,6 +82,25 @@ class SyntheticMarket:
 
     def mark(self, inst: Instrument) -> float:
         return self.marks[inst.name]
+
+    def state(self) -> dict[str, Any]:
+        """Everything a restart needs to continue the walk where it was (JSON-able)."""
+        version, internal, gauss_next = self.rng.getstate()
+        return {
+            "index": dict(self.index),
+            "steps": self.steps,
+            "rng": [version, list(internal), gauss_next],
+        }
+
+    def restore_state(self, state: dict[str, Any], now_ms: int | None = None) -> None:
+        """Continue from a :meth:`state`: same prices, same random sequence from here on."""
+        for currency, price in state["index"].items():
+            if currency in self.index:
+                self.index[currency] = float(price)
+        self.steps = int(state["steps"])
+        version, internal, gauss_next = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss_next))
+        self._reprice(now_ms if now_ms is not None else int(time.time() * 1000))
 
     def quotes(self, inst: Instrument) -> list[tuple[bool, int, float]]:
         """The market maker's book for this step: ``(is_buy, price_ticks, amount)``."""

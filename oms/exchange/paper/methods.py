@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oms.exchange.paper import errors
 from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore
@@ -19,6 +19,9 @@ from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.params import Params
 from oms.exchange.paper.session import Session
 from oms.exchange.paper.subscriptions import Hub
+
+if TYPE_CHECKING:
+    from oms.exchange.paper.journal import Journal
 
 log = logging.getLogger("oms.paper")
 
@@ -48,6 +51,7 @@ class State:
     method_counts: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     heartbeat_starter: Callable[[Session], None] | None = None
+    journal: Journal | None = None  # a durable exchange's
 
 
 Handler = Callable[[State, Session, Params], Any]
@@ -396,6 +400,51 @@ def private_get_user_trades_by_instrument(st: State, s: Session, p: Params) -> A
     return {"trades": trades, "has_more": False}
 
 
+def private_get_user_trades_by_currency(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    kind = p.choice("kind", KINDS)
+    count = max(1, min(p.integer("count", 10) or 10, 1000))
+    start_ts = p.integer("start_timestamp")
+    end_ts = p.integer("end_timestamp")
+    engine = st.engine
+    history = engine.trades_by_account.get(_account(s).account_id, ())
+    trades = []
+    for t in history:
+        inst = engine.instruments.get(t["instrument_name"])
+        if inst is None or inst.currency != currency:
+            continue
+        if kind not in (None, "any", inst.kind):
+            continue
+        if (start_ts is not None and t["timestamp"] < start_ts) or (
+            end_ts is not None and t["timestamp"] > end_ts
+        ):
+            continue
+        trades.append(t)
+    if p.choice("sorting", ("asc", "desc", "default"), "default") != "asc":
+        trades.reverse()
+    return {"trades": trades[:count], "has_more": len(trades) > count}
+
+
+def _order_history(st: State, s: Session, p: Params, **where: Any) -> Any:
+    orders = st.engine.order_history(
+        _account(s),
+        include_unfilled=p.flag("include_unfilled"),
+        count=max(1, min(p.integer("count", 20) or 20, 1000)),
+        offset=max(0, p.integer("offset", 0) or 0),
+        **where,
+    )
+    return [o.to_dict() for o in orders]
+
+
+def private_get_order_history_by_currency(st: State, s: Session, p: Params) -> Any:
+    return _order_history(st, s, p, currency=_currency(p), kind=p.choice("kind", KINDS))
+
+
+def private_get_order_history_by_instrument(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    return _order_history(st, s, p, instrument=inst.name)
+
+
 # ---- positions and account -------------------------------------------------------------------
 
 
@@ -504,6 +553,7 @@ def admin_get_stats(st: State, s: Session, p: Params) -> Any:
         "market_steps": engine.market.steps,
         "open_orders": sum(len(a.open_orders) for a in st.accounts.by_id.values()),
         "uptime_s": time.monotonic() - st.started,
+        "journal": st.journal.stats() if st.journal is not None else None,
     }
 
 
@@ -529,7 +579,7 @@ def admin_set_balance(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     amount = p.num("balance", required=True)
     assert amount is not None
-    account.balances[currency] = amount
+    st.engine.set_balance(account, currency, amount)
     return account.summary(currency, st.engine.mark, st.engine.instruments)
 
 
@@ -592,6 +642,15 @@ METHODS: dict[str, Method] = {
     "private/get_user_trades_by_order": Method(private_get_user_trades_by_order, private=True),
     "private/get_user_trades_by_instrument": Method(
         private_get_user_trades_by_instrument, private=True
+    ),
+    "private/get_user_trades_by_currency": Method(
+        private_get_user_trades_by_currency, private=True
+    ),
+    "private/get_order_history_by_currency": Method(
+        private_get_order_history_by_currency, private=True
+    ),
+    "private/get_order_history_by_instrument": Method(
+        private_get_order_history_by_instrument, private=True
     ),
     "private/get_position": Method(private_get_position, private=True),
     "private/get_positions": Method(private_get_positions, private=True),

@@ -1,5 +1,10 @@
 """The paper exchange server: Deribit's WebSocket and HTTP transports on aiohttp, plus the
-background loops (market ticks, 100ms batches, heartbeats, fault-injected drops)."""
+background loops (market ticks, 100ms batches, heartbeats, fault-injected drops, market saves).
+
+With a state directory the exchange is durable: it restores its state at start
+(:mod:`oms.exchange.paper.store`, :mod:`oms.exchange.paper.restore`), records every change in
+the :class:`~oms.exchange.paper.journal.Journal` and sends no reply or notification before the
+change it reports is committed."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import WSMsgType, web
 
 from oms.exchange.paper.accounts import AccountStore
@@ -22,13 +28,17 @@ from oms.exchange.paper.engine import Engine
 from oms.exchange.paper.errors import PARSE_ERROR, RpcError
 from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.instruments import Instrument, default_instruments
+from oms.exchange.paper.journal import Journal
 from oms.exchange.paper.market import SyntheticMarket
 from oms.exchange.paper.methods import State
-from oms.exchange.paper.session import Session
+from oms.exchange.paper.restore import restore
+from oms.exchange.paper.session import IMMEDIATE, Durability, Session
+from oms.exchange.paper.store import Store
 from oms.exchange.paper.subscriptions import Hub
 from oms.settings import PaperExchangeSettings
 
 log = logging.getLogger("oms.paper")
+slog = structlog.get_logger("oms.paper")
 
 WS_PATH = "/ws/api/v2"
 HTTP_PREFIX = "/api/v2"
@@ -43,7 +53,9 @@ class PaperExchange:
         async with PaperExchange(settings=PaperExchangeSettings(port=0)) as px:
             client = connect(px.ws_url)
 
-    ``port=0`` picks a free port; ``px.port`` tells which.
+    ``port=0`` picks a free port; ``px.port`` tells which. Given a ``state_dir`` the
+    exchange keeps its state there across restarts (``reset`` discards it, but never lets
+    ids be reused); without one it lives in memory only.
     """
 
     def __init__(
@@ -57,44 +69,115 @@ class PaperExchange:
         instruments: list[Instrument] | None = None,
         volatility: float = 2e-4,
         run_market: bool = True,
+        state_dir: Path | str | None = None,
+        reset: bool = False,
     ) -> None:
         self.settings = settings or PaperExchangeSettings()
+        s = self.settings
+        if isinstance(faults, dict):
+            f = Faults()
+            f.update(faults)
+            faults = f
+        self.faults = faults or Faults()
+        self.run_market = run_market
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._reset = reset
+        self._accounts_file = Path(accounts_file) if accounts_file is not None else None
+        self._instruments = instruments
+        self._volatility = volatility
+        self._min_heartbeat_s = min_heartbeat_s
+        self._rate_limits = rate_limits
+        self.journal: Journal | None = None
+        self.durability: Durability = IMMEDIATE
+        self.recovery: dict[str, Any] = {}  # what the last start restored and dropped
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.port: int = s.port
+        self._assemble(instruments or default_instruments(int(time.time() * 1000)))
+        if self.state_dir is None:
+            self._load_accounts_file()
+            if run_market:
+                # Quotes exist from the first request on, not only after the first tick.
+                self.engine.step_market()
+
+    def _assemble(self, insts: list[Instrument]) -> None:
+        """A fresh exchange on ``insts``: accounts, market, engine and handler state."""
         s = self.settings
         self.accounts = AccountStore(
             {"BTC": s.starting_btc, "ETH": s.starting_eth, "USDC": s.starting_usdc},
             default_tier=s.default_tier,
             auto_create=s.auto_create_accounts,
         )
-        if accounts_file is not None and Path(accounts_file).exists():
-            n = self.accounts.load_file(Path(accounts_file))
-            log.info("paper.accounts_loaded count=%d file=%s", n, accounts_file)
-        if isinstance(faults, dict):
-            f = Faults()
-            f.update(faults)
-            faults = f
-        self.faults = faults or Faults()
-        insts = instruments or default_instruments(int(time.time() * 1000))
-        self.market = SyntheticMarket(insts, seed=s.seed, volatility=volatility)
+        self.market = SyntheticMarket(insts, seed=s.seed, volatility=self._volatility)
         self.hub = Hub()
-        self.engine = Engine(insts, self.market, self.accounts, sink=self.hub)
+        self.engine = Engine(
+            insts, self.market, self.accounts, sink=self.hub, history_limit=s.history_limit
+        )
         self.hub.engine = self.engine
         self.state = State(
             engine=self.engine,
             accounts=self.accounts,
             hub=self.hub,
             faults=self.faults,
-            min_heartbeat_s=min_heartbeat_s,
-            rate_limits=rate_limits,
+            min_heartbeat_s=self._min_heartbeat_s,
+            rate_limits=self._rate_limits,
         )
         self.state.heartbeat_starter = self._start_heartbeat
-        self.run_market = run_market
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self.port: int = s.port
-        if run_market:
-            # Quotes exist from the first request on, not only after the first tick.
+
+    def _load_accounts_file(self) -> None:
+        path = self._accounts_file
+        if path is not None and path.exists():
+            n = self.accounts.load_file(path)
+            log.info("paper.accounts_loaded count=%d file=%s", n, path)
+
+    async def _open_state(self, state_dir: Path) -> None:
+        """Restore the stored state (or start it, or reset it), then record every change."""
+        store = Store(state_dir)
+        loaded = await asyncio.to_thread(store.open, self._reset)
+        meta = loaded.rows.get("meta", {})
+        catalogue = meta.get("catalogue") or {}
+        # The catalogue is rebuilt for the time it was first built for, so stored orders and
+        # positions find their instruments (a long-running exchange keeps its catalogue too).
+        anchor = catalogue.get("anchor_ms")
+        if not isinstance(anchor, int):
+            anchor = int(time.time() * 1000)
+        # Always a fresh engine: a stopped exchange started again rebuilds from its store.
+        self._assemble(self._instruments or default_instruments(anchor))
+        restored = restore(self.engine, loaded.rows, loaded.last_ids)
+        journal = Journal(store, self.engine)
+        self.engine.recorder = journal
+        self.accounts.recorder = journal
+        journal.meta("catalogue", {"anchor_ms": anchor})
+        for order_id in restored.gone_orders:
+            journal.order_gone(order_id)
+        for trade in restored.gone_trades:
+            journal.trade_gone(trade)
+        self._load_accounts_file()
+        if self.run_market:
+            # First quotes; also expires good_til_day orders whose day ended while down.
             self.engine.step_market()
+        journal.market()
+        await journal.flush()
+        self.journal = journal
+        self.durability = journal
+        self.state.journal = journal
+        last_order, last_trade = self.engine.last_ids()
+        saved_ms = (meta.get("engine") or {}).get("saved_ms")
+        losses = describe_losses(loaded.report, restored.dropped, loaded.fresh)
+        self.recovery = {
+            **loaded.report,
+            **restored.summary,
+            "fresh": loaded.fresh,
+            "reset": self._reset,
+            "state_saved_ms": saved_ms,
+            "dropped": restored.dropped,
+            "losses": losses,
+            "next_order_number": last_order + 1,
+            "next_trade_number": last_trade + 1,
+        }
+        (slog.warning if losses else slog.info)("paper.recovered", **self.recovery)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -107,7 +190,11 @@ class PaperExchange:
         return f"http://{self.settings.host}:{self.port}{HTTP_PREFIX}"
 
     async def start(self) -> None:
-        """Bind the socket and start the background loops."""
+        """Restore the durable state (if any), bind the socket and start the background
+        loops."""
+        self._stopping = False
+        if self.state_dir is not None and self.journal is None:
+            await self._open_state(self.state_dir)
         app = web.Application(client_max_size=1 << 20)
         app.router.add_get(WS_PATH, self._ws_handler)
         app.router.add_get(HTTP_PREFIX + "/{method:.+}", self._http_handler)
@@ -126,6 +213,8 @@ class PaperExchange:
             self._tasks.append(loop.create_task(self._market_loop()))
         self._tasks.append(loop.create_task(self._batch_loop()))
         self._tasks.append(loop.create_task(self._drop_loop()))
+        if self.journal is not None:
+            self._tasks.append(loop.create_task(self._save_market_loop(self.journal)))
         log.info(
             "paper.started url=%s seed=%d tick_interval_s=%s rate_limits=%s",
             self.ws_url, self.settings.seed, self.settings.tick_interval_s,
@@ -133,7 +222,11 @@ class PaperExchange:
         )
 
     async def stop(self) -> None:
-        """Close every connection and the listening socket."""
+        """Close every connection and the listening socket, then commit what is pending.
+        Connections closed by the shutdown do not cancel their orders: going down is not a
+        client disconnecting, and a restart finds the orders as a crash would have left
+        them."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -145,6 +238,10 @@ class PaperExchange:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.journal is not None:
+            await self.journal.close()
+            self.journal = None
+            self.durability = IMMEDIATE
         log.info("paper.stopped port=%d", self.port)
 
     async def __aenter__(self) -> PaperExchange:
@@ -180,6 +277,11 @@ class PaperExchange:
                     self.hub.publish_portfolio()
             except Exception:
                 log.exception("paper.market_tick_failed")
+
+    async def _save_market_loop(self, journal: Journal) -> None:
+        while True:
+            await asyncio.sleep(self.settings.market_save_interval_s)
+            journal.market()
 
     async def _batch_loop(self) -> None:
         while True:
@@ -232,7 +334,7 @@ class PaperExchange:
     async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True)
         await ws.prepare(request)
-        session = Session(ws, peer=str(request.remote))
+        session = Session(ws, peer=str(request.remote), durability=self.durability)
         session.transport = request.transport
         self.state.sessions.add(session)
         loop = asyncio.get_running_loop()
@@ -318,7 +420,8 @@ class PaperExchange:
     async def _close_session(self, session: Session) -> None:
         if session in self.state.sessions:
             self.state.sessions.discard(session)
-            self._cancel_on_disconnect(session)
+            if not self._stopping:
+                self._cancel_on_disconnect(session)
             self.hub.drop(session)
         session.closed = True
         session.wake.set()
@@ -345,6 +448,7 @@ class PaperExchange:
     async def _http_handler(self, request: web.Request) -> web.Response:
         us_in = time.time_ns() // 1000
         session = Session(None, peer=str(request.remote))
+        durability = self.durability
         auth = request.headers.get("Authorization", "")
         if auth:
             self._http_auth(session, auth)
@@ -368,6 +472,9 @@ class PaperExchange:
         if self.faults.latency_ms > 0:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         outcome = handle(self.state, session, body, http=True, us_in=us_in)
+        ticket = durability.ticket()
+        if not durability.is_durable(ticket):
+            await durability.wait(ticket)
         if outcome.delay_s > 0:
             await asyncio.sleep(outcome.delay_s)
         return self._http_response(outcome.response)
@@ -390,6 +497,31 @@ class PaperExchange:
         return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def describe_losses(report: dict[str, Any], dropped: dict[str, int], fresh: bool) -> list[str]:
+    """What a start could not bring back, in words (empty: nothing was lost)."""
+    out = []
+    if not report.get("wal_header_valid", True):
+        out.append("write-ahead log unreadable: every change since the last checkpoint lost")
+    elif report.get("wal_dropped_bytes"):
+        out.append(
+            f"write-ahead log tail torn or corrupt: {report['wal_dropped_bytes']} bytes and "
+            f"{report.get('wal_dropped_commits', 0)} committed batch(es) dropped; the state is "
+            "the last intact batch's"
+        )
+    if report.get("db_corrupt"):
+        out.append(
+            f"database corrupt ({report.get('db_problem')}): {report.get('rows_salvaged')} rows "
+            f"salvaged, the damaged file kept as {report.get('corrupt_db_moved_to')}"
+        )
+    for kind, n in dropped.items():
+        out.append(f"{n} stored {kind} unusable (unknown instrument or account, or malformed)")
+    if report.get("rows_undecodable"):
+        out.append(f"{report['rows_undecodable']} stored rows undecodable")
+    if report.get("ids_reserved") is None and not fresh:
+        out.append("id reservation (ids.json) missing or unreadable: ids continue above the clock")
+    return out
+
+
 async def serve_forever(
     settings: PaperExchangeSettings | None = None,
     accounts_file: Path | str | None = None,
@@ -397,8 +529,11 @@ async def serve_forever(
     *,
     rate_limits: bool = True,
     min_heartbeat_s: float = 10.0,
+    state_dir: Path | str | None = None,
+    reset: bool = False,
 ) -> None:
-    """Run a paper exchange until SIGINT or SIGTERM, then close every session cleanly."""
+    """Run a paper exchange until SIGINT or SIGTERM, then close every session cleanly and
+    (durable with ``state_dir``) commit what is pending."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -409,5 +544,7 @@ async def serve_forever(
         faults=faults,
         rate_limits=rate_limits,
         min_heartbeat_s=min_heartbeat_s,
+        state_dir=state_dir,
+        reset=reset,
     ):
         await stop.wait()

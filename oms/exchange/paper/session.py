@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -18,20 +18,54 @@ if TYPE_CHECKING:
 _ids = itertools.count(1)
 
 
+class Durability(Protocol):
+    """When what a message reports is safely stored (:class:`~oms.exchange.paper.journal.
+    Journal`): messages carry a ticket taken when queued and leave once it is durable."""
+
+    def ticket(self) -> int: ...
+
+    def is_durable(self, ticket: int) -> bool: ...
+
+    async def wait(self, ticket: int) -> None: ...
+
+
+class Immediate:
+    """The in-memory exchange: nothing to wait for."""
+
+    def ticket(self) -> int:
+        return 0
+
+    def is_durable(self, ticket: int) -> bool:
+        return True
+
+    async def wait(self, ticket: int) -> None:
+        return None
+
+
+IMMEDIATE = Immediate()
+
+
 class Session:
     """Connection state: who is logged in, what it subscribed to, what is waiting to go out.
 
     Messages are queued and written by one writer task so notifications and replies keep
-    the order in which the exchange produced them.
+    the order in which the exchange produced them; each waits until the changes it may
+    report are durable.
     """
 
-    def __init__(self, ws: web.WebSocketResponse | None, peer: str = "") -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse | None,
+        peer: str = "",
+        durability: Durability = IMMEDIATE,
+    ) -> None:
         self.id = next(_ids)
         self.ws = ws
         self.peer = peer
         self.account: Account | None = None
         self.channels: set[str] = set()
-        self.out: deque[str] = deque()
+        self.durability = durability
+        self.out: deque[tuple[int, str]] = deque()  # (durability ticket, message)
         self.wake = asyncio.Event()
         self.closed = False
         self.close_after_flush = False
@@ -51,7 +85,7 @@ class Session:
         if self.holding is not None:
             self.holding.append(text)
             return
-        self.out.append(text)
+        self.out.append((self.durability.ticket(), text))
         self.wake.set()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -69,12 +103,18 @@ class Session:
         """Drain the outbound queue onto the socket until the session ends."""
         ws = self.ws
         assert ws is not None
+        durability = self.durability
         try:
             while not self.closed:
                 await self.wake.wait()
                 self.wake.clear()
                 while self.out and not ws.closed:
-                    await ws.send_str(self.out.popleft())
+                    ticket, text = self.out[0]
+                    if not durability.is_durable(ticket):
+                        await durability.wait(ticket)
+                        continue
+                    self.out.popleft()
+                    await ws.send_str(text)
                 if self.close_after_flush:
                     self.closed = True
                     await ws.close()
