@@ -57,7 +57,6 @@ class Day:
     services: OmsServices
     client: OrderClient
     raw_client: OrderClient
-    producer: Producer
     kinds: dict[str, str] = field(default_factory=dict)
     twap_parents: set[str] = field(default_factory=set)
     # When a client last acted on an order (monotonic s).
@@ -87,10 +86,13 @@ class Day:
         value = orjson.dumps(body)
         key = SigningKeys(self.settings.resolved_secrets_file).for_signing(RAW_ACCOUNT)
         assert key is not None
-        self.producer.produce(
+        # A producer per request: librdkafka's has no close, and one kept alive would go on
+        # calling a broker the test session has stopped.
+        producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap})
+        producer.produce(
             self.settings.topic(Topic.ORDER_REQUESTS), value=value, headers=sign_headers(value, key)
         )
-        assert await asyncio.to_thread(self.producer.flush, 30) == 0
+        assert await asyncio.to_thread(producer.flush, 30) == 0
         order_id = derive_order_id(RAW_ACCOUNT, body["request_id"])
         self.kinds[order_id] = kind
         return order_id
@@ -195,7 +197,9 @@ class Day:
             OrderEventType.EXPIRED,
         }
         return [
-            f"{event.order_id}: {event.event_type.value} after the restart"
+            f"{self.kinds[event.order_id]} {event.order_id}: {event.event_type.value} after "
+            f"the restart (request {event.request_id}, version {event.version}, "
+            f"{event.details})"
             for arrived, event in self.arrivals
             if arrived >= since
             and event.order_id in self.kinds
@@ -225,18 +229,15 @@ async def day(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
     services.add_position_keeper()
     services.start_all()
     await keeper_ready(settings)
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     async with (
         OrderClient(SDK_ACCOUNT, settings=settings) as client,
         OrderClient(RAW_ACCOUNT, settings=settings, follow_events=False) as raw_client,
     ):
-        day = Day(settings, services, client, raw_client, producer)
+        day = Day(settings, services, client, raw_client)
         follower = asyncio.create_task(day.follow())
         yield day
         follower.cancel()
     services.stop_all()
-    producer.flush(5)
-    del producer  # librdkafka's producer has no close: let it go before the broker does
 
 
 async def keeper_ready(settings: Settings) -> None:
@@ -338,7 +339,7 @@ async def test_a_day_of_every_kind_of_order_across_restarts(day: Day) -> None:
         "sell",
         order_type="market",
         execute_immediately=False,
-        conditions=[{"kind": "trailing", "field": "mark_price", "offset": 0.9}],
+        conditions=[{"kind": "trailing", "field": "mark_price", "offset_percent": 90}],
     )
     twap = await day.submit(
         "twap",
@@ -435,10 +436,16 @@ async def test_a_day_of_every_kind_of_order_across_restarts(day: Day) -> None:
         after = await day.submit(f"immediate after {what}", BTC, 10, "sell", order_type="market")
         assert (await day.wait(after, out.FILLED)).filled_amount == 10
         day.touched_after[raw_resting] = time.monotonic()
-        await day.raw_client.amend_order(raw_resting, price=RESTING_BUY - 10 * len(day.kinds))
-        amended = await day.wait(raw_resting, out.AMENDED)
+        new_price = RESTING_BUY - 10 * len(day.kinds)
+        amend_id = await day.raw_client.amend_order(raw_resting, price=new_price)
+        amended = await day.client.wait_for_event(
+            raw_resting,
+            lambda e, wanted=amend_id: e.event_type is out.AMENDED and e.request_id == wanted,
+            timeout=60,
+        )
+        assert amended.price == new_price
         [at_exchange] = await day.at_exchange(raw_resting)
-        assert at_exchange["price"] == amended.price
+        assert at_exchange["price"] == new_price
         await day.converge(f"trading after {what}")
 
     # -- the evening: the client cancels what is left ----------------------------------------
@@ -446,5 +453,10 @@ async def test_a_day_of_every_kind_of_order_across_restarts(day: Day) -> None:
         day.touched_after[order_id] = time.monotonic()
         client = day.raw_client if order_id == raw_resting else day.client
         await client.cancel_order(order_id)
-        await day.wait(order_id, out.CANCELLED)
+        try:
+            await day.wait(order_id, out.CANCELLED)
+        except TimeoutError:
+            kind = day.kinds[order_id]
+            events = [(e.event_type.value, e.reason_code) for e in day.events(order_id)]
+            raise AssertionError(f"{kind} {order_id} not cancelled: {events}") from None
     await day.converge("the evening")
