@@ -78,9 +78,7 @@ def write_account_secrets(path: Path, accounts: Iterable[str]) -> dict[str, dict
     secrets file, as a desk gets them when it is set up; returns ``{account: {key_id:
     key}}``. The SDK then signs every request of these accounts by itself."""
     names = list(accounts)
-    write_secrets_file(
-        path, {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in names}
-    )
+    write_secrets_file(path, {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in names})
     keys = {a: {f"{a}-k1": secrets.token_hex(32)} for a in names}
     write_signing_keys(path, keys)
     return keys
@@ -241,6 +239,19 @@ async def wait_http_ok(
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not ready within {within}s")
+            await asyncio.sleep(0.2)
+
+
+async def paper_ready(settings: Settings, within: float = 60.0) -> None:
+    """Wait until the paper exchange answers on its HTTP transport."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await paper_admin(settings, "public/get_time")
+            return
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
             await asyncio.sleep(0.2)
 
 

@@ -31,7 +31,7 @@ from oms.auth.signing import sign_headers
 from oms.chaos.flow import exchange_positions, keeper_positions
 from oms.chaos.verdict import compare_positions
 from oms.client import OrderClient
-from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready
+from oms.harness import OmsServices, paper_admin, paper_ready, wait_http_ok, worker_ready
 from oms.schemas import OrderEvent, OrderEventType, OrderStatus, ReasonCode, Topic, derive_order_id
 from oms.secrets import SigningKeys
 from oms.settings import Settings
@@ -246,18 +246,6 @@ async def keeper_ready(settings: Settings) -> None:
         120.0,
         ready=lambda body: bool(body.get("ready")),
     )
-
-
-async def paper_ready(settings: Settings) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await paper_admin(settings, "public/get_time")
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def all_ready(day: Day) -> None:

@@ -11,7 +11,6 @@ ids and positions follow; a restarted keeper reconciles positions within 10 s.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from oms.harness import (
     OmsServices,
     isolated_settings,
     paper_admin,
+    paper_ready,
     wait_http_ok,
     worker_ready,
     write_account_secrets,
@@ -97,24 +97,14 @@ class Stack:
         await worker_ready(self.settings.worker.web_port, within=120)
 
     async def restart_paper_fresh(self) -> None:
-        """The paper exchange again with nothing: in memory it forgets on a restart; once
-        it is durable, ``--reset`` (if it has it) starts it over."""
+        """The paper exchange again with nothing (``--reset``): an exchange that lost every
+        order the OMS thinks is live."""
         paper = self.services["paper-exchange"]
         paper.stop()
-        from oms.cli.paper import paper_exchange
-
-        if "reset" in inspect.signature(paper_exchange).parameters and "--reset" not in paper.args:
+        if "--reset" not in paper.args:
             paper.args = [*paper.args, "--reset"]
         paper.start()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await self.admin("public/get_time")
-                return
-            except (aiohttp.ClientError, OSError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        await paper_ready(self.settings, within=30)
 
 
 async def _keeper_ready(settings: Settings, within: float = 120) -> None:

@@ -19,26 +19,12 @@ from typing import Any
 
 from oms.chaos.config import ChaosConfig
 from oms.chaos.flow import FaultContext, FlowConfig, run_flow
-from oms.harness import paper_admin, wait_http_ok, worker_ready
-from oms.settings import Settings
+from oms.harness import paper_ready, wait_http_ok, worker_ready
 
 
 def flow_config(config: ChaosConfig, *, own_broker: bool) -> FlowConfig:
     orders = config.orders or (300 if config.quick else 1_000)
     return FlowConfig(orders=orders, rate=10.0, bootstrap=None if own_broker else config.bootstrap)
-
-
-async def wait_paper_ready(settings: Settings, within: float = 60.0) -> None:
-    """Until the paper exchange answers on its HTTP transport."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            await paper_admin(settings, "public/get_time")
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 def restart_paper_exchange(down_s: float) -> Callable[[FaultContext], Any]:
@@ -50,7 +36,7 @@ def restart_paper_exchange(down_s: float) -> Callable[[FaultContext], Any]:
         await asyncio.sleep(down_s)
         t0 = time.monotonic()
         paper.start()
-        await wait_paper_ready(ctx.stack.settings)
+        await paper_ready(ctx.stack.settings)
         return {
             "kind": "paper exchange killed (SIGKILL) and started on its data",
             "restarts": 1,
@@ -79,7 +65,7 @@ def restart_everything(down_s: float) -> Callable[[FaultContext], Any]:
         t1 = time.monotonic()
         await broker.astart(die_with_parent=True)
         stack.services.start_all()
-        await wait_paper_ready(settings)
+        await paper_ready(settings)
         await worker_ready(settings.worker.web_port, within=180.0)
         await wait_http_ok(
             f"http://127.0.0.1:{settings.positions.web_port}/health",
