@@ -1,5 +1,6 @@
-"""Reconciliation with the exchange, for real: the paper exchange, gateway, one worker, the
-position keeper and the notifier as processes on the test broker, default settings.
+"""Reconciliation with the exchange, for real: the paper exchange (in memory), gateway, one
+worker, the position keeper and the notifier as processes on the test broker, otherwise
+default settings.
 
 In file order (one stack): orders the exchange lost while the worker was down end
 ``cancelled`` / ``lost_at_venue`` with an emergency notification, while the one it still has
@@ -97,12 +98,10 @@ class Stack:
         await worker_ready(self.settings.worker.web_port, within=120)
 
     async def restart_paper_fresh(self) -> None:
-        """The paper exchange again with nothing (``--reset``): an exchange that lost every
-        order the OMS thinks is live."""
+        """The paper exchange again with nothing: an exchange that lost every order the OMS
+        thinks is live, and hands out its ids from the start again."""
         paper = self.services["paper-exchange"]
         paper.stop()
-        if "--reset" not in paper.args:
-            paper.args = [*paper.args, "--reset"]
         paper.start()
         await paper_ready(self.settings, within=30)
 
@@ -124,7 +123,12 @@ async def stack(
     write_account_secrets(settings.resolved_secrets_file, [ACCOUNT])
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
-    services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
+    # An exchange that keeps nothing across restarts (``--in-memory``): the worst case to
+    # reconcile with, since it also reuses its order ids. The durable default, restarted, is
+    # the day-in-the-life test's.
+    services.add_paper_exchange(
+        "--accounts-file", str(settings.resolved_secrets_file), "--in-memory"
+    )
     services.add_gateway()
     services.add_worker(0, settings.worker.web_port)
     services.add_position_keeper()
