@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 
 from oms.devstack.kafka import KafkaBroker, free_port
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.secrets import Credentials, write_secrets_file, write_signing_keys
 from oms.settings import Settings
 

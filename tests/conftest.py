@@ -28,7 +28,7 @@ import pytest
 
 from oms.devstack.kafka import DevstackError, KafkaBroker
 from oms.devstack.testing import consume_json, isolated_settings, produce_json
-from oms.kafka_admin import delete_topics, ensure_topics, topic_specs
+from oms.kafka.admin import delete_topics, ensure_topics, topic_specs
 from oms.settings import Settings
 
 # Generous: a fresh machine may still have to fetch the jars, and a shared 2-core machine can

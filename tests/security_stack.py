@@ -10,7 +10,7 @@ from typing import Any
 from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEvent
 from oms.settings import Settings
 

@@ -38,7 +38,7 @@ from oms.conditions.engine import TriggerEngine
 from oms.conditions.naive import NaiveEvaluator
 from oms.devstack.kafka import KafkaBroker
 from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, Topic, now_ms
 from oms.schemas.conditions import Operator, PriceCondition, PriceField
 

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from oms.auth.signing import RequestSigner
 from oms.devstack.kafka import KafkaBroker, free_port
 from oms.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.schemas.risk import AccountLimits
 from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys

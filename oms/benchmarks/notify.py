@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.devstack.kafka import KafkaBroker
 from oms.harness import isolated_settings
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.notify.channels import ConsoleChannel
 from oms.notify.service import Notifier
 from oms.notify.settings_io import build_settings, publish_settings

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.devstack.kafka import KafkaBroker
 from oms.harness import OmsServices, isolated_settings, wait_http_ok
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import (
     Direction,
     ExecutionReport,

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from rich.console import Console
 
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.risk.book import RiskBook
 from oms.risk.controls import current_controls, publish_change, read_topic_fully
 from oms.schemas import ReasonCode, Topic, now_ms

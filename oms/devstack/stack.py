@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from oms.devstack.kafka import DevstackError, KafkaBroker, port_open
-from oms.kafka_admin import TopicSpec, ensure_topics
+from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
     Credentials,
     load_secrets_file,

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from oms.algos.scheduler import AlgoScheduler
+from oms.kafka.partitioning import partition_of
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.lifecycle.reconcile import OrderReconciler
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
-from oms.partitioning import partition_of
 from oms.schemas import MetricsSample, OrderEvent, Topic
 from oms.schemas.commands import InternalComponent
 

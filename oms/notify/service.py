@@ -34,7 +34,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from oms.kafka_admin import TopicSpec, ensure_topics
+from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.notify.channels import ChannelFactory, ConsoleChannel
 from oms.notify.delivery import Deliverer
 from oms.notify.model import Notice, Pending

@@ -31,7 +31,8 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
-from oms.partitioning import partition_of
+from oms.kafka import faust_patches
+from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
 from oms.positions.reconcile import Reconciler
@@ -58,7 +59,6 @@ from oms.schemas import (
 from oms.schemas.decode import EMPTY, TOMBSTONE, Undecodable, failure_of
 from oms.secrets import SecretStore
 from oms.settings import Settings
-from oms.streams import faust_fixes
 from oms.streams.app import create_topics_first, new_faust_app
 from oms.streams.worker import _FaustWorker
 
@@ -326,9 +326,9 @@ class PositionKeeper:
         async def prune_seen_trades() -> None:
             await self.request_prune()
 
-        # Faust can drop a fetched fill around a rebalance (see oms.streams.faust_fixes):
+        # Faust can drop a fetched fill around a rebalance (see oms.kafka.faust_patches):
         # its partition is read again from the committed offset, replays counted once.
-        healer = faust_fixes.StallHealer(lambda: app.consumer, {self.fills_topic})
+        healer = faust_patches.StallHealer(lambda: app.consumer, {self.fills_topic})
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:

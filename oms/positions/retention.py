@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from functools import lru_cache
 from typing import Any
 
-from oms.partitioning import partition_of
+from oms.kafka.partitioning import partition_of
 from oms.schemas import PositionRecord, now_ms
 
 PRUNE = "prune"

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import Field
 
+from oms.kafka.codecs import RecordCodec
 from oms.positions.math import Book, PositionKind
 from oms.schemas import ExecutionReport, PositionRecord, Record, now_ms
-from oms.streams.codecs import RecordCodec
 
 # A fill in a position's reorder window: (timestamp, trade seq, trade_id, buy, amount, price,
 # fee). Tuples sort in exchange order as they are and are compact in the changelog.
@@ -56,7 +56,7 @@ class ReportBundle(Record):
 
 
 class _Value:
-    """Faust ``value_type`` adapter for a pydantic Record (see oms.streams.codecs)."""
+    """Faust ``value_type`` adapter for a pydantic Record (see oms.kafka.codecs)."""
 
     model: type[Record]
 

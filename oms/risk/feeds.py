@@ -41,7 +41,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.risk.book import RiskBook
 from oms.schemas import MarketTick, OrderRecord, PositionRecord, Record, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from oms.partitioning import partition_of
+from oms.kafka.partitioning import partition_of
 from oms.risk.book import RiskBook, utc_day
 from oms.risk.controls import Send, account_subject, publish_change
 from oms.risk.engine import RiskEngine

@@ -27,7 +27,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.client import Client
 
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import Topic
 from oms.settings import Settings
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler

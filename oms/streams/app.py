@@ -29,14 +29,14 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from oms.kafka_admin import TopicSpec, ensure_topics
+from oms.kafka import faust_patches
+from oms.kafka.admin import TopicSpec, ensure_topics
+from oms.kafka.codecs import OrderRecordValue
 from oms.schemas import Topic
 from oms.settings import Settings
-from oms.streams import faust_fixes
-from oms.streams.codecs import OrderRecordValue
 
 # Before any app exists: commits must never overtake buffered table writes.
-faust_fixes.install()
+faust_patches.install()
 
 
 @dataclass

@@ -29,9 +29,10 @@ from oms.auth.verify import Authenticator
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
+from oms.kafka import faust_patches
+from oms.kafka.partitioning import partition_of
 from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
-from oms.partitioning import partition_of
 from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
     DeadLetter,
@@ -47,7 +48,6 @@ from oms.schemas.commands import InternalComponent, OrderCommand, internal_comma
 from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
-from oms.streams import faust_fixes
 from oms.streams.app import OmsApp, create_app, create_topics_first
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.edge import EdgeContext, handle_external
@@ -323,7 +323,7 @@ class OrderWorker:
         interval = self.settings.worker.recovery_check_interval_s
         register_guard(app, self.guard, interval)
 
-        healer = faust_fixes.StallHealer(lambda: app.consumer, inputs)
+        healer = faust_patches.StallHealer(lambda: app.consumer, inputs)
         self.healer = healer
 
         @app.timer(interval=interval)

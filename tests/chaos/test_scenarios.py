@@ -10,7 +10,7 @@ from oms.chaos.scenarios.worker_kill import kill_every
 from oms.chaos.verdict import KEYS, verdict_line
 
 
-# Found the fourth Faust fix (oms/streams/faust_fixes.py): before it, about 1 run in 4 lost
+# Found the fourth Faust fix (oms/kafka/faust_patches.py): before it, about 1 run in 4 lost
 # every request of a partition first written while the killed worker was down.
 async def test_worker_killed_mid_flow_loses_and_doubles_nothing(kafka_bootstrap: str) -> None:
     flow = FlowConfig(orders=40, rate=4.0, accounts=4, bootstrap=kafka_bootstrap, timeout_s=120)

@@ -21,7 +21,7 @@ import pytest
 
 from oms.devstack import compose_secrets as compose_secrets_module
 from oms.devstack import healthcheck
-from oms.kafka_admin import topic_specs
+from oms.kafka.admin import topic_specs
 from oms.schemas.topics import Topic
 from oms.settings import KafkaSettings, Settings
 

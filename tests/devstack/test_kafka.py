@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from oms.devstack import kafka as devkafka
-from oms.kafka_admin import (
+from oms.kafka.admin import (
     DEAD_LETTER_RETENTION_MS,
     describe_topic,
     ensure_topics,

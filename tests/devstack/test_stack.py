@@ -15,7 +15,7 @@ import pytest
 
 from oms.devstack.kafka import INSTALL_HINT, KafkaBroker, port_open
 from oms.devstack.stack import Child, Stack, Supervisor, ensure_demo_secrets
-from oms.kafka_admin import list_topics
+from oms.kafka.admin import list_topics
 from oms.schemas.topics import Topic
 from oms.secrets import load_secrets_file
 from oms.settings import Settings

@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from oms.auth.signing import sign_headers
 from oms.client import OrderClient
 from oms.harness import OmsServices
-from oms.partitioning import partition_of
+from oms.kafka.partitioning import partition_of
 from oms.schemas import DeadLetter, OrderEventType, ReasonCode, Topic, derive_order_id
 from oms.secrets import SigningKey, SigningKeys
 from oms.settings import Settings

@@ -24,7 +24,7 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.settings import Settings
 from tests.integration.test_pipeline import exchange_orders_by_label

@@ -30,7 +30,7 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
 from oms.secrets import SecretStore, SigningKeys, write_signing_keys
 from oms.settings import Settings

@@ -34,7 +34,7 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import NotificationRecord, OrderEvent, OrderEventType, ReasonCode, Topic
 from oms.secrets import SecretStore
 from oms.settings import Settings

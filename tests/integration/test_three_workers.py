@@ -19,7 +19,7 @@ from oms.client import OrderClient
 from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
 from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready, write_account_secrets
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEventType
 from oms.secrets import SecretStore
 from oms.settings import Settings

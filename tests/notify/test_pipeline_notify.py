@@ -9,7 +9,7 @@ import pytest
 
 from oms.client import OrderClient
 from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.notify.secrets import write_notify_secrets
 from oms.notify.testing import FakeProviders
 from tests.notify.conftest import FAST, SECRETS, running, store, wait_until, wecom_channel

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from oms.kafka_admin import describe_topic
-from oms.partitioning import partition_of
+from oms.kafka.admin import describe_topic
+from oms.kafka.partitioning import partition_of
 from oms.positions.keeper import keeper_app_id
 from oms.positions.ledger import Ledger
 from oms.positions.math import PositionKind

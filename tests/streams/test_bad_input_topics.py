@@ -33,7 +33,7 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka_admin import ensure_topics
+from oms.kafka.admin import ensure_topics
 from oms.positions.keeper import FILLS_TOPIC
 from oms.positions.state import ReportBundle
 from oms.risk.controls import current_controls

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from oms.kafka_admin import delete_topics, describe_topic, list_topics
+from oms.kafka.admin import delete_topics, describe_topic, list_topics
 from oms.streams.app import create_app, create_topics_first
 from tests.conftest import MakeSettings
 

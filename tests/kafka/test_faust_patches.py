@@ -9,7 +9,7 @@ from typing import Any
 
 from faust.transport.producer import ProducerBuffer
 
-from oms.streams import faust_fixes
+from oms.kafka import faust_patches
 
 
 class SlowChannel:
@@ -24,7 +24,7 @@ class SlowChannel:
 
 
 async def test_flush_waits_for_every_buffered_message() -> None:
-    faust_fixes.install()
+    faust_patches.install()
     buffer = ProducerBuffer()
     buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
     channel = SlowChannel()
@@ -41,9 +41,9 @@ async def test_flush_waits_for_every_buffered_message() -> None:
 
 
 async def test_install_is_idempotent() -> None:
-    faust_fixes.install()
+    faust_patches.install()
     flush = ProducerBuffer.flush
-    faust_fixes.install()
+    faust_patches.install()
     assert ProducerBuffer.flush is flush
 
 
@@ -67,7 +67,7 @@ def _offsets(committed: int | None, acked: list[int]) -> Any:
 def test_commit_never_skips_an_unprocessed_head() -> None:
     from faust.transport.consumer import Consumer
 
-    faust_fixes.install()
+    faust_patches.install()
     # 15 is the next offset to read (committed) and was never processed; 16 was.
     assert Consumer._new_offset(_offsets(15, [16]), "tp") is None  # type: ignore[arg-type]
     assert Consumer._new_offset(_offsets(0, [1, 2]), "tp") is None  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ class FakeConsumer:
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
-    healer = faust_fixes.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = faust_patches.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
     assert healer.stalled(now=100.0) == []  # first seen
     assert healer.stalled(now=104.0) == []
     due = healer.stalled(now=105.0)
@@ -120,7 +120,7 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     consumer.highwaters = {consumer.tp: 18}
     in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
     consumer._unacked_messages = [in_flight]  # type: ignore[attr-defined]
-    healer = faust_fixes.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = faust_patches.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
     # Still being processed (queued in the stream or in the agent): not a stall.
     assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
     in_flight.acked = True
@@ -139,7 +139,7 @@ async def test_an_offset_jump_is_not_counted_as_processed() -> None:
     from faust.transport.consumer import Consumer
     from faust.types import TP
 
-    faust_fixes.install()
+    faust_patches.install()
     tp = TP("in", 0)
     # 7 processed, then the fetcher handed over 15 (8..14 skipped, e.g. stale records after
     # a rebalance's seek): Faust's own _add_gap made the next commit 17, losing 8..14.
@@ -189,9 +189,9 @@ async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
             first = await consumer.getmany(timeout_ms=10_000)  # fetched, then "dropped"
             assert [r.offset for rs in first.values() for r in rs] == [0, 1, 2]
             if fixed:
-                await faust_fixes._seek_to_committed_or_log_start(consumer, faust_side, app)
+                await faust_patches._seek_to_committed_or_log_start(consumer, faust_side, app)
                 # The reset is pending: Faust's livelock check must skip, not crash the worker.
-                faust_fixes.install()
+                faust_patches.install()
                 thread = SimpleNamespace(
                     _ensure_consumer=lambda: consumer,
                     _verify_aiokafka_event_path=lambda now, tp: False,

@@ -1,0 +1,10 @@
+"""Kafka plumbing shared by every process of the OMS.
+
+| module | job |
+|---|---|
+| ``admin`` | topics: their specs (partitions, compaction, retention), creation, deletion |
+| ``partitioning`` | which partition a key lands on (the co-partitioning rule) |
+| ``codecs`` | Faust codecs that keep our pydantic records as JSON in table changelogs |
+| ``faust_worker`` | a Faust app with the project's conventions, and the worker that runs it |
+| ``faust_patches`` | fixes to faust-streaming/aiokafka, applied when a worker starts |
+"""
