@@ -75,6 +75,15 @@ def topic_specs(
     return specs
 
 
+def compacted_topic_names(specs: Iterable[TopicSpec]) -> frozenset[str]:
+    """Names of the topics among ``specs`` whose cleanup policy compacts them."""
+    return frozenset(
+        spec.name
+        for spec in specs
+        if "compact" in spec.config.get("cleanup.policy", "").replace(" ", "").split(",")
+    )
+
+
 @contextlib.asynccontextmanager
 async def _admin(bootstrap: str, timeout_s: float = 30.0) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(

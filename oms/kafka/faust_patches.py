@@ -1,6 +1,11 @@
-"""Four fixes to faust-streaming that "a crash never loses an order" depends on.
+"""Fixes to faust-streaming that "a crash never loses an order" depends on.
 
-1. Buffered table writes and offset commits.
+Written for faust-streaming 0.15.3 and aiokafka 0.14.0 (the versions pinned in pyproject):
+each patch refuses to apply on any other version, since it replaces private code of those
+versions. A worker applies them all with :func:`apply_faust_patches` when it starts, before its
+app runs, and checks its app with :func:`check_app` (``oms.kafka.faust_worker`` does both).
+
+1. Buffered table writes and offset commits (:data:`PRODUCER_FLUSH`).
 
 Table writes (``table[key] = value``) do not go to Kafka at once: Faust puts them in its
 producer's buffer, and a background task sends them. Before committing consumer offsets Faust
@@ -14,7 +19,7 @@ tests (an order with no trace anywhere, once in a few runs).
 The fix makes ``flush`` wait until every message put in the buffer before the call has been
 handed to the Kafka producer (which Faust then flushes too), however long the sender takes.
 
-2. Commits past an offset that was never processed.
+2. Commits past an offset that was never processed (:data:`COMMIT_HEAD`).
 
 ``Consumer._new_offset`` computes the offset to commit from the acknowledged offsets. Its guard
 against a gap at the head (``min(acked) - committed > 1``) is off by one: the committed offset
@@ -23,21 +28,23 @@ is the *next* offset to read, so with 15 committed and 16 acknowledged it commit
 stream's buffer), is skipped for good; with 0 committed the guard is skipped entirely. The
 three-worker failover test lost requests this way (1-5 in 3 of 12 runs). The fix refuses to
 commit past an unacknowledged head: the commit waits, and the partition is read again from the
-committed offset at the next rebalance or restart (replays are idempotent here).
+committed offset by the :class:`StallHealer`, at the next rebalance or restart (replays are
+idempotent here).
 
-3. Offset jumps taken for gaps.
+3. Offset jumps taken for gaps (:data:`OFFSET_JUMP`).
 
 When the fetcher hands over an offset more than one past the last one read, Faust records the
 skipped range as a "gap" (``Consumer._add_gap``) and counts it as acknowledged, so the next
-commit moves past it. Gaps are real only in compacted or transactional topics; ours are
-neither, so a jump means records were not delivered: after a rebalance, records fetched for
-the old assignment arrive after the seek to the committed offset. The chaos suite's
-``worker-kill`` scenario lost orders this way (33 of 1,000 over 15 kills: the requests
-published while the killed worker was down, skipped by its successor during the rebalances
-that evict the dead member). The fix records no gap: the commit stops at the first offset
-not processed, and the stall healer below reads the partition again from there.
+commit moves past it. Gaps are real only in compacted or transactional topics; the inputs of
+our agents are neither (:func:`check_app` refuses an app whose agent reads a compacted topic),
+so a jump means records were not delivered: after a rebalance, records fetched for the old
+assignment arrive after the seek to the committed offset. The chaos suite's ``worker-kill``
+scenario lost orders this way (33 of 1,000 over 15 kills: the requests published while the
+killed worker was down, skipped by its successor during the rebalances that evict the dead
+member). The fix records no gap: the commit stops at the first offset not processed, and the
+stall healer reads the partition again from there.
 
-4. Partitions never committed are not sought back.
+4. Partitions never committed are not sought back (:data:`SEEK_LOG_START`).
 
 Faust drops fetched records on a rebalance (flow stopped, generation changed, partition
 paused) and relies on its seek to the committed offsets to fetch them again. aiokafka's
@@ -50,45 +57,133 @@ fix resets such partitions to their log start after every seek to the committed 
 which is where an uncommitted partition is read from anyway (``auto_offset_reset`` is
 earliest). The reset is resolved by the fetcher's own routine (no broker request inside the
 seek), and it discards records already buffered for the partition. Table changelogs are left
-to Faust's recovery, which seeks them itself. Until the reset is resolved the partition has no
-fetch position, which Faust's livelock check (``verify_event_path``) cannot take: it skips
-such a partition instead of crashing the worker.
+to Faust's recovery, which seeks them itself.
+
+5. The livelock check on a partition being reset (:data:`LIVELOCK_CHECK`).
+
+Until the reset of fix 4 is resolved the partition has no fetch position, which Faust's
+livelock check (``verify_event_path``) cannot take (aiokafka asserts a position is set): it
+skips such a partition instead of crashing the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import inspect
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
+import faust
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 
-_INSTALLED = "_oms_flush_fixed"
 log = structlog.get_logger(__name__)
 
+# The versions every patch below was written for and tested against (pinned in pyproject).
+FAUST_STREAMING_VERSION = "0.15.3"
+AIOKAFKA_VERSION = "0.14.0"
 
-def install() -> None:
-    """Patch :class:`ProducerBuffer` once per process (idempotent)."""
-    if getattr(ProducerBuffer, _INSTALLED, False):
-        return
-    original_put = ProducerBuffer.put
-    original_send = ProducerBuffer._send_pending
 
+class FaustPatchError(RuntimeError):
+    """A patch cannot be trusted here: other library versions, private code it replaces or
+    reads is gone, or an app uses Faust in a way a patch is not correct for."""
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution`` (e.g. ``"faust-streaming"``)."""
+    return importlib.metadata.version(distribution)
+
+
+def require_written_for_versions(patch: str) -> None:
+    """Raise :class:`FaustPatchError` unless faust-streaming and aiokafka are exactly the
+    versions ``patch`` was written for."""
+    faust_seen = installed_version("faust-streaming")
+    aiokafka_seen = installed_version("aiokafka")
+    if (faust_seen, aiokafka_seen) != (FAUST_STREAMING_VERSION, AIOKAFKA_VERSION):
+        raise FaustPatchError(
+            f"Faust patch {patch!r} was written for faust-streaming=={FAUST_STREAMING_VERSION}"
+            f" and aiokafka=={AIOKAFKA_VERSION}, but faust-streaming=={faust_seen} and"
+            f" aiokafka=={aiokafka_seen} are installed: check whether upstream fixed what it"
+            " stands in for (see its comment in oms/kafka/faust_patches.py), then re-validate"
+            " or drop the patch before changing the pins"
+        )
+
+
+# Replaces a method: given the original, returns its replacement.
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+# The attribute naming the patch on each replacement (how ``applied`` recognises ours).
+_PATCH_MARK = "__oms_faust_patch__"
+
+
+@dataclass(frozen=True)
+class FaustPatch:
+    """Methods of faust-streaming classes replaced by ours, applied together."""
+
+    name: str
+    replacements: tuple[tuple[type, str, Wrap], ...]  # (class, method name, wrap)
+
+    def apply(self) -> None:
+        """Replace the methods, once (idempotent). Refuses library versions the patch was
+        not written for, and methods that are no longer where the patch expects them."""
+        require_written_for_versions(self.name)
+        if self.applied:
+            return
+        for owner, attribute, _ in self.replacements:
+            if not callable(owner.__dict__.get(attribute)):
+                raise FaustPatchError(
+                    f"Faust patch {self.name!r}: {owner.__module__}.{owner.__qualname__}"
+                    f".{attribute}, the method it replaces, does not exist"
+                )
+        for owner, attribute, wrap in self.replacements:
+            replacement = wrap(owner.__dict__[attribute])
+            setattr(replacement, _PATCH_MARK, self.name)
+            setattr(owner, attribute, replacement)
+
+    @property
+    def applied(self) -> bool:
+        """Whether every method of the patch is ours now."""
+        return all(
+            getattr(owner.__dict__.get(attribute), _PATCH_MARK, None) == self.name
+            for owner, attribute, _ in self.replacements
+        )
+
+
+# -- 1. producer flush --------------------------------------------------------------------
+# Stands in for an upstream ProducerBuffer.flush (faust/transport/producer.py) that waits for
+# the messages buffered before the call, not for "0.1 s without progress" (flush_atmost's
+# wait_for timeout). Consumer.commit flushes the producer before committing (faust-streaming
+# PR #273) precisely so that commits never overtake table writes; the fix belongs in
+# ProducerBuffer.flush (e.g. ``await self.pending.join()`` with ``task_done`` in
+# ``_handle_pending``).
+
+
+def _counting_put(original: Callable[..., Any]) -> Callable[..., Any]:
     def put(self: Any, fut: Any) -> None:
         self._oms_put = getattr(self, "_oms_put", 0) + 1
-        original_put(self, fut)
+        original(self, fut)
 
+    return put
+
+
+def _counting_send_pending(original: Callable[..., Any]) -> Callable[..., Any]:
     async def _send_pending(self: Any, fut: Any) -> None:
         try:
-            await original_send(self, fut)
+            await original(self, fut)
         finally:
             self._oms_sent = getattr(self, "_oms_sent", 0) + 1
 
+    return _send_pending
+
+
+def _flush_everything_buffered(original: Callable[..., Any]) -> Callable[..., Any]:
     async def flush(self: Any) -> None:
         """Wait until everything buffered so far has been handed to the Kafka producer."""
         target = getattr(self, "_oms_put", 0)
@@ -100,61 +195,90 @@ def install() -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
 
-    ProducerBuffer.put = put  # type: ignore[method-assign]
-    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
-    ProducerBuffer.flush = flush  # type: ignore[method-assign]
-    setattr(ProducerBuffer, _INSTALLED, True)
+    return flush
 
-    original_new_offset = Consumer._new_offset
 
+PRODUCER_FLUSH = FaustPatch(
+    "producer flush waits for every buffered message",
+    (
+        (ProducerBuffer, "put", _counting_put),
+        (ProducerBuffer, "_send_pending", _counting_send_pending),
+        (ProducerBuffer, "flush", _flush_everything_buffered),
+    ),
+)
+
+
+# -- 2. commit head -----------------------------------------------------------------------
+# Stands in for a correct head-gap guard in Consumer._new_offset (faust/transport/consumer.py).
+# The guard added for faust-streaming issue #312 (PR #313), ``if committed_offset: if
+# min(acked) - committed_offset > 1: return None``, is off by one (the committed offset is the
+# next one to read) and skipped when 0 is committed; upstream it should read
+# ``committed_offset is not None and min(acked) > committed_offset`` (see also the open issue
+# #606, "Wrong offset commit in case of gaps").
+
+
+def _new_offset_not_past_the_head(original: Callable[..., Any]) -> Callable[..., Any]:
     def _new_offset(self: Any, tp: Any) -> int | None:
         acked = self._acked[tp]
         committed = self._committed_offset[tp]
         if acked and committed is not None and not self._gap[tp] and min(acked) > committed:
             return None  # the head (``committed``) was never processed: do not skip it
-        result: int | None = original_new_offset(self, tp)
+        result: int | None = original(self, tp)
         return result
 
-    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    return _new_offset
 
+
+COMMIT_HEAD = FaustPatch(
+    "commit stops at an unprocessed head",
+    ((Consumer, "_new_offset", _new_offset_not_past_the_head),),
+)
+
+
+# -- 3. offset jumps ----------------------------------------------------------------------
+# Stands in for gap handling that tells a hole in the log (compaction, transaction markers)
+# from records that were fetched but never delivered (fetched for the previous assignment and
+# dropped at a rebalance, faust-streaming issue #221). Upstream it would go in
+# Consumer._drain_messages / Consumer._add_gap (faust/transport/consumer.py): count a jump as
+# acknowledged only on topics declared compacted or transactional. Replacing _add_gap affects
+# every Faust app of the process, which is why check_app refuses agents on compacted topics.
+
+
+def _log_offset_jump(original: Callable[..., Any]) -> Callable[..., Any]:
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        # Not a gap but records skipped (fix 3): never count them as processed.
+        # Not a gap but records skipped: never count them as processed.
         log.warning(
             "faust.offset_jump", topic=tp.topic, partition=tp.partition,
             skipped_from=offset_from, to=offset_to,
         )  # fmt: skip
 
-    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    return _add_gap
 
+
+OFFSET_JUMP = FaustPatch("an offset jump is not a gap", ((Consumer, "_add_gap", _log_offset_jump),))
+
+
+# -- 4. seek of never-committed partitions ------------------------------------------------
+# Stands in for a seek to the committed offsets that also repositions partitions without a
+# committed offset (to where auto_offset_reset says). Upstream it belongs in aiokafka's
+# AIOKafkaConsumer.seek_to_committed (aiokafka/consumer/consumer.py), which seeks only
+# ``if offset and offset > 0``, or in faust's AIOKafkaConsumerThread.seek_to_committed
+# (faust/transport/drivers/aiokafka.py), which calls it for Faust's recovery.
+
+
+def _seek_to_committed_or_log_start(original: Callable[..., Any]) -> Callable[..., Any]:
     async def seek_to_committed(self: Any) -> Any:
         consumer = self._ensure_consumer()
         return await self.call_thread(
-            _seek_to_committed_or_log_start, consumer, self.consumer, self.app
+            seek_to_committed_or_log_start, consumer, self.consumer, self.app
         )
 
-    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-
-    original_verify = AIOKafkaConsumerThread.verify_event_path
-
-    def verify_event_path(self: Any, now: float, tp: Any) -> None:
-        # Faust's livelock check reads the fetch position, which aiokafka asserts is set; a
-        # partition reset by fix 4 has none until the fetcher has resolved the reset, and
-        # the assertion would crash the worker.
-        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
-        assignment = subscription.assignment if subscription is not None else None
-        if assignment is None:
-            return None  # between assignments: nothing to verify
-        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
-        if state is None or not state.has_valid_position:
-            return None
-        return original_verify(self, now, tp)
-
-    AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
+    return seek_to_committed
 
 
-async def _seek_to_committed_or_log_start(consumer: Any, faust_consumer: Any, app: Any) -> Any:
-    """aiokafka's seek to the committed offsets, plus fix 4: partitions never committed (0 is
-    never a real commit either: aiokafka ignores it too) are reset to their log start."""
+async def seek_to_committed_or_log_start(consumer: Any, faust_consumer: Any, app: Any) -> Any:
+    """aiokafka's seek to the committed offsets, and partitions never committed (0 is never
+    a real commit either: aiokafka ignores it too) reset to their log start."""
     committed = await consumer.seek_to_committed()
     never = [
         tp
@@ -170,9 +294,110 @@ async def _seek_to_committed_or_log_start(consumer: Any, faust_consumer: Any, ap
     return committed
 
 
+SEEK_LOG_START = FaustPatch(
+    "never-committed partitions are sought back to their log start",
+    ((AIOKafkaConsumerThread, "seek_to_committed", _seek_to_committed_or_log_start),),
+)
+
+
+# -- 5. livelock check --------------------------------------------------------------------
+# Stands in for a livelock check that takes a partition awaiting an offset reset. Upstream
+# it belongs in AIOKafkaConsumerThread.verify_event_path (faust/transport/drivers/
+# aiokafka.py), which reads ``tp_state.position`` (asserted set by aiokafka's
+# TopicPartitionState.position) without checking ``has_valid_position`` first.
+
+
+def _verify_event_path_if_positioned(original: Callable[..., Any]) -> Callable[..., Any]:
+    def verify_event_path(self: Any, now: float, tp: Any) -> None:
+        # A partition reset by fix 4 has no fetch position until the fetcher has resolved
+        # the reset, and the assertion would crash the worker.
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return None  # between assignments: nothing to verify
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is None or not state.has_valid_position:
+            return None
+        return original(self, now, tp)
+
+    return verify_event_path
+
+
+LIVELOCK_CHECK = FaustPatch(
+    "livelock check skips a partition without a fetch position",
+    ((AIOKafkaConsumerThread, "verify_event_path", _verify_event_path_if_positioned),),
+)
+
+
+PATCHES: tuple[FaustPatch, ...] = (
+    PRODUCER_FLUSH,
+    COMMIT_HEAD,
+    OFFSET_JUMP,
+    SEEK_LOG_START,
+    LIVELOCK_CHECK,
+)
+
+
+def faust_patches_applied() -> bool:
+    """Whether every patch is applied in this process."""
+    return all(patch.applied for patch in PATCHES)
+
+
+def apply_faust_patches() -> None:
+    """Apply every patch, once per process (idempotent). Call it when a worker starts, before
+    its app runs; raises :class:`FaustPatchError` on library versions they were not written
+    for."""
+    if faust_patches_applied():
+        return
+    for patch in PATCHES:
+        patch.apply()
+
+
+def check_app(app: faust.App, *, compacted_topics: Collection[str]) -> None:
+    """Raise :class:`FaustPatchError` if ``app`` uses Faust in a way the patches are wrong
+    for. ``compacted_topics``: full names of the topics declared compacted.
+
+    - An agent reading a compacted topic: there an offset jump is usually compaction, which
+      the offset-jump patch would take for records not delivered (the commit would stop at
+      the hole for good and the stall healer would read the partition again forever).
+    - The threaded producer: it never calls ``_send_pending``, which the producer-flush
+      patch counts, so a flush would wait forever.
+    """
+    compacted = set(compacted_topics)
+    for agent in app.agents.values():
+        read = sorted(compacted.intersection(agent.get_topic_names()))
+        if read:
+            raise FaustPatchError(
+                f"agent {agent.name!r} of Faust app {app.conf.id!r} reads compacted topic(s)"
+                f" {read}: the Faust patch {OFFSET_JUMP.name!r} (every Faust app of the"
+                " process) counts the holes compaction leaves as records not delivered"
+            )
+    if app.conf.producer_threaded:
+        raise FaustPatchError(
+            f"Faust app {app.conf.id!r} uses the threaded producer: the Faust patch"
+            f" {PRODUCER_FLUSH.name!r} counts messages sent by ProducerBuffer._send_pending,"
+            " which the threaded producer bypasses"
+        )
+
+
+# -- the stall healer ---------------------------------------------------------------------
+
 # How long an input partition may wait on a message that was never delivered before it is
 # read again from its committed offset.
 STALL_S = 5.0
+
+# What the healer reads of the consumer of a ``kafka://`` app (faust's aiokafka driver):
+# attributes faust's Consumer declares (and sets in its __init__), and public methods.
+_CONSUMER_ATTRIBUTES = ("_acked", "_committed_offset", "_read_offset", "_unacked_messages")
+_CONSUMER_METHODS = ("assignment", "highwater", "seek")
+
+
+def _missing_consumer_internals() -> list[str]:
+    consumer = faust_aiokafka.Consumer
+    declared = {name for klass in consumer.__mro__ for name in inspect.get_annotations(klass)}
+    missing = [name for name in _CONSUMER_ATTRIBUTES if name not in declared]
+    missing += [name for name in _CONSUMER_METHODS if not callable(getattr(consumer, name, None))]
+    return missing
 
 
 class StallHealer:
@@ -186,9 +411,23 @@ class StallHealer:
     those after it again (the caller marks them as replays, which are idempotent). So is a
     partition read past its committed offset with nothing acknowledged and nothing in flight:
     the dropped message was the last one read, and no later one would ever reveal it.
+
+    It reads private attributes of faust's ``Consumer``; construction raises
+    :class:`FaustPatchError` if the installed Faust no longer declares them, rather than
+    letting a rename turn the healer off silently.
     """
 
-    def __init__(self, consumer_of: Any, topics: set[str], stall_s: float = STALL_S) -> None:
+    def __init__(
+        self, consumer_of: Callable[[], Any], topics: set[str], stall_s: float = STALL_S
+    ) -> None:
+        require_written_for_versions("stall healer")
+        missing = _missing_consumer_internals()
+        if missing:
+            raise FaustPatchError(
+                f"the stall healer reads {missing} of faust's Consumer, which faust-streaming"
+                f"=={installed_version('faust-streaming')} does not have (written for"
+                f" {FAUST_STREAMING_VERSION})"
+            )
         self._consumer_of = consumer_of
         self._topics = topics
         self._stall_s = stall_s
@@ -222,13 +461,12 @@ class StallHealer:
         acked = consumer._acked.get(tp)
         if acked:
             return bool(min(acked) > committed)
-        read = getattr(consumer, "_read_offset", {}).get(tp)
+        read = consumer._read_offset.get(tp)
         # Right after a seek the read offset equals the committed one too: only records
         # beyond the commit (highwater of the last fetch) make it a stall.
         if read is None or read < committed or (consumer.highwater(tp) or 0) <= committed:
             return False
-        unacked = list(getattr(consumer, "_unacked_messages", ()))
-        return not any(m.tp == tp and not m.acked for m in unacked)
+        return not any(m.tp == tp and not m.acked for m in list(consumer._unacked_messages))
 
     async def heal(self, tp: Any, offset: int) -> None:
         """Read ``tp`` again from ``offset``."""

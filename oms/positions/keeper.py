@@ -31,7 +31,8 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.instruments import InstrumentCatalog
-from oms.kafka import faust_patches
+from oms.kafka.faust_patches import StallHealer
+from oms.kafka.faust_worker import new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
@@ -59,8 +60,6 @@ from oms.schemas import (
 from oms.schemas.decode import EMPTY, TOMBSTONE, Undecodable, failure_of
 from oms.secrets import SecretStore
 from oms.settings import Settings
-from oms.streams.app import create_topics_first, new_faust_app
-from oms.streams.worker import _FaustWorker
 
 log = structlog.get_logger(__name__)
 
@@ -328,7 +327,7 @@ class PositionKeeper:
 
         # Faust can drop a fetched fill around a rebalance (see oms.kafka.faust_patches):
         # its partition is read again from the committed offset, replays counted once.
-        healer = faust_patches.StallHealer(lambda: app.consumer, {self.fills_topic})
+        healer = StallHealer(lambda: app.consumer, {self.fills_topic})
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:
@@ -604,13 +603,12 @@ class PositionKeeper:
         # cyclic collector ran every ~700 allocations and walked the long-lived tables.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        create_topics_first(
-            self.app, self.settings, {self.fills_topic: self.settings.kafka.partitions}
+        run_faust_worker(
+            self.app,
+            self.settings,
+            loglevel=loglevel,
+            extra_topics={self.fills_topic: self.settings.kafka.partitions},
         )
-        worker = _FaustWorker(
-            self.app, loglevel=loglevel, redirect_stdouts=False, oms_json=self.settings.log_json
-        )
-        worker.execute_from_commandline()
 
 
 def _problem_event(problem: FillProblem) -> OrderEvent:

@@ -14,7 +14,6 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,10 +28,10 @@ from oms.auth.verify import Authenticator
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
-from oms.kafka import faust_patches
+from oms.kafka.faust_patches import StallHealer
+from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.lifecycle.wiring import LifecycleWiring
-from oms.logs import configure_logging
 from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
     DeadLetter,
@@ -48,7 +47,7 @@ from oms.schemas.commands import InternalComponent, OrderCommand, internal_comma
 from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
-from oms.streams.app import OmsApp, create_app, create_topics_first
+from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.edge import EdgeContext, handle_external
 from oms.streams.execution import ExchangeSessions, OrderExecutor
@@ -323,7 +322,7 @@ class OrderWorker:
         interval = self.settings.worker.recovery_check_interval_s
         register_guard(app, self.guard, interval)
 
-        healer = faust_patches.StallHealer(lambda: app.consumer, inputs)
+        healer = StallHealer(lambda: app.consumer, inputs)
         self.healer = healer
 
         @app.timer(interval=interval)
@@ -467,24 +466,4 @@ class OrderWorker:
 
     def run(self, loglevel: str = "info") -> None:
         """Run the worker in the foreground until stopped."""
-        create_topics_first(self.app, self.settings)
-        worker = _FaustWorker(
-            self.app, loglevel=loglevel, redirect_stdouts=False, oms_json=self.settings.log_json
-        )
-        worker.execute_from_commandline()
-
-
-class _FaustWorker(faust.Worker):
-    """Faust's worker, with our structured logging at the level asked for.
-
-    Faust's own logging setup leaves the root logger at DEBUG whatever the level given, and
-    formatting debug records of every produced message cost ~8% of the worker's CPU.
-    """
-
-    def __init__(self, app: faust.App, *, oms_json: bool, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._oms_level = str(kwargs.get("loglevel") or "info")
-        self._oms_json = oms_json
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        configure_logging(self._oms_level, self._oms_json)
+        run_faust_worker(self.app, self.settings, loglevel=loglevel)

@@ -504,7 +504,7 @@ def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Pat
     """Kubernetes httpGet probes and Prometheus connect to the pod/container address, not
     loopback: the Faust web server of workers and the position keeper binds every interface
     (the notifier's, plain aiohttp, binds OMS_NOTIFY__WEB_HOST, 0.0.0.0 in compose)."""
-    from oms.streams.app import new_faust_app
+    from oms.kafka.faust_worker import new_faust_app
 
     settings = Settings(data_dir=tmp_path)
     app = new_faust_app(settings, "deploy-check", settings.worker.web_port)

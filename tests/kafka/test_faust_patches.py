@@ -1,15 +1,133 @@
-"""Faust's producer buffer flush must not return while table writes are still buffered."""
+"""The Faust patches: each is applied, refuses library versions it was not written for, and
+fixes what it is there for; the app check and the stall healer refuse what they cannot take."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import faust
+import pytest
+from aiokafka.consumer.fetcher import OffsetResetStrategy
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+from intervaltree import IntervalTree
 
 from oms.kafka import faust_patches
+from oms.kafka.faust_patches import (
+    AIOKAFKA_VERSION,
+    COMMIT_HEAD,
+    FAUST_STREAMING_VERSION,
+    LIVELOCK_CHECK,
+    OFFSET_JUMP,
+    PATCHES,
+    PRODUCER_FLUSH,
+    SEEK_LOG_START,
+    FaustPatch,
+    FaustPatchError,
+    StallHealer,
+    apply_faust_patches,
+    check_app,
+    faust_patches_applied,
+    seek_to_committed_or_log_start,
+)
+from oms.kafka.faust_worker import declared_compacted_topics, new_faust_app
+from oms.schemas import Topic
+from oms.settings import Settings
+
+PATCH_NAMES = [patch.name for patch in PATCHES]
+
+
+def _versions(faust_version: str, aiokafka_version: str) -> Any:
+    seen = {"faust-streaming": faust_version, "aiokafka": aiokafka_version}
+    return lambda distribution: seen[distribution]
+
+
+# -- every patch ------------------------------------------------------------------------
+
+
+def test_the_pins_are_the_versions_installed() -> None:
+    # The patches run against what is installed: the test suite must see the pinned versions.
+    assert faust_patches.installed_version("faust-streaming") == FAUST_STREAMING_VERSION
+    assert faust_patches.installed_version("aiokafka") == AIOKAFKA_VERSION
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'"faust-streaming=={FAUST_STREAMING_VERSION}"' in pyproject
+    assert f'"aiokafka=={AIOKAFKA_VERSION}"' in pyproject
+
+
+@pytest.mark.parametrize("patch", PATCHES, ids=PATCH_NAMES)
+def test_each_patch_is_applied(patch: FaustPatch) -> None:
+    apply_faust_patches()
+    assert patch.applied
+    for owner, attribute, _ in patch.replacements:
+        assert getattr(owner.__dict__[attribute], "__oms_faust_patch__", None) == patch.name
+
+
+@pytest.mark.parametrize("patch", PATCHES, ids=PATCH_NAMES)
+@pytest.mark.parametrize(
+    ("faust_version", "aiokafka_version"),
+    [("0.15.4", AIOKAFKA_VERSION), (FAUST_STREAMING_VERSION, "0.13.0")],
+    ids=["other-faust", "other-aiokafka"],
+)
+def test_each_patch_refuses_other_versions(
+    patch: FaustPatch, faust_version: str, aiokafka_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        faust_patches, "installed_version", _versions(faust_version, aiokafka_version)
+    )
+    with pytest.raises(FaustPatchError) as refused:
+        patch.apply()
+    message = str(refused.value)
+    assert patch.name in message
+    assert f"faust-streaming=={faust_version}" in message
+    assert f"aiokafka=={aiokafka_version}" in message
+    assert f"faust-streaming=={FAUST_STREAMING_VERSION}" in message
+
+
+def test_a_patch_refuses_a_method_that_is_gone() -> None:
+    # A fresh patch of a method faust no longer has: adding it would silently change nothing.
+    patch = FaustPatch("renamed upstream", ((Consumer, "_no_such_method", lambda f: f),))
+    with pytest.raises(FaustPatchError, match=r"renamed upstream.*_no_such_method"):
+        patch.apply()
+    assert not hasattr(Consumer, "_no_such_method")
+
+
+def test_apply_is_idempotent() -> None:
+    apply_faust_patches()
+    methods = [
+        owner.__dict__[attribute] for patch in PATCHES for owner, attribute, _ in patch.replacements
+    ]
+    apply_faust_patches()
+    for patch in PATCHES:
+        patch.apply()  # each one too: never wrapped twice
+    assert methods == [
+        owner.__dict__[attribute] for patch in PATCHES for owner, attribute, _ in patch.replacements
+    ]
+
+
+def test_applied_only_once_every_patch_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_faust_patches()
+    # The last patch undone (restored after the test): the process is not patched.
+    monkeypatch.setattr(AIOKafkaConsumerThread, "verify_event_path", lambda self, now, tp: None)
+    assert not faust_patches_applied()
+    # Refused (each patch checks the versions first): still not patched.
+    monkeypatch.setattr(faust_patches, "installed_version", _versions("0.16.0", "0.14.0"))
+    with pytest.raises(FaustPatchError):
+        apply_faust_patches()
+    assert not faust_patches_applied() and not LIVELOCK_CHECK.applied
+    monkeypatch.undo()
+    monkeypatch.setattr(AIOKafkaConsumerThread, "verify_event_path", lambda self, now, tp: None)
+    apply_faust_patches()
+    assert faust_patches_applied() and LIVELOCK_CHECK.applied
+
+
+# -- 1. producer flush ------------------------------------------------------------------
 
 
 class SlowChannel:
@@ -24,7 +142,8 @@ class SlowChannel:
 
 
 async def test_flush_waits_for_every_buffered_message() -> None:
-    faust_patches.install()
+    apply_faust_patches()
+    assert PRODUCER_FLUSH.applied
     buffer = ProducerBuffer()
     buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
     channel = SlowChannel()
@@ -40,18 +159,10 @@ async def test_flush_waits_for_every_buffered_message() -> None:
         await buffer.stop()
 
 
-async def test_install_is_idempotent() -> None:
-    faust_patches.install()
-    flush = ProducerBuffer.flush
-    faust_patches.install()
-    assert ProducerBuffer.flush is flush
+# -- 2. commit head ---------------------------------------------------------------------
 
 
 def _offsets(committed: int | None, acked: list[int]) -> Any:
-    from collections import defaultdict
-
-    from intervaltree import IntervalTree
-
     state = SimpleNamespace(
         _acked=defaultdict(list),
         _acked_index=defaultdict(set),
@@ -65,9 +176,8 @@ def _offsets(committed: int | None, acked: list[int]) -> Any:
 
 
 def test_commit_never_skips_an_unprocessed_head() -> None:
-    from faust.transport.consumer import Consumer
-
-    faust_patches.install()
+    apply_faust_patches()
+    assert COMMIT_HEAD.applied
     # 15 is the next offset to read (committed) and was never processed; 16 was.
     assert Consumer._new_offset(_offsets(15, [16]), "tp") is None  # type: ignore[arg-type]
     assert Consumer._new_offset(_offsets(0, [1, 2]), "tp") is None  # type: ignore[arg-type]
@@ -77,69 +187,12 @@ def test_commit_never_skips_an_unprocessed_head() -> None:
     assert Consumer._new_offset(_offsets(15, [15, 16, 18]), "tp") == 17  # type: ignore[arg-type]
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        from faust.types import TP
-
-        self.tp = TP("in", 0)
-        self.other = TP("elsewhere", 0)
-        self._acked = {self.tp: [16, 17], self.other: [5]}
-        self._committed_offset = {self.tp: 15, self.other: 3}
-        self.sought: list[tuple[Any, int]] = []
-        self.highwaters: dict[Any, int] = {}
-
-    def assignment(self) -> set[Any]:
-        return {self.tp, self.other}  # type: ignore[arg-type]
-
-    async def seek(self, tp: Any, offset: int) -> None:
-        self.sought.append((tp, offset))
-
-    def highwater(self, tp: Any) -> int:
-        return self.highwaters.get(tp, 0)
-
-
-async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
-    consumer = FakeConsumer()
-    healer = faust_patches.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
-    assert healer.stalled(now=100.0) == []  # first seen
-    assert healer.stalled(now=104.0) == []
-    due = healer.stalled(now=105.0)
-    assert due == [(consumer.tp, 15)]  # only the input topic, after the stall time
-    await healer.heal(*due[0])
-    assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
-    consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
-    assert healer.stalled(now=200.0) == []
-
-
-async def test_a_dropped_last_message_is_read_again() -> None:
-    # Offset 15 was read (read offset 15) but never delivered, and nothing came after it:
-    # no acknowledged offset reveals the hole, only the read offset past the commit does.
-    consumer = FakeConsumer()
-    consumer._acked = {consumer.tp: [], consumer.other: []}
-    consumer._read_offset = {consumer.tp: 15, consumer.other: 2}  # type: ignore[attr-defined]
-    consumer.highwaters = {consumer.tp: 18}
-    in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
-    consumer._unacked_messages = [in_flight]  # type: ignore[attr-defined]
-    healer = faust_patches.StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
-    # Still being processed (queued in the stream or in the agent): not a stall.
-    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
-    in_flight.acked = True
-    assert healer.stalled(now=111.0) == []  # first seen
-    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
-    # Right after a seek to the end (read offset = committed = highwater): idle, not a stall.
-    consumer.highwaters[consumer.tp] = 15
-    assert healer.stalled(now=120.0) == [] and healer.stalled(now=130.0) == []
-    # Processed and committed: read offset 15, committed 16.
-    consumer.highwaters[consumer.tp] = 18
-    consumer._committed_offset[consumer.tp] = 16
-    assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
+# -- 3. offset jumps --------------------------------------------------------------------
 
 
 async def test_an_offset_jump_is_not_counted_as_processed() -> None:
-    from faust.transport.consumer import Consumer
-    from faust.types import TP
-
-    faust_patches.install()
+    apply_faust_patches()
+    assert OFFSET_JUMP.applied
     tp = TP("in", 0)
     # 7 processed, then the fetcher handed over 15 (8..14 skipped, e.g. stale records after
     # a rebalance's seek): Faust's own _add_gap made the next commit 17, losing 8..14.
@@ -154,6 +207,84 @@ async def test_an_offset_jump_is_not_counted_as_processed() -> None:
     assert Consumer._new_offset(state, tp) is None  # type: ignore[arg-type]
 
 
+def _app(tmp_path: Path, **overrides: Any) -> tuple[faust.App, Settings]:
+    settings = Settings(data_dir=tmp_path)
+    app_id = f"check-{uuid.uuid4().hex[:8]}"
+    return new_faust_app(settings, app_id, settings.worker.web_port, **overrides), settings
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+def test_an_agent_on_a_compacted_topic_is_refused(tmp_path: Path) -> None:
+    app, settings = _app(tmp_path)
+    settings_topic = settings.topic(Topic.NOTIFICATION_SETTINGS)
+    app.agent(app.topic(settings.topic(Topic.ORDER_EVENTS)), name="events")(_drain)
+    compacted = declared_compacted_topics(app, settings)
+    assert settings_topic in compacted
+    check_app(app, compacted_topics=compacted)  # no agent on a compacted topic yet
+    app.agent(app.topic(settings_topic), name="settings_reader")(_drain)
+    with pytest.raises(FaustPatchError, match=r"settings_reader.*notification-settings"):
+        check_app(app, compacted_topics=declared_compacted_topics(app, settings))
+
+
+def test_an_agent_on_a_table_changelog_is_refused(tmp_path: Path) -> None:
+    app, settings = _app(tmp_path)
+    table = app.Table("seen", default=None, partitions=settings.kafka.partitions)
+    changelog = table.changelog_topic.get_topic_name()
+    app.agent(app.topic(changelog), name="changelog_reader")(_drain)
+    with pytest.raises(FaustPatchError, match="changelog_reader"):
+        check_app(app, compacted_topics=declared_compacted_topics(app, settings))
+
+
+def test_the_threaded_producer_is_refused(tmp_path: Path) -> None:
+    # Its messages never pass ProducerBuffer._send_pending, so the patched flush would hang.
+    app, _ = _app(tmp_path, producer_threaded=True)
+    with pytest.raises(FaustPatchError, match="threaded producer"):
+        check_app(app, compacted_topics=())
+
+
+def test_the_order_worker_and_the_position_keeper_pass_the_check(tmp_path: Path) -> None:
+    from oms.positions.keeper import PositionKeeper
+    from oms.streams.worker import OrderWorker
+
+    settings = Settings(data_dir=tmp_path)
+    worker = OrderWorker(settings).app
+    keeper = PositionKeeper(settings)
+    extra = {keeper.fills_topic: settings.kafka.partitions}
+    assert worker.agents and keeper.app.agents
+    check_app(worker, compacted_topics=declared_compacted_topics(worker, settings))
+    check_app(keeper.app, compacted_topics=declared_compacted_topics(keeper.app, settings, extra))
+
+
+# -- 4. seek of never-committed partitions ----------------------------------------------
+
+
+async def test_never_committed_input_partitions_are_reset_to_their_log_start() -> None:
+    apply_faust_patches()
+    assert SEEK_LOG_START.applied
+    committed = {
+        TP("in", 0): 5,  # committed: aiokafka's seek is enough
+        TP("in", 1): None,  # never committed
+        TP("in", 2): 0,  # 0 is never a real commit (aiokafka ignores it)
+        TP("app-orders-changelog", 0): None,  # Faust's recovery seeks changelogs itself
+        TP("no-acks", 0): None,  # not an agent's input
+    }
+    resets: list[tuple[list[Any], int]] = []
+    consumer = SimpleNamespace(
+        seek_to_committed=lambda: asyncio.sleep(0, committed),
+        _fetcher=SimpleNamespace(
+            request_offset_reset=lambda tps, strategy: resets.append((tps, strategy))
+        ),
+    )
+    faust_side = SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic.endswith("-changelog"))
+    app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "in"))
+    assert await seek_to_committed_or_log_start(consumer, faust_side, app) == committed
+    assert resets == [([TP("in", 1), TP("in", 2)], OffsetResetStrategy.EARLIEST)]
+
+
 async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
     kafka_bootstrap: str,
 ) -> None:
@@ -161,8 +292,6 @@ async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
     offset, then dropped (as Faust drops them on a rebalance), are fetched again after the
     seek to the committed offsets. Plain aiokafka leaves the position past them."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-    from faust.types import TP
 
     topic = f"fix4-{uuid.uuid4().hex[:8]}"
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -189,9 +318,9 @@ async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
             first = await consumer.getmany(timeout_ms=10_000)  # fetched, then "dropped"
             assert [r.offset for rs in first.values() for r in rs] == [0, 1, 2]
             if fixed:
-                await faust_patches._seek_to_committed_or_log_start(consumer, faust_side, app)
+                await seek_to_committed_or_log_start(consumer, faust_side, app)
                 # The reset is pending: Faust's livelock check must skip, not crash the worker.
-                faust_patches.install()
+                apply_faust_patches()
                 thread = SimpleNamespace(
                     _ensure_consumer=lambda: consumer,
                     _verify_aiokafka_event_path=lambda now, tp: False,
@@ -211,3 +340,114 @@ async def test_a_never_committed_partition_is_sought_back_to_its_log_start(
 
     assert await dropped_then_sought(fixed=False) == []  # the bug: nothing is read again
     assert await dropped_then_sought(fixed=True) == [0, 1, 2]
+
+
+# -- 5. livelock check ------------------------------------------------------------------
+
+
+def test_the_livelock_check_skips_a_partition_without_a_fetch_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apply_faust_patches()
+    assert LIVELOCK_CHECK.applied
+    checked: list[Any] = []
+    # Faust's own check stood in for by a recorder (the patch wraps what it finds).
+    monkeypatch.setattr(
+        AIOKafkaConsumerThread, "verify_event_path", lambda self, now, tp: checked.append(tp)
+    )
+    LIVELOCK_CHECK.apply()
+    states: dict[Any, Any] = {}
+    assignment = SimpleNamespace(state_value=states.get)
+    subscription = SimpleNamespace(assignment=assignment)
+    consumer = SimpleNamespace(
+        _fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(subscription=subscription))
+    )
+    thread = SimpleNamespace(_ensure_consumer=lambda: consumer)
+    tp = TP("in", 0)
+    verify = AIOKafkaConsumerThread.verify_event_path
+    states[("in", 0)] = SimpleNamespace(has_valid_position=False)  # a reset is pending
+    assert verify(thread, 0.0, tp) is None  # type: ignore[arg-type]
+    subscription.assignment = None  # between assignments
+    assert verify(thread, 0.0, tp) is None  # type: ignore[arg-type]
+    assert checked == []
+    subscription.assignment = assignment
+    states[("in", 0)] = SimpleNamespace(has_valid_position=True)
+    verify(thread, 0.0, tp)  # type: ignore[arg-type]
+    assert checked == [tp]
+
+
+# -- the stall healer -------------------------------------------------------------------
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.tp = TP("in", 0)
+        self.other = TP("elsewhere", 0)
+        self._acked = {self.tp: [16, 17], self.other: [5]}
+        self._committed_offset = {self.tp: 15, self.other: 3}
+        self._read_offset: dict[Any, int] = {}
+        self._unacked_messages: list[Any] = []
+        self.sought: list[tuple[Any, int]] = []
+        self.highwaters: dict[Any, int] = {}
+
+    def assignment(self) -> set[Any]:
+        return {self.tp, self.other}  # type: ignore[arg-type]
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+    def highwater(self, tp: Any) -> int:
+        return self.highwaters.get(tp, 0)
+
+
+async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
+    consumer = FakeConsumer()
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    assert healer.stalled(now=100.0) == []  # first seen
+    assert healer.stalled(now=104.0) == []
+    due = healer.stalled(now=105.0)
+    assert due == [(consumer.tp, 15)]  # only the input topic, after the stall time
+    await healer.heal(*due[0])
+    assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
+    consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
+    assert healer.stalled(now=200.0) == []
+
+
+async def test_a_dropped_last_message_is_read_again() -> None:
+    # Offset 15 was read (read offset 15) but never delivered, and nothing came after it:
+    # no acknowledged offset reveals the hole, only the read offset past the commit does.
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer._read_offset = {consumer.tp: 15, consumer.other: 2}
+    consumer.highwaters = {consumer.tp: 18}
+    in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
+    consumer._unacked_messages = [in_flight]
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    # Still being processed (queued in the stream or in the agent): not a stall.
+    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
+    in_flight.acked = True
+    assert healer.stalled(now=111.0) == []  # first seen
+    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
+    # Right after a seek to the end (read offset = committed = highwater): idle, not a stall.
+    consumer.highwaters[consumer.tp] = 15
+    assert healer.stalled(now=120.0) == [] and healer.stalled(now=130.0) == []
+    # Processed and committed: read offset 15, committed 16.
+    consumer.highwaters[consumer.tp] = 18
+    consumer._committed_offset[consumer.tp] = 16
+    assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
+
+
+@pytest.mark.parametrize("attribute", ["_read_offset", "_unacked_messages", "_acked"])
+def test_the_healer_refuses_a_faust_without_what_it_reads(
+    attribute: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rename upstream must stop the worker at start, not turn the healer off silently.
+    monkeypatch.delitem(Consumer.__annotations__, attribute)
+    with pytest.raises(FaustPatchError, match=attribute):
+        StallHealer(FakeConsumer, {"in"})
+
+
+def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_patches, "installed_version", _versions("0.15.4", "0.14.0"))
+    with pytest.raises(FaustPatchError, match=r"stall healer.*faust-streaming==0\.15\.4"):
+        StallHealer(FakeConsumer, {"in"})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from oms.kafka.admin import delete_topics, describe_topic, list_topics
-from oms.streams.app import create_app, create_topics_first
+from oms.kafka.faust_worker import create_topics_first
+from oms.streams.app import create_app
 from tests.conftest import MakeSettings
 
 
