@@ -351,6 +351,12 @@ def apply_faust_patches() -> None:
         return
     for patch in PATCHES:
         patch.apply()
+    log.info(
+        "faust.patches_applied",
+        patches=[patch.name for patch in PATCHES],
+        faust_streaming=FAUST_STREAMING_VERSION,
+        aiokafka=AIOKAFKA_VERSION,
+    )
 
 
 def check_app(app: faust.App, *, compacted_topics: Collection[str]) -> None:
