@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oms.algos import ALGO_KEY
+from oms.orders.state_machine import EPSILON
 from oms.schemas import (
     CommandType,
     Direction,
@@ -23,7 +24,6 @@ from oms.schemas import (
     ReasonCode,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import EPSILON
 
 CHASE = "chase"
 

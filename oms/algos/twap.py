@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oms.algos import ALGO_KEY
+from oms.orders.state_machine import EPSILON, Outcome, Transition, make_event, transition
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -37,7 +38,6 @@ from oms.schemas import (
     now_ms,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import EPSILON, Outcome, Transition, make_event, transition
 
 TWAP = "twap"
 MAX_SLICES = 100

@@ -10,6 +10,7 @@ from __future__ import annotations
 from oms.algos import chase, twap
 from oms.errors import AdvancedOrderError
 from oms.lifecycle.policy import cancel_reason, check_policy
+from oms.orders.state_machine import transition
 from oms.schemas import (
     InstrumentSpec,
     OrderEvent,
@@ -19,7 +20,6 @@ from oms.schemas import (
     ReasonCode,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import transition
 
 _REASON_TEXT = {
     ReasonCode.AUTO_CANCELLED: "open longer than auto_cancel_timeout",

@@ -19,6 +19,10 @@ from pydantic import ValidationError
 from oms.algos import twap
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
+from oms.orders.links import plan_children
+from oms.orders.scheduling import Schedule, Strategy, plan_schedule
+from oms.orders.state_machine import make_event, reannouncement, transition
+from oms.orders.validation import summarize_validation_error, validate_submit
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -39,10 +43,6 @@ from oms.streams.edge import unauthenticated
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.links import plan_children
-from oms.streams.scheduling import Schedule, Strategy, plan_schedule
-from oms.streams.state_machine import make_event, reannouncement, transition
-from oms.streams.validation import summarize_validation_error, validate_submit
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired

@@ -31,6 +31,7 @@ from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.instruments import InstrumentCatalog
 from oms.lifecycle.wiring import LifecycleWiring
 from oms.logs import configure_logging
+from oms.orders.priority_queue import PriorityQueues
 from oms.partitioning import partition_of
 from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
@@ -55,7 +56,6 @@ from oms.streams.execution import ExchangeSessions, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
-from oms.streams.priority_queue import PriorityQueues
 from oms.streams.release import ReleaseContext, handle_trigger
 from oms.streams.tick_feed import TickFeed
 from oms.streams.triggering import TriggerLoop

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from oms.orders.validation import summarize_validation_error
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode
 from oms.schemas.conditions import (
     ExpirationCondition,
@@ -26,7 +27,6 @@ from oms.schemas.conditions import (
 )
 from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
-from oms.streams.validation import summarize_validation_error
 
 AnyCondition = PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition
 
