@@ -61,9 +61,7 @@ def due_at(parent: OrderRecord, params: TwapParams, index: int) -> int:
     return parent.created_at + int(index * step + jitter)
 
 
-def check_twap(
-    request: OrderRequest, spec: InstrumentSpec, params: TwapParams
-) -> Rejection | None:
+def check_twap(request: OrderRequest, spec: InstrumentSpec, params: TwapParams) -> Rejection | None:
     """Can the instrument's lots make the slices? (The parameters themselves were parsed.)"""
     assert request.amount is not None
     lots = round(request.amount / spec.min_trade_amount)

@@ -165,9 +165,7 @@ def plan_schedule(
     sliced = _auto_slice(request, algo, slicing, instrument)
     if sliced is not None:
         assert slicing is not None and request.amount is not None
-        reason = (
-            f"amount {request.amount:g} exceeds the slicing threshold {slicing.above:g} (TWAP)"
-        )
+        reason = f"amount {request.amount:g} exceeds the slicing threshold {slicing.above:g} (TWAP)"
         return decided(Strategy.SLICED, reason, sliced)
     reason = "execute_immediately, no conditions" + (", within size" if slicing else "")
     return decided(Strategy.IMMEDIATE, reason)
