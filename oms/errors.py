@@ -3,7 +3,7 @@
 with the message as its human text.
 
 Exchange failures have their own typed hierarchy (:mod:`oms.exchange.errors`), mapped onto
-reason codes in one place (:mod:`oms.streams.reasons`).
+reason codes in one place (:mod:`oms.orders.reasons`).
 """
 
 from __future__ import annotations

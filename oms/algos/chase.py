@@ -1,7 +1,8 @@
 """Post-only chase: a ``post_only`` limit order re-quoted at the best bid (buy) or ask
 (sell), never beyond its ``chase_limit``.
 
-``metadata``: ``algo = "chase"``, ``chase_limit`` (a price on the instrument's tick). The
+``metadata``: ``algo = "chase"``, ``chase_limit`` (a price on the instrument's tick:
+:class:`~oms.orders.params.ChaseParams`). The
 re-quotes are ordinary amend requests (deterministic request id per order version), so
 they pass intake's amend guards and the executor's per-order ordering like any other.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from oms.algos import ALGO_KEY
+from oms.orders.params import ALGO_KEY, CHASE, ChaseParams
+from oms.orders.state_machine import EPSILON
 from oms.schemas import (
     CommandType,
     Direction,
@@ -23,23 +25,22 @@ from oms.schemas import (
     ReasonCode,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import EPSILON
-
-CHASE = "chase"
 
 
 def is_chase(metadata: Mapping[str, Any]) -> bool:
+    """Does this metadata name the chase algorithm?"""
     return metadata.get(ALGO_KEY) == CHASE
 
 
-def check_chase(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
-    """A chase needs a post-only limit order and a limit on the right side of its price."""
-    limit = request.metadata.get("chase_limit")
+def check_chase(
+    request: OrderRequest, spec: InstrumentSpec, params: ChaseParams
+) -> Rejection | None:
+    """A chase needs a post-only limit order and a limit on the tick, on the right side of
+    its price."""
     if request.order_type is not OrderType.LIMIT or not request.post_only:
         return Rejection(ReasonCode.SCHEMA_INVALID, "chase needs a post_only limit order")
-    if not isinstance(limit, int | float) or isinstance(limit, bool) or limit <= 0:
-        return Rejection(ReasonCode.SCHEMA_INVALID, "chase needs a positive chase_limit")
-    assert spec is not None and request.price is not None
+    assert request.price is not None
+    limit = params.limit
     ticks = limit / spec.tick_size
     if abs(ticks - round(ticks)) > 1e-6:
         return Rejection(
@@ -56,7 +57,7 @@ def check_chase(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection
 
 def target_price(order: OrderRecord, tick: MarketTick) -> float | None:
     """Where the order should rest now: the touch on its side, capped at the limit."""
-    limit = float(order.metadata.get("chase_limit") or 0)
+    limit = ChaseParams.from_metadata(order.metadata).limit  # checked when accepted
     if order.direction is Direction.BUY:
         touch = tick.best_bid_price
         return None if touch is None else min(touch, limit)

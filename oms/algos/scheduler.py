@@ -10,6 +10,7 @@ import structlog
 
 from oms.algos import chase, twap
 from oms.lifecycle.policy import CANCEL_REASON_KEY
+from oms.orders.params import ALGO_KEY
 from oms.schemas import (
     CommandType,
     MarketTick,
@@ -46,7 +47,7 @@ class AlgoScheduler:
         now = now if now is not None else now_ms()
         followed: set[str] = set()
         for order_id, order in list(self.orders()):
-            if order is None or not order.metadata.get("algo") or not self.owns(order_id):
+            if order is None or ALGO_KEY not in order.metadata or not self.owns(order_id):
                 continue
             if twap.is_twap(order.metadata):
                 if order.status in _WORKING:
@@ -74,8 +75,7 @@ class AlgoScheduler:
             await self.publish_request(twap.child_request(parent, index, amount))
 
     async def _cancel_children(self, parent: OrderRecord) -> None:
-        plan = twap.plan_of(parent.metadata)
-        for index in range(plan.slices):
+        for index in range(twap.params_of(parent).slices):
             child_id = twap.child_order_id(parent, index)
             entry = parent.children.get(child_id)
             sent = (parent.order_id, index) in self._published

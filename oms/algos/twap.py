@@ -1,12 +1,12 @@
 """TWAP: a parent order sliced into child orders over time.
 
 The parent (``metadata.algo = "twap"``, with ``twap_duration`` seconds, ``twap_slices`` and
-optional ``twap_randomize`` in [0, 1)) never goes to the exchange: intake records it as
-working (``open``). A timer of the worker that owns its partition publishes slice ``i`` as
-an ordinary submit once it is due, with the deterministic request id
-``twap.{parent}.{i}``: a restart that publishes it again is a duplicate at intake, never a
-second order. Slices split the amount in whole minimum lots, the remainder on the first
-slices, so they sum exactly to the parent.
+optional ``twap_randomize`` in [0, 1): :class:`~oms.orders.params.TwapParams`) never goes to
+the exchange: intake records it as working (``open``). A timer of the worker that owns its
+partition publishes slice ``i`` as an ordinary submit once it is due, with the deterministic
+request id ``twap.{parent}.{i}``: a restart that publishes it again is a duplicate at intake,
+never a second order. Slices split the amount in whole minimum lots, the remainder on the
+first slices, so they sum exactly to the parent.
 
 Each child's news is forwarded to the parent's partition as a ``child:`` report; the parent
 keeps every child's filled amount and average price and derives its own from their sums.
@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from oms.algos import ALGO_KEY
+from oms.orders.params import ALGO_KEY, TWAP, TwapParams
+from oms.orders.state_machine import EPSILON, Outcome, Transition, make_event, transition
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -37,92 +37,38 @@ from oms.schemas import (
     now_ms,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import EPSILON, Outcome, Transition, make_event, transition
 
-TWAP = "twap"
-MAX_SLICES = 100
-MAX_DURATION_S = 86_400.0
 CHILD_REPORT_PREFIX = "child:"
 PARENT_KEY = "parent_id"
 
 
-@dataclass(frozen=True)
-class TwapPlan:
-    duration_s: float
-    slices: int
-    randomize: float
-
-    def due_at(self, parent: OrderRecord, index: int) -> int:
-        """When slice ``index`` is due (ms): evenly spaced, jittered deterministically."""
-        step = self.duration_s * 1000 / self.slices
-        digest = hashlib.blake2b(f"{parent.order_id}:{index}".encode(), digest_size=8).digest()
-        unit = int.from_bytes(digest, "big") / 2**64  # [0, 1), same after any restart
-        jitter = (unit - 0.5) * self.randomize * step if index > 0 else 0.0
-        return parent.created_at + int(index * step + jitter)
-
-
 def is_twap(metadata: Mapping[str, Any]) -> bool:
+    """Does this metadata name the TWAP algorithm?"""
     return metadata.get(ALGO_KEY) == TWAP
 
 
-def auto_slice(
-    request: OrderRequest, threshold: float | None, duration_s: float
-) -> OrderRequest | None:
-    """An immediate submit above ``threshold`` (the risk settings' ``slice_above_amount``)
-    turned into a TWAP parent: one slice per ``threshold`` of amount over ``duration_s``.
-    None when it is not to be sliced (below the threshold, already an algorithm, held)."""
-    if threshold is None or request.amount is None or request.amount <= threshold:
-        return None
-    held = request.conditions or request.delay is not None or request.execute_at is not None
-    if is_twap(request.metadata) or held or request.contingency is not None:
-        return None
-    if not request.execute_immediately:
-        return None
-    slices = min(MAX_SLICES, math.ceil(request.amount / threshold))
-    metadata = {
-        **request.metadata,
-        ALGO_KEY: TWAP,
-        "twap_duration": duration_s,
-        "twap_slices": slices,
-        "twap_reason": f"amount {request.amount:g} above the slicing threshold {threshold:g}",
-    }
-    return request.model_copy(update={"metadata": metadata})
+def params_of(parent: OrderRecord) -> TwapParams:
+    """The parameters of a recorded parent (checked when intake accepted it)."""
+    return TwapParams.from_metadata(parent.metadata)
 
 
-def plan_of(metadata: Mapping[str, Any]) -> TwapPlan:
-    return TwapPlan(
-        duration_s=float(metadata.get("twap_duration") or 0),
-        slices=int(metadata.get("twap_slices") or 1),
-        randomize=float(metadata.get("twap_randomize") or 0),
-    )
+def due_at(parent: OrderRecord, params: TwapParams, index: int) -> int:
+    """When slice ``index`` is due (ms): evenly spaced, jittered deterministically."""
+    step = params.duration_s * 1000 / params.slices
+    digest = hashlib.blake2b(f"{parent.order_id}:{index}".encode(), digest_size=8).digest()
+    unit = int.from_bytes(digest, "big") / 2**64  # [0, 1), same after any restart
+    jitter = (unit - 0.5) * params.randomize * step if index > 0 else 0.0
+    return parent.created_at + int(index * step + jitter)
 
 
-def check_twap(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
-    """Validate a TWAP parent (after the ordinary submit checks passed)."""
-    meta = request.metadata
-    duration, slices, randomize = (
-        meta.get("twap_duration"),
-        meta.get("twap_slices"),
-        meta.get("twap_randomize", 0),
-    )
-    if not isinstance(duration, int | float) or isinstance(duration, bool):
-        return Rejection(ReasonCode.SCHEMA_INVALID, "twap needs a numeric twap_duration")
-    if not 0 < duration <= MAX_DURATION_S:
-        return Rejection(
-            ReasonCode.SCHEMA_INVALID, f"twap_duration must be in (0, {MAX_DURATION_S:g}]"
-        )
-    if not isinstance(slices, int) or isinstance(slices, bool) or not 1 <= slices <= MAX_SLICES:
-        return Rejection(
-            ReasonCode.SCHEMA_INVALID, f"twap_slices must be a whole number in [1, {MAX_SLICES}]"
-        )
-    if not isinstance(randomize, int | float) or not 0 <= randomize < 1:
-        return Rejection(ReasonCode.SCHEMA_INVALID, "twap_randomize must be in [0, 1)")
-    assert spec is not None and request.amount is not None
+def check_twap(request: OrderRequest, spec: InstrumentSpec, params: TwapParams) -> Rejection | None:
+    """Can the instrument's lots make the slices? (The parameters themselves were parsed.)"""
+    assert request.amount is not None
     lots = round(request.amount / spec.min_trade_amount)
-    if lots < slices:
+    if lots < params.slices:
         return Rejection(
             ReasonCode.AMOUNT_TOO_SMALL,
-            f"amount {request.amount} cannot make {slices} slices of at least "
+            f"amount {request.amount} cannot make {params.slices} slices of at least "
             f"{spec.min_trade_amount}",
         )
     return None
@@ -217,8 +163,7 @@ def apply_child_report(parent: OrderRecord, report: ExecutionReport) -> Transiti
     children = {**parent.children, child_id: entry}
     filled = sum(c[0] for c in children.values())
     notional = sum(c[0] * c[1] for c in children.values())
-    plan = plan_of(parent.metadata)
-    all_done = len(children) >= plan.slices and all(c[2] for c in children.values())
+    all_done = len(children) >= params_of(parent).slices and all(c[2] for c in children.values())
     if filled >= parent.amount - EPSILON:
         status = OrderStatus.FILLED
     elif all_done:
@@ -257,10 +202,14 @@ _EVENTS = {
 }
 
 
-def start_parent(order: OrderRecord, lot: float) -> tuple[OrderRecord, OrderEvent]:
-    """Intake's side: the parent becomes a working order (never sent to the exchange); the
-    instrument's lot is kept so slicing needs no catalogue later."""
-    meta = {**order.metadata, "twap_lot": lot}
+def start_parent(
+    order: OrderRecord, params: TwapParams, lot: float
+) -> tuple[OrderRecord, OrderEvent]:
+    """Intake's side: the parent becomes a working order (never sent to the exchange). Its
+    record carries the parameters (also when the OMS chose to slice it) and the instrument's
+    lot, so slicing needs no catalogue later."""
+    recorded = params.model_copy(update={"lot": lot}).to_metadata()
+    meta = {**order.metadata, ALGO_KEY: TWAP, **recorded}
     working, event = transition(order.model_copy(update={"metadata": meta}), OrderStatus.OPEN)
     event.details["algo"] = TWAP
     return working, event
@@ -268,10 +217,10 @@ def start_parent(order: OrderRecord, lot: float) -> tuple[OrderRecord, OrderEven
 
 def due_slices(parent: OrderRecord, now: int) -> list[tuple[int, float]]:
     """Slices of a working parent that are due by ``now`` (index, amount)."""
-    plan = plan_of(parent.metadata)
-    lot = float(parent.metadata.get("twap_lot") or 0)
-    amounts = slice_amounts(parent.amount, lot, plan.slices)
-    return [(i, amounts[i]) for i in range(plan.slices) if plan.due_at(parent, i) <= now]
+    params = params_of(parent)
+    assert params.lot is not None  # recorded by start_parent
+    amounts = slice_amounts(parent.amount, params.lot, params.slices)
+    return [(i, amounts[i]) for i in range(params.slices) if due_at(parent, params, i) <= now]
 
 
 def _exchange_state(status: OrderStatus) -> ExchangeOrderState:

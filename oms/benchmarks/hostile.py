@@ -47,9 +47,9 @@ from oms.harness import (
     start_bench_broker,
     start_paper_stack,
 )
+from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 from oms.schemas import DeadLetter, OrderEvent, OrderRequest, OrderStatus, Topic
 from oms.secrets import SigningKeys
-from oms.streams.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 
 INJECTIONS = (
     "'; DROP TABLE orders; --",

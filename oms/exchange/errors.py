@@ -12,6 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+# The OMS's own codes (client-side failures, outcomes of the error strategies, reconciliation)
+# are carried by ExecutionReport.error_code like Deribit's, so they are part of the message
+# contract and defined with it.
+from oms.schemas.execution import (
+    CLIENT_RATE_LIMITED,
+    CONNECTION_LOST,
+    LABEL_MISMATCH,
+    LOST_AT_VENUE,
+    NEEDS_REVIEW,
+    REQUEST_TIMEOUT,
+    RETRIES_EXHAUSTED,
+)
+
 
 class ExchangeError(Exception):
     """An error answered by the exchange or raised by the client on its behalf.
@@ -135,19 +148,6 @@ class RequestTimeout(ExchangeError):
     outcome_unknown = True
     default_reason = "request_timeout"
 
-
-# Client-side codes, outside Deribit's ranges, so every error has an int code for metrics.
-CONNECTION_LOST = -1001
-REQUEST_TIMEOUT = -1002
-CLIENT_RATE_LIMITED = -1003
-# OMS outcomes of the error strategies (issue 6), reported like exchange errors so the state
-# machine has one path for "a submit did not make it".
-RETRIES_EXHAUSTED = -1004
-NEEDS_REVIEW = -1005
-# Reconciliation (oms.lifecycle.reconcile): an acknowledged order the exchange did not know
-# after every check, and an answer about an order that is not the one we asked for.
-LOST_AT_VENUE = -1006
-LABEL_MISMATCH = -1007
 
 # Deribit code -> (reason, class). The one place codes live.
 # Sources: Deribit API v2 "RPC error codes" table (docs.deribit.com, also mirrored by client

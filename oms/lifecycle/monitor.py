@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from oms.algos import twap
 from oms.lifecycle.policy import CANCEL_REASON_KEY, policy_of
 from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
 from oms.settings import LifecycleSettings
@@ -67,7 +68,7 @@ class LifecycleMonitor:
         for order_id, order in list(self.orders()):
             if order is None or order.status not in _LIVE or not self.owns(order_id):
                 continue
-            if order.metadata.get("algo") == "twap":
+            if twap.is_twap(order.metadata):
                 continue  # a parent is not at the exchange; its children are watched
             live.add(order_id)
             policy = policy_of(order.metadata, self.settings)

@@ -74,7 +74,7 @@ class _Miss:
 
 def lost_report(order: OrderRecord, misses: int) -> ExecutionReport:
     """The report that resolves an order the exchange does not know (see
-    :func:`oms.streams.state_machine.apply_report`). It carries the exchange id and filled
+    :func:`oms.orders.state_machine.apply_report`). It carries the exchange id and filled
     amount the decision saw: if either changed meanwhile, the agent ignores it."""
     by_id = f" (last by exchange id {order.exchange_order_id})" if order.exchange_order_id else ""
     return ExecutionReport(

@@ -8,8 +8,9 @@ return.
 from __future__ import annotations
 
 from oms.algos import chase, twap
-from oms.errors import AdvancedOrderError
-from oms.lifecycle.policy import cancel_reason, check_policy
+from oms.lifecycle.policy import cancel_reason
+from oms.orders.params import ChaseParams, OrderParams, TwapParams
+from oms.orders.state_machine import transition
 from oms.schemas import (
     InstrumentSpec,
     OrderEvent,
@@ -19,7 +20,6 @@ from oms.schemas import (
     ReasonCode,
 )
 from oms.schemas.rejection import Rejection
-from oms.streams.state_machine import transition
 
 _REASON_TEXT = {
     ReasonCode.AUTO_CANCELLED: "open longer than auto_cancel_timeout",
@@ -29,17 +29,15 @@ _REASON_TEXT = {
 }
 
 
-def check_submit(request: OrderRequest, spec: InstrumentSpec | None) -> Rejection | None:
-    """Lifecycle overrides and execution-algorithm parameters of a submit (after the
-    ordinary checks passed)."""
-    try:
-        check_policy(request.metadata)
-    except AdvancedOrderError as exc:
-        return Rejection(exc.reason_code, exc.message)
-    if twap.is_twap(request.metadata):
-        return twap.check_twap(request, spec)
-    if chase.is_chase(request.metadata):
-        return chase.check_chase(request, spec)
+def check_submit(
+    request: OrderRequest, spec: InstrumentSpec, params: OrderParams
+) -> Rejection | None:
+    """A submit's execution algorithm against its instrument (after the ordinary checks
+    passed and its metadata was parsed into ``params``)."""
+    if isinstance(params.algo, TwapParams):
+        return twap.check_twap(request, spec, params.algo)
+    if isinstance(params.algo, ChaseParams):
+        return chase.check_chase(request, spec, params.algo)
     return None
 
 

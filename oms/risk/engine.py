@@ -3,7 +3,7 @@
 ``check_submit`` runs at intake for every new order and again when a queued, delayed or
 conditional order is released (``at_release=True``): the market and the account may have
 moved meanwhile. ``check_amend`` and ``check_cancel`` guard the other commands. All return a
-:class:`~oms.streams.validation.Rejection` or ``None``; none does I/O.
+:class:`~oms.schemas.rejection.Rejection` or ``None``; none does I/O.
 """
 
 from __future__ import annotations

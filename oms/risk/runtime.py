@@ -23,7 +23,6 @@ from oms.risk.book import RiskBook, utc_day
 from oms.risk.controls import Send, account_subject, publish_change
 from oms.risk.engine import RiskEngine
 from oms.risk.feeds import RiskFeeds
-from oms.risk.strategy import execution_strategy
 from oms.schemas import (
     CommandType,
     DeadLetter,
@@ -100,11 +99,6 @@ class IntakeGuard:
     def note_accepted(self, order: OrderRecord) -> None:
         if self.checks_enabled:
             self.engine.note_accepted(order)
-
-    def strategy_details(self, request: OrderRequest) -> dict[str, str]:
-        """How the order executes and why, for its accepted/submitted event."""
-        strategy, reason = execution_strategy(request, self.settings)
-        return {"execution_strategy": strategy.value, "execution_reason": reason}
 
     async def ready(self) -> None:
         """Wait until the book holds everything that was on the risk topics at start."""

@@ -44,7 +44,7 @@ class CommandType(StrEnum):
 
 
 class OrderStatus(StrEnum):
-    """Our order state machine (see :mod:`oms.streams.state_machine`)."""
+    """Our order state machine (see :mod:`oms.orders.state_machine`)."""
 
     PENDING = "pending"  # accepted by intake, not yet sent
     WAITING = "waiting"  # held until its time or its conditions come (delayed, conditional)

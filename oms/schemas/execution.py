@@ -7,6 +7,20 @@ from pydantic import Field
 from oms.schemas.base import Record, now_ms
 from oms.schemas.enums import CommandType, Direction, ExchangeOrderState, ReportSource
 
+# Error codes of the OMS's own, carried in ``ExecutionReport.error_code`` next to Deribit's.
+# Client-side failures, outside Deribit's ranges, so every error has an int code for metrics.
+CONNECTION_LOST = -1001
+REQUEST_TIMEOUT = -1002
+CLIENT_RATE_LIMITED = -1003
+# Outcomes of the error strategies, reported like exchange errors so the state machine has one
+# path for "a submit did not make it".
+RETRIES_EXHAUSTED = -1004
+NEEDS_REVIEW = -1005
+# Reconciliation (oms.lifecycle.reconcile): an acknowledged order the exchange did not know
+# after every check, and an answer about an order that is not the one we asked for.
+LOST_AT_VENUE = -1006
+LABEL_MISMATCH = -1007
+
 
 class Fill(Record):
     """One trade of an order (Deribit ``user.trades`` item, trimmed)."""

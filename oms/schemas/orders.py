@@ -140,7 +140,7 @@ class OrderRecord(Record):
     expire_at: int | None = None  # waiting orders expire at this time if not triggered
     queued_at: int | None = None  # entered the priority queue (arrival order within priority)
     triggered_at: int | None = None
-    # Linked orders (oms.streams.links): group type, role, parent/siblings/children, and the
+    # Linked orders (oms.orders.links): group type, role, parent/siblings/children, and the
     # fills reported by the others (monotonic facts).
     links: dict[str, Any] | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)

@@ -21,12 +21,12 @@ import structlog
 
 from oms.exchange.deribit.rate_limit import RateLimiter
 from oms.exchange.errors import ExchangeError
+from oms.orders.priority_queue import PriorityQueues
 from oms.schemas import OrderRecord, OrderStatus, ReasonCode, now_ms
 from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
 from oms.streams.execution import OrderExecutor
-from oms.streams.priority_queue import PriorityQueues
 
 log = structlog.get_logger(__name__)
 

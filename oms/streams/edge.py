@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from oms.auth.signing import Headers
 from oms.auth.verify import Authenticator
+from oms.orders.validation import ParseFailure, parse_request
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -32,7 +33,6 @@ from oms.schemas import (
 from oms.schemas.commands import CommandOrigin, OrderCommand, OriginKind
 from oms.schemas.rejection import Rejection
 from oms.streams.context import Outputs
-from oms.streams.validation import ParseFailure, parse_request
 
 
 @dataclass(kw_only=True)

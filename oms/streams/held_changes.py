@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from oms.orders.links import announce
+from oms.orders.state_machine import make_event, transition
 from oms.schemas import OrderEventType, OrderRecord, OrderStatus, ReasonCode, now_ms
 from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
-from oms.streams.links import announce
-from oms.streams.state_machine import make_event, transition
 
 
 async def amend_in_table(

@@ -21,9 +21,9 @@ import structlog
 from pydantic import ValidationError
 
 from oms.conditions.engine import Fired, TriggerEngine
+from oms.orders.priority_queue import PriorityQueues
 from oms.schemas import OrderRecord, OrderStatus
 from oms.schemas.conditions import parse_condition
-from oms.streams.priority_queue import PriorityQueues
 
 log = structlog.get_logger(__name__)
 

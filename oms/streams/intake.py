@@ -19,6 +19,11 @@ from pydantic import ValidationError
 from oms.algos import twap
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
+from oms.orders.links import plan_children
+from oms.orders.params import parse_params
+from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
+from oms.orders.state_machine import make_event, reannouncement, transition
+from oms.orders.validation import summarize_validation_error, validate_submit
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -39,10 +44,6 @@ from oms.streams.edge import unauthenticated
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.links import plan_children
-from oms.streams.scheduling import Schedule, Strategy, plan_schedule
-from oms.streams.state_machine import make_event, reannouncement, transition
-from oms.streams.validation import summarize_validation_error, validate_submit
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -152,11 +153,6 @@ async def _submit(
             ctx.count("duplicates")
             await ctx.emit(_duplicate_event(existing, request))
         return
-    if ctx.guard is not None and links is None:
-        # Above the configured size an immediate order is sliced (TWAP) rather than sent.
-        risk = ctx.guard.settings.risk
-        sliced = twap.auto_slice(request, risk.slice_above_amount, risk.slice_duration_s)
-        request = sliced or request
     order = _record_from_request(request)
     order.links = links
     now = now_ms()
@@ -168,41 +164,31 @@ async def _submit(
             message = f"contingency: {summarize_validation_error(exc)}"
             await _reject(ctx, order, Rejection(ReasonCode.SCHEMA_INVALID, message))
             return
-    rejection: Rejection | Schedule | None = validate_submit(
-        request, ctx.instrument(request.instrument_name), ctx.account_known(request.account_id)
-    )
-    if rejection is None:  # lifecycle policies and execution algorithms (issue 6)
-        rejection = review.check_submit(request, ctx.instrument(request.instrument_name))
-    if rejection is None and ctx.guard is not None:  # pre-trade risk (issue 9)
-        rejection = ctx.guard.check_submit(order, at_release=False)
-    if rejection is None:
-        rejection = plan_schedule(
-            request, now_ms=now, settings=ctx.queue_settings, instrument=ctx.instrument
-        )
-    if isinstance(rejection, Schedule):
-        schedule = rejection
-    else:
-        await _reject(ctx, order, rejection)
+    decision = _decide(ctx, request, order, now, linked=links is not None)
+    if isinstance(decision, Rejection):
+        await _reject(ctx, order, decision)
         return
+    schedule = decision
     if links is not None and links.get("hold"):
         await _hold_for_parent(ctx, order, schedule)
-    elif schedule.strategy is not Strategy.IMMEDIATE:
-        await _hold(ctx, order, schedule, now, replayed)
-    elif twap.is_twap(request.metadata):
+    elif schedule.strategy is Strategy.SLICED:
         # An execution algorithm's parent: worked by the worker's timer, never sent itself.
+        assert schedule.twap is not None
         spec = ctx.instrument(request.instrument_name)
-        working, event = twap.start_parent(order, spec.min_trade_amount)
-        event.details["strategy"] = "sliced"
+        working, event = twap.start_parent(order, schedule.twap, spec.min_trade_amount)
+        event.details.update(_decided(schedule))
         ctx.orders[order_id] = working
         await ctx.emit(event)
+    elif schedule.strategy is not Strategy.IMMEDIATE:
+        await _hold(ctx, order, schedule, now, replayed)
     else:
         # One event for "accepted and sent": its previous_status (pending) says it was accepted.
         submitted, submitted_event = transition(order, OrderStatus.SUBMITTED)
-        submitted_event.details["strategy"] = Strategy.IMMEDIATE.value
+        submitted_event.details.update(_decided(schedule))
+        submitted_event.details["execution_strategy"] = schedule.strategy.value
         ctx.orders[order_id] = submitted
         if ctx.guard is not None:
             ctx.guard.note_accepted(submitted)
-            submitted_event.details.update(ctx.guard.strategy_details(request))
         await ctx.emit(submitted_event)
         await ctx.executor.submit(submitted, check_label_first=replayed)
     # Children go through the same topic as the facts about this order will, so they exist
@@ -216,6 +202,44 @@ async def _submit(
                 details={"request": child.model_dump(mode="json"), "links": child_links},
             )
         )
+
+
+def _decide(
+    ctx: IntakeContext, request: OrderRequest, order: OrderRecord, now: int, *, linked: bool
+) -> Schedule | Rejection:
+    """Every check of a new order, then how it executes: the instrument and account, its
+    typed parameters (parsed from ``metadata`` here, once), its algorithm against the
+    instrument, pre-trade risk, then its timing and strategy."""
+    spec = ctx.instrument(request.instrument_name)
+    rejection = validate_submit(request, spec, ctx.account_known(request.account_id))
+    if rejection is not None:
+        return rejection
+    params = parse_params(request.metadata)
+    if isinstance(params, Rejection):
+        return params
+    rejection = review.check_submit(request, spec, params)
+    if rejection is None and ctx.guard is not None:
+        rejection = ctx.guard.check_submit(order, at_release=False)
+    if rejection is not None:
+        return rejection
+    # Above the configured size an immediate order is sliced (TWAP) rather than sent; a linked
+    # order keeps the size its group was planned with.
+    slicing = None
+    if ctx.guard is not None and not linked:
+        slicing = AutoSlicing.from_settings(ctx.guard.settings.risk)
+    return plan_schedule(
+        request,
+        now_ms=now,
+        settings=ctx.queue_settings,
+        instrument=ctx.instrument,
+        algo=params.algo,
+        slicing=slicing,
+    )
+
+
+def _decided(schedule: Schedule) -> dict[str, Any]:
+    """The strategy and its reason, for the order's first event."""
+    return {"strategy": schedule.strategy.value, "execution_reason": schedule.reason}
 
 
 async def _hold_for_parent(ctx: IntakeContext, order: OrderRecord, schedule: Schedule) -> None:
@@ -268,7 +292,7 @@ async def _hold(
             "expire_at": schedule.expire_at,
         }
     )
-    details: dict[str, Any] = {"strategy": schedule.strategy.value}
+    details = _decided(schedule)
     if not schedule.held:
         if ctx.held.queues.depth() >= ctx.queue_settings.max_queue_size:
             ctx.held.queues.rejected_total += 1

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 import structlog
 
 from oms.algos import twap
+from oms.orders.links import facts_about
+from oms.orders.state_machine import Outcome, apply_report, lost_alert, reannouncement
 from oms.schemas import ExecutionReport, OrderRecord
 from oms.schemas.conditions import OrderTrigger
 from oms.streams.context import AgentContext
-from oms.streams.links import facts_about
-from oms.streams.state_machine import Outcome, apply_report, lost_alert, reannouncement
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(kw_only=True)
 class OrderStateContext(AgentContext):
-    """Order state also tells linked orders about fills (``oms.streams.links``) and forwards
+    """Order state also tells linked orders about fills (``oms.orders.links``) and forwards
     a child order's news to its parent (execution algorithms)."""
 
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]

@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from oms.orders.links import (
+    EPSILON,
+    announce,
+    desired_amount,
+    link_request_id,
+    parent_ended_unfilled,
+    record_fact,
+)
+from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.schemas import (
     CommandType,
     InstrumentSpec,
@@ -29,15 +38,6 @@ from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.links import (
-    EPSILON,
-    announce,
-    desired_amount,
-    link_request_id,
-    parent_ended_unfilled,
-    record_fact,
-)
-from oms.streams.state_machine import make_event, reannouncement, transition
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired

@@ -32,6 +32,7 @@ from oms.kafka.faust_patches import StallHealer
 from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.lifecycle.wiring import LifecycleWiring
+from oms.orders.priority_queue import PriorityQueues
 from oms.risk.runtime import create_intake_guard, register_guard
 from oms.schemas import (
     DeadLetter,
@@ -54,7 +55,6 @@ from oms.streams.execution import ExchangeSessions, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
-from oms.streams.priority_queue import PriorityQueues
 from oms.streams.release import ReleaseContext, handle_trigger
 from oms.streams.tick_feed import TickFeed
 from oms.streams.triggering import TriggerLoop

@@ -12,11 +12,11 @@ import pytest
 
 from oms.auth import Authenticated, Authenticator, NonceStore, compute_signature, sign_headers
 from oms.auth.signing import signing_payload
+from oms.orders.validation import parse_request
 from oms.schemas import OrderRequest, ReasonCode, derive_order_id, now_ms
 from oms.schemas.rejection import Rejection
 from oms.secrets import SigningKey, SigningKeys, write_signing_keys
 from oms.settings import RiskSettings
-from oms.streams.validation import parse_request
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "signing"
 VECTORS = json.loads((EXAMPLES / "vectors.json").read_text())

@@ -15,7 +15,7 @@ from oms.benchmarks.hostile import (
     run_hostile,
     valid_orders,
 )
-from oms.streams.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
+from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 
 ACCOUNTS = ["acct-a", "acct-b"]
 

@@ -13,6 +13,7 @@ from oms.exchange.deribit.venue import DeribitVenue
 from oms.exchange.errors import LOST_AT_VENUE, OrderNotFound
 from oms.lifecycle.reconcile import OrderReconciler
 from oms.notify.rules import notice_from_event
+from oms.orders.state_machine import Outcome, apply_report
 from oms.schemas import (
     CommandType,
     ExecutionReport,
@@ -26,8 +27,7 @@ from oms.schemas import (
 from oms.schemas.notify_settings import NotificationType
 from oms.settings import LifecycleSettings, Settings
 from oms.streams.execution import OrderExecutor
-from oms.streams.state_machine import Outcome, apply_report
-from tests.streams.factories import order_record
+from tests.orders.factories import order_record
 
 INTERVAL = 0.05
 

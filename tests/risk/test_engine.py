@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
 from oms.risk.book import RiskBook
 from oms.risk.engine import RiskEngine
-from oms.risk.strategy import ExecutionStrategy, execution_strategy
 from oms.schemas import (
     Direction,
     InstrumentSpec,
@@ -125,21 +125,44 @@ def request(**kw: object) -> OrderRequest:
 
 def test_execution_strategy() -> None:
     settings = Settings(risk=RiskSettings(slice_above_amount=1_000))
+    now = now_ms()
+    in_a_minute = now + 60_000
     cases = [
-        (request(), ExecutionStrategy.IMMEDIATE),
-        (request(execute_immediately=False, priority="high"), ExecutionStrategy.QUEUED),
-        (request(amount=5_000), ExecutionStrategy.SLICED),
-        (request(conditions=[{"type": "time", "op": ">=", "value": 1}]), ExecutionStrategy.DELAYED),
+        (request(), Strategy.IMMEDIATE),
+        (request(execute_immediately=False, priority="high"), Strategy.QUEUED),
+        (request(amount=5_000), Strategy.SLICED),
         (
-            request(conditions=[{"field": "last_price", "op": ">=", "value": 70_000}]),
-            ExecutionStrategy.CONDITIONAL,
+            request(conditions=[{"kind": "time", "operator": ">=", "value": in_a_minute}]),
+            Strategy.DELAYED,
+        ),
+        (
+            request(
+                conditions=[
+                    {"kind": "price", "field": "last_price", "operator": ">=", "value": 70_000}
+                ]
+            ),
+            Strategy.CONDITIONAL,
         ),
     ]
+
+    def decide(req: OrderRequest) -> Schedule:
+        schedule = plan_schedule(
+            req,
+            now_ms=now,
+            settings=settings.queue,
+            instrument=lambda name: PERP if name == PERP.instrument_name else None,
+            slicing=AutoSlicing.from_settings(settings.risk),
+        )
+        assert isinstance(schedule, Schedule), (req, schedule)
+        return schedule
+
     for req, want in cases:
-        strategy, reason = execution_strategy(req, settings)
-        assert strategy is want, (req, strategy)
-        assert reason
-    assert "high" in execution_strategy(cases[1][0], settings)[1]
+        schedule = decide(req)
+        assert schedule.strategy is want, (req, schedule)
+        assert schedule.reason
+    assert "high" in decide(cases[1][0]).reason
+    sliced = decide(cases[2][0]).twap
+    assert sliced is not None and sliced.slices == 5  # one per threshold of amount
 
 
 def test_exchange_account_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -27,8 +27,7 @@ from oms.schemas.commands import (
 )
 from oms.settings import QueueSettings
 from oms.streams.intake import IntakeContext, handle_command
-
-from .factories import order_record
+from tests.orders.factories import order_record
 
 
 class KafkaBackedTable(dict[str, Any]):

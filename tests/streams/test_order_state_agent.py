@@ -38,8 +38,7 @@ async def test_a_lost_order_is_cancelled_with_its_emergency_and_a_replay_raises_
     from oms.lifecycle.reconcile import lost_report
     from oms.schemas import OrderEventType, OrderStatus
     from oms.streams.order_state import OrderStateContext
-
-    from .factories import order_record
+    from tests.orders.factories import order_record
 
     events: list[OrderEvent] = []
 

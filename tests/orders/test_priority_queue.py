@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from oms.orders.priority_queue import PriorityQueues
 from oms.schemas import Direction, OrderRecord, OrderStatus, OrderType, Priority
-from oms.streams.priority_queue import PriorityQueues
 
 
 def order(n: int, priority: str, account: str = "a", at: int = 1_000, **kw: object) -> OrderRecord:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from oms.exchange.errors import LOST_AT_VENUE, NEEDS_REVIEW, RETRIES_EXHAUSTED
+from oms.orders.reasons import reason_for_exchange_code
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -29,7 +29,7 @@ from oms.schemas import (
     ReportSource,
     now_ms,
 )
-from oms.streams.reasons import reason_for_exchange_code
+from oms.schemas.execution import LOST_AT_VENUE, NEEDS_REVIEW, RETRIES_EXHAUSTED
 
 # Fractional amounts (options) are floats on the wire; compare with a tolerance well below
 # any instrument's minimum amount.

@@ -2,9 +2,9 @@
 
 This is an in-memory index. The durable copy of every queued order is its record in the
 changelog-backed ``orders`` table (status ``queued``, priority, ``queued_at``); after a crash or
-a rebalance the worker rebuilds these queues from the table (see ``held_orders``). Items
-rebuilt that way are *uncertain*: the previous owner may have sent them just before it died,
-so the executor looks them up by label before sending.
+a rebalance the worker rebuilds these queues from the table (:mod:`oms.streams.held_orders`).
+Items rebuilt that way are *uncertain*: the previous owner may have sent them just before it
+died, so the executor looks them up by label before sending.
 
 One heap per account, because Deribit meters each sub-account separately: a throttled account
 must not hold back the others, and within an account a high-priority order overtakes every

@@ -1,13 +1,16 @@
-"""Where intake decides *when* an order goes out: now, in a priority queue, after a delay, or
-when its conditions come. Pure functions, no I/O.
+"""Where intake decides how and *when* an order goes out: now, in a priority queue, after a
+delay, when its conditions come, or sliced over time (TWAP). The one execution-strategy
+decision of the OMS, with a human reason for it. Pure functions, no I/O.
 
 A request is held (status ``waiting``) when it has conditions or a release time in the future;
 ``execute_immediately=false`` without either puts it straight into the priority queue
-(``queued``); everything else is sent at once.
+(``queued``); everything else is sent at once, unless it is a TWAP parent: one that asks for
+the algorithm, or one above the slicing threshold (:class:`AutoSlicing`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from oms.orders.params import MAX_SLICES, AlgoParams, TwapParams
+from oms.orders.validation import summarize_validation_error
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode
 from oms.schemas.conditions import (
     ExpirationCondition,
@@ -25,8 +30,7 @@ from oms.schemas.conditions import (
     parse_condition,
 )
 from oms.schemas.rejection import Rejection
-from oms.settings import QueueSettings
-from oms.streams.validation import summarize_validation_error
+from oms.settings import QueueSettings, RiskSettings
 
 AnyCondition = PriceCondition | TimeCondition | TrailingCondition | ExpirationCondition
 
@@ -35,20 +39,40 @@ PAST_GRACE_MS = 1_000
 
 
 class Strategy(StrEnum):
-    IMMEDIATE = "immediate"
-    QUEUED = "queued"
-    DELAYED = "delayed"
-    CONDITIONAL = "conditional"
+    IMMEDIATE = "immediate"  # sent to the exchange now
+    QUEUED = "queued"  # waits for its turn in its account's priority queue (rate limit)
+    DELAYED = "delayed"  # held until a time (execute_at, delay, time conditions), then queued
+    CONDITIONAL = "conditional"  # held until market conditions hold, then queued
+    SLICED = "sliced"  # a TWAP parent: worked as child orders over time, never sent itself
+
+
+@dataclass(frozen=True)
+class AutoSlicing:
+    """Immediate orders above ``above`` (amount) are worked as a TWAP over ``duration_s``,
+    one slice per ``above`` of amount (at most ``MAX_SLICES``, at least a lot each)."""
+
+    above: float
+    duration_s: float
+
+    @classmethod
+    def from_settings(cls, risk: RiskSettings) -> AutoSlicing | None:
+        """The risk settings' slicing (``slice_above_amount``); None: never slice."""
+        if risk.slice_above_amount is None:
+            return None
+        return cls(above=risk.slice_above_amount, duration_s=risk.slice_duration_s)
 
 
 @dataclass
 class Schedule:
-    """How and when an accepted order executes, with the parsed conditions."""
+    """How and when an accepted order executes, why, with the parsed conditions."""
 
     strategy: Strategy
+    reason: str
     conditions: list[AnyCondition] = field(default_factory=list)
     release_at: int | None = None
     expire_at: int | None = None
+    # SLICED: the parent's parameters (asked for, or chosen by the slicing threshold).
+    twap: TwapParams | None = None
 
     @property
     def held(self) -> bool:
@@ -65,8 +89,17 @@ def plan_schedule(
     now_ms: int,
     settings: QueueSettings,
     instrument: Callable[[str | None], InstrumentSpec | None],
+    algo: AlgoParams | None = None,
+    slicing: AutoSlicing | None = None,
 ) -> Schedule | Rejection:
-    """Validate the timing fields of a submit and decide its strategy."""
+    """Validate the timing fields of a submit and decide its strategy.
+
+    ``algo``: the request's parsed execution algorithm; ``slicing``: the size above which an
+    immediate order is sliced (None: never). Precedence: conditions (market ones make it
+    conditional, time ones alone delayed), then a release time, then
+    ``execute_immediately=false`` (queued at its priority), then TWAP (asked for, or above the
+    slicing threshold), else now.
+    """
     if len(request.conditions) > settings.max_conditions:
         return Rejection(
             ReasonCode.TOO_MANY_CONDITIONS,
@@ -107,16 +140,59 @@ def plan_schedule(
         if isinstance(cond, ExpirationCondition):
             at = now_ms + int(cond.seconds * 1000)
             expire_at = at if expire_at is None else min(expire_at, at)
+
+    def decided(strategy: Strategy, reason: str, twap: TwapParams | None = None) -> Schedule:
+        return Schedule(strategy, reason, conditions, release, expire_at, twap)
+
     waits_for = [c for c in conditions if not isinstance(c, ExpirationCondition)]
+    market = [c for c in waits_for if not isinstance(c, TimeCondition)]
+    if market:
+        reason = f"{len(market)} market condition(s) must hold first"
+        return decided(Strategy.CONDITIONAL, reason)
     if waits_for:
-        strategy = Strategy.CONDITIONAL
-    elif release is not None and release > now_ms:
-        strategy = Strategy.DELAYED
-    elif not request.execute_immediately or release is not None:
-        strategy = Strategy.QUEUED
-    else:
-        strategy = Strategy.IMMEDIATE
-    return Schedule(strategy, conditions, release, expire_at)
+        reason = f"held until its {len(waits_for)} time condition(s) hold"
+        return decided(Strategy.DELAYED, reason)
+    if release is not None and release > now_ms:
+        reason = f"scheduled at {release} ({(release - now_ms) / 1000:g} s ahead)"
+        return decided(Strategy.DELAYED, reason)
+    if not request.execute_immediately or release is not None:
+        why = "execute_immediately is false" if release is None else "its time has come"
+        reason = f"{why}: queued at priority {request.priority.value}"
+        return decided(Strategy.QUEUED, reason)
+    if isinstance(algo, TwapParams):
+        reason = f"TWAP asked for: {algo.slices} slices over {algo.duration_s:g} s"
+        return decided(Strategy.SLICED, reason, algo)
+    sliced = _auto_slice(request, algo, slicing, instrument)
+    if sliced is not None:
+        assert slicing is not None and request.amount is not None
+        reason = f"amount {request.amount:g} exceeds the slicing threshold {slicing.above:g} (TWAP)"
+        return decided(Strategy.SLICED, reason, sliced)
+    reason = "execute_immediately, no conditions" + (", within size" if slicing else "")
+    return decided(Strategy.IMMEDIATE, reason)
+
+
+def _auto_slice(
+    request: OrderRequest,
+    algo: AlgoParams | None,
+    slicing: AutoSlicing | None,
+    instrument: Callable[[str | None], InstrumentSpec | None],
+) -> TwapParams | None:
+    """The TWAP an immediate order above the slicing threshold becomes; None: sent as is
+    (below it, running another algorithm, with conditions, or linked)."""
+    amount = request.amount
+    if slicing is None or amount is None or amount <= slicing.above:
+        return None
+    if algo is not None or request.conditions or request.contingency is not None:
+        return None
+    slices = min(MAX_SLICES, math.ceil(amount / slicing.above))
+    spec = instrument(request.instrument_name)
+    if spec is not None:  # never more slices than whole lots
+        slices = max(1, min(slices, round(amount / spec.min_trade_amount)))
+    return TwapParams(
+        duration_s=slicing.duration_s,
+        slices=slices,
+        reason=f"amount {amount:g} above the slicing threshold {slicing.above:g}",
+    )
 
 
 def _parse(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from oms.orders.validation import ParseFailure, parse_request, validate_submit
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode, derive_order_id
-from oms.streams.validation import ParseFailure, parse_request, validate_submit
 
 BTC_PERP = InstrumentSpec(
     instrument_name="BTC-PERPETUAL",

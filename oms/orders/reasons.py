@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from oms.exchange.errors import (
+from oms.schemas import ReasonCode
+from oms.schemas.execution import (
     CLIENT_RATE_LIMITED,
     CONNECTION_LOST,
     LOST_AT_VENUE,
@@ -10,7 +11,6 @@ from oms.exchange.errors import (
     REQUEST_TIMEOUT,
     RETRIES_EXHAUSTED,
 )
-from oms.schemas import ReasonCode
 
 # Deribit error codes (see shared NOTES.md and the official spec); unlisted codes are
 # reported as a generic exchange rejection with the code kept in the event details.

@@ -1,4 +1,4 @@
-"""Test data for the stream agents."""
+"""Test data for the order domain and the agents that apply it."""
 
 from __future__ import annotations
 

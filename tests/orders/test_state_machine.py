@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oms.orders.state_machine import IllegalTransition, Outcome, apply_report, transition
 from oms.schemas import (
     CommandType,
     ExchangeOrderState,
@@ -12,7 +13,6 @@ from oms.schemas import (
     ReasonCode,
     ReportSource,
 )
-from oms.streams.state_machine import IllegalTransition, Outcome, apply_report, transition
 
 from .factories import order_record as _order
 
@@ -131,7 +131,7 @@ def test_illegal_direct_transition_raises() -> None:
 
 
 def test_reannouncement_repeats_the_current_status_event() -> None:
-    from oms.streams.state_machine import reannouncement
+    from oms.orders.state_machine import reannouncement
 
     opened = apply_report(_order(), _report(ExchangeOrderState.OPEN, 0, 1))
     again = reannouncement(opened.order)

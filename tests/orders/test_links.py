@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from oms.schemas import Direction, OrderRecord, OrderRequest, OrderStatus
-from oms.schemas.conditions import TriggerKind
-from oms.streams.links import (
+from oms.orders.links import (
     desired_amount,
     facts_about,
     parent_ended_unfilled,
     plan_children,
     record_fact,
 )
+from oms.schemas import Direction, OrderRecord, OrderRequest, OrderStatus
+from oms.schemas.conditions import TriggerKind
 
 
 def bracket_request(kind: str = "bracket", **child: object) -> OrderRequest:
