@@ -17,14 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from oms.backoff import Backoff
 from oms.notify.channels import ChannelFactory, DeliveryError, Message
 from oms.notify.model import Pending
 from oms.notify.secrets import NotifySecrets
@@ -61,6 +56,8 @@ class Deliverer:
         self.state = state
         self.secrets = secrets
         self.publish = publish
+        # Full jitter: the notifications a provider outage failed together retry spread out.
+        self._backoff = Backoff(config.retry_base_delay_s, config.retry_max_delay_s)
         self.attempts: Counter[str] = Counter()  # sent / failed / deduplicated
         self.by_channel: Counter[str] = Counter()
         self.notifications: Counter[str] = Counter()  # delivered / undelivered
@@ -131,12 +128,10 @@ class Deliverer:
         attempt = 0
 
         def wait(state: RetryCallState) -> float:
-            base = wait_exponential_jitter(
-                multiplier=self.config.retry_base_delay_s, max=self.config.retry_max_delay_s
-            )(state)
+            # A provider that says when to come back (a rate limit) is waited for that long.
             exc = state.outcome.exception() if state.outcome else None
             hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
-            return max(base, hint or 0.0)
+            return max(self._backoff(state), hint or 0.0)
 
         try:
             async for try_ in AsyncRetrying(
