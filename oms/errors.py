@@ -38,42 +38,4 @@ class InvalidOrderError(AdvancedOrderError):
     default_reason = ReasonCode.SCHEMA_INVALID
 
 
-class OrderQueueError(AdvancedOrderError):
-    """The priority queue could not take or hand out an order."""
-
-    default_reason = ReasonCode.QUEUE_FULL
-
-
-class ConditionEvaluationError(AdvancedOrderError):
-    """A condition of a conditional order could not be evaluated."""
-
-    default_reason = ReasonCode.CONDITION_UNEVALUABLE
-
-
-class PositionRecordingError(AdvancedOrderError):
-    """A fill could not be recorded in the positions."""
-
-    default_reason = ReasonCode.INCONSISTENT_FILL
-
-
-class NotificationError(AdvancedOrderError):
-    """A notification could not be delivered."""
-
-    default_reason = ReasonCode.INTERNAL_ERROR
-
-
-class LifecycleError(AdvancedOrderError):
-    """A lifecycle rule gave up on an order (retries exhausted, parked for review)."""
-
-    default_reason = ReasonCode.RETRIES_EXHAUSTED
-
-
-__all__ = [
-    "AdvancedOrderError",
-    "ConditionEvaluationError",
-    "InvalidOrderError",
-    "LifecycleError",
-    "NotificationError",
-    "OrderQueueError",
-    "PositionRecordingError",
-]
+__all__ = ["AdvancedOrderError", "InvalidOrderError"]

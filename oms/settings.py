@@ -90,6 +90,10 @@ class SinkSettings(BaseModel):
         1_000, ge=0, description="keep at most one tick per instrument per period"
     )
     retention_days: int = Field(90, ge=1)
+    # A failed insert (or dead-letter send) is retried forever, never sooner than retry_min_s
+    # after the previous attempt and never later than retry_max_s.
+    retry_min_s: float = Field(0.2, ge=0)
+    retry_max_s: float = Field(10.0, ge=0)
 
 
 class WorkerSettings(BaseModel):

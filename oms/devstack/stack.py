@@ -35,6 +35,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.table import Table
 
+from oms.backoff import Backoff
 from oms.devstack.kafka import DevstackError, KafkaBroker, port_open
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
@@ -45,6 +46,10 @@ from oms.secrets import (
     write_signing_keys,
 )
 from oms.settings import Settings, get_settings
+
+# The first restart of a crashed child comes within this long; later ones back off to
+# Supervisor.max_backoff_s.
+_RESTART_BASE_S = 1.0
 
 # --------------------------------------------------------------------------- Stack (library)
 
@@ -455,8 +460,11 @@ class Supervisor:
             if not child.alive():
                 assert child.proc is not None
                 child.exit_code = child.proc.returncode
-                # Backoff grows with restarts so a crash loop does not eat the machine.
-                delay = min(self.max_backoff_s, 2.0 ** min(child.restarts, 5))
+                # Backoff grows with restarts so a crash loop does not eat the machine (equal
+                # jitter: every wait at least half its step). Not a retry loop for tenacity:
+                # the restart is scheduled here and done by a later tick.
+                backoff = Backoff(_RESTART_BASE_S, self.max_backoff_s, jitter="equal")
+                delay = backoff.delay(child.restarts + 1)
                 child.state = "backoff"
                 child.next_start = now + delay
                 self.on_event(

@@ -11,15 +11,15 @@ machine drops stale and repeated ones), so a restart or a reconnect may repeat s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import defaultdict
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
 from oms.exchange.errors import ExchangeError
 from oms.exchange.translate import report_from_order, report_from_trades
 from oms.schemas import ExecutionReport, MarketTick, ReportSource, Topic
@@ -128,15 +128,18 @@ class ExchangeGateway:
 
     async def _connect(self, client: DeribitClient) -> None:
         """Connect, waiting for the exchange to come up (it may start after us)."""
-        delay = self.settings.exchange.reconnect_min_delay
-        while True:
-            try:
+
+        def failed(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("gateway.connect_failed", client=client.name, error=str(error))
+
+        async for attempt in AsyncRetrying(
+            wait=reconnect_backoff(self.settings.exchange),
+            retry=retry_if_exception_type((OSError, TimeoutError, ExchangeError)),
+            before_sleep=failed,
+        ):
+            with attempt:
                 await client.connect()
-                return
-            except (OSError, TimeoutError, ExchangeError) as exc:
-                log.warning("gateway.connect_failed", client=client.name, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.exchange.reconnect_max_delay)
 
     async def _start_market_data(self) -> None:
         exchange = self.settings.exchange

@@ -10,7 +10,7 @@ import asyncio
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
 from oms.schemas import InstrumentSpec
 from oms.settings import ExchangeSettings
 
@@ -72,14 +72,12 @@ class InstrumentCatalog:
         self._task = asyncio.create_task(self._run(), name="instrument-catalog")
 
     async def _run(self) -> None:
-        delay = 0.5
+        # Not a tenacity loop: it never ends. Until the first load it backs off like a
+        # reconnect; after that a refresh, failed or not, comes every refresh_s.
+        delays = reconnect_backoff(self._settings).delays()
         while True:
             try:
                 await self.load()
             except Exception as exc:
                 log.warning("instruments.load_failed", error=str(exc))
-            if self._loaded.is_set():
-                await asyncio.sleep(self._refresh_s)
-            else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            await asyncio.sleep(self._refresh_s if self._loaded.is_set() else next(delays))

@@ -1,6 +1,10 @@
-"""Delivering one pending notification: channels in fallback order (or all at once for an
-emergency), retries with tenacity, one idempotency key per (notification, channel), and a
-NotificationRecord for every attempt.
+"""Delivering notifications.
+
+:class:`DeliveryLoop` takes what is due from the aggregator every tick and runs the sends,
+a bounded number at once. :class:`Deliverer` delivers one pending notification: channels in
+fallback order (or all at once for an emergency), retries with tenacity and the system's one
+backoff policy, one idempotency key per (notification, channel), and a NotificationRecord for
+every attempt.
 
 Idempotency: ``d:<nid>|<channel>`` in the state store says ``sent`` once a channel took the
 message, so a restarted notifier skips it. For channels that are not idempotent at the
@@ -12,20 +16,17 @@ texting the recipient a second time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from oms.backoff import Backoff
 from oms.notify.channels import ChannelFactory, DeliveryError, Message
+from oms.notify.intake import CommitGate
 from oms.notify.model import Pending
 from oms.notify.secrets import NotifySecrets
 from oms.notify.state import StateStore
@@ -61,6 +62,8 @@ class Deliverer:
         self.state = state
         self.secrets = secrets
         self.publish = publish
+        # Full jitter: the notifications a provider outage failed together retry spread out.
+        self._backoff = Backoff(config.retry_base_delay_s, config.retry_max_delay_s)
         self.attempts: Counter[str] = Counter()  # sent / failed / deduplicated
         self.by_channel: Counter[str] = Counter()
         self.notifications: Counter[str] = Counter()  # delivered / undelivered
@@ -131,12 +134,10 @@ class Deliverer:
         attempt = 0
 
         def wait(state: RetryCallState) -> float:
-            base = wait_exponential_jitter(
-                multiplier=self.config.retry_base_delay_s, max=self.config.retry_max_delay_s
-            )(state)
+            # A provider that says when to come back (a rate limit) is waited for that long.
             exc = state.outcome.exception() if state.outcome else None
             hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
-            return max(base, hint or 0.0)
+            return max(self._backoff(state), hint or 0.0)
 
         try:
             async for try_ in AsyncRetrying(
@@ -225,3 +226,96 @@ class Deliverer:
             "success_rate": round(self.notifications["delivered"] / done, 4) if done else None,
             "attempt_success_rate": round(self.attempts["sent"] / tried, 4) if tried else None,
         }
+
+
+class DeliveryLoop:
+    """Every ``interval_s``, or sooner when kicked: takes the notifications due, makes their
+    sealing durable, and delivers them in the background, at most ``max_concurrent`` at once.
+
+    Nothing is taken while the intake holds a batch that is not committed (see
+    :class:`~oms.notify.intake.CommitGate`)."""
+
+    def __init__(
+        self,
+        *,
+        gate: CommitGate,
+        take_due: Callable[[], list[Pending]],
+        flush: Callable[[], Awaitable[object]],
+        deliver: Callable[[Pending], Awaitable[bool]],
+        delivered: Callable[[Pending], None],
+        release: Callable[[str], None],
+        interval_s: float,
+        max_concurrent: int,
+        stop_grace_s: float = 5.0,
+    ) -> None:
+        self._gate = gate
+        self._take_due = take_due
+        self._flush = flush
+        self._deliver = deliver
+        self._delivered = delivered
+        self._release = release
+        self._interval_s = interval_s
+        self._stop_grace_s = stop_grace_s
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def kick(self) -> None:
+        """Tick now rather than at the next interval (new input, a send finished)."""
+        self._kick.set()
+
+    async def start(self) -> None:
+        """Start ticking in the background."""
+        self._task = asyncio.create_task(self._run(), name="notify-tick")
+
+    async def stop(self) -> None:
+        """Stop ticking; let sends under way finish (and record their markers) for up to
+        ``stop_grace_s`` rather than cut them, then cancel the rest."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._sends:
+            _, unfinished = await asyncio.wait(set(self._sends), timeout=self._stop_grace_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._interval_s)
+            self._kick.clear()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("notify.tick_failed")
+                await asyncio.sleep(1.0)
+
+    async def tick(self) -> int:
+        """Seal and start delivering what is due; returns how many were started."""
+        async with self._gate.lock:
+            if not self._gate.committed:  # a failed batch: nothing is sent until it is
+                return 0
+            due = self._take_due()
+            # Sealed on the broker before any channel sees them (and finished ones marked).
+            await self._flush()
+            for pending in due:
+                task = asyncio.create_task(self._send(pending), name=f"notify-{pending.nid}")
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+            return len(due)
+
+    async def _send(self, pending: Pending) -> None:
+        try:
+            async with self._sem:
+                await self._deliver(pending)
+            self._delivered(pending)
+            # Its done marker is flushed by the next tick, with the channel markers.
+            self.kick()
+        except Exception:
+            log.exception("notify.deliver_failed", nid=pending.nid)
+        finally:
+            self._release(pending.nid)

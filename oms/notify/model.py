@@ -3,10 +3,18 @@ many notices to deliver together). Both are plain dicts on the state topic (orjs
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from oms.schemas.notify_settings import NotificationType, Severity
+
+
+def pending_id(account_id: str, group_key: str, first_notice: str, repeat: int = 0) -> str:
+    """The id of a pending notification: derived from its group and first notice (and the
+    repeat number of an alert), so the same input after a restart gives the same id."""
+    text = f"{account_id}\x00{group_key}\x00{first_notice}\x00{repeat}"
+    return "n-" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 @dataclass

@@ -18,18 +18,21 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import structlog
 
 from oms.exchange.deribit.client import DeribitClient
 from oms.schemas import OrderEvent, OrderEventType, now_ms
+from oms.schemas.notify_settings import NotificationSettings
 from oms.secrets import SecretStore
-
-if TYPE_CHECKING:
-    from oms.notify.service import Notifier
+from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+Accounts = Callable[[], Iterable[tuple[str, NotificationSettings]]]
+Publish = Callable[[OrderEvent], Awaitable[None]]
 
 
 def margin_ratio(summary: dict[str, Any]) -> float:
@@ -42,12 +45,16 @@ def margin_ratio(summary: dict[str, Any]) -> float:
 
 
 class AccountMonitor:
-    """Polls account summaries of accounts that asked for margin alerts."""
+    """Polls account summaries of accounts that asked for margin alerts.
 
-    def __init__(self, notifier: Notifier) -> None:
-        self.notifier = notifier
-        self.settings = notifier.settings
-        self.cfg = notifier.settings.notify
+    ``accounts`` gives the accounts' current notification settings; ``publish`` puts an
+    event on ``oms.order-events``."""
+
+    def __init__(self, settings: Settings, accounts: Accounts, publish: Publish) -> None:
+        self.settings = settings
+        self.cfg = settings.notify
+        self._accounts = accounts
+        self._publish_event = publish
         self.secrets = SecretStore(self.settings.resolved_secrets_file)
         self.clients: dict[str, DeribitClient] = {}
         self.in_breach: set[tuple[str, str]] = set()
@@ -55,6 +62,7 @@ class AccountMonitor:
         self.down_alerted: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.last_ratio: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -63,7 +71,23 @@ class AccountMonitor:
             "in_breach": sorted("|".join(k) for k in self.in_breach),
         }
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Poll every ``margin_check_interval_s`` in the background."""
+        self._task = asyncio.create_task(self._run(), name="notify-monitor")
+
+    async def stop(self) -> None:
+        """Stop polling and close the exchange connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+        self.clients.clear()
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self.check_all()
@@ -73,7 +97,7 @@ class AccountMonitor:
 
     async def check_all(self) -> None:
         """One round over every monitored account."""
-        for account_id, settings in list(self.notifier.accounts.items()):
+        for account_id, settings in list(self._accounts()):
             if settings.margin_call_ratio is None or not settings.enabled:
                 continue
             await self.check(account_id, settings.margin_call_ratio)
@@ -170,9 +194,4 @@ class AccountMonitor:
             details={**details, "alert_id": alert_id},
         )
         log.warning("notify.alert_event", alert_id=alert_id, message=message)
-        await self.notifier.publish_event(event)
-
-    async def close(self) -> None:
-        for client in self.clients.values():
-            with contextlib.suppress(Exception):
-                await client.close()
+        await self._publish_event(event)

@@ -83,8 +83,24 @@ class StateStore:
             self.data[key] = value
         self._dirty[key] = value
 
-    def items(self, prefix: str) -> list[tuple[str, Any]]:
+    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """The entries whose key starts with ``prefix`` (all of them by default)."""
         return [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
+
+    def forget_finished(self, cutoff_ms: int) -> int:
+        """Delete delivery markers (``d:``) and finished notifications (``p:`` marked done)
+        written before ``cutoff_ms``, so the state stays proportional to recent traffic
+        (compaction then removes them); returns how many. Pending notifications and alerts
+        are kept whatever their age."""
+        old = [
+            key
+            for key, value in self.data.items()
+            if (key.startswith("d:") or (key.startswith("p:") and value.get("done")))
+            and value.get("at", cutoff_ms) < cutoff_ms
+        ]
+        for key in old:
+            self.put(key, None)
+        return len(old)
 
     async def flush(self) -> int:
         """Produce every changed key and wait until the broker has them all, and everything

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.client import Client
 
+from oms.backoff import Backoff
 from oms.kafka.admin import ensure_topics
 from oms.schemas import Topic
 from oms.settings import Settings
@@ -84,12 +84,14 @@ class SinkService:
         self,
         settings: Settings,
         *,
-        retry_min_s: float = 0.2,
-        retry_max_s: float = 10.0,
+        retry_min_s: float | None = None,
+        retry_max_s: float | None = None,
     ) -> None:
         self.settings = settings
-        self.retry_min_s = retry_min_s
-        self.retry_max_s = retry_max_s
+        self.retry_min_s = settings.sink.retry_min_s if retry_min_s is None else retry_min_s
+        self.retry_max_s = settings.sink.retry_max_s if retry_max_s is None else retry_max_s
+        # Decorrelated: attempts are never closer than retry_min_s (min == max: a fixed delay).
+        self._backoff = Backoff(self.retry_min_s, self.retry_max_s, jitter="decorrelated")
         self.stats = SinkStats()
         self.group_id = f"{settings.worker.app_id}-sink"
         self.topics = [settings.topic(t.value) for t in SINK_TOPICS]
@@ -315,6 +317,7 @@ class SinkService:
 
     async def _insert_with_retry(self, batch: Batch) -> None:
         assert self._ch is not None
+        delays = self._backoff.delays()
         attempt = 0
         while True:
             self.stats.inserting = True
@@ -325,7 +328,7 @@ class SinkService:
                 self.stats.inserting = False
                 attempt += 1
                 self._record_failure(exc, attempt)
-                delay = self._retry_delay(attempt) * random.uniform(0.8, 1.2)
+                delay = next(delays)
                 assert self.stats.last_insert_error is not None
                 log.error(
                     "sink.insert_failed",
@@ -363,6 +366,7 @@ class SinkService:
             return
         assert self._producer is not None
         topic = self.settings.topic(Topic.DEAD_LETTERS.value)
+        delays = self._backoff.delays()
         attempt = 0
         while True:
             try:
@@ -376,17 +380,13 @@ class SinkService:
                 break
             except Exception as exc:
                 attempt += 1
-                delay = self._retry_delay(attempt)
+                delay = next(delays)
                 log.error(
                     "sink.dead_letter_failed", attempt=attempt, retry_in_s=round(delay, 2),
                     letters=len(batch.dead_letters), error=str(exc)[:300],
                 )  # fmt: skip
                 await self._wait_to_retry(delay, exc, "aborted with dead letters not sent")
         self.stats.dead_lettered += len(batch.dead_letters)
-
-    def _retry_delay(self, attempt: int) -> float:
-        """Exponential backoff from ``retry_min_s``, capped at ``retry_max_s``."""
-        return float(min(self.retry_max_s, self.retry_min_s * 2 ** (attempt - 1)))
 
     async def _wait_to_retry(self, delay: float, exc: Exception, aborted: str) -> None:
         """Wait ``delay`` before the next attempt, or raise :class:`SinkAborted` (with

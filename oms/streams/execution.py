@@ -18,12 +18,12 @@ every venue.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from oms.backoff import Backoff
 from oms.exchange.deribit.venue import DeribitVenue, ExchangeSessions, submit_params
 from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
@@ -47,6 +47,8 @@ Publish = Callable[[ExecutionReport], Awaitable[None]]
 
 # Filled amounts are floats on the wire (options): compare with a tolerance.
 _EPSILON = 1e-9
+# Label lookups wait out a disconnect: their waits grow to this, whatever retry_max_delay says.
+_LOOKUP_MAX_DELAY_S = 10.0
 
 # Kept importable from here for existing callers (the worker builds the sessions).
 __all__ = ["ExchangeSessions", "OrderExecutor", "submit_params"]
@@ -68,6 +70,12 @@ class OrderExecutor:
         self._exchange: Exchange = exchange
         self._publish = publish
         self._settings = settings
+        lifecycle = settings.lifecycle
+        # Full jitter: the orders that fail together (a rate limit, a lost connection) retry
+        # spread out; never later than retry_max_delay.
+        self._retry_backoff = Backoff(lifecycle.retry_delay, lifecycle.retry_max_delay)
+        # Equal jitter: the lookups' waits keep growing while the exchange is unreachable.
+        self._lookup_backoff = Backoff(lifecycle.retry_delay, _LOOKUP_MAX_DELAY_S, jitter="equal")
         self._inflight: dict[str, asyncio.Task[None]] = {}
         # order id -> when its last command finished (monotonic s), for is_inflight.
         self._finished: dict[str, float] = {}
@@ -310,8 +318,8 @@ class OrderExecutor:
     async def _lookup_by_label(self, order: OrderRecord) -> ExecutionReport | None:
         """The exchange's order with our label (a reconcile report, with any fills we
         missed), waiting out disconnects."""
-        delay = self._settings.lifecycle.retry_delay
-        for attempt in range(20):
+        delays = self._lookup_backoff.delays()
+        for _attempt in range(20):
             try:
                 found = await self._exchange.find(order)
                 if found is not None:
@@ -320,7 +328,7 @@ class OrderExecutor:
             except ExchangeError as exc:
                 if not exc.retryable:
                     raise
-                await asyncio.sleep(min(delay * (2**attempt), 10.0))
+                await asyncio.sleep(next(delays))
         raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
     async def _missing(self, order: OrderRecord, source: str) -> None:
@@ -428,10 +436,8 @@ class OrderExecutor:
         )
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter in [delay/2, delay*1.5), capped."""
-        lifecycle = self._settings.lifecycle
-        base: float = lifecycle.retry_delay * (2**attempt)
-        return min(base, lifecycle.retry_max_delay) * (0.5 + random.random())
+        """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay."""
+        return self._retry_backoff.delay(attempt + 1)
 
     def _observe(self, command: str, started: float, *, ok: bool) -> None:
         if self.on_command is not None:

@@ -8,7 +8,6 @@ from oms.exchange.deribit.rate_limit import (
     MATCHING_ENGINE_METHODS,
     RateLimitConfig,
     RateLimiter,
-    TokenBucket,
     is_matching_engine,
 )
 from oms.exchange.errors import (
@@ -91,20 +90,6 @@ def test_matching_engine_table() -> None:
     for m in ("private/get_order_state", "public/get_time", "public/auth", "private/subscribe"):
         assert not is_matching_engine(m)
     assert all(m.startswith("private/") for m in MATCHING_ENGINE_METHODS)
-
-
-def test_token_bucket_reserves_into_debt() -> None:
-    now = [0.0]
-    b = TokenBucket(rate=10, capacity=2, clock=lambda: now[0])
-    assert b.reserve(1) == 0 and b.reserve(1) == 0
-    assert b.reserve(1) == pytest.approx(0.1)
-    assert b.reserve(1) == pytest.approx(0.2)
-    now[0] = 0.2
-    assert b.available == pytest.approx(0.0)
-    b.refund(1)
-    assert b.available == pytest.approx(1.0)
-    now[0] = 100.0
-    assert b.available == 2  # capped
 
 
 def test_limiter_config_from_settings() -> None:

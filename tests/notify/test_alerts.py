@@ -101,7 +101,7 @@ async def test_kafka_unreachable_alerts_every_account_directly(
         async def broker_gone() -> bool:
             return False
 
-        notifier.kafka_probe = broker_gone  # type: ignore[method-assign]
+        notifier.watchdog.probe = broker_gone
         await fakes.wait_for("wecom", 1)
         await wait_until(lambda: notifier.counters["kafka_down_alerts"] == 1)
     (sent,) = fakes.sent("wecom")  # acct-y did not subscribe to system_error

@@ -14,8 +14,8 @@ from oms.notify.channels.email import EmailChannel
 from oms.notify.channels.sms import AliyunSmsChannel, TwilioChannel, aliyun_string_to_sign
 from oms.notify.channels.wecom import WeComChannel
 from oms.notify.channels.wxpusher import WxPusherChannel
-from oms.notify.ratelimit import TokenBucket
 from oms.notify.testing import FakeProviders, FakeSmtp
+from oms.ratelimit import TokenBucket
 from oms.schemas import ReasonCode
 from oms.schemas.notify_settings import Severity
 
@@ -48,8 +48,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def wecom(fakes: FakeProviders, http: aiohttp.ClientSession, **kw: object) -> WeComChannel:
     fakes.wecom_keys.add(KEY)
     params: dict[str, object] = {
-        "key": KEY, "session": http, "bucket": TokenBucket(20), "base_url": fakes.base_url,
-        "timeout_s": 1.0, **kw,
+        "key": KEY, "session": http, "bucket": TokenBucket.per_period(20, 60.0),
+        "base_url": fakes.base_url, "timeout_s": 1.0, **kw,
     }  # fmt: skip
     return WeComChannel("wecom", **params)  # type: ignore[arg-type]
 
@@ -81,14 +81,14 @@ async def test_wecom_nonzero_errcode_is_a_failure_despite_http_200(
 async def test_wecom_45009_drains_the_bucket_and_is_retryable(
     fakes: FakeProviders, http: aiohttp.ClientSession
 ) -> None:
-    bucket = TokenBucket(20)
+    bucket = TokenBucket.per_period(20, 60.0)
     channel = wecom(fakes, http, bucket=bucket)
     fakes.script("wecom", "45009")
     with pytest.raises(DeliveryError) as err:
         await channel.send(msg())
     assert err.value.reason is ReasonCode.RATE_LIMITED and err.value.retryable
     assert err.value.retry_after_s == pytest.approx(3.0)  # one 20/min token
-    assert bucket.tokens < 1
+    assert bucket.available < 1
 
 
 async def test_wecom_local_bucket_refuses_the_21st_message_in_a_minute(

@@ -118,23 +118,22 @@ def test_templates_in_chinese_with_local_time_and_custom_lines() -> None:
 
 
 def test_delivery_markers_past_retention_are_forgotten() -> None:
-    from oms.notify.service import Notifier
     from oms.notify.state import StateStore
     from oms.settings import Settings
 
-    notifier = Notifier(Settings(), web_port=0, monitor=False)
-    notifier.state = StateStore(None, "", "state")  # type: ignore[arg-type]
+    state = StateStore(None, "", "state")  # type: ignore[arg-type]
     now = 1_800_000_000_000
     old = now - 8 * 86_400_000  # retention: 7 days
-    notifier.state.data = {
+    state.data = {
         "d:n-1|wecom": {"status": "sent", "at": old},
         "d:n-2|wecom": {"status": "sent", "at": now},
         "p:n-1": {"done": True, "at": old},
         "p:n-3": {"nid": "n-3", "first_at": old},  # still pending: kept
         "a:alert": {"alert_id": "alert", "next_at": old},  # active alert: kept
     }
-    assert notifier._forget_old(now) == 2
-    assert set(notifier.state.data) == {"d:n-2|wecom", "p:n-3", "a:alert"}
+    cutoff = now - int(Settings().notify.dedupe_retention_s * 1000)
+    assert state.forget_finished(cutoff) == 2
+    assert set(state.data) == {"d:n-2|wecom", "p:n-3", "a:alert"}
 
 
 def test_seed_batch_options_become_a_grouping_rule() -> None:

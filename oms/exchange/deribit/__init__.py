@@ -5,7 +5,6 @@ from oms.exchange.deribit.rate_limit import (
     MATCHING_ENGINE_METHODS,
     RateLimitConfig,
     RateLimiter,
-    TokenBucket,
     is_matching_engine,
 )
 
@@ -15,7 +14,6 @@ __all__ = [
     "DeribitClient",
     "RateLimitConfig",
     "RateLimiter",
-    "TokenBucket",
     "is_matching_engine",
     "is_private_channel",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from oms.backoff import Backoff
 from oms.exchange.deribit import transport
 from oms.exchange.deribit.auth import AUTH_METHOD, AuthState, credentials_params
 from oms.exchange.deribit.rate_limit import RateLimitConfig, RateLimiter
@@ -52,6 +52,14 @@ _SUBSCRIBE_CHUNK = 200
 # A session that lived this long resets the reconnect backoff; shorter ones keep escalating, so
 # a connection that flaps right after login can't hammer the exchange (32 connections per IP).
 _STABLE_SESSION_S = 30.0
+
+
+def reconnect_backoff(settings: ExchangeSettings) -> Backoff:
+    """Waits between attempts to (re)connect to the exchange: exponential from
+    ``reconnect_min_delay`` to at most ``reconnect_max_delay``. Equal jitter: the waits keep
+    growing (a connection that drops right after login cannot hammer the exchange, 32
+    connections per IP) and many clients still do not reconnect in lockstep."""
+    return Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay, jitter="equal")
 
 
 def is_private_channel(channel: str) -> bool:
@@ -155,6 +163,7 @@ class DeribitClient:
         # Callers waiting for a session during a reconnect: future -> method.
         self._waiters: dict[asyncio.Future[None], str] = {}
         self._session_started = 0.0
+        self._reconnect_backoff = reconnect_backoff(self.settings)
         self._closing = False
         self._log = log.bind(client=name or url)
 
@@ -499,14 +508,10 @@ class DeribitClient:
             for i in range(0, len(group), _SUBSCRIBE_CHUNK):
                 await self._session_call(method, {"channels": group[i : i + _SUBSCRIBE_CHUNK]})
 
-    def _backoff(self, attempt: int) -> float:
-        lo = self.settings.reconnect_min_delay
-        hi = self.settings.reconnect_max_delay
-        delay = min(hi, lo * (2**attempt))
-        # Jitter in [delay/2, delay] so many clients don't reconnect in lockstep.
-        return delay * (0.5 + random.random() / 2)
-
     async def _supervise(self) -> None:
+        # Not a tenacity loop: the escalation outlives one session (a flapping connection keeps
+        # backing off) and only a session that stayed up resets it.
+        delays = self._reconnect_backoff.delays()
         attempt = 0
         while not self._closing:
             if self._reader is not None:
@@ -514,9 +519,10 @@ class DeribitClient:
             if self._closing:
                 return
             if time.monotonic() - self._session_started >= _STABLE_SESSION_S:
+                delays = self._reconnect_backoff.delays()
                 attempt = 0
             while not self._closing:
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(next(delays))
                 attempt += 1
                 try:
                     await self._establish()

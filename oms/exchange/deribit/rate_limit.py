@@ -6,17 +6,17 @@ of ``credits_max`` refilled at ``credits_refill_per_s``; matching-engine request
 cancels) are limited to ``matching_rate_per_s`` with a burst of ``matching_burst``. Running out
 earns a 10028 and a terminated session, so :meth:`RateLimiter.acquire` waits *before* sending.
 
-The buckets reserve on acquire and may go into debt: each waiter sleeps exactly until its own
-credits exist, which keeps FIFO order and costs one sleep per throttled request (no polling loop).
+Both pools are :class:`~oms.ratelimit.TokenBucket` objects used for pacing: they reserve on
+acquire and may go into debt, so each waiter sleeps exactly until its own credits exist, which
+keeps FIFO order and costs one sleep per throttled request (no polling loop).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from oms.ratelimit import Clock, TokenBucket
 from oms.settings import ExchangeSettings
 
 # Requests the matching engine executes; everything else is metered by credits.
@@ -43,56 +43,6 @@ MATCHING_ENGINE_METHODS: frozenset[str] = frozenset(
 def is_matching_engine(method: str) -> bool:
     """Whether ``method`` is metered by the matching-engine pool."""
     return method in MATCHING_ENGINE_METHODS
-
-
-class TokenBucket:
-    """A token bucket that reserves on acquire (the balance may go negative)."""
-
-    __slots__ = ("_clock", "_last", "_tokens", "capacity", "rate")
-
-    def __init__(
-        self, rate: float, capacity: float, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise ValueError("rate and capacity must be positive")
-        self.rate = float(rate)
-        self.capacity = float(capacity)
-        self._clock = clock
-        self._tokens = float(capacity)
-        self._last = clock()
-
-    def _refill(self) -> float:
-        now = self._clock()
-        tokens = self._tokens + (now - self._last) * self.rate
-        if tokens > self.capacity:
-            tokens = self.capacity
-        self._tokens = tokens
-        self._last = now
-        return tokens
-
-    @property
-    def available(self) -> float:
-        """Tokens available now (negative while requests wait on reserved credits)."""
-        return self._refill()
-
-    def reserve(self, cost: float) -> float:
-        """Take ``cost`` tokens now; return how long to wait before they really exist."""
-        tokens = self._refill() - cost
-        self._tokens = tokens
-        return 0.0 if tokens >= 0 else -tokens / self.rate
-
-    def delay_for(self, cost: float) -> float:
-        """How long a reservation of ``cost`` would have to wait, without reserving."""
-        tokens = self._refill() - cost
-        return 0.0 if tokens >= 0 else -tokens / self.rate
-
-    def refund(self, cost: float) -> None:
-        """Give back a reservation whose request was never sent."""
-        self._tokens = min(self.capacity, self._refill() + cost)
-
-    def debit(self, cost: float) -> None:
-        """Charge a request that must go out now regardless (heartbeat replies, auth)."""
-        self._tokens = self._refill() - cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +82,7 @@ class RateLimiter:
     order executor and the user-data gateway) should share one instance.
     """
 
-    def __init__(
-        self, config: RateLimitConfig, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, config: RateLimitConfig, *, clock: Clock = time.monotonic) -> None:
         self.config = config
         self.credits = TokenBucket(
             config.scaled(config.credits_refill_per_s),
@@ -146,8 +94,16 @@ class RateLimiter:
             max(config.scaled(config.matching_burst), 1.0),
             clock=clock,
         )
-        self.waits = 0
-        self.wait_seconds = 0.0
+
+    @property
+    def waits(self) -> int:
+        """Requests that waited for credits."""
+        return self.credits.waits + self.matching.waits
+
+    @property
+    def wait_seconds(self) -> float:
+        """Time requests spent waiting for credits, in all."""
+        return self.credits.wait_seconds + self.matching.wait_seconds
 
     def _bucket(self, method: str) -> tuple[TokenBucket, float]:
         if method in MATCHING_ENGINE_METHODS:
@@ -162,18 +118,7 @@ class RateLimiter:
     async def acquire(self, method: str, max_wait: float | None = None) -> bool:
         """Wait until ``method`` may be sent; False (nothing reserved) if that exceeds max_wait."""
         bucket, cost = self._bucket(method)
-        if max_wait is not None and bucket.delay_for(cost) > max_wait:
-            return False
-        delay = bucket.reserve(cost)
-        if delay > 0.0:
-            self.waits += 1
-            self.wait_seconds += delay
-            try:
-                await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                bucket.refund(cost)
-                raise
-        return True
+        return await bucket.acquire(cost, max_wait)
 
     def debit(self, method: str) -> None:
         """Charge ``method`` without waiting (for replies Deribit must get on time)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from oms.backoff import Backoff
 from oms.exchange.paper.restore import (
     account_record,
     engine_record,
@@ -48,6 +49,9 @@ log = structlog.get_logger("oms.paper.journal")
 _MARKET = object()
 # Queued after the last group: the writer thread ends.
 _STOP = None
+# A failed commit is retried no sooner than this after the previous attempt (decorrelated
+# jitter never goes below it), and no later than MAX_RETRY_DELAY_S.
+MIN_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 5.0
 
 
@@ -207,6 +211,8 @@ class Journal:
     def _commit(self, rows: list[Row], last_ids: tuple[int, int], number: int) -> bool:
         """Commit, retrying until it works or the journal is closed (then False: nothing of
         it is acknowledged, and everything waiting for it keeps waiting)."""
+        # A plain loop rather than tenacity: closing the journal ends the wait and gives up.
+        delays = Backoff(MIN_RETRY_DELAY_S, MAX_RETRY_DELAY_S, jitter="decorrelated").delays()
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -215,7 +221,7 @@ class Journal:
             except Exception as exc:
                 attempt += 1
                 self.failures += 1
-                delay = min(MAX_RETRY_DELAY_S, 0.05 * 2**attempt)
+                delay = next(delays)
                 log.error(
                     "paper.journal_commit_failed",
                     error=repr(exc), upto=number, attempt=attempt, retry_in_s=delay,

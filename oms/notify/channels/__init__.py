@@ -10,8 +10,8 @@ from oms.notify.channels.email import EmailChannel
 from oms.notify.channels.sms import AliyunSmsChannel, TwilioChannel
 from oms.notify.channels.wecom import WeComChannel
 from oms.notify.channels.wxpusher import WxPusherChannel
-from oms.notify.ratelimit import TokenBucket
 from oms.notify.secrets import NotifySecrets
+from oms.ratelimit import TokenBucket
 from oms.schemas import ReasonCode
 from oms.schemas import notify_settings as ns
 from oms.settings import NotifySettings
@@ -57,7 +57,7 @@ class ChannelFactory:
 
     def bucket(self, key: str) -> TokenBucket:
         if key not in self._buckets:
-            self._buckets[key] = TokenBucket(self.config.wecom_per_minute, 60.0)
+            self._buckets[key] = TokenBucket.per_period(self.config.wecom_per_minute, 60.0)
         return self._buckets[key]
 
     def build(self, cfg: ns.ChannelConfig) -> Channel:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import aiohttp
 
 from oms.notify.channels.base import Channel, DeliveryError, Message, request_json, truncate_bytes
-from oms.notify.ratelimit import TokenBucket
+from oms.ratelimit import TokenBucket
 from oms.schemas import ReasonCode
 from oms.schemas.notify_settings import ChannelKind
 
@@ -75,7 +75,7 @@ class WeComChannel(Channel):
         }
 
     async def send(self, message: Message) -> str:
-        if not await self.bucket.acquire(self._max_wait):
+        if not await self.bucket.acquire(max_wait=self._max_wait):
             raise DeliveryError(
                 ReasonCode.RATE_LIMITED,
                 f"channel {self.name}: robot over its per-minute limit (local bucket)",
