@@ -381,6 +381,7 @@ async def _measure(
             t0 = time.perf_counter()
             await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
+            waited_until = time.perf_counter()
             cpu_after = _cpu_snapshot(services)
             machine_busy = psutil.cpu_percent(None)
             buckets_after = await stage_buckets(ports)
@@ -423,6 +424,15 @@ async def _measure(
             "timeline": timeline(
                 t0, list(sent_at.values()), [collector.first_ack[k] for k in acked]
             ),
+            "max_ack_gap_ms": round(
+                max_ack_gap_s(
+                    list(sent_at.values()),
+                    [collector.first_ack[k] for k in acked],
+                    end=waited_until,
+                )
+                * 1000,
+                1,
+            ),
         }
         if with_baseline:
             on_status("measuring the raw Kafka baseline")
@@ -453,6 +463,32 @@ def latency_histogram(values_ms: list[float], bins: int = 50) -> dict[str, Any]:
 
 
 TIMELINE_STEP_S = 0.5
+
+
+def max_ack_gap_s(published: list[float], acknowledged: list[float], end: float) -> float:
+    """The longest time during which orders were outstanding and none was acknowledged.
+
+    ``published`` and ``acknowledged`` are the times (any clock, seconds) each order was sent
+    and first acknowledged; orders never acknowledged stay outstanding until ``end``. A stall
+    shows here even when the mean throughput looks fine.
+    """
+    events = sorted([(t, 0) for t in published] + [(t, 1) for t in acknowledged])
+    outstanding = 0
+    since = 0.0  # the last acknowledgement, or when orders became outstanding
+    longest = 0.0
+    for t, is_ack in events:
+        if is_ack:
+            if outstanding > 0:
+                longest = max(longest, t - since)
+                outstanding -= 1
+            since = t
+        else:
+            if outstanding == 0:
+                since = t
+            outstanding += 1
+    if outstanding > 0:
+        longest = max(longest, end - since)
+    return longest
 
 
 def timeline(t0: float, published: list[float], acknowledged: list[float]) -> dict[str, Any]:

@@ -448,3 +448,16 @@ async def test_a_day_of_every_kind_of_order_across_restarts(day: Day) -> None:
             events = [(e.event_type.value, e.reason_code) for e in day.events(order_id)]
             raise AssertionError(f"{kind} {order_id} not cancelled: {events}") from None
     await day.converge("the evening")
+
+    # What the day was, for whoever reads the run (pytest -s): orders by kind and final state.
+    finals: dict[str, int] = {}
+    for order_id, kind in day.kinds.items():
+        latest = day.latest(order_id)
+        state = latest.status.value if latest is not None and latest.status else "none"
+        finals[f"{kind}: {state}"] = finals.get(f"{kind}: {state}", 0) + 1
+    print(
+        f"\nday in the life: {len(day.kinds)} orders, {len(day.arrivals)} events, "
+        f"{len(steps)} restarts, OMS and exchange agreed after each"
+    )
+    for line, count in sorted(finals.items()):
+        print(f"  {count:3d}  {line}")
