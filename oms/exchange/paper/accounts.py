@@ -24,6 +24,37 @@ SCOPE = "account:read_write trade:read_write wallet:read_write block_trade:read_
 
 MarkLookup = Callable[[Instrument], float]
 
+# ``public/get_currencies``: what Deribit publishes about each currency it holds. The paper
+# exchange has no wallets; the withdrawal figures are Deribit's, for clients that read them.
+_CURRENCY_INFO: dict[str, dict[str, Any]] = {
+    "BTC": {
+        "currency_long": "Bitcoin", "coin_type": "BITCOIN", "min_confirmations": 1,
+        "withdrawal_fee": 0.0001, "decimals": 8, "network_currency": "BTC",
+    },
+    "ETH": {
+        "currency_long": "Ethereum", "coin_type": "ETHER", "min_confirmations": 1,
+        "withdrawal_fee": 0.0006, "decimals": 8, "network_currency": "ETH",
+    },
+    "USDC": {
+        "currency_long": "USD Coin", "coin_type": "ETHER", "min_confirmations": 1,
+        "withdrawal_fee": 2.0, "decimals": 6, "network_currency": "ETH",
+    },
+}
+
+
+def currency_info(currency: str) -> dict[str, Any]:
+    """The spec's ``currency_with_apr`` object for one of :data:`CURRENCIES`."""
+    info = _CURRENCY_INFO[currency]
+    fee = info["withdrawal_fee"]
+    return {
+        "currency": currency,
+        **info,
+        "min_withdrawal_fee": fee,
+        "network_fee": fee,
+        "in_cross_collateral_pool": True,
+        "withdrawal_priorities": [],
+    }
+
 
 @dataclass(eq=False)
 class Account:

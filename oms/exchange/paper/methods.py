@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from oms.exchange.paper import errors
-from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore
+from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore, currency_info
 from oms.exchange.paper.engine import TIME_IN_FORCE, TRIGGERS, Engine, OrderRequest
 from oms.exchange.paper.errors import RpcError, invalid_param
 from oms.exchange.paper.faults import Faults
@@ -74,10 +74,16 @@ def _account(s: Session) -> Account:
     return s.account
 
 
-def _currency(p: Params, name: str = "currency", allow_any: bool = False) -> str:
-    value = p.req_str(name).upper()
+def _currency(
+    p: Params, name: str = "currency", allow_any: bool = False, default: str | None = None
+) -> str:
+    """A currency param, upper-cased; Deribit answers an unknown one with -32602 "invalid
+    currency"."""
+    raw = p.text(name, default, required=default is None)
+    assert raw is not None
+    value = raw.upper()
     if value not in CURRENCIES and not (allow_any and value == "ANY"):
-        raise invalid_param(name, "unknown currency")
+        raise invalid_param(name, "invalid currency")
     return value
 
 
@@ -148,8 +154,14 @@ def public_disable_heartbeat(st: State, s: Session, p: Params) -> Any:
     return "ok"
 
 
+def public_get_currencies(st: State, s: Session, p: Params) -> Any:
+    return [currency_info(c) for c in CURRENCIES]
+
+
 def public_get_instruments(st: State, s: Session, p: Params) -> Any:
-    currency = _currency(p, allow_any=True)
+    # Deribit lists every currency's instruments when ``currency`` is left out (ccxt's
+    # load_markets relies on it), as with "any".
+    currency = _currency(p, allow_any=True, default="any")
     kind = p.choice("kind", KINDS)
     if p.flag("expired"):
         return []
@@ -597,6 +609,7 @@ METHODS: dict[str, Method] = {
     "public/status": Method(public_status),
     "public/set_heartbeat": Method(public_set_heartbeat, ws_only=True),
     "public/disable_heartbeat": Method(public_disable_heartbeat, ws_only=True),
+    "public/get_currencies": Method(public_get_currencies),
     "public/get_instruments": Method(public_get_instruments),
     "public/get_instrument": Method(public_get_instrument),
     "public/ticker": Method(public_ticker),
