@@ -13,7 +13,10 @@ Spec path covered by each call: see :data:`CALLS` (method name == spec path with
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +142,18 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             grant_type="client_credentials",
             client_id="spec",
             client_secret="spec-secret",
+        )
+        ts = time.time_ns() // 1_000_000
+        await call(
+            "public/auth",
+            grant_type="client_signature",
+            client_id="spec",
+            timestamp=ts,
+            nonce="spec-nonce",
+            data="",
+            signature=hmac.new(
+                b"spec-secret", f"{ts}\nspec-nonce\n".encode(), hashlib.sha256
+            ).hexdigest(),
         )
         await call("public/get_time")
         await call("public/test")

@@ -17,6 +17,7 @@ from oms.exchange.paper.orders import Order
 from oms.exchange.paper.positions import Position
 from oms.exchange.paper.ratelimit import RateLimiter
 from oms.exchange.paper.recorder import NULL_RECORDER, Recorder
+from oms.exchange.paper.signatures import NonceWindow, SignedClaim, check
 
 TOKEN_TTL_S = 900
 CURRENCIES = ("BTC", "ETH", "USDC")
@@ -213,6 +214,7 @@ class AccountStore:
         self._refresh: dict[str, Account] = {}
         self._next_user_id = 100_001
         self.recorder: Recorder = NULL_RECORDER
+        self.nonces = NonceWindow()
 
     def add(
         self,
@@ -286,6 +288,15 @@ class AccountStore:
             return self.add(client_id, client_id, client_secret)
         if not secrets.compare_digest(account.client_secret, client_secret):
             raise RpcError(errors.INVALID_CREDENTIALS)
+        return account
+
+    def verify_signature(self, claim: SignedClaim, data: str, now_ms: int) -> Account:
+        """The account whose key signed ``data`` as ``claim`` says (a signature cannot
+        create an account: the secret it would need is never sent)."""
+        account = self.by_client_id.get(claim.client_id)
+        if account is None:
+            raise RpcError(errors.INVALID_CREDENTIALS)
+        check(claim, account.client_secret, data, self.nonces, now_ms)
         return account
 
     def issue(self, account: Account) -> dict[str, Any]:

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from oms.exchange.paper import errors
 from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore, currency_info
-from oms.exchange.paper.engine import TIME_IN_FORCE, TRIGGERS, Engine, OrderRequest
+from oms.exchange.paper.engine import TIME_IN_FORCE, TRIGGERS, Engine, OrderRequest, now_ms
 from oms.exchange.paper.errors import RpcError, invalid_param
 from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.params import Params
 from oms.exchange.paper.session import Session
+from oms.exchange.paper.signatures import SignedClaim
 from oms.exchange.paper.subscriptions import Hub
 
 if TYPE_CHECKING:
@@ -98,7 +99,14 @@ def public_auth(st: State, s: Session, p: Params) -> Any:
     elif grant == "refresh_token":
         account = st.accounts.by_refresh_token(p.req_str("refresh_token"))
     else:
-        raise RpcError(errors.NOT_IMPLEMENTED, {"reason": "client_signature is not supported"})
+        timestamp = p.integer("timestamp", required=True)
+        raw_ts = p.raw["timestamp"]
+        # The signature covers the timestamp as the client wrote it.
+        claim = SignedClaim(
+            p.req_str("client_id"), raw_ts if isinstance(raw_ts, str) else str(timestamp),
+            p.text("nonce") or "", p.req_str("signature"),
+        )
+        account = st.accounts.verify_signature(claim, p.text("data") or "", now_ms())
     if s.account is not None and s.account is not account:
         # A connection belongs to one account: re-authenticating as another starts over.
         st.hub.drop(s)
