@@ -368,3 +368,14 @@ def test_day_end_is_next_0800_utc() -> None:
     eight = 1_767_254_400_000  # 2026-01-01 08:00 UTC
     assert next_day_end(eight - 1) == eight
     assert next_day_end(eight) == eight + 86_400_000
+
+
+def test_perpetual_funding_follows_the_premium(engine: Engine) -> None:
+    inst = engine.instruments[PERP]
+    mark_at(engine, 95_000)
+    assert engine.funding_8h(inst) == 0.0
+    engine.market.marks[PERP] = 95_000 * 1.001  # 0.1% over the index: damper 0.025% off
+    assert engine.funding_8h(inst) == pytest.approx(0.00075)
+    engine.market.marks[PERP] = 95_000 * 0.9998  # inside the damper: no funding
+    assert engine.funding_8h(inst) == pytest.approx(0.0)
+    assert engine.ticker(inst)["funding_8h"] == engine.funding_8h(inst)

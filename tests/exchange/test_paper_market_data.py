@@ -56,3 +56,133 @@ async def test_get_instruments_unknown_currency_and_kind(client: RpcClient) -> N
     with pytest.raises(RpcFailed) as info:
         await client.result("public/get_instruments", currency="BTC", kind="swap")
     assert info.value.code == -32602 and info.value.data["param"] == "kind"
+
+
+PERP = "BTC-PERPETUAL"
+
+
+async def _authed(client: RpcClient) -> None:
+    await client.auth("data-test", "data-secret")
+
+
+async def test_trade_tape_and_user_trade_paging(client: RpcClient) -> None:
+    await _authed(client)
+    for _ in range(3):
+        await client.result("private/buy", instrument_name=PERP, amount=10, type="market")
+    tape = await client.result("public/get_last_trades_by_instrument", instrument_name=PERP)
+    seqs = [t["trade_seq"] for t in tape["trades"]]
+    assert len(seqs) == 3 and seqs == sorted(seqs, reverse=True)  # latest first
+    assert all(t["direction"] == "buy" for t in tape["trades"])
+    latest = await client.result(
+        "public/get_last_trades_by_instrument", instrument_name=PERP, count=2
+    )
+    assert [t["trade_seq"] for t in latest["trades"]] == seqs[:2] and latest["has_more"]
+    forward = await client.result(
+        "public/get_last_trades_by_instrument", instrument_name=PERP, start_seq=seqs[1],
+        count=1,
+    )
+    assert [t["trade_seq"] for t in forward["trades"]] == [seqs[1]] and forward["has_more"]
+
+    mine = await client.result("private/get_user_trades_by_currency", currency="BTC")
+    ids = [t["trade_id"] for t in mine["trades"]]
+    assert len(ids) == 3 and not mine["has_more"]
+    between = await client.result(
+        "private/get_user_trades_by_currency", currency="BTC", start_id=ids[2], end_id=ids[1],
+        sorting="asc",
+    )
+    assert [t["trade_id"] for t in between["trades"]] == [ids[2], ids[1]]
+    numeric = await client.result(
+        "private/get_user_trades_by_currency", currency="BTC",
+        start_id=int(ids[0].split("-")[1]),
+    )
+    assert [t["trade_id"] for t in numeric["trades"]] == [ids[0]]
+    with pytest.raises(RpcFailed) as info:
+        await client.result("private/get_user_trades_by_currency", currency="BTC", start_id="x")
+    assert info.value.code == -32602 and info.value.data["param"] == "start_id"
+
+
+async def test_order_history_with_continuation(client: RpcClient) -> None:
+    await _authed(client)
+    for _ in range(3):
+        await client.result("private/buy", instrument_name=PERP, amount=10, type="market")
+    first = await client.result(
+        "private/get_order_history_by_instrument", instrument_name=PERP, count=2,
+        with_continuation=True,
+    )
+    assert len(first["orders"]) == 2 and first["continuation"] == "2"
+    rest = await client.result(
+        "private/get_order_history_by_instrument", instrument_name=PERP, count=2,
+        with_continuation=True, continuation=first["continuation"],
+    )
+    assert len(rest["orders"]) == 1 and rest["continuation"] is None
+    ids = [o["order_id"] for o in first["orders"] + rest["orders"]]
+    plain = await client.result(
+        "private/get_order_history_by_instrument", instrument_name=PERP, count=10
+    )
+    assert [o["order_id"] for o in plain] == ids
+
+
+async def test_chart_data_from_the_synthetic_market(client: RpcClient) -> None:
+    await _authed(client)
+    await client.result("private/buy", instrument_name=PERP, amount=50, type="market")
+    now = await client.result("public/get_time")
+    chart = await client.result(
+        "public/get_tradingview_chart_data", instrument_name=PERP,
+        start_timestamp=now - 3_600_000, end_timestamp=now, resolution="1",
+    )
+    assert chart["status"] == "ok" and chart["ticks"]
+    assert all(t % 60_000 == 0 for t in chart["ticks"])
+    for o, h, low, c in zip(chart["open"], chart["high"], chart["low"], chart["close"],
+                            strict=True):
+        assert low <= min(o, c) <= max(o, c) <= h
+    assert sum(chart["volume"]) > 0 and sum(chart["cost"]) >= 50
+    daily = await client.result(
+        "public/get_tradingview_chart_data", instrument_name=PERP,
+        start_timestamp=now - 86_400_000, end_timestamp=now, resolution="1D",
+    )
+    assert len(daily["ticks"]) == 1 and daily["ticks"][0] % 86_400_000 == 0
+    assert daily["volume"] == [sum(chart["volume"])]
+    before = await client.result(
+        "public/get_tradingview_chart_data", instrument_name=PERP,
+        start_timestamp=now - 7_200_000, end_timestamp=now - 3_600_000, resolution=60,
+    )
+    assert before["status"] == "no_data" and before["ticks"] == []
+    with pytest.raises(RpcFailed) as info:
+        await client.result(
+            "public/get_tradingview_chart_data", instrument_name=PERP,
+            start_timestamp=now - 60_000, end_timestamp=now, resolution="7",
+        )
+    assert info.value.code == -32602 and info.value.data["param"] == "resolution"
+
+
+async def test_book_summary_funding_and_margins(client: RpcClient) -> None:
+    [summary] = await client.result("public/get_book_summary_by_instrument", instrument_name=PERP)
+    assert summary["bid_price"] < summary["mid_price"] < summary["ask_price"]
+    assert summary["funding_8h"] == 0.0
+    by_currency = await client.result("public/get_book_summary_by_currency", currency="ETH")
+    assert [s["instrument_name"] for s in by_currency] == ["ETH-PERPETUAL"]
+    now = await client.result("public/get_time")
+    assert await client.result(
+        "public/get_funding_rate_value", instrument_name=PERP,
+        start_timestamp=now - 3_600_000, end_timestamp=now,
+    ) == 0.0
+    dated = next(
+        i["instrument_name"]
+        for i in await client.result("public/get_instruments", currency="BTC", kind="future")
+        if i["settlement_period"] != "perpetual"
+    )
+    with pytest.raises(RpcFailed) as info:
+        await client.result(
+            "public/get_funding_rate_value", instrument_name=dated,
+            start_timestamp=now - 1, end_timestamp=now,
+        )
+    assert info.value.code == -32602
+    await _authed(client)
+    margins = await client.result(
+        "private/get_margins", instrument_name=PERP, amount=1000, price=100_000
+    )
+    assert margins["buy"] == margins["sell"] == pytest.approx(1000 / 100_000 * 0.02)
+    assert margins["min_price"] < margins["max_price"]
+    with pytest.raises(RpcFailed) as info:
+        await client.result("private/get_margins", instrument_name=PERP, amount=15, price=1)
+    assert info.value.code == -32602 and info.value.data["param"] == "amount"

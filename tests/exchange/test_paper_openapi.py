@@ -218,6 +218,32 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
         await call("private/get_user_trades_by_order", order_id=filled["order"]["order_id"])
         await call("private/get_user_trades_by_instrument", instrument_name=PERP)
         await call("private/get_user_trades_by_currency", currency="BTC", kind="future")
+        first_trade = filled["trades"][0]["trade_id"]
+        await call("private/get_user_trades_by_currency", currency="BTC", start_id=first_trade)
+        now = time.time_ns() // 1_000_000
+        await call(
+            "private/get_user_trades_by_currency_and_time",
+            currency="BTC", start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
+        await call(
+            "private/get_user_trades_by_instrument_and_time",
+            instrument_name=PERP, start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
+        await call("public/get_last_trades_by_instrument", instrument_name=PERP, count=5)
+        await call("public/get_book_summary_by_currency", currency="BTC")
+        await call("public/get_book_summary_by_instrument", instrument_name=PERP)
+        await call("public/get_book_summary_by_instrument", instrument_name=option)
+        await call(
+            "public/get_tradingview_chart_data",
+            instrument_name=PERP, start_timestamp=now - 3_600_000, end_timestamp=now,
+            resolution="1",
+        )
+        await call(
+            "public/get_funding_rate_value",
+            instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
+        )
+        await call("private/get_margins", instrument_name=PERP, amount=100, price=ask)
+        await call("private/get_margins", instrument_name=option, amount=0.1, price=0.05)
         await call("private/get_order_history_by_currency", currency="BTC", include_unfilled=True)
         await call("private/get_order_history_by_instrument", instrument_name=PERP)
         await call("private/get_position", instrument_name=PERP)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from oms.exchange.paper import errors
 from oms.exchange.paper.accounts import Account, AccountStore
 from oms.exchange.paper.book import Book
+from oms.exchange.paper.candles import Candles
 from oms.exchange.paper.errors import RpcError, invalid_param
 from oms.exchange.paper.instruments import Instrument
 from oms.exchange.paper.market import OPTION_VOL, YEAR_MS, SyntheticMarket, option_delta
@@ -32,6 +33,11 @@ TIME_IN_FORCE = ("good_til_cancelled", "good_til_day", "fill_or_kill", "immediat
 TRIGGERS = ("index_price", "mark_price", "last_price")
 # User trades kept per account for get_user_trades_by_instrument/currency.
 TRADES_PER_ACCOUNT = 10_000
+# Public trades kept per instrument for get_last_trades_by_instrument (in memory only).
+PUBLIC_TRADES_KEPT = 1_000
+# Deribit's funding: max(damper, premium) + min(-damper, premium) per 8 hours.
+FUNDING_DAMPER = 0.00025
+FUNDING_PERIOD_MS = 8 * 3_600_000
 # First ids of an exchange that keeps no state (a durable one continues from its store).
 FIRST_ORDER_NUMBER = 10_000_001
 FIRST_TRADE_NUMBER = 1
@@ -136,6 +142,10 @@ class Engine:
         self.trades_by_order: dict[str, list[dict[str, Any]]] = {}
         self.trades_by_account: dict[str, deque[dict[str, Any]]] = {}
         self.untriggered: dict[str, list[Order]] = {name: [] for name in self.instruments}
+        self.public_trades: dict[str, deque[dict[str, Any]]] = {
+            name: deque(maxlen=PUBLIC_TRADES_KEPT) for name in self.instruments
+        }
+        self.candles = Candles()
         self.mm_orders: dict[str, list[tuple[int, Order]]] = {n: [] for n in self.instruments}
         # Labels used by more than one order (kept forever: small, and what tests look for).
         self.duplicate_labels: dict[str, int] = {}
@@ -457,6 +467,8 @@ class Engine:
         st.volume += coin
         st.volume_usd += qty if inst.inverse else qty * price * self.index(inst.base)
         ts = now_ms()
+        self.candles.fill(inst.name, ts, price, coin, qty if inst.inverse else qty * price)
+        self._public_trade(taker, qty, price, ts, st.tick_direction)
         matching_id = str(self._trade_seq)
         taker_trade = None
         for order, liquidity in ((maker, "M"), (taker, "T")):
@@ -473,6 +485,37 @@ class Engine:
         self._trade_seq += 1
         self.counters["trades"] += 1
         return taker_trade
+
+    def _public_trade(
+        self, taker: Order, qty: float, price: float, ts: int, tick_direction: int
+    ) -> None:
+        """The tape's side of a fill (``get_last_trades_by_instrument``): the taker's
+        direction, no account."""
+        inst = taker.inst
+        trade: dict[str, Any] = {
+            "trade_id": f"{inst.base}-{self._trade_seq}",
+            "trade_seq": self._trade_seq,
+            "instrument_name": inst.name,
+            "timestamp": ts,
+            "direction": taker.direction,
+            "tick_direction": tick_direction,
+            "price": price,
+            "amount": qty,
+            "contracts": qty / inst.contract_size,
+            "mark_price": self.mark(inst),
+            "index_price": self.index(inst.base),
+        }
+        if inst.is_option:
+            trade["iv"] = OPTION_VOL * 100
+        self.public_trades[inst.name].append(trade)
+
+    def funding_8h(self, inst: Instrument) -> float:
+        """A perpetual's funding rate per 8 hours at the current mark and index (the
+        synthetic perpetual trades at the index, so this is zero); 0 for anything else."""
+        if inst.settlement_period != "perpetual":
+            return 0.0
+        premium = self.mark(inst) / self.index(inst.base) - 1.0
+        return max(FUNDING_DAMPER, premium) + min(-FUNDING_DAMPER, premium)
 
     def _user_fill(
         self, order: Order, qty: float, price: float, liquidity: str, ts: int, matching_id: str
@@ -897,6 +940,8 @@ class Engine:
         against any user order they cross) and fire triggered orders."""
         self.market.step()
         ts = now_ms()
+        for name, mark in self.market.marks.items():
+            self.candles.price(name, ts, mark)
         if ts >= self.day_end_ms:
             self.expire_day_orders()
             self.day_end_ms = next_day_end(ts)
@@ -1008,7 +1053,8 @@ class Engine:
                 greeks={"delta": delta, "gamma": 0.0, "rho": 0.0, "theta": 0.0, "vega": 0.0},
             )
         else:
-            d.update(funding_8h=0.0, current_funding=0.0, interest_value=0.0)
+            funding = self.funding_8h(inst)
+            d.update(funding_8h=funding, current_funding=funding, interest_value=0.0)
         return d
 
     def order_book(self, inst: Instrument, depth: int) -> dict[str, Any]:
