@@ -206,6 +206,19 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             trigger="mark_price",
             label="spec-stop",
         )
+        await call(
+            "private/sell", instrument_name=PERP, amount=10, type="trailing_stop",
+            trigger="mark_price", trigger_offset=500, label="spec-trail",
+        )
+        await call(
+            "private/buy", instrument_name=PERP, amount=10, price=bid - 1000,
+            label="spec-otoco", linked_order_type="one_triggers_one_cancels_other",
+            otoco_config=[
+                {"direction": "sell", "amount": 10, "price": ask + 1000, "reduce_only": True},
+                {"direction": "sell", "amount": 10, "type": "stop_market",
+                 "trigger": "mark_price", "trigger_price": bid - 3000, "reduce_only": True},
+            ],
+        )
         rid = resting["order"]["order_id"]
         await call("private/edit", order_id=rid, amount=20, price=bid - 400)
         await call("private/edit_by_label", label="spec-rest", instrument_name=PERP, amount=30)

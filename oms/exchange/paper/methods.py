@@ -310,9 +310,17 @@ def unsubscribe_all(st: State, s: Session, p: Params) -> Any:
 # ---- trading ---------------------------------------------------------------------------------
 
 
-def _order_request(p: Params) -> OrderRequest:
-    return OrderRequest(
-        instrument_name=p.req_str("instrument_name"),
+LINKED_ORDER_TYPES = (
+    "one_triggers_other", "one_cancels_other", "one_triggers_one_cancels_other",
+)
+FILL_CONDITIONS = ("first_hit", "complete_fill", "incremental")
+
+
+def _order_request(p: Params, instrument_name: str | None = None) -> OrderRequest:
+    """An order's params (``instrument_name`` given: a linked order of ``otoco_config``,
+    on its primary's instrument)."""
+    req = OrderRequest(
+        instrument_name=instrument_name or p.req_str("instrument_name"),
         amount=p.num("amount"),
         contracts=p.num("contracts"),
         type=p.choice("type", ORDER_TYPES, "limit") or "limit",
@@ -326,7 +334,24 @@ def _order_request(p: Params) -> OrderRequest:
         reduce_only=p.flag("reduce_only"),
         trigger_price=p.num("trigger_price"),
         trigger=p.choice("trigger", TRIGGERS),
+        trigger_offset=p.num("trigger_offset"),
     )
+    if instrument_name is not None:
+        return req
+    req.valid_until = p.integer("valid_until")
+    req.linked_order_type = p.choice("linked_order_type", LINKED_ORDER_TYPES)
+    req.trigger_fill_condition = p.choice("trigger_fill_condition", FILL_CONDITIONS)
+    for i, leg in enumerate(p.obj_list("otoco_config")):
+        leg_params = Params(leg)
+        direction = leg_params.choice("direction", ("buy", "sell"), required=True)
+        try:
+            leg_req = _order_request(leg_params, req.instrument_name)
+        except RpcError as exc:
+            if exc.data is not None and "param" in exc.data:
+                exc.data["param"] = f"otoco_config[{i}].{exc.data['param']}"
+            raise
+        req.otoco_config.append((direction == "buy", leg_req))
+    return req
 
 
 def _place(st: State, s: Session, p: Params, is_buy: bool) -> Any:
@@ -367,6 +392,8 @@ def private_edit(st: State, s: Session, p: Params) -> Any:
         p.flag("reject_post_only") if p.has("reject_post_only") else None,
         p.flag("reduce_only") if p.has("reduce_only") else None,
         p.num("trigger_price"),
+        trigger_offset=p.num("trigger_offset"),
+        valid_until=p.integer("valid_until"),
     )
     return {"order": order.to_dict(), "trades": trades}
 
