@@ -4,6 +4,7 @@ listings with Deribit's filters, and its answers to bad input."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -13,15 +14,20 @@ from oms.settings import PaperExchangeSettings
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[RpcClient]:
+async def px() -> AsyncIterator[PaperExchange]:
     async with PaperExchange(
         settings=PaperExchangeSettings(port=0, tick_interval_s=0.05), rate_limits=False
-    ) as px:
-        c = await RpcClient.connect(px.ws_url)
-        try:
-            yield c
-        finally:
-            await c.close()
+    ) as exchange:
+        yield exchange
+
+
+@pytest.fixture
+async def client(px: PaperExchange) -> AsyncIterator[RpcClient]:
+    c = await RpcClient.connect(px.ws_url)
+    try:
+        yield c
+    finally:
+        await c.close()
 
 
 async def test_get_currencies(client: RpcClient) -> None:
@@ -186,3 +192,41 @@ async def test_book_summary_funding_and_margins(client: RpcClient) -> None:
     with pytest.raises(RpcFailed) as info:
         await client.result("private/get_margins", instrument_name=PERP, amount=15, price=1)
     assert info.value.code == -32602 and info.value.data["param"] == "amount"
+
+
+def _apply(book: dict[float, float], levels: list[list[Any]]) -> None:
+    for action, price, amount in levels:
+        if action == "delete":
+            del book[price]
+        else:
+            assert (price in book) == (action == "change"), (action, price)
+            book[price] = amount
+
+
+async def test_book_channel_is_a_snapshot_then_chained_changes(
+    px: PaperExchange, client: RpcClient
+) -> None:
+    channel = f"book.{PERP}.100ms"
+    await client.result("public/subscribe", channels=[channel])
+    first = await client.notification(channel)
+    assert first["type"] == "snapshot"
+    bids = {p: a for _, p, a in first["bids"]}
+    asks = {p: a for _, p, a in first["asks"]}
+    last_id = first["change_id"]
+    late = await RpcClient.connect(px.ws_url)
+    try:
+        await late.result("public/subscribe", channels=[channel])
+        reference = await late.notification(channel)
+        assert reference["type"] == "snapshot"
+        while last_id < reference["change_id"]:
+            change = await client.notification(channel)
+            assert change["type"] == "change" and change["prev_change_id"] == last_id
+            _apply(bids, change["bids"])
+            _apply(asks, change["asks"])
+            assert max(bids) < min(asks)
+            last_id = change["change_id"]
+        assert last_id == reference["change_id"]
+        assert bids == {p: a for _, p, a in reference["bids"]}
+        assert asks == {p: a for _, p, a in reference["asks"]}
+    finally:
+        await late.close()
