@@ -171,8 +171,9 @@ async def test_ccxt_trades_over_rest(px: PaperExchange) -> None:
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Wait for the exchange to have registered a subscription (it has no event for that)."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(0.01)
 
 
