@@ -255,6 +255,14 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             "public/get_funding_rate_value",
             instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
         )
+        await call(
+            "public/get_funding_rate_history",
+            instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
+        )
+        await call(
+            "public/get_last_trades_by_instrument_and_time",
+            instrument_name=PERP, start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
         await call("private/get_margins", instrument_name=PERP, amount=100, price=ask)
         await call("private/get_margins", instrument_name=option, amount=0.1, price=0.05)
         await call("private/get_order_history_by_currency", currency="BTC", include_unfilled=True)

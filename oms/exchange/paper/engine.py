@@ -19,7 +19,7 @@ from oms.exchange.paper.accounts import Account, AccountStore
 from oms.exchange.paper.book import Book
 from oms.exchange.paper.candles import Candles
 from oms.exchange.paper.errors import RpcError, invalid_param
-from oms.exchange.paper.instruments import Instrument
+from oms.exchange.paper.instruments import Instrument, index_name
 from oms.exchange.paper.market import OPTION_VOL, YEAR_MS, SyntheticMarket, option_delta
 from oms.exchange.paper.orders import EPS, TRIGGER_TYPES, Order
 from oms.exchange.paper.positions import Position, order_margin
@@ -629,8 +629,28 @@ class Engine:
         synthetic perpetual trades at the index, so this is zero); 0 for anything else."""
         if inst.settlement_period != "perpetual":
             return 0.0
-        premium = self.mark(inst) / self.index(inst.base) - 1.0
-        return max(FUNDING_DAMPER, premium) + min(-FUNDING_DAMPER, premium)
+        return funding_rate(self.mark(inst), self.index(inst.base))
+
+    def funding_history(self, inst: Instrument, start: int, end: int) -> list[dict[str, Any]]:
+        """``public/get_funding_rate_history``: per hour since the exchange started, the
+        index at the end of the hour and the funding rate of the mark against it."""
+        marks = self.candles.chart(inst.name, start, end, 60)
+        index = self.candles.chart(index_name(inst.base), start, end, 60)
+        closes = dict(zip(index["ticks"], index["close"], strict=True))
+        out: list[dict[str, Any]] = []
+        prev: float | None = None
+        for hour, mark in zip(marks["ticks"], marks["close"], strict=True):
+            idx = closes.get(hour)
+            if idx is None:
+                continue
+            rate = funding_rate(mark, idx)
+            out.append({
+                "timestamp": hour, "index_price": idx,
+                "prev_index_price": idx if prev is None else prev,
+                "interest_8h": rate, "interest_1h": rate / 8,
+            })
+            prev = idx
+        return out
 
     def _user_fill(
         self, order: Order, qty: float, price: float, liquidity: str, ts: int, matching_id: str
@@ -1227,6 +1247,8 @@ class Engine:
         ts = now_ms()
         for name, mark in self.market.marks.items():
             self.candles.price(name, ts, mark)
+        for currency, index in self.market.index.items():
+            self.candles.price(index_name(currency), ts, index)
         if ts >= self.day_end_ms:
             self.expire_day_orders()
             self.day_end_ms = next_day_end(ts)
@@ -1373,6 +1395,13 @@ class Engine:
         d["asks"] = [[to_price(t, inst), a] for t, a in book.asks.depth(depth)]
         d["change_id"] = self._time_seq
         return d
+
+
+def funding_rate(mark: float, index: float) -> float:
+    """Deribit's funding per 8 hours: the premium of the mark over the index, less a damper
+    of 0.025% either way."""
+    premium = mark / index - 1.0
+    return max(FUNDING_DAMPER, premium) + min(-FUNDING_DAMPER, premium)
 
 
 def order_number(order: Order) -> int:

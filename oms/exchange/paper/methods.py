@@ -290,6 +290,14 @@ def public_get_funding_rate_value(st: State, s: Session, p: Params) -> Any:
     return st.engine.funding_8h(inst) * (end - start) / FUNDING_PERIOD_MS
 
 
+def public_get_funding_rate_history(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    if inst.settlement_period != "perpetual":
+        raise invalid_param("instrument_name", "not a perpetual")
+    start, end = _time_range(p)
+    return st.engine.funding_history(inst, start, end)
+
+
 def public_subscribe(st: State, s: Session, p: Params) -> Any:
     return st.hub.subscribe(s, p.str_list("channels"), private=False)
 
@@ -602,6 +610,11 @@ def public_get_last_trades_by_instrument(st: State, s: Session, p: Params) -> An
     return _trades_page(p, st.engine.public_trades[inst.name], "start_seq", "end_seq")
 
 
+def public_get_last_trades_by_instrument_and_time(st: State, s: Session, p: Params) -> Any:
+    _time_range(p)
+    return public_get_last_trades_by_instrument(st, s, p)
+
+
 def _order_history(st: State, s: Session, p: Params, **where: Any) -> Any:
     """Closed orders, newest first. With ``with_continuation`` the answer is
     ``{"orders", "continuation"}``: pass the token back as ``continuation`` for the next
@@ -811,6 +824,10 @@ METHODS: dict[str, Method] = {
     "public/get_book_summary_by_instrument": Method(public_get_book_summary_by_instrument),
     "public/get_tradingview_chart_data": Method(public_get_tradingview_chart_data),
     "public/get_funding_rate_value": Method(public_get_funding_rate_value),
+    "public/get_funding_rate_history": Method(public_get_funding_rate_history),
+    "public/get_last_trades_by_instrument_and_time": Method(
+        public_get_last_trades_by_instrument_and_time
+    ),
     "public/subscribe": Method(public_subscribe, ws_only=True),
     "public/unsubscribe": Method(unsubscribe, ws_only=True),
     "public/unsubscribe_all": Method(unsubscribe_all, ws_only=True),
