@@ -255,6 +255,7 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             "public/get_funding_rate_value",
             instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
         )
+        await call("public/get_historical_volatility", currency="BTC")
         await call(
             "public/get_funding_rate_history",
             instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,

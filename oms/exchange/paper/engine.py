@@ -7,8 +7,10 @@ notifications without the engine knowing about connections.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +42,10 @@ PUBLIC_TRADES_KEPT = 1_000
 # Deribit's funding: max(damper, premium) + min(-damper, premium) per 8 hours.
 FUNDING_DAMPER = 0.00025
 FUNDING_PERIOD_MS = 8 * 3_600_000
+# Historical volatility: minute returns of the index over up to 15 days, annualized.
+VOLATILITY_WINDOW_MS = 15 * 86_400_000
+MINUTES_PER_YEAR = 365 * 1440
+HOUR_MS = 3_600_000
 # First ids of an exchange that keeps no state (a durable one continues from its store).
 FIRST_ORDER_NUMBER = 10_000_001
 FIRST_TRADE_NUMBER = 1
@@ -630,6 +636,20 @@ class Engine:
         if inst.settlement_period != "perpetual":
             return 0.0
         return funding_rate(self.mark(inst), self.index(inst.base))
+
+    def historical_volatility(self, currency: str, now: int) -> list[dict[str, Any]]:
+        """``public/get_historical_volatility``: for each hour of the last 15 days the index
+        has bars for, the annualized volatility (%) of its minute returns up to then."""
+        bars = self.candles.chart(index_name(currency), now - VOLATILITY_WINDOW_MS, now, 1)
+        ticks = bars["ticks"]
+        returns = [math.log(b / a) for a, b in itertools.pairwise(bars["close"])]
+        out: list[dict[str, Any]] = []
+        for i in range(2, len(ticks)):  # bar i closes return i - 1; two needed at least
+            last_of_hour = i == len(ticks) - 1 or ticks[i + 1] // HOUR_MS != ticks[i] // HOUR_MS
+            if last_of_hour:
+                vol = statistics.stdev(returns[:i]) * math.sqrt(MINUTES_PER_YEAR) * 100
+                out.append({"timestamp": ticks[i] - ticks[i] % HOUR_MS, "value": vol})
+        return out
 
     def funding_history(self, inst: Instrument, start: int, end: int) -> list[dict[str, Any]]:
         """``public/get_funding_rate_history``: per hour since the exchange started, the

@@ -290,6 +290,10 @@ def public_get_funding_rate_value(st: State, s: Session, p: Params) -> Any:
     return st.engine.funding_8h(inst) * (end - start) / FUNDING_PERIOD_MS
 
 
+def public_get_historical_volatility(st: State, s: Session, p: Params) -> Any:
+    return st.engine.historical_volatility(_currency(p), now_ms())
+
+
 def public_get_funding_rate_history(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     if inst.settlement_period != "perpetual":
@@ -825,6 +829,7 @@ METHODS: dict[str, Method] = {
     "public/get_tradingview_chart_data": Method(public_get_tradingview_chart_data),
     "public/get_funding_rate_value": Method(public_get_funding_rate_value),
     "public/get_funding_rate_history": Method(public_get_funding_rate_history),
+    "public/get_historical_volatility": Method(public_get_historical_volatility),
     "public/get_last_trades_by_instrument_and_time": Method(
         public_get_last_trades_by_instrument_and_time
     ),
