@@ -23,7 +23,7 @@ from oms.exchange.paper import PaperExchange
 from oms.exchange.paper.signatures import NonceWindow
 from oms.exchange.paper.testing import RpcClient, RpcFailed
 from oms.secrets import Credentials
-from oms.settings import ExchangeSettings, PaperExchangeSettings
+from oms.settings import ExchangeSettings, PaperExchangeSettings, Settings
 
 CLIENT_ID, SECRET = "signer-id", "signer-secret-never-sent"
 SUMMARY = "/api/v2/private/get_account_summary?currency=BTC"
@@ -202,8 +202,13 @@ async def test_client_signature_over_http(http: aiohttp.ClientSession) -> None:
     assert error(again) == (13009, "unauthorized", "nonce already used")
 
 
-async def test_oms_clients_log_in_with_a_client_signature(px: PaperExchange) -> None:
-    settings = ExchangeSettings(auth_grant="client_signature", request_timeout=5.0)
+async def test_oms_clients_log_in_with_a_client_signature(
+    px: PaperExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert ExchangeSettings().auth_grant == "client_credentials"
+    monkeypatch.setenv("OMS_EXCHANGE__AUTH_GRANT", "client_signature")
+    settings = Settings().exchange.model_copy(update={"request_timeout": 5.0})
+    assert settings.auth_grant == "client_signature"
     creds = Credentials(CLIENT_ID, SECRET)
     async with DeribitClient(px.ws_url, creds, settings=settings) as ws:
         assert await ws.call("private/get_positions", {"currency": "BTC"}) == []

@@ -262,38 +262,49 @@ class Engine:
             self._register(account, order)
             if link is None:
                 return order, self._enter(account, order)
-            condition = req.trigger_fill_condition or "first_hit"
-            order.trigger_fill_condition = condition
             for leg in legs:
-                leg.trigger_fill_condition = condition
-                leg.linked_amount = leg.amount
                 self._register(account, leg)
-            order.linked_amount = order.amount
+            condition = req.trigger_fill_condition or "first_hit"
+            for linked in (order, *legs):
+                linked.trigger_fill_condition = condition
+                linked.linked_amount = linked.amount
             if link == "one_cancels_other":
-                group = [order, *legs]
-                for member in group:
-                    member.oco_ref = f"OCO-{order.order_id}"
-                self.oco_groups[f"OCO-{order.order_id}"] = list(group)
-                trades = []
-                for member in group:
-                    entered = self._enter_oco_member(account, member)
-                    if member is order:
-                        trades = entered
-                    self._settle_links()
-                return order, trades
-            order.oto_order_ids = [leg.order_id for leg in legs]
-            if link == "one_triggers_one_cancels_other":
-                order.is_primary_otoco = True
-                for leg in legs:
-                    leg.oco_ref = f"OCO-{order.order_id}"
-            for leg in legs:
-                self._park_secondary(account, leg, order)
-            if order.is_primary_otoco:
-                # The pair is one group from the start: closing one closes the other.
-                self.oco_groups[f"OCO-{order.order_id}"] = list(legs)
-            return order, self._enter(account, order)
+                return order, self._place_oco(account, [order, *legs])
+            pair = link == "one_triggers_one_cancels_other"
+            return order, self._place_oto(account, order, legs, pair)
         finally:
             self._flush()
+
+    def _place_oco(self, account: Account, group: list[Order]) -> list[dict[str, Any]]:
+        """Place a one-cancels-other group, first order first; returns the first one's
+        trades. A member that filled before the others' turn closes them unplaced."""
+        ref = f"OCO-{group[0].order_id}"
+        for member in group:
+            member.oco_ref = ref
+        self.oco_groups[ref] = list(group)
+        trades = self._enter_oco_member(account, group[0])
+        self._settle_links()
+        for member in group[1:]:
+            self._enter_oco_member(account, member)
+            self._settle_links()
+        return trades
+
+    def _place_oto(
+        self, account: Account, primary: Order, secondaries: list[Order], pair: bool
+    ) -> list[dict[str, Any]]:
+        """Park the secondaries (``pair``: as one one-cancels-other group), then place the
+        primary, whose fills place them; returns the primary's trades."""
+        primary.oto_order_ids = [o.order_id for o in secondaries]
+        for order in secondaries:
+            self._park_secondary(account, order, primary)
+        if pair:
+            primary.is_primary_otoco = True
+            ref = f"OCO-{primary.order_id}"
+            for order in secondaries:
+                order.oco_ref = ref
+            # One group from the start: closing one, even before it is placed, closes both.
+            self.oco_groups[ref] = list(secondaries)
+        return self._enter(account, primary)
 
     def _new_order(
         self,
