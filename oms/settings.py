@@ -29,6 +29,10 @@ class KafkaSettings(BaseModel):
     version: str = "4.1.2"
 
 
+# How the Deribit client logs in (oms/exchange/deribit/auth.py).
+AuthGrant = Literal["client_credentials", "client_signature"]
+
+
 class ExchangeSettings(BaseModel):
     """Where the Deribit API lives; the paper exchange by default."""
 
@@ -47,6 +51,9 @@ class ExchangeSettings(BaseModel):
     matching_burst: int = 20
     instruments: list[str] = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
     ticker_interval: str = "100ms"
+    # public/auth grant: "client_signature" proves the key with an HMAC of a timestamp and a
+    # nonce instead of sending the client secret (OMS_EXCHANGE__AUTH_GRANT).
+    auth_grant: AuthGrant = "client_credentials"
 
 
 class PaperExchangeSettings(BaseModel):

@@ -461,3 +461,51 @@ async def test_reconnect_after_close_needs_new_subscriptions(srv: FakeDeribit) -
     await srv.push("ticker.BTC-PERPETUAL.raw", {"n": 1})
     await srv.wait_for(lambda: got == [{"n": 1}])
     await c.close()
+
+
+SIGNING = FAST.model_copy(update={"auth_grant": "client_signature"})
+
+
+async def test_client_signature_login_never_sends_the_secret(
+    srv: FakeDeribit, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with client(srv, settings=SIGNING) as c:
+        assert srv.connections[0].authenticated
+        await srv.drop_all()
+        await srv.wait_for(lambda: c.is_connected and c.stats.reconnects == 1)
+        assert srv.live[-1].authenticated
+    logins = srv.calls("public/auth")
+    assert [r.params["grant_type"] for r in logins] == ["client_signature"] * 2
+    first, second = (r.params for r in logins)
+    assert first.keys() == {"grant_type", "client_id", "timestamp", "nonce", "data", "signature"}
+    assert first["client_id"] == "client-a" and first["data"] == ""
+    assert abs(first["timestamp"] - time.time() * 1000) < 10_000
+    assert first["nonce"] != second["nonce"]  # single use: fresh on every login
+    assert all(SECRET not in str(r.params) for r in srv.received)
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err + caplog.text
+
+
+async def test_client_signature_refresh_failure_logs_in_with_a_signature() -> None:
+    async with FakeDeribit({"client-a": SECRET}, token_ttl=1) as srv:
+        async with client(srv, settings=SIGNING) as c:
+            srv._refresh_tokens.discard("refresh-1")
+            await srv.wait_for(lambda: len(srv.calls("public/auth")) >= 3, timeout=5)
+            grants = [r.params["grant_type"] for r in srv.calls("public/auth")]
+            assert grants[:3] == ["client_signature", "refresh_token", "client_signature"]
+            assert c.is_connected
+
+
+async def test_client_signature_with_a_wrong_secret_fails_without_leaking(
+    srv: FakeDeribit, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = Credentials("client-a", "wrong-" + SECRET)
+    c = DeribitClient(srv.url, wrong, settings=SIGNING)
+    with pytest.raises(Unauthorized) as info:
+        await c.connect()
+    assert info.value.code == 13009
+    assert "wrong-" not in str(info.value) + repr(c) + caplog.text
+    assert not c.is_connected
+    await c.close()

@@ -6,6 +6,9 @@ control exactly what rests where.
 
 from __future__ import annotations
 
+import itertools
+import math
+import statistics
 import time
 
 import pytest
@@ -368,3 +371,28 @@ def test_day_end_is_next_0800_utc() -> None:
     eight = 1_767_254_400_000  # 2026-01-01 08:00 UTC
     assert next_day_end(eight - 1) == eight
     assert next_day_end(eight) == eight + 86_400_000
+
+
+def test_perpetual_funding_follows_the_premium(engine: Engine) -> None:
+    inst = engine.instruments[PERP]
+    mark_at(engine, 95_000)
+    assert engine.funding_8h(inst) == 0.0
+    engine.market.marks[PERP] = 95_000 * 1.001  # 0.1% over the index: damper 0.025% off
+    assert engine.funding_8h(inst) == pytest.approx(0.00075)
+    engine.market.marks[PERP] = 95_000 * 0.9998  # inside the damper: no funding
+    assert engine.funding_8h(inst) == pytest.approx(0.0)
+    assert engine.ticker(inst)["funding_8h"] == engine.funding_8h(inst)
+
+
+def test_historical_volatility_of_the_index_minute_returns(engine: Engine) -> None:
+    hour = 3_600_000
+    start = (int(time.time() * 1000) // hour - 2) * hour  # two whole hours ago
+    prices = [95_000 * (1.001 if i % 2 else 0.999) ** (i % 5) for i in range(120)]
+    for i, price in enumerate(prices):
+        engine.candles.price("btc_usd", start + i * 60_000, price)
+    points = engine.historical_volatility("BTC", start + 120 * 60_000)
+    assert [p["timestamp"] for p in points] == [start, start + hour]
+    returns = [math.log(b / a) for a, b in itertools.pairwise(prices)]
+    per_year = math.sqrt(365 * 1440) * 100
+    assert points[0]["value"] == pytest.approx(statistics.stdev(returns[:59]) * per_year)
+    assert points[1]["value"] == pytest.approx(statistics.stdev(returns) * per_year)

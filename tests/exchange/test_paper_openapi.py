@@ -13,7 +13,10 @@ Spec path covered by each call: see :data:`CALLS` (method name == spec path with
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -140,14 +143,29 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             client_id="spec",
             client_secret="spec-secret",
         )
+        ts = time.time_ns() // 1_000_000
+        await call(
+            "public/auth",
+            grant_type="client_signature",
+            client_id="spec",
+            timestamp=ts,
+            nonce="spec-nonce",
+            data="",
+            signature=hmac.new(
+                b"spec-secret", f"{ts}\nspec-nonce\n".encode(), hashlib.sha256
+            ).hexdigest(),
+        )
         await call("public/get_time")
         await call("public/test")
         await call("public/hello", client_name="oms-tests", client_version="1")
         await call("public/status")
         await call("public/set_heartbeat", interval=10)
         await call("public/disable_heartbeat")
+        await call("public/get_currencies")
         instruments = await call("public/get_instruments", currency="BTC")
         await call("public/get_instruments", currency="ETH", kind="future")
+        await call("public/get_instruments")
+        await call("public/get_instruments", currency="any", kind="option", expired=False)
         option = next(i["instrument_name"] for i in instruments if i["kind"] == "option")
         await call("public/get_instrument", instrument_name=option)
         ticker = await call("public/ticker", instrument_name=PERP)
@@ -188,6 +206,19 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
             trigger="mark_price",
             label="spec-stop",
         )
+        await call(
+            "private/sell", instrument_name=PERP, amount=10, type="trailing_stop",
+            trigger="mark_price", trigger_offset=500, label="spec-trail",
+        )
+        await call(
+            "private/buy", instrument_name=PERP, amount=10, price=bid - 1000,
+            label="spec-otoco", linked_order_type="one_triggers_one_cancels_other",
+            otoco_config=[
+                {"direction": "sell", "amount": 10, "price": ask + 1000, "reduce_only": True},
+                {"direction": "sell", "amount": 10, "type": "stop_market",
+                 "trigger": "mark_price", "trigger_price": bid - 3000, "reduce_only": True},
+            ],
+        )
         rid = resting["order"]["order_id"]
         await call("private/edit", order_id=rid, amount=20, price=bid - 400)
         await call("private/edit_by_label", label="spec-rest", instrument_name=PERP, amount=30)
@@ -200,6 +231,41 @@ async def recorded() -> AsyncIterator[dict[str, list[Any]]]:
         await call("private/get_user_trades_by_order", order_id=filled["order"]["order_id"])
         await call("private/get_user_trades_by_instrument", instrument_name=PERP)
         await call("private/get_user_trades_by_currency", currency="BTC", kind="future")
+        first_trade = filled["trades"][0]["trade_id"]
+        await call("private/get_user_trades_by_currency", currency="BTC", start_id=first_trade)
+        now = time.time_ns() // 1_000_000
+        await call(
+            "private/get_user_trades_by_currency_and_time",
+            currency="BTC", start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
+        await call(
+            "private/get_user_trades_by_instrument_and_time",
+            instrument_name=PERP, start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
+        await call("public/get_last_trades_by_instrument", instrument_name=PERP, count=5)
+        await call("public/get_book_summary_by_currency", currency="BTC")
+        await call("public/get_book_summary_by_instrument", instrument_name=PERP)
+        await call("public/get_book_summary_by_instrument", instrument_name=option)
+        await call(
+            "public/get_tradingview_chart_data",
+            instrument_name=PERP, start_timestamp=now - 3_600_000, end_timestamp=now,
+            resolution="1",
+        )
+        await call(
+            "public/get_funding_rate_value",
+            instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
+        )
+        await call("public/get_historical_volatility", currency="BTC")
+        await call(
+            "public/get_funding_rate_history",
+            instrument_name=PERP, start_timestamp=now - 8 * 3_600_000, end_timestamp=now,
+        )
+        await call(
+            "public/get_last_trades_by_instrument_and_time",
+            instrument_name=PERP, start_timestamp=now - 60_000, end_timestamp=now + 1_000,
+        )
+        await call("private/get_margins", instrument_name=PERP, amount=100, price=ask)
+        await call("private/get_margins", instrument_name=option, amount=0.1, price=0.05)
         await call("private/get_order_history_by_currency", currency="BTC", include_unfilled=True)
         await call("private/get_order_history_by_instrument", instrument_name=PERP)
         await call("private/get_position", instrument_name=PERP)

@@ -1,8 +1,17 @@
-"""Session tokens for ``public/auth``: client-credentials login and refresh before expiry.
+"""Session tokens for ``public/auth``: login (client credentials or a client signature),
+refresh before expiry, and Deribit's request signatures.
 
 Over WebSocket, ``public/auth`` authenticates the connection itself, so private calls carry no
 token; the tokens matter only to refresh the session before Deribit expires it. A new connection
-always logs in again with the client credentials (connection-scoped tokens don't carry over).
+always logs in again (connection-scoped tokens don't carry over).
+
+Two grants log in with the API key: ``client_credentials`` sends the client secret itself;
+``client_signature`` sends an HMAC-SHA256 of a timestamp and a fresh nonce keyed by the secret,
+so the secret never leaves the process. The same signature, over the request instead, is
+Deribit's HTTP ``Authorization: deri-hmac-sha256`` scheme (docs.deribit.com, "Authentication"):
+
+    Signature    = HEX(HMAC-SHA256(ClientSecret, Timestamp + "\n" + Nonce + "\n" + Data))
+    Data (HTTP)  = UPPERCASE(method) + "\n" + URI with its query + "\n" + body + "\n"
 
 Nothing here may print a secret: :class:`AuthState` has a redacting ``repr`` and the param dicts
 it builds are never logged by the client.
@@ -10,12 +19,17 @@ it builds are never logged by the client.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from typing import Any
 
 from oms.secrets import Credentials
+from oms.settings import AuthGrant
 
 AUTH_METHOD = "public/auth"
+HTTP_SIGNATURE_SCHEME = "deri-hmac-sha256"
 # Refresh when this share of the token's lifetime has passed, but at least this many seconds early.
 REFRESH_AT_FRACTION = 0.8
 REFRESH_MIN_LEAD_S = 30.0
@@ -28,6 +42,48 @@ def credentials_params(credentials: Credentials) -> dict[str, Any]:
         "client_id": credentials.client_id,
         "client_secret": credentials.client_secret,
     }
+
+
+def signature(secret: str, timestamp: int | str, nonce: str, data: str) -> str:
+    """Deribit's signature of ``data`` at ``timestamp`` (ms) with ``nonce``: the hex
+    HMAC-SHA256 of ``Timestamp\nNonce\nData`` keyed by the client secret."""
+    message = f"{timestamp}\n{nonce}\n{data}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def http_request_data(method: str, uri: str, body: str) -> str:
+    """What an HTTP signature covers: the method, the URI (path and query, as sent) and the
+    body, each followed by a newline."""
+    return f"{method.upper()}\n{uri}\n{body}\n"
+
+
+def new_nonce() -> str:
+    """A fresh single-use nonce."""
+    return secrets.token_urlsafe(12)
+
+
+def signature_params(
+    credentials: Credentials, timestamp_ms: int | None = None, nonce: str | None = None,
+    data: str = "",
+) -> dict[str, Any]:
+    """``public/auth`` params for a client-signature login: the secret itself is not sent."""
+    ts = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+    nonce = new_nonce() if nonce is None else nonce
+    return {
+        "grant_type": "client_signature",
+        "client_id": credentials.client_id,
+        "timestamp": ts,
+        "nonce": nonce,
+        "data": data,
+        "signature": signature(credentials.client_secret, ts, nonce, data),
+    }
+
+
+def login_params(credentials: Credentials, grant: AuthGrant) -> dict[str, Any]:
+    """``public/auth`` params for a fresh login with ``grant``."""
+    if grant == "client_signature":
+        return signature_params(credentials)
+    return credentials_params(credentials)
 
 
 class AuthState:

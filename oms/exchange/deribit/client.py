@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from oms.backoff import Backoff
 from oms.exchange.deribit import transport
-from oms.exchange.deribit.auth import AUTH_METHOD, AuthState, credentials_params
+from oms.exchange.deribit.auth import AUTH_METHOD, AuthState, login_params
 from oms.exchange.deribit.rate_limit import RateLimitConfig, RateLimiter
 from oms.exchange.errors import (
     CLIENT_RATE_LIMITED,
@@ -468,9 +468,8 @@ class DeribitClient:
     async def _login(self) -> None:
         assert self._credentials is not None
         self._limiter.debit(AUTH_METHOD)
-        result = await self._request(
-            AUTH_METHOD, credentials_params(self._credentials), None, session=True
-        )
+        params = login_params(self._credentials, self.settings.auth_grant)
+        result = await self._request(AUTH_METHOD, params, None, session=True)
         self._auth.update(result)
 
     async def _refresh_loop(self, ws: ClientConnection) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from oms.exchange.deribit.auth import AUTH_METHOD, AuthState, credentials_params
+from oms.exchange.deribit.auth import AUTH_METHOD, AuthState, login_params
 from oms.exchange.deribit.rate_limit import RateLimitConfig, RateLimiter
 from oms.exchange.errors import (
     CONNECTION_LOST,
@@ -119,7 +119,8 @@ class DeribitHttpClient:
                     result = None
             if result is None:
                 self._limiter.debit(AUTH_METHOD)
-                result = await self._post(AUTH_METHOD, credentials_params(self._credentials), None)
+                params = login_params(self._credentials, self.settings.auth_grant)
+                result = await self._post(AUTH_METHOD, params, None)
             self._auth.update(result)
             self._auth_header = {"Authorization": f"Bearer {result['access_token']}"}
 

@@ -10,6 +10,7 @@ and send heartbeat ``test_request``s. It is not an exchange: the paper exchange 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from oms.exchange.deribit.auth import signature
 
 
 class FakeRpcError(Exception):
@@ -198,6 +201,16 @@ class FakeDeribit:
         if grant == "client_credentials":
             if self.accounts.get(params.get("client_id", "")) != params.get("client_secret"):
                 raise FakeRpcError(13004, "invalid_credentials")
+        elif grant == "client_signature":
+            secret = self.accounts.get(params.get("client_id", ""))
+            if secret is None:
+                raise FakeRpcError(13004, "invalid_credentials")
+            expected = signature(
+                secret, params.get("timestamp", ""), params.get("nonce", ""),
+                params.get("data", ""),
+            )
+            if not hmac.compare_digest(expected, str(params.get("signature", ""))):
+                raise FakeRpcError(13009, "unauthorized")
         elif grant == "refresh_token":
             if params.get("refresh_token") not in self._refresh_tokens:
                 raise FakeRpcError(13009, "unauthorized")

@@ -17,12 +17,44 @@ from oms.exchange.paper.orders import Order
 from oms.exchange.paper.positions import Position
 from oms.exchange.paper.ratelimit import RateLimiter
 from oms.exchange.paper.recorder import NULL_RECORDER, Recorder
+from oms.exchange.paper.signatures import NonceWindow, SignedClaim, check
 
 TOKEN_TTL_S = 900
 CURRENCIES = ("BTC", "ETH", "USDC")
 SCOPE = "account:read_write trade:read_write wallet:read_write block_trade:read_write"
 
 MarkLookup = Callable[[Instrument], float]
+
+# ``public/get_currencies``: what Deribit publishes about each currency it holds. The paper
+# exchange has no wallets; the withdrawal figures are Deribit's, for clients that read them.
+_CURRENCY_INFO: dict[str, dict[str, Any]] = {
+    "BTC": {
+        "currency_long": "Bitcoin", "coin_type": "BITCOIN", "min_confirmations": 1,
+        "withdrawal_fee": 0.0001, "decimals": 8, "network_currency": "BTC",
+    },
+    "ETH": {
+        "currency_long": "Ethereum", "coin_type": "ETHER", "min_confirmations": 1,
+        "withdrawal_fee": 0.0006, "decimals": 8, "network_currency": "ETH",
+    },
+    "USDC": {
+        "currency_long": "USD Coin", "coin_type": "ETHER", "min_confirmations": 1,
+        "withdrawal_fee": 2.0, "decimals": 6, "network_currency": "ETH",
+    },
+}
+
+
+def currency_info(currency: str) -> dict[str, Any]:
+    """The spec's ``currency_with_apr`` object for one of :data:`CURRENCIES`."""
+    info = _CURRENCY_INFO[currency]
+    fee = info["withdrawal_fee"]
+    return {
+        "currency": currency,
+        **info,
+        "min_withdrawal_fee": fee,
+        "network_fee": fee,
+        "in_cross_collateral_pool": True,
+        "withdrawal_priorities": [],
+    }
 
 
 @dataclass(eq=False)
@@ -182,6 +214,7 @@ class AccountStore:
         self._refresh: dict[str, Account] = {}
         self._next_user_id = 100_001
         self.recorder: Recorder = NULL_RECORDER
+        self.nonces = NonceWindow()
 
     def add(
         self,
@@ -255,6 +288,15 @@ class AccountStore:
             return self.add(client_id, client_id, client_secret)
         if not secrets.compare_digest(account.client_secret, client_secret):
             raise RpcError(errors.INVALID_CREDENTIALS)
+        return account
+
+    def verify_signature(self, claim: SignedClaim, data: str, now_ms: int) -> Account:
+        """The account whose key signed ``data`` as ``claim`` says (a signature cannot
+        create an account: the secret it would need is never sent)."""
+        account = self.by_client_id.get(claim.client_id)
+        if account is None:
+            raise RpcError(errors.INVALID_CREDENTIALS)
+        check(claim, account.client_secret, data, self.nonces, now_ms)
         return account
 
     def issue(self, account: Account) -> dict[str, Any]:

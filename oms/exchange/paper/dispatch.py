@@ -48,6 +48,11 @@ def _envelope(
     return body
 
 
+def error_response(req_id: Any, us_in: int, error: RpcError) -> dict[str, Any]:
+    """Deribit's envelope for a request refused before any method ran."""
+    return _envelope(req_id, us_in, error=error)
+
+
 def handle(st: State, session: Session, msg: Any, http: bool = False, us_in: int = 0) -> Outcome:
     """Execute one request for ``session``; never raises."""
     us_in = us_in or _us()

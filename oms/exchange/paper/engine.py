@@ -7,7 +7,10 @@ notifications without the engine knowing about connections.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,22 +19,33 @@ from typing import Any, Protocol
 from oms.exchange.paper import errors
 from oms.exchange.paper.accounts import Account, AccountStore
 from oms.exchange.paper.book import Book
+from oms.exchange.paper.candles import Candles
 from oms.exchange.paper.errors import RpcError, invalid_param
-from oms.exchange.paper.instruments import Instrument
+from oms.exchange.paper.instruments import Instrument, index_name
 from oms.exchange.paper.market import OPTION_VOL, YEAR_MS, SyntheticMarket, option_delta
-from oms.exchange.paper.orders import EPS, Order
+from oms.exchange.paper.orders import EPS, TRIGGER_TYPES, Order
 from oms.exchange.paper.positions import Position, order_margin
 from oms.exchange.paper.recorder import NULL_RECORDER, Recorder
 from oms.exchange.paper.validation import check_amount, check_label, price_ticks, to_price
 
+log = logging.getLogger("oms.paper")
+
 # Price band around the mark: buys above max_price and sells below min_price are refused.
 FUTURE_BAND = 0.025
 OPTION_TYPES_LIMIT = ("limit", "stop_limit", "take_limit")
-TRIGGER_TYPES = ("stop_limit", "stop_market", "take_limit", "take_market")
 TIME_IN_FORCE = ("good_til_cancelled", "good_til_day", "fill_or_kill", "immediate_or_cancel")
 TRIGGERS = ("index_price", "mark_price", "last_price")
 # User trades kept per account for get_user_trades_by_instrument/currency.
 TRADES_PER_ACCOUNT = 10_000
+# Public trades kept per instrument for get_last_trades_by_instrument (in memory only).
+PUBLIC_TRADES_KEPT = 1_000
+# Deribit's funding: max(damper, premium) + min(-damper, premium) per 8 hours.
+FUNDING_DAMPER = 0.00025
+FUNDING_PERIOD_MS = 8 * 3_600_000
+# Historical volatility: minute returns of the index over up to 15 days, annualized.
+VOLATILITY_WINDOW_MS = 15 * 86_400_000
+MINUTES_PER_YEAR = 365 * 1440
+HOUR_MS = 3_600_000
 # First ids of an exchange that keeps no state (a durable one continues from its store).
 FIRST_ORDER_NUMBER = 10_000_001
 FIRST_TRADE_NUMBER = 1
@@ -92,7 +106,12 @@ class OrderRequest:
     reduce_only: bool = False
     trigger_price: float | None = None
     trigger: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    trigger_offset: float | None = None
+    valid_until: int | None = None
+    linked_order_type: str | None = None
+    trigger_fill_condition: str | None = None
+    # The linked orders: (is_buy, request) each, on the same instrument.
+    otoco_config: list[tuple[bool, OrderRequest]] = field(default_factory=list)
 
 
 def now_ms() -> int:
@@ -136,6 +155,14 @@ class Engine:
         self.trades_by_order: dict[str, list[dict[str, Any]]] = {}
         self.trades_by_account: dict[str, deque[dict[str, Any]]] = {}
         self.untriggered: dict[str, list[Order]] = {name: [] for name in self.instruments}
+        self.public_trades: dict[str, deque[dict[str, Any]]] = {
+            name: deque(maxlen=PUBLIC_TRADES_KEPT) for name in self.instruments
+        }
+        self.candles = Candles()
+        # One-cancels-other groups by oco_ref (their open, entered members), and the linked
+        # orders a fill or a close touched since the last settlement.
+        self.oco_groups: dict[str, list[Order]] = {}
+        self._linked: dict[int, Order] = {}
         self.mm_orders: dict[str, list[tuple[int, Order]]] = {n: [] for n in self.instruments}
         # Labels used by more than one order (kept forever: small, and what tests look for).
         self.duplicate_labels: dict[str, int] = {}
@@ -209,10 +236,92 @@ class Engine:
         self, account: Account, is_buy: bool, req: OrderRequest, session_id: int | None = None
     ) -> tuple[Order, list[dict[str, Any]]]:
         """``private/buy`` and ``private/sell``: validate, match, rest; returns the order
-        and the trades it made."""
-        inst = self.instrument(req.instrument_name)
+        and the trades it made. The orders of ``otoco_config`` are validated with it (all or
+        nothing) and linked to it as ``linked_order_type`` says."""
+        if req.valid_until is not None and now_ms() > req.valid_until:
+            raise RpcError(errors.TIMED_OUT, {"reason": "valid_until has passed"})
+        link = req.linked_order_type
+        if link is not None and not req.otoco_config:
+            raise invalid_param("otoco_config", "value required")
+        if link is None and req.otoco_config:
+            raise invalid_param("linked_order_type", "value required")
+        if link == "one_triggers_one_cancels_other" and len(req.otoco_config) != 2:
+            raise invalid_param("otoco_config", "one_triggers_one_cancels_other takes two orders")
+        order = self._new_order(account, is_buy, req, session_id)
+        # Secondaries of a one-triggers-other wait for fills of the primary: their funds and
+        # reduce-only checks are made when they are placed.
+        waits = link in ("one_triggers_other", "one_triggers_one_cancels_other")
+        legs = [
+            self._new_order(account, leg_buy, leg, session_id, waits=waits, inst=order.inst)
+            for leg_buy, leg in req.otoco_config
+        ]
+        if order.post_only and not order.is_trigger:
+            # Refused before anything exists (11054), like any post-only order.
+            self._apply_post_only(order, round(order.price / order.inst.tick_size))
+        try:
+            self._register(account, order)
+            if link is None:
+                return order, self._enter(account, order)
+            for leg in legs:
+                self._register(account, leg)
+            condition = req.trigger_fill_condition or "first_hit"
+            for linked in (order, *legs):
+                linked.trigger_fill_condition = condition
+                linked.linked_amount = linked.amount
+            if link == "one_cancels_other":
+                return order, self._place_oco(account, [order, *legs])
+            pair = link == "one_triggers_one_cancels_other"
+            return order, self._place_oto(account, order, legs, pair)
+        finally:
+            self._flush()
+
+    def _place_oco(self, account: Account, group: list[Order]) -> list[dict[str, Any]]:
+        """Place a one-cancels-other group, first order first; returns the first one's
+        trades. A member that filled before the others' turn closes them unplaced."""
+        ref = f"OCO-{group[0].order_id}"
+        for member in group:
+            member.oco_ref = ref
+        self.oco_groups[ref] = list(group)
+        trades = self._enter_oco_member(account, group[0])
+        self._settle_links()
+        for member in group[1:]:
+            self._enter_oco_member(account, member)
+            self._settle_links()
+        return trades
+
+    def _place_oto(
+        self, account: Account, primary: Order, secondaries: list[Order], pair: bool
+    ) -> list[dict[str, Any]]:
+        """Park the secondaries (``pair``: as one one-cancels-other group), then place the
+        primary, whose fills place them; returns the primary's trades."""
+        primary.oto_order_ids = [o.order_id for o in secondaries]
+        for order in secondaries:
+            self._park_secondary(account, order, primary)
+        if pair:
+            primary.is_primary_otoco = True
+            ref = f"OCO-{primary.order_id}"
+            for order in secondaries:
+                order.oco_ref = ref
+            # One group from the start: closing one, even before it is placed, closes both.
+            self.oco_groups[ref] = list(secondaries)
+        return self._enter(account, primary)
+
+    def _new_order(
+        self,
+        account: Account,
+        is_buy: bool,
+        req: OrderRequest,
+        session_id: int | None,
+        *,
+        waits: bool = False,
+        inst: Instrument | None = None,
+    ) -> Order:
+        """A validated order, not yet registered (no id). ``waits``: a secondary placed
+        later, whose funds and reduce-only checks wait until then."""
+        if inst is None:
+            inst = self.instrument(req.instrument_name)
         otype = req.type
-        if otype in ("trailing_stop", "market_limit"):
+        if otype == "market_limit":
             raise RpcError(errors.NOT_IMPLEMENTED, {"reason": f"{otype} is not supported"})
         if otype not in ("limit", "market", *TRIGGER_TYPES):
             raise invalid_param("type", "unknown order type")
@@ -226,27 +335,34 @@ class Engine:
             if req.price is None:
                 raise invalid_param("price", "price is required for limit orders")
             ticks = price_ticks(inst, req.price)
-            if is_buy and ticks > band_hi:
+            if not waits and is_buy and ticks > band_hi:
                 raise RpcError(errors.PRICE_TOO_HIGH, {"max_price": to_price(band_hi, inst)})
-            if not is_buy and ticks < band_lo:
+            if not waits and not is_buy and ticks < band_lo:
                 raise RpcError(errors.PRICE_TOO_LOW, {"min_price": to_price(band_lo, inst)})
         else:
             ticks = band_hi if is_buy else band_lo
         if req.max_show is not None and not 0 <= req.max_show <= amount:
             raise RpcError(errors.INVALID_MAX_SHOW)
-        trigger_ticks = None
+        trigger_price = None
         if otype in TRIGGER_TYPES:
-            if req.trigger_price is None:
-                raise invalid_param("trigger_price", "trigger_price is required")
             if req.trigger not in TRIGGERS:
                 raise invalid_param("trigger", f"must be one of {', '.join(TRIGGERS)}")
-            trigger_ticks = price_ticks(inst, req.trigger_price, "trigger_price")
-        if req.reduce_only:
+            if otype == "trailing_stop":
+                if req.trigger_offset is None:
+                    raise invalid_param("trigger_offset", "trigger_offset is required")
+                if not req.trigger_offset > 0:
+                    raise invalid_param("trigger_offset", "must be positive")
+            else:
+                if req.trigger_price is None:
+                    raise invalid_param("trigger_price", "trigger_price is required")
+                trigger_price = to_price(
+                    price_ticks(inst, req.trigger_price, "trigger_price"), inst
+                )
+        if req.reduce_only and not waits:
             amount = self._reducible(account, inst, is_buy, amount)
         ts = now_ms()
-        self._order_seq += 1
         order = Order(
-            order_id=f"{inst.base}-{self._order_seq}",
+            order_id="",
             account=account.account_id,
             inst=inst,
             is_buy=is_buy,
@@ -263,30 +379,51 @@ class Engine:
             updated_ms=ts,
             session_id=session_id,
         )
-        if not req.reduce_only:
-            self._check_funds(account, order)
-        if trigger_ticks is not None:
-            order.state = "untriggered"
+        if otype in TRIGGER_TYPES:
             order.trigger = req.trigger
-            order.trigger_price = to_price(trigger_ticks, inst)
+            order.trigger_price = trigger_price
+            order.trigger_offset = req.trigger_offset if otype == "trailing_stop" else None
+        if not req.reduce_only and not waits:
+            self._check_funds(account, order)
+        return order
+
+    def _enter(self, account: Account, order: Order) -> list[dict[str, Any]]:
+        """Put a registered order to work: a trigger order waits for its trigger, anything
+        else is matched (market orders at the band's edge) and the rest rests or not."""
+        inst = order.inst
+        if order.is_trigger:
+            order.state = "untriggered"
             order.triggered = False
-            order.market_price = otype.endswith("market")
+            order.market_price = order.is_market
+            if order.order_type == "trailing_stop":
+                self._start_trailing(order)
             # Not a book priority: the order's place among the account's open orders.
             self._time_seq += 1
             order.seq = self._time_seq
-            self._register(account, order)
             account.open_orders[order.order_id] = order
             self.untriggered[inst.name].append(order)
             self._emit_order(order)
-            self._flush()
-            return order, []
+            return []
+        order.state = "open"
+        if order.is_market:
+            lo, hi = self.band(inst)
+            order.price = to_price(hi if order.is_buy else lo, inst)
+        ticks = round(order.price / inst.tick_size)
         if order.post_only:
             self._apply_post_only(order, ticks)
             ticks = round(order.price / inst.tick_size)
-        self._register(account, order)
-        trades = self._execute(account, order, ticks)
-        self._flush()
-        return order, trades
+        return self._execute(account, order, ticks)
+
+    def _start_trailing(self, order: Order) -> None:
+        """A trailing stop starts ``trigger_offset`` away from its trigger's price now."""
+        ref = self._trigger_refs(order.inst)[order.trigger or "last_price"]
+        order.trigger_reference_price = ref
+        order.trigger_price = self._trail_price(order, ref)
+
+    def _trail_price(self, order: Order, ref: float) -> float:
+        offset = order.trigger_offset or 0.0
+        level = ref + offset if order.is_buy else ref - offset
+        return to_price(max(1, round(level / order.inst.tick_size)), order.inst)
 
     def _amount(self, inst: Instrument, amount: float | None, contracts: float | None) -> float:
         if amount is None:
@@ -334,6 +471,9 @@ class Engine:
         order.price = to_price(new, order.inst)
 
     def _register(self, account: Account, order: Order) -> None:
+        """Give a new order its id and index it."""
+        self._order_seq += 1
+        order.order_id = f"{order.inst.base}-{self._order_seq}"
         self.orders[order.order_id] = order
         self.counters["orders"] += 1
         if order.label:
@@ -359,7 +499,7 @@ class Engine:
         trades = self._match(order, ticks)
         if order.remaining <= EPS:
             self._close(account, order, "filled")
-        elif order.order_type.endswith("market") or order.time_in_force in (
+        elif order.is_market or order.time_in_force in (
             "immediate_or_cancel", "fill_or_kill",
         ):
             self._close(account, order, "cancelled")
@@ -375,6 +515,8 @@ class Engine:
         return trades
 
     def _close(self, account: Account, order: Order, state: str, reason: str | None = None) -> None:
+        if order.is_linked:
+            self._linked[id(order)] = order
         order.state = state
         if reason:
             order.cancel_reason = reason
@@ -457,6 +599,8 @@ class Engine:
         st.volume += coin
         st.volume_usd += qty if inst.inverse else qty * price * self.index(inst.base)
         ts = now_ms()
+        self.candles.fill(inst.name, ts, price, coin, qty if inst.inverse else qty * price)
+        self._public_trade(taker, qty, price, ts, st.tick_direction)
         matching_id = str(self._trade_seq)
         taker_trade = None
         for order, liquidity in ((maker, "M"), (taker, "T")):
@@ -473,6 +617,71 @@ class Engine:
         self._trade_seq += 1
         self.counters["trades"] += 1
         return taker_trade
+
+    def _public_trade(
+        self, taker: Order, qty: float, price: float, ts: int, tick_direction: int
+    ) -> None:
+        """The tape's side of a fill (``get_last_trades_by_instrument``): the taker's
+        direction, no account."""
+        inst = taker.inst
+        trade: dict[str, Any] = {
+            "trade_id": f"{inst.base}-{self._trade_seq}",
+            "trade_seq": self._trade_seq,
+            "instrument_name": inst.name,
+            "timestamp": ts,
+            "direction": taker.direction,
+            "tick_direction": tick_direction,
+            "price": price,
+            "amount": qty,
+            "contracts": qty / inst.contract_size,
+            "mark_price": self.mark(inst),
+            "index_price": self.index(inst.base),
+        }
+        if inst.is_option:
+            trade["iv"] = OPTION_VOL * 100
+        self.public_trades[inst.name].append(trade)
+
+    def funding_8h(self, inst: Instrument) -> float:
+        """A perpetual's funding rate per 8 hours at the current mark and index (the
+        synthetic perpetual trades at the index, so this is zero); 0 for anything else."""
+        if inst.settlement_period != "perpetual":
+            return 0.0
+        return funding_rate(self.mark(inst), self.index(inst.base))
+
+    def historical_volatility(self, currency: str, now: int) -> list[dict[str, Any]]:
+        """``public/get_historical_volatility``: for each hour of the last 15 days the index
+        has bars for, the annualized volatility (%) of its minute returns up to then."""
+        bars = self.candles.chart(index_name(currency), now - VOLATILITY_WINDOW_MS, now, 1)
+        ticks = bars["ticks"]
+        returns = [math.log(b / a) for a, b in itertools.pairwise(bars["close"])]
+        out: list[dict[str, Any]] = []
+        for i in range(2, len(ticks)):  # bar i closes return i - 1; two needed at least
+            last_of_hour = i == len(ticks) - 1 or ticks[i + 1] // HOUR_MS != ticks[i] // HOUR_MS
+            if last_of_hour:
+                vol = statistics.stdev(returns[:i]) * math.sqrt(MINUTES_PER_YEAR) * 100
+                out.append({"timestamp": ticks[i] - ticks[i] % HOUR_MS, "value": vol})
+        return out
+
+    def funding_history(self, inst: Instrument, start: int, end: int) -> list[dict[str, Any]]:
+        """``public/get_funding_rate_history``: per hour since the exchange started, the
+        index at the end of the hour and the funding rate of the mark against it."""
+        marks = self.candles.chart(inst.name, start, end, 60)
+        index = self.candles.chart(index_name(inst.base), start, end, 60)
+        closes = dict(zip(index["ticks"], index["close"], strict=True))
+        out: list[dict[str, Any]] = []
+        prev: float | None = None
+        for hour, mark in zip(marks["ticks"], marks["close"], strict=True):
+            idx = closes.get(hour)
+            if idx is None:
+                continue
+            rate = funding_rate(mark, idx)
+            out.append({
+                "timestamp": hour, "index_price": idx,
+                "prev_index_price": idx if prev is None else prev,
+                "interest_8h": rate, "interest_1h": rate / 8,
+            })
+            prev = idx
+        return out
 
     def _user_fill(
         self, order: Order, qty: float, price: float, liquidity: str, ts: int, matching_id: str
@@ -507,7 +716,7 @@ class Engine:
             "instrument_name": inst.name,
             "timestamp": ts,
             "order_id": order.order_id,
-            "order_type": "market" if order.order_type.endswith("market") else "limit",
+            "order_type": "market" if order.is_market else "limit",
             "matching_id": matching_id,
             "direction": order.direction,
             "tick_direction": st.tick_direction,
@@ -543,6 +752,8 @@ class Engine:
             self.recorder.trade_gone(dropped)
         self.sink.on_trade(account.account_id, inst, trade)
         self._moved_positions[(account.account_id, inst.name)] = pos
+        if order.is_linked:
+            self._linked[id(order)] = order
         return trade
 
     def _emit_order(self, order: Order) -> None:
@@ -551,11 +762,16 @@ class Engine:
     def _flush(self) -> None:
         """Record, then publish, every order and position the last operation changed, once
         each."""
-        if self._moved_positions:
+        while True:
+            # Linked orders react to what happened (which may trade, move positions and
+            # close more linked orders), and reduce-only orders follow the positions.
+            self._settle_links()
             for (account_id, _), pos in list(self._moved_positions.items()):
                 account = self.accounts.by_id[account_id]
                 if account.reduce_only:
                     self._enforce_reduce_only(account, pos)
+            if not self._linked:
+                break
         recorder = self.recorder
         if self._dirty:
             dirty, self._dirty = self._dirty, {}
@@ -595,19 +811,162 @@ class Engine:
                 order.updated_ms = now_ms()
                 self._emit_order(order)
 
+    # ---- linked orders -----------------------------------------------------------------------
+
+    def _park_secondary(self, account: Account, order: Order, primary: Order) -> None:
+        """A one-triggers-other secondary: listed (untriggered) until its primary's fills
+        place it."""
+        order.is_secondary_oto = True
+        order.oto_waiting = True
+        order.primary_order_id = primary.order_id
+        order.state = "untriggered"
+        order.triggered = False
+        order.market_price = order.is_market
+        self._time_seq += 1
+        order.seq = self._time_seq
+        account.open_orders[order.order_id] = order
+        self._emit_order(order)
+
+    def _enter_oco_member(self, account: Account, order: Order) -> list[dict[str, Any]]:
+        """Enter one order of a one-cancels-other group, unless the group closed it first
+        (another member filled or closed before this one's turn)."""
+        if not order.is_open:
+            return []
+        try:
+            return self._enter(account, order)
+        except RpcError as exc:
+            self._reject_linked(account, order, exc)
+            return []
+
+    def _reject_linked(self, account: Account, order: Order, exc: RpcError) -> None:
+        """A linked order that could not be placed when its time came: rejected, with the
+        reason Deribit would have answered the request with."""
+        log.info("paper.linked_order_rejected order=%s code=%d", order.order_id, exc.code)
+        order.updated_ms = now_ms()
+        self._close(account, order, "rejected")
+        self._emit_order(order)
+
+    def _settle_links(self) -> None:
+        """Apply the fills and closes of linked orders: place or cancel the secondaries of
+        primaries, cancel or shrink the rest of one-cancels-other groups."""
+        while self._linked:
+            batch, self._linked = self._linked, {}
+            for order in batch.values():
+                if order.oto_order_ids:
+                    self._settle_primary(order)
+                if order.oco_ref is not None:
+                    self._settle_oco(order)
+
+    def _settle_primary(self, primary: Order) -> None:
+        account = self.accounts.by_id[primary.account]  # type: ignore[index]
+        condition = primary.trigger_fill_condition
+        share = primary.filled / primary.amount if primary.amount > EPS else 0.0
+        for order_id in primary.oto_order_ids or ():
+            order = self.orders.get(order_id)
+            if order is None or not order.is_open:
+                continue
+            if condition == "incremental":
+                target = _scaled(order, share)
+                if order.oto_waiting and target > EPS:
+                    order.amount = target
+                    self._release(account, order)
+                elif not order.oto_waiting and target > order.amount + EPS:
+                    self._resize(account, order, target)
+                elif order.oto_waiting and not primary.is_open:
+                    self._cancel_one(account, order, "oto_primary_closed")
+                continue
+            due = (primary.filled > EPS) if condition == "first_hit" else primary.state == "filled"
+            if order.oto_waiting and due:
+                self._release(account, order)
+            elif order.oto_waiting and not primary.is_open:
+                self._cancel_one(account, order, "oto_primary_closed")
+
+    def _release(self, account: Account, order: Order) -> None:
+        """Place a waiting secondary now: the checks its request skipped, then to work."""
+        order.oto_waiting = False
+        order.updated_ms = now_ms()
+        account.open_orders.pop(order.order_id, None)
+        try:
+            inst = order.inst
+            if not order.is_market and not order.is_trigger:
+                lo, hi = self.band(inst)
+                ticks = round(order.price / inst.tick_size)
+                if order.is_buy and ticks > hi:
+                    raise RpcError(errors.PRICE_TOO_HIGH, {"max_price": to_price(hi, inst)})
+                if not order.is_buy and ticks < lo:
+                    raise RpcError(errors.PRICE_TOO_LOW, {"min_price": to_price(lo, inst)})
+            if order.reduce_only:
+                order.amount = self._reducible(account, inst, order.is_buy, order.amount)
+            else:
+                self._check_funds(account, order)
+            if order.oco_ref is not None:
+                self._enter_oco_member(account, order)
+            else:
+                self._enter(account, order)
+        except RpcError as exc:
+            self._reject_linked(account, order, exc)
+
+    def _settle_oco(self, order: Order) -> None:
+        ref = order.oco_ref
+        assert ref is not None
+        group = self.oco_groups.get(ref)
+        if not group:
+            return
+        account = self.accounts.by_id[order.account]  # type: ignore[index]
+        condition = order.trigger_fill_condition
+        others = [o for o in group if o is not order and o.is_open]
+        if not order.is_open:
+            for other in others:
+                self._cancel_one(account, other, "oco_other_closed")
+        elif order.filled > EPS and condition == "first_hit":
+            for other in others:
+                self._cancel_one(account, other, "oco_other_closed")
+        elif order.filled > EPS and condition == "incremental":
+            left = 1.0 - order.filled / order.amount
+            for other in others:
+                target = _scaled(other, left)
+                if target <= other.filled + EPS:
+                    self._cancel_one(account, other, "oco_other_closed")
+                elif target < other.amount - EPS:
+                    self._resize(account, other, target)
+        live = [o for o in group if o.is_open]
+        if live:
+            self.oco_groups[ref] = live
+        else:
+            del self.oco_groups[ref]
+
+    def _resize(self, account: Account, order: Order, amount: float) -> None:
+        """Set a linked order's amount (incremental fill conditions): smaller keeps its
+        place in the book, larger goes to the back of its price level."""
+        order.updated_ms = now_ms()
+        if order.state != "open":
+            order.amount = amount
+        elif amount < order.amount:
+            order.amount = amount
+            account.hold(order, order_margin(order))
+        else:
+            self._unlink(order)
+            order.amount = amount
+            self._rest(account, order, round(order.price / order.inst.tick_size))
+        self._emit_order(order)
+
     # ---- cancel / edit ---------------------------------------------------------------------
 
     def cancel(self, account: Account, order: Order, reason: str = "user_request") -> Order:
         """Cancel one open or untriggered order."""
         if not order.is_open:
             raise RpcError(errors.NOT_OPEN_ORDER)
+        self._cancel_one(account, order, reason)
+        self._flush()
+        return order
+
+    def _cancel_one(self, account: Account, order: Order, reason: str) -> None:
+        """Take an open order out of the book (or its trigger's watch) as cancelled."""
         self._unlink(order)
         order.updated_ms = now_ms()
         self._close(account, order, "cancelled", reason)
         self.counters["cancels"] += 1
         self._emit_order(order)
-        self._flush()
-        return order
 
     def _unlink(self, order: Order) -> None:
         if order.state == "untriggered":
@@ -626,12 +985,8 @@ class Engine:
         n = 0
         for order in orders:
             if order.is_open:
-                self._unlink(order)
-                order.updated_ms = now_ms()
-                self._close(account, order, "cancelled", reason)
-                self._emit_order(order)
+                self._cancel_one(account, order, reason)
                 n += 1
-        self.counters["cancels"] += n
         self._flush()
         return n
 
@@ -646,12 +1001,22 @@ class Engine:
         reject_post_only: bool | None,
         reduce_only: bool | None,
         trigger_price: float | None,
+        trigger_offset: float | None = None,
+        valid_until: int | None = None,
     ) -> tuple[Order, list[dict[str, Any]]]:
         """``private/edit``: change price and/or amount; a lower amount at the same price
-        keeps time priority, anything else re-queues (and may trade)."""
+        keeps time priority, anything else re-queues (and may trade). A trailing stop's
+        ``trigger_offset`` changes the distance it keeps from the best price so far."""
+        if valid_until is not None and now_ms() > valid_until:
+            raise RpcError(errors.TIMED_OUT, {"reason": "valid_until has passed"})
         if not order.is_open:
             raise RpcError(errors.NOT_OPEN_ORDER)
         inst = order.inst
+        if trigger_offset is not None:
+            if order.order_type != "trailing_stop":
+                raise invalid_param("trigger_offset", "only for trailing_stop orders")
+            if not trigger_offset > 0:
+                raise invalid_param("trigger_offset", "must be positive")
         new_amount = order.amount
         if amount is not None or contracts is not None:
             new_amount = self._amount(inst, amount, contracts)
@@ -667,7 +1032,15 @@ class Engine:
                 raise RpcError(errors.PRICE_TOO_HIGH, {"max_price": to_price(hi, inst)})
             if not order.is_buy and ticks < lo:
                 raise RpcError(errors.PRICE_TOO_LOW, {"min_price": to_price(lo, inst)})
-        if trigger_price is not None and order.state == "untriggered":
+        if trigger_offset is not None and order.state == "untriggered" and not order.oto_waiting:
+            old = order.trigger_offset or 0.0
+            trig = order.trigger_price or 0.0
+            best = trig - old if order.is_buy else trig + old
+            order.trigger_offset = trigger_offset
+            order.trigger_price = self._trail_price(order, best)
+        elif trigger_offset is not None:
+            order.trigger_offset = trigger_offset
+        elif trigger_price is not None and order.state == "untriggered":
             order.trigger_price = to_price(price_ticks(inst, trigger_price, "trigger_price"), inst)
         if post_only is not None:
             order.post_only = post_only and is_limit
@@ -684,6 +1057,8 @@ class Engine:
         order.updated_ms = now_ms()
         if order.state == "untriggered":
             order.amount = new_amount
+            if order.oto_waiting:
+                order.linked_amount = new_amount
             order.price = to_price(ticks, inst)
             self._emit_order(order)
             self._flush()
@@ -855,6 +1230,10 @@ class Engine:
             account = self.accounts.by_id[order.account]  # type: ignore[index]
             account.open_orders[order.order_id] = order
             self._time_seq = max(self._time_seq, order.seq)
+            if order.oco_ref is not None:
+                self.oco_groups.setdefault(order.oco_ref, []).append(order)
+            if order.oto_waiting:
+                continue  # placed by its primary's fills, not by a price
             if order.state == "untriggered":
                 self.untriggered[order.inst.name].append(order)
                 continue
@@ -897,6 +1276,10 @@ class Engine:
         against any user order they cross) and fire triggered orders."""
         self.market.step()
         ts = now_ms()
+        for name, mark in self.market.marks.items():
+            self.candles.price(name, ts, mark)
+        for currency, index in self.market.index.items():
+            self.candles.price(index_name(currency), ts, index)
         if ts >= self.day_end_ms:
             self.expire_day_orders()
             self.day_end_ms = next_day_end(ts)
@@ -928,17 +1311,31 @@ class Engine:
                 n += self.cancel_many(account, day, reason="settlement")
         return n
 
-    def _check_triggers(self, inst: Instrument) -> None:
-        refs = {
+    def check_triggers(self, inst: Instrument) -> None:
+        """Fire (and trail) ``inst``'s trigger orders at the current prices, as a market
+        tick does."""
+        self._check_triggers(inst)
+        self._flush()
+
+    def _trigger_refs(self, inst: Instrument) -> dict[str, float]:
+        """The price each kind of trigger watches."""
+        return {
             "index_price": self.index(inst.base),
             "mark_price": self.mark(inst),
             "last_price": self.stats[inst.name].last_price,
         }
+
+    def _check_triggers(self, inst: Instrument) -> None:
+        refs = self._trigger_refs(inst)
         fired = []
         for order in self.untriggered[inst.name]:
             ref = refs[order.trigger or "last_price"]
+            if order.order_type == "trailing_stop":
+                self._trail(order, ref)
             trig = order.trigger_price or 0.0
-            is_stop = order.order_type.startswith("stop")
+            # Stops (and trailing stops) buy on the way up and sell on the way down; take
+            # orders the other way round.
+            is_stop = not order.order_type.startswith("take")
             up = ref >= trig
             down = ref <= trig
             if (up if order.is_buy == is_stop else down):
@@ -950,7 +1347,7 @@ class Engine:
             order.state = "open"
             order.market_price = False
             order.updated_ms = now_ms()
-            if order.order_type.endswith("market"):
+            if order.is_market:
                 lo, hi = self.band(inst)
                 ticks = hi if order.is_buy else lo
                 order.price = to_price(ticks, inst)
@@ -958,6 +1355,15 @@ class Engine:
                 ticks = round(order.price / inst.tick_size)
             account.open_orders.pop(order.order_id, None)
             self._execute(account, order, ticks)
+
+    def _trail(self, order: Order, ref: float) -> None:
+        """Follow the trigger's best price: a sell stop only ever moves up, a buy stop down."""
+        level = self._trail_price(order, ref)
+        trig = order.trigger_price or 0.0
+        if (level < trig) if order.is_buy else (level > trig):
+            order.trigger_price = level
+            order.updated_ms = now_ms()
+            self._emit_order(order)
 
     def ticker(self, inst: Instrument, ts: int | None = None) -> dict[str, Any]:
         """The spec's ticker object for ``public/ticker`` and ``ticker.*`` channels."""
@@ -1008,7 +1414,8 @@ class Engine:
                 greeks={"delta": delta, "gamma": 0.0, "rho": 0.0, "theta": 0.0, "vega": 0.0},
             )
         else:
-            d.update(funding_8h=0.0, current_funding=0.0, interest_value=0.0)
+            funding = self.funding_8h(inst)
+            d.update(funding_8h=funding, current_funding=funding, interest_value=0.0)
         return d
 
     def order_book(self, inst: Instrument, depth: int) -> dict[str, Any]:
@@ -1019,6 +1426,13 @@ class Engine:
         d["asks"] = [[to_price(t, inst), a] for t, a in book.asks.depth(depth)]
         d["change_id"] = self._time_seq
         return d
+
+
+def funding_rate(mark: float, index: float) -> float:
+    """Deribit's funding per 8 hours: the premium of the mark over the index, less a damper
+    of 0.025% either way."""
+    premium = mark / index - 1.0
+    return max(FUNDING_DAMPER, premium) + min(-FUNDING_DAMPER, premium)
 
 
 def order_number(order: Order) -> int:
@@ -1042,15 +1456,27 @@ def _retained(history: deque[dict[str, Any]], trade: dict[str, Any]) -> bool:
     return False
 
 
+def _scaled(order: Order, share: float) -> float:
+    """``share`` of the amount ``order`` was linked with, rounded down to its contract size
+    (what an incremental fill condition gives it)."""
+    full = order.linked_amount if order.linked_amount is not None else order.amount
+    step = order.inst.min_trade_amount
+    return round(math.floor(full * share / step + 1e-9) * step, 8)
+
+
 def _type_matches(order: Order, wanted: str | None) -> bool:
     if wanted is None or wanted == "all":
         return True
     if wanted == "limit":
         return order.order_type == "limit"
-    if wanted in ("stop_all", "trigger_all"):
+    if wanted == "trigger_all":
         return order.order_type in TRIGGER_TYPES
+    if wanted == "stop_all":
+        return order.order_type.startswith("stop")
     if wanted == "take_all":
         return order.order_type.startswith("take")
+    if wanted == "trailing_all":
+        return order.order_type == "trailing_stop"
     if wanted == "stop_limit":
         return order.order_type == "stop_limit"
     return order.order_type == wanted

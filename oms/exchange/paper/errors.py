@@ -42,6 +42,7 @@ MESSAGES: dict[int, str] = {
     13010: "value_required",
     13020: "not_found",
     13021: "forbidden",
+    13888: "timed_out",
     -32600: "Invalid Request",
     -32601: "Method not found",
     -32602: "Invalid params",
@@ -70,6 +71,7 @@ NOT_OPEN_ORDER = 11044
 POST_ONLY_REJECT = 11054
 INVALID_CREDENTIALS = 13004
 UNAUTHORIZED = 13009
+TIMED_OUT = 13888
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602

@@ -59,7 +59,7 @@ class Instrument:
 
     @property
     def index_name(self) -> str:
-        return f"{self.base.lower()}_usd"
+        return index_name(self.base)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec's ``instrument`` object (built once: the catalogue is immutable)."""
@@ -99,6 +99,11 @@ class Instrument:
                 d["max_liquidation_commission"] = 0.0075
             self._dict = d
         return self._dict
+
+
+def index_name(currency: str) -> str:
+    """Deribit's name of a currency's USD index (``btc_usd``)."""
+    return f"{currency.lower()}_usd"
 
 
 def _num(x: float) -> float | int:

@@ -7,18 +7,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from oms.exchange.paper import errors
-from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore
-from oms.exchange.paper.engine import TIME_IN_FORCE, TRIGGERS, Engine, OrderRequest
+from oms.exchange.paper.accounts import CURRENCIES, Account, AccountStore, currency_info
+from oms.exchange.paper.candles import RESOLUTIONS
+from oms.exchange.paper.engine import (
+    FUNDING_PERIOD_MS,
+    TIME_IN_FORCE,
+    TRIGGERS,
+    Engine,
+    OrderRequest,
+    now_ms,
+)
 from oms.exchange.paper.errors import RpcError, invalid_param
 from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.params import Params
+from oms.exchange.paper.positions import initial_margin
 from oms.exchange.paper.session import Session
+from oms.exchange.paper.signatures import SignedClaim
 from oms.exchange.paper.subscriptions import Hub
+from oms.exchange.paper.validation import check_amount, to_price
 
 if TYPE_CHECKING:
     from oms.exchange.paper.journal import Journal
@@ -74,10 +85,16 @@ def _account(s: Session) -> Account:
     return s.account
 
 
-def _currency(p: Params, name: str = "currency", allow_any: bool = False) -> str:
-    value = p.req_str(name).upper()
+def _currency(
+    p: Params, name: str = "currency", allow_any: bool = False, default: str | None = None
+) -> str:
+    """A currency param, upper-cased; Deribit answers an unknown one with -32602 "invalid
+    currency"."""
+    raw = p.text(name, default, required=default is None)
+    assert raw is not None
+    value = raw.upper()
     if value not in CURRENCIES and not (allow_any and value == "ANY"):
-        raise invalid_param(name, "unknown currency")
+        raise invalid_param(name, "invalid currency")
     return value
 
 
@@ -92,7 +109,14 @@ def public_auth(st: State, s: Session, p: Params) -> Any:
     elif grant == "refresh_token":
         account = st.accounts.by_refresh_token(p.req_str("refresh_token"))
     else:
-        raise RpcError(errors.NOT_IMPLEMENTED, {"reason": "client_signature is not supported"})
+        timestamp = p.integer("timestamp", required=True)
+        raw_ts = p.raw["timestamp"]
+        # The signature covers the timestamp as the client wrote it.
+        claim = SignedClaim(
+            p.req_str("client_id"), raw_ts if isinstance(raw_ts, str) else str(timestamp),
+            p.text("nonce") or "", p.req_str("signature"),
+        )
+        account = st.accounts.verify_signature(claim, p.text("data") or "", now_ms())
     if s.account is not None and s.account is not account:
         # A connection belongs to one account: re-authenticating as another starts over.
         st.hub.drop(s)
@@ -148,8 +172,14 @@ def public_disable_heartbeat(st: State, s: Session, p: Params) -> Any:
     return "ok"
 
 
+def public_get_currencies(st: State, s: Session, p: Params) -> Any:
+    return [currency_info(c) for c in CURRENCIES]
+
+
 def public_get_instruments(st: State, s: Session, p: Params) -> Any:
-    currency = _currency(p, allow_any=True)
+    # Deribit lists every currency's instruments when ``currency`` is left out (ccxt's
+    # load_markets relies on it), as with "any".
+    currency = _currency(p, allow_any=True, default="any")
     kind = p.choice("kind", KINDS)
     if p.flag("expired"):
         return []
@@ -183,6 +213,95 @@ def public_get_index_price(st: State, s: Session, p: Params) -> Any:
     return {"index_price": price, "estimated_delivery_price": price}
 
 
+def _book_summary(st: State, inst: Any) -> dict[str, Any]:
+    """The spec's ``book_summary`` of one instrument, from its ticker."""
+    t = st.engine.ticker(inst)
+    bid = t["best_bid_price"] or None
+    ask = t["best_ask_price"] or None
+    stats = t["stats"]
+    d: dict[str, Any] = {
+        "instrument_name": inst.name,
+        "base_currency": inst.base,
+        "quote_currency": "USD" if inst.inverse else inst.base,
+        "creation_timestamp": t["timestamp"],
+        "bid_price": bid,
+        "ask_price": ask,
+        "mid_price": (bid + ask) / 2 if bid is not None and ask is not None else None,
+        "mark_price": t["mark_price"],
+        "last": t["last_price"],
+        "high": stats["high"],
+        "low": stats["low"],
+        "price_change": stats["price_change"],
+        "volume": stats["volume"],
+        "volume_usd": stats["volume_usd"],
+        "volume_notional": stats["volume_usd"],
+        "open_interest": t["open_interest"],
+        "estimated_delivery_price": t["estimated_delivery_price"],
+    }
+    if inst.is_option:
+        d.update(
+            underlying_index=inst.index_name, underlying_price=t["underlying_price"],
+            interest_rate=0.0, mark_iv=t["mark_iv"],
+        )
+    elif inst.settlement_period == "perpetual":
+        d.update(funding_8h=t["funding_8h"], current_funding=t["current_funding"])
+    return d
+
+
+def public_get_book_summary_by_currency(st: State, s: Session, p: Params) -> Any:
+    currency = _currency(p)
+    kind = p.choice("kind", KINDS)
+    return [
+        _book_summary(st, inst) for inst in st.engine.instruments.values()
+        if inst.currency == currency and kind in (None, "any", inst.kind)
+    ]
+
+
+def public_get_book_summary_by_instrument(st: State, s: Session, p: Params) -> Any:
+    return [_book_summary(st, st.engine.instrument(p.req_str("instrument_name")))]
+
+
+def _time_range(p: Params) -> tuple[int, int]:
+    start = p.integer("start_timestamp", required=True)
+    end = p.integer("end_timestamp", required=True)
+    assert start is not None and end is not None
+    if end < start:
+        raise invalid_param("end_timestamp", "must not be before start_timestamp")
+    return start, end
+
+
+def public_get_tradingview_chart_data(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    start, end = _time_range(p)
+    raw = p.raw.get("resolution")
+    resolution = str(int(raw)) if isinstance(raw, int | float) and not isinstance(raw, bool) \
+        else raw
+    minutes = RESOLUTIONS.get(resolution) if isinstance(resolution, str) else None
+    if minutes is None:
+        raise invalid_param("resolution", f"must be one of {', '.join(RESOLUTIONS)}")
+    return st.engine.candles.chart(inst.name, start, end, minutes)
+
+
+def public_get_funding_rate_value(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    if inst.settlement_period != "perpetual":
+        raise invalid_param("instrument_name", "not a perpetual")
+    start, end = _time_range(p)
+    return st.engine.funding_8h(inst) * (end - start) / FUNDING_PERIOD_MS
+
+
+def public_get_historical_volatility(st: State, s: Session, p: Params) -> Any:
+    return st.engine.historical_volatility(_currency(p), now_ms())
+
+
+def public_get_funding_rate_history(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    if inst.settlement_period != "perpetual":
+        raise invalid_param("instrument_name", "not a perpetual")
+    start, end = _time_range(p)
+    return st.engine.funding_history(inst, start, end)
+
+
 def public_subscribe(st: State, s: Session, p: Params) -> Any:
     return st.hub.subscribe(s, p.str_list("channels"), private=False)
 
@@ -203,9 +322,17 @@ def unsubscribe_all(st: State, s: Session, p: Params) -> Any:
 # ---- trading ---------------------------------------------------------------------------------
 
 
-def _order_request(p: Params) -> OrderRequest:
-    return OrderRequest(
-        instrument_name=p.req_str("instrument_name"),
+LINKED_ORDER_TYPES = (
+    "one_triggers_other", "one_cancels_other", "one_triggers_one_cancels_other",
+)
+FILL_CONDITIONS = ("first_hit", "complete_fill", "incremental")
+
+
+def _order_request(p: Params, instrument_name: str | None = None) -> OrderRequest:
+    """An order's params (``instrument_name`` given: a linked order of ``otoco_config``,
+    on its primary's instrument)."""
+    req = OrderRequest(
+        instrument_name=instrument_name or p.req_str("instrument_name"),
         amount=p.num("amount"),
         contracts=p.num("contracts"),
         type=p.choice("type", ORDER_TYPES, "limit") or "limit",
@@ -219,7 +346,24 @@ def _order_request(p: Params) -> OrderRequest:
         reduce_only=p.flag("reduce_only"),
         trigger_price=p.num("trigger_price"),
         trigger=p.choice("trigger", TRIGGERS),
+        trigger_offset=p.num("trigger_offset"),
     )
+    if instrument_name is not None:
+        return req
+    req.valid_until = p.integer("valid_until")
+    req.linked_order_type = p.choice("linked_order_type", LINKED_ORDER_TYPES)
+    req.trigger_fill_condition = p.choice("trigger_fill_condition", FILL_CONDITIONS)
+    for i, leg in enumerate(p.obj_list("otoco_config")):
+        leg_params = Params(leg)
+        direction = leg_params.choice("direction", ("buy", "sell"), required=True)
+        try:
+            leg_req = _order_request(leg_params, req.instrument_name)
+        except RpcError as exc:
+            if exc.data is not None and "param" in exc.data:
+                exc.data["param"] = f"otoco_config[{i}].{exc.data['param']}"
+            raise
+        req.otoco_config.append((direction == "buy", leg_req))
+    return req
 
 
 def _place(st: State, s: Session, p: Params, is_buy: bool) -> Any:
@@ -260,6 +404,8 @@ def private_edit(st: State, s: Session, p: Params) -> Any:
         p.flag("reject_post_only") if p.has("reject_post_only") else None,
         p.flag("reduce_only") if p.has("reduce_only") else None,
         p.num("trigger_price"),
+        trigger_offset=p.num("trigger_offset"),
+        valid_until=p.integer("valid_until"),
     )
     return {"order": order.to_dict(), "trades": trades}
 
@@ -389,51 +535,110 @@ def private_get_user_trades_by_order(st: State, s: Session, p: Params) -> Any:
     return trades
 
 
+def _trade_number(p: Params, name: str) -> int | None:
+    """A trade id param as the number it carries (``"BTC-15"`` or ``15``)."""
+    raw = p.raw.get(name)
+    if raw is None:
+        return None
+    tail = str(raw).rsplit("-", 1)[-1]
+    if isinstance(raw, bool) or not tail.isdigit():
+        raise invalid_param(name, "invalid trade id")
+    return int(tail)
+
+
+def _trades_page(
+    p: Params, trades: Iterable[dict[str, Any]], first: str, last: str, seq_name: str = "seq"
+) -> dict[str, Any]:
+    """Deribit's trade listing: filtered by time and by sequence (``first``/``last`` params),
+    ``count`` of them (the earliest ones when a start is given, else the latest), in
+    ``sorting`` order (default: as selected), and whether more matched."""
+    count = max(1, min(p.integer("count", 10) or 10, 1000))
+    start_ts, end_ts = p.integer("start_timestamp"), p.integer("end_timestamp")
+    if seq_name == "id":
+        lo, hi = _trade_number(p, first), _trade_number(p, last)
+    else:
+        lo, hi = p.integer(first), p.integer(last)
+    sorting = p.choice("sorting", ("asc", "desc", "default"), "default")
+    selected = [
+        t for t in trades
+        if (start_ts is None or t["timestamp"] >= start_ts)
+        and (end_ts is None or t["timestamp"] <= end_ts)
+        and (lo is None or t["trade_seq"] >= lo)
+        and (hi is None or t["trade_seq"] <= hi)
+    ]
+    forward = start_ts is not None or lo is not None
+    page = selected[:count] if forward else selected[-count:]
+    if sorting == "desc" or (sorting == "default" and not forward):
+        page.reverse()
+    return {"trades": page, "has_more": len(selected) > count}
+
+
+def _account_trades(st: State, s: Session) -> Iterable[dict[str, Any]]:
+    return st.engine.trades_by_account.get(_account(s).account_id, ())
+
+
 def private_get_user_trades_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
-    count = p.integer("count", 10) or 10
-    history = st.engine.trades_by_account.get(_account(s).account_id, ())
-    trades = [t for t in history if t["instrument_name"] == inst.name]
-    if p.choice("sorting", ("asc", "desc", "default"), "default") != "asc":
-        trades.reverse()
-    trades = trades[:count]
-    return {"trades": trades, "has_more": False}
+    trades = (t for t in _account_trades(st, s) if t["instrument_name"] == inst.name)
+    return _trades_page(p, trades, "start_seq", "end_seq")
+
+
+def private_get_user_trades_by_instrument_and_time(st: State, s: Session, p: Params) -> Any:
+    p.integer("start_timestamp", required=True)
+    p.integer("end_timestamp", required=True)
+    return private_get_user_trades_by_instrument(st, s, p)
+
+
+def _currency_trades(st: State, s: Session, p: Params) -> Iterable[dict[str, Any]]:
+    currency = _currency(p)
+    kind = p.choice("kind", KINDS)
+    instruments = st.engine.instruments
+    for t in _account_trades(st, s):
+        inst = instruments.get(t["instrument_name"])
+        if inst is not None and inst.currency == currency and kind in (None, "any", inst.kind):
+            yield t
 
 
 def private_get_user_trades_by_currency(st: State, s: Session, p: Params) -> Any:
-    currency = _currency(p)
-    kind = p.choice("kind", KINDS)
-    count = max(1, min(p.integer("count", 10) or 10, 1000))
-    start_ts = p.integer("start_timestamp")
-    end_ts = p.integer("end_timestamp")
-    engine = st.engine
-    history = engine.trades_by_account.get(_account(s).account_id, ())
-    trades = []
-    for t in history:
-        inst = engine.instruments.get(t["instrument_name"])
-        if inst is None or inst.currency != currency:
-            continue
-        if kind not in (None, "any", inst.kind):
-            continue
-        if (start_ts is not None and t["timestamp"] < start_ts) or (
-            end_ts is not None and t["timestamp"] > end_ts
-        ):
-            continue
-        trades.append(t)
-    if p.choice("sorting", ("asc", "desc", "default"), "default") != "asc":
-        trades.reverse()
-    return {"trades": trades[:count], "has_more": len(trades) > count}
+    return _trades_page(p, list(_currency_trades(st, s, p)), "start_id", "end_id", "id")
+
+
+def private_get_user_trades_by_currency_and_time(st: State, s: Session, p: Params) -> Any:
+    p.integer("start_timestamp", required=True)
+    p.integer("end_timestamp", required=True)
+    return _trades_page(p, list(_currency_trades(st, s, p)), "start_id", "end_id", "id")
+
+
+def public_get_last_trades_by_instrument(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    return _trades_page(p, st.engine.public_trades[inst.name], "start_seq", "end_seq")
+
+
+def public_get_last_trades_by_instrument_and_time(st: State, s: Session, p: Params) -> Any:
+    _time_range(p)
+    return public_get_last_trades_by_instrument(st, s, p)
 
 
 def _order_history(st: State, s: Session, p: Params, **where: Any) -> Any:
+    """Closed orders, newest first. With ``with_continuation`` the answer is
+    ``{"orders", "continuation"}``: pass the token back as ``continuation`` for the next
+    page (it is null on the last one)."""
+    count = max(1, min(p.integer("count", 20) or 20, 1000))
+    offset = max(0, p.integer("offset", 0) or 0)
+    paged = p.flag("with_continuation")
+    token = p.text("continuation")
+    if token is not None:
+        if not token.isdigit():
+            raise invalid_param("continuation", "invalid continuation token")
+        offset = int(token)
     orders = st.engine.order_history(
-        _account(s),
-        include_unfilled=p.flag("include_unfilled"),
-        count=max(1, min(p.integer("count", 20) or 20, 1000)),
-        offset=max(0, p.integer("offset", 0) or 0),
-        **where,
+        _account(s), include_unfilled=p.flag("include_unfilled"),
+        count=count + 1 if paged else count, offset=offset, **where,
     )
-    return [o.to_dict() for o in orders]
+    page = [o.to_dict() for o in orders[:count]]
+    if not paged:
+        return page
+    return {"orders": page, "continuation": str(offset + count) if len(orders) > count else None}
 
 
 def private_get_order_history_by_currency(st: State, s: Session, p: Params) -> Any:
@@ -468,6 +673,21 @@ def private_get_positions(st: State, s: Session, p: Params) -> Any:
         and currency in ("ANY", pos.inst.currency)
         and kind in (None, "any", pos.inst.kind)
     ]
+
+
+def private_get_margins(st: State, s: Session, p: Params) -> Any:
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    amount = check_amount(inst, p.num("amount", required=True) or 0.0)
+    price = p.num("price", required=True) or 0.0
+    if not price > 0:
+        raise RpcError(errors.INVALID_PRICE, {"reason": "price must be positive", "param": "price"})
+    lo, hi = st.engine.band(inst)
+    return {
+        "buy": initial_margin(inst, True, amount, price),
+        "sell": initial_margin(inst, False, amount, price),
+        "min_price": to_price(lo, inst),
+        "max_price": to_price(hi, inst),
+    }
 
 
 def private_get_account_summary(st: State, s: Session, p: Params) -> Any:
@@ -597,11 +817,22 @@ METHODS: dict[str, Method] = {
     "public/status": Method(public_status),
     "public/set_heartbeat": Method(public_set_heartbeat, ws_only=True),
     "public/disable_heartbeat": Method(public_disable_heartbeat, ws_only=True),
+    "public/get_currencies": Method(public_get_currencies),
     "public/get_instruments": Method(public_get_instruments),
     "public/get_instrument": Method(public_get_instrument),
     "public/ticker": Method(public_ticker),
     "public/get_order_book": Method(public_get_order_book),
     "public/get_index_price": Method(public_get_index_price),
+    "public/get_last_trades_by_instrument": Method(public_get_last_trades_by_instrument),
+    "public/get_book_summary_by_currency": Method(public_get_book_summary_by_currency),
+    "public/get_book_summary_by_instrument": Method(public_get_book_summary_by_instrument),
+    "public/get_tradingview_chart_data": Method(public_get_tradingview_chart_data),
+    "public/get_funding_rate_value": Method(public_get_funding_rate_value),
+    "public/get_funding_rate_history": Method(public_get_funding_rate_history),
+    "public/get_historical_volatility": Method(public_get_historical_volatility),
+    "public/get_last_trades_by_instrument_and_time": Method(
+        public_get_last_trades_by_instrument_and_time
+    ),
     "public/subscribe": Method(public_subscribe, ws_only=True),
     "public/unsubscribe": Method(unsubscribe, ws_only=True),
     "public/unsubscribe_all": Method(unsubscribe_all, ws_only=True),
@@ -646,6 +877,12 @@ METHODS: dict[str, Method] = {
     "private/get_user_trades_by_currency": Method(
         private_get_user_trades_by_currency, private=True
     ),
+    "private/get_user_trades_by_currency_and_time": Method(
+        private_get_user_trades_by_currency_and_time, private=True
+    ),
+    "private/get_user_trades_by_instrument_and_time": Method(
+        private_get_user_trades_by_instrument_and_time, private=True
+    ),
     "private/get_order_history_by_currency": Method(
         private_get_order_history_by_currency, private=True
     ),
@@ -654,6 +891,7 @@ METHODS: dict[str, Method] = {
     ),
     "private/get_position": Method(private_get_position, private=True),
     "private/get_positions": Method(private_get_positions, private=True),
+    "private/get_margins": Method(private_get_margins, private=True),
     "private/get_account_summary": Method(private_get_account_summary, private=True),
     "private/get_account_summaries": Method(private_get_account_summaries, private=True),
     "private/enable_cancel_on_disconnect": Method(

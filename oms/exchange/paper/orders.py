@@ -9,6 +9,11 @@ from oms.exchange.paper.instruments import Instrument
 
 EPS = 1e-9
 
+# Executed at the market when they run (a trailing stop is a stop-market that trails).
+MARKET_TYPES = ("market", "stop_market", "take_market", "trailing_stop")
+# Wait for a price trigger before they run.
+TRIGGER_TYPES = ("stop_limit", "stop_market", "take_limit", "take_market", "trailing_stop")
+
 
 @dataclass(slots=True, eq=False)
 class Order:
@@ -42,6 +47,36 @@ class Order:
     session_id: int | None = None  # for cancel-on-disconnect
     market_price: bool = False  # untriggered stop_market/take_market: price is "market_price"
     reserved: float = 0.0  # initial margin this order holds, in the settlement coin
+    # Trailing stops: the distance kept from the best price of the trigger since placement,
+    # and that price's value at placement.
+    trigger_offset: float | None = None
+    trigger_reference_price: float | None = None
+    # Linked orders (linked_order_type). A primary lists the secondaries its fills place;
+    # a secondary waits (``oto_waiting``, shown as untriggered) until then. Orders of one
+    # one-cancels-other group share ``oco_ref``. ``linked_amount`` is the amount an order was
+    # linked with: what an incremental fill condition scales.
+    trigger_fill_condition: str | None = None
+    oto_order_ids: list[str] | None = None
+    is_primary_otoco: bool = False
+    is_secondary_oto: bool = False
+    oto_waiting: bool = False
+    primary_order_id: str | None = None
+    oco_ref: str | None = None
+    linked_amount: float | None = None
+
+    @property
+    def is_market(self) -> bool:
+        """Executed at the market (once triggered, for trigger orders)."""
+        return self.order_type in MARKET_TYPES
+
+    @property
+    def is_trigger(self) -> bool:
+        """Of a type that waits for a price trigger (whether or not it fired)."""
+        return self.order_type in TRIGGER_TYPES
+
+    @property
+    def is_linked(self) -> bool:
+        return self.oto_order_ids is not None or self.oco_ref is not None
 
     @property
     def remaining(self) -> float:
@@ -97,4 +132,18 @@ class Order:
             d["trigger"] = self.trigger
             d["trigger_price"] = self.trigger_price
             d["triggered"] = bool(self.triggered)
+        if self.trigger_offset is not None:
+            d["trigger_offset"] = self.trigger_offset
+            d["trigger_reference_price"] = self.trigger_reference_price
+        if self.trigger_fill_condition is not None:
+            d["trigger_fill_condition"] = self.trigger_fill_condition
+        if self.oto_order_ids is not None:
+            d["oto_order_ids"] = list(self.oto_order_ids)
+        if self.is_primary_otoco:
+            d["is_primary_otoco"] = True
+        if self.is_secondary_oto:
+            d["is_secondary_oto"] = True
+            d["primary_order_id"] = self.primary_order_id
+        if self.oco_ref is not None:
+            d["oco_ref"] = self.oco_ref
         return d

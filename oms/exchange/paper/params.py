@@ -103,3 +103,18 @@ class Params:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise invalid_param(name, "must be an array of strings")
         return value
+
+    def obj_list(self, name: str) -> list[dict[str, Any]]:
+        """An array of objects (HTTP GET: as a JSON array in the query string); empty if
+        absent."""
+        value = self.raw.get(name)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise invalid_param(name, "must be an array of objects") from None
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise invalid_param(name, "must be an array of objects")
+        return value

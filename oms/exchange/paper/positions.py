@@ -126,8 +126,14 @@ def order_margin(order: Order) -> float:
     remaining = order.amount - order.filled
     if remaining <= EPS:
         return 0.0
-    if order.inst.inverse:
-        return remaining / order.price * FUTURE_IM_RATE
-    if order.is_buy:
-        return remaining * order.price
-    return remaining * (SHORT_OPTION_IM + order.price)
+    return initial_margin(order.inst, order.is_buy, remaining, order.price)
+
+
+def initial_margin(inst: Instrument, is_buy: bool, amount: float, price: float) -> float:
+    """Initial margin (coin) of an order for ``amount`` at ``price`` (``private/get_margins``
+    and what resting orders hold)."""
+    if inst.inverse:
+        return amount / price * FUTURE_IM_RATE
+    if is_buy:
+        return amount * price
+    return amount * (SHORT_OPTION_IM + price)

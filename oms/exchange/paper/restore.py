@@ -35,7 +35,9 @@ ORDER_FIELDS = (
     "order_id", "account", "is_buy", "price", "amount", "order_type", "time_in_force",
     "label", "post_only", "reject_post_only", "reduce_only", "max_show", "filled", "notional",
     "commission", "state", "created_ms", "updated_ms", "seq", "replaced", "cancel_reason",
-    "trigger", "trigger_price", "triggered", "market_price", "reserved",
+    "trigger", "trigger_price", "triggered", "market_price", "reserved", "trigger_offset",
+    "trigger_reference_price", "trigger_fill_condition", "oto_order_ids", "is_primary_otoco",
+    "is_secondary_oto", "oto_waiting", "primary_order_id", "oco_ref", "linked_amount",
 )
 STATS_FIELDS = tuple(InstrumentStats.__dataclass_fields__)
 

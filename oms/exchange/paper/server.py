@@ -22,9 +22,10 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from oms.exchange.deribit.auth import HTTP_SIGNATURE_SCHEME, http_request_data
 from oms.exchange.paper.accounts import AccountStore
-from oms.exchange.paper.dispatch import Outcome, handle
-from oms.exchange.paper.engine import Engine
+from oms.exchange.paper.dispatch import Outcome, error_response, handle
+from oms.exchange.paper.engine import Engine, now_ms
 from oms.exchange.paper.errors import PARSE_ERROR, RpcError
 from oms.exchange.paper.faults import Faults
 from oms.exchange.paper.instruments import Instrument, default_instruments
@@ -33,6 +34,7 @@ from oms.exchange.paper.market import SyntheticMarket
 from oms.exchange.paper.methods import State
 from oms.exchange.paper.restore import restore
 from oms.exchange.paper.session import IMMEDIATE, Durability, Session
+from oms.exchange.paper.signatures import parse_authorization
 from oms.exchange.paper.store import Store
 from oms.exchange.paper.subscriptions import Hub
 from oms.settings import PaperExchangeSettings
@@ -449,18 +451,13 @@ class PaperExchange:
         us_in = time.time_ns() // 1000
         session = Session(None, peer=str(request.remote))
         durability = self.durability
-        auth = request.headers.get("Authorization", "")
-        if auth:
-            self._http_auth(session, auth)
         method = request.match_info.get("method")
+        raw_body = await request.read() if request.method == "POST" else b""
         if request.method == "POST":
             try:
-                body = orjson.loads(await request.read())
+                body = orjson.loads(raw_body)
             except orjson.JSONDecodeError:
-                return self._http_response(
-                    {"jsonrpc": "2.0", "id": None, "error": RpcError(PARSE_ERROR).to_dict(),
-                     "testnet": True}
-                )
+                return self._http_response(error_response(None, us_in, RpcError(PARSE_ERROR)))
             if isinstance(body, dict) and method and "method" not in body:
                 body["method"] = method
         else:
@@ -469,6 +466,14 @@ class PaperExchange:
                     "params": params}
         if isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"].isdigit():
             body["id"] = int(body["id"])
+        auth = request.headers.get("Authorization", "")
+        if auth:
+            try:
+                self._http_auth(session, auth, request, raw_body)
+            except RpcError as exc:
+                req_id = body.get("id") if isinstance(body, dict) else None
+                log.info("paper.http_auth_refused peer=%s code=%d", session.peer, exc.code)
+                return self._http_response(error_response(req_id, us_in, exc))
         if self.faults.latency_ms > 0:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         outcome = handle(self.state, session, body, http=True, us_in=us_in)
@@ -479,7 +484,12 @@ class PaperExchange:
             await asyncio.sleep(outcome.delay_s)
         return self._http_response(outcome.response)
 
-    def _http_auth(self, session: Session, header: str) -> None:
+    def _http_auth(
+        self, session: Session, header: str, request: web.Request, raw_body: bytes
+    ) -> None:
+        """Authenticate an HTTP request by its Authorization header: a bearer token, basic
+        credentials, or Deribit's request signature (a bad signature raises Deribit's error:
+        the client asked for this request to be authenticated)."""
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
@@ -490,6 +500,13 @@ class PaperExchange:
                 session.account = self.accounts.authenticate(client_id, secret)
             except (ValueError, RpcError):
                 session.account = None
+        elif scheme == HTTP_SIGNATURE_SCHEME:
+            claim = parse_authorization(value)
+            # The URI exactly as sent (path and query, still percent-encoded).
+            data = http_request_data(
+                request.method, request.raw_path, raw_body.decode(errors="replace")
+            )
+            session.account = self.accounts.verify_signature(claim, data, now_ms())
 
     @staticmethod
     def _http_response(body: dict[str, Any]) -> web.Response:

@@ -64,6 +64,7 @@ class Session:
         self.peer = peer
         self.account: Account | None = None
         self.channels: set[str] = set()
+        self.books_sent: set[str] = set()  # book channels that had their snapshot
         self.durability = durability
         self.out: deque[tuple[int, str]] = deque()  # (durability ticket, message)
         self.wake = asyncio.Event()

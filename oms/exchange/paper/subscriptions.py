@@ -16,8 +16,10 @@ from oms.exchange.paper.instruments import Instrument
 from oms.exchange.paper.orders import Order
 from oms.exchange.paper.positions import Position
 from oms.exchange.paper.session import Session, notification
+from oms.exchange.paper.validation import to_price
 
 INTERVALS = ("raw", "100ms", "agg2")
+BOOK_DEPTH = 10_000  # book channels carry the whole book
 USER_TOPICS = ("orders", "trades", "changes")
 KINDS = ("future", "option", "spot", "future_combo", "option_combo", "any")
 CURRENCIES = ("BTC", "ETH", "USDC", "USDT", "any")
@@ -32,6 +34,8 @@ class Hub:
         self.book_subs: dict[str, set[Session]] = {}
         self.user_subs: dict[str, set[Session]] = {}  # account_id -> sessions
         self.portfolio_subs: set[Session] = set()
+        # Per instrument, the book as last published: (change_id, bids, asks), ticks -> amount.
+        self._books: dict[str, tuple[int, dict[int, float], dict[int, float]]] = {}
         self._candidates: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
         self.notifications = 0
 
@@ -78,12 +82,14 @@ class Hub:
         """Remove channels; returns the ones that were subscribed."""
         done = [ch for ch in channels if ch in session.channels]
         session.channels.difference_update(done)
+        session.books_sent.difference_update(done)
         self._reindex(session)
         return done
 
     def drop(self, session: Session) -> None:
         """Forget a closed session."""
         session.channels.clear()
+        session.books_sent.clear()
         self._reindex(session)
 
     def _reindex(self, session: Session) -> None:
@@ -195,7 +201,7 @@ class Hub:
                 self.notifications += 1
 
     def publish_market(self, ts: int) -> None:
-        """Tickers and book snapshots for every subscribed instrument (one tick)."""
+        """Tickers and book notifications for every subscribed instrument (one tick)."""
         engine = self.engine
         assert engine is not None
         for name, sessions in self.ticker_subs.items():
@@ -213,26 +219,62 @@ class Hub:
                         session.send_text(text)
                         self.notifications += 1
         for name, sessions in self.book_subs.items():
-            if not sessions:
-                continue
-            inst = engine.instruments[name]
-            snap = engine.order_book(inst, 10)
-            data = {
-                "type": "snapshot",
-                "timestamp": ts,
-                "instrument_name": name,
-                "change_id": snap["change_id"],
-                "bids": [["new", p, a] for p, a in snap["bids"]],
-                "asks": [["new", p, a] for p, a in snap["asks"]],
+            if sessions:
+                self._publish_book(engine.instruments[name], sessions, ts)
+            else:
+                self._books.pop(name, None)
+
+    def _publish_book(self, inst: Instrument, sessions: set[Session], ts: int) -> None:
+        """Deribit's book channel: a snapshot to each new subscriber, then the changes since
+        the previous notification (``new``/``change``/``delete`` levels, chained by
+        ``prev_change_id``), only when something changed."""
+        assert self.engine is not None
+        book = self.engine.books[inst.name]
+        bids = dict(book.bids.depth(BOOK_DEPTH))
+        asks = dict(book.asks.depth(BOOK_DEPTH))
+        prev = self._books.get(inst.name)
+        if prev is None:
+            change_id, changed = 1, True
+            bid_changes: list[list[Any]] = []
+            ask_changes: list[list[Any]] = []
+        else:
+            bid_changes = _level_changes(inst, prev[1], bids)
+            ask_changes = _level_changes(inst, prev[2], asks)
+            changed = bool(bid_changes or ask_changes)
+            change_id = prev[0] + 1 if changed else prev[0]
+        self._books[inst.name] = (change_id, bids, asks)
+        snapshot: dict[str, Any] = {
+            "type": "snapshot", "timestamp": ts, "instrument_name": inst.name,
+            "change_id": change_id,
+            "bids": [["new", to_price(t, inst), a] for t, a in bids.items()],
+            "asks": [["new", to_price(t, inst), a] for t, a in asks.items()],
+        }
+        change: dict[str, Any] | None = None
+        if changed and prev is not None:
+            change = {
+                "type": "change", "timestamp": ts, "instrument_name": inst.name,
+                "prev_change_id": prev[0], "change_id": change_id,
+                "bids": bid_changes, "asks": ask_changes,
             }
-            for interval in INTERVALS:
-                channel = f"book.{name}.{interval}"
-                text = None
-                for session in sessions:
-                    if channel in session.channels:
-                        if text is None:
-                            text = notification(channel, data)
-                        session.send_text(text)
+        for interval in INTERVALS:
+            channel = f"book.{inst.name}.{interval}"
+            texts: dict[str, str] = {}
+            for session in sessions:
+                if channel not in session.channels:
+                    continue
+                if channel not in session.books_sent:
+                    kind, data = "snapshot", snapshot
+                    session.books_sent.add(channel)
+                elif change is not None:
+                    kind, data = "change", change
+                else:
+                    continue
+                text = texts.get(kind)
+                if text is None:
+                    text = texts[kind] = notification(channel, data)
+                session.send_text(text)
+                self.notifications += 1
+
 
     def publish_portfolio(self) -> None:
         """``user.portfolio.{currency}``: the account summary, once per tick."""
@@ -249,6 +291,22 @@ class Hub:
                         session.notify(
                             ch, account.summary(c, engine.mark, engine.instruments)
                         )
+
+
+def _level_changes(
+    inst: Instrument, before: dict[int, float], after: dict[int, float]
+) -> list[list[Any]]:
+    """Deribit's book deltas from one side's levels (ticks -> amount) to the next."""
+    out: list[list[Any]] = []
+    for ticks in sorted(before.keys() | after.keys()):
+        old, new = before.get(ticks), after.get(ticks)
+        if new is None:
+            out.append(["delete", to_price(ticks, inst), 0.0])
+        elif old is None:
+            out.append(["new", to_price(ticks, inst), new])
+        elif old != new:
+            out.append(["change", to_price(ticks, inst), new])
+    return out
 
 
 def _changes(inst: Instrument, items: list[tuple[str, Any]]) -> dict[str, Any]:
