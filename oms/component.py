@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine, Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,6 +29,20 @@ class ComponentState(StrEnum):
     READY = "ready"  # built, not started
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+class Startable(Protocol):
+    """What a composition root starts and stops: a :class:`Component`, or anything that
+    behaves like one (e.g. an :class:`~oms.exchange.interface.Exchange`)."""
+
+    name: str
+
+    @property
+    def state(self) -> ComponentState: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Component:
@@ -89,13 +103,13 @@ class Component:
         """What stopping releases besides the spawned tasks (default: nothing)."""
 
 
-async def start_all(components: Iterable[Component]) -> None:
+async def start_all(components: Iterable[Startable]) -> None:
     """Start ``components`` in the order given (their dependency order)."""
     for component in components:
         await component.start()
 
 
-async def stop_all(components: Iterable[Component]) -> None:
+async def stop_all(components: Iterable[Startable]) -> None:
     """Stop ``components`` in the reverse of the order given; one failing to stop does not
     keep the others running."""
     for component in reversed(list(components)):

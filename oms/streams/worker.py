@@ -33,7 +33,7 @@ from faust.types import TP
 from oms.algos.scheduler import AlgoScheduler
 from oms.auth.nonces import NonceStore
 from oms.auth.verify import Authenticator
-from oms.component import Component, start_all, stop_all
+from oms.component import Startable, start_all, stop_all
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.interface import create_exchange
 from oms.kafka.faust_patches import StallHealer
@@ -264,8 +264,8 @@ class OrderWorker:
         )
 
         # Started in this order once Faust runs, stopped in the reverse order.
-        self.components: list[Component] = [
-            exchange,  # type: ignore[list-item]  # every venue is a Component
+        self.components: list[Startable] = [
+            exchange,
             guard,
             self.tick_feed,
             trigger_loop,
