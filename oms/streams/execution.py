@@ -260,10 +260,6 @@ class OrderExecutor:
         """Look an order up by label; report it, or resubmit if the exchange never got it."""
         await self._commands.run(order.order_id, self._submit(order, check_label_first=True))
 
-    async def publish(self, report: ExecutionReport) -> None:
-        """Put a report on ``execution-reports`` for the order-state agent."""
-        await self._publish(report)
-
     async def recheck(self, order: OrderRecord) -> None:
         """Fetch an acknowledged order's state (by the exchange's id, else by label) and
         report it: a missed order update from the exchange's stream never leaves an order

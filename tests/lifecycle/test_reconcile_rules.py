@@ -25,8 +25,8 @@ from oms.schemas import (
     ReportSource,
 )
 from oms.schemas.notify_settings import NotificationType
-from oms.settings import LifecycleSettings, Settings
 from oms.secrets import SecretStore
+from oms.settings import LifecycleSettings, Settings
 from oms.streams.execution import InflightCommands, LabelLookup, OrderExecutor
 from tests.orders.factories import order_record
 

@@ -29,12 +29,14 @@ class Venue:
     def __init__(self) -> None:
         self.reconnects: asyncio.Queue[Reconnect] = asyncio.Queue()
         self.reconciled: list[Reconnect] = []
+        self.released: asyncio.Queue[Reconnect] = asyncio.Queue()
 
     async def next_reconnect(self) -> Reconnect:
         return await self.reconnects.get()
 
     def release(self, reconnect: Reconnect) -> None:
         self.reconciled.append(reconnect)
+        self.released.put_nowait(reconnect)
 
 
 async def test_reconnects_are_reconciled_then_released() -> None:
@@ -80,17 +82,13 @@ async def test_reconnects_are_reconciled_then_released() -> None:
     assert service.state is ComponentState.READY
     await service.start()
     venue.reconnects.put_nowait(Reconnect("acc", 1))
-    async with asyncio.timeout(5):
-        while len(venue.reconciled) < 1:
-            await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(venue.released.get(), 5) == Reconnect("acc", 1)
     assert monitor.counters["reconnect_reconciliations"] == 1
     assert ownership.owned == {0, 1}  # refreshed for the pass
 
     broken["orders"] = True
     venue.reconnects.put_nowait(Reconnect("acc", 2))
-    async with asyncio.timeout(5):
-        while len(venue.reconciled) < 2:
-            await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(venue.released.get(), 5) == Reconnect("acc", 2)
     assert venue.reconciled == [Reconnect("acc", 1), Reconnect("acc", 2)]
     assert monitor.counters["reconnect_reconciliations"] == 1  # the failed one did not count
 

@@ -43,7 +43,9 @@ class Rig:
             reserve_order_entry=self.credits.reserve,
             publish_trigger=self._trigger,
             release_check=lambda order: (
-                Rejection(ReasonCode.RISK_LIMIT_EXCEEDED, "refused at release") if order.order_id in refuse else None
+                Rejection(ReasonCode.RISK_LIMIT_EXCEEDED, "refused at release")
+                if order.order_id in refuse
+                else None
             ),
             settings=QueueSettings(batch_size=10, processing_interval=1.0),
             retry_delay=0.1,
@@ -60,9 +62,7 @@ class Rig:
         self.triggers.append(trigger)
 
     def queue(self, order_id: str, priority: str, at: int, *, uncertain: bool = False) -> None:
-        order = order_record(
-            OrderStatus.QUEUED, order_id=order_id, priority=priority, queued_at=at
-        )
+        order = order_record(OrderStatus.QUEUED, order_id=order_id, priority=priority, queued_at=at)
         self.table[order_id] = order
         self.queues.push(order, uncertain=uncertain)
 
