@@ -63,10 +63,6 @@ class Component:
         """Ready (built), running, or stopped."""
         return self._state
 
-    @property
-    def is_running(self) -> bool:
-        return self._state is ComponentState.RUNNING
-
     async def start(self) -> None:
         """Start (a running component is left as it is)."""
         if self._state is ComponentState.RUNNING:

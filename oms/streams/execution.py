@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
+from oms.component import Component, ComponentState
 from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
 from oms.exchange.translate import report_from_error
@@ -53,16 +55,25 @@ Publish = Callable[[ExecutionReport], Awaitable[None]]
 # Filled amounts are floats on the wire (options): compare with a tolerance.
 _EPSILON = 1e-9
 
+# How long a stopping worker lets the commands in flight finish.
+DRAIN_S = 2.0
+
 OnMissing = Callable[[OrderRecord, str], Awaitable[None]]
 OnCommand = Callable[[str, float, bool], None]
 
 
-class InflightCommands:
+class InflightCommands(Component):
     """Commands running in the background, one chain per order: the commands of an order
     reach the exchange in the order they were asked, and at most
-    ``16 x max_inflight_per_account`` run at once."""
+    ``16 x max_inflight_per_account`` run at once.
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    Stopping gives the running commands ``drain_s`` to finish, then cancels the rest (what a
+    crash would do: a successor finds every such order by its label), and runs no command
+    after that."""
+
+    def __init__(self, settings: WorkerSettings, *, drain_s: float = DRAIN_S) -> None:
+        super().__init__("commands")
+        self._drain_s = drain_s
         self._running: dict[str, asyncio.Task[None]] = {}
         # order id -> when its last command finished (monotonic s), for is_inflight.
         self._finished: dict[str, float] = {}
@@ -91,9 +102,13 @@ class InflightCommands:
         """The tasks running now (to wait for them)."""
         return list(self._running.values())
 
-    async def run(self, order_id: str, work: Awaitable[None]) -> None:
+    async def run(self, order_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background after the order's earlier commands (waits only for
         a free slot)."""
+        if self.state is ComponentState.STOPPED:
+            work.close()
+            log.info("executor.stopped_command_dropped", order_id=order_id)
+            return
         previous = self._running.get(order_id)
         await self._capacity.acquire()
 
@@ -113,6 +128,16 @@ class InflightCommands:
 
         task = asyncio.create_task(run(), name=f"exec:{order_id}")
         self._running[order_id] = task
+
+    async def on_stop(self) -> None:
+        running = self.pending()
+        if not running:
+            return
+        _, left = await asyncio.wait(running, timeout=self._drain_s)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        log.info("executor.stopped", finished=len(running) - len(left), cancelled=len(left))
 
     def _remember_finished(self, order_id: str) -> None:
         now = time.monotonic()

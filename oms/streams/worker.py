@@ -266,6 +266,7 @@ class OrderWorker:
         # Started in this order once Faust runs, stopped in the reverse order.
         self.components: list[Startable] = [
             exchange,
+            commands,  # stopped before the venue: the commands in flight drain first
             guard,
             self.tick_feed,
             trigger_loop,

@@ -58,12 +58,17 @@ class ExchangeSessions:
         # Per account: the client's reconnect count the last finished reconciliation covered.
         self._reconciled: dict[str, int] = {}
         self._reconnects: asyncio.Queue[Reconnect] = asyncio.Queue()
+        self._closed = False
 
     async def client(self, account_id: str) -> DeribitClient:
-        """The connected client of an account (connects on first call)."""
+        """The connected client of an account (connects on first call; never once closed)."""
         client = self._clients.get(account_id)
         if client is not None:
             return client
+        if self._closed:
+            error = ConnectionLost(CONNECTION_LOST, "the venue is stopped")
+            error.outcome_unknown = False
+            raise error
         lock = self._locks.setdefault(account_id, asyncio.Lock())
         async with lock:
             client = self._clients.get(account_id)
@@ -116,7 +121,8 @@ class ExchangeSessions:
         self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), reconnect.session)
 
     async def close(self) -> None:
-        """Close every session."""
+        """Close every session (for good)."""
+        self._closed = True
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
