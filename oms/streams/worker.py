@@ -339,8 +339,11 @@ class OrderWorker:
                 )
 
         async def intake(stream: Any) -> None:
+            # Never check an order against a half-loaded book: instruments, the risk topics
+            # and the market cache's replay first (marks for notional limits and price bands).
             await self.catalog.wait_loaded()
             await self.guard.ready()
+            await self.tick_feed.ready.wait()
             async for event in stream.events():
                 message = event.message
                 await handle_command(
