@@ -34,8 +34,12 @@ AuthGrant = Literal["client_credentials", "client_signature"]
 
 
 class ExchangeSettings(BaseModel):
-    """Where the Deribit API lives; the paper exchange by default."""
+    """Which venue the workers trade on and where its API lives; the paper exchange (which
+    speaks Deribit's API) by default."""
 
+    # The implementation of oms.exchange.interface.Exchange the workers use, by its name in
+    # oms.exchange.interface.VENUES ("deribit", or "paper": the same API, named apart).
+    venue: str = "deribit"
     # wss://test.deribit.com/ws/api/v2 or wss://www.deribit.com/ws/api/v2 for the real one.
     url: str = "ws://127.0.0.1:8765/ws/api/v2"
     request_timeout: float = Field(10.0, gt=0)
@@ -120,6 +124,10 @@ class WorkerSettings(BaseModel):
     # (read from its changelog), so a takeover skips most of the changelog replay. Costs
     # that many times the table memory and changelog reads; 0 keeps the failover-tested path.
     standby_replicas: int = Field(0, ge=0)
+    # Ticks of each market-ticks partition a starting worker reads again into its market cache
+    # (oms.market): enough for every instrument of a partition to have current values before
+    # anything reads them (marks for risk, previous values for crosses, the touch for chase).
+    tick_replay_per_partition: int = Field(500, ge=1)
 
 
 class QueueSettings(BaseModel):
@@ -194,8 +202,6 @@ class RiskSettings(BaseModel):
     slice_above_amount: float | None = Field(None, gt=0)
     # ... over this many seconds, one slice per slice_above_amount (TWAP, at most 100 slices).
     slice_duration_s: float = Field(300.0, gt=0, le=86_400)
-    # How many recent ticks per market-ticks partition a starting worker reads for marks.
-    mark_lookback: int = Field(50, ge=1)
 
     def exchange_accounts(self) -> dict[str, str]:
         """Account -> Deribit sub-account (secrets entry) for accounts mapped to another one."""

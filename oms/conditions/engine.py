@@ -20,6 +20,11 @@ field it is unarmed, and that first tick only arms it.
 
 Removal is lazy: a watch carries a token, and heap entries with an old token are skipped.
 Everything here is synchronous and pure (no I/O), so it can be benchmarked alone.
+
+The engine keeps no prices of its own: the latest value of a field (what an order arriving
+now is compared with, what a cross starts from, the evidence of what held) is read from the
+worker's market cache (:mod:`oms.market.cache`) through ``latest``. A tick is applied to that
+cache before it is handed to :meth:`TriggerEngine.on_tick`.
 """
 
 from __future__ import annotations
@@ -31,16 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oms.conditions.trailing import TrailingBook
+from oms.market.cache import PRICE_FIELDS, LatestValue
 from oms.schemas.conditions import (
     ExpirationCondition,
     Operator,
     PriceCondition,
-    PriceField,
     TimeCondition,
     TrailingCondition,
 )
 
-FIELDS: tuple[str, ...] = tuple(f.value for f in PriceField)
+FIELDS: tuple[str, ...] = PRICE_FIELDS
 
 # Watch kinds.
 _LEVEL = 0
@@ -138,15 +143,16 @@ class _Book:
 
 
 class TriggerEngine:
-    """Indexes the conditions of waiting orders; feed it ticks and the clock."""
+    """Indexes the conditions of waiting orders; feed it ticks and the clock.
 
-    def __init__(self) -> None:
+    ``latest(instrument, field)``: the latest value of a price field (the market cache's)."""
+
+    def __init__(self, latest: LatestValue) -> None:
+        self._latest = latest
         self._entries: dict[str, _Entry] = {}
         # instrument -> field -> book
         self._books: dict[str, dict[str, _Book]] = {}
         self._clock: list[tuple[int, int, int, _Watch | _Entry]] = []
-        self._latest: dict[tuple[str, str], float] = {}
-        self._latest_ts: dict[str, int] = {}
         self._seq = itertools.count()
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self.ticks = 0
@@ -234,7 +240,7 @@ class TriggerEngine:
         watch = _Watch(entry, index, _TRAIL, key, offset, not down, percent)
         entry.watches.append(watch)
         entry.crosses += 1
-        latest = self._latest.get(key)
+        latest = self._latest(*key)
         if latest is None:
             book.unarmed.append(watch)
         else:
@@ -253,7 +259,7 @@ class TriggerEngine:
         assert cond.instrument_name is not None
         key, book = self._book(cond.instrument_name, cond.field.value)
         op = cond.operator
-        latest = self._latest.get(key)
+        latest = self._latest(*key)
         if op in (Operator.CROSSES_ABOVE, Operator.CROSSES_BELOW):
             watch = _Watch(entry, index, _CROSS, key, cond.value, op is Operator.CROSSES_ABOVE)
             entry.watches.append(watch)
@@ -288,33 +294,18 @@ class TriggerEngine:
 
     # -- market data and clock -----------------------------------------------------------
 
-    def latest(self, instrument: str, fld: str) -> float | None:
-        """The last value seen of an instrument's field."""
-        return self._latest.get((instrument, fld))
-
-    def observe(self, tick: Any) -> None:
-        """Record a tick's values without evaluating anything (warm-up after a restart:
-        old ticks must not release orders, but crosses need a previous value)."""
-        instrument = tick.instrument_name
-        for fld in FIELDS:
-            value = getattr(tick, fld)
-            if value is not None:
-                self._latest[(instrument, fld)] = value
-
     def on_tick(self, tick: Any) -> list[Fired]:
-        """Apply one ticker snapshot (``MarketTick`` or anything with the same attributes)."""
+        """Evaluate one ticker snapshot (``MarketTick`` or anything with the same attributes)
+        that the market cache has applied already."""
         self.ticks += 1
         instrument = tick.instrument_name
-        self._latest_ts[instrument] = tick.timestamp
         books = self._books.get(instrument)
         # Flips first, decisions after: an order may depend on several fields of this tick.
         touched: list[_Entry] = []
-        latest = self._latest
         for fld in FIELDS:
             value = getattr(tick, fld)
             if value is None:
                 continue  # not quoted on this tick (e.g. empty side): skip, keep waiting
-            latest[(instrument, fld)] = value
             if books is None:
                 continue
             book = books.get(fld)
@@ -473,7 +464,7 @@ class TriggerEngine:
             item: dict[str, Any] = {"index": watch.index, "held": watch.true}
             if watch.key is not None:
                 item["instrument_name"], item["field"] = watch.key
-                item["value"] = self._latest.get(watch.key)
+                item["value"] = self._latest(*watch.key)
                 item["threshold"] = watch.threshold
             else:
                 item["time"] = watch.threshold

@@ -1,9 +1,12 @@
-"""What the execution path needs from an exchange (seed 13.1: multi-exchange readiness).
+"""What a worker needs from an exchange (seed 13.1: multi-exchange readiness).
 
-The executor (:mod:`oms.streams.execution`) only talks to an :class:`Exchange`; every answer
-comes back as our :class:`~oms.schemas.ExecutionReport`, every failure as one of the typed
-errors of :mod:`oms.exchange.errors` (``retryable``, ``outcome_unknown``). Deribit and the
-paper exchange are the implementations (:mod:`oms.exchange.deribit.venue`); adding an
+The worker builds its venue with :func:`create_exchange`, chosen by the settings
+(``exchange.venue``), and nothing else in the worker names an exchange: the executor
+(:mod:`oms.streams.execution`), the dispatcher (:mod:`oms.streams.dispatcher`) and the
+reconciliation (:mod:`oms.lifecycle.reconcile`) only talk to an :class:`Exchange`. Every
+answer comes back as our :class:`~oms.schemas.ExecutionReport`, every failure as one of the
+typed errors of :mod:`oms.exchange.errors` (``retryable``, ``outcome_unknown``). Deribit and
+the paper exchange are the implementations (:mod:`oms.exchange.deribit.venue`); adding an
 exchange means one more class and one line in :data:`VENUES`, never a change to the streams.
 
 Contract every implementation keeps:
@@ -14,18 +17,35 @@ Contract every implementation keeps:
   act by label, so a stale exchange order id never touches another order;
 * whatever is looked up by the exchange's order id (:meth:`refresh`, :meth:`fills`) is checked
   to carry our label (:class:`~oms.exchange.errors.LabelMismatch` otherwise);
-* after a reconnect the implementation calls ``on_reconnect(account_id)`` and
-  :meth:`settled` holds commands back until that reconciliation is done.
+* new orders are metered by the venue's own rate limit per account: :meth:`order_entry_delay`
+  says how long the next one would wait, :meth:`reserve_order_entry` takes its credit ahead of
+  a ``place(..., prepaid=True)`` (what lets the dispatcher keep priorities while throttled);
+* after a session of an account comes back from a drop, :meth:`next_reconnect` returns it and
+  :meth:`settled` holds that account's commands back until :meth:`reconciled` is called with
+  it (the owner looks the account's orders up meanwhile);
+* :attr:`instruments` is the venue's catalog of instrument specifications, kept fresh while
+  the venue runs (:meth:`start` / :meth:`stop`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from oms.component import ComponentState
+from oms.exchange.instruments import InstrumentCatalog
 from oms.schemas import ExecutionReport, Fill, OrderRecord
 from oms.secrets import SecretStore
 from oms.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """An account's session came back after a drop (``session``: which one, per account)."""
+
+    account_id: str
+    session: int
 
 
 @runtime_checkable
@@ -33,11 +53,27 @@ class Exchange(Protocol):
     """One trading venue, for every account the worker trades."""
 
     name: str
-    on_reconnect: Callable[[str], Awaitable[None]] | None
+
+    @property
+    def instruments(self) -> InstrumentCatalog:
+        """The venue's instruments (loaded and refreshed while the venue runs)."""
+        ...
+
+    @property
+    def state(self) -> ComponentState: ...
+
+    async def start(self) -> None:
+        """Start loading the instruments (sessions open on first use)."""
+        ...
+
+    async def stop(self) -> None:
+        """Close every session."""
+        ...
 
     async def place(self, order: OrderRecord, *, prepaid: bool = False) -> ExecutionReport:
         """Send a new order; the report of the exchange's answer (source ``rpc``).
-        ``prepaid``: the caller already reserved the account's rate-limit credit."""
+        ``prepaid``: the caller already reserved the account's rate-limit credit
+        (:meth:`reserve_order_entry`)."""
         ...
 
     async def find(self, order: OrderRecord) -> ExecutionReport | None:
@@ -69,38 +105,57 @@ class Exchange(Protocol):
         """Change amount and/or price; the report of the edited order."""
         ...
 
+    async def order_entry_delay(self, account_id: str) -> float:
+        """Seconds until the account may send a new order without waiting at the rate limit
+        (0.0: now). Reserves nothing. Raises an ExchangeError (no session) or KeyError (no
+        credentials) when the account cannot trade now."""
+        ...
+
+    async def reserve_order_entry(self, account_id: str) -> None:
+        """Take the rate-limit credit of one new order of the account (waiting for it if
+        another request took it meanwhile), for the ``place(..., prepaid=True)`` that
+        follows."""
+        ...
+
     async def settled(self, account_id: str) -> None:
-        """Wait until the account's session is up and reconciled since its last reconnect."""
+        """Wait (bounded) until the account's session is up and reconciled since its last
+        reconnect."""
+        ...
+
+    async def next_reconnect(self) -> Reconnect:
+        """Wait for the next account session that came back after a drop."""
+        ...
+
+    def reconciled(self, reconnect: Reconnect) -> None:
+        """The account's orders were looked up after ``reconnect``: release its commands."""
         ...
 
 
-VenueFactory = Callable[[Settings, SecretStore, Callable[[str], str]], Exchange]
+VenueFactory = Callable[[Settings, SecretStore], Exchange]
 
 
-def _deribit(
-    settings: Settings, secrets: SecretStore, currency_of: Callable[[str], str]
-) -> Exchange:
+def _deribit(settings: Settings, secrets: SecretStore) -> Exchange:
     from oms.exchange.deribit.venue import DeribitVenue
 
-    return DeribitVenue(settings, secrets, currency_of)
+    return DeribitVenue(settings, secrets)
 
 
-def _paper(settings: Settings, secrets: SecretStore, currency_of: Callable[[str], str]) -> Exchange:
+def _paper(settings: Settings, secrets: SecretStore) -> Exchange:
     from oms.exchange.paper.venue import PaperVenue
 
-    return PaperVenue(settings, secrets, currency_of)
+    return PaperVenue(settings, secrets)
 
 
 # Venue name -> factory. A new exchange registers here (and nowhere in oms.streams).
 VENUES: dict[str, VenueFactory] = {"deribit": _deribit, "paper": _paper}
 
 
-def create_exchange(
-    name: str, settings: Settings, secrets: SecretStore, currency_of: Callable[[str], str]
-) -> Exchange:
-    """The implementation registered under ``name``."""
+def create_exchange(settings: Settings, secrets: SecretStore) -> Exchange:
+    """The venue ``settings.exchange.venue`` names, trading with the credentials in
+    ``secrets``."""
+    name = settings.exchange.venue
     try:
         factory = VENUES[name]
     except KeyError:
         raise ValueError(f"unknown exchange {name!r}; known: {', '.join(sorted(VENUES))}") from None
-    return factory(settings, secrets, currency_of)
+    return factory(settings, secrets)

@@ -3,7 +3,7 @@
 Three rules, checked every ``lifecycle.check_interval``:
 
 * **monitoring**: an acknowledged order without news for ``monitoring_interval`` is
-  re-checked with ``private/get_order_state`` (a bounded number per run, so polling never
+  re-checked at the exchange by its id (a bounded number per run, so polling never
   eats the rate limit), so a missed ``user.orders`` message never leaves it stale; the answer
   must carry our label, and an order not found under its id is looked up by label, a miss
   counting toward ``lost_at_venue`` (:mod:`oms.lifecycle.reconcile`);

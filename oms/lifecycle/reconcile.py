@@ -8,11 +8,11 @@ parent, which is not at the exchange):
 
 * **a pass** over every such order, when partitions become ours (worker start, takeover after
   a rebalance, within one lifecycle tick of the table being recovered) and after every
-  exchange reconnect (:meth:`OrderReconciler.reconcile_account`). One
-  ``private/get_open_orders_by_currency`` per account and currency confirms every order still
-  open; the others are looked up by label (``private/get_order_state_by_label``),
-  ``lifecycle.reconcile_concurrency`` at a time, each waiting for the account's rate-limit
-  credits;
+  exchange reconnect (:meth:`OrderReconciler.reconcile_account`). One listing of the open
+  orders per account and currency (:meth:`~oms.exchange.interface.Exchange.open_orders`)
+  confirms every order still open; the others are looked up by label
+  (:class:`~oms.streams.execution.LabelLookup`), ``lifecycle.reconcile_concurrency`` at a
+  time, each waiting for the account's rate-limit credits;
 * **follow-up checks** of orders the exchange did not know, every
   ``lifecycle.open_check_interval`` (driven by the lifecycle timer);
 * **misses seen elsewhere**: a re-check by exchange id that the label lookup confirms, an
@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ import structlog
 
 from oms.algos.twap import is_twap
 from oms.exchange.errors import LOST_AT_VENUE, ExchangeError, OrderNotFound
+from oms.exchange.interface import Exchange
 from oms.schemas import (
     ExchangeOrderState,
     ExecutionReport,
@@ -55,7 +56,7 @@ from oms.schemas import (
     now_ms,
 )
 from oms.settings import LifecycleSettings
-from oms.streams.execution import OrderExecutor
+from oms.streams.execution import LabelLookup
 
 log = structlog.get_logger(__name__)
 
@@ -96,19 +97,29 @@ def lost_report(order: OrderRecord, misses: int) -> ExecutionReport:
 
 
 class OrderReconciler:
-    """Checks the orders of owned partitions against the exchange and resolves lost ones."""
+    """Checks the orders of owned partitions against the exchange and resolves lost ones.
+
+    Built before the executor, which tells it of misses (:meth:`missed`); ``is_running(order
+    id)``: a command of the order is running (its own lookup will tell)."""
 
     def __init__(
         self,
         settings: LifecycleSettings,
-        executor: OrderExecutor,
+        *,
+        exchange: Exchange,
+        lookup: LabelLookup,
+        publish: Callable[[ExecutionReport], Awaitable[None]],
+        is_running: Callable[[str], bool],
         orders: Callable[[], Iterable[tuple[str, OrderRecord | None]]],
         order_of: Callable[[str], OrderRecord | None],
         owns: Callable[[str], bool],
         currency_of: Callable[[str], str],
     ) -> None:
         self.settings = settings
-        self.executor = executor
+        self._exchange = exchange
+        self._lookup = lookup
+        self._publish = publish
+        self._is_running = is_running
         self._orders = orders
         self._order_of = order_of
         self._owns = owns
@@ -122,7 +133,6 @@ class OrderReconciler:
         self._checking: set[str] = set()
         self._gate = asyncio.Semaphore(settings.reconcile_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
-        executor.on_missing = self.missed
 
     # -- what to check ---------------------------------------------------------------------
 
@@ -181,7 +191,7 @@ class OrderReconciler:
                 continue
             try:
                 async with self._gate:
-                    reports = await self.executor.exchange.open_orders(account_id, currency)
+                    reports = await self._exchange.open_orders(account_id, currency)
             except ExchangeError as exc:  # the label lookups will do
                 self.counters["listing_failures"] += 1
                 log.info("reconcile.listing_failed", account_id=account_id, error=str(exc))
@@ -205,12 +215,12 @@ class OrderReconciler:
             async with self._gate:
                 try:
                     if listed is not None:
-                        report: ExecutionReport | None = await self.executor.with_missed_fills(
+                        report: ExecutionReport | None = await self._lookup.with_missed_fills(
                             order, listed
                         )
                     else:
                         self.counters["label_lookups"] += 1
-                        report = await self.executor.lookup(order)
+                        report = await self._lookup.find(order)
                 except (ExchangeError, TimeoutError) as exc:
                     self.counters["lookup_failures"] += 1
                     log.info("reconcile.lookup_failed", order_id=order.order_id, error=str(exc))
@@ -219,7 +229,7 @@ class OrderReconciler:
                 await self.missed(order, trigger)
                 return "missing"
             self._found(order)
-            await self.executor.publish(report)
+            await self._publish(report)
             return "found"
         finally:
             self._checking.discard(order.order_id)
@@ -268,8 +278,8 @@ class OrderReconciler:
         """Every check missed it: a last look by the exchange's id, then lost_at_venue."""
         if order.exchange_order_id:
             try:
-                report = await self.executor.exchange.refresh(order)  # label checked
-                report = await self.executor.with_missed_fills(order, report)
+                report = await self._exchange.refresh(order)  # label checked
+                report = await self._lookup.with_missed_fills(order, report)
             except OrderNotFound:
                 pass
             except ExchangeError as exc:  # no answer: the next check decides
@@ -279,7 +289,7 @@ class OrderReconciler:
             else:
                 self.counters["found_by_exchange_id"] += 1
                 self._found(order)
-                await self.executor.publish(report)
+                await self._publish(report)
                 return
         self._misses.pop(order.order_id, None)
         self._resolved[order.order_id] = time.monotonic()
@@ -293,7 +303,7 @@ class OrderReconciler:
             filled_amount=order.filled_amount,
             misses=misses,
         )
-        await self.executor.publish(lost_report(order, misses))
+        await self._publish(lost_report(order, misses))
 
     async def run_once(self) -> int:
         """Start the follow-up checks that are due (lifecycle timer); returns how many."""
@@ -310,7 +320,7 @@ class OrderReconciler:
             if order is None or order.status not in ACKNOWLEDGED or not self._owns(order_id):
                 del self._misses[order_id]  # ended, moved away, or not ours any more
                 continue
-            if self.executor.is_running(order_id):
+            if self._is_running(order_id):
                 continue  # a command's own lookup will tell
             self.counters["follow_ups"] += 1
             started += 1
@@ -328,6 +338,10 @@ class OrderReconciler:
             await work
         except Exception:  # a failed check must not kill the timer's tasks
             log.exception("reconcile.check_failed")
+
+    def pending(self) -> list[asyncio.Task[Any]]:
+        """The checks running in the background now (to wait for them)."""
+        return list(self._tasks)
 
     def snapshot(self) -> dict[str, Any]:
         return {

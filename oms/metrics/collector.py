@@ -95,6 +95,10 @@ class OrderMetricsCollector:
         self.queue_length = Gauge(
             "oms_queue_length", "Orders held or in flight in this worker", registry=r
         )
+        # What the counter and the gauge were last set to (prometheus_client keeps its
+        # values private).
+        self._retries_total = 0
+        self._queue_length = 0
         self.queue_depth = Gauge(
             "oms_queue_depth", "Queued orders per priority", ["priority"], registry=r
         )
@@ -179,11 +183,12 @@ class OrderMetricsCollector:
 
     def set_retries(self, total: int) -> None:
         """The executor's retry counter (monotonic)."""
-        current = self.retries._value.get()
-        if total > current:
-            self.retries.inc(total - current)
+        if total > self._retries_total:
+            self.retries.inc(total - self._retries_total)
+            self._retries_total = total
 
     def set_queue_length(self, value: int) -> None:
+        self._queue_length = value
         self.queue_length.set(value)
 
     def set_queue_statistics(self, stats: dict[str, Any], inflight: int) -> None:
@@ -197,7 +202,7 @@ class OrderMetricsCollector:
         self.dequeued.set(stats["dequeued_total"])
         self.dequeue_rate.set(stats["dequeue_rate_per_s"])
         self.queue_rejected.set(stats["rejected_total"])
-        self.queue_length.set(stats["total_depth"] + stats["waiting"] + inflight)
+        self.set_queue_length(stats["total_depth"] + stats["waiting"] + inflight)
 
     def record_notification(self, ok: bool) -> None:
         """For the notification service: one delivery attempt's outcome."""
@@ -231,8 +236,8 @@ class OrderMetricsCollector:
             "orders_failed": self._n_failed,
             "success_rate": round(self._n_succeeded / done, 6) if done else None,
             "average_processing_ms": stages["end_to_end"]["avg_ms"],
-            "queue_length": int(self.queue_length._value.get()),
-            "retry_count": int(self.retries._value.get()),
+            "queue_length": self._queue_length,
+            "retry_count": self._retries_total,
             "notification_success_rate": (
                 round(self._n_notified[1] / notified, 6) if notified else None
             ),

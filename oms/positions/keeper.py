@@ -22,6 +22,7 @@ import gc
 import time
 from collections import defaultdict
 from collections.abc import Iterator, MutableMapping
+from functools import partial
 from typing import Any
 
 import faust
@@ -30,6 +31,8 @@ import pydantic
 import structlog
 from faust.types import TP
 
+from oms.exchange.deribit.client import reconnect_backoff
+from oms.exchange.deribit.instruments import fetch_instruments
 from oms.exchange.instruments import InstrumentCatalog
 from oms.kafka.faust_patches import StallHealer
 from oms.kafka.faust_worker import new_faust_app, run_faust_worker
@@ -154,7 +157,9 @@ class PositionKeeper:
             partitions=n,
             help="Record produced by each trade id, for dedupe and re-announcement.",
         )
-        self.catalog = InstrumentCatalog(settings.exchange)
+        self.catalog = InstrumentCatalog(
+            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
+        )
         seen = SeenTrades(self.seen)
         retention_ms = int(ps.seen_trades_retention_s * 1000)
         self.ledger = Ledger(self.positions, seen, self.kind_of, retention_ms=retention_ms)

@@ -1,8 +1,9 @@
-"""What the risk engine knows, per worker: controls, positions, open orders, marks, P&L.
+"""What the risk engine knows, per worker: controls, positions, open orders, P&L.
 
 Fed by :mod:`oms.risk.feeds` from topics every worker reads fully, plus this worker's own
 accepted orders at once (so its own consecutive orders see each other without waiting for the
-round trip through Kafka). Plain data, no I/O.
+round trip through Kafka). Prices are not kept here: the engine reads marks and index prices
+from the worker's market cache (:mod:`oms.market.cache`). Plain data, no I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from oms.schemas import Direction, InstrumentSpec, MarketTick, OrderRecord, PositionRecord
+from oms.schemas import Direction, InstrumentSpec, OrderRecord, PositionRecord
 from oms.schemas.risk import AccountControls, TradingState
 from oms.settings import RiskSettings
 
@@ -66,8 +67,6 @@ class RiskBook:
         self._open_by_account: dict[str, set[str]] = {}
         # Unfilled amount of live orders per (account, instrument, direction): O(1) checks.
         self._open_remaining: dict[tuple[str, str, Direction], float] = {}
-        self.marks: dict[str, float] = {}
-        self.index_prices: dict[str, float] = {}  # per base currency
         # Per account, per instrument: the currency is resolved when asked, since records
         # read at start may arrive before the instrument catalog is loaded.
         self._pnl: dict[str, dict[str, DailyPnl]] = {}
@@ -217,13 +216,3 @@ class RiskBook:
             if own.direction is direction and own.account_id == account_id:
                 total -= own.remaining
         return max(0.0, total)
-
-    # -- market --------------------------------------------------------------------------------
-
-    def apply_tick(self, tick: MarketTick) -> None:
-        if tick.mark_price is not None:
-            self.marks[tick.instrument_name] = tick.mark_price
-        if tick.index_price is not None:
-            spec = self.instrument(tick.instrument_name)
-            if spec is not None:
-                self.index_prices[spec.base_currency] = tick.index_price

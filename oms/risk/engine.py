@@ -4,10 +4,15 @@
 conditional order is released (``at_release=True``): the market and the account may have
 moved meanwhile. ``check_amend`` and ``check_cancel`` guard the other commands. All return a
 :class:`~oms.schemas.rejection.Rejection` or ``None``; none does I/O.
+
+What the engine knows about accounts is in its :class:`~oms.risk.book.RiskBook`; prices come
+from the worker's market cache, read through two callables: ``mark(instrument)`` and
+``index_price(currency)``.
 """
 
 from __future__ import annotations
 
+from oms.market.cache import LatestPrice
 from oms.risk.book import RiskBook
 from oms.schemas import Direction, InstrumentSpec, OrderRecord, OrderRequest, OrderType, ReasonCode
 from oms.schemas.rejection import Rejection
@@ -24,8 +29,10 @@ def _signed(direction: Direction, amount: float) -> float:
 class RiskEngine:
     """Checks orders against an account's permissions, trading state and limits."""
 
-    def __init__(self, book: RiskBook) -> None:
+    def __init__(self, book: RiskBook, *, mark: LatestPrice, index_price: LatestPrice) -> None:
         self.book = book
+        self._mark = mark
+        self._index_price = index_price
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -157,7 +164,7 @@ class RiskEngine:
                 ReasonCode.RISK_LIMIT_EXCEEDED,
                 f"amount {amount:g} exceeds max_order_amount {limits.max_order_amount:g}",
             )
-        mark = self.book.marks.get(order.instrument_name)
+        mark = self._mark(order.instrument_name)
         if limits.max_order_notional is not None and spec is not None:
             notional = self.notional_usd(spec, amount, price or mark)
             if notional is None:
@@ -238,7 +245,7 @@ class RiskEngine:
             if spec is None or spec.base_currency != currency:
                 continue
             price = order.price if name == order.instrument_name else None
-            value = self.notional_usd(spec, abs(size), self.book.marks.get(name) or price)
+            value = self.notional_usd(spec, abs(size), self._mark(name) or price)
             if value is None:
                 return None
             total += value
@@ -252,7 +259,7 @@ class RiskEngine:
         if spec.instrument_type == "reversed":
             return amount
         if spec.kind == "option":
-            index = self.book.index_prices.get(spec.base_currency)
+            index = self._index_price(spec.base_currency)
             return amount * index if index is not None else None
         return amount * price if price is not None else None
 

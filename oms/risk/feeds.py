@@ -7,7 +7,9 @@ One group-less aiokafka consumer (no consumer group: every worker gets every par
 | ``oms.risk-controls`` (compacted) | the beginning | controls per account |
 | ``oms.positions`` | the beginning | position sizes, today's P&L |
 | the orders table's changelog (compacted) | the beginning | live orders per account |
-| ``oms.market-ticks`` | the last ``mark_lookback`` per partition | mark and index prices |
+
+Prices (marks, index prices) are not read here: the worker's one tick consumer
+(:mod:`oms.market.feed`) keeps them in its market cache, which the risk engine reads.
 
 ``ready`` is set once everything that was on the first three when the feed started has been
 read, and intake waits for it: a worker never checks an order against a half-loaded book.
@@ -19,16 +21,15 @@ What a message that cannot be read (see :mod:`oms.schemas.decode`) does, per top
 | risk-controls | deletes the account's runtime controls | dead letter; previous controls kept |
 | orders changelog | deletes the order (Faust's table deletion) | dead letter |
 | positions | dead letter | dead letter |
-| market-ticks | skipped: the tick feed dead-letters it | skipped: the tick feed does |
 
 The two compacted topics honour a tombstone because compaction will: a worker started after
 it sees neither the record nor the tombstone, so one that kept the old record would enforce
 other controls than its peers. On the others nothing is deleted, and a tombstone is just
 one more unreadable message. Unreadable messages are counted by every worker and handed to
 ``on_undecodable`` when they arrive live (the worker dead-letters those of the partitions it
-owns); ticks are left to the worker's tick feed, which reads them all too. What was on a
-topic when the feed started was read live before (by this worker before a restart, or by
-another), and reporting it again would repeat the dead letter on every start.
+owns). What was on a topic when the feed started was read live before (by this worker before
+a restart, or by another), and reporting it again would repeat the dead letter on every
+start.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from aiokafka.errors import KafkaError
 
 from oms.kafka.admin import ensure_topics
 from oms.risk.book import RiskBook
-from oms.schemas import MarketTick, OrderRecord, PositionRecord, Record, Topic
+from oms.schemas import OrderRecord, PositionRecord, Record, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
 from oms.schemas.risk import AccountControls
 from oms.settings import Settings
@@ -71,7 +72,6 @@ class RiskFeeds:
         self._book = book
         self.controls_topic = settings.topic(Topic.RISK_CONTROLS)
         self.positions_topic = settings.topic(Topic.POSITIONS)
-        self.ticks_topic = settings.topic(Topic.MARKET_TICKS)
         self.orders_topic = orders_changelog
         self._on_undecodable = on_undecodable
         self._on_positions = on_positions
@@ -79,14 +79,13 @@ class RiskFeeds:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        # Per topic kind (controls, orders, positions, ticks): records applied, deletions,
+        # Per topic kind (controls, orders, positions): records applied, deletions,
         # unreadable messages per reason code ("controls:tombstone", ...).
         self.counters: dict[str, int] = {}
         self._kinds = {
             self.controls_topic: "controls",
             self.orders_topic: "orders",
             self.positions_topic: "positions",
-            self.ticks_topic: "ticks",
         }
         # Per partition, the end offset when the feed (re)started: below it is history.
         self._live_from: dict[TopicPartition, int] = {}
@@ -143,14 +142,10 @@ class RiskFeeds:
             for topic in (self.controls_topic, self.positions_topic, self.orders_topic)
             for tp in await self._partitions(consumer, topic)
         ]
-        ticks = await self._partitions(consumer, self.ticks_topic)
-        consumer.assign(full + ticks)
+        consumer.assign(full)
         await consumer.seek_to_beginning(*full)
-        tick_ends = await consumer.end_offsets(ticks)
-        for tp in ticks:
-            consumer.seek(tp, max(0, tick_ends[tp] - self._settings.risk.mark_lookback))
         ends = await consumer.end_offsets(full)
-        self._live_from = {**tick_ends, **ends}
+        self._live_from = dict(ends)
         pending = {tp for tp in full if ends[tp] > 0}
         if not pending:
             self.ready.set()
@@ -192,8 +187,6 @@ class RiskFeeds:
         self._count(kind)
         if isinstance(record, OrderRecord):
             self._book.apply_order(record)
-        elif isinstance(record, MarketTick):
-            self._book.apply_tick(record)
         elif isinstance(record, PositionRecord):
             self._book.apply_position(record)
             touched.add(record.account_id)
@@ -217,7 +210,7 @@ class RiskFeeds:
     ) -> None:
         self._count(f"{kind}:{failure.reason_code.value}")
         live = message.offset >= self._live_from.get(tp, 0)
-        if kind == "ticks" or not live or self._on_undecodable is None:
+        if not live or self._on_undecodable is None:
             return
         if kind == "controls":
             failure = Undecodable(
@@ -232,5 +225,4 @@ _MODELS: dict[str, type[Record]] = {
     "controls": AccountControls,
     "orders": OrderRecord,
     "positions": PositionRecord,
-    "ticks": MarketTick,
 }

@@ -1,24 +1,27 @@
 """Pre-trade risk inside a worker: what intake calls, what runs beside it.
 
-:class:`IntakeGuard` is the one object the worker builds and intake calls (requests arrive
+:class:`IntakeGuard` is the one component the worker builds and intake calls (requests arrive
 authenticated by the edge, :mod:`oms.streams.edge`):
 
 * ``check_submit(order, at_release=...)`` for new orders (and queued ones at release);
 * ``check_command(order, request)`` for cancels and amends;
 * ``note_accepted(order)`` once an order is accepted.
 
-Beside intake it runs the risk feeds (a group-less consumer filling the book), the automatic
-``reducing`` switch on the daily loss limit, and the cancel sweep of halted accounts.
+Beside intake it runs the risk feeds (a group-less consumer filling the book; started and
+stopped with the guard), the automatic ``reducing`` switch on the daily loss limit, and the
+cancel sweep of halted accounts (:meth:`IntakeGuard.cancel_halted`, run periodically by the
+worker). Prices come from the worker's market cache, through ``mark`` and ``index_price``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 import structlog
 
+from oms.component import Component
 from oms.kafka.partitioning import partition_of
+from oms.market.cache import LatestPrice
 from oms.risk.book import RiskBook, utc_day
 from oms.risk.controls import Send, account_subject, publish_change
 from oms.risk.engine import RiskEngine
@@ -30,7 +33,6 @@ from oms.schemas import (
     OrderRecord,
     OrderRequest,
     OrderStatus,
-    Topic,
     now_ms,
 )
 from oms.schemas.decode import KafkaMessage, Undecodable
@@ -44,7 +46,7 @@ log = structlog.get_logger(__name__)
 _AT_EXCHANGE = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
-class IntakeGuard:
+class IntakeGuard(Component):
     """Pre-trade risk for one worker."""
 
     def __init__(
@@ -53,16 +55,19 @@ class IntakeGuard:
         *,
         orders_changelog: str,
         instrument: Callable[[str | None], InstrumentSpec | None],
+        mark: LatestPrice,
+        index_price: LatestPrice,
         send: Send,
         dead_letter: Callable[[DeadLetter], Awaitable[None]],
         owned_partitions: Callable[[], set[int]],
         cancel: Callable[[OrderRecord, str], Awaitable[None]],
         orders: Callable[[], Iterable[tuple[str, OrderRecord | None]]],
     ) -> None:
+        super().__init__("intake-guard")
         self.settings = settings
         self.checks_enabled = settings.risk.checks_enabled
         self.book = RiskBook(settings.risk, instrument)
-        self.engine = RiskEngine(self.book)
+        self.engine = RiskEngine(self.book, mark=mark, index_price=index_price)
         self.feeds = RiskFeeds(
             settings,
             self.book,
@@ -107,11 +112,11 @@ class IntakeGuard:
 
     # -- background -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def on_start(self) -> None:
         if self.checks_enabled:
             await self.feeds.start()
 
-    async def stop(self) -> None:
+    async def on_stop(self) -> None:
         await self.feeds.stop()
 
     def owns(self, key: str) -> bool:
@@ -189,37 +194,3 @@ class IntakeGuard:
             await self._cancel(order, f"risk-halt-{controls.version}")
             sent += 1
         return sent
-
-
-def create_intake_guard(
-    settings: Settings,
-    oms: Any,
-    instrument: Callable[[str | None], InstrumentSpec | None],
-    send: Send,
-    dead_letter: Callable[[DeadLetter], Awaitable[None]],
-    executor: Any,
-) -> IntakeGuard:
-    """The worker's guard over its order table."""
-    commands_topic = settings.topic(Topic.ORDER_COMMANDS)
-    return IntakeGuard(
-        settings,
-        orders_changelog=oms.orders.changelog_topic.get_topic_name(),
-        instrument=instrument,
-        send=send,
-        dead_letter=dead_letter,
-        owned_partitions=lambda: oms.active_partitions(commands_topic),
-        cancel=executor.cancel,
-        orders=lambda: oms.orders.items(),
-    )
-
-
-def register_guard(app: Any, guard: IntakeGuard, interval_s: float) -> None:
-    """Start the risk feeds with the app; sweep halted accounts' open orders periodically."""
-
-    @app.task
-    async def start_risk_feeds() -> None:
-        await guard.start()
-
-    @app.timer(interval=interval_s)
-    async def cancel_halted_orders() -> None:
-        await guard.cancel_halted()

@@ -5,26 +5,33 @@ refusal) is published as an :class:`ExecutionReport` on ``execution-reports`` an
 the order-state agent, so there is exactly one writer of state and one path for news,
 whether it came from our RPC, the ``user.orders`` stream, or a reconciliation.
 
-Exactly-once towards the exchange: the Deribit ``label`` is our order id. A submit whose
+Exactly-once towards the exchange: our order id is the exchange's client order id (Deribit's
+``label``). A submit whose
 outcome is unknown (connection lost, timeout, or a request that a previous worker may have
 sent before it died) is first looked up by label and only resent when the exchange has no
 order with that label.
 
-The executor talks to an :class:`~oms.exchange.interface.Exchange` only (Deribit or the
-paper exchange today): retries, label lookups and error strategies live here, once, for
-every venue.
+The executor talks to an :class:`~oms.exchange.interface.Exchange` only (whichever venue
+:func:`~oms.exchange.interface.create_exchange` chose): retries, label lookups and error
+strategies live here, once, for every venue. Three parts, built in this order by the worker:
+
+* :class:`InflightCommands`: the commands running in the background, one chain per order;
+* :class:`LabelLookup`: an order looked up at the exchange by its label, with the fills we
+  missed (shared with the reconciliation, :mod:`oms.lifecycle.reconcile`);
+* :class:`OrderExecutor`: the commands themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
 from oms.backoff import Backoff
-from oms.exchange.deribit.venue import DeribitVenue, ExchangeSessions, submit_params
+from oms.component import Component, ComponentState
 from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
 from oms.exchange.translate import report_from_error
@@ -39,7 +46,7 @@ from oms.schemas import (
     ReportSource,
     now_ms,
 )
-from oms.settings import Settings
+from oms.settings import LifecycleSettings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -50,132 +57,131 @@ _EPSILON = 1e-9
 # Label lookups wait out a disconnect: their waits grow to this, whatever retry_max_delay says.
 _LOOKUP_MAX_DELAY_S = 10.0
 
-# Kept importable from here for existing callers (the worker builds the sessions).
-__all__ = ["ExchangeSessions", "OrderExecutor", "submit_params"]
+# How long a stopping worker lets the commands in flight finish.
+DRAIN_S = 2.0
+
+OnMissing = Callable[[OrderRecord, str], Awaitable[None]]
+OnCommand = Callable[[str, float, bool], None]
 
 
-class OrderExecutor:
-    """Sends commands to the exchange in the background and publishes what happened."""
+class InflightCommands(Component):
+    """Commands running in the background, one chain per order: the commands of an order
+    reach the exchange in the order they were asked, and at most
+    ``16 x max_inflight_per_account`` run at once.
 
-    def __init__(
-        self,
-        exchange: Exchange | ExchangeSessions,
-        publish: Publish,
-        settings: Settings,
-        currency_of: Callable[[str], str],
-    ) -> None:
-        if isinstance(exchange, ExchangeSessions):
-            # Deribit's API (Deribit itself or the paper exchange) over the given sessions.
-            exchange = DeribitVenue(settings, None, currency_of, sessions=exchange)
-        self._exchange: Exchange = exchange
-        self._publish = publish
-        self._settings = settings
-        lifecycle = settings.lifecycle
-        # Full jitter: the orders that fail together (a rate limit, a lost connection) retry
-        # spread out; never later than retry_max_delay.
-        self._retry_backoff = Backoff(lifecycle.retry_delay, lifecycle.retry_max_delay)
-        # Equal jitter: the lookups' waits keep growing while the exchange is unreachable.
-        self._lookup_backoff = Backoff(lifecycle.retry_delay, _LOOKUP_MAX_DELAY_S, jitter="equal")
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+    Stopping gives the running commands ``drain_s`` to finish, then cancels the rest (what a
+    crash would do: a successor finds every such order by its label), and runs no command
+    after that."""
+
+    def __init__(self, settings: WorkerSettings, *, drain_s: float = DRAIN_S) -> None:
+        super().__init__("commands")
+        self._drain_s = drain_s
+        self._running: dict[str, asyncio.Task[None]] = {}
         # order id -> when its last command finished (monotonic s), for is_inflight.
         self._finished: dict[str, float] = {}
-        self._settle_s = settings.worker.submit_timeout_s
-        self._capacity = asyncio.Semaphore(max(1, settings.worker.max_inflight_per_account) * 16)
-        self.stats: dict[str, int] = {
-            "submits": 0,
-            "resubmits": 0,
-            "label_hits": 0,
-            "errors": 0,
-            "retries": 0,
-            "rechecks": 0,
-            "recheck_not_found": 0,
-            "fills_recovered": 0,
-        }
-        # Optional observer of command outcomes (metrics): (command, seconds, ok).
-        self.on_command: Callable[[str, float, bool], None] | None = None
-        # Told when the exchange did not know an order a command or re-check looked for
-        # (order, what looked): the reconciliation counts it toward lost_at_venue.
-        self.on_missing: Callable[[OrderRecord, str], Awaitable[None]] | None = None
-
-    # -- public API used by the agents -------------------------------------------------------
+        self._settle_s = settings.submit_timeout_s
+        self._capacity = asyncio.Semaphore(max(1, settings.max_inflight_per_account) * 16)
 
     @property
-    def exchange(self) -> Exchange:
-        """The venue this executor trades on."""
-        return self._exchange
-
-    @property
-    def inflight(self) -> int:
+    def count(self) -> int:
         """Orders with a command running now."""
-        return len(self._inflight)
+        return len(self._running)
 
     def is_running(self, order_id: str) -> bool:
         """A command of this order is running right now."""
-        return order_id in self._inflight
+        return order_id in self._running
 
     def is_inflight(self, order_id: str) -> bool:
         """A command of this order is running, or just finished and its report may still
         be on its way to the order-state agent: a sweep must not act on the order yet (a
         resubmit could race a rejection or a review that is about to be applied)."""
-        if order_id in self._inflight:
+        if order_id in self._running:
             return True
         finished = self._finished.get(order_id)
         return finished is not None and time.monotonic() - finished < self._settle_s
 
-    async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
-        """Send a new order. ``check_label_first`` for requests a previous worker may have
-        sent already (replayed after a crash or rebalance)."""
-        await self._spawn(order.order_id, self._submit(order, check_label_first))
+    def pending(self) -> list[asyncio.Task[None]]:
+        """The tasks running now (to wait for them)."""
+        return list(self._running.values())
 
-    async def cancel(self, order: OrderRecord, request_id: str) -> None:
-        """Cancel by label, after any submit of the same order still in flight."""
-        await self._spawn(order.order_id, self._cancel(order, request_id))
+    async def run(self, order_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background after the order's earlier commands (waits only for
+        a free slot)."""
+        if self.state is ComponentState.STOPPED:
+            work.close()
+            log.info("executor.stopped_command_dropped", order_id=order_id)
+            return
+        previous = self._running.get(order_id)
+        await self._capacity.acquire()
 
-    async def amend(self, order: OrderRecord, request: OrderRequest) -> None:
-        """Edit price and/or amount, after any command of the same order still in flight."""
-        await self._spawn(order.order_id, self._amend(order, request))
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    # Commands of one order reach the exchange in the order they were asked.
+                    await asyncio.wait([previous])
+                await work
+            except Exception:
+                log.exception("executor.command_failed", order_id=order_id)
+            finally:
+                self._capacity.release()
+                if self._running.get(order_id) is task:
+                    del self._running[order_id]
+                    self._remember_finished(order_id)
 
-    async def dispatch(
-        self, order: OrderRecord, *, uncertain: bool = False, prepaid: bool = False
-    ) -> None:
-        """Send a queued order: first say so on the reports topic (queued -> submitted, in
-        order before the exchange's answer), then submit. ``uncertain``: rebuilt after a
-        takeover, so look it up by label first. ``prepaid``: the dispatcher already reserved
-        the rate-limit credit."""
-        await self._publish(
-            ExecutionReport(
-                report_id=f"{order.order_id}:dispatch:{order.version}",
-                order_id=order.order_id,
-                account_id=order.account_id,
-                source=ReportSource.DISPATCH,
-                command=CommandType.SUBMIT,
-                request_id=order.request_id,
-                instrument_name=order.instrument_name,
-            )
-        )
-        await self._spawn(order.order_id, self._submit(order, uncertain, prepaid=prepaid))
+        task = asyncio.create_task(run(), name=f"exec:{order_id}")
+        self._running[order_id] = task
 
-    async def cancel_held(self, order: OrderRecord, request_id: str) -> None:
-        """Cancel a queued order this worker did not send itself (rebuilt after a takeover):
-        cancel it at the exchange if a previous owner sent it, else report it cancelled."""
-        await self._spawn(order.order_id, self._cancel_held(order, request_id))
+    async def on_stop(self) -> None:
+        running = self.pending()
+        if not running:
+            return
+        _, left = await asyncio.wait(running, timeout=self._drain_s)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        log.info("executor.stopped", finished=len(running) - len(left), cancelled=len(left))
 
-    async def reconcile(self, order: OrderRecord) -> None:
-        """Look an order up by label; report it, or resubmit if the exchange never got it."""
-        await self._spawn(order.order_id, self._submit(order, check_label_first=True))
+    def _remember_finished(self, order_id: str) -> None:
+        now = time.monotonic()
+        self._finished[order_id] = now
+        if len(self._finished) > 10_000:
+            cutoff = now - self._settle_s
+            self._finished = {k: t for k, t in self._finished.items() if t >= cutoff}
 
-    async def lookup(self, order: OrderRecord) -> ExecutionReport | None:
-        """The exchange's order with our label, with the trades of any fill we have not
-        recorded (a reconcile report), waiting out disconnects; None if it has none."""
-        return await self._lookup_by_label(order)
+
+class LabelLookup:
+    """An order looked up at the exchange by its label (our order id), with the trades of
+    any fill we have not recorded: how the executor and the reconciliation tell whether an
+    order reached the exchange and what happened to it there."""
+
+    def __init__(self, exchange: Exchange, settings: LifecycleSettings) -> None:
+        self._exchange = exchange
+        # Equal jitter: the waits keep growing while the exchange is unreachable.
+        self._backoff = Backoff(settings.retry_delay, _LOOKUP_MAX_DELAY_S, jitter="equal")
+        self.stats: dict[str, int] = {"fills_recovered": 0}
+
+    async def find(self, order: OrderRecord) -> ExecutionReport | None:
+        """The exchange's order with our label (a reconcile report, with any fills we
+        missed), waiting out disconnects; None if it has none."""
+        delays = self._backoff.delays()
+        for _attempt in range(20):
+            try:
+                found = await self._exchange.find(order)
+                if found is not None:
+                    found = await self.with_missed_fills(order, found)
+                return found
+            except ExchangeError as exc:
+                if not exc.retryable:
+                    raise
+                await asyncio.sleep(next(delays))
+        raise TimeoutError(f"label lookup of {order.order_id} kept failing")
 
     async def with_missed_fills(
         self, order: OrderRecord, report: ExecutionReport
     ) -> ExecutionReport:
         """``report`` with the trades of its exchange order attached when the exchange has
-        more filled than we recorded (``private/get_user_trades_by_order``): every trade
-        keeps its exchange trade id, so the order-state agent and the position keeper each
-        count exactly the ones they missed."""
+        more filled than we recorded: every trade keeps its exchange trade id, so the
+        order-state agent and the position keeper each count exactly the ones they missed."""
         exchange_id = report.exchange_order_id
         if exchange_id is None or report.filled_amount <= order.filled_amount + _EPSILON:
             return report
@@ -197,47 +203,104 @@ class OrderExecutor:
             update={"fills": merged, "report_id": f"{report.report_id}:trades:{len(merged)}"}
         )
 
-    async def publish(self, report: ExecutionReport) -> None:
-        """Put a report on ``execution-reports`` for the order-state agent."""
-        await self._publish(report)
+
+class OrderExecutor:
+    """Sends commands to the exchange in the background and publishes what happened.
+
+    ``on_missing(order, what)`` is told when the exchange did not know an order a command or
+    re-check looked for (the reconciliation counts it toward lost_at_venue); ``on_command``
+    observes every exchange command: (command, seconds, ok)."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        lookup: LabelLookup,
+        commands: InflightCommands,
+        publish: Publish,
+        settings: LifecycleSettings,
+        *,
+        on_missing: OnMissing,
+        on_command: OnCommand | None = None,
+    ) -> None:
+        self._exchange = exchange
+        self._lookup = lookup
+        self._commands = commands
+        self._publish = publish
+        self._settings = settings
+        self._on_missing = on_missing
+        self._on_command = on_command
+        # Full jitter: the orders that fail together (a rate limit, a lost connection) retry
+        # spread out; never later than retry_max_delay.
+        self._retry_backoff = Backoff(settings.retry_delay, settings.retry_max_delay)
+        self._counters: dict[str, int] = {
+            "submits": 0,
+            "resubmits": 0,
+            "label_hits": 0,
+            "errors": 0,
+            "retries": 0,
+            "rechecks": 0,
+            "recheck_not_found": 0,
+        }
+
+    # -- public API used by the agents -------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of the commands, and of the fills the label lookups recovered."""
+        return {**self._counters, **self._lookup.stats}
+
+    async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
+        """Send a new order. ``check_label_first`` for requests a previous worker may have
+        sent already (replayed after a crash or rebalance)."""
+        await self._commands.run(order.order_id, self._submit(order, check_label_first))
+
+    async def cancel(self, order: OrderRecord, request_id: str) -> None:
+        """Cancel by label, after any submit of the same order still in flight."""
+        await self._commands.run(order.order_id, self._cancel(order, request_id))
+
+    async def amend(self, order: OrderRecord, request: OrderRequest) -> None:
+        """Edit price and/or amount, after any command of the same order still in flight."""
+        await self._commands.run(order.order_id, self._amend(order, request))
+
+    async def dispatch(
+        self, order: OrderRecord, *, uncertain: bool = False, prepaid: bool = False
+    ) -> None:
+        """Send a queued order: first say so on the reports topic (queued -> submitted, in
+        order before the exchange's answer), then submit. ``uncertain``: rebuilt after a
+        takeover, so look it up by label first. ``prepaid``: the dispatcher already reserved
+        the rate-limit credit."""
+        await self._publish(
+            ExecutionReport(
+                report_id=f"{order.order_id}:dispatch:{order.version}",
+                order_id=order.order_id,
+                account_id=order.account_id,
+                source=ReportSource.DISPATCH,
+                command=CommandType.SUBMIT,
+                request_id=order.request_id,
+                instrument_name=order.instrument_name,
+            )
+        )
+        await self._commands.run(order.order_id, self._submit(order, uncertain, prepaid=prepaid))
+
+    async def cancel_held(self, order: OrderRecord, request_id: str) -> None:
+        """Cancel a queued order this worker did not send itself (rebuilt after a takeover):
+        cancel it at the exchange if a previous owner sent it, else report it cancelled."""
+        await self._commands.run(order.order_id, self._cancel_held(order, request_id))
+
+    async def reconcile(self, order: OrderRecord) -> None:
+        """Look an order up by label; report it, or resubmit if the exchange never got it."""
+        await self._commands.run(order.order_id, self._submit(order, check_label_first=True))
 
     async def recheck(self, order: OrderRecord) -> None:
-        """Fetch an acknowledged order's state (``private/get_order_state``) and report it:
-        a missed ``user.orders`` message never leaves an order stale."""
-        await self._spawn(order.order_id, self._recheck(order))
+        """Fetch an acknowledged order's state (by the exchange's id, else by label) and
+        report it: a missed order update from the exchange's stream never leaves an order
+        stale."""
+        await self._commands.run(order.order_id, self._recheck(order))
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _spawn(self, order_id: str, work: Awaitable[None]) -> None:
-        previous = self._inflight.get(order_id)
-        await self._capacity.acquire()
-
-        async def run() -> None:
-            try:
-                if previous is not None:
-                    # Commands of one order reach the exchange in the order they were asked.
-                    await asyncio.wait([previous])
-                await work
-            except Exception:
-                log.exception("executor.command_failed", order_id=order_id)
-            finally:
-                self._capacity.release()
-                if self._inflight.get(order_id) is task:
-                    del self._inflight[order_id]
-                    self._remember_finished(order_id)
-
-        task = asyncio.create_task(run(), name=f"exec:{order_id}")
-        self._inflight[order_id] = task
-
-    def _remember_finished(self, order_id: str) -> None:
-        now = time.monotonic()
-        self._finished[order_id] = now
-        if len(self._finished) > 10_000:
-            cutoff = now - self._settle_s
-            self._finished = {k: t for k, t in self._finished.items() if t >= cutoff}
-
     async def _cancel_held(self, order: OrderRecord, request_id: str) -> None:
-        if await self._lookup_by_label(order) is not None:
+        if await self._lookup.find(order) is not None:
             await self._cancel(order, request_id)
             return
         await self._publish(
@@ -256,28 +319,28 @@ class OrderExecutor:
     async def _submit(
         self, order: OrderRecord, check_label_first: bool, *, prepaid: bool = False
     ) -> None:
-        policy = policy_of(order.metadata, self._settings.lifecycle)
+        policy = policy_of(order.metadata, self._settings)
         attempts = policy.submit_attempts
         last_error: ExchangeError | None = None
         for attempt in range(attempts):
             if check_label_first or attempt > 0:
                 # Before any (re)send: an order that reached the exchange is never sent twice.
-                found = await self._lookup_by_label(order)
+                found = await self._lookup.find(order)
                 if found is not None:
-                    self.stats["label_hits"] += 1
+                    self._counters["label_hits"] += 1
                     await self._publish(found)
                     return
                 if attempt > 0:
-                    self.stats["retries"] += 1
-                self.stats["resubmits"] += 1
+                    self._counters["retries"] += 1
+                self._counters["resubmits"] += 1
             started = asyncio.get_running_loop().time()
             try:
-                self.stats["submits"] += 1
+                self._counters["submits"] += 1
                 report = await self._exchange.place(order, prepaid=prepaid and attempt == 0)
             except ExchangeError as exc:
                 self._observe("submit", started, ok=False)
                 last_error = exc
-                self.stats["errors"] += 1
+                self._counters["errors"] += 1
                 if not exc.retryable:
                     break  # a business rejection: sending it again cannot help
                 if attempt + 1 < attempts:
@@ -289,7 +352,7 @@ class OrderExecutor:
         assert last_error is not None
         if last_error.outcome_unknown or last_error.retryable:
             # Never give up on an order that may be live: one last label lookup.
-            found = await self._lookup_by_label(order)
+            found = await self._lookup.find(order)
             if found is not None:
                 await self._publish(found)
                 return
@@ -315,37 +378,20 @@ class OrderExecutor:
             )
         )
 
-    async def _lookup_by_label(self, order: OrderRecord) -> ExecutionReport | None:
-        """The exchange's order with our label (a reconcile report, with any fills we
-        missed), waiting out disconnects."""
-        delays = self._lookup_backoff.delays()
-        for _attempt in range(20):
-            try:
-                found = await self._exchange.find(order)
-                if found is not None:
-                    found = await self.with_missed_fills(order, found)
-                return found
-            except ExchangeError as exc:
-                if not exc.retryable:
-                    raise
-                await asyncio.sleep(next(delays))
-        raise TimeoutError(f"label lookup of {order.order_id} kept failing")
-
     async def _missing(self, order: OrderRecord, source: str) -> None:
-        if self.on_missing is not None:
-            await self.on_missing(order, source)
+        await self._on_missing(order, source)
 
     async def _recheck(self, order: OrderRecord) -> None:
         # Never a resubmit from here: the order was acknowledged once, so only look.
-        self.stats["rechecks"] += 1
+        self._counters["rechecks"] += 1
         if order.exchange_order_id:
             try:
                 # Checked to carry our label: ids restart when an exchange loses its orders.
                 report = await self._exchange.refresh(order)
-                report = await self.with_missed_fills(order, report)
+                report = await self._lookup.with_missed_fills(order, report)
             except OrderNotFound as exc:
                 # Not (or no longer) under that id: the label decides, below.
-                self.stats["recheck_not_found"] += 1
+                self._counters["recheck_not_found"] += 1
                 log.info(
                     "executor.recheck_not_found",
                     order_id=order.order_id,
@@ -359,7 +405,7 @@ class OrderExecutor:
                 await self._publish(report)
                 return
         try:
-            found = await self._lookup_by_label(order)
+            found = await self._lookup.find(order)
         except (ExchangeError, TimeoutError) as exc:
             log.info("executor.recheck_failed", order_id=order.order_id, error=str(exc))
             return
@@ -372,7 +418,7 @@ class OrderExecutor:
         if order.status is OrderStatus.NEEDS_REVIEW:
             # Parked after a failed submit: the exchange should not have it. If it does after
             # all, cancel it there; otherwise the cancel is ours alone to record.
-            found = await self._lookup_by_label(order)
+            found = await self._lookup.find(order)
             if found is None:
                 await self._publish(_unsent_cancelled(order, request_id))
                 return
@@ -400,7 +446,7 @@ class OrderExecutor:
     ) -> None:
         # Cancels by label and edits (absolute amount and price) are idempotent: safe to send
         # again after a retryable failure, e.g. while the connection is being re-established.
-        attempts = 1 + self._settings.lifecycle.retry_attempts
+        attempts = 1 + self._settings.retry_attempts
         result: ExecutionReport | None = None
         for attempt in range(attempts):
             started = asyncio.get_running_loop().time()
@@ -411,7 +457,7 @@ class OrderExecutor:
             except ExchangeError as exc:
                 self._observe(command.value, started, ok=False)
                 if exc.retryable and attempt + 1 < attempts:
-                    self.stats["retries"] += 1
+                    self._counters["retries"] += 1
                     await asyncio.sleep(self._backoff(attempt))
                     continue
                 await self._publish_error(order, exc, command, request_id)
@@ -424,7 +470,7 @@ class OrderExecutor:
         if command is CommandType.CANCEL:
             # A cancel answers with a count; the order's new state follows on the stream,
             # and we fetch it now so the cancel never depends on that stream.
-            result = await self._lookup_by_label(order)
+            result = await self._lookup.find(order)
             if result is None:
                 await self._missing(order, command.value)
         if result is None:
@@ -440,8 +486,8 @@ class OrderExecutor:
         return self._retry_backoff.delay(attempt + 1)
 
     def _observe(self, command: str, started: float, *, ok: bool) -> None:
-        if self.on_command is not None:
-            self.on_command(command, asyncio.get_running_loop().time() - started, ok)
+        if self._on_command is not None:
+            self._on_command(command, asyncio.get_running_loop().time() - started, ok)
 
 
 def _strategy_outcome(error: ExchangeError, strategy: str, attempts: int) -> ExchangeError:

@@ -44,12 +44,15 @@ class RebuildResult:
 
 
 class HeldOrders:
-    """The engine and the queues, for the partitions this worker owns."""
+    """The engine and the queues, for the partitions this worker owns. ``on_change`` is
+    called whenever something was held or rebuilt (it wakes the dispatcher and the clock)."""
 
-    def __init__(self, engine: TriggerEngine, queues: PriorityQueues) -> None:
+    def __init__(
+        self, engine: TriggerEngine, queues: PriorityQueues, on_change: Callable[[], None]
+    ) -> None:
         self.engine = engine
         self.queues = queues
-        self.on_change: Callable[[], None] = lambda: None  # wakes the dispatcher / clock
+        self._on_change = on_change
 
     def hold(self, order: OrderRecord, now_ms: int) -> Fired | None:
         """Start watching a waiting order; returns a :class:`Fired` if it is due already.
@@ -66,12 +69,12 @@ class HeldOrders:
             release_at=order.release_at,
             expire_at=order.expire_at,
         )
-        self.on_change()
+        self._on_change()
         return fired
 
     def enqueue(self, order: OrderRecord, *, uncertain: bool = False) -> None:
         if self.queues.push(order, uncertain=uncertain):
-            self.on_change()
+            self._on_change()
 
     def withdraw(self, order: OrderRecord) -> Withdrawal:
         """Take an order out before a cancel (or an amend of a held order)."""
@@ -126,7 +129,7 @@ class HeldOrders:
             ):
                 self.queues.push(order, uncertain=True)
                 result.queued += 1
-        self.on_change()
+        self._on_change()
         return result, fired
 
     def statistics(self, now_ms: int) -> dict[str, Any]:

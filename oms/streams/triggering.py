@@ -2,7 +2,7 @@
 what fires is sent as an :class:`OrderTrigger` to the ``release`` agent.
 
 The engine itself (:mod:`oms.conditions.engine`) is pure; this loop feeds it. Ticks come from
-the :class:`~oms.streams.tick_feed.TickFeed`; the clock sleeps exactly until the engine's next
+the :class:`~oms.market.feed.TickFeed`; the clock sleeps exactly until the engine's next
 deadline (or until woken by a new order with an earlier one), so a delayed order is released
 within milliseconds of its time, not at the next polling round.
 """
@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
+from oms.component import Component
 from oms.conditions.engine import Fired, TriggerEngine
 from oms.schemas import MarketTick, now_ms
 from oms.schemas.conditions import OrderTrigger, TriggerKind
@@ -24,16 +25,21 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 1.0
 
 
-class TriggerLoop:
-    """Drives the engine with ticks and time; publishes what fires."""
+class TriggerLoop(Component):
+    """Drives the engine with ticks and time; publishes what fires. Started, it runs the
+    clock (:meth:`run_clock`)."""
 
     def __init__(
         self, engine: TriggerEngine, publish: Callable[[OrderTrigger], Awaitable[None]]
     ) -> None:
+        super().__init__("trigger-loop")
         self._engine = engine
         self._publish = publish
         self._wakeup = asyncio.Event()
         self.published = 0
+
+    async def on_start(self) -> None:
+        self.spawn(self.run_clock(), "clock")
 
     def wake(self) -> None:
         """A new deadline may be earlier than the one the clock sleeps for."""
@@ -42,19 +48,16 @@ class TriggerLoop:
     async def on_ticks(self, ticks: list[MarketTick], warm: bool) -> None:
         """Apply a batch of ticks.
 
-        Warm-up ticks (re-read on start, some from before this worker ran) are not replayed
-        one by one: a cross in the past must not fire now. Only the newest of each instrument
-        is evaluated, after the older ones set the previous values, so what holds *now* fires
-        (e.g. a threshold reached while no worker was running).
+        The ticks are in the market cache already (the feed applied them). Warm-up ticks
+        (re-read on start, some from before this worker ran) are not replayed one by one: a
+        cross in the past must not fire now. Only the newest of each instrument is evaluated,
+        so what holds *now* fires (e.g. a threshold reached while no worker was running).
         """
         engine = self._engine
         batch = ticks
         if warm:
             newest: dict[str, MarketTick] = {}
             for tick in ticks:
-                previous = newest.get(tick.instrument_name)
-                if previous is not None:
-                    engine.observe(previous)
                 newest[tick.instrument_name] = tick
             batch = list(newest.values())
         fired: list[Fired] = []

@@ -1,4 +1,12 @@
-"""Wires the order-processing worker: app, agents, executor, recovery.
+"""The order-processing worker: its composition root, and its Faust agents, timers and pages.
+
+:class:`OrderWorker` builds every component of the process in dependency order, each given
+what it depends on through its constructor (never assigned afterwards): the venue
+(:func:`~oms.exchange.interface.create_exchange`, chosen by the settings), the one market cache
+and its tick feed, the executor and the reconciliation it reports misses to, pre-trade risk,
+the trigger engine and the priority queues with their loops, the lifecycle. The long-running
+ones are :class:`~oms.component.Component` s: started in that order when Faust has started,
+stopped in the reverse order when it stops.
 
 Crash safety rests on three rules:
 
@@ -13,50 +21,46 @@ Crash safety rests on three rules:
 
 from __future__ import annotations
 
-import asyncio
+import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import structlog
 from faust.types import TP
 
-from oms.algos.ticks import TickCache
+from oms.algos.scheduler import AlgoScheduler
 from oms.auth.nonces import NonceStore
 from oms.auth.verify import Authenticator
+from oms.component import Startable, start_all, stop_all
 from oms.conditions.engine import TriggerEngine
-from oms.exchange.deribit.rate_limit import RateLimiter
-from oms.exchange.instruments import InstrumentCatalog
+from oms.exchange.interface import create_exchange
 from oms.kafka.faust_patches import StallHealer
 from oms.kafka.faust_worker import run_faust_worker
-from oms.kafka.partitioning import partition_of
-from oms.lifecycle.wiring import LifecycleWiring
+from oms.kafka.partitioning import PartitionOwnership, partition_of
+from oms.lifecycle.monitor import LifecycleMonitor
+from oms.lifecycle.reconcile import OrderReconciler
+from oms.lifecycle.service import LifecycleService
+from oms.market.cache import MarketCache
+from oms.market.feed import TickFeed
+from oms.metrics import OrderMetricsCollector
+from oms.metrics.collector import CONTENT_TYPE
 from oms.orders.priority_queue import PriorityQueues
-from oms.risk.runtime import create_intake_guard, register_guard
-from oms.schemas import (
-    DeadLetter,
-    ExecutionReport,
-    MarketTick,
-    OrderEvent,
-    OrderRecord,
-    OrderRequest,
-    OrderStatus,
-    now_ms,
-)
-from oms.schemas.commands import InternalComponent, OrderCommand, internal_command
-from oms.schemas.conditions import OrderTrigger
+from oms.risk.runtime import IntakeGuard
+from oms.schemas import OrderRecord, OrderStatus, now_ms
+from oms.schemas.commands import InternalComponent
 from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
 from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.edge import EdgeContext, handle_external
-from oms.streams.execution import ExchangeSessions, OrderExecutor
+from oms.streams.execution import InflightCommands, LabelLookup, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
+from oms.streams.outbox import Outbox
 from oms.streams.release import ReleaseContext, handle_trigger
-from oms.streams.tick_feed import TickFeed
 from oms.streams.triggering import TriggerLoop
 
 log = structlog.get_logger(__name__)
@@ -67,154 +71,211 @@ _LOG_APPEND_TIME = 1
 
 
 class OrderWorker:
-    """Everything one worker process runs."""
+    """Everything one worker process runs: the composition root."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        partitions = settings.kafka.partitions
+        # -- Kafka: the app, its topics and tables; where components publish ---------------
         self.oms: OmsApp = create_app(settings)
         self.app: faust.App = self.oms.app
+        oms = self.oms
+        self._requests_topic = oms.requests.get_topic_name()
+        self._commands_topic = oms.commands.get_topic_name()
+        self._reports_topic = oms.reports.get_topic_name()
+        self._triggers_topic = oms.triggers.get_topic_name()
+        orders = oms.orders
+
+        def order_items() -> Any:
+            return orders.items()
+
+        self.metrics = OrderMetricsCollector()
+        self.outbox = outbox = Outbox(oms, settings, observe_event=self.metrics.observe_event)
+        # Which order ids are ours, as of the last refresh (the lifecycle's passes refresh it).
+        self.ownership = PartitionOwnership(partitions, self.owned_partitions)
+
+        # -- the venue and the market ----------------------------------------------------------
         secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
-        self._trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
-        self.catalog = InstrumentCatalog(settings.exchange)
-        self.sessions = ExchangeSessions(settings, secrets)
-        self.executor = OrderExecutor(
-            self.sessions, self._publish_report, settings, self.catalog.currency_of
+        trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
+        self.exchange = exchange = create_exchange(settings, secrets)
+        self.catalog = catalog = exchange.instruments
+        self.market = market = MarketCache(underlying=catalog.base_currency)
+
+        # -- execution: commands, label lookups, the reconciliation they report misses to -----
+        self.commands = commands = InflightCommands(settings.worker)
+        lookup = LabelLookup(exchange, settings.lifecycle)
+        self.reconciler = reconciler = OrderReconciler(
+            settings.lifecycle,
+            exchange=exchange,
+            lookup=lookup,
+            publish=outbox.report,
+            is_running=commands.is_running,
+            orders=order_items,
+            order_of=self._order_of,
+            owns=self.ownership.owns,
+            currency_of=catalog.currency_of,
         )
-        # Held orders: the trigger engine (waiting) and the priority queues (queued).
-        self.engine = TriggerEngine()
-        self.queues = PriorityQueues(
+        self.executor = executor = OrderExecutor(
+            exchange,
+            lookup,
+            commands,
+            outbox.report,
+            settings.lifecycle,
+            on_missing=reconciler.missed,
+            on_command=self.metrics.observe_command,
+        )
+
+        # -- pre-trade risk --------------------------------------------------------------------
+        self.guard = guard = IntakeGuard(
+            settings,
+            orders_changelog=orders.changelog_topic.get_topic_name(),
+            instrument=catalog.get,
+            mark=market.mark,
+            index_price=market.index_price,
+            send=outbox.send,
+            dead_letter=outbox.dead_letter,
+            owned_partitions=self.owned_partitions,
+            cancel=executor.cancel,
+            orders=order_items,
+        )
+
+        # -- held orders: the trigger engine (waiting) and the priority queues (queued) --------
+        self.engine = engine = TriggerEngine(market.value)
+        queues = PriorityQueues(
             settings.queue.priority_levels, reduce_only_as_high=settings.queue.reduce_only_as_high
         )
-        self.held = HeldOrders(self.engine, self.queues)
-        self.trigger_loop = TriggerLoop(self.engine, self._publish_trigger)
-        self.tick_cache = TickCache()
-        # Every worker reads every tick; only the owner of a partition dead-letters its bad ones.
-        self.tick_feed = TickFeed(
-            settings,
-            self._on_ticks,
-            dead_letter=self._dead_letter,
-            owns_partition=lambda partition: self.guard.owns_partition(partition),
-        )
-        self.dispatcher = Dispatcher(
-            self.queues,
+        self.trigger_loop = trigger_loop = TriggerLoop(engine, outbox.trigger)
+        self.dispatcher = dispatcher = Dispatcher(
+            queues,
             order_of=self._order_of,
-            executor=self.executor,
-            limiter_of=self._limiter_of,
-            publish_trigger=self._publish_trigger,
+            dispatch=lambda order, uncertain: executor.dispatch(
+                order, uncertain=uncertain, prepaid=True
+            ),
+            order_entry_delay=exchange.order_entry_delay,
+            reserve_order_entry=exchange.reserve_order_entry,
+            publish_trigger=outbox.trigger,
+            # Queued, delayed and conditional orders are checked again when they leave the
+            # queue: the market (and the account) may have moved while they waited.
+            release_check=lambda order: guard.check_submit(order, at_release=True),
             settings=settings.queue,
             retry_delay=settings.lifecycle.retry_delay,
+            ready=catalog.wait_loaded,
         )
-        self.held.on_change = self._held_changed
+
+        def held_changed() -> None:
+            dispatcher.wake()
+            trigger_loop.wake()
+
+        self.held = held = HeldOrders(engine, queues, on_change=held_changed)
         self._held_partitions: frozenset[int] | None = None
+        # Every worker reads every tick into its market cache; only the owner of a partition
+        # dead-letters its bad ones.
+        self.tick_feed = TickFeed(
+            settings,
+            market,
+            trigger_loop.on_ticks,
+            dead_letter=outbox.dead_letter,
+            owns_partition=guard.owns_partition,
+        )
+
+        # -- the agents' contexts ----------------------------------------------------------------
         # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
         self._replay_below: dict[tuple[str, int], int] = {}
-        self._requests_topic = self.oms.requests.get_topic_name()
-        self._commands_topic = self.oms.commands.get_topic_name()
-        self._events_topic = self.oms.events.get_topic_name()
-        self._reports_topic = self.oms.reports.get_topic_name()
-        self._triggers_topic = self.oms.triggers.get_topic_name()
-        self._dead_letters_topic = self.oms.dead_letters.get_topic_name()
-        # Pre-trade risk.
-        self.guard = create_intake_guard(
-            settings, self.oms, self.catalog.get, self._send, self._dead_letter, self.executor
-        )
         # The stateless edge: authenticates traders' requests and routes them by order id.
         self.edge = EdgeContext(
-            emit=self._emit,
-            dead_letter=self._dead_letter,
+            emit=outbox.event,
+            dead_letter=outbox.dead_letter,
             source_topic=self._requests_topic,
             authenticator=(
                 None
                 if settings.risk.auth_mode == "trusted"
                 else Authenticator(settings.risk, SigningKeys(settings.resolved_secrets_file))
             ),
-            forward=self._publish_command,
+            forward=outbox.command,
         )
-        # Queued, delayed and conditional orders are checked again when they leave the queue:
-        # the market (and the account) may have moved while they waited.
-        self.dispatcher.release_check = lambda order: self.guard.check_submit(
-            order, at_release=True
-        )
-        self.intake = IntakeContext(
-            orders=self.oms.orders,
-            executor=self.executor,
-            instrument=self.catalog.get,
-            account_known=self._trading_accounts.__contains__,
-            emit=self._emit,
-            dead_letter=self._dead_letter,
+        self.intake = intake = IntakeContext(
+            orders=orders,
+            executor=executor,
+            instrument=catalog.get,
+            account_known=trading_accounts.__contains__,
+            emit=outbox.event,
+            dead_letter=outbox.dead_letter,
             source_topic=self._commands_topic,
-            held=self.held,
+            held=held,
             queue_settings=settings.queue,
-            on_fired=self.trigger_loop.publish,
-            publish_trigger=self._publish_trigger,
-            guard=self.guard,
-            nonces=NonceStore(self.oms.nonces, settings.risk.nonces_kept_per_order),
+            on_fired=trigger_loop.publish,
+            publish_trigger=outbox.trigger,
+            guard=guard,
+            nonces=NonceStore(oms.nonces, settings.risk.nonces_kept_per_order),
             make_durable=lambda: self.app.producer.flush(),
         )
         self.release = ReleaseContext(
-            orders=self.oms.orders,
-            emit=self._emit,
-            dead_letter=self._dead_letter,
+            orders=orders,
+            emit=outbox.event,
+            dead_letter=outbox.dead_letter,
             source_topic=self._triggers_topic,
-            held=self.held,
-            executor=self.executor,
-            instrument=self.catalog.get,
-            create=lambda request, links, replayed: submit_linked(
-                self.intake, request, links, replayed
-            ),
-            on_fired=self.trigger_loop.publish,
-            publish_trigger=self._publish_trigger,
+            held=held,
+            executor=executor,
+            instrument=catalog.get,
+            create=lambda request, links, replayed: submit_linked(intake, request, links, replayed),
+            on_fired=trigger_loop.publish,
+            publish_trigger=outbox.trigger,
         )
         self.state = OrderStateContext(
-            orders=self.oms.orders,
-            emit=self._emit,
-            dead_letter=self._dead_letter,
+            orders=orders,
+            emit=outbox.event,
+            dead_letter=outbox.dead_letter,
             source_topic=self._reports_topic,
-            publish_trigger=self._publish_trigger,
-            publish_report=self._publish_report,
+            publish_trigger=outbox.trigger,
+            publish_report=outbox.report,
         )
-        # Lifecycle (issue 6): monitoring, auto-cancel, partial fills, metrics, probes.
-        self.lifecycle = LifecycleWiring(self)
+
+        # -- the lifecycle: monitoring, auto-cancel, partial fills, algorithms, metrics ---------
+        monitor = LifecycleMonitor(
+            settings=settings.lifecycle,
+            orders=order_items,
+            owns=self.ownership.owns,
+            recheck=executor.recheck,
+            is_busy=commands.is_inflight,
+            publish_request=outbox.commands_of(InternalComponent.LIFECYCLE),
+        )
+        algos = AlgoScheduler(
+            orders=order_items,
+            owns=self.ownership.owns,
+            publish_request=outbox.commands_of(InternalComponent.ALGO),
+            latest_tick=market.latest,
+        )
+        self.lifecycle = LifecycleService(
+            partitions=partitions,
+            ownership=self.ownership,
+            reconciler=reconciler,
+            monitor=monitor,
+            algos=algos,
+            metrics=self.metrics,
+            next_reconnect=exchange.next_reconnect,
+            reconciled=exchange.reconciled,
+            can_reconcile=self._can_reconcile,
+            queue_statistics=self.queue_statistics,
+            executor_stats=lambda: executor.stats,
+            inflight=lambda: commands.count,
+            publish_sample=outbox.metrics_sample,
+            worker_id=f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}",
+        )
+
+        # Started in this order once Faust runs, stopped in the reverse order.
+        self.components: list[Startable] = [
+            exchange,
+            commands,  # stopped before the venue: the commands in flight drain first
+            guard,
+            self.tick_feed,
+            trigger_loop,
+            dispatcher,
+            self.lifecycle,
+        ]
         self._register()
-        self.lifecycle.register()
 
-    # -- plumbing ------------------------------------------------------------------------
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        # Faust's producer directly: the Topic.send channel machinery cost ~10% of the
-        # worker's CPU. Same producer, so Faust still flushes it before committing offsets.
-        await self.app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=None
-        )
-
-    async def _emit(self, event: OrderEvent) -> None:
-        await self._send(self._events_topic, event.order_id.encode(), event.to_bytes())
-        self.lifecycle.on_event(event)
-
-    async def _dead_letter(self, letter: DeadLetter) -> None:
-        key = letter.key.encode() if letter.key else None
-        await self._send(self._dead_letters_topic, key, letter.to_bytes())
-
-    async def _publish_report(self, report: ExecutionReport) -> None:
-        await self._send(self._reports_topic, report.order_id.encode(), report.to_bytes())
-
-    async def _publish_trigger(self, trigger: OrderTrigger) -> None:
-        await self._send(self._triggers_topic, trigger.order_id.encode(), trigger.to_bytes())
-
-    async def _publish_command(self, command: OrderCommand) -> None:
-        await self._send(self._commands_topic, command.key.encode(), command.to_bytes())
-
-    def commands_of(
-        self, component: InternalComponent
-    ) -> Callable[[OrderRequest], Awaitable[None]]:
-        """How ``component`` publishes the OMS's own requests: straight to the internal
-        command path, never through the traders' authentication."""
-
-        async def publish(request: OrderRequest) -> None:
-            await self._publish_command(internal_command(request, component))
-
-        return publish
+    # -- what components read of the app ------------------------------------------------------
 
     def owned_partitions(self) -> set[int]:
         """Partitions of the orders (commands, reports, triggers) this worker owns now."""
@@ -228,18 +289,37 @@ class OrderWorker:
         order: OrderRecord | None = self.oms.orders.get(order_id)
         return order
 
-    async def _limiter_of(self, account_id: str) -> RateLimiter:
-        return (await self.sessions.client(account_id)).rate_limiter
+    def _can_reconcile(self) -> bool:
+        """Instruments loaded (the currency of each lookup comes from them), no rebalance
+        and no table recovery under way."""
+        app = self.app
+        recovery: Any = getattr(app.tables, "recovery", None)
+        return not (
+            not len(self.catalog)
+            or getattr(app, "rebalancing", False)
+            or getattr(app, "in_recovery", False)
+            or (recovery is not None and not recovery.completed.is_set())
+        )
 
-    async def _on_ticks(self, ticks: list[MarketTick], warm: bool) -> None:
-        self.tick_cache.update(ticks)
-        await self.trigger_loop.on_ticks(ticks, warm)
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: instruments loaded and not in the middle of a rebalance. (A worker
+        without partitions, e.g. more replicas than partitions, is still ready: it is a
+        standby, and readiness gates rollouts.)"""
+        instruments = len(self.catalog)
+        try:
+            assigned = len(self.app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = 0
+        rebalancing = bool(getattr(self.app, "rebalancing", False))
+        ok = instruments > 0 and not rebalancing
+        return ok, {
+            "ready": ok,
+            "instruments": instruments,
+            "rebalancing": rebalancing,
+            "assigned_partitions": assigned,
+        }
 
-    def _held_changed(self) -> None:
-        self.dispatcher.wake()
-        self.trigger_loop.wake()
-
-    # -- agents, timers, hooks -------------------------------------------------------------
+    # -- agents, timers, pages -------------------------------------------------------------
 
     def _register(self) -> None:
         app, oms = self.app, self.oms
@@ -259,8 +339,11 @@ class OrderWorker:
                 )
 
         async def intake(stream: Any) -> None:
+            # Never check an order against a half-loaded book: instruments, the risk topics
+            # and the market cache's replay first (marks for notional limits and price bands).
             await self.catalog.wait_loaded()
             await self.guard.ready()
+            await self.tick_feed.ready.wait()
             async for event in stream.events():
                 message = event.message
                 await handle_command(
@@ -314,14 +397,28 @@ class OrderWorker:
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self.lifecycle.partitions_revoked(
+                {tp.partition for tp in revoked if tp.topic == commands_name}
+            )
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
             await self.rebuild_held()
 
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
-        interval = self.settings.worker.recovery_check_interval_s
-        register_guard(app, self.guard, interval)
+        @app.task
+        async def start_components() -> None:
+            await start_all(self.components)
 
+        async def stop_components(sender: Any, **kwargs: Any) -> None:
+            await stop_all(self.components)
+
+        app.on_before_shutdown.connect(stop_components)  # type: ignore[arg-type]
+
+        interval = self.settings.worker.recovery_check_interval_s
         healer = StallHealer(lambda: app.consumer, inputs)
         self.healer = healer
 
@@ -344,27 +441,26 @@ class OrderWorker:
             if owned != self._held_partitions and not getattr(app, "in_recovery", False):
                 await self.rebuild_held()
 
-        @app.task
-        async def start_catalog() -> None:
-            await self.catalog.start()
+        @app.timer(interval=interval)
+        async def cancel_halted_orders() -> None:
+            await self.guard.cancel_halted()
 
-        @app.task
-        async def run_tick_feed() -> None:
-            while True:  # a lost broker connection must not end the feed for good
+        @app.timer(interval=self.settings.lifecycle.check_interval)
+        async def lifecycle_check() -> None:
+            try:
+                await self.lifecycle.check()
+            except Exception:  # a bad pass must not stop the timer
+                log.exception("lifecycle.check_failed")
+
+        sample_every = self.settings.lifecycle.metrics_sample_interval
+        if sample_every > 0:
+
+            @app.timer(interval=sample_every)
+            async def metrics_sample() -> None:
                 try:
-                    await self.tick_feed.run()
+                    await self.lifecycle.sample_metrics()
                 except Exception:
-                    log.exception("tick_feed.failed")
-                    await asyncio.sleep(1.0)
-
-        @app.task
-        async def run_trigger_clock() -> None:
-            await self.trigger_loop.run_clock()
-
-        @app.task
-        async def run_dispatcher() -> None:
-            await self.catalog.wait_loaded()
-            await self.dispatcher.run()
+                    log.exception("lifecycle.metrics_sample_failed")
 
         @app.page("/queue")
         async def queue(web: Any, request: Any) -> Any:
@@ -382,14 +478,35 @@ class OrderWorker:
                     "intake": self.intake.counters,
                     "order_state": self.state.counters,
                     "executor": self.executor.stats,
-                    "reconcile": self.lifecycle.reconciler.snapshot(),
+                    "reconcile": self.reconciler.snapshot(),
                     "release": self.release.counters,
                     "dispatcher": self.dispatcher.stats,
                     "tick_feed": self.tick_feed.stats(),
+                    "market": self.market.stats(),
                     "risk_feeds": self.guard.feeds.stats(),
                     "queue": self.queue_statistics(),
+                    "components": {c.name: c.state.value for c in self.components},
                 }
             )
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type: pass the header as is.
+            body = self.lifecycle.prometheus()
+            return web.bytes(body, headers={"Content-Type": CONTENT_TYPE})
+
+        @app.page("/metrics/summary")
+        async def summary(web: Any, request: Any) -> Any:
+            return web.json(self.lifecycle.summary())
+
+        @app.page("/live")
+        async def live(web: Any, request: Any) -> Any:
+            return web.json({"live": True})
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            ok, body = self.ready()
+            return web.json(body, status=200 if ok else 503)
 
     def _is_replay(self, message: Any) -> bool:
         return bool(message.offset < self._replay_below.get((message.topic, message.partition), 0))
@@ -427,7 +544,7 @@ class OrderWorker:
         for order_id, order in list(self.oms.orders.items()):
             if order is None or order.status not in _UNACKNOWLEDGED:
                 continue
-            if order.updated_at > cutoff or self.executor.is_inflight(order_id):
+            if order.updated_at > cutoff or self.commands.is_inflight(order_id):
                 continue
             if partition_of(order_id, partitions) not in owned:
                 continue
@@ -437,7 +554,8 @@ class OrderWorker:
         return swept
 
     def queue_statistics(self) -> dict[str, Any]:
-        """Seed 3.2 ``get_queue_statistics`` for the partitions this worker owns."""
+        """The queues' statistics (``get_queue_statistics``) for the partitions this worker
+        owns."""
         stats = self.held.statistics(now_ms())
         stats["partitions"] = sorted(self._held_partitions or ())
         return stats
@@ -451,7 +569,7 @@ class OrderWorker:
             list(self.oms.orders.items()),
             owns=lambda order_id: partition_of(order_id, partitions) in owned,
             now_ms=now_ms(),
-            busy=self.executor.is_inflight,
+            busy=self.commands.is_inflight,
         )
         self._held_partitions = owned
         log.info(

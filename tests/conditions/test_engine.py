@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from oms.conditions.engine import TriggerEngine
+from oms.conditions.engine import Fired, TriggerEngine
 from oms.conditions.expressions import ExpressionError, parse_expression, parse_time_ms
 from oms.conditions.naive import NaiveEvaluator
+from oms.market.cache import MarketCache
 from oms.schemas.conditions import (
     ExpirationCondition,
     Operator,
@@ -34,6 +36,19 @@ class Tick:
     best_ask_price: float | None = None
 
 
+class FedEngine(TriggerEngine):
+    """The engine over its own market cache, each tick applied to the cache before the engine
+    sees it (what the worker's tick feed does)."""
+
+    def __init__(self) -> None:
+        self.market = MarketCache(underlying=lambda instrument: None)
+        super().__init__(self.market.value)
+
+    def on_tick(self, tick: Any) -> list[Fired]:
+        self.market.update([tick])
+        return super().on_tick(tick)
+
+
 def price(op: str, value: float, instrument: str = "BTC-PERPETUAL", fld: str = "last_price"):
     return PriceCondition(
         instrument_name=instrument, field=PriceField(fld), operator=Operator(op), value=value
@@ -41,7 +56,7 @@ def price(op: str, value: float, instrument: str = "BTC-PERPETUAL", fld: str = "
 
 
 def test_threshold_fires_on_the_tick_that_reaches_it_and_only_once() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     assert engine.add("a", [price(">=", 100.0)], now_ms=T0) is None
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=99.5)) == []
     fired = engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))
@@ -53,7 +68,7 @@ def test_threshold_fires_on_the_tick_that_reaches_it_and_only_once() -> None:
 
 
 def test_strict_and_inclusive_bounds() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.add("gt", [price(">", 100.0)], now_ms=T0)
     engine.add("ge", [price(">=", 100.0)], now_ms=T0)
     engine.add("lt", [price("<", 100.0)], now_ms=T0)
@@ -67,14 +82,29 @@ def test_strict_and_inclusive_bounds() -> None:
 
 
 def test_already_true_conditions_fire_when_the_order_arrives() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.on_tick(Tick("ETH-PERPETUAL", mark_price=3000.0))
     fired = engine.add("a", [price("<", 3100.0, "ETH-PERPETUAL", "mark_price")], now_ms=T0)
     assert fired is not None and fired.kind == "release"
 
 
+def test_values_come_from_the_market_cache_it_reads() -> None:
+    """Ticks the engine never evaluated (a warm-up) still set what an arriving order and a
+    cross compare with: the engine reads the worker's one market cache."""
+    market = MarketCache(underlying=lambda instrument: None)
+    engine = TriggerEngine(market.value)
+    market.update(
+        [Tick("ETH-PERPETUAL", mark_price=3000.0), Tick("BTC-PERPETUAL", last_price=99.0)]
+    )
+    fired = engine.add("a", [price("<", 3100.0, "ETH-PERPETUAL", "mark_price")], now_ms=T0)
+    assert fired is not None and fired.details["conditions"][0]["value"] == 3000.0
+    assert engine.add("x", [price("crosses_above", 100.0)], now_ms=T0) is None  # armed below
+    market.update([Tick("BTC-PERPETUAL", last_price=100.0)])
+    assert [f.order_id for f in engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0))] == ["x"]
+
+
 def test_cross_needs_a_previous_value_on_the_other_side() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.add("x", [price("crosses_above", 100.0)], now_ms=T0)
     # The first tick only arms the cross: no evidence the value was ever below.
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=105.0)) == []
@@ -84,7 +114,7 @@ def test_cross_needs_a_previous_value_on_the_other_side() -> None:
 
 
 def test_cross_below_on_another_instruments_index() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.on_tick(Tick("BTC-PERPETUAL", index_price=60_000.0))
     cond = price("crosses_below", 59_000.0, "BTC-PERPETUAL", "index_price")
     assert engine.add("eth-option", [cond], now_ms=T0) is None
@@ -94,7 +124,7 @@ def test_cross_below_on_another_instruments_index() -> None:
 
 
 def test_all_conditions_must_hold_at_the_same_time() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     conds = [price(">=", 100.0), price("<=", 10.0, "ETH-PERPETUAL")]
     engine.add("both", conds, now_ms=T0)
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0)) == []  # first holds
@@ -107,7 +137,7 @@ def test_all_conditions_must_hold_at_the_same_time() -> None:
 
 
 def test_match_any_fires_on_the_first() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     conds = [price(">=", 100.0), price("<=", 10.0, "ETH-PERPETUAL")]
     engine.add("any", conds, match_any=True, now_ms=T0)
     fired = engine.on_tick(Tick("ETH-PERPETUAL", last_price=9.0))
@@ -115,7 +145,7 @@ def test_match_any_fires_on_the_first() -> None:
 
 
 def test_time_conditions_release_delay_and_expiration() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.add("delayed", [], release_at=T0 + 5_000, now_ms=T0)
     engine.add("after", [TimeCondition(operator=">=", value=T0 + 1_000)], now_ms=T0)
     engine.add("expiring", [price(">=", 1e9), ExpirationCondition(seconds=2)], now_ms=T0)
@@ -134,7 +164,7 @@ def test_time_conditions_release_delay_and_expiration() -> None:
 
 
 def test_time_and_price_together() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     conds = [price(">=", 100.0), TimeCondition(operator=">=", value=T0 + 1_000)]
     engine.add("a", conds, now_ms=T0)
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=100.0)) == []
@@ -142,7 +172,7 @@ def test_time_and_price_together() -> None:
 
 
 def test_removed_orders_never_fire() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.add("a", [price(">=", 100.0)], now_ms=T0, expire_at=T0 + 10)
     assert engine.remove("a")
     assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=200.0)) == []
@@ -156,7 +186,7 @@ def test_same_releases_as_the_linear_scan(seed: int) -> None:
     on the same tick."""
     rng = random.Random(seed)
     instruments = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
-    engine, naive = TriggerEngine(), NaiveEvaluator()
+    engine, naive = FedEngine(), NaiveEvaluator()
     for i in range(300):
         conds = []
         for _ in range(rng.randint(1, 3)):
@@ -213,7 +243,7 @@ def trailing(direction: str, *, offset: float | None = None, pct: float | None =
 
 
 def test_trailing_sell_stop_follows_the_high() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.on_tick(Tick("BTC-PERPETUAL", last_price=1000.0))
     engine.add("stop", [trailing("down", offset=100)], now_ms=T0)
     for price in (1100.0, 1200.0, 1150.0, 1101.0):
@@ -223,7 +253,7 @@ def test_trailing_sell_stop_follows_the_high() -> None:
 
 
 def test_trailing_buy_stop_in_percent_follows_the_low() -> None:
-    engine = TriggerEngine()
+    engine = FedEngine()
     engine.add("stop", [trailing("up", pct=1.0)], now_ms=T0)  # armed by the first tick
     for price in (1000.0, 950.0, 900.0, 908.0):
         assert engine.on_tick(Tick("BTC-PERPETUAL", last_price=price)) == []
@@ -235,7 +265,7 @@ def test_trailing_stops_match_a_brute_force_watermark(seed: int) -> None:
     """Stops activated at different times, both directions, both offset kinds: the grouped
     watermarks fire exactly when recomputing every watermark on every tick would."""
     rng = random.Random(seed)
-    engine = TriggerEngine()
+    engine = FedEngine()
     price = 1000.0
     engine.on_tick(Tick("BTC-PERPETUAL", last_price=price))
     stops: dict[str, tuple[str, float, bool, float]] = {}  # id -> (dir, offset, pct, wm)

@@ -159,12 +159,15 @@ async def test_reconnect_resubscribes_and_reconciles(paper: PaperExchange) -> No
     reconciled: list[list[dict[str, Any]]] = []
     updates: list[dict[str, Any]] = []
 
-    async with DeribitClient(paper.ws_url, new_creds(), settings=SETTINGS) as c:
+    clients: list[DeribitClient] = []  # the hook asks the client it belongs to
 
-        async def on_reconnect() -> None:
-            reconciled.append(await c.get_open_orders())
+    async def on_reconnect() -> None:
+        reconciled.append(await clients[0].get_open_orders())
 
-        c.on_reconnect = on_reconnect
+    async with DeribitClient(
+        paper.ws_url, new_creds(), settings=SETTINGS, on_reconnect=on_reconnect
+    ) as c:
+        clients.append(c)
         await c.subscribe(
             ["user.orders.BTC-PERPETUAL.raw"],
             lambda ch, data: updates.extend(data if isinstance(data, list) else [data]),

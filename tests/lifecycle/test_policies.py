@@ -93,9 +93,16 @@ def test_chase_follows_the_touch_but_never_passes_its_limit() -> None:
 def test_venues_implement_the_exchange_interface(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     secrets = SecretStore(tmp_path / "secrets.json")
+
+    def venue_named(name: str) -> Settings:
+        return settings.model_copy(
+            update={"exchange": settings.exchange.model_copy(update={"venue": name})}
+        )
+
+    assert isinstance(create_exchange(settings, secrets), DeribitVenue)  # the default
     for name, cls in (("deribit", DeribitVenue), ("paper", PaperVenue)):
-        venue = create_exchange(name, settings, secrets, lambda _: "BTC")
+        venue = create_exchange(venue_named(name), secrets)
         assert isinstance(venue, cls) and isinstance(venue, Exchange)
         assert venue.name == name
     with pytest.raises(ValueError, match="unknown exchange"):
-        create_exchange("mtgox", settings, secrets, lambda _: "BTC")
+        create_exchange(venue_named("mtgox"), secrets)

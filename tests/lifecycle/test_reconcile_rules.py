@@ -25,8 +25,9 @@ from oms.schemas import (
     ReportSource,
 )
 from oms.schemas.notify_settings import NotificationType
+from oms.secrets import SecretStore
 from oms.settings import LifecycleSettings, Settings
-from oms.streams.execution import OrderExecutor
+from oms.streams.execution import InflightCommands, LabelLookup, OrderExecutor
 from tests.orders.factories import order_record
 
 INTERVAL = 0.05
@@ -36,7 +37,7 @@ class TinyExchange(DeribitVenue):
     """Deribit's answers for a handful of orders and trades, in memory."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, None, lambda name: "BTC", sessions=object())  # type: ignore[arg-type]
+        super().__init__(settings, SecretStore())
         self.orders: dict[str, dict[str, Any]] = {}  # exchange order id -> order
         self.trades: dict[str, list[dict[str, Any]]] = {}
         self.calls: Counter[str] = Counter()
@@ -112,14 +113,26 @@ class Rig:
         self.table: dict[str, OrderRecord] = {}
         self.published: list[ExecutionReport] = []
         self.events: list[Any] = []
-        self.executor = OrderExecutor(self.exchange, self._publish, self.settings, lambda n: "BTC")
+        self.commands = InflightCommands(self.settings.worker)
+        lookup = LabelLookup(self.exchange, lifecycle)
         self.reconciler = OrderReconciler(
             lifecycle,
-            self.executor,
+            exchange=self.exchange,
+            lookup=lookup,
+            publish=self._publish,
+            is_running=self.commands.is_running,
             orders=lambda: self.table.items(),
             order_of=self.table.get,
             owns=lambda order_id: True,
             currency_of=lambda name: "BTC",
+        )
+        self.executor = OrderExecutor(
+            self.exchange,
+            lookup,
+            self.commands,
+            self._publish,
+            lifecycle,
+            on_missing=self.reconciler.missed,
         )
 
     async def _publish(self, report: ExecutionReport) -> None:
@@ -140,7 +153,7 @@ class Rig:
     async def settle(self) -> None:
         """Wait for the background checks and commands."""
         for _ in range(200):
-            tasks = [*self.reconciler._tasks, *self.executor._inflight.values()]
+            tasks = [*self.reconciler.pending(), *self.commands.pending()]
             if not tasks:
                 return
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oms.market.cache import MarketCache
 from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
 from oms.risk.book import RiskBook
 from oms.risk.engine import RiskEngine
@@ -32,10 +33,13 @@ PERP = InstrumentSpec(
 )
 
 
-def engine(**limits: object) -> RiskEngine:
+def engine(market: MarketCache | None = None, **limits: object) -> RiskEngine:
     settings = RiskSettings(default_limits=AccountLimits.model_validate(limits))
+    market = market or MarketCache(underlying=lambda name: None)
     return RiskEngine(
-        RiskBook(settings, lambda name: PERP if name == PERP.instrument_name else None)
+        RiskBook(settings, lambda name: PERP if name == PERP.instrument_name else None),
+        mark=market.mark,
+        index_price=market.index_price,
     )
 
 
@@ -62,12 +66,13 @@ def tick(mark: float) -> MarketTick:
 
 
 def test_queued_order_breaching_the_band_at_release_is_refused_then() -> None:
-    risk = engine(price_band_pct=5)
-    risk.book.apply_tick(tick(50_000))
+    market = MarketCache(underlying=lambda name: None)
+    risk = engine(market, price_band_pct=5)
+    market.update([tick(50_000)])
     queued = order(status=OrderStatus.QUEUED, execute_immediately=False)
     assert risk.check_submit(queued) is None
     risk.note_accepted(queued)
-    risk.book.apply_tick(tick(60_000))  # the market moved while it waited
+    market.update([tick(60_000)])  # the market moved while it waited
     rejection = risk.check_submit(queued, at_release=True)
     assert rejection is not None
     assert rejection.reason_code is ReasonCode.PRICE_BAND_EXCEEDED
@@ -183,7 +188,8 @@ def test_daily_loss_makes_the_account_reducing_until_resumed() -> None:
     loaded: dict[str, InstrumentSpec] = {}  # the catalog loads after the first records
     settings = RiskSettings(default_limits=AccountLimits(max_daily_loss={"BTC": 1.0}))
     book = RiskBook(settings, lambda name: loaded.get(name or ""))
-    risk = RiskEngine(book)
+    market = MarketCache(underlying=lambda name: None)
+    risk = RiskEngine(book, mark=market.mark, index_price=market.index_price)
     for i, (realized, fee) in enumerate([(-0.6, 0.01), (-0.5, 0.01)]):
         book.apply_position(
             PositionRecord(

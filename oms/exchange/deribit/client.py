@@ -140,7 +140,7 @@ class DeribitClient:
         self.url = url
         self.name = name
         self.settings = settings or ExchangeSettings()
-        self.on_reconnect = on_reconnect
+        self._on_reconnect = on_reconnect
         self.stats = ClientStats()
         self.connected = asyncio.Event()
         self._credentials = credentials
@@ -537,7 +537,7 @@ class DeribitClient:
                 break
 
     def _run_reconnect_hook(self) -> None:
-        hook = self.on_reconnect
+        hook = self._on_reconnect
         if hook is None:
             return
 

@@ -1,16 +1,24 @@
 """Deribit as an :class:`~oms.exchange.interface.Exchange`: JSON-RPC over WebSocket, one
-authenticated session per account, our order id as the Deribit ``label``."""
+authenticated session per account, our order id as the Deribit ``label``.
+
+Everything Deribit-specific of a worker lives behind this class: method names, the client,
+its rate limiter (order entry draws on the matching-engine pool of the sub-account), the
+``currency`` parameter of private calls, and where the instruments come from."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.component import Component
+from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
+from oms.exchange.deribit.instruments import fetch_instruments
 from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
+from oms.exchange.instruments import InstrumentCatalog
+from oms.exchange.interface import Reconnect
 from oms.exchange.translate import fill_from_trade, report_from_order
 from oms.schemas import (
     CommandType,
@@ -30,14 +38,16 @@ log = structlog.get_logger(__name__)
 _TRIGGERED = frozenset(
     {OrderType.STOP_LIMIT, OrderType.STOP_MARKET, OrderType.TAKE_LIMIT, OrderType.TAKE_MARKET}
 )
+# Buy and sell draw on the same matching-engine pool: what a new order's credit is metered as.
+_ORDER_ENTRY = "private/buy"
 
 
 class ExchangeSessions:
     """One authenticated Deribit connection per account, opened on first use.
 
-    After a reconnect (the client resubscribes on its own) ``on_reconnect(account_id)`` runs
-    the owner's reconciliation; until it is done, :meth:`settled` holds back edits and
-    cancels of that account so they never race it.
+    After a reconnect (the client resubscribes on its own) the account is handed out by
+    :meth:`next_reconnect`; until the owner calls :meth:`reconciled` with it, :meth:`settled`
+    holds back edits and cancels of that account so they never race the reconciliation.
     """
 
     def __init__(self, settings: Settings, secrets: SecretStore) -> None:
@@ -47,13 +57,18 @@ class ExchangeSessions:
         self._locks: dict[str, asyncio.Lock] = {}
         # Per account: the client's reconnect count the last finished reconciliation covered.
         self._reconciled: dict[str, int] = {}
-        self.on_reconnect: Callable[[str], Awaitable[None]] | None = None
+        self._reconnects: asyncio.Queue[Reconnect] = asyncio.Queue()
+        self._closed = False
 
     async def client(self, account_id: str) -> DeribitClient:
-        """The connected client of an account (connects on first call)."""
+        """The connected client of an account (connects on first call; never once closed)."""
         client = self._clients.get(account_id)
         if client is not None:
             return client
+        if self._closed:
+            error = ConnectionLost(CONNECTION_LOST, "the venue is stopped")
+            error.outcome_unknown = False
+            raise error
         lock = self._locks.setdefault(account_id, asyncio.Lock())
         async with lock:
             client = self._clients.get(account_id)
@@ -66,7 +81,7 @@ class ExchangeSessions:
                     credentials,
                     settings=self._settings.exchange,
                     name=f"exec:{account_id}",
-                    on_reconnect=lambda: self._after_reconnect(account_id),
+                    on_reconnect=partial(self._after_reconnect, account_id),
                     cancel_on_disconnect=(
                         account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
                     ),
@@ -96,54 +111,64 @@ class ExchangeSessions:
                 return
             await asyncio.sleep(0.05)
 
+    async def next_reconnect(self) -> Reconnect:
+        """Wait for the next account whose session came back after a drop."""
+        return await self._reconnects.get()
+
+    def reconciled(self, reconnect: Reconnect) -> None:
+        """The account's orders were looked up after ``reconnect``."""
+        account_id = reconnect.account_id
+        self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), reconnect.session)
+
+    async def close(self) -> None:
+        """Close every session (for good)."""
+        self._closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
     async def _after_reconnect(self, account_id: str) -> None:
         client = self._clients.get(account_id)
-        generation = client.stats.reconnects if client is not None else 0
-        try:
-            if self.on_reconnect is not None:
-                await self.on_reconnect(account_id)
-        finally:
-            self._reconciled[account_id] = max(self._reconciled.get(account_id, 0), generation)
+        session = client.stats.reconnects if client is not None else 0
+        self._reconnects.put_nowait(Reconnect(account_id, session))
 
 
-class DeribitVenue:
+class DeribitVenue(Component):
     """:class:`~oms.exchange.interface.Exchange` over Deribit API v2."""
 
     name = "deribit"
 
-    def __init__(
-        self,
-        settings: Settings,
-        secrets: SecretStore | None,
-        currency_of: Callable[[str], str],
-        *,
-        sessions: ExchangeSessions | None = None,
-    ) -> None:
-        if sessions is None:
-            assert secrets is not None
-            sessions = ExchangeSessions(settings, secrets)
-        self.sessions = sessions
-        self._currency_of = currency_of
+    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
+        super().__init__(self.name)  # the venue's name names the component too
+        self._sessions = ExchangeSessions(settings, secrets)
+        self._instruments = InstrumentCatalog(
+            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
+        )
 
     @property
-    def on_reconnect(self) -> Callable[[str], Awaitable[None]] | None:
-        return self.sessions.on_reconnect
+    def instruments(self) -> InstrumentCatalog:
+        return self._instruments
 
-    @on_reconnect.setter
-    def on_reconnect(self, hook: Callable[[str], Awaitable[None]] | None) -> None:
-        self.sessions.on_reconnect = hook
+    async def on_start(self) -> None:
+        await self._instruments.start()
+
+    async def on_stop(self) -> None:
+        await self._instruments.stop()
+        await self._sessions.close()
 
     async def _call(
         self, account_id: str, method: str, params: dict[str, Any], *, prepaid: bool = False
     ) -> Any:
-        client = await self.sessions.client(account_id)
+        client = await self._sessions.client(account_id)
         return await client.call(method, params, prepaid=prepaid)
+
+    def _currency(self, order: OrderRecord) -> str:
+        """Deribit's ``currency`` parameter of an order's private calls."""
+        return self._instruments.currency_of(order.instrument_name)
 
     async def place(self, order: OrderRecord, *, prepaid: bool = False) -> ExecutionReport:
         method = "private/buy" if order.direction is Direction.BUY else "private/sell"
-        result = await self._call(
-            order.account_id, method, submit_params(order), prepaid=prepaid
-        )
+        result = await self._call(order.account_id, method, submit_params(order), prepaid=prepaid)
         return report_from_order(
             result["order"],
             account_id=order.account_id,
@@ -157,7 +182,7 @@ class DeribitVenue:
         orders = await self._call(
             order.account_id,
             "private/get_order_state_by_label",
-            {"currency": self._currency_of(order.instrument_name), "label": order.order_id},
+            {"currency": self._currency(order), "label": order.order_id},
         )
         # Only ever our label: a report is keyed by the label it carries.
         orders = [o for o in orders or () if o.get("label") == order.order_id]
@@ -201,7 +226,7 @@ class DeribitVenue:
         await self._call(
             order.account_id,
             "private/cancel_by_label",
-            {"label": order.order_id, "currency": self._currency_of(order.instrument_name)},
+            {"label": order.order_id, "currency": self._currency(order)},
         )
 
     async def amend(
@@ -227,8 +252,22 @@ class DeribitVenue:
             command=CommandType.AMEND,
         )
 
+    async def order_entry_delay(self, account_id: str) -> float:
+        client = await self._sessions.client(account_id)
+        return client.rate_limiter.delay_for(_ORDER_ENTRY)
+
+    async def reserve_order_entry(self, account_id: str) -> None:
+        client = await self._sessions.client(account_id)
+        await client.rate_limiter.acquire(_ORDER_ENTRY)
+
     async def settled(self, account_id: str) -> None:
-        await self.sessions.settled(account_id)
+        await self._sessions.settled(account_id)
+
+    async def next_reconnect(self) -> Reconnect:
+        return await self._sessions.next_reconnect()
+
+    def reconciled(self, reconnect: Reconnect) -> None:
+        self._sessions.reconciled(reconnect)
 
 
 def _check_label(found: dict[str, Any], order: OrderRecord, method: str) -> None:

@@ -6,9 +6,15 @@ tick stream with a group-less consumer and evaluates only the orders of the part
 owns. Ticks are small and few (instruments x 10 per second), so reading them all costs little,
 and nothing about the design changes when partitions move between workers.
 
-On start it re-reads the last few ticks of each partition so crosses and levels have a current
-value to compare with; of those warm-up ticks only the newest per instrument is evaluated
-(see :meth:`~oms.streams.triggering.TriggerLoop.on_ticks`).
+Every tick read goes into the worker's one :class:`~oms.market.cache.MarketCache` first (marks
+for risk, the touch for chase, the latest values conditions compare with), then the ticks the
+cache applied go to ``on_ticks`` (the trigger loop).
+
+On start it re-reads the last ``worker.tick_replay_per_partition`` ticks of each partition
+(500 by default, enough for every instrument of a partition), so the cache has current values
+before anything asks: the one replay depth of the process. Of those warm-up ticks only the
+newest per instrument is evaluated by the trigger engine (see
+:meth:`~oms.streams.triggering.TriggerLoop.on_ticks`).
 
 A message that is not a tick (a tombstone, an empty value, not JSON, not a tick) is skipped
 and counted by every worker, and dead-lettered by one: the owner of its partition (see
@@ -25,20 +31,20 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from oms.component import Component
+from oms.market.cache import MarketCache
 from oms.schemas import DeadLetter, MarketTick, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# Ticks re-read per partition on start (enough for every instrument of a partition).
-WARMUP_PER_PARTITION = 500
-
 OnTicks = Callable[[list[MarketTick], bool], Awaitable[None]]
 
 
-class TickFeed:
-    """Reads every partition of the tick topic and hands batches to ``on_ticks``.
+class TickFeed(Component):
+    """Reads every partition of the tick topic into ``market``, and hands the ticks it
+    applied to ``on_ticks`` (with ``True`` for warm-up ticks).
 
     ``dead_letter`` receives the dead letters of the partitions ``owns_partition`` says this
     worker answers for (all of them by default: a lone reader)."""
@@ -46,12 +52,16 @@ class TickFeed:
     def __init__(
         self,
         settings: Settings,
+        market: MarketCache,
         on_ticks: OnTicks,
         *,
         dead_letter: Callable[[DeadLetter], Awaitable[None]] | None = None,
         owns_partition: Callable[[int], bool] = lambda partition: True,
     ) -> None:
+        super().__init__("tick-feed")
         self._settings = settings
+        self._market = market
+        self._replay = settings.worker.tick_replay_per_partition
         self._on_ticks = on_ticks
         self._dead_letter = dead_letter
         self._owns_partition = owns_partition
@@ -71,6 +81,17 @@ class TickFeed:
             "dead_lettered": self.dead_lettered,
             "ready": self.ready.is_set(),
         }
+
+    async def on_start(self) -> None:
+        self.spawn(self._run_forever(), "consume")
+
+    async def _run_forever(self) -> None:
+        while True:  # a lost broker connection must not end the feed for good
+            try:
+                await self.run()
+            except Exception:
+                log.exception("tick_feed.failed")
+                await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         """Consume until cancelled (reconnects are aiokafka's job)."""
@@ -98,10 +119,10 @@ class TickFeed:
                             continue
                         (warm if message.offset < end else live).append(tick)
                     self.received += len(warm) + len(live)
-                    if warm:
-                        await self._on_ticks(warm, True)
-                    if live:
-                        await self._on_ticks(live, False)
+                    for ticks, is_warm in ((warm, True), (live, False)):
+                        applied = self._market.update(ticks) if ticks else ticks
+                        if applied:
+                            await self._on_ticks(applied, is_warm)
                 if not self.ready.is_set() and all(await _positions_reached(consumer, warm_until)):
                     self.ready.set()
         finally:
@@ -139,7 +160,7 @@ class TickFeed:
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
         for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - WARMUP_PER_PARTITION))
+            consumer.seek(tp, max(begins[tp], ends[tp] - self._replay))
         log.info("tick_feed.assigned", topic=self._topic, partitions=len(tps))
         return dict(ends)
 

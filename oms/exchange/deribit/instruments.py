@@ -1,0 +1,30 @@
+"""Deribit's instrument specifications (``public/get_instruments``), for an
+:class:`~oms.exchange.instruments.InstrumentCatalog`."""
+
+from __future__ import annotations
+
+import structlog
+
+from oms.exchange.deribit.client import DeribitClient
+from oms.schemas import InstrumentSpec
+from oms.settings import ExchangeSettings
+
+log = structlog.get_logger(__name__)
+
+CURRENCIES = ("BTC", "ETH", "USDC")
+
+
+async def fetch_instruments(settings: ExchangeSettings) -> list[InstrumentSpec]:
+    """Every active instrument of every currency, over one anonymous connection."""
+    specs: list[InstrumentSpec] = []
+    async with DeribitClient(settings.url, None, settings=settings) as client:
+        for currency in CURRENCIES:
+            try:
+                items = await client.call(
+                    "public/get_instruments", {"currency": currency, "expired": False}
+                )
+            except Exception as exc:  # one currency failing must not hide the others
+                log.warning("instruments.fetch_failed", currency=currency, error=str(exc))
+                continue
+            specs.extend(InstrumentSpec.model_validate(item) for item in items)
+    return specs
