@@ -19,11 +19,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from oms.devstack import compose_secrets as compose_secrets_module
-from oms.devstack import healthcheck
+from oms import healthcheck
 from oms.kafka.admin import topic_specs
 from oms.schemas.topics import Topic
 from oms.settings import KafkaSettings, Settings
+from oms_dev.devstack import compose_secrets as compose_secrets_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -453,7 +453,7 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck() -> None:
     assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", f)
                          for f in froms), froms  # fmt: skip
     assert "\nUSER oms\n" in text
-    assert "HEALTHCHECK" in text and "oms.devstack.healthcheck" in text
+    assert "HEALTHCHECK" in text and "oms.healthcheck" in text
     assert 'ENTRYPOINT ["oms"]' in text
 
 
@@ -515,8 +515,8 @@ def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Pat
 def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from oms.devstack.kafka import free_port
     from oms.settings import get_settings
+    from oms_dev.devstack.kafka import free_port
 
     monkeypatch.setenv("OMS_WORKER__WEB_PORT", str(free_port()))
     monkeypatch.setenv("OMS_SINK__QUERY_PORT", str(free_port()))
@@ -541,8 +541,8 @@ async def test_healthcheck_sees_a_positions_web_server(monkeypatch: pytest.Monke
 
     from aiohttp import web
 
-    from oms.devstack.kafka import free_port
     from oms.settings import get_settings
+    from oms_dev.devstack.kafka import free_port
 
     app = web.Application()
 
