@@ -27,7 +27,8 @@ import orjson
 from oms.kafka.admin import ensure_topics
 from oms.secrets import Credentials, write_secrets_file, write_signing_keys
 from oms.settings import Settings
-from oms_dev.devstack.kafka import KafkaBroker, free_port
+from oms_dev.devstack.kafka import KafkaBroker
+from oms_dev.devstack.net import free_port
 
 # Deribit's tier-1 matching-engine limit per sub-account (requests/s and burst): the tier
 # paper accounts get in tests and benchmarks.

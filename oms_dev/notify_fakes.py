@@ -291,7 +291,7 @@ class FakeSmtp:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult, LoginPassword
 
-        from oms_dev.devstack.kafka import free_port
+        from oms_dev.devstack.net import free_port
 
         kwargs: dict[str, Any] = {}
         if self.starttls:

@@ -11,7 +11,7 @@ from oms.client import OrderClient
 from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEvent
 from oms.settings import Settings
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 
 

@@ -36,7 +36,8 @@ from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.schemas.risk import AccountLimits
 from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys
 from oms.settings import Settings
-from oms_dev.devstack.kafka import KafkaBroker, free_port
+from oms_dev.devstack.kafka import KafkaBroker
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 
 # A request's wire form: its value and the headers that sign it (none when unsigned).

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 
 PERP = "BTC-PERPETUAL"
 

@@ -45,7 +45,8 @@ from oms.secrets import (
     write_signing_keys,
 )
 from oms.settings import Settings, get_settings
-from oms_dev.devstack.kafka import DevstackError, KafkaBroker, port_open
+from oms_dev.devstack.kafka import DevstackError, KafkaBroker
+from oms_dev.devstack.net import port_open
 
 # The first restart of a crashed child comes within this long; later ones back off to
 # Supervisor.max_backoff_s.

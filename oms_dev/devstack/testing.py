@@ -26,7 +26,7 @@ from oms.settings import (
     SinkSettings,
     WorkerSettings,
 )
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 
 
 def unique_suffix(label: str = "") -> str:

@@ -516,7 +516,7 @@ def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from oms.settings import get_settings
-    from oms_dev.devstack.kafka import free_port
+    from oms_dev.devstack.net import free_port
 
     monkeypatch.setenv("OMS_WORKER__WEB_PORT", str(free_port()))
     monkeypatch.setenv("OMS_SINK__QUERY_PORT", str(free_port()))
@@ -542,7 +542,7 @@ async def test_healthcheck_sees_a_positions_web_server(monkeypatch: pytest.Monke
     from aiohttp import web
 
     from oms.settings import get_settings
-    from oms_dev.devstack.kafka import free_port
+    from oms_dev.devstack.net import free_port
 
     app = web.Application()
 

@@ -22,7 +22,7 @@ from oms.kafka.admin import (
 )
 from oms.schemas.topics import Topic
 from oms.settings import Settings
-from oms_dev.devstack.kafka import port_open
+from oms_dev.devstack.net import port_open
 
 pytestmark = pytest.mark.kafka
 

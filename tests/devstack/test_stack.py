@@ -17,7 +17,8 @@ from oms.kafka.admin import list_topics
 from oms.schemas.topics import Topic
 from oms.secrets import load_secrets_file
 from oms.settings import Settings
-from oms_dev.devstack.kafka import INSTALL_HINT, KafkaBroker, port_open
+from oms_dev.devstack.kafka import INSTALL_HINT, KafkaBroker
+from oms_dev.devstack.net import port_open
 from oms_dev.devstack.stack import Child, Stack, Supervisor, ensure_demo_secrets
 
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from oms.exchange.paper.testing import RpcClient
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import ServiceProcess, wait_http_ok
 from tests.exchange.paper_scenario import PERP, answers, mark_free, number, trade_a_little
 

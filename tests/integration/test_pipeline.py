@@ -25,7 +25,7 @@ from oms.kafka.admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
 from oms.secrets import SecretStore, SigningKeys, write_signing_keys
 from oms.settings import Settings
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import (
     OmsServices,
     isolated_settings,

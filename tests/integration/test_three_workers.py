@@ -21,7 +21,7 @@ from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEventType
 from oms.secrets import SecretStore
 from oms.settings import Settings
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import (
     OmsServices,
     paper_admin,

@@ -242,7 +242,7 @@ async def test_email_wrong_password_and_refused_recipient_fail_with_reasons() ->
 
 
 async def test_email_server_down_is_retryable() -> None:
-    from oms_dev.devstack.kafka import free_port
+    from oms_dev.devstack.net import free_port
 
     channel = EmailChannel(
         "mail", host="127.0.0.1", port=free_port(), security="none", sender="oms@example.com",

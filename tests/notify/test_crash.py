@@ -12,7 +12,7 @@ import aiohttp
 
 from oms.schemas import OrderEventType
 from oms.settings import Settings
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import OmsServices, wait_http_ok
 from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import (

@@ -52,7 +52,7 @@ from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 from oms.schemas.risk import AccountControls, TradingState
 from oms.settings import Settings
-from oms_dev.devstack.kafka import free_port
+from oms_dev.devstack.net import free_port
 from oms_dev.harness import (
     OmsServices,
     isolated_settings,
