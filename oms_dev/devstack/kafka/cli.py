@@ -68,7 +68,7 @@ def _broker(
 
 @app.command("fetch")
 def fetch_jars(version: Version = None) -> None:
-    """Download the broker's jars once (at once when they are there)."""
+    """Download the broker's jars (at once when they are already there)."""
     version = version or get_settings().kafka.version
     with _one_line_errors():
         libs = fetch(version)
