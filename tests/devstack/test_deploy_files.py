@@ -460,7 +460,7 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck() -> None:
 def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path) -> None:
     """Docker's own .dockerignore matching (docker-py, shipped with docker-compose) over a
     context shaped like a developer's checkout: .local/ and .venv/ are left out, everything
-    the Dockerfile copies stays in."""
+    the Dockerfile copies stays in, the development package stays out."""
     import re as _re
 
     context = tmp_path / "ctx"
@@ -468,7 +468,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path)
         "Dockerfile", "pyproject.toml", "README.md", "oms/__init__.py", "oms/cli/main.py",
         ".local/secrets.json", ".local/compose/oms.env", ".local/kafka/data/x.log",
         ".venv/bin/python", ".venv/lib/site.py", "oms/__pycache__/main.cpython-311.pyc",
-        ".git/HEAD", "bench/results/e2e.json",
+        ".git/HEAD", "bench/results/e2e.json", "oms_dev/__init__.py",
     ]  # fmt: skip
     for name in files:
         path = context / name
@@ -498,6 +498,8 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path)
         for source in sources.split():
             assert source in included, f"Dockerfile copies {source}, but it is ignored"
     assert "oms/cli/main.py" in included
+    # The development package never reaches the image.
+    assert not any(p.startswith("oms_dev") for p in included)
 
 
 def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Path) -> None:
