@@ -17,7 +17,7 @@ broker is told), :mod:`.process` (:class:`KafkaBroker`: start, readiness, stop) 
 Tests use ``KafkaBroker.isolated(...)`` to get a broker on free ports in a temporary directory.
 """
 
-from oms_dev.devstack.kafka.fetch import INSTALL_HINT, DevstackError, fetch, is_fetched
+from oms_dev.devstack.kafka.fetch import INSTALL_HINT, DevstackError
 from oms_dev.devstack.kafka.process import KafkaBroker
 
-__all__ = ["INSTALL_HINT", "DevstackError", "KafkaBroker", "fetch", "is_fetched"]
+__all__ = ["INSTALL_HINT", "DevstackError", "KafkaBroker"]
