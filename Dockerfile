@@ -38,9 +38,9 @@ VOLUME ["/data"]
 # 8124 sink query endpoint, 8765 paper exchange.
 EXPOSE 6066 6067 6068 8124 8765
 
-# Detects the service from PID 1's command line (see oms/devstack/healthcheck.py).
+# Detects the service from PID 1's command line (see oms/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "oms.devstack.healthcheck", "auto"]
+    CMD ["python", "-m", "oms.healthcheck", "auto"]
 
 ENTRYPOINT ["oms"]
 CMD ["worker"]

@@ -70,26 +70,26 @@ k8s-tools:
 # Secrets for docker-compose (never in the compose file): .local/compose/oms.env, grafana.env
 # and secrets.json with fresh random values (kept if they exist).
 compose-secrets: install
-	$(PY) -m oms.devstack.compose_secrets .local/compose
+	$(PY) -m oms_dev.devstack.compose_secrets .local/compose
 
 kafka: install tools
-	$(PY) -m oms.devstack.kafka fetch
+	$(PY) -m oms_dev.devstack.kafka fetch
 
 kafka-start: kafka
-	$(PY) -m oms.devstack.kafka start
+	$(PY) -m oms_dev.devstack.kafka start
 
 kafka-stop: install
-	$(PY) -m oms.devstack.kafka stop
+	$(PY) -m oms_dev.devstack.kafka stop
 
 kafka-status: install
-	$(PY) -m oms.devstack.kafka status
+	$(PY) -m oms_dev.devstack.kafka status
 
 run: kafka
 	$(VENV)/bin/oms up --workers $(WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy oms
+	$(VENV)/bin/mypy oms oms_dev
 
 test: kafka lint k8s-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
@@ -103,7 +103,7 @@ chaos: kafka
 
 # Local state and caches; keeps the venv and the fetched Kafka jars (.local/kafka).
 clean:
-	-@[ -x $(PY) ] && $(PY) -m oms.devstack.kafka stop >/dev/null 2>&1 || true
+	-@[ -x $(PY) ] && $(PY) -m oms_dev.devstack.kafka stop >/dev/null 2>&1 || true
 	find .local -mindepth 1 -maxdepth 1 ! -name kafka -exec rm -rf {} + 2>/dev/null || true
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} + 2>/dev/null || true

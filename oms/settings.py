@@ -25,7 +25,7 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "oms."
     partitions: int = Field(8, ge=1, description="partitions of every keyed topic")
     replication_factor: int = Field(1, ge=1)
-    # Kafka release fetched and run by the project's own tooling (oms/devstack/kafka.py).
+    # Kafka release fetched and run by the project's own tooling (oms_dev/devstack/kafka/).
     version: str = "4.1.2"
 
 

@@ -1,13 +1,13 @@
 """Shared fixtures: one real Kafka broker per test session, isolated settings per test.
 
 Everything Kafka-related in the tests runs against a real Apache Kafka (fetched from Maven
-Central by :mod:`oms.devstack.kafka`), started once per session on free ports with a
+Central by :mod:`oms_dev.devstack.kafka`), started once per session on free ports with a
 temporary data dir and stopped at the end, also when tests fail or the run is interrupted.
 Set ``OMS_TEST_KAFKA_BOOTSTRAP=host:port`` to use an already running broker instead.
 
 Fixtures:
 
-- ``kafka_broker`` (session): the :class:`~oms.devstack.kafka.KafkaBroker`, or None with an
+- ``kafka_broker`` (session): the :class:`~oms_dev.devstack.kafka.KafkaBroker`, or None with an
   external broker;
 - ``kafka_bootstrap`` (session): ``"127.0.0.1:<port>"``;
 - ``make_settings`` (function): factory ``async (label="", partitions=8, create_topics=True,
@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from oms.devstack.kafka import DevstackError, KafkaBroker
-from oms.devstack.testing import consume_json, isolated_settings, produce_json
 from oms.kafka.admin import delete_topics, ensure_topics, topic_specs
 from oms.settings import Settings
+from oms_dev.devstack.kafka import DevstackError, KafkaBroker
+from oms_dev.devstack.testing import consume_json, isolated_settings, produce_json
 
 # Generous: a fresh machine may still have to fetch the jars, and a shared 2-core machine can
 # be slow to start a JVM while other tests run.

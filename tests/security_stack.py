@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from oms.client import OrderClient
-from oms.devstack.kafka import free_port
-from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEvent
 from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 
 
 def stack_settings(

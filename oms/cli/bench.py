@@ -9,8 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from oms.cli.dev import require_dev_install
+
 bench_app = typer.Typer(help="Benchmarks (each starts what it needs).", no_args_is_help=True)
 console = Console(stderr=True)
+
+
+@bench_app.callback()
+def _needs_dev_install() -> None:
+    # Every benchmark runs code of the development package (imported by each command).
+    require_dev_install("oms bench")
 
 
 @bench_app.command("e2e")
@@ -42,7 +50,7 @@ def e2e(
     ] = None,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
-    from oms.benchmarks.e2e import E2EConfig, dumps, run_e2e, run_e2e_scaling
+    from oms_dev.benchmarks.e2e import E2EConfig, dumps, run_e2e, run_e2e_scaling
 
     counts = sorted(set(workers or [1]))
     if any(n < 1 for n in counts):
@@ -112,7 +120,7 @@ def conditions(
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """The trigger engine against the seed's linear scan, and ticks through Kafka + a worker."""
-    from oms.benchmarks.conditions import ConditionsConfig, run_conditions
+    from oms_dev.benchmarks.conditions import ConditionsConfig, run_conditions
 
     config = ConditionsConfig(
         orders=orders,
@@ -137,7 +145,7 @@ def _run(
 
 
 def _print(result: dict[str, object], title: str, as_json: bool) -> None:
-    from oms.benchmarks.e2e import dumps
+    from oms_dev.benchmarks.e2e import dumps
 
     if as_json:
         print(dumps(result))
@@ -168,8 +176,8 @@ def chaos(
     """Chaos scenario 3 alone (``oms chaos run --scenario exchange-faults`` with options):
     orders under dropped connections, rate limits and late replies; one terminal state
     each, no label twice at the exchange. Exits 1 if any check fails."""
-    from oms.chaos.flow import FlowConfig
-    from oms.chaos.scenarios.exchange_faults import ExchangeFaults, run_exchange_faults
+    from oms_dev.chaos.flow import FlowConfig
+    from oms_dev.chaos.scenarios.exchange_faults import ExchangeFaults, run_exchange_faults
 
     flow = FlowConfig(orders=orders, rate=rate, bootstrap=bootstrap)
     faults = ExchangeFaults(
@@ -199,8 +207,8 @@ def notify(
 ) -> None:
     """Order events through the notifier (Kafka, rules, grouping) to the console channel,
     against a raw Kafka consume of the same events."""
-    from oms.benchmarks.notify import NotifyBenchConfig, run_notify_bench
     from oms.logs import configure_logging
+    from oms_dev.benchmarks.notify import NotifyBenchConfig, run_notify_bench
 
     configure_logging("warn")
 
@@ -219,7 +227,7 @@ def positions(
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Fills through Kafka and the position keeper; sink vs direct ClickHouse inserts."""
-    from oms.benchmarks.positions import PositionBenchConfig, run_positions_bench
+    from oms_dev.benchmarks.positions import PositionBenchConfig, run_positions_bench
 
     config = PositionBenchConfig(fills=fills, accounts=accounts, partitions=partitions)
     result = _run("positions", run_positions_bench, config)
@@ -235,7 +243,7 @@ def queries(
 ) -> None:
     """The README's analyst queries over a generated history in embedded ClickHouse:
     p50/p99 per query."""
-    from oms.benchmarks.clickhouse_queries import QueryBenchConfig, run_query_bench
+    from oms_dev.benchmarks.clickhouse_queries import QueryBenchConfig, run_query_bench
 
     config = QueryBenchConfig(events=events, position_changes=position_changes, repeat=repeat)
     with console.status("bench queries") as status:
@@ -281,7 +289,7 @@ def all_scenarios(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from oms.benchmarks.suite import SuiteConfig, run_suite, scenarios
+    from oms_dev.benchmarks.suite import SuiteConfig, run_suite, scenarios
 
     config = SuiteConfig(
         quick=quick, repetitions=repetitions, only=only, bootstrap=bootstrap, out_dir=Path(out)
@@ -340,7 +348,7 @@ def hostile(
     """Hostile messages (malformed, huge, mistyped, unicode, injections) mixed with valid
     orders into a real worker: no crash, each dead-lettered or refused with a reason, valid
     orders correct, no label twice at the exchange. Exits 1 if any check fails."""
-    from oms.benchmarks.hostile import HostileConfig, run_hostile
+    from oms_dev.benchmarks.hostile import HostileConfig, run_hostile
 
     config = HostileConfig(hostile=messages, valid=valid, seed=seed, bootstrap=bootstrap)
     result = _run("hostile", run_hostile, config)
@@ -357,7 +365,7 @@ def memory(
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """The worker's RSS per 10,000 resting conditional orders and per 10,000 open orders."""
-    from oms.benchmarks.memory import MemoryBenchConfig, run_memory_bench
+    from oms_dev.benchmarks.memory import MemoryBenchConfig, run_memory_bench
 
     config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
     result = _run("memory", run_memory_bench, config)

@@ -1,4 +1,4 @@
-"""``oms chaos run``: the chaos suite (issue 8), one verdict line per scenario."""
+"""``oms chaos run``: the chaos suite, one verdict line per scenario."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from oms.cli.dev import require_dev_install
+
 chaos_app = typer.Typer(help="Chaos scenarios (each starts what it needs).", no_args_is_help=True)
 console = Console(stderr=True)
+
+
+@chaos_app.callback()
+def _needs_dev_install() -> None:
+    # The scenarios are code of the development package (imported by the command).
+    require_dev_install("oms chaos")
 
 
 @chaos_app.command("run")
@@ -29,11 +37,11 @@ def run(
 ) -> None:
     """Run the chaos scenarios; prints a verdict line each and a summary table, writes
     chaos-latest.json and chaos-latest.md. Exits 1 if any scenario fails."""
-    from oms.chaos.config import ChaosConfig
-    from oms.chaos.scenarios import SCENARIOS
-    from oms.chaos.suite import run_scenarios, write_report
-    from oms.chaos.verdict import COUNT_COLUMNS, count_cell, verdict_line
     from oms.logs import configure_logging
+    from oms_dev.chaos.config import ChaosConfig
+    from oms_dev.chaos.scenarios import SCENARIOS
+    from oms_dev.chaos.suite import run_scenarios, write_report
+    from oms_dev.chaos.verdict import COUNT_COLUMNS, count_cell, verdict_line
 
     configure_logging("warn")
     # The suite's own Kafka clients log every failed reconnect while a broker is down: the

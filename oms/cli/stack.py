@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from oms.cli.dev import require_dev_install
+
 
 def up(
     workers: Annotated[int, typer.Option(min=1, help="number of order-processing workers")] = 1,
@@ -20,7 +22,8 @@ def up(
     (.local/secrets.json), restarts crashed processes, logs each to .local/logs/<name>.log.
     Ctrl-C or SIGTERM stops everything in reverse order; data stays under .local/.
     """
-    from oms.devstack.stack import run_up
+    require_dev_install("oms up")
+    from oms_dev.devstack.stack import run_up
 
     code = run_up(workers=workers, sink=sink, live=live)
     if code:

@@ -16,10 +16,10 @@ from aiokafka import AIOKafkaConsumer
 
 from oms.auth.signing import sign_headers
 from oms.client import OrderClient, new_request_id
-from oms.harness import OmsServices, worker_ready
 from oms.schemas import CommandType, OrderEventType, OrderRequest, ReasonCode, Topic, now_ms
 from oms.secrets import SigningKey
 from oms.settings import Settings
+from oms_dev.harness import OmsServices, worker_ready
 from tests.security_stack import stack_settings, start_services, wait_event, write_keys
 
 pytestmark = pytest.mark.kafka

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oms.benchmarks.clickhouse_queries import (
+from oms_dev.benchmarks.clickhouse_queries import (
     QueryBenchConfig,
     extract_named_queries,
     extract_queries,

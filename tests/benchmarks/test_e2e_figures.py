@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oms.benchmarks.e2e import max_ack_gap_s
+from oms_dev.benchmarks.e2e import max_ack_gap_s
 
 
 def test_the_ack_gap_is_the_longest_quiet_time_with_orders_outstanding() -> None:

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from oms.benchmarks.hostile import (
+from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
+from oms_dev.benchmarks.hostile import (
     KINDS,
     HostileConfig,
     could_execute,
@@ -15,7 +16,6 @@ from oms.benchmarks.hostile import (
     run_hostile,
     valid_orders,
 )
-from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 
 ACCOUNTS = ["acct-a", "acct-b"]
 

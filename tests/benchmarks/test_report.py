@@ -6,8 +6,8 @@ from pathlib import Path
 
 import orjson
 
-from oms.benchmarks.e2e import bucket_counts, latency_histogram, timeline
-from oms.benchmarks.report import (
+from oms_dev.benchmarks.e2e import bucket_counts, latency_histogram, timeline
+from oms_dev.benchmarks.report import (
     NOISY_SPREAD_PCT,
     Figure,
     build_report,
@@ -17,7 +17,7 @@ from oms.benchmarks.report import (
     summarize,
     write_report,
 )
-from oms.benchmarks.suite import query_figures
+from oms_dev.benchmarks.suite import query_figures
 
 RUNS = {
     "e2e": [

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from oms.benchmarks import suite
-from oms.benchmarks.report import Figure
-from oms.benchmarks.suite import (
+from oms_dev.benchmarks import suite
+from oms_dev.benchmarks.report import Figure
+from oms_dev.benchmarks.suite import (
     Scenario,
     SuiteConfig,
     own_broker_env,

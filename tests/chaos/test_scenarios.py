@@ -5,9 +5,9 @@ positions and notifications in agreement."""
 
 from __future__ import annotations
 
-from oms.chaos.flow import FlowConfig, run_flow
-from oms.chaos.scenarios.worker_kill import kill_every
-from oms.chaos.verdict import KEYS, verdict_line
+from oms_dev.chaos.flow import FlowConfig, run_flow
+from oms_dev.chaos.scenarios.worker_kill import kill_every
+from oms_dev.chaos.verdict import KEYS, verdict_line
 
 
 # Found the fourth Faust fix (oms/kafka/faust_patches.py): before it, about 1 run in 4 lost

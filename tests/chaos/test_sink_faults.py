@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from oms.chaos.scenarios.disk_error import DiskErrorConfig, run_disk_error
-from oms.chaos.scenarios.sink_kill import SinkKillConfig, run_sink_kill
-from oms.chaos.verdict import KEYS, verdict_line
+from oms_dev.chaos.scenarios.disk_error import DiskErrorConfig, run_disk_error
+from oms_dev.chaos.scenarios.sink_kill import SinkKillConfig, run_sink_kill
+from oms_dev.chaos.verdict import KEYS, verdict_line
 
 pytestmark = pytest.mark.kafka
 

@@ -5,14 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from oms.chaos.verdict import (
-    KEYS,
-    audit_notifications,
-    audit_orders,
-    compare_positions,
-    make_result,
-    verdict_line,
-)
 from oms.notify.rules import notice_from_event, route
 from oms.schemas import (
     NotificationRecord,
@@ -23,6 +15,14 @@ from oms.schemas import (
     ReasonCode,
 )
 from oms.schemas.notify_settings import NotificationSettings
+from oms_dev.chaos.verdict import (
+    KEYS,
+    audit_notifications,
+    audit_orders,
+    compare_positions,
+    make_result,
+    verdict_line,
+)
 
 
 def _event(

@@ -19,11 +19,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from oms.devstack import compose_secrets as compose_secrets_module
-from oms.devstack import healthcheck
+from oms import healthcheck
 from oms.kafka.admin import topic_specs
 from oms.schemas.topics import Topic
 from oms.settings import KafkaSettings, Settings
+from oms_dev.devstack import compose_secrets as compose_secrets_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -453,14 +453,14 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck() -> None:
     assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", f)
                          for f in froms), froms  # fmt: skip
     assert "\nUSER oms\n" in text
-    assert "HEALTHCHECK" in text and "oms.devstack.healthcheck" in text
+    assert "HEALTHCHECK" in text and "oms.healthcheck" in text
     assert 'ENTRYPOINT ["oms"]' in text
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path) -> None:
     """Docker's own .dockerignore matching (docker-py, shipped with docker-compose) over a
     context shaped like a developer's checkout: .local/ and .venv/ are left out, everything
-    the Dockerfile copies stays in."""
+    the Dockerfile copies stays in, the development package stays out."""
     import re as _re
 
     context = tmp_path / "ctx"
@@ -468,7 +468,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path)
         "Dockerfile", "pyproject.toml", "README.md", "oms/__init__.py", "oms/cli/main.py",
         ".local/secrets.json", ".local/compose/oms.env", ".local/kafka/data/x.log",
         ".venv/bin/python", ".venv/lib/site.py", "oms/__pycache__/main.cpython-311.pyc",
-        ".git/HEAD", "bench/results/e2e.json",
+        ".git/HEAD", "bench/results/e2e.json", "oms_dev/__init__.py",
     ]  # fmt: skip
     for name in files:
         path = context / name
@@ -498,6 +498,8 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(tmp_path: Path)
         for source in sources.split():
             assert source in included, f"Dockerfile copies {source}, but it is ignored"
     assert "oms/cli/main.py" in included
+    # The development package never reaches the image.
+    assert not any(p.startswith("oms_dev") for p in included)
 
 
 def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Path) -> None:
@@ -515,8 +517,8 @@ def test_worker_web_server_is_reachable_from_outside_the_container(tmp_path: Pat
 def test_healthcheck_reports_unhealthy_when_nothing_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from oms.devstack.kafka import free_port
     from oms.settings import get_settings
+    from oms_dev.devstack.net import free_port
 
     monkeypatch.setenv("OMS_WORKER__WEB_PORT", str(free_port()))
     monkeypatch.setenv("OMS_SINK__QUERY_PORT", str(free_port()))
@@ -541,8 +543,8 @@ async def test_healthcheck_sees_a_positions_web_server(monkeypatch: pytest.Monke
 
     from aiohttp import web
 
-    from oms.devstack.kafka import free_port
     from oms.settings import get_settings
+    from oms_dev.devstack.net import free_port
 
     app = web.Application()
 

@@ -13,7 +13,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from oms.devstack import kafka as devkafka
 from oms.kafka.admin import (
     DEAD_LETTER_RETENTION_MS,
     describe_topic,
@@ -23,13 +22,14 @@ from oms.kafka.admin import (
 )
 from oms.schemas.topics import Topic
 from oms.settings import Settings
+from oms_dev.devstack.net import port_open
 
 pytestmark = pytest.mark.kafka
 
 
 async def test_broker_answers_metadata(kafka_bootstrap: str) -> None:
     host, port = kafka_bootstrap.rsplit(":", 1)
-    assert devkafka.port_open(host, int(port))
+    assert port_open(host, int(port))
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:

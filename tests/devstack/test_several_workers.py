@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from oms.devstack.stack import Supervisor
 from oms.settings import Settings
+from oms_dev.devstack.stack import Supervisor
 
 
 def test_three_workers_get_distinct_ports_and_data_dirs(tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from oms.devstack.kafka import INSTALL_HINT, KafkaBroker, port_open
-from oms.devstack.stack import Child, Stack, Supervisor, ensure_demo_secrets
 from oms.kafka.admin import list_topics
 from oms.schemas.topics import Topic
 from oms.secrets import load_secrets_file
 from oms.settings import Settings
+from oms_dev.devstack.kafka import INSTALL_HINT, KafkaBroker
+from oms_dev.devstack.net import port_open
+from oms_dev.devstack.stack import Child, Stack, Supervisor, ensure_demo_secrets
 
 
 def _alive(pid: int) -> bool:
@@ -142,7 +143,7 @@ def test_table_renders(tmp_path: Path) -> None:
 def test_missing_java_prints_one_line_and_fails(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), "OMS_LOCAL_DIR": str(tmp_path / "local")}
     proc = subprocess.run(
-        [sys.executable, "-m", "oms.devstack.kafka", "fetch", "--version", "4.1.2"],
+        [sys.executable, "-m", "oms_dev.devstack.kafka", "fetch", "--version", "4.1.2"],
         capture_output=True,
         text=True,
         env=env,
@@ -158,7 +159,7 @@ def test_status_of_stopped_broker(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "oms.devstack.kafka",
+            "oms_dev.devstack.kafka",
             "status",
             "--data-dir",
             str(tmp_path),

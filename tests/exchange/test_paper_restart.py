@@ -1,5 +1,5 @@
 """Restarts of a real ``python -m oms.cli.main paper-exchange`` process (started like every
-service, :class:`oms.harness.ServiceProcess`): graceful (SIGTERM) and crash (SIGKILL), with
+service, :class:`oms_dev.harness.ServiceProcess`): graceful (SIGTERM) and crash (SIGKILL), with
 ``--reset``, and with a damaged store. After each, what clients saw is still there and no
 order or trade id is handed out twice.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from oms.devstack.kafka import free_port
 from oms.exchange.paper.testing import RpcClient
-from oms.harness import ServiceProcess, wait_http_ok
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import ServiceProcess, wait_http_ok
 from tests.exchange.paper_scenario import PERP, answers, mark_free, number, trade_a_little
 
 

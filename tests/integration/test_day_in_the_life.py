@@ -28,13 +28,13 @@ import pytest
 from confluent_kafka import Producer
 
 from oms.auth.signing import sign_headers
-from oms.chaos.flow import exchange_positions, keeper_positions
-from oms.chaos.verdict import compare_positions
 from oms.client import OrderClient
-from oms.harness import OmsServices, paper_admin, paper_ready, wait_http_ok, worker_ready
 from oms.schemas import OrderEvent, OrderEventType, OrderStatus, ReasonCode, Topic, derive_order_id
 from oms.secrets import SigningKeys
 from oms.settings import Settings
+from oms_dev.chaos.flow import exchange_positions, keeper_positions
+from oms_dev.chaos.verdict import compare_positions
+from oms_dev.harness import OmsServices, paper_admin, paper_ready, wait_http_ok, worker_ready
 from tests.security_stack import stack_settings, start_services, write_keys
 
 pytestmark = pytest.mark.kafka

@@ -21,11 +21,11 @@ from confluent_kafka import Producer
 
 from oms.auth.signing import sign_headers
 from oms.client import OrderClient
-from oms.harness import OmsServices
 from oms.kafka.partitioning import partition_of
 from oms.schemas import DeadLetter, OrderEventType, ReasonCode, Topic, derive_order_id
 from oms.secrets import SigningKey, SigningKeys
 from oms.settings import Settings
+from oms_dev.harness import OmsServices
 from tests.security_stack import stack_settings, start_services, write_keys
 
 pytestmark = pytest.mark.kafka
@@ -161,7 +161,7 @@ async def test_a_submit_with_a_foreign_order_id_is_refused_on_its_own_id(
 
 async def dead_letters(settings: Settings) -> list[DeadLetter]:
     """The dead letters of this test's bad records (told apart by their keys and bytes)."""
-    from oms.devstack.testing import consume_json
+    from oms_dev.devstack.testing import consume_json
 
     found = await consume_json(settings.kafka.bootstrap, settings.topic(Topic.DEAD_LETTERS), None)
     letters = [DeadLetter.model_validate(value) for _, value in found]

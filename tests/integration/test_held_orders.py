@@ -17,16 +17,16 @@ from aiokafka import AIOKafkaProducer
 
 from oms.algos import twap
 from oms.client import OrderClient, fetch_queue_statistics
-from oms.harness import (
+from oms.kafka.admin import ensure_topics
+from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
+from oms.settings import Settings
+from oms_dev.harness import (
     OmsServices,
     isolated_settings,
     wait_http_ok,
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka.admin import ensure_topics
-from oms.schemas import MarketTick, OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
-from oms.settings import Settings
 from tests.integration.test_pipeline import exchange_orders_by_label
 
 pytestmark = pytest.mark.kafka
@@ -606,7 +606,7 @@ async def test_queued_order_breaching_risk_at_release_is_rejected_not_sent(
     import os
     import sys
 
-    from oms.harness import settings_env
+    from oms_dev.harness import settings_env
 
     settings, _ = stack
     async with OrderClient("acc-h", settings=settings) as client:

@@ -20,9 +20,13 @@ from aiokafka import AIOKafkaConsumer
 
 from oms.auth.signing import sign_headers
 from oms.client import OrderClient
-from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import (
+from oms.kafka.admin import ensure_topics
+from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
+from oms.secrets import SecretStore, SigningKeys, write_signing_keys
+from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import (
     OmsServices,
     isolated_settings,
     settings_env,
@@ -30,10 +34,6 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka.admin import ensure_topics
-from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
-from oms.secrets import SecretStore, SigningKeys, write_signing_keys
-from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

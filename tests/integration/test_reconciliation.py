@@ -23,9 +23,13 @@ import aiohttp
 import pytest
 
 from oms.client import OrderClient
-from oms.devstack.testing import consume_json
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import (
+from oms.kafka.admin import ensure_topics
+from oms.schemas import NotificationRecord, OrderEvent, OrderEventType, ReasonCode, Topic
+from oms.secrets import SecretStore
+from oms.settings import Settings
+from oms_dev.devstack.testing import consume_json
+from oms_dev.harness import (
     OmsServices,
     isolated_settings,
     paper_admin,
@@ -34,10 +38,6 @@ from oms.harness import (
     worker_ready,
     write_account_secrets,
 )
-from oms.kafka.admin import ensure_topics
-from oms.schemas import NotificationRecord, OrderEvent, OrderEventType, ReasonCode, Topic
-from oms.secrets import SecretStore
-from oms.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

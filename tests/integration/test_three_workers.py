@@ -16,13 +16,19 @@ from typing import Any
 import pytest
 
 from oms.client import OrderClient
-from oms.devstack.kafka import free_port
 from oms.exchange.deribit.client import DeribitClient
-from oms.harness import OmsServices, paper_admin, wait_http_ok, worker_ready, write_account_secrets
 from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEventType
 from oms.secrets import SecretStore
 from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import (
+    OmsServices,
+    paper_admin,
+    wait_http_ok,
+    worker_ready,
+    write_account_secrets,
+)
 from tests.integration.test_held_orders import RESTING_BUY, Ticks
 from tests.integration.test_pipeline import ACCOUNTS, exchange_orders_by_label, make_settings
 from tests.positions.helpers import differences, keeper_positions, keeper_ready

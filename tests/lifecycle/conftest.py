@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from oms.client import OrderClient
-from oms.harness import OmsServices, paper_admin
 from oms.schemas import OrderEvent, OrderEventType
 from oms.settings import Settings
+from oms_dev.harness import OmsServices, paper_admin
 from tests.integration.test_pipeline import ACCOUNTS, make_settings, start_stack
 
 ACCOUNT = ACCOUNTS[0]

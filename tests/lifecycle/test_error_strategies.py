@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from oms.harness import settings_env
 from oms.schemas import OrderEventType, OrderStatus, ReasonCode
+from oms_dev.harness import settings_env
 from tests.lifecycle.conftest import LifecycleStack
 
 pytestmark = pytest.mark.kafka

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from oms.devstack.testing import consume_json, produce_json
 from oms.notify.channels import ConsoleChannel
 from oms.notify.secrets import write_notify_secrets
 from oms.notify.service import Notifier
 from oms.notify.settings_io import build_settings, publish_settings
-from oms.notify.testing import FakeProviders
 from oms.schemas import Direction, OrderEvent, OrderEventType, OrderStatus, Topic
 from oms.schemas.notify_settings import NotificationSettings
 from oms.settings import NotifySettings, Settings
+from oms_dev.devstack.testing import consume_json, produce_json
+from oms_dev.notify_fakes import FakeProviders
 
 WECOM_KEY = "5f0c2a9e-8b7d-4c6e-9a1b-3d2e4f6a8b0c"
 SECRETS = {

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from oms.devstack.testing import produce_json
 from oms.exchange.paper import PaperExchange
 from oms.exchange.paper.testing import RpcClient
-from oms.notify.testing import FakeProviders
 from oms.schemas import PositionRecord, Topic
 from oms.secrets import Credentials, write_secrets_file
 from oms.settings import PaperExchangeSettings, Settings
+from oms_dev.devstack.testing import produce_json
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import running, store, wait_until, wecom_channel
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from oms.devstack.testing import consume_json, produce_json
 from oms.notify.secrets import write_notify_secrets
 from oms.notify.settings_io import NotificationSettingsError, build_settings
-from oms.notify.testing import FakeProviders
 from oms.schemas import ReasonCode, Topic
 from oms.settings import Settings
+from oms_dev.devstack.testing import consume_json, produce_json
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import (
     SECRETS,
     order_event,

@@ -14,10 +14,10 @@ from oms.notify.channels.email import EmailChannel
 from oms.notify.channels.sms import AliyunSmsChannel, TwilioChannel, aliyun_string_to_sign
 from oms.notify.channels.wecom import WeComChannel
 from oms.notify.channels.wxpusher import WxPusherChannel
-from oms.notify.testing import FakeProviders, FakeSmtp
 from oms.ratelimit import TokenBucket
 from oms.schemas import ReasonCode
 from oms.schemas.notify_settings import Severity
+from oms_dev.notify_fakes import FakeProviders, FakeSmtp
 
 KEY = "0b9d4c1e-2f3a-4b5c-8d7e-6f5a4b3c2d1e"
 SID = "AC" + "0123456789abcdef" * 2
@@ -242,7 +242,7 @@ async def test_email_wrong_password_and_refused_recipient_fail_with_reasons() ->
 
 
 async def test_email_server_down_is_retryable() -> None:
-    from oms.devstack.kafka import free_port
+    from oms_dev.devstack.net import free_port
 
     channel = EmailChannel(
         "mail", host="127.0.0.1", port=free_port(), security="none", sender="oms@example.com",

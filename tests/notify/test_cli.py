@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oms.harness import settings_env
-from oms.notify.testing import FakeProviders
 from oms.schemas import Topic
 from oms.settings import Settings
+from oms_dev.harness import settings_env
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import order_event, publish_events, records, running, wecom_channel
 
 
@@ -51,7 +51,7 @@ async def test_settings_log_and_ack_from_the_command_line(
     (line,) = log.stdout.strip().splitlines()
     assert json.loads(line)["status"] == "sent" and json.loads(line)["channel"] == "wecom"
     assert oms(nsettings, "ack", "system_error:x").returncode == 0
-    from oms.devstack.testing import consume_json
+    from oms_dev.devstack.testing import consume_json
 
     acks = await consume_json(
         nsettings.kafka.bootstrap, nsettings.topic(Topic.NOTIFICATION_ACKS), 1

@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 
-from oms.devstack.kafka import free_port
-from oms.harness import OmsServices, wait_http_ok
-from oms.notify.testing import FakeProviders
 from oms.schemas import OrderEventType
 from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import OmsServices, wait_http_ok
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import (
     SECRETS,
     order_event,

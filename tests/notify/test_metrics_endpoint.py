@@ -6,11 +6,11 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from oms.devstack.kafka import free_port
 from oms.notify.channels import ConsoleChannel
 from oms.notify.service import Notifier
-from oms.notify.testing import FakeProviders
 from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import (
     order_event,
     publish_events,

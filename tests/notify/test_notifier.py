@@ -8,9 +8,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from oms.notify.testing import FakeProviders, FakeSmtp
 from oms.schemas import OrderEventType
 from oms.settings import Settings
+from oms_dev.notify_fakes import FakeProviders, FakeSmtp
 from tests.notify.conftest import (
     SECRETS,
     email_channel,

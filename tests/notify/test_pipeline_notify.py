@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from oms.client import OrderClient
-from oms.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
 from oms.kafka.admin import ensure_topics
 from oms.notify.secrets import write_notify_secrets
-from oms.notify.testing import FakeProviders
+from oms_dev.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
+from oms_dev.notify_fakes import FakeProviders
 from tests.notify.conftest import FAST, SECRETS, running, store, wait_until, wecom_channel
 
 pytestmark = pytest.mark.kafka

@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaProducer
 
 from oms.exchange.deribit.client import DeribitClient
 from oms.exchange.translate import report_from_order, report_from_trades
-from oms.harness import OmsServices, isolated_settings, wait_http_ok
 from oms.kafka.admin import ensure_topics
 from oms.schemas import ExecutionReport, ReportSource, Topic
 from oms.secrets import Credentials, SecretStore, write_secrets_file
 from oms.settings import Settings
+from oms_dev.harness import OmsServices, isolated_settings, wait_http_ok
 
 ACCOUNTS = ["pos-a", "pos-b"]
 

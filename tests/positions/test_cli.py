@@ -7,8 +7,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from oms.cli.main import app
-from oms.devstack.stack import Supervisor
 from oms.settings import Settings
+from oms_dev.devstack.stack import Supervisor
 
 
 def test_oms_up_runs_the_keeper_with_a_health_check(tmp_path: Path) -> None:

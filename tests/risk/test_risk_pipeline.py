@@ -15,7 +15,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.client import OrderClient
-from oms.harness import OmsServices, settings_env
 from oms.schemas import (
     DeadLetter,
     OrderEvent,
@@ -26,6 +25,7 @@ from oms.schemas import (
 )
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
 from oms.settings import Settings
+from oms_dev.harness import OmsServices, settings_env
 from tests.security_stack import stack_settings, start_services, wait_event, write_keys
 
 pytestmark = pytest.mark.kafka

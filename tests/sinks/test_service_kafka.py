@@ -15,13 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from oms.harness import ServiceProcess, settings_env, wait_http_ok
 from oms.schemas import DeadLetter, ReasonCode, ReportSource
 from oms.settings import Settings, SinkSettings
 from oms.sinks import service as service_module
 from oms.sinks.errors import QueryError
 from oms.sinks.query import run_query
 from oms.sinks.service import SinkService
+from oms_dev.harness import ServiceProcess, settings_env, wait_http_ok
 
 from .conftest import free_port
 from .factories import T0, fill_report, lifecycle, tick

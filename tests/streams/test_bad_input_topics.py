@@ -25,14 +25,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.client import OrderClient
-from oms.devstack.kafka import free_port
-from oms.harness import (
-    OmsServices,
-    isolated_settings,
-    wait_http_ok,
-    worker_ready,
-    write_account_secrets,
-)
 from oms.kafka.admin import ensure_topics
 from oms.positions.keeper import FILLS_TOPIC
 from oms.positions.state import ReportBundle
@@ -60,6 +52,14 @@ from oms.schemas.conditions import OrderTrigger, TriggerKind
 from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 from oms.schemas.risk import AccountControls, TradingState
 from oms.settings import Settings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import (
+    OmsServices,
+    isolated_settings,
+    wait_http_ok,
+    worker_ready,
+    write_account_secrets,
+)
 
 pytestmark = pytest.mark.kafka
 

@@ -1,0 +1,191 @@
+"""``oms bench memory``: the worker's resident memory per 10,000 resting conditional orders
+and per 10,000 open orders.
+
+A stack like ``bench e2e`` (own broker or ``bootstrap``, paper exchange, gateway, one
+worker, 50 tier-1 accounts) is warmed up with a few orders; then
+
+1. ``orders`` conditional orders whose price condition is far out of reach are published;
+   once the worker reports them all ``waiting`` (its ``/queue``), its RSS and peak RSS
+   (``VmHWM``) are read;
+2. ``orders`` limit orders far from the market are published; once each has its ``open``
+   event, RSS and peak RSS are read again.
+
+``per_10k_*_mb`` is the RSS growth of each step scaled to 10,000 orders. RSS is what the
+kernel reports for the worker process (Python's allocator keeps freed memory, so the figure
+is an upper bound of what the orders themselves need, and the honest one for sizing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from aiokafka import AIOKafkaProducer
+
+from oms.auth.signing import RequestSigner
+from oms.schemas import OrderRequest, Topic
+from oms.secrets import SigningKeys
+from oms_dev.benchmarks.e2e import EventCollector
+from oms_dev.harness import (
+    OmsServices,
+    isolated_settings,
+    start_bench_broker,
+    start_paper_stack,
+)
+
+MB = 1024 * 1024
+
+
+@dataclass
+class MemoryBenchConfig:
+    orders: int = 10_000
+    accounts: int = 50
+    partitions: int = 8
+    timeout_s: float = 600.0
+    bootstrap: str | None = None
+
+
+def _memory(pid: int) -> dict[str, float]:
+    """RSS and peak RSS (VmHWM) in MB of a process and its children."""
+    process = psutil.Process(pid)
+    procs = [process, *process.children(recursive=True)]
+    rss = sum(p.memory_info().rss for p in procs) / MB
+    peak = 0.0
+    for p in procs:
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak += int(line.split()[1]) * 1024 / MB
+        except OSError:
+            pass
+    return {"rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+
+
+def _requests(n: int, accounts: list[str], run: str, conditional: bool) -> list[OrderRequest]:
+    out = []
+    for i in range(n):
+        fields: dict[str, Any] = {
+            "request_id": f"{run}-{i}",
+            "account_id": accounts[i % len(accounts)],
+            "instrument_name": "BTC-PERPETUAL",
+            "amount": 10.0,
+            "direction": "buy",
+            "order_type": "limit",
+            "price": 1_000.0,
+        }
+        if conditional:
+            fields["conditions"] = [
+                {"kind": "price", "instrument_name": "BTC-PERPETUAL", "field": "last_price",
+                 "operator": ">=", "value": 10_000_000.0 + i}
+            ]  # fmt: skip
+        out.append(OrderRequest(**fields))
+    return out
+
+
+async def _publish(
+    bootstrap: str, topic: str, requests: list[OrderRequest], signer: RequestSigner
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = []
+        for r in requests:
+            value, headers = signer.message(r)
+            futures.append(await producer.send(topic, value, key=r.key.encode(), headers=headers))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _waiting(port: int) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/queue") as resp,
+    ):
+        return int((await resp.json())["waiting"])
+
+
+async def run_memory_bench(
+    config: MemoryBenchConfig, on_status: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the benchmark and return its figures."""
+    base = Path(tempfile.mkdtemp(prefix="oms-bench-memory-"))
+    broker, bootstrap = await start_bench_broker(
+        base, config.partitions, config.bootstrap, on_status
+    )
+    services: OmsServices | None = None
+    try:
+        accounts = [f"mem-{i}" for i in range(config.accounts)]
+        settings = isolated_settings(
+            base, bootstrap, accounts, partitions=config.partitions, label="benchmem"
+        )
+        services, worker = await start_paper_stack(settings, base / "logs", on_status)
+        port = settings.worker.web_port
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        topic = settings.topic(Topic.ORDER_REQUESTS)
+        signer = RequestSigner(SigningKeys(settings.resolved_secrets_file))
+        collector = EventCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
+        await collector.start()
+        run = uuid.uuid4().hex[:6]
+        deadline = time.monotonic() + config.timeout_s
+        try:
+            on_status("warm-up (100 orders)")
+            warm = _requests(100, accounts, f"warm-{run}", conditional=False)
+            collector.expect({r.key for r in warm})
+            await _publish(bootstrap, topic, warm, signer)
+            if not await collector.wait(120):
+                raise RuntimeError("warm-up orders not acknowledged:\n" + services.diagnostics())
+            await asyncio.sleep(2.0)
+            baseline = _memory(pid)
+
+            on_status(f"{config.orders} conditional orders")
+            held = _requests(config.orders, accounts, f"cond-{run}", conditional=True)
+            await _publish(bootstrap, topic, held, signer)
+            while (waiting := await _waiting(port)) < config.orders:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {waiting} of {config.orders} orders waiting")
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)
+            after_held = _memory(pid)
+
+            on_status(f"{config.orders} open orders")
+            resting = _requests(config.orders, accounts, f"open-{run}", conditional=False)
+            collector.expect({r.key for r in resting})
+            await _publish(bootstrap, topic, resting, signer)
+            if not await collector.wait(max(1.0, deadline - time.monotonic())):
+                acked = sum(1 for r in resting if r.key in collector.first_ack)
+                raise TimeoutError(f"only {acked} of {config.orders} orders acknowledged")
+            await asyncio.sleep(2.0)
+            after_open = _memory(pid)
+        finally:
+            await collector.stop()
+        scale = 10_000 / config.orders
+        opened = sum(1 for r in resting if collector.first_ack_type.get(r.key) == "open")
+        return {
+            "orders": config.orders,
+            "accounts": config.accounts,
+            "worker_baseline": baseline,
+            "worker_with_conditional": after_held,
+            "worker_with_open": after_open,
+            "opened": opened,
+            "per_10k_conditional_mb": round((after_held["rss_mb"] - baseline["rss_mb"]) * scale, 1),
+            "per_10k_open_mb": round((after_open["rss_mb"] - after_held["rss_mb"]) * scale, 1),
+            "peak_rss_mb": after_open["peak_rss_mb"],
+        }
+    finally:
+        if services is not None:
+            services.stop_all()
+        if broker is not None:
+            await broker.astop()
+
+
+__all__ = ["MemoryBenchConfig", "run_memory_bench"]
