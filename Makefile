@@ -90,6 +90,7 @@ run: kafka
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy oms oms_dev
+	$(VENV)/bin/lint-imports --no-cache
 
 test: kafka lint k8s-tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

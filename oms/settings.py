@@ -38,7 +38,7 @@ class ExchangeSettings(BaseModel):
     speaks Deribit's API) by default."""
 
     # The implementation of oms.exchange.interface.Exchange the workers use, by its name in
-    # oms.exchange.interface.VENUES ("deribit", or "paper": the same API, named apart).
+    # oms.exchange.venues.VENUES ("deribit", or "paper": the same API, named apart).
     venue: str = "deribit"
     # wss://test.deribit.com/ws/api/v2 or wss://www.deribit.com/ws/api/v2 for the real one.
     url: str = "ws://127.0.0.1:8765/ws/api/v2"

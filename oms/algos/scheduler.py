@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from oms.algos import chase, twap
-from oms.lifecycle.policy import CANCEL_REASON_KEY
-from oms.orders.params import ALGO_KEY
+from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY
 from oms.schemas import (
     CommandType,
     MarketTick,

@@ -29,15 +29,12 @@ Contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from oms.component import ComponentState
 from oms.exchange.instruments import InstrumentCatalog
 from oms.schemas import ExecutionReport, Fill, OrderRecord
-from oms.secrets import SecretStore
-from oms.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,33 +126,3 @@ class Exchange(Protocol):
     def reconciled(self, reconnect: Reconnect) -> None:
         """The account's orders were looked up after ``reconnect``: release its commands."""
         ...
-
-
-VenueFactory = Callable[[Settings, SecretStore], Exchange]
-
-
-def _deribit(settings: Settings, secrets: SecretStore) -> Exchange:
-    from oms.exchange.deribit.venue import DeribitVenue
-
-    return DeribitVenue(settings, secrets)
-
-
-def _paper(settings: Settings, secrets: SecretStore) -> Exchange:
-    from oms.exchange.paper.venue import PaperVenue
-
-    return PaperVenue(settings, secrets)
-
-
-# Venue name -> factory. A new exchange registers here (and nowhere in oms.streams).
-VENUES: dict[str, VenueFactory] = {"deribit": _deribit, "paper": _paper}
-
-
-def create_exchange(settings: Settings, secrets: SecretStore) -> Exchange:
-    """The venue ``settings.exchange.venue`` names, trading with the credentials in
-    ``secrets``."""
-    name = settings.exchange.venue
-    try:
-        factory = VENUES[name]
-    except KeyError:
-        raise ValueError(f"unknown exchange {name!r}; known: {', '.join(sorted(VENUES))}") from None
-    return factory(settings, secrets)

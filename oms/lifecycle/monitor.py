@@ -26,7 +26,8 @@ from typing import Any
 import structlog
 
 from oms.algos import twap
-from oms.lifecycle.policy import CANCEL_REASON_KEY, policy_of
+from oms.lifecycle.policy import policy_of
+from oms.orders.params import CANCEL_REASON_KEY
 from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
 from oms.settings import LifecycleSettings
 

@@ -13,14 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from oms.errors import InvalidOrderError
-from oms.orders.params import LifecycleOverrides, LifecyclePolicy, parse_lifecycle
+from oms.orders.params import (
+    CANCEL_REASON_KEY,
+    LifecycleOverrides,
+    LifecyclePolicy,
+    parse_lifecycle,
+)
 from oms.schemas import ReasonCode
 from oms.schemas.rejection import Rejection
 from oms.settings import LifecycleSettings
 
-# Cancel requests the OMS sends itself carry their reason in metadata under this key; intake
-# records it on the order, and the cancelled event reports it.
-CANCEL_REASON_KEY = "reason_code"
 CANCEL_REASONS = frozenset(
     {
         ReasonCode.AUTO_CANCELLED,

@@ -47,6 +47,7 @@ import structlog
 from oms.algos.twap import is_twap
 from oms.exchange.errors import LOST_AT_VENUE, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
+from oms.lifecycle.lookup import LabelLookup
 from oms.schemas import (
     ExchangeOrderState,
     ExecutionReport,
@@ -56,7 +57,6 @@ from oms.schemas import (
     now_ms,
 )
 from oms.settings import LifecycleSettings
-from oms.streams.execution import LabelLookup
 
 log = structlog.get_logger(__name__)
 

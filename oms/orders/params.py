@@ -27,6 +27,9 @@ from oms.schemas.rejection import Rejection
 from oms.settings import LifecycleSettings
 
 ALGO_KEY = "algo"
+# Cancel requests the OMS sends itself carry their reason in metadata under this key; intake
+# records it on the order, and the cancelled event reports it.
+CANCEL_REASON_KEY = "reason_code"
 TWAP = "twap"
 CHASE = "chase"
 ALGOS = (TWAP, CHASE)

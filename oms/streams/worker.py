@@ -2,7 +2,7 @@
 
 :class:`OrderWorker` builds every component of the process in dependency order, each given
 what it depends on through its constructor (never assigned afterwards): the venue
-(:func:`~oms.exchange.interface.create_exchange`, chosen by the settings), the one market cache
+(:func:`~oms.exchange.venues.create_exchange`, chosen by the settings), the one market cache
 and its tick feed, the executor and the reconciliation it reports misses to, pre-trade risk,
 the trigger engine and the priority queues with their loops, the lifecycle. The long-running
 ones are :class:`~oms.component.Component` s: started in that order when Faust has started,
@@ -35,10 +35,11 @@ from oms.auth.nonces import NonceStore
 from oms.auth.verify import Authenticator
 from oms.component import Startable, start_all, stop_all
 from oms.conditions.engine import TriggerEngine
-from oms.exchange.interface import create_exchange
+from oms.exchange.venues import create_exchange
 from oms.kafka.faust_patches import StallHealer
 from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import PartitionOwnership, partition_of
+from oms.lifecycle.lookup import LabelLookup
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.lifecycle.reconcile import OrderReconciler
 from oms.lifecycle.service import LifecycleService
@@ -55,7 +56,7 @@ from oms.settings import Settings
 from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
 from oms.streams.edge import EdgeContext, handle_external
-from oms.streams.execution import InflightCommands, LabelLookup, OrderExecutor
+from oms.streams.execution import InflightCommands, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report

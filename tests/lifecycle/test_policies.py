@@ -10,8 +10,9 @@ import pytest
 from oms.algos import chase, twap
 from oms.errors import AdvancedOrderError, InvalidOrderError
 from oms.exchange.deribit.venue import DeribitVenue
-from oms.exchange.interface import Exchange, create_exchange
+from oms.exchange.interface import Exchange
 from oms.exchange.paper.venue import PaperVenue
+from oms.exchange.venues import create_exchange
 from oms.lifecycle.policy import check_policy, policy_of, policy_problem
 from oms.schemas import Direction, MarketTick, OrderRecord, OrderType, ReasonCode
 from oms.secrets import SecretStore

@@ -11,6 +11,7 @@ from typing import Any
 
 from oms.exchange.deribit.venue import DeribitVenue
 from oms.exchange.errors import LOST_AT_VENUE, OrderNotFound
+from oms.lifecycle.lookup import LabelLookup
 from oms.lifecycle.reconcile import OrderReconciler
 from oms.notify.rules import notice_from_event
 from oms.orders.state_machine import Outcome, apply_report
@@ -27,7 +28,7 @@ from oms.schemas import (
 from oms.schemas.notify_settings import NotificationType
 from oms.secrets import SecretStore
 from oms.settings import LifecycleSettings, Settings
-from oms.streams.execution import InflightCommands, LabelLookup, OrderExecutor
+from oms.streams.execution import InflightCommands, OrderExecutor
 from tests.orders.factories import order_record
 
 INTERVAL = 0.05

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from oms.lifecycle.monitor import lifecycle_request_id
-from oms.lifecycle.policy import CANCEL_REASON_KEY
+from oms.orders.params import CANCEL_REASON_KEY
 from oms.schemas import (
     CommandType,
     OrderEvent,
