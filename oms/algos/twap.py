@@ -58,7 +58,9 @@ def due_at(parent: OrderRecord, params: TwapParams, index: int) -> int:
     digest = hashlib.blake2b(f"{parent.order_id}:{index}".encode(), digest_size=8).digest()
     unit = int.from_bytes(digest, "big") / 2**64  # [0, 1), same after any restart
     jitter = (unit - 0.5) * params.randomize * step if index > 0 else 0.0
-    return parent.created_at + int(index * step + jitter)
+    # From when it started working: its creation, or its release if it was held first.
+    started = parent.triggered_at or parent.created_at
+    return started + int(index * step + jitter)
 
 
 def check_twap(request: OrderRequest, spec: InstrumentSpec, params: TwapParams) -> Rejection | None:

@@ -97,8 +97,9 @@ def plan_schedule(
     ``algo``: the request's parsed execution algorithm; ``slicing``: the size above which an
     immediate order is sliced (None: never). Precedence: conditions (market ones make it
     conditional, time ones alone delayed), then a release time, then
-    ``execute_immediately=false`` (queued at its priority), then TWAP (asked for, or above the
-    slicing threshold), else now.
+    TWAP asked for (sliced now; a held TWAP starts slicing when released), then
+    ``execute_immediately=false`` (queued at its priority), then TWAP above the slicing
+    threshold, else now.
     """
     if len(request.conditions) > settings.max_conditions:
         return Rejection(
@@ -155,13 +156,15 @@ def plan_schedule(
     if release is not None and release > now_ms:
         reason = f"scheduled at {release} ({(release - now_ms) / 1000:g} s ahead)"
         return decided(Strategy.DELAYED, reason)
+    if isinstance(algo, TwapParams):
+        # A TWAP parent is never sent itself, so it has no turn to wait for in a queue: its
+        # slices are, each in turn.
+        reason = f"TWAP asked for: {algo.slices} slices over {algo.duration_s:g} s"
+        return decided(Strategy.SLICED, reason, algo)
     if not request.execute_immediately or release is not None:
         why = "execute_immediately is false" if release is None else "its time has come"
         reason = f"{why}: queued at priority {request.priority.value}"
         return decided(Strategy.QUEUED, reason)
-    if isinstance(algo, TwapParams):
-        reason = f"TWAP asked for: {algo.slices} slices over {algo.duration_s:g} s"
-        return decided(Strategy.SLICED, reason, algo)
     sliced = _auto_slice(request, algo, slicing, instrument)
     if sliced is not None:
         assert slicing is not None and request.amount is not None

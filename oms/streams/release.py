@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from oms.algos import twap
 from oms.orders.links import (
     EPSILON,
     announce,
@@ -127,21 +128,32 @@ async def _release(ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigge
     queued, _ = transition(order, OrderStatus.QUEUED)
     queued.queued_at = at
     queued.triggered_at = at
-    ctx.orders[order.order_id] = queued
     details = {
         "reason": trigger.reason,
         "fired_at": trigger.fired_at,
         **trigger.details,
     }
-    await ctx.emit(
-        make_event(
-            queued,
-            OrderEventType.TRIGGERED,
-            previous_status=order.status,
-            message=trigger.reason,
-            details=details,
-        )
+    triggered = make_event(
+        queued,
+        OrderEventType.TRIGGERED,
+        previous_status=order.status,
+        message=trigger.reason,
+        details=details,
     )
+    if twap.is_twap(order.metadata):
+        # A held TWAP parent is never sent itself: released, it starts working its slices
+        # (timed from now).
+        spec = ctx.instrument(order.instrument_name)
+        if spec is None:
+            await _finish(ctx, order, trigger, OrderStatus.REJECTED, ReasonCode.UNKNOWN_INSTRUMENT)
+            return
+        working, started = twap.start_parent(queued, twap.params_of(order), spec.min_trade_amount)
+        ctx.orders[order.order_id] = working
+        await ctx.emit(triggered)
+        await ctx.emit(started)
+        return
+    ctx.orders[order.order_id] = queued
+    await ctx.emit(triggered)
     ctx.held.enqueue(queued)
 
 

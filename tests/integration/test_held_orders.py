@@ -651,3 +651,45 @@ async def test_orders_above_the_slicing_threshold_are_sliced(
         assert sum(a or 0 for a in amounts) == 2_500
     counts = await exchange_orders_by_label(settings, {"acc-q": [parent, *children]})
     assert counts[parent] == 0 and all(counts[c] == 1 for c in children)
+
+
+async def test_a_held_or_queued_twap_is_worked_in_slices_never_sent_whole(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    """A TWAP parent is never sent itself: asked for with a delay, it waits and then starts
+    its slices (timed from its release); asked for with execute_immediately=false, it has no
+    queue turn to wait for and starts at once."""
+    settings, _ = stack
+    algo = {"algo": "twap", "twap_duration": 2, "twap_slices": 2}
+    async with OrderClient("acc-q", settings=settings) as client:
+        delayed = await client.submit_advanced_order(
+            BTC, 20, "buy", price=RESTING_BUY, delay=2.0, metadata=algo
+        )
+        queued = await client.submit_advanced_order(
+            BTC, 20, "buy", price=RESTING_BUY, execute_immediately=False, metadata=algo
+        )
+        waiting = await event_of(client, delayed, [OrderEventType.WAITING])
+        assert waiting.details["strategy"] == "delayed"
+        parents = {}
+        for parent in (delayed, queued):
+            parents[parent] = await event_of(client, parent, [OrderEventType.OPEN], within=30)
+            assert parents[parent].details["algo"] == "twap"
+        released = parents[delayed].order
+        assert released is not None and released.triggered_at is not None
+        assert OrderEventType.TRIGGERED in types(client, delayed)
+        children = {p: [twap.child_order_id(parents[p].order, i) for i in range(2)]
+                    for p in parents}  # fmt: skip
+        opened_at = {}
+        for child in [*children[delayed], *children[queued]]:
+            opened = await event_of(client, child, [OrderEventType.OPEN], within=30)
+            assert opened.amount == 10
+            opened_at[child] = opened.timestamp
+        # Slices of the held parent are due from its release, one second apart (2 over 2 s),
+        # not from its creation (then both would have been due at once when it was released).
+        second = children[delayed][1]
+        assert opened_at[second] - released.triggered_at >= 900, opened_at
+    counts = await exchange_orders_by_label(
+        settings, {"acc-q": [delayed, queued, *children[delayed], *children[queued]]}
+    )
+    assert counts[delayed] == 0 and counts[queued] == 0
+    assert all(counts[c] == 1 for c in [*children[delayed], *children[queued]])

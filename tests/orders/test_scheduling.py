@@ -85,8 +85,11 @@ def test_a_twap_asked_for_is_sliced_whatever_its_size() -> None:
     schedule = _plan(_req(), algo=params)
     assert isinstance(schedule, Schedule)
     assert (schedule.strategy, schedule.twap) == (Strategy.SLICED, params)
-    # ... but a TWAP that must wait is held like any order.
-    assert _strategy(_req(execute_immediately=False), algo=params) is Strategy.QUEUED
+    # A parent is never sent itself, so it has no queue turn to wait for ...
+    assert _strategy(_req(execute_immediately=False), algo=params) is Strategy.SLICED
+    # ... but one that must wait for a time or the market is held like any order (and starts
+    # slicing when released).
+    assert _strategy(_req(delay=5.0), algo=params) is Strategy.DELAYED
 
 
 def test_above_the_threshold_an_immediate_order_is_sliced() -> None:
