@@ -154,7 +154,7 @@ class OrderClient:
         condition_match: str = "all",
         contingency: dict[str, Any] | Contingency | None = None,
     ) -> str:
-        """Publish a submit (the seed's ``submit_advanced_order``); returns the order id.
+        """Publish a submit; returns the order id.
 
         The order id is derived from ``(account_id, request_id)``: re-sending with the same
         ``request_id`` is safe and never executes twice. ``execute_immediately=False`` queues
@@ -206,7 +206,7 @@ class OrderClient:
         condition_match: str = "all",
         **kwargs: Any,
     ) -> str:
-        """The seed's ``create_conditional_order``: held until ``conditions`` hold (all, or
+        """A conditional order: held until ``conditions`` hold (all, or
         any with ``condition_match="any"``), then queued by ``priority``; returns the id."""
         return await self.submit_advanced_order(
             instrument_name,
@@ -225,8 +225,9 @@ class OrderClient:
     async def get_queue_statistics(
         self, worker_urls: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        """Seed 3.2 ``get_queue_statistics``, summed over workers (their ``/queue`` pages;
-        default: the worker web port of the settings on localhost)."""
+        """Depth and oldest age per priority and rates of the priority queues, summed over
+        workers (their ``/queue`` pages; default: the worker web port of the settings on
+        localhost)."""
         urls = list(worker_urls or [f"http://127.0.0.1:{self.settings.worker.web_port}"])
         return await fetch_queue_statistics(urls)
 
@@ -339,7 +340,7 @@ class OrderClient:
         rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
         return rows
 
-    # -- lifecycle (issue 6) ---------------------------------------------------------------
+    # -- lifecycle: retries and the manual review flow ------------------------------------
 
     async def retry_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Resubmit an order parked in ``needs_review`` (looked up by label first, so it is
@@ -371,7 +372,7 @@ class OrderClient:
         the account has no key (trusted mode)."""
         return self._signer.message(request)
 
-    # -- notifications (issue 5) -------------------------------------------------------------
+    # -- notifications -----------------------------------------------------------------------
 
     async def manage_notification_settings(
         self,
@@ -381,7 +382,7 @@ class OrderClient:
         rules: list[dict[str, Any]] | None = None,
         **options: Any,
     ) -> Any:
-        """Validate and store an account's notification settings (seed 4.4); the notifier
+        """Validate and store an account's notification settings; the notifier
         applies them at once. ``channels`` are channel configs (dicts) in fallback order, or
         the name ``"console"``; ``options`` are the other fields of
         :class:`~oms.schemas.notify_settings.NotificationSettings` (language, timezone,
@@ -405,7 +406,7 @@ class OrderClient:
     async def configure_notification_rules(
         self, rules: list[dict[str, Any]], account_id: str | None = None
     ) -> Any:
-        """Replace the routing rules of an account, keeping its other settings (seed 3.4)."""
+        """Replace the routing rules of an account, keeping its other settings."""
         from oms.notify.settings_io import build_settings, publish_settings, read_settings
 
         account = account_id or self.account_id
@@ -445,7 +446,7 @@ class OrderClient:
 
         await publish_ack(self.settings, alert_id, by=by)
 
-    # -- positions (issue 4) ---------------------------------------------------------------
+    # -- positions ---------------------------------------------------------------------------
 
     async def get_position_records(
         self,
@@ -455,7 +456,7 @@ class OrderClient:
         end_time: datetime | int | None = None,
         include_history: bool = True,
     ) -> list[dict[str, Any]]:
-        """Position change records from ClickHouse (seed 4.3), oldest first; without
+        """Position change records from ClickHouse, oldest first; without
         history only the latest record per position. Defaults to this client's account."""
         from oms.positions.queries import get_position_records
 
@@ -489,7 +490,7 @@ class OrderClient:
     ) -> dict[str, Any]:
         """Per-day fills, turnover, realized PnL, fees, fill ratio, slippage; exposure and
         unrealized PnL by instrument, USD exposure by currency; counts, and money totals per
-        settlement currency and turnover unit (seed 3.3)."""
+        settlement currency and turnover unit."""
         from oms.positions.queries import calculate_position_statistics
 
         return await calculate_position_statistics(

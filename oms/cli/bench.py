@@ -119,7 +119,7 @@ def conditions(
     probes: Annotated[int, typer.Option(help="ticks that trigger a probe order")] = 200,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """The trigger engine against the seed's linear scan, and ticks through Kafka + a worker."""
+    """The trigger engine against a linear scan of every order; ticks through Kafka + a worker."""
     from oms_dev.benchmarks.conditions import ConditionsConfig, run_conditions
 
     config = ConditionsConfig(
@@ -173,9 +173,9 @@ def chaos(
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Chaos scenario 3 alone (``oms chaos run --scenario exchange-faults`` with options):
-    orders under dropped connections, rate limits and late replies; one terminal state
-    each, no label twice at the exchange. Exits 1 if any check fails."""
+    """The ``exchange-faults`` chaos scenario alone (``oms chaos run --scenario exchange-faults``
+    with options): orders under dropped connections, rate limits and late replies; one terminal
+    state each, no label twice at the exchange. Exits 1 if any check fails."""
     from oms_dev.chaos.flow import FlowConfig
     from oms_dev.chaos.scenarios.exchange_faults import ExchangeFaults, run_exchange_faults
 

@@ -1,4 +1,4 @@
-"""What a worker needs from an exchange (seed 13.1: multi-exchange readiness).
+"""What a worker needs from an exchange, whichever exchange it is.
 
 The worker builds its venue with :func:`create_exchange`, chosen by the settings
 (``exchange.venue``), and nothing else in the worker names an exchange: the executor

@@ -60,7 +60,7 @@ def build_settings(
 ) -> NotificationSettings:
     """Validated settings from loose input; raises :class:`NotificationSettingsError`.
 
-    The seed's ``batch_notifications`` / ``notification_delay`` (seconds) are accepted and
+    The flat options ``batch_notifications`` / ``notification_delay`` (seconds) are accepted and
     become a last rule that groups every ordinary notification per type for that long."""
     batch = options.pop("batch_notifications", None)
     delay = options.pop("notification_delay", None)

@@ -98,7 +98,7 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     ),
     OrderStatus.SUBMITTED: frozenset(
         {
-            # The `manual` error strategy parks a submit that failed (issue 6).
+            # The `manual` error strategy parks a submit that failed.
             OrderStatus.NEEDS_REVIEW,
             OrderStatus.OPEN,
             OrderStatus.PARTIALLY_FILLED,

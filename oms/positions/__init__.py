@@ -1,4 +1,4 @@
-"""Positions (issue 4): Deribit position math, the keeper (its own Faust app), records,
+"""Positions: Deribit position math, the keeper (its own Faust app), records,
 reconciliation with ``private/get_positions`` and ClickHouse queries.
 
 | module | job |

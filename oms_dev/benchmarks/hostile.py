@@ -1,5 +1,5 @@
 """``oms bench hostile``: hostile messages mixed with valid orders on the request topic of a
-real worker (chaos scenario 6 of issue 8).
+real worker (also the ``hostile`` chaos scenario).
 
 The hostile messages are generated with hypothesis (``hostile_messages``): bytes that are not
 JSON or not UTF-8, JSON that is not an object, truncated JSON, payloads over the 64 KiB

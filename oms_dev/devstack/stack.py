@@ -168,7 +168,7 @@ def ensure_demo_secrets(settings: Settings) -> Path:
 
 
 def ensure_demo_signing_keys(path: Path, accounts: list[str]) -> None:
-    """Give every account without one a random request-signing key (issue 9), so the CLI
+    """Give every account without one a random request-signing key, so the CLI
     and SDK sign transparently against a stack that verifies signatures."""
     keys = {
         a: {k.key_id: k.secret.decode() for k in ks.values()}

@@ -1,4 +1,5 @@
-"""Chaos scenario 5: the ClickHouse (chDB) data path fails under the sink while orders flow.
+"""Chaos scenario ``disk-error``: the ClickHouse (chDB) data path fails under the sink while
+orders flow.
 
 Two real faults, one after the other, each held ``fault_s`` and then removed while the sink
 keeps running (see :mod:`oms_dev.chaos.scenarios.disk_faults`): the disk is full (a tmpfs of
@@ -189,7 +190,7 @@ def _secrets(stack: SinkStack) -> list[str]:
 
 
 async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """The suite's entry: scenario 5 at its full or ``--quick`` size."""
+    """The suite's entry: ``disk-error`` at its full or ``--quick`` size."""
     disk_error = DiskErrorConfig(quick=config.quick, bootstrap=config.bootstrap)
     if config.orders:
         disk_error.orders = config.orders
@@ -199,7 +200,7 @@ async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str
 async def run_disk_error(
     config: DiskErrorConfig, on_status: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Run scenario 5; its result (``ok`` when every check held)."""
+    """Run the ``disk-error`` scenario; its result (``ok`` when every check held)."""
     t0 = time.monotonic()
     flow_config = config.flow_config()
     stack = await open_stack(

@@ -1,4 +1,5 @@
-"""Real storage faults on the embedded ClickHouse (chDB) data path, for chaos scenario 5.
+"""Real storage faults on the embedded ClickHouse (chDB) data path, for the ``disk-error`` chaos
+scenario.
 
 * **disk full**: the data path is a small tmpfs of its own, and a filler file takes every
   free byte, so ClickHouse's writes fail with ENOSPC / NOT_ENOUGH_SPACE. Mounting needs root

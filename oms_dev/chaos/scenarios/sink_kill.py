@@ -1,4 +1,4 @@
-"""Chaos scenario 4: the ClickHouse sink is SIGKILLed while it inserts, again and again.
+"""Chaos scenario ``sink-kill``: the ClickHouse sink is SIGKILLed while it inserts, again and again.
 
 A paced mixed order flow runs through a paper stack with the sink storing it in small
 batches (so it inserts all the time). Every ``kill_every_s`` after the sink is back at
@@ -103,7 +103,7 @@ async def _kill_loop(
 
 
 async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """The suite's entry: scenario 4 at its full or ``--quick`` size."""
+    """The suite's entry: ``sink-kill`` at its full or ``--quick`` size."""
     sink_kill = SinkKillConfig(quick=config.quick, bootstrap=config.bootstrap)
     if config.orders:
         sink_kill.orders = config.orders
@@ -111,7 +111,7 @@ async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str
 
 
 async def run_sink_kill(config: SinkKillConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """Run scenario 4; its result (``ok`` when every check held)."""
+    """Run the ``sink-kill`` scenario; its result (``ok`` when every check held)."""
     t0 = time.monotonic()
     flow_config = config.flow_config()
     stack = await open_stack(
