@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.auth.signing import RequestSigner
 from oms.conditions.expressions import parse_expression, parse_time_ms
+from oms.kafka.reading import topic_partitions
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -111,12 +112,9 @@ class OrderClient:
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         assert self._consumer is not None
-        for _ in range(50):
-            parts = self._consumer.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            await self._consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
+        parts = await topic_partitions(self._consumer, topic, wait_s=5.0, poll_s=0.1)
+        if parts:
+            return parts
         raise RuntimeError(f"topic {topic} does not exist (is the stack running?)")
 
     async def close(self) -> None:

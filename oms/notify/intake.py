@@ -23,6 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from oms.kafka.reading import topic_partitions
 from oms.notify.model import Notice
 from oms.notify.rules import notice_from_event, notice_from_position
 from oms.schemas import DeadLetter, OrderEvent, PositionRecord, ReasonCode
@@ -239,14 +240,7 @@ class ControlIntake:
         await consumer.start()
         tps: list[TopicPartition] = []
         for name in (self._settings_topic, self._acks_topic):
-            parts = consumer.partitions_for_topic(name)
-            for _ in range(50):
-                if parts:
-                    break
-                await consumer._client.force_metadata_update()
-                await asyncio.sleep(0.1)
-                parts = consumer.partitions_for_topic(name)
-            tps.extend(TopicPartition(name, p) for p in sorted(parts or ()))
+            tps.extend(await topic_partitions(consumer, name, wait_s=5.0, poll_s=0.1))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)

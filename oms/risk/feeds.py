@@ -40,9 +40,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from oms.kafka.admin import ensure_topics
+from oms.kafka.reading import topic_partitions
 from oms.risk.book import RiskBook
 from oms.schemas import OrderRecord, PositionRecord, Record, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
@@ -119,13 +119,7 @@ class RiskFeeds:
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
         # The changelog is created by Faust while the worker starts: wait for it to appear.
-        while True:
-            parts = consumer.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            with contextlib.suppress(KafkaError):
-                await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
+        return await topic_partitions(consumer, topic)
 
     async def _run(self) -> None:
         # The risk topics may be new to an existing deployment (idempotent).
