@@ -35,7 +35,7 @@ from oms.exchange.deribit.client import reconnect_backoff
 from oms.exchange.deribit.instruments import fetch_instruments
 from oms.exchange.instruments import InstrumentCatalog
 from oms.kafka.faust_patches import StallHealer
-from oms.kafka.faust_worker import new_faust_app, run_faust_worker
+from oms.kafka.faust_worker import FlushFirstProducer, new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
@@ -124,10 +124,16 @@ class PositionKeeper:
         self.settings = settings
         ps = settings.positions
         batch = ps.recording_mode == "batch"
+        self.positions_topic = settings.topic(Topic.POSITIONS)
+        self.publisher = RecordPublisher(
+            partial(self._send, self.positions_topic), batch=batch, batch_size=ps.batch_size
+        )
         self.app: faust.App = new_faust_app(
             settings,
             keeper_app_id(settings),
             ps.web_port,
+            # Buffered records go out in every producer flush, before offsets are committed.
+            before_producer_flush=self.publisher.flush,
             # In batch mode offsets are committed (and records flushed, see RecordPublisher)
             # once per flush interval rather than every half second.
             broker_commit_interval=max(0.5, ps.batch_flush_interval_s) if batch else 0.5,
@@ -137,7 +143,6 @@ class PositionKeeper:
         )
         n = settings.kafka.partitions
         self.fills = self.app.topic(settings.topic(FILLS_TOPIC), partitions=n, internal=True)
-        self.positions_topic = settings.topic(Topic.POSITIONS)
         self.events_topic = settings.topic(Topic.ORDER_EVENTS)
         self.dead_letters_topic = settings.topic(Topic.DEAD_LETTERS)
         self.fills_topic = self.fills.get_topic_name()
@@ -164,12 +169,11 @@ class PositionKeeper:
         retention_ms = int(ps.seen_trades_retention_s * 1000)
         self.ledger = Ledger(self.positions, seen, self.kind_of, retention_ms=retention_ms)
         self.pruner = SeenTradesPruner(seen, seen.scan, n, retention_ms)
-        self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
         self.router = ReportRouter(
             settings,
             f"{keeper_app_id(settings)}-route",
             lambda key, value: self._send(self.fills_topic, key, value),
-            self.publisher.flush_producer_only,
+            self._flush_sent,
         )
         self.counters: dict[str, int] = defaultdict(int)
         self._replay_below: dict[int, int] = {}
@@ -199,6 +203,13 @@ class PositionKeeper:
             topic, key.encode() if key else None, value, partition=None, timestamp=None,
             headers=None,
         )  # fmt: skip
+
+    async def _flush_sent(self) -> None:
+        """Flush what is already sent to the producer, leaving the record buffer alone (the
+        router's commits need their bundles on the broker, not the buffered records)."""
+        producer = self.app.producer
+        assert isinstance(producer, FlushFirstProducer)
+        await producer.flush_sent()
 
     async def request_prune(self) -> None:
         """Ask each partition of the internal topic this keeper owns to drop its expired
@@ -317,7 +328,6 @@ class PositionKeeper:
         @app.task
         async def start_services() -> None:
             await self.catalog.start()
-            self.publisher.start()
             await self.router.start()
             if self.reconciler is not None:
                 await self.reconciler.start(self.ready_to_reconcile)

@@ -39,7 +39,7 @@ from oms.settings import SinkSettings
 from oms.sinks.clickhouse.client import chdb_path
 from oms_dev.chaos.config import ChaosConfig
 from oms_dev.chaos.flow import FlowConfig, PacedFlow
-from oms_dev.chaos.scenarios.disk_faults import DataPathFaults
+from oms_dev.chaos.scenarios.disk_faults import DataPathFaults, sink_command_prefix
 from oms_dev.chaos.scenarios.sink_common import (
     SinkStack,
     apply_quick,
@@ -208,13 +208,13 @@ async def run_disk_error(
         batch_size=config.batch_size,
         flush_interval_s=config.flush_interval_s,
         on_status=on_status,
+        sink_command_prefix=sink_command_prefix(),
     )
     faults = DataPathFaults(chdb_path(stack.settings), config.tmpfs_mb)
     try:
         faults.prepare()
         if not faults.available:
             raise RuntimeError(f"no disk fault can be injected here: {faults.unavailable}")
-        stack.sink.command_prefix = faults.sink_command_prefix()
         on_status("starting the sink" + (" on a tmpfs of its own" if faults.mounted else ""))
         await stack.start_sink()
         await stack.wait_flushing()

@@ -26,6 +26,14 @@ FILLER = "chaos-disk-filler"
 DAC_CAPABILITIES = "-dac_override,-dac_read_search,-fowner"
 
 
+def sink_command_prefix() -> list[str]:
+    """Wrapper for the sink process so file modes bind it even when we are root."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        return [setpriv, "--bounding-set", DAC_CAPABILITIES]
+    return []
+
+
 class DataPathFaults:
     """Inject and remove disk faults on one chDB data path (create before the sink starts)."""
 
@@ -62,13 +70,6 @@ class DataPathFaults:
             self.unavailable["disk_full"] = f"mount tmpfs failed: {done.stderr.strip()[:200]}"
         if shutil.which("setpriv") is None:
             self.unavailable["permission"] = "running as root without setpriv to drop CAP_DAC_*"
-
-    def sink_command_prefix(self) -> list[str]:
-        """Wrapper for the sink process so file modes bind it even when we are root."""
-        setpriv = shutil.which("setpriv")
-        if self.root and setpriv:
-            return [setpriv, "--bounding-set", DAC_CAPABILITIES]
-        return []
 
     @property
     def available(self) -> list[str]:

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,8 +129,10 @@ async def open_stack(
     batch_size: int,
     flush_interval_s: float,
     on_status: Callable[[str], None],
+    sink_command_prefix: Sequence[str] = (),
 ) -> SinkStack:
-    """A paper stack (started) and a sink (added, not started) batching as given."""
+    """A paper stack (started) and a sink (added, not started) batching as given, run
+    through ``sink_command_prefix`` when it starts."""
 
     def tune(settings: Settings) -> Settings:
         sink = settings.sink.model_copy(
@@ -139,7 +141,9 @@ async def open_stack(
         return settings.model_copy(update={"sink": sink})
 
     stack = await start_paper(flow, on_status, tune)
-    sink = stack.services.add("sink", ["sink"], OMS_LOG_JSON="true")
+    sink = stack.services.add(
+        "sink", ["sink"], command_prefix=sink_command_prefix, OMS_LOG_JSON="true"
+    )
     return SinkStack(stack, sink)
 
 
