@@ -250,7 +250,7 @@ class PositionSettings(BaseModel):
     # Reports taken from execution-reports per step of the repartitioning agent.
     take_max: int = Field(2_000, ge=1)
     take_within_s: float = Field(0.05, gt=0)
-    # Reconciliation against private/get_positions, also on start and after reconnects.
+    # Reconciliation against the exchange's positions, also on start and after reconnects.
     monitoring_interval_s: float = Field(60.0, gt=0)
     reconcile: bool = True
     # ClickHouse TTL of execution records in position_changes.

@@ -31,9 +31,7 @@ import pydantic
 import structlog
 from faust.types import TP
 
-from oms.exchange.deribit.client import reconnect_backoff
-from oms.exchange.deribit.instruments import fetch_instruments
-from oms.exchange.instruments import InstrumentCatalog
+from oms.exchange.venues import create_accounts, create_instrument_catalog
 from oms.kafka.faust_patches import StallHealer
 from oms.kafka.faust_worker import FlushFirstProducer, new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
@@ -162,9 +160,7 @@ class PositionKeeper:
             partitions=n,
             help="Record produced by each trade id, for dedupe and re-announcement.",
         )
-        self.catalog = InstrumentCatalog(
-            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
-        )
+        self.catalog = create_instrument_catalog(settings)
         seen = SeenTrades(self.seen)
         retention_ms = int(ps.seen_trades_retention_s * 1000)
         self.ledger = Ledger(self.positions, seen, self.kind_of, retention_ms=retention_ms)
@@ -184,7 +180,14 @@ class PositionKeeper:
         secrets = SecretStore(settings.resolved_secrets_file)
         enabled = ps.reconcile if reconcile is None else reconcile
         self.reconciler = (
-            Reconciler(settings, secrets, self.owned_positions, self.send_command, self.owns_key)
+            Reconciler(
+                settings,
+                create_accounts(settings, secrets),
+                secrets.trading_accounts(settings.accounts),
+                self.owned_positions,
+                self.send_command,
+                self.owns_key,
+            )
             if enabled
             else None
         )

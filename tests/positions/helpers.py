@@ -16,7 +16,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.translate import report_from_order, report_from_trades
+from oms.exchange.deribit.translate import report_from_order, report_from_trades
 from oms.kafka.admin import ensure_topics
 from oms.kafka.reading import topic_partitions
 from oms.schemas import ExecutionReport, ReportSource, Topic

@@ -14,12 +14,14 @@ from typing import Any
 import structlog
 
 from oms.component import Component
-from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
-from oms.exchange.deribit.instruments import fetch_instruments
+from oms.exchange.deribit.accounts import DeribitAccounts
+from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.deribit.feed import DeribitFeed
+from oms.exchange.deribit.instruments import deribit_catalog
+from oms.exchange.deribit.translate import fill_from_trade, report_from_order
 from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
 from oms.exchange.instruments import InstrumentCatalog
-from oms.exchange.interface import Reconnect
-from oms.exchange.translate import fill_from_trade, report_from_order
+from oms.exchange.interface import Reconnect, Venue
 from oms.schemas import (
     CommandType,
     Direction,
@@ -141,9 +143,7 @@ class DeribitVenue(Component):
     def __init__(self, settings: Settings, secrets: SecretStore) -> None:
         super().__init__(self.name)  # the venue's name names the component too
         self._sessions = ExchangeSessions(settings, secrets)
-        self._instruments = InstrumentCatalog(
-            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
-        )
+        self._instruments = deribit_catalog(settings)
 
     @property
     def instruments(self) -> InstrumentCatalog:
@@ -268,6 +268,15 @@ class DeribitVenue(Component):
 
     def reconciled(self, reconnect: Reconnect) -> None:
         self._sessions.reconciled(reconnect)
+
+
+# Deribit for every process: orders, account views, live streams, instruments.
+DERIBIT = Venue(
+    exchange=DeribitVenue,
+    accounts=DeribitAccounts,
+    feed=DeribitFeed,
+    instruments=deribit_catalog,
+)
 
 
 def _check_label(found: dict[str, Any], order: OrderRecord, method: str) -> None:
