@@ -231,14 +231,7 @@ class OrderClient:
 
     async def cancel_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Publish a cancel for one of this account's orders; returns the request id."""
-        request = OrderRequest(
-            command=CommandType.CANCEL,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-        )
-        await self.send(request)
-        return request.request_id
+        return await self._command(CommandType.CANCEL, order_id, request_id)
 
     async def amend_order(
         self,
@@ -249,13 +242,21 @@ class OrderClient:
         request_id: str | None = None,
     ) -> str:
         """Publish an amend (new amount and/or price); returns the request id."""
+        return await self._command(
+            CommandType.AMEND, order_id, request_id, amount=amount, price=price
+        )
+
+    async def _command(
+        self, command: CommandType, order_id: str, request_id: str | None, **fields: Any
+    ) -> str:
+        """Publish ``command`` about one of this account's orders (``fields``: the rest of
+        the request); returns the request id."""
         request = OrderRequest(
-            command=CommandType.AMEND,
+            command=command,
             request_id=request_id or new_request_id(),
             account_id=self.account_id,
             order_id=order_id,
-            amount=amount,
-            price=price,
+            **fields,
         )
         await self.send(request)
         return request.request_id
@@ -343,26 +344,13 @@ class OrderClient:
     async def retry_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Resubmit an order parked in ``needs_review`` (looked up by label first, so it is
         never sent twice); returns the request id."""
-        request = OrderRequest(
-            command=CommandType.RETRY,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-        )
-        await self.send(request)
-        return request.request_id
+        return await self._command(CommandType.RETRY, order_id, request_id)
 
     async def review_cancel(self, order_id: str, *, request_id: str | None = None) -> str:
         """Cancel an order as a reviewer (the cancelled event carries ``manual_review``)."""
-        request = OrderRequest(
-            command=CommandType.CANCEL,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-            metadata={"reason_code": "manual_review"},
+        return await self._command(
+            CommandType.CANCEL, order_id, request_id, metadata={"reason_code": "manual_review"}
         )
-        await self.send(request)
-        return request.request_id
 
     def message(self, request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The wire form of a request: its JSON value, and the headers signing those exact

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from oms.component import Component
 from oms.exchange.interface import AccountSession, VenueAccounts
 from oms.schemas import OrderEvent, OrderEventType, now_ms
 from oms.schemas.notify_settings import NotificationSettings
@@ -35,7 +36,7 @@ Accounts = Callable[[], Iterable[tuple[str, NotificationSettings]]]
 Publish = Callable[[OrderEvent], Awaitable[None]]
 
 
-class AccountMonitor:
+class AccountMonitor(Component):
     """Polls the margins of accounts that asked for margin alerts.
 
     ``venue`` opens sessions to the accounts at the exchange; ``accounts`` gives the
@@ -45,6 +46,7 @@ class AccountMonitor:
     def __init__(
         self, settings: Settings, venue: VenueAccounts, accounts: Accounts, publish: Publish
     ) -> None:
+        super().__init__("notify-monitor")
         self.settings = settings
         self.cfg = settings.notify
         self._venue = venue
@@ -56,7 +58,6 @@ class AccountMonitor:
         self.down_alerted: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.last_ratio: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -65,17 +66,12 @@ class AccountMonitor:
             "in_breach": sorted("|".join(k) for k in self.in_breach),
         }
 
-    async def start(self) -> None:
-        """Poll every ``margin_check_interval_s`` in the background."""
-        self._task = asyncio.create_task(self._run(), name="notify-monitor")
+    async def on_start(self) -> None:
+        # Poll every ``margin_check_interval_s`` in the background.
+        self.spawn(self._run(), "poll")
 
-    async def stop(self) -> None:
-        """Stop polling and close the exchange connections."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def on_stop(self) -> None:
+        # Close the exchange sessions.
         for session in self.sessions.values():
             with contextlib.suppress(Exception):
                 await session.close()

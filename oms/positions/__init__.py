@@ -9,7 +9,7 @@ reconciliation with the positions the exchange reports, and ClickHouse queries.
 | ``router`` | execution-reports -> bundles per position (plain aiokafka) |
 | ``keeper`` | the Faust app: apply agent, tables, commands, web pages |
 | ``recorder`` | real-time or batch publishing of PositionRecords |
-| ``reconcile`` | comparison with the exchange (``oms.exchange.venues.create_accounts``), corrections |
+| ``reconcile`` | comparison with the exchange's positions, corrections |
 | ``commands`` | ``oms positions ack`` |
 | ``queries`` | ClickHouse reads for the SDK and CLI |
 """

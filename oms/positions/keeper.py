@@ -186,6 +186,7 @@ class PositionKeeper:
                 secrets.trading_accounts(settings.accounts),
                 self.owned_positions,
                 self.send_command,
+                self.ready_to_reconcile,
                 self.owns_key,
             )
             if enabled
@@ -333,7 +334,7 @@ class PositionKeeper:
             await self.catalog.start()
             await self.router.start()
             if self.reconciler is not None:
-                await self.reconciler.start(self.ready_to_reconcile)
+                await self.reconciler.start()
 
         @app.timer(interval=ps.batch_flush_interval_s)
         async def flush_records() -> None:
@@ -515,22 +516,14 @@ class PositionKeeper:
             return
         version = state.version + 1
         message = f"recorded size {state.size} @ {state.average_price}, exchange {size} @ {average}"
-        record = PositionRecord(
-            record_id=f"{key}:correction:{version}",
-            account_id=state.account_id,
-            instrument_name=state.instrument_name,
-            record_type=PositionRecordType.CORRECTION,
-            size=size,
-            size_before=state.size,
-            average_price=average,
-            average_price_before=state.average_price,
-            realized_pnl=state.realized_pnl,
-            fees_total=state.fees,
-            fills_total=state.fills,
-            turnover_total=state.turnover,
+        record = _change_record(
+            key,
+            state,
+            PositionRecordType.CORRECTION,
+            version,
             actor="reconciliation",
-            kind=state.kind.value,
-            version=version,
+            size=size,
+            average_price=average,
             mark_price=command.get("mark_price"),
             unrealized_pnl=command.get("floating_profit_loss"),
             reason_code=ReasonCode.POSITION_MISMATCH,
@@ -584,22 +577,14 @@ class PositionKeeper:
             return
         version = state.version + 1
         actor = str(command.get("actor") or "operator")
-        record = PositionRecord(
-            record_id=f"{key}:adjustment:{version}",
-            account_id=state.account_id,
-            instrument_name=state.instrument_name,
-            record_type=PositionRecordType.ADJUSTMENT,
-            size=state.size,
-            size_before=state.size,
-            average_price=state.average_price,
-            average_price_before=state.average_price,
-            realized_pnl=state.realized_pnl,
-            fees_total=state.fees,
-            fills_total=state.fills,
-            turnover_total=state.turnover,
+        record = _change_record(
+            key,
+            state,
+            PositionRecordType.ADJUSTMENT,
+            version,
             actor=actor,
-            kind=state.kind.value,
-            version=version,
+            size=state.size,
+            average_price=state.average_price,
             message=f"review acknowledged: {state.review_reason or ''}"[:500],
             needs_review=False,
         )
@@ -627,6 +612,35 @@ class PositionKeeper:
             loglevel=loglevel,
             extra_topics={self.fills_topic: self.settings.kafka.partitions},
         )
+
+
+def _change_record(
+    key: str,
+    state: PositionState,
+    record_type: PositionRecordType,
+    version: int,
+    *,
+    actor: str,
+    **fields: Any,
+) -> PositionRecord:
+    """The record of a change to ``state`` that is not a fill (a correction, an adjustment):
+    the position's running totals and its size and price before, plus ``fields``."""
+    return PositionRecord(
+        record_id=f"{key}:{record_type.value}:{version}",
+        account_id=state.account_id,
+        instrument_name=state.instrument_name,
+        record_type=record_type,
+        size_before=state.size,
+        average_price_before=state.average_price,
+        realized_pnl=state.realized_pnl,
+        fees_total=state.fees,
+        fills_total=state.fills,
+        turnover_total=state.turnover,
+        actor=actor,
+        kind=state.kind.value,
+        version=version,
+        **fields,
+    )
 
 
 def _problem_event(problem: FillProblem) -> OrderEvent:

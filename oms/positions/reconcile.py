@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from oms.component import Component
 from oms.exchange.interface import AccountSession, VenueAccounts, VenuePosition
 from oms.positions.math import EPS, close_enough
 from oms.positions.state import PositionState
@@ -75,9 +76,11 @@ def compare(
     return out
 
 
-class Reconciler:
+class Reconciler(Component):
     """Periodic and event-driven comparison for ``accounts`` (those without credentials at
-    the venue are skipped)."""
+    the venue are skipped). ``ready`` says whether the keeper owns positions, has recovered
+    its tables and has read its input up to the end (else a check would see fills in flight
+    as differences)."""
 
     def __init__(
         self,
@@ -86,8 +89,10 @@ class Reconciler:
         accounts: Sequence[str],
         recorded: Callable[[], list[PositionState]],
         send_command: Callable[[str, dict[str, Any]], Awaitable[None]],
+        ready: Callable[[], Awaitable[bool]],
         owns_key: Callable[[str], bool] | None = None,
     ) -> None:
+        super().__init__("positions-reconcile")
         self.settings = settings
         self.venue = venue
         self.recorded = recorded
@@ -97,8 +102,7 @@ class Reconciler:
         self.sessions: dict[str, AccountSession] = {}
         self._wake = asyncio.Event()
         self._trigger = "start"
-        self._task: asyncio.Task[None] | None = None
-        self._ready: Callable[[], Awaitable[bool]] | None = None
+        self._ready = ready
         self.checks = 0
         self.mismatches = 0
         self.errors = 0
@@ -109,11 +113,7 @@ class Reconciler:
         self._trigger = trigger
         self._wake.set()
 
-    async def start(self, ready: Callable[[], Awaitable[bool]]) -> None:
-        """Start checking; ``ready`` says whether the keeper owns positions, has recovered
-        its tables and has read its input up to the end (else a check would see fills in
-        flight as differences)."""
-        self._ready = ready
+    async def on_start(self) -> None:
         for account in self.accounts:
 
             async def on_reconnect(account: str = account) -> None:
@@ -124,13 +124,9 @@ class Reconciler:
             )
             if session is not None:
                 self.sessions[account] = session
-        self._task = asyncio.create_task(self._loop(), name="positions-reconcile")
+        self.spawn(self._loop(), "loop")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def on_stop(self) -> None:
         for session in self.sessions.values():
             with contextlib.suppress(Exception):
                 await session.close()
@@ -143,7 +139,7 @@ class Reconciler:
             trigger = self._trigger if self._wake.is_set() else "interval"
             self._wake.clear()
             self._trigger = "interval"
-            if self._ready is not None and not await self._ready():
+            if not await self._ready():
                 # Try again soon rather than a whole interval later.
                 self._trigger = trigger
                 await asyncio.sleep(CONFIRM_DELAY_S)

@@ -169,14 +169,7 @@ class DeribitVenue(Component):
     async def place(self, order: OrderRecord, *, prepaid: bool = False) -> ExecutionReport:
         method = "private/buy" if order.direction is Direction.BUY else "private/sell"
         result = await self._call(order.account_id, method, submit_params(order), prepaid=prepaid)
-        return report_from_order(
-            result["order"],
-            account_id=order.account_id,
-            source=ReportSource.RPC,
-            trades=result.get("trades") or (),
-            command=CommandType.SUBMIT,
-            request_id=order.request_id,
-        )
+        return _reply_report(result, order, CommandType.SUBMIT, request_id=order.request_id)
 
     async def find(self, order: OrderRecord) -> ExecutionReport | None:
         orders = await self._call(
@@ -244,13 +237,7 @@ class DeribitVenue(Component):
         method = "private/edit_by_label"
         result = await self._call(order.account_id, method, params)
         _check_label(result["order"], order, method)
-        return report_from_order(
-            result["order"],
-            account_id=order.account_id,
-            source=ReportSource.RPC,
-            trades=result.get("trades") or (),
-            command=CommandType.AMEND,
-        )
+        return _reply_report(result, order, CommandType.AMEND)
 
     async def order_entry_delay(self, account_id: str) -> float:
         client = await self._sessions.client(account_id)
@@ -277,6 +264,23 @@ DERIBIT = Venue(
     feed=DeribitFeed,
     instruments=deribit_catalog,
 )
+
+
+def _reply_report(
+    result: dict[str, Any],
+    order: OrderRecord,
+    command: CommandType,
+    request_id: str | None = None,
+) -> ExecutionReport:
+    """The report of the reply (``{order, trades}``) to an order-entry request."""
+    return report_from_order(
+        result["order"],
+        account_id=order.account_id,
+        source=ReportSource.RPC,
+        trades=result.get("trades") or (),
+        command=command,
+        request_id=request_id,
+    )
 
 
 def _check_label(found: dict[str, Any], order: OrderRecord, method: str) -> None:
