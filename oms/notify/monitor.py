@@ -105,10 +105,10 @@ class AccountMonitor(Component):
 
     async def check(self, account_id: str, ratio_limit: float) -> None:
         """Poll one account; publish a margin_call or system_error event if due."""
-        session = self._session(account_id)
-        if session is None:
-            return
         try:
+            session = self._session(account_id)
+            if session is None:
+                return
             margins = [await session.margin(c) for c in self.cfg.margin_currencies]
         except Exception as exc:
             self.counters["exchange_errors"] += 1
