@@ -54,15 +54,18 @@ class DeribitAccount:
         )
 
     async def positions(self) -> list[VenuePosition]:
+        """Every position of the account (``private/get_positions``, any currency)."""
         await self._client.connect()  # once; later drops reconnect on their own
         items = await self._client.get_positions(currency="any")
         return [position_from_deribit(item) for item in items]
 
     async def margin(self, currency: str) -> MarginSummary:
+        """The account's margin in ``currency`` (``private/get_account_summary``)."""
         await self._client.connect()
         return margin_from_deribit(currency, await self._client.get_account_summary(currency))
 
     async def close(self) -> None:
+        """Close the session's connection."""
         await self._client.close()
 
 
@@ -76,6 +79,7 @@ class DeribitAccounts:
     def open(
         self, account_id: str, *, name: str, on_reconnect: OnReconnect | None = None
     ) -> DeribitAccount | None:
+        """A session to the account with its credentials (None without any)."""
         credentials = self._secrets.credentials(account_id)
         if credentials is None:
             return None

@@ -92,6 +92,8 @@ class DeribitFeed:
         self.counters: Counter[str] = Counter()
 
     async def follow_market(self, instruments: Sequence[str], on_tick: OnTick) -> None:
+        """Subscribe to the instruments' ``ticker`` channels over an anonymous connection
+        (waiting for the exchange to come up); a malformed ticker is counted and skipped."""
         client = DeribitClient(
             self._settings.url, None, settings=self._settings, name="gateway:market"
         )
@@ -112,6 +114,8 @@ class DeribitFeed:
         await client.subscribe(channels, on_ticker)
 
     async def follow_account(self, account_id: str, on_reports: OnReports) -> bool:
+        """Subscribe to the account's ``user.changes`` over its own connection; after each
+        reconnect its open orders are reported again. False without credentials."""
         credentials = self._secrets.credentials(account_id)
         if credentials is None:
             return False
@@ -139,6 +143,7 @@ class DeribitFeed:
         return True
 
     async def close(self) -> None:
+        """Close every connection."""
         for client in self._clients:
             with contextlib.suppress(Exception):
                 await client.close()
