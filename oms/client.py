@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.auth.signing import RequestSigner
 from oms.conditions.expressions import parse_expression, parse_time_ms
+from oms.kafka.reading import topic_partitions
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -111,12 +112,9 @@ class OrderClient:
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         assert self._consumer is not None
-        for _ in range(50):
-            parts = self._consumer.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            await self._consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
+        parts = await topic_partitions(self._consumer, topic, wait_s=5.0, poll_s=0.1)
+        if parts:
+            return parts
         raise RuntimeError(f"topic {topic} does not exist (is the stack running?)")
 
     async def close(self) -> None:
@@ -154,7 +152,7 @@ class OrderClient:
         condition_match: str = "all",
         contingency: dict[str, Any] | Contingency | None = None,
     ) -> str:
-        """Publish a submit (the seed's ``submit_advanced_order``); returns the order id.
+        """Publish a submit; returns the order id.
 
         The order id is derived from ``(account_id, request_id)``: re-sending with the same
         ``request_id`` is safe and never executes twice. ``execute_immediately=False`` queues
@@ -206,7 +204,7 @@ class OrderClient:
         condition_match: str = "all",
         **kwargs: Any,
     ) -> str:
-        """The seed's ``create_conditional_order``: held until ``conditions`` hold (all, or
+        """A conditional order: held until ``conditions`` hold (all, or
         any with ``condition_match="any"``), then queued by ``priority``; returns the id."""
         return await self.submit_advanced_order(
             instrument_name,
@@ -225,21 +223,15 @@ class OrderClient:
     async def get_queue_statistics(
         self, worker_urls: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        """Seed 3.2 ``get_queue_statistics``, summed over workers (their ``/queue`` pages;
-        default: the worker web port of the settings on localhost)."""
+        """Depth and oldest age per priority and rates of the priority queues, summed over
+        workers (their ``/queue`` pages; default: the worker web port of the settings on
+        localhost)."""
         urls = list(worker_urls or [f"http://127.0.0.1:{self.settings.worker.web_port}"])
         return await fetch_queue_statistics(urls)
 
     async def cancel_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Publish a cancel for one of this account's orders; returns the request id."""
-        request = OrderRequest(
-            command=CommandType.CANCEL,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-        )
-        await self.send(request)
-        return request.request_id
+        return await self._command(CommandType.CANCEL, order_id, request_id)
 
     async def amend_order(
         self,
@@ -250,13 +242,21 @@ class OrderClient:
         request_id: str | None = None,
     ) -> str:
         """Publish an amend (new amount and/or price); returns the request id."""
+        return await self._command(
+            CommandType.AMEND, order_id, request_id, amount=amount, price=price
+        )
+
+    async def _command(
+        self, command: CommandType, order_id: str, request_id: str | None, **fields: Any
+    ) -> str:
+        """Publish ``command`` about one of this account's orders (``fields``: the rest of
+        the request); returns the request id."""
         request = OrderRequest(
-            command=CommandType.AMEND,
+            command=command,
             request_id=request_id or new_request_id(),
             account_id=self.account_id,
             order_id=order_id,
-            amount=amount,
-            price=price,
+            **fields,
         )
         await self.send(request)
         return request.request_id
@@ -339,31 +339,18 @@ class OrderClient:
         rows: list[dict[str, Any]] = await get_order_history(self.settings, **filters)
         return rows
 
-    # -- lifecycle (issue 6) ---------------------------------------------------------------
+    # -- lifecycle: retries and the manual review flow ------------------------------------
 
     async def retry_order(self, order_id: str, *, request_id: str | None = None) -> str:
         """Resubmit an order parked in ``needs_review`` (looked up by label first, so it is
         never sent twice); returns the request id."""
-        request = OrderRequest(
-            command=CommandType.RETRY,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-        )
-        await self.send(request)
-        return request.request_id
+        return await self._command(CommandType.RETRY, order_id, request_id)
 
     async def review_cancel(self, order_id: str, *, request_id: str | None = None) -> str:
         """Cancel an order as a reviewer (the cancelled event carries ``manual_review``)."""
-        request = OrderRequest(
-            command=CommandType.CANCEL,
-            request_id=request_id or new_request_id(),
-            account_id=self.account_id,
-            order_id=order_id,
-            metadata={"reason_code": "manual_review"},
+        return await self._command(
+            CommandType.CANCEL, order_id, request_id, metadata={"reason_code": "manual_review"}
         )
-        await self.send(request)
-        return request.request_id
 
     def message(self, request: OrderRequest) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The wire form of a request: its JSON value, and the headers signing those exact
@@ -371,7 +358,7 @@ class OrderClient:
         the account has no key (trusted mode)."""
         return self._signer.message(request)
 
-    # -- notifications (issue 5) -------------------------------------------------------------
+    # -- notifications -----------------------------------------------------------------------
 
     async def manage_notification_settings(
         self,
@@ -381,7 +368,7 @@ class OrderClient:
         rules: list[dict[str, Any]] | None = None,
         **options: Any,
     ) -> Any:
-        """Validate and store an account's notification settings (seed 4.4); the notifier
+        """Validate and store an account's notification settings; the notifier
         applies them at once. ``channels`` are channel configs (dicts) in fallback order, or
         the name ``"console"``; ``options`` are the other fields of
         :class:`~oms.schemas.notify_settings.NotificationSettings` (language, timezone,
@@ -405,7 +392,7 @@ class OrderClient:
     async def configure_notification_rules(
         self, rules: list[dict[str, Any]], account_id: str | None = None
     ) -> Any:
-        """Replace the routing rules of an account, keeping its other settings (seed 3.4)."""
+        """Replace the routing rules of an account, keeping its other settings."""
         from oms.notify.settings_io import build_settings, publish_settings, read_settings
 
         account = account_id or self.account_id
@@ -445,7 +432,7 @@ class OrderClient:
 
         await publish_ack(self.settings, alert_id, by=by)
 
-    # -- positions (issue 4) ---------------------------------------------------------------
+    # -- positions ---------------------------------------------------------------------------
 
     async def get_position_records(
         self,
@@ -455,7 +442,7 @@ class OrderClient:
         end_time: datetime | int | None = None,
         include_history: bool = True,
     ) -> list[dict[str, Any]]:
-        """Position change records from ClickHouse (seed 4.3), oldest first; without
+        """Position change records from ClickHouse, oldest first; without
         history only the latest record per position. Defaults to this client's account."""
         from oms.positions.queries import get_position_records
 
@@ -489,7 +476,7 @@ class OrderClient:
     ) -> dict[str, Any]:
         """Per-day fills, turnover, realized PnL, fees, fill ratio, slippage; exposure and
         unrealized PnL by instrument, USD exposure by currency; counts, and money totals per
-        settlement currency and turnover unit (seed 3.3)."""
+        settlement currency and turnover unit."""
         from oms.positions.queries import calculate_position_statistics
 
         return await calculate_position_statistics(

@@ -64,10 +64,16 @@ class Component:
         return self._state
 
     async def start(self) -> None:
-        """Start (a running component is left as it is)."""
+        """Start (a running component is left as it is). A start that fails half-way
+        releases what it took (as :meth:`stop` would) before the error goes on."""
         if self._state is ComponentState.RUNNING:
             return
-        await self.on_start()
+        try:
+            await self.on_start()
+        except BaseException:
+            self._state = ComponentState.STOPPED
+            await self._cancel_and_release()
+            raise
         self._state = ComponentState.RUNNING
         log.debug("component.started", component=self.name)
 
@@ -76,6 +82,10 @@ class Component:
         if self._state is not ComponentState.RUNNING:
             return
         self._state = ComponentState.STOPPED
+        await self._cancel_and_release()
+        log.debug("component.stopped", component=self.name)
+
+    async def _cancel_and_release(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -83,7 +93,6 @@ class Component:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.on_stop()
-        log.debug("component.stopped", component=self.name)
 
     def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``work`` in the background until it ends or the component stops."""
@@ -96,7 +105,8 @@ class Component:
         """What starting means for this component (default: nothing)."""
 
     async def on_stop(self) -> None:
-        """What stopping releases besides the spawned tasks (default: nothing)."""
+        """What stopping releases besides the spawned tasks (default: nothing); also called
+        after a failed :meth:`on_start`, so it must cope with a start that got half-way."""
 
 
 async def start_all(components: Iterable[Startable]) -> None:

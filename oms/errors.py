@@ -1,4 +1,4 @@
-"""The OMS's error hierarchy (seed section 8.1). Every error carries a machine-readable
+"""The OMS's error hierarchy. Every error carries a machine-readable
 :class:`~oms.schemas.ReasonCode`, which is what reaches the OrderEvent (``reason_code``),
 with the message as its human text.
 

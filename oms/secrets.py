@@ -8,7 +8,7 @@ Never put these in settings or logs. Sources, first match wins:
 
        {"accounts": {"demo": {"client_id": "...", "client_secret": "..."}}}
 
-Request signing keys (issue 9) come from the same two places:
+Request signing keys come from the same two places:
 ``OMS_ACCOUNT_<ID>_SIGNING_KEY_ID`` / ``OMS_ACCOUNT_<ID>_SIGNING_KEY``, or the file's
 ``"signing_keys": {"demo": {"<key id>": "<key>"}}`` (several per account while rotating).
 """
@@ -81,7 +81,7 @@ class SecretStore:
     """Looks up exchange credentials for an account.
 
     ``exchange_accounts`` maps an account to the Deribit sub-account (secrets entry) whose
-    key pair it trades with (issue 9: ``risk.accounts.<A>.permissions.exchange_account``);
+    key pair it trades with (``risk.accounts.<A>.permissions.exchange_account``);
     unmapped accounts use the entry of their own name.
     """
 

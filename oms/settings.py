@@ -131,7 +131,7 @@ class WorkerSettings(BaseModel):
 
 
 class QueueSettings(BaseModel):
-    """Non-immediate orders (seed: queue_config)."""
+    """Non-immediate orders: queue limits and delays."""
 
     priority_levels: list[str] = ["high", "normal", "low"]
     max_queue_size: int = 10_000
@@ -144,7 +144,7 @@ class QueueSettings(BaseModel):
 
 
 class LifecycleSettings(BaseModel):
-    """Order lifecycle (seed: order_lifecycle). Policies can be overridden per order in its
+    """Order lifecycle. Policies can be overridden per order in its
     ``metadata`` (same key names)."""
 
     # An open order without news this long is re-checked with private/get_order_state.
@@ -180,7 +180,7 @@ class LifecycleSettings(BaseModel):
 
 
 class RiskSettings(BaseModel):
-    """Request authentication, account permissions, risk limits (issue 9)."""
+    """Request authentication, account permissions, risk limits."""
 
     # "signed": every request must carry a valid HMAC signature of its account's signing key;
     # "trusted": the request topic is protected by Kafka ACLs, signatures are not checked.
@@ -213,7 +213,7 @@ class RiskSettings(BaseModel):
 
 
 class NotifySettings(BaseModel):
-    """The notifier process (issue 5): consumption, delivery, emergencies."""
+    """The notifier process: consumption, delivery, emergencies."""
 
     web_port: int = 6068
     # Interface of /health, /stats, /metrics: 0.0.0.0 in containers (Prometheus scrapes it).
@@ -237,7 +237,7 @@ class NotifySettings(BaseModel):
 
 
 class PositionSettings(BaseModel):
-    """Position keeper, its records and reconciliation (seed: position_recording)."""
+    """Position keeper, its records and reconciliation."""
 
     # Faust app id of the keeper; default "<worker.app_id>-positions".
     app_id: str | None = None
@@ -250,12 +250,12 @@ class PositionSettings(BaseModel):
     # Reports taken from execution-reports per step of the repartitioning agent.
     take_max: int = Field(2_000, ge=1)
     take_within_s: float = Field(0.05, gt=0)
-    # Reconciliation against private/get_positions, also on start and after reconnects.
+    # Reconciliation against the exchange's positions, also on start and after reconnects.
     monitoring_interval_s: float = Field(60.0, gt=0)
     reconcile: bool = True
-    # ClickHouse TTL of execution records in position_changes (seed: retention_period).
+    # ClickHouse TTL of execution records in position_changes.
     retention_days: int = Field(90, ge=1)
-    # Corrections and adjustments (the audit trail, seed: audit_trail) are kept this long.
+    # Corrections and adjustments (the audit trail) are kept this long.
     audit_trail: bool = True
     audit_retention_days: int = Field(2_555, ge=1)
     # Relative tolerance when comparing recorded and exchange figures.

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,18 @@ class OmsServices:
     def _env(self, **overrides: str) -> dict[str, str]:
         return {**settings_env(self.settings), **self.extra_env, **overrides}
 
-    def add(self, name: str, args: list[str], **env: str) -> ServiceProcess:
-        service = ServiceProcess(name, args, self._env(**env), self.log_dir / f"{name}.log")
+    def add(
+        self, name: str, args: list[str], *, command_prefix: Sequence[str] = (), **env: str
+    ) -> ServiceProcess:
+        """A service running ``oms <args>`` (through ``command_prefix``, if any) with the
+        stack's environment plus ``env``; started by :meth:`start_all` or by hand."""
+        service = ServiceProcess(
+            name,
+            args,
+            self._env(**env),
+            self.log_dir / f"{name}.log",
+            command_prefix=list(command_prefix),
+        )
         self.processes[name] = service
         return service
 

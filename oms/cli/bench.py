@@ -9,16 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from oms.cli.dev import require_dev_install
+from oms.cli.dev import dev_commands
 
-bench_app = typer.Typer(help="Benchmarks (each starts what it needs).", no_args_is_help=True)
+bench_app = dev_commands("oms bench", "Benchmarks (each starts what it needs).")
 console = Console(stderr=True)
 
-
-@bench_app.callback()
-def _needs_dev_install() -> None:
-    # Every benchmark runs code of the development package (imported by each command).
-    require_dev_install("oms bench")
+# Options several benchmarks take.
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+PartitionsOption = Annotated[int, typer.Option()]
+BrokerOption = Annotated[
+    str | None, typer.Option(help="use this running Kafka instead of starting one")
+]
 
 
 @bench_app.command("e2e")
@@ -28,8 +29,8 @@ def e2e(
         float | None, typer.Option(help="orders/s (default: as fast as possible)")
     ] = None,
     accounts: Annotated[int | None, typer.Option(help="paper accounts to spread over")] = None,
-    partitions: Annotated[int, typer.Option()] = 8,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    partitions: PartitionsOption = 8,
+    json: JsonOption = False,
     secure: Annotated[
         bool,
         typer.Option(
@@ -50,7 +51,7 @@ def e2e(
     ] = None,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
-    from oms_dev.benchmarks.e2e import E2EConfig, dumps, run_e2e, run_e2e_scaling
+    from oms_dev.benchmarks.e2e import E2EConfig, run_e2e, run_e2e_scaling
 
     counts = sorted(set(workers or [1]))
     if any(n < 1 for n in counts):
@@ -61,13 +62,11 @@ def e2e(
         config = E2EConfig(
             orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure
         )
-        with console.status("bench e2e") as status:
-            scaling = asyncio.run(
-                run_e2e_scaling(
-                    config, counts, on_status=lambda s: status.update(f"bench e2e: {s}")
-                )
-            )
-        _print(scaling, "oms bench e2e --workers", json)
+
+        async def scaling(config: E2EConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
+            return await run_e2e_scaling(config, counts, on_status=on_status)
+
+        _print(_run("e2e", scaling, config), "oms bench e2e --workers", json)
         return
 
     def run(secure_mode: bool) -> dict[str, object]:
@@ -92,17 +91,7 @@ def e2e(
         }
     else:
         result = run(secure)
-    if json:
-        print(dumps(result))
-        return
-    from rich.table import Table
-
-    table = Table(title="oms bench e2e")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    _print(result, "oms bench e2e", json)
 
 
 @bench_app.command("conditions")
@@ -117,9 +106,9 @@ def conditions(
         float | None, typer.Option(help="ticks/s published (default 10000; 0: as fast as possible)")
     ] = 10_000.0,
     probes: Annotated[int, typer.Option(help="ticks that trigger a probe order")] = 200,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    json: JsonOption = False,
 ) -> None:
-    """The trigger engine against the seed's linear scan, and ticks through Kafka + a worker."""
+    """The trigger engine against a linear scan of every order; ticks through Kafka + a worker."""
     from oms_dev.benchmarks.conditions import ConditionsConfig, run_conditions
 
     config = ConditionsConfig(
@@ -168,14 +157,12 @@ def chaos(
     rate_limit_fraction: Annotated[float, typer.Option(help="order requests refused 10028")] = 0.1,
     delay_fraction: Annotated[float, typer.Option(help="replies held back --delay-s")] = 0.01,
     delay_s: Annotated[float, typer.Option(help="how long a delayed reply waits, s")] = 5.0,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="use this running Kafka instead of starting one")
-    ] = None,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    bootstrap: BrokerOption = None,
+    json: JsonOption = False,
 ) -> None:
-    """Chaos scenario 3 alone (``oms chaos run --scenario exchange-faults`` with options):
-    orders under dropped connections, rate limits and late replies; one terminal state
-    each, no label twice at the exchange. Exits 1 if any check fails."""
+    """The ``exchange-faults`` chaos scenario alone (``oms chaos run --scenario exchange-faults``
+    with options): orders under dropped connections, rate limits and late replies; one terminal
+    state each, no label twice at the exchange. Exits 1 if any check fails."""
     from oms_dev.chaos.flow import FlowConfig
     from oms_dev.chaos.scenarios.exchange_faults import ExchangeFaults, run_exchange_faults
 
@@ -199,11 +186,11 @@ def chaos(
 def notify(
     events: Annotated[int, typer.Option(help="order events to push through")] = 50_000,
     accounts: Annotated[int, typer.Option(help="accounts the events belong to")] = 100,
-    partitions: Annotated[int, typer.Option()] = 8,
+    partitions: PartitionsOption = 8,
     bootstrap: Annotated[
         str | None, typer.Option(help="use this broker (default: start one on free ports)")
     ] = None,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Order events through the notifier (Kafka, rules, grouping) to the console channel,
     against a raw Kafka consume of the same events."""
@@ -223,8 +210,8 @@ def notify(
 def positions(
     fills: Annotated[int, typer.Option(help="fills to push through the keeper")] = 200_000,
     accounts: Annotated[int, typer.Option(help="accounts (x2 instruments = positions)")] = 20,
-    partitions: Annotated[int, typer.Option()] = 8,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    partitions: PartitionsOption = 8,
+    json: JsonOption = False,
 ) -> None:
     """Fills through Kafka and the position keeper; sink vs direct ClickHouse inserts."""
     from oms_dev.benchmarks.positions import PositionBenchConfig, run_positions_bench
@@ -239,7 +226,7 @@ def queries(
     events: Annotated[int, typer.Option(help="order events in the history")] = 10_000_000,
     position_changes: Annotated[int, typer.Option(help="position changes")] = 1_000_000,
     repeat: Annotated[int, typer.Option(help="timed runs per query")] = 10,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    json: JsonOption = False,
 ) -> None:
     """The README's analyst queries over a generated history in embedded ClickHouse:
     p50/p99 per query."""
@@ -340,10 +327,8 @@ def hostile(
     messages: Annotated[int, typer.Option(help="hostile messages (hypothesis)")] = 10_000,
     valid: Annotated[int, typer.Option(help="valid orders mixed in")] = 500,
     seed: Annotated[int, typer.Option(help="hypothesis seed")] = 8,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="use this running Kafka instead of starting one")
-    ] = None,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    bootstrap: BrokerOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Hostile messages (malformed, huge, mistyped, unicode, injections) mixed with valid
     orders into a real worker: no crash, each dead-lettered or refused with a reason, valid
@@ -359,10 +344,8 @@ def hostile(
 @bench_app.command("memory")
 def memory(
     orders: Annotated[int, typer.Option(help="conditional, then as many open orders")] = 10_000,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="use this running Kafka instead of starting one")
-    ] = None,
-    json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    bootstrap: BrokerOption = None,
+    json: JsonOption = False,
 ) -> None:
     """The worker's RSS per 10,000 resting conditional orders and per 10,000 open orders."""
     from oms_dev.benchmarks.memory import MemoryBenchConfig, run_memory_bench

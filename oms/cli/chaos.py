@@ -11,16 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from oms.cli.dev import require_dev_install
+from oms.cli.dev import dev_commands
 
-chaos_app = typer.Typer(help="Chaos scenarios (each starts what it needs).", no_args_is_help=True)
+chaos_app = dev_commands("oms chaos", "Chaos scenarios (each starts what it needs).")
 console = Console(stderr=True)
-
-
-@chaos_app.callback()
-def _needs_dev_install() -> None:
-    # The scenarios are code of the development package (imported by the command).
-    require_dev_install("oms chaos")
 
 
 @chaos_app.command("run")

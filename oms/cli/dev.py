@@ -20,3 +20,16 @@ def require_dev_install(command: str) -> None:
     except ImportError:
         typer.echo(f"{command} needs the development install: make install", err=True)
         raise typer.Exit(1) from None
+
+
+def dev_commands(command: str, help: str) -> typer.Typer:
+    """A command group (``command``: how it is typed, e.g. ``oms bench``) whose commands run
+    code of the development package: each checks for it first
+    (:func:`require_dev_install`)."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+
+    @group.callback()
+    def _needs_dev_install() -> None:
+        require_dev_install(command)
+
+    return group

@@ -113,13 +113,14 @@ def log_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """Latest delivery attempts (from ``oms.notifications``)."""
-    from oms.notify.settings_io import read_topic
+    from oms.kafka.reading import read_topic
     from oms.schemas import NotificationRecord, Topic
     from oms.schemas.decode import Undecodable, decode
 
     settings = get_settings()
     rows: list[NotificationRecord] = []
-    for _, value in asyncio.run(read_topic(settings, settings.topic(Topic.NOTIFICATIONS))):
+    topic = settings.topic(Topic.NOTIFICATIONS)
+    for _, value in asyncio.run(read_topic(settings.kafka.bootstrap, topic)):
         record = decode(NotificationRecord, value)
         if isinstance(record, Undecodable):
             continue  # the sink dead-letters it; a log shows what it can read

@@ -130,7 +130,7 @@ def queue(
         typer.Option(help="worker base URL, repeatable (default: this machine's worker)"),
     ] = None,
 ) -> None:
-    """Queue statistics (seed 3.2): depth and oldest age per priority, rates, waiting orders."""
+    """Queue statistics: depth and oldest age per priority, rates, waiting orders."""
 
     urls = worker or [f"http://127.0.0.1:{get_settings().worker.web_port}"]
     stats = asyncio.run(fetch_queue_statistics(urls))

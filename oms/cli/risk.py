@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from oms.kafka.admin import ensure_topics
+from oms.kafka.reading import read_topic
 from oms.risk.book import RiskBook
-from oms.risk.controls import current_controls, publish_change, read_topic_fully
+from oms.risk.controls import current_controls, publish_change
 from oms.schemas import ReasonCode, Topic, now_ms
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions, TradingState
 from oms.settings import Settings, get_settings
@@ -213,7 +214,8 @@ def show(account: AccountOpt = None) -> None:
 def audit(account: AccountOpt = None) -> None:
     """Who changed what, oldest first."""
     settings = get_settings()
-    for _key, value in asyncio.run(read_topic_fully(settings, settings.topic(Topic.RISK_AUDIT))):
+    topic = settings.topic(Topic.RISK_AUDIT)
+    for _key, value in asyncio.run(read_topic(settings.kafka.bootstrap, topic, timeout_s=60)):
         try:
             record = json.loads(value or b"")
         except ValueError:  # a tombstone, an empty value, not JSON: nothing to show

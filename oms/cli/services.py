@@ -34,12 +34,16 @@ def gateway(
 ) -> None:
     """Run the exchange gateway: market ticks and user order/trade streams into Kafka."""
     from oms.exchange.gateway import ExchangeGateway
+    from oms.exchange.venues import create_feed
+    from oms.secrets import SecretStore
 
     settings = get_settings()
     configure_logging(loglevel, settings.log_json)
 
     async def run() -> None:
-        service = ExchangeGateway(settings)
+        secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
+        accounts = secrets.trading_accounts(settings.accounts)
+        service = ExchangeGateway(settings, create_feed(settings, secrets), accounts)
         await run_until_signalled(service.start, service.stop)
 
     asyncio.run(run())

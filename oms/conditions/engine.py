@@ -1,8 +1,8 @@
 """The trigger engine: which waiting orders does this tick (or this moment) release?
 
-The seed evaluated every conditional order on every tick: cost per tick grew with the number of
-resting orders. Here every condition is a *watch* sitting in exactly one sorted structure, keyed
-by the value that would change its truth:
+Evaluating every conditional order on every tick (:mod:`oms.conditions.naive`) costs time per tick
+in proportion to the number of resting orders. Here every condition is a *watch* sitting in exactly
+one sorted structure, keyed by the value that would change its truth:
 
 * per (instrument, field), a ``rise`` heap (fires when the value goes up through a threshold)
   and a ``fall`` heap (fires when it goes down through one), ordered by threshold;

@@ -1,7 +1,7 @@
-"""The seed's way, kept as the benchmark baseline: every waiting order, every tick.
+"""The straightforward way, kept as the benchmark baseline: every waiting order, every tick.
 
 ``NaiveEvaluator`` re-evaluates each order's conditions against the latest values on every
-tick, as the seed's ``_check_conditional_orders`` loop did. It gives the same answers as
+tick, one loop over all of them. It gives the same answers as
 :class:`~oms.conditions.engine.TriggerEngine` for level conditions (crosses compare against the
 previous value of the field) at a cost per tick proportional to the number of orders.
 """

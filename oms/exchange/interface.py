@@ -1,4 +1,4 @@
-"""What a worker needs from an exchange (seed 13.1: multi-exchange readiness).
+"""What a worker needs from an exchange, whichever exchange it is.
 
 The worker builds its venue with :func:`create_exchange`, chosen by the settings
 (``exchange.venue``), and nothing else in the worker names an exchange: the executor
@@ -6,8 +6,13 @@ The worker builds its venue with :func:`create_exchange`, chosen by the settings
 reconciliation (:mod:`oms.lifecycle.reconcile`) only talk to an :class:`Exchange`. Every
 answer comes back as our :class:`~oms.schemas.ExecutionReport`, every failure as one of the
 typed errors of :mod:`oms.exchange.errors` (``retryable``, ``outcome_unknown``). Deribit and
-the paper exchange are the implementations (:mod:`oms.exchange.deribit.venue`); adding an
-exchange means one more class and one line in :data:`VENUES`, never a change to the streams.
+the paper exchange are the implementations (:mod:`oms.exchange.deribit.venue`).
+
+The other processes that talk to the venue see it through the rest of a :class:`Venue`: the
+gateway follows its live streams through a :class:`VenueFeed`, the position keeper and the
+notifier's margin monitor read accounts through :class:`VenueAccounts`, and the keeper loads
+the instruments through the venue's catalog. Adding an exchange means one :class:`Venue` and
+one line in :data:`oms.exchange.venues.VENUES`, never a change to the services.
 
 Contract every implementation keeps:
 
@@ -29,12 +34,15 @@ Contract every implementation keeps:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from oms.component import ComponentState
 from oms.exchange.instruments import InstrumentCatalog
-from oms.schemas import ExecutionReport, Fill, OrderRecord
+from oms.schemas import ExecutionReport, Fill, MarketTick, OrderRecord
+from oms.secrets import SecretStore
+from oms.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +134,95 @@ class Exchange(Protocol):
     def reconciled(self, reconnect: Reconnect) -> None:
         """The account's orders were looked up after ``reconnect``: release its commands."""
         ...
+
+
+# -- what the other processes need: live streams, account views, instruments ----------------
+
+OnTick = Callable[[MarketTick], Awaitable[None]]
+OnReports = Callable[[list[ExecutionReport]], Awaitable[None]]
+OnReconnect = Callable[[], Awaitable[None]]
+
+
+class VenueFeed(Protocol):
+    """The venue's live streams, as our schemas (what the gateway publishes)."""
+
+    async def follow_market(self, instruments: Sequence[str], on_tick: OnTick) -> None:
+        """Follow the instruments' tickers (waiting for the venue to come up); each tick goes
+        to ``on_tick``."""
+        ...
+
+    async def follow_account(self, account_id: str, on_reports: OnReports) -> bool:
+        """Follow the account's orders and trades; every change goes to ``on_reports`` as
+        reports of labelled orders (source ``subscription``), and after every reconnect the
+        account's open labelled orders are reported again (source ``reconcile``): what
+        changed during the gap. False when the account has no credentials."""
+        ...
+
+    async def close(self) -> None:
+        """Stop following everything."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class VenuePosition:
+    """One position as the venue reports it (its sizes and prices, in its units)."""
+
+    instrument_name: str
+    size: float
+    average_price: float
+    mark_price: float | None = None
+    floating_pnl: float | None = None
+    realized_pnl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarginSummary:
+    """An account's margin in one currency."""
+
+    currency: str
+    maintenance_margin: float
+    margin_balance: float
+
+    @property
+    def ratio(self) -> float:
+        """Maintenance margin over margin balance (inf when the balance is gone)."""
+        if self.margin_balance <= 0:
+            return float("inf") if self.maintenance_margin > 0 else 0.0
+        return self.maintenance_margin / self.margin_balance
+
+
+class AccountSession(Protocol):
+    """A read-only session to one account at the venue; it connects on first use."""
+
+    async def positions(self) -> list[VenuePosition]:
+        """Every position of the account, in every currency."""
+        ...
+
+    async def margin(self, currency: str) -> MarginSummary:
+        """The account's margin in ``currency``."""
+        ...
+
+    async def close(self) -> None:
+        """Close the session."""
+        ...
+
+
+class VenueAccounts(Protocol):
+    """Opens read-only sessions to accounts at the venue."""
+
+    def open(
+        self, account_id: str, *, name: str, on_reconnect: OnReconnect | None = None
+    ) -> AccountSession | None:
+        """A session to the account (None when it has no credentials); ``name`` names it in
+        logs, ``on_reconnect`` runs each time it comes back after a drop."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """Everything the OMS builds to work with one venue, from the settings and credentials."""
+
+    exchange: Callable[[Settings, SecretStore], Exchange]
+    accounts: Callable[[Settings, SecretStore], VenueAccounts]
+    feed: Callable[[Settings, SecretStore], VenueFeed]
+    instruments: Callable[[Settings], InstrumentCatalog]

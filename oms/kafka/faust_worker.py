@@ -4,26 +4,80 @@ Both Faust processes of the OMS, the order worker (``oms.streams.worker``) and t
 keeper (``oms.positions.keeper``), build their app with :func:`new_faust_app` and run it with
 :func:`run_faust_worker`, which applies the Faust patches, checks the app against them and
 creates every topic before Faust starts.
+
+A process that holds some of its output back in a buffer of its own (the position keeper's
+batched records) gives :func:`new_faust_app` a ``before_producer_flush``: Faust flushes its
+producer before it commits input offsets, and the app's producer sends that buffer first in
+the same flush (:class:`FlushFirstProducer`), so no input offset is committed while output
+made from it is still only in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
+from faust.types import ProducerT
 
 from oms.kafka.admin import TopicSpec, compacted_topic_names, ensure_topics, topic_specs
 from oms.kafka.faust_patches import apply_faust_patches, check_app
 from oms.logs import configure_logging
 from oms.settings import Settings
 
+Flush = Callable[[], Awaitable[None]]
 
-def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: Any) -> faust.App:
+
+class FlushFirstProducer(AIOKafkaProducer):
+    """Faust's aiokafka producer that runs ``before_flush`` each time it is flushed, before
+    flushing what it was already given."""
+
+    def __init__(self, transport: Any, *, before_flush: Flush, **kwargs: Any) -> None:
+        self._before_flush = before_flush
+        super().__init__(transport, **kwargs)
+
+    async def flush(self) -> None:
+        """Run ``before_flush``, then wait until everything sent so far is on the broker."""
+        await self._before_flush()
+        await self.flush_sent()
+
+    async def flush_sent(self) -> None:
+        """Wait until everything sent so far is on the broker, without ``before_flush``."""
+        await super().flush()
+
+
+class _FlushFirstApp(faust.App):
+    """A Faust app whose producer is a :class:`FlushFirstProducer`."""
+
+    def __init__(self, app_id: str, *, before_producer_flush: Flush, **options: Any) -> None:
+        self._before_producer_flush = before_producer_flush
+        super().__init__(app_id, **options)
+
+    def _new_producer(self) -> ProducerT:
+        # Faust's factory of the app's producer (created on first use, on the worker's loop).
+        return FlushFirstProducer(
+            self.transport,
+            loop=self.loop,
+            beacon=self.beacon,
+            before_flush=self._before_producer_flush,
+        )
+
+
+def new_faust_app(
+    settings: Settings,
+    app_id: str,
+    web_port: int,
+    *,
+    before_producer_flush: Flush | None = None,
+    **overrides: Any,
+) -> faust.App:
     """A Faust app with the project's conventions (raw keys/values, our JSON codecs in
-    tables, acks=all, memory store recovered from changelogs); ``overrides`` win."""
+    tables, acks=all, memory store recovered from changelogs); ``overrides`` win.
+    ``before_producer_flush``: what the app's producer runs first whenever it is flushed
+    (its producer is then a :class:`FlushFirstProducer`)."""
     worker = settings.worker
     datadir = settings.data_dir / "faust" / app_id
     # Faust creates only the last level of its data dir.
@@ -51,6 +105,8 @@ def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: A
         autodiscover=False,
     )
     options.update(overrides)
+    if before_producer_flush is not None:
+        return _FlushFirstApp(app_id, before_producer_flush=before_producer_flush, **options)
     return faust.App(app_id, **options)
 
 

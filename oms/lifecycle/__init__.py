@@ -1,2 +1,2 @@
-"""Order lifecycle (issue 6): per-order policies, monitoring, auto-cancel, partial fills,
+"""Order lifecycle: per-order policies, monitoring, auto-cancel, partial fills,
 error strategies and the manual review flow."""

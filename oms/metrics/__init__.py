@@ -1,4 +1,4 @@
-"""Order metrics (seed section 9): collected in the worker, exported for Prometheus."""
+"""Order metrics: collected in the worker, exported for Prometheus."""
 
 from oms.metrics.collector import STAGES, OrderMetricsCollector
 

@@ -1,4 +1,4 @@
-"""OrderMetricsCollector: the seed's order metrics, done correctly, plus per-stage latency.
+"""OrderMetricsCollector: order counts, success rate and latencies, plus per-stage latency.
 
 Fed by the worker with every order event it emits and every exchange command its executor
 completes. Exported at ``/metrics`` (Prometheus text format, prometheus-client) and as a
@@ -12,12 +12,12 @@ Stages of an order (seconds between two milestones of the same order):
 * ``sent``: one exchange RPC (submit, cancel, amend), request to reply;
 * ``acknowledged``: sent -> first exchange answer (open, filled, rejected, ...);
 * ``filled``: acknowledged -> fully filled;
-* ``end_to_end``: request created -> first exchange answer (the seed's processing time).
+* ``end_to_end``: request created -> first exchange answer (the processing time).
 
 Success rate is ``succeeded / (succeeded + failed)`` over orders that reached an outcome,
-each order counted once. (The seed's ``_update_average`` divided a running sum by the count
-of processed orders only, which is wrong as soon as failures interleave; here every
-average is a sum over exactly the observations it counts.)
+each order counted once. Every average is a sum over exactly the observations it counts (a
+running sum divided by the count of processed orders only is wrong as soon as failures
+interleave).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class OrderMetricsCollector:
         self.queue_length.set(value)
 
     def set_queue_statistics(self, stats: dict[str, Any], inflight: int) -> None:
-        """The priority queues' statistics (``get_queue_statistics``) as gauges; the seed's
+        """The priority queues' statistics (``get_queue_statistics``) as gauges; the
         queue length is everything held or in flight."""
         for priority, depth in stats["depth"].items():
             self.queue_depth.labels(priority).set(depth)

@@ -9,7 +9,6 @@ aggregator like any notice. When the broker stops answering, :class:`KafkaWatchd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from oms.component import Component
 from oms.notify.aggregator import emergency_pending
 from oms.notify.model import Notice, Pending
 from oms.schemas import now_ms
@@ -58,7 +58,7 @@ def system_alerts(
     return out
 
 
-class KafkaWatchdog:
+class KafkaWatchdog(Component):
     """Probes the broker every few seconds; once it has not answered for ``down_alert_s``,
     alerts every subscribed account directly, once per outage."""
 
@@ -71,25 +71,16 @@ class KafkaWatchdog:
         down_alert_s: float,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        super().__init__("notify-kafka")
         self.probe = probe
         self._accounts = accounts
         self._deliver = deliver
         self._limit = down_alert_s
         self._clock = clock
         self.counters: Counter[str] = Counter()
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Start watching in the background."""
-        self._task = asyncio.create_task(self._watch(), name="notify-kafka")
-
-    async def stop(self) -> None:
-        """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def on_start(self) -> None:
+        self.spawn(self._watch(), "watch")
 
     async def _watch(self) -> None:
         down_since: float | None = None

@@ -25,6 +25,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from oms.backoff import Backoff
+from oms.component import Component
 from oms.notify.channels import ChannelFactory, DeliveryError, Message
 from oms.notify.intake import CommitGate
 from oms.notify.model import Pending
@@ -228,7 +229,7 @@ class Deliverer:
         }
 
 
-class DeliveryLoop:
+class DeliveryLoop(Component):
     """Every ``interval_s``, or sooner when kicked: takes the notifications due, makes their
     sealing durable, and delivers them in the background, at most ``max_concurrent`` at once.
 
@@ -248,6 +249,7 @@ class DeliveryLoop:
         max_concurrent: int,
         stop_grace_s: float = 5.0,
     ) -> None:
+        super().__init__("notify-tick")
         self._gate = gate
         self._take_due = take_due
         self._flush = flush
@@ -258,25 +260,18 @@ class DeliveryLoop:
         self._stop_grace_s = stop_grace_s
         self._sem = asyncio.Semaphore(max_concurrent)
         self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
     def kick(self) -> None:
         """Tick now rather than at the next interval (new input, a send finished)."""
         self._kick.set()
 
-    async def start(self) -> None:
-        """Start ticking in the background."""
-        self._task = asyncio.create_task(self._run(), name="notify-tick")
+    async def on_start(self) -> None:
+        self.spawn(self._run(), "tick")
 
-    async def stop(self) -> None:
-        """Stop ticking; let sends under way finish (and record their markers) for up to
-        ``stop_grace_s`` rather than cut them, then cancel the rest."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+    async def on_stop(self) -> None:
+        # Ticking has stopped: let sends under way finish (and record their markers) for up
+        # to ``stop_grace_s`` rather than cut them, then cancel the rest.
         if self._sends:
             _, unfinished = await asyncio.wait(set(self._sends), timeout=self._stop_grace_s)
             for task in unfinished:

@@ -23,10 +23,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from oms.component import Component
+from oms.kafka.reading import topic_partitions
 from oms.notify.model import Notice
 from oms.notify.rules import notice_from_event, notice_from_position
 from oms.schemas import DeadLetter, OrderEvent, PositionRecord, ReasonCode
-from oms.schemas.decode import Undecodable, decode
+from oms.schemas.decode import R, Undecodable, decode
 from oms.schemas.notify_settings import NotificationAck, NotificationSettings
 
 log = structlog.get_logger(__name__)
@@ -78,7 +80,20 @@ class CommitGate:
         self.committed = True
 
 
-class EventIntake:
+class _Following(Component):
+    """A part that follows topics with its own consumer (:attr:`_consumer`, made by its
+    :meth:`on_start`) and closes it when it stops."""
+
+    _consumer: AIOKafkaConsumer | None = None
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+
+
+class EventIntake(_Following):
     """Order events and position records -> notices for the aggregator."""
 
     def __init__(
@@ -96,6 +111,7 @@ class EventIntake:
         dead_letters: DeadLetters,
         on_committed: Callable[[], None],
     ) -> None:
+        super().__init__("notify-consume")
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._events_topic = events_topic
@@ -108,11 +124,10 @@ class EventIntake:
         self._dead = dead_letters
         self._on_committed = on_committed
         self.counters: Counter[str] = Counter()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Join the group and consume in the background."""
+    async def on_start(self) -> None:
+        # Join the group and consume in the background. Stopping leaves the group: what is
+        # not committed is replayed later.
         self._consumer = AIOKafkaConsumer(
             self._events_topic,
             self._positions_topic,
@@ -124,19 +139,7 @@ class EventIntake:
             fetch_max_bytes=16 * 1024 * 1024,
         )
         await self._consumer.start()
-        self._task = asyncio.create_task(self._consume(self._consumer), name="notify-consume")
-
-    async def stop(self) -> None:
-        """Stop consuming and leave the group (what is uncommitted is replayed later)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-            self._consumer = None
+        self.spawn(self._consume(self._consumer), "consume")
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -203,7 +206,7 @@ class EventIntake:
             self._admit(notice, (f"{msg.topic}:{msg.partition}", msg.offset))
 
 
-class ControlIntake:
+class ControlIntake(_Following):
     """Account settings and alert acknowledgements, from their compacted topics."""
 
     def __init__(
@@ -218,6 +221,7 @@ class ControlIntake:
         forget_ack: Callable[[str], None],
         dead_letters: DeadLetters,
     ) -> None:
+        super().__init__("notify-control")
         self._bootstrap = bootstrap
         self._settings_topic = settings_topic
         self._acks_topic = acks_topic
@@ -227,11 +231,9 @@ class ControlIntake:
         self._forget_ack = forget_ack
         self._dead = dead_letters
         self.counters: Counter[str] = Counter()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Read both topics to their end, then follow them in the background."""
+    async def on_start(self) -> None:
+        # Read both topics to their end, then follow them in the background.
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None
         )
@@ -239,14 +241,7 @@ class ControlIntake:
         await consumer.start()
         tps: list[TopicPartition] = []
         for name in (self._settings_topic, self._acks_topic):
-            parts = consumer.partitions_for_topic(name)
-            for _ in range(50):
-                if parts:
-                    break
-                await consumer._client.force_metadata_update()
-                await asyncio.sleep(0.1)
-                parts = consumer.partitions_for_topic(name)
-            tps.extend(TopicPartition(name, p) for p in sorted(parts or ()))
+            tps.extend(await topic_partitions(consumer, name, wait_s=5.0, poll_s=0.1))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -257,19 +252,7 @@ class ControlIntake:
                 for msg in msgs:
                     self._apply(msg)
         await self._dead.flush()
-        self._task = asyncio.create_task(self._follow(consumer), name="notify-control")
-
-    async def stop(self) -> None:
-        """Stop following the topics."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-            self._consumer = None
+        self.spawn(self._follow(consumer), "follow")
 
     @staticmethod
     async def _at(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
@@ -301,21 +284,19 @@ class ControlIntake:
             self._apply_ack_record(msg)
 
     def _apply_settings_record(self, msg: Any) -> None:
-        key = msg.key.decode(errors="replace") if msg.key else ""
-        if msg.value is None and key:
-            # A deletion (the topic is compacted, keyed by account): the account is back
-            # to the default settings, as it will be after compaction and a restart.
-            self._remove_settings(key)
-            self.counters["settings_deleted"] += 1
+        # A deletion (keyed by account): the account is back to the default settings. An
+        # unreadable record leaves the previous settings in force.
+        read = self._read_compacted(
+            msg,
+            NotificationSettings,
+            forget=self._remove_settings,
+            forgotten="settings_deleted",
+            invalid="settings_invalid",
+            schema_reason=ReasonCode.INVALID_SETTINGS,
+        )
+        if read is None:
             return
-        new = decode(NotificationSettings, msg.value)
-        if isinstance(new, Undecodable):
-            # The previous settings stay in force; the bad record is kept as evidence.
-            self.counters["settings_invalid"] += 1
-            if new.reason_code is ReasonCode.SCHEMA_INVALID:
-                new = Undecodable(ReasonCode.INVALID_SETTINGS, new.error)
-            self._dead.add(msg, new)
-            return
+        key, new = read
         if key and new.account_id != key:
             self.counters["settings_invalid"] += 1
             self._dead.add(
@@ -327,18 +308,45 @@ class ControlIntake:
         log.info("notify.settings_applied", account_id=new.account_id)
 
     def _apply_ack_record(self, msg: Any) -> None:
-        key = msg.key.decode(errors="replace") if msg.key else ""
-        if msg.value is None and key:
-            # Pruning (compacted, keyed by alert id): the acknowledgement is forgotten, as
-            # it will be after compaction and a restart.
-            self._forget_ack(key)
-            self.counters["acks_pruned"] += 1
+        # A deletion (keyed by alert id) prunes the acknowledgement.
+        read = self._read_compacted(
+            msg,
+            NotificationAck,
+            forget=self._forget_ack,
+            forgotten="acks_pruned",
+            invalid="acks_invalid",
+        )
+        if read is None:
             return
-        ack = decode(NotificationAck, msg.value)
-        if isinstance(ack, Undecodable):
-            self.counters["acks_invalid"] += 1
-            self._dead.add(msg, ack)
-            return
+        ack = read[1]
         self.counters["acks_applied"] += 1
         if self._acknowledge(ack.alert_id, ack.acked_at):
             log.info("notify.alert_acked", alert_id=ack.alert_id, by=ack.by)
+
+    def _read_compacted(
+        self,
+        msg: Any,
+        model: type[R],
+        *,
+        forget: Callable[[str], None],
+        forgotten: str,
+        invalid: str,
+        schema_reason: ReasonCode = ReasonCode.SCHEMA_INVALID,
+    ) -> tuple[str, R] | None:
+        """The key and record of a message on a compacted topic, or None when there is
+        nothing to apply: a tombstone has its key forgotten (as compaction and a restart
+        would), an unreadable value is dead-lettered (``schema_reason`` for one of the wrong
+        shape) and kept as evidence. ``forgotten`` and ``invalid`` name their counters."""
+        key = msg.key.decode(errors="replace") if msg.key else ""
+        if msg.value is None and key:
+            forget(key)
+            self.counters[forgotten] += 1
+            return None
+        record = decode(model, msg.value)
+        if isinstance(record, Undecodable):
+            self.counters[invalid] += 1
+            if record.reason_code is ReasonCode.SCHEMA_INVALID:
+                record = Undecodable(schema_reason, record.error)
+            self._dead.add(msg, record)
+            return None
+        return key, record

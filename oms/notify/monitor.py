@@ -1,11 +1,12 @@
-"""Account monitor: margin calls from ``private/get_account_summary`` and the exchange
+"""Account monitor: margin calls from the exchange's account summaries and the exchange
 connection, published as account/system events on ``oms.order-events``.
 
 For every account whose settings set ``margin_call_ratio`` and which has exchange
-credentials, the monitor polls the account summary of each configured currency. The ratio is
-``maintenance_margin / margin_balance`` (Deribit's maintenance-margin ratio; a non-positive
-margin balance counts as infinite). Crossing the ratio publishes one ``margin_call`` event;
-the alert re-arms when the ratio falls back below it. An exchange that cannot be reached for
+credentials, the monitor polls the account's margin in each configured currency. The ratio
+is ``maintenance_margin / margin_balance``
+(:attr:`~oms.exchange.interface.MarginSummary.ratio`; a non-positive margin balance counts
+as infinite). Crossing the ratio publishes one ``margin_call`` event; the alert re-arms when
+the ratio falls back below it. An exchange that cannot be reached for
 ``exchange_down_alert_s`` publishes one ``system_error`` event per account.
 
 Publishing events (rather than notifying directly) keeps one path: the events are in
@@ -23,10 +24,10 @@ from typing import Any
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.component import Component
+from oms.exchange.interface import AccountSession, VenueAccounts
 from oms.schemas import OrderEvent, OrderEventType, now_ms
 from oms.schemas.notify_settings import NotificationSettings
-from oms.secrets import SecretStore
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -35,34 +36,28 @@ Accounts = Callable[[], Iterable[tuple[str, NotificationSettings]]]
 Publish = Callable[[OrderEvent], Awaitable[None]]
 
 
-def margin_ratio(summary: dict[str, Any]) -> float:
-    """Maintenance margin over margin balance (inf when the balance is gone)."""
-    mm = float(summary.get("maintenance_margin") or 0.0)
-    balance = float(summary.get("margin_balance") or summary.get("equity") or 0.0)
-    if balance <= 0:
-        return float("inf") if mm > 0 else 0.0
-    return mm / balance
+class AccountMonitor(Component):
+    """Polls the margins of accounts that asked for margin alerts.
 
+    ``venue`` opens sessions to the accounts at the exchange; ``accounts`` gives the
+    accounts' current notification settings; ``publish`` puts an event on
+    ``oms.order-events``."""
 
-class AccountMonitor:
-    """Polls account summaries of accounts that asked for margin alerts.
-
-    ``accounts`` gives the accounts' current notification settings; ``publish`` puts an
-    event on ``oms.order-events``."""
-
-    def __init__(self, settings: Settings, accounts: Accounts, publish: Publish) -> None:
+    def __init__(
+        self, settings: Settings, venue: VenueAccounts, accounts: Accounts, publish: Publish
+    ) -> None:
+        super().__init__("notify-monitor")
         self.settings = settings
         self.cfg = settings.notify
+        self._venue = venue
         self._accounts = accounts
         self._publish_event = publish
-        self.secrets = SecretStore(self.settings.resolved_secrets_file)
-        self.clients: dict[str, DeribitClient] = {}
+        self.sessions: dict[str, AccountSession] = {}
         self.in_breach: set[tuple[str, str]] = set()
         self.down_since: dict[str, float] = {}
         self.down_alerted: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.last_ratio: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -71,21 +66,16 @@ class AccountMonitor:
             "in_breach": sorted("|".join(k) for k in self.in_breach),
         }
 
-    async def start(self) -> None:
-        """Poll every ``margin_check_interval_s`` in the background."""
-        self._task = asyncio.create_task(self._run(), name="notify-monitor")
+    async def on_start(self) -> None:
+        # Poll every ``margin_check_interval_s`` in the background.
+        self.spawn(self._run(), "poll")
 
-    async def stop(self) -> None:
-        """Stop polling and close the exchange connections."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for client in self.clients.values():
+    async def on_stop(self) -> None:
+        # Close the exchange sessions.
+        for session in self.sessions.values():
             with contextlib.suppress(Exception):
-                await client.close()
-        self.clients.clear()
+                await session.close()
+        self.sessions.clear()
 
     async def _run(self) -> None:
         while True:
@@ -102,39 +92,32 @@ class AccountMonitor:
                 continue
             await self.check(account_id, settings.margin_call_ratio)
 
-    async def _client(self, account_id: str) -> DeribitClient | None:
-        client = self.clients.get(account_id)
-        if client is not None:
-            return client
-        creds = self.secrets.credentials(account_id)
-        if creds is None:
+    def _session(self, account_id: str) -> AccountSession | None:
+        session = self.sessions.get(account_id)
+        if session is not None:
+            return session
+        session = self._venue.open(account_id, name=f"notify-monitor-{account_id}")
+        if session is None:
             self.counters["no_credentials"] += 1
             return None
-        client = DeribitClient(
-            self.settings.exchange.url,
-            creds,
-            settings=self.settings.exchange,
-            name=f"notify-monitor-{account_id}",
-        )
-        await client.connect()
-        self.clients[account_id] = client
-        return client
+        self.sessions[account_id] = session
+        return session
 
     async def check(self, account_id: str, ratio_limit: float) -> None:
         """Poll one account; publish a margin_call or system_error event if due."""
         try:
-            client = await self._client(account_id)
-            if client is None:
+            session = self._session(account_id)
+            if session is None:
                 return
-            summaries = [await client.get_account_summary(c) for c in self.cfg.margin_currencies]
+            margins = [await session.margin(c) for c in self.cfg.margin_currencies]
         except Exception as exc:
             self.counters["exchange_errors"] += 1
             await self._exchange_down(account_id, type(exc).__name__)
             return
         self.down_since.pop(account_id, None)
         self.down_alerted.discard(account_id)
-        for currency, summary in zip(self.cfg.margin_currencies, summaries, strict=True):
-            ratio = margin_ratio(summary)
+        for currency, margin in zip(self.cfg.margin_currencies, margins, strict=True):
+            ratio = margin.ratio
             self.last_ratio[f"{account_id}|{currency}"] = ratio
             key = (account_id, currency)
             if ratio >= ratio_limit:
@@ -149,8 +132,8 @@ class AccountMonitor:
                     alert_id=f"margin_call:{account_id}:{currency}",
                     message=(
                         f"{currency} maintenance margin {ratio:.1%} of margin balance "
-                        f">= {ratio_limit:.1%} (mm {summary.get('maintenance_margin')}, "
-                        f"margin balance {summary.get('margin_balance')})"
+                        f">= {ratio_limit:.1%} (mm {margin.maintenance_margin}, "
+                        f"margin balance {margin.margin_balance})"
                     ),
                     details={"currency": currency, "ratio": ratio, "limit": ratio_limit},
                 )

@@ -39,6 +39,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from oms.exchange.venues import create_accounts
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.notify.accounts import SettingsBook
 from oms.notify.aggregator import Aggregator
@@ -52,6 +53,7 @@ from oms.notify.secrets import NotifySecrets
 from oms.notify.state import StateStore
 from oms.notify.web import StatusServer
 from oms.schemas import NotificationRecord, OrderEvent, Topic, now_ms
+from oms.secrets import SecretStore
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -187,7 +189,8 @@ class Notifier:
         await self._start("intake", self.intake.start, self.intake.stop)
         await self._start("watchdog", self.watchdog.start, self.watchdog.stop)
         if self.with_monitor:
-            self.monitor = AccountMonitor(s, self.accounts.items, self.publish_event)
+            venue = create_accounts(s, SecretStore(s.resolved_secrets_file))
+            self.monitor = AccountMonitor(s, venue, self.accounts.items, self.publish_event)
             await self._start("monitor", self.monitor.start, self.monitor.stop)
         if self.web_port:
             web = StatusServer(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from oms.kafka.reading import read_topic
 from oms.schemas import OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.schemas.notify_settings import (
     EMERGENCY_TYPES,
@@ -60,7 +61,7 @@ def build_settings(
 ) -> NotificationSettings:
     """Validated settings from loose input; raises :class:`NotificationSettingsError`.
 
-    The seed's ``batch_notifications`` / ``notification_delay`` (seconds) are accepted and
+    The flat options ``batch_notifications`` / ``notification_delay`` (seconds) are accepted and
     become a last rule that groups every ordinary notification per type for that long."""
     batch = options.pop("batch_notifications", None)
     delay = options.pop("notification_delay", None)
@@ -118,42 +119,13 @@ async def publish_ack(settings: Settings, alert_id: str, *, by: str = "cli") -> 
     await _produce(settings, settings.topic(Topic.NOTIFICATION_ACKS), alert_id, ack.to_bytes())
 
 
-async def read_topic(settings: Settings, topic: str) -> list[tuple[str, bytes | None]]:
-    """Every (key, value) of a topic, from the start to its current end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    out: list[tuple[str, bytes | None]] = []
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        remaining = {tp for tp, off in end.items() if off > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-            for msgs in batch.values():
-                out.extend((m.key.decode() if m.key else "", m.value) for m in msgs)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def read_settings(settings: Settings, account_id: str) -> NotificationSettings | None:
     """The latest stored settings of an account."""
+    topic = settings.topic(Topic.NOTIFICATION_SETTINGS)
+    wanted = account_id.encode()
     latest: bytes | None = None
-    for key, value in await read_topic(settings, settings.topic(Topic.NOTIFICATION_SETTINGS)):
-        if key == account_id:
+    for key, value in await read_topic(settings.kafka.bootstrap, topic):
+        if key == wanted:
             latest = value
     if latest is None:
         return None

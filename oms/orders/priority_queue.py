@@ -119,7 +119,7 @@ class PriorityQueues:
         self._depth[item.priority] -= 1
 
     def statistics(self, now_ms: int) -> dict[str, Any]:
-        """Seed 3.2 ``get_queue_statistics``: depth and oldest age per priority, rates."""
+        """Depth and oldest age per priority, and rates (``get_queue_statistics``)."""
         oldest: dict[Priority, int] = {}
         for item in self._items.values():
             current = oldest.get(item.priority)

@@ -50,20 +50,22 @@ _RANK = {
     OrderStatus.EXPIRED: 4,
 }
 
+# What the exchange can report about an order it holds: fills, or its end there.
+_WHILE_LIVE = frozenset(
+    {
+        OrderStatus.PARTIALLY_FILLED,
+        OrderStatus.FILLED,
+        OrderStatus.CANCELLED,
+        OrderStatus.EXPIRED,
+    }
+)
+# What can follow an order sent to the exchange (or found there by a reconciliation).
+_ONCE_SENT = _WHILE_LIVE | {OrderStatus.OPEN, OrderStatus.REJECTED}
+
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
-    OrderStatus.PENDING: frozenset(
-        {
-            OrderStatus.WAITING,
-            OrderStatus.QUEUED,
-            OrderStatus.SUBMITTED,
-            OrderStatus.OPEN,
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.REJECTED,
-            OrderStatus.EXPIRED,
-        }
-    ),
+    OrderStatus.PENDING: _ONCE_SENT
+    | {OrderStatus.WAITING, OrderStatus.QUEUED, OrderStatus.SUBMITTED},
+    # A held order ends at the OMS or is released; the exchange does not know it yet.
     OrderStatus.WAITING: frozenset(
         {
             OrderStatus.QUEUED,
@@ -73,57 +75,12 @@ ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
             OrderStatus.EXPIRED,
         }
     ),
-    OrderStatus.QUEUED: frozenset(
-        {
-            OrderStatus.SUBMITTED,
-            OrderStatus.OPEN,
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.REJECTED,
-            OrderStatus.EXPIRED,
-            OrderStatus.NEEDS_REVIEW,
-        }
-    ),
-    OrderStatus.NEEDS_REVIEW: frozenset(
-        {
-            OrderStatus.SUBMITTED,
-            OrderStatus.OPEN,
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.REJECTED,
-            OrderStatus.EXPIRED,
-        }
-    ),
-    OrderStatus.SUBMITTED: frozenset(
-        {
-            # The `manual` error strategy parks a submit that failed (issue 6).
-            OrderStatus.NEEDS_REVIEW,
-            OrderStatus.OPEN,
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.REJECTED,
-            OrderStatus.EXPIRED,
-        }
-    ),
-    OrderStatus.OPEN: frozenset(
-        {
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.EXPIRED,
-        }
-    ),
-    OrderStatus.PARTIALLY_FILLED: frozenset(
-        {
-            OrderStatus.PARTIALLY_FILLED,
-            OrderStatus.FILLED,
-            OrderStatus.CANCELLED,
-            OrderStatus.EXPIRED,
-        }
-    ),
+    OrderStatus.QUEUED: _ONCE_SENT | {OrderStatus.SUBMITTED, OrderStatus.NEEDS_REVIEW},
+    OrderStatus.NEEDS_REVIEW: _ONCE_SENT | {OrderStatus.SUBMITTED},
+    # The `manual` error strategy parks a submit that failed.
+    OrderStatus.SUBMITTED: _ONCE_SENT | {OrderStatus.NEEDS_REVIEW},
+    OrderStatus.OPEN: _WHILE_LIVE,
+    OrderStatus.PARTIALLY_FILLED: _WHILE_LIVE,
     OrderStatus.FILLED: frozenset(),
     OrderStatus.CANCELLED: frozenset(),
     OrderStatus.REJECTED: frozenset(),

@@ -1,5 +1,5 @@
-"""Positions (issue 4): Deribit position math, the keeper (its own Faust app), records,
-reconciliation with ``private/get_positions`` and ClickHouse queries.
+"""Positions: Deribit position math, the keeper (its own Faust app), records,
+reconciliation with the positions the exchange reports, and ClickHouse queries.
 
 | module | job |
 |---|---|
@@ -9,7 +9,7 @@ reconciliation with ``private/get_positions`` and ClickHouse queries.
 | ``router`` | execution-reports -> bundles per position (plain aiokafka) |
 | ``keeper`` | the Faust app: apply agent, tables, commands, web pages |
 | ``recorder`` | real-time or batch publishing of PositionRecords |
-| ``reconcile`` | comparison with the exchange, corrections |
+| ``reconcile`` | comparison with the exchange's positions, corrections |
 | ``commands`` | ``oms positions ack`` |
 | ``queries`` | ClickHouse reads for the SDK and CLI |
 """

@@ -31,11 +31,9 @@ import pydantic
 import structlog
 from faust.types import TP
 
-from oms.exchange.deribit.client import reconnect_backoff
-from oms.exchange.deribit.instruments import fetch_instruments
-from oms.exchange.instruments import InstrumentCatalog
+from oms.exchange.venues import create_accounts, create_instrument_catalog
 from oms.kafka.faust_patches import StallHealer
-from oms.kafka.faust_worker import new_faust_app, run_faust_worker
+from oms.kafka.faust_worker import FlushFirstProducer, new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
 from oms.positions.math import Book, PositionKind, kind_of
@@ -124,10 +122,16 @@ class PositionKeeper:
         self.settings = settings
         ps = settings.positions
         batch = ps.recording_mode == "batch"
+        self.positions_topic = settings.topic(Topic.POSITIONS)
+        self.publisher = RecordPublisher(
+            partial(self._send, self.positions_topic), batch=batch, batch_size=ps.batch_size
+        )
         self.app: faust.App = new_faust_app(
             settings,
             keeper_app_id(settings),
             ps.web_port,
+            # Buffered records go out in every producer flush, before offsets are committed.
+            before_producer_flush=self.publisher.flush,
             # In batch mode offsets are committed (and records flushed, see RecordPublisher)
             # once per flush interval rather than every half second.
             broker_commit_interval=max(0.5, ps.batch_flush_interval_s) if batch else 0.5,
@@ -137,7 +141,6 @@ class PositionKeeper:
         )
         n = settings.kafka.partitions
         self.fills = self.app.topic(settings.topic(FILLS_TOPIC), partitions=n, internal=True)
-        self.positions_topic = settings.topic(Topic.POSITIONS)
         self.events_topic = settings.topic(Topic.ORDER_EVENTS)
         self.dead_letters_topic = settings.topic(Topic.DEAD_LETTERS)
         self.fills_topic = self.fills.get_topic_name()
@@ -157,19 +160,16 @@ class PositionKeeper:
             partitions=n,
             help="Record produced by each trade id, for dedupe and re-announcement.",
         )
-        self.catalog = InstrumentCatalog(
-            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
-        )
+        self.catalog = create_instrument_catalog(settings)
         seen = SeenTrades(self.seen)
         retention_ms = int(ps.seen_trades_retention_s * 1000)
         self.ledger = Ledger(self.positions, seen, self.kind_of, retention_ms=retention_ms)
         self.pruner = SeenTradesPruner(seen, seen.scan, n, retention_ms)
-        self.publisher = RecordPublisher(self.app, self.positions_topic, ps, batch=batch)
         self.router = ReportRouter(
             settings,
             f"{keeper_app_id(settings)}-route",
             lambda key, value: self._send(self.fills_topic, key, value),
-            self.publisher.flush_producer_only,
+            self._flush_sent,
         )
         self.counters: dict[str, int] = defaultdict(int)
         self._replay_below: dict[int, int] = {}
@@ -180,7 +180,15 @@ class PositionKeeper:
         secrets = SecretStore(settings.resolved_secrets_file)
         enabled = ps.reconcile if reconcile is None else reconcile
         self.reconciler = (
-            Reconciler(settings, secrets, self.owned_positions, self.send_command, self.owns_key)
+            Reconciler(
+                settings,
+                create_accounts(settings, secrets),
+                secrets.trading_accounts(settings.accounts),
+                self.owned_positions,
+                self.send_command,
+                self.ready_to_reconcile,
+                self.owns_key,
+            )
             if enabled
             else None
         )
@@ -199,6 +207,13 @@ class PositionKeeper:
             topic, key.encode() if key else None, value, partition=None, timestamp=None,
             headers=None,
         )  # fmt: skip
+
+    async def _flush_sent(self) -> None:
+        """Flush what is already sent to the producer, leaving the record buffer alone (the
+        router's commits need their bundles on the broker, not the buffered records)."""
+        producer = self.app.producer
+        assert isinstance(producer, FlushFirstProducer)
+        await producer.flush_sent()
 
     async def request_prune(self) -> None:
         """Ask each partition of the internal topic this keeper owns to drop its expired
@@ -317,10 +332,9 @@ class PositionKeeper:
         @app.task
         async def start_services() -> None:
             await self.catalog.start()
-            self.publisher.start()
             await self.router.start()
             if self.reconciler is not None:
-                await self.reconciler.start(self.ready_to_reconcile)
+                await self.reconciler.start()
 
         @app.timer(interval=ps.batch_flush_interval_s)
         async def flush_records() -> None:
@@ -502,22 +516,14 @@ class PositionKeeper:
             return
         version = state.version + 1
         message = f"recorded size {state.size} @ {state.average_price}, exchange {size} @ {average}"
-        record = PositionRecord(
-            record_id=f"{key}:correction:{version}",
-            account_id=state.account_id,
-            instrument_name=state.instrument_name,
-            record_type=PositionRecordType.CORRECTION,
-            size=size,
-            size_before=state.size,
-            average_price=average,
-            average_price_before=state.average_price,
-            realized_pnl=state.realized_pnl,
-            fees_total=state.fees,
-            fills_total=state.fills,
-            turnover_total=state.turnover,
+        record = _change_record(
+            key,
+            state,
+            PositionRecordType.CORRECTION,
+            version,
             actor="reconciliation",
-            kind=state.kind.value,
-            version=version,
+            size=size,
+            average_price=average,
             mark_price=command.get("mark_price"),
             unrealized_pnl=command.get("floating_profit_loss"),
             reason_code=ReasonCode.POSITION_MISMATCH,
@@ -571,22 +577,14 @@ class PositionKeeper:
             return
         version = state.version + 1
         actor = str(command.get("actor") or "operator")
-        record = PositionRecord(
-            record_id=f"{key}:adjustment:{version}",
-            account_id=state.account_id,
-            instrument_name=state.instrument_name,
-            record_type=PositionRecordType.ADJUSTMENT,
-            size=state.size,
-            size_before=state.size,
-            average_price=state.average_price,
-            average_price_before=state.average_price,
-            realized_pnl=state.realized_pnl,
-            fees_total=state.fees,
-            fills_total=state.fills,
-            turnover_total=state.turnover,
+        record = _change_record(
+            key,
+            state,
+            PositionRecordType.ADJUSTMENT,
+            version,
             actor=actor,
-            kind=state.kind.value,
-            version=version,
+            size=state.size,
+            average_price=state.average_price,
             message=f"review acknowledged: {state.review_reason or ''}"[:500],
             needs_review=False,
         )
@@ -614,6 +612,35 @@ class PositionKeeper:
             loglevel=loglevel,
             extra_topics={self.fills_topic: self.settings.kafka.partitions},
         )
+
+
+def _change_record(
+    key: str,
+    state: PositionState,
+    record_type: PositionRecordType,
+    version: int,
+    *,
+    actor: str,
+    **fields: Any,
+) -> PositionRecord:
+    """The record of a change to ``state`` that is not a fill (a correction, an adjustment):
+    the position's running totals and its size and price before, plus ``fields``."""
+    return PositionRecord(
+        record_id=f"{key}:{record_type.value}:{version}",
+        account_id=state.account_id,
+        instrument_name=state.instrument_name,
+        record_type=record_type,
+        size_before=state.size,
+        average_price_before=state.average_price,
+        realized_pnl=state.realized_pnl,
+        fees_total=state.fees,
+        fills_total=state.fills,
+        turnover_total=state.turnover,
+        actor=actor,
+        kind=state.kind.value,
+        version=version,
+        **fields,
+    )
 
 
 def _problem_event(problem: FillProblem) -> OrderEvent:

@@ -67,7 +67,7 @@ async def get_position_records(
     include_history: bool = True,
     limit: int = 1_000,
 ) -> list[dict[str, Any]]:
-    """Position change records (seed 4.3), oldest first; with ``include_history=False``
+    """Position change records, oldest first; with ``include_history=False``
     only the latest record of each position in the time range."""
     where, params = account_filters(account_id, instrument_name)
     if start_time is not None:
@@ -131,7 +131,7 @@ GROUP BY account_id, instrument_name, day"""
 async def calculate_position_statistics(
     settings: Settings, account_id: str | None = None, days: int = 30
 ) -> dict[str, Any]:
-    """Statistics (seed 3.3 / 2.2): per account+instrument+day figures (fills, turnover,
+    """Position statistics: per account+instrument+day figures (fills, turnover,
     realized PnL, fees, fill ratio, slippage), exposure and unrealized PnL of the current
     positions, grouped by instrument and by currency, and totals."""
     where, params = account_filters(account_id, None)

@@ -1,4 +1,4 @@
-"""Reconciliation of recorded positions with the exchange's ``private/get_positions``.
+"""Reconciliation of recorded positions with the positions the exchange reports.
 
 Runs on start (partitions assigned), after every exchange reconnect and every
 ``positions.monitoring_interval_s``. A difference in size or average price is confirmed by a
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.component import Component
+from oms.exchange.interface import AccountSession, VenueAccounts, VenuePosition
 from oms.positions.math import EPS, close_enough
 from oms.positions.state import PositionState
 from oms.schemas import now_ms, position_key
-from oms.secrets import SecretStore
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,7 @@ class Mismatch:
     instrument_name: str
     recorded_size: float
     recorded_average_price: float
-    exchange: dict[str, Any]
+    exchange: VenuePosition
     recorded_version: int = 0
 
     @property
@@ -51,13 +51,13 @@ class Mismatch:
 
     @property
     def exchange_size(self) -> float:
-        return float(self.exchange.get("size") or 0.0)
+        return self.exchange.size
 
 
 def compare(
     account_id: str,
     recorded: dict[str, PositionState],
-    exchange: dict[str, dict[str, Any]],
+    exchange: dict[str, VenuePosition],
     tolerance: float,
 ) -> list[Mismatch]:
     """Positions whose size or average price differ between the record and the exchange."""
@@ -66,9 +66,8 @@ def compare(
         state = recorded.get(name)
         ours_size = state.size if state else 0.0
         ours_avg = state.average_price if state else 0.0
-        theirs = exchange.get(name, {})
-        size = float(theirs.get("size") or 0.0)
-        avg = float(theirs.get("average_price") or 0.0)
+        theirs = exchange.get(name) or VenuePosition(name, 0.0, 0.0)
+        size, avg = theirs.size, theirs.average_price
         same_size = close_enough(ours_size, size, rel=tolerance, abs_=EPS)
         same_avg = abs(size) < EPS or close_enough(ours_avg, avg, rel=tolerance, abs_=1e-9)
         if not (same_size and same_avg):
@@ -77,28 +76,33 @@ def compare(
     return out
 
 
-class Reconciler:
-    """Periodic and event-driven comparison for every account with credentials."""
+class Reconciler(Component):
+    """Periodic and event-driven comparison for ``accounts`` (those without credentials at
+    the venue are skipped). ``ready`` says whether the keeper owns positions, has recovered
+    its tables and has read its input up to the end (else a check would see fills in flight
+    as differences)."""
 
     def __init__(
         self,
         settings: Settings,
-        secrets: SecretStore,
+        venue: VenueAccounts,
+        accounts: Sequence[str],
         recorded: Callable[[], list[PositionState]],
         send_command: Callable[[str, dict[str, Any]], Awaitable[None]],
+        ready: Callable[[], Awaitable[bool]],
         owns_key: Callable[[str], bool] | None = None,
     ) -> None:
+        super().__init__("positions-reconcile")
         self.settings = settings
-        self.secrets = secrets
+        self.venue = venue
         self.recorded = recorded
         self.send_command = send_command
         self.owns_key = owns_key or (lambda key: True)
-        self.accounts = secrets.trading_accounts(settings.accounts)
-        self.clients: dict[str, DeribitClient] = {}
+        self.accounts = list(accounts)
+        self.sessions: dict[str, AccountSession] = {}
         self._wake = asyncio.Event()
         self._trigger = "start"
-        self._task: asyncio.Task[None] | None = None
-        self._ready: Callable[[], Awaitable[bool]] | None = None
+        self._ready = ready
         self.checks = 0
         self.mismatches = 0
         self.errors = 0
@@ -109,36 +113,23 @@ class Reconciler:
         self._trigger = trigger
         self._wake.set()
 
-    async def start(self, ready: Callable[[], Awaitable[bool]]) -> None:
-        """Start checking; ``ready`` says whether the keeper owns positions, has recovered
-        its tables and has read its input up to the end (else a check would see fills in
-        flight as differences)."""
-        self._ready = ready
+    async def on_start(self) -> None:
         for account in self.accounts:
-            creds = self.secrets.credentials(account)
-            if creds is None:
-                continue
 
             async def on_reconnect(account: str = account) -> None:
                 self.request(f"reconnect:{account}")
 
-            self.clients[account] = DeribitClient(
-                self.settings.exchange.url,
-                creds,
-                settings=self.settings.exchange,
-                name=f"positions-{account}",
-                on_reconnect=on_reconnect,
+            session = self.venue.open(
+                account, name=f"positions-{account}", on_reconnect=on_reconnect
             )
-        self._task = asyncio.create_task(self._loop(), name="positions-reconcile")
+            if session is not None:
+                self.sessions[account] = session
+        self.spawn(self._loop(), "loop")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for client in self.clients.values():
+    async def on_stop(self) -> None:
+        for session in self.sessions.values():
             with contextlib.suppress(Exception):
-                await client.close()
+                await session.close()
 
     async def _loop(self) -> None:
         interval = self.settings.positions.monitoring_interval_s
@@ -148,7 +139,7 @@ class Reconciler:
             trigger = self._trigger if self._wake.is_set() else "interval"
             self._wake.clear()
             self._trigger = "interval"
-            if self._ready is not None and not await self._ready():
+            if not await self._ready():
                 # Try again soon rather than a whole interval later.
                 self._trigger = trigger
                 await asyncio.sleep(CONFIRM_DELAY_S)
@@ -160,12 +151,8 @@ class Reconciler:
                 self.errors += 1
                 log.warning("positions.reconcile_failed", error=str(exc)[:300])
 
-    async def _exchange_positions(self, account: str) -> dict[str, dict[str, Any]]:
-        client = self.clients[account]
-        if not client.is_connected:
-            await client.connect()
-        items = await client.get_positions(currency="any")
-        return {str(p["instrument_name"]): p for p in items}
+    async def _exchange_positions(self, account: str) -> dict[str, VenuePosition]:
+        return {p.instrument_name: p for p in await self.sessions[account].positions()}
 
     def _recorded(self, account: str) -> dict[str, PositionState]:
         return {s.instrument_name: s for s in self.recorded() if s.account_id == account}
@@ -180,7 +167,7 @@ class Reconciler:
     async def check_all(self, trigger: str) -> list[Mismatch]:
         """Compare every account once; send corrections for confirmed differences."""
         confirmed: list[Mismatch] = []
-        for account in list(self.clients):
+        for account in list(self.sessions):
             first = await self._look(account)
             if first:
                 await asyncio.sleep(CONFIRM_DELAY_S)
@@ -200,10 +187,10 @@ class Reconciler:
                     "account_id": m.account_id,
                     "instrument_name": m.instrument_name,
                     "size": m.exchange_size,
-                    "average_price": float(m.exchange.get("average_price") or 0.0),
-                    "mark_price": m.exchange.get("mark_price"),
-                    "floating_profit_loss": m.exchange.get("floating_profit_loss"),
-                    "realized_profit_loss": m.exchange.get("realized_profit_loss"),
+                    "average_price": m.exchange.average_price,
+                    "mark_price": m.exchange.mark_price,
+                    "floating_profit_loss": m.exchange.floating_pnl,
+                    "realized_profit_loss": m.exchange.realized_pnl,
                     "trigger": trigger,
                     "recorded_version": m.recorded_version,
                 },
@@ -212,7 +199,7 @@ class Reconciler:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "accounts": list(self.clients),
+            "accounts": list(self.sessions),
             "checks": self.checks,
             "mismatches": self.mismatches,
             "errors": self.errors,

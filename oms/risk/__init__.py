@@ -1,1 +1,1 @@
-"""Account permissions, pre-trade risk limits and trading states (issue 9)."""
+"""Account permissions, pre-trade risk limits and trading states."""

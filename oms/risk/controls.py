@@ -8,13 +8,12 @@ change is an ``OrderEvent`` of type ``risk_state_changed`` for the notification 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from oms.kafka.reading import read_topic
 from oms.schemas import OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.schemas.decode import Undecodable, decode
 from oms.schemas.risk import AccountControls, RiskAuditRecord, TradingState
@@ -119,40 +118,11 @@ async def publish_change(
     return audit
 
 
-async def read_topic_fully(
-    settings: Settings, topic: str
-) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a topic from its beginning to its current end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None]] = []
-        async with asyncio.timeout(60):
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                batch = await consumer.getmany(timeout_ms=200)
-                for messages in batch.values():
-                    out.extend((m.key, m.value) for m in messages)
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def current_controls(settings: Settings) -> dict[str, AccountControls]:
     """The latest runtime controls per account on the risk-controls topic."""
     latest: dict[str, AccountControls] = {}
-    for key, value in await read_topic_fully(settings, settings.topic(Topic.RISK_CONTROLS)):
+    topic = settings.topic(Topic.RISK_CONTROLS)
+    for key, value in await read_topic(settings.kafka.bootstrap, topic, timeout_s=60):
         if value is None:
             # A tombstone deletes the account's controls, as the workers read it (see
             # oms.risk.feeds): the next change starts from its settings again.

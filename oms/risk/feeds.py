@@ -40,9 +40,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
+from oms.component import Component
 from oms.kafka.admin import ensure_topics
+from oms.kafka.reading import topic_partitions
 from oms.risk.book import RiskBook
 from oms.schemas import OrderRecord, PositionRecord, Record, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
@@ -55,7 +56,7 @@ OnUndecodable = Callable[[KafkaMessage, Undecodable], Awaitable[None]]
 OnPositions = Callable[[set[str]], Awaitable[None]]
 
 
-class RiskFeeds:
+class RiskFeeds(Component):
     """Background reader of the risk topics into a book."""
 
     def __init__(
@@ -68,6 +69,7 @@ class RiskFeeds:
         on_positions: OnPositions | None = None,
         on_controls: Callable[[AccountControls], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__("risk-feeds")
         self._settings = settings
         self._book = book
         self.controls_topic = settings.topic(Topic.RISK_CONTROLS)
@@ -77,7 +79,6 @@ class RiskFeeds:
         self._on_positions = on_positions
         self._on_controls = on_controls
         self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # Per topic kind (controls, orders, positions): records applied, deletions,
         # unreadable messages per reason code ("controls:tombstone", ...).
@@ -90,8 +91,8 @@ class RiskFeeds:
         # Per partition, the end offset when the feed (re)started: below it is history.
         self._live_from: dict[TopicPartition, int] = {}
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="risk-feeds")
+    async def on_start(self) -> None:
+        self.spawn(self._run_forever(), "read")
 
     async def _run_forever(self) -> None:
         # A broken feed must not leave the book silently stale: log, and read again from
@@ -109,23 +110,13 @@ class RiskFeeds:
                     self._consumer = None
                 await asyncio.sleep(1.0)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def on_stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
         # The changelog is created by Faust while the worker starts: wait for it to appear.
-        while True:
-            parts = consumer.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            with contextlib.suppress(KafkaError):
-                await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
+        return await topic_partitions(consumer, topic)
 
     async def _run(self) -> None:
         # The risk topics may be new to an existing deployment (idempotent).

@@ -143,7 +143,7 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL_ERROR = "internal_error"
-    # Non-immediate and conditional orders (issue 3).
+    # Non-immediate and conditional orders: queued, delayed, held on conditions, linked.
     QUEUE_FULL = "queue_full"
     DELAY_TOO_LONG = "delay_too_long"
     TIME_IN_PAST = "time_in_past"
@@ -152,14 +152,14 @@ class ReasonCode(StrEnum):
     CONDITION_EXPIRED = "condition_expired"
     CONDITION_UNEVALUABLE = "condition_unevaluable"
     LINKED_ORDER_CANCELLED = "linked_order_cancelled"
-    # Lifecycle (issue 6).
+    # Lifecycle: auto-cancel, partial fills, retries, manual review.
     AUTO_CANCELLED = "auto_cancelled"
     PARTIAL_FILL_CANCELLED = "partial_fill_cancelled"
     RETRIES_EXHAUSTED = "retries_exhausted"
     MANUAL_REVIEW = "manual_review"
     # Reconciliation: an acknowledged order the exchange no longer knows (after every check).
     LOST_AT_VENUE = "lost_at_venue"
-    # Authentication, permissions, risk (issue 9).
+    # Authentication, permissions, risk limits, trading states.
     SIGNATURE_MISSING = "signature_missing"
     SIGNATURE_INVALID = "signature_invalid"
     UNKNOWN_KEY = "unknown_key"
@@ -172,13 +172,13 @@ class ReasonCode(StrEnum):
     PRICE_BAND_EXCEEDED = "price_band_exceeded"
     TRADING_HALTED = "trading_halted"
     TRADING_REDUCING = "trading_reducing_only"
-    # Positions (issue 4).
+    # Positions: fills the keeper cannot apply as they come, reconciliation.
     DUPLICATE_FILL = "duplicate_fill"
     INCONSISTENT_FILL = "inconsistent_fill"
     # A fill older than the keeper's seen-trades retention (it may have been counted already).
     STALE_FILL = "stale_fill"
     POSITION_MISMATCH = "position_mismatch"
-    # Notifications (issue 5).
+    # Notifications: settings, channels, delivery.
     INVALID_SETTINGS = "invalid_settings"
     UNKNOWN_CHANNEL = "unknown_channel"
     INVALID_RECIPIENT = "invalid_recipient"

@@ -1,4 +1,4 @@
-"""Notification records (seed section 6.3), on ``oms.notifications`` keyed by account."""
+"""Notification records, on ``oms.notifications`` keyed by account."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class NotificationRecord(Record):
     attempt: int = 1
     created_at: int = Field(default_factory=now_ms)
     sent_at: int | None = None
-    # Added by the notifier (issue 5); defaults keep older records valid.
+    # Set by the notifier; defaults keep older records valid.
     severity: str | None = None
     reason_code: str | None = None
     event_count: int = 1

@@ -25,7 +25,7 @@ from oms.schemas.base import Record, now_ms
 
 
 class NotificationType(StrEnum):
-    """What a notification is about (the seed's notification types)."""
+    """What a notification is about."""
 
     CREATED = "created"
     TRIGGERED = "triggered"

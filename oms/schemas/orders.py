@@ -117,7 +117,7 @@ class OrderRequest(Record):
 
 
 class OrderRecord(Record):
-    """Latest state of one order (seed section 6.1 ``orders`` table, plus fields)."""
+    """Latest state of one order (a row of the ClickHouse ``orders`` table)."""
 
     order_id: str
     request_id: str

@@ -1,4 +1,4 @@
-"""Position records (seed section 6.2), on ``oms.positions`` keyed by account+instrument."""
+"""Position records, on ``oms.positions`` keyed by account+instrument."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class PositionRecord(Record):
     trade_price: float | None = None
     actor: str = "oms"
     timestamp: int = Field(default_factory=now_ms)
-    # Added with the position keeper (issue 4); all optional so older records still parse.
+    # Set by the position keeper; all optional so older records still parse.
     # realized_pnl and fees_total are cumulative (Deribit's realized_profit_loss); this
     # change's part is realized_pnl_change. version counts the position's changes.
     kind: str | None = Field(None, description="inverse | linear | option")

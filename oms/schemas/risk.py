@@ -1,4 +1,4 @@
-"""Account permissions, risk limits and trading state (issue 9).
+"""Account permissions, risk limits and trading state.
 
 The latest :class:`AccountControls` of each account lives on the compacted
 ``oms.risk-controls`` topic (key: account id); every change is also appended to

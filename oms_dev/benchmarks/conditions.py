@@ -1,12 +1,12 @@
-"""``oms bench conditions``: the trigger engine alone, against the seed's linear scan, and the
-whole tick path through Kafka and a worker.
+"""``oms bench conditions``: the trigger engine alone, against a linear scan of every order,
+and the whole tick path through Kafka and a worker.
 
 Engine figures (in process, same orders, same ticks):
 
 * ``engine_ticks_per_s``: :class:`TriggerEngine` over all ticks, with ``orders`` resting
   (each tick applied to the market cache first, as in a worker);
-* ``naive_ticks_per_s``: :class:`NaiveEvaluator` (the seed's loop) over a sample of the same
-  ticks; ``speedup`` = engine / naive;
+* ``naive_ticks_per_s``: :class:`NaiveEvaluator` (every order on every tick) over a sample of
+  the same ticks; ``speedup`` = engine / naive;
 * ``bytes_per_order``: memory the engine holds per resting order (tracemalloc).
 
 Pipeline figures (a Kafka broker on free ports, the paper exchange, one worker process):

@@ -65,7 +65,7 @@ class E2EConfig:
     # Signed requests verified by the edge plus every pre-trade risk check: the default
     # configuration. False measures trusted mode with the checks off, for comparison.
     secure: bool = True
-    # Order-processing workers in one consumer group (issue 7).
+    # Order-processing workers in one consumer group.
     workers: int = 1
 
 

@@ -1,5 +1,5 @@
 """``oms bench hostile``: hostile messages mixed with valid orders on the request topic of a
-real worker (chaos scenario 6 of issue 8).
+real worker (also the ``hostile`` chaos scenario).
 
 The hostile messages are generated with hypothesis (``hostile_messages``): bytes that are not
 JSON or not UTF-8, JSON that is not an object, truncated JSON, payloads over the 64 KiB
@@ -36,10 +36,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import strategies as st
 
 from oms.auth.signing import RequestSigner, sign_headers
+from oms.kafka.reading import topic_partitions
 from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 from oms.schemas import DeadLetter, OrderEvent, OrderRequest, OrderStatus, Topic
 from oms.secrets import SigningKeys
@@ -314,13 +315,7 @@ class OutcomeCollector:
         await self._consumer.start()
         tps = []
         for topic in self._topics:
-            parts: set[int] | None = None
-            while not parts:
-                parts = self._consumer.partitions_for_topic(topic)
-                if not parts:
-                    await self._consumer._client.force_metadata_update()
-                    await asyncio.sleep(0.2)
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            tps += await topic_partitions(self._consumer, topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.kafka.admin import ensure_topics
+from oms.kafka.reading import topic_partitions
 from oms.schemas import (
     Direction,
     ExecutionReport,
@@ -85,11 +86,7 @@ async def _tail_records(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         done.set()

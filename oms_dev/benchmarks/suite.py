@@ -288,7 +288,7 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                     "engine_ticks_per_s",
                     "/s",
                     "naive_ticks_per_s",
-                    note="baseline: the seed's linear scan",
+                    note="baseline: a linear scan of every order",
                 ),
                 Figure("conditions", "engine bytes per resting order", "bytes_per_order", "B"),
             ],

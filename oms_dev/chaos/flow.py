@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from oms.auth.signing import RequestSigner
+from oms.kafka.reading import topic_partitions
 from oms.schemas import (
     CommandType,
     NotificationRecord,
@@ -248,13 +249,7 @@ class TopicCollector:
 
     async def start(self) -> None:
         await self._consumer.start()
-        parts: set[int] | None = None
-        while not parts:
-            parts = self._consumer.partitions_for_topic(self._topic)
-            if not parts:
-                await self._consumer._client.force_metadata_update()
-                await asyncio.sleep(0.2)
-        tps = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(self._consumer, self._topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._task = asyncio.create_task(self._run())

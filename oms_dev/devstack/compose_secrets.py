@@ -21,8 +21,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from oms.secrets import Credentials, load_secrets_file, write_secrets_file
-from oms_dev.devstack.stack import ensure_demo_signing_keys
+from oms_dev.devstack.stack import ensure_demo_credentials
 
 ENV_FILE = "oms.env"
 GRAFANA_ENV_FILE = "grafana.env"
@@ -55,17 +54,7 @@ def generate(directory: Path, accounts: tuple[str, ...] = DEFAULT_ACCOUNTS) -> l
     if not grafana_path.exists():
         grafana_path.write_text(_HEADER + f"GF_SECURITY_ADMIN_PASSWORD={secrets.token_hex(16)}\n")
     secrets_path = directory / SECRETS_FILE
-    existing = load_secrets_file(secrets_path)
-    missing = [a for a in accounts if a not in existing]
-    if missing:
-        creds = dict(existing)
-        for account in missing:
-            creds[account] = Credentials(
-                client_id=f"{account}-{secrets.token_hex(4)}",
-                client_secret=secrets.token_urlsafe(32),
-            )
-        write_secrets_file(secrets_path, creds)
-    ensure_demo_signing_keys(secrets_path, list(accounts))
+    ensure_demo_credentials(secrets_path, list(accounts))
     paths = [env_path, secrets_path, grafana_path]
     for path in paths:
         path.chmod(0o644)

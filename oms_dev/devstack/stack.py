@@ -153,8 +153,15 @@ def ensure_demo_secrets(settings: Settings) -> Path:
     Existing files are never overwritten (the paper exchange and workers share them).
     """
     path = settings.resolved_secrets_file
+    ensure_demo_credentials(path, settings.accounts)
+    return path
+
+
+def ensure_demo_credentials(path: Path, accounts: list[str]) -> None:
+    """Give every account of ``accounts`` without them random exchange credentials and a
+    request-signing key in the secrets file at ``path`` (others are left as they are)."""
     existing = load_secrets_file(path)
-    missing = [a for a in settings.accounts if a not in existing]
+    missing = [a for a in accounts if a not in existing]
     if missing:
         creds = dict(existing)
         for account in missing:
@@ -163,12 +170,11 @@ def ensure_demo_secrets(settings: Settings) -> Path:
                 client_secret=secrets.token_urlsafe(32),
             )
         write_secrets_file(path, creds)
-    ensure_demo_signing_keys(path, settings.accounts)
-    return path
+    ensure_demo_signing_keys(path, accounts)
 
 
 def ensure_demo_signing_keys(path: Path, accounts: list[str]) -> None:
-    """Give every account without one a random request-signing key (issue 9), so the CLI
+    """Give every account without one a random request-signing key, so the CLI
     and SDK sign transparently against a stack that verifies signatures."""
     keys = {
         a: {k.key_id: k.secret.decode() for k in ks.values()}

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from oms.kafka.reading import topic_partitions
 from oms.settings import (
     ExchangeSettings,
     KafkaSettings,
@@ -124,16 +125,9 @@ async def consume_json(
     out: list[tuple[str | None, Any]] = []
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = None
-        while not partitions:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic} not found")
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic, wait_s=timeout_s)
+        if not tps:
+            raise TimeoutError(f"topic {topic} not found")
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

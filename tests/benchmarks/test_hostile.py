@@ -1,4 +1,5 @@
-"""Hostile input (issue 8, chaos scenario 6): the generator, then a real worker under it."""
+"""Hostile input (``oms bench hostile``, also the ``hostile`` chaos scenario): the generator, then a
+real worker under it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Chaos scenario 1 in miniature, through the real components (Kafka, paper exchange,
-gateway, worker, position keeper, notifier): the worker is SIGKILLed mid-flow and started
-again; the audit must find every order ended once, nothing doubled at the exchange,
-positions and notifications in agreement."""
+"""The ``worker-kill`` chaos scenario in miniature, through the real components (Kafka, paper
+exchange, gateway, worker, position keeper, notifier): the worker is SIGKILLed mid-flow and started
+again; the audit must find every order ended once, nothing doubled at the exchange, positions and
+notifications in agreement."""
 
 from __future__ import annotations
 

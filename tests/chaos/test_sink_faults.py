@@ -1,5 +1,6 @@
-"""Chaos scenarios 4 and 5 (ClickHouse sink faults), short forms through real components:
-the paper exchange, gateway, worker and sink as processes on the test broker, chDB on disk.
+"""The chaos scenarios ``sink-kill`` and ``disk-error`` (ClickHouse sink faults), short forms
+through real components: the paper exchange, gateway, worker and sink as processes on the test
+broker, chDB on disk.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The trigger engine against hand-made cases and against the seed's linear scan."""
+"""The trigger engine against hand-made cases and against the linear scan
+(``oms.conditions.naive``)."""
 
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def test_removed_orders_never_fire() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_same_releases_as_the_linear_scan(seed: int) -> None:
-    """Random orders and random walks: the engine fires exactly what the seed's loop fires,
+    """Random orders and random walks: the engine fires exactly what the linear scan fires,
     on the same tick."""
     rng = random.Random(seed)
     instruments = ["BTC-PERPETUAL", "ETH-PERPETUAL"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oms.exchange.gateway import reports_from_changes
+from oms.exchange.deribit.feed import reports_from_changes
 from oms.schemas import ExchangeOrderState
 
 

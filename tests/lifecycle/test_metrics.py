@@ -30,8 +30,8 @@ def _event(order_id: str, kind: OrderEventType, at: int, created: int = 0) -> Or
 
 def test_success_rate_and_averages_count_each_order_once() -> None:
     metrics = OrderMetricsCollector()
-    # Interleaved: ok, failed, ok, failed, failed. The seed's running average divided by the
-    # processed count only; here rate = 2/5 and the average covers all five outcomes.
+    # Interleaved: ok, failed, ok, failed, failed. A running average divided by the processed
+    # count only would be wrong here; rate = 2/5 and the average covers all five outcomes.
     for i, ok in enumerate([True, False, True, False, False]):
         oid = f"o{i}"
         metrics.observe_event(_event(oid, OrderEventType.SUBMITTED, 1_010, created=1_000))

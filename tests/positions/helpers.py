@@ -16,8 +16,9 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from oms.exchange.deribit.client import DeribitClient
-from oms.exchange.translate import report_from_order, report_from_trades
+from oms.exchange.deribit.translate import report_from_order, report_from_trades
 from oms.kafka.admin import ensure_topics
+from oms.kafka.reading import topic_partitions
 from oms.schemas import ExecutionReport, ReportSource, Topic
 from oms.secrets import Credentials, SecretStore, write_secrets_file
 from oms.settings import Settings
@@ -202,14 +203,8 @@ class TopicTail:
         self.seen: list[bytes] = []
 
     async def start(self) -> TopicTail:
-        from aiokafka import TopicPartition
-
         await self.consumer.start()
-        parts = self.consumer.partitions_for_topic(self.topic)
-        while not parts:
-            await self.consumer._client.force_metadata_update()
-            parts = self.consumer.partitions_for_topic(self.topic)
-        tps = [TopicPartition(self.topic, p) for p in parts]
+        tps = await topic_partitions(self.consumer, self.topic)
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
         for tp in tps:

@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.kafka.admin import describe_topic
 from oms.kafka.partitioning import partition_of
+from oms.kafka.reading import topic_partitions
 from oms.positions.keeper import keeper_app_id
 from oms.positions.ledger import Ledger
 from oms.positions.math import PositionKind
@@ -148,9 +149,7 @@ async def _changelog(bootstrap: str, topic: str) -> list[tuple[bytes, bytes | No
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = await topic_partitions(consumer, topic, wait_s=0)
         assert tps, f"no changelog topic {topic}"
         ends = await consumer.end_offsets(tps)
         consumer.assign(tps)

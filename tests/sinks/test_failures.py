@@ -1,5 +1,5 @@
-"""Reasons the sink reports for failed inserts, from the errors chDB really raised in chaos
-scenario 5 (disk full on a tmpfs, data directories made read-only)."""
+"""Reasons the sink reports for failed inserts, from the errors chDB really raised in the
+``disk-error`` chaos scenario (disk full on a tmpfs, data directories made read-only)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A merge broken by a storage fault (chaos scenario 5 found it): detected, then repaired by
-reopening the embedded engine, with every row still there.
+"""A merge broken by a storage fault (the ``disk-error`` chaos scenario found it): detected, then
+repaired by reopening the embedded engine, with every row still there.
 
 Under a disk that fills mid-merge, chDB 4.4 can activate a merged part whose marks file is
 empty: every read of the table then fails with CORRUPTED_DATA while inserts go on. Here the

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import structlog
 
-from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
+from oms.exchange.instruments import InstrumentCatalog
 from oms.schemas import InstrumentSpec
-from oms.settings import ExchangeSettings
+from oms.settings import ExchangeSettings, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -28,3 +31,9 @@ async def fetch_instruments(settings: ExchangeSettings) -> list[InstrumentSpec]:
                 continue
             specs.extend(InstrumentSpec.model_validate(item) for item in items)
     return specs
+
+
+def deribit_catalog(settings: Settings) -> InstrumentCatalog:
+    """Deribit's instruments, loaded (retrying with the reconnect backoff) and refreshed."""
+    exchange = settings.exchange
+    return InstrumentCatalog(partial(fetch_instruments, exchange), reconnect_backoff(exchange))

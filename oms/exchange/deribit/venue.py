@@ -14,12 +14,14 @@ from typing import Any
 import structlog
 
 from oms.component import Component
-from oms.exchange.deribit.client import DeribitClient, reconnect_backoff
-from oms.exchange.deribit.instruments import fetch_instruments
+from oms.exchange.deribit.accounts import DeribitAccounts
+from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.deribit.feed import DeribitFeed
+from oms.exchange.deribit.instruments import deribit_catalog
+from oms.exchange.deribit.translate import fill_from_trade, report_from_order
 from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
 from oms.exchange.instruments import InstrumentCatalog
-from oms.exchange.interface import Reconnect
-from oms.exchange.translate import fill_from_trade, report_from_order
+from oms.exchange.interface import Reconnect, Venue
 from oms.schemas import (
     CommandType,
     Direction,
@@ -141,9 +143,7 @@ class DeribitVenue(Component):
     def __init__(self, settings: Settings, secrets: SecretStore) -> None:
         super().__init__(self.name)  # the venue's name names the component too
         self._sessions = ExchangeSessions(settings, secrets)
-        self._instruments = InstrumentCatalog(
-            partial(fetch_instruments, settings.exchange), reconnect_backoff(settings.exchange)
-        )
+        self._instruments = deribit_catalog(settings)
 
     @property
     def instruments(self) -> InstrumentCatalog:
@@ -169,14 +169,7 @@ class DeribitVenue(Component):
     async def place(self, order: OrderRecord, *, prepaid: bool = False) -> ExecutionReport:
         method = "private/buy" if order.direction is Direction.BUY else "private/sell"
         result = await self._call(order.account_id, method, submit_params(order), prepaid=prepaid)
-        return report_from_order(
-            result["order"],
-            account_id=order.account_id,
-            source=ReportSource.RPC,
-            trades=result.get("trades") or (),
-            command=CommandType.SUBMIT,
-            request_id=order.request_id,
-        )
+        return _reply_report(result, order, CommandType.SUBMIT, request_id=order.request_id)
 
     async def find(self, order: OrderRecord) -> ExecutionReport | None:
         orders = await self._call(
@@ -244,13 +237,7 @@ class DeribitVenue(Component):
         method = "private/edit_by_label"
         result = await self._call(order.account_id, method, params)
         _check_label(result["order"], order, method)
-        return report_from_order(
-            result["order"],
-            account_id=order.account_id,
-            source=ReportSource.RPC,
-            trades=result.get("trades") or (),
-            command=CommandType.AMEND,
-        )
+        return _reply_report(result, order, CommandType.AMEND)
 
     async def order_entry_delay(self, account_id: str) -> float:
         client = await self._sessions.client(account_id)
@@ -268,6 +255,32 @@ class DeribitVenue(Component):
 
     def reconciled(self, reconnect: Reconnect) -> None:
         self._sessions.reconciled(reconnect)
+
+
+# Deribit for every process: orders, account views, live streams, instruments.
+DERIBIT = Venue(
+    exchange=DeribitVenue,
+    accounts=DeribitAccounts,
+    feed=DeribitFeed,
+    instruments=deribit_catalog,
+)
+
+
+def _reply_report(
+    result: dict[str, Any],
+    order: OrderRecord,
+    command: CommandType,
+    request_id: str | None = None,
+) -> ExecutionReport:
+    """The report of the reply (``{order, trades}``) to an order-entry request."""
+    return report_from_order(
+        result["order"],
+        account_id=order.account_id,
+        source=ReportSource.RPC,
+        trades=result.get("trades") or (),
+        command=command,
+        request_id=request_id,
+    )
 
 
 def _check_label(found: dict[str, Any], order: OrderRecord, method: str) -> None:

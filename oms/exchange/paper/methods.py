@@ -1,6 +1,8 @@
 """The JSON-RPC methods: Deribit's (``public/*``, ``private/*``) and the test-only
 ``admin/*`` ones. Each handler takes the exchange state, the calling session and the params
-and returns the ``result``; errors are raised as :class:`RpcError`.
+and returns the ``result``; errors are raised as :class:`RpcError`. A handler registers
+itself in :data:`METHODS` with :func:`method`, saying how it is treated (private, counted
+against the matching engine, WebSocket only, admin, subject to the order-entry faults).
 """
 
 from __future__ import annotations
@@ -80,6 +82,21 @@ class Method:
     order_entry: bool = False  # subject to the reject / rate-limit fault knobs
 
 
+# Method name -> its handler and treatment, filled by :func:`method` below.
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str, **flags: bool) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as the method ``name``; ``flags`` are how it is
+    treated (the fields of :class:`Method`)."""
+
+    def register(handler: Handler) -> Handler:
+        METHODS[name] = Method(handler, **flags)
+        return handler
+
+    return register
+
+
 def _account(s: Session) -> Account:
     assert s.account is not None
     return s.account
@@ -101,6 +118,7 @@ def _currency(
 # ---- public ----------------------------------------------------------------------------------
 
 
+@method("public/auth")
 def public_auth(st: State, s: Session, p: Params) -> Any:
     grant = p.choice("grant_type", ("client_credentials", "refresh_token", "client_signature"),
                      required=True)
@@ -131,10 +149,12 @@ def public_auth(st: State, s: Session, p: Params) -> Any:
     return result
 
 
+@method("public/get_time")
 def public_get_time(st: State, s: Session, p: Params) -> Any:
     return time.time_ns() // 1_000_000
 
 
+@method("public/test")
 def public_test(st: State, s: Session, p: Params) -> Any:
     s.test_pending = False
     if p.text("expected_result") == "exception":
@@ -142,16 +162,19 @@ def public_test(st: State, s: Session, p: Params) -> Any:
     return {"version": VERSION}
 
 
+@method("public/hello")
 def public_hello(st: State, s: Session, p: Params) -> Any:
     p.req_str("client_name")
     p.req_str("client_version")
     return {"version": VERSION}
 
 
+@method("public/status")
 def public_status(st: State, s: Session, p: Params) -> Any:
     return {"locked": "false", "locked_indices": []}
 
 
+@method("public/set_heartbeat", ws_only=True)
 def public_set_heartbeat(st: State, s: Session, p: Params) -> Any:
     interval = p.num("interval", required=True)
     assert interval is not None
@@ -164,6 +187,7 @@ def public_set_heartbeat(st: State, s: Session, p: Params) -> Any:
     return "ok"
 
 
+@method("public/disable_heartbeat", ws_only=True)
 def public_disable_heartbeat(st: State, s: Session, p: Params) -> Any:
     s.heartbeat_interval = None
     if s.heartbeat_task is not None:
@@ -172,10 +196,12 @@ def public_disable_heartbeat(st: State, s: Session, p: Params) -> Any:
     return "ok"
 
 
+@method("public/get_currencies")
 def public_get_currencies(st: State, s: Session, p: Params) -> Any:
     return [currency_info(c) for c in CURRENCIES]
 
 
+@method("public/get_instruments")
 def public_get_instruments(st: State, s: Session, p: Params) -> Any:
     # Deribit lists every currency's instruments when ``currency`` is left out (ccxt's
     # load_markets relies on it), as with "any".
@@ -190,20 +216,24 @@ def public_get_instruments(st: State, s: Session, p: Params) -> Any:
     ]
 
 
+@method("public/get_instrument")
 def public_get_instrument(st: State, s: Session, p: Params) -> Any:
     return st.engine.instrument(p.req_str("instrument_name")).to_dict()
 
 
+@method("public/ticker")
 def public_ticker(st: State, s: Session, p: Params) -> Any:
     return st.engine.ticker(st.engine.instrument(p.req_str("instrument_name")))
 
 
+@method("public/get_order_book")
 def public_get_order_book(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     depth = p.integer("depth", 20) or 20
     return st.engine.order_book(inst, max(1, min(depth, 10_000)))
 
 
+@method("public/get_index_price")
 def public_get_index_price(st: State, s: Session, p: Params) -> Any:
     name = p.req_str("index_name")
     cur = name.split("_")[0].upper()
@@ -248,6 +278,7 @@ def _book_summary(st: State, inst: Any) -> dict[str, Any]:
     return d
 
 
+@method("public/get_book_summary_by_currency")
 def public_get_book_summary_by_currency(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     kind = p.choice("kind", KINDS)
@@ -257,6 +288,7 @@ def public_get_book_summary_by_currency(st: State, s: Session, p: Params) -> Any
     ]
 
 
+@method("public/get_book_summary_by_instrument")
 def public_get_book_summary_by_instrument(st: State, s: Session, p: Params) -> Any:
     return [_book_summary(st, st.engine.instrument(p.req_str("instrument_name")))]
 
@@ -270,6 +302,16 @@ def _time_range(p: Params) -> tuple[int, int]:
     return start, end
 
 
+def _perpetual_over(st: State, p: Params) -> tuple[Any, int, int]:
+    """The perpetual ``instrument_name`` names, and the time range asked for."""
+    inst = st.engine.instrument(p.req_str("instrument_name"))
+    if inst.settlement_period != "perpetual":
+        raise invalid_param("instrument_name", "not a perpetual")
+    start, end = _time_range(p)
+    return inst, start, end
+
+
+@method("public/get_tradingview_chart_data")
 def public_get_tradingview_chart_data(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     start, end = _time_range(p)
@@ -282,38 +324,41 @@ def public_get_tradingview_chart_data(st: State, s: Session, p: Params) -> Any:
     return st.engine.candles.chart(inst.name, start, end, minutes)
 
 
+@method("public/get_funding_rate_value")
 def public_get_funding_rate_value(st: State, s: Session, p: Params) -> Any:
-    inst = st.engine.instrument(p.req_str("instrument_name"))
-    if inst.settlement_period != "perpetual":
-        raise invalid_param("instrument_name", "not a perpetual")
-    start, end = _time_range(p)
+    inst, start, end = _perpetual_over(st, p)
     return st.engine.funding_8h(inst) * (end - start) / FUNDING_PERIOD_MS
 
 
+@method("public/get_historical_volatility")
 def public_get_historical_volatility(st: State, s: Session, p: Params) -> Any:
     return st.engine.historical_volatility(_currency(p), now_ms())
 
 
+@method("public/get_funding_rate_history")
 def public_get_funding_rate_history(st: State, s: Session, p: Params) -> Any:
-    inst = st.engine.instrument(p.req_str("instrument_name"))
-    if inst.settlement_period != "perpetual":
-        raise invalid_param("instrument_name", "not a perpetual")
-    start, end = _time_range(p)
+    inst, start, end = _perpetual_over(st, p)
     return st.engine.funding_history(inst, start, end)
 
 
+@method("public/subscribe", ws_only=True)
 def public_subscribe(st: State, s: Session, p: Params) -> Any:
     return st.hub.subscribe(s, p.str_list("channels"), private=False)
 
 
+@method("private/subscribe", private=True, ws_only=True)
 def private_subscribe(st: State, s: Session, p: Params) -> Any:
     return st.hub.subscribe(s, p.str_list("channels"), private=True)
 
 
+@method("public/unsubscribe", ws_only=True)
+@method("private/unsubscribe", private=True, ws_only=True)
 def unsubscribe(st: State, s: Session, p: Params) -> Any:
     return st.hub.unsubscribe(s, p.str_list("channels"))
 
 
+@method("public/unsubscribe_all", ws_only=True)
+@method("private/unsubscribe_all", private=True, ws_only=True)
 def unsubscribe_all(st: State, s: Session, p: Params) -> Any:
     st.hub.drop(s)
     return "ok"
@@ -371,14 +416,17 @@ def _place(st: State, s: Session, p: Params, is_buy: bool) -> Any:
     return {"order": order.to_dict(), "trades": trades}
 
 
+@method("private/buy", private=True, matching=True, order_entry=True)
 def private_buy(st: State, s: Session, p: Params) -> Any:
     return _place(st, s, p, True)
 
 
+@method("private/sell", private=True, matching=True, order_entry=True)
 def private_sell(st: State, s: Session, p: Params) -> Any:
     return _place(st, s, p, False)
 
 
+@method("private/close_position", private=True, matching=True, order_entry=True)
 def private_close_position(st: State, s: Session, p: Params) -> Any:
     """A reduce-only order for the whole position, limit or market."""
     account = _account(s)
@@ -395,6 +443,7 @@ def private_close_position(st: State, s: Session, p: Params) -> Any:
     return {"order": order.to_dict(), "trades": trades}
 
 
+@method("private/edit", private=True, matching=True, order_entry=True)
 def private_edit(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     order = st.engine.order_of(account, p.req_str("order_id"))
@@ -410,6 +459,7 @@ def private_edit(st: State, s: Session, p: Params) -> Any:
     return {"order": order.to_dict(), "trades": trades}
 
 
+@method("private/edit_by_label", private=True, matching=True, order_entry=True)
 def private_edit_by_label(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     label = p.req_str("label")
@@ -430,6 +480,7 @@ def private_edit_by_label(st: State, s: Session, p: Params) -> Any:
     return {"order": order.to_dict(), "trades": trades}
 
 
+@method("private/cancel", private=True, matching=True)
 def private_cancel(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     order = st.engine.order_of(account, p.req_str("order_id"))
@@ -445,11 +496,13 @@ def _cancel_result(st: State, s: Session, p: Params, orders: list[Any]) -> Any:
     return st.engine.cancel_many(account, orders)
 
 
+@method("private/cancel_all", private=True, matching=True)
 def private_cancel_all(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     return _cancel_result(st, s, p, list(account.open_orders.values()))
 
 
+@method("private/cancel_all_by_instrument", private=True, matching=True)
 def private_cancel_all_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     kind = p.choice("type", OPEN_ORDER_TYPES, "all")
@@ -457,6 +510,7 @@ def private_cancel_all_by_instrument(st: State, s: Session, p: Params) -> Any:
     return _cancel_result(st, s, p, orders)
 
 
+@method("private/cancel_all_by_currency", private=True, matching=True)
 def private_cancel_all_by_currency(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p, allow_any=True)
     kind = p.choice("kind", KINDS)
@@ -468,10 +522,12 @@ def private_cancel_all_by_currency(st: State, s: Session, p: Params) -> Any:
     return _cancel_result(st, s, p, orders)
 
 
+@method("private/cancel_all_by_kind_or_type", private=True, matching=True)
 def private_cancel_all_by_kind_or_type(st: State, s: Session, p: Params) -> Any:
     return private_cancel_all_by_currency(st, s, p)
 
 
+@method("private/cancel_by_label", private=True, matching=True)
 def private_cancel_by_label(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     label = p.req_str("label")
@@ -483,10 +539,12 @@ def private_cancel_by_label(st: State, s: Session, p: Params) -> Any:
     return st.engine.cancel_many(account, orders)
 
 
+@method("private/get_order_state", private=True)
 def private_get_order_state(st: State, s: Session, p: Params) -> Any:
     return st.engine.order_of(_account(s), p.req_str("order_id")).to_dict()
 
 
+@method("private/get_order_state_by_label", private=True)
 def private_get_order_state_by_label(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     label = p.text("label")
@@ -499,12 +557,14 @@ def private_get_order_state_by_label(st: State, s: Session, p: Params) -> Any:
     ]
 
 
+@method("private/get_open_orders", private=True)
 def private_get_open_orders(st: State, s: Session, p: Params) -> Any:
     kind = p.choice("kind", KINDS)
     otype = p.choice("type", OPEN_ORDER_TYPES, "all")
     return [o.to_dict() for o in st.engine.open_orders(_account(s), kind=kind, order_type=otype)]
 
 
+@method("private/get_open_orders_by_instrument", private=True)
 def private_get_open_orders_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     otype = p.choice("type", OPEN_ORDER_TYPES, "all")
@@ -512,6 +572,7 @@ def private_get_open_orders_by_instrument(st: State, s: Session, p: Params) -> A
     return [o.to_dict() for o in orders]
 
 
+@method("private/get_open_orders_by_currency", private=True)
 def private_get_open_orders_by_currency(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     kind = p.choice("kind", KINDS)
@@ -520,6 +581,7 @@ def private_get_open_orders_by_currency(st: State, s: Session, p: Params) -> Any
     return [o.to_dict() for o in orders]
 
 
+@method("private/get_open_orders_by_label", private=True)
 def private_get_open_orders_by_label(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     label = p.text("label")
@@ -527,6 +589,7 @@ def private_get_open_orders_by_label(st: State, s: Session, p: Params) -> Any:
     return [o.to_dict() for o in orders]
 
 
+@method("private/get_user_trades_by_order", private=True)
 def private_get_user_trades_by_order(st: State, s: Session, p: Params) -> Any:
     order = st.engine.order_of(_account(s), p.req_str("order_id"))
     trades = list(st.engine.trades_by_order.get(order.order_id, ()))
@@ -577,12 +640,14 @@ def _account_trades(st: State, s: Session) -> Iterable[dict[str, Any]]:
     return st.engine.trades_by_account.get(_account(s).account_id, ())
 
 
+@method("private/get_user_trades_by_instrument", private=True)
 def private_get_user_trades_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     trades = (t for t in _account_trades(st, s) if t["instrument_name"] == inst.name)
     return _trades_page(p, trades, "start_seq", "end_seq")
 
 
+@method("private/get_user_trades_by_instrument_and_time", private=True)
 def private_get_user_trades_by_instrument_and_time(st: State, s: Session, p: Params) -> Any:
     p.integer("start_timestamp", required=True)
     p.integer("end_timestamp", required=True)
@@ -599,21 +664,25 @@ def _currency_trades(st: State, s: Session, p: Params) -> Iterable[dict[str, Any
             yield t
 
 
+@method("private/get_user_trades_by_currency", private=True)
 def private_get_user_trades_by_currency(st: State, s: Session, p: Params) -> Any:
     return _trades_page(p, list(_currency_trades(st, s, p)), "start_id", "end_id", "id")
 
 
+@method("private/get_user_trades_by_currency_and_time", private=True)
 def private_get_user_trades_by_currency_and_time(st: State, s: Session, p: Params) -> Any:
     p.integer("start_timestamp", required=True)
     p.integer("end_timestamp", required=True)
     return _trades_page(p, list(_currency_trades(st, s, p)), "start_id", "end_id", "id")
 
 
+@method("public/get_last_trades_by_instrument")
 def public_get_last_trades_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     return _trades_page(p, st.engine.public_trades[inst.name], "start_seq", "end_seq")
 
 
+@method("public/get_last_trades_by_instrument_and_time")
 def public_get_last_trades_by_instrument_and_time(st: State, s: Session, p: Params) -> Any:
     _time_range(p)
     return public_get_last_trades_by_instrument(st, s, p)
@@ -641,10 +710,12 @@ def _order_history(st: State, s: Session, p: Params, **where: Any) -> Any:
     return {"orders": page, "continuation": str(offset + count) if len(orders) > count else None}
 
 
+@method("private/get_order_history_by_currency", private=True)
 def private_get_order_history_by_currency(st: State, s: Session, p: Params) -> Any:
     return _order_history(st, s, p, currency=_currency(p), kind=p.choice("kind", KINDS))
 
 
+@method("private/get_order_history_by_instrument", private=True)
 def private_get_order_history_by_instrument(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     return _order_history(st, s, p, instrument=inst.name)
@@ -658,11 +729,13 @@ def _position_dict(st: State, pos: Any) -> dict[str, Any]:
     return pos.to_dict(st.engine.mark(inst), st.engine.index(inst.base))
 
 
+@method("private/get_position", private=True)
 def private_get_position(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     return _position_dict(st, _account(s).position(inst))
 
 
+@method("private/get_positions", private=True)
 def private_get_positions(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p, allow_any=True) if p.has("currency") else "ANY"
     kind = p.choice("kind", KINDS)
@@ -675,6 +748,7 @@ def private_get_positions(st: State, s: Session, p: Params) -> Any:
     ]
 
 
+@method("private/get_margins", private=True)
 def private_get_margins(st: State, s: Session, p: Params) -> Any:
     inst = st.engine.instrument(p.req_str("instrument_name"))
     amount = check_amount(inst, p.num("amount", required=True) or 0.0)
@@ -690,11 +764,13 @@ def private_get_margins(st: State, s: Session, p: Params) -> Any:
     }
 
 
+@method("private/get_account_summary", private=True)
 def private_get_account_summary(st: State, s: Session, p: Params) -> Any:
     currency = _currency(p)
     return _account(s).summary(currency, st.engine.mark, st.engine.instruments)
 
 
+@method("private/get_account_summaries", private=True)
 def private_get_account_summaries(st: State, s: Session, p: Params) -> Any:
     account = _account(s)
     return {
@@ -710,16 +786,19 @@ def private_get_account_summaries(st: State, s: Session, p: Params) -> Any:
     }
 
 
+@method("private/enable_cancel_on_disconnect", private=True, ws_only=True)
 def private_enable_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
     s.cancel_on_disconnect = p.choice("scope", ("connection", "account"), "connection")
     return "ok"
 
 
+@method("private/disable_cancel_on_disconnect", private=True, ws_only=True)
 def private_disable_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
     s.cancel_on_disconnect = None
     return "ok"
 
 
+@method("private/get_cancel_on_disconnect", private=True)
 def private_get_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
     return {
         "scope": s.cancel_on_disconnect or "connection",
@@ -727,6 +806,7 @@ def private_get_cancel_on_disconnect(st: State, s: Session, p: Params) -> Any:
     }
 
 
+@method("private/logout", private=True, ws_only=True)
 def private_logout(st: State, s: Session, p: Params) -> Any:
     st.hub.drop(s)
     s.account = None
@@ -750,15 +830,18 @@ def _admin_account(st: State, s: Session, p: Params) -> Account:
     return account
 
 
+@method("admin/set_faults", admin=True)
 def admin_set_faults(st: State, s: Session, p: Params) -> Any:
     st.faults.update(p.raw)
     return st.faults.to_dict()
 
 
+@method("admin/get_faults", admin=True)
 def admin_get_faults(st: State, s: Session, p: Params) -> Any:
     return st.faults.to_dict()
 
 
+@method("admin/get_stats", admin=True)
 def admin_get_stats(st: State, s: Session, p: Params) -> Any:
     engine = st.engine
     return {
@@ -777,6 +860,7 @@ def admin_get_stats(st: State, s: Session, p: Params) -> Any:
     }
 
 
+@method("admin/get_orders_by_label", admin=True)
 def admin_get_orders_by_label(st: State, s: Session, p: Params) -> Any:
     label = p.req_str("label")
     return [
@@ -785,6 +869,7 @@ def admin_get_orders_by_label(st: State, s: Session, p: Params) -> Any:
     ]
 
 
+@method("admin/set_position", admin=True)
 def admin_set_position(st: State, s: Session, p: Params) -> Any:
     account = _admin_account(st, s, p)
     inst = st.engine.instrument(p.req_str("instrument_name"))
@@ -794,6 +879,7 @@ def admin_set_position(st: State, s: Session, p: Params) -> Any:
     return _position_dict(st, pos)
 
 
+@method("admin/set_balance", admin=True)
 def admin_set_balance(st: State, s: Session, p: Params) -> Any:
     account = _admin_account(st, s, p)
     currency = _currency(p)
@@ -803,110 +889,8 @@ def admin_set_balance(st: State, s: Session, p: Params) -> Any:
     return account.summary(currency, st.engine.mark, st.engine.instruments)
 
 
+@method("admin/step_market", admin=True)
 def admin_step_market(st: State, s: Session, p: Params) -> Any:
     for _ in range(max(1, p.integer("steps", 1) or 1)):
         st.engine.step_market()
     return {"steps": st.engine.market.steps, "index": dict(st.engine.market.index)}
-
-
-METHODS: dict[str, Method] = {
-    "public/auth": Method(public_auth),
-    "public/get_time": Method(public_get_time),
-    "public/test": Method(public_test),
-    "public/hello": Method(public_hello),
-    "public/status": Method(public_status),
-    "public/set_heartbeat": Method(public_set_heartbeat, ws_only=True),
-    "public/disable_heartbeat": Method(public_disable_heartbeat, ws_only=True),
-    "public/get_currencies": Method(public_get_currencies),
-    "public/get_instruments": Method(public_get_instruments),
-    "public/get_instrument": Method(public_get_instrument),
-    "public/ticker": Method(public_ticker),
-    "public/get_order_book": Method(public_get_order_book),
-    "public/get_index_price": Method(public_get_index_price),
-    "public/get_last_trades_by_instrument": Method(public_get_last_trades_by_instrument),
-    "public/get_book_summary_by_currency": Method(public_get_book_summary_by_currency),
-    "public/get_book_summary_by_instrument": Method(public_get_book_summary_by_instrument),
-    "public/get_tradingview_chart_data": Method(public_get_tradingview_chart_data),
-    "public/get_funding_rate_value": Method(public_get_funding_rate_value),
-    "public/get_funding_rate_history": Method(public_get_funding_rate_history),
-    "public/get_historical_volatility": Method(public_get_historical_volatility),
-    "public/get_last_trades_by_instrument_and_time": Method(
-        public_get_last_trades_by_instrument_and_time
-    ),
-    "public/subscribe": Method(public_subscribe, ws_only=True),
-    "public/unsubscribe": Method(unsubscribe, ws_only=True),
-    "public/unsubscribe_all": Method(unsubscribe_all, ws_only=True),
-    "private/subscribe": Method(private_subscribe, private=True, ws_only=True),
-    "private/unsubscribe": Method(unsubscribe, private=True, ws_only=True),
-    "private/unsubscribe_all": Method(unsubscribe_all, private=True, ws_only=True),
-    "private/buy": Method(private_buy, private=True, matching=True, order_entry=True),
-    "private/sell": Method(private_sell, private=True, matching=True, order_entry=True),
-    "private/edit": Method(private_edit, private=True, matching=True, order_entry=True),
-    "private/close_position": Method(
-        private_close_position, private=True, matching=True, order_entry=True
-    ),
-    "private/edit_by_label": Method(
-        private_edit_by_label, private=True, matching=True, order_entry=True
-    ),
-    "private/cancel": Method(private_cancel, private=True, matching=True),
-    "private/cancel_all": Method(private_cancel_all, private=True, matching=True),
-    "private/cancel_all_by_instrument": Method(
-        private_cancel_all_by_instrument, private=True, matching=True
-    ),
-    "private/cancel_all_by_currency": Method(
-        private_cancel_all_by_currency, private=True, matching=True
-    ),
-    "private/cancel_all_by_kind_or_type": Method(
-        private_cancel_all_by_kind_or_type, private=True, matching=True
-    ),
-    "private/cancel_by_label": Method(private_cancel_by_label, private=True, matching=True),
-    "private/get_order_state": Method(private_get_order_state, private=True),
-    "private/get_order_state_by_label": Method(private_get_order_state_by_label, private=True),
-    "private/get_open_orders": Method(private_get_open_orders, private=True),
-    "private/get_open_orders_by_instrument": Method(
-        private_get_open_orders_by_instrument, private=True
-    ),
-    "private/get_open_orders_by_currency": Method(
-        private_get_open_orders_by_currency, private=True
-    ),
-    "private/get_open_orders_by_label": Method(private_get_open_orders_by_label, private=True),
-    "private/get_user_trades_by_order": Method(private_get_user_trades_by_order, private=True),
-    "private/get_user_trades_by_instrument": Method(
-        private_get_user_trades_by_instrument, private=True
-    ),
-    "private/get_user_trades_by_currency": Method(
-        private_get_user_trades_by_currency, private=True
-    ),
-    "private/get_user_trades_by_currency_and_time": Method(
-        private_get_user_trades_by_currency_and_time, private=True
-    ),
-    "private/get_user_trades_by_instrument_and_time": Method(
-        private_get_user_trades_by_instrument_and_time, private=True
-    ),
-    "private/get_order_history_by_currency": Method(
-        private_get_order_history_by_currency, private=True
-    ),
-    "private/get_order_history_by_instrument": Method(
-        private_get_order_history_by_instrument, private=True
-    ),
-    "private/get_position": Method(private_get_position, private=True),
-    "private/get_positions": Method(private_get_positions, private=True),
-    "private/get_margins": Method(private_get_margins, private=True),
-    "private/get_account_summary": Method(private_get_account_summary, private=True),
-    "private/get_account_summaries": Method(private_get_account_summaries, private=True),
-    "private/enable_cancel_on_disconnect": Method(
-        private_enable_cancel_on_disconnect, private=True, ws_only=True
-    ),
-    "private/disable_cancel_on_disconnect": Method(
-        private_disable_cancel_on_disconnect, private=True, ws_only=True
-    ),
-    "private/get_cancel_on_disconnect": Method(private_get_cancel_on_disconnect, private=True),
-    "private/logout": Method(private_logout, private=True, ws_only=True),
-    "admin/set_faults": Method(admin_set_faults, admin=True),
-    "admin/get_faults": Method(admin_get_faults, admin=True),
-    "admin/get_stats": Method(admin_get_stats, admin=True),
-    "admin/get_orders_by_label": Method(admin_get_orders_by_label, admin=True),
-    "admin/set_position": Method(admin_set_position, admin=True),
-    "admin/set_balance": Method(admin_set_balance, admin=True),
-    "admin/step_market": Method(admin_step_market, admin=True),
-}

@@ -244,7 +244,7 @@ def _v2(sink: SinkSettings) -> list[str]:
 
 
 def _v3(sink: SinkSettings) -> list[str]:
-    # Worker metric samples (issue 6): one row per value; a replayed sample replaces itself.
+    # Worker metric samples: one row per value; a replayed sample replaces itself.
     metrics = f"""
     CREATE TABLE IF NOT EXISTS metrics (
         worker {LC},
@@ -260,7 +260,7 @@ def _v3(sink: SinkSettings) -> list[str]:
 
 
 def _v4(sink: SinkSettings) -> list[str]:
-    # Notifier fields (issue 5): severity, why an attempt failed, digest size, grouping and
+    # Notifier fields: severity, why an attempt failed, digest size, grouping and
     # the emergency alert an attempt belongs to.
     return [
         f"ALTER TABLE notifications ADD COLUMN IF NOT EXISTS severity {LCN}",

@@ -1,6 +1,6 @@
-"""Scenario 2: stop the Kafka broker in the middle of the flow, keep it down a few seconds,
-start it again on the same data dir and ports. Nothing is restarted by hand: the worker,
-position keeper, notifier and gateway must reconnect on their own and every order end."""
+"""Chaos scenario ``broker-restart``: stop the Kafka broker in the middle of the flow, keep it down
+a few seconds, start it again on the same data dir and ports. Nothing is restarted by hand: the
+worker, position keeper, notifier and gateway must reconnect on their own and every order end."""
 
 from __future__ import annotations
 

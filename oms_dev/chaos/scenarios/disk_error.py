@@ -1,4 +1,5 @@
-"""Chaos scenario 5: the ClickHouse (chDB) data path fails under the sink while orders flow.
+"""Chaos scenario ``disk-error``: the ClickHouse (chDB) data path fails under the sink while
+orders flow.
 
 Two real faults, one after the other, each held ``fault_s`` and then removed while the sink
 keeps running (see :mod:`oms_dev.chaos.scenarios.disk_faults`): the disk is full (a tmpfs of
@@ -30,18 +31,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from oms.settings import SinkSettings
 from oms.sinks.clickhouse.client import chdb_path
 from oms_dev.chaos.config import ChaosConfig
-from oms_dev.chaos.flow import FlowConfig, PacedFlow
-from oms_dev.chaos.scenarios.disk_faults import DataPathFaults
+from oms_dev.chaos.flow import PacedFlow
+from oms_dev.chaos.scenarios.disk_faults import DataPathFaults, sink_command_prefix
 from oms_dev.chaos.scenarios.sink_common import (
+    SinkScenarioConfig,
     SinkStack,
-    apply_quick,
     compare_clickhouse_with_kafka,
     open_stack,
     read_json_log,
@@ -58,37 +59,14 @@ RETRY_MIN_S = SinkSettings().retry_min_s
 
 
 @dataclass
-class DiskErrorConfig:
-    orders: int = 400
-    rate: float = 8.0  # orders per second: the flow spans both faults
+class DiskErrorConfig(SinkScenarioConfig):
+    QUICK: ClassVar[dict[str, Any]] = QUICK
+
     fault_s: float = 10.0  # each fault is held this long
     settle_s: float = 3.0  # flow before the first fault
     recover_within_s: float = 60.0  # for the sink to insert again once a fault is removed
     readable_within_s: float = 30.0  # for every table to read again (the sink's rechecks)
     tmpfs_mb: int = 64
-    batch_size: int = 200
-    flush_interval_s: float = 0.5
-    accounts: int = 10
-    partitions: int = 4
-    auto_cancel_s: float = 4.0
-    timeout_s: float = 180.0
-    catch_up_s: float = 120.0
-    bootstrap: str | None = None
-    quick: bool = False
-
-    def __post_init__(self) -> None:
-        apply_quick(self, QUICK)
-
-    def flow_config(self) -> FlowConfig:
-        return FlowConfig(
-            orders=self.orders,
-            rate=self.rate,
-            accounts=self.accounts,
-            auto_cancel_s=self.auto_cancel_s,
-            partitions=self.partitions,
-            timeout_s=self.timeout_s,
-            bootstrap=self.bootstrap,
-        )
 
 
 async def _hold_fault(
@@ -189,17 +167,14 @@ def _secrets(stack: SinkStack) -> list[str]:
 
 
 async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """The suite's entry: scenario 5 at its full or ``--quick`` size."""
-    disk_error = DiskErrorConfig(quick=config.quick, bootstrap=config.bootstrap)
-    if config.orders:
-        disk_error.orders = config.orders
-    return await run_disk_error(disk_error, on_status)
+    """The suite's entry: ``disk-error`` at its full or ``--quick`` size."""
+    return await run_disk_error(DiskErrorConfig.for_suite(config), on_status)
 
 
 async def run_disk_error(
     config: DiskErrorConfig, on_status: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Run scenario 5; its result (``ok`` when every check held)."""
+    """Run the ``disk-error`` scenario; its result (``ok`` when every check held)."""
     t0 = time.monotonic()
     flow_config = config.flow_config()
     stack = await open_stack(
@@ -207,13 +182,13 @@ async def run_disk_error(
         batch_size=config.batch_size,
         flush_interval_s=config.flush_interval_s,
         on_status=on_status,
+        sink_command_prefix=sink_command_prefix(),
     )
     faults = DataPathFaults(chdb_path(stack.settings), config.tmpfs_mb)
     try:
         faults.prepare()
         if not faults.available:
             raise RuntimeError(f"no disk fault can be injected here: {faults.unavailable}")
-        stack.sink.command_prefix = faults.sink_command_prefix()
         on_status("starting the sink" + (" on a tmpfs of its own" if faults.mounted else ""))
         await stack.start_sink()
         await stack.wait_flushing()

@@ -1,4 +1,5 @@
-"""Real storage faults on the embedded ClickHouse (chDB) data path, for chaos scenario 5.
+"""Real storage faults on the embedded ClickHouse (chDB) data path, for the ``disk-error`` chaos
+scenario.
 
 * **disk full**: the data path is a small tmpfs of its own, and a filler file takes every
   free byte, so ClickHouse's writes fail with ENOSPC / NOT_ENOUGH_SPACE. Mounting needs root
@@ -23,6 +24,14 @@ from pathlib import Path
 FILLER = "chaos-disk-filler"
 # What lets root write regardless of file modes.
 DAC_CAPABILITIES = "-dac_override,-dac_read_search,-fowner"
+
+
+def sink_command_prefix() -> list[str]:
+    """Wrapper for the sink process so file modes bind it even when we are root."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        return [setpriv, "--bounding-set", DAC_CAPABILITIES]
+    return []
 
 
 class DataPathFaults:
@@ -61,13 +70,6 @@ class DataPathFaults:
             self.unavailable["disk_full"] = f"mount tmpfs failed: {done.stderr.strip()[:200]}"
         if shutil.which("setpriv") is None:
             self.unavailable["permission"] = "running as root without setpriv to drop CAP_DAC_*"
-
-    def sink_command_prefix(self) -> list[str]:
-        """Wrapper for the sink process so file modes bind it even when we are root."""
-        setpriv = shutil.which("setpriv")
-        if self.root and setpriv:
-            return [setpriv, "--bounding-set", DAC_CAPABILITIES]
-        return []
 
     @property
     def available(self) -> list[str]:

@@ -1,5 +1,5 @@
-"""Scenario 3: the paper exchange cuts every connection every 3 s, answers 10% of order
-requests with 10028 (rate limited) and holds 1% of replies back 5 s (the request is
+"""Chaos scenario ``exchange-faults``: the paper exchange cuts every connection every 3 s, answers
+10% of order requests with 10028 (rate limited) and holds 1% of replies back 5 s (the request is
 executed, the answer comes late), from the first order until every order has ended."""
 
 from __future__ import annotations

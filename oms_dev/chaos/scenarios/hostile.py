@@ -1,6 +1,6 @@
-"""Scenario 6: hostile messages mixed into the request topic (``oms bench hostile``), its
-result mapped into the suite's shape: a request is a hostile message or a valid order; a
-hostile message is "terminal" when it has an outcome with a reason (a dead letter or a
+"""Chaos scenario ``hostile``: hostile messages mixed into the request topic (``oms bench
+hostile``), its result mapped into the suite's shape: a request is a hostile message or a valid
+order; a hostile message is "terminal" when it has an outcome with a reason (a dead letter or a
 rejection event), a valid order when it ends as expected."""
 
 from __future__ import annotations

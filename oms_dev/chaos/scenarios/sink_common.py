@@ -15,10 +15,10 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
@@ -35,6 +35,7 @@ from oms.schemas import (
 from oms.settings import Settings
 from oms.sinks.errors import QueryError
 from oms.sinks.query import run_query
+from oms_dev.chaos.config import ChaosConfig
 from oms_dev.chaos.flow import ChaosStack, FlowConfig, start_paper
 from oms_dev.chaos.verdict import make_result, order_counts
 from oms_dev.harness import ServiceProcess, wait_http_ok
@@ -61,13 +62,52 @@ TABLE_KEYS: dict[str, str] = {
 Key = Any
 
 
-def apply_quick(config: Any, quick_values: dict[str, Any]) -> None:
-    """With ``config.quick``, replace the fields still at their defaults by the quick ones."""
-    if not config.quick:
-        return
-    for f in dataclasses.fields(config):
-        if f.name in quick_values and getattr(config, f.name) == f.default:
-            setattr(config, f.name, quick_values[f.name])
+@dataclass
+class SinkScenarioConfig:
+    """What the sink scenarios configure alike: the paced flow, the sink's batching, how
+    long to wait. With ``quick``, the fields still at their defaults take the scenario's
+    ``QUICK`` values."""
+
+    QUICK: ClassVar[dict[str, Any]] = {}
+
+    orders: int = 400
+    rate: float = 8.0  # orders per second: the flow spans the faults
+    batch_size: int = 200
+    flush_interval_s: float = 0.5
+    accounts: int = 10
+    partitions: int = 4
+    auto_cancel_s: float = 4.0
+    timeout_s: float = 180.0  # for every order to reach a terminal state
+    catch_up_s: float = 120.0  # for the sink to commit everything after the last fault
+    bootstrap: str | None = None
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.quick:
+            return
+        for f in dataclasses.fields(self):
+            if f.name in self.QUICK and getattr(self, f.name) == f.default:
+                setattr(self, f.name, self.QUICK[f.name])
+
+    @classmethod
+    def for_suite(cls, suite: ChaosConfig) -> Self:
+        """The scenario as the suite runs it: full or ``--quick`` size, its order count."""
+        config = cls(quick=suite.quick, bootstrap=suite.bootstrap)
+        if suite.orders:
+            config.orders = suite.orders
+        return config
+
+    def flow_config(self) -> FlowConfig:
+        """The paced order flow of the run."""
+        return FlowConfig(
+            orders=self.orders,
+            rate=self.rate,
+            accounts=self.accounts,
+            auto_cancel_s=self.auto_cancel_s,
+            partitions=self.partitions,
+            timeout_s=self.timeout_s,
+            bootstrap=self.bootstrap,
+        )
 
 
 @dataclass
@@ -129,8 +169,10 @@ async def open_stack(
     batch_size: int,
     flush_interval_s: float,
     on_status: Callable[[str], None],
+    sink_command_prefix: Sequence[str] = (),
 ) -> SinkStack:
-    """A paper stack (started) and a sink (added, not started) batching as given."""
+    """A paper stack (started) and a sink (added, not started) batching as given, run
+    through ``sink_command_prefix`` when it starts."""
 
     def tune(settings: Settings) -> Settings:
         sink = settings.sink.model_copy(
@@ -139,7 +181,9 @@ async def open_stack(
         return settings.model_copy(update={"sink": sink})
 
     stack = await start_paper(flow, on_status, tune)
-    sink = stack.services.add("sink", ["sink"], OMS_LOG_JSON="true")
+    sink = stack.services.add(
+        "sink", ["sink"], command_prefix=sink_command_prefix, OMS_LOG_JSON="true"
+    )
     return SinkStack(stack, sink)
 
 

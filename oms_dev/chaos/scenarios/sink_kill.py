@@ -1,4 +1,4 @@
-"""Chaos scenario 4: the ClickHouse sink is SIGKILLed while it inserts, again and again.
+"""Chaos scenario ``sink-kill``: the ClickHouse sink is SIGKILLed while it inserts, again and again.
 
 A paced mixed order flow runs through a paper stack with the sink storing it in small
 batches (so it inserts all the time). Every ``kill_every_s`` after the sink is back at
@@ -18,13 +18,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from oms_dev.chaos.config import ChaosConfig
-from oms_dev.chaos.flow import FlowConfig, PacedFlow
+from oms_dev.chaos.flow import PacedFlow
 from oms_dev.chaos.scenarios.sink_common import (
+    SinkScenarioConfig,
     SinkStack,
-    apply_quick,
     compare_clickhouse_with_kafka,
     open_stack,
     sink_result,
@@ -35,35 +35,14 @@ QUICK: dict[str, Any] = {"orders": 80, "rate": 10.0, "kills": 2, "kill_every_s":
 
 
 @dataclass
-class SinkKillConfig:
-    orders: int = 400
-    rate: float = 8.0  # orders per second: the flow spans the kills
+class SinkKillConfig(SinkScenarioConfig):
+    QUICK: ClassVar[dict[str, Any]] = QUICK
+
     kills: int = 6
     kill_every_s: float = 3.0  # after the restarted sink has inserted again
     aim_within_s: float = 5.0  # how long to wait for an insert in flight before killing
     batch_size: int = 20  # small batches: the sink inserts several times a second
     flush_interval_s: float = 0.2
-    accounts: int = 10
-    partitions: int = 4
-    auto_cancel_s: float = 4.0
-    timeout_s: float = 180.0  # for every order to reach a terminal state
-    catch_up_s: float = 120.0  # for the sink to commit everything after the last kill
-    bootstrap: str | None = None
-    quick: bool = False
-
-    def __post_init__(self) -> None:
-        apply_quick(self, QUICK)
-
-    def flow_config(self) -> FlowConfig:
-        return FlowConfig(
-            orders=self.orders,
-            rate=self.rate,
-            accounts=self.accounts,
-            auto_cancel_s=self.auto_cancel_s,
-            partitions=self.partitions,
-            timeout_s=self.timeout_s,
-            bootstrap=self.bootstrap,
-        )
 
 
 async def _insert_in_flight(stack: SinkStack, within: float) -> dict[str, Any] | None:
@@ -103,15 +82,12 @@ async def _kill_loop(
 
 
 async def run(config: ChaosConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """The suite's entry: scenario 4 at its full or ``--quick`` size."""
-    sink_kill = SinkKillConfig(quick=config.quick, bootstrap=config.bootstrap)
-    if config.orders:
-        sink_kill.orders = config.orders
-    return await run_sink_kill(sink_kill, on_status)
+    """The suite's entry: ``sink-kill`` at its full or ``--quick`` size."""
+    return await run_sink_kill(SinkKillConfig.for_suite(config), on_status)
 
 
 async def run_sink_kill(config: SinkKillConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
-    """Run scenario 4; its result (``ok`` when every check held)."""
+    """Run the ``sink-kill`` scenario; its result (``ok`` when every check held)."""
     t0 = time.monotonic()
     flow_config = config.flow_config()
     stack = await open_stack(

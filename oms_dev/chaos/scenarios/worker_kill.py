@@ -1,6 +1,6 @@
-"""Scenario 1: SIGKILL the worker every 20 s during a 5-minute mixed flow (``--quick``:
-about 60 s). Each kill is a crash with no chance to clean up; the worker is started again
-at once and must resume from its changelogs and the committed offsets: no order lost, none
+"""Chaos scenario ``worker-kill``: SIGKILL the worker every 20 s during a 5-minute mixed flow
+(``--quick``: about 60 s). Each kill is a crash with no chance to clean up; the worker is started
+again at once and must resume from its changelogs and the committed offsets: no order lost, none
 sent twice to the exchange."""
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Reading topics with a plain aiokafka consumer that assigns partitions itself (no group).
+
+Why :func:`topic_partitions` exists: a consumer without a subscription knows a topic's
+partitions from its cluster metadata, which aiokafka refreshes only every
+``metadata_max_age_ms`` (5 minutes by default) or after an error. A topic created after the
+consumer started (by a worker starting beside it, or by Faust declaring a changelog) has no
+partitions there until then, and ``partitions_for_topic`` answers None. aiokafka has no public
+call that refreshes the consumer's metadata now (``AIOKafkaConsumer.topics()`` fetches fresh
+metadata but keeps it apart and returns topic names only), so this module is the one place
+that asks the consumer's client for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+Record = tuple[bytes | None, bytes | None]
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch the cluster metadata now (topics created since the consumer started become
+    known). A failed fetch is left for the next call or aiokafka's own refresh."""
+    with contextlib.suppress(KafkaError):
+        await consumer._client.force_metadata_update()
+
+
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, *, wait_s: float | None = None, poll_s: float = 0.2
+) -> list[TopicPartition]:
+    """The topic's partitions, in order, refreshing the consumer's metadata until it knows
+    the topic. ``wait_s``: give up after that long and return ``[]`` (0: one refresh at
+    most); None: wait as long as it takes."""
+    loop = asyncio.get_running_loop()
+    deadline = None if wait_s is None else loop.time() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await refresh_metadata(consumer)
+            parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if deadline is not None and loop.time() >= deadline:
+            return []
+        await asyncio.sleep(poll_s)
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout_s: float | None = None) -> list[Record]:
+    """Every (key, value) of a topic, from its beginning to its end as it is now, in offset
+    order within each partition; ``[]`` when the topic does not exist. Raises TimeoutError
+    when reading takes longer than ``timeout_s`` (None: no limit)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic, wait_s=0)
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Record] = []
+        async with asyncio.timeout(timeout_s):
+            remaining = {tp for tp, end in ends.items() if end > 0}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
+                for messages in batch.values():
+                    out.extend((m.key, m.value) for m in messages)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
