@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -45,11 +45,13 @@ class ReportRouter:
         self._stop = asyncio.Event()
         # Next offset to read per partition once the current batch is forwarded.
         self._done: dict[TopicPartition, int] = {}
+        # Whether the group has handed this consumer its partitions (maybe none): before
+        # that, an empty assignment says nothing about being caught up.
+        self._assigned = asyncio.Event()
 
     async def start(self) -> None:
         ps = self.settings.positions
         self._consumer = AIOKafkaConsumer(
-            self.topic,
             bootstrap_servers=self.settings.kafka.bootstrap,
             group_id=self.group_id,
             client_id=self.group_id,
@@ -58,6 +60,7 @@ class ReportRouter:
             max_poll_records=ps.take_max,
             session_timeout_ms=int(self.settings.worker.session_timeout_s * 1000),
         )
+        self._consumer.subscribe([self.topic], listener=_Assignments(self._assigned))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="positions-route")
 
@@ -117,11 +120,11 @@ class ReportRouter:
         """Every report published so far on our partitions has been forwarded: by us since
         we started, or before (the group's committed offset; without it a restarted keeper
         waited for new traffic on every partition)."""
-        if self._consumer is None:
+        if self._consumer is None or not self._assigned.is_set():
             return False
         assigned = list(self._consumer.assignment())
         if not assigned:
-            return True
+            return True  # the group gave this keeper no partitions: nothing to forward
         ends = await self._consumer.end_offsets(assigned)
         for tp, end in ends.items():
             done = self._done.get(tp, -1)
@@ -131,6 +134,19 @@ class ReportRouter:
             if committed is None or committed < end:
                 return False
         return True
+
+
+class _Assignments(ConsumerRebalanceListener):
+    """Tells when the group has assigned partitions (possibly none), and when it took them."""
+
+    def __init__(self, assigned: asyncio.Event) -> None:
+        self._event = assigned
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._event.clear()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._event.set()
 
 
 def _route_key(raw: bytes | None) -> str | None:
