@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
@@ -128,6 +128,23 @@ class WorkerSettings(BaseModel):
     # (oms.market): enough for every instrument of a partition to have current values before
     # anything reads them (marks for risk, previous values for crosses, the touch for chase).
     tick_replay_per_partition: int = Field(500, ge=1)
+    # An order that ended (filled, cancelled, rejected, expired) leaves the worker's table this
+    # long after its last change (a tombstone on the changelog); ClickHouse keeps its history.
+    terminal_retention_s: float = Field(600.0, ge=0)
+    # A compact marker of it refuses a duplicate request_id (and cancels/amends of it) for
+    # this long after it ended; a submit created longer ago than this is refused as stale.
+    dedupe_retention_s: float = Field(86_400.0, gt=0)
+    # How often the ended orders and markers that are due are handed to their purge.
+    purge_interval_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _markers_outlive_orders(self) -> Self:
+        if self.dedupe_retention_s < self.terminal_retention_s:
+            raise ValueError(
+                "dedupe_retention_s must be at least terminal_retention_s: the marker that "
+                "refuses duplicates must outlive the order's record"
+            )
+        return self
 
 
 class QueueSettings(BaseModel):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from oms.orders.params import ALGO_KEY, TWAP, TwapParams
@@ -223,6 +223,18 @@ def due_slices(parent: OrderRecord, now: int) -> list[tuple[int, float]]:
     assert params.lot is not None  # recorded by start_parent
     amounts = slice_amounts(parent.amount, params.lot, params.slices)
     return [(i, amounts[i]) for i in range(params.slices) if due_at(parent, params, i) <= now]
+
+
+def next_slice_at(parent: OrderRecord, sent: Collection[int] = ()) -> int | None:
+    """When the earliest slice of a working parent that is neither ``sent`` (indexes) nor
+    among its children is due (ms); None when every slice went out."""
+    params = params_of(parent)
+    times = [
+        due_at(parent, params, i)
+        for i in range(params.slices)
+        if i not in sent and child_order_id(parent, i) not in parent.children
+    ]
+    return min(times, default=None)
 
 
 def _exchange_state(status: OrderStatus) -> ExchangeOrderState:

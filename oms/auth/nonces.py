@@ -52,3 +52,9 @@ class NonceStore:
         entries = list(self._table.get(order_id) or ())
         entries.append([nonce, position])
         self._table[order_id] = entries[-self._kept :]
+
+    def forget(self, order_id: str) -> None:
+        """Drop an order's nonces (it left the table: a request signed for it is older than
+        the freshness window by now, and refused as stale anyway)."""
+        if order_id in self._table:
+            del self._table[order_id]

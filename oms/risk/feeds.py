@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -169,7 +170,10 @@ class RiskFeeds(Component):
             return
         value = message.value
         if value is None and kind in ("controls", "orders") and message.key is not None:
-            self._delete(kind, message.key.decode(errors="replace"))
+            key = message.key
+            self._delete(
+                kind, table_key(key) if kind == "orders" else key.decode("utf-8", "replace")
+            )
             return
         record = decode(_MODELS[kind], value)
         if isinstance(record, Undecodable):
@@ -209,6 +213,16 @@ class RiskFeeds(Component):
                 f"controls refused, previous ones stay in force: {failure.error}",
             )
         await self._on_undecodable(message, failure)
+
+
+def table_key(raw: bytes) -> str:
+    """The order id of a record of the orders table's changelog: Faust writes a table's
+    ``str`` keys as JSON strings (``"o-..."``, quotes included)."""
+    try:
+        key = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+    return key if isinstance(key, str) else raw.decode("utf-8", "replace")
 
 
 # The record each topic kind carries.

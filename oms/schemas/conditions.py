@@ -107,6 +107,10 @@ class TriggerKind(StrEnum):
     REJECT = "reject"  # refused when leaving the queue (e.g. a risk limit now breached)
     CREATE = "create"  # a linked child order, created by its parent's intake
     LINK = "link"  # a linked order's fill (or end), for its parent/siblings/children
+    # Ended orders of one partition to take out of the table (their markers stay), markers to
+    # forget: ``details`` lists them (oms.orders.retention.PurgeBatch); ``order_id`` is one of
+    # them, so the trigger reaches their partition's writer.
+    PURGE = "purge"
 
 
 class OrderTrigger(Record):

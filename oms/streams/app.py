@@ -46,6 +46,7 @@ class OmsApp:
     dead_letters: faust.TopicT
     orders: Any  # faust Table[str, OrderRecord]
     nonces: Any  # faust Table[str, list[[nonce, position]]]
+    finished: Any  # faust Table[str, [account, status, ended_at]]: orders that left `orders`
 
     def active_partitions(self, topic_name: str) -> set[int]:
         """Partitions of a topic this worker actively owns (standbys excluded)."""
@@ -72,6 +73,13 @@ def create_app(settings: Settings) -> OmsApp:
         partitions=settings.kafka.partitions,
         help="Signed-request nonces per order id (replay protection), co-partitioned.",
     )
+    finished = app.Table(
+        "finished-orders",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        help="Orders that ended and left the orders table: a marker each, co-partitioned.",
+    )
     return OmsApp(
         app=app,
         requests=app.topic(settings.topic(Topic.ORDER_REQUESTS)),
@@ -82,4 +90,5 @@ def create_app(settings: Settings) -> OmsApp:
         dead_letters=app.topic(settings.topic(Topic.DEAD_LETTERS)),
         orders=orders,
         nonces=nonces,
+        finished=finished,
     )

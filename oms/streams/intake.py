@@ -47,7 +47,9 @@ from oms.streams.held_orders import HeldOrders, Withdrawal
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
+    from oms.orders.retention import Finished
     from oms.risk.runtime import IntakeGuard
+    from oms.streams.purge import Retention
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +78,8 @@ class IntakeContext(AgentContext):
     # Waits until the table writes made so far are on Kafka (the worker: its producer's
     # flush); None: writes are durable at once (tests with a plain dict).
     make_durable: Callable[[], Awaitable[None]] | None = None
+    # Markers of orders that left the table (duplicates after the purge); None: no purge.
+    retention: Retention | None = None
 
 
 async def handle_command(
@@ -153,9 +157,32 @@ async def _submit(
             ctx.count("duplicates")
             await ctx.emit(_duplicate_event(existing, request))
         return
+    now = now_ms()
+    retention = ctx.retention
+    if retention is not None:
+        ended = retention.finished.get(order_id)
+        if ended is not None:
+            # It ended and left the table; its marker still refuses the duplicate.
+            if not (replayed or quiet):
+                ctx.count("duplicates")
+                ctx.count("duplicates_after_purge")
+                await ctx.emit(_purged_duplicate_event(order_id, ended, request))
+            return
     order = _record_from_request(request)
     order.links = links
-    now = now_ms()
+    if retention is not None and retention.policy.too_old(request.created_at, now):
+        # Its original, if there was one, may have ended and been forgotten already.
+        ctx.count("too_old")
+        await _reject(
+            ctx,
+            order,
+            Rejection(
+                ReasonCode.STALE_REQUEST,
+                f"request created at {request.created_at}, longer ago than duplicates are "
+                f"remembered ({retention.policy.dedupe_ms // 1000} s): not executed",
+            ),
+        )
+        return
     planned: list[tuple[OrderRequest, dict[str, Any]]] = []
     if request.contingency is not None:
         try:
@@ -362,6 +389,24 @@ def _record_from_request(request: OrderRequest) -> OrderRecord:
     )
 
 
+def _purged_duplicate_event(order_id: str, ended: Finished, request: OrderRequest) -> OrderEvent:
+    """A duplicate of a request whose order ended and left the table (its marker knows)."""
+    return OrderEvent(
+        # Each duplicate delivery is its own event, as for an order still in the table.
+        event_id=f"{order_id}:duplicate:{request.request_id}:{request.created_at}",
+        event_type=OrderEventType.DUPLICATE,
+        order_id=order_id,
+        account_id=request.account_id,
+        request_id=request.request_id,
+        instrument_name=request.instrument_name,
+        status=ended.status,
+        reason_code=ReasonCode.DUPLICATE_REQUEST,
+        message=f"request {request.request_id} was already received (its order ended "
+        f"{ended.status.value}); not executed again",
+        details={"ended_at": ended.ended_at, "purged": True},
+    )
+
+
 def _duplicate_event(order: OrderRecord, request: OrderRequest) -> OrderEvent:
     event = make_event(
         order,
@@ -383,7 +428,7 @@ async def _modify(
     order: OrderRecord | None = ctx.orders.get(order_id)
     rejection: Rejection | None = None
     if order is None:
-        rejection = Rejection(ReasonCode.UNKNOWN_ORDER, f"order {order_id} is not known")
+        rejection = _not_in_table(ctx, order_id, request)
     elif order.account_id != request.account_id:
         rejection = Rejection(ReasonCode.NOT_OWNER, f"order {order_id} belongs to another account")
     elif request.request_id in order.seen_request_ids:
@@ -433,6 +478,18 @@ async def _modify(
     else:
         ctx.orders[order_id] = order
         await ctx.executor.amend(order, request)
+
+
+def _not_in_table(ctx: IntakeContext, order_id: str, request: OrderRequest) -> Rejection:
+    """Why a cancel or amend of an order not in the table is refused: it ended and left
+    the table (its marker says how), or it is not known."""
+    ended = ctx.retention.finished.get(order_id) if ctx.retention is not None else None
+    if ended is None:
+        return Rejection(ReasonCode.UNKNOWN_ORDER, f"order {order_id} is not known")
+    if ended.account_id != request.account_id:
+        return Rejection(ReasonCode.NOT_OWNER, f"order {order_id} belongs to another account")
+    ctx.count("commands_after_purge")
+    return Rejection(ReasonCode.ORDER_NOT_OPEN, f"order {order_id} is {ended.status.value} (ended)")
 
 
 async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderRequest) -> None:

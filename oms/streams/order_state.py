@@ -9,6 +9,7 @@ import structlog
 
 from oms.algos import twap
 from oms.orders.links import facts_about
+from oms.orders.retention import FinishedOrders
 from oms.orders.state_machine import Outcome, apply_report, lost_alert, reannouncement
 from oms.schemas import ExecutionReport, OrderRecord
 from oms.schemas.conditions import OrderTrigger
@@ -24,6 +25,8 @@ class OrderStateContext(AgentContext):
 
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
     publish_report: Callable[[ExecutionReport], Awaitable[None]] | None = None
+    # Markers of orders that left the table (late reports about them); None: no purge.
+    finished: FinishedOrders | None = None
 
 
 async def handle_report(
@@ -42,6 +45,21 @@ async def handle_report(
         return
     order: OrderRecord | None = ctx.orders.get(report.order_id) if report.order_id else None
     if order is None:
+        ended = ctx.finished.get(report.order_id) if ctx.finished is not None else None
+        if ended is not None:
+            # News about an order that ended and left the table (a late or replayed report):
+            # its history is in ClickHouse, its fills reach the position keeper from the
+            # report itself. Counted, never written back.
+            ctx.count("reports_purged_order")
+            log.info(
+                "order_state.report_for_purged_order",
+                order_id=report.order_id,
+                ended=ended.status.value,
+                report_id=report.report_id,
+                order_state=report.order_state.value if report.order_state else None,
+                fills=len(report.fills),
+            )
+            return
         # Orders placed outside the OMS (no label of ours) or reports racing a table
         # recovery are logged, never invented into the table.
         ctx.count("reports_unknown_order")

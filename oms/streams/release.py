@@ -39,6 +39,7 @@ from oms.streams.context import AgentContext
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
+from oms.streams.purge import Retention, apply_purge
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -59,6 +60,8 @@ class ReleaseContext(AgentContext):
     create: Callable[[OrderRequest, dict[str, Any], bool], Awaitable[None]]
     on_fired: Callable[[list[Fired]], Awaitable[None]]
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
+    # The purge of ended orders (this agent applies it); None: orders are never purged.
+    retention: Retention | None = None
 
 
 async def handle_trigger(
@@ -73,6 +76,12 @@ async def handle_trigger(
     """Apply one message of ``order-triggers``."""
     trigger = await ctx.decode(OrderTrigger, raw, key=key, partition=partition, offset=offset)
     if trigger is None:
+        return
+    if trigger.kind is TriggerKind.PURGE:
+        if ctx.retention is None:
+            ctx.count("purge_ignored")
+        else:
+            apply_purge(ctx, ctx.retention, trigger, partition)
         return
     order: OrderRecord | None = ctx.orders.get(trigger.order_id)
     if trigger.kind is TriggerKind.CREATE:
@@ -98,6 +107,11 @@ async def handle_trigger(
             await ctx.create(request, links, replayed)
         return
     if order is None:
+        if ctx.retention is not None and ctx.retention.finished.get(trigger.order_id) is not None:
+            # A fact about an order that ended and left the table: it had nothing left to do.
+            ctx.count("triggers_purged_order")
+            log.info("release.purged_order", order_id=trigger.order_id, kind=trigger.kind.value)
+            return
         ctx.count("triggers_unknown_order")
         log.warning("release.unknown_order", order_id=trigger.order_id)
         return

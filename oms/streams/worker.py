@@ -17,6 +17,12 @@ Crash safety rests on three rules:
 3. A periodic sweep looks up, by label, every order of an owned partition that was sent but
    never acknowledged, so an order whose reply was lost (or whose worker died mid-flight)
    is reported or, if the exchange never saw it, sent again.
+
+The timers never scan the table. The agents write orders through one
+:class:`~oms.streams.order_table.ObservedOrders`, which tells every index that follows them
+(lifecycle rules, algorithms, the sweep, the orders at the exchange, the purge of ended
+orders); the indexes are rebuilt from the table after every rebalance, with the held orders.
+Ended orders leave the table after ``terminal_retention_s`` (:mod:`oms.streams.purge`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -41,15 +48,17 @@ from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import PartitionOwnership, partition_of
 from oms.lifecycle.lookup import LabelLookup
 from oms.lifecycle.monitor import LifecycleMonitor
-from oms.lifecycle.reconcile import OrderReconciler
+from oms.lifecycle.reconcile import CHECKED, OrderReconciler
 from oms.lifecycle.service import LifecycleService
 from oms.market.cache import MarketCache
 from oms.market.feed import TickFeed
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
+from oms.orders.indexes import OrdersInStatus
 from oms.orders.priority_queue import PriorityQueues
+from oms.orders.retention import FinishedOrders, PurgeSchedule, RetentionPolicy
 from oms.risk.runtime import IntakeGuard
-from oms.schemas import OrderRecord, OrderStatus, now_ms
+from oms.schemas import OrderRecord, now_ms
 from oms.schemas.commands import InternalComponent
 from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
@@ -60,13 +69,15 @@ from oms.streams.execution import InflightCommands, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
+from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
+from oms.streams.purge import PurgeTimer, Retention
 from oms.streams.release import ReleaseContext, handle_trigger
+from oms.streams.sweep import UnacknowledgedSweep
 from oms.streams.triggering import TriggerLoop
 
 log = structlog.get_logger(__name__)
 
-_UNACKNOWLEDGED = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED})
 # Kafka's timestamp type of a record stamped by the broker (topic message.timestamp.type).
 _LOG_APPEND_TIME = 1
 
@@ -87,13 +98,27 @@ class OrderWorker:
         self._triggers_topic = oms.triggers.get_topic_name()
         orders = oms.orders
 
-        def order_items() -> Any:
-            return orders.items()
-
         self.metrics = OrderMetricsCollector()
         self.outbox = outbox = Outbox(oms, settings, observe_event=self.metrics.observe_event)
         # Which order ids are ours, as of the last refresh (the lifecycle's passes refresh it).
         self.ownership = PartitionOwnership(partitions, self.owned_partitions)
+
+        # -- the table's indexes: what the timers follow instead of scanning the table -------
+        # Orders the exchange may hold (reconciliation passes, the cancels of a halt).
+        self.at_exchange = at_exchange = OrdersInStatus(CHECKED)
+
+        def open_orders() -> Iterator[tuple[str, OrderRecord | None]]:
+            for order_id in at_exchange:
+                yield order_id, orders.get(order_id)
+
+        # Ended orders leave the table after a while; markers remember them for longer.
+        policy = RetentionPolicy.from_settings(settings.worker)
+        self.purges = purges = PurgeSchedule(policy)
+        self.finished = finished = FinishedOrders(oms.finished, on_change=purges.note_marker)
+        nonces = NonceStore(oms.nonces, settings.risk.nonces_kept_per_order)
+        retention = Retention(
+            policy, finished, lambda order_id: partition_of(order_id, partitions), nonces
+        )
 
         # -- the venue and the market ----------------------------------------------------------
         secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
@@ -111,7 +136,7 @@ class OrderWorker:
             lookup=lookup,
             publish=outbox.report,
             is_running=commands.is_running,
-            orders=order_items,
+            orders=open_orders,
             order_of=self._order_of,
             owns=self.ownership.owns,
             currency_of=catalog.currency_of,
@@ -137,7 +162,7 @@ class OrderWorker:
             dead_letter=outbox.dead_letter,
             owned_partitions=self.owned_partitions,
             cancel=executor.cancel,
-            orders=order_items,
+            orders=open_orders,
         )
 
         # -- held orders: the trigger engine (waiting) and the priority queues (queued) --------
@@ -179,6 +204,40 @@ class OrderWorker:
             owns_partition=guard.owns_partition,
         )
 
+        # -- the timers that follow orders: lifecycle rules, algorithms, the sweep -------------
+        self.monitor = monitor = LifecycleMonitor(
+            settings=settings.lifecycle,
+            order_of=self._order_of,
+            owns=self.ownership.owns,
+            recheck=executor.recheck,
+            is_busy=commands.is_inflight,
+            publish_request=outbox.commands_of(InternalComponent.LIFECYCLE),
+        )
+        self.algos = algos = AlgoScheduler(
+            order_of=self._order_of,
+            owns=self.ownership.owns,
+            publish_request=outbox.commands_of(InternalComponent.ALGO),
+            latest_tick=market.latest,
+        )
+        self.unacknowledged = UnacknowledgedSweep(
+            submit_timeout_s=settings.worker.submit_timeout_s,
+            interval_s=settings.worker.recovery_check_interval_s,
+            order_of=self._order_of,
+            owns=self.ownership.owns,
+            is_inflight=commands.is_inflight,
+            reconcile=executor.reconcile,
+        )
+        self.purge_timer = PurgeTimer(
+            purges,
+            retention,
+            owned_partitions=self.owned_partitions,
+            publish_trigger=outbox.trigger,
+        )
+        # The agents write orders through this: every write reaches the indexes above.
+        self.orders = observed = ObservedOrders(
+            orders, [at_exchange, monitor, algos, self.unacknowledged, purges]
+        )
+
         # -- the agents' contexts ----------------------------------------------------------------
         # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
@@ -196,7 +255,7 @@ class OrderWorker:
             forward=outbox.command,
         )
         self.intake = intake = IntakeContext(
-            orders=orders,
+            orders=observed,
             executor=executor,
             instrument=catalog.get,
             account_known=trading_accounts.__contains__,
@@ -208,11 +267,12 @@ class OrderWorker:
             on_fired=trigger_loop.publish,
             publish_trigger=outbox.trigger,
             guard=guard,
-            nonces=NonceStore(oms.nonces, settings.risk.nonces_kept_per_order),
+            nonces=nonces,
             make_durable=lambda: self.app.producer.flush(),
+            retention=retention,
         )
         self.release = ReleaseContext(
-            orders=orders,
+            orders=observed,
             emit=outbox.event,
             dead_letter=outbox.dead_letter,
             source_topic=self._triggers_topic,
@@ -222,31 +282,19 @@ class OrderWorker:
             create=lambda request, links, replayed: submit_linked(intake, request, links, replayed),
             on_fired=trigger_loop.publish,
             publish_trigger=outbox.trigger,
+            retention=retention,
         )
         self.state = OrderStateContext(
-            orders=orders,
+            orders=observed,
             emit=outbox.event,
             dead_letter=outbox.dead_letter,
             source_topic=self._reports_topic,
             publish_trigger=outbox.trigger,
             publish_report=outbox.report,
+            finished=finished,
         )
 
         # -- the lifecycle: monitoring, auto-cancel, partial fills, algorithms, metrics ---------
-        monitor = LifecycleMonitor(
-            settings=settings.lifecycle,
-            orders=order_items,
-            owns=self.ownership.owns,
-            recheck=executor.recheck,
-            is_busy=commands.is_inflight,
-            publish_request=outbox.commands_of(InternalComponent.LIFECYCLE),
-        )
-        algos = AlgoScheduler(
-            orders=order_items,
-            owns=self.ownership.owns,
-            publish_request=outbox.commands_of(InternalComponent.ALGO),
-            latest_tick=market.latest,
-        )
         self.lifecycle = LifecycleService(
             partitions=partitions,
             ownership=self.ownership,
@@ -406,7 +454,7 @@ class OrderWorker:
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
-            await self.rebuild_held()
+            await self.rebuild_from_table()
 
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
@@ -440,7 +488,14 @@ class OrderWorker:
             # Insurance: a rebalance whose completion signal we missed still rebuilds.
             owned = frozenset(self.owned_partitions())
             if owned != self._held_partitions and not getattr(app, "in_recovery", False):
-                await self.rebuild_held()
+                await self.rebuild_from_table()
+
+        @app.timer(interval=self.settings.worker.purge_interval_s)
+        async def purge_ended_orders() -> None:
+            try:
+                await self.purge_timer.run_once()
+            except Exception:  # a bad round must not stop the timer
+                log.exception("worker.purge_failed")
 
         @app.timer(interval=interval)
         async def cancel_halted_orders() -> None:
@@ -486,6 +541,7 @@ class OrderWorker:
                     "market": self.market.stats(),
                     "risk_feeds": self.guard.feeds.stats(),
                     "queue": self.queue_statistics(),
+                    "table": self.table_statistics(),
                     "components": {c.name: c.state.value for c in self.components},
                 }
             )
@@ -524,35 +580,26 @@ class OrderWorker:
         return now_ms()
 
     async def sweep(self) -> int:
-        """Reconcile orders of owned partitions that were sent but never acknowledged.
-
-        What bounds it: each order is handed to ``executor.reconcile`` (label lookup, then a
-        send only if the exchange never had it), and every outcome of that pass is a report
-        that moves the order out of pending/submitted: found (open, filled, ...), sent (the
-        exchange's answer), refused (rejected) or failed ``submit_attempts`` times (rejected
-        as retries_exhausted, or needs_review under the manual strategy). An order is swept
-        again only when a pass got no answer at all (the label lookup itself kept failing:
-        exchange unreachable or refusing us), so it then costs one lookup per
-        ``recovery_check_interval_s`` and never a second send. Acknowledged orders the
-        exchange lost are not the sweep's: ``oms.lifecycle.reconcile`` resolves them
-        (lost_at_venue) after ``lifecycle.open_check_missing_retries`` misses."""
-        owned = self.owned_partitions()
-        if not owned:
+        """Reconcile the orders of owned partitions that were sent but never acknowledged
+        (:mod:`oms.streams.sweep`); returns how many."""
+        if not self.ownership.refresh():
             return 0
-        cutoff = now_ms() - int(self.settings.worker.submit_timeout_s * 1000)
-        partitions = self.settings.kafka.partitions
-        swept = 0
-        for order_id, order in list(self.oms.orders.items()):
-            if order is None or order.status not in _UNACKNOWLEDGED:
-                continue
-            if order.updated_at > cutoff or self.commands.is_inflight(order_id):
-                continue
-            if partition_of(order_id, partitions) not in owned:
-                continue
-            swept += 1
-            log.info("worker.reconcile", order_id=order_id, status=order.status.value)
-            await self.executor.reconcile(order)
-        return swept
+        return await self.unacknowledged.run_once()
+
+    def table_statistics(self) -> dict[str, Any]:
+        """What the worker holds: orders and markers in its tables (every partition it
+        holds), and the orders each index follows (owned partitions)."""
+        return {
+            "orders": len(self.oms.orders),
+            "finished_markers": len(self.oms.finished),
+            "ended_awaiting_purge": self.purges.ended,
+            "markers_queued": self.purges.remembered,
+            "at_exchange": len(self.at_exchange),
+            "unacknowledged": len(self.unacknowledged),
+            "monitored": self.monitor.followed,
+            "algos": self.algos.followed,
+            "purge": dict(self.purge_timer.counters),
+        }
 
     def queue_statistics(self) -> dict[str, Any]:
         """The queues' statistics (``get_queue_statistics``) for the partitions this worker
@@ -561,17 +608,29 @@ class OrderWorker:
         stats["partitions"] = sorted(self._held_partitions or ())
         return stats
 
-    async def rebuild_held(self) -> None:
-        """Reload waiting and queued orders of owned partitions from the table (after a
-        rebalance or restart); drop those of partitions that moved away."""
+    async def rebuild_from_table(self) -> None:
+        """Reload what follows the orders of owned partitions from the tables (after a
+        rebalance or restart: the tables were restored from their changelogs): the waiting
+        and queued orders, every timer's index, the markers to forget; drop those of
+        partitions that moved away."""
         owned = frozenset(self.owned_partitions())
         partitions = self.settings.kafka.partitions
+
+        def owns(order_id: str) -> bool:
+            return partition_of(order_id, partitions) in owned
+
         result, fired = self.held.rebuild(
             list(self.oms.orders.items()),
-            owns=lambda order_id: partition_of(order_id, partitions) in owned,
+            owns=owns,
             now_ms=now_ms(),
             busy=self.commands.is_inflight,
         )
+        followed = self.orders.rebuild(owns)  # empties the purge schedule too
+        markers = 0
+        for order_id, marker in self.finished.items():
+            if marker is not None and owns(order_id):
+                self.purges.note_marker(order_id, marker)
+                markers += 1
         self._held_partitions = owned
         log.info(
             "worker.held_rebuilt",
@@ -579,6 +638,8 @@ class OrderWorker:
             waiting=result.waiting,
             queued=result.queued,
             dropped=result.dropped,
+            orders=followed,
+            markers=markers,
         )
         if fired:
             await self.trigger_loop.publish(fired)

@@ -62,13 +62,15 @@ async def test_reconnects_are_reconciled_then_released() -> None:
         owns=owns,
         currency_of=lambda name: "BTC",
     )
-    monitor = LifecycleMonitor(settings, orders, owns, _nothing, lambda order_id: False, _nothing)
+    monitor = LifecycleMonitor(
+        settings, lambda order_id: None, owns, _nothing, lambda order_id: False, _nothing
+    )
     service = LifecycleService(
         partitions=8,
         ownership=ownership,
         reconciler=reconciler,
         monitor=monitor,
-        algos=AlgoScheduler(orders, owns, _nothing, lambda instrument: None),
+        algos=AlgoScheduler(lambda order_id: None, owns, _nothing, lambda instrument: None),
         metrics=OrderMetricsCollector(),
         next_reconnect=venue.next_reconnect,
         reconciled=venue.release,
