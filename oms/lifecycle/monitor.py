@@ -191,7 +191,7 @@ class LifecycleMonitor:
         with a command of its own waits for the next pass."""
         budget = self.settings.max_rechecks_per_run
         interval_ms = _ms(self.settings.monitoring_interval)
-        busy: list[str] = []
+        busy: list[tuple[str, int]] = []
         while budget > 0:
             due = self._recheck_due.pop_due(now, 1)
             if not due:
@@ -205,15 +205,15 @@ class LifecycleMonitor:
                 self._recheck_due.schedule(order_id, max(now, quiet_since) + interval_ms)
                 continue
             if self.is_busy(order_id):
-                busy.append(order_id)
+                busy.append((order_id, quiet_since + interval_ms))  # keeps its place
                 continue
             budget -= 1
             self._last_recheck[order_id] = now
             self._recheck_due.schedule(order_id, now + interval_ms)
             await self.recheck(order)
             done["rechecks"] += 1
-        for order_id in busy:
-            self._recheck_due.schedule(order_id, now)
+        for order_id, at in busy:
+            self._recheck_due.schedule(order_id, at)
 
     async def _cancel(self, order: OrderRecord, reason: ReasonCode, now: int) -> bool:
         request_id = lifecycle_request_id(reason, order.order_id)
