@@ -49,18 +49,62 @@ def e2e(
             "on the same broker and print the scaling ratio",
         ),
     ] = None,
+    preload: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="ended orders in the workers' table before measuring (written as its "
+            "changelog records, restored when the workers start)",
+        ),
+    ] = 0,
+    compare_preload: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="run with an empty table, then with this many ended orders preloaded, on "
+            "one broker; print both and the throughput ratio",
+        ),
+    ] = None,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
-    from oms_dev.benchmarks.e2e import E2EConfig, run_e2e, run_e2e_scaling
+    from oms_dev.benchmarks.e2e import (
+        E2EConfig,
+        run_e2e,
+        run_e2e_compare_preload,
+        run_e2e_scaling,
+    )
 
     counts = sorted(set(workers or [1]))
     if any(n < 1 for n in counts):
         raise typer.BadParameter("at least one worker", param_hint="--workers")
-    if len(counts) > 1:
-        if compare_secure:
-            raise typer.BadParameter("one of --compare-secure or several --workers")
+    if sum([compare_secure, len(counts) > 1, compare_preload is not None]) > 1:
+        raise typer.BadParameter(
+            "one of --compare-secure, --compare-preload or several --workers at a time"
+        )
+    if compare_preload is not None:
         config = E2EConfig(
-            orders=orders, rate=rate, accounts=accounts, partitions=partitions, secure=secure
+            orders=orders,
+            rate=rate,
+            accounts=accounts,
+            partitions=partitions,
+            secure=secure,
+            workers=counts[0],
+        )
+        preloaded = compare_preload
+
+        async def compare(config: E2EConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
+            return await run_e2e_compare_preload(config, preloaded, on_status=on_status)
+
+        _print(_run("e2e", compare, config), "oms bench e2e --compare-preload", json)
+        return
+    if len(counts) > 1:
+        config = E2EConfig(
+            orders=orders,
+            rate=rate,
+            accounts=accounts,
+            partitions=partitions,
+            secure=secure,
+            preload=preload,
         )
 
         async def scaling(config: E2EConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
@@ -77,6 +121,7 @@ def e2e(
             partitions=partitions,
             secure=secure_mode,
             workers=counts[0],
+            preload=preload,
         )
         return _run("e2e", run_e2e, config)
 
@@ -343,13 +388,19 @@ def hostile(
 
 @bench_app.command("memory")
 def memory(
-    orders: Annotated[int, typer.Option(help="conditional, then as many open orders")] = 10_000,
+    orders: Annotated[
+        int, typer.Option(help="conditional, then as many open, then as many ended orders")
+    ] = 10_000,
     bootstrap: BrokerOption = None,
+    retention: Annotated[
+        float, typer.Option(help="s an ended order stays in the worker's table")
+    ] = 5.0,
     json: JsonOption = False,
 ) -> None:
-    """The worker's RSS per 10,000 resting conditional orders and per 10,000 open orders."""
+    """The worker's RSS per 10,000 resting conditional orders, per 10,000 open orders and per
+    10,000 orders that ended and left its table."""
     from oms_dev.benchmarks.memory import MemoryBenchConfig, run_memory_bench
 
-    config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap)
+    config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap, retention_s=retention)
     result = _run("memory", run_memory_bench, config)
     _print(result, "oms bench memory", json)

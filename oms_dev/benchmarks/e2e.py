@@ -7,6 +7,11 @@ from publishing the request to receiving its first exchange-acknowledged order e
 Baseline, same broker, same run: a raw aiokafka produce -> consume -> produce -> consume
 passthrough of messages of the same sizes (request in, event out), i.e. what two Kafka hops
 cost with no order logic at all.
+
+``preload``: before the workers start, their table is filled with that many ended orders
+(:mod:`oms_dev.benchmarks.preload`), and the figures say how many the table held when the
+measured orders were published and what the workers' resident memory was.
+:func:`run_e2e_compare_preload` runs the same load without, then with, on one broker.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.schemas.risk import AccountLimits
 from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys
 from oms.settings import Settings
+from oms_dev.benchmarks.preload import preload_ended_orders
 from oms_dev.devstack.kafka import KafkaBroker
 from oms_dev.devstack.net import free_port
 from oms_dev.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
@@ -67,6 +73,8 @@ class E2EConfig:
     secure: bool = True
     # Order-processing workers in one consumer group.
     workers: int = 1
+    # Ended orders in the workers' table before they start (0: an empty table).
+    preload: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -302,6 +310,77 @@ async def run_e2e_scaling(
     }
 
 
+async def run_e2e_compare_preload(
+    config: E2EConfig, preload: int, on_status: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The same load with an empty table, then with ``preload`` ended orders in it, on one
+    broker; ``throughput_preloaded_vs_empty`` is the second's throughput over the first's."""
+    base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
+    broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
+    on_status("starting Kafka")
+    await broker.astart(die_with_parent=True)
+    try:
+        empty = await _measure(
+            replace(config, preload=0), broker.bootstrap, base / "empty", config.workers,
+            on_status, True,
+        )  # fmt: skip
+        loaded = await _measure(
+            replace(config, preload=preload), broker.bootstrap, base / "preloaded",
+            config.workers, on_status, False,
+        )  # fmt: skip
+    finally:
+        await broker.astop()
+    a, b = empty["throughput_per_s"], loaded["throughput_per_s"]
+    return {
+        "preload": preload,
+        "throughput_empty_per_s": a,
+        "throughput_preloaded_per_s": b,
+        "throughput_preloaded_vs_empty": round(b / a, 3) if a else None,
+        "worker_cpu_ms_per_order": {
+            "empty": empty["worker_cpu_ms_per_order"],
+            "preloaded": loaded["worker_cpu_ms_per_order"],
+        },
+        "worker_rss_mb": {"empty": empty["worker_rss_mb"], "preloaded": loaded["worker_rss_mb"]},
+        "table_orders": {"empty": empty["table_orders"], "preloaded": loaded["table_orders"]},
+        "runs": {"empty": empty, "preloaded": loaded},
+    }
+
+
+def _worker_rss_mb(services: OmsServices) -> float:
+    """Resident memory of the workers (and their children), MB."""
+    total = 0
+    for name, service in services.processes.items():
+        if not name.startswith("worker-") or service.proc is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(service.proc.pid)
+            total += proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+    return round(total / (1024 * 1024), 1)
+
+
+async def table_orders(web_ports: list[int]) -> int:
+    """Orders in the workers' tables (their ``/stats``)."""
+    total = 0
+    async with aiohttp.ClientSession() as session:
+        for port in web_ports:
+            async with session.get(f"http://127.0.0.1:{port}/stats") as resp:
+                total += int((await resp.json())["table"]["orders"])
+    return total
+
+
+async def _wait_for_table(web_ports: list[int], at_least: int, within_s: float) -> int:
+    """Until the workers' tables hold ``at_least`` orders (restored from the changelog)."""
+    deadline = time.monotonic() + within_s
+    while (held := await table_orders(web_ports)) < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workers restored {held} of {at_least} preloaded orders")
+        await asyncio.sleep(1.0)
+    return held
+
+
 def _process_cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of a process and its children so far (0 if gone)."""
     if pid is None:
@@ -346,6 +425,17 @@ async def _measure(
         )
         settings, encode = secure_setup(settings, accounts, config.secure)
         await ensure_topics(settings)
+        preload_s = None
+        if config.preload:
+            on_status(f"preloading {config.preload} ended orders into the workers' table")
+            started = time.perf_counter()
+            await preload_ended_orders(
+                settings,
+                config.preload,
+                accounts,
+                on_progress=lambda i: on_status(f"preloading: {i} of {config.preload}"),
+            )
+            preload_s = round(time.perf_counter() - started, 1)
         services = OmsServices(settings, base / "logs")
         services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
         services.add_gateway()
@@ -355,7 +445,13 @@ async def _measure(
         on_status(f"starting paper exchange, gateway, {workers} worker(s) ({n_accounts} accounts)")
         services.start_all()
         for port in ports:
-            await worker_ready(port)
+            await worker_ready(port, within=600)
+        restore_s = None
+        if config.preload:
+            on_status(f"waiting for the workers to restore {config.preload} orders")
+            started = time.perf_counter()
+            await _wait_for_table(ports, config.preload, within_s=900)
+            restore_s = round(time.perf_counter() - started, 1)
 
         collector = EventCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
         await collector.start()
@@ -376,6 +472,8 @@ async def _measure(
             sent_at: dict[str, float] = {}
             collector.expect({r.key for r in requests})
             on_status(f"publishing {config.orders} orders to {workers} worker(s)")
+            held_before = await table_orders(ports)
+            rss_before = _worker_rss_mb(services)
             cpu_before = _cpu_snapshot(services)
             buckets_before = await stage_buckets(ports)
             psutil.cpu_percent(None)  # starts the machine-wide window read below
@@ -386,6 +484,8 @@ async def _measure(
             cpu_after = _cpu_snapshot(services)
             machine_busy = psutil.cpu_percent(None)
             buckets_after = await stage_buckets(ports)
+            rss_after = _worker_rss_mb(services)
+            held_after = await table_orders(ports)
             acked = [k for k in sent_at if k in collector.first_ack]
             t_end = max(collector.first_ack[k] for k in acked) if acked else time.perf_counter()
             seconds = t_end - t0
@@ -420,6 +520,14 @@ async def _measure(
             "machine_cpu_busy_pct": machine_busy,
             "partitions": config.partitions,
             "signing_and_risk_checks": config.secure,
+            # Ended orders written into the table before the workers started, how long that
+            # and their restore took; the orders the tables held when the measured orders
+            # were published and when the last was acknowledged; the workers' RSS then.
+            "preload": config.preload,
+            "preload_s": preload_s,
+            "restore_s": restore_s,
+            "table_orders": {"before": held_before, "after": held_after},
+            "worker_rss_mb": {"before": rss_before, "after": rss_after},
             # For the charts: the measured orders only (warm-up subtracted), all workers.
             "stage_latency_buckets": bucket_counts(buckets_before, buckets_after),
             "timeline": timeline(

@@ -356,6 +356,8 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                 Figure("memory", "worker RSS per 10,000 resting conditional orders",
                        "per_10k_conditional_mb", "MB"),
                 Figure("memory", "worker RSS per 10,000 open orders", "per_10k_open_mb", "MB"),
+                Figure("memory", "worker RSS per 10,000 orders ended and purged",
+                       "per_10k_ended_purged_mb", "MB"),
                 Figure("memory", "worker peak RSS (VmHWM)", "peak_rss_mb", "MB"),
             ],
         )
