@@ -78,6 +78,8 @@ class LifecycleMonitor:
     _requested: dict[str, int] = field(default_factory=dict)
     # Orders whose cancel rule came due: not re-checked, their cancel is on its way.
     _cancelling: set[str] = field(default_factory=set)
+    # Set by clear(): the memories above are pruned to the orders followed again.
+    _rebuilt: bool = False
 
     # -- what the table tells ------------------------------------------------------------------
 
@@ -91,17 +93,26 @@ class LifecycleMonitor:
         self._schedule(order_id, order, policy_of(order.metadata, self.settings))
 
     def clear(self) -> None:
-        """Forget every order (the worker rebuilds from the table after a rebalance)."""
+        """Forget every order (the worker rebuilds from the table after a rebalance). What
+        was remembered of an order (first partial fill, last re-check, cancel asked) stays
+        if it is followed again, like the order itself."""
         for index in (self._cancel_due, self._recheck_due):
             index.clear()
-        for memo in (self._partial_since, self._last_recheck, self._requested):
-            memo.clear()
-        self._cancelling.clear()
+        self._rebuilt = True
 
     @property
     def followed(self) -> int:
         """Live orders followed."""
         return len(self._recheck_due)
+
+    def _prune_memories(self) -> None:
+        """After a rebuild: keep what is remembered of the orders followed again only."""
+        followed = self._recheck_due
+        for memo in (self._partial_since, self._last_recheck, self._requested):
+            for order_id in [k for k in memo if k not in followed]:
+                del memo[order_id]
+        self._cancelling = {k for k in self._cancelling if k in followed}
+        self._rebuilt = False
 
     def _forget(self, order_id: str) -> None:
         self._cancel_due.discard(order_id)
@@ -114,7 +125,8 @@ class LifecycleMonitor:
         cancel_at = self._cancel_at(order_id, order, policy)
         if cancel_at is None:
             self._cancel_due.discard(order_id)
-        elif order_id not in self._cancelling:
+        elif order_id not in self._cancelling or order_id not in self._cancel_due:
+            # (A cancel on its way keeps its "ask again" time.)
             self._cancel_due.schedule(order_id, cancel_at)
         quiet_since = max(order.updated_at, self._last_recheck.get(order_id, 0))
         self._recheck_due.schedule(order_id, quiet_since + _ms(self.settings.monitoring_interval))
@@ -152,6 +164,8 @@ class LifecycleMonitor:
         """One pass over the orders that are due; returns what it did (also added to
         ``counters``)."""
         now = now if now is not None else now_ms()
+        if self._rebuilt:
+            self._prune_memories()
         done = {"rechecks": 0, "auto_cancels": 0, "partial_fill_cancels": 0}
         for order_id in self._cancel_due.pop_due(now):
             order = self._live(order_id)
@@ -183,8 +197,10 @@ class LifecycleMonitor:
         if await self._cancel(order, reason, now):
             key = "auto_cancels" if reason is ReasonCode.AUTO_CANCELLED else "partial_fill_cancels"
             done[key] += 1
-        # Until the cancel lands (the order then leaves the live set), ask again after this.
-        self._cancel_due.schedule(order_id, now + _REQUEST_AGAIN_MS)
+        # Until the cancel lands (the order then leaves the live set), asked again this long
+        # after it was last asked.
+        asked = self._requested.get(order_id, now)
+        self._cancel_due.schedule(order_id, asked + _REQUEST_AGAIN_MS)
 
     async def _rechecks(self, now: int, done: dict[str, int]) -> None:
         """Re-check the quietest due orders, at most ``max_rechecks_per_run``; an order busy

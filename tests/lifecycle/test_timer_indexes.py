@@ -183,6 +183,19 @@ async def test_rebuilding_from_the_table_follows_what_the_changelog_restored() -
     assert [r.order_id for r in rig.published] == ["restored"]
 
 
+async def test_a_rebuild_keeps_what_was_asked_of_orders_still_followed() -> None:
+    rig = Rig(LifecycleSettings(auto_cancel_timeout=10.0, monitoring_interval=600.0))
+    rig.put("o-1", OrderStatus.OPEN)
+    assert (await rig.monitor.run_once(T0 + 10_000))["auto_cancels"] == 1
+    rig.table.rebuild(lambda order_id: True)  # a rebalance gave the partition back
+    # The cancel was asked 5 s ago: not again before 30 s, then again (it was lost).
+    assert (await rig.monitor.run_once(T0 + 15_000))["auto_cancels"] == 0
+    assert (await rig.monitor.run_once(T0 + 40_000))["auto_cancels"] == 1
+    rig.table.rebuild(lambda order_id: False)  # the partition moved away
+    assert (await rig.monitor.run_once(T0 + 10**9))["auto_cancels"] == 0
+    assert rig.monitor.followed == 0 and not rig.monitor._requested
+
+
 async def test_twap_slices_go_out_at_their_times_only() -> None:
     rig = Rig()
     params = TwapParams(duration_s=30, slices=3, lot=10.0)
