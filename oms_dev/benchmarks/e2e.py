@@ -361,24 +361,29 @@ def _worker_rss_mb(services: OmsServices) -> float:
     return round(total / (1024 * 1024), 1)
 
 
-async def table_orders(web_ports: list[int]) -> int:
-    """Orders in the workers' tables (their ``/stats``)."""
+async def table_orders(web_ports: list[int]) -> int | None:
+    """Orders in the workers' tables (their ``/stats``; None from workers that do not say,
+    such as those of earlier versions)."""
     total = 0
     async with aiohttp.ClientSession() as session:
         for port in web_ports:
             async with session.get(f"http://127.0.0.1:{port}/stats") as resp:
-                total += int((await resp.json())["table"]["orders"])
+                table = (await resp.json()).get("table")
+            if table is None:
+                return None
+            total += int(table["orders"])
     return total
 
 
-async def _wait_for_table(web_ports: list[int], at_least: int, within_s: float) -> int:
-    """Until the workers' tables hold ``at_least`` orders (restored from the changelog)."""
+async def _wait_for_table(web_ports: list[int], at_least: int, within_s: float) -> None:
+    """Until the workers' tables hold ``at_least`` orders (restored from the changelog; a
+    worker that does not report its table has restored it when it acknowledges the
+    warm-up orders, which it reads only after its recovery)."""
     deadline = time.monotonic() + within_s
-    while (held := await table_orders(web_ports)) < at_least:
+    while (held := await table_orders(web_ports)) is not None and held < at_least:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the workers restored {held} of {at_least} preloaded orders")
         await asyncio.sleep(1.0)
-    return held
 
 
 def _process_cpu_s(pid: int | None) -> float:
