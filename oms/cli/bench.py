@@ -61,8 +61,8 @@ def e2e(
         int | None,
         typer.Option(
             min=1,
-            help="run with an empty table, then with this many ended orders preloaded, on "
-            "one broker; print both and the throughput ratio",
+            help="on one broker: a warm-up run, then this many ended orders preloaded, then "
+            "an empty table; print them and the throughput ratio preloaded / empty",
         ),
     ] = None,
 ) -> None:
