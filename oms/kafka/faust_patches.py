@@ -64,6 +64,16 @@ to Faust's recovery, which seeks them itself.
 Until the reset of fix 4 is resolved the partition has no fetch position, which Faust's
 livelock check (``verify_event_path``) cannot take (aiokafka asserts a position is set): it
 skips such a partition instead of crashing the worker.
+
+6. A fetch held by the broker for 1.5 s (:data:`FETCH_WAIT`).
+
+Faust creates its consumer with ``fetch_max_wait_ms=1500`` (hard-coded), and aiokafka keeps
+one fetch in flight per broker, leaving out the partitions whose records are still waiting to
+be taken. When the agents fall behind for a moment, the next fetch names only the partitions
+that were already drained, often quiet ones (triggers, requests after a burst): the broker
+holds it for the full 1.5 s while the busy partitions have new records, and every agent
+starves until it returns. The fix creates the consumer with :data:`FETCH_MAX_WAIT_MS`, so
+such a fetch returns within that time; an idle worker pays one empty fetch per period.
 """
 
 from __future__ import annotations
@@ -329,12 +339,46 @@ LIVELOCK_CHECK = FaustPatch(
 )
 
 
+# -- 6. fetch wait -------------------------------------------------------------------------
+# Stands in for a setting: upstream, AIOKafkaConsumerThread._create_worker_consumer
+# (faust/transport/drivers/aiokafka.py) passes ``fetch_max_wait_ms=1500`` instead of reading
+# it from the app's configuration, as it does for the other fetch settings.
+
+# How long the broker may hold a fetch that has no new record yet.
+FETCH_MAX_WAIT_MS = 100
+
+
+def _create_worker_consumer_with_short_fetch_wait(
+    original: Callable[..., Any],
+) -> Callable[..., Any]:
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        # Read by the consumer when it starts (and builds its fetcher): set before that.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    return _create_worker_consumer
+
+
+FETCH_WAIT = FaustPatch(
+    f"the broker holds a fetch at most {FETCH_MAX_WAIT_MS} ms",
+    (
+        (
+            AIOKafkaConsumerThread,
+            "_create_worker_consumer",
+            _create_worker_consumer_with_short_fetch_wait,
+        ),
+    ),
+)
+
+
 PATCHES: tuple[FaustPatch, ...] = (
     PRODUCER_FLUSH,
     COMMIT_HEAD,
     OFFSET_JUMP,
     SEEK_LOG_START,
     LIVELOCK_CHECK,
+    FETCH_WAIT,
 )
 
 
@@ -418,13 +462,25 @@ class StallHealer:
     partition read past its committed offset with nothing acknowledged and nothing in flight:
     the dropped message was the last one read, and no later one would ever reveal it.
 
+    "In flight" includes the messages waiting in an agent's stream buffer: Faust tracks a
+    message as unacknowledged only when the stream takes it from the buffer, so under a
+    backlog longer than ``stall_s`` every partition whose next message still waits there
+    looks like the last case. ``queued(topic)`` says whether messages of ``topic`` wait in a
+    buffer; while they do, nothing is read again on that evidence alone (it would deliver
+    the backlog twice and stall the partition's commits; under load it did, every 5 s).
+
     It reads private attributes of faust's ``Consumer``; construction raises
     :class:`FaustPatchError` if the installed Faust no longer declares them, rather than
     letting a rename turn the healer off silently.
     """
 
     def __init__(
-        self, consumer_of: Callable[[], Any], topics: set[str], stall_s: float = STALL_S
+        self,
+        consumer_of: Callable[[], Any],
+        topics: set[str],
+        stall_s: float = STALL_S,
+        *,
+        queued: Callable[[str], bool],
     ) -> None:
         require_written_for_versions("stall healer")
         missing = _missing_consumer_internals()
@@ -436,6 +492,7 @@ class StallHealer:
             )
         self._consumer_of = consumer_of
         self._topics = topics
+        self._queued = queued
         self._stall_s = stall_s
         self._since: dict[Any, float] = {}
         self.healed = 0
@@ -455,8 +512,7 @@ class StallHealer:
                 due.append((tp, consumer._committed_offset[tp]))
         return due
 
-    @staticmethod
-    def _dropped(consumer: Any, tp: Any) -> bool:
+    def _dropped(self, consumer: Any, tp: Any) -> bool:
         """Whether a message at the committed offset was read but never delivered: later
         ones were processed, or (the dropped message was the last one read) nothing of the
         partition is processed or in flight although it was read up to the commit and the
@@ -472,6 +528,8 @@ class StallHealer:
         # beyond the commit (highwater of the last fetch) make it a stall.
         if read is None or read < committed or (consumer.highwater(tp) or 0) <= committed:
             return False
+        if self._queued(tp.topic):
+            return False  # the next message may be waiting in the buffer: not a sign
         return not any(m.tp == tp and not m.acked for m in list(consumer._unacked_messages))
 
     async def heal(self, tp: Any, offset: int) -> None:
@@ -479,3 +537,16 @@ class StallHealer:
         await self._consumer_of().seek(tp, offset)
         self._since.pop(tp, None)
         self.healed += 1
+
+
+def stream_buffer_holds(app: faust.App) -> Callable[[str], bool]:
+    """The healer's ``queued``: whether messages of a topic wait in a stream buffer of
+    ``app`` (the channels its conductor delivers to)."""
+
+    def queued(topic: str) -> bool:
+        return any(
+            not channel.queue.empty() and topic in channel.topics
+            for channel in app.topics
+        )
+
+    return queued

@@ -41,7 +41,16 @@ def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: A
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=worker.producer_linger_ms,
         producer_acks=-1,
-        broker_commit_every=1000,
+        # aiokafka keeps one open batch per partition and blocks a send while it is full and
+        # the request before it is in flight: with Faust's 16 KiB a burst of table writes
+        # filled the producer buffer, and the conductor stops delivering to every agent
+        # while that buffer holds over 100 messages. 1 MiB (the broker's message.max.bytes)
+        # never blocks.
+        producer_max_batch_size=1_048_576,
+        # Offsets are committed on the timer only. Faust's count-based commit runs inside the
+        # loop that delivers messages to the agents, and a commit first flushes the producer
+        # (0.5-1 s on a loaded machine): every agent starved that long every N messages.
+        broker_commit_every=2**31 - 1,
         broker_commit_interval=0.5,
         stream_wait_empty=False,
         broker_session_timeout=worker.session_timeout_s,

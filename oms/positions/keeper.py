@@ -34,7 +34,7 @@ from faust.types import TP
 from oms.exchange.deribit.client import reconnect_backoff
 from oms.exchange.deribit.instruments import fetch_instruments
 from oms.exchange.instruments import InstrumentCatalog
-from oms.kafka.faust_patches import StallHealer
+from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
@@ -332,7 +332,9 @@ class PositionKeeper:
 
         # Faust can drop a fetched fill around a rebalance (see oms.kafka.faust_patches):
         # its partition is read again from the committed offset, replays counted once.
-        healer = StallHealer(lambda: app.consumer, {self.fills_topic})
+        healer = StallHealer(
+            lambda: app.consumer, {self.fills_topic}, queued=stream_buffer_holds(app)
+        )
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:

@@ -36,7 +36,7 @@ from oms.auth.verify import Authenticator
 from oms.component import Startable, start_all, stop_all
 from oms.conditions.engine import TriggerEngine
 from oms.exchange.venues import create_exchange
-from oms.kafka.faust_patches import StallHealer
+from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import PartitionOwnership, partition_of
 from oms.lifecycle.lookup import LabelLookup
@@ -420,7 +420,7 @@ class OrderWorker:
         app.on_before_shutdown.connect(stop_components)  # type: ignore[arg-type]
 
         interval = self.settings.worker.recovery_check_interval_s
-        healer = StallHealer(lambda: app.consumer, inputs)
+        healer = StallHealer(lambda: app.consumer, inputs, queued=stream_buffer_holds(app))
         self.healer = healer
 
         @app.timer(interval=interval)
@@ -441,6 +441,7 @@ class OrderWorker:
             owned = frozenset(self.owned_partitions())
             if owned != self._held_partitions and not getattr(app, "in_recovery", False):
                 await self.rebuild_held()
+
 
         @app.timer(interval=interval)
         async def cancel_halted_orders() -> None:

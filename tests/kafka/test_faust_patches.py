@@ -246,6 +246,16 @@ def test_the_threaded_producer_is_refused(tmp_path: Path) -> None:
         check_app(app, compacted_topics=())
 
 
+async def test_the_worker_consumer_waits_at_most_the_short_fetch_wait(tmp_path: Path) -> None:
+    # Faust hard-codes 1.5 s; a fetch naming only quiet partitions held that long starved
+    # every agent of a busy worker.
+    apply_faust_patches()
+    app, _ = _app(tmp_path)
+    thread = app.consumer._thread  # the aiokafka consumer thread the worker runs
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == faust_patches.FETCH_MAX_WAIT_MS < 1500
+
+
 def test_the_order_worker_and_the_position_keeper_pass_the_check(tmp_path: Path) -> None:
     from oms.positions.keeper import PositionKeeper
     from oms.streams.worker import OrderWorker
@@ -402,7 +412,7 @@ class FakeConsumer:
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
     assert healer.stalled(now=100.0) == []  # first seen
     assert healer.stalled(now=104.0) == []
     due = healer.stalled(now=105.0)
@@ -422,7 +432,7 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     consumer.highwaters = {consumer.tp: 18}
     in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
     consumer._unacked_messages = [in_flight]
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
     # Still being processed (queued in the stream or in the agent): not a stall.
     assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
     in_flight.acked = True
@@ -437,6 +447,30 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
 
 
+async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
+    # Offset 15 was read and delivered to the agent's buffer, where it waits behind other
+    # partitions' messages: Faust tracks it only once the stream takes it, so nothing of the
+    # partition is acknowledged or unacknowledged. Reading it again would deliver it twice.
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer._read_offset = {consumer.tp: 17, consumer.other: 2}
+    consumer.highwaters = {consumer.tp: 18}
+    waiting = {"in"}
+    healer = StallHealer(
+        lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: topic in waiting
+    )
+    assert [healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
+    # The buffer is empty and the message never came: it was dropped after all.
+    waiting.clear()
+    assert healer.stalled(now=200.0) == []  # first seen
+    assert healer.stalled(now=205.0) == [(consumer.tp, 15)]
+    await healer.heal(consumer.tp, 15)
+    # A dropped head with later messages processed is a stall whatever the buffer holds.
+    consumer._acked[consumer.tp] = [16, 17]
+    waiting.add("in")
+    assert healer.stalled(now=300.0) == [] and healer.stalled(now=305.0) == [(consumer.tp, 15)]
+
+
 @pytest.mark.parametrize("attribute", ["_read_offset", "_unacked_messages", "_acked"])
 def test_the_healer_refuses_a_faust_without_what_it_reads(
     attribute: str, monkeypatch: pytest.MonkeyPatch
@@ -444,10 +478,10 @@ def test_the_healer_refuses_a_faust_without_what_it_reads(
     # A rename upstream must stop the worker at start, not turn the healer off silently.
     monkeypatch.delitem(Consumer.__annotations__, attribute)
     with pytest.raises(FaustPatchError, match=attribute):
-        StallHealer(FakeConsumer, {"in"})
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
 
 
 def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faust_patches, "installed_version", _versions("0.15.4", "0.14.0"))
     with pytest.raises(FaustPatchError, match=r"stall healer.*faust-streaming==0\.15\.4"):
-        StallHealer(FakeConsumer, {"in"})
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
