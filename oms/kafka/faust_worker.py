@@ -52,6 +52,14 @@ def new_faust_app(settings: Settings, app_id: str, web_port: int, **overrides: A
         # (0.5-1 s on a loaded machine): every agent starved that long every N messages.
         broker_commit_every=2**31 - 1,
         broker_commit_interval=0.5,
+        # Faust delivers a fetched batch to the agents one message at a time, at the pace of
+        # the slowest, and fetches nothing new until the whole batch is delivered; aiokafka
+        # hands out buffered partitions first come, first served. With Faust's defaults
+        # (4 MiB per partition, no cap per poll) a burst of commands held every report, so
+        # every acknowledgement, for seconds. Small chunks per partition and per poll keep
+        # each agent's turn short.
+        consumer_max_fetch_size=32 * 1024,
+        broker_max_poll_records=200,
         stream_wait_empty=False,
         broker_session_timeout=worker.session_timeout_s,
         broker_heartbeat_interval=max(1.0, worker.session_timeout_s / 4),

@@ -33,6 +33,7 @@ from oms.kafka.faust_patches import (
     FaustPatchError,
     StallHealer,
     apply_faust_patches,
+    deliver,
     check_app,
     faust_patches_applied,
     seek_to_committed_or_log_start,
@@ -384,6 +385,70 @@ def test_the_livelock_check_skips_a_partition_without_a_fetch_position(
     states[("in", 0)] = SimpleNamespace(has_valid_position=True)
     verify(thread, 0.0, tp)  # type: ignore[arg-type]
     assert checked == [tp]
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+class FakeDrainer:
+    """What ``deliver`` uses of Faust's consumer: its flow-suspension event and wait_first."""
+
+    def __init__(self) -> None:
+        self.suspend_flow = asyncio.Event()
+        self.raced = 0
+
+    async def wait_first(self, *coros: Any) -> None:
+        self.raced += 1
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def test_a_delivery_that_does_not_wait_runs_at_once_without_a_task() -> None:
+    consumer, delivered = FakeDrainer(), []
+
+    async def put_into_a_buffer_with_room() -> None:
+        delivered.append("m")
+
+    tasks_before = len(asyncio.all_tasks())
+    await deliver(consumer, put_into_a_buffer_with_room())
+    assert delivered == ["m"] and consumer.raced == 0
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_delivery_that_waits_finishes_when_the_buffer_has_room() -> None:
+    consumer, room, delivered = FakeDrainer(), asyncio.get_running_loop().create_future(), []
+
+    async def put_into_a_full_buffer() -> None:
+        delivered.append(await room)
+        await asyncio.sleep(0)  # and any later waits too
+        delivered.append("done")
+
+    delivery = asyncio.ensure_future(deliver(consumer, put_into_a_full_buffer()))
+    await asyncio.sleep(0.01)
+    assert not delivery.done() and consumer.raced == 1
+    room.set_result("room")
+    await asyncio.wait_for(delivery, 1)
+    assert delivered == ["room", "done"]
+
+
+async def test_a_waiting_delivery_is_abandoned_when_a_rebalance_suspends_the_flow() -> None:
+    consumer, cancelled = FakeDrainer(), []
+
+    async def put_into_a_buffer_that_stays_full() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    delivery = asyncio.ensure_future(deliver(consumer, put_into_a_buffer_that_stays_full()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(delivery, 1)
+    assert cancelled == [True]
 
 
 # -- the stall healer -------------------------------------------------------------------
