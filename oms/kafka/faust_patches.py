@@ -661,9 +661,6 @@ def stream_buffer_holds(app: faust.App) -> Callable[[str], bool]:
     ``app`` (the channels its conductor delivers to)."""
 
     def queued(topic: str) -> bool:
-        return any(
-            not channel.queue.empty() and topic in channel.topics
-            for channel in app.topics
-        )
+        return any(not channel.queue.empty() and topic in channel.topics for channel in app.topics)
 
     return queued

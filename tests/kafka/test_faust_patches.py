@@ -33,8 +33,8 @@ from oms.kafka.faust_patches import (
     FaustPatchError,
     StallHealer,
     apply_faust_patches,
-    deliver,
     check_app,
+    deliver,
     faust_patches_applied,
     seek_to_committed_or_log_start,
 )
