@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import pytest
 from aiokafka.consumer.fetcher import OffsetResetStrategy
+from faust.topics import Topic as FaustTopic
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
@@ -449,6 +450,26 @@ async def test_a_waiting_delivery_is_abandoned_when_a_rebalance_suspends_the_flo
     consumer.suspend_flow.set()
     await asyncio.wait_for(delivery, 1)
     assert cancelled == [True]
+
+
+async def test_a_table_write_gets_the_running_producer_without_yielding() -> None:
+    apply_faust_patches()
+    producer = SimpleNamespace(state="running")
+    started: list[bool] = []
+
+    async def maybe_start_producer() -> Any:
+        started.append(True)
+        return producer
+
+    app = SimpleNamespace(producer=producer, in_transaction=False)
+    app.maybe_start_producer = maybe_start_producer
+    topic = SimpleNamespace(app=app)
+    getting = FaustTopic._get_producer(topic)  # type: ignore[arg-type]
+    with pytest.raises(StopIteration) as done:
+        getting.send(None)  # no turn of the event loop: done in one step
+    assert done.value.value is producer and started == []
+    producer.state = "init"  # not running yet: Faust starts it
+    assert await FaustTopic._get_producer(topic) is producer and started == [True]  # type: ignore[arg-type]
 
 
 # -- the stall healer -------------------------------------------------------------------
