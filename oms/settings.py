@@ -116,8 +116,11 @@ class WorkerSettings(BaseModel):
     recovery_check_interval_s: float = 5.0
     # An order without exchange confirmation this long after sending is looked up by label.
     submit_timeout_s: float = 15.0
-    # Producer batching: a few ms more per hop buys far fewer, larger produce requests.
-    producer_linger_ms: int = Field(5, ge=0)
+    # Producer batching. 0: a record goes out at once when no produce request is in flight,
+    # and under load records batch up behind the one request in flight (aiokafka keeps one
+    # per broker), so batching grows with load without costing latency at low load; every
+    # ms of linger is paid on each of the three hops of an order.
+    producer_linger_ms: int = Field(0, ge=0)
     # How soon a dead worker's partitions move to the others (Kafka group session timeout).
     session_timeout_s: float = Field(10.0, ge=6.0)
     # Faust table_standby_replicas: other workers keep a warm copy of each table partition

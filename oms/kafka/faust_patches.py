@@ -64,6 +64,36 @@ to Faust's recovery, which seeks them itself.
 Until the reset of fix 4 is resolved the partition has no fetch position, which Faust's
 livelock check (``verify_event_path``) cannot take (aiokafka asserts a position is set): it
 skips such a partition instead of crashing the worker.
+
+6. A fetch held by the broker for 1.5 s (:data:`FETCH_WAIT`).
+
+Faust creates its consumer with ``fetch_max_wait_ms=1500`` (hard-coded), and aiokafka keeps
+one fetch in flight per broker, leaving out the partitions whose records are still waiting to
+be taken. When the agents fall behind for a moment, the next fetch names only the partitions
+that were already drained, often quiet ones (triggers, requests after a burst): the broker
+holds it for the full 1.5 s while the busy partitions have new records, and every agent
+starves until it returns. The fix creates the consumer with :data:`FETCH_MAX_WAIT_MS`, so
+such a fetch returns within that time; an idle worker pays one empty fetch per period.
+
+7. Four tasks per message delivered (:data:`DELIVERY`).
+
+Faust's delivery loop (``Consumer._drain_messages``) hands each fetched message to the
+agents' buffers with ``wait_first(callback(message), suspend_flow.wait())``: four tasks
+(mode adds two for "stopped" and "crashed"), three of them cancelled again, and three turns
+of the event loop per message, although the callback almost never waits (it only puts the
+message into a buffer that has room). The loop is the one serial stage in front of every
+agent: with all agents idle, it delivered ~300 messages/s. The fix runs the callback
+directly and races it against a rebalance, as Faust does, only if it actually waits.
+
+8. Three turns of the event loop per table write (:data:`TABLE_WRITES`).
+
+A table write is produced by the producer buffer's task, one message at a time, through
+``Topic.publish_message``, which first gets the producer from ``App.maybe_start_producer``: a
+``stampede``-wrapped call that yields to the event loop three times, even when the producer
+runs. Under load each turn of the loop runs every busy agent once, so the buffer drained one
+write per three turns while the agents added about one per turn; and Faust's conductor stops
+delivering to every agent while the buffer holds over 100 writes (it reached 860: seconds
+without an acknowledgement). The fix returns the running producer at once.
 """
 
 from __future__ import annotations
@@ -72,6 +102,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import inspect
+import types
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +111,8 @@ import faust
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
-from faust.transport.consumer import Consumer
+from faust.topics import Topic
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
@@ -329,12 +361,177 @@ LIVELOCK_CHECK = FaustPatch(
 )
 
 
+# -- 6. fetch wait -------------------------------------------------------------------------
+# Stands in for a setting: upstream, AIOKafkaConsumerThread._create_worker_consumer
+# (faust/transport/drivers/aiokafka.py) passes ``fetch_max_wait_ms=1500`` instead of reading
+# it from the app's configuration, as it does for the other fetch settings.
+
+# How long the broker may hold a fetch that has no new record yet.
+FETCH_MAX_WAIT_MS = 100
+
+
+def _create_worker_consumer_with_short_fetch_wait(
+    original: Callable[..., Any],
+) -> Callable[..., Any]:
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        # Read by the consumer when it starts (and builds its fetcher): set before that.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    return _create_worker_consumer
+
+
+FETCH_WAIT = FaustPatch(
+    f"the broker holds a fetch at most {FETCH_MAX_WAIT_MS} ms",
+    (
+        (
+            AIOKafkaConsumerThread,
+            "_create_worker_consumer",
+            _create_worker_consumer_with_short_fetch_wait,
+        ),
+    ),
+)
+
+
+# -- 7. delivery without tasks ----------------------------------------------------------
+# Stands in for a delivery loop that awaits the conductor's callback directly when it does
+# not wait. Upstream it belongs in Consumer._drain_messages (faust/transport/consumer.py):
+# ``wait_first`` (mode/services.py) is only needed while the callback waits on a full buffer,
+# which a rebalance must be able to interrupt. The replacement is Faust 0.15.3's method with
+# that one line changed (``deliver``).
+
+
+@types.coroutine
+def _rest_of(coro: Any, waiting_on: Any) -> Any:
+    """Drive ``coro``, which already ran up to waiting on ``waiting_on``, to its end: each
+    future it waits on goes up to the task running this, and what comes back goes down."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:  # cancelled (a rebalance won the race) or thrown in
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def deliver(consumer: Any, delivery: Any) -> None:
+    """Run ``delivery`` (the conductor's callback for one message) until it is done or, if it
+    has to wait (a full stream buffer, flow control, the producer buffer), until it is done
+    or a rebalance suspends the flow, whichever comes first (what Faust does for every
+    message)."""
+    try:
+        waiting_on = delivery.send(None)
+    except StopIteration:
+        return  # delivered at once: the common case
+
+    async def rest() -> None:
+        await _rest_of(delivery, waiting_on)
+
+    await consumer.wait_first(rest(), consumer.suspend_flow.wait())
+
+
+def _drain_messages_delivering_directly(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = 100
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await asyncio.sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await deliver(self, callback(message))
+                            set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+    return _drain_messages
+
+
+DELIVERY = FaustPatch(
+    "messages are delivered to the agents without a task each",
+    ((Consumer, "_drain_messages", _drain_messages_delivering_directly),),
+)
+
+
+# -- 8. table writes -----------------------------------------------------------------------
+# Stands in for a Topic._get_producer (faust/topics.py) that returns a running producer
+# without going through App.maybe_start_producer, whose mode ``stampede`` wrapper
+# (mode/utils/futures.py, StampedeWrapper.__call__) awaits asyncio.sleep(0) three times per
+# call.
+
+
+def _running_producer_at_once(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def _get_producer(self: Any) -> Any:
+        app = self.app
+        producer = app.producer
+        if not app.in_transaction and producer.state == "running":
+            return producer
+        return await original(self)
+
+    return _get_producer
+
+
+TABLE_WRITES = FaustPatch(
+    "a table write gets the running producer without yielding",
+    ((Topic, "_get_producer", _running_producer_at_once),),
+)
+
+
 PATCHES: tuple[FaustPatch, ...] = (
     PRODUCER_FLUSH,
     COMMIT_HEAD,
     OFFSET_JUMP,
     SEEK_LOG_START,
     LIVELOCK_CHECK,
+    FETCH_WAIT,
+    DELIVERY,
+    TABLE_WRITES,
 )
 
 
@@ -418,13 +615,25 @@ class StallHealer:
     partition read past its committed offset with nothing acknowledged and nothing in flight:
     the dropped message was the last one read, and no later one would ever reveal it.
 
+    "In flight" includes the messages waiting in an agent's stream buffer: Faust tracks a
+    message as unacknowledged only when the stream takes it from the buffer, so under a
+    backlog longer than ``stall_s`` every partition whose next message still waits there
+    looks like the last case. ``queued(topic)`` says whether messages of ``topic`` wait in a
+    buffer; while they do, nothing is read again on that evidence alone (it would deliver
+    the backlog twice and stall the partition's commits; under load it did, every 5 s).
+
     It reads private attributes of faust's ``Consumer``; construction raises
     :class:`FaustPatchError` if the installed Faust no longer declares them, rather than
     letting a rename turn the healer off silently.
     """
 
     def __init__(
-        self, consumer_of: Callable[[], Any], topics: set[str], stall_s: float = STALL_S
+        self,
+        consumer_of: Callable[[], Any],
+        topics: set[str],
+        stall_s: float = STALL_S,
+        *,
+        queued: Callable[[str], bool],
     ) -> None:
         require_written_for_versions("stall healer")
         missing = _missing_consumer_internals()
@@ -436,6 +645,7 @@ class StallHealer:
             )
         self._consumer_of = consumer_of
         self._topics = topics
+        self._queued = queued
         self._stall_s = stall_s
         self._since: dict[Any, float] = {}
         self.healed = 0
@@ -455,8 +665,7 @@ class StallHealer:
                 due.append((tp, consumer._committed_offset[tp]))
         return due
 
-    @staticmethod
-    def _dropped(consumer: Any, tp: Any) -> bool:
+    def _dropped(self, consumer: Any, tp: Any) -> bool:
         """Whether a message at the committed offset was read but never delivered: later
         ones were processed, or (the dropped message was the last one read) nothing of the
         partition is processed or in flight although it was read up to the commit and the
@@ -472,6 +681,8 @@ class StallHealer:
         # beyond the commit (highwater of the last fetch) make it a stall.
         if read is None or read < committed or (consumer.highwater(tp) or 0) <= committed:
             return False
+        if self._queued(tp.topic):
+            return False  # the next message may be waiting in the buffer: not a sign
         return not any(m.tp == tp and not m.acked for m in list(consumer._unacked_messages))
 
     async def heal(self, tp: Any, offset: int) -> None:
@@ -479,3 +690,13 @@ class StallHealer:
         await self._consumer_of().seek(tp, offset)
         self._since.pop(tp, None)
         self.healed += 1
+
+
+def stream_buffer_holds(app: faust.App) -> Callable[[str], bool]:
+    """The healer's ``queued``: whether messages of a topic wait in a stream buffer of
+    ``app`` (the channels its conductor delivers to)."""
+
+    def queued(topic: str) -> bool:
+        return any(not channel.queue.empty() and topic in channel.topics for channel in app.topics)
+
+    return queued

@@ -95,8 +95,25 @@ def new_faust_app(
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=worker.producer_linger_ms,
         producer_acks=-1,
-        broker_commit_every=1000,
+        # aiokafka keeps one open batch per partition and blocks a send while it is full and
+        # the request before it is in flight: with Faust's 16 KiB a burst of table writes
+        # filled the producer buffer, and the conductor stops delivering to every agent
+        # while that buffer holds over 100 messages. 1 MiB (the broker's message.max.bytes)
+        # never blocks.
+        producer_max_batch_size=1_048_576,
+        # Offsets are committed on the timer only. Faust's count-based commit runs inside the
+        # loop that delivers messages to the agents, and a commit first flushes the producer
+        # (0.5-1 s on a loaded machine): every agent starved that long every N messages.
+        broker_commit_every=2**31 - 1,
         broker_commit_interval=0.5,
+        # Faust delivers a fetched batch to the agents one message at a time, at the pace of
+        # the slowest, and fetches nothing new until the whole batch is delivered; aiokafka
+        # hands out buffered partitions first come, first served. With Faust's defaults
+        # (4 MiB per partition, no cap per poll) a burst of commands held every report, so
+        # every acknowledgement, for seconds. Small chunks per partition and per poll keep
+        # each agent's turn short.
+        consumer_max_fetch_size=32 * 1024,
+        broker_max_poll_records=200,
         stream_wait_empty=False,
         broker_session_timeout=worker.session_timeout_s,
         broker_heartbeat_interval=max(1.0, worker.session_timeout_s / 4),

@@ -32,7 +32,7 @@ import structlog
 from faust.types import TP
 
 from oms.exchange.venues import create_accounts, create_instrument_catalog
-from oms.kafka.faust_patches import StallHealer
+from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import FlushFirstProducer, new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
 from oms.positions.ledger import Applied, FillProblem, Ledger
@@ -346,7 +346,9 @@ class PositionKeeper:
 
         # Faust can drop a fetched fill around a rebalance (see oms.kafka.faust_patches):
         # its partition is read again from the committed offset, replays counted once.
-        healer = StallHealer(lambda: app.consumer, {self.fills_topic})
+        healer = StallHealer(
+            lambda: app.consumer, {self.fills_topic}, queued=stream_buffer_holds(app)
+        )
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:

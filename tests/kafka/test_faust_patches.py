@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import pytest
 from aiokafka.consumer.fetcher import OffsetResetStrategy
+from faust.topics import Topic as FaustTopic
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
@@ -34,6 +35,7 @@ from oms.kafka.faust_patches import (
     StallHealer,
     apply_faust_patches,
     check_app,
+    deliver,
     faust_patches_applied,
     seek_to_committed_or_log_start,
 )
@@ -246,6 +248,16 @@ def test_the_threaded_producer_is_refused(tmp_path: Path) -> None:
         check_app(app, compacted_topics=())
 
 
+async def test_the_worker_consumer_waits_at_most_the_short_fetch_wait(tmp_path: Path) -> None:
+    # Faust hard-codes 1.5 s; a fetch naming only quiet partitions held that long starved
+    # every agent of a busy worker.
+    apply_faust_patches()
+    app, _ = _app(tmp_path)
+    thread = app.consumer._thread  # the aiokafka consumer thread the worker runs
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == faust_patches.FETCH_MAX_WAIT_MS < 1500
+
+
 def test_the_order_worker_and_the_position_keeper_pass_the_check(tmp_path: Path) -> None:
     from oms.positions.keeper import PositionKeeper
     from oms.streams.worker import OrderWorker
@@ -376,6 +388,90 @@ def test_the_livelock_check_skips_a_partition_without_a_fetch_position(
     assert checked == [tp]
 
 
+# -- delivery ---------------------------------------------------------------------------
+
+
+class FakeDrainer:
+    """What ``deliver`` uses of Faust's consumer: its flow-suspension event and wait_first."""
+
+    def __init__(self) -> None:
+        self.suspend_flow = asyncio.Event()
+        self.raced = 0
+
+    async def wait_first(self, *coros: Any) -> None:
+        self.raced += 1
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def test_a_delivery_that_does_not_wait_runs_at_once_without_a_task() -> None:
+    consumer, delivered = FakeDrainer(), []
+
+    async def put_into_a_buffer_with_room() -> None:
+        delivered.append("m")
+
+    tasks_before = len(asyncio.all_tasks())
+    await deliver(consumer, put_into_a_buffer_with_room())
+    assert delivered == ["m"] and consumer.raced == 0
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_delivery_that_waits_finishes_when_the_buffer_has_room() -> None:
+    consumer, room, delivered = FakeDrainer(), asyncio.get_running_loop().create_future(), []
+
+    async def put_into_a_full_buffer() -> None:
+        delivered.append(await room)
+        await asyncio.sleep(0)  # and any later waits too
+        delivered.append("done")
+
+    delivery = asyncio.ensure_future(deliver(consumer, put_into_a_full_buffer()))
+    await asyncio.sleep(0.01)
+    assert not delivery.done() and consumer.raced == 1
+    room.set_result("room")
+    await asyncio.wait_for(delivery, 1)
+    assert delivered == ["room", "done"]
+
+
+async def test_a_waiting_delivery_is_abandoned_when_a_rebalance_suspends_the_flow() -> None:
+    consumer, cancelled = FakeDrainer(), []
+
+    async def put_into_a_buffer_that_stays_full() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    delivery = asyncio.ensure_future(deliver(consumer, put_into_a_buffer_that_stays_full()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(delivery, 1)
+    assert cancelled == [True]
+
+
+async def test_a_table_write_gets_the_running_producer_without_yielding() -> None:
+    apply_faust_patches()
+    producer = SimpleNamespace(state="running")
+    started: list[bool] = []
+
+    async def maybe_start_producer() -> Any:
+        started.append(True)
+        return producer
+
+    app = SimpleNamespace(producer=producer, in_transaction=False)
+    app.maybe_start_producer = maybe_start_producer
+    topic = SimpleNamespace(app=app)
+    getting = FaustTopic._get_producer(topic)  # type: ignore[arg-type]
+    with pytest.raises(StopIteration) as done:
+        getting.send(None)  # no turn of the event loop: done in one step
+    assert done.value.value is producer and started == []
+    producer.state = "init"  # not running yet: Faust starts it
+    assert await FaustTopic._get_producer(topic) is producer and started == [True]  # type: ignore[arg-type]
+
+
 # -- the stall healer -------------------------------------------------------------------
 
 
@@ -402,7 +498,7 @@ class FakeConsumer:
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
     assert healer.stalled(now=100.0) == []  # first seen
     assert healer.stalled(now=104.0) == []
     due = healer.stalled(now=105.0)
@@ -422,7 +518,7 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     consumer.highwaters = {consumer.tp: 18}
     in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
     consumer._unacked_messages = [in_flight]
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0)
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
     # Still being processed (queued in the stream or in the agent): not a stall.
     assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
     in_flight.acked = True
@@ -437,6 +533,30 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
 
 
+async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
+    # Offset 15 was read and delivered to the agent's buffer, where it waits behind other
+    # partitions' messages: Faust tracks it only once the stream takes it, so nothing of the
+    # partition is acknowledged or unacknowledged. Reading it again would deliver it twice.
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer._read_offset = {consumer.tp: 17, consumer.other: 2}
+    consumer.highwaters = {consumer.tp: 18}
+    waiting = {"in"}
+    healer = StallHealer(
+        lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: topic in waiting
+    )
+    assert [healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
+    # The buffer is empty and the message never came: it was dropped after all.
+    waiting.clear()
+    assert healer.stalled(now=200.0) == []  # first seen
+    assert healer.stalled(now=205.0) == [(consumer.tp, 15)]
+    await healer.heal(consumer.tp, 15)
+    # A dropped head with later messages processed is a stall whatever the buffer holds.
+    consumer._acked[consumer.tp] = [16, 17]
+    waiting.add("in")
+    assert healer.stalled(now=300.0) == [] and healer.stalled(now=305.0) == [(consumer.tp, 15)]
+
+
 @pytest.mark.parametrize("attribute", ["_read_offset", "_unacked_messages", "_acked"])
 def test_the_healer_refuses_a_faust_without_what_it_reads(
     attribute: str, monkeypatch: pytest.MonkeyPatch
@@ -444,10 +564,10 @@ def test_the_healer_refuses_a_faust_without_what_it_reads(
     # A rename upstream must stop the worker at start, not turn the healer off silently.
     monkeypatch.delitem(Consumer.__annotations__, attribute)
     with pytest.raises(FaustPatchError, match=attribute):
-        StallHealer(FakeConsumer, {"in"})
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
 
 
 def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faust_patches, "installed_version", _versions("0.15.4", "0.14.0"))
     with pytest.raises(FaustPatchError, match=r"stall healer.*faust-streaming==0\.15\.4"):
-        StallHealer(FakeConsumer, {"in"})
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
