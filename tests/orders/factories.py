@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oms.schemas import Direction, OrderRecord, OrderStatus, OrderType
+from oms.schemas import Direction, InstrumentSpec, OrderRecord, OrderStatus, OrderType
 
 
 def order_record(status: OrderStatus = OrderStatus.SUBMITTED, **kw: object) -> OrderRecord:
@@ -22,3 +22,16 @@ def order_record(status: OrderStatus = OrderStatus.SUBMITTED, **kw: object) -> O
     )
     base.update(kw)
     return OrderRecord(**base)  # type: ignore[arg-type]
+
+
+# Deribit's BTC perpetual as the domain tests see it: 0.5 USD ticks, 10 USD contracts.
+BTC_PERPETUAL = InstrumentSpec(
+    instrument_name="BTC-PERPETUAL",
+    kind="future",
+    base_currency="BTC",
+    quote_currency="USD",
+    settlement_currency="BTC",
+    tick_size=0.5,
+    contract_size=10,
+    min_trade_amount=10,
+)

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from oms.orders.params import AlgoParams, ChaseParams, TwapParams
 from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
-from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode
+from oms.schemas import OrderRequest, ReasonCode
 from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
+from tests.orders.factories import BTC_PERPETUAL
 
 NOW = 1_800_000_000_000
-PERP = InstrumentSpec(
-    instrument_name="BTC-PERPETUAL",
-    kind="future",
-    base_currency="BTC",
-    quote_currency="USD",
-    settlement_currency="BTC",
-    tick_size=0.5,
-    contract_size=10,
-    min_trade_amount=10,
-)
+PERP = BTC_PERPETUAL
 SLICING = AutoSlicing(above=1_000, duration_s=60)
 
 

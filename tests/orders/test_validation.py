@@ -7,17 +7,9 @@ import pytest
 
 from oms.orders.validation import ParseFailure, parse_request, validate_submit
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode, derive_order_id
+from tests.orders.factories import BTC_PERPETUAL
 
-BTC_PERP = InstrumentSpec(
-    instrument_name="BTC-PERPETUAL",
-    kind="future",
-    base_currency="BTC",
-    quote_currency="USD",
-    settlement_currency="BTC",
-    tick_size=0.5,
-    contract_size=10,
-    min_trade_amount=10,
-)
+BTC_PERP = BTC_PERPETUAL
 BTC_OPTION = InstrumentSpec(
     instrument_name="BTC-25DEC26-70000-C",
     kind="option",

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from oms.schemas import (
-    InstrumentSpec,
     OrderEvent,
     OrderEventType,
     OrderRecord,
@@ -17,17 +16,9 @@ from oms.schemas import (
 from oms.schemas.commands import CommandOrigin, OrderCommand, OriginKind
 from oms.settings import QueueSettings
 from oms.streams.intake import IntakeContext, apply_command
+from tests.orders.factories import BTC_PERPETUAL
 
-PERP = InstrumentSpec(
-    instrument_name="BTC-PERPETUAL",
-    kind="future",
-    base_currency="BTC",
-    quote_currency="USD",
-    settlement_currency="BTC",
-    tick_size=0.5,
-    contract_size=10,
-    min_trade_amount=10,
-)
+PERP = BTC_PERPETUAL
 
 
 class Executor:
