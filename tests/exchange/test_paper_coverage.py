@@ -11,7 +11,6 @@ import pytest
 
 from oms.exchange.paper.coverage import (
     BOT_METHODS,
-    DEFAULT_SPEC,
     END,
     README,
     START,
@@ -21,8 +20,6 @@ from oms.exchange.paper.coverage import (
     spec_methods,
     with_coverage,
 )
-
-pytestmark = pytest.mark.skipif(not DEFAULT_SPEC.exists(), reason="Deribit OpenAPI spec not found")
 
 
 def test_readme_table_is_up_to_date() -> None:
@@ -57,7 +54,6 @@ def test_bot_methods_are_what_ccxt_calls() -> None:
     """ccxt's Deribit class calls its endpoints as ``self.privateGetGetOrderState(...)``;
     its pro class sends ``'method': 'public/subscribe'``. Wallet and sub-account calls are
     not a trading bot's."""
-    pytest.importorskip("ccxt")
     rest = importlib.import_module("ccxt.async_support.deribit")
     pro = importlib.import_module("ccxt.pro.deribit")
     api = rest.deribit().describe()["api"]

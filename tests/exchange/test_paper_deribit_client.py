@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from oms.exchange.deribit import client as deribit
 from oms.exchange.paper import PaperExchange
 from oms.secrets import Credentials
 from oms.settings import ExchangeSettings, PaperExchangeSettings
-
-deribit = pytest.importorskip("oms.exchange.deribit.client")
 
 PERP = "BTC-PERPETUAL"
 
