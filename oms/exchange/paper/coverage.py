@@ -1,5 +1,5 @@
 """How much of Deribit's API the paper exchange speaks: every method of the OpenAPI spec
-(``../shared/reference/deribit-openapi.json``), implemented or not, from the method
+(``reference/deribit-openapi.json``, kept in the repository), implemented or not, from the method
 registry (:data:`oms.exchange.paper.methods.METHODS`).
 
 The table lives in the paper exchange's README between the coverage markers; regenerate it
