@@ -426,11 +426,20 @@ async def test_a_day_of_every_kind_of_order_across_restarts(day: Day) -> None:
         day.touched_after[raw_resting] = time.monotonic()
         new_price = RESTING_BUY - 10 * len(day.kinds)
         amend_id = await day.raw_client.amend_order(raw_resting, price=new_price)
-        amended = await day.client.wait_for_event(
-            raw_resting,
-            lambda e, wanted=amend_id: e.event_type is out.AMENDED and e.request_id == wanted,
-            timeout=60,
-        )
+        try:
+            amended = await day.client.wait_for_event(
+                raw_resting,
+                lambda e, wanted=amend_id: e.event_type is out.AMENDED and e.request_id == wanted,
+                timeout=60,
+            )
+        except TimeoutError:
+            seen = [
+                (e.event_type.value, e.request_id, e.reason_code) for e in day.events(raw_resting)
+            ]
+            raise AssertionError(
+                f"after {what}: amend {amend_id} of {raw_resting} not acknowledged in 60 s; "
+                f"its events: {seen[-6:]}"
+            ) from None
         assert amended.price == new_price
         [at_exchange] = await day.at_exchange(raw_resting)
         assert at_exchange["price"] == new_price
