@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -81,49 +82,34 @@ def e2e(
         raise typer.BadParameter(
             "one of --compare-secure, --compare-preload or several --workers at a time"
         )
+    # One configuration from the options; each mode below varies only what it is about.
+    base = E2EConfig(
+        orders=orders,
+        rate=rate,
+        accounts=accounts,
+        partitions=partitions,
+        secure=secure,
+        workers=counts[0],
+        preload=preload,
+    )
     if compare_preload is not None:
-        config = E2EConfig(
-            orders=orders,
-            rate=rate,
-            accounts=accounts,
-            partitions=partitions,
-            secure=secure,
-            workers=counts[0],
-        )
         preloaded = compare_preload
 
         async def compare(config: E2EConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
             return await run_e2e_compare_preload(config, preloaded, on_status=on_status)
 
-        _print(_run("e2e", compare, config), "oms bench e2e --compare-preload", json)
+        _print(_run("e2e", compare, base), "oms bench e2e --compare-preload", json)
         return
     if len(counts) > 1:
-        config = E2EConfig(
-            orders=orders,
-            rate=rate,
-            accounts=accounts,
-            partitions=partitions,
-            secure=secure,
-            preload=preload,
-        )
 
         async def scaling(config: E2EConfig, on_status: Callable[[str], None]) -> dict[str, Any]:
             return await run_e2e_scaling(config, counts, on_status=on_status)
 
-        _print(_run("e2e", scaling, config), "oms bench e2e --workers", json)
+        _print(_run("e2e", scaling, base), "oms bench e2e --workers", json)
         return
 
     def run(secure_mode: bool) -> dict[str, object]:
-        config = E2EConfig(
-            orders=orders,
-            rate=rate,
-            accounts=accounts,
-            partitions=partitions,
-            secure=secure_mode,
-            workers=counts[0],
-            preload=preload,
-        )
-        return _run("e2e", run_e2e, config)
+        return _run("e2e", run_e2e, dataclasses.replace(base, secure=secure_mode))
 
     if compare_secure:
         plain, secured = run(False), run(True)
