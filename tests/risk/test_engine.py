@@ -19,18 +19,10 @@ from oms.schemas import (
 )
 from oms.schemas.risk import AccountControls, AccountLimits, TradingState
 from oms.settings import RiskSettings, Settings
+from tests.orders.factories import BTC_PERPETUAL
 
-PERP = InstrumentSpec(
-    instrument_name="BTC-PERPETUAL",
-    kind="future",
-    base_currency="BTC",
-    quote_currency="USD",
-    settlement_currency="BTC",
-    tick_size=0.5,
-    contract_size=10,
-    min_trade_amount=10,
-    instrument_type="reversed",
-)
+# Inverse (USD-sized, BTC-settled), as Deribit lists it.
+PERP = BTC_PERPETUAL.model_copy(update={"instrument_type": "reversed"})
 
 
 def engine(market: MarketCache | None = None, **limits: object) -> RiskEngine:
