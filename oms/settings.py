@@ -29,6 +29,9 @@ class KafkaSettings(BaseModel):
     version: str = "4.1.2"
 
 
+# The per-account copies of the shared output topics (Settings.account_topic).
+AccountTopicKind = Literal["events", "positions", "notifications"]
+
 # How the Deribit client logs in (oms/exchange/deribit/auth.py).
 AuthGrant = Literal["client_credentials", "client_signature"]
 
@@ -311,6 +314,11 @@ class Settings(BaseSettings):
     secrets_file: Path | None = None
     # Known accounts. Their exchange credentials come from the secrets store.
     accounts: list[str] = ["demo"]
+    # Desks: who may read what. Each desk (a team or a bot) owns some accounts and sees only
+    # theirs: its Kafka principal (named like the desk) reads only those accounts' topics
+    # (account_topic), and its query token returns only their rows. Empty: one operator
+    # sees everything, as before desks existed.
+    desks: dict[str, list[str]] = {}
 
     kafka: KafkaSettings = KafkaSettings()
     exchange: ExchangeSettings = ExchangeSettings()
@@ -337,6 +345,19 @@ class Settings(BaseSettings):
     @property
     def resolved_secrets_file(self) -> Path:
         return self.secrets_file or self.data_dir / "secrets.json"
+
+    def account_topic(self, account: str, kind: AccountTopicKind) -> str:
+        """One account's own copy of a shared output topic (``oms.acct.<account>.events``):
+        ACLs cannot filter records inside a topic, so per-account readers get topics of
+        their own, granted by a prefixed ACL on ``oms.acct.<account>.``."""
+        return f"{self.kafka.topic_prefix}acct.{account}.{kind}"
+
+    def desk_of(self, account: str) -> str | None:
+        """The desk that owns ``account``, if any."""
+        for desk, accounts in self.desks.items():
+            if account in accounts:
+                return desk
+        return None
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``order-requests`` -> ``oms.order-requests``)."""
