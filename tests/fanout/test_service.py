@@ -5,20 +5,18 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from oms.fanout.service import AccountFanout
 from oms.kafka.admin import delete_topics, list_topics
 from oms.kafka.partitioning import partition_of
-from oms.kafka.reading import topic_partitions
 from oms.schemas import DeadLetter, ReasonCode
 from oms.settings import AccessSettings, Settings
+from oms_dev.devstack.testing import TopicRecord, wait_for_records
 from tests.conftest import MakeSettings
 
 pytestmark = pytest.mark.kafka
@@ -26,52 +24,11 @@ pytestmark = pytest.mark.kafka
 CONFIGURED = ["acc-a", "acc-b"]
 
 
-@dataclass(frozen=True)
-class Copy:
-    partition: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp: int
-
-
-async def read_all(bootstrap: str, topic: str) -> list[Copy]:
-    """Every record of ``topic`` now, in offset order per partition ([] if it is missing)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic, wait_s=0)
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Copy] = []
-        remaining = {tp for tp, end in ends.items() if end > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for msgs in batch.values():
-                out.extend(
-                    Copy(m.partition, m.key, m.value, tuple(m.headers), m.timestamp) for m in msgs
-                )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def wait_count(bootstrap: str, topic: str, count: int, within_s: float = 60.0) -> list[Copy]:
+async def wait_count(
+    bootstrap: str, topic: str, count: int, within_s: float = 60.0
+) -> list[TopicRecord]:
     """The records of ``topic`` once it holds at least ``count`` of them."""
-    deadline = time.monotonic() + within_s
-    while True:
-        records = await read_all(bootstrap, topic)
-        if len(records) >= count:
-            return records
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(records)} of {count} records on {topic}")
-        await asyncio.sleep(0.3)
+    return await wait_for_records(bootstrap, topic, lambda r: len(r) >= count, within_s=within_s)
 
 
 def event(account: str, order_id: str, version: int) -> bytes:
