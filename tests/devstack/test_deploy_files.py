@@ -721,7 +721,7 @@ K8S_BASE = K8S / "base"
 OVERLAYS = ("dev", "prod")
 KUBE_VERSION = "1.33.0"
 # Custom resources: no bundled schema; they must still parse with apiVersion/kind/metadata.
-CRD_KINDS = {"KafkaTopic", "ScaledObject"}
+CRD_KINDS = {"KafkaTopic", "ScaledObject", "Kafka", "KafkaNodePool", "KafkaUser"}
 CO_PARTITIONED = (
     Topic.ORDER_COMMANDS,
     Topic.EXECUTION_REPORTS,
@@ -824,7 +824,7 @@ def test_k8s_workloads_match_the_code(
     docs = rendered[overlay]
     deployments = _by_kind(docs, "Deployment")
     assert set(deployments) == {
-        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify",
+        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify", "oms-fanout",
     }  # fmt: skip
     commands = {
         name: d["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -833,6 +833,7 @@ def test_k8s_workloads_match_the_code(
     assert commands["oms-worker"][0] == "worker"
     assert commands["oms-positions"][:2] == ["positions", "run"]
     assert commands["oms-notify"][:2] == ["notify", "run"]
+    assert commands["oms-fanout"] == ["fanout"]
     # Single-writer services never run twice, even during a rollout.
     for name in ("oms-gateway", "oms-notify"):
         assert deployments[name]["spec"]["replicas"] == 1, name
@@ -894,6 +895,88 @@ def test_k8s_settings_and_secrets(
     for secret in secrets.values():
         assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
     assert all(k.startswith("OMS_NOTIFY_SECRET_") for k in secrets["oms-notify"]["stringData"])
+
+
+# Each deployment and the KafkaUser it authenticates as.
+K8S_PRINCIPALS = {
+    "oms-worker": "oms-worker",
+    "oms-gateway": "oms-gateway",
+    "oms-sink": "oms-sink",
+    "oms-positions": "oms-positions",
+    "oms-notify": "oms-notifier",
+    "oms-fanout": "oms-fanout",
+}
+
+
+def _strimzi_acls(user: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    out = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        resource = rule["resource"]
+        pattern = "prefixed" if resource.get("patternType") == "prefix" else "literal"
+        name = resource.get("name", "kafka-cluster")
+        for operation in rule["operations"]:
+            out.add((user["metadata"]["name"], resource["type"], pattern, name, operation))
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_kafka_is_scram_over_tls_with_least_privilege(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Every listener is TLS with SCRAM-SHA-512 and the cluster authorizes; one KafkaUser per
+    service and per desk of OMS_DESKS, granted exactly the compose table's ACLs; every
+    deployment authenticates as its own user with the password from that user's Secret
+    (never a value) and verifies the brokers with the cluster CA."""
+    from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, desk_acls, service_acls
+
+    docs = rendered[overlay]
+    [kafka] = _by_kind(docs, "Kafka").values()
+    assert kafka["metadata"]["name"] == "oms-kafka"
+    listeners = kafka["spec"]["kafka"]["listeners"]
+    assert listeners and all(
+        lst["tls"] is True and lst["authentication"]["type"] == "scram-sha-512"
+        for lst in listeners
+    )
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+    pools = _by_kind(docs, "KafkaNodePool")
+    assert all(p["metadata"]["labels"]["strimzi.io/cluster"] == "oms-kafka" for p in pools.values())
+    settings = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    port = listeners[0]["port"]
+    assert settings["OMS_KAFKA__BOOTSTRAP"] == f"oms-kafka-kafka-bootstrap:{port}"
+    assert settings["OMS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["OMS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+    desks = json.loads(settings["OMS_DESKS"])
+    users = _by_kind(docs, "KafkaUser")
+    assert set(users) == {*SERVICE_PRINCIPALS, *desks}
+    for user in users.values():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "oms-kafka"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authorization"]["type"] == "simple"
+    granted = set().union(*(_strimzi_acls(u) for u in users.values()))
+    wanted = {
+        (a.principal, a.resource, a.pattern, a.name, a.operation)
+        for a in [*service_acls(), *desk_acls(desks)]
+    }
+    assert granted == wanted
+    deployments = _by_kind(docs, "Deployment")
+    ca_file = Path(settings["OMS_KAFKA__SSL_CAFILE"])
+    for name, principal in K8S_PRINCIPALS.items():
+        spec = deployments[name]["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["OMS_KAFKA__SASL_USERNAME"]["value"] == principal, name
+        password = env["OMS_KAFKA__SASL_PASSWORD"]
+        assert "value" not in password, name
+        assert password["valueFrom"]["secretKeyRef"] == {"name": principal, "key": "password"}
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "kafka-ca"]
+        assert ca_file.parent == Path(mount["mountPath"]), name
+        [volume] = [v for v in spec["volumes"] if v["name"] == "kafka-ca"]
+        assert volume["secret"]["secretName"] == "oms-kafka-cluster-ca-cert"
+        assert {"key": "ca.crt", "path": ca_file.name} in volume["secret"]["items"]
+    # The fan-out needs nothing but its Kafka user.
+    fanout = deployments["oms-fanout"]["spec"]["template"]["spec"]["containers"][0]
+    assert fanout["envFrom"] == [{"configMapRef": {"name": "oms-settings"}}]
 
 
 @pytest.fixture(scope="module")
