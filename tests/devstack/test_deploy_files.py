@@ -1054,3 +1054,11 @@ def test_k8s_keda_component_replaces_the_hpa(tmp_path: Path) -> None:
     assert trigger["type"] == "kafka"
     assert trigger["metadata"]["consumerGroup"] == Settings().worker.app_id
     assert trigger["metadata"]["topic"] == f"oms.{Topic.ORDER_REQUESTS.value}"
+    # Over TLS with SCRAM, as the workers' own user, from their env: no credential inline.
+    assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    auth = _by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]["spec"]
+    assert {e["parameter"]: e["name"] for e in auth["env"]} == {
+        "username": "OMS_KAFKA__SASL_USERNAME",
+        "password": "OMS_KAFKA__SASL_PASSWORD",
+    }
+    assert {e["containerName"] for e in auth["env"]} == {"worker"}
