@@ -157,7 +157,8 @@ class ServiceProcess:
 
 @dataclass
 class OmsServices:
-    """The paper exchange, gateway, worker(s), sink and notifier for one settings object."""
+    """The paper exchange, gateway, worker(s), sink, notifier, position keeper and fan-out for
+    one settings object."""
 
     settings: Settings
     log_dir: Path
@@ -216,6 +217,10 @@ class OmsServices:
             ["positions", "run", "--web-port", str(port), "--loglevel", "warn"],
             OMS_DATA_DIR=str(self.settings.data_dir / "positions"),
         )
+
+    def add_fanout(self) -> ServiceProcess:
+        """The fan-out to the per-account topics (``oms fanout``)."""
+        return self.add("fanout", ["fanout", "--loglevel", "warn"])
 
     def start_all(self) -> None:
         for service in self.processes.values():
