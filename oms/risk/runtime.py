@@ -105,6 +105,10 @@ class IntakeGuard(Component):
         if self.checks_enabled:
             self.engine.note_accepted(order)
 
+    def is_ready(self) -> bool:
+        """Does the book hold everything that was on the risk topics at start?"""
+        return not self.checks_enabled or self.feeds.ready.is_set()
+
     async def ready(self) -> None:
         """Wait until the book holds everything that was on the risk topics at start."""
         if self.checks_enabled:

@@ -27,6 +27,7 @@ Ended orders leave the table after ``terminal_retention_s`` (:mod:`oms.streams.p
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import socket
@@ -65,10 +66,10 @@ from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
 from oms.streams.app import OmsApp, create_app
 from oms.streams.dispatcher import Dispatcher
-from oms.streams.edge import EdgeContext, handle_external
+from oms.streams.edge import CommandRoute, EdgeContext, handle_external
 from oms.streams.execution import InflightCommands, OrderExecutor
 from oms.streams.held_orders import HeldOrders
-from oms.streams.intake import IntakeContext, handle_command, submit_linked
+from oms.streams.intake import IntakeContext, apply_command, handle_command, submit_linked
 from oms.streams.order_state import OrderStateContext, handle_report
 from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
@@ -245,6 +246,22 @@ class OrderWorker:
         # Per partition of the input topics: offsets below this were on the topic when this
         # worker took the partition, so a previous owner may have processed them.
         self._replay_below: dict[tuple[str, int], int] = {}
+        # Intake applies one command at a time, whether it came through order-commands or
+        # straight from the edge (CommandRoute).
+        self._intake_lock = asyncio.Lock()
+        # Partitions read on both order-requests and order-commands: a request read there
+        # that maps to its own partition goes straight to intake. Empty while rebalancing.
+        self._direct_partitions: frozenset[int] = frozenset()
+        self.command_route = CommandRoute(
+            publish=outbox.command,
+            apply=lambda command, replayed: apply_command(self.intake, command, replayed=replayed),
+            partition_of=lambda key: partition_of(key, partitions),
+            direct_partitions=lambda: self._direct_partitions,
+            ready=lambda: (
+                self.catalog.loaded and self.guard.is_ready() and self.tick_feed.ready.is_set()
+            ),
+            lock=self._intake_lock,
+        )
         # The stateless edge: authenticates traders' requests and routes them by order id.
         self.edge = EdgeContext(
             emit=outbox.event,
@@ -255,7 +272,7 @@ class OrderWorker:
                 if settings.risk.auth_mode == "trusted"
                 else Authenticator(settings.risk, SigningKeys(settings.resolved_secrets_file))
             ),
-            forward=outbox.command,
+            forward=self.command_route,
         )
         self.intake = intake = IntakeContext(
             orders=observed,
@@ -388,6 +405,7 @@ class OrderWorker:
                     partition=message.partition,
                     offset=message.offset,
                     received_ms=self._received_ms(message),
+                    replayed=self._is_replay(message),
                 )
 
         async def intake(stream: Any) -> None:
@@ -398,14 +416,15 @@ class OrderWorker:
             await self.tick_feed.ready.wait()
             async for event in stream.events():
                 message = event.message
-                await handle_command(
-                    self.intake,
-                    event.value,
-                    key=message.key,
-                    partition=message.partition,
-                    offset=message.offset,
-                    replayed=self._is_replay(message),
-                )
+                async with self._intake_lock:
+                    await handle_command(
+                        self.intake,
+                        event.value,
+                        key=message.key,
+                        partition=message.partition,
+                        offset=message.offset,
+                        replayed=self._is_replay(message),
+                    )
 
         def agent(handle: Any, ctx: Any) -> Any:
             async def run(stream: Any) -> None:
@@ -442,6 +461,10 @@ class OrderWorker:
             highwaters = await app.consumer.highwaters(*tps)
             for tp, offset in highwaters.items():
                 self._replay_below[(tp.topic, tp.partition)] = offset
+            self._direct_partitions = frozenset(
+                self.oms.active_partitions(commands_name)
+                & self.oms.active_partitions(self._requests_topic)
+            )
             log.info(
                 "worker.partitions_assigned",
                 partitions=sorted(tp.partition for tp in tps if tp.topic == commands_name),
@@ -450,6 +473,7 @@ class OrderWorker:
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self._direct_partitions = frozenset()
             self.lifecycle.partitions_revoked(
                 {tp.partition for tp in revoked if tp.topic == commands_name}
             )
@@ -539,7 +563,11 @@ class OrderWorker:
         async def stats(web: Any, request: Any) -> Any:
             return web.json(
                 {
-                    "edge": self.edge.counters,
+                    "edge": {
+                        **self.edge.counters,
+                        "commands_direct": self.command_route.direct,
+                        "commands_published": self.command_route.published,
+                    },
                     "intake": self.intake.counters,
                     "order_state": self.state.counters,
                     "executor": self.executor.stats,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -9,19 +10,21 @@ import pytest
 
 from oms.auth.signing import sign_headers
 from oms.auth.verify import Authenticator
+from oms.kafka.partitioning import partition_of
 from oms.schemas import (
     DeadLetter,
     OrderEvent,
     OrderEventType,
+    OrderRequest,
     OrderStatus,
     ReasonCode,
     derive_order_id,
     now_ms,
 )
-from oms.schemas.commands import OrderCommand, OriginKind
+from oms.schemas.commands import CommandOrigin, OrderCommand, OriginKind
 from oms.secrets import SigningKeys, write_signing_keys
 from oms.settings import RiskSettings
-from oms.streams.edge import EdgeContext, handle_external
+from oms.streams.edge import CommandRoute, EdgeContext, handle_external
 
 SUBMIT = orjson.dumps(
     {
@@ -43,7 +46,7 @@ class Edge:
         self.events: list[OrderEvent] = []
         self.letters: list[DeadLetter] = []
 
-        async def forward(command: OrderCommand) -> None:
+        async def forward(command: OrderCommand, *, partition: int, replayed: bool) -> None:
             self.forwarded.append(command)
 
         async def emit(event: OrderEvent) -> None:
@@ -157,3 +160,57 @@ async def test_a_submit_naming_another_order_is_refused_on_its_derived_id() -> N
     assert event.order_id == derive_order_id("desk", "r-1")
     assert event.event_type is OrderEventType.REJECTED and event.status is OrderStatus.REJECTED
     assert event.reason_code is ReasonCode.ORDER_ID_MISMATCH
+
+
+class TestCommandRoute:
+    """Commands whose request sits on their own partition go straight to intake."""
+
+    def route(
+        self, *, owned: frozenset[int], ready: bool = True
+    ) -> tuple[CommandRoute, list[tuple[str, OrderCommand, bool]]]:
+        seen: list[tuple[str, OrderCommand, bool]] = []
+
+        async def publish(command: OrderCommand) -> None:
+            seen.append(("published", command, False))
+
+        async def apply(command: OrderCommand, replayed: bool) -> None:
+            seen.append(("direct", command, replayed))
+
+        route = CommandRoute(
+            publish=publish,
+            apply=apply,
+            partition_of=lambda key: partition_of(key, 8),
+            direct_partitions=lambda: owned,
+            ready=lambda: ready,
+            lock=asyncio.Lock(),
+        )
+        return route, seen
+
+    def command(self) -> OrderCommand:
+        request = OrderRequest.model_validate_json(SUBMIT)
+        return OrderCommand(
+            origin=CommandOrigin(kind=OriginKind.EXTERNAL, source="0:1", received_at=now_ms()),
+            request=request,
+        )
+
+    async def test_on_its_own_owned_partition_it_skips_the_command_topic(self) -> None:
+        command = self.command()
+        home = partition_of(command.key, 8)
+        route, seen = self.route(owned=frozenset({home}))
+        await route(command, partition=home, replayed=True)
+        assert seen == [("direct", command, True)]
+        assert (route.direct, route.published) == (1, 0)
+
+    async def test_anything_else_goes_through_the_command_topic(self) -> None:
+        command = self.command()
+        home = partition_of(command.key, 8)
+        other = (home + 1) % 8
+        cases = [
+            (frozenset({home, other}), other, True),  # read from another partition
+            (frozenset({other}), home, True),  # its partition of order-commands is not ours
+            (frozenset({home}), home, False),  # intake not ready (book or market loading)
+        ]
+        for owned, partition, ready in cases:
+            route, seen = self.route(owned=owned, ready=ready)
+            await route(command, partition=partition, replayed=False)
+            assert seen == [("published", command, False)]
