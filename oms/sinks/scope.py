@@ -1,0 +1,282 @@
+"""Desk scoping of ad-hoc SQL: a desk's query only ever reads its own accounts' rows.
+
+The query is parsed with sqlglot (ClickHouse dialect) into a syntax tree, checked against
+what a desk may do, and every table it reads is replaced by a filtered subquery::
+
+    FROM orders AS o      ->  FROM (SELECT * FROM orders AS __oms_scope
+                                    WHERE __oms_scope.account_id IN ('a1', 'a2')) AS o
+
+ClickHouse then runs the SQL generated *from the checked tree*, never the text the desk
+sent, so whatever the parser understood is exactly what runs: a comment, quoting or
+case trick that the parser reads one way cannot reach ClickHouse another way. The
+generated SQL is parsed again and checked against the invariant (:func:`check_scoped`)
+before it runs.
+
+The filter names the column through the inner alias (``__oms_scope.account_id``): a bare
+``account_id`` could be captured by a ``WITH 'a' AS account_id`` of the desk's query, which
+ClickHouse propagates into subqueries.
+
+Refused, each with a reason code (:class:`ScopeViolation`):
+
+* ``parse_error``, ``multiple_statements``, ``not_select``: one SELECT (with WITH, UNION,
+  subqueries and JOINs) only; no SHOW/DESCRIBE/EXPLAIN/SET;
+* ``table_function``: every table function (``file``, ``url``, ``remote``, ``s3``,
+  ``cluster``, ``input``, ``numbers``, ``merge``, ...), and ``VALUES`` as a source: they read
+  outside the allowed tables or are not needed by a desk;
+* ``system_table`` (``system.*``, ``information_schema.*``) and ``other_database``: only
+  the sink's own tables, unqualified;
+* ``table_not_allowed``: a table outside :data:`SCOPED_TABLES` and
+  :data:`REFERENCE_TABLES` (``dead_letters`` and ``metrics`` hold no account, and may hold
+  any account's payloads or aggregate every account's activity);
+* ``in_table``: ``x IN some_table`` (ClickHouse reads the table by name);
+* ``function_not_allowed``: functions that read data by name or from the host
+  (:data:`DENIED_FUNCTIONS`);
+* ``settings``, ``format``: ``SETTINGS`` and ``FORMAT`` clauses (the endpoint sets both);
+* ``identifier_parameter``: a ``{name:Identifier}`` parameter, which ClickHouse fills in
+  as a table or column name after this check;
+* ``cte_shadows_table``: a ``WITH`` name that is also a table name (which one a reference
+  means would depend on ClickHouse's scoping rules);
+* ``reserved_name``: names starting with ``__oms`` are the rewrite's own;
+* ``unsupported_clause``: table clauses the rewrite does not carry (anything but FINAL,
+  SAMPLE and an alias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError
+
+from oms.sinks.errors import ReadOnlyViolation
+from oms.sinks.sqlguard import check_read_only
+
+DIALECT = "clickhouse"
+ACCOUNT_COLUMN = "account_id"
+SCOPE_ALIAS = "__oms_scope"
+RESERVED_PREFIX = "__oms"
+
+# Tables and views that hold an account: a desk reads them filtered to its accounts.
+SCOPED_TABLES = frozenset({
+    "orders", "order_events", "executions", "position_changes", "notifications",
+    "positions_current", "positions", "position_daily", "position_daily_stats",
+})  # fmt: skip
+# Public reference data with no account in it: read unfiltered.
+REFERENCE_TABLES = frozenset({"market_ticks"})
+# Every other table the sink creates, named so a WITH cannot shadow it (any name not in
+# the database that is not a WITH name fails in ClickHouse as an unknown table).
+OTHER_TABLES = frozenset({
+    "dead_letters", "metrics", "schema_migrations", "position_changes_json",
+    "executions_json", "positions_current_mv", "position_daily_mv",
+    "position_changes_json_mv", "executions_json_mv",
+})  # fmt: skip
+KNOWN_TABLES = SCOPED_TABLES | REFERENCE_TABLES | OTHER_TABLES
+
+# Functions that read a table, dictionary, file or setting by name, or only stall the server.
+DENIED_FUNCTIONS = frozenset({
+    "file", "input", "url", "s3", "hdfs", "remote", "remotesecure", "cluster",
+    "clusterallreplicas", "hascolumnintable", "getsetting", "getsettingordefault",
+    "getmacro", "getclienthttpheader", "sleep", "sleepeachrow",
+})  # fmt: skip
+DENIED_FUNCTION_PREFIXES = ("dictget", "dicthas", "dictisin", "joinget", "__")
+
+SOURCE_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
+STATEMENT_NODES = (
+    exp.Command, exp.Insert, exp.Create, exp.Drop, exp.Alter, exp.Set, exp.Delete,
+    exp.Update, exp.Merge, exp.Into, exp.Use, exp.Describe, exp.Show,
+)  # fmt: skip
+
+
+class ScopeViolation(ReadOnlyViolation):
+    """The query is refused for a desk; ``reason`` is a stable code for programs."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose rows a query may read: ``accounts`` of ``desk``, or everything (``None``)."""
+
+    desk: str | None
+    accounts: frozenset[str] | None
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.accounts is None
+
+
+EVERYTHING = Scope(desk=None, accounts=None)
+
+
+def prepare_statement(sql: str, scope: Scope) -> str:
+    """The SQL to run for ``scope``: the operator's as sent (one read-only statement,
+    :func:`~oms.sinks.sqlguard.check_read_only`), a desk's rewritten by :func:`scope_sql`."""
+    if scope.accounts is None:
+        return check_read_only(sql)
+    return scope_sql(sql, scope.accounts)
+
+
+def parse_single(sql: str) -> exp.Expr:
+    """The one statement in ``sql``, parsed; refuses parse errors and several statements."""
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+    except ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
+        detail = first.get("description") or "invalid SQL"
+        raise ScopeViolation("parse_error", f"could not parse the query: {detail}{where}") from exc
+    except SqlglotError as exc:
+        raise ScopeViolation("parse_error", f"could not parse the query: {exc}") from exc
+    if not statements:
+        raise ScopeViolation("parse_error", "empty query")
+    if len(statements) > 1:
+        raise ScopeViolation("multiple_statements", "only one statement per query")
+    return statements[0]
+
+
+def scope_sql(sql: str, accounts: Collection[str]) -> str:
+    """``sql`` rewritten so every table it reads holds only ``accounts``' rows.
+
+    Raises :class:`ScopeViolation` for anything a desk may not run (see the module doc).
+    The result passed :func:`check_scoped`.
+    """
+    tree = parse_single(sql)
+    if not isinstance(tree, SOURCE_ROOTS):
+        raise ScopeViolation("not_select", "only a SELECT query is allowed")
+    cte_names = _check(tree)
+    for table in [t for t in tree.find_all(exp.Table) if t.name not in cte_names]:
+        if table.name in SCOPED_TABLES:
+            _wrap(table, accounts)
+    scoped = tree.sql(dialect=DIALECT, comments=False)
+    check_scoped(scoped, accounts)
+    return scoped
+
+
+def _check(tree: exp.Expr) -> set[str]:
+    """Refuse what a desk may not run; returns the WITH names (references to them are not
+    tables)."""
+    cte_names: set[str] = set()
+    for cte in tree.find_all(exp.CTE):
+        name = cte.alias_or_name
+        if name in KNOWN_TABLES:
+            raise ScopeViolation("cte_shadows_table", f"WITH name {name!r} is a table name")
+        cte_names.add(name)
+    for node in tree.walk():
+        _check_node(node, cte_names)
+    return cte_names
+
+
+def _check_node(node: exp.Expr, cte_names: set[str]) -> None:
+    if isinstance(node, STATEMENT_NODES):
+        raise ScopeViolation("not_select", f"{node.key.upper()} is not allowed")
+    if isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX):
+        raise ScopeViolation("reserved_name", f"names starting with {RESERVED_PREFIX} are reserved")
+    if isinstance(node, (exp.Select, exp.SetOperation, exp.Subquery)):
+        if node.args.get("settings"):
+            raise ScopeViolation("settings", "SETTINGS clauses are not allowed")
+        if node.args.get("format"):
+            raise ScopeViolation("format", "FORMAT clauses are not allowed")
+    if isinstance(node, exp.Placeholder) and not isinstance(node.args.get("kind"), exp.DataType):
+        raise ScopeViolation(
+            "identifier_parameter", "query parameters must be values, not identifiers"
+        )
+    if isinstance(node, exp.In) and node.args.get("field") is not None:
+        raise ScopeViolation("in_table", "IN <table> is not allowed: use IN (SELECT ...)")
+    if isinstance(node, exp.Func):
+        name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+        if name in DENIED_FUNCTIONS or name.startswith(DENIED_FUNCTION_PREFIXES):
+            raise ScopeViolation("function_not_allowed", f"function {name}() is not allowed")
+    if isinstance(node, (exp.Values, exp.Unnest, exp.Lateral, exp.TableFromRows)):
+        raise ScopeViolation("table_function", f"{node.key.upper()} is not allowed as a source")
+    if isinstance(node, exp.Table):
+        _check_table(node, cte_names)
+
+
+def _check_table(table: exp.Table, cte_names: set[str]) -> None:
+    if isinstance(table.this, exp.Placeholder):
+        raise ScopeViolation(
+            "identifier_parameter", "query parameters must be values, not identifiers"
+        )
+    if not isinstance(table.this, exp.Identifier):
+        raise ScopeViolation("table_function", "table functions are not allowed")
+    database = (table.text("catalog") or table.text("db")).lower()
+    if database in {"system", "information_schema"}:
+        raise ScopeViolation("system_table", f"{database} tables are not allowed")
+    if database:
+        raise ScopeViolation("other_database", "only the sink's own tables, unqualified")
+    extra = {k for k, v in table.args.items() if v and k not in {"this", "alias", "sample"}}
+    if extra:
+        raise ScopeViolation("unsupported_clause", f"unsupported table clause: {sorted(extra)}")
+    name = table.name
+    if name in cte_names or name in SCOPED_TABLES or name in REFERENCE_TABLES:
+        return
+    raise ScopeViolation("table_not_allowed", f"table {name!r} is not readable by a desk")
+
+
+def account_filter(accounts: Collection[str]) -> exp.Expr:
+    """``__oms_scope.account_id IN (...)``, or FALSE for a desk without accounts."""
+    if not accounts:
+        return exp.false()
+    column = exp.column(ACCOUNT_COLUMN, table=SCOPE_ALIAS)
+    return column.isin(*[exp.Literal.string(a) for a in sorted(accounts)])
+
+
+def _wrap(table: exp.Table, accounts: Collection[str]) -> None:
+    """Replace ``table`` (with its FINAL, if any) by a filtered subquery of the same alias."""
+    inner = exp.Table(
+        this=table.this.copy(), alias=exp.TableAlias(this=exp.to_identifier(SCOPE_ALIAS))
+    )
+    if table.args.get("sample"):
+        inner.set("sample", table.args["sample"].copy())
+    source: exp.Expr = inner
+    target: exp.Expr = table
+    if isinstance(table.parent, exp.Final):
+        source = exp.Final(this=inner)
+        target = table.parent
+    alias = table.alias or table.name
+    select = exp.select(exp.Star()).from_(source).where(account_filter(accounts))
+    target.replace(exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+
+
+def check_scoped(sql: str, accounts: Collection[str]) -> None:
+    """Raise :class:`ScopeViolation` unless every scoped table read in ``sql`` is the
+    ``FROM`` of a SELECT filtered by exactly ``accounts`` (the rewrite's invariant), and no
+    other table is read but reference data or WITH names."""
+    tree = parse_single(sql)
+    cte_names = _check(_without_scope_aliases(tree.copy()))
+    expected = account_filter(accounts)
+    for table in tree.find_all(exp.Table):
+        if table.name in cte_names or table.name in REFERENCE_TABLES:
+            continue
+        if table.name not in SCOPED_TABLES or table.alias != SCOPE_ALIAS:
+            raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")
+        source = table.parent.parent if isinstance(table.parent, exp.Final) else table.parent
+        select = source.parent if isinstance(source, exp.From) else None
+        where = select.args.get("where") if isinstance(select, exp.Select) else None
+        if (
+            select is None
+            or select.args.get("joins")
+            or where is None
+            or where.this != expected
+            or not isinstance(select.parent, exp.Subquery)
+        ):
+            raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")
+
+
+def _without_scope_aliases(tree: exp.Expr) -> exp.Expr:
+    """``tree`` with the rewrite's own alias removed, so :func:`_check` accepts it."""
+    for identifier in list(tree.find_all(exp.Identifier)):
+        if identifier.name == SCOPE_ALIAS:
+            identifier.set("this", "scope_alias")
+    return tree
+
+
+def tables_read(sql: str) -> Iterable[str]:
+    """Names of the tables (not WITH names) a query reads, for messages and tests."""
+    tree = parse_single(sql)
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    return sorted({t.name for t in tree.find_all(exp.Table) if t.name not in ctes})
