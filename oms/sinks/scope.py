@@ -227,8 +227,10 @@ def account_filter(accounts: Collection[str]) -> exp.Expr:
 
 def _wrap(table: exp.Table, accounts: Collection[str]) -> None:
     """Replace ``table`` (with its FINAL, if any) by a filtered subquery of the same alias."""
+    # Allow-listed names are plain identifiers: written unquoted.
     inner = exp.Table(
-        this=table.this.copy(), alias=exp.TableAlias(this=exp.to_identifier(SCOPE_ALIAS))
+        this=exp.to_identifier(table.name),
+        alias=exp.TableAlias(this=exp.to_identifier(SCOPE_ALIAS)),
     )
     if table.args.get("sample"):
         inner.set("sample", table.args["sample"].copy())
@@ -245,14 +247,16 @@ def _wrap(table: exp.Table, accounts: Collection[str]) -> None:
 def check_scoped(sql: str, accounts: Collection[str]) -> None:
     """Raise :class:`ScopeViolation` unless every scoped table read in ``sql`` is the
     ``FROM`` of a SELECT filtered by exactly ``accounts`` (the rewrite's invariant), and no
-    other table is read but reference data or WITH names."""
+    other table is read but reference data or WITH names. It checks the output of
+    :func:`scope_sql`, whose input passed every other check."""
     tree = parse_single(sql)
-    cte_names = _check(_without_scope_aliases(tree.copy()))
+    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     expected = account_filter(accounts)
     for table in tree.find_all(exp.Table):
-        if table.name in cte_names or table.name in REFERENCE_TABLES:
+        qualified = table.args.get("db") or table.args.get("catalog")
+        if not qualified and (table.name in cte_names or table.name in REFERENCE_TABLES):
             continue
-        if table.name not in SCOPED_TABLES or table.alias != SCOPE_ALIAS:
+        if qualified or table.name not in SCOPED_TABLES or table.alias != SCOPE_ALIAS:
             raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")
         source = table.parent.parent if isinstance(table.parent, exp.Final) else table.parent
         select = source.parent if isinstance(source, exp.From) else None
@@ -265,14 +269,6 @@ def check_scoped(sql: str, accounts: Collection[str]) -> None:
             or not isinstance(select.parent, exp.Subquery)
         ):
             raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")
-
-
-def _without_scope_aliases(tree: exp.Expr) -> exp.Expr:
-    """``tree`` with the rewrite's own alias removed, so :func:`_check` accepts it."""
-    for identifier in list(tree.find_all(exp.Identifier)):
-        if identifier.name == SCOPE_ALIAS:
-            identifier.set("this", "scope_alias")
-    return tree
 
 
 def tables_read(sql: str) -> Iterable[str]:
