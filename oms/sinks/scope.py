@@ -38,7 +38,10 @@ Refused, each with a reason code (:class:`ScopeViolation`):
   means would depend on ClickHouse's scoping rules);
 * ``reserved_name``: names starting with ``__oms`` are the rewrite's own;
 * ``unsupported_clause``: table clauses the rewrite does not carry (anything but FINAL,
-  SAMPLE and an alias).
+  SAMPLE and an alias);
+* ``unsupported_query``: the SQL written back from the checked tree fails the invariant
+  check, i.e. it would not be the query that was checked (sqlglot drops a ``WITH`` on a
+  later ``UNION`` branch, for one).
 """
 
 from __future__ import annotations
@@ -152,7 +155,17 @@ def scope_sql(sql: str, accounts: Collection[str]) -> str:
         if table.name in SCOPED_TABLES:
             _wrap(table, accounts)
     scoped = tree.sql(dialect=DIALECT, comments=False)
-    check_scoped(scoped, accounts)
+    try:
+        check_scoped(scoped, accounts)
+    except ScopeViolation as exc:
+        # The checked tree was scoped, so the SQL written from it says something else: a
+        # construct the generator does not write back faithfully (a WITH on a later UNION
+        # branch is dropped, for one). Refuse rather than run what was not checked.
+        raise ScopeViolation(
+            "unsupported_query",
+            "this query cannot be scoped as written (a WITH inside a UNION branch? "
+            "parenthesise that branch or move the WITH to the front)",
+        ) from exc
     return scoped
 
 
