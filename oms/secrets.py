@@ -11,6 +11,10 @@ Never put these in settings or logs. Sources, first match wins:
 Request signing keys come from the same two places:
 ``OMS_ACCOUNT_<ID>_SIGNING_KEY_ID`` / ``OMS_ACCOUNT_<ID>_SIGNING_KEY``, or the file's
 ``"signing_keys": {"demo": {"<key id>": "<key>"}}`` (several per account while rotating).
+
+Query tokens of the sink's SQL endpoint (one per desk, and the operator's) likewise:
+``OMS_DESK_<DESK>_QUERY_TOKEN`` / ``OMS_QUERY_OPERATOR_TOKEN``, or the file's
+``"query_tokens": {"<desk>": "<token>"}`` / ``"query_operator_token"`` (:class:`QueryTokens`).
 """
 
 from __future__ import annotations
