@@ -150,10 +150,10 @@ def scope_sql(sql: str, accounts: Collection[str]) -> str:
     tree = parse_single(sql)
     if not isinstance(tree, SOURCE_ROOTS):
         raise ScopeViolation("not_select", "only a SELECT query is allowed")
-    cte_names = _check(tree)
-    for table in [t for t in tree.find_all(exp.Table) if t.name not in cte_names]:
-        if table.name in SCOPED_TABLES:
-            _wrap(table, accounts)
+    _check(tree)
+    # No WITH is named like a table (refused above), so these are all real tables.
+    for table in [t for t in tree.find_all(exp.Table) if t.name in SCOPED_TABLES]:
+        _wrap(table, accounts)
     scoped = tree.sql(dialect=DIALECT, comments=False)
     try:
         check_scoped(scoped, accounts)
@@ -169,21 +169,34 @@ def scope_sql(sql: str, accounts: Collection[str]) -> str:
     return scoped
 
 
-def _check(tree: exp.Expr) -> set[str]:
-    """Refuse what a desk may not run; returns the WITH names (references to them are not
-    tables)."""
-    cte_names: set[str] = set()
+def _check(tree: exp.Expr) -> None:
+    """Refuse what a desk may not run."""
     for cte in tree.find_all(exp.CTE):
         name = cte.alias_or_name
         if name in KNOWN_TABLES:
             raise ScopeViolation("cte_shadows_table", f"WITH name {name!r} is a table name")
-        cte_names.add(name)
     for node in tree.walk():
-        _check_node(node, cte_names)
-    return cte_names
+        _check_node(node)
 
 
-def _check_node(node: exp.Expr, cte_names: set[str]) -> None:
+def is_cte_reference(table: exp.Table) -> bool:
+    """Whether ``table`` names a WITH of an enclosing query (its own SELECT, a SELECT it is
+    nested in, or a UNION led by a WITH). A WITH elsewhere (another UNION branch's
+    subquery) does not count: ClickHouse would read a real table of that name."""
+    if table.args.get("db") or table.args.get("catalog"):
+        return False
+    node = table.parent
+    while node is not None:
+        with_ = node.args.get("with_") or node.args.get("with")
+        if isinstance(with_, exp.With) and any(
+            cte.alias_or_name == table.name for cte in with_.expressions
+        ):
+            return True
+        node = node.parent
+    return False
+
+
+def _check_node(node: exp.Expr) -> None:
     if isinstance(node, STATEMENT_NODES):
         raise ScopeViolation("not_select", f"{node.key.upper()} is not allowed")
     if isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX):
@@ -206,10 +219,10 @@ def _check_node(node: exp.Expr, cte_names: set[str]) -> None:
     if isinstance(node, (exp.Values, exp.Unnest, exp.Lateral, exp.TableFromRows)):
         raise ScopeViolation("table_function", f"{node.key.upper()} is not allowed as a source")
     if isinstance(node, exp.Table):
-        _check_table(node, cte_names)
+        _check_table(node)
 
 
-def _check_table(table: exp.Table, cte_names: set[str]) -> None:
+def _check_table(table: exp.Table) -> None:
     if isinstance(table.this, exp.Placeholder):
         raise ScopeViolation(
             "identifier_parameter", "query parameters must be values, not identifiers"
@@ -225,7 +238,7 @@ def _check_table(table: exp.Table, cte_names: set[str]) -> None:
     if extra:
         raise ScopeViolation("unsupported_clause", f"unsupported table clause: {sorted(extra)}")
     name = table.name
-    if name in cte_names or name in SCOPED_TABLES or name in REFERENCE_TABLES:
+    if name in SCOPED_TABLES or name in REFERENCE_TABLES or is_cte_reference(table):
         return
     raise ScopeViolation("table_not_allowed", f"table {name!r} is not readable by a desk")
 
@@ -263,11 +276,10 @@ def check_scoped(sql: str, accounts: Collection[str]) -> None:
     other table is read but reference data or WITH names. It checks the output of
     :func:`scope_sql`, whose input passed every other check."""
     tree = parse_single(sql)
-    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     expected = account_filter(accounts)
     for table in tree.find_all(exp.Table):
         qualified = table.args.get("db") or table.args.get("catalog")
-        if not qualified and (table.name in cte_names or table.name in REFERENCE_TABLES):
+        if not qualified and (table.name in REFERENCE_TABLES or is_cte_reference(table)):
             continue
         if qualified or table.name not in SCOPED_TABLES or table.alias != SCOPE_ALIAS:
             raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")

@@ -90,6 +90,12 @@ def scoped(sql: str) -> str:
         ("SELECT {c:Identifier} FROM orders", "identifier_parameter"),
         ("WITH dead_letters AS (SELECT 1 AS a) SELECT * FROM dead_letters", "cte_shadows_table"),
         ("WITH orders AS (SELECT 1 AS account_id) SELECT * FROM orders", "cte_shadows_table"),
+        # A WITH counts only where ClickHouse sees it: elsewhere the name is a real table.
+        (
+            "SELECT * FROM (WITH extra AS (SELECT 1) SELECT 1) UNION ALL SELECT * FROM extra",
+            "table_not_allowed",
+        ),
+        ("SELECT * FROM (WITH extra AS (SELECT 1) SELECT 1) AS s, extra", "table_not_allowed"),
         ("SELECT * FROM orders AS __oms_scope", "reserved_name"),
         ("SELECT __oms_scope.account_id FROM orders", "reserved_name"),
         # Functions that read by name or from the host.
