@@ -27,7 +27,8 @@ Refused, each with a reason code (:class:`ScopeViolation`):
   the sink's own tables, unqualified;
 * ``table_not_allowed``: a table outside :data:`SCOPED_TABLES` and
   :data:`REFERENCE_TABLES` (``dead_letters`` and ``metrics`` hold no account, and may hold
-  any account's payloads or aggregate every account's activity);
+  any account's payloads or aggregate every account's activity), including a WITH name
+  used where that WITH is not in scope (:func:`is_cte_reference`);
 * ``in_table``: ``x IN some_table`` (ClickHouse reads the table by name);
 * ``function_not_allowed``: functions that read data by name or from the host
   (:data:`DENIED_FUNCTIONS`);
@@ -46,7 +47,7 @@ Refused, each with a reason code (:class:`ScopeViolation`):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlglot
@@ -68,8 +69,8 @@ SCOPED_TABLES = frozenset({
 })  # fmt: skip
 # Public reference data with no account in it: read unfiltered.
 REFERENCE_TABLES = frozenset({"market_ticks"})
-# Every other table the sink creates, named so a WITH cannot shadow it (any name not in
-# the database that is not a WITH name fails in ClickHouse as an unknown table).
+# Every other table the sink creates. A WITH may not take any of these names: which one a
+# reference meant would depend on ClickHouse's scoping rules.
 OTHER_TABLES = frozenset({
     "dead_letters", "metrics", "schema_migrations", "position_changes_json",
     "executions_json", "positions_current_mv", "position_daily_mv",
@@ -106,10 +107,6 @@ class Scope:
 
     desk: str | None
     accounts: frozenset[str] | None
-
-    @property
-    def unrestricted(self) -> bool:
-        return self.accounts is None
 
 
 EVERYTHING = Scope(desk=None, accounts=None)
@@ -294,10 +291,3 @@ def check_scoped(sql: str, accounts: Collection[str]) -> None:
             or not isinstance(select.parent, exp.Subquery)
         ):
             raise ScopeViolation("not_scoped", f"table {table.name!r} is read unfiltered")
-
-
-def tables_read(sql: str) -> Iterable[str]:
-    """Names of the tables (not WITH names) a query reads, for messages and tests."""
-    tree = parse_single(sql)
-    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-    return sorted({t.name for t in tree.find_all(exp.Table) if t.name not in ctes})
