@@ -47,6 +47,7 @@ Refused, each with a reason code (:class:`ScopeViolation`):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -82,9 +83,12 @@ KNOWN_TABLES = SCOPED_TABLES | REFERENCE_TABLES | OTHER_TABLES
 DENIED_FUNCTIONS = frozenset({
     "file", "input", "url", "s3", "hdfs", "remote", "remotesecure", "cluster",
     "clusterallreplicas", "hascolumnintable", "getsetting", "getsettingordefault",
-    "getmacro", "getclienthttpheader", "sleep", "sleepeachrow",
+    "getmacro", "getclienthttpheader", "sleep", "sleepeachrow", "catboostevaluate",
 })  # fmt: skip
 DENIED_FUNCTION_PREFIXES = ("dictget", "dicthas", "dictisin", "joinget", "__")
+# in(), globalIn(), notNullIn(), inIgnoreSet(), ...: the function forms of IN, which read a
+# table named by their second argument.
+IN_FUNCTION = re.compile(r"(global)?(not)?(null)?(not)?in(ignoreset)?")
 
 SOURCE_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
 STATEMENT_NODES = (
@@ -207,16 +211,34 @@ def _check_node(node: exp.Expr) -> None:
         raise ScopeViolation(
             "identifier_parameter", "query parameters must be values, not identifiers"
         )
-    if isinstance(node, exp.In) and node.args.get("field") is not None:
+    if isinstance(node, exp.In) and _in_names_a_table(node):
         raise ScopeViolation("in_table", "IN <table> is not allowed: use IN (SELECT ...)")
     if isinstance(node, exp.Func):
         name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-        if name in DENIED_FUNCTIONS or name.startswith(DENIED_FUNCTION_PREFIXES):
+        if (
+            name in DENIED_FUNCTIONS
+            or name.startswith(DENIED_FUNCTION_PREFIXES)
+            or IN_FUNCTION.fullmatch(name)
+        ):
             raise ScopeViolation("function_not_allowed", f"function {name}() is not allowed")
     if isinstance(node, (exp.Values, exp.Unnest, exp.Lateral, exp.TableFromRows)):
         raise ScopeViolation("table_function", f"{node.key.upper()} is not allowed as a source")
     if isinstance(node, exp.Table):
         _check_table(node)
+
+
+def _in_names_a_table(node: exp.In) -> bool:
+    """``x IN t``, ``x IN (t)``, ``x IN ((t) AS a)``: ClickHouse reads a table named by a
+    lone identifier on the right of IN (a list of two or more names is a tuple)."""
+    if node.args.get("field") is not None:
+        return True
+    items = node.args.get("expressions") or []
+    if len(items) != 1:
+        return False
+    item = items[0]
+    while isinstance(item, (exp.Paren, exp.Alias)):
+        item = item.this
+    return isinstance(item, exp.Column)
 
 
 def _check_table(table: exp.Table) -> None:

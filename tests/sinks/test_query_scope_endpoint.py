@@ -234,6 +234,8 @@ ATTACKS: list[tuple[str, str | None]] = [
     # names and functions that read by name
     ("SELECT * FROM {t:Identifier}", "identifier_parameter"),
     ("SELECT 1 WHERE 'b1' IN dead_letters", "in_table"),
+    ("SELECT 'b1' IN (dead_letters)", "in_table"),
+    ("SELECT globalIn('B-SECRET-1', orders)", "function_not_allowed"),
     ("SELECT file('/etc/hostname')", "function_not_allowed"),
     ("SELECT joinGet('orders', 'account_id', 'B-SECRET-1')", "function_not_allowed"),
     ("SHOW TABLES", "not_select"),

@@ -77,6 +77,14 @@ def scoped(sql: str) -> str:
         ),
         ("SELECT 1 WHERE 'x' IN dead_letters", "in_table"),
         ("SELECT * FROM orders WHERE account_id IN orders", "in_table"),
+        ("SELECT 'x' IN (dead_letters)", "in_table"),
+        ("SELECT 'x' IN ((dead_letters))", "in_table"),
+        ("SELECT 'x' IN (dead_letters AS d)", "parse_error"),  # ClickHouse reads the table
+        ("SELECT 1 WHERE 'x' GLOBAL NOT IN dead_letters", "in_table"),
+        ("SELECT globalIn('x', dead_letters)", "function_not_allowed"),
+        ("SELECT notNullIn('x', dead_letters)", "function_not_allowed"),
+        ("SELECT globalNotInIgnoreSet('x', dead_letters)", "function_not_allowed"),
+        ("SELECT catboostEvaluate('/tmp/model.bin', 1)", "function_not_allowed"),
         # Settings and formats.
         ("SELECT * FROM orders SETTINGS readonly = 0", "settings"),
         (
