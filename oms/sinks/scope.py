@@ -135,6 +135,8 @@ def parse_single(sql: str) -> exp.Expr:
         raise ScopeViolation("parse_error", f"could not parse the query: {detail}{where}") from exc
     except SqlglotError as exc:
         raise ScopeViolation("parse_error", f"could not parse the query: {exc}") from exc
+    except RecursionError as exc:
+        raise ScopeViolation("parse_error", "the query is nested too deeply") from exc
     if not statements:
         raise ScopeViolation("parse_error", "empty query")
     if len(statements) > 1:
@@ -148,6 +150,13 @@ def scope_sql(sql: str, accounts: Collection[str]) -> str:
     Raises :class:`ScopeViolation` for anything a desk may not run (see the module doc).
     The result passed :func:`check_scoped`.
     """
+    try:
+        return _scope_sql(sql, accounts)
+    except RecursionError as exc:
+        raise ScopeViolation("parse_error", "the query is nested too deeply") from exc
+
+
+def _scope_sql(sql: str, accounts: Collection[str]) -> str:
     tree = parse_single(sql)
     if not isinstance(tree, SOURCE_ROOTS):
         raise ScopeViolation("not_select", "only a SELECT query is allowed")

@@ -42,6 +42,7 @@ def scoped(sql: str) -> str:
         ("SELECT * FROM orders INTO OUTFILE '/tmp/x.csv'", "parse_error"),
         ("SELECT * FROM", "parse_error"),
         ("", "parse_error"),
+        ("SELECT " + "(" * 5000 + "1" + ")" * 5000, "parse_error"),
         # Table functions, all of them.
         ("SELECT * FROM numbers(10)", "table_function"),
         ("SELECT * FROM file('/etc/passwd', 'LineAsString')", "table_function"),
