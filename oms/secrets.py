@@ -11,10 +11,16 @@ Never put these in settings or logs. Sources, first match wins:
 Request signing keys come from the same two places:
 ``OMS_ACCOUNT_<ID>_SIGNING_KEY_ID`` / ``OMS_ACCOUNT_<ID>_SIGNING_KEY``, or the file's
 ``"signing_keys": {"demo": {"<key id>": "<key>"}}`` (several per account while rotating).
+
+Query tokens of the sink's SQL endpoint (one per desk, and the operator's) likewise:
+``OMS_DESK_<DESK>_QUERY_TOKEN`` / ``OMS_QUERY_OPERATOR_TOKEN``, or the file's
+``"query_tokens": {"<desk>": "<token>"}`` / ``"query_operator_token"`` (:class:`QueryTokens`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -171,3 +177,84 @@ class SigningKeys:
         if not keys:
             return None
         return list(keys.values())[-1]
+
+
+def _desk_env_name(desk: str) -> str:
+    return f"OMS_DESK_{re.sub(r'[^A-Za-z0-9]', '_', desk).upper()}_QUERY_TOKEN"
+
+
+OPERATOR_TOKEN_ENV = "OMS_QUERY_OPERATOR_TOKEN"
+
+
+@dataclass(frozen=True)
+class QueryPrincipal:
+    """Who a query token belongs to: a desk, or the operator (``desk`` None, every account)."""
+
+    desk: str | None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.desk is None
+
+
+OPERATOR = QueryPrincipal(desk=None)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class QueryTokens:
+    """Bearer tokens of the sink's SQL endpoint (and, on a ClickHouse server, the password
+    of each desk's user). Sources, first match wins:
+
+    1. ``OMS_DESK_<DESK>_QUERY_TOKEN`` (``<DESK>`` upper-cased, other than letters and
+       digits as ``_``) and ``OMS_QUERY_OPERATOR_TOKEN``;
+    2. the secrets file: ``{"query_tokens": {"<desk>": "<token>"},
+       "query_operator_token": "<token>"}``.
+
+    Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
+    configured token, so neither the time taken nor an early exit says which one (or how
+    much of one) matched. ``repr`` shows desk names only.
+    """
+
+    def __init__(self, desks: Iterable[str], secrets_file: Path | None = None) -> None:
+        body = _read_json(secrets_file) if secrets_file else {}
+        section = body.get("query_tokens", {})
+        file_tokens = section if isinstance(section, dict) else {}
+        self._tokens: dict[str, str] = {}
+        for desk in desks:
+            token = os.environ.get(_desk_env_name(desk)) or file_tokens.get(desk)
+            if token:
+                self._tokens[desk] = str(token)
+        operator = os.environ.get(OPERATOR_TOKEN_ENV) or body.get("query_operator_token")
+        self._operator = str(operator) if operator else None
+
+    def __repr__(self) -> str:
+        return f"QueryTokens(desks={sorted(self._tokens)}, operator={self._operator is not None})"
+
+    def for_desk(self, desk: str) -> str | None:
+        """The token a client of ``desk`` sends."""
+        return self._tokens.get(desk)
+
+    @property
+    def operator(self) -> str | None:
+        """The operator's token (full access), if one is configured."""
+        return self._operator
+
+    def desks_with_tokens(self) -> list[str]:
+        """Desks that have a token (a desk without one cannot read)."""
+        return sorted(self._tokens)
+
+    def identify(self, token: str) -> QueryPrincipal | None:
+        """The desk (or the operator) ``token`` belongs to, None if it matches nothing."""
+        presented = _digest(token)
+        candidates = [(QueryPrincipal(desk), t) for desk, t in self._tokens.items()]
+        if self._operator:
+            candidates.append((OPERATOR, self._operator))
+        found: QueryPrincipal | None = None
+        for principal, expected in candidates:
+            # No early exit: every configured token is compared.
+            if hmac.compare_digest(presented, _digest(expected)):
+                found = principal
+        return found

@@ -100,6 +100,10 @@ class SinkSettings(BaseModel):
     # Embedded (chDB) data is readable by other processes only through this endpoint.
     query_host: str = "127.0.0.1"
     query_port: int = 8124
+    # The desk this process reads history as (``oms sql``, the SDK): its query token from the
+    # secrets store goes with every query, and on a ClickHouse server it logs in as the
+    # desk's user. None: the operator (with the operator token, if one is configured).
+    query_desk: str | None = None
     tick_sample_ms: int = Field(
         1_000, ge=0, description="keep at most one tick per instrument per period"
     )

@@ -82,9 +82,11 @@ async def get_position_records(
     if include_history:
         sql = f"{base} ORDER BY account_id, instrument_name, version LIMIT {{limit:UInt32}}"
     else:
+        # LIMIT BY and LIMIT in separate SELECTs: the SQL parser that scopes a desk's
+        # queries (oms.sinks.scope) reads no LIMIT after a LIMIT BY.
         sql = (
-            f"{base} ORDER BY version DESC LIMIT 1 BY account_id, instrument_name "
-            "LIMIT {limit:UInt32}"
+            f"SELECT * FROM ({base} ORDER BY version DESC LIMIT 1 BY account_id, "
+            "instrument_name) ORDER BY version DESC LIMIT {limit:UInt32}"
         )
     return (await run_query(settings, sql, params)).records()
 

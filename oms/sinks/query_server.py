@@ -2,6 +2,12 @@
 
 Only the sink may open the embedded chDB path, so other processes (``oms sql``, the client
 SDK) read through here. Queries run on a dedicated ``readonly=1`` client in a worker thread.
+
+With desks configured, every request carries a desk's (or the operator's) bearer token
+(:mod:`oms.sinks.access`) and a desk's SQL is rewritten to its own accounts' rows
+(:mod:`oms.sinks.scope`) before anything runs. Refusals answer
+``{"error": "...", "reason": "<code>"}``: 401 for a missing or unknown token, 403 for SQL a
+desk may not run, 400 for SQL that does not parse or fails in ClickHouse.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import orjson
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
-from oms.sinks.errors import QueryError
+from oms.sinks.access import AccessDenied, QueryAccess
+from oms.sinks.errors import QueryError, ReadOnlyViolation
 from oms.sinks.query import execute_readonly
+from oms.sinks.scope import EVERYTHING, ScopeViolation
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -24,14 +32,43 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def make_app(client: Client, health: Callable[[], dict[str, Any]] | None = None) -> web.Application:
-    """The endpoint app over a read-only client.
+def _bad_request(message: str) -> web.Response:
+    return _json({"error": message, "reason": "bad_request"}, 400)
+
+
+# Reasons that mean the SQL itself is malformed rather than not allowed.
+BAD_REQUEST_REASONS = frozenset({"parse_error", "multiple_statements"})
+
+
+def refusal(exc: QueryError) -> web.Response:
+    """The JSON answer for a refused or failed query (never echoes a token)."""
+    if isinstance(exc, AccessDenied):
+        return _json({"error": str(exc), "reason": exc.reason}, exc.status)
+    if isinstance(exc, ScopeViolation):
+        status = 400 if exc.reason in BAD_REQUEST_REASONS else 403
+        return _json({"error": str(exc), "reason": exc.reason}, status)
+    if isinstance(exc, ReadOnlyViolation):
+        return _json({"error": str(exc), "reason": "read_only"}, 400)
+    return _json({"error": str(exc), "reason": "query_failed"}, 400)
+
+
+def make_app(
+    client: Client,
+    health: Callable[[], dict[str, Any]] | None = None,
+    access: QueryAccess | None = None,
+) -> web.Application:
+    """The endpoint app over a read-only client; ``access`` (None: open, as without desks)
+    decides whose rows each request may read.
 
     Body: ``{"sql": "...", "parameters": {...}}`` as JSON, or the SQL as plain text.
-    Answers ``{"columns", "types", "rows", "elapsed_ms"}``, or ``{"error"}`` with 400.
+    Answers ``{"columns", "types", "rows", "elapsed_ms"}``, or ``{"error", "reason"}``.
     """
 
     async def query(request: web.Request) -> web.Response:
+        try:
+            scope = access.scope_for(request.headers.get("Authorization")) if access else EVERYTHING
+        except AccessDenied as exc:
+            return refusal(exc)
         raw = await request.read()
         parameters: dict[str, Any] | None = None
         if request.content_type == "application/json":
@@ -40,15 +77,15 @@ def make_app(client: Client, health: Callable[[], dict[str, Any]] | None = None)
                 sql = body["sql"]
                 parameters = body.get("parameters") or None
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                return _json({"error": 'expected JSON {"sql": "...", "parameters": {}}'}, 400)
+                return _bad_request('expected JSON {"sql": "...", "parameters": {}}')
         else:
             sql = raw.decode("utf-8", errors="replace")
         if not isinstance(sql, str) or not isinstance(parameters, dict | None):
-            return _json({"error": "sql must be a string and parameters an object"}, 400)
+            return _bad_request("sql must be a string and parameters an object")
         try:
-            result = await asyncio.to_thread(execute_readonly, client, sql, parameters)
+            result = await asyncio.to_thread(execute_readonly, client, sql, parameters, scope)
         except QueryError as exc:
-            return _json({"error": str(exc)}, 400)
+            return refusal(exc)
         return web.Response(body=result.model_dump_json(), content_type="application/json")
 
     async def health_view(_: web.Request) -> web.Response:

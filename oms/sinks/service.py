@@ -25,13 +25,17 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from oms.backoff import Backoff
 from oms.kafka.admin import ensure_topics
 from oms.schemas import Topic
+from oms.secrets import QueryTokens
 from oms.settings import Settings
+from oms.sinks.access import QueryAccess
 from oms.sinks.batch import SINK_TOPICS, Batch, Message, TickSampler
 from oms.sinks.clickhouse.client import AsyncClickHouse, chdb_path, open_client
+from oms.sinks.clickhouse.desks import sync_desk_access
 from oms.sinks.clickhouse.integrity import STORAGE_REASONS, broken_detached_parts, broken_tables
 from oms.sinks.clickhouse.migrations import apply_migrations, sync_position_retention
 from oms.sinks.consumer import CommitError, Partition, SinkConsumer
@@ -171,12 +175,35 @@ class SinkService:
         if migrate:
             applied = await asyncio.to_thread(apply_migrations, self._writer, s.sink)
             await asyncio.to_thread(sync_position_retention, self._writer, *s.positions.ttl_days)
+        tokens = await asyncio.to_thread(QueryTokens, s.desks, s.resolved_secrets_file)
+        if migrate and not s.embedded_clickhouse:
+            await asyncio.to_thread(self._sync_desk_access, tokens)
         self._ch = AsyncClickHouse(self._writer)
         self._reader = await asyncio.to_thread(open_client, s, readonly=True)
+        access = QueryAccess(s.desks, tokens)
+        if access.enforced:
+            log.info(
+                "sink.query_desks",
+                desks=sorted(s.desks),
+                without_token=sorted(set(s.desks) - set(tokens.desks_with_tokens())),
+                operator_token=tokens.operator is not None,
+            )
         self._http = await start_query_server(
-            make_app(self._reader, self.health), s.sink.query_host, s.sink.query_port
+            make_app(self._reader, self.health, access), s.sink.query_host, s.sink.query_port
         )
         return applied
+
+    def _sync_desk_access(self, tokens: QueryTokens) -> None:
+        """Server mode: each desk's user, role, grants and row policies (blocking)."""
+        assert self._writer is not None
+        try:
+            count = sync_desk_access(self._writer, self.settings.desks, tokens)
+        except ClickHouseError as exc:
+            # Fails closed: without their users and policies desks cannot read at all.
+            level = log.error if self.settings.desks else log.debug
+            level("sink.desk_access_failed", error=error_line(exc))
+            return
+        log.info("sink.desk_access", desks=sorted(self.settings.desks), statements=count)
 
     async def _close_clickhouse(self) -> None:
         if self._http is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from aiokafka.structs import TopicPartition
 from oms.schemas import DeadLetter, ReasonCode, ReportSource
 from oms.settings import Settings, SinkSettings
 from oms.sinks import service as service_module
+from oms.sinks.access import AccessDenied
 from oms.sinks.errors import QueryError
 from oms.sinks.query import run_query
 from oms.sinks.service import SinkService
@@ -334,3 +336,41 @@ async def test_second_sink_on_same_path_exits_with_clear_message(
         assert "order_events" in out.stdout.splitlines()
     finally:
         first.stop()
+
+
+async def test_with_desks_the_sinks_endpoint_scopes_each_desk(
+    make_settings: MakeSettings, kafka_io: Any, tmp_path: Path
+) -> None:
+    """The sink wires desks and their tokens into its endpoint: a desk reads its own
+    accounts' orders, the operator all of them, and a request without a token nothing."""
+    secrets = tmp_path / "desk-secrets.json"
+    secrets.write_text(
+        json.dumps({"query_tokens": {"alpha": "tok-a"}, "query_operator_token": "tok-op"})
+    )
+    base = await sink_settings(make_settings)
+    settings = base.model_copy(
+        update={"desks": {"alpha": ["acct-1"], "beta": ["acct-2"]}, "secrets_file": secrets}
+    )
+    events = [
+        (f"d-{acct}", e)
+        for acct in ("acct-1", "acct-2")
+        for e in lifecycle(f"d-{acct}", account_id=acct)
+    ]
+    await kafka_io.produce(settings.topic("order-events"), events)
+    service = SinkService(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        await wait_for(settings, "SELECT count() FROM orders FINAL", 2, service=service)
+        alpha = settings.model_copy(
+            update={"sink": settings.sink.model_copy(update={"query_desk": "alpha"})}
+        )
+        rows = (await run_query(alpha, "SELECT account_id FROM orders FINAL")).rows
+        assert rows == [["acct-1"]]
+        with pytest.raises(AccessDenied):
+            # No operator token in this process's secrets: the endpoint wants one.
+            await run_query(
+                settings.model_copy(update={"secrets_file": tmp_path / "none"}), "SELECT 1"
+            )
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 30)

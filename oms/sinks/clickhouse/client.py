@@ -32,9 +32,16 @@ def chdb_path(settings: Settings) -> Path:
 
 
 def open_client(
-    settings: Settings, *, readonly: bool = False, readonly_engine: bool = False
+    settings: Settings,
+    *,
+    readonly: bool = False,
+    readonly_engine: bool = False,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Client:
     """A clickhouse-connect client for ``settings.clickhouse_dsn``.
+
+    ``username``/``password`` log in as another server user than the DSN's (a desk's).
 
     ``readonly`` sets ``readonly=1`` for the whole session, so nothing sent through this
     client can write, change settings or call table functions. ``readonly_engine`` also
@@ -43,6 +50,8 @@ def open_client(
     must hold the :class:`~oms.sinks.lock.ChdbPathLock` in embedded mode.
     """
     kwargs: dict[str, Any] = {"dsn": settings.clickhouse_dsn}
+    if username is not None:
+        kwargs.update(username=username, password=password or "")
     # A mode=ro engine is read-only already and rejects readonly as a session setting.
     if readonly and not (readonly_engine and settings.embedded_clickhouse):
         kwargs["settings"] = dict(READONLY_SETTINGS)
