@@ -30,9 +30,20 @@ and no others (literal names: the worker's app id ``oms`` prefixes the keeper's 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from oms.kafka.security import KafkaConnection
 from oms.settings import Settings
@@ -238,15 +249,7 @@ async def apply_acls(admin: KafkaConnection, rules: Iterable[AclRule]) -> int:
     return await asyncio.to_thread(_create_acls, admin, bindings)
 
 
-def _binding(rule: AclRule) -> object:
-    from confluent_kafka.admin import (
-        AclBinding,
-        AclOperation,
-        AclPermissionType,
-        ResourcePatternType,
-        ResourceType,
-    )
-
+def _binding(rule: AclRule) -> AclBinding:
     return AclBinding(
         ResourceType.TOPIC if rule.resource == "topic" else ResourceType.GROUP,
         rule.name,
@@ -258,11 +261,25 @@ def _binding(rule: AclRule) -> object:
     )
 
 
-def _create_acls(admin: KafkaConnection, bindings: list[object]) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    client = AdminClient(admin.confluent())
-    futures = client.create_acls(bindings)  # type: ignore[arg-type]
-    for future in futures.values():
+def _create_acls(admin: KafkaConnection, bindings: list[AclBinding]) -> int:
+    client = AdminClient(admin.confluent({"log_level": 4}))
+    for future in client.create_acls(bindings).values():
         future.result(timeout=60)
+    # The controller has them once created; the broker authorizes with them a moment later,
+    # when it applies that metadata. Its own view is what DescribeAcls answers from.
+    everything = AclBindingFilter(
+        ResourceType.ANY,
+        None,  # type: ignore[arg-type]  # None matches any name (the stubs want a str)
+        ResourcePatternType.ANY,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    wanted = set(bindings)
+    deadline = time.monotonic() + 60
+    while not wanted <= set(client.describe_acls(everything).result(timeout=60)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the broker does not show the ACLs created 60 s ago")
+        time.sleep(0.1)
     return len(bindings)

@@ -14,6 +14,11 @@ Two entry points:
   gateway, N workers and the sink as child processes (logs in ``.local/logs``), restarts
   crashed ones with backoff, shows a live status table, and on Ctrl-C/SIGTERM stops everything
   in reverse order. Data stays under ``.local/``.
+
+Both have a secure mode (``secure=True``; ``oms up --secure``, ``make run SECURE=1``): the
+broker listens on SASL_SSL only, with certificates and SCRAM users made locally, every
+component logs in as its own principal (``oms.kafka.acls.COMPONENT_PRINCIPALS``) and may do
+only what the ACL table grants it; the stack's own ``settings`` log in as the admin.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from oms.backoff import Backoff
+from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
     Credentials,
@@ -46,6 +52,7 @@ from oms.secrets import (
 )
 from oms.settings import Settings, get_settings
 from oms_dev.devstack.kafka import DevstackError, KafkaBroker
+from oms_dev.devstack.kafka.secure import ADMIN_USER, BrokerSecurity
 from oms_dev.devstack.net import port_open
 
 # The first restart of a crashed child comes within this long; later ones back off to
@@ -75,7 +82,7 @@ class Stack:
     ) -> None:
         self.broker = broker
         self.settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap": broker.bootstrap})}
+            update={"kafka": settings.kafka.model_copy(update=_client_settings(broker))}
         )
         self.create_topics = create_topics
         self.extra_topics = extra_topics
@@ -91,25 +98,36 @@ class Stack:
         settings: Settings | None = None,
         *,
         partitions: int | None = None,
+        secure: bool = False,
         **kw: object,
     ) -> Stack:
-        """A stack on a new broker on free ports, its data under ``data_dir``."""
+        """A stack on a new broker on free ports, its data under ``data_dir``; ``secure``:
+        SASL_SSL with ACLs (the principals' passwords go to the settings' secrets file)."""
         settings = settings or Settings(data_dir=data_dir)
         if partitions is not None:
             settings = settings.model_copy(
                 update={"kafka": settings.kafka.model_copy(update={"partitions": partitions})}
             )
         broker = KafkaBroker.isolated(
-            data_dir / "kafka", version=settings.kafka.version, partitions=settings.kafka.partitions
+            data_dir / "kafka",
+            version=settings.kafka.version,
+            partitions=settings.kafka.partitions,
+            security=broker_security(settings, data_dir / "kafka" / "tls") if secure else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def developer(cls, settings: Settings | None = None, **kw: object) -> Stack:
-        """The developer's broker (``OMS_KAFKA__BOOTSTRAP``, data in ``.local/kafka-data``)."""
+    def developer(
+        cls, settings: Settings | None = None, *, secure: bool = False, **kw: object
+    ) -> Stack:
+        """The developer's broker (``OMS_KAFKA__BOOTSTRAP``, data in ``.local/kafka-data``;
+        ``secure``: a SASL_SSL one with its data in ``.local/kafka-data-secure``)."""
         settings = settings or get_settings()
+        data_dir = settings.data_dir.resolve() / ("kafka-data-secure" if secure else "kafka-data")
         broker = KafkaBroker.from_settings(
-            settings.kafka, data_dir=settings.data_dir.resolve() / "kafka-data"
+            settings.kafka,
+            data_dir=data_dir,
+            security=broker_security(settings, data_dir / "tls") if secure else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
@@ -127,7 +145,26 @@ class Stack:
             self.started_broker = True
         if self.create_topics:
             self.topics = await ensure_topics(self.settings, self.extra_topics)
+        await self.grant()
         return self
+
+    async def grant(self) -> None:
+        """On a secure broker, create the ACLs of the table for the stack's settings (its
+        principals, its desks); nothing on a plaintext one."""
+        if self.broker.security is not None:
+            await apply_acls(self.broker.admin_connection(), acl_rules(self.settings))
+
+    @property
+    def secure(self) -> bool:
+        return self.broker.security is not None
+
+    def principal_env(self, component: str) -> dict[str, str]:
+        """Environment that makes a process of ``component`` (a key of
+        ``COMPONENT_PRINCIPALS``) log in as its own principal; empty on a plaintext
+        broker."""
+        if not self.secure:
+            return {}
+        return {"OMS_KAFKA__USERNAME": COMPONENT_PRINCIPALS[component]}
 
     async def stop(self) -> None:
         """Stop the broker if this stack started it (its data is kept)."""
@@ -145,6 +182,23 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def broker_security(settings: Settings, tls_dir: Path) -> BrokerSecurity:
+    """Certificates and passwords of a secure broker for ``settings``: every component's
+    principal and every desk's, passwords in the settings' secrets file."""
+    users = [*COMPONENT_PRINCIPALS.values(), *settings.desks]
+    return BrokerSecurity.ensure(tls_dir, settings.resolved_secrets_file, users)
+
+
+def _client_settings(broker: KafkaBroker) -> dict[str, object]:
+    # How the stack's own clients reach the broker: as the admin on a secure one.
+    update: dict[str, object] = {"bootstrap": broker.bootstrap}
+    if broker.security is not None:
+        update.update(
+            security_protocol="SASL_SSL", username=ADMIN_USER, ca_file=broker.security.ca_file
+        )
+    return update
 
 
 def ensure_demo_secrets(settings: Settings) -> Path:
