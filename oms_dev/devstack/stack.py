@@ -356,6 +356,8 @@ class Supervisor:
     paper: bool = True
     notifier: bool = True
     positions: bool = True
+    # SASL_SSL broker, one principal per component, ACLs (see Stack).
+    secure: bool = False
     root: Path = field(default_factory=lambda: Path(".local"))
     children: list[Child] = field(default_factory=list)
     stack: Stack | None = None
@@ -395,10 +397,19 @@ class Supervisor:
             args: list[str],
             health: str | None = None,
             port: tuple[str, int] | None = None,
+            component: str | None = None,
             **extra: str,
         ) -> None:
+            kafka = self._kafka_env(component)
             children.append(
-                Child(name, args, {**env, **extra}, self.log_dir / f"{name}.log", health, port)
+                Child(
+                    name,
+                    args,
+                    {**env, **kafka, **extra},
+                    self.log_dir / f"{name}.log",
+                    health,
+                    port,
+                )
             )
 
         s = self.settings
@@ -419,12 +430,13 @@ class Supervisor:
                 port=(paper_host, s.paper.port),
             )
         if self.gateway:
-            add("gateway", ["gateway"])
+            add("gateway", ["gateway"], component="gateway")
         for i, port in enumerate(worker_ports(s, self.workers)):
             add(
                 f"worker-{i}",
                 ["worker", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health",
+                component="worker",
                 OMS_DATA_DIR=str(self.root / f"worker-{i}"),
             )
         if self.positions:
@@ -433,19 +445,36 @@ class Supervisor:
                 "positions",
                 ["positions", "run", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health",
+                component="positions",
                 OMS_DATA_DIR=str(self.root / "positions"),
             )
         if self.sink:
-            add("sink", ["sink"], f"http://{s.sink.query_host}:{s.sink.query_port}/health")
+            add(
+                "sink",
+                ["sink"],
+                f"http://{s.sink.query_host}:{s.sink.query_port}/health",
+                component="sink",
+            )
         if self.notifier:
             port = s.notify.web_port
             add("notifier", ["notify", "run", "--web-port", str(port)],
-                f"http://127.0.0.1:{port}/health")  # fmt: skip
+                f"http://127.0.0.1:{port}/health", component="notifier")  # fmt: skip
         return children
+
+    def _kafka_env(self, component: str | None) -> dict[str, str]:
+        # A secure stack's Kafka clients: TLS to the broker and the component's principal.
+        if not self.secure or component is None:
+            return {}
+        assert self.stack is not None and self.stack.broker.security is not None
+        return {
+            "OMS_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "OMS_KAFKA__CA_FILE": str(self.stack.broker.security.ca_file),
+            **self.stack.principal_env(component),
+        }
 
     async def prepare(self) -> Stack:
         """Broker running, topics created, secrets present."""
-        stack = Stack.developer(self.settings, die_with_parent=True)
+        stack = Stack.developer(self.settings, secure=self.secure, die_with_parent=True)
         broker = stack.broker
         if not broker.is_running() and port_open(broker.host, broker.port):
             # Something else serves the port (another checkout's broker, a container):
@@ -460,6 +489,7 @@ class Supervisor:
             await stack.start()
         if not stack.topics:
             stack.topics = await ensure_topics(stack.settings)
+            await stack.grant()
         self.stack = stack
         return stack
 
@@ -617,8 +647,10 @@ def run_up(
     workers: int = 1,
     sink: bool = True,
     live: bool | None = None,
+    secure: bool = False,
 ) -> int:
-    """Blocking entry point of ``oms up``: returns the exit code."""
+    """Blocking entry point of ``oms up``: returns the exit code. ``secure``: SASL_SSL with
+    a principal per component and the ACL table (``oms.kafka.acls``)."""
     settings = settings or get_settings()
     live = sys.stdout.isatty() if live is None else live
     console = Console()
@@ -632,6 +664,7 @@ def run_up(
         settings,
         workers=workers,
         sink=sink,
+        secure=secure,
         root=settings.data_dir,
         on_event=event,
         console=console,
