@@ -45,8 +45,10 @@ from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
     Credentials,
+    load_kafka_users,
     load_secrets_file,
     load_signing_keys,
+    write_kafka_users,
     write_secrets_file,
     write_signing_keys,
 )
@@ -81,9 +83,7 @@ class Stack:
         die_with_parent: bool = True,
     ) -> None:
         self.broker = broker
-        self.settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update=_client_settings(broker))}
-        )
+        self.settings = connect_settings(settings, broker)
         self.create_topics = create_topics
         self.extra_topics = extra_topics
         self.start_timeout_s = start_timeout_s
@@ -154,17 +154,7 @@ class Stack:
         if self.broker.security is not None:
             await apply_acls(self.broker.admin_connection(), acl_rules(self.settings))
 
-    @property
-    def secure(self) -> bool:
-        return self.broker.security is not None
 
-    def principal_env(self, component: str) -> dict[str, str]:
-        """Environment that makes a process of ``component`` (a key of
-        ``COMPONENT_PRINCIPALS``) log in as its own principal; empty on a plaintext
-        broker."""
-        if not self.secure:
-            return {}
-        return {"OMS_KAFKA__USERNAME": COMPONENT_PRINCIPALS[component]}
 
     async def stop(self) -> None:
         """Stop the broker if this stack started it (its data is kept)."""
@@ -191,14 +181,18 @@ def broker_security(settings: Settings, tls_dir: Path) -> BrokerSecurity:
     return BrokerSecurity.ensure(tls_dir, settings.resolved_secrets_file, users)
 
 
-def _client_settings(broker: KafkaBroker) -> dict[str, object]:
-    # How the stack's own clients reach the broker: as the admin on a secure one.
+def connect_settings(settings: Settings, broker: KafkaBroker) -> Settings:
+    """``settings`` pointed at ``broker``: its address and, on a secure one, TLS and the
+    admin's login, with every principal's password in the settings' secrets file (the
+    services started with them log in as their own principals)."""
     update: dict[str, object] = {"bootstrap": broker.bootstrap}
     if broker.security is not None:
+        path = settings.resolved_secrets_file
+        write_kafka_users(path, {**load_kafka_users(path), **broker.security.passwords})
         update.update(
             security_protocol="SASL_SSL", username=ADMIN_USER, ca_file=broker.security.ca_file
         )
-    return update
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update=update)})
 
 
 def ensure_demo_secrets(settings: Settings) -> Path:
@@ -469,7 +463,7 @@ class Supervisor:
         return {
             "OMS_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
             "OMS_KAFKA__CA_FILE": str(self.stack.broker.security.ca_file),
-            **self.stack.principal_env(component),
+            "OMS_KAFKA__USERNAME": COMPONENT_PRINCIPALS[component],
         }
 
     async def prepare(self) -> Stack:
