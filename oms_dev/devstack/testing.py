@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import KafkaConnection, as_connection
 from oms.settings import (
     ExchangeSettings,
     KafkaSettings,
@@ -82,12 +83,13 @@ def _key(key: str | bytes | None) -> bytes | None:
 
 
 async def produce_json(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     messages: Iterable[tuple[str | bytes | None, Any]],
 ) -> int:
-    """Send ``(key, value)`` pairs as JSON (dicts or pydantic models); return the count."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    """Send ``(key, value)`` pairs as JSON (dicts or pydantic models); return the count.
+    ``kafka``: a connection, or a plaintext broker's ``host:port``."""
+    producer = AIOKafkaProducer(**as_connection(kafka).aiokafka(acks="all", linger_ms=5))
     await producer.start()
     n = 0
     try:
@@ -102,7 +104,7 @@ async def produce_json(
 
 
 async def consume_json(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     count: int | None = None,
     *,
@@ -117,9 +119,10 @@ async def consume_json(
     (everything up to the end offsets at call time).
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        **as_connection(kafka).aiokafka(
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
     )
     await consumer.start()
     out: list[tuple[str | None, Any]] = []
