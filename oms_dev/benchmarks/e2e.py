@@ -224,7 +224,7 @@ async def baseline_passthrough(
     t_in, t_out = f"{prefix}baseline-in", f"{prefix}baseline-out"
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka())
     await admin.start()
     try:
         await admin.create_topics(
@@ -232,13 +232,19 @@ async def baseline_passthrough(
         )
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    relay_producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=2)
+    relay_producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=2)
     relay = AIOKafkaConsumer(
-        t_in, bootstrap_servers=bootstrap, group_id=f"{prefix}relay", auto_offset_reset="earliest"
+        t_in,
+        **as_connection(bootstrap).aiokafka(),
+        group_id=f"{prefix}relay",
+        auto_offset_reset="earliest",
     )
     sink = AIOKafkaConsumer(
-        t_out, bootstrap_servers=bootstrap, group_id=f"{prefix}sink", auto_offset_reset="earliest"
+        t_out,
+        **as_connection(bootstrap).aiokafka(),
+        group_id=f"{prefix}sink",
+        auto_offset_reset="earliest",
     )
     for client in (producer, relay_producer, relay, sink):
         await client.start()
