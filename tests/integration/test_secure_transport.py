@@ -31,6 +31,10 @@ from oms.secrets import load_kafka_users
 from oms.settings import AccountTopicKind, Settings
 from oms_dev.devstack.stack import Stack
 from oms_dev.harness import OmsServices, wait_http_ok
+from tests.auth.test_auth_pipeline import (  # noqa: F401  (collected here, see below)
+    test_signed_request_trades_and_its_replay_is_refused,
+    test_unsigned_request_is_refused,
+)
 from tests.security_stack import (
     assert_no_secret,
     stack_settings,
@@ -103,6 +107,16 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secu
         services.stop_all()
     finally:
         await stack.stop()
+
+
+@pytest.fixture
+async def alice(secure: SecureStack) -> AsyncIterator[OrderClient]:
+    """The SDK as the tooling's principal: it follows the shared events topic, which no desk
+    may read. The signed-request tests of tests/auth/test_auth_pipeline.py, imported above,
+    run with it unchanged over SASL_SSL."""
+    async with OrderClient("alice", settings=secure.settings) as client:
+        assert client.signing_key is not None
+        yield client
 
 
 async def _create_topics(settings: Settings, names: list[str]) -> None:
