@@ -107,6 +107,7 @@ class KafkaConnection:
 
     @property
     def uses_tls(self) -> bool:
+        """True for SSL and SASL_SSL."""
         return self.security_protocol != "PLAINTEXT"
 
     @cached_property

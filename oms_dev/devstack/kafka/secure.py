@@ -45,6 +45,7 @@ class BrokerSecurity:
 
     @property
     def ca_file(self) -> Path:
+        """The local CA's certificate: what clients verify the broker with."""
         return self.tls_dir / "ca.pem"
 
     @property
