@@ -69,7 +69,9 @@ k8s-tools:
 	else echo "error: kustomize missing: install Go (https://go.dev) or kustomize v5" >&2; exit 1; fi
 
 # Secrets for docker-compose (never in the compose file): .local/compose/oms.env, grafana.env
-# and secrets.json with fresh random values (kept if they exist).
+# and secrets.json with fresh random values, and kafka/ (the broker's CA, certificates and
+# keystore, a SCRAM password per service and desk, the ACLs and topics kafka-init applies);
+# kept if they exist.
 compose-secrets: install
 	$(PY) -m oms_dev.devstack.compose_secrets .local/compose
 

@@ -1,5 +1,5 @@
 """Container health check: ``python -m oms.healthcheck [auto|worker|sink|...]``
-(also paper, gateway, notify, positions).
+(also paper, gateway, notify, positions, fanout).
 
 Exit 0 when the service answers, 1 otherwise. ``auto`` (the Dockerfile's HEALTHCHECK) reads
 the service from PID 1's command line (``oms worker`` -> worker), so one image-level check
@@ -37,15 +37,23 @@ def _detect() -> str:
         args = Path("/proc/1/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "unknown"
-    for service in (b"worker", b"sink", b"paper-exchange", b"gateway", b"notify", b"positions"):
+    for service in (
+        b"worker",
+        b"sink",
+        b"paper-exchange",
+        b"gateway",
+        b"notify",
+        b"positions",
+        b"fanout",
+    ):
         if service in args:
             return service.decode()
     return "unknown"
 
 
 def check(service: str) -> bool:
-    """True when ``service`` (worker, sink, paper-exchange, gateway, notify, positions) is
-    healthy."""
+    """True when ``service`` (worker, sink, paper-exchange, gateway, notify, positions,
+    fanout) is healthy."""
     s = get_settings()
     if service == "auto":
         service = _detect()
@@ -59,8 +67,9 @@ def check(service: str) -> bool:
         return _http_ok(f"http://127.0.0.1:{s.positions.web_port}/health")
     if service in ("paper", "paper-exchange"):
         return _tcp_ok("127.0.0.1", s.paper.port)
-    # The gateway serves nothing; being alive (PID 1 runs it) is all a probe can see.
-    return service == "gateway"
+    # The gateway and the fan-out serve nothing; being alive (PID 1 runs it) is all a probe
+    # can see (the fan-out exits when it cannot start).
+    return service in ("gateway", "fanout")
 
 
 def main() -> int:

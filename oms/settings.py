@@ -322,6 +322,27 @@ class PositionSettings(BaseModel):
         return self.retention_days, max(audit, self.retention_days)
 
 
+class AccessSettings(BaseModel):
+    """Who sees what on Kafka: the per-account topics and the fan-out that fills them."""
+
+    # Copy every record of oms.order-events, oms.positions and oms.notifications to its
+    # account's own topic (Settings.account_topic) with the fan-out service (``oms fanout``,
+    # oms/fanout/). Off: nothing fills the per-account topics; desks then need the shared
+    # topics, where they see every account.
+    per_account_topics: bool = True
+    # Consumer group of the fan-out; default "<worker.app_id>-fanout".
+    fanout_group: str | None = None
+    # Records taken per fetch (one produce round and one commit per batch).
+    fanout_max_records: int = Field(2_000, ge=1)
+    # Producer batching of the copies: a little linger lets one request carry many records.
+    fanout_linger_ms: int = Field(5, ge=0)
+    # Per-account topics the fan-out creates on demand, beyond those of the configured
+    # accounts (``accounts`` and ``desks``): an account id comes from a trader's request, so
+    # a flood of made-up accounts must not create topics without bound. Past it, records of
+    # new accounts are dead-lettered (unknown_account).
+    fanout_max_new_accounts: int = Field(1_000, ge=0)
+
+
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""
 
@@ -353,6 +374,7 @@ class Settings(BaseSettings):
     risk: RiskSettings = RiskSettings()
     notify: NotifySettings = NotifySettings()
     positions: PositionSettings = PositionSettings()
+    access: AccessSettings = AccessSettings()
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -158,7 +158,8 @@ class ServiceProcess:
 
 @dataclass
 class OmsServices:
-    """The paper exchange, gateway, worker(s), sink and notifier for one settings object."""
+    """The paper exchange, gateway, worker(s), sink, notifier, position keeper and fan-out for
+    one settings object."""
 
     settings: Settings
     log_dir: Path
@@ -226,6 +227,10 @@ class OmsServices:
             OMS_DATA_DIR=str(self.settings.data_dir / "positions"),
             **self._principal("positions"),
         )
+
+    def add_fanout(self) -> ServiceProcess:
+        """The fan-out to the per-account topics (``oms fanout``)."""
+        return self.add("fanout", ["fanout", "--loglevel", "warn"], **self._principal("fanout"))
 
     def start_all(self) -> None:
         for service in self.processes.values():

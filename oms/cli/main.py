@@ -21,6 +21,7 @@ app.command("queue")(orders.queue)
 app.add_typer(orders.watch_app, name="watch")
 app.command("worker")(services.worker)
 app.command("gateway")(services.gateway)
+app.command("fanout")(services.fanout)
 
 
 def _register_optional() -> None:

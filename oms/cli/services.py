@@ -51,6 +51,26 @@ def gateway(
     asyncio.run(run())
 
 
+def fanout(
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the fan-out: order events, positions and notifications copied to each account's
+    own topics (oms.acct.<account>.events|positions|notifications), at least once."""
+    from oms.fanout.service import AccountFanout
+
+    settings = get_settings()
+    configure_logging(loglevel, settings.log_json)
+    if not settings.access.per_account_topics:
+        typer.echo("per-account topics are off (OMS_ACCESS__PER_ACCOUNT_TOPICS=false)", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> None:
+        service = AccountFanout(settings)
+        await run_until_signalled(service.start, service.stop)
+
+    asyncio.run(run())
+
+
 async def run_until_signalled(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> None:

@@ -22,11 +22,13 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Run Kafka, the paper exchange, gateway, N workers and the sink until Ctrl-C.
+    """Run Kafka, the paper exchange, gateway, N workers, the position keeper, the sink, the
+    notifier and the fan-out to per-account topics until Ctrl-C.
 
     Fetches and starts a local Kafka if needed, creates the topics and a demo secrets file
     (.local/secrets.json), restarts crashed processes, logs each to .local/logs/<name>.log.
     Ctrl-C or SIGTERM stops everything in reverse order; data stays under .local/.
+    OMS_ACCESS__PER_ACCOUNT_TOPICS=false leaves the fan-out out.
     """
     require_dev_install("oms up")
     from oms_dev.devstack.stack import run_up

@@ -16,6 +16,7 @@ Names are templates over the settings:
 | ``{worker}`` | the worker's Faust app id and consumer group (``oms``) |
 | ``{keeper}`` | the position keeper's app id and group (``oms-positions``) |
 | ``{notifier}`` | the notifier's consumer group (``oms-notify``) |
+| ``{fanout}`` | the per-account fan-out's consumer group (``oms-fanout``) |
 | ``{desk}`` | the desk (desk grants only) |
 | ``{account_prefix}`` | ``oms.acct.<account>.`` for each account of the desk |
 
@@ -78,6 +79,7 @@ COMPONENT_PRINCIPALS: Mapping[str, str] = {
     "sink": "oms-sink",
     "positions": "oms-positions",
     "notifier": "oms-notifier",
+    "fanout": "oms-fanout",
 }
 
 # Tables of the Faust apps (their changelogs), as named in oms.streams.app and
@@ -165,10 +167,20 @@ COMPONENT_GRANTS: Mapping[str, tuple[Grant, ...]] = {
             "{p}notification-acks",
             ops=_R,
         ),
-        _topics("{p}notifications", "{p}dead-letters", ops=_W),
+        # Order events: the margin calls and system errors it raises itself.
+        _topics("{p}notifications", "{p}order-events", "{p}dead-letters", ops=_W),
         # Its delivery state (oms.notify.service.state_topic).
         _topics("{p}{notifier}-state", ops=_OWN),
         _group("{notifier}"),
+    ),
+    "oms-fanout": (
+        _SEE_PIPELINE,
+        _topics("{p}order-events", "{p}positions", "{p}notifications", ops=_R),
+        _topics("{p}dead-letters", ops=_W),
+        # Every account's own topics: it creates them (an account's first record) and fills
+        # them; desks read them (DESK_GRANTS).
+        _topics("{p}acct.", ops=("WRITE", "CREATE", "DESCRIBE"), pattern="prefixed"),
+        _group("{fanout}"),
     ),
 }
 
@@ -205,6 +217,7 @@ def acl_rules(settings: Settings) -> list[AclRule]:
         "worker": worker,
         "keeper": settings.positions.app_id or f"{worker}-positions",
         "notifier": f"{worker}-notify",
+        "fanout": settings.access.fanout_group or f"{worker}-fanout",
     }
     rules: list[AclRule] = []
 

@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -20,7 +21,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrP
 
 from oms.kafka.security import KafkaConnection, as_connection
 from oms.schemas.topics import Topic
-from oms.settings import Settings
+from oms.settings import AccountTopicKind, Settings
 
 # Dead letters are evidence for humans: keep them far longer than the default 7 days.
 DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
@@ -123,7 +124,16 @@ async def ensure_topics(
     since that would break key -> partition mapping of co-partitioned topics). Waits until
     the new topics appear in metadata so that consumers started next find their partitions.
     """
-    specs = topic_specs(settings, extra)
+    return await ensure_topic_specs(settings, topic_specs(settings, extra), timeout_s=timeout_s)
+
+
+async def ensure_topic_specs(
+    settings: Settings, specs: Iterable[TopicSpec], *, timeout_s: float = 60.0
+) -> list[str]:
+    """Create the topics of ``specs`` that are missing, and only those (a process allowed to
+    create some topics only, such as the per-account ones, never asks for the others); wait
+    until every one of them has partition leaders. Returns their names."""
+    specs = list(specs)
     names = [s.name for s in specs]
     deadline = time.monotonic() + timeout_s
     async with _admin(KafkaConnection.from_settings(settings)) as admin:
@@ -145,6 +155,18 @@ async def ensure_topics(
                     raise KafkaError(f"creating topic {name} failed: error {code} {message or ''}")
         await _wait_for(admin, set(names), present=True, deadline=deadline)
     return names
+
+
+def account_topic_specs(settings: Settings, accounts: Iterable[str]) -> list[TopicSpec]:
+    """The per-account topics of ``accounts`` (``Settings.account_topic``, every kind), with
+    the partition count and replication of the shared topics they copy: a key lands in the
+    same partition number as in its shared topic."""
+    k = settings.kafka
+    return [
+        TopicSpec(settings.account_topic(account, kind), k.partitions, k.replication_factor)
+        for account in accounts
+        for kind in get_args(AccountTopicKind)
+    ]
 
 
 async def delete_topics(

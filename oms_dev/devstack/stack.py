@@ -11,9 +11,10 @@ Two entry points:
 
 - :class:`Supervisor` / :func:`run_up`: what ``oms up`` runs. Ensures Kafka is fetched,
   formatted and running, creates topics and a demo secrets file, starts the paper exchange,
-  gateway, N workers and the sink as child processes (logs in ``.local/logs``), restarts
-  crashed ones with backoff, shows a live status table, and on Ctrl-C/SIGTERM stops everything
-  in reverse order. Data stays under ``.local/``.
+  gateway, N workers, the position keeper, the sink, the notifier and the fan-out to the
+  per-account topics (unless ``OMS_ACCESS__PER_ACCOUNT_TOPICS=false``) as child processes
+  (logs in ``.local/logs``), restarts crashed ones with backoff, shows a live status table,
+  and on Ctrl-C/SIGTERM stops everything in reverse order. Data stays under ``.local/``.
 
 Both have a secure mode (``secure=True``; ``oms up --secure``, ``make run SECURE=1``): the
 broker listens on SASL_SSL only, with certificates and SCRAM users made locally, every
@@ -350,6 +351,8 @@ class Supervisor:
     paper: bool = True
     notifier: bool = True
     positions: bool = True
+    # The fan-out to the per-account topics; runs only when access.per_account_topics is on.
+    fanout: bool = True
     # SASL_SSL broker, one principal per component, ACLs (see Stack).
     secure: bool = False
     root: Path = field(default_factory=lambda: Path(".local"))
@@ -382,7 +385,7 @@ class Supervisor:
 
     def plan(self, bootstrap: str, secrets_file: Path) -> list[Child]:
         """The children in start order: paper exchange, gateway, workers, position keeper,
-        sink, notifier."""
+        sink, notifier, fan-out."""
         env = self._base_env(bootstrap, secrets_file)
         children: list[Child] = []
 
@@ -453,6 +456,8 @@ class Supervisor:
             port = s.notify.web_port
             add("notifier", ["notify", "run", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health", component="notifier")  # fmt: skip
+        if self.fanout and s.access.per_account_topics:
+            add("fanout", ["fanout"], component="fanout")
         return children
 
     def _kafka_env(self, component: str | None) -> dict[str, str]:

@@ -9,7 +9,8 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,66 @@ async def _all_at_end(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]
         if await consumer.position(tp) < offset:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    """One record as a reader of its topic sees it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp: int
+
+
+async def read_records(kafka: KafkaConnection | str, topic: str) -> list[TopicRecord]:
+    """Every record of ``topic`` up to its end offsets now, with partition, headers and
+    timestamp, in offset order within each partition (``[]`` when the topic is missing)."""
+    consumer = AIOKafkaConsumer(**as_connection(kafka).aiokafka(enable_auto_commit=False))
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic, wait_s=0)
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[TopicRecord] = []
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for msgs in batch.values():
+                out.extend(
+                    TopicRecord(
+                        m.partition, m.offset, m.key, m.value, tuple(m.headers), m.timestamp
+                    )
+                    for m in msgs
+                )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_records(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[TopicRecord]], bool],
+    *,
+    within_s: float = 60.0,
+    poll_s: float = 0.5,
+) -> list[TopicRecord]:
+    """The records of ``topic`` once ``done`` says they are complete; TimeoutError (saying how
+    many there were) after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        records = await read_records(bootstrap, topic)
+        if done(records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: {len(records)} records, not complete in {within_s}s")
+        await asyncio.sleep(poll_s)

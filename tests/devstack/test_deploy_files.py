@@ -87,13 +87,13 @@ def _compose_cli() -> list[str] | None:
 @pytest.fixture(scope="module")
 def compose_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Secrets generated as `make compose-secrets` does, and the variables pointing at them."""
-    env_path, secrets_path, grafana_path = compose_secrets_module.generate(
-        tmp_path_factory.mktemp("compose") / "secrets"
-    )
+    directory = tmp_path_factory.mktemp("compose") / "secrets"
+    env_path, secrets_path, grafana_path = compose_secrets_module.generate(directory)
     return {
         "OMS_COMPOSE_ENV_FILE": str(env_path),
         "OMS_COMPOSE_SECRETS_FILE": str(secrets_path),
         "OMS_COMPOSE_GRAFANA_ENV_FILE": str(grafana_path),
+        "OMS_COMPOSE_KAFKA_DIR": str(directory / compose_secrets_module.KAFKA_DIR),
     }
 
 
@@ -128,6 +128,7 @@ def test_compose_needs_the_generated_secrets(tmp_path: Path) -> None:
             "OMS_COMPOSE_ENV_FILE": str(tmp_path / "missing.env"),
             "OMS_COMPOSE_SECRETS_FILE": str(tmp_path / "missing.json"),
             "OMS_COMPOSE_GRAFANA_ENV_FILE": str(tmp_path / "missing-grafana.env"),
+            "OMS_COMPOSE_KAFKA_DIR": str(tmp_path / "missing-kafka"),
         },
     )
     assert proc.returncode != 0
@@ -166,7 +167,20 @@ def test_compose_matches_compose_spec_schema(compose: dict[str, Any]) -> None:
     assert not validator.is_valid(broken)
 
 
-OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink", "positions", "notify")
+OMS_SERVICES = ("paper-exchange", "gateway", "worker", "sink", "positions", "notify", "fanout")
+# Services that run once and exit (kafka-init: topics, users, ACLs); the others wait for it to
+# have completed successfully, and it has no health to check.
+ONE_SHOT = ("kafka-init",)
+# Each service that uses Kafka and the principal it authenticates as.
+KAFKA_PRINCIPALS = {
+    "gateway": "oms-gateway",
+    "worker": "oms-worker",
+    "sink": "oms-sink",
+    "positions": "oms-positions",
+    "notify": "oms-notifier",
+    "fanout": "oms-fanout",
+    "kafka-exporter": "oms-monitor",
+}
 MONITORING = ("kafka-exporter", "prometheus", "grafana")
 PROFILES = {"paper-exchange": ["paper"], **{name: ["monitoring"] for name in MONITORING}}
 COMMANDS = {
@@ -176,23 +190,31 @@ COMMANDS = {
     "sink": ["sink"],
     "positions": ["positions", "run"],
     "notify": ["notify", "run"],
+    "fanout": ["fanout"],
 }
 
 
 def test_compose_services_profiles_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "clickhouse", *OMS_SERVICES, *MONITORING}
+    assert set(services) == {"kafka", "clickhouse", *ONE_SHOT, *OMS_SERVICES, *MONITORING}
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no", name
     for name, svc in services.items():
-        assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name} has no healthcheck"
+        if name not in ONE_SHOT:
+            assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name} has no healthcheck"
         image = svc["image"]
         if "${" not in image:
             assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned {image}"
         assert svc.get("profiles", []) == PROFILES.get(name, []), name
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
-            # Waiting on a service only makes sense if it can say it is healthy...
-            assert cond["condition"] == "service_healthy", (name, dep)
-            assert "healthcheck" in services[dep]
+            # Waiting on a service only makes sense if it can say it is healthy (or, run
+            # once, that it is done)...
+            if dep in ONE_SHOT:
+                assert cond["condition"] == "service_completed_successfully", (name, dep)
+            else:
+                assert cond["condition"] == "service_healthy", (name, dep)
+                assert "healthcheck" in services[dep]
             # ...and is started with it: a dependency behind a profile the dependent
             # does not share would refuse to start (or pull in) the profile.
             assert set(services[dep].get("profiles", [])) <= set(svc.get("profiles", [])), (
@@ -201,8 +223,10 @@ def test_compose_services_profiles_and_start_order(compose: dict[str, Any]) -> N
             )
     assert services["kafka"]["image"] == f"apache/kafka:{KafkaSettings().version}"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for name in ("gateway", "worker", "sink", "positions", "notify", "kafka-exporter"):
+    for name in ("gateway", "worker", "sink", "positions", "notify", "fanout", "kafka-exporter"):
         assert "kafka" in services[name]["depends_on"], name
+        # ...and the users and ACLs it authenticates with.
+        assert "kafka-init" in services[name]["depends_on"], name
     for name in ("sink", "positions"):
         assert "clickhouse" in services[name]["depends_on"], name
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
@@ -240,7 +264,11 @@ def test_compose_has_no_inline_secrets(compose: dict[str, Any]) -> None:
     assert ":-paper-only" not in text and "oms-dev-only" not in text
     assert compose["secrets"]["oms_secrets"]["file"].startswith("${OMS_COMPOSE_SECRETS_FILE")
     for name in OMS_SERVICES:
-        assert compose["services"][name]["secrets"] == ["oms_secrets"], name
+        # The fan-out moves records only: no exchange or channel credentials.
+        wanted = ["kafka_ca"] if name == "fanout" else ["oms_secrets", "kafka_ca"]
+        assert compose["services"][name]["secrets"] == wanted, name
+    for name, secret in compose["secrets"].items():
+        assert secret["file"].startswith("${OMS_COMPOSE_"), name
     gitignored = (ROOT / ".gitignore").read_text().split()
     assert ".local" in gitignored  # where `make compose-secrets` writes them
 
@@ -271,6 +299,113 @@ def test_compose_secrets_generator(tmp_path: Path) -> None:
     assert [p.read_text() for p in first] == before
 
 
+def test_compose_kafka_is_sasl_ssl_with_acls(compose: dict[str, Any]) -> None:
+    """No listener without authentication and encryption, SCRAM for clients, certificates
+    only for the broker's own and the admin's, nobody allowed what no ACL grants, and the
+    one-shot kafka-init reading the generated users, ACLs and topics."""
+    kafka = compose["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) <= {"SASL_SSL", "SSL"}
+    listeners = {entry.split("://")[0] for entry in kafka["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols)
+    for name, protocol in protocols.items():
+        if protocol == "SSL":  # certificates are the only way in there
+            assert kafka[f"KAFKA_LISTENER_NAME_{name}_SSL_CLIENT_AUTH"] == "required", name
+    assert protocols["CLIENTS"] == protocols["EXTERNAL"] == "SASL_SSL"
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:CN=kafka;User:CN=oms-admin"
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    jaas = ROOT / "deploy" / "kafka" / "kafka_server_jaas.conf"
+    assert "ScramLoginModule" in jaas.read_text()
+    init = compose["services"]["kafka-init"]
+    script = (ROOT / "deploy" / "kafka" / "init-security.sh").read_text()
+    # The script reads the first four; the admin's settings (kafka_admin) the last two.
+    read_by_script = ["kafka_admin", "kafka_topics", "kafka_users", "kafka_acls"]
+    assert set(init["secrets"]) == {*read_by_script, "kafka_admin_keystore", "kafka_ca"}
+    assert set(init["secrets"]) <= set(compose["secrets"])
+    for secret in read_by_script:
+        assert f"/run/secrets/{secret}" in script, secret
+    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    # Every Kafka client gets its own user's env file, and no two share one.
+    files = {}
+    for service, principal in KAFKA_PRINCIPALS.items():
+        env_files = compose["services"][service]["env_file"]
+        env_files = [env_files] if isinstance(env_files, str) else env_files
+        [own] = [f for f in env_files if "OMS_COMPOSE_KAFKA_DIR" in f]
+        assert own.endswith(f"/{principal}.env"), service
+        files[service] = own
+    assert len(set(files.values())) == len(files)
+
+
+def test_compose_kafka_material_generator(tmp_path: Path) -> None:
+    """The CA signs the broker's certificate for the names clients use, every principal has
+    its own password (kept on a second run), and the ACLs and topics kafka-init applies are
+    the table's and the code's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from oms.kafka.admin import topic_specs
+    from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, acl_lines, desk_acls, service_acls
+
+    directory = tmp_path / "kafka"
+    paths = compose_secrets_module.generate_kafka(directory)
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    broker_dir = paths["broker"]
+    password = (broker_dir / "keystore_creds").read_text()
+    store = pkcs12.load_pkcs12((broker_dir / "kafka.keystore.p12").read_bytes(), password.encode())
+    assert store.key is not None and store.cert is not None
+    broker = store.cert.certificate
+    broker.verify_directly_issued_by(ca)
+    names = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"kafka", "localhost"}
+    assert broker.subject.rfc4514_string() == "CN=kafka"  # the super user User:CN=kafka
+    admin = (directory / "admin.properties").read_text()
+    assert "security.protocol=SSL" in admin and "/run/secrets/kafka_admin_keystore" in admin
+    users = dict(
+        line.split(" ", 1)
+        for line in paths["users"].read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    desks = list(compose_secrets_module.DEFAULT_DESKS)
+    assert set(users) == {*SERVICE_PRINCIPALS, *desks}
+    assert len(set(users.values())) == len(users)
+    for principal, secret in users.items():
+        env = paths[f"{principal}.env"].read_text()
+        assert f"OMS_KAFKA__SASL_USERNAME={principal}\n" in env
+        assert f"OMS_KAFKA__SASL_PASSWORD={secret}\n" in env
+    acls = service_acls() + desk_acls(compose_secrets_module.DEFAULT_DESKS)
+    assert paths["acls"].read_text() == acl_lines(acls)
+    topics = paths["topics"].read_text().splitlines()
+    assert [line.split()[:2] for line in topics] == [
+        [spec.name, str(spec.partitions)] for spec in topic_specs(Settings())
+    ]
+    assert "oms.risk-controls 8 cleanup.policy=compact" in topics
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert (directory / "users").stat().st_mode & 0o777 == 0o644
+    before = {name: path.read_bytes() for name, path in paths.items() if path.is_file()}
+    again = compose_secrets_module.generate_kafka(directory)
+    assert {name: path.read_bytes() for name, path in again.items() if path.is_file()} == before
+
+
+def test_compose_desk_acls_cover_only_their_accounts() -> None:
+    """A desk writes requests and reads its own accounts' topics: no shared output topic,
+    no other account, no other desk's groups."""
+    from oms_dev.devstack.compose_acls import desk_acls
+
+    acls = desk_acls({"desk-x": ["a1", "a2"], "desk-y": ["b1"]})
+    x = {(a.resource, a.pattern, a.name, a.operation) for a in acls if a.principal == "desk-x"}
+    assert x == {
+        ("topic", "literal", "oms.order-requests", "Write"),
+        ("topic", "prefixed", "oms.acct.a1.", "Read"),
+        ("topic", "prefixed", "oms.acct.a1.", "Describe"),
+        ("topic", "prefixed", "oms.acct.a2.", "Read"),
+        ("topic", "prefixed", "oms.acct.a2.", "Describe"),
+        ("group", "prefixed", "desk-x", "Read"),
+    }
+
+
 @pytest.mark.parametrize("service", OMS_SERVICES)
 def test_compose_env_reaches_settings(
     resolved_compose: dict[str, Any],
@@ -293,6 +428,21 @@ def test_compose_env_reaches_settings(
     assert settings.kafka.bootstrap == "kafka:19092"
     assert settings.kafka.partitions == 8
     assert settings.exchange.url == "ws://paper-exchange:8765/ws/api/v2"
+    if service in KAFKA_PRINCIPALS:
+        # Its own Kafka user, from its own env file, over SASL_SSL against the private CA.
+        assert env["OMS_KAFKA__SASL_USERNAME"] == KAFKA_PRINCIPALS[service]
+        assert len(env["OMS_KAFKA__SASL_PASSWORD"]) >= 32
+        assert env["OMS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["OMS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert env["OMS_KAFKA__SSL_CAFILE"] == "/run/secrets/kafka_ca"
+    if service == "fanout":
+        # Nothing but its Kafka user: it never queries ClickHouse.
+        assert settings.clickhouse_url is None and "CLICKHOUSE_PASSWORD" not in env
+        assert settings.access.per_account_topics
+        assert settings.desks == {
+            desk: list(accounts) for desk, accounts in compose_secrets_module.DEFAULT_DESKS.items()
+        }
+        return
     assert settings.clickhouse_url is not None
     assert settings.clickhouse_url.startswith("http://oms:")
     assert settings.clickhouse_url.endswith("@clickhouse:8123/oms")
@@ -571,7 +721,7 @@ K8S_BASE = K8S / "base"
 OVERLAYS = ("dev", "prod")
 KUBE_VERSION = "1.33.0"
 # Custom resources: no bundled schema; they must still parse with apiVersion/kind/metadata.
-CRD_KINDS = {"KafkaTopic", "ScaledObject"}
+CRD_KINDS = {"KafkaTopic", "ScaledObject", "Kafka", "KafkaNodePool", "KafkaUser"}
 CO_PARTITIONED = (
     Topic.ORDER_COMMANDS,
     Topic.EXECUTION_REPORTS,
@@ -674,7 +824,7 @@ def test_k8s_workloads_match_the_code(
     docs = rendered[overlay]
     deployments = _by_kind(docs, "Deployment")
     assert set(deployments) == {
-        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify",
+        "oms-worker", "oms-sink", "oms-gateway", "oms-positions", "oms-notify", "oms-fanout",
     }  # fmt: skip
     commands = {
         name: d["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -683,6 +833,7 @@ def test_k8s_workloads_match_the_code(
     assert commands["oms-worker"][0] == "worker"
     assert commands["oms-positions"][:2] == ["positions", "run"]
     assert commands["oms-notify"][:2] == ["notify", "run"]
+    assert commands["oms-fanout"] == ["fanout"]
     # Single-writer services never run twice, even during a rollout.
     for name in ("oms-gateway", "oms-notify"):
         assert deployments[name]["spec"]["replicas"] == 1, name
@@ -744,6 +895,88 @@ def test_k8s_settings_and_secrets(
     for secret in secrets.values():
         assert set(secret["stringData"].values()) == {"REPLACE_ME"}, "no real secrets in k8s/"
     assert all(k.startswith("OMS_NOTIFY_SECRET_") for k in secrets["oms-notify"]["stringData"])
+
+
+# Each deployment and the KafkaUser it authenticates as.
+K8S_PRINCIPALS = {
+    "oms-worker": "oms-worker",
+    "oms-gateway": "oms-gateway",
+    "oms-sink": "oms-sink",
+    "oms-positions": "oms-positions",
+    "oms-notify": "oms-notifier",
+    "oms-fanout": "oms-fanout",
+}
+
+
+def _strimzi_acls(user: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    out = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        resource = rule["resource"]
+        pattern = "prefixed" if resource.get("patternType") == "prefix" else "literal"
+        name = resource.get("name", "kafka-cluster")
+        for operation in rule["operations"]:
+            out.add((user["metadata"]["name"], resource["type"], pattern, name, operation))
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_kafka_is_scram_over_tls_with_least_privilege(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Every listener is TLS with SCRAM-SHA-512 and the cluster authorizes; one KafkaUser per
+    service and per desk of OMS_DESKS, granted exactly the compose table's ACLs; every
+    deployment authenticates as its own user with the password from that user's Secret
+    (never a value) and verifies the brokers with the cluster CA."""
+    from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, desk_acls, service_acls
+
+    docs = rendered[overlay]
+    [kafka] = _by_kind(docs, "Kafka").values()
+    assert kafka["metadata"]["name"] == "oms-kafka"
+    listeners = kafka["spec"]["kafka"]["listeners"]
+    assert listeners and all(
+        lst["tls"] is True and lst["authentication"]["type"] == "scram-sha-512"
+        for lst in listeners
+    )
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+    pools = _by_kind(docs, "KafkaNodePool")
+    assert all(p["metadata"]["labels"]["strimzi.io/cluster"] == "oms-kafka" for p in pools.values())
+    settings = _by_kind(docs, "ConfigMap")["oms-settings"]["data"]
+    port = listeners[0]["port"]
+    assert settings["OMS_KAFKA__BOOTSTRAP"] == f"oms-kafka-kafka-bootstrap:{port}"
+    assert settings["OMS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["OMS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+    desks = json.loads(settings["OMS_DESKS"])
+    users = _by_kind(docs, "KafkaUser")
+    assert set(users) == {*SERVICE_PRINCIPALS, *desks}
+    for user in users.values():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "oms-kafka"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authorization"]["type"] == "simple"
+    granted = set().union(*(_strimzi_acls(u) for u in users.values()))
+    wanted = {
+        (a.principal, a.resource, a.pattern, a.name, a.operation)
+        for a in [*service_acls(), *desk_acls(desks)]
+    }
+    assert granted == wanted
+    deployments = _by_kind(docs, "Deployment")
+    ca_file = Path(settings["OMS_KAFKA__SSL_CAFILE"])
+    for name, principal in K8S_PRINCIPALS.items():
+        spec = deployments[name]["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["OMS_KAFKA__SASL_USERNAME"]["value"] == principal, name
+        password = env["OMS_KAFKA__SASL_PASSWORD"]
+        assert "value" not in password, name
+        assert password["valueFrom"]["secretKeyRef"] == {"name": principal, "key": "password"}
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "kafka-ca"]
+        assert ca_file.parent == Path(mount["mountPath"]), name
+        [volume] = [v for v in spec["volumes"] if v["name"] == "kafka-ca"]
+        assert volume["secret"]["secretName"] == "oms-kafka-cluster-ca-cert"
+        assert {"key": "ca.crt", "path": ca_file.name} in volume["secret"]["items"]
+    # The fan-out needs nothing but its Kafka user.
+    fanout = deployments["oms-fanout"]["spec"]["template"]["spec"]["containers"][0]
+    assert fanout["envFrom"] == [{"configMapRef": {"name": "oms-settings"}}]
 
 
 @pytest.fixture(scope="module")
@@ -821,3 +1054,11 @@ def test_k8s_keda_component_replaces_the_hpa(tmp_path: Path) -> None:
     assert trigger["type"] == "kafka"
     assert trigger["metadata"]["consumerGroup"] == Settings().worker.app_id
     assert trigger["metadata"]["topic"] == f"oms.{Topic.ORDER_REQUESTS.value}"
+    # Over TLS with SCRAM, as the workers' own user, from their env: no credential inline.
+    assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    auth = _by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]["spec"]
+    assert {e["parameter"]: e["name"] for e in auth["env"]} == {
+        "username": "OMS_KAFKA__SASL_USERNAME",
+        "password": "OMS_KAFKA__SASL_PASSWORD",
+    }
+    assert {e["containerName"] for e in auth["env"]} == {"worker"}

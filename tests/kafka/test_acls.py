@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from oms.fanout.service import fanout_group
 from oms.kafka.acls import COMPONENT_PRINCIPALS, AclRule, acl_rules, acl_table
-from oms.positions.keeper import PositionKeeper
+from oms.notify.service import notifier_app_id
+from oms.positions.keeper import PositionKeeper, keeper_app_id
 from oms.settings import KafkaSettings, Settings, WorkerSettings
 from oms.streams.app import create_app
 
@@ -75,11 +77,23 @@ def test_the_sink_writes_only_dead_letters_and_components_never_write_requests()
     assert writes["oms-sink"] == {"oms.dead-letters"}
     assert writes["oms-gateway"] == {"oms.execution-reports", "oms.market-ticks"}
     assert all("oms.order-requests" not in names for names in writes.values())
-    # Nothing is granted on every topic: no wildcard, and prefixes only for reading names.
+    # Nothing is granted on every topic: no wildcard; a prefix grants no more than seeing
+    # names, except the per-account topics the fan-out fills.
     for rule in acl_rules(settings):
         assert rule.name not in ("", "*")
         if rule.pattern == "prefixed" and rule.resource == "topic":
-            assert rule.operation in ("DESCRIBE", "READ")
+            assert rule.operation in ("DESCRIBE", "READ") or (
+                rule.principal == "oms-fanout" and rule.name == "oms.acct."
+            ), rule
+
+
+def test_the_groups_are_the_services_own(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    groups = {(r.principal, r.name) for r in acl_rules(settings) if r.resource == "group"}
+    assert ("oms-fanout", fanout_group(settings)) in groups
+    assert ("oms-notifier", notifier_app_id(settings)) in groups
+    assert ("oms-positions", keeper_app_id(settings)) in groups
+    assert ("oms-worker", settings.worker.app_id) in groups
 
 
 def test_the_table_reads_as_lines_per_principal() -> None:
