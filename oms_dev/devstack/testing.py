@@ -208,7 +208,7 @@ async def read_records(kafka: KafkaConnection | str, topic: str) -> list[TopicRe
 
 
 async def wait_for_records(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     done: Callable[[list[TopicRecord]], bool],
     *,
@@ -219,7 +219,7 @@ async def wait_for_records(
     many there were) after ``within_s``."""
     deadline = time.monotonic() + within_s
     while True:
-        records = await read_records(bootstrap, topic)
+        records = await read_records(kafka, topic)
         if done(records):
             return records
         if time.monotonic() > deadline:

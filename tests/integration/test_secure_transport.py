@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
@@ -24,12 +24,14 @@ from aiokafka.errors import (
 
 from oms.client import OrderClient
 from oms.kafka.acls import COMPONENT_PRINCIPALS
+from oms.kafka.admin import account_topic_specs, ensure_topic_specs
 from oms.kafka.reading import topic_partitions
 from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEventType, Topic
 from oms.secrets import load_kafka_users
 from oms.settings import AccountTopicKind, Settings
 from oms_dev.devstack.stack import Stack
+from oms_dev.devstack.testing import wait_for_records
 from oms_dev.harness import OmsServices, wait_http_ok
 from tests.auth.test_auth_pipeline import (  # noqa: F401  (collected here, see below)
     test_signed_request_trades_and_its_replay_is_refused,
@@ -88,14 +90,12 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secu
     await stack.start()
     try:
         keys = write_keys(stack.settings, ACCOUNTS)
-        # Each desk's own topics, as the per-account fan-out would create them.
-        await _create_topics(
-            stack.settings,
-            [stack.settings.account_topic(a, kind) for a in ACCOUNTS for kind in KINDS],
-        )
+        # Every account's own topics, as the fan-out creates them.
+        await ensure_topic_specs(stack.settings, account_topic_specs(stack.settings, ACCOUNTS))
         services = await start_services(stack.settings)
         services.add_position_keeper().start()
         services.add_notifier().start()
+        services.add_fanout().start()
         try:
             for port in (stack.settings.positions.web_port, stack.settings.notify.web_port):
                 await wait_http_ok(f"http://127.0.0.1:{port}/health", within=120)
@@ -117,15 +117,6 @@ async def alice(secure: SecureStack) -> AsyncIterator[OrderClient]:
     async with OrderClient("alice", settings=secure.settings) as client:
         assert client.signing_key is not None
         yield client
-
-
-async def _create_topics(settings: Settings, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(**KafkaConnection.from_settings(settings).aiokafka())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-    finally:
-        await admin.close()
 
 
 async def _records(admin: KafkaConnection, topic: str) -> int:
@@ -174,7 +165,15 @@ async def test_signed_orders_flow_over_sasl_ssl(secure: SecureStack) -> None:
         await wait_event(
             watcher, order_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=60
         )
-    for name in ("worker-0", "gateway", "positions", "notifier"):
+    # The fan-out copied the order's events to alice's own topic, which desk-a reads.
+    events = await wait_for_records(
+        secure.user("desk-a"),
+        secure.settings.account_topic("alice", "events"),
+        lambda records: {order_id.encode()} <= {r.key for r in records},
+        within_s=60,
+    )
+    assert all(orjson.loads(r.value or b"{}").get("account_id") == "alice" for r in events)
+    for name in ("worker-0", "gateway", "positions", "notifier", "fanout"):
         assert secure.services[name].alive, secure.services.diagnostics()
 
 
