@@ -44,9 +44,10 @@ class KafkaSettings(BaseModel):
     key_file: Path | None = None
 
     @model_validator(mode="after")
-    def _sasl_needs_a_user(self) -> Self:
-        if self.security_protocol == "SASL_SSL" and not self.username:
-            raise ValueError("kafka.username is required with security_protocol SASL_SSL")
+    def _certificate_with_its_key(self) -> Self:
+        # A missing username under SASL_SSL is refused when a client is built
+        # (oms.kafka.security), not here: processes that never connect to Kafka (the paper
+        # exchange) share the environment of those that do.
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("kafka.cert_file and kafka.key_file go together")
         return self

@@ -74,7 +74,10 @@ class KafkaConnection:
         k = settings.kafka
         password = None
         if k.security_protocol == "SASL_SSL":
-            assert k.username is not None  # KafkaSettings refuses SASL_SSL without one
+            if not k.username:
+                raise KafkaSecurityError(
+                    "kafka.username (OMS_KAFKA__USERNAME) is required with SASL_SSL"
+                )
             password = kafka_password(k.username, settings.resolved_secrets_file)
             if not password:
                 raise KafkaSecurityError(

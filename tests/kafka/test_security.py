@@ -106,8 +106,13 @@ def test_a_missing_password_is_a_clear_error(
 
 
 def test_sasl_needs_a_user_and_a_missing_ca_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="username is required"):
-        KafkaSettings(security_protocol="SASL_SSL")
+    # Settings load without one (a process that never connects shares the environment)...
+    settings = Settings(data_dir=tmp_path, kafka=KafkaSettings(security_protocol="SASL_SSL"))
+    # ... and a client is refused with the setting to fix named.
+    with pytest.raises(KafkaSecurityError, match="OMS_KAFKA__USERNAME"):
+        KafkaConnection.from_settings(settings)
+    with pytest.raises(ValidationError, match="go together"):
+        KafkaSettings(cert_file=tmp_path / "c.pem")
     kafka = KafkaConnection("h:1", security_protocol="SSL", ca_file=tmp_path / "none.pem")
     with pytest.raises(KafkaSecurityError, match=r"none\.pem"):
         kafka.aiokafka()
