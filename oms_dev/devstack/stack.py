@@ -113,7 +113,9 @@ class Stack:
             data_dir / "kafka",
             version=settings.kafka.version,
             partitions=settings.kafka.partitions,
-            security=broker_security(settings, data_dir / "kafka" / "tls") if secure else None,
+            security=BrokerSecurity.for_settings(settings, data_dir / "kafka" / "tls")
+            if secure
+            else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
@@ -128,7 +130,7 @@ class Stack:
         broker = KafkaBroker.from_settings(
             settings.kafka,
             data_dir=data_dir,
-            security=broker_security(settings, data_dir / "tls") if secure else None,
+            security=BrokerSecurity.for_settings(settings, data_dir / "tls") if secure else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
@@ -155,8 +157,6 @@ class Stack:
         if self.broker.security is not None:
             await apply_acls(self.broker.admin_connection(), acl_rules(self.settings))
 
-
-
     async def stop(self) -> None:
         """Stop the broker if this stack started it (its data is kept)."""
         if self.started_broker:
@@ -173,13 +173,6 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-def broker_security(settings: Settings, tls_dir: Path) -> BrokerSecurity:
-    """Certificates and passwords of a secure broker for ``settings``: every component's
-    principal and every desk's, passwords in the settings' secrets file."""
-    users = [*COMPONENT_PRINCIPALS.values(), *settings.desks]
-    return BrokerSecurity.ensure(tls_dir, settings.resolved_secrets_file, users)
 
 
 def connect_settings(settings: Settings, broker: KafkaBroker) -> Settings:

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from oms.kafka.acls import COMPONENT_PRINCIPALS
 from oms.kafka.security import KafkaConnection
 from oms.secrets import load_kafka_users, write_kafka_users
+from oms.settings import Settings
 
 # The broker's own principals (inter-broker and controller traffic) and the tooling's admin:
 # super users, allowed everything without ACLs.
@@ -69,6 +71,13 @@ class BrokerSecurity:
             known.update({u: secrets.token_urlsafe(24) for u in missing})
             write_kafka_users(secrets_file, known)
         return cls(tls_dir, {u: known[u] for u in dict.fromkeys(wanted)})
+
+    @classmethod
+    def for_settings(cls, settings: Settings, tls_dir: Path) -> BrokerSecurity:
+        """:meth:`ensure` for every component's principal and every desk of ``settings``,
+        the passwords in the settings' secrets file."""
+        users = [*COMPONENT_PRINCIPALS.values(), *settings.desks]
+        return cls.ensure(tls_dir, settings.resolved_secrets_file, users)
 
     def server_properties(self, host: str, port: int, controller_port: int) -> dict[str, str]:
         """What a secure broker adds to (and overrides in) the plaintext configuration."""
