@@ -205,6 +205,48 @@ async def _triggered_events(
         await consumer.stop()
 
 
+async def _publish_ticks(
+    bootstrap: str,
+    topic: str,
+    encoded: list[tuple[bytes, bytes]],
+    rate: float | None,
+    probes: list[str],
+    probe_every: int,
+) -> dict[str, float]:
+    """Send the encoded ticks at ``rate`` (in whole milliseconds' worth at a time), one tick
+    in every ``probe_every`` replaced by a probe that crosses the next probe order's threshold;
+    returns when each probe was sent (epoch ms), by order id.
+
+    librdkafka, not aiokafka: the load generator shares the two cores with the worker, and
+    building and sending 10,000 records/s in Python took most of one, which the measured path
+    then waited for."""
+    producer = ConfluentProducer(as_connection(bootstrap).confluent({"linger.ms": 1, "acks": 1}))
+    probe_sent: dict[str, float] = {}
+    start = time.perf_counter()
+    sent = 0
+    while sent < len(encoded):
+        due = len(encoded)
+        if rate:
+            due = min(due, int((time.perf_counter() - start) * rate) + 1)
+        for i in range(sent, due):
+            n = i // probe_every - 1
+            if i % probe_every == 0 and 0 <= n < len(probes):
+                now = time.time() * 1000
+                probe = MarketTick(
+                    instrument_name="BTC-PERPETUAL", timestamp=int(now), last_price=100_000.0 + n
+                )
+                probe_sent[probes[n]] = now
+                producer.produce(topic, probe.to_bytes(), b"BTC-PERPETUAL")
+            else:
+                key, value = encoded[i]
+                producer.produce(topic, value, key)
+        sent = due
+        producer.poll(0)
+        await asyncio.sleep(0.001)
+    await asyncio.to_thread(producer.flush, 30)
+    return probe_sent
+
+
 async def _ticks_received(session: aiohttp.ClientSession, port: int) -> int:
     async with session.get(f"http://127.0.0.1:{port}/stats") as response:
         stats = await response.json()
@@ -322,9 +364,7 @@ async def bench_pipeline(
                 )
                 await asyncio.sleep(1.0)
                 ticks = make_ticks(config.pipeline_ticks, rng)
-                # Encoded before the clock starts, and sent with librdkafka: the load generator
-                # shares the two cores with the worker, and building and sending 10,000
-                # records/s in Python took most of one, which the measured path then waited for.
+                # Encoded before the clock starts: the publisher shares the cores it measures.
                 encoded = [
                     (
                         tick.instrument_name.encode(),
@@ -341,38 +381,12 @@ async def bench_pipeline(
                     for tick in ticks
                 ]
                 probe_every = max(1, len(ticks) // (config.probes + 1))
-                probe_sent: dict[str, float] = {}
                 seen_before = await _ticks_received(session, settings.worker.web_port)
                 on_status(f"publishing {len(ticks)} ticks")
-                fast = ConfluentProducer(
-                    as_connection(broker.bootstrap).confluent({"linger.ms": 1, "acks": 1})
-                )
                 start = time.perf_counter()
-                i = 0
-                while i < len(encoded):
-                    due = len(encoded)
-                    if config.rate:
-                        due = min(due, int((time.perf_counter() - start) * config.rate) + 1)
-                    for i in range(i, due):
-                        n = i // probe_every - 1
-                        if i % probe_every == 0 and 0 <= n < config.probes:
-                            sent = time.time() * 1000
-                            probe = MarketTick(
-                                instrument_name="BTC-PERPETUAL",
-                                timestamp=int(sent),
-                                last_price=100_000.0 + n,
-                            )
-                            probe_sent[probes[n]] = sent
-                            fast.produce(ticks_topic, probe.to_bytes(), b"BTC-PERPETUAL")
-                        else:
-                            key, value = encoded[i]
-                            fast.produce(ticks_topic, value, key)
-                    i = due
-                    fast.poll(0)
-                    await asyncio.sleep(0.001)
-                while fast.flush(0) > 0:
-                    await asyncio.sleep(0.005)
-                del fast  # librdkafka's client closes when its last reference goes
+                probe_sent = await _publish_ticks(
+                    broker.bootstrap, ticks_topic, encoded, config.rate, probes, probe_every
+                )
                 published = time.perf_counter()
                 while True:
                     seen = await _ticks_received(session, settings.worker.web_port) - seen_before

@@ -85,6 +85,17 @@ def _e2e(orders: int, rate: float | None, timeout_s: float) -> Callable[[Status]
     return run
 
 
+def _e2e_preload(orders: int, preload: int, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
+    def run(status: Status) -> dict[str, Any]:
+        from oms_dev.benchmarks.e2e import E2EConfig, run_e2e_compare_preload
+
+        with own_broker_env():
+            config = E2EConfig(orders=orders)
+            return _bounded(run_e2e_compare_preload(config, preload, on_status=status), timeout_s)
+
+    return run
+
+
 def _conditions(quick: bool, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms_dev.benchmarks.conditions import ConditionsConfig, run_conditions
@@ -214,7 +225,14 @@ _CONDITIONS_PIPELINE = [
         9_500,
     ),
     Figure("conditions", "trigger latency p50", "trigger_latency_ms.p50", "ms"),
-    Figure("conditions", "trigger latency p99", "trigger_latency_ms.p99", "ms"),
+    Figure(
+        "conditions",
+        "trigger latency p99",
+        "trigger_latency_ms.p99",
+        "ms",
+        target=50,
+        target_kind="max",
+    ),
 ]
 
 
@@ -246,9 +264,38 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                     "ms",
                 ),
                 Figure("e2e", "latency p99 (backlog)", "latency_ms.p99", "ms"),
+                Figure(
+                    "e2e",
+                    "longest time with orders outstanding and none acknowledged",
+                    "max_ack_gap_ms",
+                    "ms",
+                    target=500,
+                    target_kind="max",
+                ),
+                Figure(
+                    "e2e",
+                    "worker CPU per order, as fast as possible",
+                    "worker_cpu_ms_per_order",
+                    "ms",
+                    target=0.6,
+                    target_kind="max",
+                ),
             ],
-        )
-    ]
+        ),
+        Scenario(
+            "e2e-rate20",
+            _e2e(300 if quick else 600, 20.0, limit),
+            reps,
+            [
+                Figure("e2e-rate20", "latency p50 at 20/s", "latency_ms.p50", "ms",
+                       target=10, target_kind="max"),
+                Figure("e2e-rate20", "latency p99 at 20/s", "latency_ms.p99", "ms",
+                       target=25, target_kind="max"),
+                Figure("e2e-rate20", "worker CPU per order at 20/s", "worker_cpu_ms_per_order",
+                       "ms", target=2, target_kind="max"),
+            ],
+        ),
+    ]  # fmt: skip
     if not quick:
         out.append(
             Scenario(
@@ -271,6 +318,23 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                         "ms",
                         target=50,
                         target_kind="max",
+                    ),
+                ],
+            )
+        )
+        out.append(
+            Scenario(
+                "e2e-preload",
+                _e2e_preload(2_000, 200_000, limit),
+                min(reps, 2),
+                [
+                    Figure(
+                        "e2e-preload",
+                        "orders/s with ended orders preloaded / with an empty table",
+                        "throughput_preloaded_vs_empty",
+                        "",
+                        target=0.9,
+                        note="the count preloaded is the run's `preload`",
                     ),
                 ],
             )

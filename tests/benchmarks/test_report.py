@@ -182,3 +182,22 @@ def test_latency_histogram_bins_every_value() -> None:
     histogram = latency_histogram([0.0, 5.0, 9.9, 10.0], bins=2)
     assert histogram == {"edges_ms": [0.0, 5.0, 10.0], "counts": [1, 3]}
     assert latency_histogram([])["counts"] == [0] * 50
+
+
+def test_the_committed_report_links_only_committed_charts() -> None:
+    """``latest.md`` is read on the repository's web page: a chart it links must be there."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (results / "latest.md").read_text())
+    assert linked, "latest.md links no chart"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *linked],
+        cwd=results,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(tracked) == sorted(linked)
