@@ -1,7 +1,8 @@
 # Developer and CI entry points. Everything a fresh machine needs is installed from here:
 # the venv and Python packages (pip), JDK/Maven/docker-compose (apt), Kafka (Maven Central).
 #
-#   make run [WORKERS=N]   the whole stack in the foreground (Ctrl-C stops it)
+#   make run [WORKERS=N] [SECURE=1]   the whole stack in the foreground (Ctrl-C stops it);
+#                          SECURE=1: Kafka over SASL_SSL, a principal per component, ACLs
 #   make test              ruff, mypy, pytest (real Kafka broker on free ports)
 #   make lint | bench | chaos | kafka | k8s-tools | compose-secrets | clean | distclean
 
@@ -87,7 +88,7 @@ kafka-status: install
 	$(PY) -m oms_dev.devstack.kafka status
 
 run: kafka
-	$(VENV)/bin/oms up --workers $(WORKERS)
+	$(VENV)/bin/oms up --workers $(WORKERS)$(if $(SECURE), --secure)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from oms.auth.signing import RequestSigner
 from oms.conditions.expressions import parse_expression, parse_time_ms
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import KafkaConnection
 from oms.schemas import (
     CommandType,
     OrderEvent,
@@ -94,12 +95,12 @@ class OrderClient:
 
     async def start(self) -> None:
         """Connect to Kafka; when following events, start reading from the current end."""
-        bootstrap = self.settings.kafka.bootstrap
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+        kafka = KafkaConnection.from_settings(self.settings)
+        self._producer = AIOKafkaProducer(**kafka.aiokafka(linger_ms=1, acks="all"))
         await self._producer.start()
         if self._follow:
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+                **kafka.aiokafka(enable_auto_commit=False, group_id=None)
             )
             await self._consumer.start()
             partitions = await self._partitions(self._events_topic)

@@ -15,6 +15,10 @@ Request signing keys come from the same two places:
 Query tokens of the sink's SQL endpoint (one per desk, and the operator's) likewise:
 ``OMS_DESK_<DESK>_QUERY_TOKEN`` / ``OMS_QUERY_OPERATOR_TOKEN``, or the file's
 ``"query_tokens": {"<desk>": "<token>"}`` / ``"query_operator_token"`` (:class:`QueryTokens`).
+
+The Kafka password of the process's principal (``kafka.username``) likewise:
+``OMS_KAFKA_PASSWORD``, or the file's ``"kafka_users": {"<username>": "<password>"}`` (one
+file can then serve every principal of a development stack).
 """
 
 from __future__ import annotations
@@ -258,3 +262,30 @@ class QueryTokens:
             if hmac.compare_digest(presented, _digest(expected)):
                 found = principal
         return found
+
+KAFKA_PASSWORD_ENV = "OMS_KAFKA_PASSWORD"
+
+
+def load_kafka_users(path: Path) -> dict[str, str]:
+    """The ``kafka_users`` section of a secrets file: ``{username: password}``."""
+    section = _read_json(path).get("kafka_users", {})
+    return {str(user): str(password) for user, password in section.items()}
+
+
+def write_kafka_users(path: Path, users: Mapping[str, str]) -> None:
+    """Set the ``kafka_users`` section of a secrets file (``{username: password}``), keeping
+    everything else; the file stays readable by its owner only."""
+    body = _read_json(path)
+    body["kafka_users"] = dict(users)
+    _write_json(path, body)
+
+
+def kafka_password(username: str, secrets_file: Path | None = None) -> str | None:
+    """The Kafka password of ``username``: ``OMS_KAFKA_PASSWORD``, else the secrets file's
+    ``kafka_users`` entry; None when neither has one."""
+    from_env = os.environ.get(KAFKA_PASSWORD_ENV)
+    if from_env:
+        return from_env
+    if secrets_file is None:
+        return None
+    return load_kafka_users(secrets_file).get(username)

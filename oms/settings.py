@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL"]
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "PLAIN"]
+
 
 class KafkaSettings(BaseModel):
     """Broker connection and topic layout."""
@@ -27,6 +30,27 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
     # Kafka release fetched and run by the project's own tooling (oms_dev/devstack/kafka/).
     version: str = "4.1.2"
+    # Transport security of every client (oms.kafka.security builds each library's options
+    # from these). SASL_SSL: TLS to the broker, then a SASL login as ``username`` whose
+    # password comes only from the secrets store (OMS_KAFKA_PASSWORD or the secrets file's
+    # "kafka_users"), never from settings.
+    security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: KafkaSaslMechanism = "SCRAM-SHA-512"
+    username: str | None = None
+    # CA bundle that signed the broker's certificate (None: the system's trust store).
+    ca_file: Path | None = None
+    # Client certificate and its key, for brokers that also authenticate clients by TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> Self:
+        # A missing username under SASL_SSL is refused when a client is built
+        # (oms.kafka.security), not here: processes that never connect to Kafka (the paper
+        # exchange) share the environment of those that do.
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("kafka.cert_file and kafka.key_file go together")
+        return self
 
 
 # The per-account copies of the shared output topics (Settings.account_topic).

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from oms.kafka.acls import COMPONENT_PRINCIPALS
 from oms.kafka.admin import ensure_topics
 from oms.secrets import Credentials, write_secrets_file, write_signing_keys
 from oms.settings import Settings
@@ -168,6 +169,13 @@ class OmsServices:
     def _env(self, **overrides: str) -> dict[str, str]:
         return {**settings_env(self.settings), **self.extra_env, **overrides}
 
+    def _principal(self, component: str) -> dict[str, str]:
+        # On a SASL broker each component logs in as its own principal (the settings' user,
+        # the admin, is for the test or benchmark itself).
+        if self.settings.kafka.security_protocol != "SASL_SSL":
+            return {}
+        return {"OMS_KAFKA__USERNAME": COMPONENT_PRINCIPALS[component]}
+
     def add(
         self, name: str, args: list[str], *, command_prefix: Sequence[str] = (), **env: str
     ) -> ServiceProcess:
@@ -197,18 +205,19 @@ class OmsServices:
             f"worker-{index}",
             ["worker", "--web-port", str(port), "--loglevel", "warn"],
             OMS_DATA_DIR=str(data_dir),
+            **self._principal("worker"),
         )
 
     def add_gateway(self) -> ServiceProcess:
-        return self.add("gateway", ["gateway", "--loglevel", "warn"])
+        return self.add("gateway", ["gateway", "--loglevel", "warn"], **self._principal("gateway"))
 
     def add_sink(self) -> ServiceProcess:
-        return self.add("sink", ["sink"])
+        return self.add("sink", ["sink"], **self._principal("sink"))
 
     def add_notifier(self, web_port: int | None = None) -> ServiceProcess:
         port = web_port or self.settings.notify.web_port
         args = ["notify", "run", "--web-port", str(port), "--loglevel", "warn"]
-        return self.add("notifier", args)
+        return self.add("notifier", args, **self._principal("notifier"))
 
     def add_position_keeper(self, web_port: int | None = None) -> ServiceProcess:
         port = web_port or self.settings.positions.web_port
@@ -216,11 +225,12 @@ class OmsServices:
             "positions",
             ["positions", "run", "--web-port", str(port), "--loglevel", "warn"],
             OMS_DATA_DIR=str(self.settings.data_dir / "positions"),
+            **self._principal("positions"),
         )
 
     def add_fanout(self) -> ServiceProcess:
         """The fan-out to the per-account topics (``oms fanout``)."""
-        return self.add("fanout", ["fanout", "--loglevel", "warn"])
+        return self.add("fanout", ["fanout", "--loglevel", "warn"], **self._principal("fanout"))
 
     def start_all(self) -> None:
         for service in self.processes.values():

@@ -7,9 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+
 from oms.client import OrderClient
 from oms.kafka.admin import ensure_topics
-from oms.schemas import OrderEvent
+from oms.kafka.security import KafkaConnection
+from oms.schemas import OrderEvent, Topic
+from oms.secrets import load_kafka_users, load_secrets_file
 from oms.settings import Settings
 from oms_dev.devstack.net import free_port
 from oms_dev.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
@@ -62,3 +66,37 @@ async def wait_event(
 
 async def settle(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+def stored_secrets(settings: Settings, signing_keys: dict[str, dict[str, str]]) -> list[str]:
+    """Every secret of the stack: signing keys, exchange client secrets, Kafka passwords."""
+    found = [s for account in signing_keys.values() for s in account.values()]
+    found += [c.client_secret for c in load_secrets_file(settings.resolved_secrets_file).values()]
+    found += list(load_kafka_users(settings.resolved_secrets_file).values())
+    return found
+
+
+async def visible_texts(settings: Settings, services: OmsServices, *extra_logs: Path) -> list[str]:
+    """What anyone could read: every service's log, ``extra_logs``, and the records of the
+    order events and dead letters."""
+    texts = [services[name].log_path.read_text(errors="replace") for name in services.processes]
+    texts += [path.read_text(errors="replace") for path in extra_logs if path.exists()]
+    kafka = KafkaConnection.from_settings(settings)
+    for topic in (Topic.ORDER_EVENTS, Topic.DEAD_LETTERS):
+        consumer = AIOKafkaConsumer(
+            settings.topic(topic), **kafka.aiokafka(auto_offset_reset="earliest", group_id=None)
+        )
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=3_000)
+            texts += [m.value.decode(errors="replace") for ms in batch.values() for m in ms]
+        finally:
+            await consumer.stop()
+    return texts
+
+
+def assert_no_secret(texts: list[str], secrets: list[str]) -> None:
+    """No secret appears in any of ``texts``."""
+    assert secrets, "nothing to look for"
+    for secret in secrets:
+        assert all(secret not in text for text in texts), "a secret leaked"

@@ -66,6 +66,13 @@ def e2e(
             "an empty table; print them and the throughput ratio preloaded / empty",
         ),
     ] = None,
+    secure_transport: Annotated[
+        bool,
+        typer.Option(
+            help="run over plaintext Kafka, then over SASL_SSL with a principal per component "
+            "and the ACLs (each on a fresh broker); print both and the throughput ratio"
+        ),
+    ] = False,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
     from oms_dev.benchmarks.e2e import (
@@ -73,14 +80,17 @@ def e2e(
         run_e2e,
         run_e2e_compare_preload,
         run_e2e_scaling,
+        run_e2e_secure_transport,
     )
 
     counts = sorted(set(workers or [1]))
     if any(n < 1 for n in counts):
         raise typer.BadParameter("at least one worker", param_hint="--workers")
-    if sum([compare_secure, len(counts) > 1, compare_preload is not None]) > 1:
+    modes = [compare_secure, len(counts) > 1, compare_preload is not None, secure_transport]
+    if sum(modes) > 1:
         raise typer.BadParameter(
-            "one of --compare-secure, --compare-preload or several --workers at a time"
+            "one of --compare-secure, --compare-preload, --secure-transport or several "
+            "--workers at a time"
         )
     # One configuration from the options; each mode below varies only what it is about.
     base = E2EConfig(
@@ -99,6 +109,12 @@ def e2e(
             return await run_e2e_compare_preload(config, preloaded, on_status=on_status)
 
         _print(_run("e2e", compare, base), "oms bench e2e --compare-preload", json)
+        return
+    if secure_transport:
+        both = _run("e2e", run_e2e_secure_transport, base)
+        # The table shows the comparison; each run's full figures are in the JSON output.
+        shown = both if json else {k: v for k, v in both.items() if k != "runs"}
+        _print(shown, "oms bench e2e --secure-transport", json)
         return
     if len(counts) > 1:
 

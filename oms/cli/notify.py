@@ -114,13 +114,14 @@ def log_cmd(
 ) -> None:
     """Latest delivery attempts (from ``oms.notifications``)."""
     from oms.kafka.reading import read_topic
+    from oms.kafka.security import KafkaConnection
     from oms.schemas import NotificationRecord, Topic
     from oms.schemas.decode import Undecodable, decode
 
     settings = get_settings()
     rows: list[NotificationRecord] = []
     topic = settings.topic(Topic.NOTIFICATIONS)
-    for _, value in asyncio.run(read_topic(settings.kafka.bootstrap, topic)):
+    for _, value in asyncio.run(read_topic(KafkaConnection.from_settings(settings), topic)):
         record = decode(NotificationRecord, value)
         if isinstance(record, Undecodable):
             continue  # the sink dead-letters it; a log shows what it can read

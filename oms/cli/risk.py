@@ -19,6 +19,7 @@ from rich.console import Console
 
 from oms.kafka.admin import ensure_topics
 from oms.kafka.reading import read_topic
+from oms.kafka.security import KafkaConnection
 from oms.risk.book import RiskBook
 from oms.risk.controls import current_controls, publish_change
 from oms.schemas import ReasonCode, Topic, now_ms
@@ -110,7 +111,7 @@ async def change_controls(
         if state is TradingState.ACTIVE:
             update["resumed_at"] = now_ms()
     after = before.model_copy(update=update)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**KafkaConnection.from_settings(settings).aiokafka(acks="all"))
     await producer.start()
     try:
 
@@ -215,7 +216,9 @@ def audit(account: AccountOpt = None) -> None:
     """Who changed what, oldest first."""
     settings = get_settings()
     topic = settings.topic(Topic.RISK_AUDIT)
-    for _key, value in asyncio.run(read_topic(settings.kafka.bootstrap, topic, timeout_s=60)):
+    for _key, value in asyncio.run(
+        read_topic(KafkaConnection.from_settings(settings), topic, timeout_s=60)
+    ):
         try:
             record = json.loads(value or b"")
         except ValueError:  # a tombstone, an empty value, not JSON: nothing to show

@@ -35,6 +35,7 @@ def gateway(
     """Run the exchange gateway: market ticks and user order/trade streams into Kafka."""
     from oms.exchange.gateway import ExchangeGateway
     from oms.exchange.venues import create_feed
+    from oms.kafka.security import KafkaConnection
     from oms.secrets import SecretStore
 
     settings = get_settings()
@@ -43,7 +44,8 @@ def gateway(
     async def run() -> None:
         secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
         accounts = secrets.trading_accounts(settings.accounts)
-        service = ExchangeGateway(settings, create_feed(settings, secrets), accounts)
+        kafka = KafkaConnection.from_settings(settings)
+        service = ExchangeGateway(settings, create_feed(settings, secrets), accounts, kafka)
         await run_until_signalled(service.start, service.stop)
 
     asyncio.run(run())

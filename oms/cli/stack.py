@@ -15,6 +15,12 @@ def up(
     live: Annotated[
         bool | None, typer.Option(help="live status table (default: when stdout is a terminal)")
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="Kafka over SASL_SSL with a principal per component and least-privilege ACLs"
+        ),
+    ] = False,
 ) -> None:
     """Run Kafka, the paper exchange, gateway, N workers, the position keeper, the sink, the
     notifier and the fan-out to per-account topics until Ctrl-C.
@@ -27,6 +33,6 @@ def up(
     require_dev_install("oms up")
     from oms_dev.devstack.stack import run_up
 
-    code = run_up(workers=workers, sink=sink, live=live)
+    code = run_up(workers=workers, sink=sink, live=live, secure=secure)
     if code:
         raise typer.Exit(code)

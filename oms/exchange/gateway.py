@@ -14,6 +14,7 @@ machine drops stale and repeated ones), so a restart or a reconnect may repeat s
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -22,14 +23,20 @@ from oms.exchange.interface import VenueFeed
 from oms.schemas import ExecutionReport, MarketTick, Topic
 from oms.settings import Settings
 
+if TYPE_CHECKING:
+    from oms.kafka.security import KafkaConnection
+
 log = structlog.get_logger(__name__)
 
 
 class ExchangeGateway:
     """Follows the venue's streams for ``accounts`` and publishes what it hears."""
 
-    def __init__(self, settings: Settings, feed: VenueFeed, accounts: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, feed: VenueFeed, accounts: list[str], kafka: KafkaConnection
+    ) -> None:
         self.settings = settings
+        self._kafka = kafka
         self._feed = feed
         self._accounts = accounts
         self._producer: AIOKafkaProducer | None = None
@@ -39,9 +46,7 @@ class ExchangeGateway:
 
     async def start(self) -> None:
         """Connect the producer, then follow the market and every account."""
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka.bootstrap, linger_ms=5, acks="all"
-        )
+        self._producer = AIOKafkaProducer(**self._kafka.aiokafka(linger_ms=5, acks="all"))
         await self._producer.start()
         await self._feed.follow_market(self.settings.exchange.instruments, self._on_tick)
         for account_id in self._accounts:

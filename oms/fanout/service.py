@@ -38,6 +38,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from oms.component import Component
 from oms.fanout.routing import SOURCES, account_of, may_have_topics
 from oms.kafka.admin import account_topic_specs, ensure_topic_specs
+from oms.kafka.security import KafkaConnection
 from oms.schemas import DeadLetter, ReasonCode
 from oms.schemas.decode import Undecodable
 from oms.schemas.topics import Topic
@@ -86,20 +87,21 @@ class AccountFanout(Component):
     async def on_start(self) -> None:
         s = self._settings
         await self._ensure_accounts(self._configured)
+        kafka = KafkaConnection.from_settings(s)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.access.fanout_linger_ms,
+            **kafka.aiokafka(
+                acks="all", enable_idempotence=True, linger_ms=s.access.fanout_linger_ms
+            )
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             *self._kinds,
-            bootstrap_servers=s.kafka.bootstrap,
-            group_id=fanout_group(s),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=s.access.fanout_max_records,
+            **kafka.aiokafka(
+                group_id=fanout_group(s),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.access.fanout_max_records,
+            ),
         )
         await self._consumer.start()
         self.spawn(self._run(self._consumer, self._producer), "copy")

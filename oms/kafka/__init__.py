@@ -2,6 +2,8 @@
 
 | module | job |
 |---|---|
+| ``security`` | how every client connects: TLS, SASL login, each library's options |
+| ``acls`` | who may do what: the least-privilege ACL table of every principal |
 | ``admin`` | topics: their specs (partitions, compaction, retention), creation, deletion |
 | ``partitioning`` | which partition a key lands on (the co-partitioning rule) |
 | ``codecs`` | Faust codecs that keep our pydantic records as JSON in table changelogs |

@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from oms.kafka.security import KafkaConnection, as_connection
 from oms.schemas.topics import Topic
 from oms.settings import AccountTopicKind, Settings
 
@@ -86,9 +87,11 @@ def compacted_topic_names(specs: Iterable[TopicSpec]) -> frozenset[str]:
 
 
 @contextlib.asynccontextmanager
-async def _admin(bootstrap: str, timeout_s: float = 30.0) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin(
+    target: KafkaConnection | str, timeout_s: float = 30.0
+) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        **as_connection(target).aiokafka(request_timeout_ms=int(timeout_s * 1000))
     )
     await admin.start()
     try:
@@ -133,7 +136,7 @@ async def ensure_topic_specs(
     specs = list(specs)
     names = [s.name for s in specs]
     deadline = time.monotonic() + timeout_s
-    async with _admin(settings.kafka.bootstrap) as admin:
+    async with _admin(KafkaConnection.from_settings(settings)) as admin:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
@@ -166,11 +169,14 @@ def account_topic_specs(settings: Settings, accounts: Iterable[str]) -> list[Top
     ]
 
 
-async def delete_topics(bootstrap: str, names: Iterable[str], *, timeout_s: float = 60.0) -> None:
-    """Delete topics (missing ones are ignored) and wait until metadata no longer lists them."""
+async def delete_topics(
+    target: KafkaConnection | str, names: Iterable[str], *, timeout_s: float = 60.0
+) -> None:
+    """Delete topics (missing ones are ignored) and wait until metadata no longer lists them.
+    ``target``: a connection, or a plaintext broker's ``host:port``."""
     wanted = set(names)
     deadline = time.monotonic() + timeout_s
-    async with _admin(bootstrap) as admin:
+    async with _admin(target) as admin:
         present = wanted & set(await admin.list_topics())
         if not present:
             return
@@ -189,7 +195,7 @@ async def recreate_topics(
 ) -> list[str]:
     """Delete and create again every pipeline topic: empty topics for a test or benchmark."""
     names = [s.name for s in topic_specs(settings, extra)]
-    await delete_topics(settings.kafka.bootstrap, names, timeout_s=timeout_s)
+    await delete_topics(KafkaConnection.from_settings(settings), names, timeout_s=timeout_s)
     # A just-deleted name can be refused for a moment (deletion still propagating): retry.
     deadline = time.monotonic() + timeout_s
     while True:
@@ -201,18 +207,18 @@ async def recreate_topics(
             await asyncio.sleep(0.5)
 
 
-async def describe_topic(bootstrap: str, name: str) -> tuple[int, dict[str, str]]:
+async def describe_topic(target: KafkaConnection | str, name: str) -> tuple[int, dict[str, str]]:
     """A topic's partition count and its configuration (``cleanup.policy``, ...)."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(target) as admin:
         [described] = await admin.describe_topics([name])
         configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
     entries = {str(e[0]): str(e[1]) for e in configs[0].resources[0][4]}
     return len(described["partitions"]), entries
 
 
-async def list_topics(bootstrap: str, prefix: str = "") -> list[str]:
-    """Topic names on the cluster that start with ``prefix``."""
-    async with _admin(bootstrap) as admin:
+async def list_topics(target: KafkaConnection | str, prefix: str = "") -> list[str]:
+    """Topic names on the cluster that start with ``prefix`` (those the principal may see)."""
+    async with _admin(target) as admin:
         return sorted(t for t in await admin.list_topics() if t.startswith(prefix))
 
 

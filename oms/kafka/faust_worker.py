@@ -25,6 +25,7 @@ from faust.types import ProducerT
 
 from oms.kafka.admin import TopicSpec, compacted_topic_names, ensure_topics, topic_specs
 from oms.kafka.faust_patches import apply_faust_patches, check_app
+from oms.kafka.security import KafkaConnection
 from oms.logs import configure_logging
 from oms.settings import Settings
 
@@ -83,7 +84,8 @@ def new_faust_app(
     # Faust creates only the last level of its data dir.
     datadir.parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = dict(
-        broker=f"kafka://{settings.kafka.bootstrap}",
+        # broker, and broker_credentials when the transport is secured
+        **KafkaConnection.from_settings(settings).faust(),
         store="memory://",
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,

@@ -18,6 +18,8 @@ import contextlib
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from oms.kafka.security import KafkaConnection, as_connection
+
 Record = tuple[bytes | None, bytes | None]
 
 
@@ -48,11 +50,14 @@ async def topic_partitions(
         await asyncio.sleep(poll_s)
 
 
-async def read_topic(bootstrap: str, topic: str, *, timeout_s: float | None = None) -> list[Record]:
+async def read_topic(
+    target: KafkaConnection | str, topic: str, *, timeout_s: float | None = None
+) -> list[Record]:
     """Every (key, value) of a topic, from its beginning to its end as it is now, in offset
     order within each partition; ``[]`` when the topic does not exist. Raises TimeoutError
-    when reading takes longer than ``timeout_s`` (None: no limit)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    when reading takes longer than ``timeout_s`` (None: no limit). ``target``: a connection,
+    or a plaintext broker's ``host:port``."""
+    consumer = AIOKafkaConsumer(**as_connection(target).aiokafka(enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic, wait_s=0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -36,6 +37,9 @@ from oms.market.cache import MarketCache
 from oms.schemas import DeadLetter, MarketTick, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
 from oms.settings import Settings
+
+if TYPE_CHECKING:
+    from oms.kafka.security import KafkaConnection
 
 log = structlog.get_logger(__name__)
 
@@ -55,11 +59,13 @@ class TickFeed(Component):
         market: MarketCache,
         on_ticks: OnTicks,
         *,
+        kafka: KafkaConnection,
         dead_letter: Callable[[DeadLetter], Awaitable[None]] | None = None,
         owns_partition: Callable[[int], bool] = lambda partition: True,
     ) -> None:
         super().__init__("tick-feed")
         self._settings = settings
+        self._kafka = kafka
         self._market = market
         self._replay = settings.worker.tick_replay_per_partition
         self._on_ticks = on_ticks
@@ -96,12 +102,13 @@ class TickFeed(Component):
     async def run(self) -> None:
         """Consume until cancelled (reconnects are aiokafka's job)."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=50,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **self._kafka.aiokafka(
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=50,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+            )
         )
         await consumer.start()
         try:
@@ -149,7 +156,7 @@ class TickFeed(Component):
     async def _assign_all(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         # A group-less consumer learns no partitions by itself; the producer API waits for
         # the topic's metadata (public API, one short-lived connection at start).
-        probe = AIOKafkaProducer(bootstrap_servers=self._settings.kafka.bootstrap)
+        probe = AIOKafkaProducer(**self._kafka.aiokafka())
         await probe.start()
         try:
             partitions = await probe.partitions_for(self._topic)

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from oms.component import Component
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import KafkaConnection
 from oms.notify.model import Notice
 from oms.notify.rules import notice_from_event, notice_from_position
 from oms.schemas import DeadLetter, OrderEvent, PositionRecord, ReasonCode
@@ -99,7 +100,7 @@ class EventIntake(_Following):
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         group_id: str,
         events_topic: str,
         positions_topic: str,
@@ -112,7 +113,7 @@ class EventIntake(_Following):
         on_committed: Callable[[], None],
     ) -> None:
         super().__init__("notify-consume")
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._group_id = group_id
         self._events_topic = events_topic
         self._positions_topic = positions_topic
@@ -131,12 +132,13 @@ class EventIntake(_Following):
         self._consumer = AIOKafkaConsumer(
             self._events_topic,
             self._positions_topic,
-            bootstrap_servers=self._bootstrap,
-            group_id=self._group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self._max_records,
-            fetch_max_bytes=16 * 1024 * 1024,
+            **self._kafka.aiokafka(
+                group_id=self._group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self._max_records,
+                fetch_max_bytes=16 * 1024 * 1024,
+            ),
         )
         await self._consumer.start()
         self.spawn(self._consume(self._consumer), "consume")
@@ -212,7 +214,7 @@ class ControlIntake(_Following):
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         settings_topic: str,
         acks_topic: str,
         apply_settings: Callable[[NotificationSettings], None],
@@ -222,7 +224,7 @@ class ControlIntake(_Following):
         dead_letters: DeadLetters,
     ) -> None:
         super().__init__("notify-control")
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._settings_topic = settings_topic
         self._acks_topic = acks_topic
         self._apply_settings = apply_settings
@@ -234,9 +236,7 @@ class ControlIntake(_Following):
 
     async def on_start(self) -> None:
         # Read both topics to their end, then follow them in the background.
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None
-        )
+        consumer = AIOKafkaConsumer(**self._kafka.aiokafka(enable_auto_commit=False, group_id=None))
         self._consumer = consumer
         await consumer.start()
         tps: list[TopicPartition] = []

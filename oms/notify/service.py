@@ -41,6 +41,7 @@ from aiokafka.errors import KafkaError
 
 from oms.exchange.venues import create_accounts
 from oms.kafka.admin import TopicSpec, ensure_topics
+from oms.kafka.security import KafkaConnection
 from oms.notify.accounts import SettingsBook
 from oms.notify.aggregator import Aggregator
 from oms.notify.alerts import KafkaWatchdog, kafka_reachable
@@ -125,15 +126,15 @@ class Notifier:
     async def start(self) -> None:
         """Restore the state, read the settings, then consume, deliver and watch."""
         s = self.settings
-        bootstrap = s.kafka.bootstrap
+        kafka = KafkaConnection.from_settings(s)
         topic = state_topic(s)
         await ensure_topics(
             s,
             {topic: TopicSpec(topic, 1, s.kafka.replication_factor, {"cleanup.policy": "compact"})},
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+        self._producer = AIOKafkaProducer(**kafka.aiokafka(linger_ms=5, acks="all"))
         await self._producer.start()
-        self.state = StateStore(self._producer, bootstrap, topic)
+        self.state = StateStore(self._producer, kafka, topic)
         await self.state.restore()
         self.aggregator.restore(self.state.items())
         self._session = aiohttp.ClientSession()
@@ -144,7 +145,7 @@ class Notifier:
         dead_letters = DeadLetters(self._producer, self.topics["dead"])
         gate = CommitGate()
         self.control = ControlIntake(
-            bootstrap=bootstrap,
+            kafka=kafka,
             settings_topic=self.topics["settings"],
             acks_topic=self.topics["acks"],
             apply_settings=self.accounts.apply,
@@ -164,7 +165,7 @@ class Notifier:
             max_concurrent=self.cfg.max_concurrent_sends,
         )
         self.intake = EventIntake(
-            bootstrap=bootstrap,
+            kafka=kafka,
             group_id=self.app_id,
             events_topic=self.topics["events"],
             positions_topic=self.topics["positions"],

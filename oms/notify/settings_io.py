@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from oms.kafka.reading import read_topic
+from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.schemas.notify_settings import (
     EMERGENCY_TYPES,
@@ -95,7 +96,7 @@ def build_settings(
 
 
 async def _produce(settings: Settings, topic: str, key: str, value: bytes | None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**KafkaConnection.from_settings(settings).aiokafka(acks="all"))
     await producer.start()
     try:
         await producer.send_and_wait(topic, key=key.encode(), value=value)
@@ -124,7 +125,7 @@ async def read_settings(settings: Settings, account_id: str) -> NotificationSett
     topic = settings.topic(Topic.NOTIFICATION_SETTINGS)
     wanted = account_id.encode()
     latest: bytes | None = None
-    for key, value in await read_topic(settings.kafka.bootstrap, topic):
+    for key, value in await read_topic(KafkaConnection.from_settings(settings), topic):
         if key == wanted:
             latest = value
     if latest is None:

@@ -18,15 +18,19 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from oms.kafka.security import KafkaConnection, as_connection
+
 log = structlog.get_logger(__name__)
 
 
 class StateStore:
     """In-memory map mirrored to a compacted topic. ``put`` buffers, ``flush`` persists."""
 
-    def __init__(self, producer: AIOKafkaProducer, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, kafka: KafkaConnection | str, topic: str
+    ) -> None:
         self._producer = producer
-        self._bootstrap = bootstrap
+        self._kafka = as_connection(kafka)
         self.topic = topic
         self.data: dict[str, Any] = {}
         self._dirty: dict[str, Any] = {}
@@ -38,7 +42,7 @@ class StateStore:
     async def restore(self) -> int:
         """Read the topic from the beginning to its end; returns the records read."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None
+            **self._kafka.aiokafka(enable_auto_commit=False, group_id=None)
         )
         await consumer.start()
         read = 0

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from oms.kafka.security import KafkaConnection
 from oms.positions.keeper import FILLS_TOPIC
 from oms.positions.state import ReportBundle
 from oms.schemas import position_key
@@ -16,7 +17,7 @@ from oms.settings import Settings
 async def send_command(settings: Settings, command: dict[str, Any]) -> None:
     """Publish one command (``type``, ``account_id``, ``instrument_name``, ...)."""
     key = position_key(str(command["account_id"]), str(command["instrument_name"]))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**KafkaConnection.from_settings(settings).aiokafka(acks="all"))
     await producer.start()
     try:
         await producer.send_and_wait(

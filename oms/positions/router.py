@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
+from oms.kafka.security import KafkaConnection
 from oms.schemas import position_key
 from oms.settings import Settings
 
@@ -52,13 +53,14 @@ class ReportRouter:
     async def start(self) -> None:
         ps = self.settings.positions
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.bootstrap,
-            group_id=self.group_id,
-            client_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=ps.take_max,
-            session_timeout_ms=int(self.settings.worker.session_timeout_s * 1000),
+            **KafkaConnection.from_settings(self.settings).aiokafka(
+                group_id=self.group_id,
+                client_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=ps.take_max,
+                session_timeout_ms=int(self.settings.worker.session_timeout_s * 1000),
+            )
         )
         self._consumer.subscribe([self.topic], listener=_Assignments(self._assigned))
         await self._consumer.start()

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from oms.kafka.reading import read_topic
+from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEvent, OrderEventType, ReasonCode, Topic, now_ms
 from oms.schemas.decode import Undecodable, decode
 from oms.schemas.risk import AccountControls, RiskAuditRecord, TradingState
@@ -122,7 +123,9 @@ async def current_controls(settings: Settings) -> dict[str, AccountControls]:
     """The latest runtime controls per account on the risk-controls topic."""
     latest: dict[str, AccountControls] = {}
     topic = settings.topic(Topic.RISK_CONTROLS)
-    for key, value in await read_topic(settings.kafka.bootstrap, topic, timeout_s=60):
+    for key, value in await read_topic(
+        KafkaConnection.from_settings(settings), topic, timeout_s=60
+    ):
         if value is None:
             # A tombstone deletes the account's controls, as the workers read it (see
             # oms.risk.feeds): the next change starts from its settings again.

@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from oms.component import Component
 from oms.kafka.admin import ensure_topics
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import KafkaConnection
 from oms.risk.book import RiskBook
 from oms.schemas import OrderRecord, PositionRecord, Record, Topic
 from oms.schemas.decode import KafkaMessage, Undecodable, decode
@@ -123,10 +124,9 @@ class RiskFeeds(Component):
         # The risk topics may be new to an existing deployment (idempotent).
         await ensure_topics(self._settings)
         consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            max_poll_records=5_000,
+            **KafkaConnection.from_settings(self._settings).aiokafka(
+                enable_auto_commit=False, group_id=None, max_poll_records=5_000
+            )
         )
         await consumer.start()
         full = [

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from oms.kafka.security import KafkaConnection, as_connection
 from oms.sinks.batch import Message
 
 log = structlog.get_logger(__name__)
@@ -56,28 +57,30 @@ class SinkConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection | str,
         group_id: str,
         *,
         on_revoke: RevokeHandler,
         fetch_buffer_kb: int = 16_384,
     ) -> None:
-        self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "client.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # A killed sink's partitions move after 10 s (librdkafka's default is 45 s).
-            "session.timeout.ms": 10_000,
-            # Prefetched messages kept per consumer: bounds memory while the writer is behind.
-            "queued.max.messages.kbytes": fetch_buffer_kb,
-            # Once that buffer was full, fetch again this soon after it drains (default 1 s:
-            # the sink would idle most of each second).
-            "fetch.queue.backoff.ms": 10,
-        }
+        self._config: dict[str, Any] = as_connection(kafka).confluent(
+            {
+                "group.id": group_id,
+                "client.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                # A killed sink's partitions move after 10 s (librdkafka's default is 45 s).
+                "session.timeout.ms": 10_000,
+                # Prefetched messages kept per consumer: bounds memory while the writer is
+                # behind.
+                "queued.max.messages.kbytes": fetch_buffer_kb,
+                # Once that buffer was full, fetch again this soon after it drains (default
+                # 1 s: the sink would idle most of each second).
+                "fetch.queue.backoff.ms": 10,
+            }
+        )
         self._on_revoke = on_revoke
         self._consumer: Consumer | None = None
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()

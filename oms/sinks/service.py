@@ -29,6 +29,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from oms.backoff import Backoff
 from oms.kafka.admin import ensure_topics
+from oms.kafka.security import KafkaConnection
 from oms.schemas import Topic
 from oms.secrets import QueryTokens
 from oms.settings import Settings
@@ -152,11 +153,10 @@ class SinkService:
             self._lock.update(query_url=query_url(s))
         await ensure_topics(s)
         # Malformed input goes to the dead letters; acks=all: they are committed past next.
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
+        kafka = KafkaConnection.from_settings(s)
+        self._producer = AIOKafkaProducer(**kafka.aiokafka(acks="all"))
         await self._producer.start()
-        self._consumer = SinkConsumer(
-            s.kafka.bootstrap, self.group_id, on_revoke=self._partitions_revoked
-        )
+        self._consumer = SinkConsumer(kafka, self.group_id, on_revoke=self._partitions_revoked)
         await self._consumer.start(self.topics)
         log.info(
             "sink.started",

@@ -48,6 +48,7 @@ from oms.exchange.venues import create_exchange
 from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import PartitionOwnership, partition_of
+from oms.kafka.security import KafkaConnection
 from oms.lifecycle.lookup import LabelLookup
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.lifecycle.reconcile import CHECKED, OrderReconciler
@@ -204,6 +205,7 @@ class OrderWorker:
             settings,
             market,
             trigger_loop.on_ticks,
+            kafka=KafkaConnection.from_settings(settings),
             dead_letter=outbox.dead_letter,
             owns_partition=guard.owns_partition,
         )

@@ -38,6 +38,7 @@ from oms.client import OrderClient
 from oms.conditions.engine import TriggerEngine
 from oms.conditions.naive import NaiveEvaluator
 from oms.kafka.admin import ensure_topics
+from oms.kafka.security import as_connection
 from oms.market.cache import MarketCache
 from oms.schemas import MarketTick, OrderEvent, OrderEventType, Topic, now_ms
 from oms.schemas.conditions import Operator, PriceCondition, PriceField
@@ -181,10 +182,10 @@ async def _triggered_events(
     received: dict[str, float],
     fired_at: dict[str, float],
 ) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**as_connection(bootstrap).aiokafka(), enable_auto_commit=False)
     await consumer.start()
     try:
-        probe = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        probe = AIOKafkaProducer(**as_connection(bootstrap).aiokafka())
         await probe.start()
         parts = await probe.partitions_for(topic)
         await probe.stop()
@@ -219,7 +220,7 @@ async def _publish_ticks(
     librdkafka, not aiokafka: the load generator shares the two cores with the worker, and
     building and sending 10,000 records/s in Python took most of one, which the measured path
     then waited for."""
-    producer = ConfluentProducer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1})
+    producer = ConfluentProducer(as_connection(bootstrap).confluent({"linger.ms": 1, "acks": 1}))
     probe_sent: dict[str, float] = {}
     start = time.perf_counter()
     sent = 0
@@ -255,7 +256,10 @@ async def _ticks_received(session: aiohttp.ClientSession, port: int) -> int:
 async def _raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
     """Baseline: a bare aiokafka consumer reading the same ticks from the beginning."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        **as_connection(bootstrap).aiokafka(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
@@ -294,7 +298,7 @@ async def bench_pipeline(
         services.start_all()
         await worker_ready(settings.worker.web_port)
         ticks_topic = settings.topic(Topic.MARKET_TICKS)
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(**as_connection(broker.bootstrap).aiokafka(), linger_ms=5)
         await producer.start()
         try:
             # Start every instrument far from the probe thresholds.

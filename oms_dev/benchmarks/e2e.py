@@ -36,14 +36,18 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from oms.auth.signing import RequestSigner
+from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import ensure_topics
+from oms.kafka.security import KafkaConnection, as_connection
 from oms.schemas import OrderEvent, OrderEventType, OrderRequest, Topic
 from oms.schemas.risk import AccountLimits
 from oms.secrets import Credentials, SigningKeys, write_secrets_file, write_signing_keys
 from oms.settings import Settings
 from oms_dev.benchmarks.preload import preload_ended_orders
 from oms_dev.devstack.kafka import KafkaBroker
+from oms_dev.devstack.kafka.secure import BrokerSecurity
 from oms_dev.devstack.net import free_port
+from oms_dev.devstack.stack import connect_settings
 from oms_dev.harness import TIER1_RATE, OmsServices, isolated_settings, worker_ready
 
 # A request's wire form: its value and the headers that sign it (none when unsigned).
@@ -129,8 +133,8 @@ def make_requests(n: int, accounts: list[str], prefix: str) -> list[OrderRequest
 class EventCollector:
     """Reads order-events from the end and records the first ack time of each order."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    def __init__(self, kafka: KafkaConnection | str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(**as_connection(kafka).aiokafka(enable_auto_commit=False))
         self._topic = topic
         self.first_ack: dict[str, float] = {}
         self.first_ack_type: dict[str, str] = {}
@@ -220,7 +224,7 @@ async def baseline_passthrough(
     t_in, t_out = f"{prefix}baseline-in", f"{prefix}baseline-out"
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka())
     await admin.start()
     try:
         await admin.create_topics(
@@ -228,13 +232,19 @@ async def baseline_passthrough(
         )
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    relay_producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=2)
+    relay_producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=2)
     relay = AIOKafkaConsumer(
-        t_in, bootstrap_servers=bootstrap, group_id=f"{prefix}relay", auto_offset_reset="earliest"
+        t_in,
+        **as_connection(bootstrap).aiokafka(),
+        group_id=f"{prefix}relay",
+        auto_offset_reset="earliest",
     )
     sink = AIOKafkaConsumer(
-        t_out, bootstrap_servers=bootstrap, group_id=f"{prefix}sink", auto_offset_reset="earliest"
+        t_out,
+        **as_connection(bootstrap).aiokafka(),
+        group_id=f"{prefix}sink",
+        auto_offset_reset="earliest",
     )
     for client in (producer, relay_producer, relay, sink):
         await client.start()
@@ -278,7 +288,7 @@ async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -
     on_status("starting Kafka")
     await broker.astart(die_with_parent=True)
     try:
-        return await _measure(config, broker.bootstrap, base, config.workers, on_status, True)
+        return await _measure(config, broker, base, config.workers, on_status, True)
     finally:
         await broker.astop()
 
@@ -296,7 +306,7 @@ async def run_e2e_scaling(
     try:
         for n in worker_counts:
             runs[str(n)] = await _measure(
-                config, broker.bootstrap, base / f"workers-{n}", n, on_status, n == worker_counts[0]
+                config, broker, base / f"workers-{n}", n, on_status, n == worker_counts[0]
             )
     finally:
         await broker.astop()
@@ -328,7 +338,7 @@ async def run_e2e_compare_preload(
             on_status(f"run {name}")
             runs[name] = await _measure(
                 replace(config, preload=count),
-                broker.bootstrap,
+                broker,
                 base / name,
                 config.workers,
                 on_status,
@@ -349,6 +359,42 @@ async def run_e2e_compare_preload(
         },
         "worker_rss_mb": {name: run["worker_rss_mb"] for name, run in runs.items()},
         "table_orders": {name: run["table_orders"] for name, run in runs.items()},
+        "runs": runs,
+    }
+
+
+async def run_e2e_secure_transport(
+    config: E2EConfig, on_status: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The same load over plaintext, then over SASL_SSL (TLS, SCRAM-SHA-512, every component
+    its own principal, the ACL table enforced), each on a fresh broker of its own;
+    ``sasl_ssl_vs_plaintext`` is the second's throughput over the first's."""
+    base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
+    runs: dict[str, dict[str, Any]] = {}
+    for name in ("plaintext", "sasl_ssl"):
+        security = None
+        if name == "sasl_ssl":
+            security = BrokerSecurity.ensure(
+                base / name / "tls", base / name / "kafka-users.json", COMPONENT_PRINCIPALS.values()
+            )
+        broker = KafkaBroker.isolated(
+            base / name / "kafka", partitions=config.partitions, security=security
+        )
+        on_status(f"starting Kafka ({name})")
+        await broker.astart(die_with_parent=True)
+        try:
+            runs[name] = await _measure(
+                config, broker, base / name / "run", config.workers, on_status, False
+            )
+        finally:
+            await broker.astop()
+    plain, tls = runs["plaintext"]["throughput_per_s"], runs["sasl_ssl"]["throughput_per_s"]
+    return {
+        "throughput_plaintext_per_s": plain,
+        "throughput_sasl_ssl_per_s": tls,
+        "sasl_ssl_vs_plaintext": round(tls / plain, 3) if plain else None,
+        "latency_ms_plaintext": runs["plaintext"]["latency_ms"],
+        "latency_ms_sasl_ssl": runs["sasl_ssl"]["latency_ms"],
         "runs": runs,
     }
 
@@ -417,13 +463,16 @@ def _cpu_snapshot(services: OmsServices) -> dict[str, float]:
 
 async def _measure(
     config: E2EConfig,
-    bootstrap: str,
+    broker: KafkaBroker,
     base: Path,
     workers: int,
     on_status: Callable[[str], None],
     with_baseline: bool,
 ) -> dict[str, Any]:
-    """Start the services with ``workers`` workers on ``bootstrap``, time the orders, stop."""
+    """Start the services with ``workers`` workers on ``broker``, time the orders, stop. On
+    a secure broker the services log in as their own principals, the benchmark as the
+    admin."""
+    bootstrap = broker.bootstrap
     services: OmsServices | None = None
     try:
         n_accounts = accounts_needed(config)
@@ -436,7 +485,11 @@ async def _measure(
             {a: Credentials(f"cid-{a}", secrets.token_hex(16)) for a in accounts},
         )
         settings, encode = secure_setup(settings, accounts, config.secure)
+        settings = connect_settings(settings, broker)
+        kafka = KafkaConnection.from_settings(settings)
         await ensure_topics(settings)
+        if broker.security is not None:
+            await apply_acls(kafka, acl_rules(settings))
         preload_s = None
         if config.preload:
             on_status(f"preloading {config.preload} ended orders into the workers' table")
@@ -465,9 +518,9 @@ async def _measure(
             await _wait_for_table(ports, config.preload, within_s=900)
             restore_s = round(time.perf_counter() - started, 1)
 
-        collector = EventCollector(bootstrap, settings.topic(Topic.ORDER_EVENTS))
+        collector = EventCollector(kafka, settings.topic(Topic.ORDER_EVENTS))
         await collector.start()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+        producer = AIOKafkaProducer(**kafka.aiokafka(linger_ms=1))
         await producer.start()
         requests_topic = settings.topic(Topic.ORDER_REQUESTS)
         try:

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from oms.auth.signing import RequestSigner, sign_headers
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import as_connection
 from oms.orders.validation import MAX_REQUEST_BYTES, ParseFailure, parse_request
 from oms.schemas import DeadLetter, OrderEvent, OrderRequest, OrderStatus, Topic
 from oms.secrets import SigningKeys
@@ -303,7 +304,9 @@ class OutcomeCollector:
 
     def __init__(self, bootstrap: str, dead_topic: str, events_topic: str) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
+            **as_connection(bootstrap).aiokafka(),
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 << 20,
         )
         self._topics = (dead_topic, events_topic)
         self.dead: dict[tuple[int, int], DeadLetter] = {}
@@ -402,7 +405,7 @@ async def run_hostile(
         await collector.start()
         topic = settings.topic(Topic.ORDER_REQUESTS)
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=1 << 20
+            **as_connection(bootstrap).aiokafka(), linger_ms=5, acks="all", max_request_size=1 << 20
         )
         await producer.start()
         offsets: list[tuple[int, int]] = []

@@ -36,6 +36,7 @@ import psutil
 from aiokafka import AIOKafkaProducer
 
 from oms.auth.signing import RequestSigner
+from oms.kafka.security import as_connection
 from oms.schemas import OrderRequest, Topic
 from oms.secrets import SigningKeys
 from oms_dev.benchmarks.e2e import EventCollector
@@ -106,7 +107,7 @@ def _requests(
 async def _publish(
     bootstrap: str, topic: str, requests: list[OrderRequest], signer: RequestSigner
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=5, acks="all")
     await producer.start()
     try:
         futures = []

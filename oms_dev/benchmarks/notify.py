@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.kafka.admin import ensure_topics
+from oms.kafka.security import as_connection
 from oms.notify.channels import ConsoleChannel
 from oms.notify.service import Notifier
 from oms.notify.settings_io import build_settings, publish_settings
@@ -69,7 +70,7 @@ def make_events(n: int, accounts: int, run: str) -> list[OrderEvent]:
 
 
 async def _produce(bootstrap: str, topic: str, events: list[OrderEvent]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
+    producer = AIOKafkaProducer(**as_connection(bootstrap).aiokafka(), linger_ms=20, acks="all")
     await producer.start()
     try:
         futures = [
@@ -83,7 +84,7 @@ async def _produce(bootstrap: str, topic: str, events: list[OrderEvent]) -> None
 async def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
     """Messages/s of a plain consumer group reading ``n`` messages from the start."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        topic, **as_connection(bootstrap).aiokafka(), group_id=f"raw-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest", enable_auto_commit=False,
         fetch_max_bytes=16 * 1024 * 1024, max_poll_records=2_000,
     )  # fmt: skip

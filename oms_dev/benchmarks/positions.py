@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from oms.kafka.admin import ensure_topics
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import as_connection
 from oms.schemas import (
     Direction,
     ExecutionReport,
@@ -83,7 +84,7 @@ async def _tail_records(
     bootstrap: str, topic: str, n: int, done: asyncio.Event, sink: list[bytes], timeout_s: float
 ) -> float:
     """Collect execution records from ``topic``; returns the monotonic time of the N-th."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**as_connection(bootstrap).aiokafka(), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
@@ -189,7 +190,10 @@ async def run_positions_bench(
         )  # fmt: skip
         await tailing.wait()
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks="all"
+            **as_connection(bootstrap).aiokafka(),
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            acks="all",
         )
         await producer.start()
         topic = settings.topic(Topic.EXECUTION_REPORTS)

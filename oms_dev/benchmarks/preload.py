@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from oms.kafka.admin import ensure_topics
 from oms.kafka.faust_worker import worker_topics
 from oms.kafka.partitioning import partition_of
+from oms.kafka.security import KafkaConnection
 from oms.schemas import Direction, OrderRecord, OrderStatus, OrderType, derive_order_id, now_ms
 from oms.settings import Settings
 from oms.streams.app import create_app
@@ -67,10 +68,9 @@ async def preload_ended_orders(
     await ensure_topics(settings, worker_topics(app.app, settings))
     partitions = settings.kafka.partitions
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap,
-        linger_ms=20,
-        max_batch_size=1 << 20,
-        acks="all",
+        **KafkaConnection.from_settings(settings).aiokafka(
+            linger_ms=20, max_batch_size=1 << 20, acks="all"
+        )
     )
     await producer.start()
     try:

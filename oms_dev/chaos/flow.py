@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 
 from oms.auth.signing import RequestSigner
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import as_connection
 from oms.schemas import (
     CommandType,
     NotificationRecord,
@@ -240,7 +241,9 @@ class TopicCollector:
 
     def __init__(self, bootstrap: str, topic: str, on_record: Callable[[bytes], None]) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            **as_connection(bootstrap).aiokafka(),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         self._topic = topic
         self._on_record = on_record
@@ -363,7 +366,10 @@ class PacedFlow:
         # (OutOfOrderSequenceNumber) after the broker restarts. A request sent twice is one
         # order (see _send).
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=stack.bootstrap, linger_ms=1, acks="all", request_timeout_ms=30_000
+            **as_connection(stack.bootstrap).aiokafka(),
+            linger_ms=1,
+            acks="all",
+            request_timeout_ms=30_000,
         )
 
     async def start(self) -> None:

@@ -15,6 +15,11 @@ Two entry points:
   per-account topics (unless ``OMS_ACCESS__PER_ACCOUNT_TOPICS=false``) as child processes
   (logs in ``.local/logs``), restarts crashed ones with backoff, shows a live status table,
   and on Ctrl-C/SIGTERM stops everything in reverse order. Data stays under ``.local/``.
+
+Both have a secure mode (``secure=True``; ``oms up --secure``, ``make run SECURE=1``): the
+broker listens on SASL_SSL only, with certificates and SCRAM users made locally, every
+component logs in as its own principal (``oms.kafka.acls.COMPONENT_PRINCIPALS``) and may do
+only what the ACL table grants it; the stack's own ``settings`` log in as the admin.
 """
 
 from __future__ import annotations
@@ -37,16 +42,20 @@ from rich.console import Console
 from rich.table import Table
 
 from oms.backoff import Backoff
+from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
     Credentials,
+    load_kafka_users,
     load_secrets_file,
     load_signing_keys,
+    write_kafka_users,
     write_secrets_file,
     write_signing_keys,
 )
 from oms.settings import Settings, get_settings
 from oms_dev.devstack.kafka import DevstackError, KafkaBroker
+from oms_dev.devstack.kafka.secure import ADMIN_USER, BrokerSecurity
 from oms_dev.devstack.net import port_open
 
 # The first restart of a crashed child comes within this long; later ones back off to
@@ -75,9 +84,7 @@ class Stack:
         die_with_parent: bool = True,
     ) -> None:
         self.broker = broker
-        self.settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap": broker.bootstrap})}
-        )
+        self.settings = connect_settings(settings, broker)
         self.create_topics = create_topics
         self.extra_topics = extra_topics
         self.start_timeout_s = start_timeout_s
@@ -92,25 +99,38 @@ class Stack:
         settings: Settings | None = None,
         *,
         partitions: int | None = None,
+        secure: bool = False,
         **kw: object,
     ) -> Stack:
-        """A stack on a new broker on free ports, its data under ``data_dir``."""
+        """A stack on a new broker on free ports, its data under ``data_dir``; ``secure``:
+        SASL_SSL with ACLs (the principals' passwords go to the settings' secrets file)."""
         settings = settings or Settings(data_dir=data_dir)
         if partitions is not None:
             settings = settings.model_copy(
                 update={"kafka": settings.kafka.model_copy(update={"partitions": partitions})}
             )
         broker = KafkaBroker.isolated(
-            data_dir / "kafka", version=settings.kafka.version, partitions=settings.kafka.partitions
+            data_dir / "kafka",
+            version=settings.kafka.version,
+            partitions=settings.kafka.partitions,
+            security=BrokerSecurity.for_settings(settings, data_dir / "kafka" / "tls")
+            if secure
+            else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def developer(cls, settings: Settings | None = None, **kw: object) -> Stack:
-        """The developer's broker (``OMS_KAFKA__BOOTSTRAP``, data in ``.local/kafka-data``)."""
+    def developer(
+        cls, settings: Settings | None = None, *, secure: bool = False, **kw: object
+    ) -> Stack:
+        """The developer's broker (``OMS_KAFKA__BOOTSTRAP``, data in ``.local/kafka-data``;
+        ``secure``: a SASL_SSL one with its data in ``.local/kafka-data-secure``)."""
         settings = settings or get_settings()
+        data_dir = settings.data_dir.resolve() / ("kafka-data-secure" if secure else "kafka-data")
         broker = KafkaBroker.from_settings(
-            settings.kafka, data_dir=settings.data_dir.resolve() / "kafka-data"
+            settings.kafka,
+            data_dir=data_dir,
+            security=BrokerSecurity.for_settings(settings, data_dir / "tls") if secure else None,
         )
         return cls(settings, broker, **kw)  # type: ignore[arg-type]
 
@@ -128,7 +148,14 @@ class Stack:
             self.started_broker = True
         if self.create_topics:
             self.topics = await ensure_topics(self.settings, self.extra_topics)
+        await self.grant()
         return self
+
+    async def grant(self) -> None:
+        """On a secure broker, create the ACLs of the table for the stack's settings (its
+        principals, its desks); nothing on a plaintext one."""
+        if self.broker.security is not None:
+            await apply_acls(self.broker.admin_connection(), acl_rules(self.settings))
 
     async def stop(self) -> None:
         """Stop the broker if this stack started it (its data is kept)."""
@@ -146,6 +173,20 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def connect_settings(settings: Settings, broker: KafkaBroker) -> Settings:
+    """``settings`` pointed at ``broker``: its address and, on a secure one, TLS and the
+    admin's login, with every principal's password in the settings' secrets file (the
+    services started with them log in as their own principals)."""
+    update: dict[str, object] = {"bootstrap": broker.bootstrap}
+    if broker.security is not None:
+        path = settings.resolved_secrets_file
+        write_kafka_users(path, {**load_kafka_users(path), **broker.security.passwords})
+        update.update(
+            security_protocol="SASL_SSL", username=ADMIN_USER, ca_file=broker.security.ca_file
+        )
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update=update)})
 
 
 def ensure_demo_secrets(settings: Settings) -> Path:
@@ -305,6 +346,8 @@ class Supervisor:
     positions: bool = True
     # The fan-out to the per-account topics; runs only when access.per_account_topics is on.
     fanout: bool = True
+    # SASL_SSL broker, one principal per component, ACLs (see Stack).
+    secure: bool = False
     root: Path = field(default_factory=lambda: Path(".local"))
     children: list[Child] = field(default_factory=list)
     stack: Stack | None = None
@@ -344,10 +387,19 @@ class Supervisor:
             args: list[str],
             health: str | None = None,
             port: tuple[str, int] | None = None,
+            component: str | None = None,
             **extra: str,
         ) -> None:
+            kafka = self._kafka_env(component)
             children.append(
-                Child(name, args, {**env, **extra}, self.log_dir / f"{name}.log", health, port)
+                Child(
+                    name,
+                    args,
+                    {**env, **kafka, **extra},
+                    self.log_dir / f"{name}.log",
+                    health,
+                    port,
+                )
             )
 
         s = self.settings
@@ -368,12 +420,13 @@ class Supervisor:
                 port=(paper_host, s.paper.port),
             )
         if self.gateway:
-            add("gateway", ["gateway"])
+            add("gateway", ["gateway"], component="gateway")
         for i, port in enumerate(worker_ports(s, self.workers)):
             add(
                 f"worker-{i}",
                 ["worker", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health",
+                component="worker",
                 OMS_DATA_DIR=str(self.root / f"worker-{i}"),
             )
         if self.positions:
@@ -382,21 +435,38 @@ class Supervisor:
                 "positions",
                 ["positions", "run", "--web-port", str(port)],
                 f"http://127.0.0.1:{port}/health",
+                component="positions",
                 OMS_DATA_DIR=str(self.root / "positions"),
             )
         if self.sink:
-            add("sink", ["sink"], f"http://{s.sink.query_host}:{s.sink.query_port}/health")
+            add(
+                "sink",
+                ["sink"],
+                f"http://{s.sink.query_host}:{s.sink.query_port}/health",
+                component="sink",
+            )
         if self.notifier:
             port = s.notify.web_port
             add("notifier", ["notify", "run", "--web-port", str(port)],
-                f"http://127.0.0.1:{port}/health")  # fmt: skip
+                f"http://127.0.0.1:{port}/health", component="notifier")  # fmt: skip
         if self.fanout and s.access.per_account_topics:
-            add("fanout", ["fanout"])
+            add("fanout", ["fanout"], component="fanout")
         return children
+
+    def _kafka_env(self, component: str | None) -> dict[str, str]:
+        # A secure stack's Kafka clients: TLS to the broker and the component's principal.
+        if not self.secure or component is None:
+            return {}
+        assert self.stack is not None and self.stack.broker.security is not None
+        return {
+            "OMS_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "OMS_KAFKA__CA_FILE": str(self.stack.broker.security.ca_file),
+            "OMS_KAFKA__USERNAME": COMPONENT_PRINCIPALS[component],
+        }
 
     async def prepare(self) -> Stack:
         """Broker running, topics created, secrets present."""
-        stack = Stack.developer(self.settings, die_with_parent=True)
+        stack = Stack.developer(self.settings, secure=self.secure, die_with_parent=True)
         broker = stack.broker
         if not broker.is_running() and port_open(broker.host, broker.port):
             # Something else serves the port (another checkout's broker, a container):
@@ -411,6 +481,7 @@ class Supervisor:
             await stack.start()
         if not stack.topics:
             stack.topics = await ensure_topics(stack.settings)
+            await stack.grant()
         self.stack = stack
         return stack
 
@@ -568,8 +639,10 @@ def run_up(
     workers: int = 1,
     sink: bool = True,
     live: bool | None = None,
+    secure: bool = False,
 ) -> int:
-    """Blocking entry point of ``oms up``: returns the exit code."""
+    """Blocking entry point of ``oms up``: returns the exit code. ``secure``: SASL_SSL with
+    a principal per component and the ACL table (``oms.kafka.acls``)."""
     settings = settings or get_settings()
     live = sys.stdout.isatty() if live is None else live
     console = Console()
@@ -583,6 +656,7 @@ def run_up(
         settings,
         workers=workers,
         sink=sink,
+        secure=secure,
         root=settings.data_dir,
         on_event=event,
         console=console,

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from oms.kafka.reading import topic_partitions
+from oms.kafka.security import KafkaConnection, as_connection
 from oms.settings import (
     ExchangeSettings,
     KafkaSettings,
@@ -83,12 +84,13 @@ def _key(key: str | bytes | None) -> bytes | None:
 
 
 async def produce_json(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     messages: Iterable[tuple[str | bytes | None, Any]],
 ) -> int:
-    """Send ``(key, value)`` pairs as JSON (dicts or pydantic models); return the count."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    """Send ``(key, value)`` pairs as JSON (dicts or pydantic models); return the count.
+    ``kafka``: a connection, or a plaintext broker's ``host:port``."""
+    producer = AIOKafkaProducer(**as_connection(kafka).aiokafka(acks="all", linger_ms=5))
     await producer.start()
     n = 0
     try:
@@ -103,7 +105,7 @@ async def produce_json(
 
 
 async def consume_json(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     count: int | None = None,
     *,
@@ -118,9 +120,10 @@ async def consume_json(
     (everything up to the end offsets at call time).
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        **as_connection(kafka).aiokafka(
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
     )
     await consumer.start()
     out: list[tuple[str | None, Any]] = []
@@ -173,10 +176,10 @@ class TopicRecord:
     timestamp: int
 
 
-async def read_records(bootstrap: str, topic: str) -> list[TopicRecord]:
+async def read_records(kafka: KafkaConnection | str, topic: str) -> list[TopicRecord]:
     """Every record of ``topic`` up to its end offsets now, with partition, headers and
     timestamp, in offset order within each partition (``[]`` when the topic is missing)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**as_connection(kafka).aiokafka(enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic, wait_s=0)
@@ -205,7 +208,7 @@ async def read_records(bootstrap: str, topic: str) -> list[TopicRecord]:
 
 
 async def wait_for_records(
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     done: Callable[[list[TopicRecord]], bool],
     *,
@@ -216,7 +219,7 @@ async def wait_for_records(
     many there were) after ``within_s``."""
     deadline = time.monotonic() + within_s
     while True:
-        records = await read_records(bootstrap, topic)
+        records = await read_records(kafka, topic)
         if done(records):
             return records
         if time.monotonic() > deadline:

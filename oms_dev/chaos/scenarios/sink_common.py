@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from oms.kafka.security import KafkaConnection
 from oms.schemas import (
     DeadLetter,
     ExecutionReport,
@@ -191,7 +192,7 @@ async def open_stack(
 
 
 async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    consumer = AIOKafkaConsumer(**KafkaConnection.from_settings(settings).aiokafka())
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]
@@ -205,7 +206,7 @@ async def committed_offsets(
 ) -> dict[TopicPartition, int]:
     """The group's committed offsets (0 where nothing is committed)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, group_id=group, enable_auto_commit=False
+        **KafkaConnection.from_settings(settings).aiokafka(group_id=group, enable_auto_commit=False)
     )
     await consumer.start()
     try:
@@ -238,9 +239,9 @@ async def _read_topic(
     if not tps:
         return []
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+        **KafkaConnection.from_settings(settings).aiokafka(
+            enable_auto_commit=False, isolation_level="read_committed"
+        )
     )
     await consumer.start()
     out: list[tuple[int, int, bytes | None]] = []

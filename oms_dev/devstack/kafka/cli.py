@@ -2,7 +2,9 @@
 
 The broker is the one the settings describe (``OMS_KAFKA__BOOTSTRAP``, ``OMS_KAFKA__VERSION``),
 the same one ``oms up`` uses, with its data in ``.local/kafka-data``; options override. Errors
-are one line on stderr and exit code 2.
+are one line on stderr and exit code 2. ``--secure``: the SASL_SSL broker of ``oms up
+--secure`` (data in ``.local/kafka-data-secure``, see :mod:`.secure`), with the ACL table of
+the settings applied once it answers.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Annotated
 
 import typer
 
+from oms.kafka.acls import acl_rules, apply_acls
 from oms.settings import get_settings
 from oms_dev.devstack.kafka.fetch import DevstackError, fetch
 from oms_dev.devstack.kafka.process import KafkaBroker
+from oms_dev.devstack.kafka.secure import BrokerSecurity
 from oms_dev.devstack.net import port_open
 
 app = typer.Typer(
@@ -34,6 +38,9 @@ Port = Annotated[
 ControllerPort = Annotated[int | None, typer.Option(help="default: port + 1")]
 DataDir = Annotated[Path | None, typer.Option(help="default: .local/kafka-data")]
 Heap = Annotated[str, typer.Option(help="JVM heap (-Xmx)")]
+Secure = Annotated[
+    bool, typer.Option(help="SASL_SSL with SCRAM users and ACLs (data: .local/kafka-data-secure)")
+]
 
 
 @contextlib.contextmanager
@@ -54,8 +61,16 @@ def _broker(
     controller_port: int | None,
     data_dir: Path | None,
     heap: str,
+    secure: bool = False,
 ) -> KafkaBroker:
-    broker = KafkaBroker.from_settings(get_settings().kafka, data_dir=data_dir, heap=heap)
+    settings = get_settings()
+    security = None
+    if secure:
+        data_dir = data_dir or settings.data_dir.resolve() / "kafka-data-secure"
+        security = BrokerSecurity.for_settings(settings, data_dir / "tls")
+    broker = KafkaBroker.from_settings(
+        settings.kafka, data_dir=data_dir, heap=heap, security=security
+    )
     if version:
         broker.version = version
     if port:
@@ -83,9 +98,10 @@ def start(
     data_dir: DataDir = None,
     heap: Heap = "512m",
     timeout: Annotated[float, typer.Option(help="seconds to wait until it answers")] = 180.0,
+    secure: Secure = False,
 ) -> None:
     """Fetch if needed, format the storage once, start detached and wait until it answers."""
-    broker = _broker(version, port, controller_port, data_dir, heap)
+    broker = _broker(version, port, controller_port, data_dir, heap, secure)
     with _one_line_errors():
         running = broker.pid()
         if running is not None:
@@ -96,6 +112,8 @@ def start(
         pid = broker.start()
         try:
             asyncio.run(broker.wait_ready(timeout))
+            if secure:
+                asyncio.run(apply_acls(broker.admin_connection(), acl_rules(get_settings())))
         except BaseException:
             broker.stop()
             raise
@@ -108,9 +126,10 @@ def stop(
     port: Port = None,
     controller_port: ControllerPort = None,
     data_dir: DataDir = None,
+    secure: Secure = False,
 ) -> None:
     """Stop the broker of the data dir (SIGTERM, SIGKILL after 30 s)."""
-    broker = _broker(None, port, controller_port, data_dir, "512m")
+    broker = _broker(None, port, controller_port, data_dir, "512m", secure)
     with _one_line_errors():
         stopped = broker.stop()
     typer.echo("Kafka stopped" if stopped else "Kafka was not running")
@@ -122,9 +141,10 @@ def status(
     port: Port = None,
     controller_port: ControllerPort = None,
     data_dir: DataDir = None,
+    secure: Secure = False,
 ) -> None:
     """Whether the broker of the data dir runs and its port accepts; exit 1 when not."""
-    broker = _broker(version, port, controller_port, data_dir, "512m")
+    broker = _broker(version, port, controller_port, data_dir, "512m", secure)
     pid = broker.pid()
     up = port_open(broker.host, broker.port)
     typer.echo(

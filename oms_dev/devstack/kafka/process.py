@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oms.kafka.security import KafkaConnection
 from oms.settings import KafkaSettings
 from oms_dev.devstack.kafka.config import (
     cluster_id,
@@ -29,6 +30,7 @@ from oms_dev.devstack.kafka.fetch import (
     local_dir,
     require_java,
 )
+from oms_dev.devstack.kafka.secure import BrokerSecurity
 from oms_dev.devstack.net import free_port, port_open
 
 
@@ -46,6 +48,8 @@ class KafkaBroker:
 
     ``data_dir`` holds ``server.properties``, the log4j2 config, ``broker.log``, the pid file
     and the Kafka log dir (``logs/``); it survives restarts (the storage is formatted once).
+    With ``security`` the client listener is SASL_SSL, its users are created when the storage
+    is formatted and ACLs are enforced (:mod:`oms_dev.devstack.kafka.secure`).
     """
 
     data_dir: Path
@@ -58,6 +62,7 @@ class KafkaBroker:
     log_level: str = "INFO"
     root: Path | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
+    security: BrokerSecurity | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     # -- construction helpers
@@ -123,14 +128,26 @@ class KafkaBroker:
 
     def server_properties(self) -> dict[str, str]:
         """The broker configuration, as written to ``server.properties``."""
+        extra = dict(self.extra_config)
+        if self.security is not None:
+            extra = {
+                **self.security.server_properties(self.host, self.port, self.controller_port),
+                **extra,
+            }
         return server_properties(
             host=self.host,
             port=self.port,
             controller_port=self.controller_port,
             log_dir=self.log_dir,
             partitions=self.partitions,
-            extra=self.extra_config,
+            extra=extra,
         )
+
+    def admin_connection(self) -> KafkaConnection:
+        """How tooling connects: plaintext, or SASL_SSL as the admin super user."""
+        if self.security is None:
+            return KafkaConnection(self.bootstrap)
+        return self.security.connection(self.bootstrap)
 
     def write_config(self) -> None:
         """Write ``server.properties`` and the log4j2 config into the data dir."""
@@ -166,10 +183,14 @@ class KafkaBroker:
             "-c",
             str(self.config_file),
             "--ignore-formatted",
+            *(self.security.scram_arguments() if self.security is not None else ()),
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=180)
         if proc.returncode != 0:
-            out = (proc.stdout + proc.stderr).strip().splitlines()[-10:]
+            text = proc.stdout + proc.stderr
+            if self.security is not None:
+                text = self.security.redact(text)
+            out = text.strip().splitlines()[-10:]
             raise DevstackError("Kafka storage format failed:\n" + "\n".join(out))
 
     # -- process control
@@ -236,7 +257,7 @@ class KafkaBroker:
                 )
             if port_open(self.host, self.port):
                 admin = AIOKafkaAdminClient(
-                    bootstrap_servers=self.bootstrap, request_timeout_ms=10_000
+                    **self.admin_connection().aiokafka(request_timeout_ms=10_000)
                 )
                 try:
                     await admin.start()
