@@ -81,7 +81,14 @@ class OrderClient:
         self._waiters: dict[str, list[_Waiter]] = defaultdict(list)
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._requests_topic = self.settings.topic(Topic.ORDER_REQUESTS)
-        self._events_topic = self.settings.topic(Topic.ORDER_EVENTS)
+        # A desk's principal may read only its accounts' own topics (the fan-out's copies):
+        # as one, follow the account's events there. Anyone else follows the shared topic,
+        # one hop earlier.
+        self._events_topic = (
+            self.settings.account_topic(account_id, "events")
+            if self.settings.kafka.username in self.settings.desks
+            else self.settings.topic(Topic.ORDER_EVENTS)
+        )
         # Requests are signed transparently when the account has a signing key.
         self._signer = RequestSigner(SigningKeys(self.settings.resolved_secrets_file))
         self.signing_key = self._signer.key_of(account_id)

@@ -148,9 +148,10 @@ async def _refused_write(
 
 
 async def test_signed_orders_flow_over_sasl_ssl(secure: SecureStack) -> None:
-    # The desk's principal sends the signed request; the admin follows the events.
+    # The desk's principal sends the signed request and follows the events with the SDK,
+    # from alice's own topic (the only one it may read); the admin follows the shared one.
     async with (
-        OrderClient("alice", settings=secure.settings_of("desk-a"), follow_events=False) as desk,
+        OrderClient("alice", settings=secure.settings_of("desk-a")) as desk,
         OrderClient("alice", settings=secure.settings) as watcher,
     ):
         assert desk.signing_key is not None
@@ -165,6 +166,10 @@ async def test_signed_orders_flow_over_sasl_ssl(secure: SecureStack) -> None:
         await wait_event(
             watcher, order_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=60
         )
+        seen = await wait_event(
+            desk, order_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=60
+        )
+        assert seen.account_id == "alice"
     # The fan-out copied the order's events to alice's own topic, which desk-a reads.
     events = await wait_for_records(
         secure.user("desk-a"),
