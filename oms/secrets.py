@@ -272,6 +272,16 @@ def load_kafka_users(path: Path) -> dict[str, str]:
     return {str(user): str(password) for user, password in section.items()}
 
 
+def write_query_tokens(path: Path, desks: Mapping[str, str], operator: str | None) -> None:
+    """Set the ``query_tokens`` section (``{desk: token}``) and the operator's token of a
+    secrets file, keeping everything else; the file stays readable by its owner only."""
+    body = _read_json(path)
+    body["query_tokens"] = dict(desks)
+    if operator:
+        body["query_operator_token"] = operator
+    _write_json(path, body)
+
+
 def write_kafka_users(path: Path, users: Mapping[str, str]) -> None:
     """Set the ``kafka_users`` section of a secrets file (``{username: password}``), keeping
     everything else; the file stays readable by its owner only."""

@@ -13,7 +13,7 @@ from oms.client import OrderClient
 from oms.kafka.admin import ensure_topics
 from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEvent, Topic
-from oms.secrets import load_kafka_users, load_secrets_file
+from oms.secrets import QueryTokens, load_kafka_users, load_secrets_file
 from oms.settings import Settings
 from oms_dev.devstack.net import free_port
 from oms_dev.harness import OmsServices, isolated_settings, worker_ready, write_account_secrets
@@ -69,10 +69,13 @@ async def settle(seconds: float) -> None:
 
 
 def stored_secrets(settings: Settings, signing_keys: dict[str, dict[str, str]]) -> list[str]:
-    """Every secret of the stack: signing keys, exchange client secrets, Kafka passwords."""
+    """Every secret of the stack: signing keys, exchange client secrets, Kafka passwords,
+    the query endpoint's tokens."""
     found = [s for account in signing_keys.values() for s in account.values()]
     found += [c.client_secret for c in load_secrets_file(settings.resolved_secrets_file).values()]
     found += list(load_kafka_users(settings.resolved_secrets_file).values())
+    tokens = QueryTokens(settings.desks, settings.resolved_secrets_file)
+    found += [t for t in (*map(tokens.for_desk, settings.desks), tokens.operator) if t]
     return found
 
 

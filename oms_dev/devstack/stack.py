@@ -46,10 +46,12 @@ from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import TopicSpec, ensure_topics
 from oms.secrets import (
     Credentials,
+    QueryTokens,
     load_kafka_users,
     load_secrets_file,
     load_signing_keys,
     write_kafka_users,
+    write_query_tokens,
     write_secrets_file,
     write_signing_keys,
 )
@@ -196,7 +198,21 @@ def ensure_demo_secrets(settings: Settings) -> Path:
     """
     path = settings.resolved_secrets_file
     ensure_demo_credentials(path, settings.accounts)
+    if settings.desks:
+        ensure_demo_query_tokens(path, list(settings.desks))
     return path
+
+
+def ensure_demo_query_tokens(path: Path, desks: list[str]) -> None:
+    """Give every desk without one, and the operator (the local CLI's ``oms sql``), a random
+    token for the sink's query endpoint, which refuses requests without one once desks
+    are configured."""
+    tokens = QueryTokens(desks, path)
+    have = {desk: token for desk in desks if (token := tokens.for_desk(desk))}
+    if len(have) == len(desks) and tokens.operator:
+        return
+    new = {desk: have.get(desk) or secrets.token_urlsafe(32) for desk in desks}
+    write_query_tokens(path, new, tokens.operator or secrets.token_urlsafe(32))
 
 
 def ensure_demo_credentials(path: Path, accounts: list[str]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from oms.kafka.admin import list_topics
 from oms.schemas.topics import Topic
-from oms.secrets import load_secrets_file
+from oms.secrets import QueryTokens, load_secrets_file
 from oms.settings import Settings
 from oms_dev.devstack.kafka import INSTALL_HINT, KafkaBroker
 from oms_dev.devstack.net import port_open
@@ -70,6 +70,23 @@ def test_demo_secrets_created_private_and_kept(tmp_path: Path) -> None:
     assert first.client_secret and len(first.client_secret) >= 32
     ensure_demo_secrets(settings)
     assert load_secrets_file(path)["demo"] == first, "existing secrets must not be replaced"
+
+
+def test_desks_get_query_tokens_once(tmp_path: Path) -> None:
+    """With desks, the sink's query endpoint wants a token: each desk and the operator get
+    one, kept across starts, in the private secrets file."""
+    settings = Settings(
+        data_dir=tmp_path, accounts=["a1", "b1"], desks={"da": ["a1"], "db": ["b1"]}
+    )
+    path = ensure_demo_secrets(settings)
+    tokens = QueryTokens(settings.desks, path)
+    first = (tokens.for_desk("da"), tokens.for_desk("db"), tokens.operator)
+    assert all(t and len(t) >= 32 for t in first) and len(set(first)) == 3
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ensure_demo_secrets(settings)
+    again = QueryTokens(settings.desks, path)
+    assert (again.for_desk("da"), again.for_desk("db"), again.operator) == first
+    assert load_secrets_file(path)["a1"], "the exchange credentials are still there"
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
