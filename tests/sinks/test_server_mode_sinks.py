@@ -67,6 +67,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     monkeypatch.setattr(service_module, "open_client", lambda settings, **kw: object())
     monkeypatch.setattr(service_module, "apply_migrations", lambda client, sink: [])
     monkeypatch.setattr(service_module, "sync_position_retention", lambda client, *days: None)
+    monkeypatch.setattr(service_module, "sync_desk_access", lambda client, desks, tokens: 0)
     monkeypatch.setattr(service_module, "write_batch", server.write_batch)
     return server
 
