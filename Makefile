@@ -4,7 +4,7 @@
 #   make run [WORKERS=N] [SECURE=1]   the whole stack in the foreground (Ctrl-C stops it);
 #                          SECURE=1: Kafka over SASL_SSL, a principal per component, ACLs
 #   make test              ruff, mypy, pytest (real Kafka broker on free ports)
-#   make lint | bench | chaos | kafka | k8s-tools | compose-secrets | clean | distclean
+#   make lint | bench | chaos | kafka | k8s-tools | k8s-users | compose-secrets | clean | distclean
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -27,7 +27,7 @@ APT_PACKAGES := openjdk-17-jre-headless maven docker-compose
 KUSTOMIZE_VERSION := v5.7.1
 KUSTOMIZE := .local/bin/kustomize
 
-.PHONY: help install tools k8s-tools compose-secrets kafka kafka-start kafka-stop kafka-status run test lint bench chaos clean distclean
+.PHONY: help install tools k8s-tools k8s-users compose-secrets kafka kafka-start kafka-stop kafka-status run test lint bench chaos clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -74,6 +74,11 @@ k8s-tools:
 # kept if they exist.
 compose-secrets: install
 	$(PY) -m oms_dev.devstack.compose_secrets .local/compose
+
+# k8s/base/kafka-users.yaml from the ACL table (oms/kafka/acls.py), for the desks of
+# OMS_DESKS in k8s/base/configmap.yaml.
+k8s-users: install
+	$(PY) -m oms_dev.devstack.k8s_users
 
 kafka: install tools
 	$(PY) -m oms_dev.devstack.kafka fetch

@@ -8,17 +8,25 @@ Secrets never live here: they come from the environment or the secrets file
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL"]
 KafkaSaslMechanism = Literal["SCRAM-SHA-512", "PLAIN"]
+
+# What a desk's name and its accounts' may contain. Both end up in prefixed Kafka ACLs
+# (oms.kafka.acls): ``oms.acct.<account>.`` for the account's topics and ``<desk>.`` for the
+# desk's groups, where the dot ends the name. A dot inside a name would let one prefix cover
+# another's resources (account ``a``'s ``oms.acct.a.`` covers ``oms.acct.a.b.``, account
+# ``a.b``'s topics).
+DESK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class KafkaSettings(BaseModel):
@@ -380,6 +388,19 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     positions: PositionSettings = PositionSettings()
     access: AccessSettings = AccessSettings()
+
+    @field_validator("desks")
+    @classmethod
+    def _desk_names_fit_prefix_acls(cls, desks: dict[str, list[str]]) -> dict[str, list[str]]:
+        for desk, accounts in desks.items():
+            for kind, name in [("desk", desk), *(("account", a) for a in accounts)]:
+                if not DESK_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"desks: {kind} {name!r} (desk {desk!r}) may contain only letters, "
+                        "digits, '_' and '-': its Kafka ACLs are name prefixes that a '.' "
+                        "or other separator would let cover another's topics or groups"
+                    )
+        return desks
 
     @property
     def clickhouse_dsn(self) -> str:

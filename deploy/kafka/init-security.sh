@@ -6,8 +6,9 @@
 #
 # Its inputs are files `make compose-secrets` generated (oms_dev/devstack/compose_secrets.py),
 # mounted as compose secrets: kafka_topics (name partitions config), kafka_users (principal
-# password), kafka_acls (principal resource pattern name operation), kafka_admin (the admin's
-# client settings). Passwords never appear on a command line.
+# password), kafka_acls (principal resource pattern name operation: the ACL table of
+# oms/kafka/acls.py; resource topic, group or cluster), kafka_admin (the admin's client
+# settings). Passwords never appear on a command line.
 set -euo pipefail
 
 BIN=/opt/kafka/bin

@@ -1,8 +1,11 @@
 """Who may do what on the broker: the least-privilege ACL table of every Kafka principal.
 
-One principal per component (its Kafka user) and one per trading desk (named like the desk,
-``Settings.desks``). :data:`COMPONENT_GRANTS` and :data:`DESK_GRANTS` are the table, as data
-(the README shows it; compose or k8s files can be generated from it); :func:`acl_rules`
+One principal per component (its Kafka user), one for the lag monitor (the exporter and
+KEDA's scaler: it describes, never reads) and one per trading desk (named like the desk,
+``Settings.desks``). :data:`COMPONENT_GRANTS` and :data:`DESK_GRANTS` are the table, as data,
+and the only one: the README shows it, and the deployment files are generated from
+:func:`acl_rules` (compose's ``kafka_acls`` by ``oms_dev.devstack.compose_secrets``, the
+Strimzi ``KafkaUser`` resources by ``oms_dev.devstack.k8s_users``). :func:`acl_rules`
 resolves it for one settings object into concrete allow rules; :func:`apply_acls` creates
 them with the admin client. Whatever is not granted is refused
 (``allow.everyone.if.no.acl.found=false``); the broker's own principals and the tooling's
@@ -17,7 +20,7 @@ Names are templates over the settings:
 | ``{keeper}`` | the position keeper's app id and group (``oms-positions``) |
 | ``{notifier}`` | the notifier's consumer group (``oms-notify``) |
 | ``{fanout}`` | the per-account fan-out's consumer group (``oms-fanout``) |
-| ``{desk}`` | the desk (desk grants only) |
+| ``{desk}`` | the desk (desk grants only); its consumer groups are ``<desk>.<anything>`` |
 | ``{account_prefix}`` | ``oms.acct.<account>.`` for each account of the desk |
 
 (``{account_prefix}`` is what every topic of ``Settings.account_topic`` of the account starts
@@ -50,8 +53,13 @@ from oms.kafka.security import KafkaConnection
 from oms.settings import Settings
 
 Operation = Literal["READ", "WRITE", "CREATE", "DESCRIBE"]
-ResourceKind = Literal["topic", "group"]
+# "cluster": the cluster itself (one resource, named CLUSTER_NAME), e.g. to list groups.
+ResourceKind = Literal["topic", "group", "cluster"]
 PatternKind = Literal["literal", "prefixed"]
+# The name of the cluster resource in Kafka's ACLs.
+CLUSTER_NAME = "kafka-cluster"
+# A literal "*" names every resource of its kind.
+EVERY = "*"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,10 @@ def _group(name: str, pattern: PatternKind = "literal") -> Grant:
     return Grant("group", (name,), ("READ",), pattern)
 
 
+def _describe(resource: ResourceKind, name: str) -> Grant:
+    return Grant(resource, (name,), ("DESCRIBE",))
+
+
 # The Kafka user of each component process.
 COMPONENT_PRINCIPALS: Mapping[str, str] = {
     "worker": "oms-worker",
@@ -80,6 +92,8 @@ COMPONENT_PRINCIPALS: Mapping[str, str] = {
     "positions": "oms-positions",
     "notifier": "oms-notifier",
     "fanout": "oms-fanout",
+    # Not an OMS process: the consumer-lag exporter and KEDA's Kafka scaler.
+    "monitor": "oms-monitor",
 }
 
 # Tables of the Faust apps (their changelogs), as named in oms.streams.app and
@@ -182,14 +196,24 @@ COMPONENT_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _topics("{p}acct.", ops=("WRITE", "CREATE", "DESCRIBE"), pattern="prefixed"),
         _group("{fanout}"),
     ),
+    # Consumer lag of every group (the exporter's metrics, KEDA's scaling): it lists the
+    # groups (the cluster), their committed offsets (the groups) and the topics' end offsets
+    # (the topics), and reads no record.
+    "oms-monitor": (
+        _describe("cluster", CLUSTER_NAME),
+        _describe("group", EVERY),
+        _describe("topic", EVERY),
+    ),
 }
 
-# Every desk's principal: it sends requests, and reads only its own accounts' topics with a
-# consumer group of its own.
+# Every desk's principal: it sends requests, and reads only its own accounts' topics with
+# consumer groups of its own, named ``<desk>.<anything>``: the dot ends the desk's name
+# (Settings refuses dots in desk names), so desk ``a``'s prefix never covers desk ``a-b``'s
+# groups.
 DESK_GRANTS: tuple[Grant, ...] = (
     _topics("{p}order-requests", ops=_W),
     _topics("{account_prefix}", ops=("READ", "DESCRIBE"), pattern="prefixed"),
-    _group("{desk}", pattern="prefixed"),
+    _group("{desk}.", pattern="prefixed"),
 )
 
 
@@ -262,9 +286,17 @@ async def apply_acls(admin: KafkaConnection, rules: Iterable[AclRule]) -> int:
     return await asyncio.to_thread(_create_acls, admin, bindings)
 
 
+_RESOURCE_TYPES: Mapping[ResourceKind, ResourceType] = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    # The admin API calls the cluster resource BROKER (its name: CLUSTER_NAME).
+    "cluster": ResourceType.BROKER,
+}
+
+
 def _binding(rule: AclRule) -> AclBinding:
     return AclBinding(
-        ResourceType.TOPIC if rule.resource == "topic" else ResourceType.GROUP,
+        _RESOURCE_TYPES[rule.resource],
         rule.name,
         ResourcePatternType.PREFIXED if rule.pattern == "prefixed" else ResourcePatternType.LITERAL,
         f"User:{rule.principal}",

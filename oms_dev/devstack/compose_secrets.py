@@ -17,7 +17,8 @@ writes, with fresh random values, only the files that do not exist yet:
   reads them), the admin certificate the one-shot ``kafka-init`` service authenticates with,
   one SCRAM password per service and per desk (``users``, read by ``kafka-init`` only; each
   service gets its own as ``<principal>.env``, its compose ``env_file``) and the ACLs
-  ``kafka-init`` applies (``acls``, from :mod:`oms_dev.devstack.compose_acls`).
+  ``kafka-init`` applies (``acls``: :func:`oms.kafka.acls.acl_rules` for the compose desks,
+  :func:`acl_lines`).
 
 The directory is private to its owner (0700); the files inside are 0644 so that the
 containers' non-root user can read the bind-mounted copies. Nothing is printed but the paths.
@@ -29,7 +30,7 @@ import datetime
 import ipaddress
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -38,9 +39,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from oms.kafka.acls import COMPONENT_PRINCIPALS, AclRule, acl_rules
 from oms.kafka.admin import topic_specs
+from oms.secrets import KAFKA_PASSWORD_ENV
 from oms.settings import Settings
-from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, acl_lines, desk_acls, service_acls
 from oms_dev.devstack.stack import ensure_demo_credentials
 
 ENV_FILE = "oms.env"
@@ -163,6 +165,21 @@ def topics_text(settings: Settings | None = None) -> str:
     return "".join(lines)
 
 
+def acl_lines(rules: Iterable[AclRule]) -> str:
+    """One rule a line, ``principal resource pattern name operation``, as ``kafka-init``
+    (deploy/kafka/init-security.sh) reads them; the operation spelt as kafka-acls.sh does
+    (``Read``, ``Describe``)."""
+    return "".join(
+        f"{r.principal} {r.resource} {r.pattern} {r.name} {r.operation.capitalize()}\n"
+        for r in rules
+    )
+
+
+def compose_settings(desks: Mapping[str, Sequence[str]] = DEFAULT_DESKS) -> Settings:
+    """The settings the compose services run with, as far as the ACLs depend on them."""
+    return Settings(desks={desk: list(accounts) for desk, accounts in desks.items()})
+
+
 def generate_kafka(
     directory: Path, desks: Mapping[str, Sequence[str]] = DEFAULT_DESKS
 ) -> dict[str, Path]:
@@ -177,7 +194,8 @@ def generate_kafka(
     ca_path = directory / "ca.crt"
     users_path = directory / "users"
     acls_path = directory / "acls"
-    principals = [*SERVICE_PRINCIPALS, *desks]
+    settings = compose_settings(desks)
+    principals = [*COMPONENT_PRINCIPALS.values(), *settings.desks]
     if not ca_path.exists():
         broker_dir.mkdir(exist_ok=True)
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -216,17 +234,16 @@ def generate_kafka(
     # Hex: safe in a properties file, a JAAS string and an env file unquoted.
     passwords = {p: known.get(p) or secrets.token_hex(24) for p in principals}
     users_path.write_text(_HEADER + "".join(f"{p} {pw}\n" for p, pw in passwords.items()))
-    acls_path.write_text(acl_lines([*service_acls(), *desk_acls(desks)]))
+    acls_path.write_text(acl_lines(acl_rules(settings)))
     topics_path = directory / "topics"
-    topics_path.write_text(topics_text())
+    topics_path.write_text(topics_text(settings))
     paths = {"ca": ca_path, "broker": broker_dir, "admin": directory / "admin.properties"}
     paths |= {"users": users_path, "acls": acls_path, "topics": topics_path}
     for principal, password in passwords.items():
         env_path = directory / f"{principal}.env"
+        # The names the settings (kafka.username) and the secrets store read.
         env_path.write_text(
-            _HEADER
-            + f"OMS_KAFKA__SASL_USERNAME={principal}\n"
-            + f"OMS_KAFKA__SASL_PASSWORD={password}\n"
+            _HEADER + f"OMS_KAFKA__USERNAME={principal}\n{KAFKA_PASSWORD_ENV}={password}\n"
         )
         paths[f"{principal}.env"] = env_path
     for path in directory.rglob("*"):

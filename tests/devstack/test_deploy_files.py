@@ -22,6 +22,7 @@ import pytest
 from oms import healthcheck
 from oms.kafka.admin import topic_specs
 from oms.schemas.topics import Topic
+from oms.secrets import KAFKA_PASSWORD_ENV, kafka_password
 from oms.settings import KafkaSettings, Settings
 from oms_dev.devstack import compose_secrets as compose_secrets_module
 
@@ -346,8 +347,8 @@ def test_compose_kafka_material_generator(tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import pkcs12
 
+    from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules
     from oms.kafka.admin import topic_specs
-    from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, acl_lines, desk_acls, service_acls
 
     directory = tmp_path / "kafka"
     paths = compose_secrets_module.generate_kafka(directory)
@@ -369,14 +370,22 @@ def test_compose_kafka_material_generator(tmp_path: Path) -> None:
         if line and not line.startswith("#")
     )
     desks = list(compose_secrets_module.DEFAULT_DESKS)
-    assert set(users) == {*SERVICE_PRINCIPALS, *desks}
+    assert set(users) == {*COMPONENT_PRINCIPALS.values(), *desks}
     assert len(set(users.values())) == len(users)
     for principal, secret in users.items():
         env = paths[f"{principal}.env"].read_text()
-        assert f"OMS_KAFKA__SASL_USERNAME={principal}\n" in env
-        assert f"OMS_KAFKA__SASL_PASSWORD={secret}\n" in env
-    acls = service_acls() + desk_acls(compose_secrets_module.DEFAULT_DESKS)
-    assert paths["acls"].read_text() == acl_lines(acls)
+        assert f"OMS_KAFKA__USERNAME={principal}\n" in env
+        assert f"OMS_KAFKA_PASSWORD={secret}\n" in env
+    # The ACLs are the runtime table's for the compose desks, line by line.
+    rules = acl_rules(compose_secrets_module.compose_settings())
+    lines = paths["acls"].read_text().splitlines()
+    assert [tuple(line.split(" ")) for line in lines] == [
+        (r.principal, r.resource, r.pattern, r.name, r.operation.capitalize()) for r in rules
+    ]
+    assert {line.split(" ")[1] for line in lines} == {"topic", "group", "cluster"}
+    assert {line.split(" ")[4] for line in lines} <= {"Read", "Write", "Create", "Describe"}
+    assert "oms-monitor cluster literal kafka-cluster Describe" in lines
+    assert "oms-positions group literal oms-positions-route Read" in lines
     topics = paths["topics"].read_text().splitlines()
     assert [line.split()[:2] for line in topics] == [
         [spec.name, str(spec.partitions)] for spec in topic_specs(Settings())
@@ -389,20 +398,67 @@ def test_compose_kafka_material_generator(tmp_path: Path) -> None:
     assert {name: path.read_bytes() for name, path in again.items() if path.is_file()} == before
 
 
+def test_every_kafka_variable_of_the_deploy_files_is_one_the_code_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``OMS_KAFKA*`` name in docker-compose.yml, k8s/, deploy/ and the env files
+    ``make compose-secrets`` writes is read: the password's by the secrets store, every other
+    one sets its field of the Kafka settings. A name the code ignores would leave a service
+    on its defaults (no user, the system's CAs) without a word."""
+    generated = compose_secrets_module.generate_kafka(tmp_path / "kafka")
+    files = [
+        COMPOSE,
+        *K8S.rglob("*.yaml"),
+        *(ROOT / "deploy").rglob("*"),
+        *(path for path in generated.values() if path.suffix == ".env"),
+    ]
+    names = {
+        name
+        for path in files
+        if path.is_file()
+        for name in re.findall(r"OMS_KAFKA[A-Z0-9_]*", path.read_text())
+    }
+    assert {"OMS_KAFKA__USERNAME", "OMS_KAFKA__CA_FILE", KAFKA_PASSWORD_ENV} <= names
+    for key in list(os.environ):
+        if key.startswith("OMS_"):
+            monkeypatch.delenv(key)
+    for name in sorted(names):
+        if name == KAFKA_PASSWORD_ENV:
+            monkeypatch.setenv(name, "the-password")
+            assert kafka_password("anyone", tmp_path / "no-secrets.json") == "the-password"
+        else:
+            field = name.removeprefix("OMS_KAFKA__").lower()
+            assert name.startswith("OMS_KAFKA__") and field in KafkaSettings.model_fields, name
+            default = KafkaSettings.model_fields[field].default
+            monkeypatch.setenv(name, "x" if default is None else str(default))
+            assert field in Settings().kafka.model_fields_set, name
+        monkeypatch.delenv(name)
+
+
+def test_k8s_kafka_users_are_generated_from_the_acl_table() -> None:
+    """kafka-users.yaml is what `make k8s-users` writes now: nobody edited it by hand and the
+    table did not change since."""
+    from oms_dev.devstack.k8s_users import USERS_FILE, k8s_settings, render_kafka_users
+
+    assert USERS_FILE == K8S / "base" / "kafka-users.yaml"
+    assert USERS_FILE.read_text() == render_kafka_users(k8s_settings()), "run `make k8s-users`"
+
+
 def test_compose_desk_acls_cover_only_their_accounts() -> None:
     """A desk writes requests and reads its own accounts' topics: no shared output topic,
     no other account, no other desk's groups."""
-    from oms_dev.devstack.compose_acls import desk_acls
+    from oms.kafka.acls import acl_rules
 
-    acls = desk_acls({"desk-x": ["a1", "a2"], "desk-y": ["b1"]})
-    x = {(a.resource, a.pattern, a.name, a.operation) for a in acls if a.principal == "desk-x"}
+    settings = compose_secrets_module.compose_settings({"desk-x": ["a1", "a2"], "desk-y": ["b1"]})
+    lines = compose_secrets_module.acl_lines(acl_rules(settings)).splitlines()
+    x = {tuple(line.split(" ")[1:]) for line in lines if line.startswith("desk-x ")}
     assert x == {
         ("topic", "literal", "oms.order-requests", "Write"),
         ("topic", "prefixed", "oms.acct.a1.", "Read"),
         ("topic", "prefixed", "oms.acct.a1.", "Describe"),
         ("topic", "prefixed", "oms.acct.a2.", "Read"),
         ("topic", "prefixed", "oms.acct.a2.", "Describe"),
-        ("group", "prefixed", "desk-x", "Read"),
+        ("group", "prefixed", "desk-x.", "Read"),
     }
 
 
@@ -430,11 +486,15 @@ def test_compose_env_reaches_settings(
     assert settings.exchange.url == "ws://paper-exchange:8765/ws/api/v2"
     if service in KAFKA_PRINCIPALS:
         # Its own Kafka user, from its own env file, over SASL_SSL against the private CA.
-        assert env["OMS_KAFKA__SASL_USERNAME"] == KAFKA_PRINCIPALS[service]
-        assert len(env["OMS_KAFKA__SASL_PASSWORD"]) >= 32
+        assert env["OMS_KAFKA__USERNAME"] == KAFKA_PRINCIPALS[service]
+        assert len(env["OMS_KAFKA_PASSWORD"]) >= 32
         assert env["OMS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
         assert env["OMS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
-        assert env["OMS_KAFKA__SSL_CAFILE"] == "/run/secrets/kafka_ca"
+        assert env["OMS_KAFKA__CA_FILE"] == "/run/secrets/kafka_ca"
+        # ... which the settings and the secrets store really read.
+        assert settings.kafka.username == KAFKA_PRINCIPALS[service]
+        assert settings.kafka.ca_file == Path("/run/secrets/kafka_ca")
+        assert kafka_password(KAFKA_PRINCIPALS[service]) == env[KAFKA_PASSWORD_ENV]
     if service == "fanout":
         # Nothing but its Kafka user: it never queries ClickHouse.
         assert settings.clickhouse_url is None and "CLICKHOUSE_PASSWORD" not in env
@@ -924,10 +984,11 @@ def test_k8s_kafka_is_scram_over_tls_with_least_privilege(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
     """Every listener is TLS with SCRAM-SHA-512 and the cluster authorizes; one KafkaUser per
-    service and per desk of OMS_DESKS, granted exactly the compose table's ACLs; every
-    deployment authenticates as its own user with the password from that user's Secret
-    (never a value) and verifies the brokers with the cluster CA."""
-    from oms_dev.devstack.compose_acls import SERVICE_PRINCIPALS, desk_acls, service_acls
+    service and per desk of OMS_DESKS, granted exactly the ACL table's rules (the one the
+    services run with, oms.kafka.acls); every deployment authenticates as its own user with
+    the password from that user's Secret (never a value) and verifies the brokers with the
+    cluster CA."""
+    from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules
 
     docs = rendered[overlay]
     [kafka] = _by_kind(docs, "Kafka").values()
@@ -948,25 +1009,25 @@ def test_k8s_kafka_is_scram_over_tls_with_least_privilege(
     assert settings["OMS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
     desks = json.loads(settings["OMS_DESKS"])
     users = _by_kind(docs, "KafkaUser")
-    assert set(users) == {*SERVICE_PRINCIPALS, *desks}
+    assert set(users) == {*COMPONENT_PRINCIPALS.values(), *desks}
     for user in users.values():
         assert user["metadata"]["labels"]["strimzi.io/cluster"] == "oms-kafka"
         assert user["spec"]["authentication"]["type"] == "scram-sha-512"
         assert user["spec"]["authorization"]["type"] == "simple"
     granted = set().union(*(_strimzi_acls(u) for u in users.values()))
     wanted = {
-        (a.principal, a.resource, a.pattern, a.name, a.operation)
-        for a in [*service_acls(), *desk_acls(desks)]
+        (r.principal, r.resource, r.pattern, r.name, r.operation.capitalize())
+        for r in acl_rules(Settings(desks=desks))
     }
     assert granted == wanted
     deployments = _by_kind(docs, "Deployment")
-    ca_file = Path(settings["OMS_KAFKA__SSL_CAFILE"])
+    ca_file = Path(settings["OMS_KAFKA__CA_FILE"])
     for name, principal in K8S_PRINCIPALS.items():
         spec = deployments[name]["spec"]["template"]["spec"]
         [container] = spec["containers"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["OMS_KAFKA__SASL_USERNAME"]["value"] == principal, name
-        password = env["OMS_KAFKA__SASL_PASSWORD"]
+        assert env["OMS_KAFKA__USERNAME"]["value"] == principal, name
+        password = env["OMS_KAFKA_PASSWORD"]
         assert "value" not in password, name
         assert password["valueFrom"]["secretKeyRef"] == {"name": principal, "key": "password"}
         [mount] = [m for m in container["volumeMounts"] if m["name"] == "kafka-ca"]
@@ -1058,7 +1119,7 @@ def test_k8s_keda_component_replaces_the_hpa(tmp_path: Path) -> None:
     assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
     auth = _by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]["spec"]
     assert {e["parameter"]: e["name"] for e in auth["env"]} == {
-        "username": "OMS_KAFKA__SASL_USERNAME",
-        "password": "OMS_KAFKA__SASL_PASSWORD",
+        "username": "OMS_KAFKA__USERNAME",
+        "password": "OMS_KAFKA_PASSWORD",
     }
     assert {e["containerName"] for e in auth["env"]} == {"worker"}

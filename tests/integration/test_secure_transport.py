@@ -236,7 +236,7 @@ async def test_a_trader_writes_only_the_request_topic(secure: SecureStack) -> No
 async def test_a_trader_reads_only_its_desks_account_topics(secure: SecureStack) -> None:
     s = secure.settings
     desk = secure.user("desk-a")
-    # Its own: readable with a consumer group named for the desk.
+    # Its own: readable with a consumer group of the desk's (``<desk>.<anything>``).
     own = s.account_topic("alice", "events")
     producer = AIOKafkaProducer(**secure.admin.aiokafka(acks="all"))
     await producer.start()
@@ -247,7 +247,7 @@ async def test_a_trader_reads_only_its_desks_account_topics(secure: SecureStack)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
-        own, **desk.aiokafka(group_id="desk-a-reader", auto_offset_reset="earliest")
+        own, **desk.aiokafka(group_id="desk-a.reader", auto_offset_reset="earliest")
     )
     await consumer.start()
     try:
@@ -259,7 +259,7 @@ async def test_a_trader_reads_only_its_desks_account_topics(secure: SecureStack)
     for kind in KINDS:
         topic = s.account_topic("bob", kind)
         consumer = AIOKafkaConsumer(
-            topic, **desk.aiokafka(group_id=f"desk-a-{kind}", auto_offset_reset="earliest")
+            topic, **desk.aiokafka(group_id=f"desk-a.{kind}", auto_offset_reset="earliest")
         )
         read: list[object] = []
         try:
@@ -273,14 +273,16 @@ async def test_a_trader_reads_only_its_desks_account_topics(secure: SecureStack)
         finally:
             await consumer.stop()
         assert read == [], f"desk-a read {topic}"
-    # ... and so is a consumer group not named for the desk.
-    stranger = AIOKafkaConsumer(
-        own, **desk.aiokafka(group_id="desk-b-reader", auto_offset_reset="earliest")
-    )
-    with pytest.raises(GroupAuthorizationFailedError):
-        await stranger.start()
-        await stranger.getmany(timeout_ms=10_000)
-    await stranger.stop()
+    # ... and so is a consumer group not the desk's: another desk's, or one that merely starts
+    # with the desk's name (as a desk "desk-ab"'s would).
+    for group in ("desk-b.reader", "desk-a-reader"):
+        stranger = AIOKafkaConsumer(
+            own, **desk.aiokafka(group_id=group, auto_offset_reset="earliest")
+        )
+        with pytest.raises(GroupAuthorizationFailedError):
+            await stranger.start()
+            await stranger.getmany(timeout_ms=10_000)
+        await stranger.stop()
 
 
 async def test_the_sink_writes_only_dead_letters(secure: SecureStack) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from oms.fanout.service import fanout_group
 from oms.kafka.acls import COMPONENT_PRINCIPALS, AclRule, acl_rules, acl_table
 from oms.notify.service import notifier_app_id
@@ -54,7 +57,7 @@ def test_desks_write_requests_and_read_only_their_accounts(tmp_path: Path) -> No
         ("DESCRIBE", "topic", "p.acct.alice.", "prefixed"),
         ("READ", "topic", "p.acct.ann.", "prefixed"),
         ("DESCRIBE", "topic", "p.acct.ann.", "prefixed"),
-        ("READ", "group", "desk-a", "prefixed"),
+        ("READ", "group", "desk-a.", "prefixed"),
     }
     # The prefix is what every per-account topic of the account starts with.
     for kind in ("events", "positions", "notifications"):
@@ -77,10 +80,12 @@ def test_the_sink_writes_only_dead_letters_and_components_never_write_requests()
     assert writes["oms-sink"] == {"oms.dead-letters"}
     assert writes["oms-gateway"] == {"oms.execution-reports", "oms.market-ticks"}
     assert all("oms.order-requests" not in names for names in writes.values())
-    # Nothing is granted on every topic: no wildcard; a prefix grants no more than seeing
-    # names, except the per-account topics the fan-out fills.
+    # Nothing is granted on every topic: no wildcard (but the monitor's, which only
+    # describes); a prefix grants no more than seeing names, except the per-account topics
+    # the fan-out fills.
     for rule in acl_rules(settings):
-        assert rule.name not in ("", "*")
+        assert rule.name != ""
+        assert rule.name != "*" or (rule.principal, rule.operation) == ("oms-monitor", "DESCRIBE")
         if rule.pattern == "prefixed" and rule.resource == "topic":
             assert rule.operation in ("DESCRIBE", "READ") or (
                 rule.principal == "oms-fanout" and rule.name == "oms.acct."
@@ -101,3 +106,43 @@ def test_the_table_reads_as_lines_per_principal() -> None:
     assert set(table) == {*COMPONENT_PRINCIPALS.values(), "desk-a"}
     assert "READ topic oms.acct.alice.*" in table["desk-a"]
     assert isinstance(acl_rules(Settings())[0], AclRule)
+
+
+def test_the_monitor_describes_everything_and_reads_nothing() -> None:
+    monitor = rules_of(Settings(), COMPONENT_PRINCIPALS["monitor"])
+    assert monitor == {
+        ("DESCRIBE", "cluster", "kafka-cluster", "literal"),
+        ("DESCRIBE", "group", "*", "literal"),
+        ("DESCRIBE", "topic", "*", "literal"),
+    }
+
+
+def test_a_desks_group_prefix_covers_none_of_another_desks_groups() -> None:
+    settings = Settings(desks={"desk-a": ["alice"], "desk-ab": ["bob"], "desk": ["carol"]})
+    prefixes = {
+        r.principal: r.name
+        for r in acl_rules(settings)
+        if r.resource == "group" and r.principal in settings.desks
+    }
+    assert prefixes == {"desk-a": "desk-a.", "desk-ab": "desk-ab.", "desk": "desk."}
+    for desk, prefix in prefixes.items():
+        for other in settings.desks:
+            assert f"{other}.reader".startswith(prefix) == (other == desk), (desk, other)
+
+
+@pytest.mark.parametrize(
+    "desks",
+    [
+        {"desk-a": ["alice.b"]},  # oms.acct.alice.b. would sit under oms.acct.alice.
+        {"desk.a": ["alice"]},  # desk.a.* groups would sit under desk.'s
+        {"desk a": ["alice"]},
+        {"desk-a": [""]},
+        {"desk-a": ["alice/x"]},
+    ],
+)
+def test_desk_and_account_names_that_would_widen_a_prefix_acl_are_refused(
+    desks: dict[str, list[str]],
+) -> None:
+    with pytest.raises(ValidationError, match="may contain only letters, digits"):
+        Settings(desks=desks)
+    Settings(desks={"Desk_1-a": ["alice_2-B"]})
