@@ -32,7 +32,6 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from confluent_kafka import Producer as ConfluentProducer
 
 from oms.client import OrderClient
 from oms.conditions.engine import TriggerEngine
@@ -206,44 +205,38 @@ async def _triggered_events(
 
 
 async def _publish_ticks(
-    bootstrap: str,
+    producer: AIOKafkaProducer,
     topic: str,
     encoded: list[tuple[bytes, bytes]],
     rate: float | None,
     probes: list[str],
     probe_every: int,
 ) -> dict[str, float]:
-    """Send the encoded ticks at ``rate`` (in whole milliseconds' worth at a time), one tick
-    in every ``probe_every`` replaced by a probe that crosses the next probe order's threshold;
-    returns when each probe was sent (epoch ms), by order id.
+    """Send the encoded ticks one by one at ``rate``, one tick in every ``probe_every``
+    replaced by a probe that crosses the next probe order's threshold; returns when each
+    probe was sent (epoch ms), by order id.
 
-    librdkafka, not aiokafka: the load generator shares the two cores with the worker, and
-    building and sending 10,000 records/s in Python took most of one, which the measured path
-    then waited for."""
-    producer = ConfluentProducer(as_connection(bootstrap).confluent({"linger.ms": 1, "acks": 1}))
+    Paced tick by tick, as a feed sends them: sending whole milliseconds' worth at a time
+    through librdkafka was tried, and its bursts put a tail of several hundred ms on the
+    trigger latency (the worker decodes a burst before its engine sees the probe in it)."""
     probe_sent: dict[str, float] = {}
     start = time.perf_counter()
-    sent = 0
-    while sent < len(encoded):
-        due = len(encoded)
+    for i, (key, value) in enumerate(encoded):
         if rate:
-            due = min(due, int((time.perf_counter() - start) * rate) + 1)
-        for i in range(sent, due):
-            n = i // probe_every - 1
-            if i % probe_every == 0 and 0 <= n < len(probes):
-                now = time.time() * 1000
-                probe = MarketTick(
-                    instrument_name="BTC-PERPETUAL", timestamp=int(now), last_price=100_000.0 + n
-                )
-                probe_sent[probes[n]] = now
-                producer.produce(topic, probe.to_bytes(), b"BTC-PERPETUAL")
-            else:
-                key, value = encoded[i]
-                producer.produce(topic, value, key)
-        sent = due
-        producer.poll(0)
-        await asyncio.sleep(0.001)
-    await asyncio.to_thread(producer.flush, 30)
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        n = i // probe_every - 1
+        if i % probe_every == 0 and 0 <= n < len(probes):
+            now = time.time() * 1000
+            probe = MarketTick(
+                instrument_name="BTC-PERPETUAL", timestamp=int(now), last_price=100_000.0 + n
+            )
+            probe_sent[probes[n]] = now
+            await producer.send(topic, probe.to_bytes(), key=b"BTC-PERPETUAL")
+        else:
+            await producer.send(topic, value, key=key)
+    await producer.flush()
     return probe_sent
 
 
@@ -385,7 +378,7 @@ async def bench_pipeline(
                 on_status(f"publishing {len(ticks)} ticks")
                 start = time.perf_counter()
                 probe_sent = await _publish_ticks(
-                    broker.bootstrap, ticks_topic, encoded, config.rate, probes, probe_every
+                    producer, ticks_topic, encoded, config.rate, probes, probe_every
                 )
                 published = time.perf_counter()
                 while True:
