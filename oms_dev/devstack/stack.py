@@ -57,7 +57,7 @@ from oms.secrets import (
 )
 from oms.settings import Settings, get_settings
 from oms_dev.devstack.kafka import DevstackError, KafkaBroker
-from oms_dev.devstack.kafka.secure import ADMIN_USER, BrokerSecurity
+from oms_dev.devstack.kafka.secure import ADMIN_USER, BrokerSecurity, ensure_scram_users
 from oms_dev.devstack.net import port_open
 
 # The first restart of a crashed child comes within this long; later ones back off to
@@ -154,10 +154,14 @@ class Stack:
         return self
 
     async def grant(self) -> None:
-        """On a secure broker, create the ACLs of the table for the stack's settings (its
+        """On a secure broker, create the users the broker lacks (a desk added since its
+        storage was formatted) and the ACLs of the table for the stack's settings (its
         principals, its desks); nothing on a plaintext one."""
-        if self.broker.security is not None:
-            await apply_acls(self.broker.admin_connection(), acl_rules(self.settings))
+        security = self.broker.security
+        if security is not None:
+            admin = self.broker.admin_connection()
+            await asyncio.to_thread(ensure_scram_users, admin, security.passwords)
+            await apply_acls(admin, acl_rules(self.settings))
 
     async def stop(self) -> None:
         """Stop the broker if this stack started it (its data is kept)."""

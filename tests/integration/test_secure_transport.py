@@ -10,12 +10,13 @@ client gets a clear error, and an admin read of the topic shows nothing was writ
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
@@ -23,13 +24,14 @@ from aiokafka.errors import (
 )
 
 from oms.client import OrderClient
-from oms.kafka.acls import COMPONENT_PRINCIPALS
+from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import account_topic_specs, ensure_topic_specs
 from oms.kafka.reading import topic_partitions
 from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEventType, Topic
 from oms.secrets import load_kafka_users
 from oms.settings import AccountTopicKind, Settings
+from oms_dev.devstack.kafka.secure import ensure_scram_users
 from oms_dev.devstack.stack import Stack
 from oms_dev.devstack.testing import wait_for_records
 from oms_dev.harness import OmsServices, wait_http_ok
@@ -131,20 +133,54 @@ async def _records(admin: KafkaConnection, topic: str) -> int:
         await consumer.stop()
 
 
+async def _values_since(
+    admin: KafkaConnection, topic: str, since: dict[TopicPartition, int]
+) -> list[bytes]:
+    """The values written to ``topic`` after the offsets ``since`` (read as the admin)."""
+    consumer = AIOKafkaConsumer(**admin.aiokafka(enable_auto_commit=False))
+    await consumer.start()
+    try:
+        tps = list(since)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, since[tp])
+        values: list[bytes] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=1_000)
+            values += [m.value or b"" for ms in batch.values() for m in ms]
+        return values
+    finally:
+        await consumer.stop()
+
+
+async def _ends(admin: KafkaConnection, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(**admin.aiokafka(enable_auto_commit=False))
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic, wait_s=10)
+        assert tps, f"{topic} does not exist"
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
 async def _refused_write(
     s: SecureStack, kafka: KafkaConnection, topic: str, error: type[Exception]
 ) -> None:
-    """Sending to ``topic`` as ``kafka`` fails with ``error``, and the topic is unchanged."""
-    before = await _records(s.admin, topic)
+    """Sending to ``topic`` as ``kafka`` fails with ``error``, and its record is not there
+    (the topic may grow meanwhile: the services write some of these topics all along)."""
+    since = await _ends(s.admin, topic)
+    marker = f"refused-{uuid.uuid4().hex}".encode()
     producer = AIOKafkaProducer(**kafka.aiokafka(acks="all", request_timeout_ms=10_000))
     try:
         with pytest.raises(error) as refused:
             await producer.start()
-            await producer.send_and_wait(topic, b"{}", key=b"k")
+            await producer.send_and_wait(topic, marker, key=b"k")
         s.errors.append(f"{refused.value!r} {refused.value}")
     finally:
         await producer.stop()
-    assert await _records(s.admin, topic) == before, f"{topic} was written"
+    assert marker not in await _values_since(s.admin, topic, since), f"{topic} was written"
 
 
 async def test_signed_orders_flow_over_sasl_ssl(secure: SecureStack) -> None:
@@ -198,6 +234,33 @@ async def test_a_wrong_password_is_refused(
     assert any("invalid credentials" in line for line in said), said
     assert not any("not-the-password" in line for line in said)
     assert await _records(secure.admin, topic) == before
+
+
+async def test_a_desk_added_after_the_format_gets_its_user_at_start(secure: SecureStack) -> None:
+    """SCRAM users are made when the storage is formatted; a desk configured later is added
+    when the stack starts (ensure_scram_users, then its ACLs), and users the broker knows keep
+    their credentials."""
+    s = secure.settings
+    late = s.model_copy(update={"desks": {**s.desks, "desk-late": ["alice"]}})
+    password = "late-desk-password-0123456789"
+    added = await asyncio.to_thread(
+        ensure_scram_users, secure.admin, {"desk-late": password, "oms-worker": "not-its-password"}
+    )
+    assert added == ["desk-late"]
+    await apply_acls(secure.admin, [r for r in acl_rules(late) if r.principal == "desk-late"])
+    producer = AIOKafkaProducer(**secure.admin.as_user("desk-late", password).aiokafka())
+    try:
+        await asyncio.wait_for(producer.start(), 60)  # authenticated as the new desk
+        assert await producer.partitions_for(s.topic(Topic.ORDER_REQUESTS))
+    finally:
+        await producer.stop()
+    # The worker still logs in with the password it had.
+    assert secure.services["worker-0"].alive
+    worker = AIOKafkaProducer(**secure.user("oms-worker").aiokafka())
+    try:
+        await asyncio.wait_for(worker.start(), 60)
+    finally:
+        await worker.stop()
 
 
 async def test_a_plaintext_client_is_refused_by_the_secure_listener(
@@ -289,14 +352,15 @@ async def test_the_sink_writes_only_dead_letters(secure: SecureStack) -> None:
     s = secure.settings
     sink = secure.user(COMPONENT_PRINCIPALS["sink"])
     dead = s.topic(Topic.DEAD_LETTERS)
-    before = await _records(secure.admin, dead)
+    since = await _ends(secure.admin, dead)
+    marker = f"allowed-{uuid.uuid4().hex}".encode()
     producer = AIOKafkaProducer(**sink.aiokafka(acks="all"))
     await producer.start()
     try:
-        await producer.send_and_wait(dead, b"{}", key=b"k")
+        await producer.send_and_wait(dead, marker, key=b"k")
     finally:
         await producer.stop()
-    assert await _records(secure.admin, dead) == before + 1
+    assert marker in await _values_since(secure.admin, dead, since)
     for topic in (Topic.ORDER_EVENTS, Topic.ORDER_REQUESTS, Topic.POSITIONS, Topic.METRICS):
         await _refused_write(secure, sink, s.topic(topic), TopicAuthorizationFailedError)
 

@@ -6,7 +6,8 @@ passwords of every principal, kept in the devstack's secrets file (``kafka_users
 0600) and never printed. It renders the broker's configuration (a SASL_SSL client listener
 with SCRAM-SHA-512, the controller listener on SASL PLAIN, the standard authorizer refusing
 whatever no ACL allows) and the ``--add-scram`` arguments that create the users when the
-storage is formatted.
+storage is formatted, and :func:`ensure_scram_users` adds the users a running broker lacks
+(a desk configured after the storage was formatted).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +43,26 @@ ADMIN_USER = "oms-admin"
 SUPER_USERS = (BROKER_USER, CONTROLLER_USER, ADMIN_USER)
 
 _VALID_DAYS = 825
+# Kafka's default for SCRAM-SHA-512 credentials (kafka-storage format --add-scram).
+_SCRAM_ITERATIONS = 4096
+
+
+def ensure_scram_users(admin: KafkaConnection, passwords: Mapping[str, str]) -> list[str]:
+    """Create the SCRAM-SHA-512 credentials of every user of ``passwords`` the broker does
+    not know yet, as ``admin`` (blocking); returns who was added. Users the broker knows keep
+    their credentials: the secrets file and the broker agree from the first format on."""
+    client = AdminClient(admin.confluent({"log_level": 4}))
+    every_user = client.describe_user_scram_credentials()  # None: one future for all users
+    assert not isinstance(every_user, dict)
+    known = set(every_user.result(timeout=60))
+    wanted = {u: p for u, p in passwords.items() if u != CONTROLLER_USER and u not in known}
+    if not wanted:
+        return []
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, _SCRAM_ITERATIONS)
+    upserts = [UserScramCredentialUpsertion(u, info, p.encode()) for u, p in wanted.items()]
+    for future in client.alter_user_scram_credentials(upserts).values():  # type: ignore[arg-type]
+        future.result(timeout=60)
+    return sorted(wanted)
 
 
 @dataclass(frozen=True)
