@@ -45,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 OnTicks = Callable[[list[MarketTick], bool], Awaitable[None]]
 
+# Live ticks decoded and evaluated per slice of a fetch (see TickFeed.run).
+_SLICE = 200
+
 
 class TickFeed(Component):
     """Reads every partition of the tick topic into ``market``, and hands the ticks it
@@ -116,24 +119,39 @@ class TickFeed(Component):
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for tp, messages in batches.items():
+                    # Offsets below ``end`` were on the topic before this feed started: all
+                    # of them come before the live ones of the same partition.
                     end = warm_until.get(tp, 0)
-                    warm: list[MarketTick] = []
-                    live: list[MarketTick] = []
-                    for message in messages:
-                        tick = decode(MarketTick, message.value)
-                        if isinstance(tick, Undecodable):
-                            await self._refuse(message, tick, live=message.offset >= end)
-                            continue
-                        (warm if message.offset < end else live).append(tick)
-                    self.received += len(warm) + len(live)
-                    for ticks, is_warm in ((warm, True), (live, False)):
-                        applied = self._market.update(ticks) if ticks else ticks
-                        if applied:
-                            await self._on_ticks(applied, is_warm)
+                    live_from = next(
+                        (i for i, m in enumerate(messages) if m.offset >= end), len(messages)
+                    )
+                    if live_from:
+                        await self._apply(messages[:live_from], warm=True)
+                    # Live ticks in slices, yielding between them: a large fetch is not decoded
+                    # whole before the engine sees its first tick, and the triggers it fires
+                    # are published while the rest is read.
+                    for start in range(live_from, len(messages), _SLICE):
+                        await self._apply(messages[start : start + _SLICE], warm=False)
+                        await asyncio.sleep(0)
                 if not self.ready.is_set() and all(await _positions_reached(consumer, warm_until)):
                     self.ready.set()
         finally:
             await consumer.stop()
+
+    async def _apply(self, messages: list[KafkaMessage], *, warm: bool) -> None:
+        """Decode ``messages`` into the market cache and hand what it applied to the trigger
+        loop (warm-up ticks as one batch, so only the newest per instrument is evaluated)."""
+        ticks: list[MarketTick] = []
+        for message in messages:
+            tick = decode(MarketTick, message.value)
+            if isinstance(tick, Undecodable):
+                await self._refuse(message, tick, live=not warm)
+                continue
+            ticks.append(tick)
+        self.received += len(ticks)
+        applied = self._market.update(ticks) if ticks else ticks
+        if applied:
+            await self._on_ticks(applied, warm)
 
     async def _refuse(self, message: KafkaMessage, failure: Undecodable, *, live: bool) -> None:
         """Skip a message that is not a tick (the topic is not compacted: a tombstone on it
