@@ -17,10 +17,13 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
 
 from oms.auth.signing import sign_headers
+from oms.backoff import Backoff
 from oms.client import OrderClient
 from oms.exchange.deribit.client import DeribitClient
+from oms.exchange.errors import RateLimited
 from oms.kafka.admin import ensure_topics
 from oms.schemas import DeadLetter, OrderEvent, OrderEventType, ReasonCode, Topic, derive_order_id
 from oms.secrets import SecretStore, SigningKeys, write_signing_keys
@@ -111,9 +114,19 @@ async def exchange_orders_by_label(settings: Settings, labels_by_account: dict[s
             settings.exchange.url, store.credentials(account), settings=settings.exchange
         ) as client:
             for label in labels:
-                orders = await client.call(
-                    "private/get_order_state_by_label", {"currency": "BTC", "label": label}
-                )
+                # The account's credits are shared with the worker's own lookups: a client
+                # that is told to slow down waits and asks again, as the worker does.
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(RateLimited),
+                    wait=Backoff(0.05, 1.0),
+                    stop=stop_after_delay(60),
+                    reraise=True,
+                ):
+                    with attempt:
+                        orders = await client.call(
+                            "private/get_order_state_by_label",
+                            {"currency": "BTC", "label": label},
+                        )
                 counts[label] += len(orders)
 
     await asyncio.gather(*(lookup(a, ls) for a, ls in labels_by_account.items()))
