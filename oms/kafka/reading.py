@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from oms.kafka.security import KafkaConnection, as_connection
@@ -50,13 +51,17 @@ async def topic_partitions(
         await asyncio.sleep(poll_s)
 
 
-async def read_topic(
-    target: KafkaConnection | str, topic: str, *, timeout_s: float | None = None
-) -> list[Record]:
-    """Every (key, value) of a topic, from its beginning to its end as it is now, in offset
-    order within each partition; ``[]`` when the topic does not exist. Raises TimeoutError
-    when reading takes longer than ``timeout_s`` (None: no limit). ``target``: a connection,
-    or a plaintext broker's ``host:port``."""
+async def read_messages(
+    target: KafkaConnection | str,
+    topic: str,
+    *,
+    since: Mapping[TopicPartition, int] | None = None,
+    timeout_s: float | None = None,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic from its beginning (or from the offsets ``since``) to its end
+    offsets as they are now, in offset order within each partition; ``[]`` when the topic
+    does not exist. Raises TimeoutError when reading takes longer than ``timeout_s`` (None:
+    no limit). ``target``: a connection, or a plaintext broker's ``host:port``."""
     consumer = AIOKafkaConsumer(**as_connection(target).aiokafka(enable_auto_commit=False))
     await consumer.start()
     try:
@@ -64,18 +69,44 @@ async def read_topic(
         if not tps:
             return []
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        if since is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            for tp in tps:
+                consumer.seek(tp, since.get(tp, 0))
+        first = since or {}
         ends = await consumer.end_offsets(tps)
-        out: list[Record] = []
+        out: list[ConsumerRecord[bytes, bytes]] = []
         async with asyncio.timeout(timeout_s):
-            remaining = {tp for tp, end in ends.items() if end > 0}
+            remaining = {tp for tp, end in ends.items() if end > first.get(tp, 0)}
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
                 for messages in batch.values():
-                    out.extend((m.key, m.value) for m in messages)
+                    out.extend(messages)
                 for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
         return out
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    target: KafkaConnection | str, topic: str, *, timeout_s: float | None = None
+) -> list[Record]:
+    """Every (key, value) of a topic, as :func:`read_messages` reads them."""
+    return [(m.key, m.value) for m in await read_messages(target, topic, timeout_s=timeout_s)]
+
+
+async def end_offsets(
+    target: KafkaConnection | str, topic: str, *, wait_s: float = 0
+) -> dict[TopicPartition, int]:
+    """The end offset of every partition of a topic now (``{}`` when it does not exist,
+    after waiting up to ``wait_s`` for it to appear)."""
+    consumer = AIOKafkaConsumer(**as_connection(target).aiokafka(enable_auto_commit=False))
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic, wait_s=wait_s)
+        return dict(await consumer.end_offsets(tps)) if tps else {}
     finally:
         await consumer.stop()

@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from oms.kafka.reading import topic_partitions
+from oms.kafka.reading import read_messages, topic_partitions
 from oms.kafka.security import KafkaConnection, as_connection
 from oms.settings import (
     ExchangeSettings,
@@ -179,32 +179,10 @@ class TopicRecord:
 async def read_records(kafka: KafkaConnection | str, topic: str) -> list[TopicRecord]:
     """Every record of ``topic`` up to its end offsets now, with partition, headers and
     timestamp, in offset order within each partition (``[]`` when the topic is missing)."""
-    consumer = AIOKafkaConsumer(**as_connection(kafka).aiokafka(enable_auto_commit=False))
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic, wait_s=0)
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[TopicRecord] = []
-        remaining = {tp for tp, end in ends.items() if end > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for msgs in batch.values():
-                out.extend(
-                    TopicRecord(
-                        m.partition, m.offset, m.key, m.value, tuple(m.headers), m.timestamp
-                    )
-                    for m in msgs
-                )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
+    return [
+        TopicRecord(m.partition, m.offset, m.key, m.value, tuple(m.headers), m.timestamp)
+        for m in await read_messages(kafka, topic)
+    ]
 
 
 async def wait_for_records(

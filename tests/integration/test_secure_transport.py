@@ -26,7 +26,7 @@ from aiokafka.errors import (
 from oms.client import OrderClient
 from oms.kafka.acls import COMPONENT_PRINCIPALS, acl_rules, apply_acls
 from oms.kafka.admin import account_topic_specs, ensure_topic_specs
-from oms.kafka.reading import topic_partitions
+from oms.kafka.reading import end_offsets, read_messages
 from oms.kafka.security import KafkaConnection
 from oms.schemas import OrderEventType, Topic
 from oms.secrets import load_kafka_users
@@ -123,46 +123,16 @@ async def alice(secure: SecureStack) -> AsyncIterator[OrderClient]:
 
 async def _records(admin: KafkaConnection, topic: str) -> int:
     """How many records the topic holds (its end offsets, read as the admin)."""
-    consumer = AIOKafkaConsumer(**admin.aiokafka(enable_auto_commit=False))
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic, wait_s=10)
-        assert tps, f"{topic} does not exist"
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
+    ends = await end_offsets(admin, topic, wait_s=10)
+    assert ends, f"{topic} does not exist"
+    return sum(ends.values())
 
 
 async def _values_since(
     admin: KafkaConnection, topic: str, since: dict[TopicPartition, int]
 ) -> list[bytes]:
     """The values written to ``topic`` after the offsets ``since`` (read as the admin)."""
-    consumer = AIOKafkaConsumer(**admin.aiokafka(enable_auto_commit=False))
-    await consumer.start()
-    try:
-        tps = list(since)
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, since[tp])
-        values: list[bytes] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=1_000)
-            values += [m.value or b"" for ms in batch.values() for m in ms]
-        return values
-    finally:
-        await consumer.stop()
-
-
-async def _ends(admin: KafkaConnection, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**admin.aiokafka(enable_auto_commit=False))
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic, wait_s=10)
-        assert tps, f"{topic} does not exist"
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
+    return [m.value or b"" for m in await read_messages(admin, topic, since=since)]
 
 
 async def _refused_write(
@@ -170,7 +140,7 @@ async def _refused_write(
 ) -> None:
     """Sending to ``topic`` as ``kafka`` fails with ``error``, and its record is not there
     (the topic may grow meanwhile: the services write some of these topics all along)."""
-    since = await _ends(s.admin, topic)
+    since = await end_offsets(s.admin, topic, wait_s=10)
     marker = f"refused-{uuid.uuid4().hex}".encode()
     producer = AIOKafkaProducer(**kafka.aiokafka(acks="all", request_timeout_ms=10_000))
     try:
@@ -352,7 +322,7 @@ async def test_the_sink_writes_only_dead_letters(secure: SecureStack) -> None:
     s = secure.settings
     sink = secure.user(COMPONENT_PRINCIPALS["sink"])
     dead = s.topic(Topic.DEAD_LETTERS)
-    since = await _ends(secure.admin, dead)
+    since = await end_offsets(secure.admin, dead, wait_s=10)
     marker = f"allowed-{uuid.uuid4().hex}".encode()
     producer = AIOKafkaProducer(**sink.aiokafka(acks="all"))
     await producer.start()
