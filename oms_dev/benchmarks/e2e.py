@@ -198,10 +198,12 @@ async def publish(
     requests: list[OrderRequest],
     rate: float | None,
     sent_at: dict[str, float],
+    *,
+    encode: Encode,
     on_progress: Callable[[int], None] | None = None,
-    encode: Encode | None = None,
 ) -> None:
-    encode = encode or unsigned
+    """Publish ``requests`` at ``rate``, each encoded by ``encode`` (signed in the default
+    configuration: :func:`secure_setup` says which), noting when each was sent."""
     start = time.perf_counter()
     for i, request in enumerate(requests):
         if rate:
