@@ -352,7 +352,7 @@ class PositionKeeper:
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:
-            for tp, committed in healer.stalled(time.monotonic()):
+            for tp, committed in await healer.stalled(time.monotonic()):
                 highwater = (await app.consumer.highwaters(tp)).get(tp, committed)
                 self._replay_below[tp.partition] = highwater
                 self.counters["partitions_healed"] += 1

@@ -481,83 +481,110 @@ class FakeConsumer:
         self.other = TP("elsewhere", 0)
         self._acked = {self.tp: [16, 17], self.other: [5]}
         self._committed_offset = {self.tp: 15, self.other: 3}
-        self._read_offset: dict[Any, int] = {}
         self._unacked_messages: list[Any] = []
         self.sought: list[tuple[Any, int]] = []
-        self.highwaters: dict[Any, int] = {}
+        # The Kafka consumer's fetch position: the next offset it hands out.
+        self.positions: dict[Any, int] = {self.tp: 18, self.other: 6}
+        self.resetting: set[Any] = set()
 
     def assignment(self) -> set[Any]:
         return {self.tp, self.other}  # type: ignore[arg-type]
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.sought.append((tp, offset))
+        self.positions[tp] = offset
 
-    def highwater(self, tp: Any) -> int:
-        return self.highwaters.get(tp, 0)
+    async def position(self, tp: Any) -> int:
+        if tp in self.resetting:  # aiokafka waits until the reset is resolved
+            await asyncio.get_running_loop().create_future()
+        return self.positions[tp]
 
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
     healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
-    assert healer.stalled(now=100.0) == []  # first seen
-    assert healer.stalled(now=104.0) == []
-    due = healer.stalled(now=105.0)
+    assert await healer.stalled(now=100.0) == []  # first seen
+    assert await healer.stalled(now=104.0) == []
+    due = await healer.stalled(now=105.0)
     assert due == [(consumer.tp, 15)]  # only the input topic, after the stall time
     await healer.heal(*due[0])
     assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
     consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
-    assert healer.stalled(now=200.0) == []
+    assert await healer.stalled(now=200.0) == []
 
 
 async def test_a_dropped_last_message_is_read_again() -> None:
-    # Offset 15 was read (read offset 15) but never delivered, and nothing came after it:
-    # no acknowledged offset reveals the hole, only the read offset past the commit does.
+    # Offsets 15 to 17 were fetched (position 18) but never delivered, and nothing came after
+    # them: no acknowledged offset reveals the hole, only the fetch position past the commit.
     consumer = FakeConsumer()
     consumer._acked = {consumer.tp: [], consumer.other: []}
-    consumer._read_offset = {consumer.tp: 15, consumer.other: 2}
-    consumer.highwaters = {consumer.tp: 18}
     in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
     consumer._unacked_messages = [in_flight]
     healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
     # Still being processed (queued in the stream or in the agent): not a stall.
-    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
+    assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
     in_flight.acked = True
-    assert healer.stalled(now=111.0) == []  # first seen
-    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
-    # Right after a seek to the end (read offset = committed = highwater): idle, not a stall.
-    consumer.highwaters[consumer.tp] = 15
-    assert healer.stalled(now=120.0) == [] and healer.stalled(now=130.0) == []
-    # Processed and committed: read offset 15, committed 16.
-    consumer.highwaters[consumer.tp] = 18
-    consumer._committed_offset[consumer.tp] = 16
-    assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
+    assert await healer.stalled(now=111.0) == []  # first seen
+    assert await healer.stalled(now=116.0) == [(consumer.tp, 15)]
+    # Right after a seek to the committed offset: nothing fetched yet, not a stall.
+    consumer.positions[consumer.tp] = 15
+    assert await healer.stalled(now=120.0) == [] and await healer.stalled(now=130.0) == []
+    # Processed and committed: the position is the committed offset.
+    consumer.positions[consumer.tp] = 18
+    consumer._committed_offset[consumer.tp] = 18
+    assert await healer.stalled(now=200.0) == [] and await healer.stalled(now=210.0) == []
+
+
+async def test_records_dropped_after_a_takeover_are_read_again() -> None:
+    # A partition taken over from a killed worker: the consumer fetched it to its end (the
+    # records were dropped by Faust around the rebalance, before they counted as read), and
+    # Faust's read offset, left from an earlier ownership, lies below the commit.
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer._read_offset = {consumer.tp: 2}  # type: ignore[attr-defined]
+    consumer._committed_offset[consumer.tp] = 4
+    consumer.positions[consumer.tp] = 17
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    assert await healer.stalled(now=100.0) == []
+    assert await healer.stalled(now=105.0) == [(consumer.tp, 4)]
+
+
+async def test_a_partition_being_reset_is_no_sign(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_patches, "POSITION_TIMEOUT_S", 0.01)
+    consumer = FakeConsumer()
+    consumer._acked = {consumer.tp: [], consumer.other: []}
+    consumer.resetting.add(consumer.tp)
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
+    consumer.resetting.clear()
+    assert await healer.stalled(now=111.0) == []  # first seen only now
+    assert await healer.stalled(now=116.0) == [(consumer.tp, 15)]
 
 
 async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
-    # Offset 15 was read and delivered to the agent's buffer, where it waits behind other
+    # Offset 15 was fetched and delivered to the agent's buffer, where it waits behind other
     # partitions' messages: Faust tracks it only once the stream takes it, so nothing of the
     # partition is acknowledged or unacknowledged. Reading it again would deliver it twice.
     consumer = FakeConsumer()
     consumer._acked = {consumer.tp: [], consumer.other: []}
-    consumer._read_offset = {consumer.tp: 17, consumer.other: 2}
-    consumer.highwaters = {consumer.tp: 18}
     waiting = {"in"}
     healer = StallHealer(
         lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: topic in waiting
     )
-    assert [healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
+    assert [await healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
     # The buffer is empty and the message never came: it was dropped after all.
     waiting.clear()
-    assert healer.stalled(now=200.0) == []  # first seen
-    assert healer.stalled(now=205.0) == [(consumer.tp, 15)]
+    assert await healer.stalled(now=200.0) == []  # first seen
+    assert await healer.stalled(now=205.0) == [(consumer.tp, 15)]
     await healer.heal(consumer.tp, 15)
     # A dropped head with later messages processed is a stall whatever the buffer holds.
     consumer._acked[consumer.tp] = [16, 17]
     waiting.add("in")
-    assert healer.stalled(now=300.0) == [] and healer.stalled(now=305.0) == [(consumer.tp, 15)]
+    assert await healer.stalled(now=300.0) == []
+    assert await healer.stalled(now=305.0) == [(consumer.tp, 15)]
 
 
-@pytest.mark.parametrize("attribute", ["_read_offset", "_unacked_messages", "_acked"])
+@pytest.mark.parametrize("attribute", ["_committed_offset", "_unacked_messages", "_acked"])
 def test_the_healer_refuses_a_faust_without_what_it_reads(
     attribute: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
