@@ -356,6 +356,46 @@ class AccessSettings(BaseModel):
     fanout_max_new_accounts: int = Field(1_000, ge=0)
 
 
+class ExperimentVariant(BaseModel):
+    """One arm of an experiment: how often it is drawn and how its orders execute."""
+
+    name: str = Field(pattern=DESK_NAME.pattern)
+    # Relative share of the experiment's orders (normalised over the variants).
+    weight: float = Field(gt=0, allow_inf_nan=False)
+    # An execution algorithm by its ``metadata.algo`` name ("twap", "chase"), or "none": the
+    # order goes out as sent. Checked with the algorithm's own parameter model when a worker
+    # builds its experiments (oms.orders.experiments), not here: settings know no algorithms.
+    algo: str = "none"
+    # The algorithm's parameters as flat metadata keys (e.g. {"twap_duration": 60,
+    # "twap_slices": 6}); a chase variant may leave chase_limit to the order.
+    params: dict[str, str | int | float | bool] = {}
+
+
+ExperimentSelect = Literal["tagged", "untagged"]
+
+
+class ExperimentSettings(BaseModel):
+    """An A/B test of execution strategies: which orders take part and the variants they are
+    spread over (by a hash of the order id: see oms.orders.experiments)."""
+
+    name: str = Field(pattern=DESK_NAME.pattern)
+    # Only orders of these accounts / instruments; empty: any.
+    accounts: list[str] = []
+    instruments: list[str] = []
+    # "tagged": only orders whose metadata asks for it (``"experiment": NAME``);
+    # "untagged": also every order that names no algorithm itself (no ``metadata.algo``).
+    select: ExperimentSelect = "tagged"
+    variants: list[ExperimentVariant] = Field(min_length=2)
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, variants: list[ExperimentVariant]) -> list[ExperimentVariant]:
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be distinct, got {names}")
+        return variants
+
+
 class Settings(BaseSettings):
     """Root settings object; build it with :func:`get_settings`."""
 
@@ -388,6 +428,9 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     positions: PositionSettings = PositionSettings()
     access: AccessSettings = AccessSettings()
+    # A/B experiments on execution strategies (OMS_EXPERIMENTS, a JSON list); the first
+    # experiment that applies to an order enrols it.
+    experiments: list[ExperimentSettings] = []
 
     @field_validator("desks")
     @classmethod
@@ -401,6 +444,16 @@ class Settings(BaseSettings):
                         "or other separator would let cover another's topics or groups"
                     )
         return desks
+
+    @field_validator("experiments")
+    @classmethod
+    def _distinct_experiments(
+        cls, experiments: list[ExperimentSettings]
+    ) -> list[ExperimentSettings]:
+        names = [e.name for e in experiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment names must be distinct, got {names}")
+        return experiments
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -40,6 +40,7 @@ def _register_optional() -> None:
         ("oms.cli.notify", "notify_app", "notify"),
         ("oms.cli.positions", "positions_app", "positions"),
         ("oms.cli.chaos", "chaos_app", "chaos"),
+        ("oms.cli.experiments", "experiments_app", "experiments"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from oms.algos import twap
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
+from oms.orders.experiments import Experiments
 from oms.orders.links import plan_children
 from oms.orders.params import parse_params
 from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
@@ -80,6 +81,11 @@ class IntakeContext(AgentContext):
     make_durable: Callable[[], Awaitable[None]] | None = None
     # Markers of orders that left the table (duplicates after the purge); None: no purge.
     retention: Retention | None = None
+    # A/B experiments on execution strategies (enrols new orders); None: none.
+    experiments: Experiments | None = None
+    # An instrument's current mark price (the worker's market cache): recorded as the arrival
+    # mark of orders in an experiment.
+    mark: Callable[[str], float | None] | None = None
 
 
 async def handle_command(
@@ -127,7 +133,9 @@ async def apply_command(ctx: IntakeContext, command: OrderCommand, *, replayed: 
     # again after a restart) is expected and acknowledged silently.
     quiet = replayed or origin.internal
     if request.command is CommandType.SUBMIT:
-        await _submit(ctx, request, replayed, quiet=quiet)
+        # The OMS's own submits (algorithm slices, lifecycle) belong to an order that was
+        # enrolled already, if at all.
+        await _submit(ctx, request, replayed, quiet=quiet, enrol=not origin.internal)
     else:
         await _modify(ctx, request, replayed, quiet=quiet)
 
@@ -146,6 +154,7 @@ async def _submit(
     links: dict[str, Any] | None = None,
     *,
     quiet: bool = False,
+    enrol: bool = False,
 ) -> None:
     order_id = request.key
     existing: OrderRecord | None = ctx.orders.get(order_id)
@@ -168,8 +177,13 @@ async def _submit(
                 ctx.count("duplicates_after_purge")
                 await ctx.emit(_purged_duplicate_event(order_id, ended, request))
             return
-    order = _record_from_request(request)
+    enrolled = _enrol(ctx, request, now) if enrol and links is None else request
+    order = _record_from_request(request if isinstance(enrolled, Rejection) else enrolled)
     order.links = links
+    if isinstance(enrolled, Rejection):
+        await _reject(ctx, order, enrolled)
+        return
+    request = enrolled
     if retention is not None and retention.policy.too_old(request.created_at, now):
         # Its original, if there was one, may have ended and been forgotten already.
         ctx.count("too_old")
@@ -229,6 +243,19 @@ async def _submit(
                 details={"request": child.model_dump(mode="json"), "links": child_links},
             )
         )
+
+
+def _enrol(ctx: IntakeContext, request: OrderRequest, now: int) -> OrderRequest | Rejection:
+    """The request with its experiment variant applied (:mod:`oms.orders.experiments`)."""
+    if ctx.experiments is None:
+        return request
+    mark = None
+    if ctx.mark is not None and request.instrument_name is not None:
+        mark = ctx.mark(request.instrument_name)
+    enrolled = ctx.experiments.enrol(request, mark=mark, now=now)
+    if isinstance(enrolled, OrderRequest) and enrolled is not request:
+        ctx.count("experiment_enrolled")
+    return enrolled
 
 
 def _decide(

@@ -57,6 +57,7 @@ from oms.market.cache import MarketCache
 from oms.market.feed import TickFeed
 from oms.metrics import OrderMetricsCollector
 from oms.metrics.collector import CONTENT_TYPE
+from oms.orders.experiments import Experiments
 from oms.orders.indexes import OrdersInStatus
 from oms.orders.priority_queue import PriorityQueues
 from oms.orders.retention import FinishedOrders, PurgeSchedule, RetentionPolicy
@@ -292,6 +293,8 @@ class OrderWorker:
             nonces=nonces,
             make_durable=lambda: self.app.producer.flush(),
             retention=retention,
+            experiments=Experiments.from_settings(settings.experiments),
+            mark=market.mark,
         )
         self.release = ReleaseContext(
             orders=observed,
