@@ -23,6 +23,7 @@ import hashlib
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import accumulate
 from typing import Any
 
@@ -99,13 +100,14 @@ class Experiment:
             variants=variants,
         )
 
-    @property
-    def bounds(self) -> list[float]:
-        """Upper bounds of the variants' intervals in [0, 1) (the last is exactly 1)."""
+    @cached_property
+    def bounds(self) -> tuple[float, ...]:
+        """Upper bounds of the variants' intervals in [0, 1) (the last is exactly 1, so
+        rounding never leaves a draw without a variant)."""
         total = sum(v.weight for v in self.variants)
         cumulative = [w / total for w in accumulate(v.weight for v in self.variants)]
         cumulative[-1] = 1.0
-        return cumulative
+        return tuple(cumulative)
 
     def assign(self, order_id: str) -> Variant:
         """The variant of ``order_id`` (deterministic, in proportion to the weights)."""

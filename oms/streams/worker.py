@@ -277,6 +277,10 @@ class OrderWorker:
             ),
             forward=self.command_route,
         )
+        # Checked here, before anything runs: a variant a worker cannot apply stops it.
+        experiments = Experiments.from_settings(settings.experiments)
+        if experiments.experiments:
+            log.info("worker.experiments", names=[e.name for e in experiments.experiments])
         self.intake = intake = IntakeContext(
             orders=observed,
             executor=executor,
@@ -293,7 +297,7 @@ class OrderWorker:
             nonces=nonces,
             make_durable=lambda: self.app.producer.flush(),
             retention=retention,
-            experiments=Experiments.from_settings(settings.experiments),
+            experiments=experiments,
             mark=market.mark,
         )
         self.release = ReleaseContext(

@@ -297,3 +297,27 @@ def test_a_small_difference_is_not_yet_significant() -> None:
     assert slip.difference.difference == pytest.approx(1.0)
     assert slip.difference.significant is False
     assert slip.difference.verdict == "not yet significant"
+
+
+def test_the_cli_lists_experiments_and_refuses_bad_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    twap = {"name": "twap", "weight": 3, "algo": "twap", "params": {"twap_duration": 6}}
+    plain = {"name": "plain", "weight": 1, "algo": "none"}
+    good = [
+        {"name": EXP, "variants": [plain, {**twap, "params": {**twap["params"], "twap_slices": 3}}]}
+    ]
+    bad = [{"name": EXP, "variants": [plain, twap]}]  # twap_slices missing
+    runner = CliRunner()
+    try:
+        monkeypatch.setenv("OMS_EXPERIMENTS", orjson.dumps(good).decode())
+        get_settings.cache_clear()
+        listed = runner.invoke(app, ["experiments", "list"])
+        monkeypatch.setenv("OMS_EXPERIMENTS", orjson.dumps(bad).decode())
+        get_settings.cache_clear()
+        refused = runner.invoke(app, ["experiments", "list"])
+    finally:
+        get_settings.cache_clear()
+    assert listed.exit_code == 0, listed.output
+    assert "exec-ab" in listed.stdout and "75.0%" in listed.stdout and "25.0%" in listed.stdout
+    assert refused.exit_code == 1
+    assert "experiment 'exec-ab', variant 'twap'" in refused.output
+    assert "twap_slices" in refused.output
