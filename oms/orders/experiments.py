@@ -39,7 +39,8 @@ VARIANT_KEY = "variant"
 # report measures slippage and time to fill from.
 ARRIVAL_MARK_KEY = "arrival_mark"
 ARRIVAL_AT_KEY = "arrival_at"
-# Written by the OMS only: a request carrying one would forge its place in the report.
+# Written by the OMS only: an order of an experiment (or tagged for one) carrying one would
+# forge its place in the report.
 RESERVED_KEYS = (VARIANT_KEY, ARRIVAL_MARK_KEY, ARRIVAL_AT_KEY)
 NO_ALGO = "none"
 CHASE_LIMIT_KEY = "chase_limit"
@@ -146,19 +147,24 @@ class Experiments:
         self, request: OrderRequest, *, mark: float | None, now: int
     ) -> OrderRequest | Rejection:
         """``request`` as it executes: unchanged if no experiment applies, else with its
-        variant's strategy and the assignment in its metadata; or why it is refused (it set a
-        key only the OMS writes, or names its own algorithm in an experiment that sets one).
+        variant's strategy and the assignment in its metadata; or why it is refused (tagged or
+        enrolled, it set a key only the OMS writes, or it names its own algorithm in an
+        experiment that sets one).
 
         ``mark``: the instrument's mark price now (None: unknown, no slippage for the order);
         ``now``: the time of acceptance (ms)."""
         metadata = request.metadata
+        experiment = next((e for e in self.experiments if e.applies_to(request)), None)
+        if experiment is None and EXPERIMENT_KEY not in metadata:
+            # Not in any experiment, and no report will read it: its keys are its own.
+            return request
         forged = [key for key in RESERVED_KEYS if key in metadata]
         if forged:
             return Rejection(
                 ReasonCode.SCHEMA_INVALID,
-                f"metadata.{forged[0]} is written by the OMS (experiments), not by requests",
+                f"metadata.{forged[0]} is written by the OMS in orders of an experiment, "
+                "not by requests",
             )
-        experiment = next((e for e in self.experiments if e.applies_to(request)), None)
         if experiment is None:
             return request
         if ALGO_KEY in metadata:

@@ -267,10 +267,18 @@ def test_a_tagged_order_naming_its_own_algorithm_is_refused() -> None:
 
 
 @pytest.mark.parametrize("key", ["variant", "arrival_mark", "arrival_at"])
-def test_a_request_cannot_forge_its_assignment(key: str) -> None:
-    refused = enrol([], request(metadata={key: 1}))
-    assert isinstance(refused, Rejection) and refused.reason_code is ReasonCode.SCHEMA_INVALID
-    assert f"metadata.{key}" in refused.message
+def test_an_order_of_an_experiment_cannot_forge_its_assignment(key: str) -> None:
+    # Tagged (even for an experiment not configured: a report may read it later) or enrolled.
+    for exps, req in (
+        ([], request(metadata={"experiment": "exec-ab", key: 1})),
+        ([experiment(select="untagged")], request(metadata={key: 1})),
+    ):
+        refused = enrol(exps, req)
+        assert isinstance(refused, Rejection) and refused.reason_code is ReasonCode.SCHEMA_INVALID
+        assert f"metadata.{key}" in refused.message
+    # Outside every experiment the key is the trader's own.
+    own = request(metadata={key: 1})
+    assert enrol([experiment()], own) == own
 
 
 def test_a_chase_variant_without_limit_chases_up_to_the_order_price() -> None:
