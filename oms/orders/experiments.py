@@ -117,7 +117,10 @@ class Experiment:
         return self.variants[min(index, len(self.variants) - 1)]
 
     def applies_to(self, request: OrderRequest) -> bool:
-        """Does this experiment take ``request`` (its account, instrument and selection)?"""
+        """Does this experiment take ``request`` (its account, instrument and selection)?
+        A linked group's parent never does: its group was planned for it as sent."""
+        if request.contingency is not None:
+            return False
         if self.accounts and request.account_id not in self.accounts:
             return False
         if self.instruments and request.instrument_name not in self.instruments:

@@ -240,6 +240,16 @@ def test_selection_by_tag_account_and_instrument() -> None:
         assert enrol(scoped, req) == req
 
 
+def test_a_linked_group_parent_is_never_enrolled() -> None:
+    bracket = {"type": "oto", "orders": [{"order_type": "limit", "price": 80_000}]}
+    for exps, metadata in (
+        ([experiment()], {"experiment": "exec-ab"}),
+        ([experiment(select="untagged")], {}),
+    ):
+        req = request(contingency=bracket, metadata=metadata)
+        assert enrol(exps, req) == req
+
+
 def test_untagged_selection_takes_orders_without_an_algorithm() -> None:
     exps = [experiment(select="untagged")]
     enrolled = enrol(exps, request())
