@@ -31,7 +31,8 @@ from oms.schemas import (
 from oms.settings import Settings, get_settings
 from oms.sinks.clickhouse.client import AsyncClickHouse, open_client
 from oms.sinks.clickhouse.migrations import apply_migrations
-from oms.sinks.experiments import OrderOutcome, build_report, experiment_report
+from oms.sinks.experiments import REPORT_SQL, OrderOutcome, build_report, experiment_report
+from oms.sinks.scope import Scope, prepare_statement
 from oms.sinks.writer import write_batch
 from tests.sinks.factories import T0, batch
 
@@ -321,3 +322,10 @@ def test_the_cli_lists_experiments_and_refuses_bad_ones(monkeypatch: pytest.Monk
     assert refused.exit_code == 1
     assert "experiment 'exec-ab', variant 'twap'" in refused.output
     assert "twap_slices" in refused.output
+
+
+def test_a_desk_reads_the_report_of_its_own_accounts_only() -> None:
+    # The report's SQL passes the desk scoping of ad-hoc SQL: each table it reads is
+    # filtered to the desk's accounts.
+    scoped = prepare_statement(REPORT_SQL, Scope("desk-1", frozenset({"acct-1"})))
+    assert scoped.count("account_id IN ('acct-1')") == 3
