@@ -100,9 +100,7 @@ class ChaseStrategy(StrategyBase):
         super().__init__(settings)
         self.requote_again_ms = int(self.settings.get("requote_again_ms", REQUOTE_AGAIN_MS))
 
-    def check(
-        self, request: OrderRequest, spec: InstrumentSpec, params: Any
-    ) -> Rejection | None:
+    def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
         """A post-only limit order, a limit on the tick on the right side of its price."""
         return check_chase(request, spec, params)
 

@@ -447,15 +447,23 @@ def _build(module: ModuleType, attr: str, settings: Mapping[str, Any]) -> Execut
     target = getattr(module, attr, None)
     if target is None:
         raise AttributeError(f"module has no attribute {attr!r}")
-    if isinstance(target, type) or (callable(target) and not _has_hooks(target)):
+    if isinstance(target, type):
+        _check_shape(target)  # before running the constructor: the clearer reason
         target = target(dict(settings))
+    elif callable(target) and not _has_hooks(target):
+        target = target(dict(settings))  # a factory
+    _check_shape(target)
+    strategy: ExecutionStrategy = target
+    return strategy
+
+
+def _check_shape(target: object) -> None:
     missing = [hook for hook in HOOKS if not callable(getattr(target, hook, None))]
     if missing:
         raise TypeError(f"missing hooks: {', '.join(missing)}")
     model = getattr(target, "params_model", None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise TypeError(f"params_model must be a pydantic model class, got {model!r}")
-    return target
 
 
 def _has_hooks(target: object) -> bool:

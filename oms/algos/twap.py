@@ -263,9 +263,7 @@ class TwapStrategy(StrategyBase):
         super().__init__(settings)
         self.cancel_window_ms = int(self.settings.get("cancel_window_ms", CANCEL_WINDOW_MS))
 
-    def check(
-        self, request: OrderRequest, spec: InstrumentSpec, params: Any
-    ) -> Rejection | None:
+    def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
         """Can the instrument's lots make the slices?"""
         return check_twap(request, spec, params)
 
