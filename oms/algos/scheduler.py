@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
-from pydantic import ValidationError
 
 from oms.algos.registry import LoadedStrategy, StrategyRegistry
 from oms.algos.strategy import Plan, StrategyContext
@@ -162,7 +161,12 @@ class AlgoScheduler:
             plan = getattr(loaded.strategy, hook)(order, ctx)
             if not isinstance(plan, Plan):
                 raise TypeError(f"{hook} returned {type(plan).__name__}, not a Plan")
-        except (Exception, ValidationError):
+            for request in plan.requests:
+                if not isinstance(request, OrderRequest):
+                    raise TypeError(f"{hook} asked for a {type(request).__name__}, not a request")
+                if request.account_id != order.account_id:
+                    raise ValueError("a strategy acts only for its order's account")
+        except Exception:
             self._count("strategy_errors")
             log.exception(
                 "strategy hook failed",

@@ -40,7 +40,15 @@ def check_submit(
     passed and its metadata was parsed into ``params``): by its loaded ``strategy`` when
     given, else TWAP's and chase's own checks."""
     if strategy is not None and params.algo is not None:
-        return strategy.check(request, spec, params.algo)
+        try:
+            rejection = strategy.check(request, spec, params.algo)
+            if rejection is not None and not isinstance(rejection, Rejection):
+                raise TypeError(f"check returned {type(rejection).__name__}, not a Rejection")
+        except Exception as exc:  # a plugin's bug rejects its order, never stops intake
+            return Rejection(
+                ReasonCode.INTERNAL_ERROR, f"strategy check failed: {type(exc).__name__}: {exc}"
+            )
+        return rejection
     if isinstance(params.algo, TwapParams):
         return twap.check_twap(request, spec, params.algo)
     if isinstance(params.algo, ChaseParams):

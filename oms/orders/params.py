@@ -181,6 +181,8 @@ def parse_algo(
         return model.model_validate(dict(metadata))
     except ValidationError as exc:
         return _invalid(exc, f"{name}: ")
+    except Exception as exc:  # a plugin's own validator failing otherwise
+        return Rejection(ReasonCode.SCHEMA_INVALID, f"{name}: {type(exc).__name__}: {exc}")
 
 
 def parse_lifecycle(metadata: Mapping[str, Any]) -> LifecycleOverrides | Rejection:

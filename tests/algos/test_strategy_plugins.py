@@ -393,3 +393,38 @@ def test_twap_and_chase_are_found_through_their_entry_points(tmp_path: Path) -> 
     explicit.refresh()
     assert explicit.current("twap").version == twap.version  # type: ignore[union-attr]
     assert explicit.names == ["chase", "twap"]
+
+
+async def test_a_plugin_bug_rejects_its_order_or_stops_following_it_never_more(
+    tmp_path: Path,
+) -> None:
+    plugin = tmp_path / "nudge.py"
+    plugin.write_text(
+        PLUGIN.format(tag="v1")
+        + "\n    def check(self, request, spec, params):\n"
+        + "        if params.step > 100:\n            raise KeyError('oops')\n"
+        + "\n\nclass Rogue(Nudge):\n"
+        + "    def on_timer(self, order, ctx):\n"
+        + "        plan = super().on_timer(order, ctx)\n"
+        + "        return Plan(requests=tuple(\n"
+        + "            r.model_copy(update={'account_id': 'someone-else'}) for r in plan.requests\n"
+        + "        ))\n"
+    )
+    registry = StrategyRegistry({"nudge": f"{plugin}:Nudge", "rogue": f"{plugin}:Rogue"})
+    registry.refresh()
+    rig = Rig(registry)
+    event = await rig.submit("r-1", {"algo": "nudge", "nudge_step": 500})
+    assert (event.event_type, event.reason_code) == (
+        OrderEventType.REJECTED,
+        ReasonCode.INTERNAL_ERROR,
+    )
+    assert event.message == "strategy check failed: KeyError: 'oops'"
+    # A request for another account is never published.
+    rogue = await rig.submit("r-2", {"algo": "rogue", "nudge_step": 1})
+    rig.becomes(rogue.order_id, OrderStatus.OPEN)
+    assert await rig.nudges() == {}
+    assert rig.scheduler.counters["strategy_errors"] == 1
+    # Intake and the timer go on.
+    fine = await rig.submit("r-3", {"algo": "nudge", "nudge_step": 1})
+    rig.becomes(fine.order_id, OrderStatus.OPEN)
+    assert await rig.nudges() == {fine.order_id: "v1"}
