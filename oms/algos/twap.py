@@ -249,6 +249,7 @@ def _exchange_state(status: OrderStatus) -> ExchangeOrderState:
 
 # Children of a parent cancelled this recently are still looked after (ms).
 CANCEL_WINDOW_MS = 120_000
+_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class TwapStrategy(StrategyBase):
@@ -299,9 +300,6 @@ class TwapStrategy(StrategyBase):
                 wake_at=order.updated_at + self.cancel_window_ms + 1,
             )
         return Plan.done()
-
-
-_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 def _sent_indexes(parent: OrderRecord, sent: Mapping[str, int]) -> set[int]:

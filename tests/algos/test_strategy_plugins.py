@@ -20,8 +20,14 @@ import pytest
 from oms.algos.chase import ChaseStrategy
 from oms.algos.registry import STRATEGY_GROUP, StrategyRegistry
 from oms.algos.scheduler import AlgoScheduler
-from oms.algos.twap import TwapStrategy
-from oms.orders.params import ALGO_VERSION_KEY, ChaseParams, TwapParams, parse_params
+from oms.algos.twap import TwapStrategy, child_order_id, child_request_id
+from oms.orders.params import (
+    ALGO_VERSION_KEY,
+    CANCEL_REASON_KEY,
+    ChaseParams,
+    TwapParams,
+    parse_params,
+)
 from oms.schemas import (
     OrderEvent,
     OrderEventType,
@@ -36,7 +42,7 @@ from oms.schemas.rejection import Rejection
 from oms.settings import QueueSettings
 from oms.streams.intake import IntakeContext, apply_command
 from oms.streams.order_table import ObservedOrders
-from tests.orders.factories import BTC_PERPETUAL
+from tests.orders.factories import BTC_PERPETUAL, order_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -428,3 +434,33 @@ async def test_a_plugin_bug_rejects_its_order_or_stops_following_it_never_more(
     fine = await rig.submit("r-3", {"algo": "nudge", "nudge_step": 1})
     rig.becomes(fine.order_id, OrderStatus.OPEN)
     assert await rig.nudges() == {fine.order_id: "v1"}
+
+
+async def test_the_twap_plugin_cancels_a_cancelled_parents_children_once() -> None:
+    published: list[OrderRequest] = []
+
+    async def publish(request: OrderRequest) -> None:
+        published.append(request)
+
+    data: dict[str, OrderRecord] = {}
+    scheduler = AlgoScheduler(data.get, lambda order_id: True, publish, lambda i: None)
+    table = ObservedOrders(data, [scheduler])
+    t0 = now_ms()
+    meta = {**TwapParams(duration_s=40, slices=4, lot=10.0).to_metadata(), "algo": "twap"}
+    parent = order_record(
+        OrderStatus.OPEN, order_id="p", amount=40.0, metadata=meta, created_at=t0, updated_at=t0
+    )
+    table["p"] = parent
+    await scheduler.run_once(t0 + 10_000)  # slices 0 and 1 are due
+    assert [r.request_id for r in published] == [child_request_id("p", i) for i in range(2)]
+    table["p"] = parent.model_copy(
+        update={"status": OrderStatus.CANCELLED, "version": 3, "updated_at": t0 + 11_000}
+    )
+    await scheduler.run_once(t0 + 11_500)
+    cancels = published[2:]
+    assert [r.order_id for r in cancels] == [child_order_id(parent, i) for i in range(2)]
+    assert {r.metadata[CANCEL_REASON_KEY] for r in cancels} == {"linked_order_cancelled"}
+    await scheduler.run_once(t0 + 12_000)
+    assert len(published) == 4  # once
+    await scheduler.run_once(t0 + 11_000 + 120_001)  # past the window: no longer followed
+    assert scheduler.followed == 0
