@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -238,6 +238,22 @@ class LifecycleSettings(BaseModel):
     reconcile_concurrency: int = Field(8, ge=1)
 
 
+class StrategySettings(BaseModel):
+    """Execution strategy plugins (:mod:`oms.algos.registry`): where they come from, and how
+    often the worker checks them for a change of code or settings (reloaded without a
+    restart)."""
+
+    reload_interval_s: float = Field(5.0, gt=0)
+    # Read the ``oms.strategies`` entry points of the installed packages.
+    entry_points: bool = True
+    # name -> "package.module:attr" or "/path/to/file.py:attr" (besides the entry points).
+    sources: dict[str, str] = {}
+    # JSON file read again at every check: {name: {"source"?, "settings"?, "enabled"?}}.
+    config_file: Path | None = None
+    # name -> the strategy's settings (the file's "settings" replace them).
+    settings: dict[str, dict[str, Any]] = {}
+
+
 class RiskSettings(BaseModel):
     """Request authentication, account permissions, risk limits."""
 
@@ -424,6 +440,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     queue: QueueSettings = QueueSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    strategies: StrategySettings = StrategySettings()
     risk: RiskSettings = RiskSettings()
     notify: NotifySettings = NotifySettings()
     positions: PositionSettings = PositionSettings()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from oms.algos.strategy import Plan, StrategyBase, StrategyContext
 from oms.orders.params import ALGO_KEY, CHASE, ChaseParams
 from oms.orders.state_machine import EPSILON
 from oms.schemas import (
@@ -21,6 +22,7 @@ from oms.schemas import (
     MarketTick,
     OrderRecord,
     OrderRequest,
+    OrderStatus,
     OrderType,
     ReasonCode,
 )
@@ -78,3 +80,59 @@ def requote(order: OrderRecord, tick: MarketTick, attempt: int = 0) -> OrderRequ
         order_id=order.order_id,
         price=target,
     )
+
+
+# A re-quote waits for its amend to be applied (new version) or this long (ms).
+REQUOTE_AGAIN_MS = 2_000
+_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
+
+
+class ChaseStrategy(StrategyBase):
+    """Chase as an execution strategy plugin (entry point ``chase``): a working order follows
+    the ticks, re-quoted by amends.
+
+    Settings: ``requote_again_ms``, how long an amend may stay unapplied (at the same order
+    version) before it is asked again under a new request id (default 2 s)."""
+
+    params_model = ChaseParams
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.requote_again_ms = int(self.settings.get("requote_again_ms", REQUOTE_AGAIN_MS))
+
+    def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
+        """A post-only limit order, a limit on the tick on the right side of its price."""
+        return check_chase(request, spec, params)
+
+    def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
+        """A working order follows the ticks; any other is left alone."""
+        return Plan(follow_ticks=True) if order.status in _WORKING else Plan.done()
+
+    def on_tick(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
+        """Re-quote at the touch, unless our previous amend of this version is pending."""
+        if order.status not in _WORKING:
+            return Plan.done()
+        keep = Plan(follow_ticks=True)
+        if ctx.tick is None:
+            return keep
+        attempt = 0
+        last = _last_attempt(order, ctx.sent)
+        if last is not None:
+            if ctx.now - last[1] < self.requote_again_ms:
+                return keep  # our previous amend is not applied yet
+            attempt = last[0] + 1  # it was refused or lost: ask again under a new id
+        request = requote(order, ctx.tick, attempt)
+        if request is None or request.request_id in order.seen_request_ids:
+            return keep
+        return Plan(requests=(request,), follow_ticks=True)
+
+
+def _last_attempt(order: OrderRecord, sent: Mapping[str, int]) -> tuple[int, int] | None:
+    """The highest re-quote attempt published at the order's current version, and when."""
+    prefix = f"chase.{order.order_id}.{order.version}."
+    attempts = [
+        (int(request_id[len(prefix) :]), at)
+        for request_id, at in sent.items()
+        if request_id.startswith(prefix) and request_id[len(prefix) :].isdigit()
+    ]
+    return max(attempts, default=None)

@@ -1,10 +1,16 @@
-"""The worker's timer side of the execution algorithms: due TWAP slices, children of
-cancelled parents, chase re-quotes. Reads the table only; acts by publishing requests.
+"""The worker's timer side of the execution strategies (TWAP, chase, plugins): calls their
+hooks and publishes the requests they ask for. Reads the table only; acts by publishing.
 
 It never scans the table: every write of an order is noted (:meth:`AlgoScheduler.note`), and
-it follows the orders running an algorithm itself: working TWAP parents by the time of their
-next slice (a deadline index), recently cancelled parents and working chase orders (a few,
-visited every pass: a chase follows the ticks, not a clock)."""
+it follows the orders running a strategy itself: by the time a strategy asked to be called
+again (a deadline index: TWAP's next slice, a cancelled parent's children), and the few that
+follow the ticks (chase), visited every pass.
+
+Each order runs the strategy version it started with (``metadata.algo_version``, recorded by
+intake): the scheduler holds that version in the registry while it follows the order, so a
+reload never changes the code of an order in flight. An order from before the version was
+recorded, or whose version is gone (a restart loads only the current ones), runs the current
+version."""
 
 from __future__ import annotations
 
@@ -13,174 +19,202 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from oms.algos import chase, twap
+from oms.algos.registry import LoadedStrategy, StrategyRegistry
+from oms.algos.strategy import Plan, StrategyContext
 from oms.orders.indexes import DeadlineIndex
-from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY
-from oms.schemas import (
-    CommandType,
-    MarketTick,
-    OrderRecord,
-    OrderRequest,
-    OrderStatus,
-    ReasonCode,
-    now_ms,
-)
+from oms.orders.params import ALGO_KEY, ALGO_VERSION_KEY
+from oms.schemas import MarketTick, OrderRecord, OrderRequest, now_ms
 
 log = structlog.get_logger(__name__)
 
-_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
-# Children of a parent cancelled this recently are still looked after (ms).
-_CANCEL_WINDOW_MS = 120_000
-# A re-quote waits for its amend to be applied (new version) or this long (ms).
-_REQUOTE_AGAIN_MS = 2_000
+# Request ids remembered per followed order (a TWAP's slices and its children's cancels fit).
+_SENT_KEPT = 256
 
 
 @dataclass
 class AlgoScheduler:
-    """One pass per timer tick over the owned orders that run an algorithm and are due."""
+    """One pass per timer tick over the owned orders that run a strategy and are due."""
 
     order_of: Callable[[str], OrderRecord | None]
     owns: Callable[[str], bool]
     publish_request: Callable[[OrderRequest], Awaitable[None]]
     latest_tick: Callable[[str], MarketTick | None]
     counters: dict[str, int] = field(default_factory=dict)
-    # Working TWAP parents, by when their next slice not yet published is due.
-    _slices_due: DeadlineIndex[str] = field(default_factory=DeadlineIndex)
-    _working: set[str] = field(default_factory=set)
-    # TWAP parents cancelled recently -> when (ms): their children are cancelled.
-    _cancelled: dict[str, int] = field(default_factory=dict)
-    _chasing: set[str] = field(default_factory=set)
-    _published: dict[str, set[int]] = field(default_factory=dict)
-    _cancelled_children: dict[str, set[str]] = field(default_factory=dict)
-    _requoted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    strategies: StrategyRegistry = field(default_factory=StrategyRegistry.builtin)
+    # Orders whose strategy asked to be called at a time (on_timer).
+    _due: DeadlineIndex[str] = field(default_factory=DeadlineIndex)
+    # Orders whose strategy follows the ticks (on_tick).
+    _ticking: set[str] = field(default_factory=set)
+    # Orders whose latest plan keeps them followed (their memory kept).
+    _followed: set[str] = field(default_factory=set)
+    # Requests asked for when an order was written, published on the next pass.
+    _pending: dict[str, tuple[OrderRequest, ...]] = field(default_factory=dict)
+    # Per followed order: request ids published -> when (ms), oldest first.
+    _sent: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Orders holding a strategy version in the registry.
+    _holding: set[str] = field(default_factory=set)
 
     # -- what the table tells ------------------------------------------------------------------
 
     def note(self, order_id: str, order: OrderRecord | None) -> None:
-        """An order was written (None: it left the table): follow it while its algorithm
-        has something to do."""
-        self._slices_due.discard(order_id)
-        self._working.discard(order_id)
-        self._chasing.discard(order_id)
+        """An order was written (None: it left the table): its strategy says what next."""
+        self._due.discard(order_id)
+        self._ticking.discard(order_id)
+        self._pending.pop(order_id, None)
         if order is None or ALGO_KEY not in order.metadata:
-            self._cancelled.pop(order_id, None)
+            self._followed.discard(order_id)
+            self._release(order_id)
             return
-        if twap.is_twap(order.metadata):
-            if order.status in _WORKING:
-                self._working.add(order_id)
-                self._schedule_slices(order)
-            elif order.status is OrderStatus.CANCELLED:
-                self._cancelled.setdefault(order_id, order.updated_at)
-        elif chase.is_chase(order.metadata) and order.status in _WORKING:
-            self._chasing.add(order_id)
+        loaded = self._strategy_of(order)
+        if loaded is None:
+            self._followed.discard(order_id)
+            self._release(order_id)
+            return
+        hook = "on_report" if order_id in self._followed else "on_order"
+        plan = self._call(loaded, hook, order, now_ms())
+        if plan.requests:
+            self._pending[order_id] = plan.requests
+        self._follow(order, loaded, plan)
 
     def clear(self) -> None:
         """Forget every order (the worker rebuilds from the table after a rebalance); the
         memories of what was published stay until their orders are no longer followed."""
-        self._slices_due.clear()
-        self._working.clear()
-        self._cancelled.clear()
-        self._chasing.clear()
+        self._due.clear()
+        self._ticking.clear()
+        self._followed.clear()
+        self._pending.clear()
+        for order_id in list(self._holding):
+            self._release(order_id)
 
-    def _schedule_slices(self, parent: OrderRecord) -> None:
-        at = twap.next_slice_at(parent, sent=self._published.get(parent.order_id, ()))
-        if at is None:
-            self._slices_due.discard(parent.order_id)
-        else:
-            self._slices_due.schedule(parent.order_id, at)
+    @property
+    def followed(self) -> int:
+        """Orders running a strategy that are followed."""
+        return len(self._followed)
 
     # -- the timer -----------------------------------------------------------------------------
 
     async def run_once(self, now: int | None = None) -> None:
+        """Publish what writes asked for, call the strategies whose time has come, and those
+        that follow the ticks."""
         now = now if now is not None else now_ms()
-        for order_id in self._slices_due.pop_due(now):
-            parent = self.order_of(order_id)
-            if (
-                parent is None
-                or not twap.is_twap(parent.metadata)
-                or parent.status not in _WORKING
-                or not self.owns(order_id)
-            ):
-                continue  # a write (or the rebuild) follows it again if need be
-            await self._slices(parent, now)
-            self._schedule_slices(parent)
-        for order_id, cancelled_at in list(self._cancelled.items()):
-            parent = self.order_of(order_id)
-            if (
-                now - cancelled_at > _CANCEL_WINDOW_MS
-                or parent is None
-                or parent.status is not OrderStatus.CANCELLED
-                or not self.owns(order_id)
-            ):
-                del self._cancelled[order_id]
-                continue
-            await self._cancel_children(parent)
-        for order_id in list(self._chasing):
+        for order_id, requests in list(self._pending.items()):
+            del self._pending[order_id]
             order = self.order_of(order_id)
-            if order is None or order.status not in _WORKING or not self.owns(order_id):
-                self._chasing.discard(order_id)
+            if order is not None and self.owns(order_id):
+                await self._publish(order, requests, now)
+        for order_id in self._due.pop_due(now):
+            order = self.order_of(order_id)
+            if order is None or not self.owns(order_id):
+                continue  # a write (or the rebuild) follows it again if need be
+            loaded = self._strategy_of(order)
+            if loaded is None:
                 continue
-            await self._chase(order, now)
+            plan = self._call(loaded, "on_timer", order, now)
+            self._follow(order, loaded, plan)
+            await self._publish(order, plan.requests, now)
+        for order_id in list(self._ticking):
+            order = self.order_of(order_id)
+            loaded = None if order is None else self._strategy_of(order)
+            if order is None or loaded is None or not self.owns(order_id):
+                self._ticking.discard(order_id)
+                continue
+            tick = self.latest_tick(order.instrument_name)
+            self._ticking.discard(order_id)
+            plan = self._call(loaded, "on_tick", order, now, tick)
+            self._follow(order, loaded, plan)
+            await self._publish(order, plan.requests, now)
         # Memory only for the orders still followed.
-        followed = self._working | self._cancelled.keys() | self._chasing
-        for memo in (self._published, self._cancelled_children, self._requoted):
-            for order_id in [k for k in memo if k not in followed]:
-                del memo[order_id]
+        for order_id in [k for k in self._sent if k not in self._followed]:
+            del self._sent[order_id]
 
-    @property
-    def followed(self) -> int:
-        """Orders running an algorithm that are followed."""
-        return len(self._working) + len(self._cancelled) + len(self._chasing)
+    # -- helpers -------------------------------------------------------------------------------
 
-    async def _slices(self, parent: OrderRecord, now: int) -> None:
-        published = self._published.setdefault(parent.order_id, set())
-        for index, amount in twap.due_slices(parent, now):
-            if index in published or twap.child_order_id(parent, index) in parent.children:
-                continue
-            published.add(index)
-            self._count("twap_slices")
-            # Same request id after any restart: intake sees a duplicate, never a 2nd child.
-            await self.publish_request(twap.child_request(parent, index, amount))
+    def _strategy_of(self, order: OrderRecord) -> LoadedStrategy | None:
+        name = order.metadata.get(ALGO_KEY)
+        if not isinstance(name, str):
+            return None
+        version = order.metadata.get(ALGO_VERSION_KEY)
+        loaded = self.strategies.get(name, version) if isinstance(version, str) else None
+        if loaded is None:
+            loaded = self.strategies.current(name)
+            if loaded is None:
+                self._count("strategy_unavailable")
+                log.warning("order names no loaded strategy", order_id=order.order_id, algo=name)
+                return None
+            if version is not None:
+                self._count("strategy_version_gone")
+        return loaded
 
-    async def _cancel_children(self, parent: OrderRecord) -> None:
-        published = self._published.get(parent.order_id, set())
-        cancelled = self._cancelled_children.setdefault(parent.order_id, set())
-        for index in range(twap.params_of(parent).slices):
-            child_id = twap.child_order_id(parent, index)
-            entry = parent.children.get(child_id)
-            sent = index in published
-            if child_id in cancelled or (entry is None and not sent):
-                continue
-            if entry is not None and entry[2]:
-                continue  # that child is done
-            cancelled.add(child_id)
-            self._count("twap_children_cancelled")
-            await self.publish_request(
-                OrderRequest(
-                    command=CommandType.CANCEL,
-                    request_id=f"parent_cancelled.{child_id}",
-                    account_id=parent.account_id,
-                    order_id=child_id,
-                    metadata={CANCEL_REASON_KEY: ReasonCode.LINKED_ORDER_CANCELLED.value},
-                )
+    def _call(
+        self,
+        loaded: LoadedStrategy,
+        hook: str,
+        order: OrderRecord,
+        now: int,
+        tick: MarketTick | None = None,
+    ) -> Plan:
+        """One hook of the order's strategy; a failing one stops following the order (until
+        its next write) and never stops the timer."""
+        try:
+            params = loaded.strategy.params_model.model_validate(dict(order.metadata))
+            ctx = StrategyContext(now, params, self._sent.get(order.order_id, {}), tick)
+            plan = getattr(loaded.strategy, hook)(order, ctx)
+            if not isinstance(plan, Plan):
+                raise TypeError(f"{hook} returned {type(plan).__name__}, not a Plan")
+            for request in plan.requests:
+                if not isinstance(request, OrderRequest):
+                    raise TypeError(f"{hook} asked for a {type(request).__name__}, not a request")
+                if request.account_id != order.account_id:
+                    raise ValueError("a strategy acts only for its order's account")
+        except Exception:
+            self._count("strategy_errors")
+            log.exception(
+                "strategy hook failed",
+                strategy=loaded.name,
+                version=loaded.version,
+                hook=hook,
+                order_id=order.order_id,
             )
+            return Plan.done()
+        return plan
 
-    async def _chase(self, order: OrderRecord, now: int) -> None:
-        tick = self.latest_tick(order.instrument_name)
-        if tick is None:
+    def _follow(self, order: OrderRecord, loaded: LoadedStrategy, plan: Plan) -> None:
+        order_id = order.order_id
+        if plan.wake_at is not None:
+            self._due.schedule(order_id, plan.wake_at)
+        if plan.follow_ticks:
+            self._ticking.add(order_id)
+        if plan.following:
+            self._followed.add(order_id)
+        else:
+            self._followed.discard(order_id)
+        # Its version stays alive while the order may still need it.
+        if plan.following or not order.status.is_terminal:
+            self.strategies.hold(order_id, loaded)
+            self._holding.add(order_id)
+        else:
+            self._release(order_id)
+
+    def _release(self, order_id: str) -> None:
+        if order_id in self._holding:
+            self._holding.discard(order_id)
+            self.strategies.release(order_id)
+
+    async def _publish(
+        self, order: OrderRecord, requests: tuple[OrderRequest, ...], now: int
+    ) -> None:
+        if not requests:
             return
-        last = self._requoted.get(order.order_id)
-        attempt = 0
-        if last is not None and last[0] == order.version:
-            if now - last[1] < _REQUOTE_AGAIN_MS:
-                return  # our previous amend is not applied yet
-            attempt = last[2] + 1  # it was refused or lost: ask again under a new id
-        request = chase.requote(order, tick, attempt)
-        if request is None or request.request_id in order.seen_request_ids:
-            return
-        self._requoted[order.order_id] = (order.version, now, attempt)
-        self._count("chase_requotes")
-        await self.publish_request(request)
+        sent = self._sent.setdefault(order.order_id, {})
+        name = str(order.metadata.get(ALGO_KEY))
+        for request in requests:
+            if request.request_id in sent:
+                continue  # never twice (a restart's copy is a duplicate at intake anyway)
+            sent[request.request_id] = now
+            while len(sent) > _SENT_KEPT:
+                del sent[next(iter(sent))]
+            self._count(f"{name}_{request.command.value}")
+            await self.publish_request(request)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

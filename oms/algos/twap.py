@@ -19,7 +19,8 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from oms.orders.params import ALGO_KEY, TWAP, TwapParams
+from oms.algos.strategy import Plan, StrategyBase, StrategyContext
+from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, TWAP, TwapParams
 from oms.orders.state_machine import EPSILON, Outcome, Transition, make_event, transition
 from oms.schemas import (
     CommandType,
@@ -244,3 +245,87 @@ def _exchange_state(status: OrderStatus) -> ExchangeOrderState:
         OrderStatus.EXPIRED: ExchangeOrderState.CANCELLED,
         OrderStatus.REJECTED: ExchangeOrderState.REJECTED,
     }.get(status, ExchangeOrderState.OPEN)
+
+
+# Children of a parent cancelled this recently are still looked after (ms).
+CANCEL_WINDOW_MS = 120_000
+_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
+
+
+class TwapStrategy(StrategyBase):
+    """TWAP as an execution strategy plugin (entry point ``twap``).
+
+    Settings: ``cancel_window_ms``, how long after its parent was cancelled its children
+    are still cancelled (default 120 s)."""
+
+    params_model = TwapParams
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.cancel_window_ms = int(self.settings.get("cancel_window_ms", CANCEL_WINDOW_MS))
+
+    def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
+        """Can the instrument's lots make the slices?"""
+        return check_twap(request, spec, params)
+
+    def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
+        """A working parent waits for its next slice; a cancelled one has its children
+        cancelled (on the timer, at once); any other is left alone."""
+        if order.status in _WORKING:
+            return Plan(wake_at=next_slice_at(order, sent=_sent_indexes(order, ctx.sent)))
+        if order.status is OrderStatus.CANCELLED:
+            return Plan(wake_at=order.updated_at)
+        return Plan.done()
+
+    def on_timer(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
+        """Publish the due slices of a working parent; cancel the live children of a
+        cancelled one (for a while after it was cancelled)."""
+        if order.status in _WORKING:
+            sent = _sent_indexes(order, ctx.sent)
+            due = [
+                (index, amount)
+                for index, amount in due_slices(order, ctx.now)
+                if index not in sent and child_order_id(order, index) not in order.children
+            ]
+            sent |= {index for index, _ in due}
+            return Plan(
+                requests=tuple(child_request(order, index, amount) for index, amount in due),
+                wake_at=next_slice_at(order, sent=sent),
+            )
+        if order.status is OrderStatus.CANCELLED:
+            if ctx.now - order.updated_at > self.cancel_window_ms:
+                return Plan.done()
+            return Plan(
+                requests=tuple(children_cancels(order, ctx.sent)),
+                wake_at=order.updated_at + self.cancel_window_ms + 1,
+            )
+        return Plan.done()
+
+
+def _sent_indexes(parent: OrderRecord, sent: Mapping[str, int]) -> set[int]:
+    return {
+        i for i in range(params_of(parent).slices) if child_request_id(parent.order_id, i) in sent
+    }
+
+
+def children_cancels(parent: OrderRecord, sent: Mapping[str, int]) -> list[OrderRequest]:
+    """Cancels of a cancelled parent's children that are live or were published (``sent``:
+    request ids published for the parent), not yet done."""
+    out = []
+    for index in range(params_of(parent).slices):
+        child_id = child_order_id(parent, index)
+        entry = parent.children.get(child_id)
+        if entry is None and child_request_id(parent.order_id, index) not in sent:
+            continue
+        if entry is not None and entry[2]:
+            continue  # that child is done
+        out.append(
+            OrderRequest(
+                command=CommandType.CANCEL,
+                request_id=f"parent_cancelled.{child_id}",
+                account_id=parent.account_id,
+                order_id=child_id,
+                metadata={CANCEL_REASON_KEY: ReasonCode.LINKED_ORDER_CANCELLED.value},
+            )
+        )
+    return out

@@ -8,6 +8,7 @@ return.
 from __future__ import annotations
 
 from oms.algos import chase, twap
+from oms.algos.strategy import ExecutionStrategy
 from oms.lifecycle.policy import cancel_reason
 from oms.orders.params import ChaseParams, OrderParams, TwapParams
 from oms.orders.state_machine import transition
@@ -30,10 +31,24 @@ _REASON_TEXT = {
 
 
 def check_submit(
-    request: OrderRequest, spec: InstrumentSpec, params: OrderParams
+    request: OrderRequest,
+    spec: InstrumentSpec,
+    params: OrderParams,
+    strategy: ExecutionStrategy | None = None,
 ) -> Rejection | None:
     """A submit's execution algorithm against its instrument (after the ordinary checks
-    passed and its metadata was parsed into ``params``)."""
+    passed and its metadata was parsed into ``params``): by its loaded ``strategy`` when
+    given, else TWAP's and chase's own checks."""
+    if strategy is not None and params.algo is not None:
+        try:
+            rejection = strategy.check(request, spec, params.algo)
+            if rejection is not None and not isinstance(rejection, Rejection):
+                raise TypeError(f"check returned {type(rejection).__name__}, not a Rejection")
+        except Exception as exc:  # a plugin's bug rejects its order, never stops intake
+            return Rejection(
+                ReasonCode.INTERNAL_ERROR, f"strategy check failed: {type(exc).__name__}: {exc}"
+            )
+        return rejection
     if isinstance(params.algo, TwapParams):
         return twap.check_twap(request, spec, params.algo)
     if isinstance(params.algo, ChaseParams):

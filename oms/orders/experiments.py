@@ -216,7 +216,8 @@ def _checked_params(
         raise ExperimentConfigError(f"{where}: {parsed.message}")
     if parsed is None:  # pragma: no cover - probe always names an algorithm
         raise ExperimentConfigError(f"{where}: no algorithm")
-    known = set(parsed.to_metadata())
+    # Any strategy's parameter model: its metadata keys are its fields' aliases.
+    known = set(parsed.model_dump(by_alias=True, exclude_none=True))
     unknown = sorted(set(params) - known - {ALGO_KEY})
     if unknown:
         raise ExperimentConfigError(f"{where}: {algo} has no parameter {', '.join(unknown)}")

@@ -15,7 +15,7 @@ objects. An accepted order's record keeps the same keys, so code that only has t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
 
@@ -27,6 +27,9 @@ from oms.schemas.rejection import Rejection
 from oms.settings import LifecycleSettings
 
 ALGO_KEY = "algo"
+# The version of the strategy an order started with (set by intake, never by the client):
+# the order keeps running that version while it is in flight, whatever is loaded later.
+ALGO_VERSION_KEY = "algo_version"
 # Cancel requests the OMS sends itself carry their reason in metadata under this key; intake
 # records it on the order, and the cancelled event reports it.
 CANCEL_REASON_KEY = "reason_code"
@@ -78,6 +81,8 @@ class ChaseParams(_MetadataParams):
 
 
 AlgoParams = TwapParams | ChaseParams
+# The parameters' model of a strategy by name, or why it cannot be used (a plugin registry).
+ModelOf = Callable[[str], type[BaseModel] | Rejection]
 
 
 class LifecycleOverrides(_MetadataParams):
@@ -130,28 +135,40 @@ class LifecyclePolicy:
 class OrderParams:
     """Everything an order's ``metadata`` configures, typed."""
 
-    algo: AlgoParams | None = None
+    # TwapParams, ChaseParams, or the model of a plugin strategy.
+    algo: BaseModel | None = None
     lifecycle: LifecycleOverrides = field(default_factory=LifecycleOverrides)
 
 
-def parse_params(metadata: Mapping[str, Any]) -> OrderParams | Rejection:
-    """The order's parameters, or why ``metadata`` holds a value we cannot apply."""
+def parse_params(
+    metadata: Mapping[str, Any], model_of: ModelOf | None = None
+) -> OrderParams | Rejection:
+    """The order's parameters, or why ``metadata`` holds a value we cannot apply.
+    ``model_of``: the loaded strategies' parameter models (None: TWAP and chase only)."""
     lifecycle = parse_lifecycle(metadata)
     if isinstance(lifecycle, Rejection):
         return lifecycle
-    algo = parse_algo(metadata)
+    algo = parse_algo(metadata, model_of)
     if isinstance(algo, Rejection):
         return algo
     return OrderParams(algo=algo, lifecycle=lifecycle)
 
 
-def parse_algo(metadata: Mapping[str, Any]) -> AlgoParams | Rejection | None:
-    """The execution algorithm named by ``metadata.algo`` with its parameters; None: none."""
+def parse_algo(
+    metadata: Mapping[str, Any], model_of: ModelOf | None = None
+) -> BaseModel | Rejection | None:
+    """The execution algorithm named by ``metadata.algo`` with its parameters; None: none.
+    ``model_of``: the loaded strategies' parameter models (None: TWAP and chase only)."""
     name = metadata.get(ALGO_KEY)
     if name is None:
         return None
-    model: type[AlgoParams]
-    if name == TWAP:
+    model: type[BaseModel]
+    if model_of is not None and isinstance(name, str):
+        found = model_of(name)
+        if isinstance(found, Rejection):
+            return found
+        model = found
+    elif name == TWAP:
         model = TwapParams
     elif name == CHASE:
         model = ChaseParams
@@ -161,9 +178,11 @@ def parse_algo(metadata: Mapping[str, Any]) -> AlgoParams | Rejection | None:
             f"metadata.{ALGO_KEY}: {name!r} is not an algorithm; one of {', '.join(ALGOS)}",
         )
     try:
-        return model.from_metadata(metadata)
+        return model.model_validate(dict(metadata))
     except ValidationError as exc:
         return _invalid(exc, f"{name}: ")
+    except Exception as exc:  # a plugin's own validator failing otherwise
+        return Rejection(ReasonCode.SCHEMA_INVALID, f"{name}: {type(exc).__name__}: {exc}")
 
 
 def parse_lifecycle(metadata: Mapping[str, Any]) -> LifecycleOverrides | Rejection:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from oms.orders.params import MAX_SLICES, AlgoParams, TwapParams
+from oms.orders.params import MAX_SLICES, TwapParams
 from oms.orders.validation import summarize_validation_error
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode
 from oms.schemas.conditions import (
@@ -89,7 +89,7 @@ def plan_schedule(
     now_ms: int,
     settings: QueueSettings,
     instrument: Callable[[str | None], InstrumentSpec | None],
-    algo: AlgoParams | None = None,
+    algo: BaseModel | None = None,
     slicing: AutoSlicing | None = None,
 ) -> Schedule | Rejection:
     """Validate the timing fields of a submit and decide its strategy.
@@ -176,7 +176,7 @@ def plan_schedule(
 
 def _auto_slice(
     request: OrderRequest,
-    algo: AlgoParams | None,
+    algo: BaseModel | None,
     slicing: AutoSlicing | None,
     instrument: Callable[[str | None], InstrumentSpec | None],
 ) -> TwapParams | None:

@@ -152,6 +152,10 @@ class ReasonCode(StrEnum):
     CONDITION_EXPIRED = "condition_expired"
     CONDITION_UNEVALUABLE = "condition_unevaluable"
     LINKED_ORDER_CANCELLED = "linked_order_cancelled"
+    # Execution strategy plugins: an order naming one that is not loaded; a plugin refused
+    # at load (syntax or import error, missing hooks, bad parameters model).
+    UNKNOWN_STRATEGY = "unknown_strategy"
+    STRATEGY_REFUSED = "strategy_refused"
     # Lifecycle: auto-cancel, partial fills, retries, manual review.
     AUTO_CANCELLED = "auto_cancelled"
     PARTIAL_FILL_CANCELLED = "partial_fill_cancelled"

@@ -17,11 +17,12 @@ import structlog
 from pydantic import ValidationError
 
 from oms.algos import twap
+from oms.algos.registry import StrategyRegistry
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
 from oms.orders.experiments import Experiments
 from oms.orders.links import plan_children
-from oms.orders.params import parse_params
+from oms.orders.params import ALGO_KEY, ALGO_VERSION_KEY, TWAP, parse_params
 from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
 from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.orders.validation import summarize_validation_error, validate_submit
@@ -86,6 +87,8 @@ class IntakeContext(AgentContext):
     # An instrument's current mark price (the worker's market cache): recorded as the arrival
     # mark of orders in an experiment.
     mark: Callable[[str], float | None] | None = None
+    # The execution strategies loaded (plugins); None: TWAP and chase, versions not recorded.
+    strategies: StrategyRegistry | None = None
 
 
 async def handle_command(
@@ -210,6 +213,7 @@ async def _submit(
         await _reject(ctx, order, decision)
         return
     schedule = decision
+    order = _pin_strategy(ctx, order, request, schedule)
     if links is not None and links.get("hold"):
         await _hold_for_parent(ctx, order, schedule)
     elif schedule.strategy is Strategy.SLICED:
@@ -268,10 +272,17 @@ def _decide(
     rejection = validate_submit(request, spec, ctx.account_known(request.account_id))
     if rejection is not None:
         return rejection
-    params = parse_params(request.metadata)
+    strategies = ctx.strategies
+    params = parse_params(
+        request.metadata, strategies.params_model if strategies is not None else None
+    )
     if isinstance(params, Rejection):
         return params
-    rejection = review.check_submit(request, spec, params)
+    strategy = None
+    if strategies is not None and params.algo is not None:
+        loaded = strategies.current(str(request.metadata[ALGO_KEY]))
+        strategy = loaded.strategy if loaded is not None else None
+    rejection = review.check_submit(request, spec, params, strategy)
     if rejection is None and ctx.guard is not None:
         rejection = ctx.guard.check_submit(order, at_release=False)
     if rejection is not None:
@@ -288,6 +299,24 @@ def _decide(
         instrument=ctx.instrument,
         algo=params.algo,
         slicing=slicing,
+    )
+
+
+def _pin_strategy(
+    ctx: IntakeContext, order: OrderRecord, request: OrderRequest, schedule: Schedule
+) -> OrderRecord:
+    """An order running a strategy records the version it starts with: it keeps running it
+    while in flight, whatever is loaded later (never the client's word for it)."""
+    name = request.metadata.get(ALGO_KEY)
+    if name is None and schedule.strategy is Strategy.SLICED:
+        name = TWAP  # sliced by the OMS above the threshold
+    if ctx.strategies is None or not isinstance(name, str):
+        return order
+    loaded = ctx.strategies.current(name)
+    if loaded is None:
+        return order
+    return order.model_copy(
+        update={"metadata": {**order.metadata, ALGO_VERSION_KEY: loaded.version}}
     )
 
 

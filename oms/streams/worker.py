@@ -39,6 +39,7 @@ import faust
 import structlog
 from faust.types import TP
 
+from oms.algos.registry import StrategyRegistry
 from oms.algos.scheduler import AlgoScheduler
 from oms.auth.nonces import NonceStore
 from oms.auth.verify import Authenticator
@@ -220,11 +221,15 @@ class OrderWorker:
             is_busy=commands.is_inflight,
             publish_request=outbox.commands_of(InternalComponent.LIFECYCLE),
         )
+        # Execution strategies (plugins), loaded now and checked for changes on a timer.
+        self.strategies = strategies = StrategyRegistry.from_settings(settings.strategies)
+        strategies.refresh()
         self.algos = algos = AlgoScheduler(
             order_of=self._order_of,
             owns=self.ownership.owns,
             publish_request=outbox.commands_of(InternalComponent.ALGO),
             latest_tick=market.latest,
+            strategies=strategies,
         )
         self.unacknowledged = UnacknowledgedSweep(
             submit_timeout_s=settings.worker.submit_timeout_s,
@@ -299,6 +304,7 @@ class OrderWorker:
             retention=retention,
             experiments=experiments,
             mark=market.mark,
+            strategies=strategies,
         )
         self.release = ReleaseContext(
             orders=observed,
@@ -550,6 +556,15 @@ class OrderWorker:
             except Exception:  # a bad pass must not stop the timer
                 log.exception("lifecycle.check_failed")
 
+        @app.timer(interval=self.settings.strategies.reload_interval_s)
+        async def reload_strategies() -> None:
+            # Plugins whose code or settings changed are reloaded; a broken one is refused
+            # (logged) and the version in use stays.
+            try:
+                await self.strategies.refresh_async()
+            except Exception:
+                log.exception("strategies.reload_failed")
+
         sample_every = self.settings.lifecycle.metrics_sample_interval
         if sample_every > 0:
 
@@ -644,6 +659,7 @@ class OrderWorker:
             "unacknowledged": len(self.unacknowledged),
             "monitored": self.monitor.followed,
             "algos": self.algos.followed,
+            "strategies": self.strategies.describe(),
             "purge": dict(self.purge_timer.counters),
         }
 
