@@ -16,6 +16,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from oms.schemas.base import DEFAULT_VENUE
 from oms.schemas.risk import AccountControls, AccountLimits, AccountPermissions
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL"]
@@ -68,6 +69,38 @@ AccountTopicKind = Literal["events", "positions", "notifications"]
 AuthGrant = Literal["client_credentials", "client_signature"]
 
 
+# How the OMS reaches a venue: "deribit" is the native Deribit API v2 client
+# (oms.exchange.deribit; the paper exchange speaks it too), "ccxt" any exchange ccxt knows,
+# through oms.exchange.ccxt.
+VenueKind = Literal["deribit", "ccxt"]
+
+
+class VenueSettings(BaseModel):
+    """One venue orders may name (``OrderRequest.venue``): how to reach it and who trades there."""
+
+    kind: VenueKind = "deribit"
+    # ccxt's exchange id (``ccxt.exchanges``), e.g. "deribit"; only for kind "ccxt".
+    ccxt_id: str | None = None
+    # deribit: the WebSocket URL (None: exchange.url). ccxt: the REST base URL the ccxt
+    # exchange is pointed at (None: ccxt's own URL of the exchange).
+    url: str | None = None
+    # Accounts that trade at this venue; None: every account.
+    accounts: list[str] | None = None
+    # Where this venue's exchange credentials live (None: the process's secrets store):
+    # the same account usually has other API keys at another venue.
+    secrets_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _ccxt_needs_its_id(self) -> Self:
+        if self.kind == "ccxt" and not self.ccxt_id:
+            raise ValueError("a ccxt venue needs ccxt_id (the ccxt exchange id, e.g. 'deribit')")
+        return self
+
+    def trades(self, account_id: str) -> bool:
+        """Whether ``account_id`` may trade at this venue."""
+        return self.accounts is None or account_id in self.accounts
+
+
 class ExchangeSettings(BaseModel):
     """Which venue the workers trade on and where its API lives; the paper exchange (which
     speaks Deribit's API) by default."""
@@ -93,6 +126,33 @@ class ExchangeSettings(BaseModel):
     # public/auth grant: "client_signature" proves the key with an HMAC of a timestamp and a
     # nonce instead of sending the client secret (OMS_EXCHANGE__AUTH_GRANT).
     auth_grant: AuthGrant = "client_credentials"
+    # Every venue orders may name, by name (the order's ``venue``): kind, URL and accounts.
+    # The default is the one Deribit venue at ``url``; set e.g. OMS_EXCHANGE__VENUES=
+    # '{"deribit": {}, "paper2": {"kind": "ccxt", "ccxt_id": "deribit", "url": "http://..."}}'.
+    venues: dict[str, VenueSettings] = Field(
+        default_factory=lambda: {DEFAULT_VENUE: VenueSettings()}
+    )
+
+    @field_validator("venues")
+    @classmethod
+    def _some_venue(cls, venues: dict[str, VenueSettings]) -> dict[str, VenueSettings]:
+        if not venues:
+            raise ValueError("exchange.venues needs at least one venue")
+        for name in venues:
+            if not DESK_NAME.fullmatch(name):
+                raise ValueError(f"venue name {name!r}: only letters, digits, '_' and '-'")
+        primary = DEFAULT_VENUE if DEFAULT_VENUE in venues else next(iter(venues))
+        if venues[primary].kind != "deribit":
+            # Market data, account views and reconciliation come from the primary venue,
+            # and only the native adapter has them.
+            raise ValueError(f"the primary venue {primary!r} must be of kind 'deribit'")
+        return venues
+
+    @property
+    def primary_venue(self) -> str:
+        """The venue of market data and of the processes that see one venue (the default
+        venue if configured, else the first one)."""
+        return DEFAULT_VENUE if DEFAULT_VENUE in self.venues else next(iter(self.venues))
 
 
 class PaperExchangeSettings(BaseModel):

@@ -21,6 +21,7 @@ from oms.schemas.execution import (
     LABEL_MISMATCH,
     LOST_AT_VENUE,
     NEEDS_REVIEW,
+    NOT_SUPPORTED,
     REQUEST_TIMEOUT,
     RETRIES_EXHAUSTED,
 )
@@ -124,6 +125,13 @@ class ExchangeBusy(ExchangeError):
 
     retryable = True
     default_reason = "retry"
+
+
+class NotSupported(ExchangeError):
+    """The venue's adapter cannot express the request at that venue (an order type, a
+    time in force, a lookup the venue's API lacks): refused before anything is sent."""
+
+    default_reason = "not_supported"
 
 
 # Deribit's name for the same thing; kept as an alias so both spellings read naturally.
@@ -248,6 +256,7 @@ _TABLE: dict[int, tuple[str, type[ExchangeError]]] = {
     NEEDS_REVIEW: ("needs_review", ExchangeError),
     LOST_AT_VENUE: ("lost_at_venue", ExchangeError),
     LABEL_MISMATCH: ("label_mismatch", LabelMismatch),
+    NOT_SUPPORTED: ("not_supported", NotSupported),
 }
 
 _REASONS: dict[int, str] = {code: reason for code, (reason, _) in _TABLE.items()}
@@ -284,6 +293,7 @@ __all__ = [
     "LABEL_MISMATCH",
     "LOST_AT_VENUE",
     "NEEDS_REVIEW",
+    "NOT_SUPPORTED",
     "REQUEST_TIMEOUT",
     "RETRIES_EXHAUSTED",
     "ConnectionLost",
@@ -293,6 +303,7 @@ __all__ = [
     "LabelMismatch",
     "NotEnoughFunds",
     "NotOpenOrder",
+    "NotSupported",
     "OrderNotFound",
     "OrderRejected",
     "PostOnlyReject",

@@ -69,7 +69,11 @@ class ExchangeGateway:
         self.counters["ticks"] += 1
 
     async def _on_reports(self, reports: list[ExecutionReport]) -> None:
+        # The feed is the primary venue's: its reports say so (positions are kept per venue).
+        venue = self.settings.exchange.primary_venue
         for report in reports:
+            if report.venue != venue:
+                report = report.model_copy(update={"venue": venue})
             await self._send(self._reports_topic, report.order_id, report.to_bytes())
             self.counters["reports"] += 1
 

@@ -47,10 +47,12 @@ from oms.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """An account's session came back after a drop (``session``: which one, per account)."""
+    """An account's session came back after a drop (``session``: which one, per account;
+    ``venue``: where, set by the :class:`~oms.exchange.router.VenueRouter`)."""
 
     account_id: str
     session: int
+    venue: str | None = None
 
 
 @runtime_checkable

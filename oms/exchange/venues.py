@@ -1,8 +1,15 @@
-"""Which venue the OMS works with: the :class:`~oms.exchange.interface.Venue` the settings
-name (``exchange.venue``), and what each process builds from it.
+"""Which venues the OMS works with: the :class:`~oms.exchange.interface.Venue` of each venue
+configured in ``exchange.venues``, and what each process builds from them.
 
-The only module outside a venue's own package that knows the venues exist; a new exchange
-registers here (and nowhere in the services).
+The only module outside a venue's own package that knows the venues exist; a new kind of
+exchange registers here (and nowhere in the services).
+
+A venue of kind ``deribit`` is served by the native implementation named by
+``exchange.venue`` (``deribit``, or ``paper``: the same API, named apart); one of kind
+``ccxt`` by :mod:`oms.exchange.ccxt`. The worker trades at every configured venue through a
+:class:`~oms.exchange.router.VenueRouter`; the processes that see one venue (the gateway's
+market data, the position keeper's reconciliation, the notifier's margins) see the primary
+one (``exchange.primary_venue``).
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from collections.abc import Callable
 
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Exchange, Venue, VenueAccounts, VenueFeed
+from oms.exchange.router import VenueRouter
+from oms.schemas import DEFAULT_VENUE
 from oms.secrets import SecretStore
-from oms.settings import Settings
+from oms.settings import Settings, VenueSettings
 
 
 def _deribit() -> Venue:
@@ -27,12 +36,18 @@ def _paper() -> Venue:
     return PAPER
 
 
-# Venue name -> its Venue (imported when first asked for).
+def _ccxt() -> Venue:
+    # Imported only when configured: ccxt is an optional dependency (the ``ccxt`` extra).
+    from oms.exchange.ccxt.venue import CCXT
+
+    return CCXT
+
+
+# Native implementation name -> its Venue (imported when first asked for).
 VENUES: dict[str, Callable[[], Venue]] = {"deribit": _deribit, "paper": _paper}
 
 
-def venue_of(settings: Settings) -> Venue:
-    """The venue ``settings.exchange.venue`` names (ValueError if none has that name)."""
+def _native(settings: Settings) -> Venue:
     name = settings.exchange.venue
     try:
         load = VENUES[name]
@@ -41,21 +56,71 @@ def venue_of(settings: Settings) -> Venue:
     return load()
 
 
+def venue_of(settings: Settings, name: str | None = None) -> Venue:
+    """The implementation of the configured venue ``name`` (the primary one if None);
+    ValueError if ``exchange.venue`` names no native implementation."""
+    config = settings.exchange.venues[name or settings.exchange.primary_venue]
+    return _ccxt() if config.kind == "ccxt" else _native(settings)
+
+
+def venue_settings(settings: Settings, name: str) -> Settings:
+    """The settings a venue's implementation is built with: ``exchange.url`` is the venue's
+    own URL (if it has one) and ``exchange.venues`` holds that venue alone (its name and
+    configuration, e.g. the ccxt exchange id)."""
+    config: VenueSettings = settings.exchange.venues[name]
+    update: dict[str, object] = {"venues": {name: config}}
+    if config.url is not None:
+        update["url"] = config.url
+    return settings.model_copy(update={"exchange": settings.exchange.model_copy(update=update)})
+
+
+def _secrets(settings: Settings, config: VenueSettings, secrets: SecretStore) -> SecretStore:
+    if config.secrets_file is None:
+        return secrets
+    return SecretStore(config.secrets_file, settings.risk.exchange_accounts())
+
+
+def is_default_setup(settings: Settings) -> bool:
+    """Exactly the one default venue: what every deployment was before venues existed."""
+    return list(settings.exchange.venues) == [DEFAULT_VENUE]
+
+
 def create_exchange(settings: Settings, secrets: SecretStore) -> Exchange:
-    """The venue's order entry (a worker's), trading with the credentials in ``secrets``."""
-    return venue_of(settings).exchange(settings, secrets)
+    """The worker's order entry, trading with the credentials in ``secrets`` (or a venue's
+    own secrets file): the venue itself in the default setup, else a
+    :class:`~oms.exchange.router.VenueRouter` over every configured venue."""
+    if is_default_setup(settings):
+        return venue_of(settings).exchange(settings, secrets)
+    exchanges: dict[str, Exchange] = {}
+    for name, config in settings.exchange.venues.items():
+        build = venue_of(settings, name).exchange
+        exchanges[name] = build(venue_settings(settings, name), _secrets(settings, config, secrets))
+    return VenueRouter(
+        exchanges,
+        primary=settings.exchange.primary_venue,
+        accounts={name: config.accounts for name, config in settings.exchange.venues.items()},
+    )
 
 
 def create_accounts(settings: Settings, secrets: SecretStore) -> VenueAccounts:
-    """Read-only sessions to the venue's accounts (positions, margins)."""
-    return venue_of(settings).accounts(settings, secrets)
+    """Read-only sessions to the primary venue's accounts (positions, margins)."""
+    primary = settings.exchange.primary_venue
+    config = settings.exchange.venues[primary]
+    return venue_of(settings).accounts(
+        venue_settings(settings, primary), _secrets(settings, config, secrets)
+    )
 
 
 def create_feed(settings: Settings, secrets: SecretStore) -> VenueFeed:
-    """The venue's live market and account streams (the gateway's sources)."""
-    return venue_of(settings).feed(settings, secrets)
+    """The primary venue's live market and account streams (the gateway's sources)."""
+    primary = settings.exchange.primary_venue
+    config = settings.exchange.venues[primary]
+    return venue_of(settings).feed(
+        venue_settings(settings, primary), _secrets(settings, config, secrets)
+    )
 
 
 def create_instrument_catalog(settings: Settings) -> InstrumentCatalog:
-    """The venue's instrument catalog (not started)."""
-    return venue_of(settings).instruments(settings)
+    """The primary venue's instrument catalog (not started)."""
+    primary = settings.exchange.primary_venue
+    return venue_of(settings).instruments(venue_settings(settings, primary))

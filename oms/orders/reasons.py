@@ -8,6 +8,7 @@ from oms.schemas.execution import (
     CONNECTION_LOST,
     LOST_AT_VENUE,
     NEEDS_REVIEW,
+    NOT_SUPPORTED,
     REQUEST_TIMEOUT,
     RETRIES_EXHAUSTED,
 )
@@ -28,6 +29,7 @@ _BY_CODE: dict[int, ReasonCode] = {
     RETRIES_EXHAUSTED: ReasonCode.RETRIES_EXHAUSTED,
     NEEDS_REVIEW: ReasonCode.MANUAL_REVIEW,
     LOST_AT_VENUE: ReasonCode.LOST_AT_VENUE,
+    NOT_SUPPORTED: ReasonCode.NOT_SUPPORTED,
 }
 
 

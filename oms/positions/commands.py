@@ -10,13 +10,17 @@ from aiokafka import AIOKafkaProducer
 from oms.kafka.security import KafkaConnection
 from oms.positions.keeper import FILLS_TOPIC
 from oms.positions.state import ReportBundle
-from oms.schemas import position_key
+from oms.schemas import DEFAULT_VENUE, position_key
 from oms.settings import Settings
 
 
 async def send_command(settings: Settings, command: dict[str, Any]) -> None:
     """Publish one command (``type``, ``account_id``, ``instrument_name``, ...)."""
-    key = position_key(str(command["account_id"]), str(command["instrument_name"]))
+    key = position_key(
+        str(command["account_id"]),
+        str(command["instrument_name"]),
+        str(command.get("venue") or DEFAULT_VENUE),
+    )
     producer = AIOKafkaProducer(**KafkaConnection.from_settings(settings).aiokafka(acks="all"))
     await producer.start()
     try:

@@ -48,6 +48,7 @@ from oms.positions.state import (
     ReportBundle,
 )
 from oms.schemas import (
+    DEFAULT_VENUE,
     ExecutionReport,
     OrderEvent,
     OrderEventType,
@@ -184,7 +185,7 @@ class PositionKeeper:
                 settings,
                 create_accounts(settings, secrets),
                 secrets.trading_accounts(settings.accounts),
-                self.owned_positions,
+                self.primary_venue_positions,
                 self.send_command,
                 self.ready_to_reconcile,
                 self.owns_key,
@@ -245,6 +246,12 @@ class PositionKeeper:
             for key, state in list(self.positions.items())
             if state is not None and partition_of(key, n) in owned
         ]
+
+    def primary_venue_positions(self) -> list[PositionState]:
+        """Owned positions at the primary venue: the one whose accounts the reconciliation
+        reads (positions at other venues are not reconciled yet)."""
+        primary = self.settings.exchange.primary_venue
+        return [state for state in self.owned_positions() if state.venue == primary]
 
     def owns_key(self, key: str) -> bool:
         actives: set[TP] = self.app.assignor.assigned_actives()
@@ -498,8 +505,12 @@ class PositionKeeper:
         if not isinstance(account, str) or not isinstance(instrument, str):
             self.counters["bad_commands"] += 1
             return
-        key = position_key(account, instrument)
-        state = self.ledger.state(account, instrument)
+        venue = command.get("venue") or DEFAULT_VENUE
+        if not isinstance(venue, str):
+            self.counters["bad_commands"] += 1
+            return
+        key = position_key(account, instrument, venue)
+        state = self.ledger.state(account, instrument, venue)
         if kind == "correction":
             await self._correct(key, state, command)
         elif kind == "ack":
@@ -631,6 +642,7 @@ def _change_record(
         record_id=f"{key}:{record_type.value}:{version}",
         account_id=state.account_id,
         instrument_name=state.instrument_name,
+        venue=state.venue,
         record_type=record_type,
         size_before=state.size,
         average_price_before=state.average_price,
@@ -647,7 +659,7 @@ def _change_record(
 
 def _problem_event(problem: FillProblem) -> OrderEvent:
     report, fill = problem.report, problem.fill
-    key = position_key(report.account_id, report.instrument_name)
+    key = position_key(report.account_id, report.instrument_name, report.venue)
     subject = report.order_id or f"position:{key}"
     return OrderEvent(
         event_id=f"{subject}:fill:{fill.trade_id}:{problem.reason_code.value}:{report.report_id}"[

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from oms.positions.math import Book, PositionKind, apply_fill, close_enough, notional
 from oms.positions.state import PositionState, RecentFill
 from oms.schemas import (
+    DEFAULT_VENUE,
     Direction,
     ExecutionReport,
     Fill,
@@ -84,6 +85,12 @@ class Applied:
     touched: set[str] = field(default_factory=set)
 
 
+def seen_key(venue: str, trade_id: str) -> str:
+    """The seen-trades key of a venue's trade: trade ids are unique only within a venue. The
+    default venue's keys are the bare trade ids, as before venues existed."""
+    return trade_id if venue == DEFAULT_VENUE else f"{venue}:{trade_id}"
+
+
 def record_id_for_trade(key: str, trade_id: str) -> str:
     return f"{key}:trade:{trade_id}"
 
@@ -107,13 +114,16 @@ class Ledger:
         self.counters = LedgerCounters()
         self._unsettled: set[str] = set()
 
-    def state(self, account_id: str, instrument_name: str) -> PositionState:
-        key = position_key(account_id, instrument_name)
+    def state(
+        self, account_id: str, instrument_name: str, venue: str = DEFAULT_VENUE
+    ) -> PositionState:
+        key = position_key(account_id, instrument_name, venue)
         current = self.positions.get(key)
         if current is None:
             current = PositionState(
                 account_id=account_id,
                 instrument_name=instrument_name,
+                venue=venue,
                 kind=self.kind_of(instrument_name),
                 updated_at=0,
             )
@@ -143,12 +153,14 @@ class Ledger:
         if self.retention_ms is not None:
             self._stale_before = now_ms() - self.retention_ms
         for report, fill in pairs:
-            key = position_key(report.account_id, report.instrument_name)
+            key = position_key(report.account_id, report.instrument_name, report.venue)
             state = states.get(key)
             if state is None:
                 # One copy per position and batch; the fills of the batch update it in place
                 # (the table's object is replaced, never changed, when the batch ends).
-                state = self.state(report.account_id, report.instrument_name).model_copy()
+                state = self.state(
+                    report.account_id, report.instrument_name, report.venue
+                ).model_copy()
             states[key] = self._apply_fill(state, key, report, fill, out, replayed)
         for key in self._unsettled:
             states[key] = self._settle(states[key], key, out)
@@ -177,7 +189,7 @@ class Ledger:
                     )
                     out.records[i] = fixed
                     if fixed.trade_id:
-                        self.seen[fixed.trade_id] = fixed
+                        self.seen[seen_key(fixed.venue, fixed.trade_id)] = fixed
                 break
         return _update(
             state, {"average_price": exact.average_price, "realized_pnl": exact.realized_pnl}
@@ -193,10 +205,11 @@ class Ledger:
         replayed: bool,
     ) -> PositionState:
         direction = fill.direction or report.direction
-        previous = self.seen.get(fill.trade_id)
+        previous = self.seen.get(seen_key(report.venue, fill.trade_id))
         if previous is not None:
             same = (
                 previous.account_id == report.account_id
+                and previous.venue == report.venue
                 and previous.instrument_name == report.instrument_name
                 and previous.direction == (direction.value if direction else None)
                 and close_enough(previous.trade_amount or 0.0, fill.amount)
@@ -256,6 +269,7 @@ class Ledger:
             record_id=record_id_for_trade(key, fill.trade_id),
             account_id=state.account_id,
             instrument_name=state.instrument_name,
+            venue=state.venue,
             record_type=PositionRecordType.EXECUTION,
             size=book.size,
             size_before=state.size,
@@ -282,7 +296,7 @@ class Ledger:
             reason_code=ReasonCode.UNKNOWN_ORDER if unknown else None,
             message="fill of an order not placed through the OMS" if unknown else None,
         )
-        self.seen[fill.trade_id] = record
+        self.seen[seen_key(report.venue, fill.trade_id)] = record
         self.counters.applied += 1
         out.records.append(record)
         out.touched.add(key)

@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from oms.kafka.security import KafkaConnection
-from oms.schemas import position_key
+from oms.schemas import DEFAULT_VENUE, position_key
 from oms.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -159,8 +159,9 @@ def _route_key(raw: bytes | None) -> str | None:
     try:
         head = orjson.loads(raw)
         account, instrument = head["account_id"], head["instrument_name"]
-    except (orjson.JSONDecodeError, TypeError, KeyError):
+        venue = head.get("venue", DEFAULT_VENUE)
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
         return None
-    if not head.get("fills") or not isinstance(account, str) or not isinstance(instrument, str):
+    if not head.get("fills") or not all(isinstance(v, str) for v in (account, instrument, venue)):
         return None
-    return position_key(account, instrument)
+    return position_key(account, instrument, venue)

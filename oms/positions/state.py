@@ -8,7 +8,7 @@ from pydantic import Field
 
 from oms.kafka.codecs import RecordCodec
 from oms.positions.math import Book, PositionKind
-from oms.schemas import ExecutionReport, PositionRecord, Record, now_ms
+from oms.schemas import DEFAULT_VENUE, ExecutionReport, PositionRecord, Record, now_ms
 
 # A fill in a position's reorder window: (timestamp, trade seq, trade_id, buy, amount, price,
 # fee). Tuples sort in exchange order as they are and are compact in the changelog.
@@ -20,6 +20,7 @@ class PositionState(Record):
 
     account_id: str
     instrument_name: str
+    venue: str = DEFAULT_VENUE
     kind: PositionKind
     size: float = 0.0
     average_price: float = 0.0

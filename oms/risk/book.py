@@ -62,6 +62,9 @@ class RiskBook:
         self._clock_ms = clock_ms
         self._controls: dict[str, AccountControls] = {}
         self.positions: dict[tuple[str, str], float] = {}
+        # Per (account, instrument): the size at each venue. Risk limits see the account's
+        # whole exposure to an instrument, wherever it trades: the sum.
+        self._venue_sizes: dict[tuple[str, str], dict[str, float]] = {}
         self._positions_by_account: dict[str, dict[str, float]] = {}
         self._open: dict[str, OpenOrder] = {}
         self._open_by_account: dict[str, set[str]] = {}
@@ -131,10 +134,12 @@ class RiskBook:
         if record.record_id in self._seen_position_records:
             return
         self._seen_position_records.add(record.record_id)
-        self.positions[(record.account_id, record.instrument_name)] = record.size
-        self._positions_by_account.setdefault(record.account_id, {})[record.instrument_name] = (
-            record.size
-        )
+        key = (record.account_id, record.instrument_name)
+        sizes = self._venue_sizes.setdefault(key, {})
+        sizes[record.venue] = record.size
+        size = sum(sizes.values())
+        self.positions[key] = size
+        self._positions_by_account.setdefault(record.account_id, {})[record.instrument_name] = size
         today = utc_day(self._clock_ms())
         per_instrument = self._pnl.setdefault(record.account_id, {})
         pnl = per_instrument.get(record.instrument_name)

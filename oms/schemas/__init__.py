@@ -1,6 +1,6 @@
 """Pydantic v2 schemas: the contracts between every part of the pipeline."""
 
-from oms.schemas.base import Record, now_ms
+from oms.schemas.base import DEFAULT_VENUE, Record, now_ms
 from oms.schemas.dead_letters import DeadLetter
 from oms.schemas.enums import (
     CommandType,
@@ -23,6 +23,7 @@ from oms.schemas.positions import PositionRecord, PositionRecordType, position_k
 from oms.schemas.topics import Topic, topic_name
 
 __all__ = [
+    "DEFAULT_VENUE",
     "CommandType",
     "DeadLetter",
     "Direction",

@@ -34,5 +34,9 @@ class Record(BaseModel):
         return cls.model_validate(obj)
 
 
+# The venue an order goes to when it names none (and the one venue of a default setup);
+# records without a ``venue`` field (written before venues existed) were at this venue too.
+DEFAULT_VENUE = "deribit"
+
 # Metadata values users may attach to orders: flat and JSON-native so they survive any sink.
 MetadataValue = str | int | float | bool | None

@@ -130,6 +130,9 @@ class ReasonCode(StrEnum):
     UNKNOWN_INSTRUMENT = "unknown_instrument"
     INSTRUMENT_INACTIVE = "instrument_inactive"
     UNKNOWN_ACCOUNT = "unknown_account"
+    # The order names a venue that is not configured, or one its account does not trade at.
+    UNKNOWN_VENUE = "unknown_venue"
+    VENUE_NOT_ALLOWED = "venue_not_allowed_for_account"
     UNKNOWN_ORDER = "unknown_order"
     NOT_OWNER = "not_order_owner"
     DUPLICATE_REQUEST = "duplicate_request"

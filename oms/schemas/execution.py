@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from oms.schemas.base import Record, now_ms
+from oms.schemas.base import DEFAULT_VENUE, Record, now_ms
 from oms.schemas.enums import CommandType, Direction, ExchangeOrderState, ReportSource
 
 # Error codes of the OMS's own, carried in ``ExecutionReport.error_code`` next to Deribit's.
@@ -20,6 +20,9 @@ NEEDS_REVIEW = -1005
 # after every check, and an answer about an order that is not the one we asked for.
 LOST_AT_VENUE = -1006
 LABEL_MISMATCH = -1007
+# A request the venue's adapter cannot express at that venue (e.g. an order type ccxt has no
+# unified form for): refused before anything is sent.
+NOT_SUPPORTED = -1008
 
 
 class Fill(Record):
@@ -47,6 +50,8 @@ class ExecutionReport(Record):
     report_id: str
     order_id: str
     account_id: str
+    # The venue that reported it (positions are kept per venue).
+    venue: str = DEFAULT_VENUE
     source: ReportSource
     # The command this report answers (RPC replies only): a failed cancel or amend leaves the
     # order as it was, while a failed submit rejects it.

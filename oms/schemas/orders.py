@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictFloat, model_validator
 from pydantic_core import PydanticCustomError
 
-from oms.schemas.base import MetadataValue, Record, now_ms
+from oms.schemas.base import DEFAULT_VENUE, MetadataValue, Record, now_ms
 from oms.schemas.contingency import Contingency
 from oms.schemas.enums import (
     CommandType,
@@ -53,6 +53,9 @@ class OrderRequest(Record):
     command: CommandType = CommandType.SUBMIT
     request_id: SafeId
     account_id: SafeId
+    # Where the order trades: a venue configured in exchange.venues (intake refuses others,
+    # reason unknown_venue). A cancel or amend acts where its order is, whatever it says.
+    venue: SafeId = DEFAULT_VENUE
     order_id: SafeId | None = Field(
         None, description="target of cancel/amend; for submit it is derived if omitted"
     )
@@ -122,6 +125,7 @@ class OrderRecord(Record):
     order_id: str
     request_id: str
     account_id: str
+    venue: str = DEFAULT_VENUE
     instrument_name: str
     direction: Direction
     order_type: OrderType

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from oms.schemas.base import Record, now_ms
+from oms.schemas.base import DEFAULT_VENUE, Record, now_ms
 from oms.schemas.enums import ReasonCode
 
 
@@ -22,6 +22,8 @@ class PositionRecord(Record):
     record_id: str
     account_id: str
     instrument_name: str
+    # Positions are kept per venue: the same instrument at two venues is two positions.
+    venue: str = DEFAULT_VENUE
     record_type: PositionRecordType = PositionRecordType.EXECUTION
     size: float
     size_before: float = 0.0
@@ -58,9 +60,13 @@ class PositionRecord(Record):
 
     @property
     def key(self) -> str:
-        return position_key(self.account_id, self.instrument_name)
+        return position_key(self.account_id, self.instrument_name, self.venue)
 
 
-def position_key(account_id: str, instrument_name: str) -> str:
-    """Kafka key of a position: everything about one account+instrument in one partition."""
-    return f"{account_id}|{instrument_name}"
+def position_key(account_id: str, instrument_name: str, venue: str = DEFAULT_VENUE) -> str:
+    """Kafka key of a position: everything about one account+instrument at one venue in one
+    partition. The default venue's keys are ``account|instrument``, as before venues
+    existed; another venue's are ``account|instrument@venue``."""
+    if venue == DEFAULT_VENUE:
+        return f"{account_id}|{instrument_name}"
+    return f"{account_id}|{instrument_name}@{venue}"

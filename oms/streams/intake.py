@@ -46,6 +46,7 @@ from oms.streams.edge import unauthenticated
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
+from oms.streams.venue_rules import VenueRules, spec_at, venue_refusal
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -89,6 +90,9 @@ class IntakeContext(AgentContext):
     mark: Callable[[str], float | None] | None = None
     # The execution strategies loaded (plugins); None: TWAP and chase, versions not recorded.
     strategies: StrategyRegistry | None = None
+    # The configured venues (which exist, who trades where, each one's instruments); None:
+    # the one default venue, whose instruments are ``instrument``.
+    venues: VenueRules | None = None
 
 
 async def handle_command(
@@ -219,7 +223,7 @@ async def _submit(
     elif schedule.strategy is Strategy.SLICED:
         # An execution algorithm's parent: worked by the worker's timer, never sent itself.
         assert schedule.twap is not None
-        spec = ctx.instrument(request.instrument_name)
+        spec = spec_at(ctx.venues, ctx.instrument, request.venue, request.instrument_name)
         working, event = twap.start_parent(order, schedule.twap, spec.min_trade_amount)
         event.details.update(_decided(schedule))
         ctx.orders[order_id] = working
@@ -268,7 +272,10 @@ def _decide(
     """Every check of a new order, then how it executes: the instrument and account, its
     typed parameters (parsed from ``metadata`` here, once), its algorithm against the
     instrument, pre-trade risk, then its timing and strategy."""
-    spec = ctx.instrument(request.instrument_name)
+    rejection = venue_refusal(ctx.venues, request)
+    if rejection is not None:
+        return rejection
+    spec = spec_at(ctx.venues, ctx.instrument, request.venue, request.instrument_name)
     rejection = validate_submit(request, spec, ctx.account_known(request.account_id))
     if rejection is not None:
         return rejection
@@ -426,6 +433,7 @@ def _record_from_request(request: OrderRequest) -> OrderRecord:
         order_id=request.key,
         request_id=request.request_id,
         account_id=request.account_id,
+        venue=request.venue,
         instrument_name=request.instrument_name,
         direction=request.direction,
         order_type=request.order_type,
@@ -580,7 +588,7 @@ async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderReq
 def _check_amend(ctx: IntakeContext, order: OrderRecord, request: OrderRequest) -> Rejection | None:
     if request.amount is None and request.price is None:
         return Rejection(ReasonCode.SCHEMA_INVALID, "amend needs a new amount and/or price")
-    spec = ctx.instrument(order.instrument_name)
+    spec = spec_at(ctx.venues, ctx.instrument, order.venue, order.instrument_name)
     probe = OrderRequest(
         request_id=request.request_id,
         account_id=order.account_id,

@@ -40,6 +40,7 @@ from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
 from oms.streams.purge import Retention, apply_purge
+from oms.streams.venue_rules import VenueRules, spec_at
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -62,6 +63,8 @@ class ReleaseContext(AgentContext):
     publish_trigger: Callable[[OrderTrigger], Awaitable[None]]
     # The purge of ended orders (this agent applies it); None: orders are never purged.
     retention: Retention | None = None
+    # The configured venues (each one's instruments); None: the one default venue.
+    venues: VenueRules | None = None
 
 
 async def handle_trigger(
@@ -157,7 +160,7 @@ async def _release(ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigge
     if twap.is_twap(order.metadata):
         # A held TWAP parent is never sent itself: released, it starts working its slices
         # (timed from now).
-        spec = ctx.instrument(order.instrument_name)
+        spec = spec_at(ctx.venues, ctx.instrument, order.venue, order.instrument_name)
         if spec is None:
             await _finish(ctx, order, trigger, OrderStatus.REJECTED, ReasonCode.UNKNOWN_INSTRUMENT)
             return
@@ -195,7 +198,7 @@ async def _apply_link(
     links = record_fact(order.links, trigger.details)
     if links == order.links and not replayed:
         return  # nothing new (a fact delivered twice)
-    spec = ctx.instrument(order.instrument_name)
+    spec = spec_at(ctx.venues, ctx.instrument, order.venue, order.instrument_name)
     step = spec.min_trade_amount if spec is not None else 0.0
     desired = desired_amount(order, links, step)
     request_id = link_request_id(order.order_id, links)

@@ -45,6 +45,7 @@ from oms.auth.nonces import NonceStore
 from oms.auth.verify import Authenticator
 from oms.component import Startable, start_all, stop_all
 from oms.conditions.engine import TriggerEngine
+from oms.exchange.router import VenueRouter
 from oms.exchange.venues import create_exchange
 from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import run_faust_worker
@@ -132,6 +133,8 @@ class OrderWorker:
         trading_accounts = frozenset(secrets.trading_accounts(settings.accounts))
         self.exchange = exchange = create_exchange(settings, secrets)
         self.catalog = catalog = exchange.instruments
+        # Several venues: each order is checked against its own venue's rules and catalog.
+        venues = exchange if isinstance(exchange, VenueRouter) else None
         self.market = market = MarketCache(underlying=catalog.base_currency)
 
         # -- execution: commands, label lookups, the reconciliation they report misses to -----
@@ -305,6 +308,7 @@ class OrderWorker:
             experiments=experiments,
             mark=market.mark,
             strategies=strategies,
+            venues=venues,
         )
         self.release = ReleaseContext(
             orders=observed,
@@ -318,6 +322,7 @@ class OrderWorker:
             on_fired=trigger_loop.publish,
             publish_trigger=outbox.trigger,
             retention=retention,
+            venues=venues,
         )
         self.state = OrderStateContext(
             orders=observed,
