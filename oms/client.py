@@ -25,6 +25,7 @@ from oms.conditions.expressions import parse_expression, parse_time_ms
 from oms.kafka.reading import topic_partitions
 from oms.kafka.security import KafkaConnection
 from oms.schemas import (
+    DEFAULT_VENUE,
     CommandType,
     OrderEvent,
     OrderEventType,
@@ -159,6 +160,7 @@ class OrderClient:
         expiration: float | None = None,
         condition_match: str = "all",
         contingency: dict[str, Any] | Contingency | None = None,
+        venue: str = DEFAULT_VENUE,
     ) -> str:
         """Publish a submit; returns the order id.
 
@@ -168,7 +170,8 @@ class OrderClient:
         holds it until then; ``conditions`` (objects or text such as
         ``"BTC-PERPETUAL.last_price >= 70000"``) until they hold; ``expiration`` (seconds)
         gives up on a waiting order. ``contingency`` links orders to this one (``oco``,
-        ``oto``, ``bracket``: see :mod:`oms.schemas.contingency`).
+        ``oto``, ``bracket``: see :mod:`oms.schemas.contingency`). ``venue``: where it
+        trades, one of the configured venues (``exchange.venues``).
         """
         if isinstance(execute_at, str):
             execute_at = parse_time_ms(execute_at)
@@ -176,6 +179,7 @@ class OrderClient:
             command=CommandType.SUBMIT,
             request_id=request_id or new_request_id(),
             account_id=self.account_id,
+            venue=venue,
             instrument_name=instrument_name,
             amount=amount,
             direction=direction,

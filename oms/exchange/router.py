@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from oms.component import Component
-from oms.exchange.errors import ExchangeError, InvalidParams
+from oms.exchange.errors import ExchangeError, InvalidParams, NotSupported
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Exchange, Reconnect
 from oms.schemas import ExecutionReport, Fill, InstrumentSpec, OrderRecord
@@ -154,7 +154,11 @@ class VenueRouter(Component):
     async def open_orders(self, account_id: str, currency: str) -> list[ExecutionReport]:
         reports: list[ExecutionReport] = []
         for name in self.venues_of(account_id):
-            listed = await self._exchanges[name].open_orders(account_id, currency)
+            try:
+                listed = await self._exchanges[name].open_orders(account_id, currency)
+            except NotSupported:
+                # A listing only saves lookups: that venue's orders are looked up by label.
+                continue
             reports.extend(self._tag(report, name) for report in listed)
         return reports
 

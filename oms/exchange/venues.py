@@ -37,7 +37,7 @@ def _paper() -> Venue:
 
 
 def _ccxt() -> Venue:
-    # Imported only when configured: ccxt is an optional dependency (the ``ccxt`` extra).
+    # Imported only when configured: ccxt takes a while to import.
     from oms.exchange.ccxt.venue import CCXT
 
     return CCXT

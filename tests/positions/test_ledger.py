@@ -73,3 +73,21 @@ def test_fill_of_an_order_placed_outside_the_oms_is_counted_and_marked() -> None
     out = led.apply_reports([report(1, "sell", 10, 50_000.0, order="")])
     assert out.records[0].size == -10
     assert out.records[0].reason_code is ReasonCode.UNKNOWN_ORDER
+
+
+def test_positions_and_trade_ids_are_per_venue() -> None:
+    led = ledger()
+    native = report(1, "buy", 100, 50_000.0)
+    # The same trade id at another venue is another trade, of another position.
+    elsewhere = report(1, "sell", 30, 51_000.0).model_copy(update={"venue": "second"})
+    applied = led.apply_reports([native, elsewhere])
+    assert len(applied.records) == 2
+    assert led.state("a", "BTC-PERPETUAL").size == 100
+    other = led.state("a", "BTC-PERPETUAL", "second")
+    assert other.size == -30 and other.venue == "second"
+    by_venue = {r.venue: r for r in applied.records}
+    assert by_venue["second"].key == "a|BTC-PERPETUAL@second"
+    assert by_venue["deribit"].key == "a|BTC-PERPETUAL"  # as before venues existed
+    # Each is still counted once at its own venue.
+    assert led.apply_reports([elsewhere]).records == []
+    assert led.state("a", "BTC-PERPETUAL", "second").size == -30

@@ -1,0 +1,236 @@
+"""Two venues in one stack: two paper exchange processes (different seeds), one reached by the
+native Deribit adapter ("deribit"), the other through ccxt ("second"). Orders of each venue
+land on their own exchange only (asked by label with each exchange's own API), and the
+keeper's positions per venue are each exchange's ``private/get_positions``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from oms.client import OrderClient
+from oms.exchange.deribit.client import DeribitClient
+from oms.kafka.admin import ensure_topics
+from oms.schemas import OrderEvent, OrderEventType, ReasonCode
+from oms.secrets import SecretStore
+from oms.settings import Settings, VenueSettings
+from oms_dev.devstack.net import free_port
+from oms_dev.harness import (
+    OmsServices,
+    isolated_settings,
+    paper_ready,
+    wait_http_ok,
+    worker_ready,
+    write_account_secrets,
+)
+
+pytestmark = pytest.mark.kafka
+
+ACCOUNTS = ["venue-a", "venue-b"]
+INSTRUMENT = "BTC-PERPETUAL"
+SECOND = "second"
+DONE = {OrderEventType.OPEN, OrderEventType.FILLED, OrderEventType.REJECTED}
+
+
+def _second_url(settings: Settings) -> str:
+    return str(settings.exchange.venues[SECOND].url)
+
+
+def _ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://") + "/ws/api/v2"
+
+
+def _paper_settings(settings: Settings, port: int) -> Settings:
+    return settings.model_copy(update={"paper": settings.paper.model_copy(update={"port": port})})
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, OmsServices]]:
+    tmp: Path = tmp_path_factory.mktemp("venues")
+    base = isolated_settings(tmp, kafka_bootstrap, ACCOUNTS, partitions=2, label="ven")
+    second_port = free_port()
+    venues = {
+        "deribit": VenueSettings(),
+        SECOND: VenueSettings(
+            kind="ccxt", ccxt_id="deribit", url=f"http://127.0.0.1:{second_port}"
+        ),
+    }
+    settings = base.model_copy(
+        update={
+            "exchange": base.exchange.model_copy(update={"venues": venues}),
+            "worker": base.worker.model_copy(
+                update={"recovery_check_interval_s": 1.0, "submit_timeout_s": 3.0}
+            ),
+        }
+    )
+    secrets_file = str(settings.resolved_secrets_file)
+    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
+    await ensure_topics(settings)
+    services = OmsServices(settings, settings.data_dir / "logs")
+    services.add_paper_exchange("--accounts-file", secrets_file)
+    # The second exchange: its own process, port, market (seed) and state.
+    services.add(
+        "paper-exchange-2",
+        [
+            "paper-exchange", "--host", "127.0.0.1", "--port", str(second_port),
+            "--seed", "99", "--accounts-file", secrets_file,
+            "--state-dir", str(tmp / "paper-2"),
+        ],
+    )  # fmt: skip
+    services.add_gateway()
+    services.add_worker(0, settings.worker.web_port)
+    services.add_position_keeper()
+    services.start_all()
+    try:
+        await paper_ready(_paper_settings(settings, second_port), within=60)
+        await worker_ready(settings.worker.web_port, within=120)
+        await wait_http_ok(
+            f"http://127.0.0.1:{settings.positions.web_port}/health",
+            120,
+            ready=lambda body: bool(body.get("ready")) and body.get("instruments", 0) > 0,
+        )
+    except BaseException:
+        print(services.diagnostics())
+        services.stop_all()
+        raise
+    yield settings, services
+    services.stop_all()
+
+
+async def _final(client: OrderClient, order_id: str) -> OrderEvent:
+    return await client.wait_for_event(order_id, lambda e: e.event_type in DONE, timeout=60)
+
+
+async def _exchange(settings: Settings, url: str, account: str) -> DeribitClient:
+    credentials = SecretStore(settings.resolved_secrets_file).credentials(account)
+    client = DeribitClient(url, credentials, settings=settings.exchange)
+    await client.connect()
+    return client
+
+
+async def _labels_at(settings: Settings, url: str, account: str, labels: list[str]) -> set[str]:
+    """Which of ``labels`` the exchange at ``url`` holds an order for."""
+    client = await _exchange(settings, url, account)
+    try:
+        held = set()
+        for label in labels:
+            found = await client.call(
+                "private/get_order_state_by_label", {"currency": "BTC", "label": label}
+            )
+            if found:
+                assert len(found) == 1, f"{label} twice at {url}"
+                held.add(label)
+        return held
+    finally:
+        await client.close()
+
+
+async def _positions_at(settings: Settings, url: str, account: str) -> float:
+    client = await _exchange(settings, url, account)
+    try:
+        rows = await client.get_positions("BTC")
+    finally:
+        await client.close()
+    return sum(float(p["size"]) for p in rows if p["instrument_name"] == INSTRUMENT)
+
+
+async def _keeper_positions(settings: Settings) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{settings.positions.web_port}/positions"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        rows: list[dict[str, Any]] = await resp.json()
+    return rows
+
+
+async def test_orders_and_positions_per_venue(stack: tuple[Settings, OmsServices]) -> None:
+    settings, services = stack
+    urls = {"deribit": settings.exchange.url, SECOND: _ws_url(_second_url(settings))}
+    clients = {a: OrderClient(a, settings=settings) for a in ACCOUNTS}
+    for client in clients.values():
+        await client.start()
+    # Per account and venue: a resting buy far below the market and market orders whose
+    # net differs per venue and account, so a fill counted at the wrong venue shows.
+    plan = {
+        ("venue-a", "deribit"): [("buy", 30.0), ("sell", 10.0)],
+        ("venue-a", SECOND): [("sell", 40.0)],
+        ("venue-b", "deribit"): [("sell", 20.0)],
+        ("venue-b", SECOND): [("buy", 50.0), ("buy", 10.0)],
+    }
+    placed: dict[tuple[str, str], list[str]] = {key: [] for key in plan}
+    try:
+        for (account, venue), trades in plan.items():
+            client = clients[account]
+            resting = await client.submit_advanced_order(
+                INSTRUMENT, 10, "buy", price=1_000.0, venue=venue
+            )
+            placed[(account, venue)].append(resting)
+            for direction, amount in trades:
+                order_id = await client.submit_advanced_order(
+                    INSTRUMENT, amount, direction, order_type="market", venue=venue
+                )
+                placed[(account, venue)].append(order_id)
+        events = {
+            order_id: await _final(clients[account], order_id)
+            for (account, _), ids in placed.items()
+            for order_id in ids
+        }
+        # An order naming a venue that is not configured is refused at intake, by reason.
+        nowhere = await clients["venue-a"].submit_advanced_order(
+            INSTRUMENT, 10, "buy", price=1_000.0, venue="nowhere"
+        )
+        refused = await _final(clients["venue-a"], nowhere)
+    except BaseException:
+        print(services.diagnostics())
+        raise
+    finally:
+        for client in clients.values():
+            await client.close()
+
+    for (_, _), ids in placed.items():
+        resting, *markets = ids
+        assert events[resting].event_type is OrderEventType.OPEN, events[resting]
+        assert all(events[o].event_type is OrderEventType.FILLED for o in markets)
+    assert refused.event_type is OrderEventType.REJECTED
+    assert refused.reason_code is ReasonCode.UNKNOWN_VENUE
+
+    # Every order is at its own venue, once, and not at the other one.
+    for account in ACCOUNTS:
+        for venue, url in urls.items():
+            mine = placed[(account, venue)]
+            others = [
+                o for (a, v), ids in placed.items() if a == account and v != venue for o in ids
+            ]
+            assert await _labels_at(settings, url, account, mine + others) == set(mine)
+
+    # The keeper's position per venue is that exchange's, for every account.
+    want = {
+        (account, venue): await _positions_at(settings, url, account)
+        for account in ACCOUNTS
+        for venue, url in urls.items()
+    }
+    assert want == {
+        ("venue-a", "deribit"): 20.0,
+        ("venue-a", SECOND): -40.0,
+        ("venue-b", "deribit"): -20.0,
+        ("venue-b", SECOND): 60.0,
+    }
+    got: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + 30
+    while got != want:
+        rows = await _keeper_positions(settings)
+        got = {
+            (r["account_id"], r["venue"]): r["size"]
+            for r in rows
+            if r["instrument_name"] == INSTRUMENT
+        }
+        if got == want:
+            break
+        assert time.monotonic() < deadline, (got, want)
+        await asyncio.sleep(0.3)
