@@ -1,18 +1,21 @@
 """What a worker needs from an exchange, whichever exchange it is.
 
-The worker builds its venue with :func:`create_exchange`, chosen by the settings
-(``exchange.venue``), and nothing else in the worker names an exchange: the executor
+The worker builds its exchange with :func:`~oms.exchange.venues.create_exchange` from the
+configured venues (``exchange.venues``: the venue itself in the default setup, a
+:class:`~oms.exchange.router.VenueRouter` over every venue otherwise, forwarding each call by
+the order's ``venue``), and nothing else in the worker names an exchange: the executor
 (:mod:`oms.streams.execution`), the dispatcher (:mod:`oms.streams.dispatcher`) and the
 reconciliation (:mod:`oms.lifecycle.reconcile`) only talk to an :class:`Exchange`. Every
 answer comes back as our :class:`~oms.schemas.ExecutionReport`, every failure as one of the
 typed errors of :mod:`oms.exchange.errors` (``retryable``, ``outcome_unknown``). Deribit and
-the paper exchange are the implementations (:mod:`oms.exchange.deribit.venue`).
+the paper exchange are the native implementations (:mod:`oms.exchange.deribit.venue`); any
+exchange ccxt knows is reached through :mod:`oms.exchange.ccxt`.
 
 The other processes that talk to the venue see it through the rest of a :class:`Venue`: the
 gateway follows its live streams through a :class:`VenueFeed`, the position keeper and the
 notifier's margin monitor read accounts through :class:`VenueAccounts`, and the keeper loads
 the instruments through the venue's catalog. Adding an exchange means one :class:`Venue` and
-one line in :data:`oms.exchange.venues.VENUES`, never a change to the services.
+one line in :mod:`oms.exchange.venues`, never a change to the services.
 
 Contract every implementation keeps:
 

@@ -210,3 +210,40 @@ def test_venue_settings_are_checked() -> None:
         Settings().exchange.model_validate(
             {"venues": {"x": {"kind": "ccxt", "ccxt_id": "deribit"}}}
         )
+
+
+def test_ccxt_errors_become_typed_errors() -> None:
+    import ccxt.async_support as ccxt
+
+    from oms.exchange.ccxt.translate import error_from_ccxt
+    from oms.exchange.errors import (
+        ConnectionLost,
+        ExchangeBusy,
+        ExchangeError,
+        NotEnoughFunds,
+        OrderNotFound,
+        RateLimited,
+        RequestTimeout,
+        Unauthorized,
+    )
+
+    def typed(exc: Exception) -> ExchangeError:
+        return error_from_ccxt(exc, method="create_order")
+
+    # Deribit's own code in ccxt's message: the same class as the native adapter's.
+    body = 'deribit {"jsonrpc":"2.0","error":{"code":10009,"message":"not_enough_funds"}}'
+    funds = typed(ccxt.InsufficientFunds(body))
+    assert type(funds) is NotEnoughFunds and funds.code == 10009
+    assert funds.reason == "not_enough_funds" and funds.method == "create_order"
+    # Otherwise ccxt's class decides; unknown outcomes stay unknown.
+    assert type(typed(ccxt.RateLimitExceeded("slow down"))) is RateLimited
+    timeout = typed(ccxt.RequestTimeout("no reply"))
+    assert type(timeout) is RequestTimeout and timeout.outcome_unknown
+    lost = typed(ccxt.NetworkError("reset by peer"))
+    assert type(lost) is ConnectionLost and lost.outcome_unknown and lost.retryable
+    assert type(typed(ccxt.OnMaintenance("later"))) is ExchangeBusy
+    assert type(typed(ccxt.OrderNotFound("gone"))) is OrderNotFound
+    assert type(typed(ccxt.PermissionDenied("no"))) is Unauthorized
+    assert type(typed(ccxt.NotSupported("no such call"))) is NotSupported
+    other = typed(ccxt.ExchangeError("something"))
+    assert type(other) is ExchangeError and not other.retryable and other.reason == "exchange_error"

@@ -133,6 +133,18 @@ async def _labels_at(settings: Settings, url: str, account: str, labels: list[st
         await client.close()
 
 
+async def _order_at(settings: Settings, url: str, account: str, label: str) -> dict[str, Any]:
+    client = await _exchange(settings, url, account)
+    try:
+        [order] = await client.call(
+            "private/get_order_state_by_label", {"currency": "BTC", "label": label}
+        )
+    finally:
+        await client.close()
+    found: dict[str, Any] = order
+    return found
+
+
 async def _positions_at(settings: Settings, url: str, account: str) -> float:
     client = await _exchange(settings, url, account)
     try:
@@ -186,6 +198,17 @@ async def test_orders_and_positions_per_venue(stack: tuple[Settings, OmsServices
             INSTRUMENT, 10, "buy", price=1_000.0, venue="nowhere"
         )
         refused = await _final(clients["venue-a"], nowhere)
+        # Amends and cancels go where their order is (here through ccxt, by label).
+        amended_id = placed[("venue-a", SECOND)][0]
+        await clients["venue-a"].amend_order(amended_id, amount=20.0, price=1_500.0)
+        amended = await clients["venue-a"].wait_for_event(
+            amended_id, lambda e: e.event_type is OrderEventType.AMENDED, timeout=60
+        )
+        cancelled_id = placed[("venue-b", SECOND)][0]
+        await clients["venue-b"].cancel_order(cancelled_id)
+        cancelled = await clients["venue-b"].wait_for_event(
+            cancelled_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=60
+        )
     except BaseException:
         print(services.diagnostics())
         raise
@@ -199,6 +222,13 @@ async def test_orders_and_positions_per_venue(stack: tuple[Settings, OmsServices
         assert all(events[o].event_type is OrderEventType.FILLED for o in markets)
     assert refused.event_type is OrderEventType.REJECTED
     assert refused.reason_code is ReasonCode.UNKNOWN_VENUE
+    second_url = urls[SECOND]
+    assert amended.order is not None and amended.order.venue == SECOND
+    at_second = await _order_at(settings, second_url, "venue-a", amended_id)
+    assert (at_second["amount"], at_second["price"]) == (20, 1_500)
+    assert cancelled.order is not None and cancelled.order.venue == SECOND
+    at_second = await _order_at(settings, second_url, "venue-b", cancelled_id)
+    assert at_second["order_state"] == "cancelled"
 
     # Every order is at its own venue, once, and not at the other one.
     for account in ACCOUNTS:
