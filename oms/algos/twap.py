@@ -101,6 +101,7 @@ def child_request(parent: OrderRecord, index: int, amount: float) -> OrderReques
         command=CommandType.SUBMIT,
         request_id=child_request_id(parent.order_id, index),
         account_id=parent.account_id,
+        venue=parent.venue,  # a slice trades where its parent was sent
         instrument_name=parent.instrument_name,
         amount=amount,
         direction=parent.direction,

@@ -50,6 +50,7 @@ def plan_children(
             OrderRequest(
                 request_id=child_request_id(request.request_id, index),
                 account_id=request.account_id,
+                venue=request.venue,  # a linked order trades where its group does
                 instrument_name=spec.instrument_name or request.instrument_name,
                 direction=spec.direction or opposite(request.direction),
                 amount=spec.amount if spec.amount is not None else request.amount,

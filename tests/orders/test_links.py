@@ -113,3 +113,10 @@ def test_facts_go_to_children_and_siblings() -> None:
     assert all(f.kind is TriggerKind.LINK and f.details["final"] for f in facts)
     tp, tp_links = children[0]
     assert [f.order_id for f in facts_about(record(tp, tp_links))] == [children[1][0].key]
+
+
+def test_linked_orders_trade_at_their_groups_venue() -> None:
+    request = bracket_request().model_copy(update={"venue": "second"})
+    _, children = plan_children(request)
+    assert [child.venue for child, _ in children] == ["second", "second"]
+    assert {child.venue for child, _ in plan_children(bracket_request())[1]} == {"deribit"}
