@@ -102,10 +102,10 @@ class VenueSettings(BaseModel):
 
 
 class ExchangeSettings(BaseModel):
-    """Which venue the workers trade on and where its API lives; the paper exchange (which
-    speaks Deribit's API) by default."""
+    """Where the workers trade (``venues``) and how the native Deribit client talks to its
+    venues; the paper exchange (which speaks Deribit's API) by default."""
 
-    # The implementation of oms.exchange.interface.Exchange the workers use, by its name in
+    # The native implementation of venues of kind "deribit", by its name in
     # oms.exchange.venues.VENUES ("deribit", or "paper": the same API, named apart).
     venue: str = "deribit"
     # wss://test.deribit.com/ws/api/v2 or wss://www.deribit.com/ws/api/v2 for the real one.
