@@ -288,7 +288,7 @@ class OrderExecutor:
                 if not exc.retryable:
                     break  # a business rejection: sending it again cannot help
                 if attempt + 1 < attempts:
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self._backoff(attempt, exc.reason))
                 continue
             self._observe("submit", started, ok=True)
             await self._publish(report)
@@ -402,7 +402,7 @@ class OrderExecutor:
                 self._observe(command.value, started, ok=False)
                 if exc.retryable and attempt + 1 < attempts:
                     self._counters["retries"] += 1
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self._backoff(attempt, exc.reason))
                     continue
                 await self._publish_error(order, exc, command, request_id)
                 if isinstance(exc, OrderNotFound):
@@ -425,13 +425,25 @@ class OrderExecutor:
             )
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay."""
-        return self._retry_backoff.delay(attempt + 1)
+    def _backoff(self, attempt: int, reason: str = "") -> float:
+        """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay:
+        the tuned schedule of the error kind if there is one, else exponential backoff."""
+        schedule = retry_wait(self._settings, attempt, reason)
+        return schedule if schedule is not None else self._retry_backoff.delay(attempt + 1)
 
     def _observe(self, command: str, started: float, *, ok: bool) -> None:
         if self._on_command is not None:
             self._on_command(command, asyncio.get_running_loop().time() - started, ok)
+
+
+def retry_wait(settings: LifecycleSettings, attempt: int, reason: str) -> float | None:
+    """The tuned wait (``retry_schedule``) after failed attempt ``attempt`` (0 = the first) of
+    an error of kind ``reason``, within retry_delay .. retry_max_delay; None: not tuned."""
+    schedule = settings.retry_schedule.get(reason) or settings.retry_schedule.get("*")
+    if not schedule:
+        return None
+    wait = schedule[min(attempt, len(schedule) - 1)]
+    return min(settings.retry_max_delay, max(settings.retry_delay, wait))
 
 
 def _strategy_outcome(error: ExchangeError, strategy: str, attempts: int) -> ExchangeError:

@@ -305,6 +305,7 @@ class OrderWorker:
             experiments=experiments,
             mark=market.mark,
             strategies=strategies,
+            touch=market.latest,
         )
         self.release = ReleaseContext(
             orders=observed,
