@@ -166,3 +166,23 @@ def touch_metadata(
     """The touch keys for a new order's metadata (unknown values left out)."""
     values = (bid, ask, bid_amount, ask_amount, at, tick_size)
     return {key: value for key, value in zip(TOUCH_KEYS, values, strict=True) if value is not None}
+
+
+# Retry outcomes, counted by the executor per venue, error kind and wait, sampled into the
+# ClickHouse ``metrics`` table as cumulative counters named
+# ``retry.<venue>.<reason>.<wait in ms>.<attempts|succeeded>``. Waits are jittered, so each is
+# counted at the smallest of these (s) at or above it.
+RETRY_METRIC_PREFIX = "retry."
+DELAY_LADDER_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def delay_bucket(seconds: float) -> float:
+    """The ladder step a wait is counted at (the last one for anything longer)."""
+    return next((step for step in DELAY_LADDER_S if seconds <= step + 1e-9), DELAY_LADDER_S[-1])
+
+
+def retry_metric_name(venue: str, reason: str, delay_s: float, kind: str) -> str:
+    """The counter of retries (``kind`` ``attempts`` or ``succeeded``) of ``reason`` at
+    ``venue`` after a wait counted at ``delay_s``."""
+    clean = [part.replace(".", "_") for part in (venue, reason)]
+    return f"{RETRY_METRIC_PREFIX}{clean[0]}.{clean[1]}.{round(delay_s * 1000)}.{kind}"

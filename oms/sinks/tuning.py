@@ -16,9 +16,13 @@ What each query reads (the math and the picks are :mod:`oms.algos.tuning_math` a
   (they take liquidity), their average price against the touch on the side they take (the
   ask for a buy), in bps (+ = worse), by amount / the visible amount at that touch, grouped
   in buckets (upper edges: "slices up to 0.5x the depth").
-* retries by error kind and delay: not stored. The executor retries a failed exchange call
-  in memory and records only the outcome (an order event after the last attempt), not each
-  attempt's error kind, wait and result: :data:`RETRIES_UNAVAILABLE` says what is needed.
+* retries by error kind and delay (:data:`RETRIES_SQL`): the executor counts each retry's
+  outcome per venue (the worker's ``exchange.venue``), error kind and wait (on a ladder of
+  waits) as cumulative counters in its metric samples (``metrics`` table, ``retry.*``
+  names). Totals are the counters' increases per worker, a drop (a restart under the same
+  worker name) counted as a reset, as Prometheus' ``increase`` does. Orders before workers
+  counted them have no retry history: the executor kept its retries in memory and stored only
+  the final outcome.
 
 Every read collapses replayed rows (``FINAL``), like :mod:`oms.sinks.queries`.
 """
@@ -34,15 +38,43 @@ from oms.schemas import now_ms
 from oms.settings import Settings
 from oms.sinks.query import run_query
 
-# The single venue the history comes from today: no stored row names a venue yet.
+# Orders and fills name no venue yet: their statistics are of the one venue traded today.
 VENUE = "deribit"
 
 RETRIES_UNAVAILABLE = (
-    "not computable from the history: the executor retries failed exchange calls in memory "
-    "and stores only the final outcome. Needed going forward, per attempt: venue, error kind "
-    "(reason code), the wait before it, and whether it succeeded (e.g. a retry_attempts "
-    "table fed by the executor through the reports topic)"
+    "no retry outcomes in the history yet: workers count them (venue, error kind, wait, "
+    "success) in their metric samples from this version on; retries made before were not "
+    "stored"
 )
+
+RETRIES_SQL = """
+WITH
+  series AS (
+    SELECT worker, name, value,
+           lagInFrame(toNullable(value)) OVER (
+             PARTITION BY worker, name ORDER BY timestamp
+             ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS previous
+    FROM metrics FINAL
+    WHERE startsWith(name, 'retry.')
+  ),
+  increases AS (
+    SELECT name, sum(if(previous IS NULL OR value < previous, value, value - previous)) AS total
+    FROM series
+    GROUP BY name
+  ),
+  parts AS (
+    SELECT splitByChar('.', name) AS p, p[2] AS venue, p[3] AS reason,
+           toFloat64OrZero(p[4]) / 1000 AS delay_s, p[5] AS kind, total
+    FROM increases
+    WHERE length(p) = 5
+  )
+SELECT venue, reason, delay_s,
+       toUInt64(sumIf(total, kind = 'attempts')) AS attempts,
+       toUInt64(sumIf(total, kind = 'succeeded')) AS succeeded
+FROM parts
+GROUP BY venue, reason, delay_s
+ORDER BY venue, reason, delay_s
+"""
 
 _TOUCH = """
     JSONExtract(metadata, 'touch_bid', 'Nullable(Float64)') AS m_bid,
@@ -207,11 +239,22 @@ async def tuning_statistics(settings: Settings, *, now: int | None = None) -> Tu
         )
         for r in slice_rows
     ]
+    retry_rows = (await run_query(settings, RETRIES_SQL)).records()
+    retries = [
+        RetryBucket(
+            venue=str(r["venue"]),
+            reason=str(r["reason"]),
+            delay_s=float(r["delay_s"]),
+            attempts=int(r["attempts"]),
+            succeeded=min(int(r["succeeded"]), int(r["attempts"])),
+        )
+        for r in retry_rows
+    ]
     return TuningStatistics(
         fills=fills,
         slices=slices,
-        retries=None,
-        unavailable={"retry.schedule": RETRIES_UNAVAILABLE},
+        retries=retries,
+        unavailable={} if retries else {"retry.schedule": RETRIES_UNAVAILABLE},
         parameters={
             "venue": VENUE,
             "horizon_s": tuning.horizon_s,

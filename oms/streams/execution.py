@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from oms.algos.tuning_math import delay_bucket, retry_metric_name
 from oms.backoff import Backoff
 from oms.component import Component, ComponentState
 from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
@@ -165,8 +166,10 @@ class OrderExecutor:
         *,
         on_missing: OnMissing,
         on_command: OnCommand | None = None,
+        venue: str = "deribit",
     ) -> None:
         self._exchange = exchange
+        self._venue = venue
         self._lookup = lookup
         self._commands = commands
         self._publish = publish
@@ -185,13 +188,28 @@ class OrderExecutor:
             "rechecks": 0,
             "recheck_not_found": 0,
         }
+        # Cumulative retry outcomes (see oms.algos.tuning_math.retry_metric_name): bounded
+        # by the error kinds times the wait ladder.
+        self._retry_outcomes: dict[str, int] = {}
 
     # -- public API used by the agents -------------------------------------------------------
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters of the commands, and of the fills the label lookups recovered."""
-        return {**self._counters, **self._lookup.stats}
+        """Counters of the commands, of the fills the label lookups recovered, and of retry
+        outcomes per venue, error kind and wait (``retry.*``)."""
+        return {**self._counters, **self._lookup.stats, **self._retry_outcomes}
+
+    def _retried(self, after: tuple[str, float] | None, ok: bool) -> None:
+        """Count the outcome of a retry sent ``after`` = (error kind, wait s) a failure."""
+        if after is None:
+            return
+        reason, waited = after
+        bucket = delay_bucket(waited)
+        kinds = ("attempts", "succeeded") if ok else ("attempts",)
+        for kind in kinds:
+            name = retry_metric_name(self._venue, reason, bucket, kind)
+            self._retry_outcomes[name] = self._retry_outcomes.get(name, 0) + 1
 
     async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
         """Send a new order. ``check_label_first`` for requests a previous worker may have
@@ -266,11 +284,13 @@ class OrderExecutor:
         policy = policy_of(order.metadata, self._settings)
         attempts = policy.submit_attempts
         last_error: ExchangeError | None = None
+        after: tuple[str, float] | None = None  # (error kind, wait) before this attempt
         for attempt in range(attempts):
             if check_label_first or attempt > 0:
                 # Before any (re)send: an order that reached the exchange is never sent twice.
                 found = await self._lookup.find(order)
                 if found is not None:
+                    # The failed attempt had reached the exchange: no retry went out.
                     self._counters["label_hits"] += 1
                     await self._publish(found)
                     return
@@ -283,14 +303,18 @@ class OrderExecutor:
                 report = await self._exchange.place(order, prepaid=prepaid and attempt == 0)
             except ExchangeError as exc:
                 self._observe("submit", started, ok=False)
+                self._retried(after, ok=False)
                 last_error = exc
                 self._counters["errors"] += 1
                 if not exc.retryable:
                     break  # a business rejection: sending it again cannot help
                 if attempt + 1 < attempts:
-                    await asyncio.sleep(self._backoff(attempt, exc.reason))
+                    wait = self._backoff(attempt, exc.reason)
+                    after = (exc.reason, wait)
+                    await asyncio.sleep(wait)
                 continue
             self._observe("submit", started, ok=True)
+            self._retried(after, ok=True)
             await self._publish(report)
             return
         assert last_error is not None
@@ -392,6 +416,7 @@ class OrderExecutor:
         # again after a retryable failure, e.g. while the connection is being re-established.
         attempts = 1 + self._settings.retry_attempts
         result: ExecutionReport | None = None
+        after: tuple[str, float] | None = None  # (error kind, wait) before this attempt
         for attempt in range(attempts):
             started = asyncio.get_running_loop().time()
             try:
@@ -400,9 +425,12 @@ class OrderExecutor:
                 result = await send()
             except ExchangeError as exc:
                 self._observe(command.value, started, ok=False)
+                self._retried(after, ok=False)
                 if exc.retryable and attempt + 1 < attempts:
                     self._counters["retries"] += 1
-                    await asyncio.sleep(self._backoff(attempt, exc.reason))
+                    wait = self._backoff(attempt, exc.reason)
+                    after = (exc.reason, wait)
+                    await asyncio.sleep(wait)
                     continue
                 await self._publish_error(order, exc, command, request_id)
                 if isinstance(exc, OrderNotFound):
@@ -410,6 +438,7 @@ class OrderExecutor:
                     await self._missing(order, command.value)
                 return
             self._observe(command.value, started, ok=True)
+            self._retried(after, ok=True)
             break
         if command is CommandType.CANCEL:
             # A cancel answers with a count; the order's new state follows on the stream,

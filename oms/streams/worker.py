@@ -156,6 +156,7 @@ class OrderWorker:
             settings.lifecycle,
             on_missing=reconciler.missed,
             on_command=self.metrics.observe_command,
+            venue=settings.exchange.venue,
         )
 
         # -- pre-trade risk --------------------------------------------------------------------

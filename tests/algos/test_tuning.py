@@ -19,6 +19,7 @@ from oms.algos.chase import ChaseStrategy, Offset
 from oms.algos.registry import StrategyRegistry
 from oms.algos.tuner import (
     CHASE_OFFSET,
+    RETRY_SCHEDULE,
     TWAP_MAX_SLICE,
     TunerLimits,
     pick_offset,
@@ -26,7 +27,13 @@ from oms.algos.tuner import (
     settings_patch,
     slice_picks,
 )
-from oms.algos.tuning_math import RetryBucket, SliceBucket, wilson
+from oms.algos.tuning_math import (
+    RetryBucket,
+    SliceBucket,
+    delay_bucket,
+    retry_metric_name,
+    wilson,
+)
 from oms.algos.twap import TwapStrategy
 from oms.cli import tune as tune_cli
 from oms.cli.main import app
@@ -36,15 +43,18 @@ from oms.schemas import (
     Direction,
     InstrumentSpec,
     MarketTick,
+    MetricsSample,
     OrderRecord,
     OrderRequest,
     OrderType,
     ReasonCode,
+    Topic,
 )
-from oms.settings import LifecycleSettings, Settings, get_settings
+from oms.settings import LifecycleSettings, Settings, TuningSettings, get_settings
 from oms.sinks.tuning import tuning_report
 from oms.streams.execution import retry_wait
 from oms_dev.benchmarks.history import (
+    History,
     HistoryConfig,
     simulate,
     write_history,
@@ -52,6 +62,8 @@ from oms_dev.benchmarks.history import (
 )
 
 PERP = "BTC-PERPETUAL"
+KINDS = ("attempts", "succeeded")
+T0 = 1_790_000_000_000
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -146,6 +158,50 @@ async def test_without_recorded_touch_the_stored_ticks_serve(tmp_path: Path) -> 
     pick = _instrument_pick(report)
     assert pick.value == {"offset_bps": -2.0}  # type: ignore[attr-defined]
     assert "chase" not in settings_patch(report)
+
+
+async def test_retry_outcomes_sampled_by_workers_make_the_retry_schedule(tmp_path: Path) -> None:
+    """Cumulative counters in the workers' metric samples (as the executor counts them), a
+    restart under the same worker name counted as a reset."""
+    at_1s = [retry_metric_name("deribit", "rate_limited", 1.0, k) for k in KINDS]
+    at_2s = [retry_metric_name("deribit", "rate_limited", 2.0, k) for k in KINDS]
+    samples = [
+        ("w-a", 1, dict(zip(at_1s, (10.0, 6.0), strict=True))),
+        ("w-a", 2, dict(zip(at_1s, (20.0, 12.0), strict=True))),
+        ("w-a", 3, dict(zip(at_1s, (5.0, 5.0), strict=True))),  # restarted: counts from 0
+        ("w-b", 1, dict(zip(at_2s, (30.0, 28.0), strict=True))),
+        ("w-b", 2, {"stage.sent.count": 4.0}),  # other metrics are not read
+    ]
+    records = [
+        (Topic.METRICS, MetricsSample(worker=w, timestamp=T0 + i * 10_000, values=v))
+        for w, i, v in samples
+    ]
+    settings = Settings(
+        data_dir=tmp_path,
+        clickhouse_url=None,
+        tuning=TuningSettings(min_samples=20),
+        lifecycle=LifecycleSettings(retry_delay=0.5, retry_max_delay=10.0, retry_attempts=2),
+    )
+    await write_history_async(settings, History(records=records))
+    stats, report = await tuning_report(settings)
+    assert stats.retries == [
+        RetryBucket("deribit", "rate_limited", 1.0, 25, 17),
+        RetryBucket("deribit", "rate_limited", 2.0, 30, 28),
+    ]
+    [pick] = [p for p in report.picks if p.figure == RETRY_SCHEDULE]
+    # 17/25 per 1 s = 0.68/s beats 28/30 per 2 s = 0.47/s; both fit in two attempts.
+    assert pick.value == [1.0, 2.0] and "0.68/s" in pick.reason
+    assert settings_patch(report)["lifecycle"] == {"retry_schedule": {"rate_limited": [1.0, 2.0]}}
+    assert "retry.schedule" not in report.unavailable
+
+
+def test_a_wait_is_counted_at_its_ladder_step() -> None:
+    assert [delay_bucket(w) for w in (0.0, 0.1, 0.11, 0.7, 1.0, 29.0, 999.0)] == [
+        0.1, 0.1, 0.25, 1.0, 1.0, 30.0, 300.0,
+    ]  # fmt: skip
+    assert retry_metric_name("deribit", "rate_limited", 0.25, "attempts") == (
+        "retry.deribit.rate_limited.250.attempts"
+    )
 
 
 # -- the rules, on hand-made counts ------------------------------------------------------------
