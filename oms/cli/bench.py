@@ -416,7 +416,7 @@ def history(
     seed: Annotated[int, typer.Option(help="seed of the synthetic market")] = 7,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="write the history here (default: a new temporary directory)"),
+        typer.Option(help="an empty or new directory for the history (default: a temporary one)"),
     ] = None,
     max_slippage_bps: Annotated[
         float, typer.Option(help="the TWAP slice limit's slippage bound for this run")
@@ -432,6 +432,9 @@ def history(
     from oms.settings import get_settings
     from oms_dev.benchmarks.history import HistoryConfig, run_history_bench
 
+    if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
+        # Synthetic orders must never land in a real history.
+        raise typer.BadParameter(f"{data_dir} is not empty", param_hint="--data-dir")
     base = get_settings()
     where = data_dir or Path(tempfile.mkdtemp(prefix="oms-history-"))
     settings = base.model_copy(

@@ -328,3 +328,17 @@ def test_retry_schedule_setting_is_kept_within_the_lifecycle_bounds() -> None:
     )
     assert [retry_wait(settings, a, "rate_limited") for a in range(4)] == [0.5, 2.0, 4.0, 4.0]
     assert retry_wait(settings, 0, "exchange_unavailable") is None
+
+
+def test_bench_history_picks_the_better_offset_and_refuses_a_used_directory(
+    tmp_path: Path,
+) -> None:
+    where = tmp_path / "history"
+    args = ["bench", "history", "--rounds", "160", "--slice-rounds", "0", "--seed", "11"]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(where), "--json"])
+    assert result.exit_code == 0, result.output
+    out = orjson.loads(result.output)
+    assert out["ok"] and out["picked_offset_bps"] == out["expected_offset_bps"] == -2.0
+    assert "fills best" in out["reason"]
+    again = CliRunner().invoke(app, [*args, "--data-dir", str(where)])
+    assert again.exit_code != 0 and "not empty" in again.output
