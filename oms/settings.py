@@ -219,7 +219,8 @@ class LifecycleSettings(BaseModel):
     retry_max_delay: float = Field(30.0, ge=0)
     # Waits (s) before retry 1, 2, ... per error kind (reason code, "*": any other), as
     # picked by `oms tune apply` from the retry history; each is kept within retry_delay ..
-    # retry_max_delay, the last repeats. An error kind not listed backs off exponentially.
+    # retry_max_delay, the last repeats, and jittered between half of it and it. An error
+    # kind not listed backs off exponentially.
     retry_schedule: dict[str, list[float]] = {}
     # How often the lifecycle timer looks at the orders of owned partitions.
     check_interval: float = Field(1.0, gt=0)

@@ -24,6 +24,7 @@ strategies live here, once, for every venue. Three parts, built in this order by
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -179,6 +180,7 @@ class OrderExecutor:
         # Full jitter: the orders that fail together (a rate limit, a lost connection) retry
         # spread out; never later than retry_max_delay.
         self._retry_backoff = Backoff(settings.retry_delay, settings.retry_max_delay)
+        self._jitter = random.Random()
         self._counters: dict[str, int] = {
             "submits": 0,
             "resubmits": 0,
@@ -290,7 +292,8 @@ class OrderExecutor:
                 # Before any (re)send: an order that reached the exchange is never sent twice.
                 found = await self._lookup.find(order)
                 if found is not None:
-                    # The failed attempt had reached the exchange: no retry went out.
+                    # After a failure: the failed attempt had reached the exchange after
+                    # all, so no retry went out (and none is counted).
                     self._counters["label_hits"] += 1
                     await self._publish(found)
                     return
@@ -456,9 +459,13 @@ class OrderExecutor:
 
     def _backoff(self, attempt: int, reason: str = "") -> float:
         """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay:
-        the tuned schedule of the error kind if there is one, else exponential backoff."""
-        schedule = retry_wait(self._settings, attempt, reason)
-        return schedule if schedule is not None else self._retry_backoff.delay(attempt + 1)
+        the tuned wait of the error kind if there is one, else exponential backoff."""
+        tuned = retry_wait(self._settings, attempt, reason)
+        if tuned is None:
+            return self._retry_backoff.delay(attempt + 1)
+        # Equal jitter below the tuned wait: orders that failed together still retry spread
+        # out, and each wait is still counted at (about) the tuned step of the ladder.
+        return self._jitter.uniform(max(self._settings.retry_delay, tuned / 2), tuned)
 
     def _observe(self, command: str, started: float, *, ok: bool) -> None:
         if self._on_command is not None:
