@@ -277,6 +277,11 @@ class LifecycleSettings(BaseModel):
     retry_attempts: int = Field(3, ge=0)
     retry_delay: float = Field(1.0, ge=0)
     retry_max_delay: float = Field(30.0, ge=0)
+    # Waits (s) before retry 1, 2, ... per error kind (reason code, "*": any other), as
+    # picked by `oms tune apply` from the retry history; each is kept within retry_delay ..
+    # retry_max_delay, the last repeats, and jittered between half of it and it. An error
+    # kind not listed backs off exponentially.
+    retry_schedule: dict[str, list[float]] = {}
     # How often the lifecycle timer looks at the orders of owned partitions.
     check_interval: float = Field(1.0, gt=0)
     # Budget of private/get_order_state re-checks per timer run (credits are shared).
@@ -296,6 +301,23 @@ class LifecycleSettings(BaseModel):
     # Label lookups of a reconciliation in flight at once (each also waits for the account's
     # rate-limit credits, so a pass over many orders never provokes 10028).
     reconcile_concurrency: int = Field(8, ge=1)
+
+
+class TuningSettings(BaseModel):
+    """Execution tuned from the order history (``oms tune show|apply``, :mod:`oms.algos.tuner`)."""
+
+    # A passive order counts as filled if its first fill came within this many seconds.
+    horizon_s: float = Field(30.0, gt=0)
+    # Distances from the touch are grouped in buckets this wide (bps).
+    offset_bucket_bps: float = Field(1.0, gt=0)
+    # A bucket smaller than this is shown but never picked.
+    min_samples: int = Field(30, ge=1)
+    # The TWAP slice limit keeps the upper 95% bound of mean slippage under this (bps).
+    max_slippage_bps: float = Field(5.0, gt=0)
+    # Slice sizes relative to the visible depth are grouped in buckets this wide.
+    depth_ratio_bucket: float = Field(0.25, gt=0)
+    # The touch recorded at placement older than this (market_ticks fallback) is not used.
+    max_tick_age_s: float = Field(5.0, gt=0)
 
 
 class StrategySettings(BaseModel):
@@ -501,6 +523,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     strategies: StrategySettings = StrategySettings()
+    tuning: TuningSettings = TuningSettings()
     risk: RiskSettings = RiskSettings()
     notify: NotifySettings = NotifySettings()
     positions: PositionSettings = PositionSettings()

@@ -257,17 +257,37 @@ class TwapStrategy(StrategyBase):
     """TWAP as an execution strategy plugin (entry point ``twap``).
 
     Settings: ``cancel_window_ms``, how long after its parent was cancelled its children
-    are still cancelled (default 120 s)."""
+    are still cancelled (default 120 s); ``max_slice_amount``, instrument -> the largest slice
+    a parent may make (written by ``oms tune apply`` from the slippage history): a parent
+    whose slices would be larger is refused, naming the slice count that fits."""
 
     params_model = TwapParams
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
         self.cancel_window_ms = int(self.settings.get("cancel_window_ms", CANCEL_WINDOW_MS))
+        self.max_slice_amount = {
+            str(name): float(amount)
+            for name, amount in dict(self.settings.get("max_slice_amount", {})).items()
+        }
 
     def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
-        """Can the instrument's lots make the slices?"""
-        return check_twap(request, spec, params)
+        """Can the instrument's lots make the slices, each within the slice limit?"""
+        rejection = check_twap(request, spec, params)
+        if rejection is not None:
+            return rejection
+        limit = self.max_slice_amount.get(request.instrument_name or "")
+        if limit is None or request.amount is None:
+            return None
+        largest = max(slice_amounts(request.amount, spec.min_trade_amount, params.slices))
+        if largest <= limit + EPSILON:
+            return None
+        needed = math.ceil(request.amount / limit - EPSILON)
+        return Rejection(
+            ReasonCode.INVALID_AMOUNT,
+            f"twap slices of {largest:g} exceed the slice limit {limit:g} for "
+            f"{request.instrument_name} (tuned for slippage): use at least {needed} slices",
+        )
 
     def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """A working parent waits for its next slice; a cancelled one has its children

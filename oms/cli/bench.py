@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -406,3 +407,58 @@ def memory(
     config = MemoryBenchConfig(orders=orders, bootstrap=bootstrap, retention_s=retention)
     result = _run("memory", run_memory_bench, config)
     _print(result, "oms bench memory", json)
+
+
+@bench_app.command("history")
+def history(
+    rounds: Annotated[int, typer.Option(help="rounds of passive orders (one per offset)")] = 600,
+    slice_rounds: Annotated[int, typer.Option(help="TWAP slices of varied size")] = 300,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic market")] = 7,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="an empty or new directory for the history (default: a temporary one)"),
+    ] = None,
+    max_slippage_bps: Annotated[
+        float, typer.Option(help="the TWAP slice limit's slippage bound for this run")
+    ] = 1.0,
+    json: JsonOption = False,
+) -> None:
+    """A synthetic history from the paper exchange's matching engine, in which one chase
+    offset fills clearly better; then the tuner's picks, explained as `oms tune show` does.
+    Exit 1 if the tuner did not pick the offset the engine filled best."""
+    import tempfile
+
+    from oms.cli.tune import print_report, report_dict
+    from oms.settings import get_settings
+    from oms_dev.benchmarks.history import HistoryConfig, run_history_bench
+
+    if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
+        # Synthetic orders must never land in a real history.
+        raise typer.BadParameter(f"{data_dir} is not empty", param_hint="--data-dir")
+    base = get_settings()
+    where = data_dir or Path(tempfile.mkdtemp(prefix="oms-history-"))
+    settings = base.model_copy(
+        update={
+            "data_dir": where,
+            "clickhouse_url": None,
+            "tuning": base.tuning.model_copy(update={"max_slippage_bps": max_slippage_bps}),
+        }
+    )
+    config = HistoryConfig(rounds=rounds, slice_rounds=slice_rounds, seed=seed)
+    with console.status("bench history") as status:
+        result = run_history_bench(
+            config, settings, on_status=lambda s: status.update(f"bench history: {s}")
+        )
+    stats, report = result.pop("stats"), result.pop("report")
+    if json:
+        from oms_dev.benchmarks.e2e import dumps
+
+        print(dumps({**result, "tuning": report_dict(stats, report)}))
+    else:
+        _print(result, "oms bench history", False)
+        print_report(stats, report, Console())
+        Console().print(
+            f"again later: OMS_DATA_DIR={where} OMS_TUNING__MAX_SLIPPAGE_BPS={max_slippage_bps} "
+            "oms tune show"
+        )
+    raise typer.Exit(0 if result["ok"] else 1)

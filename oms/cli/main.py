@@ -41,6 +41,7 @@ def _register_optional() -> None:
         ("oms.cli.positions", "positions_app", "positions"),
         ("oms.cli.chaos", "chaos_app", "chaos"),
         ("oms.cli.experiments", "experiments_app", "experiments"),
+        ("oms.cli.tune", "tune_app", "tune"),
     ):
         try:
             mod = importlib.import_module(module)

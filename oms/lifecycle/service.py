@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from oms.algos.scheduler import AlgoScheduler
+from oms.algos.tuning_math import RETRY_METRIC_PREFIX
 from oms.component import Component
 from oms.exchange.interface import Reconnect
 from oms.kafka.partitioning import PartitionOwnership, partition_of
@@ -160,6 +161,10 @@ class LifecycleService(Component):
             values[f"lifecycle.{name}"] = float(value)
         for name, value in self.reconciler.counters.items():
             values[f"reconcile.{name}"] = float(value)
+        for name, value in self._executor_stats().items():
+            # Cumulative retry outcomes, for the retry schedule of `oms tune`.
+            if name.startswith(RETRY_METRIC_PREFIX):
+                values[name] = float(value)
         sample = MetricsSample(worker=self.worker_id, values=values)
         await self._publish_sample(sample)
         return sample

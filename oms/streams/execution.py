@@ -24,12 +24,14 @@ strategies live here, once, for every venue. Three parts, built in this order by
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
 
+from oms.algos.tuning_math import delay_bucket, retry_metric_name
 from oms.backoff import Backoff
 from oms.component import Component, ComponentState
 from oms.exchange.errors import NEEDS_REVIEW, RETRIES_EXHAUSTED, ExchangeError, OrderNotFound
@@ -176,6 +178,7 @@ class OrderExecutor:
         # Full jitter: the orders that fail together (a rate limit, a lost connection) retry
         # spread out; never later than retry_max_delay.
         self._retry_backoff = Backoff(settings.retry_delay, settings.retry_max_delay)
+        self._jitter = random.Random()
         self._counters: dict[str, int] = {
             "submits": 0,
             "resubmits": 0,
@@ -185,13 +188,29 @@ class OrderExecutor:
             "rechecks": 0,
             "recheck_not_found": 0,
         }
+        # Cumulative retry outcomes (see oms.algos.tuning_math.retry_metric_name): bounded
+        # by the error kinds times the wait ladder.
+        self._retry_outcomes: dict[str, int] = {}
 
     # -- public API used by the agents -------------------------------------------------------
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters of the commands, and of the fills the label lookups recovered."""
-        return {**self._counters, **self._lookup.stats}
+        """Counters of the commands, of the fills the label lookups recovered, and of retry
+        outcomes per venue, error kind and wait (``retry.*``)."""
+        return {**self._counters, **self._lookup.stats, **self._retry_outcomes}
+
+    def _retried(self, venue: str, after: tuple[str, float] | None, ok: bool) -> None:
+        """Count the outcome of a retry at ``venue`` (the order's) sent ``after`` = (error
+        kind, wait s) a failure."""
+        if after is None:
+            return
+        reason, waited = after
+        bucket = delay_bucket(waited)
+        kinds = ("attempts", "succeeded") if ok else ("attempts",)
+        for kind in kinds:
+            name = retry_metric_name(venue, reason, bucket, kind)
+            self._retry_outcomes[name] = self._retry_outcomes.get(name, 0) + 1
 
     async def submit(self, order: OrderRecord, *, check_label_first: bool = False) -> None:
         """Send a new order. ``check_label_first`` for requests a previous worker may have
@@ -268,11 +287,14 @@ class OrderExecutor:
         policy = policy_of(order.metadata, self._settings)
         attempts = policy.submit_attempts
         last_error: ExchangeError | None = None
+        after: tuple[str, float] | None = None  # (error kind, wait) before this attempt
         for attempt in range(attempts):
             if check_label_first or attempt > 0:
                 # Before any (re)send: an order that reached the exchange is never sent twice.
                 found = await self._lookup.find(order)
                 if found is not None:
+                    # After a failure: the failed attempt had reached the exchange after
+                    # all, so no retry went out (and none is counted).
                     self._counters["label_hits"] += 1
                     await self._publish(found)
                     return
@@ -285,14 +307,18 @@ class OrderExecutor:
                 report = await self._exchange.place(order, prepaid=prepaid and attempt == 0)
             except ExchangeError as exc:
                 self._observe("submit", started, ok=False)
+                self._retried(order.venue, after, ok=False)
                 last_error = exc
                 self._counters["errors"] += 1
                 if not exc.retryable:
                     break  # a business rejection: sending it again cannot help
                 if attempt + 1 < attempts:
-                    await asyncio.sleep(self._backoff(attempt))
+                    wait = self._backoff(attempt, exc.reason)
+                    after = (exc.reason, wait)
+                    await asyncio.sleep(wait)
                 continue
             self._observe("submit", started, ok=True)
+            self._retried(order.venue, after, ok=True)
             await self._publish(report)
             return
         assert last_error is not None
@@ -394,6 +420,7 @@ class OrderExecutor:
         # again after a retryable failure, e.g. while the connection is being re-established.
         attempts = 1 + self._settings.retry_attempts
         result: ExecutionReport | None = None
+        after: tuple[str, float] | None = None  # (error kind, wait) before this attempt
         for attempt in range(attempts):
             started = asyncio.get_running_loop().time()
             try:
@@ -402,9 +429,12 @@ class OrderExecutor:
                 result = await send()
             except ExchangeError as exc:
                 self._observe(command.value, started, ok=False)
+                self._retried(order.venue, after, ok=False)
                 if exc.retryable and attempt + 1 < attempts:
                     self._counters["retries"] += 1
-                    await asyncio.sleep(self._backoff(attempt))
+                    wait = self._backoff(attempt, exc.reason)
+                    after = (exc.reason, wait)
+                    await asyncio.sleep(wait)
                     continue
                 await self._publish_error(order, exc, command, request_id)
                 if isinstance(exc, OrderNotFound):
@@ -412,6 +442,7 @@ class OrderExecutor:
                     await self._missing(order, command.value)
                 return
             self._observe(command.value, started, ok=True)
+            self._retried(order.venue, after, ok=True)
             break
         if command is CommandType.CANCEL:
             # A cancel answers with a count; the order's new state follows on the stream,
@@ -427,13 +458,29 @@ class OrderExecutor:
             )
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay."""
-        return self._retry_backoff.delay(attempt + 1)
+    def _backoff(self, attempt: int, reason: str = "") -> float:
+        """The wait after failed attempt ``attempt`` (0 = the first), at most retry_max_delay:
+        the tuned wait of the error kind if there is one, else exponential backoff."""
+        tuned = retry_wait(self._settings, attempt, reason)
+        if tuned is None:
+            return self._retry_backoff.delay(attempt + 1)
+        # Equal jitter below the tuned wait: orders that failed together still retry spread
+        # out, and each wait is still counted at (about) the tuned step of the ladder.
+        return self._jitter.uniform(max(self._settings.retry_delay, tuned / 2), tuned)
 
     def _observe(self, command: str, started: float, *, ok: bool) -> None:
         if self._on_command is not None:
             self._on_command(command, asyncio.get_running_loop().time() - started, ok)
+
+
+def retry_wait(settings: LifecycleSettings, attempt: int, reason: str) -> float | None:
+    """The tuned wait (``retry_schedule``) after failed attempt ``attempt`` (0 = the first) of
+    an error of kind ``reason``, within retry_delay .. retry_max_delay; None: not tuned."""
+    schedule = settings.retry_schedule.get(reason) or settings.retry_schedule.get("*")
+    if not schedule:
+        return None
+    wait = schedule[min(attempt, len(schedule) - 1)]
+    return min(settings.retry_max_delay, max(settings.retry_delay, wait))
 
 
 def _strategy_outcome(error: ExchangeError, strategy: str, attempts: int) -> ExchangeError:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from oms.algos import twap
 from oms.algos.registry import StrategyRegistry
+from oms.algos.tuning_math import TOUCH_KEYS, touch_metadata
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
 from oms.orders.experiments import Experiments
@@ -28,11 +29,13 @@ from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.orders.validation import summarize_validation_error, validate_submit
 from oms.schemas import (
     CommandType,
+    MarketTick,
     OrderEvent,
     OrderEventType,
     OrderRecord,
     OrderRequest,
     OrderStatus,
+    OrderType,
     ReasonCode,
     now_ms,
 )
@@ -93,6 +96,9 @@ class IntakeContext(AgentContext):
     # The configured venues (which exist, who trades where, each one's instruments); None:
     # the one default venue, whose instruments are ``instrument``.
     venues: VenueRules | None = None
+    # An instrument's newest tick (the worker's market cache): its touch is recorded in a new
+    # limit order's metadata, for the fill statistics of `oms tune`; None: not recorded.
+    touch: Callable[[str], MarketTick | None] | None = None
 
 
 async def handle_command(
@@ -185,6 +191,8 @@ async def _submit(
                 await ctx.emit(_purged_duplicate_event(order_id, ended, request))
             return
     enrolled = _enrol(ctx, request, now) if enrol and links is None else request
+    if not isinstance(enrolled, Rejection):
+        enrolled = _with_touch(ctx, enrolled)
     order = _record_from_request(request if isinstance(enrolled, Rejection) else enrolled)
     order.links = links
     if isinstance(enrolled, Rejection):
@@ -264,6 +272,30 @@ def _enrol(ctx: IntakeContext, request: OrderRequest, now: int) -> OrderRequest 
     if isinstance(enrolled, OrderRequest) and enrolled is not request:
         ctx.count("experiment_enrolled")
     return enrolled
+
+
+def _with_touch(ctx: IntakeContext, request: OrderRequest) -> OrderRequest:
+    """A limit order with the touch at placement in its metadata (the OMS's word only: keys a
+    client sent are dropped)."""
+    if request.order_type is not OrderType.LIMIT or request.instrument_name is None:
+        return request
+    metadata = {k: v for k, v in request.metadata.items() if k not in TOUCH_KEYS}
+    tick = ctx.touch(request.instrument_name) if ctx.touch is not None else None
+    if tick is not None:
+        spec = ctx.instrument(request.instrument_name)
+        metadata.update(
+            touch_metadata(
+                tick.best_bid_price,
+                tick.best_ask_price,
+                tick.best_bid_amount,
+                tick.best_ask_amount,
+                tick.timestamp,
+                getattr(spec, "tick_size", None),
+            )
+        )
+    if metadata == request.metadata:
+        return request
+    return request.model_copy(update={"metadata": metadata})
 
 
 def _decide(

@@ -309,6 +309,7 @@ class OrderWorker:
             mark=market.mark,
             strategies=strategies,
             venues=venues,
+            touch=market.latest,
         )
         self.release = ReleaseContext(
             orders=observed,

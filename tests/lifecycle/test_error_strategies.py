@@ -26,8 +26,20 @@ RESTING_BUY = {
 }
 
 
+async def _retry_counts(stack: LifecycleStack) -> dict[str, int]:
+    """The executor's retry outcomes (``retry.<venue>.<reason>.<wait ms>.<kind>``) summed
+    per kind: what its metric samples carry into ClickHouse for `oms tune`."""
+    executor = (await stack.worker_summary())["executor"]
+    counts = {"attempts": 0, "succeeded": 0}
+    for name, value in executor.items():
+        if name.startswith("retry."):
+            counts[name.rsplit(".", 1)[1]] += value
+    return counts
+
+
 async def test_transient_failure_is_retried_then_succeeds(stack: LifecycleStack) -> None:
     buys = await stack.method_count("private/buy")
+    retries = await _retry_counts(stack)
     await stack.admin("admin/set_faults", reject_next=2, reject_code=RATE_LIMITED)
     order_id = await stack.client.submit_advanced_order(**RESTING_BUY)
     event = await stack.wait(order_id)
@@ -36,6 +48,10 @@ async def test_transient_failure_is_retried_then_succeeds(stack: LifecycleStack)
     assert await stack.method_count("private/buy") - buys == 3
     assert len(await stack.exchange_orders(order_id)) == 1
     assert not [e for e in stack.client.events_of(order_id) if e.status is OrderStatus.REJECTED]
+    # Two retries counted for the tuner: the first refused again, the second went through.
+    after = await _retry_counts(stack)
+    assert after["attempts"] - retries["attempts"] == 2
+    assert after["succeeded"] - retries["succeeded"] == 1
 
 
 async def test_business_rejection_is_never_retried(stack: LifecycleStack) -> None:
