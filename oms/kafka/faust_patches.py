@@ -674,6 +674,13 @@ class StallHealer:
                 due.append((tp, consumer._committed_offset[tp]))
         return due
 
+    async def hole(self, tp: Any) -> bool:
+        """Whether ``tp`` has, right now, a message fetched but never delivered (a stall not
+        healed yet, or a moment between a fetch and its delivery): what was processed of the
+        partition is then not everything before the last offset processed. What concludes
+        from the processed offsets (a reconciliation) must wait while it is so."""
+        return await self._dropped(self._consumer_of(), tp)
+
     async def _dropped(self, consumer: Any, tp: Any) -> bool:
         """Whether a message at the committed offset was fetched but never delivered: later
         ones were processed, or (the dropped messages were the last ones fetched) nothing of
