@@ -40,6 +40,35 @@ class Level:
 
 
 @dataclass(frozen=True)
+class BookSnapshot:
+    """The top levels of one venue's order book (best first on each side)."""
+
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+    def side(self, direction: Direction) -> tuple[Level, ...]:
+        """The levels an order of ``direction`` takes: asks for a buy, bids for a sell."""
+        return self.asks if direction == "buy" else self.bids
+
+    @classmethod
+    def from_pairs(
+        cls, bids: Sequence[Sequence[Any]], asks: Sequence[Sequence[Any]]
+    ) -> BookSnapshot:
+        """From ``[[price, amount], ...]`` per side (Deribit's ``public/get_order_book`` and
+        ccxt's ``fetch_order_book`` alike); levels without a positive amount are dropped."""
+
+        def levels(rows: Sequence[Sequence[Any]]) -> tuple[Level, ...]:
+            out = []
+            for row in rows:
+                price, amount = float(row[0]), float(row[1])
+                if amount > EPSILON and math.isfinite(price):
+                    out.append(Level(price, amount))
+            return tuple(out)
+
+        return cls(levels(bids), levels(asks))
+
+
+@dataclass(frozen=True)
 class VenueBook:
     """What the router knows about one venue for one order.
 
