@@ -22,11 +22,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from oms.orders.state_machine import make_event
+from oms.schemas import (
+    CommandType,
+    OrderEvent,
+    OrderEventType,
+    OrderRecord,
+    OrderRequest,
+    OrderType,
+    TimeInForce,
+)
+from oms.schemas import Direction as OrderDirection
+
 Direction = Literal["buy", "sell"]
 # Floats that differ by less than this are the same amount or price.
 EPSILON = 1e-9
 # Deribit's taker fee on perpetuals and futures (0.05%), the default of a venue.
 DERIBIT_TAKER_FEE = 0.0005
+# The metadata key naming a child's parent (the same one TWAP's slices carry).
+PARENT_KEY = "parent_id"
 # Levels per side a decision event records (the books are bounded in the event).
 RECORDED_LEVELS = 5
 
@@ -243,6 +257,52 @@ def decision_details(
             "skipped": dict(plan.skipped),
         }
     }
+
+
+def child_request_id(parent_id: str, attempt: int, venue: str) -> str:
+    """The deterministic request id of one child: one per parent, attempt and venue, so a
+    decision published again is a duplicate at intake, never a second order (and the
+    child's order id, its label at the venue, is derived from it)."""
+    return f"sor.{parent_id}.{attempt}.{venue}"
+
+
+def child_requests(parent: OrderRecord, plan: RoutePlan, attempt: int) -> list[OrderRequest]:
+    """The children of one decision: IOC limit orders, each naming one venue, at the price
+    of the worst level counted for it; they point at ``parent`` (``parent_id``) so their
+    fills fold into it as a TWAP slice's do."""
+    return [
+        OrderRequest(
+            command=CommandType.SUBMIT,
+            request_id=child_request_id(parent.order_id, attempt, a.venue),
+            account_id=parent.account_id,
+            venue=a.venue,
+            instrument_name=parent.instrument_name,
+            amount=a.amount,
+            direction=parent.direction,
+            order_type=OrderType.LIMIT,
+            price=a.price,
+            time_in_force=TimeInForce.IMMEDIATE_OR_CANCEL,
+            reduce_only=parent.reduce_only,
+            priority=parent.priority,
+            metadata={PARENT_KEY: parent.order_id, "sor_attempt": attempt},
+        )
+        for a in plan.allocations
+    ]
+
+
+def routing_event(
+    parent: OrderRecord,
+    books: Sequence[VenueBook],
+    plan: RoutePlan,
+    attempt: int,
+    amount: float,
+) -> OrderEvent:
+    """The ``routed`` event of one decision about ``parent`` (``amount``: what was routed,
+    the parent's remainder), carrying :func:`decision_details`; one event id per attempt."""
+    direction: Direction = "buy" if parent.direction is OrderDirection.BUY else "sell"
+    details = decision_details(direction, amount, books, plan, attempt=attempt)
+    event = make_event(parent, OrderEventType.ROUTED, details=details)
+    return event.model_copy(update={"event_id": f"{parent.order_id}:routed:{attempt}"})
 
 
 def _floor_lots(value: float, lot: float) -> float:

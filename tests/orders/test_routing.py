@@ -10,12 +10,17 @@ from pydantic import ValidationError
 from oms.orders.params import SorParams
 from oms.orders.routing import (
     DERIBIT_TAKER_FEE,
+    PARENT_KEY,
     Level,
     VenueBook,
+    child_request_id,
+    child_requests,
     decision_details,
     net_price,
+    routing_event,
     split,
 )
+from oms.schemas import OrderEvent, OrderEventType, OrderRecord, TimeInForce
 
 
 def book(venue: str, *levels: tuple[float, float], **kw: float) -> VenueBook:
@@ -167,3 +172,53 @@ def test_sor_params_from_metadata() -> None:
         SorParams.from_metadata({"sor_venues": " , "})
     with pytest.raises(ValidationError):
         SorParams.from_metadata({"sor_venues": 3})
+
+
+def _parent() -> OrderRecord:
+    return OrderRecord.model_validate(
+        {
+            "order_id": "p-1",
+            "request_id": "r-p-1",
+            "account_id": "acct",
+            "instrument_name": "BTC-PERPETUAL",
+            "direction": "buy",
+            "order_type": "limit",
+            "amount": 50.0,
+            "price": 101.0,
+            "metadata": {"algo": "sor", "sor_venues": "a,b"},
+        }
+    )
+
+
+def test_children_name_one_venue_each_with_deterministic_ids() -> None:
+    parent = _parent()
+    books = [book("a", (100.0, 30)), book("b", (101.0, 100))]
+    plan = split("buy", parent.amount, books, limit_price=parent.price)
+    children = child_requests(parent, plan, attempt=0)
+    assert [(c.venue, c.amount, c.price) for c in children] == [("a", 30, 100.0), ("b", 20, 101.0)]
+    assert all(c.time_in_force is TimeInForce.IMMEDIATE_OR_CANCEL for c in children)
+    assert all(c.metadata[PARENT_KEY] == "p-1" for c in children)
+    assert [c.request_id for c in children] == [
+        child_request_id("p-1", 0, "a"),
+        child_request_id("p-1", 0, "b"),
+    ]
+    # Published again, the same decision makes the same ids (a duplicate at intake).
+    assert [c.request_id for c in child_requests(parent, plan, 0)] == [
+        c.request_id for c in children
+    ]
+    assert child_request_id("p-1", 1, "a") != child_request_id("p-1", 0, "a")
+
+
+def test_routing_event_carries_books_and_allocation() -> None:
+    parent = _parent()
+    books = [book("a", (100.0, 30)), book("b", (101.0, 100))]
+    plan = split("buy", 50, books)
+    event = routing_event(parent, books, plan, attempt=2, amount=50)
+    assert event.event_type is OrderEventType.ROUTED
+    assert event.event_id == "p-1:routed:2"
+    routing = event.details["routing"]
+    assert routing["attempt"] == 2
+    assert set(routing["books"]) == {"a", "b"}
+    assert [a["venue"] for a in routing["allocations"]] == ["a", "b"]
+    # It goes on the wire as any event does.
+    assert OrderEvent.model_validate_json(event.model_dump_json()) == event
