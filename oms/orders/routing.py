@@ -18,13 +18,14 @@ books it saw (top levels) and the allocation, so a routing can be audited after 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from oms.orders.state_machine import make_event
 from oms.schemas import (
     CommandType,
+    InstrumentSpec,
     OrderEvent,
     OrderEventType,
     OrderRecord,
@@ -207,7 +208,7 @@ def split(
             Allocation(
                 venue=book.venue,
                 amount=got,
-                price=_on_tick(worst[book.venue], book.tick, up=buy),
+                price=_child_price(worst[book.venue], book.tick, buy, limit_price),
                 average_price=average,
                 net_price=net_price(average, book.taker_fee, direction),
             )
@@ -257,6 +258,50 @@ def decision_details(
             "skipped": dict(plan.skipped),
         }
     }
+
+
+def venue_book(
+    venue: str,
+    snapshot: BookSnapshot,
+    direction: Direction,
+    spec: InstrumentSpec,
+    *,
+    taker_fee: float = DERIBIT_TAKER_FEE,
+    entry_delay_s: float = 0.0,
+) -> VenueBook:
+    """What :func:`split` needs of one venue: the side of its book the order takes, its fee,
+    and its own instrument's lot and tick."""
+    return VenueBook(
+        venue,
+        snapshot.side(direction),
+        taker_fee=taker_fee,
+        lot=spec.min_trade_amount,
+        tick=spec.tick_size,
+        entry_delay_s=entry_delay_s,
+    )
+
+
+RouteStep = Literal["wait", "route", "done"]
+
+
+def next_step(
+    amount: float,
+    children: Mapping[str, Sequence[float]],
+    attempts: int,
+    max_attempts: int,
+) -> tuple[RouteStep, float]:
+    """What a routed parent does next, from its children (child id -> [filled, average
+    price, done 1.0/0.0], as :attr:`OrderRecord.children` keeps them) and the decisions made
+    so far: ``wait`` while a child is live; ``route`` the remainder again while attempts are
+    left; else ``done`` (filled, or what is left is given up). The amount is the remainder."""
+    if any(not entry[2] for entry in children.values()):
+        return "wait", 0.0
+    remainder = amount - sum(entry[0] for entry in children.values())
+    if remainder < EPSILON:
+        return "done", 0.0
+    if attempts >= max_attempts:
+        return "done", remainder
+    return "route", remainder
 
 
 def child_request_id(parent_id: str, attempt: int, venue: str) -> str:
@@ -313,6 +358,16 @@ def _round_amount(value: float, lot: float) -> float:
     # Keep lot multiples exact for fractional lots: no 0.30000000000000004.
     digits = max(0, -math.floor(math.log10(lot))) + 2 if lot < 1 else 0
     return round(value, digits) if digits else round(value, 9)
+
+
+def _child_price(worst: float, tick: float, buy: bool, limit_price: float | None) -> float:
+    """The child's limit: the worst level it takes, on the venue's tick, never beyond the
+    order's own limit (itself put on this venue's tick inwards)."""
+    price = _on_tick(worst, tick, up=buy)
+    if limit_price is None:
+        return price
+    bound = _on_tick(limit_price, tick, up=not buy)
+    return min(price, bound) if buy else max(price, bound)
 
 
 def _on_tick(price: float, tick: float, *, up: bool) -> float:

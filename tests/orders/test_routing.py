@@ -11,16 +11,19 @@ from oms.orders.params import SorParams
 from oms.orders.routing import (
     DERIBIT_TAKER_FEE,
     PARENT_KEY,
+    BookSnapshot,
     Level,
     VenueBook,
     child_request_id,
     child_requests,
     decision_details,
     net_price,
+    next_step,
     routing_event,
     split,
+    venue_book,
 )
-from oms.schemas import OrderEvent, OrderEventType, OrderRecord, TimeInForce
+from oms.schemas import InstrumentSpec, OrderEvent, OrderEventType, OrderRecord, TimeInForce
 
 
 def book(venue: str, *levels: tuple[float, float], **kw: float) -> VenueBook:
@@ -222,3 +225,43 @@ def test_routing_event_carries_books_and_allocation() -> None:
     assert [a["venue"] for a in routing["allocations"]] == ["a", "b"]
     # It goes on the wire as any event does.
     assert OrderEvent.model_validate_json(event.model_dump_json()) == event
+
+
+def test_child_price_never_beyond_the_orders_limit() -> None:
+    # A level off this venue's tick would round up past the limit: the limit bounds it.
+    plan = split("buy", 10, [book("a", (100.2, 10), tick=0.5)], limit_price=100.3)
+    assert plan.allocations[0].price == 100.0
+    plan = split("sell", 10, [book("a", (100.2, 10), tick=0.5)], limit_price=100.1)
+    assert plan.allocations[0].price == 100.5
+
+
+def test_venue_book_from_a_snapshot_and_the_venues_instrument() -> None:
+    snapshot = BookSnapshot.from_pairs([[99.5, 10], [99.0, 0]], [[100.0, 5], ["100.5", "7"]])
+    assert snapshot.bids == (Level(99.5, 10),)  # empty levels dropped
+    spec = InstrumentSpec(
+        instrument_name="BTC-PERPETUAL", kind="future", base_currency="BTC",
+        quote_currency="USD", tick_size=0.5, contract_size=10, min_trade_amount=10,
+    )  # fmt: skip
+    built = venue_book("b", snapshot, "buy", spec, taker_fee=0.0002, entry_delay_s=0.1)
+    assert built == VenueBook(
+        "b", (Level(100.0, 5), Level(100.5, 7)), taker_fee=0.0002, lot=10, tick=0.5,
+        entry_delay_s=0.1,
+    )  # fmt: skip
+    assert venue_book("b", snapshot, "sell", spec).levels == snapshot.bids
+
+
+def test_next_step_waits_reroutes_and_ends() -> None:
+    live = {"c1": [10.0, 100.0, 1.0], "c2": [0.0, 0.0, 0.0]}
+    assert next_step(50, live, attempts=1, max_attempts=3) == ("wait", 0.0)
+    partial = {"c1": [10.0, 100.0, 1.0], "c2": [15.0, 101.0, 1.0]}
+    assert next_step(50, partial, attempts=1, max_attempts=3) == ("route", 25.0)
+    assert next_step(50, partial, attempts=3, max_attempts=3) == ("done", 25.0)
+    filled = {"c1": [30.0, 100.0, 1.0], "c2": [20.0, 101.0, 1.0]}
+    assert next_step(50, filled, attempts=1, max_attempts=3) == ("done", 0.0)
+    assert next_step(50, {}, attempts=0, max_attempts=3) == ("route", 50.0)
+
+
+def test_children_point_at_their_parent_by_twaps_key() -> None:
+    from oms.algos import twap
+
+    assert PARENT_KEY == twap.PARENT_KEY
