@@ -89,6 +89,9 @@ class VenueSettings(BaseModel):
     # Where this venue's exchange credentials live (None: the process's secrets store):
     # the same account usually has other API keys at another venue.
     secrets_file: Path | None = None
+    # The venue's taker fee, a fraction of the notional (Deribit's 0.05% by default): smart
+    # order routing ranks venues by price net of it.
+    taker_fee: float = Field(0.0005, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _ccxt_needs_its_id(self) -> Self:

@@ -409,6 +409,20 @@ def memory(
     _print(result, "oms bench memory", json)
 
 
+@bench_app.command("route")
+def route(
+    decisions: Annotated[int, typer.Option(min=1, help="routing decisions to time")] = 20_000,
+    venues: Annotated[int, typer.Option(min=1, help="venues per decision")] = 3,
+    levels: Annotated[int, typer.Option(min=1, help="book levels per venue")] = 10,
+    json: JsonOption = False,
+) -> None:
+    """Routing decisions/s of the pure smart order router (split + its event payload)."""
+    from oms_dev.benchmarks.route import RouteConfig, run_route_bench
+
+    config = RouteConfig(decisions=decisions, venues=venues, levels=levels)
+    _print(run_route_bench(config), "oms bench route", json)
+
+
 @bench_app.command("history")
 def history(
     rounds: Annotated[int, typer.Option(help="rounds of passive orders (one per offset)")] = 600,

@@ -43,6 +43,7 @@ from typing import Protocol, runtime_checkable
 
 from oms.component import ComponentState
 from oms.exchange.instruments import InstrumentCatalog
+from oms.orders.routing import BookSnapshot
 from oms.schemas import ExecutionReport, Fill, MarketTick, OrderRecord
 from oms.secrets import SecretStore
 from oms.settings import Settings
@@ -146,6 +147,15 @@ class Exchange(Protocol):
 OnTick = Callable[[MarketTick], Awaitable[None]]
 OnReports = Callable[[list[ExecutionReport]], Awaitable[None]]
 OnReconnect = Callable[[], Awaitable[None]]
+
+
+@runtime_checkable
+class BookSource(Protocol):
+    """A venue that shows the top levels of its order books (smart order routing)."""
+
+    async def order_book(self, account_id: str, instrument_name: str, depth: int) -> BookSnapshot:
+        """The top ``depth`` levels per side of ``instrument_name``'s book."""
+        ...
 
 
 class VenueFeed(Protocol):

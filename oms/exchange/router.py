@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from oms.component import Component
 from oms.exchange.errors import ExchangeError, InvalidParams, NotSupported
 from oms.exchange.instruments import InstrumentCatalog
-from oms.exchange.interface import Exchange, Reconnect
+from oms.exchange.interface import BookSource, Exchange, Reconnect
+from oms.orders.routing import BookSnapshot
 from oms.schemas import ExecutionReport, Fill, InstrumentSpec, OrderRecord
 
 UNKNOWN_VENUE_CODE = 0
@@ -96,6 +97,18 @@ class VenueRouter(Component):
         contract size), None if it is not listed there or the venue is unknown."""
         exchange = self._exchanges.get(venue)
         return exchange.instruments.get(instrument_name) if exchange is not None else None
+
+    async def order_book(
+        self, venue: str, account_id: str, instrument_name: str, depth: int
+    ) -> BookSnapshot:
+        """The top ``depth`` levels of the instrument's book at ``venue`` (what a smart
+        order router splits on); NotSupported if that venue cannot show its book."""
+        exchange = self._exchanges.get(venue)
+        if exchange is None:
+            raise UnknownVenue(UNKNOWN_VENUE_CODE, f"no venue {venue!r}")
+        if not isinstance(exchange, BookSource):
+            raise NotSupported(UNKNOWN_VENUE_CODE, f"venue {venue!r} shows no order book")
+        return await exchange.order_book(account_id, instrument_name, depth)
 
     # -- Exchange ----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ ALGO_VERSION_KEY = "algo_version"
 CANCEL_REASON_KEY = "reason_code"
 TWAP = "twap"
 CHASE = "chase"
+SOR = "sor"
 ALGOS = (TWAP, CHASE)
 
 MAX_SLICES = 100
@@ -80,7 +81,36 @@ class ChaseParams(_MetadataParams):
     limit: Number = Field(alias="chase_limit", gt=0)
 
 
-AlgoParams = TwapParams | ChaseParams
+class SorParams(_MetadataParams):
+    """A routed order: split across ``venues`` (comma-separated names on the wire, e.g.
+    ``"deribit,paper2"``) by the best price net of each venue's taker fee, as IOC limit
+    children; what a venue leaves unfilled is routed again, at most ``max_attempts`` times."""
+
+    venues: tuple[str, ...] = Field(alias="sor_venues")
+    # A venue whose rate budget holds the next order back longer than this is left out.
+    max_entry_delay_s: Number = Field(0.0, alias="sor_max_entry_delay", ge=0, le=60)
+    max_attempts: int = Field(3, alias="sor_max_attempts", strict=True, ge=1, le=20)
+    # Book levels per venue the router looks at.
+    depth: int = Field(10, alias="sor_depth", strict=True, ge=1, le=100)
+
+    @field_validator("venues", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, str):
+            raise ValueError("must be a comma-separated string of venue names")
+        names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+        if not names:
+            raise ValueError("names no venue")
+        return names
+
+    def to_metadata(self) -> dict[str, MetadataValue]:
+        """The same parameters as ``metadata`` keys (venues comma-separated again)."""
+        data = super().to_metadata()
+        data["sor_venues"] = ",".join(self.venues)
+        return data
+
+
+AlgoParams = TwapParams | ChaseParams | SorParams
 # The parameters' model of a strategy by name, or why it cannot be used (a plugin registry).
 ModelOf = Callable[[str], type[BaseModel] | Rejection]
 

@@ -85,6 +85,9 @@ class OrderEventType(StrEnum):
     TRIGGERED = "triggered"  # its time or conditions came; details say which tick/values
     CONDITION_ERROR = "condition_error"  # a condition could not be evaluated (skipped)
     NEEDS_REVIEW = "needs_review"
+    # A smart order router split the order across venues; details.routing: the books it saw
+    # and the children it chose.
+    ROUTED = "routed"
     # Account- and system-level events (order_id names the subject, e.g. "position:A|I").
     RISK_STATE_CHANGED = "risk_state_changed"
     POSITION_MISMATCH = "position_mismatch"

@@ -247,3 +247,29 @@ def test_ccxt_errors_become_typed_errors() -> None:
     assert type(typed(ccxt.NotSupported("no such call"))) is NotSupported
     other = typed(ccxt.ExchangeError("something"))
     assert type(other) is ExchangeError and not other.retryable and other.reason == "exchange_error"
+
+
+async def test_router_shows_each_venues_order_book(tmp_path: Path, px: PaperExchange) -> None:
+    """Both adapters read the same paper book (``public/get_order_book`` natively,
+    ``fetch_order_book`` through ccxt): what a smart order router splits on."""
+    venues = {
+        "deribit": VenueSettings(),
+        "second": VenueSettings(kind="ccxt", ccxt_id="deribit", url=f"http://127.0.0.1:{px.port}"),
+    }
+    settings = _settings(tmp_path, venues, px.ws_url)
+    router = create_exchange(settings, SecretStore(settings.resolved_secrets_file))
+    assert isinstance(router, VenueRouter)
+    await router.start()
+    try:
+        await router.exchange("second").instruments.wait_loaded(10)
+        native = await router.order_book("deribit", ACCOUNT, "BTC-PERPETUAL", 5)
+        via_ccxt = await router.order_book("second", ACCOUNT, "BTC-PERPETUAL", 5)
+        with pytest.raises(UnknownVenue):
+            await router.order_book("elsewhere", ACCOUNT, "BTC-PERPETUAL", 5)
+    finally:
+        await router.stop()
+    for book in (native, via_ccxt):
+        assert 0 < len(book.asks) <= 5 and 0 < len(book.bids) <= 5
+        assert book.bids[0].price < book.asks[0].price
+        assert [lv.price for lv in book.asks] == sorted(lv.price for lv in book.asks)
+        assert book.side("buy") is book.asks and book.side("sell") is book.bids

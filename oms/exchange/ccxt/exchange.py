@@ -31,6 +31,7 @@ from oms.exchange.errors import (
 )
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Reconnect
+from oms.orders.routing import BookSnapshot
 from oms.schemas import (
     CommandType,
     ExecutionReport,
@@ -420,6 +421,15 @@ class CcxtExchange(Component):
         return self._report(edited, order, ReportSource.RPC, command=CommandType.AMEND)
 
     # -- pacing and sessions --------------------------------------------------------------
+
+    async def order_book(self, account_id: str, instrument_name: str, depth: int) -> BookSnapshot:
+        """The top ``depth`` levels of the instrument's book (ccxt's ``fetch_order_book``)."""
+
+        async def fetch(client: Any) -> Any:
+            return await client.fetch_order_book(self._symbol(client, instrument_name), depth)
+
+        book = await self._call(account_id, "fetch_order_book", fetch)
+        return BookSnapshot.from_pairs(book.get("bids") or [], book.get("asks") or [])
 
     async def order_entry_delay(self, account_id: str) -> float:
         await self._client(account_id)  # raises when the account cannot trade here

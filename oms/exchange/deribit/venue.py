@@ -22,6 +22,7 @@ from oms.exchange.deribit.translate import fill_from_trade, report_from_order
 from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Reconnect, Venue
+from oms.orders.routing import BookSnapshot
 from oms.schemas import (
     CommandType,
     Direction,
@@ -161,6 +162,16 @@ class DeribitVenue(Component):
     ) -> Any:
         client = await self._sessions.client(account_id)
         return await client.call(method, params, prepaid=prepaid)
+
+    async def order_book(self, account_id: str, instrument_name: str, depth: int) -> BookSnapshot:
+        """The top ``depth`` levels of the instrument's book (``public/get_order_book``, on
+        the account's session: it is the venue as that account sees it)."""
+        book = await self._call(
+            account_id,
+            "public/get_order_book",
+            {"instrument_name": instrument_name, "depth": depth},
+        )
+        return BookSnapshot.from_pairs(book.get("bids") or [], book.get("asks") or [])
 
     def _currency(self, order: OrderRecord) -> str:
         """Deribit's ``currency`` parameter of an order's private calls."""
