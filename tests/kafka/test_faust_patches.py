@@ -598,3 +598,17 @@ def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(faust_patches, "installed_version", _versions("0.15.4", "0.14.0"))
     with pytest.raises(FaustPatchError, match=r"stall healer.*faust-streaming==0\.15\.4"):
         StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
+
+
+async def test_a_hole_is_reported_at_once_without_waiting_for_the_stall_time() -> None:
+    # What a reconciliation asks before it trusts the processed offsets: no stall time, no
+    # state kept (the same partition is a stall for the healer only after stall_s).
+    consumer = FakeConsumer()
+    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    assert await healer.hole(consumer.tp)  # 15 dropped, 16 and 17 processed
+    assert await healer.stalled(now=100.0) == []
+    consumer._acked[consumer.tp] = [15, 16, 17]
+    assert not await healer.hole(consumer.tp)
+    consumer._acked[consumer.tp] = []
+    consumer._committed_offset[consumer.tp] = 18  # all processed and committed
+    assert not await healer.hole(consumer.tp)
