@@ -111,7 +111,6 @@ import faust
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
-from aiokafka.errors import KafkaError
 from faust.topics import Topic
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -589,13 +588,11 @@ def check_app(app: faust.App, *, compacted_topics: Collection[str]) -> None:
 # How long an input partition may wait on a message that was never delivered before it is
 # read again from its committed offset.
 STALL_S = 5.0
-# How long the healer waits for a partition's fetch position (it waits while one is reset).
-POSITION_TIMEOUT_S = 1.0
 
 # What the healer reads of the consumer of a ``kafka://`` app (faust's aiokafka driver):
 # attributes faust's Consumer declares (and sets in its __init__), and public methods.
 _CONSUMER_ATTRIBUTES = ("_acked", "_committed_offset", "_unacked_messages")
-_CONSUMER_METHODS = ("assignment", "position", "seek")
+_CONSUMER_METHODS = ("assignment", "seek")
 
 
 def _missing_consumer_internals() -> list[str]:
@@ -603,7 +600,34 @@ def _missing_consumer_internals() -> list[str]:
     declared = {name for klass in consumer.__mro__ for name in inspect.get_annotations(klass)}
     missing = [name for name in _CONSUMER_ATTRIBUTES if name not in declared]
     missing += [name for name in _CONSUMER_METHODS if not callable(getattr(consumer, name, None))]
+    # fetch_position reads the Kafka consumer the consumer thread holds.
+    if "_consumer" not in inspect.get_annotations(AIOKafkaConsumerThread):
+        missing.append("AIOKafkaConsumerThread._consumer")
     return missing
+
+
+def fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The fetch position of ``tp`` in the Kafka consumer under a faust ``Consumer`` of the
+    aiokafka driver (the next offset it hands out), read without waiting; None while the
+    partition has none (being reset) or is not assigned.
+
+    Not ``Consumer.position``: that call runs on the consumer thread's method queue (two
+    workers) and waits there while a position is being reset (up to the request timeout),
+    and calls queued behind it (the recovery's seeks, commits) waited with it; a worker that
+    took partitions over stayed in recovery for minutes that way. Reading the subscription
+    state from this thread is a read of one attribute, for a hint the healer re-checks over
+    ``stall_s``."""
+    thread = getattr(consumer, "_thread", None)
+    kafka = getattr(thread, "_consumer", None)
+    subscription = getattr(getattr(kafka, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None:
+        return None
+    state = assignment.state_value(tp)
+    if state is None or not state.has_valid_position:
+        return None
+    position = state.position
+    return position if isinstance(position, int) else None
 
 
 class StallHealer:
@@ -643,6 +667,7 @@ class StallHealer:
         stall_s: float = STALL_S,
         *,
         queued: Callable[[str], bool],
+        position_of: Callable[[Any, Any], int | None] | None = None,
     ) -> None:
         require_written_for_versions("stall healer")
         missing = _missing_consumer_internals()
@@ -655,6 +680,7 @@ class StallHealer:
         self._consumer_of = consumer_of
         self._topics = topics
         self._queued = queued
+        self._position_of = position_of or fetch_position
         self._stall_s = stall_s
         self._since: dict[Any, float] = {}
         self.healed = 0
@@ -690,7 +716,7 @@ class StallHealer:
         if committed is None:
             return False
         # The fetch position first: what is read after the await is then at least as recent.
-        position = await self._fetch_position(consumer, tp)
+        position = self._fetch_position(consumer, tp)
         acked = consumer._acked.get(tp)
         if acked:
             return bool(min(acked) > committed)
@@ -701,16 +727,10 @@ class StallHealer:
             return False  # the next message may be waiting in the buffer: not a sign
         return not any(m.tp == tp and not m.acked for m in list(consumer._unacked_messages))
 
-    @staticmethod
-    async def _fetch_position(consumer: Any, tp: Any) -> int | None:
-        """The next offset the Kafka consumer hands out for ``tp``; None while it is being
-        reset or the partition is being revoked (no sign either way)."""
-        try:
-            async with asyncio.timeout(POSITION_TIMEOUT_S):
-                position = await consumer.position(tp)
-        except (TimeoutError, KafkaError, AssertionError):
-            return None
-        return position if isinstance(position, int) else None
+    def _fetch_position(self, consumer: Any, tp: Any) -> int | None:
+        """The next offset the Kafka consumer hands out for ``tp``; None while it has none
+        (being reset, or not assigned): no sign either way."""
+        return self._position_of(consumer, tp)
 
     async def heal(self, tp: Any, offset: int) -> None:
         """Read ``tp`` again from ``offset``."""

@@ -37,6 +37,7 @@ from oms.kafka.faust_patches import (
     check_app,
     deliver,
     faust_patches_applied,
+    fetch_position,
     seek_to_committed_or_log_start,
 )
 from oms.kafka.faust_worker import declared_compacted_topics, new_faust_app
@@ -475,6 +476,17 @@ async def test_a_table_write_gets_the_running_producer_without_yielding() -> Non
 # -- the stall healer -------------------------------------------------------------------
 
 
+def _healer(consumer: Any) -> StallHealer:
+    return StallHealer(
+        lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False, position_of=_position
+    )
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    position: int | None = consumer.position(tp)
+    return position
+
+
 class FakeConsumer:
     def __init__(self) -> None:
         self.tp = TP("in", 0)
@@ -494,15 +506,13 @@ class FakeConsumer:
         self.sought.append((tp, offset))
         self.positions[tp] = offset
 
-    async def position(self, tp: Any) -> int:
-        if tp in self.resetting:  # aiokafka waits until the reset is resolved
-            await asyncio.get_running_loop().create_future()
-        return self.positions[tp]
+    def position(self, tp: Any) -> int | None:
+        return None if tp in self.resetting else self.positions[tp]
 
 
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    healer = _healer(consumer)
     assert await healer.stalled(now=100.0) == []  # first seen
     assert await healer.stalled(now=104.0) == []
     due = await healer.stalled(now=105.0)
@@ -520,7 +530,7 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     consumer._acked = {consumer.tp: [], consumer.other: []}
     in_flight = SimpleNamespace(tp=consumer.tp, acked=False)
     consumer._unacked_messages = [in_flight]
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    healer = _healer(consumer)
     # Still being processed (queued in the stream or in the agent): not a stall.
     assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
     in_flight.acked = True
@@ -544,17 +554,16 @@ async def test_records_dropped_after_a_takeover_are_read_again() -> None:
     consumer._read_offset = {consumer.tp: 2}  # type: ignore[attr-defined]
     consumer._committed_offset[consumer.tp] = 4
     consumer.positions[consumer.tp] = 17
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    healer = _healer(consumer)
     assert await healer.stalled(now=100.0) == []
     assert await healer.stalled(now=105.0) == [(consumer.tp, 4)]
 
 
-async def test_a_partition_being_reset_is_no_sign(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(faust_patches, "POSITION_TIMEOUT_S", 0.01)
+async def test_a_partition_being_reset_is_no_sign() -> None:
     consumer = FakeConsumer()
     consumer._acked = {consumer.tp: [], consumer.other: []}
     consumer.resetting.add(consumer.tp)
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    healer = _healer(consumer)
     assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
     consumer.resetting.clear()
     assert await healer.stalled(now=111.0) == []  # first seen only now
@@ -569,7 +578,11 @@ async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
     consumer._acked = {consumer.tp: [], consumer.other: []}
     waiting = {"in"}
     healer = StallHealer(
-        lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: topic in waiting
+        lambda: consumer,
+        {"in"},
+        stall_s=5.0,
+        queued=lambda topic: topic in waiting,
+        position_of=_position,
     )
     assert [await healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
     # The buffer is empty and the message never came: it was dropped after all.
@@ -591,20 +604,20 @@ def test_the_healer_refuses_a_faust_without_what_it_reads(
     # A rename upstream must stop the worker at start, not turn the healer off silently.
     monkeypatch.delitem(Consumer.__annotations__, attribute)
     with pytest.raises(FaustPatchError, match=attribute):
-        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False, position_of=_position)
 
 
 def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faust_patches, "installed_version", _versions("0.15.4", "0.14.0"))
     with pytest.raises(FaustPatchError, match=r"stall healer.*faust-streaming==0\.15\.4"):
-        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False)
+        StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False, position_of=_position)
 
 
 async def test_a_hole_is_reported_at_once_without_waiting_for_the_stall_time() -> None:
     # What a reconciliation asks before it trusts the processed offsets: no stall time, no
     # state kept (the same partition is a stall for the healer only after stall_s).
     consumer = FakeConsumer()
-    healer = StallHealer(lambda: consumer, {"in"}, stall_s=5.0, queued=lambda topic: False)
+    healer = _healer(consumer)
     assert await healer.hole(consumer.tp)  # 15 dropped, 16 and 17 processed
     assert await healer.stalled(now=100.0) == []
     consumer._acked[consumer.tp] = [15, 16, 17]
@@ -612,3 +625,20 @@ async def test_a_hole_is_reported_at_once_without_waiting_for_the_stall_time() -
     consumer._acked[consumer.tp] = []
     consumer._committed_offset[consumer.tp] = 18  # all processed and committed
     assert not await healer.hole(consumer.tp)
+
+
+def test_the_fetch_position_is_read_without_the_consumer_thread() -> None:
+    # The shape of faust's aiokafka consumer: Consumer._thread._consumer is the Kafka
+    # consumer, whose subscription state holds each partition's position.
+    tp = TP("in", 0)
+    state = SimpleNamespace(has_valid_position=True, position=42)
+    assignment = SimpleNamespace(state_value=lambda t: state if t == tp else None)
+    kafka = SimpleNamespace(
+        _subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+    )
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_consumer=kafka))
+    assert fetch_position(consumer, tp) == 42
+    assert fetch_position(consumer, TP("in", 1)) is None  # not assigned
+    state.has_valid_position = False  # being reset
+    assert fetch_position(consumer, tp) is None
+    assert fetch_position(SimpleNamespace(_thread=None), tp) is None  # not started
