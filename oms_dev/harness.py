@@ -27,7 +27,7 @@ import orjson
 from oms.kafka.acls import COMPONENT_PRINCIPALS
 from oms.kafka.admin import ensure_topics
 from oms.secrets import Credentials, write_secrets_file, write_signing_keys
-from oms.settings import Settings
+from oms.settings import Settings, VenueKind, VenueSettings
 from oms_dev.devstack.kafka import KafkaBroker
 from oms_dev.devstack.net import free_port
 
@@ -72,6 +72,24 @@ def isolated_settings(
             "notify": base.notify.model_copy(update={"web_port": free_port()}),
             "positions": base.positions.model_copy(update={"web_port": free_port()}),
         }
+    )
+
+
+def with_second_venue(
+    settings: Settings, name: str, port: int, *, kind: VenueKind = "ccxt"
+) -> Settings:
+    """``settings`` with a second venue ``name``: another paper exchange on ``port``, reached
+    natively (``kind="deribit"``, its WebSocket) or through ccxt (its REST base URL); the
+    default venue stays the first paper exchange."""
+    http = f"http://127.0.0.1:{port}"
+    second = (
+        VenueSettings(kind="ccxt", ccxt_id="deribit", url=http)
+        if kind == "ccxt"
+        else VenueSettings(kind="deribit", url=http.replace("http://", "ws://") + "/ws/api/v2")
+    )
+    venues = {"deribit": VenueSettings(), name: second}
+    return settings.model_copy(
+        update={"exchange": settings.exchange.model_copy(update={"venues": venues})}
     )
 
 
@@ -197,6 +215,21 @@ class OmsServices:
             "paper-exchange",
             ["paper-exchange", "--host", paper.host, "--port", str(paper.port), *extra_args],
         )
+
+    def add_second_paper_exchange(
+        self, port: int, *, seed: int = 99, name: str = "paper-exchange-2"
+    ) -> ServiceProcess:
+        """Another paper exchange (its own process, port, seeded market and state) with the
+        same accounts, as a second venue (:func:`with_second_venue`)."""
+        return self.add(
+            name,
+            [
+                "paper-exchange", "--host", "127.0.0.1", "--port", str(port),
+                "--seed", str(seed),
+                "--accounts-file", str(self.settings.resolved_secrets_file),
+                "--state-dir", str(self.settings.data_dir / name),
+            ],
+        )  # fmt: skip
 
     def add_worker(self, index: int = 0, web_port: int | None = None) -> ServiceProcess:
         port = web_port or self.settings.worker.web_port + index

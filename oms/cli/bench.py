@@ -414,13 +414,39 @@ def route(
     decisions: Annotated[int, typer.Option(min=1, help="routing decisions to time")] = 20_000,
     venues: Annotated[int, typer.Option(min=1, help="venues per decision")] = 3,
     levels: Annotated[int, typer.Option(min=1, help="book levels per venue")] = 10,
+    e2e_orders: Annotated[
+        int,
+        typer.Option(min=0, help="single-venue and routed orders timed through a stack (0: none)"),
+    ] = 40,
+    second_venue: Annotated[
+        str, typer.Option(help="how the second venue is reached: deribit or ccxt")
+    ] = "deribit",
+    bootstrap: Annotated[
+        str | None, typer.Option(help="an existing Kafka (default: a fresh broker)")
+    ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Routing decisions/s of the pure smart order router (split + its event payload)."""
-    from oms_dev.benchmarks.route import RouteConfig, run_route_bench
+    """Routing decisions/s of the pure smart order router (split + its event payload), then
+    the latency a route adds through the stack against a single-venue order, same run."""
+    from oms_dev.benchmarks.route import (
+        RouteConfig,
+        RouteE2EConfig,
+        run_route_bench,
+        run_route_e2e,
+    )
 
+    if second_venue not in ("deribit", "ccxt"):
+        raise typer.BadParameter("deribit or ccxt", param_hint="--second-venue")
     config = RouteConfig(decisions=decisions, venues=venues, levels=levels)
-    _print(run_route_bench(config), "oms bench route", json)
+    result: dict[str, Any] = {"decisions": run_route_bench(config)}
+    if e2e_orders:
+        e2e = RouteE2EConfig(
+            orders=e2e_orders,
+            second_kind="ccxt" if second_venue == "ccxt" else "deribit",
+            bootstrap=bootstrap,
+        )
+        result["end_to_end"] = _run("route", run_route_e2e, e2e)
+    _print(result, "oms bench route", json)
 
 
 @bench_app.command("history")
