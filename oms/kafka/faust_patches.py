@@ -685,14 +685,14 @@ class StallHealer:
         self._since: dict[Any, float] = {}
         self.healed = 0
 
-    async def stalled(self, now: float) -> list[tuple[Any, int]]:
+    def stalled(self, now: float) -> list[tuple[Any, int]]:
         """Partitions stalled for longer than ``stall_s``, with their committed offset."""
         consumer = self._consumer_of()
         due = []
         for tp in list(consumer.assignment()):
             if tp.topic not in self._topics:
                 continue
-            if not await self._dropped(consumer, tp):
+            if not self._dropped(consumer, tp):
                 self._since.pop(tp, None)
                 continue
             first = self._since.setdefault(tp, now)
@@ -700,14 +700,14 @@ class StallHealer:
                 due.append((tp, consumer._committed_offset[tp]))
         return due
 
-    async def hole(self, tp: Any) -> bool:
+    def hole(self, tp: Any) -> bool:
         """Whether ``tp`` has, right now, a message fetched but never delivered (a stall not
         healed yet, or a moment between a fetch and its delivery): what was processed of the
         partition is then not everything before the last offset processed. What concludes
         from the processed offsets (a reconciliation) must wait while it is so."""
-        return await self._dropped(self._consumer_of(), tp)
+        return self._dropped(self._consumer_of(), tp)
 
-    async def _dropped(self, consumer: Any, tp: Any) -> bool:
+    def _dropped(self, consumer: Any, tp: Any) -> bool:
         """Whether a message at the committed offset was fetched but never delivered: later
         ones were processed, or (the dropped messages were the last ones fetched) nothing of
         the partition is processed or in flight although the consumer fetched past the
@@ -715,7 +715,8 @@ class StallHealer:
         committed = consumer._committed_offset.get(tp)
         if committed is None:
             return False
-        # The fetch position first: what is read after the await is then at least as recent.
+        # The fetch position first (the consumer thread moves it on meanwhile): what is read
+        # after it is then at least as recent.
         position = self._fetch_position(consumer, tp)
         acked = consumer._acked.get(tp)
         if acked:

@@ -295,7 +295,7 @@ class PositionKeeper:
         # healer reads them again only seconds later. A check meanwhile would adopt the
         # exchange's figures, and the re-read fills would then count twice.
         for tp in tps:
-            if await self.healer.hole(tp):
+            if self.healer.hole(tp):
                 return False
         return True
 
@@ -366,7 +366,7 @@ class PositionKeeper:
 
         @app.timer(interval=1.0)
         async def heal_stalled_partitions() -> None:
-            for tp, committed in await healer.stalled(time.monotonic()):
+            for tp, committed in healer.stalled(time.monotonic()):
                 highwater = (await app.consumer.highwaters(tp)).get(tp, committed)
                 self._replay_below[tp.partition] = highwater
                 self.counters["partitions_healed"] += 1

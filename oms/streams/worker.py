@@ -528,7 +528,7 @@ class OrderWorker:
         @app.timer(interval=interval)
         async def sweep_unacknowledged() -> None:
             await self.sweep()
-            for tp, committed in await healer.stalled(time.monotonic()):
+            for tp, committed in healer.stalled(time.monotonic()):
                 # Everything from the committed offset is read again: count it as replayed.
                 highwater = (await app.consumer.highwaters(tp)).get(tp, committed)
                 self._replay_below[(tp.topic, tp.partition)] = highwater

@@ -513,17 +513,17 @@ class FakeConsumer:
 async def test_stalled_input_partition_is_read_again_from_its_committed_offset() -> None:
     consumer = FakeConsumer()
     healer = _healer(consumer)
-    assert await healer.stalled(now=100.0) == []  # first seen
-    assert await healer.stalled(now=104.0) == []
-    due = await healer.stalled(now=105.0)
+    assert healer.stalled(now=100.0) == []  # first seen
+    assert healer.stalled(now=104.0) == []
+    due = healer.stalled(now=105.0)
     assert due == [(consumer.tp, 15)]  # only the input topic, after the stall time
     await healer.heal(*due[0])
     assert consumer.sought == [(consumer.tp, 15)] and healer.healed == 1
     consumer._acked[consumer.tp] = [15, 16, 17]  # the dropped message came back
-    assert await healer.stalled(now=200.0) == []
+    assert healer.stalled(now=200.0) == []
 
 
-async def test_a_dropped_last_message_is_read_again() -> None:
+def test_a_dropped_last_message_is_read_again() -> None:
     # Offsets 15 to 17 were fetched (position 18) but never delivered, and nothing came after
     # them: no acknowledged offset reveals the hole, only the fetch position past the commit.
     consumer = FakeConsumer()
@@ -532,20 +532,20 @@ async def test_a_dropped_last_message_is_read_again() -> None:
     consumer._unacked_messages = [in_flight]
     healer = _healer(consumer)
     # Still being processed (queued in the stream or in the agent): not a stall.
-    assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
+    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
     in_flight.acked = True
-    assert await healer.stalled(now=111.0) == []  # first seen
-    assert await healer.stalled(now=116.0) == [(consumer.tp, 15)]
+    assert healer.stalled(now=111.0) == []  # first seen
+    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
     # Right after a seek to the committed offset: nothing fetched yet, not a stall.
     consumer.positions[consumer.tp] = 15
-    assert await healer.stalled(now=120.0) == [] and await healer.stalled(now=130.0) == []
+    assert healer.stalled(now=120.0) == [] and healer.stalled(now=130.0) == []
     # Processed and committed: the position is the committed offset.
     consumer.positions[consumer.tp] = 18
     consumer._committed_offset[consumer.tp] = 18
-    assert await healer.stalled(now=200.0) == [] and await healer.stalled(now=210.0) == []
+    assert healer.stalled(now=200.0) == [] and healer.stalled(now=210.0) == []
 
 
-async def test_records_dropped_after_a_takeover_are_read_again() -> None:
+def test_records_dropped_after_a_takeover_are_read_again() -> None:
     # A partition taken over from a killed worker: the consumer fetched it to its end (the
     # records were dropped by Faust around the rebalance, before they counted as read), and
     # Faust's read offset, left from an earlier ownership, lies below the commit.
@@ -555,19 +555,19 @@ async def test_records_dropped_after_a_takeover_are_read_again() -> None:
     consumer._committed_offset[consumer.tp] = 4
     consumer.positions[consumer.tp] = 17
     healer = _healer(consumer)
-    assert await healer.stalled(now=100.0) == []
-    assert await healer.stalled(now=105.0) == [(consumer.tp, 4)]
+    assert healer.stalled(now=100.0) == []
+    assert healer.stalled(now=105.0) == [(consumer.tp, 4)]
 
 
-async def test_a_partition_being_reset_is_no_sign() -> None:
+def test_a_partition_being_reset_is_no_sign() -> None:
     consumer = FakeConsumer()
     consumer._acked = {consumer.tp: [], consumer.other: []}
     consumer.resetting.add(consumer.tp)
     healer = _healer(consumer)
-    assert await healer.stalled(now=100.0) == [] and await healer.stalled(now=110.0) == []
+    assert healer.stalled(now=100.0) == [] and healer.stalled(now=110.0) == []
     consumer.resetting.clear()
-    assert await healer.stalled(now=111.0) == []  # first seen only now
-    assert await healer.stalled(now=116.0) == [(consumer.tp, 15)]
+    assert healer.stalled(now=111.0) == []  # first seen only now
+    assert healer.stalled(now=116.0) == [(consumer.tp, 15)]
 
 
 async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
@@ -584,17 +584,17 @@ async def test_a_backlog_waiting_in_the_stream_buffer_is_not_a_stall() -> None:
         queued=lambda topic: topic in waiting,
         position_of=_position,
     )
-    assert [await healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
+    assert [healer.stalled(now=100.0 + t) for t in range(0, 60, 5)] == [[]] * 12
     # The buffer is empty and the message never came: it was dropped after all.
     waiting.clear()
-    assert await healer.stalled(now=200.0) == []  # first seen
-    assert await healer.stalled(now=205.0) == [(consumer.tp, 15)]
+    assert healer.stalled(now=200.0) == []  # first seen
+    assert healer.stalled(now=205.0) == [(consumer.tp, 15)]
     await healer.heal(consumer.tp, 15)
     # A dropped head with later messages processed is a stall whatever the buffer holds.
     consumer._acked[consumer.tp] = [16, 17]
     waiting.add("in")
-    assert await healer.stalled(now=300.0) == []
-    assert await healer.stalled(now=305.0) == [(consumer.tp, 15)]
+    assert healer.stalled(now=300.0) == []
+    assert healer.stalled(now=305.0) == [(consumer.tp, 15)]
 
 
 @pytest.mark.parametrize("attribute", ["_committed_offset", "_unacked_messages", "_acked"])
@@ -613,18 +613,18 @@ def test_the_healer_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> N
         StallHealer(FakeConsumer, {"in"}, queued=lambda topic: False, position_of=_position)
 
 
-async def test_a_hole_is_reported_at_once_without_waiting_for_the_stall_time() -> None:
+def test_a_hole_is_reported_at_once_without_waiting_for_the_stall_time() -> None:
     # What a reconciliation asks before it trusts the processed offsets: no stall time, no
     # state kept (the same partition is a stall for the healer only after stall_s).
     consumer = FakeConsumer()
     healer = _healer(consumer)
-    assert await healer.hole(consumer.tp)  # 15 dropped, 16 and 17 processed
-    assert await healer.stalled(now=100.0) == []
+    assert healer.hole(consumer.tp)  # 15 dropped, 16 and 17 processed
+    assert healer.stalled(now=100.0) == []
     consumer._acked[consumer.tp] = [15, 16, 17]
-    assert not await healer.hole(consumer.tp)
+    assert not healer.hole(consumer.tp)
     consumer._acked[consumer.tp] = []
     consumer._committed_offset[consumer.tp] = 18  # all processed and committed
-    assert not await healer.hole(consumer.tp)
+    assert not healer.hole(consumer.tp)
 
 
 def test_the_fetch_position_is_read_without_the_consumer_thread() -> None:

@@ -31,6 +31,7 @@ from oms.exchange.errors import (
 )
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Reconnect
+from oms.exchange.sessions import AccountSessions
 from oms.orders.routing import BookSnapshot
 from oms.schemas import (
     CommandType,
@@ -98,9 +99,7 @@ class CcxtExchange(Component):
         self._url = config.url
         self._secrets = secrets
         self._uses_label = self._ccxt_id in _LABEL_EXCHANGES
-        self._clients: dict[str, Any] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._closed = False
+        self._sessions: AccountSessions[Any] = AccountSessions(self._open_client)
         self._public = self._new_client(None)
         self._instruments = InstrumentCatalog(
             self._fetch_instruments, reconnect_backoff(settings.exchange)
@@ -125,35 +124,25 @@ class CcxtExchange(Component):
             client.urls["api"] = {"rest": self._url.rstrip("/")}
         return client
 
-    async def _client(self, account_id: str) -> Any:
-        client = self._clients.get(account_id)
-        if client is not None:
-            return client
-        if self._closed:
-            error = ConnectionLost(CONNECTION_LOST, "the venue is stopped")
-            error.outcome_unknown = False
-            raise error
-        async with self._locks.setdefault(account_id, asyncio.Lock()):
-            client = self._clients.get(account_id)
-            if client is None:
-                credentials = self._secrets.credentials(account_id)
-                if credentials is None:
-                    raise KeyError(f"no exchange credentials for account {account_id!r}")
-                client = self._new_client(credentials)
-                try:
-                    await client.load_markets()
-                except Exception as exc:
-                    await client.close()
-                    failure = error_from_ccxt(exc, method="load_markets")
-                    failure.outcome_unknown = False  # nothing was sent yet
-                    raise failure from exc
-                self._clients[account_id] = client
+    async def _open_client(self, account_id: str) -> Any:
+        """A new client of the account, its markets loaded (the sessions' factory)."""
+        credentials = self._secrets.credentials(account_id)
+        if credentials is None:
+            raise KeyError(f"no exchange credentials for account {account_id!r}")
+        client = self._new_client(credentials)
+        try:
+            await client.load_markets()
+        except Exception as exc:
+            await client.close()
+            failure = error_from_ccxt(exc, method="load_markets")
+            failure.outcome_unknown = False  # nothing was sent yet
+            raise failure from exc
         return client
 
     async def _call(
         self, account_id: str, method: str, call: Callable[[Any], Awaitable[T]]
     ) -> T:
-        client = await self._client(account_id)
+        client = await self._sessions.get(account_id)
         try:
             return await call(client)
         except ccxt.BaseError as exc:
@@ -213,11 +202,10 @@ class CcxtExchange(Component):
         await self._instruments.start()
 
     async def on_stop(self) -> None:
-        self._closed = True
+        # The account clients first: no order call opens one while the catalog stops.
+        await self._sessions.close_all()
         await self._instruments.stop()
-        clients, self._clients = [*self._clients.values(), self._public], {}
-        for client in clients:
-            await client.close()
+        await self._public.close()
 
     # -- orders -----------------------------------------------------------------------------
 
@@ -432,7 +420,7 @@ class CcxtExchange(Component):
         return BookSnapshot.from_pairs(book.get("bids") or [], book.get("asks") or [])
 
     async def order_entry_delay(self, account_id: str) -> float:
-        await self._client(account_id)  # raises when the account cannot trade here
+        await self._sessions.get(account_id)  # raises when the account cannot trade here
         return 0.0
 
     async def reserve_order_entry(self, account_id: str) -> None:

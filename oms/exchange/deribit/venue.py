@@ -22,6 +22,7 @@ from oms.exchange.deribit.translate import fill_from_trade, report_from_order
 from oms.exchange.errors import CONNECTION_LOST, LABEL_MISMATCH, ConnectionLost, LabelMismatch
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Reconnect, Venue
+from oms.exchange.sessions import AccountSessions
 from oms.orders.routing import BookSnapshot
 from oms.schemas import (
     CommandType,
@@ -56,47 +57,37 @@ class ExchangeSessions:
     def __init__(self, settings: Settings, secrets: SecretStore) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._clients: dict[str, DeribitClient] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._clients: AccountSessions[DeribitClient] = AccountSessions(self._connect)
         # Per account: the client's reconnect count the last finished reconciliation covered.
         self._reconciled: dict[str, int] = {}
         self._reconnects: asyncio.Queue[Reconnect] = asyncio.Queue()
-        self._closed = False
 
     async def client(self, account_id: str) -> DeribitClient:
         """The connected client of an account (connects on first call; never once closed)."""
-        client = self._clients.get(account_id)
-        if client is not None:
-            return client
-        if self._closed:
-            error = ConnectionLost(CONNECTION_LOST, "the venue is stopped")
+        return await self._clients.get(account_id)
+
+    async def _connect(self, account_id: str) -> DeribitClient:
+        """A new session of the account, connected and authenticated (the clients' factory)."""
+        credentials = self._secrets.credentials(account_id)
+        if credentials is None:
+            raise KeyError(f"no exchange credentials for account {account_id!r}")
+        client = DeribitClient(
+            self._settings.exchange.url,
+            credentials,
+            settings=self._settings.exchange,
+            name=f"exec:{account_id}",
+            on_reconnect=partial(self._after_reconnect, account_id),
+            cancel_on_disconnect=(
+                account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
+            ),
+        )
+        try:
+            await client.connect()
+        except (OSError, TimeoutError) as exc:
+            # Nothing was sent: a plain retryable failure, not an unknown outcome.
+            error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
             error.outcome_unknown = False
-            raise error
-        lock = self._locks.setdefault(account_id, asyncio.Lock())
-        async with lock:
-            client = self._clients.get(account_id)
-            if client is None:
-                credentials = self._secrets.credentials(account_id)
-                if credentials is None:
-                    raise KeyError(f"no exchange credentials for account {account_id!r}")
-                client = DeribitClient(
-                    self._settings.exchange.url,
-                    credentials,
-                    settings=self._settings.exchange,
-                    name=f"exec:{account_id}",
-                    on_reconnect=partial(self._after_reconnect, account_id),
-                    cancel_on_disconnect=(
-                        account_id in self._settings.lifecycle.cancel_on_disconnect_accounts
-                    ),
-                )
-                try:
-                    await client.connect()
-                except (OSError, TimeoutError) as exc:
-                    # Nothing was sent: a plain retryable failure, not an unknown outcome.
-                    error = ConnectionLost(CONNECTION_LOST, f"cannot connect: {exc}")
-                    error.outcome_unknown = False
-                    raise error from exc
-                self._clients[account_id] = client
+            raise error from exc
         return client
 
     async def settled(self, account_id: str) -> None:
@@ -125,13 +116,10 @@ class ExchangeSessions:
 
     async def close(self) -> None:
         """Close every session (for good)."""
-        self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
+        await self._clients.close_all()
 
     async def _after_reconnect(self, account_id: str) -> None:
-        client = self._clients.get(account_id)
+        client = self._clients.current(account_id)
         session = client.stats.reconnects if client is not None else 0
         self._reconnects.put_nowait(Reconnect(account_id, session))
 
