@@ -16,6 +16,7 @@ def test_route_bench_figures() -> None:
 
 
 def test_route_bench_cli_prints_json() -> None:
-    out = CliRunner().invoke(bench_app, ["route", "--decisions", "100", "--e2e-orders", "0", "--json"])
+    args = ["route", "--decisions", "100", "--e2e-orders", "0", "--json"]
+    out = CliRunner().invoke(bench_app, args)
     assert out.exit_code == 0, out.output
     assert '"decisions_per_s"' in out.stdout
