@@ -3,7 +3,7 @@ code or settings change, unloaded, all without a worker restart.
 
 Where strategies come from, later ones overriding earlier ones of the same name:
 
-1. the built-ins (``twap``, ``chase``), so a worker whose package metadata is stale (an
+1. the built-ins (``twap``, ``chase``, ``sor``), so a worker whose package metadata is stale (an
    editable install made before the entry points existed) still has them;
 2. entry points of the group ``oms.strategies`` (``[project.entry-points."oms.strategies"]``
    in a package's ``pyproject.toml``), found with :func:`importlib.metadata.entry_points`
@@ -61,6 +61,7 @@ STRATEGY_GROUP = "oms.strategies"
 BUILTIN_SOURCES: dict[str, str] = {
     "twap": "oms.algos.twap:TwapStrategy",
     "chase": "oms.algos.chase:ChaseStrategy",
+    "sor": "oms.algos.sor:SorStrategy",
 }
 
 
@@ -160,7 +161,7 @@ class StrategyRegistry:
 
     @classmethod
     def builtin(cls) -> StrategyRegistry:
-        """TWAP and chase only, loaded."""
+        """The built-in strategies (TWAP, chase, smart order routing), loaded."""
         registry = cls()
         registry.refresh()
         return registry

@@ -10,25 +10,39 @@ Each order runs the strategy version it started with (``metadata.algo_version``,
 intake): the scheduler holds that version in the registry while it follows the order, so a
 reload never changes the code of an order in flight. An order from before the version was
 recorded, or whose version is gone (a restart loads only the current ones), runs the current
-version."""
+version.
+
+A plan that asks for venues' order books (``Plan.books``, e.g. a smart order router's) gets
+them in its next ``on_timer``: the scheduler fetches them through the injected ``quote``
+callable, every venue of every due order at once, each within ``book_timeout_s``; a venue
+whose book fails or is late is given empty with the reason (``VenueQuote.error``), so a slow
+venue delays a decision by the timeout at most and never stops the timer. Order events a plan
+carries (``Plan.events``) go out through ``publish_event``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
 from oms.algos.registry import LoadedStrategy, StrategyRegistry
-from oms.algos.strategy import Plan, StrategyContext
+from oms.algos.strategy import Plan, StrategyContext, VenueQuote
 from oms.orders.indexes import DeadlineIndex
 from oms.orders.params import ALGO_KEY, ALGO_VERSION_KEY
-from oms.schemas import MarketTick, OrderRecord, OrderRequest, now_ms
+from oms.schemas import MarketTick, OrderEvent, OrderRecord, OrderRequest, now_ms
 
 log = structlog.get_logger(__name__)
 
 # Request ids remembered per followed order (a TWAP's slices and its children's cancels fit).
 _SENT_KEPT = 256
+# How long a venue's order book may take before the decision goes on without it (s).
+BOOK_TIMEOUT_S = 2.0
+
+# One venue's book and terms for an order: (venue, order, depth) -> its quote (raises if the
+# venue cannot show it).
+QuoteSource = Callable[[str, OrderRecord, int], Awaitable[VenueQuote]]
 
 
 @dataclass
@@ -41,14 +55,23 @@ class AlgoScheduler:
     latest_tick: Callable[[str], MarketTick | None]
     counters: dict[str, int] = field(default_factory=dict)
     strategies: StrategyRegistry = field(default_factory=StrategyRegistry.builtin)
+    # Where the order books a plan asks for come from; None: none (given empty, with why).
+    quote: QuoteSource | None = None
+    # Where the order events of a plan go; None: dropped (counted).
+    publish_event: Callable[[OrderEvent], Awaitable[None]] | None = None
+    book_timeout_s: float = BOOK_TIMEOUT_S
     # Orders whose strategy asked to be called at a time (on_timer).
     _due: DeadlineIndex[str] = field(default_factory=DeadlineIndex)
     # Orders whose strategy follows the ticks (on_tick).
     _ticking: set[str] = field(default_factory=set)
     # Orders whose latest plan keeps them followed (their memory kept).
     _followed: set[str] = field(default_factory=set)
-    # Requests asked for when an order was written, published on the next pass.
-    _pending: dict[str, tuple[OrderRequest, ...]] = field(default_factory=dict)
+    # Requests and events asked for when an order was written, published on the next pass.
+    _pending: dict[str, tuple[tuple[OrderRequest, ...], tuple[OrderEvent, ...]]] = field(
+        default_factory=dict
+    )
+    # Per order: the venues whose books its next on_timer needs, and how deep.
+    _books: dict[str, tuple[tuple[str, ...], int]] = field(default_factory=dict)
     # Per followed order: request ids published -> when (ms), oldest first.
     _sent: dict[str, dict[str, int]] = field(default_factory=dict)
     # Orders holding a strategy version in the registry.
@@ -72,8 +95,8 @@ class AlgoScheduler:
             return
         hook = "on_report" if order_id in self._followed else "on_order"
         plan = self._call(loaded, hook, order, now_ms())
-        if plan.requests:
-            self._pending[order_id] = plan.requests
+        if plan.requests or plan.events:
+            self._pending[order_id] = (plan.requests, plan.events)
         self._follow(order, loaded, plan)
 
     def clear(self) -> None:
@@ -83,6 +106,7 @@ class AlgoScheduler:
         self._ticking.clear()
         self._followed.clear()
         self._pending.clear()
+        self._books.clear()
         for order_id in list(self._holding):
             self._release(order_id)
 
@@ -97,21 +121,24 @@ class AlgoScheduler:
         """Publish what writes asked for, call the strategies whose time has come, and those
         that follow the ticks."""
         now = now if now is not None else now_ms()
-        for order_id, requests in list(self._pending.items()):
+        for order_id, (requests, events) in list(self._pending.items()):
             del self._pending[order_id]
             order = self.order_of(order_id)
             if order is not None and self.owns(order_id):
-                await self._publish(order, requests, now)
+                await self._publish(order, requests, now, events)
+        due: list[tuple[OrderRecord, LoadedStrategy]] = []
         for order_id in self._due.pop_due(now):
             order = self.order_of(order_id)
             if order is None or not self.owns(order_id):
                 continue  # a write (or the rebuild) follows it again if need be
             loaded = self._strategy_of(order)
-            if loaded is None:
-                continue
-            plan = self._call(loaded, "on_timer", order, now)
+            if loaded is not None:
+                due.append((order, loaded))
+        books = await self._fetch_books([order for order, _ in due])
+        for order, loaded in due:
+            plan = self._call(loaded, "on_timer", order, now, books=books.get(order.order_id))
             self._follow(order, loaded, plan)
-            await self._publish(order, plan.requests, now)
+            await self._publish(order, plan.requests, now, plan.events)
         for order_id in list(self._ticking):
             order = self.order_of(order_id)
             loaded = None if order is None else self._strategy_of(order)
@@ -152,12 +179,15 @@ class AlgoScheduler:
         order: OrderRecord,
         now: int,
         tick: MarketTick | None = None,
+        *,
+        books: Mapping[str, VenueQuote] | None = None,
     ) -> Plan:
         """One hook of the order's strategy; a failing one stops following the order (until
         its next write) and never stops the timer."""
         try:
             params = loaded.strategy.params_model.model_validate(dict(order.metadata))
-            ctx = StrategyContext(now, params, self._sent.get(order.order_id, {}), tick)
+            sent = self._sent.get(order.order_id, {})
+            ctx = StrategyContext(now, params, sent, tick, books)
             plan = getattr(loaded.strategy, hook)(order, ctx)
             if not isinstance(plan, Plan):
                 raise TypeError(f"{hook} returned {type(plan).__name__}, not a Plan")
@@ -166,6 +196,11 @@ class AlgoScheduler:
                     raise TypeError(f"{hook} asked for a {type(request).__name__}, not a request")
                 if request.account_id != order.account_id:
                     raise ValueError("a strategy acts only for its order's account")
+            for event in plan.events:
+                if not isinstance(event, OrderEvent):
+                    raise TypeError(f"{hook} asked for a {type(event).__name__}, not an event")
+                if event.order_id != order.order_id:
+                    raise ValueError("a strategy reports only about its own order")
         except Exception:
             self._count("strategy_errors")
             log.exception(
@@ -184,6 +219,10 @@ class AlgoScheduler:
             self._due.schedule(order_id, plan.wake_at)
         if plan.follow_ticks:
             self._ticking.add(order_id)
+        if plan.books:
+            self._books[order_id] = (plan.books, plan.depth)
+        else:
+            self._books.pop(order_id, None)
         if plan.following:
             self._followed.add(order_id)
         else:
@@ -200,21 +239,74 @@ class AlgoScheduler:
             self._holding.discard(order_id)
             self.strategies.release(order_id)
 
+    async def _fetch_books(self, orders: list[OrderRecord]) -> dict[str, dict[str, VenueQuote]]:
+        """The books the due ``orders`` asked for, by order and venue, all fetched at once."""
+        wanted = [
+            (order, venue, self._books[order.order_id][1])
+            for order in orders
+            if order.order_id in self._books
+            for venue in self._books[order.order_id][0]
+        ]
+        if not wanted:
+            return {}
+        quotes = await asyncio.gather(
+            *(self._quote_one(venue, order, depth) for order, venue, depth in wanted)
+        )
+        out: dict[str, dict[str, VenueQuote]] = {}
+        for (order, venue, _), quote in zip(wanted, quotes, strict=True):
+            out.setdefault(order.order_id, {})[venue] = quote
+        return out
+
+    async def _quote_one(self, venue: str, order: OrderRecord, depth: int) -> VenueQuote:
+        """One venue's quote; its failure or lateness becomes an empty book saying why."""
+        if self.quote is None:
+            return VenueQuote(venue, error="no order book source")
+        try:
+            quote = await asyncio.wait_for(self.quote(venue, order, depth), self.book_timeout_s)
+        except TimeoutError:
+            self._count("book_timeouts")
+            return VenueQuote(venue, error=f"book not received within {self.book_timeout_s:g}s")
+        except Exception as exc:  # a venue that cannot show its book is left out, not fatal
+            self._count("book_errors")
+            log.warning("order book unavailable", venue=venue, order_id=order.order_id, exc=exc)
+            return VenueQuote(venue, error=f"book unavailable: {type(exc).__name__}: {exc}")
+        self._count("books")
+        return quote
+
     async def _publish(
-        self, order: OrderRecord, requests: tuple[OrderRequest, ...], now: int
+        self,
+        order: OrderRecord,
+        requests: tuple[OrderRequest, ...],
+        now: int,
+        events: tuple[OrderEvent, ...] = (),
     ) -> None:
-        if not requests:
+        if not requests and not events:
             return
         sent = self._sent.setdefault(order.order_id, {})
         name = str(order.metadata.get(ALGO_KEY))
+        # The decision's record goes out before what it decided.
+        for event in events:
+            key = f"event:{event.event_id}"
+            if key in sent:
+                continue
+            self._remember(sent, key, now)
+            if self.publish_event is None:
+                self._count("events_dropped")
+                continue
+            self._count(f"{name}_{event.event_type.value}")
+            await self.publish_event(event)
         for request in requests:
             if request.request_id in sent:
                 continue  # never twice (a restart's copy is a duplicate at intake anyway)
-            sent[request.request_id] = now
-            while len(sent) > _SENT_KEPT:
-                del sent[next(iter(sent))]
+            self._remember(sent, request.request_id, now)
             self._count(f"{name}_{request.command.value}")
             await self.publish_request(request)
+
+    @staticmethod
+    def _remember(sent: dict[str, int], key: str, now: int) -> None:
+        sent[key] = now
+        while len(sent) > _SENT_KEPT:
+            del sent[next(iter(sent))]
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -18,6 +18,11 @@ Hooks, for an order whose ``metadata.algo`` names the strategy:
 * ``on_tick(order, ctx)``: on every pass of the timer while its last plan ``follow_ticks``
   (``ctx.tick`` is then the instrument's newest tick).
 
+A plan may also ask for the order books of some venues (``books``): the next ``on_timer``
+then gets them in ``ctx.books`` (one :class:`VenueQuote` per venue, fetched by the scheduler
+with a timeout; a venue whose book could not be had comes empty, with the reason), and may
+carry order events to publish (``events``: e.g. a routing decision, for the audit trail).
+
 Its parameters are a pydantic model (``params_model``) read from the flat ``metadata`` keys.
 Plugins are loaded by :class:`~oms.algos.registry.StrategyRegistry`.
 """
@@ -30,11 +35,33 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from oms.schemas import InstrumentSpec, MarketTick, OrderRecord, OrderRequest
+from oms.orders.routing import BookSnapshot
+from oms.schemas import InstrumentSpec, MarketTick, OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.rejection import Rejection
 
 # The hooks a strategy object must have (checked when a plugin is loaded).
 HOOKS = ("check", "on_order", "on_report", "on_tick", "on_timer")
+
+
+# Book levels per side a plan gets when it does not say (``Plan.depth``).
+DEFAULT_BOOK_DEPTH = 10
+EMPTY_BOOK = BookSnapshot((), ())
+
+
+@dataclass(frozen=True)
+class VenueQuote:
+    """One venue's order book for an order's instrument, with what deciding on it needs:
+    the venue's taker fee (fraction of the notional), the instrument's lot (minimum trade
+    amount) and tick at that venue, and how long its rate budget holds the next order back.
+    ``error``: why the book could not be had (it is then empty)."""
+
+    venue: str
+    book: BookSnapshot = EMPTY_BOOK
+    taker_fee: float = 0.0
+    lot: float = 1.0
+    tick: float = 0.5
+    entry_delay_s: float = 0.0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,9 @@ class StrategyContext:
     sent: Mapping[str, int]
     # The newest tick of the order's instrument (``on_tick``; None elsewhere or if none yet).
     tick: MarketTick | None = None
+    # The books the last plan asked for (``on_timer`` after a plan with ``books``), by venue;
+    # None when none were asked for.
+    books: Mapping[str, VenueQuote] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +93,11 @@ class Plan:
     follow_ticks: bool = False
     # False: nothing more to do for this order (its memory is dropped) until its next write.
     following: bool = True
+    # Venues whose order books (``depth`` levels per side) the next ``on_timer`` needs.
+    books: tuple[str, ...] = ()
+    depth: int = DEFAULT_BOOK_DEPTH
+    # Order events to publish (each at most once per order, by event id), before the requests.
+    events: tuple[OrderEvent, ...] = ()
 
     @classmethod
     def done(cls, *requests: OrderRequest) -> Plan:

@@ -153,7 +153,8 @@ def is_child_report(report: ExecutionReport) -> bool:
 
 
 def apply_child_report(parent: OrderRecord, report: ExecutionReport) -> Transition:
-    """Fold one child's news into its parent: fills are the sums of the children's."""
+    """Fold one child's news into its parent (a TWAP's or a routed order's): fills are the
+    sums of the children's; the parent is filled when they add up to its amount."""
     child_id = report.request_id or ""
     if parent.status.is_terminal:
         return Transition(parent, Outcome.STALE, note="parent is terminal")
@@ -167,7 +168,13 @@ def apply_child_report(parent: OrderRecord, report: ExecutionReport) -> Transiti
     children = {**parent.children, child_id: entry}
     filled = sum(c[0] for c in children.values())
     notional = sum(c[0] * c[1] for c in children.values())
-    all_done = len(children) >= params_of(parent).slices and all(c[2] for c in children.values())
+    # Every slice of a TWAP ended: what is left is given up. Other parents (a routed order)
+    # route a remainder again, and end by their strategy's cancel.
+    all_done = (
+        is_twap(parent.metadata)
+        and len(children) >= params_of(parent).slices
+        and all(c[2] for c in children.values())
+    )
     if filled >= parent.amount - EPSILON:
         status = OrderStatus.FILLED
     elif all_done:

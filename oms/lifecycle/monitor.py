@@ -32,10 +32,9 @@ from typing import Any
 
 import structlog
 
-from oms.algos import twap
 from oms.lifecycle.policy import policy_of
 from oms.orders.indexes import DeadlineIndex
-from oms.orders.params import CANCEL_REASON_KEY, LifecyclePolicy
+from oms.orders.params import CANCEL_REASON_KEY, LifecyclePolicy, works_through_children
 from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
 from oms.settings import LifecycleSettings
 
@@ -85,8 +84,8 @@ class LifecycleMonitor:
 
     def note(self, order_id: str, order: OrderRecord | None) -> None:
         """An order was written (None: it left the table): follow it while it is live."""
-        if order is None or order.status not in _LIVE or twap.is_twap(order.metadata):
-            self._forget(order_id)  # a TWAP parent is not at the exchange; its children are
+        if order is None or order.status not in _LIVE or works_through_children(order.metadata):
+            self._forget(order_id)  # a parent is not at the exchange; its children are
             return
         if order.status is OrderStatus.PARTIALLY_FILLED:
             self._partial_since.setdefault(order_id, order.updated_at)
@@ -151,7 +150,7 @@ class LifecycleMonitor:
         if (
             order is None
             or order.status not in _LIVE
-            or twap.is_twap(order.metadata)
+            or works_through_children(order.metadata)
             or not self.owns(order_id)
         ):
             self._forget(order_id)

@@ -29,6 +29,8 @@ CANCEL_REASONS = frozenset(
         ReasonCode.PARTIAL_FILL_CANCELLED,
         ReasonCode.MANUAL_REVIEW,
         ReasonCode.LINKED_ORDER_CANCELLED,
+        ReasonCode.NO_LIQUIDITY,
+        ReasonCode.ROUTE_EXHAUSTED,
     }
 )
 

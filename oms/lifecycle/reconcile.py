@@ -44,10 +44,10 @@ from typing import Any
 
 import structlog
 
-from oms.algos.twap import is_twap
 from oms.exchange.errors import LOST_AT_VENUE, ExchangeError, OrderNotFound
 from oms.exchange.interface import Exchange
 from oms.lifecycle.lookup import LabelLookup
+from oms.orders.params import works_through_children
 from oms.schemas import (
     ExchangeOrderState,
     ExecutionReport,
@@ -147,7 +147,7 @@ class OrderReconciler:
             if order is not None
             and order.status in CHECKED
             and (account_id is None or order.account_id == account_id)
-            and not is_twap(order.metadata)  # a parent is not at the exchange
+            and not works_through_children(order.metadata)  # a parent is not at the exchange
             and owned(order_id)
         ]
 

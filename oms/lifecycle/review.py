@@ -10,7 +10,7 @@ from __future__ import annotations
 from oms.algos import chase, twap
 from oms.algos.strategy import ExecutionStrategy
 from oms.lifecycle.policy import cancel_reason
-from oms.orders.params import ChaseParams, OrderParams, TwapParams
+from oms.orders.params import ChaseParams, OrderParams, TwapParams, works_through_children
 from oms.orders.state_machine import transition
 from oms.schemas import (
     InstrumentSpec,
@@ -27,6 +27,8 @@ _REASON_TEXT = {
     ReasonCode.PARTIAL_FILL_CANCELLED: "rest cancelled after a partial fill (cancel_remaining)",
     ReasonCode.MANUAL_REVIEW: "cancelled by a reviewer",
     ReasonCode.LINKED_ORDER_CANCELLED: "its parent order was cancelled",
+    ReasonCode.NO_LIQUIDITY: "routing found no liquidity it could take for the remainder",
+    ReasonCode.ROUTE_EXHAUSTED: "routing attempts used up with a remainder",
 }
 
 
@@ -73,7 +75,7 @@ def check_amend_status(order: OrderRecord) -> Rejection | None:
             ReasonCode.ORDER_NOT_OPEN,
             f"order {order.order_id} is waiting for review: retry or cancel it first",
         )
-    if twap.is_twap(order.metadata):
+    if works_through_children(order.metadata):
         return Rejection(
             ReasonCode.NOT_SUPPORTED, "an execution algorithm's parent cannot be amended"
         )

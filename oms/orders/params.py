@@ -36,7 +36,10 @@ CANCEL_REASON_KEY = "reason_code"
 TWAP = "twap"
 CHASE = "chase"
 SOR = "sor"
-ALGOS = (TWAP, CHASE)
+ALGOS = (TWAP, CHASE, SOR)
+# Algorithms whose parent is never sent to a venue itself: it works through child orders
+# (each naming its venue) whose fills add up to the parent's.
+PARENT_ALGOS = frozenset({TWAP, SOR})
 
 MAX_SLICES = 100
 MAX_DURATION_S = 86_400.0
@@ -111,6 +114,13 @@ class SorParams(_MetadataParams):
 
 
 AlgoParams = TwapParams | ChaseParams | SorParams
+
+
+def works_through_children(metadata: Mapping[str, Any]) -> bool:
+    """Is this order a parent that is never at the exchange itself (a TWAP's, a routed
+    order's), working through child orders instead? Its cancel stops it at the OMS, it
+    cannot be amended, and nobody looks for it at a venue."""
+    return metadata.get(ALGO_KEY) in PARENT_ALGOS
 # The parameters' model of a strategy by name, or why it cannot be used (a plugin registry).
 ModelOf = Callable[[str], type[BaseModel] | Rejection]
 
@@ -202,6 +212,8 @@ def parse_algo(
         model = TwapParams
     elif name == CHASE:
         model = ChaseParams
+    elif name == SOR:
+        model = SorParams
     else:
         return Rejection(
             ReasonCode.SCHEMA_INVALID,

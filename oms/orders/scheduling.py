@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from oms.orders.params import MAX_SLICES, TwapParams
+from oms.orders.params import MAX_SLICES, SorParams, TwapParams
 from oms.orders.validation import summarize_validation_error
 from oms.schemas import InstrumentSpec, OrderRequest, ReasonCode
 from oms.schemas.conditions import (
@@ -44,6 +44,7 @@ class Strategy(StrEnum):
     DELAYED = "delayed"  # held until a time (execute_at, delay, time conditions), then queued
     CONDITIONAL = "conditional"  # held until market conditions hold, then queued
     SLICED = "sliced"  # a TWAP parent: worked as child orders over time, never sent itself
+    ROUTED = "routed"  # a routed parent: worked as child orders across venues, never sent
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,10 @@ def plan_schedule(
         # slices are, each in turn.
         reason = f"TWAP asked for: {algo.slices} slices over {algo.duration_s:g} s"
         return decided(Strategy.SLICED, reason, algo)
+    if isinstance(algo, SorParams):
+        # Like a TWAP parent: never sent itself; its children are, each at its venue.
+        reason = f"routed across {', '.join(algo.venues)} (at most {algo.max_attempts} attempts)"
+        return decided(Strategy.ROUTED, reason)
     if not request.execute_immediately or release is not None:
         why = "execute_immediately is false" if release is None else "its time has come"
         reason = f"{why}: queued at priority {request.priority.value}"

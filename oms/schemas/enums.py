@@ -158,6 +158,10 @@ class ReasonCode(StrEnum):
     CONDITION_EXPIRED = "condition_expired"
     CONDITION_UNEVALUABLE = "condition_unevaluable"
     LINKED_ORDER_CANCELLED = "linked_order_cancelled"
+    # Smart order routing: a routed parent ended with a remainder because no venue showed
+    # liquidity it could take (within its limit), or its routing attempts were used up.
+    NO_LIQUIDITY = "no_liquidity"
+    ROUTE_EXHAUSTED = "route_exhausted"
     # Execution strategy plugins: an order naming one that is not loaded; a plugin refused
     # at load (syntax or import error, missing hooks, bad parameters model).
     UNKNOWN_STRATEGY = "unknown_strategy"

@@ -16,14 +16,21 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from oms.algos import twap
+from oms.algos import sor, twap
 from oms.algos.registry import StrategyRegistry
 from oms.algos.tuning_math import TOUCH_KEYS, touch_metadata
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
 from oms.orders.experiments import Experiments
 from oms.orders.links import plan_children
-from oms.orders.params import ALGO_KEY, ALGO_VERSION_KEY, TWAP, parse_params
+from oms.orders.params import (
+    ALGO_KEY,
+    ALGO_VERSION_KEY,
+    TWAP,
+    SorParams,
+    parse_params,
+    works_through_children,
+)
 from oms.orders.scheduling import AutoSlicing, Schedule, Strategy, plan_schedule
 from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.orders.validation import summarize_validation_error, validate_submit
@@ -49,7 +56,7 @@ from oms.streams.edge import unauthenticated
 from oms.streams.execution import OrderExecutor
 from oms.streams.held_changes import amend_in_table, cancel_in_table
 from oms.streams.held_orders import HeldOrders, Withdrawal
-from oms.streams.venue_rules import VenueRules, spec_at, venue_refusal
+from oms.streams.venue_rules import VenueRules, routed_venues_refusal, spec_at, venue_refusal
 
 if TYPE_CHECKING:
     from oms.conditions.engine import Fired
@@ -236,6 +243,12 @@ async def _submit(
         event.details.update(_decided(schedule))
         ctx.orders[order_id] = working
         await ctx.emit(event)
+    elif schedule.strategy is Strategy.ROUTED:
+        # A routed parent: its children, each naming a venue, are sent by the worker's timer.
+        working, event = sor.start_parent(order)
+        event.details.update(_decided(schedule))
+        ctx.orders[order_id] = working
+        await ctx.emit(event)
     elif schedule.strategy is not Strategy.IMMEDIATE:
         await _hold(ctx, order, schedule, now, replayed)
     else:
@@ -317,6 +330,10 @@ def _decide(
     )
     if isinstance(params, Rejection):
         return params
+    if isinstance(params.algo, SorParams):
+        rejection = routed_venues_refusal(ctx.venues, ctx.instrument, request, params.algo.venues)
+        if rejection is not None:
+            return rejection
     strategy = None
     if strategies is not None and params.algo is not None:
         loaded = strategies.current(str(request.metadata[ALGO_KEY]))
@@ -552,7 +569,7 @@ async def _modify(
     if order.status in _HELD:
         await _modify_held(ctx, order, request)
         return
-    if request.command is CommandType.CANCEL and twap.is_twap(order.metadata):
+    if request.command is CommandType.CANCEL and works_through_children(order.metadata):
         # The parent stops here; the worker's timer cancels its live children.
         order, event = review.parent_cancelled(order, request)
         ctx.orders[order_id] = order

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from oms.algos import twap
+from oms.algos import sor, twap
 from oms.orders.links import (
     EPSILON,
     announce,
@@ -23,6 +23,7 @@ from oms.orders.links import (
     parent_ended_unfilled,
     record_fact,
 )
+from oms.orders.params import works_through_children
 from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.schemas import (
     CommandType,
@@ -157,14 +158,19 @@ async def _release(ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigge
         message=trigger.reason,
         details=details,
     )
-    if twap.is_twap(order.metadata):
-        # A held TWAP parent is never sent itself: released, it starts working its slices
-        # (timed from now).
+    if works_through_children(order.metadata):
+        # A held TWAP or routed parent is never sent itself: released, it starts working its
+        # children (a TWAP's slices timed from now).
         spec = spec_at(ctx.venues, ctx.instrument, order.venue, order.instrument_name)
         if spec is None:
             await _finish(ctx, order, trigger, OrderStatus.REJECTED, ReasonCode.UNKNOWN_INSTRUMENT)
             return
-        working, started = twap.start_parent(queued, twap.params_of(order), spec.min_trade_amount)
+        if sor.is_sor(order.metadata):
+            working, started = sor.start_parent(queued)
+        else:
+            working, started = twap.start_parent(
+                queued, twap.params_of(order), spec.min_trade_amount
+            )
         ctx.orders[order.order_id] = working
         await ctx.emit(triggered)
         await ctx.emit(started)

@@ -40,6 +40,27 @@ def spec_at(
     return venues.instrument(venue, instrument_name)
 
 
+def routed_venues_refusal(
+    venues: VenueRules | None,
+    instrument: Callable[[str | None], Any],
+    request: OrderRequest,
+    names: tuple[str, ...],
+) -> Rejection | None:
+    """Why a routed order's venues (``names``) are refused: one is not configured, not the
+    account's, or does not list the instrument; None if every one can take its children."""
+    for name in names:
+        probe = request.model_copy(update={"venue": name})
+        rejection = venue_refusal(venues, probe)
+        if rejection is not None:
+            return Rejection(rejection.reason_code, f"sor_venues: {rejection.message}")
+        if spec_at(venues, instrument, name, request.instrument_name) is None:
+            return Rejection(
+                ReasonCode.UNKNOWN_INSTRUMENT,
+                f"sor_venues: {request.instrument_name!r} is not listed at venue {name!r}",
+            )
+    return None
+
+
 def venue_refusal(venues: VenueRules | None, request: OrderRequest) -> Rejection | None:
     """Why the submit's venue is refused (not configured, or not the account's), or None."""
     if venues is None:

@@ -81,6 +81,7 @@ from oms.streams.purge import PurgeTimer, Retention
 from oms.streams.release import ReleaseContext, handle_trigger
 from oms.streams.sweep import UnacknowledgedSweep
 from oms.streams.triggering import TriggerLoop
+from oms.streams.venue_quotes import VenueQuotes
 
 log = structlog.get_logger(__name__)
 
@@ -233,6 +234,11 @@ class OrderWorker:
             publish_request=outbox.commands_of(InternalComponent.ALGO),
             latest_tick=market.latest,
             strategies=strategies,
+            # Routed orders decide on the venues' books (each venue's own exchange).
+            quote=VenueQuotes(
+                exchange, settings.exchange.venues, primary=settings.exchange.primary_venue
+            ).quote,
+            publish_event=outbox.event,
         )
         self.unacknowledged = UnacknowledgedSweep(
             submit_timeout_s=settings.worker.submit_timeout_s,

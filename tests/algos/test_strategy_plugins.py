@@ -180,6 +180,7 @@ async def test_a_reload_keeps_orders_in_flight_on_their_version(tmp_path: Path) 
     assert registry.refresh().loaded == [
         ("twap", registry.current("twap").version),  # type: ignore[union-attr]
         ("chase", registry.current("chase").version),  # type: ignore[union-attr]
+        ("sor", registry.current("sor").version),  # type: ignore[union-attr]
         ("nudge", registry.current("nudge").version),  # type: ignore[union-attr]
     ]
     v1 = registry.current("nudge")
@@ -206,6 +207,7 @@ async def test_a_reload_keeps_orders_in_flight_on_their_version(tmp_path: Path) 
     assert registry.describe()["held"] == {
         f"twap@{registry.current('twap').version}": 0,  # type: ignore[union-attr]
         f"chase@{registry.current('chase').version}": 0,  # type: ignore[union-attr]
+        f"sor@{registry.current('sor').version}": 0,  # type: ignore[union-attr]
         f"nudge@{v1.version}": 1,
         f"nudge@{v2.version}": 1,
     }
@@ -368,11 +370,12 @@ def _declared_entry_points() -> dict[str, str]:
     return declared
 
 
-def test_twap_and_chase_are_found_through_their_entry_points(tmp_path: Path) -> None:
+def test_the_builtins_are_found_through_their_entry_points(tmp_path: Path) -> None:
     declared = _declared_entry_points()
     assert declared == {
         "twap": "oms.algos.twap:TwapStrategy",
         "chase": "oms.algos.chase:ChaseStrategy",
+        "sor": "oms.algos.sor:SorStrategy",
     }
     # The metadata an install of the package writes (the shared venv is not reinstalled
     # here): importlib.metadata reads it from this directory like from site-packages.
@@ -383,7 +386,7 @@ def test_twap_and_chase_are_found_through_their_entry_points(tmp_path: Path) -> 
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     registry = StrategyRegistry(discover=True, search_path=[str(tmp_path)], builtins=False)
     report = registry.refresh()
-    assert sorted(name for name, _ in report.loaded) == ["chase", "twap"]
+    assert sorted(name for name, _ in report.loaded) == ["chase", "sor", "twap"]
     twap, chase = registry.current("twap"), registry.current("chase")
     assert twap is not None and chase is not None
     # Private copies of the modules, running the same classes' code.
@@ -398,7 +401,7 @@ def test_twap_and_chase_are_found_through_their_entry_points(tmp_path: Path) -> 
     explicit = StrategyRegistry(entry_points=given, builtins=False)
     explicit.refresh()
     assert explicit.current("twap").version == twap.version  # type: ignore[union-attr]
-    assert explicit.names == ["chase", "twap"]
+    assert explicit.names == ["chase", "sor", "twap"]
 
 
 async def test_a_plugin_bug_rejects_its_order_or_stops_following_it_never_more(

@@ -1,7 +1,13 @@
 """Two venues in one stack: two paper exchange processes (different seeds), one reached by the
 native Deribit adapter ("deribit"), the other through ccxt ("second"). Orders of each venue
 land on their own exchange only (asked by label with each exchange's own API), and the
-keeper's positions per venue are each exchange's ``private/get_positions``."""
+keeper's positions per venue are each exchange's ``private/get_positions``.
+
+A routed order (``"algo": "sor"``) over both venues: with each exchange's market held still and
+its asks arranged by a maker account (one venue cheaper but shallower), the order fills at the
+cheaper venue first and spills the rest to the other, one IOC child per venue; a second one
+finds less than it wants, routes again and ends with its filled part, cancelled for
+``no_liquidity``."""
 
 from __future__ import annotations
 
@@ -14,10 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from oms.algos.sor import child_order_id
 from oms.client import OrderClient
 from oms.exchange.deribit.client import DeribitClient
 from oms.kafka.admin import ensure_topics
-from oms.schemas import OrderEvent, OrderEventType, ReasonCode
+from oms.schemas import OrderEvent, OrderEventType, OrderStatus, ReasonCode
 from oms.secrets import SecretStore
 from oms.settings import Settings, VenueSettings
 from oms_dev.devstack.net import free_port
@@ -33,6 +40,9 @@ from oms_dev.harness import (
 pytestmark = pytest.mark.kafka
 
 ACCOUNTS = ["venue-a", "venue-b"]
+# The routed orders' account, and the one whose resting sells make the books they route on.
+ROUTER = "venue-sor"
+MAKER = "venue-maker"
 INSTRUMENT = "BTC-PERPETUAL"
 SECOND = "second"
 DONE = {OrderEventType.OPEN, OrderEventType.FILLED, OrderEventType.REJECTED}
@@ -55,7 +65,7 @@ async def stack(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Settings, OmsServices]]:
     tmp: Path = tmp_path_factory.mktemp("venues")
-    base = isolated_settings(tmp, kafka_bootstrap, ACCOUNTS, partitions=2, label="ven")
+    base = isolated_settings(tmp, kafka_bootstrap, [*ACCOUNTS, ROUTER], partitions=2, label="ven")
     second_port = free_port()
     venues = {
         "deribit": VenueSettings(),
@@ -72,7 +82,7 @@ async def stack(
         }
     )
     secrets_file = str(settings.resolved_secrets_file)
-    write_account_secrets(settings.resolved_secrets_file, ACCOUNTS)
+    write_account_secrets(settings.resolved_secrets_file, [*ACCOUNTS, ROUTER, MAKER])
     await ensure_topics(settings)
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", secrets_file)
@@ -258,7 +268,156 @@ async def test_orders_and_positions_per_venue(stack: tuple[Settings, OmsServices
         got = {
             (r["account_id"], r["venue"]): r["size"]
             for r in rows
-            if r["instrument_name"] == INSTRUMENT
+            if r["instrument_name"] == INSTRUMENT and r["account_id"] in ACCOUNTS
+        }
+        if got == want:
+            break
+        assert time.monotonic() < deadline, (got, want)
+        await asyncio.sleep(0.3)
+
+
+async def _arrange_asks(
+    settings: Settings, url: str, asks: list[tuple[float, float]]
+) -> list[list[float]]:
+    """Hold the exchange's market still, take every ask shown, then rest the maker's sells
+    at ``asks`` (price, amount); returns the book's asks as they are then."""
+    client = await _exchange(settings, url, MAKER)
+    try:
+        await client.call("admin/pause_market", {"paused": True})
+        book = await client.call(
+            "public/get_order_book", {"instrument_name": INSTRUMENT, "depth": 50}
+        )
+        shown = sum(float(amount) for _, amount in book["asks"])
+        if shown:
+            await client.call(
+                "private/buy", {"instrument_name": INSTRUMENT, "amount": shown, "type": "market"}
+            )
+        for price, amount in asks:
+            await client.call(
+                "private/sell",
+                {"instrument_name": INSTRUMENT, "amount": amount, "type": "limit", "price": price},
+            )
+        book = await client.call(
+            "public/get_order_book", {"instrument_name": INSTRUMENT, "depth": 50}
+        )
+    finally:
+        await client.close()
+    arranged: list[list[float]] = book["asks"]
+    return arranged
+
+
+async def _best_bid(settings: Settings, url: str) -> float:
+    client = await _exchange(settings, url, MAKER)
+    try:
+        book = await client.call("public/get_order_book", {"instrument_name": INSTRUMENT})
+    finally:
+        await client.close()
+    return float(book["bids"][0][0])
+
+
+async def _resume(settings: Settings, url: str) -> None:
+    client = await _exchange(settings, url, MAKER)
+    try:
+        await client.call("admin/pause_market", {"paused": False})
+    finally:
+        await client.close()
+
+
+async def test_a_routed_order_fills_at_the_better_venue_and_spills_to_the_other(
+    stack: tuple[Settings, OmsServices],
+) -> None:
+    settings, services = stack
+    urls = {"deribit": settings.exchange.url, SECOND: _ws_url(_second_url(settings))}
+    # Above both exchanges' bids (so nothing crosses), on the 0.5 tick: deribit shows 30 at
+    # the better price, second 300 just above it (same taker fee: deribit is cheaper net).
+    cheap = float(int(max([await _best_bid(settings, url) for url in urls.values()])) + 100)
+    dear = cheap + 10.0
+    client = OrderClient(ROUTER, settings=settings)
+    await client.start()
+    try:
+        assert await _arrange_asks(settings, urls["deribit"], [(cheap, 30)]) == [[cheap, 30]]
+        assert await _arrange_asks(settings, urls[SECOND], [(dear, 300)]) == [[dear, 300]]
+        routed_id = await client.submit_advanced_order(
+            INSTRUMENT,
+            100,
+            "buy",
+            price=dear,
+            metadata={"algo": "sor", "sor_venues": f"deribit,{SECOND}"},
+        )
+        routed = await client.wait_for_event(
+            routed_id, lambda e: e.event_type is OrderEventType.ROUTED, timeout=60
+        )
+        filled = await client.wait_for_event(
+            routed_id, lambda e: e.event_type is OrderEventType.FILLED, timeout=60
+        )
+        # Wants 270, finds 230 (what is left at second): routes again, finds nothing, ends.
+        short_id = await client.submit_advanced_order(
+            INSTRUMENT,
+            270,
+            "buy",
+            price=dear,
+            metadata={"algo": "sor", "sor_venues": f"deribit,{SECOND}"},
+        )
+        ended = await client.wait_for_event(
+            short_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=60
+        )
+        second_try = await client.wait_for_event(
+            short_id,
+            lambda e: e.event_type is OrderEventType.ROUTED and e.event_id.endswith(":1"),
+            timeout=10,
+        )
+    except BaseException:
+        print(services.diagnostics())
+        raise
+    finally:
+        await client.close()
+        for url in urls.values():
+            await _resume(settings, url)
+
+    # The decision saw both books and split as they showed: 30 at deribit, 70 at second.
+    decision = routed.details["routing"]
+    assert decision["books"]["deribit"]["levels"] == [[cheap, 30.0]]
+    assert decision["books"][SECOND]["levels"] == [[dear, 300.0]]
+    assert [(a["venue"], a["amount"], a["price"]) for a in decision["allocations"]] == [
+        ("deribit", 30.0, cheap),
+        (SECOND, 70.0, dear),
+    ]
+    assert decision["unallocated"] == 0
+    # One IOC child per venue, each at its own exchange only, filled as planned.
+    parent = filled.order
+    assert parent is not None and parent.status is OrderStatus.FILLED
+    children = {venue: child_order_id(parent, 0, venue) for venue in urls}
+    assert set(parent.children) == set(children.values())
+    for venue, url in urls.items():
+        assert await _labels_at(settings, url, ROUTER, list(children.values())) == {children[venue]}
+    at = {
+        venue: await _order_at(settings, url, ROUTER, children[venue])
+        for venue, url in urls.items()
+    }
+    assert (at["deribit"]["amount"], at["deribit"]["filled_amount"]) == (30, 30)
+    assert (at[SECOND]["amount"], at[SECOND]["filled_amount"]) == (70, 70)
+    assert parent.filled_amount == 100.0
+    assert parent.filled_amount == sum(entry[0] for entry in parent.children.values())
+    assert parent.average_price == pytest.approx((30 * cheap + 70 * dear) / 100)
+
+    # The remainder: placed what was there, routed again, ended with its filled part.
+    assert ended.reason_code is ReasonCode.NO_LIQUIDITY
+    short = ended.order
+    assert short is not None and short.filled_amount == 230.0
+    assert second_try.details["routing"]["allocations"] == []
+    assert second_try.details["routing"]["unallocated"] == 40.0
+
+    # The keeper's positions per venue are each exchange's.
+    want = {venue: await _positions_at(settings, url, ROUTER) for venue, url in urls.items()}
+    assert want == {"deribit": 30.0, SECOND: 300.0}
+    got: dict[str, float] = {}
+    deadline = time.monotonic() + 30
+    while got != want:
+        rows = await _keeper_positions(settings)
+        got = {
+            r["venue"]: r["size"]
+            for r in rows
+            if r["instrument_name"] == INSTRUMENT and r["account_id"] == ROUTER
         }
         if got == want:
             break

@@ -65,6 +65,9 @@ class State:
     started: float = field(default_factory=time.monotonic)
     heartbeat_starter: Callable[[Session], None] | None = None
     journal: Journal | None = None  # a durable exchange's
+    # The market loop stands still (prices and the market maker's quotes kept): a test can
+    # then arrange a book and trade against exactly it.
+    market_paused: bool = False
 
 
 Handler = Callable[[State, Session, Params], Any]
@@ -887,6 +890,12 @@ def admin_set_balance(st: State, s: Session, p: Params) -> Any:
     assert amount is not None
     st.engine.set_balance(account, currency, amount)
     return account.summary(currency, st.engine.mark, st.engine.instruments)
+
+
+@method("admin/pause_market", admin=True)
+def admin_pause_market(st: State, s: Session, p: Params) -> Any:
+    st.market_paused = p.flag("paused", True)
+    return {"paused": st.market_paused, "steps": st.engine.market.steps}
 
 
 @method("admin/step_market", admin=True)

@@ -271,6 +271,8 @@ class PaperExchange:
         while True:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if self.state.market_paused:
+                continue
             try:
                 self.engine.step_market()
                 ts = time.time_ns() // 1_000_000
