@@ -76,6 +76,9 @@ class AlgoScheduler:
     _sent: dict[str, dict[str, int]] = field(default_factory=dict)
     # Orders holding a strategy version in the registry.
     _holding: set[str] = field(default_factory=set)
+    # Set when a write asks for something now (requests to publish, a wake-up already due):
+    # the pass runs at once instead of on the next tick of the timer.
+    _work: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- what the table tells ------------------------------------------------------------------
 
@@ -94,9 +97,13 @@ class AlgoScheduler:
             self._release(order_id)
             return
         hook = "on_report" if order_id in self._followed else "on_order"
-        plan = self._call(loaded, hook, order, now_ms())
+        now = now_ms()
+        plan = self._call(loaded, hook, order, now)
         if plan.requests or plan.events:
             self._pending[order_id] = (plan.requests, plan.events)
+            self._work.set()
+        elif plan.wake_at is not None and plan.wake_at <= now:
+            self._work.set()
         self._follow(order, loaded, plan)
 
     def clear(self) -> None:
@@ -116,6 +123,21 @@ class AlgoScheduler:
         return len(self._followed)
 
     # -- the timer -----------------------------------------------------------------------------
+
+    async def wait_for_work(self, longest_s: float) -> None:
+        """Return when a pass has something to do: a write asked for it, the earliest
+        wake-up came, or ``longest_s`` passed (the strategies following ticks are visited at
+        least that often)."""
+        timeout = longest_s
+        earliest = self._due.next_deadline()
+        if earliest is not None:
+            timeout = min(timeout, max(0.0, (earliest - now_ms()) / 1000))
+        if timeout > 0 and not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except TimeoutError:
+                pass
+        self._work.clear()
 
     async def run_once(self, now: int | None = None) -> None:
         """Publish what writes asked for, call the strategies whose time has come, and those

@@ -7,7 +7,8 @@ before, each passed in: the reconciler, the monitor, the algorithms, the metrics
 partition ownership they share, and narrow callables for what it reads of the rest. The
 worker's Faust timers call :meth:`LifecycleService.check` and
 :meth:`LifecycleService.sample_metrics`; started, the component follows the venue's
-reconnects (:meth:`~oms.exchange.interface.Exchange.next_reconnect`).
+reconnects (:meth:`~oms.exchange.interface.Exchange.next_reconnect`) and runs the
+algorithms' passes whenever they have work.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class LifecycleService(Component):
         inflight: Callable[[], int],
         publish_sample: Callable[[MetricsSample], Awaitable[None]],
         worker_id: str,
+        algo_interval_s: float = 1.0,
     ) -> None:
         super().__init__("lifecycle")
         self._partitions = partitions
@@ -71,11 +73,29 @@ class LifecycleService(Component):
         self._inflight = inflight
         self._publish_sample = publish_sample
         self.worker_id = worker_id
+        self._algo_interval_s = algo_interval_s
         # Partitions whose orders were reconciled since they became ours.
         self._reconciled: frozenset[int] | None = None
 
     async def on_start(self) -> None:
         self.spawn(self._follow_reconnects(), "reconnects")
+        self.spawn(self._run_algorithms(), "algorithms")
+
+    # -- execution algorithms --------------------------------------------------------------
+
+    async def _run_algorithms(self) -> None:
+        """The algorithms' passes: as soon as a write asks for one (a routed order's books,
+        a slice due now), when a wake-up comes, and at least every ``check_interval`` for
+        the strategies that follow ticks. Not on the lifecycle timer: a routed order would
+        otherwise wait up to a whole interval before each of its steps."""
+        while True:
+            await self.algos.wait_for_work(self._algo_interval_s)
+            if not self._ownership.refresh():
+                continue
+            try:
+                await self.algos.run_once()
+            except Exception:  # a bad pass must not stop the algorithms
+                log.exception("lifecycle.algorithms_failed")
 
     # -- reconnects ------------------------------------------------------------------------
 
@@ -143,7 +163,6 @@ class LifecycleService(Component):
         self.reconcile_new_partitions()
         await self.reconciler.run_once()
         self.refresh_gauges()
-        await self.algos.run_once()
         return await self.monitor.run_once()
 
     # -- metrics ---------------------------------------------------------------------------

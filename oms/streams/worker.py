@@ -357,6 +357,7 @@ class OrderWorker:
             inflight=lambda: commands.count,
             publish_sample=outbox.metrics_sample,
             worker_id=f"{settings.worker.app_id}@{socket.gethostname()}:{os.getpid()}",
+            algo_interval_s=settings.lifecycle.check_interval,
         )
 
         # Started in this order once Faust runs, stopped in the reverse order.
