@@ -40,8 +40,8 @@ from oms.sinks.clickhouse.migrations import (
     apply_migrations,
 )
 from oms.sinks.clickhouse.rows import COLUMNS, order_row
-from oms.sinks.query import execute_readonly
 from oms.sinks.queries import get_order_history
+from oms.sinks.query import execute_readonly
 from oms.sinks.scope import Scope
 from oms.sinks.writer import write_batch
 
