@@ -5,10 +5,14 @@ upgrades a database the earlier migrations built (its rows were at the default v
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
+from typer.testing import CliRunner
 
+from oms.cli.positions import positions_app
 from oms.positions.ledger import Ledger
 from oms.positions.math import kind_of
 from oms.positions.queries import (
@@ -31,7 +35,7 @@ from oms.schemas import (
     Topic,
     now_ms,
 )
-from oms.settings import Settings
+from oms.settings import Settings, get_settings
 from oms.sinks.clickhouse.client import AsyncClickHouse, open_client
 from oms.sinks.clickhouse.migrations import (
     MIGRATIONS,
@@ -123,7 +127,9 @@ def rows_of(client: Client, sql: str) -> list[tuple[object, ...]]:
     return [tuple(r) for r in client.query(sql).result_rows]
 
 
-async def test_two_venues_stay_apart_and_sum_per_currency(settings: Settings) -> None:
+async def test_two_venues_stay_apart_and_sum_per_currency(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows, ledger = two_venue_records()
     ch = open_client(settings)
     try:
@@ -200,6 +206,24 @@ async def test_two_venues_stay_apart_and_sum_per_currency(settings: Settings) ->
     assert {p["venue"] for p in one_venue["positions"]} == {OTHER}
     history = await get_order_history(settings, "acct-1", venue=OTHER)
     assert [o["order_id"] for o in history] == ["o-2"]
+
+    # The CLI prints the same aggregate (settings from the environment, as for a user).
+    monkeypatch.setenv("OMS_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        # In a thread: the commands run their own event loop.
+        printed = await asyncio.to_thread(
+            CliRunner().invoke,
+            positions_app, ["list", "--by-currency", "--account", "acct-1", "--json"],
+        )
+        table = await asyncio.to_thread(
+            CliRunner().invoke, positions_app, ["stats", "--account", "acct-1"]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert printed.exit_code == 0, printed.output
+    assert orjson.loads(printed.output) == [by_currency[0]]
+    assert table.exit_code == 0 and "execution by venue" in table.output, table.output
 
     # A desk sees its own accounts' aggregates only, whatever view it reads.
     reader = open_client(settings, readonly=True)
