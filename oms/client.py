@@ -484,16 +484,25 @@ class OrderClient:
         )
 
     async def calculate_position_statistics(
-        self, account_id: str | None = None, days: int = 30
+        self, account_id: str | None = None, days: int = 30, venue: str | None = None
     ) -> dict[str, Any]:
-        """Per-day fills, turnover, realized PnL, fees, fill ratio, slippage; exposure and
-        unrealized PnL by instrument, USD exposure by currency; counts, and money totals per
-        settlement currency and turnover unit."""
+        """Per-day and per-venue fills, turnover, realized PnL, fees, fill ratio, submit
+        latency, slippage; exposure and unrealized PnL by instrument, USD exposure by
+        currency and venue; counts, and money totals per settlement currency and turnover
+        unit. ``venue`` keeps one venue's figures."""
         from oms.positions.queries import calculate_position_statistics
 
         return await calculate_position_statistics(
-            self.settings, account_id or self.account_id, days
+            self.settings, account_id or self.account_id, days, venue
         )
+
+    async def get_positions_by_currency(
+        self, account_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Net and gross USD exposure per currency, summed over instruments and venues."""
+        from oms.positions.queries import get_positions_by_currency
+
+        return await get_positions_by_currency(self.settings, account_id or self.account_id)
 
 
 async def fetch_queue_statistics(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:

@@ -17,8 +17,14 @@ positions_app = typer.Typer(help="Positions: the keeper, current book, review.")
 console = Console()
 
 LIST_COLUMNS = [
-    "account_id", "instrument_name", "size", "average_price", "realized_pnl",
+    "account_id", "instrument_name", "venue", "size", "average_price", "realized_pnl",
     "unrealized_pnl", "mark_price", "exposure_usd", "fills", "needs_review", "updated_at",
+]  # fmt: skip
+
+
+CURRENCY_COLUMNS = [
+    "account_id", "currency", "net_exposure_usd", "gross_exposure_usd", "positions",
+    "venues", "instruments", "unpriced_positions", "needs_review",
 ]  # fmt: skip
 
 
@@ -54,12 +60,27 @@ def list_positions(
     account: Annotated[str | None, typer.Option(help="only this account")] = None,
     instrument: Annotated[str | None, typer.Option(help="only this instrument")] = None,
     flat: Annotated[bool, typer.Option("--all", help="include flat positions")] = False,
+    venue: Annotated[str | None, typer.Option(help="only this venue")] = None,
+    by_currency: Annotated[
+        bool,
+        typer.Option("--by-currency", help="net USD exposure per account and currency, "
+                     "summed over instruments and venues"),
+    ] = False,
     json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Current positions from ClickHouse, with mark, unrealized PnL and review flag."""
-    from oms.positions.queries import get_current_positions
+    """Current positions from ClickHouse (one row per account, instrument and venue), with
+    mark, unrealized PnL and review flag; or with ``--by-currency`` the exposure summed
+    over venues."""
+    from oms.positions.queries import get_current_positions, get_positions_by_currency
 
-    rows = asyncio.run(get_current_positions(get_settings(), account, instrument, flat))
+    if by_currency:
+        totals = asyncio.run(get_positions_by_currency(get_settings(), account))
+        if json:
+            print(orjson.dumps(totals).decode())
+            return
+        console.print(_table(f"exposure by currency ({len(totals)})", totals, CURRENCY_COLUMNS))
+        return
+    rows = asyncio.run(get_current_positions(get_settings(), account, instrument, flat, venue))
     if json:
         print(orjson.dumps(rows).decode())
         return
@@ -106,17 +127,21 @@ def ack(
 def stats(
     account: Annotated[str | None, typer.Option(help="only this account")] = None,
     days: Annotated[int, typer.Option(help="days of daily figures")] = 30,
+    venue: Annotated[str | None, typer.Option(help="only this venue")] = None,
     json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Position statistics from ClickHouse: per day, exposure, PnL, fill ratio, slippage."""
-    print_position_statistics(account, days, json)
+    """Position statistics from ClickHouse: per day and venue, exposure, PnL, fill ratio,
+    submit latency, slippage."""
+    print_position_statistics(account, days, json, venue)
 
 
-def print_position_statistics(account: str | None, days: int, json: bool) -> None:
+def print_position_statistics(
+    account: str | None, days: int, json: bool, venue: str | None = None
+) -> None:
     """Print ``calculate_position_statistics`` (also used by ``oms stats --positions``)."""
     from oms.positions.queries import calculate_position_statistics
 
-    result = asyncio.run(calculate_position_statistics(get_settings(), account, days))
+    result = asyncio.run(calculate_position_statistics(get_settings(), account, days, venue))
     if json:
         print(orjson.dumps(result).decode())
         return
@@ -126,10 +151,16 @@ def print_position_statistics(account: str | None, days: int, json: bool) -> Non
 def render_position_statistics(result: dict[str, Any]) -> None:
     """The statistics as terminal tables: per day, exposure, and money totals per unit."""
     daily_columns = [
-        "day", "account_id", "instrument_name", "fills", "turnover", "realized_pnl", "fees",
-        "orders", "fill_ratio", "avg_slippage_bps", "corrections",
+        "day", "account_id", "instrument_name", "venue", "fills", "turnover", "realized_pnl",
+        "fees", "orders", "fill_ratio", "avg_submit_latency_ms", "avg_slippage_bps",
+        "corrections",
     ]  # fmt: skip
     console.print(_table("daily", result["daily"], daily_columns))
+    venue_columns = [
+        "venue", "orders", "fill_ratio", "avg_submit_latency_ms", "avg_slippage_bps",
+        "slippage_fills",
+    ]  # fmt: skip
+    console.print(_table("execution by venue", result["execution_by_venue"], venue_columns))
     exposure = [{"instrument_name": k, **v} for k, v in result["exposure_by_instrument"].items()]
     exposure_columns = ["instrument_name", "size", "exposure_usd", "unrealized_pnl", "pnl_currency"]
     console.print(_table("exposure by instrument", exposure, exposure_columns))

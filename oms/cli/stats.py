@@ -36,13 +36,14 @@ def stats(
     ] = False,
     account: Annotated[str | None, typer.Option(help="with --positions: one account")] = None,
     days: Annotated[int, typer.Option(help="with --positions: days of daily figures")] = 30,
+    venue: Annotated[str | None, typer.Option(help="with --positions: one venue")] = None,
 ) -> None:
     """Summarize a worker's order metrics (its /metrics/summary endpoint), or with
     ``--positions`` the position statistics (same as ``oms positions stats``)."""
     if positions:
         from oms.cli.positions import print_position_statistics
 
-        print_position_statistics(account, days, as_json)
+        print_position_statistics(account, days, as_json, venue)
         return
     port = port or get_settings().worker.web_port
     url = f"http://{host}:{port}/metrics/summary"

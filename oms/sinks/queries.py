@@ -26,10 +26,10 @@ def to_epoch_ms(value: datetime | int) -> int:
 
 
 def account_filters(
-    account_id: str | None, instrument_name: str | None
+    account_id: str | None, instrument_name: str | None, venue: str | None = None
 ) -> tuple[list[str], dict[str, Any]]:
-    """WHERE clauses (bound parameters) for the optional account and instrument filters that
-    every history query takes."""
+    """WHERE clauses (bound parameters) for the optional account, instrument and venue
+    filters that every history query takes."""
     where: list[str] = []
     params: dict[str, Any] = {}
     if account_id is not None:
@@ -38,6 +38,9 @@ def account_filters(
     if instrument_name is not None:
         where.append("instrument_name = {instrument_name:String}")
         params["instrument_name"] = instrument_name
+    if venue is not None:
+        where.append("venue = {venue:String}")
+        params["venue"] = venue
     return where, params
 
 
@@ -49,6 +52,7 @@ async def get_order_history(
     since: datetime | int | None = None,
     until: datetime | int | None = None,
     limit: int = 100,
+    venue: str | None = None,
 ) -> list[dict[str, Any]]:
     """Latest state of orders, newest ``created_at`` first, filtered by the given fields.
 
@@ -56,7 +60,7 @@ async def get_order_history(
     Rows are dicts of the ``orders`` columns; datetimes are ISO-8601 UTC strings and
     ``conditions``/``metadata`` JSON strings.
     """
-    where, params = account_filters(account_id, instrument_name)
+    where, params = account_filters(account_id, instrument_name, venue)
     if status is not None:
         where.append("status = {status:String}")
         params["status"] = getattr(status, "value", status)

@@ -67,6 +67,7 @@ RESERVED_PREFIX = "__oms"
 SCOPED_TABLES = frozenset({
     "orders", "order_events", "executions", "position_changes", "notifications",
     "positions_current", "positions", "position_daily", "position_daily_stats",
+    "positions_marked", "positions_by_instrument", "positions_by_currency",
 })  # fmt: skip
 # Public reference data with no account in it: read unfiltered.
 REFERENCE_TABLES = frozenset({"market_ticks"})

@@ -98,6 +98,45 @@ def test_position_limit_counts_open_orders_on_the_same_side_and_lets_reductions_
     assert risk.check_submit(order("o-2", amount=50)) is not None  # 60 + 50
 
 
+def test_position_limits_see_the_sum_over_venues() -> None:
+    """Splitting a position across venues does not multiply its limits: size, open orders
+    and USD notional per currency all count every venue's part."""
+    risk = engine(max_position=100, max_position_notional_per_currency={"BTC": 120})
+    for venue, size in (("deribit", 60), ("second", 30)):
+        risk.book.apply_position(
+            PositionRecord(
+                record_id=f"p-{venue}", account_id="a", instrument_name=PERP.instrument_name,
+                venue=venue, size=size,
+            )
+        )  # fmt: skip
+    assert risk.book.position("a", PERP.instrument_name) == 90
+    for venue in ("deribit", "second"):
+        refused = risk.check_submit(order("o-2", amount=20, venue=venue))  # 90 + 20 > 100
+        assert refused is not None and "would reach 110" in refused.message
+    # An open order at one venue counts against an order at the other.
+    risk.note_accepted(order("o-1", amount=5, venue="second", status=OrderStatus.OPEN))
+    refused = risk.check_submit(order("o-3", amount=10, venue="deribit"))  # 90 + 5 + 10 > 100
+    assert refused is not None and "would reach 105" in refused.message
+    # A later record of one venue replaces that venue's part only.
+    risk.book.apply_position(
+        PositionRecord(
+            record_id="p-second-2", account_id="a", instrument_name=PERP.instrument_name,
+            venue="second", size=0,
+        )
+    )  # fmt: skip
+    assert risk.check_submit(order("o-4", amount=30, venue="second")) is None  # 60 + 5 + 30
+    wider = engine(max_position=1_000, max_position_notional_per_currency={"BTC": 120})
+    for venue, size in (("deribit", 60), ("second", 50)):
+        wider.book.apply_position(
+            PositionRecord(
+                record_id=f"p-{venue}", account_id="a", instrument_name=PERP.instrument_name,
+                venue=venue, size=size,
+            )
+        )  # fmt: skip
+    refused = wider.check_submit(order("o-5", amount=20, venue="deribit"))  # 130 USD > 120
+    assert refused is not None and "position notional would be 130.00 USD" in refused.message
+
+
 def test_state_and_notional() -> None:
     risk = engine(max_order_notional=1_000)
     assert risk.check_submit(order(amount=2_000)).reason_code is ReasonCode.RISK_LIMIT_EXCEEDED  # type: ignore[union-attr]

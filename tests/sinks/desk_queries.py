@@ -17,6 +17,7 @@ from sqlglot import exp, parse_one
 ACCOUNT_TABLES = (
     "orders", "order_events", "executions", "position_changes", "notifications",
     "positions_current", "positions", "position_daily", "position_daily_stats",
+    "positions_marked", "positions_by_instrument", "positions_by_currency",
 )  # fmt: skip
 # Tables/sources a desk may not read: the grammar mixes them in to be refused.
 FORBIDDEN_SOURCES = (

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
+from oms.schemas import DEFAULT_VENUE
 from oms.settings import SinkSettings
 
 # Tokens of this many recent inserts per table are remembered for retry deduplication.
@@ -474,6 +475,155 @@ def _v7(sink: SinkSettings) -> list[str]:
     return [positions_json, positions_mv, executions_json, executions_mv]
 
 
+# Tables whose rows belong to one venue (the record's ``venue``; rows written before venues
+# existed were at the default venue, which the column's DEFAULT gives them).
+VENUE_TABLES = ("orders", "order_events", "executions", "position_changes")
+# Tables whose sorting key identifies a position: without the venue in it, a
+# ReplacingMergeTree/AggregatingMergeTree would merge two venues' rows of one
+# account+instrument into one.
+VENUE_KEYED_TABLES: dict[str, str] = {
+    "positions_current": "account_id, instrument_name",
+    "position_daily": "account_id, instrument_name, day",
+}
+
+
+def _venue_key(table: str, key: str) -> list[str]:
+    # ClickHouse only appends to a sorting key a column added in the same ALTER and without
+    # a default (it cannot re-sort existing parts), so the DEFAULT comes in a second ALTER.
+    # Parts written before keep no venue column and read it from the DEFAULT ('deribit');
+    # merges are stopped in between so none materializes the empty value meanwhile. Both
+    # ALTERs are metadata only and may run again after a crash.
+    return [
+        f"SYSTEM STOP MERGES {table}",
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS venue {LC}, "
+        f"MODIFY ORDER BY ({key}, venue)",
+        f"ALTER TABLE {table} MODIFY COLUMN venue DEFAULT '{DEFAULT_VENUE}'",
+        f"SYSTEM START MERGES {table}",
+    ]
+
+
+# Latest mark and index price per instrument (the same reading as oms.positions.queries).
+_MARKS = """
+    SELECT instrument_name, argMax(mark_price, timestamp) AS mark,
+           argMax(index_price, timestamp) AS index_price
+    FROM market_ticks FINAL WHERE mark_price IS NOT NULL GROUP BY instrument_name"""
+
+
+def _v8(sink: SinkSettings) -> list[str]:
+    added = [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS venue {LC} DEFAULT '{DEFAULT_VENUE}' "
+        "AFTER account_id"
+        for table in VENUE_TABLES
+    ]
+    keyed = [s for table, key in VENUE_KEYED_TABLES.items() for s in _venue_key(table, key)]
+    staging = [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS venue String DEFAULT '{DEFAULT_VENUE}'"
+        for table in ("position_changes_json", "executions_json")
+    ]
+    # The views that write those tables carry the venue on (MODIFY QUERY swaps the SELECT
+    # atomically: no insert runs through neither version).
+    views = [
+        """
+    ALTER TABLE positions_current_mv MODIFY QUERY
+    SELECT account_id, instrument_name, venue, version, kind, size, average_price,
+           realized_pnl, fees_total, fills_total, turnover_total, needs_review,
+           record_type AS last_record_type, record_id AS last_record_id,
+           timestamp AS updated_at
+    FROM position_changes""",
+        """
+    ALTER TABLE position_daily_mv MODIFY QUERY
+    SELECT account_id, instrument_name, venue, toDate(timestamp) AS day,
+           anyState(CAST(kind AS Nullable(String))) AS kind,
+           minState(version) AS first_version,
+           maxState(version) AS last_version,
+           argMaxState(fills_total, version) AS fills_end,
+           argMinState(toUInt64(fills_total - (record_type = 'execution')), version) AS fills_start,
+           argMaxState(turnover_total, version) AS turnover_end,
+           argMinState(turnover_total - trade_notional, version) AS turnover_start,
+           argMaxState(realized_pnl, version) AS realized_end,
+           argMinState(realized_pnl - realized_pnl_change, version) AS realized_start,
+           argMaxState(fees_total, version) AS fees_end,
+           argMinState(fees_total - fee, version) AS fees_start,
+           argMaxState(size, version) AS size_end,
+           uniqExactStateIf(record_id, record_type = 'correction') AS corrections
+    FROM position_changes
+    GROUP BY account_id, instrument_name, venue, day""",
+        f"""
+    ALTER TABLE position_changes_json_mv MODIFY QUERY
+    SELECT record_id, account_id, venue, instrument_name, record_type, size, size_before,
+           average_price, average_price_before, realized_pnl, unrealized_pnl, fee, order_id,
+           trade_id, direction, trade_amount, trade_price, actor,
+           fromUnixTimestamp64Milli(j.timestamp, 'UTC')::{TS} AS timestamp, kind,
+           realized_pnl_change, fees_total, version, mark_price, reason_code, message,
+           needs_review, exchange_size, exchange_average_price, fills_total, turnover_total,
+           trade_notional
+    FROM position_changes_json AS j""",
+        f"""
+    ALTER TABLE executions_json_mv MODIFY QUERY
+    SELECT order_id, fill.trade_id AS trade_id, account_id, venue, instrument_name, direction,
+           fill.amount AS amount, fill.price AS price, fill.fee AS fee,
+           fill.fee_currency AS fee_currency, fill.liquidity AS liquidity,
+           fromUnixTimestamp64Milli(if(fill.timestamp != 0, fill.timestamp,
+                                       j.exchange_timestamp), 'UTC')::{TS} AS timestamp,
+           exchange_order_id, report_id, source,
+           fromUnixTimestamp64Milli(j.received_at, 'UTC')::{TS} AS received_at
+    FROM executions_json AS j ARRAY JOIN j.fills AS fill""",
+        # A view's columns are fixed when it is created: ``*`` read no venue before.
+        "CREATE OR REPLACE VIEW positions AS SELECT * FROM positions_current FINAL",
+        """
+    CREATE OR REPLACE VIEW position_daily_stats AS
+    SELECT account_id, instrument_name, venue, day, anyMerge(kind) AS kind,
+           argMaxMerge(fills_end) - argMinMerge(fills_start) AS fills,
+           argMaxMerge(turnover_end) - argMinMerge(turnover_start) AS turnover,
+           argMaxMerge(realized_end) - argMinMerge(realized_start) AS realized_pnl,
+           argMaxMerge(fees_end) - argMinMerge(fees_start) AS fees,
+           argMaxMerge(size_end) AS size_end_of_day,
+           uniqExactMerge(corrections) AS corrections
+    FROM position_daily
+    GROUP BY account_id, instrument_name, venue, day""",
+    ]
+    # One row per position (account, instrument, venue) with its mark, USD exposure
+    # (Deribit's conventions, see oms/positions/math.py) and the currency it is exposed to:
+    # the leading letters of the instrument name (BTC-PERPETUAL, BTC_USDC-PERPETUAL and a
+    # ccxt symbol BTC/USDT:USDT all read BTC).
+    marked = f"""
+    CREATE VIEW IF NOT EXISTS positions_marked AS
+    SELECT p.account_id AS account_id, p.instrument_name AS instrument_name,
+           p.venue AS venue, p.kind AS kind, p.size AS size,
+           p.average_price AS average_price, p.needs_review AS needs_review,
+           if(m.mark > 0, m.mark, NULL) AS mark_price,
+           multiIf(p.kind = 'inverse', p.size,
+                   p.kind = 'option', p.size * m.index_price,
+                   p.size * m.mark) AS exposure_usd,
+           extract(p.instrument_name, '^[A-Za-z0-9]+') AS currency
+    FROM positions_current AS p FINAL
+    LEFT JOIN ({_MARKS}) AS m ON m.instrument_name = p.instrument_name"""
+    # The same instrument name traded at several venues: the account's net size over them.
+    by_instrument = """
+    CREATE VIEW IF NOT EXISTS positions_by_instrument AS
+    SELECT account_id, instrument_name, any(currency) AS currency,
+           sum(size) AS net_size, sum(abs(size)) AS gross_size,
+           sum(exposure_usd) AS net_exposure_usd,
+           arraySort(groupArrayIf(venue, size != 0)) AS venues,
+           max(needs_review) AS needs_review
+    FROM positions_marked
+    GROUP BY account_id, instrument_name"""
+    # Per account and currency, every instrument at every venue: what limits should see.
+    by_currency = """
+    CREATE VIEW IF NOT EXISTS positions_by_currency AS
+    SELECT account_id, currency,
+           sum(exposure_usd) AS net_exposure_usd,
+           sum(abs(exposure_usd)) AS gross_exposure_usd,
+           countIf(size != 0) AS positions,
+           arraySort(groupUniqArrayIf(venue, size != 0)) AS venues,
+           arraySort(groupUniqArrayIf(instrument_name, size != 0)) AS instruments,
+           countIf(size != 0 AND exposure_usd IS NULL) AS unpriced_positions,
+           max(needs_review) AS needs_review
+    FROM positions_marked
+    GROUP BY account_id, currency"""
+    return [*added, *keyed, *staging, *views, marked, by_instrument, by_currency]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -491,6 +641,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "keep merged-away parts 8 minutes: a merge broken by a full disk can be undone", _v6
     ),
     Migration(7, "JSON staging tables for position_changes and executions", _v7),
+    Migration(8, "venue on every venue's rows and in position keys; positions per currency", _v8),
 )
 
 SCHEMA_MIGRATIONS = f"""

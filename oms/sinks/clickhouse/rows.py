@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from oms.schemas import (
+    DEFAULT_VENUE,
     DeadLetter,
     ExecutionReport,
     MarketTick,
@@ -24,18 +25,18 @@ COLUMNS: dict[str, list[str]] = {
         "reduce_only", "execute_immediately", "priority", "conditions", "metadata", "status",
         "exchange_order_id", "filled_amount", "average_price", "fee", "reason_code",
         "reason_message", "created_at", "submitted_at", "updated_at", "exchange_updated_at",
-        "trade_ids", "last_event_id",
+        "trade_ids", "last_event_id", "venue",
     ],
     "order_events": [
         "event_id", "event_type", "order_id", "account_id", "request_id", "instrument_name",
         "status", "previous_status", "reason_code", "message", "direction", "amount", "price",
         "filled_amount", "average_price", "exchange_order_id", "version", "timestamp",
-        "request_created_at", "details", "kafka_partition", "kafka_offset",
+        "request_created_at", "details", "kafka_partition", "kafka_offset", "venue",
     ],
     "executions": [
         "order_id", "trade_id", "account_id", "instrument_name", "direction", "amount", "price",
         "fee", "fee_currency", "liquidity", "timestamp", "exchange_order_id", "report_id",
-        "source", "received_at",
+        "source", "received_at", "venue",
     ],
     "market_ticks": [
         "instrument_name", "bucket", "timestamp", "last_price", "mark_price", "index_price",
@@ -52,7 +53,7 @@ COLUMNS: dict[str, list[str]] = {
         "order_id", "trade_id", "direction", "trade_amount", "trade_price", "actor",
         "timestamp", "kind", "realized_pnl_change", "fees_total", "version", "mark_price",
         "reason_code", "message", "needs_review", "exchange_size", "exchange_average_price",
-        "fills_total", "turnover_total", "trade_notional",
+        "fills_total", "turnover_total", "trade_notional", "venue",
     ],
     "notifications": [
         "notification_id", "channel", "attempt", "account_id", "notification_type",
@@ -98,12 +99,14 @@ def order_row(order: OrderRecord, event_id: str) -> Row:
         order.exchange_order_id, order.filled_amount, order.average_price, order.fee,
         _val(order.reason_code), order.reason_message, ts(order.created_at),
         ts_opt(order.submitted_at), ts(order.updated_at), ts(order.exchange_updated_at),
-        list(order.trade_ids), event_id,
+        list(order.trade_ids), event_id, order.venue,
     ]  # fmt: skip
 
 
 def order_event_row(event: OrderEvent, partition: int, offset: int) -> Row:
-    """The ``order_events`` row (the snapshot goes to ``orders``, not here)."""
+    """The ``order_events`` row (the snapshot goes to ``orders``, not here). Its venue is
+    the snapshot's: an event without one (a request refused before it became an order)
+    counts at the default venue."""
     return [
         event.event_id, _val(event.event_type), event.order_id, event.account_id,
         event.request_id, event.instrument_name, _val(event.status),
@@ -111,6 +114,7 @@ def order_event_row(event: OrderEvent, partition: int, offset: int) -> Row:
         _val(event.direction), event.amount, event.price, event.filled_amount,
         event.average_price, event.exchange_order_id, event.version, ts(event.timestamp),
         ts_opt(event.request_created_at), _json(event.details), partition, offset,
+        event.order.venue if event.order is not None else DEFAULT_VENUE,
     ]  # fmt: skip
 
 
@@ -123,7 +127,7 @@ def execution_rows(report: ExecutionReport) -> list[Row]:
             _val(report.direction), fill.amount, fill.price, fill.fee, fill.fee_currency,
             fill.liquidity, ts(fill.timestamp or report.exchange_timestamp),
             report.exchange_order_id, report.report_id, _val(report.source),
-            ts(report.received_at),
+            ts(report.received_at), report.venue,
         ]
         for fill in report.fills
     ]
@@ -160,7 +164,7 @@ def position_row(record: PositionRecord) -> Row:
         record.realized_pnl_change, record.fees_total, record.version, record.mark_price,
         _val(record.reason_code), record.message, record.needs_review, record.exchange_size,
         record.exchange_average_price, record.fills_total, record.turnover_total,
-        record.trade_notional,
+        record.trade_notional, record.venue,
     ]  # fmt: skip
 
 
