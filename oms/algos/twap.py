@@ -158,6 +158,8 @@ def apply_child_report(parent: OrderRecord, report: ExecutionReport) -> Transiti
     child_id = report.request_id or ""
     if parent.status.is_terminal:
         return Transition(parent, Outcome.STALE, note="parent is terminal")
+    if report.account_id != parent.account_id:
+        return Transition(parent, Outcome.STALE, note="a child of another account")
     known = parent.children.get(child_id)
     done = report.order_state not in (None, ExchangeOrderState.OPEN)
     entry = [report.filled_amount, report.average_price or 0.0, 1.0 if done else 0.0]

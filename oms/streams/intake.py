@@ -36,6 +36,7 @@ from oms.orders.state_machine import make_event, reannouncement, transition
 from oms.orders.validation import summarize_validation_error, validate_submit
 from oms.schemas import (
     CommandType,
+    ExecutionReport,
     MarketTick,
     OrderEvent,
     OrderEventType,
@@ -106,6 +107,9 @@ class IntakeContext(AgentContext):
     # An instrument's newest tick (the worker's market cache): its touch is recorded in a new
     # limit order's metadata, for the fill statistics of `oms tune`; None: not recorded.
     touch: Callable[[str], MarketTick | None] | None = None
+    # Where a refused child of an algorithm's parent is reported to its parent (the worker:
+    # ``order-reports``); None: not reported.
+    publish_report: Callable[[ExecutionReport], Awaitable[None]] | None = None
 
 
 async def handle_command(
@@ -198,6 +202,16 @@ async def _submit(
                 await ctx.emit(_purged_duplicate_event(order_id, ended, request))
             return
     enrolled = _enrol(ctx, request, now) if enrol and links is None else request
+    if enrol and twap.PARENT_KEY in request.metadata:
+        # A child's news is folded into the order it names: a client naming one would add
+        # its own fills to someone else's order. The refused record does not name it either.
+        metadata = {k: v for k, v in request.metadata.items() if k != twap.PARENT_KEY}
+        request = request.model_copy(update={"metadata": metadata})
+        enrolled = Rejection(
+            ReasonCode.SCHEMA_INVALID,
+            f"metadata.{twap.PARENT_KEY} is written by the OMS on the children an algorithm "
+            "sends, not by requests",
+        )
     if not isinstance(enrolled, Rejection):
         enrolled = _with_touch(ctx, enrolled)
     order = _record_from_request(request if isinstance(enrolled, Rejection) else enrolled)
@@ -416,6 +430,12 @@ async def _reject(ctx: IntakeContext, order: OrderRecord, rejection: Rejection) 
             message=rejection.message,
         )
     )
+    # A child refused here never reaches the exchange, so no report would ever tell its
+    # parent: without this one a routed parent would wait for it forever, and a TWAP parent
+    # would never see all of its slices end.
+    child_news = twap.child_update(order, rejected, force=True)
+    if child_news is not None and ctx.publish_report is not None:
+        await ctx.publish_report(child_news)
 
 
 async def _hold(

@@ -316,6 +316,7 @@ class OrderWorker:
             strategies=strategies,
             venues=venues,
             touch=market.latest,
+            publish_report=outbox.report,
         )
         self.release = ReleaseContext(
             orders=observed,
