@@ -59,8 +59,9 @@ def due_at(parent: OrderRecord, params: TwapParams, index: int) -> int:
     digest = hashlib.blake2b(f"{parent.order_id}:{index}".encode(), digest_size=8).digest()
     unit = int.from_bytes(digest, "big") / 2**64  # [0, 1), same after any restart
     jitter = (unit - 0.5) * params.randomize * step if index > 0 else 0.0
-    # From when it started working: its creation, or its release if it was held first.
-    started = parent.triggered_at or parent.created_at
+    # From when it started working (recorded when it did; a parent recorded before that
+    # was kept: its release if it was held first, else its creation).
+    started = params.start_ms or parent.triggered_at or parent.created_at
     return started + int(index * step + jitter)
 
 
@@ -220,8 +221,8 @@ def start_parent(
 ) -> tuple[OrderRecord, OrderEvent]:
     """Intake's side: the parent becomes a working order (never sent to the exchange). Its
     record carries the parameters (also when the OMS chose to slice it) and the instrument's
-    lot, so slicing needs no catalogue later."""
-    recorded = params.model_copy(update={"lot": lot}).to_metadata()
+    lot and the time it started, so slicing needs no catalogue later and counts from then."""
+    recorded = params.model_copy(update={"lot": lot, "start_ms": now_ms()}).to_metadata()
     meta = {**order.metadata, ALGO_KEY: TWAP, **recorded}
     working, event = transition(order.model_copy(update={"metadata": meta}), OrderStatus.OPEN)
     event.details["algo"] = TWAP

@@ -74,6 +74,10 @@ class TwapParams(_MetadataParams):
     # Set by intake when the parent starts: the instrument's minimum amount, so slicing needs
     # no instrument catalogue later.
     lot: Number | None = Field(None, alias="twap_lot", gt=0)
+    # Set by intake (or the release of a held parent) when the parent starts working (ms):
+    # slices count from then, not from the client's creation time, so a request that
+    # reached the OMS late is still spread over its whole duration.
+    start_ms: int | None = Field(None, alias="twap_start", strict=True, ge=0)
     # Why the OMS sliced an order nobody asked to slice (the slicing threshold).
     reason: str | None = Field(None, alias="twap_reason")
 

@@ -15,6 +15,7 @@ from oms.schemas import (
     OrderRequest,
     OrderStatus,
     ReasonCode,
+    now_ms,
 )
 from oms.schemas.commands import (
     CommandOrigin,
@@ -174,3 +175,17 @@ async def test_a_parent_ignores_news_of_another_accounts_child() -> None:
     assert result.order is parent and result.events == []
     ours = news.model_copy(update={"account_id": parent.account_id})
     assert twap.apply_child_report(parent, ours).order.filled_amount == 30
+
+
+async def test_a_late_twap_request_is_still_spread_over_its_duration() -> None:
+    # Created 10 s before it reached the OMS (a queue, a worker down): its slices count from
+    # when the parent started working, not from the client's clock, so they do not all go
+    # out at once.
+    created = now_ms() - 10_000
+    table, events, _ = await _submit(
+        created_at=created, metadata={"algo": "twap", "twap_duration": 6, "twap_slices": 3}
+    )
+    parent = table[events[0].order_id]
+    params = twap.params_of(parent)
+    assert params.start_ms is not None and params.start_ms >= created + 10_000
+    assert [twap.due_at(parent, params, i) - params.start_ms for i in range(3)] == [0, 2000, 4000]
