@@ -84,6 +84,10 @@ class VenueSettings(BaseModel):
     # deribit: the WebSocket URL (None: exchange.url). ccxt: the REST base URL the ccxt
     # exchange is pointed at (None: ccxt's own URL of the exchange).
     url: str | None = None
+    # ccxt only: the WebSocket URL of the venue's live account streams (ccxt.pro). None:
+    # ccxt's own, or, when ``url`` replaces the REST base, the WebSocket beside it for
+    # exchanges that serve both from one host (deribit: ``<url>/ws/api/v2``).
+    ws_url: str | None = None
     # Accounts that trade at this venue; None: every account.
     accounts: list[str] | None = None
     # Where this venue's exchange credentials live (None: the process's secrets store):
@@ -146,8 +150,8 @@ class ExchangeSettings(BaseModel):
                 raise ValueError(f"venue name {name!r}: only letters, digits, '_' and '-'")
         primary = DEFAULT_VENUE if DEFAULT_VENUE in venues else next(iter(venues))
         if venues[primary].kind != "deribit":
-            # Market data, account views and reconciliation come from the primary venue,
-            # and only the native adapter has them.
+            # Market data and the instrument catalog of the processes that see one venue
+            # come from the primary venue, and only the native adapter has them.
             raise ValueError(f"the primary venue {primary!r} must be of kind 'deribit'")
         return venues
 

@@ -34,7 +34,7 @@ def gateway(
 ) -> None:
     """Run the exchange gateway: market ticks and user order/trade streams into Kafka."""
     from oms.exchange.gateway import ExchangeGateway
-    from oms.exchange.venues import create_feed
+    from oms.exchange.venues import create_feed, venue_accounts
     from oms.kafka.security import KafkaConnection
     from oms.secrets import SecretStore
 
@@ -43,9 +43,10 @@ def gateway(
 
     async def run() -> None:
         secrets = SecretStore(settings.resolved_secrets_file, settings.risk.exchange_accounts())
-        accounts = secrets.trading_accounts(settings.accounts)
+        accounts = venue_accounts(settings, secrets.trading_accounts(settings.accounts))
+        feeds = {venue: create_feed(settings, secrets, venue) for venue in accounts}
         kafka = KafkaConnection.from_settings(settings)
-        service = ExchangeGateway(settings, create_feed(settings, secrets), accounts, kafka)
+        service = ExchangeGateway(settings, feeds, accounts, kafka)
         await run_until_signalled(service.start, service.stop)
 
     asyncio.run(run())

@@ -7,14 +7,15 @@ exchange registers here (and nowhere in the services).
 A venue of kind ``deribit`` is served by the native implementation named by
 ``exchange.venue`` (``deribit``, or ``paper``: the same API, named apart); one of kind
 ``ccxt`` by :mod:`oms.exchange.ccxt`. The worker trades at every configured venue through a
-:class:`~oms.exchange.router.VenueRouter`; the processes that see one venue (the gateway's
-market data, the position keeper's reconciliation, the notifier's margins) see the primary
-one (``exchange.primary_venue``).
+:class:`~oms.exchange.router.VenueRouter`; the gateway follows the account streams of every
+venue and the position keeper reconciles every venue's positions; what sees one venue (the
+gateway's market data, the instrument catalog, the notifier's margins) sees the primary one
+(``exchange.primary_venue``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from oms.exchange.instruments import InstrumentCatalog
 from oms.exchange.interface import Exchange, Venue, VenueAccounts, VenueFeed
@@ -102,22 +103,36 @@ def create_exchange(settings: Settings, secrets: SecretStore) -> Exchange:
     )
 
 
-def create_accounts(settings: Settings, secrets: SecretStore) -> VenueAccounts:
-    """Read-only sessions to the primary venue's accounts (positions, margins)."""
-    primary = settings.exchange.primary_venue
-    config = settings.exchange.venues[primary]
-    return venue_of(settings).accounts(
-        venue_settings(settings, primary), _secrets(settings, config, secrets)
+def create_accounts(
+    settings: Settings, secrets: SecretStore, venue: str | None = None
+) -> VenueAccounts:
+    """Read-only sessions to the accounts of ``venue`` (the primary one if None): positions,
+    margins."""
+    name = venue or settings.exchange.primary_venue
+    config = settings.exchange.venues[name]
+    return venue_of(settings, name).accounts(
+        venue_settings(settings, name), _secrets(settings, config, secrets)
     )
 
 
-def create_feed(settings: Settings, secrets: SecretStore) -> VenueFeed:
-    """The primary venue's live market and account streams (the gateway's sources)."""
-    primary = settings.exchange.primary_venue
-    config = settings.exchange.venues[primary]
-    return venue_of(settings).feed(
-        venue_settings(settings, primary), _secrets(settings, config, secrets)
+def create_feed(settings: Settings, secrets: SecretStore, venue: str | None = None) -> VenueFeed:
+    """The live streams of ``venue`` (the primary one if None): the gateway's sources."""
+    name = venue or settings.exchange.primary_venue
+    config = settings.exchange.venues[name]
+    return venue_of(settings, name).feed(
+        venue_settings(settings, name), _secrets(settings, config, secrets)
     )
+
+
+def venue_accounts(settings: Settings, accounts: Iterable[str]) -> dict[str, list[str]]:
+    """Per configured venue, which of ``accounts`` trade there (``VenueSettings.accounts``),
+    the primary venue first."""
+    primary = settings.exchange.primary_venue
+    names = [primary, *(n for n in settings.exchange.venues if n != primary)]
+    listed = list(accounts)
+    return {
+        name: [a for a in listed if settings.exchange.venues[name].trades(a)] for name in names
+    }
 
 
 def create_instrument_catalog(settings: Settings) -> InstrumentCatalog:

@@ -31,7 +31,7 @@ import pydantic
 import structlog
 from faust.types import TP
 
-from oms.exchange.venues import create_accounts, create_instrument_catalog
+from oms.exchange.venues import create_accounts, create_instrument_catalog, venue_accounts
 from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import FlushFirstProducer, new_faust_app, run_faust_worker
 from oms.kafka.partitioning import partition_of
@@ -180,12 +180,14 @@ class PositionKeeper:
         self._barriers: dict[int, float] = {}
         secrets = SecretStore(settings.resolved_secrets_file)
         enabled = ps.reconcile if reconcile is None else reconcile
+        # Every venue's positions, each against its own venue's accounts.
+        accounts = venue_accounts(settings, secrets.trading_accounts(settings.accounts))
         self.reconciler = (
             Reconciler(
                 settings,
-                create_accounts(settings, secrets),
-                secrets.trading_accounts(settings.accounts),
-                self.primary_venue_positions,
+                {venue: create_accounts(settings, secrets, venue) for venue in accounts},
+                accounts,
+                self.owned_positions,
                 self.send_command,
                 self.ready_to_reconcile,
                 self.owns_key,
@@ -246,12 +248,6 @@ class PositionKeeper:
             for key, state in list(self.positions.items())
             if state is not None and partition_of(key, n) in owned
         ]
-
-    def primary_venue_positions(self) -> list[PositionState]:
-        """Owned positions at the primary venue: the one whose accounts the reconciliation
-        reads (positions at other venues are not reconciled yet)."""
-        primary = self.settings.exchange.primary_venue
-        return [state for state in self.owned_positions() if state.venue == primary]
 
     def owns_key(self, key: str) -> bool:
         actives: set[TP] = self.app.assignor.assigned_actives()

@@ -11,6 +11,7 @@ import ccxt.async_support as ccxt
 import structlog
 
 from oms.component import Component
+from oms.exchange.ccxt.clients import new_client
 from oms.exchange.ccxt.translate import (
     error_from_ccxt,
     fill_from_trade,
@@ -96,7 +97,7 @@ class CcxtExchange(Component):
         if not config.ccxt_id or config.ccxt_id not in ccxt.exchanges:
             raise ValueError(f"venue {venue!r}: {config.ccxt_id!r} is not a ccxt exchange id")
         self._ccxt_id = config.ccxt_id
-        self._url = config.url
+        self._config = config
         self._secrets = secrets
         self._uses_label = self._ccxt_id in _LABEL_EXCHANGES
         self._sessions: AccountSessions[Any] = AccountSessions(self._open_client)
@@ -110,19 +111,7 @@ class CcxtExchange(Component):
     # -- clients --------------------------------------------------------------------------
 
     def _new_client(self, credentials: Any) -> Any:
-        options: dict[str, Any] = {"enableRateLimit": True}
-        if credentials is not None:
-            options |= {"apiKey": credentials.client_id, "secret": credentials.client_secret}
-        client = getattr(ccxt, self._ccxt_id)(options)
-        if self._url is not None:
-            api = client.urls.get("api")
-            if not isinstance(api, dict) or "rest" not in api:
-                raise ValueError(
-                    f"ccxt {self._ccxt_id}: its API URLs are not one REST base; "
-                    "the venue's url cannot replace them"
-                )
-            client.urls["api"] = {"rest": self._url.rstrip("/")}
-        return client
+        return new_client(ccxt, self._config, credentials)
 
     async def _open_client(self, account_id: str) -> Any:
         """A new client of the account, its markets loaded (the sessions' factory)."""

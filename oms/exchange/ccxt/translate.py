@@ -8,7 +8,7 @@ than being guessed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ccxt.async_support as ccxt
@@ -29,6 +29,7 @@ from oms.exchange.errors import (
     error_class,
     reason_for,
 )
+from oms.exchange.interface import VenuePosition
 from oms.schemas import (
     CommandType,
     Direction,
@@ -173,6 +174,64 @@ def report_from_order(
         exchange_timestamp=updated,
         fills=fills,
     )
+
+
+def report_from_trades(
+    trades: Sequence[Mapping[str, Any]],
+    *,
+    account_id: str,
+    order_id: str,
+    instrument_name: str,
+    source: ReportSource,
+) -> ExecutionReport:
+    """Trades of one order of ours (``order_id``) as a fills-only report."""
+    fills = [fill_from_trade(t) for t in trades]
+    ids = ",".join(f.trade_id for f in fills)
+    exchange_id = str(trades[0].get("order") or "")
+    return ExecutionReport(
+        report_id=f"{source.value}:trades:{ids}"[:200],
+        order_id=order_id,
+        account_id=account_id,
+        source=source,
+        instrument_name=instrument_name,
+        exchange_order_id=exchange_id or None,
+        order_state=None,
+        exchange_timestamp=max(int(t.get("timestamp") or 0) for t in trades),
+        fills=fills,
+    )
+
+
+def market_id_of(item: Mapping[str, Any], markets: Mapping[str, Any] | None) -> str:
+    """The venue's own instrument name of a ccxt order, trade or position (its market's id;
+    Deribit's ``instrument_name`` in the raw ``info`` when the symbol is not a known market)."""
+    market = (markets or {}).get(str(item.get("symbol")))
+    if market and market.get("id"):
+        return str(market["id"])
+    info = item.get("info") or {}
+    name = info.get("instrument_name") if isinstance(info, Mapping) else None
+    if not name:
+        raise not_supported(f"no instrument of {item.get('symbol')!r}", method="market")
+    return str(name)
+
+
+def position_from_ccxt(position: Mapping[str, Any], instrument_name: str) -> VenuePosition:
+    """A ccxt unified position as a VenuePosition: ``contracts`` signed by ``side``, in the
+    venue's units of amounts as ccxt gives them (what its trades' amounts are in, so the
+    keeper's sizes from fills compare)."""
+    contracts = abs(float(position.get("contracts") or 0.0))
+    size = -contracts if position.get("side") == "short" else contracts
+    return VenuePosition(
+        instrument_name=instrument_name,
+        size=size,
+        average_price=float(position.get("entryPrice") or 0.0),
+        mark_price=_number(position.get("markPrice")),
+        floating_pnl=_number(position.get("unrealizedPnl")),
+        realized_pnl=_number(position.get("realizedPnl")),
+    )
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def spec_from_market(market: Mapping[str, Any], *, tick_size: float) -> InstrumentSpec:
