@@ -24,7 +24,9 @@ What each query reads (the math and the picks are :mod:`oms.algos.tuning_math` a
   counted them have no retry history: the executor kept its retries in memory and stored only
   the final outcome.
 
-Every read collapses replayed rows (``FINAL``), like :mod:`oms.sinks.queries`.
+Fills and slices are those of the primary venue (the picks are settings per instrument);
+retries are counted per venue. Every read collapses replayed rows (``FINAL``), like
+:mod:`oms.sinks.queries`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,6 @@ from oms.schemas import now_ms
 from oms.settings import Settings
 from oms.sinks.query import run_query
 
-# Orders and fills name no venue yet: their statistics are of the one venue traded today.
-VENUE = "deribit"
 
 RETRIES_UNAVAILABLE = (
     "no retry outcomes in the history yet: workers count them (venue, error kind, wait, "
@@ -114,7 +114,7 @@ WITH
            toUnixTimestamp64Milli(placed_at) AS placed_ms,
            price AS latest_price, {_TOUCH}
     FROM orders FINAL
-    WHERE order_type = 'limit' AND post_only
+    WHERE order_type = 'limit' AND post_only AND venue = {{venue:String}}
       AND status NOT IN ('pending', 'waiting', 'queued', 'rejected')
   ),
   first_price AS (
@@ -160,7 +160,7 @@ WITH
            coalesce(submitted_at, created_at) AS placed_at,
            toUnixTimestamp64Milli(placed_at) AS placed_ms, {_TOUCH}
     FROM orders FINAL
-    WHERE JSONExtractString(metadata, 'parent_id') != ''
+    WHERE JSONExtractString(metadata, 'parent_id') != '' AND venue = {{venue:String}}
       AND JSONHas(metadata, 'twap_slice') AND NOT post_only
       AND filled_amount > 0 AND average_price IS NOT NULL
   ),
@@ -207,7 +207,11 @@ def _opt(value: Any) -> float | None:
 async def tuning_statistics(settings: Settings, *, now: int | None = None) -> TuningStatistics:
     """Run the tuning queries on the order history (``now``: ms, default the clock)."""
     tuning = settings.tuning
-    common = {"max_age_ms": int(tuning.max_tick_age_s * 1000)}
+    # Fills and slippage of the primary venue only: the chase offsets and slice limits the
+    # tuner picks are settings per instrument, and another venue's book would blur them
+    # (retries are counted per venue anyway).
+    venue = settings.exchange.primary_venue
+    common = {"max_age_ms": int(tuning.max_tick_age_s * 1000), "venue": venue}
     fill_params = {
         **common,
         "bucket_bps": tuning.offset_bucket_bps,
@@ -256,7 +260,7 @@ async def tuning_statistics(settings: Settings, *, now: int | None = None) -> Tu
         retries=retries,
         unavailable={} if retries else {"retry.schedule": RETRIES_UNAVAILABLE},
         parameters={
-            "venue": VENUE,
+            "venue": venue,
             "horizon_s": tuning.horizon_s,
             "offset_bucket_bps": tuning.offset_bucket_bps,
             "depth_ratio_bucket": tuning.depth_ratio_bucket,
