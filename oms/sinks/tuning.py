@@ -40,7 +40,6 @@ from oms.schemas import now_ms
 from oms.settings import Settings
 from oms.sinks.query import run_query
 
-
 RETRIES_UNAVAILABLE = (
     "no retry outcomes in the history yet: workers count them (venue, error kind, wait, "
     "success) in their metric samples from this version on; retries made before were not "
