@@ -17,7 +17,13 @@ them in its next ``on_timer``: the scheduler fetches them through the injected `
 callable, every venue of every due order at once, each within ``book_timeout_s``; a venue
 whose book fails or is late is given empty with the reason (``VenueQuote.error``), so a slow
 venue delays a decision by the timeout at most and never stops the timer. Order events a plan
-carries (``Plan.events``) go out through ``publish_event``."""
+carries (``Plan.events``) go out through ``publish_event``.
+
+A plan's decision (``Plan.decision``: a routed order's attempt) is not published here: it goes
+as an internal ``route`` trigger through ``publish_trigger`` to the writer of the order's
+partition, which records it on the order and then publishes its events and children
+(:mod:`oms.orders.decisions`). So what a worker decided takes effect only if no other worker's
+decision for the same step was recorded first."""
 
 from __future__ import annotations
 
@@ -29,9 +35,12 @@ import structlog
 
 from oms.algos.registry import LoadedStrategy, StrategyRegistry
 from oms.algos.strategy import Plan, StrategyContext, VenueQuote
+from oms.orders import decisions
+from oms.orders.decisions import Decision
 from oms.orders.indexes import DeadlineIndex
 from oms.orders.params import ALGO_KEY, ALGO_VERSION_KEY
 from oms.schemas import MarketTick, OrderEvent, OrderRecord, OrderRequest, now_ms
+from oms.schemas.conditions import OrderTrigger
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +68,8 @@ class AlgoScheduler:
     quote: QuoteSource | None = None
     # Where the order events of a plan go; None: dropped (counted).
     publish_event: Callable[[OrderEvent], Awaitable[None]] | None = None
+    # Where a plan's decision goes to be recorded (order-triggers); None: dropped (counted).
+    publish_trigger: Callable[[OrderTrigger], Awaitable[None]] | None = None
     book_timeout_s: float = BOOK_TIMEOUT_S
     # Orders whose strategy asked to be called at a time (on_timer).
     _due: DeadlineIndex[str] = field(default_factory=DeadlineIndex)
@@ -66,10 +77,8 @@ class AlgoScheduler:
     _ticking: set[str] = field(default_factory=set)
     # Orders whose latest plan keeps them followed (their memory kept).
     _followed: set[str] = field(default_factory=set)
-    # Requests and events asked for when an order was written, published on the next pass.
-    _pending: dict[str, tuple[tuple[OrderRequest, ...], tuple[OrderEvent, ...]]] = field(
-        default_factory=dict
-    )
+    # What a plan asked for when an order was written, published on the next pass.
+    _pending: dict[str, Plan] = field(default_factory=dict)
     # Per order: the venues whose books its next on_timer needs, and how deep.
     _books: dict[str, tuple[tuple[str, ...], int]] = field(default_factory=dict)
     # Per followed order: request ids published -> when (ms), oldest first.
@@ -99,8 +108,8 @@ class AlgoScheduler:
         hook = "on_report" if order_id in self._followed else "on_order"
         now = now_ms()
         plan = self._call(loaded, hook, order, now)
-        if plan.requests or plan.events:
-            self._pending[order_id] = (plan.requests, plan.events)
+        if plan.requests or plan.events or plan.decision is not None:
+            self._pending[order_id] = plan
             self._work.set()
         elif plan.wake_at is not None and plan.wake_at <= now:
             self._work.set()
@@ -143,11 +152,11 @@ class AlgoScheduler:
         """Publish what writes asked for, call the strategies whose time has come, and those
         that follow the ticks."""
         now = now if now is not None else now_ms()
-        for order_id, (requests, events) in list(self._pending.items()):
+        for order_id, pending in list(self._pending.items()):
             del self._pending[order_id]
             order = self.order_of(order_id)
             if order is not None and self.owns(order_id):
-                await self._publish(order, requests, now, events)
+                await self._publish(order, pending, now)
         due: list[tuple[OrderRecord, LoadedStrategy]] = []
         for order_id in self._due.pop_due(now):
             order = self.order_of(order_id)
@@ -160,7 +169,7 @@ class AlgoScheduler:
         for order, loaded in due:
             plan = self._call(loaded, "on_timer", order, now, books=books.get(order.order_id))
             self._follow(order, loaded, plan)
-            await self._publish(order, plan.requests, now, plan.events)
+            await self._publish(order, plan, now)
         for order_id in list(self._ticking):
             order = self.order_of(order_id)
             loaded = None if order is None else self._strategy_of(order)
@@ -171,7 +180,7 @@ class AlgoScheduler:
             self._ticking.discard(order_id)
             plan = self._call(loaded, "on_tick", order, now, tick)
             self._follow(order, loaded, plan)
-            await self._publish(order, plan.requests, now)
+            await self._publish(order, plan, now)
         # Memory only for the orders still followed.
         for order_id in [k for k in self._sent if k not in self._followed]:
             del self._sent[order_id]
@@ -223,6 +232,10 @@ class AlgoScheduler:
                     raise TypeError(f"{hook} asked for a {type(event).__name__}, not an event")
                 if event.order_id != order.order_id:
                     raise ValueError("a strategy reports only about its own order")
+            if plan.decision is not None:
+                if not isinstance(plan.decision, Decision):
+                    raise TypeError(f"{hook} decided a {type(plan.decision).__name__}")
+                decisions.check(order, plan.decision)
         except Exception:
             self._count("strategy_errors")
             log.exception(
@@ -295,19 +308,13 @@ class AlgoScheduler:
         self._count("books")
         return quote
 
-    async def _publish(
-        self,
-        order: OrderRecord,
-        requests: tuple[OrderRequest, ...],
-        now: int,
-        events: tuple[OrderEvent, ...] = (),
-    ) -> None:
-        if not requests and not events:
+    async def _publish(self, order: OrderRecord, plan: Plan, now: int) -> None:
+        if not plan.requests and not plan.events and plan.decision is None:
             return
         sent = self._sent.setdefault(order.order_id, {})
         name = str(order.metadata.get(ALGO_KEY))
         # The decision's record goes out before what it decided.
-        for event in events:
+        for event in plan.events:
             key = f"event:{event.event_id}"
             if key in sent:
                 continue
@@ -317,7 +324,16 @@ class AlgoScheduler:
                 continue
             self._count(f"{name}_{event.event_type.value}")
             await self.publish_event(event)
-        for request in requests:
+        decision = plan.decision
+        if decision is not None and decisions.decision_key(decision.step) not in sent:
+            # Its events and children go out once the order's writer recorded it.
+            self._remember(sent, decisions.decision_key(decision.step), now)
+            if self.publish_trigger is None:
+                self._count("decisions_dropped")
+            else:
+                self._count(f"{name}_decisions")
+                await self.publish_trigger(decisions.to_trigger(order.order_id, decision))
+        for request in plan.requests:
             if request.request_id in sent:
                 continue  # never twice (a restart's copy is a duplicate at intake anyway)
             self._remember(sent, request.request_id, now)

@@ -6,12 +6,17 @@ working (``open``), like a TWAP parent. The worker's timer then works it in atte
 
 1. ask the scheduler for the order books of its venues (``Plan.books``) and wake now;
 2. with the books, :func:`~oms.orders.routing.split` the remainder (within the parent's limit
-   price, if it is a limit order) across them, publish the ``routed`` event (the books seen,
-   the allocation, why venues got nothing) and the attempt's IOC limit children, one per
-   venue, each with the deterministic request id ``sor.{parent}.{attempt}.{venue}``;
-3. wait while a child is live; its fills fold into the parent (``child:`` reports), which is
+   price, if it is a limit order) across them into the attempt's IOC limit children, one per
+   venue, each with the deterministic request id ``sor.{parent}.{attempt}.{venue}``, and the
+   ``routed`` event (the books seen, the allocation, why venues got nothing);
+3. hand that to the scheduler as the attempt's :class:`~oms.orders.decisions.Decision`: it
+   goes to the writer of the parent's partition (the ``release`` agent, an internal ``route``
+   trigger), which records the attempt on the parent first (each child among its
+   ``children`` as ``[0, 0, 0]``: live, nothing filled; the attempt in
+   ``metadata.algo_decisions``) and only then emits the event and publishes the children;
+4. wait while a child is live; its fills fold into the parent (``child:`` reports), which is
    ``filled`` once they sum to its amount;
-4. a remainder (a venue left its IOC unfilled, rejected it, or the split could not place it
+5. a remainder (a venue left its IOC unfilled, rejected it, or the split could not place it
    all) is routed again on fresh books, at most ``sor_max_attempts`` times in all.
 
 A venue that just left a child unfilled is kept among the next attempt's venues: an IOC that
@@ -23,13 +28,15 @@ number of attempts bounds a venue that keeps showing liquidity it does not fill.
 The parent ends with a remainder (filled part kept) when an attempt finds nothing it can place
 (``no_liquidity``) or the attempts are used up (``route_exhausted``): the strategy publishes a
 cancel of the parent carrying that reason. A parent cancelled by its owner has its live
-children cancelled.
+children cancelled (a recorded child not heard of yet among them).
 
-Everything is derived from the parent's record and what this worker published
-(``ctx.sent``): the attempts made are the attempts with a child among the parent's children
-or a child request sent, so a restart continues where the last worker stopped. A parent seen
-for the first time a while after its last write (a restart, a rebalance) waits
-``settle_ms`` before routing, so the news of children already sent reaches it first.
+The attempts made are read from the parent's record only: the attempts recorded on it (and,
+for a parent from before attempts were recorded, those with a child among its children). A
+worker that takes the parent over (a restart, a rebalance) therefore never routes an attempt
+whose children are out: they are on the parent, live until their news comes. Two workers
+deciding the same attempt at once (the old owner's decision still on its way) is settled by
+the writer, which records the first and ignores the other; an attempt this worker decided
+and whose record has not come back yet (``ctx.sent``) is waited for.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any
 
 from oms.algos.strategy import Plan, StrategyBase, StrategyContext, VenueQuote
 from oms.algos.twap import CANCEL_WINDOW_MS
+from oms.orders.decisions import Decision, decision_key, recorded_steps
 from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, SOR, SorParams
 from oms.orders.routing import (
     RoutePlan,
@@ -65,11 +73,6 @@ from oms.schemas import (
 from oms.schemas import Direction as OrderDirection
 from oms.schemas.rejection import Rejection
 
-# A parent first seen within this long of its last write is new (intake just recorded it).
-FRESH_MS = 1_000
-# A parent first seen later than that waits this long before routing (restart, rebalance):
-# the news of children a previous worker sent has time to fold into it.
-SETTLE_MS = 3_000
 _WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
@@ -97,32 +100,20 @@ def child_order_id(parent: OrderRecord, attempt: int, venue: str) -> str:
     return derive_order_id(parent.account_id, child_request_id(parent.order_id, attempt, venue))
 
 
-def attempts_made(parent: OrderRecord, params: SorParams, sent: Mapping[str, int]) -> int:
-    """How many routing attempts were made: one past the last attempt with a child among the
-    parent's children or a child request published (``sent``), 0 if none."""
-    made = 0
-    for attempt in range(params.max_attempts):
-        for venue in params.venues:
-            if (
-                child_order_id(parent, attempt, venue) in parent.children
-                or child_request_id(parent.order_id, attempt, venue) in sent
-            ):
-                made = attempt + 1
-                break
+def attempts_made(parent: OrderRecord, params: SorParams) -> int:
+    """How many routing attempts were made, from the parent's record: the attempts recorded
+    on it, or one past the last attempt with a child among its children (a parent from
+    before attempts were recorded), whichever is more."""
+    made = len(recorded_steps(parent))
+    for attempt in range(made, params.max_attempts):
+        if any(child_order_id(parent, attempt, v) in parent.children for v in params.venues):
+            made = attempt + 1
     return made
 
 
-def sent_children(
-    parent: OrderRecord, params: SorParams, sent: Mapping[str, int]
-) -> dict[str, list[float]]:
-    """The parent's children, plus those published but not heard of yet (live, nothing
-    filled): a child sent a moment ago is waited for like a live one."""
-    children = dict(parent.children)
-    for attempt in range(params.max_attempts):
-        for venue in params.venues:
-            if child_request_id(parent.order_id, attempt, venue) in sent:
-                children.setdefault(child_order_id(parent, attempt, venue), [0.0, 0.0, 0.0])
-    return children
+def deciding(parent: OrderRecord, params: SorParams, sent: Mapping[str, int]) -> bool:
+    """Did this worker send the decision of the parent's next attempt, not recorded yet?"""
+    return decision_key(attempts_made(parent, params)) in sent
 
 
 def end_request(parent: OrderRecord, reason: ReasonCode) -> OrderRequest:
@@ -136,13 +127,11 @@ def end_request(parent: OrderRecord, reason: ReasonCode) -> OrderRequest:
     )
 
 
-def children_cancels(
-    parent: OrderRecord, params: SorParams, sent: Mapping[str, int]
-) -> list[OrderRequest]:
-    """Cancels of a cancelled parent's children that are live or were published and not
-    heard of as done."""
+def children_cancels(parent: OrderRecord) -> list[OrderRequest]:
+    """Cancels of a cancelled parent's children not heard of as done (a recorded child whose
+    news has not come yet among them)."""
     out = []
-    for child_id, entry in sent_children(parent, params, sent).items():
+    for child_id, entry in parent.children.items():
         if entry[2]:
             continue  # that child is done
         out.append(
@@ -206,15 +195,13 @@ def decide(
 class SorStrategy(StrategyBase):
     """Smart order routing across venues (see the module's documentation).
 
-    Settings: ``settle_ms`` (how long a parent seen again after a restart waits before
-    routing, default 3 s), ``cancel_window_ms`` (how long after its parent was cancelled its
-    children are still cancelled, default 120 s)."""
+    Settings: ``cancel_window_ms`` (how long after its parent was cancelled its children are
+    still cancelled, default 120 s)."""
 
     params_model = SorParams
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.settle_ms = int(self.settings.get("settle_ms", SETTLE_MS))
         self.cancel_window_ms = int(self.settings.get("cancel_window_ms", CANCEL_WINDOW_MS))
 
     def check(self, request: OrderRequest, spec: InstrumentSpec, params: Any) -> Rejection | None:
@@ -230,13 +217,6 @@ class SorStrategy(StrategyBase):
             )
         return None
 
-    def on_order(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
-        """A working parent seen for the first time a while after its last write (a restart
-        or rebalance) lets the news of children already sent arrive before routing."""
-        if order.status in _WORKING and ctx.now - order.updated_at > FRESH_MS:
-            return Plan(wake_at=max(ctx.now, order.updated_at + self.settle_ms))
-        return self.on_report(order, ctx)
-
     def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """A working parent waits for its live children, else routes now; a cancelled one
         has its children cancelled (on the timer, at once)."""
@@ -251,9 +231,8 @@ class SorStrategy(StrategyBase):
         if order.status is OrderStatus.CANCELLED:
             if ctx.now - order.updated_at > self.cancel_window_ms:
                 return Plan.done()
-            params = params_of(order)
             return Plan(
-                requests=tuple(children_cancels(order, params, ctx.sent)),
+                requests=tuple(children_cancels(order)),
                 wake_at=order.updated_at + self.cancel_window_ms + 1,
             )
         if order.status not in _WORKING:
@@ -261,11 +240,9 @@ class SorStrategy(StrategyBase):
         if ctx.books is None:
             return self._next(order, ctx)
         params = params_of(order)
-        attempts = attempts_made(order, params, ctx.sent)
-        step, remainder = next_step(
-            order.amount, sent_children(order, params, ctx.sent), attempts, params.max_attempts
-        )
-        if step != "route":
+        attempts = attempts_made(order, params)
+        step, remainder = next_step(order.amount, order.children, attempts, params.max_attempts)
+        if step != "route" or deciding(order, params, ctx.sent):
             return self._next(order, ctx)  # the children changed while the books came
         _, event, children = decide(order, params, ctx.books, attempts, remainder)
         if not children:
@@ -274,17 +251,16 @@ class SorStrategy(StrategyBase):
                 events=(event,),
                 wake_at=None,
             )
-        # Their news wakes the parent (on_report); nothing to do until then.
-        return Plan(requests=tuple(children), events=(event,))
+        # Recorded on the parent before its children go out; the write that records it wakes
+        # the parent (on_report), which then waits for the children's news.
+        return Plan(decision=Decision(attempts, tuple(children), (event,)))
 
     def _next(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         params = params_of(order)
-        attempts = attempts_made(order, params, ctx.sent)
-        step, remainder = next_step(
-            order.amount, sent_children(order, params, ctx.sent), attempts, params.max_attempts
-        )
-        if step == "wait":
-            return Plan()
+        attempts = attempts_made(order, params)
+        step, remainder = next_step(order.amount, order.children, attempts, params.max_attempts)
+        if step == "wait" or (step == "route" and deciding(order, params, ctx.sent)):
+            return Plan()  # a live child, or this worker's decision not recorded yet
         if step == "route":
             return Plan(books=params.venues, depth=params.depth, wake_at=ctx.now)
         if remainder > 0:

@@ -23,6 +23,15 @@ then gets them in ``ctx.books`` (one :class:`VenueQuote` per venue, fetched by t
 with a timeout; a venue whose book could not be had comes empty, with the reason), and may
 carry order events to publish (``events``: e.g. a routing decision, for the audit trail).
 
+A plan may carry a :class:`~oms.orders.decisions.Decision` (``decision``: numbered child
+submits and the events telling about them) instead of publishing children itself: the
+scheduler sends it to the writer of the order's partition, which records it on the order
+(the children live, nothing filled) and only then publishes it, so a decision takes effect
+once even if another worker makes the same step's decision after a restart or rebalance.
+The steps recorded are in the order (:func:`~oms.orders.decisions.recorded_steps`); a
+decision sent and not recorded yet is in ``ctx.sent`` under
+:func:`~oms.orders.decisions.decision_key`.
+
 Its parameters are a pydantic model (``params_model``) read from the flat ``metadata`` keys.
 Plugins are loaded by :class:`~oms.algos.registry.StrategyRegistry`.
 """
@@ -35,6 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from oms.orders.decisions import Decision
 from oms.orders.routing import BookSnapshot
 from oms.schemas import InstrumentSpec, MarketTick, OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.rejection import Rejection
@@ -98,6 +108,9 @@ class Plan:
     depth: int = DEFAULT_BOOK_DEPTH
     # Order events to publish (each at most once per order, by event id), before the requests.
     events: tuple[OrderEvent, ...] = ()
+    # A decision to record on the order before its children and events go out (each step at
+    # most once per order from this worker; the order's writer applies each step once).
+    decision: Decision | None = None
 
     @classmethod
     def done(cls, *requests: OrderRequest) -> Plan:

@@ -111,13 +111,19 @@ class TriggerKind(StrEnum):
     # forget: ``details`` lists them (oms.orders.retention.PurgeBatch); ``order_id`` is one of
     # them, so the trigger reaches their partition's writer.
     PURGE = "purge"
+    # A strategy's decision about an order working through children (a routed order's
+    # attempt): recorded on the order before its children are published, so a decision takes
+    # effect once whoever makes it (oms.orders.decisions); ``details`` carries the step, the
+    # child requests and the events.
+    ROUTE = "route"
 
 
 class OrderTrigger(Record):
     """Internal command on ``order-triggers`` (keyed by order id): the trigger engine or the
     dispatcher asks the ``release`` agent, the table's writer for the order's partition, to
     release, expire or reject a held order. Applied only while the order is still held
-    (``waiting``, or ``queued`` for expire/reject), so a trigger sent twice acts once."""
+    (``waiting``, or ``queued`` for expire/reject), so a trigger sent twice acts once. (Other
+    kinds: linked orders' creations and facts, purges, strategies' decisions.)"""
 
     order_id: str
     kind: TriggerKind

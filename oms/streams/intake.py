@@ -21,6 +21,7 @@ from oms.algos.registry import StrategyRegistry
 from oms.algos.tuning_math import TOUCH_KEYS, touch_metadata
 from oms.auth.nonces import NonceStore
 from oms.lifecycle import review
+from oms.orders import decisions
 from oms.orders.experiments import Experiments
 from oms.orders.links import plan_children
 from oms.orders.params import (
@@ -211,6 +212,16 @@ async def _submit(
             ReasonCode.SCHEMA_INVALID,
             f"metadata.{twap.PARENT_KEY} is written by the OMS on the children an algorithm "
             "sends, not by requests",
+        )
+    elif enrol and decisions.DECISIONS_KEY in request.metadata:
+        # The decisions recorded on an order tell its strategy which children are out: a
+        # request carrying some would make its order wait for, or skip, attempts never made.
+        metadata = {k: v for k, v in request.metadata.items() if k != decisions.DECISIONS_KEY}
+        request = request.model_copy(update={"metadata": metadata})
+        enrolled = Rejection(
+            ReasonCode.SCHEMA_INVALID,
+            f"metadata.{decisions.DECISIONS_KEY} is written by the OMS when a strategy's "
+            "decision is recorded, not by requests",
         )
     if not isinstance(enrolled, Rejection):
         enrolled = _with_touch(ctx, enrolled)

@@ -4,6 +4,10 @@ Runs in the ``release`` agent on ``order-triggers``, co-partitioned with the req
 the table's writer for the order's partition (like ``intake`` and ``order_state``). A trigger
 acts only while the order is still held; a repeated trigger (sent again after a crash, or by
 two engines around a rebalance) finds the order moved on and does nothing.
+
+It also records strategies' decisions (``route`` triggers: a routed order's attempt) on the
+order before publishing their children, so a decision takes effect once whoever made it
+(:mod:`oms.orders.decisions`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from oms.algos import sor, twap
+from oms.orders import decisions
+from oms.orders.decisions import Verdict
 from oms.orders.links import (
     EPSILON,
     announce,
@@ -66,6 +72,9 @@ class ReleaseContext(AgentContext):
     retention: Retention | None = None
     # The configured venues (each one's instruments); None: the one default venue.
     venues: VenueRules | None = None
+    # Where a recorded decision's children go (internal commands of the algorithms); None:
+    # dropped (counted).
+    publish_request: Callable[[OrderRequest], Awaitable[None]] | None = None
 
 
 async def handle_trigger(
@@ -123,6 +132,22 @@ async def handle_trigger(
         ctx.count("link_facts")
         await _apply_link(ctx, order, trigger, replayed)
         return
+    if trigger.kind is TriggerKind.ROUTE:
+        try:
+            decision = decisions.from_trigger(trigger)
+            decisions.check(order, decision)
+        except (KeyError, TypeError, ValueError) as exc:  # ValidationError included
+            await ctx.reject_raw(
+                raw,
+                ReasonCode.SCHEMA_INVALID,
+                f"worker: route trigger without a valid decision: {exc!r}"[:500],
+                key=key,
+                partition=partition,
+                offset=offset,
+            )
+            return
+        await _apply_decision(ctx, order, decision, replayed)
+        return
     applicable = order.status is OrderStatus.WAITING or (
         order.status is OrderStatus.QUEUED and trigger.kind is not TriggerKind.RELEASE
     )
@@ -139,6 +164,50 @@ async def handle_trigger(
     else:
         code = trigger.reason_code or ReasonCode.INTERNAL_ERROR
         await _finish(ctx, order, trigger, OrderStatus.REJECTED, code)
+
+
+async def _apply_decision(
+    ctx: ReleaseContext, order: OrderRecord, decision: decisions.Decision, replayed: bool
+) -> None:
+    """Record a strategy's decision on its order, then publish its events and children; a
+    decision recorded already is published again (it was read again after a crash: intake
+    drops every child that went out), another one for a recorded step is ignored."""
+    verdict = decisions.judge(order, decision)
+    ctx.count(f"decisions_{verdict.value}")
+    if verdict is Verdict.NOT_WORKING:
+        log.info(
+            "release.decision_not_working",
+            order_id=order.order_id,
+            step=decision.step,
+            status=order.status.value,
+        )
+        return
+    if verdict is Verdict.CONFLICT:
+        # Two workers decided this step (an old owner's decision was on its way when the new
+        # one decided): the first recorded stands, the other never sends a child.
+        log.warning(
+            "release.decision_conflict",
+            order_id=order.order_id,
+            step=decision.step,
+            recorded=decisions.recorded_steps(order)[decision.step],
+            got=decisions.digest(decision.requests),
+        )
+        return
+    if verdict is Verdict.RECORD:
+        # Written before anything it decided goes out (nothing awaited in between).
+        order = decisions.record(order, decision, now_ms())
+        ctx.orders[order.order_id] = order
+    if verdict is Verdict.RECORD or replayed:
+        # Its events as of the recorded order; sent again when read again after a take-over,
+        # since the first emit may have been lost with the worker.
+        for event in decision.events:
+            await ctx.emit(decisions.stamped(event, order))
+    if ctx.publish_request is None:
+        ctx.count("decision_requests_dropped")
+        log.error("release.decision_requests_dropped", order_id=order.order_id)
+        return
+    for request in decision.requests:
+        await ctx.publish_request(request)
 
 
 async def _release(ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger) -> None:

@@ -239,6 +239,8 @@ class OrderWorker:
                 exchange, settings.exchange.venues, primary=settings.exchange.primary_venue
             ).quote,
             publish_event=outbox.event,
+            # A routed attempt goes to the parent's writer first (release), recorded there.
+            publish_trigger=outbox.trigger,
         )
         self.unacknowledged = UnacknowledgedSweep(
             submit_timeout_s=settings.worker.submit_timeout_s,
@@ -331,6 +333,8 @@ class OrderWorker:
             publish_trigger=outbox.trigger,
             retention=retention,
             venues=venues,
+            # The children of a strategy's decision, once recorded on its order.
+            publish_request=outbox.commands_of(InternalComponent.ALGO),
         )
         self.state = OrderStateContext(
             orders=observed,
