@@ -313,12 +313,15 @@ def _enrol(ctx: IntakeContext, request: OrderRequest, now: int) -> OrderRequest 
 
 
 def _with_touch(ctx: IntakeContext, request: OrderRequest) -> OrderRequest:
-    """A limit order with the touch at placement in its metadata (the OMS's word only: keys a
-    client sent are dropped)."""
+    """A limit order the execution statistics read (post-only, or an algorithm's child) with
+    the touch at placement in its metadata; on a limit order the keys are the OMS's word
+    only (keys a client sent are dropped). Other limit orders carry none: every write of an
+    order serialises its metadata again, and nothing would read them."""
     if request.order_type is not OrderType.LIMIT or request.instrument_name is None:
         return request
     metadata = {k: v for k, v in request.metadata.items() if k not in TOUCH_KEYS}
-    tick = ctx.touch(request.instrument_name) if ctx.touch is not None else None
+    read = request.post_only or twap.PARENT_KEY in request.metadata
+    tick = ctx.touch(request.instrument_name) if ctx.touch is not None and read else None
     if tick is not None:
         spec = ctx.instrument(request.instrument_name)
         metadata.update(

@@ -97,3 +97,15 @@ async def test_without_a_tick_a_clients_touch_keys_are_dropped_and_market_orders
     assert limit.metadata == {"note": "kept"}
     market = await _submit({PERP.instrument_name: TICK}, order_type="market")
     assert market.metadata == {}
+
+
+async def test_a_limit_order_no_statistic_reads_carries_no_touch() -> None:
+    # Neither post-only nor an algorithm's child: the fill and slippage statistics never
+    # read it, so its records do not carry the keys (a client's are still dropped).
+    order = await _submit(
+        {PERP.instrument_name: TICK},
+        order_type="limit",
+        price=49_990.0,
+        metadata={"touch_bid": 1.0, "note": "kept"},
+    )
+    assert order.metadata == {"note": "kept"}
