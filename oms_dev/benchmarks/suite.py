@@ -96,6 +96,27 @@ def _e2e_preload(orders: int, preload: int, timeout_s: float) -> Callable[[Statu
     return run
 
 
+def _route(orders: int, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
+    """The pure router's decisions/s, then single-venue against routed orders through a
+    two-venue stack (flattened: ``decisions.*`` and the stack's figures at the top)."""
+
+    def run(status: Status) -> dict[str, Any]:
+        from oms_dev.benchmarks.route import (
+            RouteConfig,
+            RouteE2EConfig,
+            run_route_bench,
+            run_route_e2e,
+        )
+
+        decisions = run_route_bench(RouteConfig())
+        with own_broker_env():
+            config = RouteE2EConfig(orders=orders)
+            e2e = _bounded(run_route_e2e(config, on_status=status), timeout_s)
+        return {"decisions": decisions, **e2e}
+
+    return run
+
+
 def _conditions(quick: bool, timeout_s: float) -> Callable[[Status], dict[str, Any]]:
     def run(status: Status) -> dict[str, Any]:
         from oms_dev.benchmarks.conditions import ConditionsConfig, run_conditions
@@ -293,6 +314,20 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                        target=25, target_kind="max"),
                 Figure("e2e-rate20", "worker CPU per order at 20/s", "worker_cpu_ms_per_order",
                        "ms", target=2, target_kind="max"),
+            ],
+        ),
+        Scenario(
+            "route",
+            _route(10 if quick else 40, limit),
+            1 if quick else min(reps, 2),
+            [
+                Figure("route", "routing decisions/s (3 venues, 10 levels)",
+                       "decisions.decisions_per_s", "/s"),
+                Figure("route", "single-venue order, publish to filled, p50",
+                       "single_venue_ms.p50", "ms"),
+                Figure("route", "routed order across two venues, publish to filled, p50",
+                       "routed_ms.p50", "ms"),
+                Figure("route", "latency a route adds, p50", "route_adds_ms.p50", "ms"),
             ],
         ),
     ]  # fmt: skip

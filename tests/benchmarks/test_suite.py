@@ -22,7 +22,7 @@ from oms_dev.benchmarks.suite import (
 def test_quick_runs_each_scenario_once_full_repeats() -> None:
     quick = scenarios(SuiteConfig(quick=True))
     full = scenarios(SuiteConfig(repetitions=3))
-    names = ["e2e", "e2e-rate20", "conditions", "notify", "positions", "queries", "memory"]
+    names = ["e2e", "e2e-rate20", "route", "conditions", "notify", "positions", "queries", "memory"]
     assert [s.name for s in quick] == names
     assert all(s.repetitions == 1 for s in quick)
     assert {"e2e-paced", "e2e-preload"} <= {s.name for s in full}
