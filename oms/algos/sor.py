@@ -46,7 +46,7 @@ from dataclasses import replace
 from typing import Any
 
 from oms.algos.strategy import Plan, StrategyBase, StrategyContext, VenueQuote
-from oms.algos.twap import CANCEL_WINDOW_MS
+from oms.algos.twap import CANCEL_WINDOW_MS, child_cancel
 from oms.orders.decisions import Decision, decision_key, recorded_steps
 from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, SOR, SorParams
 from oms.orders.routing import (
@@ -130,20 +130,8 @@ def end_request(parent: OrderRecord, reason: ReasonCode) -> OrderRequest:
 def children_cancels(parent: OrderRecord) -> list[OrderRequest]:
     """Cancels of a cancelled parent's children not heard of as done (a recorded child whose
     news has not come yet among them)."""
-    out = []
-    for child_id, entry in parent.children.items():
-        if entry[2]:
-            continue  # that child is done
-        out.append(
-            OrderRequest(
-                command=CommandType.CANCEL,
-                request_id=f"parent_cancelled.{child_id}",
-                account_id=parent.account_id,
-                order_id=child_id,
-                metadata={CANCEL_REASON_KEY: ReasonCode.LINKED_ORDER_CANCELLED.value},
-            )
-        )
-    return out
+    children = parent.children.items()
+    return [child_cancel(parent, child_id) for child_id, entry in children if not entry[2]]
 
 
 def venue_books(

@@ -350,13 +350,17 @@ def children_cancels(parent: OrderRecord, sent: Mapping[str, int]) -> list[Order
             continue
         if entry is not None and entry[2]:
             continue  # that child is done
-        out.append(
-            OrderRequest(
-                command=CommandType.CANCEL,
-                request_id=f"parent_cancelled.{child_id}",
-                account_id=parent.account_id,
-                order_id=child_id,
-                metadata={CANCEL_REASON_KEY: ReasonCode.LINKED_ORDER_CANCELLED.value},
-            )
-        )
+        out.append(child_cancel(parent, child_id))
     return out
+
+
+def child_cancel(parent: OrderRecord, child_id: str) -> OrderRequest:
+    """The cancel of one child of a cancelled parent (one request id per child: sent again,
+    it is a duplicate at intake)."""
+    return OrderRequest(
+        command=CommandType.CANCEL,
+        request_id=f"parent_cancelled.{child_id}",
+        account_id=parent.account_id,
+        order_id=child_id,
+        metadata={CANCEL_REASON_KEY: ReasonCode.LINKED_ORDER_CANCELLED.value},
+    )
