@@ -73,6 +73,18 @@ SEEN_REQUESTS_KEPT = 32
 
 _HELD = frozenset({OrderStatus.WAITING, OrderStatus.QUEUED})
 
+# Metadata keys only the OMS writes on an order, refused in a client's request.
+_OMS_KEYS = {
+    # A child's news is folded into the order it names: a client naming one would add its
+    # own fills to someone else's order.
+    twap.PARENT_KEY: "is written by the OMS on the children an algorithm sends, not by requests",
+    # The decisions recorded on an order tell its strategy which children are out: a request
+    # carrying some would make its order wait for, or skip, attempts never made.
+    decisions.DECISIONS_KEY: (
+        "is written by the OMS when a strategy's decision is recorded, not by requests"
+    ),
+}
+
 
 @dataclass(kw_only=True)
 class IntakeContext(AgentContext):
@@ -203,26 +215,12 @@ async def _submit(
                 await ctx.emit(_purged_duplicate_event(order_id, ended, request))
             return
     enrolled = _enrol(ctx, request, now) if enrol and links is None else request
-    if enrol and twap.PARENT_KEY in request.metadata:
-        # A child's news is folded into the order it names: a client naming one would add
-        # its own fills to someone else's order. The refused record does not name it either.
-        metadata = {k: v for k, v in request.metadata.items() if k != twap.PARENT_KEY}
+    forged = next((key for key in _OMS_KEYS if key in request.metadata), None) if enrol else None
+    if forged is not None:
+        # The refused record does not carry the key either.
+        metadata = {k: v for k, v in request.metadata.items() if k not in _OMS_KEYS}
         request = request.model_copy(update={"metadata": metadata})
-        enrolled = Rejection(
-            ReasonCode.SCHEMA_INVALID,
-            f"metadata.{twap.PARENT_KEY} is written by the OMS on the children an algorithm "
-            "sends, not by requests",
-        )
-    elif enrol and decisions.DECISIONS_KEY in request.metadata:
-        # The decisions recorded on an order tell its strategy which children are out: a
-        # request carrying some would make its order wait for, or skip, attempts never made.
-        metadata = {k: v for k, v in request.metadata.items() if k != decisions.DECISIONS_KEY}
-        request = request.model_copy(update={"metadata": metadata})
-        enrolled = Rejection(
-            ReasonCode.SCHEMA_INVALID,
-            f"metadata.{decisions.DECISIONS_KEY} is written by the OMS when a strategy's "
-            "decision is recorded, not by requests",
-        )
+        enrolled = Rejection(ReasonCode.SCHEMA_INVALID, f"metadata.{forged} {_OMS_KEYS[forged]}")
     if not isinstance(enrolled, Rejection):
         enrolled = _with_touch(ctx, enrolled)
     order = _record_from_request(request if isinstance(enrolled, Rejection) else enrolled)
