@@ -146,6 +146,10 @@ class AlgoScheduler:
                 await asyncio.wait_for(self._work.wait(), timeout)
             except TimeoutError:
                 pass
+        else:
+            # Work is due already: still let the event loop run everything else first, so
+            # a strategy that keeps asking to be called now costs CPU but starves nobody.
+            await asyncio.sleep(0)
         self._work.clear()
 
     async def run_once(self, now: int | None = None) -> None:

@@ -8,14 +8,17 @@ is the table, the clock is passed in.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
+
+import pytest
 
 from oms.algos.scheduler import AlgoScheduler
 from oms.algos.twap import child_request_id
 from oms.lifecycle.monitor import LifecycleMonitor, lifecycle_request_id
 from oms.orders.params import CANCEL_REASON_KEY, TwapParams
-from oms.schemas import OrderRecord, OrderRequest, OrderStatus, ReasonCode
+from oms.schemas import OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
 from oms.settings import LifecycleSettings
 from oms.streams.order_table import ObservedOrders
 from oms.streams.sweep import UnacknowledgedSweep
@@ -230,3 +233,23 @@ async def test_the_sweep_looks_up_an_unacknowledged_order_after_the_timeout() ->
     rig.put("sent", OrderStatus.OPEN, updated_at=T0 + 25_100)
     assert await rig.sweep.run_once(T0 + 10**9) == 0
     assert rig.reconciled == ["sent", "sent"]
+
+
+async def test_a_write_that_asks_for_work_now_wakes_the_algorithms() -> None:
+    rig = Rig()
+    # Nothing asked for: the pass waits (here, past the 50 ms the test gives it).
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(rig.algos.wait_for_work(10.0), 0.05)
+    params = TwapParams(duration_s=30, slices=3, lot=10.0)
+    meta = {**params.to_metadata(), "algo": "twap"}
+    now = now_ms()
+    rig.put("p", OrderStatus.OPEN, amount=30.0, metadata=meta, created_at=now, updated_at=now)
+    # Its first slice is due at once: the pass runs without waiting for the timer...
+    ran_first = asyncio.Event()
+    asyncio.get_running_loop().call_soon(ran_first.set)
+    await asyncio.wait_for(rig.algos.wait_for_work(10.0), 1.0)
+    # ...after the event loop ran what was ready (a strategy that keeps asking to be called
+    # now starves nobody).
+    assert ran_first.is_set()
+    await rig.algos.run_once()
+    assert [r.request_id for r in rig.published] == [child_request_id("p", 0)]
