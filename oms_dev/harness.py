@@ -217,10 +217,11 @@ class OmsServices:
         )
 
     def add_second_paper_exchange(
-        self, port: int, *, seed: int = 99, name: str = "paper-exchange-2"
+        self, port: int, *extra_args: str, seed: int = 99, name: str = "paper-exchange-2"
     ) -> ServiceProcess:
         """Another paper exchange (its own process, port, seeded market and state) with the
-        same accounts, as a second venue (:func:`with_second_venue`)."""
+        same accounts, as a second venue (:func:`with_second_venue`); ``extra_args`` go to
+        its command line."""
         return self.add(
             name,
             [
@@ -228,6 +229,7 @@ class OmsServices:
                 "--seed", str(seed),
                 "--accounts-file", str(self.settings.resolved_secrets_file),
                 "--state-dir", str(self.settings.data_dir / name),
+                *extra_args,
             ],
         )  # fmt: skip
 
@@ -312,6 +314,22 @@ async def paper_ready(settings: Settings, within: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def two_venues_ready(settings: Settings, second_port: int, *, keeper: bool) -> None:
+    """Wait until the second paper exchange answers, the worker has its instruments and,
+    with ``keeper``, the position keeper is ready (the stacks of the venue tests)."""
+    second = settings.model_copy(
+        update={"paper": settings.paper.model_copy(update={"port": second_port})}
+    )
+    await paper_ready(second, within=60)
+    await worker_ready(settings.worker.web_port, within=120)
+    if keeper:
+        await wait_http_ok(
+            f"http://127.0.0.1:{settings.positions.web_port}/health",
+            120,
+            ready=lambda body: bool(body.get("ready")) and body.get("instruments", 0) > 0,
+        )
 
 
 async def worker_ready(web_port: int, within: float = 90.0) -> None:

@@ -39,10 +39,8 @@ from oms_dev.devstack.net import free_port
 from oms_dev.harness import (
     OmsServices,
     isolated_settings,
-    paper_ready,
-    wait_http_ok,
+    two_venues_ready,
     with_second_venue,
-    worker_ready,
     write_account_secrets,
 )
 from tests.positions.helpers import TopicTail
@@ -83,31 +81,14 @@ async def stack(
     services.add_paper_exchange("--accounts-file", str(settings.resolved_secrets_file))
     # The second exchange's market stands still after its first quotes: an order inside its
     # spread stays the best price until the counter-order takes it.
-    services.add(
-        "paper-exchange-2",
-        [
-            "paper-exchange", "--host", "127.0.0.1", "--port", str(second_port),
-            "--seed", "99", "--tick-interval", "3600",
-            "--accounts-file", str(settings.resolved_secrets_file),
-            "--state-dir", str(tmp / "paper-2"),
-        ],
-    )  # fmt: skip
+    services.add_second_paper_exchange(second_port, "--tick-interval", "3600")
     services.add_gateway()
     services.add_worker(0, settings.worker.web_port)
     services.add_position_keeper()
     services.start_all()
     second_ws = f"ws://127.0.0.1:{second_port}/ws/api/v2"
     try:
-        second = settings.model_copy(
-            update={"paper": settings.paper.model_copy(update={"port": second_port})}
-        )
-        await paper_ready(second, within=60)
-        await worker_ready(settings.worker.web_port, within=120)
-        await wait_http_ok(
-            f"http://127.0.0.1:{settings.positions.web_port}/health",
-            120,
-            ready=lambda body: bool(body.get("ready")) and body.get("instruments", 0) > 0,
-        )
+        await two_venues_ready(settings, second_port, keeper=True)
     except BaseException:
         print(services.diagnostics())
         services.stop_all()

@@ -26,14 +26,13 @@ from oms.exchange.deribit.client import DeribitClient
 from oms.kafka.admin import ensure_topics
 from oms.schemas import OrderEvent, OrderEventType, OrderStatus, ReasonCode
 from oms.secrets import SecretStore
-from oms.settings import Settings, VenueSettings
+from oms.settings import Settings
 from oms_dev.devstack.net import free_port
 from oms_dev.harness import (
     OmsServices,
     isolated_settings,
-    paper_ready,
-    wait_http_ok,
-    worker_ready,
+    two_venues_ready,
+    with_second_venue,
     write_account_secrets,
 )
 
@@ -56,10 +55,6 @@ def _ws_url(http_url: str) -> str:
     return http_url.replace("http://", "ws://") + "/ws/api/v2"
 
 
-def _paper_settings(settings: Settings, port: int) -> Settings:
-    return settings.model_copy(update={"paper": settings.paper.model_copy(update={"port": port})})
-
-
 @pytest.fixture(scope="module")
 async def stack(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
@@ -67,15 +62,9 @@ async def stack(
     tmp: Path = tmp_path_factory.mktemp("venues")
     base = isolated_settings(tmp, kafka_bootstrap, [*ACCOUNTS, ROUTER], partitions=2, label="ven")
     second_port = free_port()
-    venues = {
-        "deribit": VenueSettings(),
-        SECOND: VenueSettings(
-            kind="ccxt", ccxt_id="deribit", url=f"http://127.0.0.1:{second_port}"
-        ),
-    }
+    base = with_second_venue(base, SECOND, second_port)  # the second one through ccxt
     settings = base.model_copy(
         update={
-            "exchange": base.exchange.model_copy(update={"venues": venues}),
             "worker": base.worker.model_copy(
                 update={"recovery_check_interval_s": 1.0, "submit_timeout_s": 3.0}
             ),
@@ -87,26 +76,13 @@ async def stack(
     services = OmsServices(settings, settings.data_dir / "logs")
     services.add_paper_exchange("--accounts-file", secrets_file)
     # The second exchange: its own process, port, market (seed) and state.
-    services.add(
-        "paper-exchange-2",
-        [
-            "paper-exchange", "--host", "127.0.0.1", "--port", str(second_port),
-            "--seed", "99", "--accounts-file", secrets_file,
-            "--state-dir", str(tmp / "paper-2"),
-        ],
-    )  # fmt: skip
+    services.add_second_paper_exchange(second_port)
     services.add_gateway()
     services.add_worker(0, settings.worker.web_port)
     services.add_position_keeper()
     services.start_all()
     try:
-        await paper_ready(_paper_settings(settings, second_port), within=60)
-        await worker_ready(settings.worker.web_port, within=120)
-        await wait_http_ok(
-            f"http://127.0.0.1:{settings.positions.web_port}/health",
-            120,
-            ready=lambda body: bool(body.get("ready")) and body.get("instruments", 0) > 0,
-        )
+        await two_venues_ready(settings, second_port, keeper=True)
     except BaseException:
         print(services.diagnostics())
         services.stop_all()
