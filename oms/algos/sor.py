@@ -48,8 +48,9 @@ from typing import Any
 from oms.algos.strategy import Plan, StrategyBase, StrategyContext, VenueQuote
 from oms.algos.twap import CANCEL_WINDOW_MS, child_cancel
 from oms.orders.decisions import Decision, decision_key, recorded_steps
-from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, SOR, SorParams
+from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, PARENT_WORKING, SOR, SorParams
 from oms.orders.routing import (
+    Direction,
     RoutePlan,
     VenueBook,
     child_request_id,
@@ -57,6 +58,7 @@ from oms.orders.routing import (
     next_step,
     routing_event,
     split,
+    venue_book,
 )
 from oms.orders.state_machine import transition
 from oms.schemas import (
@@ -72,8 +74,6 @@ from oms.schemas import (
 )
 from oms.schemas import Direction as OrderDirection
 from oms.schemas.rejection import Rejection
-
-_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 def is_sor(metadata: Mapping[str, Any]) -> bool:
@@ -135,20 +135,20 @@ def children_cancels(parent: OrderRecord) -> list[OrderRequest]:
 
 
 def venue_books(
-    direction: OrderDirection, venues: tuple[str, ...], quotes: Mapping[str, VenueQuote]
+    direction: Direction, venues: tuple[str, ...], quotes: Mapping[str, VenueQuote]
 ) -> list[VenueBook]:
     """What :func:`split` needs of each venue, in the parent's order of venues."""
     books = []
     for venue in venues:
         quote = quotes.get(venue) or VenueQuote(venue, error="no book")
-        side = quote.book.asks if direction is OrderDirection.BUY else quote.book.bids
         books.append(
-            VenueBook(
+            venue_book(
                 venue,
-                side,
-                taker_fee=quote.taker_fee,
+                quote.book,
+                direction,
                 lot=quote.lot,
                 tick=quote.tick,
+                taker_fee=quote.taker_fee,
                 entry_delay_s=quote.entry_delay_s,
             )
         )
@@ -164,9 +164,10 @@ def decide(
 ) -> tuple[RoutePlan, OrderEvent, list[OrderRequest]]:
     """One routing attempt: the split of ``remainder`` over the venues' books, its ``routed``
     event and its children (none when nothing could be placed)."""
-    books = venue_books(parent.direction, params.venues, quotes)
+    direction: Direction = "buy" if parent.direction is OrderDirection.BUY else "sell"
+    books = venue_books(direction, params.venues, quotes)
     plan = split(
-        "buy" if parent.direction is OrderDirection.BUY else "sell",
+        direction,
         remainder,
         books,
         limit_price=parent.price if parent.order_type is OrderType.LIMIT else None,
@@ -208,7 +209,7 @@ class SorStrategy(StrategyBase):
     def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """A working parent waits for its live children, else routes now; a cancelled one
         has its children cancelled (on the timer, at once)."""
-        if order.status in _WORKING:
+        if order.status in PARENT_WORKING:
             return self._next(order, ctx)
         if order.status is OrderStatus.CANCELLED:
             return Plan(wake_at=order.updated_at)
@@ -223,7 +224,7 @@ class SorStrategy(StrategyBase):
                 requests=tuple(children_cancels(order)),
                 wake_at=order.updated_at + self.cancel_window_ms + 1,
             )
-        if order.status not in _WORKING:
+        if order.status not in PARENT_WORKING:
             return Plan.done()
         if ctx.books is None:
             return self._next(order, ctx)

@@ -20,7 +20,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from oms.algos.strategy import Plan, StrategyBase, StrategyContext
-from oms.orders.params import ALGO_KEY, CANCEL_REASON_KEY, TWAP, TwapParams
+from oms.orders.params import (
+    ALGO_KEY,
+    CANCEL_REASON_KEY,
+    PARENT_KEY,
+    PARENT_WORKING,
+    TWAP,
+    TwapParams,
+)
 from oms.orders.state_machine import EPSILON, Outcome, Transition, make_event, transition
 from oms.schemas import (
     CommandType,
@@ -40,7 +47,6 @@ from oms.schemas import (
 from oms.schemas.rejection import Rejection
 
 CHILD_REPORT_PREFIX = "child:"
-PARENT_KEY = "parent_id"
 
 
 def is_twap(metadata: Mapping[str, Any]) -> bool:
@@ -260,7 +266,6 @@ def _exchange_state(status: OrderStatus) -> ExchangeOrderState:
 
 # Children of a parent cancelled this recently are still looked after (ms).
 CANCEL_WINDOW_MS = 120_000
-_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class TwapStrategy(StrategyBase):
@@ -302,7 +307,7 @@ class TwapStrategy(StrategyBase):
     def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """A working parent waits for its next slice; a cancelled one has its children
         cancelled (on the timer, at once); any other is left alone."""
-        if order.status in _WORKING:
+        if order.status in PARENT_WORKING:
             return Plan(wake_at=next_slice_at(order, sent=_sent_indexes(order, ctx.sent)))
         if order.status is OrderStatus.CANCELLED:
             return Plan(wake_at=order.updated_at)
@@ -311,7 +316,7 @@ class TwapStrategy(StrategyBase):
     def on_timer(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """Publish the due slices of a working parent; cancel the live children of a
         cancelled one (for a while after it was cancelled)."""
-        if order.status in _WORKING:
+        if order.status in PARENT_WORKING:
             sent = _sent_indexes(order, ctx.sent)
             due = [
                 (index, amount)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from oms.orders.routing import PARENT_KEY
-from oms.schemas import CommandType, OrderEvent, OrderRecord, OrderRequest, OrderStatus
+from oms.orders.params import PARENT_KEY, PARENT_WORKING
+from oms.schemas import CommandType, OrderEvent, OrderRecord, OrderRequest
 from oms.schemas.conditions import OrderTrigger, TriggerKind
 
 # The order's metadata key listing the digests of its recorded decisions, comma-separated,
@@ -46,8 +46,6 @@ DECISIONS_KEY = "algo_decisions"
 UNKNOWN_STEP = "-"
 # The most steps one order records (state bounded; a routed order makes at most 20).
 MAX_STEPS = 64
-# Statuses in which an order works through children.
-WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def check(order: OrderRecord, decision: Decision) -> None:
 
 def judge(order: OrderRecord, decision: Decision) -> Verdict:
     """What the partition writer does with ``decision`` about ``order`` (as it is now)."""
-    if order.status not in WORKING:
+    if order.status not in PARENT_WORKING:
         return Verdict.NOT_WORKING
     steps = recorded_steps(order)
     if decision.step >= len(steps):

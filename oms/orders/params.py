@@ -21,12 +21,17 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from oms.schemas import ReasonCode
+from oms.schemas import OrderStatus, ReasonCode
 from oms.schemas.base import MetadataValue
 from oms.schemas.rejection import Rejection
 from oms.settings import LifecycleSettings
 
 ALGO_KEY = "algo"
+# The metadata key naming a child's parent: an algorithm's children (TWAP's slices, a routed
+# order's per-venue children) carry it, and their news folds into that order.
+PARENT_KEY = "parent_id"
+# The statuses in which a parent works through its children.
+PARENT_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 # The version of the strategy an order started with (set by intake, never by the client):
 # the order keeps running that version while it is in flight, whatever is loaded later.
 ALGO_VERSION_KEY = "algo_version"

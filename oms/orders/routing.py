@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from oms.orders.params import PARENT_KEY
 from oms.orders.state_machine import make_event
 from oms.schemas import (
     CommandType,
-    InstrumentSpec,
     OrderEvent,
     OrderEventType,
     OrderRecord,
@@ -40,8 +40,6 @@ Direction = Literal["buy", "sell"]
 EPSILON = 1e-9
 # Deribit's taker fee on perpetuals and futures (0.05%), the default of a venue.
 DERIBIT_TAKER_FEE = 0.0005
-# The metadata key naming a child's parent (the same one TWAP's slices carry).
-PARENT_KEY = "parent_id"
 # Levels per side a decision event records (the books are bounded in the event).
 RECORDED_LEVELS = 5
 
@@ -264,19 +262,20 @@ def venue_book(
     venue: str,
     snapshot: BookSnapshot,
     direction: Direction,
-    spec: InstrumentSpec,
     *,
+    lot: float,
+    tick: float,
     taker_fee: float = DERIBIT_TAKER_FEE,
     entry_delay_s: float = 0.0,
 ) -> VenueBook:
     """What :func:`split` needs of one venue: the side of its book the order takes, its fee,
-    and its own instrument's lot and tick."""
+    and its own instrument's lot (minimum trade amount) and tick."""
     return VenueBook(
         venue,
         snapshot.side(direction),
         taker_fee=taker_fee,
-        lot=spec.min_trade_amount,
-        tick=spec.tick_size,
+        lot=lot,
+        tick=tick,
         entry_delay_s=entry_delay_s,
     )
 

@@ -242,12 +242,13 @@ def test_venue_book_from_a_snapshot_and_the_venues_instrument() -> None:
         instrument_name="BTC-PERPETUAL", kind="future", base_currency="BTC",
         quote_currency="USD", tick_size=0.5, contract_size=10, min_trade_amount=10,
     )  # fmt: skip
-    built = venue_book("b", snapshot, "buy", spec, taker_fee=0.0002, entry_delay_s=0.1)
+    terms = {"lot": spec.min_trade_amount, "tick": spec.tick_size}
+    built = venue_book("b", snapshot, "buy", **terms, taker_fee=0.0002, entry_delay_s=0.1)
     assert built == VenueBook(
         "b", (Level(100.0, 5), Level(100.5, 7)), taker_fee=0.0002, lot=10, tick=0.5,
         entry_delay_s=0.1,
     )  # fmt: skip
-    assert venue_book("b", snapshot, "sell", spec).levels == snapshot.bids
+    assert venue_book("b", snapshot, "sell", **terms).levels == snapshot.bids
 
 
 def test_next_step_waits_reroutes_and_ends() -> None:
