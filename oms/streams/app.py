@@ -29,6 +29,7 @@ from faust.types import TP
 
 from oms.kafka.codecs import OrderRecordValue
 from oms.kafka.faust_worker import new_faust_app
+from oms.kafka.tables import KeyPartitionedTable
 from oms.schemas import Topic
 from oms.settings import Settings
 
@@ -57,7 +58,8 @@ class OmsApp:
 def create_app(settings: Settings) -> OmsApp:
     """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
     worker = settings.worker
-    app = new_faust_app(settings, worker.app_id, worker.web_port)
+    # Tables written by order id from anywhere in the worker, not only inside agents.
+    app = new_faust_app(settings, worker.app_id, worker.web_port, Table=KeyPartitionedTable)
     orders = app.Table(
         "orders",
         default=None,

@@ -52,6 +52,12 @@ class Outbox:
         """An execution report, for the order-state agent."""
         await self.send(self._reports, report.order_id.encode(), report.to_bytes())
 
+    async def report_durably(self, report: ExecutionReport) -> None:
+        """An execution report, returning once the broker has it (all in-sync replicas)."""
+        await self._app.producer.send_and_wait(
+            self._reports, report.order_id.encode(), report.to_bytes(), None, None, None
+        )
+
     async def trigger(self, trigger: OrderTrigger) -> None:
         """A release, expiry or refusal of a held order, for the release agent."""
         await self.send(self._triggers, trigger.order_id.encode(), trigger.to_bytes())

@@ -74,7 +74,7 @@ from oms.streams.edge import CommandRoute, EdgeContext, handle_external
 from oms.streams.execution import InflightCommands, OrderExecutor
 from oms.streams.held_orders import HeldOrders
 from oms.streams.intake import IntakeContext, apply_command, handle_command, submit_linked
-from oms.streams.order_state import OrderStateContext, handle_report
+from oms.streams.order_state import OrderStateContext, ReportRoute, apply_news, handle_report
 from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
 from oms.streams.purge import PurgeTimer, Retention
@@ -152,11 +152,22 @@ class OrderWorker:
             owns=self.ownership.owns,
             currency_of=catalog.currency_of,
         )
+        # The answers of this worker's commands are applied where they arrive when it owns
+        # the order's partition (no round trip through execution-reports).
+        self._report_partitions: frozenset[int] = frozenset()
+        self.report_route = ReportRoute(
+            apply=lambda report: apply_news(self.state, report, replayed=False),
+            publish=outbox.report,
+            publish_durably=outbox.report_durably,
+            partitions=partitions,
+            owned_partitions=lambda: self._report_partitions,
+            ready=self._settled,
+        )
         self.executor = executor = OrderExecutor(
             exchange,
             lookup,
             commands,
-            outbox.report,
+            self.report_route,
             settings.lifecycle,
             on_missing=reconciler.missed,
             on_command=self.metrics.observe_command,
@@ -391,17 +402,20 @@ class OrderWorker:
         order: OrderRecord | None = self.oms.orders.get(order_id)
         return order
 
-    def _can_reconcile(self) -> bool:
-        """Instruments loaded (the currency of each lookup comes from them), no rebalance
-        and no table recovery under way."""
+    def _settled(self) -> bool:
+        """No rebalance and no table recovery under way."""
         app = self.app
         recovery: Any = getattr(app.tables, "recovery", None)
         return not (
-            not len(self.catalog)
-            or getattr(app, "rebalancing", False)
+            getattr(app, "rebalancing", False)
             or getattr(app, "in_recovery", False)
             or (recovery is not None and not recovery.completed.is_set())
         )
+
+    def _can_reconcile(self) -> bool:
+        """Instruments loaded (the currency of each lookup comes from them), no rebalance
+        and no table recovery under way."""
+        return bool(len(self.catalog)) and self._settled()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: instruments loaded and not in the middle of a rebalance. (A worker
@@ -494,9 +508,12 @@ class OrderWorker:
             highwaters = await app.consumer.highwaters(*tps)
             for tp, offset in highwaters.items():
                 self._replay_below[(tp.topic, tp.partition)] = offset
+            commands = self.oms.active_partitions(commands_name)
             self._direct_partitions = frozenset(
-                self.oms.active_partitions(commands_name)
-                & self.oms.active_partitions(self._requests_topic)
+                commands & self.oms.active_partitions(self._requests_topic)
+            )
+            self._report_partitions = frozenset(
+                commands & self.oms.active_partitions(self._reports_topic)
             )
             log.info(
                 "worker.partitions_assigned",
@@ -507,6 +524,7 @@ class OrderWorker:
 
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             self._direct_partitions = frozenset()
+            self._report_partitions = frozenset()
             self.lifecycle.partitions_revoked(
                 {tp.partition for tp in revoked if tp.topic == commands_name}
             )
@@ -611,7 +629,11 @@ class OrderWorker:
                         "commands_published": self.command_route.published,
                     },
                     "intake": self.intake.counters,
-                    "order_state": self.state.counters,
+                    "order_state": {
+                        **self.state.counters,
+                        "reports_applied_directly": self.report_route.applied,
+                        "reports_published": self.report_route.published,
+                    },
                     "executor": self.executor.stats,
                     "reconcile": self.reconciler.snapshot(),
                     "release": self.release.counters,

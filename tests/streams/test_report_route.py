@@ -1,0 +1,97 @@
+"""Where the answers of the worker's own commands go (``ReportRoute``): applied in the
+process that owns the order's partition, published on execution-reports otherwise, and
+published first whenever they carry fills (the position keeper reads fills from there)."""
+
+from __future__ import annotations
+
+from oms.kafka.partitioning import partition_of
+from oms.schemas import ExchangeOrderState, ExecutionReport, ReportSource
+from oms.schemas.execution import Fill
+from oms.streams.order_state import ReportRoute
+
+PARTITIONS = 8
+
+
+def report(order_id: str, *, fills: int = 0) -> ExecutionReport:
+    return ExecutionReport(
+        report_id=f"{order_id}:rpc",
+        order_id=order_id,
+        account_id="acc",
+        source=ReportSource.RPC,
+        instrument_name="BTC-PERPETUAL",
+        order_state=ExchangeOrderState.FILLED if fills else ExchangeOrderState.OPEN,
+        fills=[Fill(trade_id=f"t{i}", amount=10, price=100.0) for i in range(fills)],
+    )
+
+
+class Route:
+    """A route whose outputs are recorded in the order they happen."""
+
+    def __init__(self, owned: set[int], *, ready: bool = True) -> None:
+        self.owned = owned
+        self.ready = ready
+        self.calls: list[tuple[str, str]] = []
+        # Partitions taken away while the broker answers a durable publish.
+        self.revoke_on_publish: set[int] = set()
+
+        async def apply(r: ExecutionReport) -> None:
+            self.calls.append(("applied", r.report_id))
+
+        async def publish(r: ExecutionReport) -> None:
+            self.calls.append(("published", r.report_id))
+
+        async def publish_durably(r: ExecutionReport) -> None:
+            self.calls.append(("published_durably", r.report_id))
+            self.owned -= self.revoke_on_publish
+
+        self.route = ReportRoute(
+            apply=apply,
+            publish=publish,
+            publish_durably=publish_durably,
+            partitions=PARTITIONS,
+            owned_partitions=lambda: frozenset(self.owned),
+            ready=lambda: self.ready,
+        )
+
+
+async def test_an_answer_without_fills_on_an_owned_partition_is_applied_and_not_published() -> (
+    None
+):
+    r = report("o-1")
+    route = Route({partition_of("o-1", PARTITIONS)})
+    await route.route(r)
+    assert route.calls == [("applied", r.report_id)]
+    assert (route.route.applied, route.route.published) == (1, 0)
+
+
+async def test_an_answer_with_fills_reaches_the_broker_before_it_is_applied() -> None:
+    r = report("o-2", fills=2)
+    route = Route({partition_of("o-2", PARTITIONS)})
+    await route.route(r)
+    assert route.calls == [("published_durably", r.report_id), ("applied", r.report_id)]
+
+
+async def test_an_order_of_another_worker_goes_through_the_topic() -> None:
+    r = report("o-3")
+    mine = partition_of("o-3", PARTITIONS)
+    route = Route(set(range(PARTITIONS)) - {mine})
+    await route.route(r)
+    assert route.calls == [("published", r.report_id)]
+    assert (route.route.applied, route.route.published) == (0, 1)
+
+
+async def test_while_rebalancing_every_answer_goes_through_the_topic() -> None:
+    r = report("o-4")
+    route = Route(set(range(PARTITIONS)), ready=False)
+    await route.route(r)
+    assert route.calls == [("published", r.report_id)]
+
+
+async def test_a_partition_lost_while_the_broker_answered_is_left_to_its_new_owner() -> None:
+    r = report("o-5", fills=1)
+    mine = partition_of("o-5", PARTITIONS)
+    route = Route({mine})
+    route.revoke_on_publish = {mine}
+    await route.route(r)
+    assert route.calls == [("published_durably", r.report_id)]
+    assert (route.route.applied, route.route.published) == (0, 1)
