@@ -12,9 +12,11 @@ Data flows one way::
 
 The stateless ``edge`` authenticates traders' requests and routes each to its order's
 partition of ``order-commands``, where the OMS's own commands also go. ``intake`` validates
-and records, the executor talks to the exchange in the background,
-and every answer comes back through ``execution-reports`` to ``order_state``, the only
-agent that applies exchange news to the table. Waiting orders (delayed, conditional) are
+and records, the executor talks to the exchange in the background. The exchange's streams
+(through the gateway) come back on ``execution-reports`` to ``order_state``, the agent that
+applies exchange news to the table; the answers of the worker's own commands are applied
+where they arrive when the worker owns the order's partition (``order_state.ReportRoute``),
+and go through ``execution-reports`` otherwise or when they carry fills. Waiting orders (delayed, conditional) are
 released by the trigger engine through ``order-triggers`` to the ``release`` agent, which
 moves them into the priority queues; the dispatcher drains those at the rate limit.
 """

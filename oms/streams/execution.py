@@ -1,9 +1,11 @@
 """Where an order is executed: commands go to the exchange, answers come back as reports.
 
 The executor never writes order state itself. Every outcome (acknowledgement, fills,
-refusal) is published as an :class:`ExecutionReport` on ``execution-reports`` and applied by
-the order-state agent, so there is exactly one writer of state and one path for news,
-whether it came from our RPC, the ``user.orders`` stream, or a reconciliation.
+refusal) is an :class:`ExecutionReport` handed to its ``publish``, and applied by the
+order-state code (:func:`~oms.streams.order_state.apply_news`), so there is one way news
+changes an order, whether it came from our RPC, the ``user.orders`` stream, or a
+reconciliation. In the worker ``publish`` is a :class:`~oms.streams.order_state.ReportRoute`:
+applied in place when the worker owns the order, through ``execution-reports`` otherwise.
 
 Exactly-once towards the exchange: our order id is the exchange's client order id (Deribit's
 ``label``). A submit whose
