@@ -14,11 +14,13 @@ The stateless ``edge`` authenticates traders' requests and routes each to its or
 partition of ``order-commands``, where the OMS's own commands also go. ``intake`` validates
 and records, the executor talks to the exchange in the background. The exchange's streams
 (through the gateway) come back on ``execution-reports`` to ``order_state``, the agent that
-applies exchange news to the table; the answers of the worker's own commands are applied
-where they arrive when the worker owns the order's partition (``order_state.ReportRoute``),
-and go through ``execution-reports`` otherwise or when they carry fills. Waiting orders (delayed, conditional) are
-released by the trigger engine through ``order-triggers`` to the ``release`` agent, which
+applies exchange news to the table. Waiting orders (delayed, conditional) are released by the
+trigger engine through ``order-triggers`` to the ``release`` agent, which
 moves them into the priority queues; the dispatcher drains those at the rate limit.
+
+The answers of the worker's own commands and what its own engine fires concern orders the
+worker usually owns: those are applied in place (:mod:`oms.streams.in_place`), and take the
+topics above only when the order's partition is elsewhere (or, for a report with fills, also).
 """
 
 from __future__ import annotations

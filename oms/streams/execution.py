@@ -4,7 +4,7 @@ The executor never writes order state itself. Every outcome (acknowledgement, fi
 refusal) is an :class:`ExecutionReport` handed to its ``publish``, and applied by the
 order-state code (:func:`~oms.streams.order_state.apply_news`), so there is one way news
 changes an order, whether it came from our RPC, the ``user.orders`` stream, or a
-reconciliation. In the worker ``publish`` is a :class:`~oms.streams.order_state.ReportRoute`:
+reconciliation. In the worker ``publish`` is an :class:`~oms.streams.in_place.InPlaceRoute`:
 applied in place when the worker owns the order, through ``execution-reports`` otherwise.
 
 Exactly-once towards the exchange: our order id is the exchange's client order id (Deribit's

@@ -3,10 +3,10 @@
 News comes two ways. The gateway's (the exchange's order and trade streams), the
 reconciliation's and a child order's news for its parent arrive on ``execution-reports`` and
 are applied by the ``order_state`` agent (:func:`handle_report`). The answers of this worker's
-own commands are applied where they are received, when this worker owns the order's partition
-(:class:`ReportRoute`), instead of a round trip through the topic; otherwise they go through
-the topic too. Both ways end in :func:`apply_news`, which is idempotent: the same report
-applied twice changes nothing the second time.
+own commands are applied where they are received when this worker owns the order's partition
+(:class:`~oms.streams.in_place.InPlaceRoute`), instead of a round trip through the topic;
+otherwise they go through the topic too. Both ways end in :func:`apply_news`, which is
+idempotent: the same report applied twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import structlog
 
 from oms.algos import twap
-from oms.kafka.partitioning import partition_of
 from oms.orders.links import facts_about
 from oms.orders.retention import FinishedOrders
 from oms.orders.state_machine import Outcome, apply_report, lost_alert, reannouncement
@@ -125,58 +124,3 @@ async def apply_news(ctx: OrderStateContext, report: ExecutionReport, *, replaye
         if forward is not None:
             await ctx.publish_report(forward)
 
-
-class ReportRoute:
-    """Where the executor's reports go: applied here when this worker owns the order's
-    partition and is not rebalancing, published on ``execution-reports`` otherwise.
-
-    A report applied here that carries fills is still published, and applied only once the
-    broker has it: the position keeper and the history read fills from that topic, and the
-    order-state agent reading it back finds nothing new. A report without fills (an
-    acknowledgement, a refusal, a cancel, the dispatch of a queued order) is not published at
-    all: nothing else reads it, and its effect is durable as the order's new state on the
-    table's changelog and its order event. Should the worker die before the changelog has
-    it, the order is still ``submitted`` there, and its next owner's sweep of unacknowledged
-    orders looks it up by label, as for any reply lost on the way.
-    """
-
-    def __init__(
-        self,
-        *,
-        apply: Callable[[ExecutionReport], Awaitable[None]],
-        publish: Callable[[ExecutionReport], Awaitable[None]],
-        publish_durably: Callable[[ExecutionReport], Awaitable[None]],
-        partitions: int,
-        owned_partitions: Callable[[], frozenset[int]],
-        ready: Callable[[], bool],
-    ) -> None:
-        self._apply = apply
-        self._publish = publish
-        self._publish_durably = publish_durably
-        self._partitions = partitions
-        self._owned_partitions = owned_partitions
-        self._ready = ready
-        self.applied = 0
-        self.published = 0
-
-    def _owned(self, order_id: str) -> bool:
-        return partition_of(order_id, self._partitions) in self._owned_partitions() and (
-            self._ready()
-        )
-
-    async def __call__(self, report: ExecutionReport) -> None:
-        if not self._owned(report.order_id):
-            self.published += 1
-            await self._publish(report)
-            return
-        if report.fills:
-            await self._publish_durably(report)
-            # The partition may have moved while the broker answered: then its new owner
-            # applies the report from the topic.
-            if not self._owned(report.order_id):
-                self.published += 1
-                return
-        self.applied += 1
-        # No await between the ownership check and the write (apply_news reads and writes
-        # the order first).
-        await self._apply(report)

@@ -120,13 +120,7 @@ async def handle_trigger(
             await ctx.create(request, links, replayed)
         return
     if order is None:
-        if ctx.retention is not None and ctx.retention.finished.get(trigger.order_id) is not None:
-            # A fact about an order that ended and left the table: it had nothing left to do.
-            ctx.count("triggers_purged_order")
-            log.info("release.purged_order", order_id=trigger.order_id, kind=trigger.kind.value)
-            return
-        ctx.count("triggers_unknown_order")
-        log.warning("release.unknown_order", order_id=trigger.order_id)
+        _order_gone(ctx, trigger)
         return
     if trigger.kind is TriggerKind.LINK:
         ctx.count("link_facts")
@@ -148,6 +142,37 @@ async def handle_trigger(
             return
         await _apply_decision(ctx, order, decision, replayed)
         return
+    await _apply_to_held(ctx, order, trigger, replayed)
+
+
+async def apply_fired(ctx: ReleaseContext, trigger: OrderTrigger, *, replayed: bool) -> None:
+    """Apply a release, expiry or refusal of a held order that this process decided (its
+    trigger engine or dispatcher), without a trip through ``order-triggers``.
+
+    The order is read and written before the first ``await``, so a caller that checked just
+    before calling that it owns the order's partition still owns it at the write."""
+    order: OrderRecord | None = ctx.orders.get(trigger.order_id)
+    if order is None:
+        _order_gone(ctx, trigger)
+        return
+    await _apply_to_held(ctx, order, trigger, replayed)
+
+
+def _order_gone(ctx: ReleaseContext, trigger: OrderTrigger) -> None:
+    """A trigger for an order that is not in the table: counted and logged, never invented."""
+    if ctx.retention is not None and ctx.retention.finished.get(trigger.order_id) is not None:
+        # A fact about an order that ended and left the table: it had nothing left to do.
+        ctx.count("triggers_purged_order")
+        log.info("release.purged_order", order_id=trigger.order_id, kind=trigger.kind.value)
+        return
+    ctx.count("triggers_unknown_order")
+    log.warning("release.unknown_order", order_id=trigger.order_id)
+
+
+async def _apply_to_held(
+    ctx: ReleaseContext, order: OrderRecord, trigger: OrderTrigger, replayed: bool
+) -> None:
+    """Release, expire or refuse a held (waiting or queued) order."""
     applicable = order.status is OrderStatus.WAITING or (
         order.status is OrderStatus.QUEUED and trigger.kind is not TriggerKind.RELEASE
     )

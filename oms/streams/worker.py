@@ -64,8 +64,9 @@ from oms.orders.indexes import OrdersInStatus
 from oms.orders.priority_queue import PriorityQueues
 from oms.orders.retention import FinishedOrders, PurgeSchedule, RetentionPolicy
 from oms.risk.runtime import IntakeGuard
-from oms.schemas import OrderRecord, now_ms
+from oms.schemas import ExecutionReport, OrderRecord, now_ms
 from oms.schemas.commands import InternalComponent
+from oms.schemas.conditions import OrderTrigger
 from oms.secrets import SecretStore, SigningKeys
 from oms.settings import Settings
 from oms.streams.app import OmsApp, create_app
@@ -73,12 +74,13 @@ from oms.streams.dispatcher import Dispatcher
 from oms.streams.edge import CommandRoute, EdgeContext, handle_external
 from oms.streams.execution import InflightCommands, OrderExecutor
 from oms.streams.held_orders import HeldOrders
+from oms.streams.in_place import InPlaceRoute
 from oms.streams.intake import IntakeContext, apply_command, handle_command, submit_linked
-from oms.streams.order_state import OrderStateContext, ReportRoute, apply_news, handle_report
+from oms.streams.order_state import OrderStateContext, apply_news, handle_report
 from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
 from oms.streams.purge import PurgeTimer, Retention
-from oms.streams.release import ReleaseContext, handle_trigger
+from oms.streams.release import ReleaseContext, apply_fired, handle_trigger
 from oms.streams.sweep import UnacknowledgedSweep
 from oms.streams.triggering import TriggerLoop
 from oms.streams.venue_quotes import VenueQuotes
@@ -153,14 +155,16 @@ class OrderWorker:
             currency_of=catalog.currency_of,
         )
         # The answers of this worker's commands are applied where they arrive when it owns
-        # the order's partition (no round trip through execution-reports).
-        self._report_partitions: frozenset[int] = frozenset()
-        self.report_route = ReportRoute(
+        # the order's partition (no round trip through execution-reports); those with fills
+        # are published first, for the position keeper and the history.
+        self._in_place_partitions: frozenset[int] = frozenset()
+        self.report_route: InPlaceRoute[ExecutionReport] = InPlaceRoute(
             apply=lambda report: apply_news(self.state, report, replayed=False),
             publish=outbox.report,
             publish_durably=outbox.report_durably,
+            also_published=lambda report: bool(report.fills),
             partitions=partitions,
-            owned_partitions=lambda: self._report_partitions,
+            owned_partitions=lambda: self._in_place_partitions,
             ready=self._settled,
         )
         self.executor = executor = OrderExecutor(
@@ -192,7 +196,15 @@ class OrderWorker:
         queues = PriorityQueues(
             settings.queue.priority_levels, reduce_only_as_high=settings.queue.reduce_only_as_high
         )
-        self.trigger_loop = trigger_loop = TriggerLoop(engine, outbox.trigger)
+        # What the engine fires is applied in place too (no trip through order-triggers).
+        self.trigger_route: InPlaceRoute[OrderTrigger] = InPlaceRoute(
+            apply=lambda trigger: apply_fired(self.release, trigger, replayed=False),
+            publish=outbox.trigger,
+            partitions=partitions,
+            owned_partitions=lambda: self._in_place_partitions,
+            ready=self._settled,
+        )
+        self.trigger_loop = trigger_loop = TriggerLoop(engine, self.trigger_route)
         self.dispatcher = dispatcher = Dispatcher(
             queues,
             order_of=self._order_of,
@@ -512,8 +524,10 @@ class OrderWorker:
             self._direct_partitions = frozenset(
                 commands & self.oms.active_partitions(self._requests_topic)
             )
-            self._report_partitions = frozenset(
-                commands & self.oms.active_partitions(self._reports_topic)
+            self._in_place_partitions = frozenset(
+                commands
+                & self.oms.active_partitions(self._reports_topic)
+                & self.oms.active_partitions(self._triggers_topic)
             )
             log.info(
                 "worker.partitions_assigned",
@@ -524,7 +538,7 @@ class OrderWorker:
 
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             self._direct_partitions = frozenset()
-            self._report_partitions = frozenset()
+            self._in_place_partitions = frozenset()
             self.lifecycle.partitions_revoked(
                 {tp.partition for tp in revoked if tp.topic == commands_name}
             )
@@ -636,7 +650,11 @@ class OrderWorker:
                     },
                     "executor": self.executor.stats,
                     "reconcile": self.reconciler.snapshot(),
-                    "release": self.release.counters,
+                    "release": {
+                        **self.release.counters,
+                        "triggers_applied_directly": self.trigger_route.applied,
+                        "triggers_published": self.trigger_route.published,
+                    },
                     "dispatcher": self.dispatcher.stats,
                     "tick_feed": self.tick_feed.stats(),
                     "market": self.market.stats(),

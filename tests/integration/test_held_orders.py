@@ -169,6 +169,14 @@ async def test_conditions_trigger_on_the_right_tick(stack: tuple[Settings, OmsSe
             ]
     counts = await exchange_orders_by_label(settings, {"acc-q": list(ids.values())})
     assert all(counts[i] == 1 for i in ids.values()), counts
+    # The worker holds every partition: what its engine fired was applied in place.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{settings.worker.web_port}/stats") as r,
+    ):
+        release = (await r.json())["release"]
+    assert release["triggers_applied_directly"] >= len(ids)
+    assert release["triggers_published"] == 0
 
 
 async def test_trailing_stop_through_the_pipeline(stack: tuple[Settings, OmsServices]) -> None:

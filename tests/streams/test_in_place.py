@@ -1,4 +1,4 @@
-"""Where the answers of the worker's own commands go (``ReportRoute``): applied in the
+"""Where the answers of the worker's own commands go (``InPlaceRoute``): applied in the
 process that owns the order's partition, published on execution-reports otherwise, and
 published first whenever they carry fills (the position keeper reads fills from there)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from oms.kafka.partitioning import partition_of
 from oms.schemas import ExchangeOrderState, ExecutionReport, ReportSource
 from oms.schemas.execution import Fill
-from oms.streams.order_state import ReportRoute
+from oms.streams.in_place import InPlaceRoute
 
 PARTITIONS = 8
 
@@ -44,10 +44,11 @@ class Route:
             self.calls.append(("published_durably", r.report_id))
             self.owned -= self.revoke_on_publish
 
-        self.route = ReportRoute(
+        self.route: InPlaceRoute[ExecutionReport] = InPlaceRoute(
             apply=apply,
             publish=publish,
             publish_durably=publish_durably,
+            also_published=lambda r: bool(r.fills),
             partitions=PARTITIONS,
             owned_partitions=lambda: frozenset(self.owned),
             ready=lambda: self.ready,
@@ -95,3 +96,34 @@ async def test_a_partition_lost_while_the_broker_answered_is_left_to_its_new_own
     await route.route(r)
     assert route.calls == [("published_durably", r.report_id)]
     assert (route.route.applied, route.route.published) == (0, 1)
+
+
+async def test_records_nobody_else_reads_are_never_published_when_applied_in_place() -> None:
+    """A route without ``also_published`` (the engine's triggers) applies an owned record and
+    publishes nothing."""
+    from oms.schemas.conditions import OrderTrigger, TriggerKind
+
+    seen: list[tuple[str, str]] = []
+
+    async def apply(t: OrderTrigger) -> None:
+        seen.append(("applied", t.order_id))
+
+    async def publish(t: OrderTrigger) -> None:
+        seen.append(("published", t.order_id))
+
+    owned = {partition_of("o-6", PARTITIONS)}
+    route: InPlaceRoute[OrderTrigger] = InPlaceRoute(
+        apply=apply,
+        publish=publish,
+        partitions=PARTITIONS,
+        owned_partitions=lambda: frozenset(owned),
+        ready=lambda: True,
+    )
+    for order_id in ("o-6", "o-7"):
+        await route(OrderTrigger(order_id=order_id, kind=TriggerKind.RELEASE, reason="test"))
+    expected = [("applied", "o-6")]
+    if partition_of("o-7", PARTITIONS) not in owned:
+        expected.append(("published", "o-7"))
+    else:
+        expected.append(("applied", "o-7"))
+    assert seen == expected

@@ -1,0 +1,89 @@
+"""Where the worker's own news about an order is applied: in place when the worker owns the
+order, through the order's topic otherwise.
+
+The answers of the worker's commands (execution reports) and what its trigger engine fires
+(triggers) concern orders whose partition the worker usually owns: it sent the command, or
+it holds the waiting order. Applying them where they arrive saves a produce, a fetch, a decode
+and one Kafka round trip of latency each. When the worker does not own the partition (it
+moved in a rebalance while the command ran) or is rebalancing, the record goes through its
+topic to whoever owns it, as it always could. Records that others read too (a report's
+fills: the position keeper, the history) are published first and applied once the broker
+has them.
+
+The order tables write to their key's changelog partition
+(:class:`~oms.kafka.tables.KeyPartitionedTable`), so a write from outside an agent lands where
+the agent's would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+from oms.kafka.partitioning import partition_of
+
+
+class AboutAnOrder(Protocol):
+    """A record keyed by the order it concerns."""
+
+    @property
+    def order_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=AboutAnOrder)
+
+
+class InPlaceRoute(Generic[R]):
+    """Applies a record in this process when this worker owns its order's partition and is
+    settled (no rebalance, no table recovery); publishes it otherwise.
+
+    ``apply`` must read and write the order before its first ``await``: the ownership check
+    made just before the call then still holds at the write. ``also_published`` says which
+    records others read from the topic: those are published durably first (``publish_durably``
+    returns once the broker has them) and applied only if the partition is still ours.
+    """
+
+    def __init__(
+        self,
+        *,
+        apply: Callable[[R], Awaitable[None]],
+        publish: Callable[[R], Awaitable[None]],
+        partitions: int,
+        owned_partitions: Callable[[], frozenset[int]],
+        ready: Callable[[], bool],
+        publish_durably: Callable[[R], Awaitable[None]] | None = None,
+        also_published: Callable[[R], bool] | None = None,
+    ) -> None:
+        if also_published is not None and publish_durably is None:
+            raise ValueError("records also published need publish_durably")
+        self._apply = apply
+        self._publish = publish
+        self._publish_durably = publish_durably
+        self._also_published = also_published
+        self._partitions = partitions
+        self._owned_partitions = owned_partitions
+        self._ready = ready
+        self.applied = 0
+        self.published = 0
+
+    def _owned(self, order_id: str) -> bool:
+        return partition_of(order_id, self._partitions) in self._owned_partitions() and (
+            self._ready()
+        )
+
+    async def __call__(self, record: R) -> None:
+        if not self._owned(record.order_id):
+            self.published += 1
+            await self._publish(record)
+            return
+        if self._also_published is not None and self._also_published(record):
+            assert self._publish_durably is not None
+            await self._publish_durably(record)
+            # The partition may have moved while the broker answered: its new owner then
+            # applies the record from the topic.
+            if not self._owned(record.order_id):
+                self.published += 1
+                return
+        self.applied += 1
+        # Nothing awaited between the ownership check and the write (see apply).
+        await self._apply(record)
