@@ -74,6 +74,14 @@ def e2e(
             "and the ACLs (each on a fresh broker); print both and the throughput ratio"
         ),
     ] = False,
+    idle: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="after the warm-up, seconds with no orders during which each process's CPU "
+            "is measured (idle_cpu_ms_per_s)",
+        ),
+    ] = 0.0,
 ) -> None:
     """Orders through Kafka, Faust and the paper exchange, against a raw Kafka baseline."""
     from oms_dev.benchmarks.e2e import (
@@ -102,6 +110,7 @@ def e2e(
         secure=secure,
         workers=counts[0],
         preload=preload,
+        idle_s=idle,
     )
     if compare_preload is not None:
         preloaded = compare_preload

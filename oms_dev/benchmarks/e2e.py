@@ -79,6 +79,9 @@ class E2EConfig:
     workers: int = 1
     # Ended orders in the workers' table before they start (0: an empty table).
     preload: int = 0
+    # Seconds of no orders after the warm-up, during which each process's CPU is measured
+    # (0: none): what the stack costs when nothing happens.
+    idle_s: float = 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -463,6 +466,28 @@ def _cpu_snapshot(services: OmsServices) -> dict[str, float]:
     }
 
 
+# After the warm-up, before the idle window: the last acknowledgements' work settles.
+IDLE_SETTLE_S = 3.0
+
+
+async def idle_cpu(
+    services: OmsServices,
+    seconds: float,
+    on_status: Callable[[str], None],
+    settle_s: float = IDLE_SETTLE_S,
+) -> dict[str, float]:
+    """CPU milliseconds per second each service uses over ``seconds`` with no orders (after
+    ``settle_s``)."""
+    on_status(f"idle for {seconds:g} s (CPU measured)")
+    await asyncio.sleep(settle_s)
+    before = _cpu_snapshot(services)
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = _cpu_snapshot(services)
+    elapsed = time.perf_counter() - started
+    return {name: round((after[name] - before[name]) * 1000 / elapsed, 2) for name in after}
+
+
 async def _measure(
     config: E2EConfig,
     broker: KafkaBroker,
@@ -535,6 +560,7 @@ async def _measure(
                     "warm-up orders were not acknowledged:\n" + services.diagnostics()
                 )
 
+            idle = await idle_cpu(services, config.idle_s, on_status) if config.idle_s else None
             requests = make_requests(config.orders, accounts, f"run-{uuid.uuid4().hex[:6]}")
             sent_at: dict[str, float] = {}
             collector.expect({r.key for r in requests})
@@ -582,6 +608,7 @@ async def _measure(
             "latency_histogram": latency_histogram(latencies),
             "first_events": ack_types,
             "cpu_s": cpu_s,
+            "idle_cpu_ms_per_s": idle,
             "worker_cpu_ms_per_order": round(worker_cpu * 1000 / len(acked), 3) if acked else None,
             # Every process on the machine (other sessions included), % of all cores.
             "machine_cpu_busy_pct": machine_busy,

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from oms_dev.benchmarks.e2e import max_ack_gap_s
+from oms.settings import Settings
+from oms_dev.benchmarks.e2e import idle_cpu, max_ack_gap_s
+from oms_dev.harness import OmsServices
 
 
 def test_the_ack_gap_is_the_longest_quiet_time_with_orders_outstanding() -> None:
@@ -23,3 +30,24 @@ def test_idle_time_with_nothing_outstanding_is_no_gap() -> None:
 def test_orders_never_acknowledged_are_outstanding_until_the_end() -> None:
     # The second order, sent at 1.0, is still outstanding at 9.0.
     assert max_ack_gap_s([0.0, 1.0], [0.5], end=9.0) == pytest.approx(8.0)
+
+
+@pytest.fixture
+def spinning_and_asleep(tmp_path: Path) -> Iterator[OmsServices]:
+    """Two real processes as services: one spinning, one asleep."""
+    services = OmsServices(Settings(data_dir=tmp_path), tmp_path / "logs")
+    commands = {"spin": [sys.executable, "-c", "while True: pass"], "asleep": ["sleep", "30"]}
+    for name, command in commands.items():
+        # Its own process group, as the harness starts services (kill() ends the group).
+        services.add(name, []).proc = subprocess.Popen(command, start_new_session=True)
+    yield services
+    services.stop_all()
+
+
+async def test_idle_cpu_is_each_service_s_cpu_per_second(
+    spinning_and_asleep: OmsServices,
+) -> None:
+    figures = await idle_cpu(spinning_and_asleep, 1.0, lambda status: None, settle_s=0.2)
+    assert set(figures) == {"spin", "asleep"}
+    assert figures["spin"] > 300  # ms of CPU per second (a shared machine gives it less)
+    assert figures["asleep"] < 50
