@@ -20,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
+import structlog
+
 from oms.kafka.partitioning import partition_of
+
+log = structlog.get_logger(__name__)
 
 
 class AboutAnOrder(Protocol):
@@ -41,6 +45,11 @@ class InPlaceRoute(Generic[R]):
     made just before the call then still holds at the write. ``also_published`` says which
     records others read from the topic: those are published durably first (``publish_durably``
     returns once the broker has them) and applied only if the partition is still ours.
+
+    A record whose application fails is logged and left to the topic (published now, unless
+    it was already): the owner's agent applies it there, and what was applied of it already
+    is applied again without effect. The caller (a command's task, the trigger loop fed by
+    the tick feed) never sees the failure, and nothing it decided is stranded.
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class InPlaceRoute(Generic[R]):
         self._ready = ready
         self.applied = 0
         self.published = 0
+        # Applications that raised (the record then went through its topic).
+        self.failed = 0
 
     def _owned(self, order_id: str) -> bool:
         return partition_of(order_id, self._partitions) in self._owned_partitions() and (
@@ -76,7 +87,8 @@ class InPlaceRoute(Generic[R]):
             self.published += 1
             await self._publish(record)
             return
-        if self._also_published is not None and self._also_published(record):
+        published = self._also_published is not None and self._also_published(record)
+        if published:
             assert self._publish_durably is not None
             await self._publish_durably(record)
             # The partition may have moved while the broker answered: its new owner then
@@ -85,5 +97,11 @@ class InPlaceRoute(Generic[R]):
                 self.published += 1
                 return
         self.applied += 1
-        # Nothing awaited between the ownership check and the write (see apply).
-        await self._apply(record)
+        try:
+            # Nothing awaited between the ownership check and the write (see apply).
+            await self._apply(record)
+        except Exception:
+            self.failed += 1
+            log.exception("in_place.apply_failed", order_id=record.order_id)
+            if not published:
+                await self._publish(record)

@@ -27,7 +27,7 @@ def report(order_id: str, *, fills: int = 0) -> ExecutionReport:
 class Route:
     """A route whose outputs are recorded in the order they happen."""
 
-    def __init__(self, owned: set[int], *, ready: bool = True) -> None:
+    def __init__(self, owned: set[int], *, ready: bool = True, failing: bool = False) -> None:
         self.owned = owned
         self.ready = ready
         self.calls: list[tuple[str, str]] = []
@@ -35,6 +35,8 @@ class Route:
         self.revoke_on_publish: set[int] = set()
 
         async def apply(r: ExecutionReport) -> None:
+            if failing:
+                raise RuntimeError("the order could not be written")
             self.calls.append(("applied", r.report_id))
 
         async def publish(r: ExecutionReport) -> None:
@@ -127,3 +129,20 @@ async def test_records_nobody_else_reads_are_never_published_when_applied_in_pla
     else:
         expected.append(("applied", "o-7"))
     assert seen == expected
+
+
+async def test_a_record_that_fails_to_apply_goes_through_its_topic() -> None:
+    """Nothing decided is stranded by a failure in place: the topic's agent applies it."""
+    r = report("o-8")
+    route = Route({partition_of("o-8", PARTITIONS)}, failing=True)
+    await route.route(r)
+    assert route.calls == [("published", r.report_id)]
+    assert route.route.failed == 1
+
+
+async def test_a_record_with_fills_that_fails_to_apply_is_not_published_twice() -> None:
+    r = report("o-9", fills=1)
+    route = Route({partition_of("o-9", PARTITIONS)}, failing=True)
+    await route.route(r)
+    assert route.calls == [("published_durably", r.report_id)]
+    assert route.route.failed == 1
