@@ -19,8 +19,9 @@ trigger engine through ``order-triggers`` to the ``release`` agent, which
 moves them into the priority queues; the dispatcher drains those at the rate limit.
 
 The answers of the worker's own commands and what its own engine fires concern orders the
-worker usually owns: those are applied in place (:mod:`oms.streams.in_place`), and take the
-topics above only when the order's partition is elsewhere (or, for a report with fills, also).
+worker usually owns: those are applied in place (:mod:`oms.streams.in_place`); the reports
+are still published on ``execution-reports`` first, the triggers take ``order-triggers`` only
+when the order's partition is elsewhere.
 """
 
 from __future__ import annotations

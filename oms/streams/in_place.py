@@ -3,12 +3,15 @@ order, through the order's topic otherwise.
 
 The answers of the worker's commands (execution reports) and what its trigger engine fires
 (triggers) concern orders whose partition the worker usually owns: it sent the command, or
-it holds the waiting order. Applying them where they arrive saves a produce, a fetch, a decode
-and one Kafka round trip of latency each. When the worker does not own the partition (it
-moved in a rebalance while the command ran) or is rebalancing, the record goes through its
-topic to whoever owns it, as it always could. Records that others read too (a report's
-fills: the position keeper, the history) are published first and applied once the broker
-has them.
+it holds the waiting order. Applying them where they arrive saves the wait for a fetch and
+one Kafka round trip of latency each. When the worker does not own the partition (it moved
+in a rebalance while the command ran) or is rebalancing, the record goes through its topic
+to whoever owns it, as it always could.
+
+Records that must also be on the topic are published first and applied once the broker has
+them. The worker's reports all are: the position keeper and the history read their fills,
+and a report read again after a crash re-announces its order's state, so an event lost with
+the worker is sent again.
 
 The order tables write to their key's changelog partition
 (:class:`~oms.kafka.tables.KeyPartitionedTable`), so a write from outside an agent lands where

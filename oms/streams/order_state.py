@@ -3,10 +3,11 @@
 News comes two ways. The gateway's (the exchange's order and trade streams), the
 reconciliation's and a child order's news for its parent arrive on ``execution-reports`` and
 are applied by the ``order_state`` agent (:func:`handle_report`). The answers of this worker's
-own commands are applied where they are received when this worker owns the order's partition
-(:class:`~oms.streams.in_place.InPlaceRoute`), instead of a round trip through the topic;
-otherwise they go through the topic too. Both ways end in :func:`apply_news`, which is
-idempotent: the same report applied twice changes nothing the second time.
+own commands are published too, but applied where they are received when this worker owns
+the order's partition (:class:`~oms.streams.in_place.InPlaceRoute`), without waiting for the
+topic to bring them back; the agent then finds them applied. Both ways end in
+:func:`apply_news`, which is idempotent: the same report applied twice changes nothing the
+second time.
 """
 
 from __future__ import annotations

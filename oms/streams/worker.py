@@ -155,14 +155,17 @@ class OrderWorker:
             currency_of=catalog.currency_of,
         )
         # The answers of this worker's commands are applied where they arrive when it owns
-        # the order's partition (no round trip through execution-reports); those with fills
-        # are published first, for the position keeper and the history.
+        # the order's partition: no trip back through execution-reports. Each is still
+        # published first, and applied once the broker has it. The position keeper and the
+        # history read the fills there, and should the worker die before the order's new
+        # state and its event are out, the next owner reads the report again (it was never
+        # committed) and announces the order's state: an event is never lost to a crash.
         self._in_place_partitions: frozenset[int] = frozenset()
         self.report_route: InPlaceRoute[ExecutionReport] = InPlaceRoute(
             apply=lambda report: apply_news(self.state, report, replayed=False),
             publish=outbox.report,
             publish_durably=outbox.report_durably,
-            also_published=lambda report: bool(report.fills),
+            also_published=lambda report: True,
             partitions=partitions,
             owned_partitions=lambda: self._in_place_partitions,
             ready=self._settled,
