@@ -9,9 +9,9 @@ in a rebalance while the command ran) or is rebalancing, the record goes through
 to whoever owns it, as it always could.
 
 Records that must also be on the topic are published first and applied once the broker has
-them. The worker's reports all are: the position keeper and the history read their fills,
-and a report read again after a crash re-announces its order's state, so an event lost with
-the worker is sent again.
+them (``publish_durably``). The worker's reports all are: the position keeper and the history
+read their fills, and a report read again after a crash re-announces its order's state, so
+an event lost with the worker is sent again.
 
 The order tables write to their key's changelog partition
 (:class:`~oms.kafka.tables.KeyPartitionedTable`), so a write from outside an agent lands where
@@ -42,12 +42,12 @@ R = TypeVar("R", bound=AboutAnOrder)
 
 class InPlaceRoute(Generic[R]):
     """Applies a record in this process when this worker owns its order's partition and is
-    settled (no rebalance, no table recovery); publishes it otherwise.
+    settled (no rebalance, no table recovery); leaves it to its topic otherwise.
 
     ``apply`` must read and write the order before its first ``await``: the ownership check
-    made just before the call then still holds at the write. ``also_published`` says which
-    records others read from the topic: those are published durably first (``publish_durably``
-    returns once the broker has them) and applied only if the partition is still ours.
+    made just before the call then still holds at the write. With ``publish_durably`` (which
+    returns once the broker has the record), every record is also published, first, and
+    applied only if the partition is still ours.
 
     A record whose application fails is logged and left to the topic (published now, unless
     it was already): the owner's agent applies it there, and what was applied of it already
@@ -64,19 +64,16 @@ class InPlaceRoute(Generic[R]):
         owned_partitions: Callable[[], frozenset[int]],
         ready: Callable[[], bool],
         publish_durably: Callable[[R], Awaitable[None]] | None = None,
-        also_published: Callable[[R], bool] | None = None,
     ) -> None:
-        if also_published is not None and publish_durably is None:
-            raise ValueError("records also published need publish_durably")
         self._apply = apply
         self._publish = publish
         self._publish_durably = publish_durably
-        self._also_published = also_published
         self._partitions = partitions
         self._owned_partitions = owned_partitions
         self._ready = ready
         self.applied = 0
-        self.published = 0
+        # Records left to their topic's agent (the partition is, or went, elsewhere).
+        self.through_topic = 0
         # Applications that raised (the record then went through its topic).
         self.failed = 0
 
@@ -87,17 +84,15 @@ class InPlaceRoute(Generic[R]):
 
     async def __call__(self, record: R) -> None:
         if not self._owned(record.order_id):
-            self.published += 1
+            self.through_topic += 1
             await self._publish(record)
             return
-        published = self._also_published is not None and self._also_published(record)
-        if published:
-            assert self._publish_durably is not None
+        if self._publish_durably is not None:
             await self._publish_durably(record)
             # The partition may have moved while the broker answered: its new owner then
             # applies the record from the topic.
             if not self._owned(record.order_id):
-                self.published += 1
+                self.through_topic += 1
                 return
         self.applied += 1
         try:
@@ -106,5 +101,5 @@ class InPlaceRoute(Generic[R]):
         except Exception:
             self.failed += 1
             log.exception("in_place.apply_failed", order_id=record.order_id)
-            if not published:
+            if self._publish_durably is None:
                 await self._publish(record)

@@ -124,4 +124,3 @@ async def apply_news(ctx: OrderStateContext, report: ExecutionReport, *, replaye
         forward = twap.child_update(order, result.order, force=replayed)
         if forward is not None:
             await ctx.publish_report(forward)
-

@@ -165,7 +165,6 @@ class OrderWorker:
             apply=lambda report: apply_news(self.state, report, replayed=False),
             publish=outbox.report,
             publish_durably=outbox.report_durably,
-            also_published=lambda report: True,
             partitions=partitions,
             owned_partitions=lambda: self._in_place_partitions,
             ready=self._settled,
@@ -649,7 +648,7 @@ class OrderWorker:
                     "order_state": {
                         **self.state.counters,
                         "reports_applied_directly": self.report_route.applied,
-                        "reports_published": self.report_route.published,
+                        "reports_through_topic": self.report_route.through_topic,
                         "reports_in_place_failed": self.report_route.failed,
                     },
                     "executor": self.executor.stats,
@@ -657,7 +656,7 @@ class OrderWorker:
                     "release": {
                         **self.release.counters,
                         "triggers_applied_directly": self.trigger_route.applied,
-                        "triggers_published": self.trigger_route.published,
+                        "triggers_through_topic": self.trigger_route.through_topic,
                         "triggers_in_place_failed": self.trigger_route.failed,
                     },
                     "dispatcher": self.dispatcher.stats,

@@ -176,7 +176,7 @@ async def test_conditions_trigger_on_the_right_tick(stack: tuple[Settings, OmsSe
     ):
         release = (await r.json())["release"]
     assert release["triggers_applied_directly"] >= len(ids)
-    assert release["triggers_published"] == 0
+    assert release["triggers_through_topic"] == 0
 
 
 async def test_trailing_stop_through_the_pipeline(stack: tuple[Settings, OmsServices]) -> None:
