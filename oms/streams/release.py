@@ -146,8 +146,9 @@ async def handle_trigger(
 
 
 async def apply_fired(ctx: ReleaseContext, trigger: OrderTrigger, *, replayed: bool) -> None:
-    """Apply a release, expiry or refusal of a held order that this process decided (its
-    trigger engine or dispatcher), without a trip through ``order-triggers``.
+    """Apply a release or expiry of a held order that this process's trigger engine fired,
+    without a trip through ``order-triggers``. (The dispatcher's refusals still take that
+    topic: applied here they would withdraw from the queues it is walking.)
 
     The order is read and written before the first ``await``, so a caller that checked just
     before calling that it owns the order's partition still owns it at the write."""
