@@ -20,24 +20,28 @@ async def trade_a_little(c: RpcClient) -> dict[str, Any]:
     cancel; returns every order and trade id the client saw."""
     ticker = await c.result("public/ticker", instrument_name=PERP)
     bid, ask = ticker["best_bid_price"], ticker["best_ask_price"]
+    # Resting orders stand thousands of dollars from the touch: the synthetic market keeps
+    # walking (about $100 a second at a 0.05 s tick) through the restarts this scenario is
+    # checked across, and a resting order it crossed would fill and change the answers.
+    away = 3000
     seen: list[dict[str, Any]] = [
-        await c.result("private/buy", instrument_name=PERP, amount=100, price=bid - 100,
+        await c.result("private/buy", instrument_name=PERP, amount=100, price=bid - away,
                        label="rest-b"),
-        await c.result("private/sell", instrument_name=PERP, amount=50, price=ask + 100,
+        await c.result("private/sell", instrument_name=PERP, amount=50, price=ask + away,
                        label="rest-s"),
         await c.result("private/sell", instrument_name=PERP, amount=20, type="stop_market",
-                       trigger="mark_price", trigger_price=bid - 2000, label="stop"),
-        await c.result("private/buy", instrument_name=PERP, amount=30, price=bid - 300,
+                       trigger="mark_price", trigger_price=bid - 3 * away, label="stop"),
+        await c.result("private/buy", instrument_name=PERP, amount=30, price=bid - away - 300,
                        time_in_force="good_til_day", label="gtd"),
         await c.result("private/buy", instrument_name=PERP, amount=200, type="market",
                        label="fill"),
         await c.result("private/sell", instrument_name=PERP, amount=50, type="market",
                        label="fill-2"),
-        await c.result("private/buy", instrument_name=PERP, amount=10, price=bid - 500,
+        await c.result("private/buy", instrument_name=PERP, amount=10, price=bid - away - 500,
                        label="gone"),
     ]
     rest_b = seen[0]["order"]["order_id"]
-    seen.append(await c.result("private/edit", order_id=rest_b, amount=60, price=bid - 150))
+    seen.append(await c.result("private/edit", order_id=rest_b, amount=60, price=bid - away - 150))
     await c.result("private/cancel", order_id=seen[6]["order"]["order_id"])
     return {
         "orders": [r["order"]["order_id"] for r in seen],
