@@ -49,7 +49,6 @@ async def trade_a_little(c: RpcClient) -> dict[str, Any]:
     }
 
 
-LABELS = ("rest-b", "rest-s", "stop", "gtd", "fill", "fill-2", "gone")
 
 
 async def answers(c: RpcClient) -> dict[str, Any]:
