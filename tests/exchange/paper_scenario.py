@@ -49,8 +49,6 @@ async def trade_a_little(c: RpcClient) -> dict[str, Any]:
     }
 
 
-
-
 async def answers(c: RpcClient) -> dict[str, Any]:
     """What a client asks after a reconnect."""
     return {
