@@ -472,4 +472,7 @@ def _command_failed(order: OrderRecord, report: ExecutionReport) -> Transition:
     )
     # The event id must not collide with state events of the same version.
     event.event_id = f"{order.order_id}:{order.version}:command_rejected:{report.request_id}"
+    if report.command is CommandType.CANCEL and report.request_id == order.cancel_request_id:
+        # Answered: the client was told it failed, nothing sends it again.
+        order = order.model_copy(update={"cancel_request_id": None})
     return Transition(order, Outcome.APPLIED, [event], note="command failed")

@@ -163,6 +163,10 @@ class OrderRecord(Record):
     version: int = 0
     # Recent cancel/amend request ids already applied (idempotency for non-submit commands).
     seen_request_ids: list[str] = Field(default_factory=list)
+    # A cancel intake accepted and handed to the exchange, not answered yet (its request id).
+    # Recorded with the order, so the cancel outlives the worker that was sending it: the
+    # next owner finds it here and sends it again (by label, so at most once in effect).
+    cancel_request_id: str | None = None
     trade_ids: list[str] = Field(default_factory=list)
     # Execution algorithms (TWAP): each child order's [filled_amount, average_price, done],
     # so the parent's fills are the exact sum of its children's.

@@ -126,6 +126,9 @@ class HeldOrders:
                 order.status is OrderStatus.QUEUED
                 and order_id not in self.queues
                 and not busy(order_id)
+                # A cancel was accepted for it: never dispatched again; the sweep of
+                # unanswered cancels ends it (oms.streams.sweep).
+                and order.cancel_request_id is None
             ):
                 self.queues.push(order, uncertain=True)
                 result.queued += 1

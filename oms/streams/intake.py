@@ -608,7 +608,7 @@ async def _modify(
         await ctx.emit(event)
     elif request.command is CommandType.CANCEL:
         reasoned = review.with_cancel_reason(order, request)
-        ctx.orders[order_id] = reasoned
+        ctx.orders[order_id] = _cancel_pending(reasoned, request)
         if reasoned is not order and ctx.make_durable is not None:
             # The OMS's own reason (auto-cancel, partial fill...) must outlive a crash between
             # the cancel and its report: a successor would record the exchange's cancel
@@ -623,6 +623,13 @@ async def _modify(
     else:
         ctx.orders[order_id] = order
         await ctx.executor.amend(order, request)
+
+
+def _cancel_pending(order: OrderRecord, request: OrderRequest) -> OrderRecord:
+    """The order with its cancel recorded as on its way to the exchange: should this worker
+    die before the exchange answers, the next owner's sweep sends it again
+    (:mod:`oms.streams.sweep`); a replay of the request would only be a duplicate."""
+    return order.model_copy(update={"cancel_request_id": request.request_id})
 
 
 def _not_in_table(ctx: IntakeContext, order_id: str, request: OrderRequest) -> Rejection:
@@ -659,7 +666,7 @@ async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderReq
             request_id=request.request_id,
         )
         return
-    ctx.orders[order.order_id] = order
+    ctx.orders[order.order_id] = _cancel_pending(order, request)
     if withdrawal is Withdrawal.UNCERTAIN:
         await ctx.executor.cancel_held(order, request.request_id)
     else:

@@ -16,7 +16,8 @@ Crash safety rests on three rules:
    processed by the previous owner: they are executed only after a label lookup.
 3. A periodic sweep looks up, by label, every order of an owned partition that was sent but
    never acknowledged, so an order whose reply was lost (or whose worker died mid-flight)
-   is reported or, if the exchange never saw it, sent again.
+   is reported or, if the exchange never saw it, sent again. Likewise every cancel intake
+   accepted (recorded on the order) that the exchange never answered is sent again, by label.
 
 The timers never scan the table. The agents write orders through one
 :class:`~oms.streams.order_table.ObservedOrders`, which tells every index that follows them
@@ -81,7 +82,7 @@ from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
 from oms.streams.purge import PurgeTimer, Retention
 from oms.streams.release import ReleaseContext, apply_fired, handle_trigger
-from oms.streams.sweep import UnacknowledgedSweep
+from oms.streams.sweep import OrderSweep, cancel_again, has_unanswered_cancel, is_unacknowledged
 from oms.streams.triggering import TriggerLoop
 from oms.streams.venue_quotes import VenueQuotes
 
@@ -267,13 +268,23 @@ class OrderWorker:
             # A routed attempt goes to the parent's writer first (release), recorded there.
             publish_trigger=outbox.trigger,
         )
-        self.unacknowledged = UnacknowledgedSweep(
-            submit_timeout_s=settings.worker.submit_timeout_s,
-            interval_s=settings.worker.recovery_check_interval_s,
-            order_of=self._order_of,
-            owns=self.ownership.owns,
-            is_inflight=commands.is_inflight,
-            reconcile=executor.reconcile,
+        # Commands that may have died with a previous owner: unacknowledged submits, and
+        # cancels intake accepted that the exchange never answered.
+        sweep_timing: dict[str, Any] = {
+            "timeout_s": settings.worker.submit_timeout_s,
+            "interval_s": settings.worker.recovery_check_interval_s,
+            "order_of": self._order_of,
+            "owns": self.ownership.owns,
+            "is_inflight": commands.is_inflight,
+        }
+        self.unacknowledged = OrderSweep(
+            "reconcile", follows=is_unacknowledged, act=executor.reconcile, **sweep_timing
+        )
+        self.unanswered_cancels = OrderSweep(
+            "cancel_again",
+            follows=has_unanswered_cancel,
+            act=cancel_again(executor.cancel, executor.cancel_held),
+            **sweep_timing,
         )
         self.purge_timer = PurgeTimer(
             purges,
@@ -283,7 +294,8 @@ class OrderWorker:
         )
         # The agents write orders through this: every write reaches the indexes above.
         self.orders = observed = ObservedOrders(
-            orders, [at_exchange, monitor, algos, self.unacknowledged, purges]
+            orders,
+            [at_exchange, monitor, algos, self.unacknowledged, self.unanswered_cancels, purges],
         )
 
         # -- the agents' contexts ----------------------------------------------------------------
@@ -703,11 +715,14 @@ class OrderWorker:
         return now_ms()
 
     async def sweep(self) -> int:
-        """Reconcile the orders of owned partitions that were sent but never acknowledged
-        (:mod:`oms.streams.sweep`); returns how many."""
+        """Take up the commands of owned orders that may have died with a worker: submits
+        never acknowledged, cancels never answered (:mod:`oms.streams.sweep`); returns how
+        many orders were acted on."""
         if not self.ownership.refresh():
             return 0
-        return await self.unacknowledged.run_once()
+        now = now_ms()
+        swept = await self.unacknowledged.run_once(now)
+        return swept + await self.unanswered_cancels.run_once(now)
 
     def table_statistics(self) -> dict[str, Any]:
         """What the worker holds: orders and markers in its tables (every partition it
@@ -719,6 +734,11 @@ class OrderWorker:
             "markers_queued": self.purges.remembered,
             "at_exchange": len(self.at_exchange),
             "unacknowledged": len(self.unacknowledged),
+            "unanswered_cancels": len(self.unanswered_cancels),
+            "sweeps": {
+                "reconciled": self.unacknowledged.acted,
+                "cancels_sent_again": self.unanswered_cancels.acted,
+            },
             "monitored": self.monitor.followed,
             "algos": self.algos.followed,
             "strategies": self.strategies.describe(),

@@ -1,12 +1,15 @@
-"""Two workers share the partitions; one is SIGKILLed mid-flow: no order lost, none sent twice."""
+"""Workers SIGKILLed mid-flow: no order lost, none sent twice, no accepted cancel forgotten."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from oms.client import OrderClient
+from oms.schemas import OrderEventType
+from oms_dev.harness import paper_admin, wait_http_ok, worker_ready
 from tests.integration.test_pipeline import (
     ACCOUNTS,
     TERMINAL_OR_RESTING,
@@ -82,4 +85,61 @@ async def test_sigkill_one_of_two_workers(
     finally:
         for client in clients.values():
             await client.close()
+        services.stop_all()
+
+
+async def test_a_cancel_accepted_before_a_crash_is_sent_by_the_next_worker(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The worker accepts a client's cancel and dies before the exchange gets it. The
+    request was counted as seen, so a replay of it is a duplicate: the restarted worker
+    must find the cancel recorded on the order and send it again. The order ends cancelled,
+    here and at the exchange, and was placed there once."""
+    settings = make_settings(tmp_path_factory.mktemp("cancel-failover"), kafka_bootstrap)
+    services = await start_stack(settings, workers=1, sink=False)
+    account = ACCOUNTS[0]
+    stats_url = f"http://127.0.0.1:{settings.worker.web_port}/stats"
+
+    def table(body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = body["table"]
+        return result
+
+    try:
+        async with OrderClient(account, settings=settings) as client:
+            order_id = await client.submit_advanced_order(
+                "BTC-PERPETUAL", 10, "buy", order_type="limit", price=1_000.0
+            )
+            await client.wait_for_event(
+                order_id, lambda e: e.event_type is OrderEventType.OPEN, timeout=60
+            )
+            # From now on requests reach the exchange a minute late, and a connection's
+            # delayed requests die with it: the cancel is in flight when the worker dies.
+            await paper_admin(settings, "admin/set_faults", latency_ms=60_000)
+            await client.cancel_order(order_id)
+            await wait_http_ok(
+                stats_url, within=30, ready=lambda body: table(body)["unanswered_cancels"] == 1
+            )
+            services["worker-0"].kill()
+            await paper_admin(settings, "admin/set_faults")  # all off
+            assert OrderEventType.CANCELLED not in [
+                e.event_type for e in client.events_of(order_id)
+            ]
+
+            services["worker-0"].start()
+            await worker_ready(settings.worker.web_port, within=120)
+            await client.wait_for_event(
+                order_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=90
+            )
+        await wait_http_ok(
+            stats_url,
+            within=30,
+            ready=lambda body: table(body)["sweeps"]["cancels_sent_again"] == 1
+            and table(body)["unanswered_cancels"] == 0,
+        )
+        counts = await exchange_orders_by_label(settings, {account: [order_id]})
+        assert counts == {order_id: 1}
+    except BaseException:
+        print(services.diagnostics())
+        raise
+    finally:
         services.stop_all()

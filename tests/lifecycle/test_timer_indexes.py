@@ -21,7 +21,7 @@ from oms.orders.params import CANCEL_REASON_KEY, TwapParams
 from oms.schemas import OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
 from oms.settings import LifecycleSettings
 from oms.streams.order_table import ObservedOrders
-from oms.streams.sweep import UnacknowledgedSweep
+from oms.streams.sweep import OrderSweep, cancel_again, has_unanswered_cancel, is_unacknowledged
 from tests.orders.factories import order_record
 
 T0 = 1_700_000_000_000
@@ -52,13 +52,15 @@ class Rig:
             publish_request=self._publish,
             latest_tick=lambda instrument: None,
         )
-        self.sweep = UnacknowledgedSweep(
-            submit_timeout_s=15.0,
+        self.sweep = OrderSweep(
+            "reconcile",
+            follows=is_unacknowledged,
+            act=self._reconcile,
+            timeout_s=15.0,
             interval_s=5.0,
             order_of=self.order_of,
             owns=self.owns,
             is_inflight=self.busy.__contains__,
-            reconcile=self._reconcile,
         )
         self.table = ObservedOrders(self.data, [self.monitor, self.algos, self.sweep])
 
@@ -233,6 +235,60 @@ async def test_the_sweep_looks_up_an_unacknowledged_order_after_the_timeout() ->
     rig.put("sent", OrderStatus.OPEN, updated_at=T0 + 25_100)
     assert await rig.sweep.run_once(T0 + 10**9) == 0
     assert rig.reconciled == ["sent", "sent"]
+
+
+async def test_an_unanswered_cancel_is_sent_again_by_the_way_that_fits_its_order() -> None:
+    rig = Rig()
+    acted: list[tuple[str, str, str]] = []
+
+    async def cancel(order: OrderRecord, request_id: str) -> None:
+        acted.append(("cancel", order.order_id, request_id))
+
+    async def cancel_held(order: OrderRecord, request_id: str) -> None:
+        acted.append(("cancel_held", order.order_id, request_id))
+
+    cancels = OrderSweep(
+        "cancel_again",
+        follows=has_unanswered_cancel,
+        act=cancel_again(cancel, cancel_held),
+        timeout_s=15.0,
+        interval_s=5.0,
+        order_of=rig.order_of,
+        owns=rig.owns,
+        is_inflight=rig.busy.__contains__,
+    )
+    table = ObservedOrders(rig.data, [rig.sweep, cancels])
+    for order_id, status in [
+        ("open", OrderStatus.OPEN),
+        ("partial", OrderStatus.PARTIALLY_FILLED),
+        ("pending", OrderStatus.PENDING),
+        ("queued", OrderStatus.QUEUED),
+    ]:
+        table[order_id] = order_record(
+            status, order_id=order_id, updated_at=T0, cancel_request_id=f"c-{order_id}"
+        )
+    table["untouched"] = order_record(OrderStatus.OPEN, order_id="untouched", updated_at=T0)
+    assert len(cancels) == 4
+    assert len(rig.sweep) == 0  # a pending order with a cancel is not resubmitted
+    assert await cancels.run_once(T0 + 14_999) == 0
+    assert await cancels.run_once(T0 + 15_000) == 4
+    # Live at the exchange: cancelled by label. Maybe never sent: looked up first.
+    assert sorted(acted) == [
+        ("cancel", "open", "c-open"),
+        ("cancel", "partial", "c-partial"),
+        ("cancel_held", "pending", "c-pending"),
+        ("cancel_held", "queued", "c-queued"),
+    ]
+    # Answered: ended, or the cancel refused (cleared); neither is sent again.
+    table["open"] = order_record(
+        OrderStatus.CANCELLED, order_id="open", updated_at=T0 + 16_000, cancel_request_id="c-open"
+    )
+    table["partial"] = order_record(
+        OrderStatus.PARTIALLY_FILLED, order_id="partial", updated_at=T0 + 16_000
+    )
+    assert await cancels.run_once(T0 + 10**9) == 2
+    assert sorted(a[1] for a in acted[4:]) == ["pending", "queued"]
+    assert cancels.acted == 6
 
 
 async def test_a_write_that_asks_for_work_now_wakes_the_algorithms() -> None:

@@ -99,6 +99,20 @@ def test_failed_cancel_leaves_order_and_reports_command_rejected() -> None:
     assert [e.event_type for e in result.events] == [OrderEventType.COMMAND_REJECTED]
 
 
+def test_a_failed_cancel_is_no_longer_pending() -> None:
+    """The refusal of the cancel on its way answers it (nothing sends it again); that of an
+    earlier cancel leaves the later one pending."""
+    order = _order(OrderStatus.OPEN).model_copy(update={"cancel_request_id": "c-2"})
+    for request_id, pending in [("c-1", "c-2"), ("c-2", None)]:
+        report = _report(
+            None, command=CommandType.CANCEL, request_id=request_id, error_code=11044,
+            error_message="x",
+        )
+        result = apply_report(order, report)
+        assert result.order.status is OrderStatus.OPEN
+        assert result.order.cancel_request_id == pending
+
+
 def test_fills_are_counted_once_by_trade_id() -> None:
     fill = Fill(trade_id="t-1", amount=40, price=50_000, fee=0.01)
     trades = _report(None, fills=[fill])

@@ -120,3 +120,24 @@ async def test_a_client_cancel_has_no_reason_to_wait_for() -> None:
     assert [(request_id, kafka.reason_code) for request_id, kafka in cancels if kafka] == [
         ("c-1", None)
     ]
+
+
+async def test_an_accepted_cancel_is_recorded_on_its_order() -> None:
+    """Written with the order before it leaves: the next owner finds it there should this
+    worker die first (the sweep of unanswered cancels sends it again)."""
+    table, events = KafkaBackedTable(), []
+    table["o-1"] = order_record(OrderStatus.OPEN)
+    exchange = Exchange(table)
+    command = OrderCommand(
+        origin=CommandOrigin(kind=OriginKind.EXTERNAL, source="0:1"),
+        request=OrderRequest(
+            command=CommandType.CANCEL, request_id="c-1", account_id="acc", order_id="o-1"
+        ),
+    )
+    await handle_command(
+        _context(table, exchange, events), command.to_bytes(), key=b"o-1", partition=0,
+        offset=7, replayed=False,
+    )
+    assert [request_id for request_id, _ in exchange.cancels] == ["c-1"]
+    assert table["o-1"].cancel_request_id == "c-1"
+    assert table["o-1"].seen_request_ids == ["c-1"]
