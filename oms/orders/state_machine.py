@@ -254,6 +254,20 @@ def _reason_for_error(report: ExecutionReport) -> ReasonCode:
 
 def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
     """Apply one execution report to an order. Never mutates ``order``."""
+    result = _apply_report(order, report)
+    pending = result.order.amend_pending
+    if (
+        pending is not None
+        and report.command is CommandType.AMEND
+        and report.request_id == pending.request_id
+    ):
+        # The exchange answered the edit on its way (done, refused or changing nothing):
+        # nothing sends it again.
+        result.order = result.order.model_copy(update={"amend_pending": None})
+    return result
+
+
+def _apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
     if report.source is ReportSource.DISPATCH:
         # The dispatcher released a queued order; the exchange's answer follows.
         if order.status is not OrderStatus.QUEUED:

@@ -18,7 +18,13 @@ from oms.schemas.execution import ExecutionReport, Fill
 from oms.schemas.market import InstrumentSpec, MarketTick
 from oms.schemas.metrics import MetricsSample
 from oms.schemas.notifications import NotificationRecord, NotificationStatus
-from oms.schemas.orders import OrderEvent, OrderRecord, OrderRequest, derive_order_id
+from oms.schemas.orders import (
+    OrderEvent,
+    OrderRecord,
+    OrderRequest,
+    PendingAmend,
+    derive_order_id,
+)
 from oms.schemas.positions import PositionRecord, PositionRecordType, position_key
 from oms.schemas.topics import Topic, topic_name
 
@@ -41,6 +47,7 @@ __all__ = [
     "OrderRequest",
     "OrderStatus",
     "OrderType",
+    "PendingAmend",
     "PositionRecord",
     "PositionRecordType",
     "Priority",

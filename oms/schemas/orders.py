@@ -119,6 +119,15 @@ class OrderRequest(Record):
         return self.order_id
 
 
+class PendingAmend(Record):
+    """An edit intake accepted and handed to the exchange: absolute values, so sending it
+    again changes nothing it has not already changed."""
+
+    request_id: str
+    amount: float | None = None
+    price: float | None = None
+
+
 class OrderRecord(Record):
     """Latest state of one order (a row of the ClickHouse ``orders`` table)."""
 
@@ -167,6 +176,8 @@ class OrderRecord(Record):
     # Recorded with the order, so the cancel outlives the worker that was sending it: the
     # next owner finds it here and sends it again (by label, so at most once in effect).
     cancel_request_id: str | None = None
+    # Likewise an edit accepted and not answered yet.
+    amend_pending: PendingAmend | None = None
     trade_ids: list[str] = Field(default_factory=list)
     # Execution algorithms (TWAP): each child order's [filled_amount, average_price, done],
     # so the parent's fills are the exact sum of its children's.

@@ -45,6 +45,7 @@ from oms.schemas import (
     OrderRequest,
     OrderStatus,
     OrderType,
+    PendingAmend,
     ReasonCode,
     now_ms,
 )
@@ -621,7 +622,7 @@ async def _modify(
         await ctx.emit(event)
         await ctx.executor.submit(order, check_label_first=True)
     else:
-        ctx.orders[order_id] = order
+        ctx.orders[order_id] = _amend_pending(order, request)
         await ctx.executor.amend(order, request)
 
 
@@ -630,6 +631,14 @@ def _cancel_pending(order: OrderRecord, request: OrderRequest) -> OrderRecord:
     die before the exchange answers, the next owner's sweep sends it again
     (:mod:`oms.streams.sweep`); a replay of the request would only be a duplicate."""
     return order.model_copy(update={"cancel_request_id": request.request_id})
+
+
+def _amend_pending(order: OrderRecord, request: OrderRequest) -> OrderRecord:
+    """The order with its edit recorded as on its way, for the same reason as a cancel."""
+    pending = PendingAmend(
+        request_id=request.request_id, amount=request.amount, price=request.price
+    )
+    return order.model_copy(update={"amend_pending": pending})
 
 
 def _not_in_table(ctx: IntakeContext, order_id: str, request: OrderRequest) -> Rejection:
@@ -649,7 +658,7 @@ async def _modify_held(ctx: IntakeContext, order: OrderRecord, request: OrderReq
     if request.command is CommandType.AMEND:
         if order.status is OrderStatus.QUEUED and order.order_id not in ctx.held.queues:
             # Dispatched already: the edit goes to the exchange after the submit.
-            ctx.orders[order.order_id] = order
+            ctx.orders[order.order_id] = _amend_pending(order, request)
             await ctx.executor.amend(order, request)
             return
         await amend_in_table(

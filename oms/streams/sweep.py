@@ -1,6 +1,6 @@
 """The worker's sweeps: commands that may have died with a worker are taken up again.
 
-Two kinds of order are followed, each by a :class:`OrderSweep`:
+Three kinds of order are followed, each by an :class:`OrderSweep`:
 
 * **Unacknowledged orders** (pending or submitted, no exchange answer): looked up by label,
   and sent only if the exchange never had them (:func:`is_unacknowledged`).
@@ -9,14 +9,17 @@ Two kinds of order are followed, each by a :class:`OrderSweep`:
   two leaves the order live at the exchange with the client's cancel already counted as
   seen, so a replay of the request would be dropped as a duplicate; the sweep sends the
   cancel again, by label (:func:`has_unanswered_cancel`, :func:`cancel_again`).
+* **Unanswered edits**: the same for an accepted amend (``amend_pending``, with its absolute
+  amount and price), once the order is live (:func:`has_unanswered_amend`,
+  :func:`amend_again`).
 
 What bounds them: each due order is handed to one command whose every outcome is a report
-that ends what the sweep follows (the order acknowledged, cancelled, rejected, or the cancel
-refused, which clears ``cancel_request_id``). An order is swept again only when a pass got no
+that ends what the sweep follows (the order acknowledged, cancelled, rejected, or the command
+answered, which clears what intake recorded). An order is swept again only when a pass got no
 answer at all (the exchange unreachable or refusing us), so it then costs one command per
 ``recovery_check_interval_s`` and never a second order at the exchange: submits look the
-label up first, cancels act by label. Acknowledged orders the exchange lost are not the
-sweeps': :mod:`oms.lifecycle.reconcile` resolves them.
+label up first, cancels act by label, edits carry absolute values. Acknowledged orders the
+exchange lost are not the sweeps': :mod:`oms.lifecycle.reconcile` resolves them.
 
 They never scan the table: every write of an order is noted (:meth:`OrderSweep.note`), and an
 order still in the followed condition ``submit_timeout_s`` after its last change is due.
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from oms.orders.indexes import DeadlineIndex
-from oms.schemas import OrderRecord, OrderStatus, now_ms
+from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +41,7 @@ UNACKNOWLEDGED = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED})
 # order looks it up by label first (and reports it cancelled if it never got there), so the
 # sweep never sends an order the client cancelled.
 _MAYBE_SENT = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED, OrderStatus.QUEUED})
+_LIVE = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class OrderSweep:
@@ -112,6 +116,40 @@ def is_unacknowledged(order: OrderRecord) -> bool:
 def has_unanswered_cancel(order: OrderRecord) -> bool:
     """A cancel was accepted and the order has not ended."""
     return order.cancel_request_id is not None and not order.status.is_terminal
+
+
+def has_unanswered_amend(order: OrderRecord) -> bool:
+    """An edit was accepted, and the order is live at the exchange with no cancel pending
+    (an order on its way there is acknowledged first, by the other sweep if need be)."""
+    return (
+        order.amend_pending is not None
+        and order.cancel_request_id is None
+        and order.status in _LIVE
+    )
+
+
+def amend_again(
+    amend: Callable[[OrderRecord, OrderRequest], Awaitable[object]],
+) -> Callable[[OrderRecord], Awaitable[None]]:
+    """What the sweep of unanswered edits does with a due order: send the edit again (its
+    amount and price are absolute)."""
+
+    async def act(order: OrderRecord) -> None:
+        pending = order.amend_pending
+        assert pending is not None
+        await amend(
+            order,
+            OrderRequest(
+                command=CommandType.AMEND,
+                request_id=pending.request_id,
+                account_id=order.account_id,
+                order_id=order.order_id,
+                amount=pending.amount,
+                price=pending.price,
+            ),
+        )
+
+    return act
 
 
 def cancel_again(

@@ -16,8 +16,8 @@ Crash safety rests on three rules:
    processed by the previous owner: they are executed only after a label lookup.
 3. A periodic sweep looks up, by label, every order of an owned partition that was sent but
    never acknowledged, so an order whose reply was lost (or whose worker died mid-flight)
-   is reported or, if the exchange never saw it, sent again. Likewise every cancel intake
-   accepted (recorded on the order) that the exchange never answered is sent again, by label.
+   is reported or, if the exchange never saw it, sent again. Likewise every cancel or edit
+   intake accepted (recorded on the order) that the exchange never answered is sent again.
 
 The timers never scan the table. The agents write orders through one
 :class:`~oms.streams.order_table.ObservedOrders`, which tells every index that follows them
@@ -82,7 +82,14 @@ from oms.streams.order_table import ObservedOrders
 from oms.streams.outbox import Outbox
 from oms.streams.purge import PurgeTimer, Retention
 from oms.streams.release import ReleaseContext, apply_fired, handle_trigger
-from oms.streams.sweep import OrderSweep, cancel_again, has_unanswered_cancel, is_unacknowledged
+from oms.streams.sweep import (
+    OrderSweep,
+    amend_again,
+    cancel_again,
+    has_unanswered_amend,
+    has_unanswered_cancel,
+    is_unacknowledged,
+)
 from oms.streams.triggering import TriggerLoop
 from oms.streams.venue_quotes import VenueQuotes
 
@@ -269,7 +276,7 @@ class OrderWorker:
             publish_trigger=outbox.trigger,
         )
         # Commands that may have died with a previous owner: unacknowledged submits, and
-        # cancels intake accepted that the exchange never answered.
+        # cancels and edits intake accepted that the exchange never answered.
         sweep_timing: dict[str, Any] = {
             "timeout_s": settings.worker.submit_timeout_s,
             "interval_s": settings.worker.recovery_check_interval_s,
@@ -286,6 +293,11 @@ class OrderWorker:
             act=cancel_again(executor.cancel, executor.cancel_held),
             **sweep_timing,
         )
+        self.unanswered_amends = OrderSweep(
+            "amend_again", follows=has_unanswered_amend, act=amend_again(executor.amend),
+            **sweep_timing,
+        )
+        self.sweeps = (self.unacknowledged, self.unanswered_cancels, self.unanswered_amends)
         self.purge_timer = PurgeTimer(
             purges,
             retention,
@@ -295,7 +307,7 @@ class OrderWorker:
         # The agents write orders through this: every write reaches the indexes above.
         self.orders = observed = ObservedOrders(
             orders,
-            [at_exchange, monitor, algos, self.unacknowledged, self.unanswered_cancels, purges],
+            [at_exchange, monitor, algos, *self.sweeps, purges],
         )
 
         # -- the agents' contexts ----------------------------------------------------------------
@@ -716,13 +728,12 @@ class OrderWorker:
 
     async def sweep(self) -> int:
         """Take up the commands of owned orders that may have died with a worker: submits
-        never acknowledged, cancels never answered (:mod:`oms.streams.sweep`); returns how
-        many orders were acted on."""
+        never acknowledged, cancels and edits never answered (:mod:`oms.streams.sweep`);
+        returns how many orders were acted on."""
         if not self.ownership.refresh():
             return 0
         now = now_ms()
-        swept = await self.unacknowledged.run_once(now)
-        return swept + await self.unanswered_cancels.run_once(now)
+        return sum([await sweep.run_once(now) for sweep in self.sweeps])
 
     def table_statistics(self) -> dict[str, Any]:
         """What the worker holds: orders and markers in its tables (every partition it
@@ -735,9 +746,11 @@ class OrderWorker:
             "at_exchange": len(self.at_exchange),
             "unacknowledged": len(self.unacknowledged),
             "unanswered_cancels": len(self.unanswered_cancels),
+            "unanswered_amends": len(self.unanswered_amends),
             "sweeps": {
                 "reconciled": self.unacknowledged.acted,
                 "cancels_sent_again": self.unanswered_cancels.acted,
+                "amends_sent_again": self.unanswered_amends.acted,
             },
             "monitored": self.monitor.followed,
             "algos": self.algos.followed,

@@ -88,14 +88,15 @@ async def test_sigkill_one_of_two_workers(
         services.stop_all()
 
 
-async def test_a_cancel_accepted_before_a_crash_is_sent_by_the_next_worker(
+async def test_a_cancel_and_an_edit_accepted_before_a_crash_are_sent_by_the_next_worker(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """The worker accepts a client's cancel and dies before the exchange gets it. The
-    request was counted as seen, so a replay of it is a duplicate: the restarted worker
-    must find the cancel recorded on the order and send it again. The order ends cancelled,
-    here and at the exchange, and was placed there once."""
-    settings = make_settings(tmp_path_factory.mktemp("cancel-failover"), kafka_bootstrap)
+    """The worker accepts a client's cancel of one order and edit of another, and dies before
+    the exchange gets them. Both requests were counted as seen, so their replays are
+    duplicates: the restarted worker must find them recorded on the orders and send them
+    again. One order ends cancelled, the other rests at its new price, here and at the
+    exchange, and each was placed there once."""
+    settings = make_settings(tmp_path_factory.mktemp("command-failover"), kafka_bootstrap)
     services = await start_stack(settings, workers=1, sink=False)
     account = ACCOUNTS[0]
     stats_url = f"http://127.0.0.1:{settings.worker.web_port}/stats"
@@ -106,38 +107,50 @@ async def test_a_cancel_accepted_before_a_crash_is_sent_by_the_next_worker(
 
     try:
         async with OrderClient(account, settings=settings) as client:
-            order_id = await client.submit_advanced_order(
-                "BTC-PERPETUAL", 10, "buy", order_type="limit", price=1_000.0
-            )
-            await client.wait_for_event(
-                order_id, lambda e: e.event_type is OrderEventType.OPEN, timeout=60
-            )
+            cancelled, edited = [
+                await client.submit_advanced_order(
+                    "BTC-PERPETUAL", 10, "buy", order_type="limit", price=1_000.0
+                )
+                for _ in range(2)
+            ]
+            for order_id in (cancelled, edited):
+                await client.wait_for_event(
+                    order_id, lambda e: e.event_type is OrderEventType.OPEN, timeout=60
+                )
             # From now on requests reach the exchange a minute late, and a connection's
-            # delayed requests die with it: the cancel is in flight when the worker dies.
+            # delayed requests die with it: both commands are in flight when the worker dies.
             await paper_admin(settings, "admin/set_faults", latency_ms=60_000)
-            await client.cancel_order(order_id)
+            await client.cancel_order(cancelled)
+            await client.amend_order(edited, price=1_100.0)
             await wait_http_ok(
-                stats_url, within=30, ready=lambda body: table(body)["unanswered_cancels"] == 1
+                stats_url,
+                within=30,
+                ready=lambda body: table(body)["unanswered_cancels"] == 1
+                and table(body)["unanswered_amends"] == 1,
             )
             services["worker-0"].kill()
             await paper_admin(settings, "admin/set_faults")  # all off
-            assert OrderEventType.CANCELLED not in [
-                e.event_type for e in client.events_of(order_id)
-            ]
+            seen = {e.event_type for o in (cancelled, edited) for e in client.events_of(o)}
+            assert not seen & {OrderEventType.CANCELLED, OrderEventType.AMENDED}
 
             services["worker-0"].start()
             await worker_ready(settings.worker.web_port, within=120)
             await client.wait_for_event(
-                order_id, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=90
+                cancelled, lambda e: e.event_type is OrderEventType.CANCELLED, timeout=90
             )
+            amended = await client.wait_for_event(
+                edited, lambda e: e.event_type is OrderEventType.AMENDED, timeout=90
+            )
+            assert amended.price == 1_100.0
         await wait_http_ok(
             stats_url,
             within=30,
             ready=lambda body: table(body)["sweeps"]["cancels_sent_again"] == 1
-            and table(body)["unanswered_cancels"] == 0,
+            and table(body)["sweeps"]["amends_sent_again"] == 1
+            and table(body)["unanswered_cancels"] == table(body)["unanswered_amends"] == 0,
         )
-        counts = await exchange_orders_by_label(settings, {account: [order_id]})
-        assert counts == {order_id: 1}
+        counts = await exchange_orders_by_label(settings, {account: [cancelled, edited]})
+        assert counts == {cancelled: 1, edited: 1}
     except BaseException:
         print(services.diagnostics())
         raise

@@ -18,10 +18,25 @@ from oms.algos.scheduler import AlgoScheduler
 from oms.algos.twap import child_request_id
 from oms.lifecycle.monitor import LifecycleMonitor, lifecycle_request_id
 from oms.orders.params import CANCEL_REASON_KEY, TwapParams
-from oms.schemas import OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
+from oms.schemas import (
+    CommandType,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    PendingAmend,
+    ReasonCode,
+    now_ms,
+)
 from oms.settings import LifecycleSettings
 from oms.streams.order_table import ObservedOrders
-from oms.streams.sweep import OrderSweep, cancel_again, has_unanswered_cancel, is_unacknowledged
+from oms.streams.sweep import (
+    OrderSweep,
+    amend_again,
+    cancel_again,
+    has_unanswered_amend,
+    has_unanswered_cancel,
+    is_unacknowledged,
+)
 from tests.orders.factories import order_record
 
 T0 = 1_700_000_000_000
@@ -289,6 +304,39 @@ async def test_an_unanswered_cancel_is_sent_again_by_the_way_that_fits_its_order
     assert await cancels.run_once(T0 + 10**9) == 2
     assert sorted(a[1] for a in acted[4:]) == ["pending", "queued"]
     assert cancels.acted == 6
+
+
+async def test_an_unanswered_edit_is_sent_again_once_its_order_is_live() -> None:
+    rig = Rig()
+    sent: list[OrderRequest] = []
+
+    async def amend(order: OrderRecord, request: OrderRequest) -> None:
+        sent.append(request)
+
+    amends = OrderSweep(
+        "amend_again",
+        follows=has_unanswered_amend,
+        act=amend_again(amend),
+        timeout_s=15.0,
+        interval_s=5.0,
+        order_of=rig.order_of,
+        owns=rig.owns,
+        is_inflight=rig.busy.__contains__,
+    )
+    table = ObservedOrders(rig.data, [amends])
+    pending = PendingAmend(request_id="a-1", price=1_100.0)
+    common: dict[str, Any] = {"amend_pending": pending, "updated_at": T0}
+    table["live"] = order_record(OrderStatus.OPEN, order_id="live", **common)
+    # Not at the exchange yet, or a cancel on its way: not the edit's turn.
+    table["sent"] = order_record(OrderStatus.SUBMITTED, order_id="sent", **common)
+    table["cancelling"] = order_record(
+        OrderStatus.OPEN, order_id="cancelling", cancel_request_id="c", **common
+    )
+    assert len(amends) == 1
+    assert await amends.run_once(T0 + 10**9) == 1
+    assert [(r.command, r.order_id, r.request_id, r.amount, r.price) for r in sent] == [
+        (CommandType.AMEND, "live", "a-1", None, 1_100.0)
+    ]
 
 
 async def test_a_write_that_asks_for_work_now_wakes_the_algorithms() -> None:

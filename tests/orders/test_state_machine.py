@@ -10,6 +10,7 @@ from oms.schemas import (
     Fill,
     OrderEventType,
     OrderStatus,
+    PendingAmend,
     ReasonCode,
     ReportSource,
 )
@@ -127,6 +128,30 @@ def test_amend_report_emits_amended() -> None:
     result = apply_report(order, _report(ExchangeOrderState.OPEN, 0, 2, amount=200.0, price=49_000))
     assert [e.event_type for e in result.events] == [OrderEventType.AMENDED]
     assert result.order.amount == 200 and result.order.price == 49_000
+
+
+def test_the_answer_to_the_edit_on_its_way_clears_it() -> None:
+    """Done, refused or changing nothing: answered, so nothing sends it again. An answer to
+    another request, or news that is not an answer, leaves it pending."""
+    pending = PendingAmend(request_id="a-2", amount=200.0, price=49_000)
+    order = _order(OrderStatus.OPEN, exchange_updated_at=1, amend_pending=pending)
+    done = _report(
+        ExchangeOrderState.OPEN, 0, 2, amount=200.0, price=49_000, command=CommandType.AMEND,
+        request_id="a-2",
+    )
+    refused = _report(
+        None, command=CommandType.AMEND, request_id="a-2", error_code=11044, error_message="x"
+    )
+    unchanged = _report(
+        ExchangeOrderState.OPEN, 0, 1, command=CommandType.AMEND, request_id="a-2"
+    )
+    for answer in (done, refused, unchanged):
+        assert apply_report(order, answer).order.amend_pending is None
+    earlier = refused.model_copy(update={"request_id": "a-1"})
+    news = _report(ExchangeOrderState.OPEN, 40, 2)
+    for other in (earlier, news):
+        assert apply_report(order, other).order.amend_pending == pending
+    assert [e.event_type for e in apply_report(order, done).events] == [OrderEventType.AMENDED]
 
 
 def test_event_ids_are_deterministic_for_replays() -> None:

@@ -16,6 +16,7 @@ from oms.schemas import (
     OrderRecord,
     OrderRequest,
     OrderStatus,
+    PendingAmend,
     ReasonCode,
 )
 from oms.schemas.commands import (
@@ -27,7 +28,7 @@ from oms.schemas.commands import (
 )
 from oms.settings import QueueSettings
 from oms.streams.intake import IntakeContext, handle_command
-from tests.orders.factories import order_record
+from tests.orders.factories import BTC_PERPETUAL, order_record
 
 
 class KafkaBackedTable(dict[str, Any]):
@@ -141,3 +142,28 @@ async def test_an_accepted_cancel_is_recorded_on_its_order() -> None:
     assert [request_id for request_id, _ in exchange.cancels] == ["c-1"]
     assert table["o-1"].cancel_request_id == "c-1"
     assert table["o-1"].seen_request_ids == ["c-1"]
+
+
+async def test_an_accepted_edit_is_recorded_on_its_order() -> None:
+    table, events = KafkaBackedTable(), []
+    table["o-1"] = order_record(OrderStatus.OPEN)
+    edits: list[str] = []
+
+    class Editor(Exchange):
+        async def amend(self, order: OrderRecord, request: OrderRequest) -> None:
+            edits.append(request.request_id)
+
+    command = OrderCommand(
+        origin=CommandOrigin(kind=OriginKind.EXTERNAL, source="0:1"),
+        request=OrderRequest(
+            command=CommandType.AMEND, request_id="a-1", account_id="acc", order_id="o-1",
+            price=49_000.0,
+        ),
+    )
+    ctx = _context(table, Editor(table), events)
+    ctx.instrument = lambda name: BTC_PERPETUAL
+    await handle_command(
+        ctx, command.to_bytes(), key=b"o-1", partition=0, offset=7, replayed=False
+    )
+    assert edits == ["a-1"], events
+    assert table["o-1"].amend_pending == PendingAmend(request_id="a-1", price=49_000.0)
