@@ -17,6 +17,12 @@ straight to intake, in the request's own stream event, so its table writes go to
 changelog partition the command topic would have used. It saves a produce, a fetch and a
 decode per order, and one Kafka round trip of latency.
 
+Both ways keep the order of an order's commands: a command goes straight to intake only when
+every command this worker routed through that partition of ``order-commands``, and every
+record on it when the worker took it over, has been applied. Otherwise a cancel read just
+after a rebalance could overtake its own submit, still on the topic, and be refused as
+unknown (the order then rests with nobody cancelling it).
+
 The edge holds no state, so any worker may read any partition of ``order-requests``.
 Refusals are events on ``order-events`` (keyed by the order id they concern), never state.
 """
@@ -24,9 +30,10 @@ Refusals are events on ``order-events`` (keyed by the order id they concern), ne
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from oms.auth.signing import Headers
 from oms.auth.verify import Authenticator
@@ -53,17 +60,21 @@ class Forward(Protocol):
 
 class CommandRoute:
     """Forwards the edge's commands: straight into intake when the request was read from the
-    partition its order id maps to and this worker owns that partition of ``order-commands``
-    and intake is ready; through ``order-commands`` otherwise.
+    partition its order id maps to, this worker owns that partition of ``order-commands``,
+    intake is ready and has applied everything routed through that partition before; through
+    ``order-commands`` otherwise.
 
-    ``lock`` is the one intake also holds around each command, so commands still reach the
-    order table one at a time whichever way they came.
+    ``publish`` returns the delivery of the record (its offset). ``lock`` is the one intake
+    also holds around each command, so commands still reach the order table one at a time
+    whichever way they came. The worker tells the route which partitions of
+    ``order-commands`` it took over and where they ended then (:meth:`assigned`), and every
+    record intake applied from them (:meth:`applied`).
     """
 
     def __init__(
         self,
         *,
-        publish: Callable[[OrderCommand], Awaitable[None]],
+        publish: Callable[[OrderCommand], Awaitable[Awaitable[Any]]],
         apply: Callable[[OrderCommand, bool], Awaitable[None]],
         partition_of: Callable[[str], int],
         direct_partitions: Callable[[], frozenset[int]],
@@ -76,21 +87,54 @@ class CommandRoute:
         self._direct_partitions = direct_partitions
         self._ready = ready
         self._lock = lock
+        # Per partition of order-commands: the offset intake must have applied up to before
+        # a command may skip the topic, the next offset it has not applied, and this route's
+        # records on their way there (offset not known yet).
+        self._must_reach: dict[int, int] = {}
+        self._applied: dict[int, int] = {}
+        self._unconfirmed: Counter[int] = Counter()
         self.direct = 0
         self.published = 0
+        self.behind = 0  # published because earlier commands were still on the topic
+
+    def assigned(self, ends: Mapping[int, int]) -> None:
+        """Partitions of ``order-commands`` taken over, with their end offsets then: what a
+        previous owner left on them is applied (through the topic) before anything skips
+        it."""
+        for partition, end in ends.items():
+            self._must_reach[partition] = max(self._must_reach.get(partition, 0), end)
+
+    def applied(self, partition: int, offset: int) -> None:
+        """Intake applied the record at ``offset`` of ``partition`` of ``order-commands``."""
+        if offset >= self._applied.get(partition, 0):
+            self._applied[partition] = offset + 1
+
+    def _caught_up(self, partition: int) -> bool:
+        return (
+            self._unconfirmed[partition] == 0
+            and self._applied.get(partition, 0) >= self._must_reach.get(partition, 0)
+        )
 
     async def __call__(self, command: OrderCommand, *, partition: int, replayed: bool) -> None:
-        if (
-            partition in self._direct_partitions()
-            and self._partition_of(command.key) == partition
-            and self._ready()
-        ):
-            self.direct += 1
+        target = self._partition_of(command.key)
+        if target == partition and partition in self._direct_partitions() and self._ready():
             async with self._lock:
-                await self._apply(command, replayed)
-            return
+                if self._caught_up(partition):
+                    self.direct += 1
+                    await self._apply(command, replayed)
+                    return
+            self.behind += 1
         self.published += 1
-        await self._publish(command)
+        delivery = asyncio.ensure_future(await self._publish(command))
+        self._unconfirmed[target] += 1
+        delivery.add_done_callback(lambda done: self._delivered(target, done))
+
+    def _delivered(self, partition: int, delivery: asyncio.Future[Any]) -> None:
+        self._unconfirmed[partition] -= 1
+        if delivery.cancelled() or delivery.exception() is not None:
+            return  # never on the topic: nothing to wait for
+        offset = int(delivery.result().offset)
+        self._must_reach[partition] = max(self._must_reach.get(partition, 0), offset + 1)
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ The worker hands these methods to its components as plain callables.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from oms.schemas import DeadLetter, ExecutionReport, MetricsSample, OrderEvent, OrderRequest, Topic
 from oms.schemas.commands import InternalComponent, OrderCommand, internal_command
@@ -65,6 +66,13 @@ class Outbox:
     async def command(self, command: OrderCommand) -> None:
         """A command on the internal path (authenticated by the edge, or the OMS's own)."""
         await self.send(self._commands, command.key.encode(), command.to_bytes())
+
+    async def command_delivery(self, command: OrderCommand) -> Awaitable[Any]:
+        """:meth:`command`, returning the delivery of the record (its metadata: offset)."""
+        delivery: Awaitable[Any] = await self._app.producer.send(
+            self._commands, command.key.encode(), command.to_bytes(), None, None, None
+        )
+        return delivery
 
     def commands_of(
         self, component: InternalComponent

@@ -321,7 +321,7 @@ class OrderWorker:
         # that maps to its own partition goes straight to intake. Empty while rebalancing.
         self._direct_partitions: frozenset[int] = frozenset()
         self.command_route = CommandRoute(
-            publish=outbox.command,
+            publish=outbox.command_delivery,
             apply=lambda command, replayed: apply_command(self.intake, command, replayed=replayed),
             partition_of=lambda key: partition_of(key, partitions),
             direct_partitions=lambda: self._direct_partitions,
@@ -510,6 +510,7 @@ class OrderWorker:
                         offset=message.offset,
                         replayed=self._is_replay(message),
                     )
+                    self.command_route.applied(message.partition, message.offset)
 
         def agent(handle: Any, ctx: Any) -> Any:
             async def run(stream: Any) -> None:
@@ -546,6 +547,10 @@ class OrderWorker:
             highwaters = await app.consumer.highwaters(*tps)
             for tp, offset in highwaters.items():
                 self._replay_below[(tp.topic, tp.partition)] = offset
+            # What is on order-commands now is applied before any command skips it.
+            self.command_route.assigned(
+                {tp.partition: end for tp, end in highwaters.items() if tp.topic == commands_name}
+            )
             commands = self.oms.active_partitions(commands_name)
             self._direct_partitions = frozenset(
                 commands & self.oms.active_partitions(self._requests_topic)
@@ -667,6 +672,7 @@ class OrderWorker:
                         **self.edge.counters,
                         "commands_direct": self.command_route.direct,
                         "commands_published": self.command_route.published,
+                        "commands_behind": self.command_route.behind,
                     },
                     "intake": self.intake.counters,
                     "order_state": {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -166,12 +168,23 @@ class TestCommandRoute:
     """Commands whose request sits on their own partition go straight to intake."""
 
     def route(
-        self, *, owned: frozenset[int], ready: bool = True
+        self,
+        *,
+        owned: frozenset[int],
+        ready: Callable[[], bool] = lambda: True,
+        confirm: bool = True,
     ) -> tuple[CommandRoute, list[tuple[str, OrderCommand, bool]]]:
+        """A route whose publishes land at offsets 100, 101... of their partition (confirmed
+        at once, or never with ``confirm=False``)."""
         seen: list[tuple[str, OrderCommand, bool]] = []
+        offsets = iter(range(100, 200))
 
-        async def publish(command: OrderCommand) -> None:
+        async def publish(command: OrderCommand) -> asyncio.Future[SimpleNamespace]:
             seen.append(("published", command, False))
+            delivery: asyncio.Future[SimpleNamespace] = asyncio.get_running_loop().create_future()
+            if confirm:
+                delivery.set_result(SimpleNamespace(offset=next(offsets)))
+            return delivery
 
         async def apply(command: OrderCommand, replayed: bool) -> None:
             seen.append(("direct", command, replayed))
@@ -181,7 +194,7 @@ class TestCommandRoute:
             apply=apply,
             partition_of=lambda key: partition_of(key, 8),
             direct_partitions=lambda: owned,
-            ready=lambda: ready,
+            ready=ready,
             lock=asyncio.Lock(),
         )
         return route, seen
@@ -211,6 +224,54 @@ class TestCommandRoute:
             (frozenset({home}), home, False),  # intake not ready (book or market loading)
         ]
         for owned, partition, ready in cases:
-            route, seen = self.route(owned=owned, ready=ready)
+            route, seen = self.route(owned=owned, ready=lambda ready=ready: ready)
             await route(command, partition=partition, replayed=False)
             assert seen == [("published", command, False)]
+
+    async def test_a_command_never_overtakes_one_still_on_the_command_topic(self) -> None:
+        """Published while intake was not ready (its submit, say), a command is on the topic;
+        the next one for that partition follows it there until intake has applied it."""
+        command = self.command()
+        home = partition_of(command.key, 8)
+        ready = [False]
+        route, log = self.route(owned=frozenset({home}), ready=lambda: ready[0])
+        await route(command, partition=home, replayed=False)
+        ready[0] = True
+        await route(command, partition=home, replayed=False)
+        await asyncio.sleep(0)  # the deliveries' callbacks
+        assert [how for how, _, _ in log] == ["published", "published"]
+        assert (route.direct, route.published, route.behind) == (0, 2, 1)
+        route.applied(home, 100)
+        await route(command, partition=home, replayed=False)
+        await asyncio.sleep(0)
+        assert [how for how, _, _ in log][2] == "published"  # 101 is still ahead of intake
+        route.applied(home, 101)
+        route.applied(home + 1, 500)  # another partition's progress changes nothing here
+        route.applied(home, 102)
+        await route(command, partition=home, replayed=False)
+        assert [how for how, _, _ in log][3] == "direct"
+
+    async def test_what_a_previous_owner_left_on_the_topic_is_applied_first(self) -> None:
+        command = self.command()
+        home = partition_of(command.key, 8)
+        route, log = self.route(owned=frozenset({home}))
+        route.assigned({home: 7, home + 1: 0})  # offsets 0-6 were there at the takeover
+        await route(command, partition=home, replayed=True)  # -> offset 100
+        await asyncio.sleep(0)
+        route.applied(home, 6)
+        await route(command, partition=home, replayed=True)  # 100 is still ahead -> 101
+        await asyncio.sleep(0)
+        route.applied(home, 100)
+        route.applied(home, 101)
+        await route(command, partition=home, replayed=True)
+        assert [how for how, _, _ in log] == ["published", "published", "direct"]
+
+    async def test_an_unconfirmed_publish_holds_the_partition(self) -> None:
+        command = self.command()
+        home = partition_of(command.key, 8)
+        route, log = self.route(owned=frozenset({home}), confirm=False)
+        route.assigned({home: 0})
+        other = (home + 1) % 8
+        await route(command, partition=other, replayed=False)  # read from another partition
+        await route(command, partition=home, replayed=False)
+        assert [how for how, _, _ in log] == ["published", "published"]
