@@ -438,6 +438,17 @@ class PacedFlow:
         labels_twice = len(stats.get("duplicate_labels", {}))
         orders["duplicates_at_exchange"] = max(orders["duplicates_at_exchange"], labels_twice)
         orders["details"]["exchange_duplicate_labels"] = labels_twice
+        # What happened to a few lost orders, to tell where they stopped.
+        lost = set(orders["details"]["examples"]["lost"])
+        histories: dict[str, list[str]] = {oid: [] for oid in lost}
+        for event in self.log.events:
+            if event.order_id in lost:
+                reason = f" ({event.reason_code.value})" if event.reason_code else ""
+                histories[event.order_id].append(f"{event.event_type.value}{reason}")
+        orders["details"]["lost_histories"] = {
+            oid: {"events": events, "at_exchange": [o.get("order_state") for o in at_exchange[oid]]}
+            for oid, events in histories.items()
+        }
         return orders
 
 
