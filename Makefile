@@ -101,7 +101,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache
 
 test: kafka lint k8s-tools
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=20 $(PYTEST_ARGS)
 
 # Every scenario; BENCH_ARGS=--quick for the few-minute version. Writes bench/results/latest.*
 bench: kafka
