@@ -18,13 +18,13 @@ from oms.algos.strategy import Plan, StrategyBase, StrategyContext
 from oms.orders.params import ALGO_KEY, CHASE, ChaseParams
 from oms.orders.state_machine import EPSILON
 from oms.schemas import (
+    LIVE_STATUSES,
     CommandType,
     Direction,
     InstrumentSpec,
     MarketTick,
     OrderRecord,
     OrderRequest,
-    OrderStatus,
     OrderType,
     ReasonCode,
 )
@@ -112,7 +112,6 @@ def requote(
 
 # A re-quote waits for its amend to be applied (new version) or this long (ms).
 REQUOTE_AGAIN_MS = 2_000
-_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class ChaseStrategy(StrategyBase):
@@ -151,11 +150,11 @@ class ChaseStrategy(StrategyBase):
 
     def on_report(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """A working order follows the ticks; any other is left alone."""
-        return Plan(follow_ticks=True) if order.status in _WORKING else Plan.done()
+        return Plan(follow_ticks=True) if order.status in LIVE_STATUSES else Plan.done()
 
     def on_tick(self, order: OrderRecord, ctx: StrategyContext) -> Plan:
         """Re-quote at the touch, unless our previous amend of this version is pending."""
-        if order.status not in _WORKING:
+        if order.status not in LIVE_STATUSES:
             return Plan.done()
         keep = Plan(follow_ticks=True)
         if ctx.tick is None:

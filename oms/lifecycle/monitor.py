@@ -35,12 +35,19 @@ import structlog
 from oms.lifecycle.policy import policy_of
 from oms.orders.indexes import DeadlineIndex
 from oms.orders.params import CANCEL_REASON_KEY, LifecyclePolicy, works_through_children
-from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, ReasonCode, now_ms
+from oms.schemas import (
+    LIVE_STATUSES,
+    CommandType,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    ReasonCode,
+    now_ms,
+)
 from oms.settings import LifecycleSettings
 
 log = structlog.get_logger(__name__)
 
-_LIVE = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 # A cancel request the timer published is not published again before this (ms): intake
 # dedupes by request id anyway, this only keeps duplicate events out of the stream.
 _REQUEST_AGAIN_MS = 30_000
@@ -84,7 +91,11 @@ class LifecycleMonitor:
 
     def note(self, order_id: str, order: OrderRecord | None) -> None:
         """An order was written (None: it left the table): follow it while it is live."""
-        if order is None or order.status not in _LIVE or works_through_children(order.metadata):
+        if (
+            order is None
+            or order.status not in LIVE_STATUSES
+            or works_through_children(order.metadata)
+        ):
             self._forget(order_id)  # a parent is not at the exchange; its children are
             return
         if order.status is OrderStatus.PARTIALLY_FILLED:
@@ -149,7 +160,7 @@ class LifecycleMonitor:
         order = self.order_of(order_id)
         if (
             order is None
-            or order.status not in _LIVE
+            or order.status not in LIVE_STATUSES
             or works_through_children(order.metadata)
             or not self.owns(order_id)
         ):

@@ -49,6 +49,7 @@ from oms.exchange.interface import Exchange
 from oms.lifecycle.lookup import LabelLookup
 from oms.orders.params import works_through_children
 from oms.schemas import (
+    LIVE_STATUSES,
     ExchangeOrderState,
     ExecutionReport,
     OrderRecord,
@@ -63,7 +64,7 @@ log = structlog.get_logger(__name__)
 # What the exchange may hold (looked up by every pass).
 CHECKED = frozenset({OrderStatus.SUBMITTED, OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 # Acknowledged once: the exchange must know them, so not finding them counts as a miss.
-ACKNOWLEDGED = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
+ACKNOWLEDGED = LIVE_STATUSES
 
 
 @dataclass

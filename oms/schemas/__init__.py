@@ -3,6 +3,7 @@
 from oms.schemas.base import DEFAULT_VENUE, Record, now_ms
 from oms.schemas.dead_letters import DeadLetter
 from oms.schemas.enums import (
+    LIVE_STATUSES,
     CommandType,
     Direction,
     ExchangeOrderState,
@@ -30,6 +31,7 @@ from oms.schemas.topics import Topic, topic_name
 
 __all__ = [
     "DEFAULT_VENUE",
+    "LIVE_STATUSES",
     "CommandType",
     "DeadLetter",
     "Direction",

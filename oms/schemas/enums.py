@@ -66,6 +66,8 @@ class OrderStatus(StrEnum):
 TERMINAL_STATUSES = frozenset(
     {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
 )
+# Acknowledged by the exchange and working there: resting, or partly filled.
+LIVE_STATUSES = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class OrderEventType(StrEnum):

@@ -32,7 +32,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from oms.orders.indexes import DeadlineIndex
-from oms.schemas import CommandType, OrderRecord, OrderRequest, OrderStatus, now_ms
+from oms.schemas import (
+    LIVE_STATUSES,
+    CommandType,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    now_ms,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +48,6 @@ UNACKNOWLEDGED = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED})
 # order looks it up by label first (and reports it cancelled if it never got there), so the
 # sweep never sends an order the client cancelled.
 _MAYBE_SENT = frozenset({OrderStatus.PENDING, OrderStatus.SUBMITTED, OrderStatus.QUEUED})
-_LIVE = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
 
 class OrderSweep:
@@ -124,7 +130,7 @@ def has_unanswered_amend(order: OrderRecord) -> bool:
     return (
         order.amend_pending is not None
         and order.cancel_request_id is None
-        and order.status in _LIVE
+        and order.status in LIVE_STATUSES
     )
 
 
