@@ -255,16 +255,33 @@ def _reason_for_error(report: ExecutionReport) -> ReasonCode:
 def apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
     """Apply one execution report to an order. Never mutates ``order``."""
     result = _apply_report(order, report)
-    pending = result.order.amend_pending
+    answered = _answered_command(result.order, report)
+    if answered is not None:
+        # Nothing sends it again (oms.streams.sweep).
+        result.order = result.order.model_copy(update={answered: None})
+    return result
+
+
+def _answered_command(order: OrderRecord, report: ExecutionReport) -> str | None:
+    """The field recording a command intake sent to the exchange that ``report`` answers,
+    if any. An edit is answered by any report about it: done, refused or changing nothing. A
+    cancel only by its refusal: done, the order ends; otherwise it stays pending and is sent
+    again."""
+    pending = order.amend_pending
     if (
-        pending is not None
-        and report.command is CommandType.AMEND
+        report.command is CommandType.AMEND
+        and pending is not None
         and report.request_id == pending.request_id
     ):
-        # The exchange answered the edit on its way (done, refused or changing nothing):
-        # nothing sends it again.
-        result.order = result.order.model_copy(update={"amend_pending": None})
-    return result
+        return "amend_pending"
+    if (
+        report.command is CommandType.CANCEL
+        and report.error_code is not None
+        and order.cancel_request_id is not None
+        and report.request_id == order.cancel_request_id
+    ):
+        return "cancel_request_id"
+    return None
 
 
 def _apply_report(order: OrderRecord, report: ExecutionReport) -> Transition:
@@ -486,7 +503,4 @@ def _command_failed(order: OrderRecord, report: ExecutionReport) -> Transition:
     )
     # The event id must not collide with state events of the same version.
     event.event_id = f"{order.order_id}:{order.version}:command_rejected:{report.request_id}"
-    if report.command is CommandType.CANCEL and report.request_id == order.cancel_request_id:
-        # Answered: the client was told it failed, nothing sends it again.
-        order = order.model_copy(update={"cancel_request_id": None})
     return Transition(order, Outcome.APPLIED, [event], note="command failed")
