@@ -102,7 +102,7 @@ class CommandRoute:
         previous owner left on them is applied (through the topic) before anything skips
         it."""
         for partition, end in ends.items():
-            self._must_reach[partition] = max(self._must_reach.get(partition, 0), end)
+            self._hold(partition, end)
 
     def applied(self, partition: int, offset: int) -> None:
         """Intake applied the record at ``offset`` of ``partition`` of ``order-commands``."""
@@ -133,8 +133,11 @@ class CommandRoute:
         self._unconfirmed[partition] -= 1
         if delivery.cancelled() or delivery.exception() is not None:
             return  # never on the topic: nothing to wait for
-        offset = int(delivery.result().offset)
-        self._must_reach[partition] = max(self._must_reach.get(partition, 0), offset + 1)
+        self._hold(partition, int(delivery.result().offset) + 1)
+
+    def _hold(self, partition: int, until: int) -> None:
+        """Nothing skips ``partition`` before intake has applied its records below ``until``."""
+        self._must_reach[partition] = max(self._must_reach.get(partition, 0), until)
 
 
 @dataclass(kw_only=True)

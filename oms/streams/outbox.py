@@ -35,9 +35,15 @@ class Outbox:
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Any record, to any topic."""
-        await self._app.producer.send(
+        await self._deliver(topic, key, value)
+
+    async def _deliver(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        """Hand a record to the producer; returns its delivery (the record's metadata, with
+        its offset, once the broker has it)."""
+        delivery: Awaitable[Any] = await self._app.producer.send(
             topic, key, value, partition=None, timestamp=None, headers=None
         )
+        return delivery
 
     async def event(self, event: OrderEvent) -> None:
         """An order event (``order-events``, keyed by order id)."""
@@ -69,10 +75,7 @@ class Outbox:
 
     async def command_delivery(self, command: OrderCommand) -> Awaitable[Any]:
         """:meth:`command`, returning the delivery of the record (its metadata: offset)."""
-        delivery: Awaitable[Any] = await self._app.producer.send(
-            self._commands, command.key.encode(), command.to_bytes(), None, None, None
-        )
-        return delivery
+        return await self._deliver(self._commands, command.key.encode(), command.to_bytes())
 
     def commands_of(
         self, component: InternalComponent

@@ -33,7 +33,7 @@ import gc
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
@@ -277,25 +277,30 @@ class OrderWorker:
         )
         # Commands that may have died with a previous owner: unacknowledged submits, and
         # cancels and edits intake accepted that the exchange never answered.
-        sweep_timing: dict[str, Any] = {
-            "timeout_s": settings.worker.submit_timeout_s,
-            "interval_s": settings.worker.recovery_check_interval_s,
-            "order_of": self._order_of,
-            "owns": self.ownership.owns,
-            "is_inflight": commands.is_inflight,
-        }
-        self.unacknowledged = OrderSweep(
-            "reconcile", follows=is_unacknowledged, act=executor.reconcile, **sweep_timing
-        )
-        self.unanswered_cancels = OrderSweep(
+        def sweep(
+            name: str,
+            follows: Callable[[OrderRecord], bool],
+            act: Callable[[OrderRecord], Awaitable[object]],
+        ) -> OrderSweep:
+            return OrderSweep(
+                name,
+                follows=follows,
+                act=act,
+                timeout_s=settings.worker.submit_timeout_s,
+                interval_s=settings.worker.recovery_check_interval_s,
+                order_of=self._order_of,
+                owns=self.ownership.owns,
+                is_inflight=commands.is_inflight,
+            )
+
+        self.unacknowledged = sweep("reconcile", is_unacknowledged, executor.reconcile)
+        self.unanswered_cancels = sweep(
             "cancel_again",
-            follows=has_unanswered_cancel,
-            act=cancel_again(executor.cancel, executor.cancel_held),
-            **sweep_timing,
+            has_unanswered_cancel,
+            cancel_again(executor.cancel, executor.cancel_held),
         )
-        self.unanswered_amends = OrderSweep(
-            "amend_again", follows=has_unanswered_amend, act=amend_again(executor.amend),
-            **sweep_timing,
+        self.unanswered_amends = sweep(
+            "amend_again", has_unanswered_amend, amend_again(executor.amend)
         )
         self.sweeps = (self.unacknowledged, self.unanswered_cancels, self.unanswered_amends)
         self.purge_timer = PurgeTimer(

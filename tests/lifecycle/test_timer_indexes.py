@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -67,17 +68,27 @@ class Rig:
             publish_request=self._publish,
             latest_tick=lambda instrument: None,
         )
-        self.sweep = OrderSweep(
-            "reconcile",
-            follows=is_unacknowledged,
-            act=self._reconcile,
+        self.sweep = self.order_sweep("reconcile", is_unacknowledged, self._reconcile)
+        self.table = ObservedOrders(self.data, [self.monitor, self.algos, self.sweep])
+
+    def order_sweep(
+        self,
+        name: str,
+        follows: Callable[[OrderRecord], bool],
+        act: Callable[[OrderRecord], Awaitable[object]],
+    ) -> OrderSweep:
+        """A sweep over this rig's orders, due 15 s after an order's last change, then
+        every 5 s."""
+        return OrderSweep(
+            name,
+            follows=follows,
+            act=act,
             timeout_s=15.0,
             interval_s=5.0,
             order_of=self.order_of,
             owns=self.owns,
             is_inflight=self.busy.__contains__,
         )
-        self.table = ObservedOrders(self.data, [self.monitor, self.algos, self.sweep])
 
     def order_of(self, order_id: str) -> OrderRecord | None:
         self.reads[order_id] += 1
@@ -262,16 +273,8 @@ async def test_an_unanswered_cancel_is_sent_again_by_the_way_that_fits_its_order
     async def cancel_held(order: OrderRecord, request_id: str) -> None:
         acted.append(("cancel_held", order.order_id, request_id))
 
-    cancels = OrderSweep(
-        "cancel_again",
-        follows=has_unanswered_cancel,
-        act=cancel_again(cancel, cancel_held),
-        timeout_s=15.0,
-        interval_s=5.0,
-        order_of=rig.order_of,
-        owns=rig.owns,
-        is_inflight=rig.busy.__contains__,
-    )
+    act = cancel_again(cancel, cancel_held)
+    cancels = rig.order_sweep("cancel_again", has_unanswered_cancel, act)
     table = ObservedOrders(rig.data, [rig.sweep, cancels])
     for order_id, status in [
         ("open", OrderStatus.OPEN),
@@ -313,16 +316,7 @@ async def test_an_unanswered_edit_is_sent_again_once_its_order_is_live() -> None
     async def amend(order: OrderRecord, request: OrderRequest) -> None:
         sent.append(request)
 
-    amends = OrderSweep(
-        "amend_again",
-        follows=has_unanswered_amend,
-        act=amend_again(amend),
-        timeout_s=15.0,
-        interval_s=5.0,
-        order_of=rig.order_of,
-        owns=rig.owns,
-        is_inflight=rig.busy.__contains__,
-    )
+    amends = rig.order_sweep("amend_again", has_unanswered_amend, amend_again(amend))
     table = ObservedOrders(rig.data, [amends])
     pending = PendingAmend(request_id="a-1", price=1_100.0)
     common: dict[str, Any] = {"amend_pending": pending, "updated_at": T0}
