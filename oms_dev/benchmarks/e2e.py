@@ -12,6 +12,12 @@ cost with no order logic at all.
 (:mod:`oms_dev.benchmarks.preload`), and the figures say how many the table held when the
 measured orders were published and what the workers' resident memory was.
 :func:`run_e2e_compare_preload` runs the same load without, then with, on one broker.
+
+Nothing is timed on a cold stack: the broker first carries ``broker_warmup`` messages, then
+the stack ``warmup`` orders. ``cpu_budget`` is what an order cost in CPU in every process on
+the machine, the broker and this benchmark's own clients included, and the order rate at
+which that fills every core, with and without the workers' share: the most the workers'
+speed alone could bring on this machine.
 """
 
 from __future__ import annotations
@@ -70,7 +76,9 @@ class E2EConfig:
     rate: float | None = None
     accounts: int | None = None
     partitions: int = 8
-    warmup: int = 50
+    # Orders through the stack before the measured ones, unmeasured (a stack in service is
+    # warm: connections open, caches filled, the broker's hot paths compiled).
+    warmup: int = 500
     timeout_s: float = 300.0
     # Signed requests verified by the edge plus every pre-trade risk check: the default
     # configuration. False measures trusted mode with the checks off, for comparison.
@@ -82,6 +90,8 @@ class E2EConfig:
     # Seconds of no orders after the warm-up, during which each process's CPU is measured
     # (0: none): what the stack costs when nothing happens.
     idle_s: float = 0.0
+    # Messages put through a fresh broker before anything is measured (its JIT warm-up).
+    broker_warmup: int = 30_000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -286,14 +296,37 @@ async def baseline_passthrough(
     return n / elapsed
 
 
+async def start_warm_broker(
+    broker: KafkaBroker, config: E2EConfig, on_status: Callable[[str], None]
+) -> float | None:
+    """Start ``broker`` and put ``config.broker_warmup`` messages through it (the baseline's
+    two hops, unmeasured); returns the seconds that took.
+
+    A fresh broker spends its first tens of seconds under load compiling its hot paths (the
+    JVM's JIT): measured on a cold broker, Kafka took 2.3 ms of CPU per order against 1.3-1.5
+    once warm, on cores the OMS shares, and the first run's throughput came out ~20% lower.
+    A broker in service is warm; so is this one before anything is timed.
+    """
+    on_status("starting Kafka")
+    await broker.astart(die_with_parent=True)
+    if not config.broker_warmup:
+        return None
+    on_status(f"warming Kafka up ({config.broker_warmup} messages through two hops)")
+    started = time.perf_counter()
+    await baseline_passthrough(
+        broker.bootstrap, "warmup.", config.broker_warmup, 300, 1_500, config.partitions
+    )
+    return round(time.perf_counter() - started, 1)
+
+
 async def run_e2e(config: E2EConfig, on_status: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark (one worker, or ``config.workers``) and return its figures."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
     broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-    on_status("starting Kafka")
-    await broker.astart(die_with_parent=True)
     try:
-        return await _measure(config, broker, base, config.workers, on_status, True)
+        warmup_s = await start_warm_broker(broker, config, on_status)
+        result = await _measure(config, broker, base, config.workers, on_status, True)
+        return {**result, "broker_warmup_s": warmup_s}
     finally:
         await broker.astop()
 
@@ -305,10 +338,9 @@ async def run_e2e_scaling(
     throughput of the largest count over the smallest's."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
     broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-    on_status("starting Kafka")
-    await broker.astart(die_with_parent=True)
     runs: dict[str, dict[str, Any]] = {}
     try:
+        await start_warm_broker(broker, config, on_status)
         for n in worker_counts:
             runs[str(n)] = await _measure(
                 config, broker, base / f"workers-{n}", n, on_status, n == worker_counts[0]
@@ -330,15 +362,15 @@ async def run_e2e_compare_preload(
 ) -> dict[str, Any]:
     """The same load with ``preload`` ended orders in the table, and with an empty table, on
     one broker; ``throughput_preloaded_vs_empty`` is the first's throughput over the
-    second's. A run with an empty table goes first (it also measures the baseline): the first
-    run on a fresh broker is slowed by the broker's own warm-up, and neither compared run
-    should pay for it. The empty run compared comes after the preloaded one."""
+    second's. A run with an empty table goes first (it also measures the baseline), so that
+    neither compared run pays for what a first run warms up, the broker's warm-up
+    (:func:`start_warm_broker`) notwithstanding. The empty run compared comes after the
+    preloaded one."""
     base = Path(tempfile.mkdtemp(prefix="oms-bench-e2e-"))
     broker = KafkaBroker.isolated(base / "kafka", partitions=config.partitions)
-    on_status("starting Kafka")
-    await broker.astart(die_with_parent=True)
     runs: dict[str, dict[str, Any]] = {}
     try:
+        await start_warm_broker(broker, config, on_status)
         for name, count in (("warm_up", 0), ("preloaded", preload), ("empty", 0)):
             on_status(f"run {name}")
             runs[name] = await _measure(
@@ -385,9 +417,9 @@ async def run_e2e_secure_transport(
         broker = KafkaBroker.isolated(
             base / name / "kafka", partitions=config.partitions, security=security
         )
-        on_status(f"starting Kafka ({name})")
-        await broker.astart(die_with_parent=True)
+        on_status(f"{name}:")
         try:
+            await start_warm_broker(broker, config, on_status)
             runs[name] = await _measure(
                 config, broker, base / name / "run", config.workers, on_status, False
             )
@@ -444,14 +476,14 @@ async def _wait_for_table(web_ports: list[int], at_least: int, within_s: float) 
         await asyncio.sleep(1.0)
 
 
-def _process_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its children so far (0 if gone)."""
+def _process_cpu_s(pid: int | None, *, children: bool = True) -> float:
+    """User + system CPU seconds of a process (and its children) so far (0 if gone)."""
     if pid is None:
         return 0.0
     try:
         proc = psutil.Process(pid)
         total = sum(proc.cpu_times()[:2])
-        for child in proc.children(recursive=True):
+        for child in proc.children(recursive=True) if children else ():
             with contextlib.suppress(psutil.Error):
                 total += sum(child.cpu_times()[:2])
         return float(total)
@@ -463,6 +495,38 @@ def _cpu_snapshot(services: OmsServices) -> dict[str, float]:
     return {
         name: _process_cpu_s(s.proc.pid if s.proc else None)
         for name, s in services.processes.items()
+    }
+
+
+# The processes besides the OMS's that an order costs CPU in: the broker, and this benchmark
+# (the traders' side: signing and publishing requests, reading the events).
+KAFKA = "kafka"
+LOAD_GENERATOR = "load-generator"
+
+
+def _machine_cpu_snapshot(services: OmsServices, broker: KafkaBroker) -> dict[str, float]:
+    snapshot = _cpu_snapshot(services)
+    snapshot[KAFKA] = _process_cpu_s(broker.pid())
+    # Its children are the services and the broker, counted above.
+    snapshot[LOAD_GENERATOR] = _process_cpu_s(os.getpid(), children=False)
+    return snapshot
+
+
+def cpu_budget(cpu_s: dict[str, float], orders: int, cores: int) -> dict[str, Any]:
+    """What an order costs in CPU on this machine, per process, and the order rate at which
+    that would fill every core: with everything as measured, and if the workers cost nothing
+    (the most that speeding up the workers alone can reach)."""
+    per_order = {name: round(s * 1000 / orders, 3) for name, s in cpu_s.items()}
+    total = sum(per_order.values())
+    workers = sum(v for k, v in per_order.items() if k.startswith("worker-"))
+    return {
+        "cores": cores,
+        "ms_per_order": per_order,
+        "total_ms_per_order": round(total, 3),
+        "ceiling_per_s": round(cores * 1000 / total, 1) if total > 0 else None,
+        "ceiling_without_workers_per_s": (
+            round(cores * 1000 / (total - workers), 1) if total > workers else None
+        ),
     }
 
 
@@ -567,14 +631,14 @@ async def _measure(
             on_status(f"publishing {config.orders} orders to {workers} worker(s)")
             held_before = await table_orders(ports)
             rss_before = _worker_rss_mb(services)
-            cpu_before = _cpu_snapshot(services)
+            cpu_before = _machine_cpu_snapshot(services, broker)
             buckets_before = await stage_buckets(ports)
             psutil.cpu_percent(None)  # starts the machine-wide window read below
             t0 = time.perf_counter()
             await publish(producer, requests_topic, requests, config.rate, sent_at, encode=encode)
             complete = await collector.wait(config.timeout_s)
             waited_until = time.perf_counter()
-            cpu_after = _cpu_snapshot(services)
+            cpu_after = _machine_cpu_snapshot(services, broker)
             machine_busy = psutil.cpu_percent(None)
             buckets_after = await stage_buckets(ports)
             rss_after = _worker_rss_mb(services)
@@ -612,6 +676,7 @@ async def _measure(
             "worker_cpu_ms_per_order": round(worker_cpu * 1000 / len(acked), 3) if acked else None,
             # Every process on the machine (other sessions included), % of all cores.
             "machine_cpu_busy_pct": machine_busy,
+            "cpu_budget": cpu_budget(cpu_s, len(acked), psutil.cpu_count() or 1) if acked else None,
             "partitions": config.partitions,
             "signing_and_risk_checks": config.secure,
             # Ended orders written into the table before the workers started, how long that

@@ -301,6 +301,24 @@ def scenarios(config: SuiteConfig) -> list[Scenario]:
                     target=0.6,
                     target_kind="max",
                 ),
+                Figure(
+                    "e2e",
+                    "CPU per order in every process (workers, exchange, gateway, Kafka, clients)",
+                    "cpu_budget.total_ms_per_order",
+                    "ms",
+                ),
+                Figure(
+                    "e2e",
+                    "orders/s at which that CPU fills every core",
+                    "cpu_budget.ceiling_per_s",
+                    "/s",
+                ),
+                Figure(
+                    "e2e",
+                    "the same if the workers cost nothing",
+                    "cpu_budget.ceiling_without_workers_per_s",
+                    "/s",
+                ),
             ],
         ),
         Scenario(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oms.settings import Settings
-from oms_dev.benchmarks.e2e import idle_cpu, max_ack_gap_s
+from oms_dev.benchmarks.e2e import cpu_budget, idle_cpu, max_ack_gap_s
 from oms_dev.harness import OmsServices
 
 
@@ -30,6 +30,29 @@ def test_idle_time_with_nothing_outstanding_is_no_gap() -> None:
 def test_orders_never_acknowledged_are_outstanding_until_the_end() -> None:
     # The second order, sent at 1.0, is still outstanding at 9.0.
     assert max_ack_gap_s([0.0, 1.0], [0.5], end=9.0) == pytest.approx(8.0)
+
+
+def test_the_cpu_budget_is_each_process_s_cpu_per_order_and_the_rate_that_fills_the_cores() -> None:
+    cpu_s = {
+        "worker-0": 2.0,
+        "worker-1": 1.0,
+        "paper-exchange": 1.0,
+        "kafka": 1.5,
+        "load-generator": 0.5,
+    }
+    budget = cpu_budget(cpu_s, orders=1_000, cores=2)
+    assert budget["ms_per_order"]["worker-0"] == pytest.approx(2.0)
+    assert budget["total_ms_per_order"] == pytest.approx(6.0)
+    # 2 cores = 2,000 ms of CPU a second: 2,000 / 6 ms per order.
+    assert budget["ceiling_per_s"] == pytest.approx(333.3)
+    # Without both workers' 3 ms: 2,000 / 3.
+    assert budget["ceiling_without_workers_per_s"] == pytest.approx(666.7)
+
+
+def test_a_budget_of_workers_only_has_no_ceiling_without_them() -> None:
+    budget = cpu_budget({"worker-0": 1.0}, orders=100, cores=2)
+    assert budget["ceiling_per_s"] == pytest.approx(200.0)
+    assert budget["ceiling_without_workers_per_s"] is None
 
 
 @pytest.fixture
