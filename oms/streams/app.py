@@ -63,8 +63,22 @@ class OmsApp:
 def create_app(settings: Settings) -> OmsApp:
     """Build the worker's Faust app from settings (no agents yet: see ``worker``)."""
     worker = settings.worker
+
+    async def flush_table_writes() -> None:
+        # The tables queue their changelog writes: each producer flush (before every commit
+        # of input offsets) hands them over first.
+        for table in app.tables.values():
+            if isinstance(table, KeyPartitionedTable):
+                await table.flush_changelog()
+
     # Tables written by order id from anywhere in the worker, not only inside agents.
-    app = new_faust_app(settings, worker.app_id, worker.web_port, Table=KeyPartitionedTable)
+    app = new_faust_app(
+        settings,
+        worker.app_id,
+        worker.web_port,
+        Table=KeyPartitionedTable,
+        before_producer_flush=flush_table_writes,
+    )
     orders = app.Table(
         "orders",
         default=None,

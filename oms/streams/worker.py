@@ -52,6 +52,7 @@ from oms.kafka.faust_patches import StallHealer, stream_buffer_holds
 from oms.kafka.faust_worker import run_faust_worker
 from oms.kafka.partitioning import PartitionOwnership, partition_of
 from oms.kafka.security import KafkaConnection
+from oms.kafka.tables import KeyPartitionedTable
 from oms.lifecycle.lookup import LabelLookup
 from oms.lifecycle.monitor import LifecycleMonitor
 from oms.lifecycle.reconcile import CHECKED, OrderReconciler
@@ -275,6 +276,7 @@ class OrderWorker:
             # A routed attempt goes to the parent's writer first (release), recorded there.
             publish_trigger=outbox.trigger,
         )
+
         # Commands that may have died with a previous owner: unacknowledged submits, and
         # cancels and edits intake accepted that the exchange never answered.
         def sweep(
@@ -767,6 +769,11 @@ class OrderWorker:
             "algos": self.algos.followed,
             "strategies": self.strategies.describe(),
             "purge": dict(self.purge_timer.counters),
+            "changelog": {
+                table.name: {"written": table.changelog_writes, "queued": table.changelog_queued}
+                for table in self.oms.app.tables.values()
+                if isinstance(table, KeyPartitionedTable)
+            },
         }
 
     def queue_statistics(self) -> dict[str, Any]:
