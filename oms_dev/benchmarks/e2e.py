@@ -233,7 +233,12 @@ async def publish(
 
 
 async def baseline_passthrough(
-    bootstrap: str, prefix: str, n: int, request_size: int, event_size: int, partitions: int
+    bootstrap: KafkaConnection | str,
+    prefix: str,
+    n: int,
+    request_size: int,
+    event_size: int,
+    partitions: int,
 ) -> float:
     """Messages/s of raw produce -> consume -> produce -> consume (two hops), same broker."""
     t_in, t_out = f"{prefix}baseline-in", f"{prefix}baseline-out"
@@ -314,7 +319,13 @@ async def start_warm_broker(
     on_status(f"warming Kafka up ({config.broker_warmup} messages through two hops)")
     started = time.perf_counter()
     await baseline_passthrough(
-        broker.bootstrap, "warmup.", config.broker_warmup, 300, 1_500, config.partitions
+        # The admin's login on a secure broker (--secure-transport), plaintext otherwise.
+        broker.admin_connection(),
+        "warmup.",
+        config.broker_warmup,
+        300,
+        1_500,
+        config.partitions,
     )
     return round(time.perf_counter() - started, 1)
 

@@ -5,8 +5,10 @@ before committing input offsets); what they write is what Faust reads back on re
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from oms.kafka.admin import ensure_topics
@@ -15,7 +17,7 @@ from oms.kafka.partitioning import partition_of
 from oms.kafka.tables import KeyPartitionedTable
 from oms.schemas import OrderRecord
 from oms.settings import Settings
-from oms.streams.app import create_app
+from oms.streams.app import OmsApp, create_app
 from tests.conftest import MakeSettings
 from tests.orders.factories import order_record
 
@@ -40,30 +42,37 @@ async def _changelog(settings: Settings, topic: str, expected: int) -> list[Any]
         await consumer.stop()
 
 
-async def test_writes_reach_the_changelog_in_order_on_their_key_s_partition_when_flushed(
-    make_settings: MakeSettings,
-) -> None:
+@pytest.fixture
+async def worker_app(make_settings: MakeSettings) -> AsyncIterator[tuple[Settings, OmsApp]]:
+    """The order worker's app, its changelogs created and its producer running."""
     settings = await make_settings()
     oms = create_app(settings)
     await ensure_topics(settings, worker_topics(oms.app, settings))
+    assert isinstance(oms.orders, KeyPartitionedTable)
+    await oms.app.producer.start()
+    try:
+        yield settings, oms
+    finally:
+        await oms.app.producer.stop()
+
+
+async def test_writes_reach_the_changelog_in_order_on_their_key_s_partition_when_flushed(
+    worker_app: tuple[Settings, OmsApp],
+) -> None:
+    settings, oms = worker_app
     table = oms.orders
     assert isinstance(table, KeyPartitionedTable)
-    producer = oms.app.producer
-    await producer.start()
-    try:
-        first = order_record(order_id="o-tables-1", amount=10.0)
-        second = order_record(order_id="o-tables-2", amount=20.0)
-        # Written from outside any agent, as a command's task records an exchange answer.
-        table[first.order_id] = first
-        table[first.order_id] = first.model_copy(update={"amount": 11.0, "version": 2})
-        table[second.order_id] = second
-        del table[first.order_id]
-        assert table.changelog_queued == 4
-        await producer.flush()  # what Faust awaits before it commits input offsets
-        assert table.changelog_queued == 0
-        assert table.changelog_writes == 4
-    finally:
-        await producer.stop()
+    first = order_record(order_id="o-tables-1", amount=10.0)
+    second = order_record(order_id="o-tables-2", amount=20.0)
+    # Written from outside any agent, as a command's task records an exchange answer.
+    table[first.order_id] = first
+    table[first.order_id] = first.model_copy(update={"amount": 11.0, "version": 2})
+    table[second.order_id] = second
+    del table[first.order_id]
+    assert table.changelog_queued == 4
+    await oms.app.producer.flush()  # what Faust awaits before it commits input offsets
+    assert table.changelog_queued == 0
+    assert table.changelog_writes == 4
 
     records = await _changelog(settings, table.changelog_topic.get_topic_name(), 4)
     by_key: dict[str, list[Any]] = {}
@@ -93,14 +102,11 @@ async def test_writes_reach_the_changelog_in_order_on_their_key_s_partition_when
 
 
 async def test_a_running_table_hands_its_writes_over_without_waiting_for_a_flush(
-    make_settings: MakeSettings,
+    worker_app: tuple[Settings, OmsApp],
 ) -> None:
-    settings = await make_settings()
-    oms = create_app(settings)
-    await ensure_topics(settings, worker_topics(oms.app, settings))
+    settings, oms = worker_app
     table = oms.orders
     assert isinstance(table, KeyPartitionedTable)
-    await oms.app.producer.start()
     await table.start()
     try:
         record = order_record(order_id="o-tables-3")
@@ -111,6 +117,5 @@ async def test_a_running_table_hands_its_writes_over_without_waiting_for_a_flush
         assert table.changelog_queued == 0
     finally:
         await table.stop()
-        await oms.app.producer.stop()
     (message,) = await _changelog(settings, table.changelog_topic.get_topic_name(), 1)
     assert OrderRecord.from_bytes(message.value) == record
